@@ -1,0 +1,115 @@
+"""Boundary validators: one-line ``ValueError``/``TypeError`` messages, never used in hot paths."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Interval", "real", "unit_interval", "positive", "symmetric_unit"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An open interval ``(low, high)`` describing the support of one coordinate."""
+
+    low: float = -math.inf
+    high: float = math.inf
+
+    @property
+    def is_real(self) -> bool:
+        return self.low == -math.inf and self.high == math.inf
+
+    def contains(self, x: Tensor) -> Tensor:
+        """Boolean tensor: which entries of ``x`` lie strictly inside the interval."""
+        if self.is_real:
+            return torch.ones_like(x, dtype=torch.bool)
+        return (x > self.low) & (x < self.high)
+
+    def from_real(self, u: Tensor) -> Tensor:
+        """Map real numbers into the interval (used to draw test inputs in the support)."""
+        if self.is_real:
+            return u
+        if self.low == -math.inf:
+            return self.high - torch.exp(u)
+        if self.high == math.inf:
+            return self.low + torch.exp(u)
+        return self.low + (self.high - self.low) * torch.sigmoid(u)
+
+    def __str__(self) -> str:
+        return "the real line" if self.is_real else f"({self.low:g}, {self.high:g})"
+
+
+real = Interval()
+unit_interval = Interval(0.0, 1.0)
+positive = Interval(0.0, math.inf)
+symmetric_unit = Interval(-1.0, 1.0)
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_tensor(where: str, name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point()):
+        raise TypeError(f"{where}: {name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_event(where: str, name: str, x: Tensor, event_shape: Sequence[int]) -> None:
+    """``x`` must end with ``event_shape`` and hold only finite values."""
+    check_tensor(where, name, x)
+    k = len(event_shape)
+    if x.dim() < k or tuple(x.shape[x.dim() - k :]) != tuple(event_shape):
+        what = (
+            f"last dim {event_shape[0]}" if k == 1 else f"trailing shape {shape_str(event_shape)}"
+        )
+        raise ValueError(f"{where}: {name} must have {what}, got shape {shape_str(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+        raise ValueError(f"{where}: {name} contains {bad} values; expected finite numbers")
+
+
+def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
+    if domain.is_real:
+        return
+    inside = domain.contains(x)
+    if not bool(inside.all()):
+        bad = x[~inside].flatten()[0].item()
+        raise ValueError(f"{where}: {name} has values outside the support {domain} (e.g. {bad:g})")
+
+
+def check_context(where: str, context: Tensor | None, features: int) -> None:
+    """A flow with ``features`` context features needs a context of last dim ``features``."""
+    if features == 0:
+        if context is not None:
+            raise ValueError(f"{where}: this flow takes no context, but a context was given")
+        return
+    if context is None:
+        raise ValueError(
+            f"{where}: this flow is conditional and needs a context of last dim {features}"
+        )
+    check_event(where, "context", context, (features,))
+
+
+def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
+    if isinstance(hidden, int):
+        hidden = (hidden,)
+    try:
+        widths = tuple(hidden)  # type: ignore[arg-type]
+    except TypeError:
+        widths = ()
+    if not widths or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in widths):
+        raise ValueError(f"{where}: hidden must be a sequence of positive ints, got {hidden!r}")
+    return widths

@@ -1,0 +1,250 @@
+r"""The contract: :class:`Transform`, :class:`Inverse`, :class:`Compose` and :class:`Flow`.
+
+Direction: a transform maps **data → latent**. ``forward(x, context) -> (z, ladj)`` and
+``inverse(z, context) -> (x, ladj)``, where ``ladj = log|det ∂out/∂in|`` of the direction that was
+called, summed over the event, of shape ``batch_shape``. Both are computed in one pass.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nfkit._checks import Interval, check_context, check_event, check_support, real, shape_str
+
+__all__ = ["Transform", "Inverse", "Compose", "Flow"]
+
+
+class Transform(nn.Module, abc.ABC):
+    r"""Abstract base of every bijection (data → latent).
+
+    Subclasses implement :meth:`forward` and :meth:`inverse`, each returning the value and the
+    log-absolute-determinant of *that* direction's Jacobian in one pass.
+
+    Attributes:
+        event_dim: Number of rightmost dims forming one event (1 for vectors, 3 for images).
+        domain: Support of each input coordinate (checked by :class:`Flow` at its boundary).
+        codomain: Support of each output coordinate.
+    """
+
+    event_dim: int = 1
+    domain: Interval = real
+    codomain: Interval = real
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data → latent: returns ``(z, log|det ∂z/∂x|)``."""
+
+    @abc.abstractmethod
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latent → data: returns ``(x, log|det ∂x/∂z|)``."""
+
+    @property
+    def inv(self) -> Transform:
+        """The inverse view: a new :class:`Inverse` wrapper (never stored, to avoid module cycles)."""
+        return Inverse(self)
+
+
+class Inverse(Transform):
+    """Swaps ``forward`` and ``inverse`` of ``transform`` (e.g. IAF = ``Autoregressive(...).inv``)."""
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self.transform = transform
+        self.event_dim = transform.event_dim
+        self.domain = transform.codomain
+        self.codomain = transform.domain
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform.inverse(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform.forward(z, context)
+
+    @property
+    def inv(self) -> Transform:
+        return self.transform
+
+
+class Compose(Transform):
+    """Chain ``t1, t2, ...`` applied **in the order given** on ``forward``; ``ladj`` is summed.
+
+    The same ``context`` is passed to every layer. Nested Composes are flattened.
+    """
+
+    def __init__(self, *transforms: Transform) -> None:
+        super().__init__()
+        flat: list[Transform] = []
+        for t in transforms:
+            if isinstance(t, Compose):
+                flat.extend(t.transforms)
+            elif isinstance(t, Transform):
+                flat.append(t)
+            else:
+                raise TypeError(f"Compose: expected Transform objects, got {type(t).__name__}")
+        if not flat:
+            raise ValueError("Compose: needs at least one transform")
+        self.transforms = nn.ModuleList(flat)
+        self.event_dim = max(t.event_dim for t in flat)
+        self.domain = flat[0].domain
+        self.codomain = flat[-1].codomain
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj: Tensor | int = 0
+        for t in self.transforms:
+            x, l_ = t(x, context)
+            ladj = ladj + l_
+        return x, ladj  # type: ignore[return-value]
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj: Tensor | int = 0
+        for t in reversed(self.transforms):
+            z, l_ = t.inverse(z, context)
+            ladj = ladj + l_
+        return z, ladj  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __iter__(self) -> Iterator[Transform]:
+        return iter(self.transforms)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int | slice) -> Transform:
+        if isinstance(index, slice):
+            return Compose(*self.transforms[index])
+        return self.transforms[index]  # type: ignore[return-value]
+
+
+def _as_shape(shape_or_n: int | Sequence[int] | torch.Size, where: str) -> torch.Size:
+    if isinstance(shape_or_n, bool):
+        raise TypeError(f"{where}: expected an int or a shape tuple, got {shape_or_n!r}")
+    if isinstance(shape_or_n, int):
+        shape = (shape_or_n,)
+    else:
+        if isinstance(shape_or_n, str):
+            raise TypeError(f"{where}: expected an int or a shape tuple, got str")
+        try:
+            shape = tuple(int(s) for s in shape_or_n)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where}: expected an int or a shape tuple, got {type(shape_or_n).__name__}"
+            ) from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{where}: sample shape must be non-negative, got {shape_str(shape)}")
+    return torch.Size(shape)
+
+
+class Flow(nn.Module):
+    r"""A normalizing flow: the distribution of ``x = T⁻¹(z)`` with ``z ~ base``.
+
+    ``log p(x | c) = log p_base(T(x; c) | c) + log|det ∂T/∂x|``.
+
+    Args:
+        transform: The data → latent transform ``T``.
+        base: A :class:`~nfkit.distributions.BaseDistribution` on the latent space.
+        embedding: Optional module applied once to the context before it reaches ``T`` and base.
+        context: Size of the (raw) context vector; 0 for an unconditional flow.
+        config: Keyword arguments that rebuild the architecture (filled by ``nf.models``).
+
+    Shapes:
+        ``log_prob``: x ``(*batch, *event)``, context ``(*batch, C)`` → ``(*batch,)``.
+        ``sample(shape)``: context ``(*cb, C)`` → ``(*shape, *cb, *event)``.
+    """
+
+    def __init__(
+        self,
+        transform: Transform,
+        base: nn.Module,
+        *,
+        embedding: nn.Module | None = None,
+        context: int = 0,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(transform, Transform):
+            raise TypeError(
+                f"Flow: transform must be an nf.Transform, got {type(transform).__name__}"
+            )
+        if not hasattr(base, "event_shape") or not hasattr(base, "rsample"):
+            raise TypeError(
+                f"Flow: base must be an nf.distributions distribution, got {type(base).__name__}"
+            )
+        self.transform = transform
+        self.base = base
+        self.embedding = embedding
+        self.context_features = int(context)
+        self.config: dict[str, Any] = dict(config or {})
+        self.validate = True
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size(self.base.event_shape)
+
+    def _embed(self, context: Tensor | None) -> Tensor | None:
+        if context is None or self.embedding is None:
+            return context
+        return self.embedding(context)
+
+    def _check_x(self, where: str, x: Tensor, context: Tensor | None) -> None:
+        if not self.validate:
+            return
+        check_event(where, "x", x, self.event_shape)
+        check_support(where, "x", x, self.transform.domain)
+        check_context(where, context, self.context_features)
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact log-density of ``x`` (shape ``(*batch,)``)."""
+        self._check_x("Flow.log_prob", x, context)
+        context = self._embed(context)
+        z, ladj = self.transform(x, context)
+        return self.base.log_prob(z, context) + ladj
+
+    def _sample_shape(self, where: str, shape_or_n: Any, context: Tensor | None) -> torch.Size:
+        shape = _as_shape(shape_or_n, where)
+        if self.validate:
+            check_context(where, context, self.context_features)
+        if context is not None:
+            shape = shape + context.shape[:-1]
+        return shape
+
+    def _rsample(self, where: str, shape_or_n: Any, context: Tensor | None) -> Tensor:
+        shape = self._sample_shape(where, shape_or_n, context)
+        context = self._embed(context)
+        z = self.base.rsample(shape, context)
+        x, _ = self.transform.inverse(z, context)
+        return x
+
+    def rsample(
+        self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None
+    ) -> Tensor:
+        """Reparameterized samples of shape ``(*shape, *context_batch, *event)``."""
+        return self._rsample("Flow.rsample", shape_or_n, context)
+
+    def sample(
+        self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None
+    ) -> Tensor:
+        """Samples without gradient (see :meth:`rsample`)."""
+        with torch.no_grad():
+            return self._rsample("Flow.sample", shape_or_n, context)
+
+    def sample_and_log_prob(
+        self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterized samples and their log-density, in one pass through the transform.
+
+        ``log p(x) = log p_base(z) - log|det ∂x/∂z|``.
+        """
+        shape = self._sample_shape("Flow.sample_and_log_prob", shape_or_n, context)
+        context = self._embed(context)
+        z = self.base.rsample(shape, context)
+        log_pz = self.base.log_prob(z, context)
+        x, ladj = self.transform.inverse(z, context)
+        return x, log_pz - ladj
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Alias of :meth:`log_prob` so that ``flow(x)`` works with DDP and ``torch.compile``."""
+        return self.log_prob(x, context)

@@ -1,0 +1,222 @@
+r"""Base distributions on the latent space.
+
+Every distribution is an ``nn.Module`` with ``event_shape``, ``log_prob(z, context=None)`` and
+``rsample(shape, context=None)``; unconditional ones ignore the context. Parameters and buffers are
+registered, so ``.to(device)`` and ``.double()`` carry them along.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfkit._checks import check_positive_int
+
+__all__ = [
+    "BaseDistribution",
+    "StandardNormal",
+    "DiagNormal",
+    "Uniform",
+    "StudentT",
+    "GaussianMixture",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
+    if isinstance(features, int) and not isinstance(features, bool):
+        return torch.Size((check_positive_int(where, "features", features),))
+    shape = torch.Size(tuple(features))
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"{where}: features must be a positive int or shape, got {features!r}")
+    return shape
+
+
+class BaseDistribution(nn.Module):
+    """Abstract base: a distribution over events of shape ``event_shape``.
+
+    A zero-size buffer ``_anchor`` tracks the module's device and dtype.
+    """
+
+    def __init__(self, features: int | Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = _event_shape(type(self).__name__, features)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def features(self) -> int:
+        return math.prod(self.event_shape)
+
+    def _like(self) -> dict:
+        return {"device": self._anchor.device, "dtype": self._anchor.dtype}
+
+    def _sum_event(self, x: Tensor) -> Tensor:
+        return x.flatten(x.dim() - len(self.event_shape)).sum(-1)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(shape, context)
+
+    def extra_repr(self) -> str:
+        return f"event_shape={tuple(self.event_shape)}"
+
+
+class StandardNormal(BaseDistribution):
+    r"""Standard normal ``N(0, I)``: ``log p(z) = -½‖z‖² - ½ D log 2π``."""
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return -0.5 * self._sum_event(z * z) - 0.5 * self.features * _LOG_2PI
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        return torch.randn(*shape, *self.event_shape, **self._like())
+
+
+class DiagNormal(BaseDistribution):
+    r"""Diagonal normal ``N(μ, diag σ²)`` with ``σ = exp(log_scale)``; trainable by default."""
+
+    def __init__(
+        self,
+        features: int | Sequence[int],
+        loc: float | Tensor = 0.0,
+        scale: float | Tensor = 1.0,
+        trainable: bool = True,
+    ) -> None:
+        super().__init__(features)
+        loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.event_shape)
+        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.event_shape)
+        if not bool((scale_t > 0).all()):
+            raise ValueError("DiagNormal: scale must be positive")
+        loc_t, log_scale = loc_t.clone(), scale_t.log().clone()
+        if trainable:
+            self.loc = nn.Parameter(loc_t)
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("loc", loc_t)
+            self.register_buffer("log_scale", log_scale)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        u = (z - self.loc) * torch.exp(-self.log_scale)
+        return self._sum_event(-0.5 * u * u - self.log_scale) - 0.5 * self.features * _LOG_2PI
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        eps = torch.randn(*shape, *self.event_shape, **self._like())
+        return self.loc + torch.exp(self.log_scale) * eps
+
+
+class Uniform(BaseDistribution):
+    r"""Uniform on the box ``[low, high]^D``; ``log p = -Σ log(high - low)`` inside, ``-inf`` out."""
+
+    def __init__(
+        self, features: int | Sequence[int], low: float = -1.0, high: float = 1.0
+    ) -> None:
+        super().__init__(features)
+        if not high > low:
+            raise ValueError(f"Uniform: need high > low, got low={low}, high={high}")
+        self.register_buffer("low", torch.full(self.event_shape, float(low)))
+        self.register_buffer("high", torch.full(self.event_shape, float(high)))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        inside = self._sum_event(((z >= self.low) & (z <= self.high)).to(z.dtype))
+        log_vol = torch.log(self.high - self.low).sum()
+        full = torch.tensor(float(self.features), dtype=z.dtype, device=z.device)
+        return torch.where(inside == full, -log_vol, torch.full_like(inside, -math.inf))
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        u = torch.rand(*shape, *self.event_shape, **self._like())
+        return self.low + (self.high - self.low) * u
+
+
+class StudentT(BaseDistribution):
+    r"""Independent Student-t marginals with (trainable) degrees of freedom ``ν > 0``.
+
+    ``log p(z) = Σ_i [lgamma((ν+1)/2) - lgamma(ν/2) - ½ log(νπ) - (ν+1)/2 · log(1 + z_i²/ν)]``.
+    Heavy tails for heavy-tailed data (Jaini et al., 2020, "Tails of Lipschitz triangular flows").
+    ``ν = softplus(raw) + 0.5``; one ν per feature.
+    """
+
+    def __init__(
+        self, features: int | Sequence[int], df: float = 5.0, trainable: bool = True
+    ) -> None:
+        super().__init__(features)
+        if not df > 0.5:
+            raise ValueError(f"StudentT: df must be > 0.5, got {df}")
+        raw = torch.full(self.event_shape, math.log(math.expm1(df - 0.5)))
+        if trainable:
+            self.raw_df = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_df", raw)
+
+    @property
+    def df(self) -> Tensor:
+        return F.softplus(self.raw_df) + 0.5
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        nu = self.df
+        lp = (
+            torch.lgamma((nu + 1) / 2)
+            - torch.lgamma(nu / 2)
+            - 0.5 * torch.log(nu * math.pi)
+            - (nu + 1) / 2 * torch.log1p(z * z / nu)
+        )
+        return self._sum_event(lp)
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        nu = self.df.expand(*shape, *self.event_shape)
+        # z = ε / sqrt(g / ν) with g ~ χ²_ν = Gamma(ν/2, 1/2); Gamma has reparameterized samples.
+        g = torch.distributions.Gamma(
+            nu / 2, torch.full_like(nu, 0.5), validate_args=False
+        ).rsample()
+        eps = torch.randn(*shape, *self.event_shape, **self._like())
+        return eps * torch.rsqrt(g / nu)
+
+
+class GaussianMixture(BaseDistribution):
+    r"""Mixture of ``components`` diagonal Gaussians with trainable weights, means and scales.
+
+    ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, diag σ_k²)]``. Sampling picks a component
+    (not reparameterizable in the choice) and is reparameterized within the component.
+    """
+
+    def __init__(self, features: int, components: int = 8, trainable: bool = True) -> None:
+        super().__init__(features)
+        check_positive_int("GaussianMixture", "components", components)
+        if len(self.event_shape) != 1:
+            raise ValueError("GaussianMixture: features must be an int (vector events)")
+        d = self.event_shape[0]
+        logits = torch.zeros(components)
+        loc = torch.randn(components, d, generator=torch.Generator().manual_seed(0))
+        log_scale = torch.zeros(components, d)
+        for name, value in (("logits", logits), ("loc", loc), ("log_scale", log_scale)):
+            if trainable:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+        self.components = components
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        u = (z.unsqueeze(-2) - self.loc) * torch.exp(-self.log_scale)
+        comp = (-0.5 * u * u - self.log_scale).sum(-1) - 0.5 * self.features * _LOG_2PI
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), dim=-1)
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = tuple(shape)
+        k = torch.multinomial(
+            torch.softmax(self.logits, -1), max(1, math.prod(shape)), replacement=True
+        )
+        k = k[: math.prod(shape)].reshape(shape)
+        eps = torch.randn(*shape, *self.event_shape, **self._like())
+        return self.loc[k] + torch.exp(self.log_scale[k]) * eps
+
+    def extra_repr(self) -> str:
+        return f"event_shape={tuple(self.event_shape)}, components={self.components}"

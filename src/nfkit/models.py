@@ -1,0 +1,408 @@
+r"""Architecture factories: each returns an :class:`~nfkit.Flow` whose ``config`` rebuilds it.
+
+All arguments after ``features`` are keyword-only. ``nf.models.build(flow.config)`` gives a fresh
+flow of the same architecture (``nf.load`` then fills in the weights).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from nfkit import distributions as D
+from nfkit._checks import check_hidden, check_positive_int
+from nfkit.core import Compose, Flow, Transform
+from nfkit.transforms import (
+    AdditiveTransformer,
+    AffineTransformer,
+    Autoregressive,
+    BatchNorm,
+    Coupling,
+    Elementwise,
+    RQSplineTransformer,
+    Transformer,
+    alternating_mask,
+)
+from nfkit.transforms import (
+    Planar as PlanarLayer,
+)
+from nfkit.transforms import (
+    Radial as RadialLayer,
+)
+from nfkit.transforms import (
+    Sylvester as SylvesterLayer,
+)
+
+__all__ = [
+    "MAF",
+    "IAF",
+    "NSF",
+    "RealNVP",
+    "NICE",
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "build",
+    "make_base",
+]
+
+FACTORIES: dict[str, Callable[..., Flow]] = {}
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
+    """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Flow:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"nf.models.{fn.__name__}: {e}") from None
+        bound.apply_defaults()
+        flow = fn(*bound.args, **bound.kwargs)
+        flow.config = {
+            "model": fn.__name__,
+            **{k: _jsonable(v) for k, v in bound.arguments.items()},
+        }
+        return flow
+
+    FACTORIES[fn.__name__] = wrapper
+    return wrapper
+
+
+def build(config: dict[str, Any]) -> Flow:
+    """Rebuild the architecture described by ``flow.config`` (fresh weights)."""
+    config = dict(config)
+    name = config.pop("model", None)
+    if name not in FACTORIES:
+        raise ValueError(f"nf.models.build: unknown model {name!r}; known: {sorted(FACTORIES)}")
+    features = config.pop("features", None)
+    if features is None:
+        return FACTORIES[name](**config)
+    return FACTORIES[name](features, **config)
+
+
+def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module:
+    """A base distribution by name: ``normal``, ``diag_normal``, ``student_t``, ``gmm``, ``uniform``."""
+    if isinstance(base, nn.Module):
+        return base
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "normal": lambda: D.StandardNormal(features),
+        "diag_normal": lambda: D.DiagNormal(features),
+        "student_t": lambda: D.StudentT(features),
+        "gmm": lambda: D.GaussianMixture(features),  # type: ignore[arg-type]
+        "uniform": lambda: D.Uniform(features),
+    }
+    if base not in makers:
+        raise ValueError(f"base must be one of {sorted(makers)} or a distribution, got {base!r}")
+    return makers[base]()
+
+
+def _activation(name: str) -> Callable[[], nn.Module]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]
+
+
+def _check_common(
+    where: str, features: int, context: int, transforms: int, hidden: Any
+) -> tuple[int, ...]:
+    check_positive_int(where, "features", features)
+    check_positive_int(where, "context", context, minimum=0)
+    check_positive_int(where, "transforms", transforms)
+    return check_hidden(where, hidden)
+
+
+def _flow(layers: list[Transform], features: int, context: int, base: str | nn.Module) -> Flow:
+    return Flow(Compose(*layers), make_base(base, features), context=context)
+
+
+def _orders(features: int, i: int) -> torch.Tensor:
+    """Alternate the autoregressive order between layers (identity, reversed, ...)."""
+    order = torch.arange(features)
+    return order if i % 2 == 0 else order.flip(0)
+
+
+def _autoregressive_stack(
+    where: str,
+    features: int,
+    transformer: Transformer,
+    context: int,
+    transforms: int,
+    hidden: Any,
+    residual: bool,
+    activation: str,
+    invert: bool,
+) -> list[Transform]:
+    hidden = _check_common(where, features, context, transforms, hidden)
+    layers: list[Transform] = []
+    for i in range(transforms):
+        layer = Autoregressive(
+            features,
+            transformer,
+            context=context,
+            order=_orders(features, i),
+            hidden=hidden,
+            residual=residual,
+            activation=_activation(activation),
+        )
+        layers.append(layer.inv if invert else layer)
+    return layers
+
+
+def _coupling_stack(
+    where: str,
+    features: int,
+    transformer: Transformer,
+    context: int,
+    transforms: int,
+    hidden: Any,
+    batch_norm: bool = False,
+) -> list[Transform]:
+    hidden = _check_common(where, features, context, transforms, hidden)
+    layers: list[Transform] = []
+    for i in range(transforms):
+        if features == 1:
+            layers.append(Elementwise(1, transformer, context=context, hidden=hidden))
+        else:
+            mask = alternating_mask(features, parity=i % 2)
+            layers.append(
+                Coupling(features, transformer, context=context, mask=mask, hidden=hidden)
+            )
+        if batch_norm and i < transforms - 1:
+            layers.append(BatchNorm(features))
+    return layers
+
+
+@factory
+def MAF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (128, 128),
+    residual: bool = False,
+    activation: str = "relu",
+    base: str = "normal",
+) -> Flow:
+    """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
+
+    ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer.
+    """
+    layers = _autoregressive_stack(
+        "MAF",
+        features,
+        AffineTransformer(),
+        context,
+        transforms,
+        hidden,
+        residual,
+        activation,
+        False,
+    )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def IAF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (128, 128),
+    residual: bool = False,
+    activation: str = "relu",
+    base: str = "normal",
+) -> Flow:
+    """Inverse autoregressive flow (Kingma et al. 2016, arXiv:1606.04934): MAF layers inverted.
+
+    ``sample``/``rsample``: one pass per layer (use for variational inference). ``log_prob`` of
+    external data: ``D`` passes per layer.
+    """
+    layers = _autoregressive_stack(
+        "IAF",
+        features,
+        AffineTransformer(),
+        context,
+        transforms,
+        hidden,
+        residual,
+        activation,
+        True,
+    )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def NSF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 5,
+    bins: int = 8,
+    bound: float = 5.0,
+    hidden: Sequence[int] = (128, 128),
+    coupling: bool = False,
+    residual: bool = False,
+    activation: str = "relu",
+    base: str = "normal",
+) -> Flow:
+    """Neural spline flow (Durkan et al. 2019): rational-quadratic splines with identity tails.
+
+    Autoregressive (MADE conditioner) by default; ``coupling=True`` gives the coupling variant
+    (one pass in both directions).
+    """
+    transformer = RQSplineTransformer(bins=bins, bound=bound)
+    if coupling:
+        layers = _coupling_stack("NSF", features, transformer, context, transforms, hidden)
+    else:
+        layers = _autoregressive_stack(
+            "NSF", features, transformer, context, transforms, hidden, residual, activation, False
+        )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def RealNVP(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 5,
+    hidden: Sequence[int] = (128, 128),
+    batch_norm: bool = False,
+    base: str = "normal",
+) -> Flow:
+    """RealNVP (Dinh et al. 2016): affine couplings with alternating masks, optional BatchNorm."""
+    layers = _coupling_stack(
+        "RealNVP", features, AffineTransformer(), context, transforms, hidden, batch_norm
+    )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def NICE(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 4,
+    hidden: Sequence[int] = (128, 128),
+    base: str = "normal",
+) -> Flow:
+    """NICE (Dinh et al. 2014): additive couplings followed by a learned diagonal scaling."""
+    layers = _coupling_stack("NICE", features, AdditiveTransformer(), context, transforms, hidden)
+    layers.append(Elementwise(features, AffineTransformer(), context=context, hidden=hidden))
+    return _flow(layers, features, context, base)
+
+
+def _residual_layers(
+    where: str,
+    make: Callable[[int], Transform],
+    features: int,
+    context: int,
+    layers: int,
+    direction: str,
+) -> list[Transform]:
+    check_positive_int(where, "features", features)
+    check_positive_int(where, "context", context, minimum=0)
+    check_positive_int(where, "layers", layers)
+    if direction not in ("sample", "density"):
+        raise ValueError(f"{where}: direction must be 'sample' or 'density', got {direction!r}")
+    # In the papers these layers are explicit from noise to data: then sampling is exact and fast.
+    out = [make(i) for i in range(layers)]
+    return [t.inv for t in reversed(out)] if direction == "sample" else out
+
+
+@factory
+def Planar(
+    features: int,
+    *,
+    context: int = 0,
+    layers: int = 10,
+    hidden: Sequence[int] = (64, 64),
+    direction: Literal["sample", "density"] = "sample",
+    base: str = "normal",
+) -> Flow:
+    """Planar flow (Rezende & Mohamed 2015).
+
+    ``direction="sample"`` (default) makes sampling explicit (variational inference);
+    ``"density"`` makes ``log_prob`` explicit. The other direction is a numerical inverse.
+    """
+    t = _residual_layers(
+        "Planar",
+        lambda i: PlanarLayer(features, context=context, hidden=hidden, seed=i),
+        features,
+        context,
+        layers,
+        direction,
+    )
+    return _flow(t, features, context, base)
+
+
+@factory
+def Radial(
+    features: int,
+    *,
+    context: int = 0,
+    layers: int = 10,
+    hidden: Sequence[int] = (64, 64),
+    direction: Literal["sample", "density"] = "sample",
+    base: str = "normal",
+) -> Flow:
+    """Radial flow (Rezende & Mohamed 2015); both directions are closed form."""
+    t = _residual_layers(
+        "Radial",
+        lambda i: RadialLayer(features, context=context, hidden=hidden, seed=i),
+        features,
+        context,
+        layers,
+        direction,
+    )
+    return _flow(t, features, context, base)
+
+
+@factory
+def Sylvester(
+    features: int,
+    *,
+    context: int = 0,
+    layers: int = 4,
+    rank: int | None = None,
+    reflections: int | None = None,
+    hidden: Sequence[int] = (64, 64),
+    direction: Literal["sample", "density"] = "sample",
+    base: str = "normal",
+) -> Flow:
+    """Householder-Sylvester flow (van den Berg et al. 2018)."""
+    t = _residual_layers(
+        "Sylvester",
+        lambda i: SylvesterLayer(
+            features, rank=rank, reflections=reflections, context=context, hidden=hidden, seed=i
+        ),
+        features,
+        context,
+        layers,
+        direction,
+    )
+    return _flow(t, features, context, base)

@@ -1,0 +1,188 @@
+r"""Public conformance checks: run them on your own transforms and flows.
+
+``check_transform`` verifies, for one transform and one input batch, that ``inverse`` undoes
+``forward``, that ``ladj`` equals ``log|det|`` of the autograd Jacobian per event, that the two
+directions' ``ladj`` are negatives of each other, and the shapes. ``check_flow`` runs zuko's
+checklist on a whole :class:`~nfkit.Flow`. Use float64 inputs for tight tolerances.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import Tensor, nn
+
+from nfkit.core import Flow, Transform
+
+__all__ = ["check_transform", "check_flow", "jacobian_logdet", "perturb_parameters"]
+
+
+def perturb_parameters(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
+    """Add ``N(0, scale²)`` noise to every parameter, so zero-initialized layers are not identities."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            p.add_(scale * noise.to(p.dtype).to(p.device))
+    return module
+
+
+def jacobian_logdet(
+    fn: callable,
+    x: Tensor,
+    event_dim: int = 1,  # noqa: UP037
+) -> Tensor:
+    """``log|det ∂fn(x)/∂x|`` per event by autograd, assuming events are independent.
+
+    Row ``i`` of every event's Jacobian is the gradient of ``Σ_batch fn(x)[..., i]``, so the cost
+    is one backward pass per event coordinate, whatever the batch size.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = fn(x)
+        batch = out.shape[: out.dim() - event_dim]
+        flat = out.reshape(*batch, -1)
+        n = flat.shape[-1]
+        rows = []
+        for i in range(n):
+            (g,) = torch.autograd.grad(flat[..., i].sum(), x, retain_graph=True)
+            rows.append(g.expand(*batch, *g.shape[g.dim() - event_dim :]).reshape(*batch, -1))
+    jac = torch.stack(rows, dim=-2)
+    return torch.linalg.slogdet(jac)[1]
+
+
+def _close(
+    where: str, name: str, got: Tensor, want: Tensor, atol: float, rtol: float = 0.0
+) -> None:
+    if got.shape != want.shape:
+        raise AssertionError(
+            f"{where}: {name} has shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        )
+    err = (got - want).abs()
+    tol = atol + rtol * want.abs()
+    if not bool(torch.isfinite(got).all()):
+        raise AssertionError(f"{where}: {name} has non-finite values")
+    if not bool((err <= tol).all()):
+        raise AssertionError(
+            f"{where}: {name} differs by up to {err.max().item():.3g} (tolerance {atol:g})"
+        )
+
+
+def check_transform(
+    t: Transform,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    atol_inverse: float = 1e-8,
+    atol_ladj: float = 1e-6,
+    jacobian: bool = True,
+) -> dict[str, float]:
+    r"""Check a transform at ``x`` (use float64). Raises ``AssertionError`` naming what failed.
+
+    Checks: (a) ``inverse(forward(x)) ≈ x``; (b) ``ladj ≈ log|det J|`` by autograd, per event;
+    (c) ``ladj_inverse(z) ≈ -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with
+    the context's). Returns the largest errors seen, for reporting.
+    """
+    name = type(t).__name__
+    event_dim = t.event_dim
+    z, ladj = t(x, context)
+    batch = x.shape[: x.dim() - event_dim]
+    if context is not None:
+        batch = torch.broadcast_shapes(batch, context.shape[:-1])
+    if tuple(ladj.shape) != tuple(batch):
+        raise AssertionError(
+            f"{name}: ladj has shape {tuple(ladj.shape)}, expected {tuple(batch)}"
+        )
+    if tuple(z.shape) != (*batch, *x.shape[x.dim() - event_dim :]):
+        raise AssertionError(
+            f"{name}: z has shape {tuple(z.shape)}, expected batch {tuple(batch)} + event"
+        )
+    x_back, ladj_inv = t.inverse(z, context)
+    _close(
+        name, "inverse(forward(x))", x_back, x.expand_as(x_back), atol_inverse, rtol=atol_inverse
+    )
+    _close(
+        name, "ladj(inverse) + ladj(forward)", ladj_inv + ladj, torch.zeros_like(ladj), atol_ladj
+    )
+    report = {
+        "inverse_error": (x_back - x).abs().max().item(),
+        "symmetry_error": (ladj_inv + ladj).abs().max().item(),
+    }
+    if jacobian:
+        xb = x.expand(*batch, *x.shape[x.dim() - event_dim :])
+        ref = jacobian_logdet(lambda u: t(u, context)[0], xb, event_dim)
+        _close(name, "ladj vs autograd log|det J|", ladj, ref, atol_ladj, rtol=atol_ladj)
+        report["ladj_error"] = (ladj - ref).abs().max().item()
+    return report
+
+
+def check_flow(
+    flow: Flow,
+    context: Tensor | None = None,
+    *,
+    n: int = 16,
+    atol: float = 1e-6,
+    jacobian: bool = True,
+) -> None:
+    r"""zuko's checklist for a whole flow (float64 recommended).
+
+    Checks the shape of ``log_prob``; ``log_prob`` against ``log p_base(T(x)) + log|det J_T|`` by
+    autograd; that every parameter gets a gradient; ``sample``/``rsample`` shapes and gradients;
+    that ``sample_and_log_prob`` matches ``log_prob`` of the same samples; a ``state_dict`` round
+    trip through ``torch.load(weights_only=True)``; and that ``repr`` leaves the RNG untouched.
+    """
+    name = flow.config.get("model", type(flow).__name__)
+    event = tuple(flow.event_shape)
+    batch = () if context is None else tuple(context.shape[:-1])
+    x, log_q = flow.sample_and_log_prob((n,), context)
+    if tuple(x.shape) != (n, *batch, *event):
+        raise AssertionError(
+            f"{name}: sample shape {tuple(x.shape)}, expected {(n, *batch, *event)}"
+        )
+    x = x.detach()
+    lp = flow.log_prob(x, context)
+    if tuple(lp.shape) != (n, *batch):
+        raise AssertionError(f"{name}: log_prob shape {tuple(lp.shape)}, expected {(n, *batch)}")
+    _close(name, "sample_and_log_prob vs log_prob", log_q, lp, atol * 100, rtol=1e-6)
+    if jacobian:
+        ctx = flow._embed(context)
+        z, _ = flow.transform(x, ctx)
+        ref = flow.base.log_prob(z, ctx) + jacobian_logdet(
+            lambda u: flow.transform(u, ctx)[0], x, flow.transform.event_dim
+        )
+        _close(name, "log_prob vs change of variables", lp, ref, atol, rtol=atol)
+
+    flow.zero_grad()
+    flow.log_prob(x, context).mean().backward()
+    missing = [k for k, p in flow.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise AssertionError(f"{name}: parameters without gradient from log_prob: {missing[:5]}")
+    flow.zero_grad()
+    r = flow.rsample((n,), context)
+    r.square().mean().backward()
+    if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in flow.parameters()):
+        if any(True for _ in flow.parameters()):
+            raise AssertionError(f"{name}: rsample carries no gradient to the parameters")
+    flow.zero_grad()
+    s = flow.sample(3, context)
+    if s.requires_grad or tuple(s.shape) != (3, *batch, *event):
+        raise AssertionError(
+            f"{name}: sample must be gradient-free with shape {(3, *batch, *event)}"
+        )
+
+    buffer = io.BytesIO()
+    torch.save(flow.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    flow.load_state_dict(state)
+    _close(
+        name, "log_prob after state_dict round trip", flow.log_prob(x, context), lp, 1e-12, 1e-12
+    )
+
+    before = torch.random.get_rng_state()
+    repr(flow)
+    if not torch.equal(before, torch.random.get_rng_state()):
+        raise AssertionError(f"{name}: repr changed the global RNG state")
+    if not bool(torch.isfinite(lp).all()):
+        raise AssertionError(f"{name}: non-finite log_prob on its own samples")

@@ -1,0 +1,59 @@
+"""Bijections (data → latent) and the elementwise transformers they share.
+
+Every class listed in ``__all__`` is covered by the generic test in ``tests/test_transforms.py``.
+"""
+
+from nfkit.transforms.autoregressive import Autoregressive
+from nfkit.transforms.coupling import Coupling, MLPConditioner, alternating_mask
+from nfkit.transforms.elementwise import (
+    Affine,
+    Elementwise,
+    LeakyReLU,
+    Logit,
+    Sigmoid,
+    Softplus,
+    Tanh,
+)
+from nfkit.transforms.linear import Householder, LULinear, Permutation, Reverse
+from nfkit.transforms.normalization import ActNorm, BatchNorm
+from nfkit.transforms.planar import Planar, Radial, Sylvester
+from nfkit.transforms.transformers import (
+    AdditiveTransformer,
+    AffineTransformer,
+    RQSplineTransformer,
+    Transformer,
+)
+
+__all__ = [
+    # structures
+    "Elementwise",
+    "Coupling",
+    "Autoregressive",
+    # transformers
+    "Transformer",
+    "AdditiveTransformer",
+    "AffineTransformer",
+    "RQSplineTransformer",
+    # fixed elementwise maps
+    "Affine",
+    "Sigmoid",
+    "Logit",
+    "Tanh",
+    "Softplus",
+    "LeakyReLU",
+    # linear
+    "Permutation",
+    "Reverse",
+    "LULinear",
+    "Householder",
+    # normalization
+    "ActNorm",
+    "BatchNorm",
+    # residual-type layers with explicit forward
+    "Planar",
+    "Radial",
+    "Sylvester",
+    # helpers
+    "MLPConditioner",
+    "alternating_mask",
+]

@@ -1,0 +1,122 @@
+r"""Coupling: one structure for NICE, RealNVP, Glow and coupling neural spline flows.
+
+Split ``x`` along ``dim`` into an identity part ``x_a`` and a transformed part ``x_b``:
+``z_a = x_a``, ``z_b = τ(x_b; θ(x_a, c))``. The Jacobian is block-triangular, so
+``ladj = Σ log|τ'(x_b)|`` and the inverse is exact in one conditioner pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nfkit._checks import check_positive_int
+from nfkit.core import Transform
+from nfkit.nn.mlp import MLP, broadcast_cat
+from nfkit.transforms.functional import sum_event
+from nfkit.transforms.transformers import Transformer
+
+__all__ = ["Coupling", "MLPConditioner", "alternating_mask"]
+
+
+def alternating_mask(features: int, parity: int = 0) -> Tensor:
+    """Boolean mask ``[True, False, True, ...]`` (or shifted by ``parity``): True = transformed."""
+    return (torch.arange(features) + parity) % 2 == 0
+
+
+class MLPConditioner(nn.Module):
+    """``θ(x_a, c)``: an :class:`~nfkit.nn.MLP` on ``[x_a, c]`` with zero-initialized output."""
+
+    def __init__(self, in_features: int, out_features: int, context: int, hidden: Sequence[int]):
+        super().__init__()
+        self.net = MLP(in_features + context, out_features, hidden)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(broadcast_cat(x, context))
+
+
+class Coupling(Transform):
+    r"""Coupling layer with any elementwise :class:`Transformer` (Dinh et al. 2014, 2016).
+
+    Args:
+        features: Size of the split dimension (``D`` for vectors, channels for images).
+        transformer: ``AdditiveTransformer()`` (NICE), ``AffineTransformer()`` (RealNVP/Glow) or
+            ``RQSplineTransformer()`` (coupling NSF).
+        context: Context size for the default MLP conditioner.
+        mask: Boolean ``(features,)``, True where coordinates are transformed; default alternating.
+        conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP.
+        hidden: Hidden widths of the default conditioner.
+        dim: The dimension split by the mask, counted from the right (-1 vectors, -3 images).
+
+    Shapes:
+        x: ``(*batch, D)`` (or ``(*batch, C, H, W)`` with ``dim=-3``) → z same, ladj ``(*batch,)``.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        transformer: Transformer,
+        *,
+        context: int = 0,
+        mask: Tensor | Sequence[bool] | None = None,
+        conditioner: nn.Module | None = None,
+        hidden: Sequence[int] = (64, 64),
+        dim: int = -1,
+    ) -> None:
+        super().__init__()
+        check_positive_int("Coupling", "features", features)
+        if features < 2 and conditioner is None:
+            raise ValueError("Coupling: needs features >= 2 (use Elementwise for D = 1)")
+        if not isinstance(transformer, Transformer):
+            raise TypeError(f"Coupling: transformer must be a Transformer, got {transformer!r}")
+        mask_t = (
+            alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        )
+        if mask_t.shape != (features,) or bool(mask_t.all()) or not bool(mask_t.any()):
+            raise ValueError(
+                f"Coupling: mask must be a boolean ({features},) with both True and False entries"
+            )
+        if dim >= 0:
+            raise ValueError(
+                f"Coupling: dim counts from the right and must be negative, got {dim}"
+            )
+        self.transformer, self.dim, self.event_dim = transformer, dim, -dim
+        idx_b = torch.nonzero(mask_t).flatten()
+        idx_a = torch.nonzero(~mask_t).flatten()
+        self.register_buffer("idx_a", idx_a, persistent=False)
+        self.register_buffer("idx_b", idx_b, persistent=False)
+        self.register_buffer(
+            "perm_back", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
+        )
+        self.register_buffer("mask", mask_t)
+        n_a, n_b, p = len(idx_a), len(idx_b), transformer.num_params
+        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden)
+
+    def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
+        # Conditioner output (*, n_b·P, *rest) → (*, n_b, *rest, P) so that it lines up with x_b.
+        theta = self.conditioner(x_a, context)
+        p = self.transformer.num_params
+        return theta.unflatten(self.dim, (-1, p)).movedim(self.dim, -1)
+
+    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        x_a = x.index_select(self.dim, self.idx_a)
+        x_b = x.index_select(self.dim, self.idx_b)
+        params = self._params(x_a, context)
+        step = self.transformer.inverse if inverse else self.transformer.forward
+        z_b, ladj = step(x_b, params)
+        e = self.event_dim
+        batch = torch.broadcast_shapes(x_a.shape[: x_a.dim() - e], z_b.shape[: z_b.dim() - e])
+        x_a = x_a.expand(*batch, *x_a.shape[x_a.dim() - e :])
+        z = torch.cat([x_a, z_b], dim=self.dim).index_select(self.dim, self.perm_back)
+        return z, sum_event(ladj, self.event_dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(x, context, inverse=False)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(z, context, inverse=True)
+
+    def extra_repr(self) -> str:
+        return f"transformer={self.transformer}, mask={self.mask.int().tolist()}"

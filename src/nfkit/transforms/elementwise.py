@@ -1,0 +1,218 @@
+r"""Elementwise bijections: fixed maps (Sigmoid, Logit, Tanh, ...) and the learned ``Elementwise``.
+
+Each acts coordinatewise, so the Jacobian is diagonal and ``ladj = Σ_i log|f'(x_i)|`` over the
+event (``event_dim`` rightmost dims, 1 by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfkit._checks import check_positive_int, positive, symmetric_unit, unit_interval
+from nfkit.core import Transform
+from nfkit.nn.mlp import Parameters
+from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
+from nfkit.transforms.transformers import Transformer
+
+__all__ = [
+    "Affine",
+    "Sigmoid",
+    "Logit",
+    "Tanh",
+    "Softplus",
+    "LeakyReLU",
+    "Elementwise",
+]
+
+
+class _Pointwise(Transform):
+    """Shared plumbing for fixed elementwise maps: subclasses give the 1-D map and its log-slope."""
+
+    def __init__(self, event_dim: int = 1) -> None:
+        super().__init__()
+        self.event_dim = event_dim
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, ladj = self._f(x)
+        return z, sum_event(ladj, self.event_dim)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ladj = self._f_inv(z)
+        return x, sum_event(ladj, self.event_dim)
+
+
+class Affine(_Pointwise):
+    r"""``z = x · scale + shift`` per coordinate (fixed buffers, or trainable).
+
+    ``ladj = Σ log|scale|``; inverse ``x = (z - shift) / scale`` (exact). Used for the
+    standardization stored in a fitted model.
+
+    Args:
+        shift, scale: Tensors broadcastable to the event (``scale`` nonzero).
+        trainable: Learn ``shift`` and ``log|scale|`` (sign fixed) instead of fixing them.
+    """
+
+    def __init__(
+        self,
+        shift: Tensor | float = 0.0,
+        scale: Tensor | float = 1.0,
+        *,
+        trainable: bool = False,
+        event_dim: int = 1,
+    ) -> None:
+        super().__init__(event_dim)
+        shift_t = torch.as_tensor(shift, dtype=torch.get_default_dtype()).clone()
+        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).clone()
+        if not bool(torch.isfinite(scale_t).all()) or bool((scale_t == 0).any()):
+            raise ValueError("Affine: scale must be finite and nonzero")
+        self.register_buffer("sign", torch.sign(scale_t))
+        if trainable:
+            self.shift = nn.Parameter(shift_t)
+            self.log_abs_scale = nn.Parameter(scale_t.abs().log())
+        else:
+            self.register_buffer("shift", shift_t)
+            self.register_buffer("log_abs_scale", scale_t.abs().log())
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = x * (self.sign * torch.exp(self.log_abs_scale)) + self.shift
+        return z, self.log_abs_scale.expand(z.shape)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = (z - self.shift) * (self.sign * torch.exp(-self.log_abs_scale))
+        return x, (-self.log_abs_scale).expand(x.shape)
+
+
+class Sigmoid(_Pointwise):
+    r"""``z = σ(x) = 1 / (1 + e^{-x})``: ℝ → (0, 1). ``log σ'(x) = -softplus(-x) - softplus(x)``."""
+
+    codomain = unit_interval
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sigmoid(x), log_sigmoid_derivative(x)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.logit(z)
+        return x, -log_sigmoid_derivative(x)
+
+
+class Logit(_Pointwise):
+    r"""``z = log x - log(1 - x)``: (0, 1) → ℝ, the inverse of :class:`Sigmoid`.
+
+    ``ladj = -log x - log(1 - x)``. Inputs must lie strictly inside (0, 1) (checked by ``Flow``).
+    """
+
+    domain = unit_interval
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.log(x) - torch.log1p(-x)
+        return z, -log_sigmoid_derivative(z)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sigmoid(z), log_sigmoid_derivative(z)
+
+
+class Tanh(_Pointwise):
+    r"""``z = tanh x``: ℝ → (-1, 1). ``log(1 - tanh² x) = 2 (log 2 - x - softplus(-2x))`` (stable)."""
+
+    codomain = symmetric_unit
+
+    @staticmethod
+    def _log_slope(x: Tensor) -> Tensor:
+        return 2 * (math.log(2) - x - F.softplus(-2 * x))
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.tanh(x), self._log_slope(x)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.atanh(z)
+        return x, -self._log_slope(x)
+
+
+class Softplus(_Pointwise):
+    r"""``z = log(1 + e^x)``: ℝ → (0, ∞). ``log σ(x) = -softplus(-x)``; inverse ``log(e^z - 1)``."""
+
+    codomain = positive
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return F.softplus(x), -F.softplus(-x)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = z + torch.log(-torch.expm1(-z))
+        return x, F.softplus(-x)
+
+
+class LeakyReLU(_Pointwise):
+    r"""``z = x`` for ``x ≥ 0``, ``z = a x`` otherwise (``a > 0``). ``ladj = Σ [x < 0] log a``."""
+
+    def __init__(self, negative_slope: float = 0.01, event_dim: int = 1) -> None:
+        super().__init__(event_dim)
+        if not negative_slope > 0:
+            raise ValueError(f"LeakyReLU: negative_slope must be > 0, got {negative_slope}")
+        self.negative_slope = float(negative_slope)
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        neg = x < 0
+        z = torch.where(neg, x * self.negative_slope, x)
+        return z, neg.to(x.dtype) * math.log(self.negative_slope)
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        neg = z < 0
+        x = torch.where(neg, z / self.negative_slope, z)
+        return x, -neg.to(z.dtype) * math.log(self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Elementwise(Transform):
+    r"""A learned coordinatewise map ``z_i = τ(x_i; θ_i)`` with any :class:`Transformer` τ.
+
+    ``θ`` is a free ``(D, P)`` parameter, or ``θ(c)`` from an MLP on the context when
+    ``context > 0``. ``ladj = Σ_i log|τ'(x_i; θ_i)|``; the inverse is the transformer's.
+
+    Args:
+        features: ``D``.
+        transformer: E.g. ``RQSplineTransformer()`` for learned marginal maps.
+        context: Context size (0: unconditional).
+        hidden: Hidden widths of the context network.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        transformer: Transformer,
+        *,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+    ) -> None:
+        super().__init__()
+        self.features = check_positive_int("Elementwise", "features", features)
+        if not isinstance(transformer, Transformer):
+            raise TypeError(f"Elementwise: transformer must be a Transformer, got {transformer!r}")
+        self.transformer = transformer
+        self.params = Parameters(features * transformer.num_params, context, hidden)
+
+    def _params(self, context: Tensor | None) -> Tensor:
+        return self.params(context).unflatten(-1, (self.features, self.transformer.num_params))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, ladj = self.transformer.forward(x, self._params(context))
+        return z, ladj.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ladj = self.transformer.inverse(z, self._params(context))
+        return x, ladj.sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, transformer={self.transformer}"

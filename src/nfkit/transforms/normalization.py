@@ -1,0 +1,112 @@
+r"""Normalization layers as exact bijections: :class:`ActNorm` and :class:`BatchNorm`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nfkit._checks import check_positive_int
+from nfkit.core import Transform
+
+__all__ = ["ActNorm", "BatchNorm"]
+
+
+def _feature_view(param: Tensor, event_dim: int) -> Tensor:
+    """Reshape a per-feature vector so it broadcasts over an event of ``event_dim`` dims."""
+    return param.reshape(-1, *([1] * (event_dim - 1)))
+
+
+def _reduce_dims(x: Tensor, event_dim: int) -> list[int]:
+    """All dims except the feature dim (the first event dim)."""
+    feature = x.dim() - event_dim
+    return [i for i in range(x.dim()) if i != feature]
+
+
+class ActNorm(Transform):
+    r"""``z = (x - μ) · exp(-s)`` per feature (Kingma & Dhariwal 2018, Glow).
+
+    ``ladj = -Σ s`` (times ``H · W`` for images). Data-dependent initialization: the first
+    forward in train mode sets ``μ`` and ``s`` to the batch mean and log-std, so the output starts
+    standardized; the ``initialized`` buffer records it, so it survives ``state_dict``.
+
+    Args:
+        features: ``D`` (channels for images).
+        event_dim: 1 for vectors ``(*, D)``, 3 for images ``(*, C, H, W)``.
+    """
+
+    def __init__(self, features: int, *, event_dim: int = 1) -> None:
+        super().__init__()
+        d = check_positive_int("ActNorm", "features", features)
+        if event_dim not in (1, 3):
+            raise ValueError(f"ActNorm: event_dim must be 1 or 3, got {event_dim}")
+        self.event_dim = event_dim
+        self.loc = nn.Parameter(torch.zeros(d))
+        self.log_scale = nn.Parameter(torch.zeros(d))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        dims = _reduce_dims(x, self.event_dim)
+        self.loc.copy_(x.mean(dims))
+        std = x.std(dims, unbiased=False) if x[..., 0].numel() > 1 else torch.ones_like(self.loc)
+        self.log_scale.copy_(torch.log(std.clamp_min(1e-6)))
+        self.initialized.fill_(True)
+
+    def _ladj(self, x: Tensor) -> Tensor:
+        count = 1 if self.event_dim == 1 else x.shape[-1] * x.shape[-2]
+        return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        loc, log_scale = (
+            _feature_view(self.loc, self.event_dim),
+            _feature_view(self.log_scale, self.event_dim),
+        )
+        return (x - loc) * torch.exp(-log_scale), -self._ladj(x)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc, log_scale = (
+            _feature_view(self.loc, self.event_dim),
+            _feature_view(self.log_scale, self.event_dim),
+        )
+        return z * torch.exp(log_scale) + loc, self._ladj(z)
+
+
+class BatchNorm(Transform):
+    r"""Batch normalization as a bijection (Dinh et al. 2016, RealNVP; Papamakarios et al. 2017).
+
+    ``z = (x - m) / sqrt(v + ε) · exp(γ) + β``; ``ladj = Σ [γ - ½ log(v + ε)]``. In train mode
+    ``(m, v)`` are the batch statistics (over all batch dims) and the running averages are updated;
+    in eval mode they are the running averages, and the layer is an exact bijection with an exact
+    inverse. ``inverse`` always uses the running averages.
+    """
+
+    def __init__(self, features: int, *, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        d = check_positive_int("BatchNorm", "features", features)
+        self.momentum, self.eps = momentum, eps
+        self.log_gamma = nn.Parameter(torch.zeros(d))
+        self.beta = nn.Parameter(torch.zeros(d))
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training:
+            flat = x.reshape(-1, x.shape[-1])
+            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            with torch.no_grad():
+                n = flat.shape[0]
+                unbiased = var * n / max(n - 1, 1)
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(unbiased.detach(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)
+        z = (x - mean) * torch.exp(log_scale) + self.beta
+        return z, log_scale.sum().expand(x.shape[:-1])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_scale = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
+        x = (z - self.beta) * torch.exp(-log_scale) + self.running_mean
+        return x, (-log_scale.sum()).expand(z.shape[:-1])

@@ -1,0 +1,167 @@
+"""Core contract: Compose/Inverse semantics, Flow shapes, and one-line errors at the boundary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nfkit as nf
+from nfkit import transforms as T
+
+
+def test_compose_order_flatten_and_slicing() -> None:
+    a, b, c = T.Affine(shift=1.0), T.Affine(scale=2.0), T.Tanh()
+    chain = nf.Compose(nf.Compose(a, b), c)
+    assert len(chain) == 3 and list(chain)[0] is a
+    x = torch.randn(4, 2)
+    z, ladj = chain(x)
+    torch.testing.assert_close(z, torch.tanh((x + 1.0) * 2.0))  # t1 applied first
+    assert isinstance(chain[:2], nf.Compose) and chain[1] is b
+    assert ladj.shape == (4,)
+
+
+def test_inverse_view_swaps_directions_and_is_not_stored() -> None:
+    t = T.Autoregressive(3, T.AffineTransformer(), hidden=(8,))
+    inv = t.inv
+    assert inv.inv is t
+    assert not any(isinstance(m, nf.Inverse) for m in t.modules())
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(inv.forward(x)[0], t.inverse(x)[0])
+    assert "Inverse" in repr(inv)
+
+
+def test_flow_sample_shapes_with_context() -> None:
+    flow = nf.models.MAF(2, context=3, transforms=2, hidden=(8,))
+    c = torch.randn(4, 3)
+    assert flow.sample(7, c).shape == (7, 4, 2)
+    assert flow.sample((2, 5), c).shape == (2, 5, 4, 2)
+    assert flow.sample(7, torch.randn(3)).shape == (7, 2)
+    x, lp = flow.sample_and_log_prob(6, c)
+    assert x.shape == (6, 4, 2) and lp.shape == (6, 4)
+    assert flow.log_prob(torch.randn(10, 4, 2), c).shape == (10, 4)
+
+
+def test_flow_follows_dtype_and_device() -> None:
+    flow = nf.models.NSF(2, transforms=1, hidden=(8,), base="student_t").double()
+    assert flow.sample(3).dtype == torch.float64
+    assert flow.log_prob(torch.randn(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda f: f.log_prob(torch.randn(5, 3)),
+            "Flow.log_prob: x must have last dim 2, got shape (5, 3)",
+        ),
+        (
+            lambda f: f.log_prob(torch.tensor([[0.0, float("nan")]])),
+            "Flow.log_prob: x contains NaN",
+        ),
+        (
+            lambda f: f.log_prob(torch.tensor([[0.0, float("inf")]])),
+            "Flow.log_prob: x contains inf",
+        ),
+        (lambda f: f.log_prob([[0.0, 1.0]]), "Flow.log_prob: x must be a torch.Tensor, got list"),
+        (lambda f: f.log_prob(torch.zeros(3, 2, dtype=torch.long)), "floating-point"),
+        (lambda f: f.sample(-1), "sample shape must be non-negative"),
+        (lambda f: f.sample("ten"), "expected an int or a shape tuple"),
+    ],
+)
+def test_flow_rejects_bad_input(call, message: str) -> None:
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    with pytest.raises((ValueError, TypeError)) as info:
+        call(flow)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_flow_context_errors() -> None:
+    cond = nf.models.NSF(2, context=3, transforms=1, hidden=(8,))
+    with pytest.raises(
+        ValueError,
+        match=r"Flow.log_prob: this flow is conditional and needs a context of last dim 3",
+    ):
+        cond.log_prob(torch.randn(4, 2))
+    with pytest.raises(
+        ValueError, match=r"Flow.sample: context must have last dim 3, got shape \(4, 2\)"
+    ):
+        cond.sample(5, torch.randn(4, 2))
+    plain = nf.models.NSF(2, transforms=1, hidden=(8,))
+    with pytest.raises(ValueError, match="takes no context"):
+        plain.log_prob(torch.randn(4, 2), torch.randn(4, 3))
+
+
+def test_out_of_support_input_is_rejected() -> None:
+    flow = nf.Flow(nf.Compose(T.Logit(), T.Affine(scale=2.0)), nf.distributions.StandardNormal(2))
+    assert torch.isfinite(flow.log_prob(torch.rand(5, 2).clamp(0.01, 0.99))).all()
+    with pytest.raises(
+        ValueError, match=r"Flow.log_prob: x has values outside the support \(0, 1\) \(e.g. 1.5\)"
+    ):
+        flow.log_prob(torch.tensor([[0.5, 1.5]]))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: nf.models.MAF(0), "MAF: features must be an integer >= 1, got 0"),
+        (lambda: nf.models.MAF(2, hidden=(0,)), "MAF: hidden must be a sequence of positive ints"),
+        (lambda: nf.models.NSF(2, transforms=-1), "NSF: transforms must be an integer >= 1"),
+        (lambda: nf.models.MAF(2, activation="nope"), "activation must be one of"),
+        (lambda: nf.models.Planar(2, direction="up"), "direction must be 'sample' or 'density'"),
+        (
+            lambda: nf.models.MAF(2, bins=3),
+            "nf.models.MAF: got an unexpected keyword argument 'bins'",
+        ),
+        (
+            lambda: T.Coupling(3, T.AffineTransformer(), mask=[True, True, True]),
+            "Coupling: mask must be",
+        ),
+        (lambda: T.Permutation([0, 0, 1]), "Permutation: perm must be a permutation"),
+        (lambda: T.RQSplineTransformer(bins=0), "RQSplineTransformer: need bins >= 1"),
+        (lambda: T.Affine(scale=0.0), "Affine: scale must be finite and nonzero"),
+        (lambda: nf.Flow(T.Tanh(), "normal"), "Flow: base must be"),
+        (lambda: nf.models.build({"model": "Nope"}), "unknown model 'Nope'"),
+        (lambda: nf.distributions.Uniform(2, low=1, high=0), "Uniform: need high > low"),
+    ],
+)
+def test_constructors_reject_bad_arguments(build, message: str) -> None:
+    with pytest.raises((ValueError, TypeError)) as info:
+        build()
+    assert message in str(info.value)
+
+
+def test_validation_can_be_switched_off_per_flow() -> None:
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    flow.validate = False
+    assert torch.isnan(flow.log_prob(torch.tensor([[float("nan"), 0.0]]))).all()
+
+
+def test_repr_does_not_touch_rng() -> None:
+    flow = nf.models.Sylvester(3, layers=2)
+    state = torch.random.get_rng_state()
+    assert "Sylvester" in repr(flow)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_actnorm_initializes_from_data_once_and_persists() -> None:
+    t = T.ActNorm(3)
+    x = torch.randn(500, 3) * torch.tensor([1.0, 5.0, 0.1]) + 4
+    z, _ = t(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    t2 = T.ActNorm(3)
+    t2.load_state_dict(t.state_dict())
+    assert bool(t2.initialized)
+    torch.testing.assert_close(t2(x)[0], z)
+
+
+def test_batchnorm_eval_is_exact_bijection() -> None:
+    t = T.BatchNorm(2)
+    for _ in range(20):
+        t(torch.randn(256, 2) * 3 + 1)
+    t.eval()
+    x = torch.randn(10, 2)
+    z, ladj = t(x)
+    xb, ladj_inv = t.inverse(z)
+    torch.testing.assert_close(xb, x)
+    torch.testing.assert_close(ladj, -ladj_inv)
