@@ -1,4 +1,4 @@
-r"""Architecture factories: each returns an :class:`~nfkit.Flow` whose ``config`` rebuilds it.
+r"""Classic factories (coupling, autoregressive, planar family): each returns an :class:`~nfkit.Flow` whose ``config`` rebuilds it.
 
 All arguments after ``features`` are keyword-only. ``nf.models.build(flow.config)`` gives a fresh
 flow of the same architecture (``nf.load`` then fills in the weights).
@@ -6,17 +6,16 @@ flow of the same architecture (``nf.load`` then fills in the weights).
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from nfkit import distributions as D
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Compose, Flow, Transform
+from nfkit.models._registry import activation as activation_class
+from nfkit.models._registry import factory, make_base
 from nfkit.transforms import (
     AdditiveTransformer,
     AffineTransformer,
@@ -38,92 +37,7 @@ from nfkit.transforms import (
     Sylvester as SylvesterLayer,
 )
 
-__all__ = [
-    "MAF",
-    "IAF",
-    "NSF",
-    "RealNVP",
-    "NICE",
-    "Planar",
-    "Radial",
-    "Sylvester",
-    "build",
-    "make_base",
-]
-
-FACTORIES: dict[str, Callable[..., Flow]] = {}
-
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
-    """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able)."""
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Flow:
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"nf.models.{fn.__name__}: {e}") from None
-        bound.apply_defaults()
-        flow = fn(*bound.args, **bound.kwargs)
-        flow.config = {
-            "model": fn.__name__,
-            **{k: _jsonable(v) for k, v in bound.arguments.items()},
-        }
-        return flow
-
-    FACTORIES[fn.__name__] = wrapper
-    return wrapper
-
-
-def build(config: dict[str, Any]) -> Flow:
-    """Rebuild the architecture described by ``flow.config`` (fresh weights)."""
-    config = dict(config)
-    name = config.pop("model", None)
-    if name not in FACTORIES:
-        raise ValueError(f"nf.models.build: unknown model {name!r}; known: {sorted(FACTORIES)}")
-    features = config.pop("features", None)
-    if features is None:
-        return FACTORIES[name](**config)
-    return FACTORIES[name](features, **config)
-
-
-def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module:
-    """A base distribution by name: ``normal``, ``diag_normal``, ``student_t``, ``gmm``, ``uniform``."""
-    if isinstance(base, nn.Module):
-        return base
-    makers: dict[str, Callable[[], nn.Module]] = {
-        "normal": lambda: D.StandardNormal(features),
-        "diag_normal": lambda: D.DiagNormal(features),
-        "student_t": lambda: D.StudentT(features),
-        "gmm": lambda: D.GaussianMixture(features),  # type: ignore[arg-type]
-        "uniform": lambda: D.Uniform(features),
-    }
-    if base not in makers:
-        raise ValueError(f"base must be one of {sorted(makers)} or a distribution, got {base!r}")
-    return makers[base]()
-
-
-def _activation(name: str) -> Callable[[], nn.Module]:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]
+__all__ = ["MAF", "IAF", "NSF", "RealNVP", "NICE", "Planar", "Radial", "Sylvester"]
 
 
 def _check_common(
@@ -166,7 +80,7 @@ def _autoregressive_stack(
             order=_orders(features, i),
             hidden=hidden,
             residual=residual,
-            activation=_activation(activation),
+            activation=activation_class(activation),
         )
         layers.append(layer.inv if invert else layer)
     return layers

@@ -1,0 +1,24 @@
+r"""Architecture factories: each returns an :class:`~nfkit.Flow` whose ``config`` rebuilds it.
+
+All arguments after ``features`` are keyword-only. ``nf.models.build(flow.config)`` gives a fresh
+flow of the same architecture (``nf.load`` then fills in the weights). Each family's factories
+live in their own module and register themselves with ``@factory``.
+"""
+
+from nfkit.models._registry import FACTORIES, build, factory, make_base
+from nfkit.models.classic import IAF, MAF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
+
+__all__ = [
+    "MAF",
+    "IAF",
+    "NSF",
+    "RealNVP",
+    "NICE",
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "FACTORIES",
+    "build",
+    "factory",
+    "make_base",
+]

@@ -1,0 +1,89 @@
+r"""The factory registry: ``@factory`` fills ``flow.config``; ``build(config)`` rebuilds a flow."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from nfkit import distributions as D
+from nfkit.core import Flow
+
+__all__ = ["FACTORIES", "factory", "build", "make_base", "activation"]
+
+FACTORIES: dict[str, Callable[..., Flow]] = {}
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
+    """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Flow:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"nf.models.{fn.__name__}: {e}") from None
+        bound.apply_defaults()
+        flow = fn(*bound.args, **bound.kwargs)
+        flow.config = {
+            "model": fn.__name__,
+            **{k: _jsonable(v) for k, v in bound.arguments.items()},
+        }
+        return flow
+
+    FACTORIES[fn.__name__] = wrapper
+    return wrapper
+
+
+def build(config: dict[str, Any]) -> Flow:
+    """Rebuild the architecture described by ``flow.config`` (fresh weights)."""
+    config = dict(config)
+    name = config.pop("model", None)
+    if name not in FACTORIES:
+        raise ValueError(f"nf.models.build: unknown model {name!r}; known: {sorted(FACTORIES)}")
+    features = config.pop("features", None)
+    if features is None:
+        return FACTORIES[name](**config)
+    return FACTORIES[name](features, **config)
+
+
+def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module:
+    """A base distribution by name: ``normal``, ``diag_normal``, ``student_t``, ``gmm``, ``uniform``."""
+    if isinstance(base, nn.Module):
+        return base
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "normal": lambda: D.StandardNormal(features),
+        "diag_normal": lambda: D.DiagNormal(features),
+        "student_t": lambda: D.StudentT(features),
+        "gmm": lambda: D.GaussianMixture(features),  # type: ignore[arg-type]
+        "uniform": lambda: D.Uniform(features),
+    }
+    if base not in makers:
+        raise ValueError(f"base must be one of {sorted(makers)} or a distribution, got {base!r}")
+    return makers[base]()
+
+
+def activation(name: str) -> Callable[[], nn.Module]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]
