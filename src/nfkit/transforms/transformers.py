@@ -1,6 +1,8 @@
 r"""Transformers: the elementwise invertible maps shared by Elementwise, Coupling and Autoregressive.
 
-A transformer holds hyperparameters only (no tensors). It receives the conditioner's
+A transformer is usually a frozen dataclass of hyperparameters (no tensors); one that needs its
+own weights (UMNN's shared integrand network) is also an ``nn.Module``, and the structure that holds
+it registers it as a submodule. It receives the conditioner's
 *unconstrained* output ``params`` of shape ``(*, num_params)`` per element and constrains it itself;
 ``params = 0`` gives the identity. Both directions return the **elementwise** ``ladj``; the
 structure that uses the transformer sums it over the event.
@@ -24,7 +26,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
 class Transformer(abc.ABC):
     """Abstract elementwise monotone map ``z = τ(x; θ)`` with ``num_params`` raw parameters θ."""
 
