@@ -5,6 +5,9 @@ bracket ``[lo, hi]``. The iterations run without autograd (bisection, safeguarde
 where ``df`` is given); one last Newton step is taken *with* autograd, which makes the gradient
 with respect to ``y`` and to the parameters inside ``f`` exact at the root (implicit function
 theorem: ``dx = (dy - ∂f/∂θ dθ) / f'(x)``), without back-propagating through the loop.
+
+``fixed_point(f, x0)`` solves ``x = f(x)`` for a contraction ``f`` by Banach iteration, with
+implicit gradients through a backward hook (the adjoint fixed point), as in deep equilibrium models.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["monotone_solve", "default_tol"]
+__all__ = ["monotone_solve", "fixed_point", "default_tol"]
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -55,7 +58,8 @@ def monotone_solve(
             hi = torch.where(fx < 0, hi, x)
             if df is not None:
                 step = x - fx / df(x).clamp_min(1e-30)
-                ok = (step > lo) & (step < hi)
+                # Non-strict: at a converged root the step lands on the bracket end just set.
+                ok = (step >= lo) & (step <= hi)
                 x_new = torch.where(ok, step, (lo + hi) / 2)
             else:
                 x_new = (lo + hi) / 2
@@ -71,5 +75,66 @@ def monotone_solve(
     with torch.enable_grad():
         fx = f(x)
         slope = df(x) if df is not None else torch.autograd.grad(fx.sum(), x, retain_graph=True)[0]
-    # Implicit step: value unchanged (fx ≈ y), gradients as the implicit function theorem gives.
-    return x.detach() - (fx - y) / slope.detach()
+    # Implicit step: gradients as the implicit function theorem gives. The value takes the Newton
+    # correction but stays in the final bracket (a vanishing slope cannot throw it out), and the
+    # slope is floored so that the backward pass never forms 0 · inf.
+    slope = slope.detach().clamp_min(torch.finfo(slope.dtype).tiny ** 0.5)
+    with torch.no_grad():
+        x_val = torch.minimum(torch.maximum(x - (fx - y) / slope, lo), hi)
+    return x_val + ((y - y.detach()) - (fx - fx.detach())) / slope
+
+
+def fixed_point(
+    f: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    *,
+    tol: float | None = None,
+    contraction: float = 0.9,
+    max_iter: int = 1000,
+) -> Tensor:
+    r"""Solve ``x = f(x)`` for a contraction ``f`` (``Lip(f) <= contraction < 1``), elementwise.
+
+    Banach iteration ``x ← f(x)`` from ``x0`` without autograd. The error after a step of size
+    ``δ`` is at most ``δ · L / (1 - L)``, so it stops once ``δ <= tol · (1 + |x|) · (1 - L) / L``
+    everywhere, which guarantees a relative error below ``tol`` (default :func:`default_tol`), or
+    after ``max_iter`` steps (a guard; convergence is checked every 8 steps to limit syncs).
+
+    Gradients (implicit function theorem, as in deep equilibrium models): one step ``f(x*)`` is
+    taken with autograd, giving ``∂f/∂θ`` and ``∂f/∂z``; a hook on it replaces the incoming
+    gradient ``u`` by the solution of ``y = u + J_fᵀ y`` (again a contraction), i.e.
+    ``(I - J_f)⁻ᵀ u``. Double backward through the solve is not supported.
+    """
+    tol = default_tol(x0.dtype) if tol is None else tol
+    factor = tol * (1 - contraction) / contraction
+
+    def iterate(step: Callable[[Tensor], Tensor], start: Tensor) -> Tensor:
+        x = start
+        for it in range(max_iter):
+            x_new = step(x)
+            done = (x_new - x).abs() <= factor * (1 + x_new.abs())
+            x = x_new
+            if it % 8 == 7 and bool(done.all()):
+                break
+        return x
+
+    with torch.no_grad():
+        x_star = iterate(f, x0.detach())
+    if not torch.is_grad_enabled():
+        return x_star
+    x = f(x_star)
+    if not x.requires_grad:
+        return x
+    x_leaf = x_star.detach().requires_grad_(True)
+    with torch.enable_grad():
+        f_leaf = f(x_leaf)
+
+    def adjoint(grad: Tensor) -> Tensor:
+        def step(y: Tensor) -> Tensor:
+            (vjp,) = torch.autograd.grad(f_leaf, x_leaf, y, retain_graph=True)
+            return grad + vjp
+
+        with torch.no_grad():
+            return iterate(step, grad)
+
+    x.register_hook(adjoint)
+    return x

@@ -7,8 +7,18 @@ live in their own module and register themselves with ``@factory``.
 
 from nfkit.models._registry import FACTORIES, build, factory, make_base
 from nfkit.models.classic import IAF, MAF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
+from nfkit.models.continuous import FFJORD
+from nfkit.models.gaussianization import RBIG, RBIGFlow
+from nfkit.models.monotonic import NAF, UMNN
+from nfkit.models.residual import ResidualFlow
 
 __all__ = [
+    "FFJORD",
+    "RBIG",
+    "RBIGFlow",
+    "NAF",
+    "UMNN",
+    "ResidualFlow",
     "MAF",
     "IAF",
     "NSF",

@@ -4,6 +4,7 @@ Every class listed in ``__all__`` is covered by the generic test in ``tests/test
 """
 
 from nfkit.transforms.autoregressive import Autoregressive
+from nfkit.transforms.continuous import ContinuousFlow
 from nfkit.transforms.coupling import Coupling, MLPConditioner, alternating_mask
 from nfkit.transforms.elementwise import (
     Affine,
@@ -14,9 +15,12 @@ from nfkit.transforms.elementwise import (
     Softplus,
     Tanh,
 )
+from nfkit.transforms.gaussianization import MarginalGaussianization, Rotation
 from nfkit.transforms.linear import Householder, LULinear, Permutation, Reverse
+from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer
 from nfkit.transforms.normalization import ActNorm, BatchNorm
 from nfkit.transforms.planar import Planar, Radial, Sylvester
+from nfkit.transforms.residual import ResidualBlock
 from nfkit.transforms.transformers import (
     AdditiveTransformer,
     AffineTransformer,
@@ -25,6 +29,12 @@ from nfkit.transforms.transformers import (
 )
 
 __all__ = [
+    "ContinuousFlow",
+    "MarginalGaussianization",
+    "Rotation",
+    "DSFTransformer",
+    "UMNNTransformer",
+    "ResidualBlock",
     # structures
     "Elementwise",
     "Coupling",

@@ -1,0 +1,106 @@
+r"""Monotonic-transformer factories: :func:`NAF` (deep sigmoidal flows) and :func:`UMNN`.
+
+Both stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders alternating
+between layers) whose transformer is monotone with a numerical inverse: ``log_prob`` takes one
+network pass per layer, sampling ``D`` passes per layer, each a bracketed root find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nfkit._checks import check_hidden
+from nfkit.core import Flow, Transform
+from nfkit.models._registry import activation as activation_class
+from nfkit.models._registry import factory
+from nfkit.models.classic import _autoregressive_stack, _check_common, _flow, _orders
+from nfkit.transforms import Autoregressive
+from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer
+
+__all__ = ["NAF", "UMNN"]
+
+
+@factory
+def NAF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 3,
+    hidden: Sequence[int] = (64, 64),
+    components: int = 8,
+    bound: float = 10.0,
+    residual: bool = False,
+    activation: str = "relu",
+    base: str = "normal",
+) -> Flow:
+    """Neural autoregressive flow with deep sigmoidal transformers (Huang et al. 2018, arXiv:1804.00779).
+
+    Args:
+        features: ``D``.
+        context: Context size.
+        transforms: Number of autoregressive layers.
+        hidden: MADE hidden widths.
+        components: Sigmoid components of each DSF (``3 · components`` parameters per feature).
+        bound: The DSF is linear outside ``[-bound, bound]``.
+        residual: Masked residual blocks in the MADE.
+        activation: MADE activation name.
+        base: Base distribution name.
+    """
+    layers = _autoregressive_stack(
+        "NAF",
+        features,
+        DSFTransformer(hidden=components, bound=bound),
+        context,
+        transforms,
+        hidden,
+        residual,
+        activation,
+        False,
+    )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def UMNN(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 3,
+    hidden: Sequence[int] = (64, 64),
+    embedding: int = 8,
+    integrand: Sequence[int] = (32, 32),
+    nodes: int = 48,
+    bound: float = 5.0,
+    activation: str = "relu",
+    base: str = "normal",
+) -> Flow:
+    """Autoregressive unconstrained monotonic networks (Wehenkel & Louppe 2019, arXiv:1908.05164).
+
+    Each layer has its own integrand network (shared by the ``D`` coordinates of that layer).
+
+    Args:
+        features: ``D``.
+        context: Context size.
+        transforms: Number of autoregressive layers.
+        hidden: MADE hidden widths (the MADE outputs ``embedding + 1`` values per feature).
+        embedding: Size of each coordinate's embedding ``h``.
+        integrand: Hidden widths of the integrand network ``g(t, h)``.
+        nodes: Clenshaw–Curtis order of the quadrature.
+        bound: The integral is used on ``[-bound, bound]``, linear tails outside.
+        activation: MADE activation name.
+        base: Base distribution name.
+    """
+    hidden = _check_common("UMNN", features, context, transforms, hidden)
+    integrand = check_hidden("UMNN", integrand)
+    layers: list[Transform] = [
+        Autoregressive(
+            features,
+            UMNNTransformer(embedding, integrand, nodes=nodes, bound=bound),
+            context=context,
+            order=_orders(features, i),
+            hidden=hidden,
+            activation=activation_class(activation),
+        )
+        for i in range(transforms)
+    ]
+    return _flow(layers, features, context, base)

@@ -1,0 +1,67 @@
+r"""Residual-flow factory: :func:`ResidualFlow` (i-ResNet / Residual Flows)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nfkit._checks import check_hidden, check_positive_int
+from nfkit.core import Flow, Transform
+from nfkit.models._registry import factory
+from nfkit.models.classic import _flow
+from nfkit.transforms import ActNorm
+from nfkit.transforms.residual import LogDet, ResidualBlock
+
+__all__ = ["ResidualFlow"]
+
+
+@factory
+def ResidualFlow(
+    features: int,
+    *,
+    context: int = 0,
+    blocks: int = 4,
+    hidden: Sequence[int] = (64, 64),
+    lipschitz: float = 0.9,
+    logdet: LogDet = "exact",
+    terms: int = 8,
+    actnorm: bool = True,
+    base: str = "normal",
+) -> Flow:
+    """Residual flow (Behrmann et al. 2019, arXiv:1811.00995; Chen et al. 2019, arXiv:1906.02735).
+
+    ``blocks`` :class:`~nfkit.transforms.ResidualBlock` layers, each preceded by an
+    :class:`~nfkit.transforms.ActNorm` when ``actnorm`` (data-dependent init on the first
+    train-mode forward). ``log_prob`` is explicit; sampling runs a fixed-point iteration per
+    block. ``logdet`` picks the training estimator (``"exact"``, ``"series"``, ``"roulette"``);
+    eval mode always uses the exact log-det.
+
+    Args:
+        features: ``D``.
+        context: Context size.
+        blocks: Number of residual blocks.
+        hidden: Hidden widths of each block's ``g``.
+        lipschitz: Lipschitz bound of each ``g`` (< 1).
+        logdet: Log-det estimator in train mode.
+        terms: Series terms (always-computed terms for the roulette estimator).
+        actnorm: Insert ActNorm before each block.
+        base: Base distribution name.
+    """
+    check_positive_int("ResidualFlow", "features", features)
+    check_positive_int("ResidualFlow", "context", context, minimum=0)
+    check_positive_int("ResidualFlow", "blocks", blocks)
+    hidden = check_hidden("ResidualFlow", hidden)
+    layers: list[Transform] = []
+    for _ in range(blocks):
+        if actnorm:
+            layers.append(ActNorm(features))
+        layers.append(
+            ResidualBlock(
+                features,
+                context=context,
+                hidden=hidden,
+                lipschitz=lipschitz,
+                logdet=logdet,
+                terms=terms,
+            )
+        )
+    return _flow(layers, features, context, base)

@@ -1,0 +1,44 @@
+"""Cases for the monotonic transformers (DSF, UMNN) and the NAF / UMNN factories."""
+
+from __future__ import annotations
+
+import nfkit as nf
+from nfkit import transforms as T
+
+from . import Case, ModelCase
+
+H = (16, 16)
+DSF = T.DSFTransformer(hidden=4)
+
+
+def _coupling(d: int, c: int, transformer: T.Transformer) -> nf.Transform:
+    if d == 1:
+        return T.Elementwise(1, transformer, context=c, hidden=H)
+    return T.Coupling(d, transformer, context=c, hidden=H)
+
+
+def _umnn() -> T.UMNNTransformer:
+    return T.UMNNTransformer(embedding=4, hidden=(16, 16), nodes=48)
+
+
+TRANSFORMS: dict[str, Case] = {
+    "Autoregressive-DSF(NAF)": Case(
+        lambda d, c: T.Autoregressive(d, DSF, context=c, hidden=H), context=True
+    ),
+    "Coupling-DSF": Case(lambda d, c: _coupling(d, c, DSF), context=True),
+    "Autoregressive-UMNN": Case(
+        lambda d, c: T.Autoregressive(d, _umnn(), context=c, hidden=H), context=True
+    ),
+    "Coupling-UMNN": Case(lambda d, c: _coupling(d, c, _umnn()), context=True),
+}
+
+MODELS: dict[str, ModelCase] = {
+    "NAF": ModelCase(
+        lambda d, c: nf.models.NAF(d, context=c, transforms=2, hidden=H, components=4)
+    ),
+    "UMNN": ModelCase(
+        lambda d, c: nf.models.UMNN(
+            d, context=c, transforms=2, hidden=H, embedding=4, integrand=(16, 16)
+        )
+    ),
+}

@@ -1,0 +1,119 @@
+"""Specific tests of the continuous flows (FFJORD): trace estimators, adjoint, normalization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nfkit as nf
+from nfkit.testing import perturb_parameters
+from nfkit.transforms import ContinuousFlow
+
+
+def _flow(d: int = 3, context: int = 0, seed: int = 0, **kwargs: object) -> ContinuousFlow:
+    torch.manual_seed(seed)
+    t = ContinuousFlow(d, context=context, hidden=(16,), **kwargs).double()
+    return perturb_parameters(t, 0.5, seed)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise: str) -> None:
+    """Mean of the Hutchinson log-det over many noise draws ≈ the exact log-det."""
+    t = _flow(trace="hutchinson", noise=noise, atol=1e-8, rtol=1e-8)
+    x = torch.randn(3, 3, dtype=torch.float64)
+    with torch.no_grad():  # the trace needs no graph of its own
+        t.eval()  # eval mode: exact trace, deterministic
+        _, exact = t(x)
+        _, again = t(x)
+        assert torch.equal(exact, again)
+        t.train()
+        n = 1500  # every row of the batch gets its own noise draw
+        _, draws = t(x.repeat_interleave(n, 0))
+    draws = draws.reshape(3, n)
+    mean, sem = draws.mean(1), draws.std(1) / n**0.5
+    assert (draws.std(1) > 1e-3).all(), "the estimator should be stochastic in train mode"
+    assert ((mean - exact).abs() < 4 * sem + 1e-6).all(), (mean, exact, sem)
+
+
+def test_hutchinson_noise_fixed_within_a_solve() -> None:
+    """With the same noise over the solve, forward then inverse cancel for each draw's z."""
+    t = _flow(trace="hutchinson", atol=1e-9, rtol=1e-9).train()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    z, _ = t(x)
+    x_back, _ = t.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-7, rtol=0)
+
+
+def test_adjoint_matches_direct_backprop() -> None:
+    """odeint_adjoint and back-propagation through the solver give the same gradients."""
+    direct = _flow(d=2, context=2, atol=1e-9, rtol=1e-9)
+    adjoint = _flow(d=2, context=2, atol=1e-9, rtol=1e-9, adjoint=True)
+    adjoint.load_state_dict(direct.state_dict())
+    x = torch.randn(4, 2, dtype=torch.float64)
+    c = torch.randn(4, 2, dtype=torch.float64)
+    grads = []
+    for t in (direct, adjoint):
+        xr, cr = x.clone().requires_grad_(True), c.clone().requires_grad_(True)
+        z, ladj = t(xr, cr)
+        loss = (z * z).sum() + ladj.sum()
+        grads.append(torch.autograd.grad(loss, [xr, cr, *t.parameters()]))
+    for g_direct, g_adjoint in zip(*grads):
+        torch.testing.assert_close(g_adjoint, g_direct, atol=1e-6, rtol=1e-6)
+
+
+def test_fixed_step_solver_round_trip() -> None:
+    t = _flow(solver="rk4", steps=32, time_dependent=False)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    z, ladj = t(x)
+    x_back, ladj_inv = t.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ladj_inv, -ladj, atol=1e-5, rtol=0)
+
+
+def test_ffjord_density_integrates_to_one() -> None:
+    """A random 2-D FFJORD (default tolerances, exact trace) has total mass 1 on a grid."""
+    torch.manual_seed(0)
+    flow = perturb_parameters(nf.models.FFJORD(2, hidden=(16,)).double(), 0.5).eval()
+    g = torch.linspace(-9, 9, 181, dtype=torch.float64)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    with torch.no_grad():
+        p = flow.log_prob(torch.stack([xx, yy], -1).reshape(-1, 2)).exp().reshape(181, 181)
+    mass = torch.trapezoid(torch.trapezoid(p, g, dim=1), g).item()
+    assert abs(mass - 1.0) < 1e-2, mass
+
+
+def test_ffjord_trains_with_hutchinson() -> None:
+    """A few Adam steps with the stochastic trace lower the (exact) negative log-likelihood."""
+    torch.manual_seed(0)
+    flow = nf.models.FFJORD(2, hidden=(16,), trace="hutchinson", atol=1e-4, rtol=1e-4)
+    x = torch.randn(256, 2) * torch.tensor([0.5, 2.0]) + 1.0
+    flow.eval()
+    with torch.no_grad():
+        before = -flow.log_prob(x).mean().item()
+    opt = torch.optim.Adam(flow.parameters(), lr=2e-2)
+    flow.train()
+    for _ in range(15):
+        opt.zero_grad()
+        loss = -flow.log_prob(x).mean()
+        loss.backward()
+        opt.step()
+    flow.eval()
+    with torch.no_grad():
+        after = -flow.log_prob(x).mean().item()
+    assert after < before - 0.1, (before, after)
+
+
+def test_config_rebuilds_and_errors() -> None:
+    flow = nf.models.FFJORD(2, context=1, hidden=(4,), trace="hutchinson", adjoint=True)
+    assert flow.config["trace"] == "hutchinson" and flow.config["adjoint"] is True
+    assert isinstance(nf.models.build(flow.config).transform[0], ContinuousFlow)
+    with pytest.raises(ValueError, match="trace must be"):
+        ContinuousFlow(2, trace="exactly")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ContinuousFlow(2, solver="leapfrog")
+    with pytest.raises(ValueError, match="atol must be a positive number"):
+        ContinuousFlow(2, atol=0.0)
+    with pytest.raises(ValueError, match="expected last dim 2"):
+        ContinuousFlow(2)(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="expected a context of last dim 1"):
+        ContinuousFlow(2, context=1)(torch.randn(3, 2))
