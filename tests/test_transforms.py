@@ -157,7 +157,8 @@ def _build_model(case: ModelCase, d: int, context: int) -> nf.Flow:
     if case.train_first:
         flow.train()
         flow.log_prob(
-            torch.randn(64, d, dtype=torch.float64), _context(None, (64,), bool(context))
+            torch.randn(64, *case.event_shape(d), dtype=torch.float64),
+            _context(None, (64,), bool(context)),
         )
     flow.eval()
     return flow

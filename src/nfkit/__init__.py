@@ -5,7 +5,7 @@ flow = nf.models.NSF(2)
 loss = -flow.log_prob(x).mean()
 """
 
-from nfkit import distributions, models, nn, testing, transforms
+from nfkit import distributions, metrics, models, nn, testing, transforms
 from nfkit.core import Compose, Flow, Inverse, Transform
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "nn",
     "models",
     "testing",
+    "metrics",
     "__version__",
 ]

@@ -94,7 +94,13 @@ def check_transform(
         raise AssertionError(
             f"{name}: ladj has shape {tuple(ladj.shape)}, expected {tuple(batch)}"
         )
-    if tuple(z.shape) != (*batch, *x.shape[x.dim() - event_dim :]):
+    # The event may change shape (Squeeze: (C, H, W) -> (4C, H/2, W/2)) but not its size.
+    z_event = z.shape[len(batch) :]
+    if (
+        tuple(z.shape[: len(batch)]) != tuple(batch)
+        or len(z_event) != event_dim
+        or z_event.numel() != x.shape[x.dim() - event_dim :].numel()
+    ):
         raise AssertionError(
             f"{name}: z has shape {tuple(z.shape)}, expected batch {tuple(batch)} + event"
         )

@@ -37,6 +37,7 @@ class ModelCase:
     make: Callable[[int, int], Flow]  # (features, context) -> flow
     context: bool = True
     features: tuple[int, ...] = (1, 2, 5)
+    event_shape: Callable[[int], tuple[int, ...]] = lambda d: (d,)  # noqa: E731 (image flows)
     perturb: float = 0.1
     atol_inverse: float = 1e-8
     train_first: bool = False

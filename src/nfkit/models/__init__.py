@@ -9,10 +9,13 @@ from nfkit.models._registry import FACTORIES, build, factory, make_base
 from nfkit.models.classic import IAF, MAF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
 from nfkit.models.gaussianization import RBIG, RBIGFlow
+from nfkit.models.image import Glow, MultiscaleRealNVP
 from nfkit.models.monotonic import NAF, UMNN
 from nfkit.models.residual import ResidualFlow
 
 __all__ = [
+    "Glow",
+    "MultiscaleRealNVP",
     "FFJORD",
     "RBIG",
     "RBIGFlow",

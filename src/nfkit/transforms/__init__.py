@@ -16,7 +16,8 @@ from nfkit.transforms.elementwise import (
     Tanh,
 )
 from nfkit.transforms.gaussianization import MarginalGaussianization, Rotation
-from nfkit.transforms.linear import Householder, LULinear, Permutation, Reverse
+from nfkit.transforms.image import LogitPreprocess, MultiscaleSplit, Squeeze, dequantize
+from nfkit.transforms.linear import Householder, InvConv1x1, LULinear, Permutation, Reverse
 from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer
 from nfkit.transforms.normalization import ActNorm, BatchNorm
 from nfkit.transforms.planar import Planar, Radial, Sylvester
@@ -29,6 +30,11 @@ from nfkit.transforms.transformers import (
 )
 
 __all__ = [
+    "Squeeze",
+    "MultiscaleSplit",
+    "LogitPreprocess",
+    "InvConv1x1",
+    "dequantize",
     "ContinuousFlow",
     "MarginalGaussianization",
     "Rotation",

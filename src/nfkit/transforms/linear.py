@@ -12,7 +12,7 @@ from nfkit._checks import check_positive_int
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
-__all__ = ["Permutation", "Reverse", "LULinear", "Householder"]
+__all__ = ["Permutation", "Reverse", "LULinear", "Householder", "InvConv1x1"]
 
 
 def _zeros_ladj(x: Tensor, event_dim: int) -> Tensor:
@@ -163,3 +163,35 @@ class Householder(Transform):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z @ householder_matrix(self.vectors), _zeros_ladj(z, 1)
+
+
+class InvConv1x1(Transform):
+    r"""Invertible 1×1 convolution ``z[:, i, j] = W x[:, i, j] + b`` with ``W = P L U`` (Glow).
+
+    A thin wrapper over :class:`LULinear` with ``dim=-3``: the same channel-mixing matrix at every
+    pixel. ``ladj = H · W · Σ log u_ii``; inverse by two triangular solves (exact to rounding).
+    Kingma & Dhariwal (2018), "Glow", arXiv:1807.03039 (LU-decomposed variant).
+
+    Args:
+        channels: ``C``.
+        seed: Seed of the fixed random permutation ``P``.
+
+    Shapes:
+        x: ``(*batch, C, H, W)`` → z: same, ladj: ``(*batch,)``.
+    """
+
+    event_dim = 3
+
+    def __init__(self, channels: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.linear = LULinear(channels, seed=seed, dim=-3)
+
+    def weight(self) -> Tensor:
+        """The ``C × C`` matrix ``W = P L U``."""
+        return self.linear.weight()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.linear(x)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.linear.inverse(z)
