@@ -7,6 +7,9 @@ loss = -flow.log_prob(x).mean()
 
 from nfkit import distributions, metrics, models, nn, testing, transforms
 from nfkit.core import Compose, Flow, Inverse, Transform
+from nfkit import datasets, plot, targets
+from nfkit.io import load, save
+from nfkit.train import History, NonFiniteLossError, fit, fit_vi
 
 __version__ = "0.1.0"
 
@@ -22,4 +25,23 @@ __all__ = [
     "testing",
     "metrics",
     "__version__",
+    "fit",
+    "fit_vi",
+    "History",
+    "NonFiniteLossError",
+    "save",
+    "load",
+    "FlowDensity",
+    "datasets",
+    "targets",
+    "plot",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # FlowDensity imports scikit-learn: load it on first use, not with `import nfkit`.
+    if name == "FlowDensity":
+        from nfkit.estimator import FlowDensity
+
+        return FlowDensity
+    raise AttributeError(f"module 'nfkit' has no attribute {name!r}")

@@ -74,6 +74,19 @@ class Compose(Transform):
     """Chain ``t1, t2, ...`` applied **in the order given** on ``forward``; ``ladj`` is summed.
 
     The same ``context`` is passed to every layer. Nested Composes are flattened.
+
+    Example:
+        >>> import torch
+        >>> import nfkit as nf
+        >>> t = nf.Compose(nf.transforms.Affine(shift=1.0, scale=2.0), nf.transforms.Reverse(3))
+        >>> x = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> z, ladj = t(x)  # Affine first, then Reverse
+        >>> z
+        tensor([[7., 5., 3.]])
+        >>> ladj  # 3 log 2
+        tensor([2.0794])
+        >>> t.inverse(z)[0]
+        tensor([[1., 2., 3.]])
     """
 
     def __init__(self, *transforms: Transform) -> None:
@@ -119,6 +132,18 @@ class Compose(Transform):
         return self.transforms[index]  # type: ignore[return-value]
 
 
+CHUNK_SIZE = 2**16
+"""Default ``chunk_size`` of :meth:`Flow.log_prob` and :meth:`Flow.sample` (rows per pass)."""
+
+
+def _check_chunk(where: str, chunk_size: int | None) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{where}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
 def _as_shape(shape_or_n: int | Sequence[int] | torch.Size, where: str) -> torch.Size:
     if isinstance(shape_or_n, bool):
         raise TypeError(f"{where}: expected an int or a shape tuple, got {shape_or_n!r}")
@@ -153,6 +178,21 @@ class Flow(nn.Module):
     Shapes:
         ``log_prob``: x ``(*batch, *event)``, context ``(*batch, C)`` → ``(*batch,)``.
         ``sample(shape)``: context ``(*cb, C)`` → ``(*shape, *cb, *event)``.
+
+    Example:
+        >>> import torch
+        >>> import nfkit as nf
+        >>> _ = torch.manual_seed(0)
+        >>> flow = nf.Flow(
+        ...     nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=3),
+        ...     nf.distributions.StandardNormal(2),
+        ...     context=3,
+        ... )
+        >>> x, c = torch.randn(10, 2), torch.randn(10, 3)
+        >>> flow.log_prob(x, context=c).shape
+        torch.Size([10])
+        >>> flow.sample(4, context=c).shape  # sample dims first, then the context's batch
+        torch.Size([4, 10, 2])
     """
 
     def __init__(
@@ -196,12 +236,40 @@ class Flow(nn.Module):
         check_support(where, "x", x, self.transform.domain)
         check_context(where, context, self.context_features)
 
-    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Exact log-density of ``x`` (shape ``(*batch,)``)."""
-        self._check_x("Flow.log_prob", x, context)
+    def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         context = self._embed(context)
         z, ladj = self.transform(x, context)
         return self.base.log_prob(z, context) + ladj
+
+    def log_prob(
+        self, x: Tensor, context: Tensor | None = None, *, chunk_size: int | None = CHUNK_SIZE
+    ) -> Tensor:
+        """Exact log-density of ``x`` (shape ``(*batch,)``).
+
+        Args:
+            x: Data ``(*batch, *event)``.
+            context: ``(*batch, C)`` (broadcast against ``x``'s batch) or None.
+            chunk_size: Evaluate at most this many rows at a time (the flattened broadcast batch)
+                so that memory stays bounded for millions of rows; None: one pass. Results equal
+                the one-pass ones; with autograd on, gradients flow through every chunk.
+        """
+        self._check_x("Flow.log_prob", x, context)
+        size = _check_chunk("Flow.log_prob", chunk_size)
+        ev = len(self.event_shape)
+        batch = x.shape[: x.dim() - ev]
+        if context is not None:
+            batch = torch.broadcast_shapes(batch, context.shape[:-1])
+        n = batch.numel()
+        if size is None or n <= size:
+            return self._log_prob(x, context)
+        x = x.expand(*batch, *x.shape[x.dim() - ev :]).reshape(n, *x.shape[x.dim() - ev :])
+        if context is not None:
+            context = context.expand(*batch, context.shape[-1]).reshape(n, context.shape[-1])
+        out = [
+            self._log_prob(x[i : i + size], None if context is None else context[i : i + size])
+            for i in range(0, n, size)
+        ]
+        return torch.cat(out).reshape(batch)
 
     def _sample_shape(self, where: str, shape_or_n: Any, context: Tensor | None) -> torch.Size:
         shape = _as_shape(shape_or_n, where)
@@ -225,11 +293,35 @@ class Flow(nn.Module):
         return self._rsample("Flow.rsample", shape_or_n, context)
 
     def sample(
-        self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None
+        self,
+        shape_or_n: int | Sequence[int] = (),
+        context: Tensor | None = None,
+        *,
+        chunk_size: int | None = CHUNK_SIZE,
     ) -> Tensor:
-        """Samples without gradient (see :meth:`rsample`)."""
+        """Samples without gradient (see :meth:`rsample`), ``(*shape, *context_batch, *event)``.
+
+        Args:
+            shape_or_n: Sample shape (an int ``n`` means ``(n,)``).
+            context: ``(*cb, C)`` or None.
+            chunk_size: Draw and transform at most this many samples at a time (along the
+                flattened sample shape, times the context batch), writing into one output
+                tensor, so memory beyond the output stays bounded; None: one pass.
+        """
+        size = _check_chunk("Flow.sample", chunk_size)
+        shape = _as_shape(shape_or_n, "Flow.sample")
+        per_row = 1 if context is None else context.shape[:-1].numel()
+        n = shape.numel()
         with torch.no_grad():
-            return self._rsample("Flow.sample", shape_or_n, context)
+            if size is None or n * per_row <= size:
+                return self._rsample("Flow.sample", shape, context)
+            step = max(1, size // max(per_row, 1))
+            first = self._rsample("Flow.sample", min(step, n), context)
+            out = first.new_empty(n, *first.shape[1:])
+            out[: len(first)] = first
+            for i in range(len(first), n, step):
+                out[i : i + step] = self._rsample("Flow.sample", min(step, n - i), context)
+            return out.reshape(*shape, *first.shape[1:])
 
     def sample_and_log_prob(
         self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None

@@ -73,7 +73,17 @@ class BaseDistribution(nn.Module):
 
 
 class StandardNormal(BaseDistribution):
-    r"""Standard normal ``N(0, I)``: ``log p(z) = -½‖z‖² - ½ D log 2π``."""
+    r"""Standard normal ``N(0, I)``: ``log p(z) = -½‖z‖² - ½ D log 2π``.
+
+    Example:
+        >>> import torch
+        >>> from nfkit.distributions import StandardNormal
+        >>> base = StandardNormal(2)
+        >>> base.log_prob(torch.zeros(2))  # -log 2π
+        tensor(-1.8379)
+        >>> base.sample((5,)).shape
+        torch.Size([5, 2])
+    """
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return -0.5 * self._sum_event(z * z) - 0.5 * self.features * _LOG_2PI

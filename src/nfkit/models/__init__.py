@@ -12,6 +12,7 @@ from nfkit.models.gaussianization import RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
 from nfkit.models.monotonic import NAF, UMNN
 from nfkit.models.residual import ResidualFlow
+from nfkit.models.standardized import Standardized, standardize
 
 __all__ = [
     "Glow",
@@ -19,9 +20,6 @@ __all__ = [
     "FFJORD",
     "RBIG",
     "RBIGFlow",
-    "NAF",
-    "UMNN",
-    "ResidualFlow",
     "MAF",
     "IAF",
     "NSF",
@@ -30,6 +28,11 @@ __all__ = [
     "Planar",
     "Radial",
     "Sylvester",
+    "NAF",
+    "UMNN",
+    "ResidualFlow",
+    "Standardized",
+    "standardize",
     "FACTORIES",
     "build",
     "factory",

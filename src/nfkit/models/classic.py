@@ -124,6 +124,18 @@ def MAF(
     """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
 
     ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer.
+
+    Example:
+        >>> import torch
+        >>> import nfkit as nf
+        >>> _ = torch.manual_seed(0)
+        >>> flow = nf.models.MAF(3, transforms=3, hidden=(32, 32))
+        >>> flow.log_prob(torch.randn(8, 3)).shape
+        torch.Size([8])
+        >>> flow.sample(5).shape
+        torch.Size([5, 3])
+        >>> flow.config["model"], flow.config["transforms"]
+        ('MAF', 3)
     """
     layers = _autoregressive_stack(
         "MAF",
@@ -187,6 +199,19 @@ def NSF(
 
     Autoregressive (MADE conditioner) by default; ``coupling=True`` gives the coupling variant
     (one pass in both directions).
+
+    Example:
+        >>> import torch
+        >>> import nfkit as nf
+        >>> _ = torch.manual_seed(0)
+        >>> flow = nf.models.NSF(2, context=1, transforms=2, bins=4, hidden=(16, 16))
+        >>> x, c = torch.randn(8, 2), torch.randn(8, 1)
+        >>> flow.log_prob(x, context=c).shape
+        torch.Size([8])
+        >>> flow.sample(3, context=c).shape
+        torch.Size([3, 8, 2])
+        >>> nf.models.build(flow.config).config == flow.config  # same architecture, new weights
+        True
     """
     transformer = RQSplineTransformer(bins=bins, bound=bound)
     if coupling:

@@ -23,7 +23,7 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
 
 
 class MLP(nn.Sequential):
-    r"""Multi-layer perceptron ``in_features → hidden... → out_features``.
+    r"""Multi-layer perceptron ``in_features → hidden[0] → … → out_features``.
 
     Args:
         in_features: Input size (the context is concatenated to the input by the caller).

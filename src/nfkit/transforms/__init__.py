@@ -30,17 +30,16 @@ from nfkit.transforms.transformers import (
 )
 
 __all__ = [
+    # image (events (C, H, W))
     "Squeeze",
     "MultiscaleSplit",
     "LogitPreprocess",
     "InvConv1x1",
     "dequantize",
+    # continuous (FFJORD) and Gaussianization (RBIG)
     "ContinuousFlow",
     "MarginalGaussianization",
     "Rotation",
-    "DSFTransformer",
-    "UMNNTransformer",
-    "ResidualBlock",
     # structures
     "Elementwise",
     "Coupling",
@@ -50,6 +49,8 @@ __all__ = [
     "AdditiveTransformer",
     "AffineTransformer",
     "RQSplineTransformer",
+    "DSFTransformer",
+    "UMNNTransformer",
     # fixed elementwise maps
     "Affine",
     "Sigmoid",
@@ -69,6 +70,8 @@ __all__ = [
     "Planar",
     "Radial",
     "Sylvester",
+    # invertible residual block (numerical inverse)
+    "ResidualBlock",
     # helpers
     "MLPConditioner",
     "alternating_mask",

@@ -52,6 +52,18 @@ class Coupling(Transform):
 
     Shapes:
         x: ``(*batch, D)`` (or ``(*batch, C, H, W)`` with ``dim=-3``) → z same, ladj ``(*batch,)``.
+
+    Example:
+        >>> import torch
+        >>> from nfkit.transforms import Coupling, RQSplineTransformer
+        >>> _ = torch.manual_seed(0)
+        >>> t = Coupling(4, RQSplineTransformer(bins=8), context=2, hidden=(32, 32))
+        >>> x, c = torch.randn(10, 4), torch.randn(10, 2)
+        >>> z, ladj = t(x, context=c)
+        >>> z.shape, ladj.shape
+        (torch.Size([10, 4]), torch.Size([10]))
+        >>> torch.allclose(t.inverse(z, context=c)[0], x, atol=1e-5)
+        True
     """
 
     def __init__(

@@ -52,11 +52,11 @@ class AdditiveTransformer(Transformer):
         return 1
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z = x + params[..., 0]
+        z = x + params.squeeze(-1)
         return z, torch.zeros_like(z)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x = z - params[..., 0]
+        x = z - params.squeeze(-1)
         return x, torch.zeros_like(x)
 
 
@@ -78,7 +78,9 @@ class AffineTransformer(Transformer):
         return 2
 
     def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., 0], soft_clamp(params[..., 1], self.max_log_scale)
+        # unbind (not two selects): its backward stacks the gradients instead of zero-filling.
+        shift, raw = params.unbind(-1)
+        return shift, soft_clamp(raw, self.max_log_scale)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(params)
@@ -120,14 +122,14 @@ class RQSplineTransformer(Transformer):
         return 3 * self.bins - 1
 
     def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        # split (not slices): its backward concatenates instead of zero-filling; rqs broadcasts.
         k = self.bins
-        shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
-        x, params = x.expand(shape), params.expand(*shape, self.num_params)
+        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
         return rqs(
             x,
-            params[..., :k],
-            params[..., k : 2 * k],
-            params[..., 2 * k :],
+            widths,
+            heights,
+            derivatives,
             bound=self.bound,
             inverse=inverse,
             min_width=self.min_width,

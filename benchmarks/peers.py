@@ -1,0 +1,725 @@
+r"""nfkit beside zuko, nflows and normflows: same architectures, same data, same process.
+
+Usage::
+
+    python benchmarks/peers.py                       # every cell, eager, writes benchmarks/results/
+    python benchmarks/peers.py --quick               # fewer rounds/steps (a smoke run, ~2 min)
+    python benchmarks/peers.py --cells moons-MAF,digits-NSF --compile --device cpu
+
+Cells are ``<data>-<model>``: data ∈ {moons (D=2), digits (D=64), synth256 (D=256)}, model ∈
+{MAF, NSF, RealNVP, NSFc (coupling NSF)}. Every library gets 5 transforms, conditioner networks
+with hidden widths (128, 128) and ReLU, splines with 8 bins on [-5, 5] and linear (identity)
+tails; the script prints each library's parameter count (they must match) and fails loudly
+otherwise.
+
+Metrics (float32, batch 512, Adam lr 1e-3):
+
+* ``step``: median training-step time (forward, backward, Adam) over rounds; the libraries and the
+  *floor* are interleaved round by round (the machine may be shared: only same-round ratios are
+  meaningful). The floor is the dense matmuls of the same networks alone: plain ``F.linear``
+  chains with the same shapes (no masks, no activations, no transformer), forward + backward +
+  Adam step, timed in the same rounds.
+* ``log_prob``: rows/s of ``log_prob`` under ``no_grad`` on a batch of 4096.
+* ``sample``: samples/s for 1000 samples; the sampling floor is the forward matmuls of the
+  networks at that batch, ``D`` times per autoregressive layer (once per coupling layer).
+* ``memory``: CUDA: ``torch.cuda.max_memory_allocated`` over one training step. CPU: the growth of
+  the peak resident set size (``ru_maxrss``) over one training step, in a fresh subprocess per
+  library (torch's CPU allocator is invisible to ``tracemalloc``).
+* ``test_ll``: mean test log-likelihood (nats per row) after a fixed budget of steps, same seed,
+  same data, same batches for every library; and for nfkit also after ``nf.fit`` (early stopping
+  on a validation split, cosine schedule) when ``nf.fit`` exists.
+* ``--compile``: nfkit's training step and ``log_prob`` under ``torch.compile`` (inductor), beside
+  the eager figures; ``flow.transform`` is compiled and the boundary checks stay outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import nfkit as nf
+
+LIBS = ("nfkit", "zuko", "nflows", "normflows")
+MODELS = ("MAF", "NSF", "RealNVP", "NSFc")
+DATA = {"moons": 2, "digits": 64, "synth256": 256}
+DEFAULT_CELLS = [f"{d}-{m}" for d in ("moons", "digits") for m in MODELS] + [
+    "synth256-MAF",
+    "synth256-NSF",
+]
+HIDDEN = (128, 128)
+TRANSFORMS = 5
+BINS = 8
+BOUND = 5.0
+BATCH = 512
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_data(name: str, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Train/test float32 tensors, standardized with the training statistics."""
+    rng = np.random.default_rng(seed)
+    if name == "moons":
+        from sklearn.datasets import make_moons
+
+        x, _ = make_moons(20_000, noise=0.05, random_state=seed)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        x = load_digits().data + rng.uniform(size=(1797, 64))  # dequantized
+    elif name == "synth256":
+        z = rng.standard_normal((15_000, 16))
+        a = rng.standard_normal((16, 256)) / 4
+        x = np.tanh(z @ a) + 0.3 * np.sin(z @ rng.standard_normal((16, 256))) ** 2
+        x = x + 0.05 * rng.standard_normal(x.shape)
+    else:
+        raise ValueError(f"load_data: unknown data {name!r}")
+    x = x[rng.permutation(len(x))]
+    n_test = len(x) // 5
+    train, test = x[n_test:], x[:n_test]
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    as_t = lambda a: torch.as_tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
+    return as_t(train), as_t(test)
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class Model:
+    """A library's flow behind one interface."""
+
+    module: nn.Module
+    log_prob: Callable[[Tensor], Tensor]
+    sample: Callable[[int], Tensor]
+    autoregressive: bool
+    nets: list[tuple[int, ...]] = field(default_factory=list)  # layer widths of each network
+
+
+class _Net(nn.Module):
+    """A plain MLP conditioner that accepts (and ignores) a context, for nflows/normflows."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        widths = [n_in, *HIDDEN, n_out]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers += [nn.ReLU()] if i else []
+            layers.append(nn.Linear(a, b))
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+
+def _alternating(d: int, i: int) -> Tensor:
+    return (torch.arange(d) + i % 2) % 2 == 0  # True = transformed (nfkit's alternating_mask)
+
+
+def _net_widths(model: str, d: int) -> list[tuple[int, ...]]:
+    p = {"MAF": 2, "RealNVP": 2, "NSF": 3 * BINS - 1, "NSFc": 3 * BINS - 1}[model]
+    if model in ("MAF", "NSF"):
+        return [(d, *HIDDEN, d * p)] * TRANSFORMS
+    out = []
+    for i in range(TRANSFORMS):
+        n_b = int(_alternating(d, i).sum())
+        out.append((d - n_b, *HIDDEN, n_b * p))
+    return out
+
+
+def build(lib: str, model: str, d: int) -> Model:
+    """The same architecture in each library (5 transforms, hidden (128, 128), ReLU)."""
+    ar = model in ("MAF", "NSF")
+    nets = _net_widths(model, d)
+    if lib == "nfkit":
+        flow = {
+            "MAF": lambda: nf.models.MAF(d, transforms=TRANSFORMS, hidden=HIDDEN),
+            "NSF": lambda: nf.models.NSF(
+                d, transforms=TRANSFORMS, bins=BINS, bound=BOUND, hidden=HIDDEN
+            ),
+            "RealNVP": lambda: nf.models.RealNVP(d, transforms=TRANSFORMS, hidden=HIDDEN),
+            "NSFc": lambda: nf.models.NSF(
+                d, transforms=TRANSFORMS, bins=BINS, bound=BOUND, hidden=HIDDEN, coupling=True
+            ),
+        }[model]()
+        return Model(flow, flow.log_prob, flow.sample, ar, nets)
+    if lib == "zuko":
+        import zuko
+
+        kw: dict[str, Any] = {"transforms": TRANSFORMS, "hidden_features": HIDDEN}
+        if model == "MAF":
+            zflow = zuko.flows.MAF(d, **kw)
+        elif model == "NSF":
+            zflow = zuko.flows.NSF(d, bins=BINS, **kw)
+        elif model == "RealNVP":
+            zflow = zuko.flows.RealNVP(d, **kw)
+        else:
+            zflow = zuko.flows.NICE(
+                d,
+                univariate=zuko.transforms.MonotonicRQSTransform,
+                shapes=[(BINS,), (BINS,), (BINS - 1,)],
+                **kw,
+            )
+        return Model(
+            zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,)), ar, nets
+        )
+    if lib == "nflows":
+        from nflows import distributions as nd
+        from nflows import flows as nfl
+        from nflows import transforms as nt
+
+        layers: list[nn.Module] = []
+        for i in range(TRANSFORMS):
+            mask = _alternating(d, i).int() * 2 - 1
+            if model == "MAF":
+                layers.append(
+                    nt.MaskedAffineAutoregressiveTransform(
+                        d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                    )
+                )
+            elif model == "NSF":
+                layers.append(
+                    nt.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                        d,
+                        HIDDEN[0],
+                        num_bins=BINS,
+                        tails="linear",
+                        tail_bound=BOUND,
+                        num_blocks=1,
+                        use_residual_blocks=False,
+                    )
+                )
+            elif model == "RealNVP":
+                layers.append(nt.AffineCouplingTransform(mask, _Net))
+            else:
+                layers.append(
+                    nt.PiecewiseRationalQuadraticCouplingTransform(
+                        mask, _Net, num_bins=BINS, tails="linear", tail_bound=BOUND
+                    )
+                )
+            if ar and i < TRANSFORMS - 1:
+                layers.append(nt.ReversePermutation(d))
+        nflow = nfl.Flow(nt.CompositeTransform(layers), nd.StandardNormal([d]))
+        return Model(nflow, nflow.log_prob, nflow.sample, ar, nets)
+    if lib == "normflows":
+        import normflows as nfs
+        from normflows.flows.neural_spline.autoregressive import (
+            MaskedPiecewiseRationalQuadraticAutoregressive,
+        )
+        from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCoupling
+
+        class Swap(nfs.flows.Flow):
+            """Wraps an nflows-style transform (data → latent) as a normflows flow."""
+
+            def __init__(self, t: nn.Module) -> None:
+                super().__init__()
+                self.t = t
+
+            def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+                x, ladj = self.t.inverse(z)
+                return x, ladj.view(-1)
+
+            def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+                z, ladj = self.t(x)
+                return z, ladj.view(-1)
+
+        class Reverse(nfs.flows.Flow):
+            def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+                return z.flip(-1), z.new_zeros(len(z))
+
+            inverse = forward
+
+        flows: list[nn.Module] = []
+        for i in range(TRANSFORMS):
+            mask = _alternating(d, i).int() * 2 - 1
+            if model == "MAF":
+                flows.append(
+                    nfs.flows.MaskedAffineAutoregressive(
+                        d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                    )
+                )
+            elif model == "NSF":
+                flows.append(
+                    Swap(
+                        MaskedPiecewiseRationalQuadraticAutoregressive(
+                            d,
+                            HIDDEN[0],
+                            num_bins=BINS,
+                            tails="linear",
+                            tail_bound=BOUND,
+                            num_blocks=1,
+                            use_residual_blocks=False,
+                        )
+                    )
+                )
+            elif model == "NSFc":
+                flows.append(
+                    Swap(
+                        PiecewiseRationalQuadraticCoupling(
+                            mask, _Net, num_bins=BINS, tails="linear", tail_bound=BOUND
+                        )
+                    )
+                )
+            else:
+                raise NotImplementedError("normflows: no matching affine coupling (n/a)")
+            if ar and i < TRANSFORMS - 1:
+                flows.append(Reverse())
+        # normflows' flows run latent → data; the list is ordered from the base.
+        nflow = nfs.NormalizingFlow(
+            nfs.distributions.DiagGaussian(d, trainable=False), flows[::-1]
+        )
+        return Model(nflow, nflow.log_prob, lambda n: nflow.sample(n)[0], ar, nets)
+    raise ValueError(f"build: unknown library {lib!r}")
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _clock(fn: Callable[[], Any], reps: int, device: str) -> float:
+    """Seconds per call, median of ``reps`` single calls."""
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_fns(
+    nets: list[tuple[int, ...]], autoregressive: bool, device: str
+) -> tuple[Callable[[], None], Callable[[int], Callable[[], None]]]:
+    """The matmul floor: the same dense ``F.linear`` chains, training step and sampling passes."""
+    params: list[nn.Parameter] = []
+    layers: list[list[tuple[nn.Parameter, nn.Parameter]]] = []
+    for widths in nets:
+        chain = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            w = nn.Parameter(torch.randn(b, a, device=device) / math.sqrt(a))
+            bias = nn.Parameter(torch.zeros(b, device=device))
+            chain.append((w, bias))
+            params += [w, bias]
+        layers.append(chain)
+    opt = torch.optim.Adam(params, lr=1e-3)
+    x = torch.randn(
+        BATCH, nets[0][0] if autoregressive else max(n[0] for n in nets), device=device
+    )
+
+    def run(h0: Tensor) -> Tensor:
+        total = h0.new_zeros(())
+        for chain in layers:
+            h = h0[..., : chain[0][0].shape[1]]
+            for w, b in chain:
+                h = F.linear(h, w, b)
+            total = total + h.mean()
+        return total
+
+    def step() -> None:
+        loss = run(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sampler(n: int) -> Callable[[], None]:
+        z = torch.randn(n, x.shape[-1], device=device)
+        passes = nets[0][0] if autoregressive else 1
+
+        def go() -> None:
+            with torch.no_grad():
+                for _ in range(passes):
+                    run(z)
+
+        return go
+
+    return step, sampler
+
+
+def train_step_fn(m: Model, data: Tensor, device: str) -> Callable[[], None]:
+    opt = torch.optim.Adam(m.module.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(len(data), (BATCH,), generator=gen)
+        loss = -m.log_prob(data[idx].to(device)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def compiled_fns(
+    flow: nf.Flow, data: Tensor, device: str
+) -> tuple[Callable[[], None], Callable[[Tensor], Tensor]]:
+    """nfkit under torch.compile: ``flow.transform`` + base log-density, checks left outside."""
+    flow.validate = False
+
+    def log_prob(x: Tensor) -> Tensor:
+        z, ladj = flow.transform(x)
+        return flow.base.log_prob(z) + ladj
+
+    clp = torch.compile(log_prob)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(len(data), (BATCH,), generator=gen)
+        loss = -clp(data[idx].to(device)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, clp
+
+
+def fit_budget(m: Model, train: Tensor, test: Tensor, steps: int, device: str) -> float:
+    """Test log-likelihood after ``steps`` Adam steps (same batches for every library)."""
+    step = train_step_fn(m, train, device)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        step()
+    return mean_ll(m, test, device)
+
+
+def mean_ll(m: Model, test: Tensor, device: str) -> float:
+    m.module.eval()
+    with torch.no_grad():
+        ll = torch.cat([m.log_prob(c.to(device)) for c in test.split(4096)])
+    m.module.train()
+    return float(ll.mean())
+
+
+# ------------------------------------------------------------------------------------- memory
+
+
+def memory_child(cell: str, lib: str, device: str) -> None:
+    """Run one training step in this (fresh) process and print the peak memory growth in MiB."""
+    data_name, model = cell.split("-")
+    train, _ = load_data(data_name)
+    torch.manual_seed(0)
+    m = build(lib, model, DATA[data_name])
+    m.module.to(device)
+    step = train_step_fn(m, train, device)
+    if device.startswith("cuda"):
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        print((torch.cuda.max_memory_allocated() - base) / 2**20)
+        return
+    # Warm up once (optimizer state, allocator), then measure the growth of the peak RSS.
+    step()
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(max(0, peak - rss) / 2**20)
+
+
+def measure_memory(cell: str, lib: str, device: str) -> float | None:
+    cmd = [sys.executable, __file__, "--_memory", cell, lib, "--device", device]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+        return round(float(out.stdout.strip().splitlines()[-1]), 1)
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def machine(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    for lib in ("zuko", "nflows", "normflows"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except (ImportError, AttributeError):
+            info[lib] = "?"
+    return info
+
+
+def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
+    data_name, model = cell.split("-")
+    d, device = DATA[data_name], args.device
+    train, test = load_data(data_name)
+    libs = [lib for lib in args.libs if not (lib == "normflows" and model == "RealNVP")]
+    models: dict[str, Model] = {}
+    for lib in libs:
+        torch.manual_seed(0)
+        models[lib] = build(lib, model, d)
+        models[lib].module.to(device)
+    counts = {lib: n_params(m.module) for lib, m in models.items()}
+    print(f"[{cell}] parameters: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"[{cell}] parameter counts differ: {counts}")
+    nets, ar = models["nfkit"].nets, models["nfkit"].autoregressive
+    floor_step, floor_sampler = floor_fns(nets, ar, device)
+
+    # Training step: libraries and floor interleaved round by round (order rotated each round).
+    steps = {lib: train_step_fn(m, train, device) for lib, m in models.items()}
+    steps["floor"] = floor_step
+    compiled: tuple[Callable[[], None], Callable[[Tensor], Tensor]] | None = None
+    if args.compile:
+        torch.manual_seed(0)
+        cflow = build("nfkit", model, d).module.to(device)
+        t0 = time.perf_counter()
+        compiled = compiled_fns(cflow, train, device)  # type: ignore[arg-type]
+        compiled[0]()
+        compiled[0]()
+        compile_s = time.perf_counter() - t0
+        steps["nfkit-compiled"] = compiled[0]
+    for fn in steps.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    names = list(steps)
+    for r in range(args.rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            times[k].append(_clock(steps[k], args.reps, device))
+    step_ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+    # log_prob and sample throughput, interleaved too.
+    x_eval = torch.cat([test] * (4096 // len(test) + 1))[:4096].to(device)
+    n_sample = 1000
+    lp_fns: dict[str, Callable[[], Any]] = {}
+    sp_fns: dict[str, Callable[[], Any]] = {}
+    for lib, m in models.items():
+        m.module.eval()
+        lp_fns[lib] = lambda m=m: m.log_prob(x_eval)
+        sp_fns[lib] = lambda m=m: m.sample(n_sample)
+    if compiled is not None:
+        lp_fns["nfkit-compiled"] = lambda: compiled[1](x_eval)
+    sp_fns["floor"] = floor_sampler(n_sample)
+    lp_t: dict[str, list[float]] = {k: [] for k in lp_fns}
+    sp_t: dict[str, list[float]] = {k: [] for k in sp_fns}
+    with torch.no_grad():
+        for r in range(args.rounds):
+            for k in lp_fns:
+                lp_t[k].append(_clock(lp_fns[k], 1, device))
+            if r < max(2, args.rounds // 2):
+                for k in sp_fns:
+                    sp_t[k].append(_clock(sp_fns[k], 1, device))
+    for m in models.values():
+        m.module.train()
+    lp_rate = {k: 4096 / statistics.median(v) for k, v in lp_t.items()}
+    sp_rate = {k: n_sample / statistics.median(v) for k, v in sp_t.items()}
+
+    memory = {lib: measure_memory(cell, lib, device) for lib in libs} if args.memory else {}
+
+    # Test log-likelihood after a fixed budget (fresh models, same seed and batches).
+    test_ll: dict[str, float] = {}
+    for lib in libs:
+        torch.manual_seed(0)
+        m = build(lib, model, d)
+        m.module.to(device)
+        test_ll[lib] = fit_budget(m, train, test, args.steps, device)
+        print(f"[{cell}] {lib}: test LL after {args.steps} steps {test_ll[lib]:.3f}", flush=True)
+    fit_ll: dict[str, Any] | None = None
+    if hasattr(nf, "fit") and args.fit:
+        torch.manual_seed(0)
+        m = build("nfkit", model, d)
+        t0 = time.perf_counter()
+        hist = nf.fit(m.module, train, steps=args.fit, progress=False, seed=0, device=device)
+        fit_ll = {
+            "test_ll": mean_ll(m, test, device),
+            "seconds": time.perf_counter() - t0,
+            "steps": getattr(hist, "steps", None) or len(getattr(hist, "train_loss", []) or []),
+        }
+        print(f"[{cell}] nfkit nf.fit(steps={args.fit}): test LL {fit_ll['test_ll']:.3f}")
+
+    result = {
+        "cell": cell,
+        "features": d,
+        "params": counts,
+        "step_ms": step_ms,
+        "ratio_to_floor": {k: v / step_ms["floor"] for k, v in step_ms.items()},
+        "log_prob_rows_per_s": lp_rate,
+        "sample_per_s": sp_rate,
+        "sample_ratio_to_floor": {k: sp_rate["floor"] / v for k, v in sp_rate.items()},
+        "memory_mib": memory,
+        "test_ll": test_ll,
+        "fit": fit_ll,
+    }
+    if compiled is not None:
+        result["compile_seconds"] = compile_s
+    print(
+        f"[{cell}] step ms: "
+        + ", ".join(f"{k} {v:.2f} ({v / step_ms['floor']:.2f}x)" for k, v in step_ms.items()),
+        flush=True,
+    )
+    return result
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
+    libs = [*LIBS, "nfkit-compiled"]
+    lines = [
+        "# nfkit vs zuko / nflows / normflows",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['threads']} torch threads), "
+        f"torch {info['torch']}, Python {info['python']}, device {info['device']}"
+        + (f" ({info['gpu']})" if info["gpu"] else " (no GPU was available to this run)")
+        + f"; zuko {info['zuko']}, nflows {info['nflows']}, normflows {info['normflows']}; "
+        f"load average at start {info['load_average']}.",
+        "",
+        "Training step: median ms (ratio to the matmul floor of the same run). Float32, "
+        f"batch {BATCH}, Adam. n/a: no matching architecture in that library.",
+        "",
+        "| cell | params | " + " | ".join(libs) + " | floor |",
+        "|---" * (len(libs) + 3) + "|",
+    ]
+    for r in results:
+        s, q = r["step_ms"], r["ratio_to_floor"]
+        cells = [f"{s[k]:.2f} ({q[k]:.2f}x)" if k in s else "n/a" for k in libs]
+        lines.append(
+            f"| {r['cell']} | {r['params']['nfkit']} | "
+            + " | ".join(cells)
+            + f" | {s['floor']:.2f} |"
+        )
+    lines += ["", "`log_prob` throughput, rows/s (batch 4096, no grad):", ""]
+    lines += ["| cell | " + " | ".join(libs) + " |", "|---" * (len(libs) + 1) + "|"]
+    for r in results:
+        v = r["log_prob_rows_per_s"]
+        lines.append(f"| {r['cell']} | " + " | ".join(_fmt(v.get(k), ",.0f") for k in libs) + " |")
+    lines += [
+        "",
+        "Sampling, samples/s for 1000 samples (ratio: floor rate / library rate; the floor is "
+        "the networks' forward matmuls, D passes per autoregressive layer):",
+        "",
+    ]
+    lines += ["| cell | " + " | ".join(LIBS) + " | floor |", "|---" * (len(LIBS) + 2) + "|"]
+    for r in results:
+        v, q = r["sample_per_s"], r["sample_ratio_to_floor"]
+        cells = [f"{v[k]:,.0f} ({q[k]:.2f}x)" if k in v else "n/a" for k in LIBS]
+        lines.append(f"| {r['cell']} | " + " | ".join(cells) + f" | {v['floor']:,.0f} |")
+    lines += [
+        "",
+        "Test log-likelihood (nats/row, higher is better) after the same fixed budget of "
+        "steps; last column: nfkit trained with `nf.fit` (early stopping, cosine schedule):",
+        "",
+    ]
+    lines += ["| cell | " + " | ".join(LIBS) + " | nfkit nf.fit |", "|---" * (len(LIBS) + 2) + "|"]
+    for r in results:
+        v = r["test_ll"]
+        fit = r["fit"]["test_ll"] if r.get("fit") else None
+        lines.append(
+            f"| {r['cell']} | "
+            + " | ".join(_fmt(v.get(k), ".3f") for k in LIBS)
+            + f" | {_fmt(fit, '.3f')} |"
+        )
+    if any(r["memory_mib"] for r in results):
+        what = (
+            "torch.cuda.max_memory_allocated growth"
+            if info["device"].startswith("cuda")
+            else "peak RSS growth (ru_maxrss) over one training step, fresh process per library"
+        )
+        lines += ["", f"Memory, MiB ({what}):", ""]
+        lines += ["| cell | " + " | ".join(LIBS) + " |", "|---" * (len(LIBS) + 1) + "|"]
+        for r in results:
+            v = r["memory_mib"]
+            lines.append(
+                f"| {r['cell']} | " + " | ".join(_fmt(v.get(k), ".1f") for k in LIBS) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few rounds and steps (smoke run)")
+    p.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="comma-separated cells")
+    p.add_argument("--libs", default=",".join(LIBS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7, quick 3)")
+    p.add_argument("--reps", type=int, default=None, help="steps per round (default 5, quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="fixed training budget for test LL")
+    p.add_argument("--fit", type=int, default=None, help="nf.fit max steps (0 = skip)")
+    p.add_argument("--compile", action="store_true", help="add nfkit under torch.compile")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._memory:
+        memory_child(*args._memory, args.device)
+        return
+    args.libs = args.libs.split(",")
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.reps = args.reps or (2 if args.quick else 5)
+    args.steps = args.steps if args.steps is not None else (100 if args.quick else 1000)
+    args.fit = args.fit if args.fit is not None else (0 if args.quick else 3000)
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        data_name, _, model = c.partition("-")
+        if data_name not in DATA or model not in MODELS:
+            raise SystemExit(f"peers.py: unknown cell {c!r}; data {list(DATA)}, models {MODELS}")
+    info = machine(args.device)
+    print(json.dumps(info), flush=True)
+    results = [run_cell(c, args) for c in cells]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "quick" if args.quick else "full"
+    tag += "-" + ("cuda" if args.device.startswith("cuda") else "cpu")
+    command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (out / f"peers-{tag}.json").write_text(
+        json.dumps({"machine": info, "command": command, "results": results}, indent=1)
+    )
+    (out / f"peers-{tag}.md").write_text(markdown(results, info, command.strip()))
+    print(f"wrote {out / f'peers-{tag}.md'} and .json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+r"""The ``nfkit`` command: ``demo``, ``fit``, ``sample``, ``score`` and ``plot``.
+
+Exit status 0 on success; on bad input (missing file, text column, NaN, wrong columns, unknown
+model, ...) one line ``nfkit: error: ...`` on stderr and a non-zero status, never a traceback
+(set ``NFKIT_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line: ``nfkit: error: ...`` (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"nfkit: error: {message} (see '{self.prog} --help')\n")
+
+
+class _UserError(ValueError):
+    """A problem with the command's input, reported as one line."""
+
+
+def _info(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr)
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 64,64, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths like 64,64, got {text!r}")
+    return widths
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _given_values(text: str) -> dict[str, float]:
+    """``a=1.5,b=0`` → ``{"a": 1.5, "b": 0.0}``."""
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=VALUE pairs like a=1.5,b=0, got {item!r}"
+            )
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"value of {name.strip()!r} is not a number: {value!r}"
+            ) from None
+    return out
+
+
+# --------------------------------------------------------------------------- models and tables
+
+
+def _schema(flow: Any) -> tuple[list[str], list[str], list[str]]:
+    """``(columns, data_columns, given_columns)`` of a saved model (names recorded at fit time)."""
+    config = flow.config or {}
+    d = int(flow.event_shape[0])
+    k = int(flow.context_features)
+    if config.get("columns"):
+        columns = list(config["columns"])
+        given = list(config.get("given") or [])
+    else:
+        given = [f"c{i}" for i in range(k)]
+        columns = [f"x{i}" for i in range(d)] + given
+    data = [c for c in columns if c not in set(given)]
+    return columns, data, given
+
+
+def _load_model(path: str) -> Any:
+    import nfkit as nf
+
+    flow = nf.load(path)
+    if len(flow.event_shape) != 1:
+        raise _UserError(f"{path}: only table models (vector flows) work with the command line")
+    return flow
+
+
+def _read(path: str, **kwargs: Any) -> Any:
+    from nfkit.io import read_table
+
+    return read_table(path, **kwargs)
+
+
+def _select(df: Any, needed: list[str], source: str) -> Any:
+    """The model's columns from a table: by name, or by position for a header-less file."""
+    auto = [f"x{i}" for i in range(df.shape[1])]
+    if list(df.columns) == auto and list(df.columns) != needed:
+        if df.shape[1] != len(needed):
+            raise _UserError(
+                f"{source}: has {df.shape[1]} unnamed columns; the model needs {len(needed)} "
+                f"({', '.join(needed)})"
+            )
+        df = df.copy()
+        df.columns = needed
+        return df
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise _UserError(
+            f"{source}: no column(s) {', '.join(map(repr, missing))}; "
+            f"the model needs {', '.join(map(repr, needed))}"
+        )
+    return df[needed]
+
+
+def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, path: str) -> Any:
+    import torch
+
+    if not given:
+        if values:
+            raise _UserError(f"{path}: this model is not conditional; --given is not used")
+        return None
+    if not values:
+        raise _UserError(
+            f"{path}: this model is conditional on {', '.join(given)}; "
+            f"pass --given {','.join(f'{g}=VALUE' for g in given)}"
+        )
+    unknown = [k for k in values if k not in given]
+    missing = [g for g in given if g not in values]
+    if unknown or missing:
+        what = []
+        if missing:
+            what.append(f"missing {', '.join(missing)}")
+        if unknown:
+            what.append(f"unknown {', '.join(unknown)}")
+        raise _UserError(f"--given must set exactly {', '.join(given)} ({'; '.join(what)})")
+    p = next(iter(flow.parameters()))
+    return torch.tensor([values[g] for g in given], dtype=p.dtype)
+
+
+def _write_table(df: Any, out: str | None) -> None:
+    if out is None:
+        df.to_csv(sys.stdout, index=False)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> tuple[Any, Any]:
+    """Build, standardize and fit a model on a DataFrame; returns ``(flow, history)``."""
+    import torch
+
+    import nfkit as nf
+    from nfkit.estimator import make_flow
+
+    unknown = [g for g in given if g not in df.columns]
+    if unknown:
+        raise _UserError(
+            f"{source}: --given column(s) {', '.join(map(repr, unknown))} not found; "
+            f"columns are {', '.join(map(repr, df.columns))}"
+        )
+    data_cols = [c for c in df.columns if c not in set(given)]
+    if not data_cols:
+        raise _UserError(f"{source}: --given uses every column; nothing is left to model")
+    x = torch.tensor(df[data_cols].to_numpy(), dtype=torch.float32)
+    c = torch.tensor(df[given].to_numpy(), dtype=torch.float32) if given else None
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    flow = make_flow(
+        args.model,
+        len(data_cols),
+        context=len(given),
+        transforms=args.transforms,
+        hidden=args.hidden,
+        where="nfkit fit",
+    )
+    flow = nf.models.standardize(flow, x, c, columns=list(df.columns), given=given)
+    history = nf.fit(
+        flow,
+        x,
+        context=c,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        progress=not args.quiet,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        resume=args.checkpoint is not None and args.resume,
+    )
+    return flow.cpu(), history
+
+
+def _summary(flow: Any, history: Any, rows: int) -> str:
+    model = flow.config.get("flow", flow.config).get("model", "flow")
+    val = (
+        f"val NLL {history.best_val:.4f} nats at step {history.best_step}, "
+        if history.best_val is not None
+        else ""
+    )
+    return (
+        f"trained {model} on {rows} rows in {history.steps} steps ({val}{history.wall_time:.1f} s)"
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    import nfkit as nf
+
+    given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []
+    df = _read(args.data, drop_missing=args.drop_missing, drop_constant=args.drop_constant)
+    flow, history = _train(args, df, given, args.data)
+    path = nf.save(flow, args.out)
+    _info(args, _summary(flow, history, len(df)))
+    cond = (
+        f" of {', '.join(c for c in df.columns if c not in given)} given {', '.join(given)}"
+        if given
+        else ""
+    )
+    print(f"saved the model{cond} to {path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    import nfkit as nf
+
+    if args.dataset not in nf.datasets.TOYS:
+        raise _UserError(
+            f"unknown dataset {args.dataset!r}; choose from {', '.join(nf.datasets.TOYS)}"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    x = nf.datasets.TOYS[args.dataset](args.n, seed=args.seed)
+    df = pd.DataFrame(x.double().numpy(), columns=["x", "y"])
+    df.to_csv(out / "data.csv", index=False)
+    flow, history = _train(args, df, [], args.dataset)
+    _info(args, _summary(flow, history, len(df)))
+    files = [nf.save(flow, out / "model.pt")]
+    title = f"{flow.config['flow']['model']} on {args.dataset}"
+    files.append(out / "density.png")
+    nf.plot.density(flow, x[:4000], path=files[-1], title=title)
+    files.append(out / "layers.png")
+    nf.plot.layers(flow, path=files[-1])
+    files.append(out / "history.png")
+    nf.plot.history(history, files[-1], title=f"training history ({title})")
+    files.append(out / "samples.csv")
+    pd.DataFrame(flow.sample(1000).double().numpy(), columns=["x", "y"]).to_csv(
+        files[-1], index=False
+    )
+    print(
+        f"nfkit demo: wrote {len(files) + 1} files to {out}/ in {time.perf_counter() - t0:.0f} s:"
+    )
+    for f in [out / "data.csv", *files]:
+        print(f"  {f}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
+    flow = _load_model(args.model)
+    columns, data, given = _schema(flow)
+    ctx = _context_row(flow, given, args.given, args.model)
+    with torch.random.fork_rng(devices=[], enabled=args.seed is not None):
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        x = flow.sample(args.n, ctx).double().numpy()
+    df = pd.DataFrame(x, columns=data)
+    for g in given:
+        df[g] = args.given[g]
+    _write_table(df[columns], args.output)
+    if args.output:
+        print(f"wrote {args.n} samples to {args.output}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
+    flow = _load_model(args.model)
+    columns, data, given = _schema(flow)
+    df = _select(_read(args.data, allow_constant=True), columns, args.data)
+    p = next(iter(flow.parameters()))
+    x = torch.tensor(df[data].to_numpy(), dtype=p.dtype)
+    c = torch.tensor(df[given].to_numpy(), dtype=p.dtype) if given else None
+    with torch.no_grad():
+        scores = torch.cat(
+            [
+                flow.log_prob(xb, None if c is None else c[i : i + len(xb)])
+                for i, xb in zip(range(0, len(x), 65536), x.split(65536))
+            ]
+        )
+    out = pd.DataFrame({"log_density": scores.double().numpy()})
+    _write_table(out, args.output)
+    if args.output:
+        print(
+            f"wrote {len(out)} log-densities to {args.output} "
+            f"(mean {float(out['log_density'].mean()):.4f} nats)"
+        )
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    import nfkit as nf
+
+    flow = _load_model(args.model)
+    columns, data, given = _schema(flow)
+    ctx = _context_row(flow, given, args.given, args.model)
+    x = None
+    if args.data is not None:
+        x = _select(_read(args.data, allow_constant=True, drop_missing=True), columns, args.data)
+        x = x[data]
+    out = args.output or str(Path(args.model).with_suffix(".png"))
+    kind = args.kind
+    if kind == "auto":
+        kind = "density" if len(data) <= 2 else "corner"
+    if kind == "density" and len(data) > 2:
+        raise _UserError(
+            f"--kind density needs at most 2 modelled columns, the model has {len(data)}"
+        )
+    title = f"{Path(args.model).name}" + (f" given {args.given}" if given else "")
+    if kind == "density":
+        nf.plot.density(flow, x, context=ctx, columns=data, path=out, title=title)
+    elif kind == "corner":
+        nf.plot.corner(flow, x, context=ctx, columns=data, path=out, title=title)
+    else:
+        nf.plot.layers(flow, context=ctx, path=out)
+    print(f"wrote {out}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
+    p.add_argument("--model", default="nsf", help="factory in nf.models (default: nsf)")
+    p.add_argument(
+        "--steps",
+        type=_positive,
+        default=steps,
+        help=f"optimizer steps (default: {steps or 1000})",
+    )
+    p.add_argument(
+        "--epochs", type=_positive, default=None, help="passes over the data instead of --steps"
+    )
+    p.add_argument("--transforms", type=_positive, default=4, help="number of layers (default: 4)")
+    p.add_argument(
+        "--hidden", type=_hidden, default=(64, 64), help="hidden widths (default: 64,64)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, default=512, help="minibatch size (default: 512)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch CPU threads (default: 1; small flows train fastest single-threaded)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``nfkit`` command."""
+    parser = _Parser(
+        prog="nfkit",
+        description="Normalizing-flow density models of tables: fit, sample, score and plot.",
+    )
+    from nfkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"nfkit {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    p = sub.add_parser("demo", help="train a flow on built-in 2-D data, write figures and a model")
+    p.add_argument("--out", default="nfkit-demo", help="output directory (default: ./nfkit-demo)")
+    p.add_argument(
+        "--dataset",
+        default="two_moons",
+        help="two_moons, circles, checkerboard, pinwheel, eight_gaussians or spirals",
+    )
+    p.add_argument(
+        "-n", type=_positive, default=8192, help="number of data points (default: 8192)"
+    )
+    _training_options(p, 1500)
+    p.set_defaults(func=cmd_demo, checkpoint=None, resume=False)
+    p.set_defaults(seed=0)
+
+    p = sub.add_parser("fit", help="fit a density model to a table (.csv, .npy, .parquet)")
+    p.add_argument("data", help="the table: .csv (header detected), .npy or .parquet")
+    p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
+    p.add_argument(
+        "--given", default=None, help="context columns a,b: fit p(other columns | a, b)"
+    )
+    p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
+    p.add_argument("--drop-constant", action="store_true", help="drop constant columns")
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint file, written at each evaluation"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    _training_options(p, None)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("sample", help="draw samples from a saved model, as CSV")
+    p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
+    p.add_argument("-n", type=_positive, required=True, help="number of samples")
+    p.add_argument("-o", "--output", default=None, help="CSV file (default: stdout)")
+    p.add_argument(
+        "--given",
+        type=_given_values,
+        default=None,
+        help="context values a=1.5,b=0 for a conditional model",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("score", help="log-density of each row of a table under a saved model")
+    p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
+    p.add_argument("data", help="table with the model's columns (extra columns are ignored)")
+    p.add_argument(
+        "-o", "--output", default=None, help="CSV file with a log_density column (default: stdout)"
+    )
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("plot", help="figure of a saved model (density, corner or layers), as PNG")
+    p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
+    p.add_argument("--data", default=None, help="table to draw next to the model's samples")
+    p.add_argument("-o", "--output", default=None, help="PNG file (default: MODEL with .png)")
+    p.add_argument(
+        "--given",
+        type=_given_values,
+        default=None,
+        help="context values a=1.5,b=0 for a conditional model",
+    )
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=["auto", "density", "corner", "layers"],
+        help="figure kind (default: density for 1-2 columns, corner beyond)",
+    )
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nfkit`` command; returns the exit status (0 on success)."""
+    from nfkit.train import NonFiniteLossError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return e.code if isinstance(e.code, int) else 1
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        args.func(args)
+    except KeyboardInterrupt:
+        print("nfkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (ValueError, TypeError, OSError, ImportError, NonFiniteLossError) as e:
+        if os.environ.get("NFKIT_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"nfkit: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback; NFKIT_DEBUG=1 shows it
+        if os.environ.get("NFKIT_DEBUG"):
+            raise
+        message = " ".join(str(e).split())
+        print(f"nfkit: error: internal error ({type(e).__name__}: {message})", file=sys.stderr)
+        return 1
+    finally:
+        torch.set_num_threads(threads)  # main() may be called from Python: leave it as it was
+    return 0

@@ -1,0 +1,194 @@
+r"""Standardization stored in the model: ``Standardized`` (factory) and ``standardize`` (fit it).
+
+A standardized flow is ``p(x | c) = p_inner((x - μ) / σ | (c - m) / s) · Π_i 1/σ_i``: a fixed
+:class:`~nfkit.transforms.Affine` ``z₀ = (x - μ)/σ`` is prepended to the inner flow's transform,
+so ``log_prob`` takes and ``sample`` returns data in the user's units and the log-density includes
+the standardization's Jacobian ``-Σ_i log σ_i``. The context (if any) is standardized by a fixed
+embedding (no Jacobian: the context is conditioned on, not modelled). ``μ, σ, m, s`` are buffers,
+so they travel in ``state_dict`` and ``nf.save``/``nf.load``; ``flow.config`` records the inner
+architecture plus, optionally, the table's column names and which of them are the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nfkit._checks import check_positive_int
+from nfkit.core import Compose, Flow
+from nfkit.models._registry import build, factory
+from nfkit.transforms.elementwise import Affine
+
+__all__ = ["Standardized", "standardize", "ContextStandardize"]
+
+
+class ContextStandardize(nn.Module):
+    r"""Fixed context embedding ``c ↦ (c - mean) / scale`` (buffers; identity when new)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    def forward(self, context: Tensor) -> Tensor:
+        return (context - self.mean) / self.scale
+
+
+def _wrap(inner: Flow, features: int, context: int) -> Flow:
+    layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
+    embedding: nn.Module | None = inner.embedding
+    if context > 0:
+        scaler = ContextStandardize(context)
+        embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
+    affine = Affine(torch.zeros(features), torch.ones(features))
+    flow = Flow(Compose(affine, *layers), inner.base, embedding=embedding, context=context)
+    for t in list(inner.parameters()) + list(inner.buffers()):
+        if t.is_floating_point():  # the new buffers follow the inner flow's dtype and device
+            flow.to(dtype=t.dtype, device=t.device)
+            break
+    return flow
+
+
+@factory
+def Standardized(
+    features: int,
+    *,
+    flow: dict[str, Any],
+    context: int = 0,
+    columns: Sequence[str] | None = None,
+    given: Sequence[str] | None = None,
+) -> Flow:
+    r"""A flow of ``inner = nf.models.build(flow)`` behind a fixed standardization of x (and c).
+
+    ``log p(x | c) = log p_inner((x - μ)/σ | (c - m)/s) - Σ_i log σ_i``. The statistics start at
+    ``μ = 0, σ = 1`` (identity); :func:`standardize` fits them and ``nf.load`` restores them.
+
+    Args:
+        features: ``D``, the number of modelled columns.
+        flow: The inner flow's ``config`` (e.g. ``nf.models.NSF(3).config``).
+        context: Number of context columns ``C`` (must match the inner flow's).
+        columns: Optional names of all table columns, in file order (data and context).
+        given: Optional names of the context columns (a subset of ``columns``).
+    """
+    check_positive_int("Standardized", "features", features)
+    check_positive_int("Standardized", "context", context, minimum=0)
+    if not isinstance(flow, dict) or "model" not in flow:
+        raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
+    inner = build(flow)
+    _check_inner("Standardized", inner, features, context)
+    return _wrap(inner, features, context)
+
+
+def _check_inner(where: str, inner: Flow, features: int, context: int) -> None:
+    if tuple(inner.event_shape) != (features,):
+        raise ValueError(
+            f"{where}: inner flow must have event shape ({features},), "
+            f"got {tuple(inner.event_shape)}"
+        )
+    if inner.context_features != context:
+        raise ValueError(
+            f"{where}: inner flow takes context of size {inner.context_features}, got {context}"
+        )
+
+
+def _stats(
+    where: str, name: str, data: Tensor, labels: Sequence[str] | None
+) -> tuple[Tensor, Tensor]:
+    if data.dim() != 2 or data.shape[0] < 2:
+        raise ValueError(
+            f"{where}: {name} must be a 2-D table with at least 2 rows, got shape {tuple(data.shape)}"
+        )
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError(f"{where}: {name} contains NaN or inf values")
+    mean = data.mean(0)
+    std = data.std(0, unbiased=False)
+    bad = torch.nonzero(~(std > 0)).flatten().tolist()
+    if bad:
+        names = [labels[i] if labels is not None else str(i) for i in bad]
+        raise ValueError(
+            f"{where}: {name} column(s) {', '.join(names)} are constant; "
+            "a density over them is degenerate"
+        )
+    return mean, std
+
+
+def standardize(
+    flow: Flow,
+    x: Tensor,
+    context: Tensor | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    given: Sequence[str] | None = None,
+) -> Flow:
+    r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
+
+    ``μ`` and ``σ`` are the per-column mean and (population) standard deviation of ``x``. The
+    returned flow shares the inner flow's modules; its ``config`` rebuilds it with
+    ``nf.models.build`` and its ``state_dict`` holds the statistics.
+
+    Args:
+        flow: An unconditional flow of event shape ``(D,)``, or a conditional one of context ``C``.
+        x: Training data ``(n, D)``, ``n ≥ 2``; a constant column is an error.
+        context: Training context ``(n, C)`` when the flow is conditional.
+        columns: Names recorded in ``config`` (all columns, in file order).
+        given: Names of the context columns, recorded in ``config``.
+
+    Example:
+        >>> import nfkit as nf
+        >>> x = 100 + 10 * nf.datasets.two_moons(256, seed=0)
+        >>> flow = nf.models.standardize(nf.models.MAF(2, transforms=1, hidden=(8,)), x)
+        >>> flow.log_prob(x[:3]).shape
+        torch.Size([3])
+    """
+    where = "nf.models.standardize"
+    if not isinstance(flow, Flow) or not flow.config:
+        raise TypeError(f"{where}: expected an nf.Flow built by an nf.models factory")
+    if len(flow.event_shape) != 1:
+        raise ValueError(f"{where}: only vector flows, got event shape {tuple(flow.event_shape)}")
+    features = int(flow.event_shape[0])
+    ctx = flow.context_features
+    if (context is None) != (ctx == 0):
+        raise ValueError(
+            f"{where}: flow takes context of size {ctx} but context was "
+            f"{'not given' if context is None else 'given'}"
+        )
+    x_labels = None
+    c_labels = None
+    if columns is not None:
+        given_set = set(given or ())
+        x_labels = [c for c in columns if c not in given_set]
+        c_labels = [c for c in columns if c in given_set]
+    mean, std = _stats(where, "x", x.detach(), x_labels)
+    if mean.shape[0] != features:
+        raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
+    out = _wrap(flow, features, ctx)
+    out.config = {
+        "model": "Standardized",
+        "features": features,
+        "flow": dict(flow.config),
+        "context": ctx,
+        "columns": None if columns is None else list(columns),
+        "given": None if given is None else list(given),
+    }
+    affine: Affine = out.transform[0]  # type: ignore[assignment]
+    like = {"dtype": affine.shift.dtype, "device": affine.shift.device}
+    with torch.no_grad():
+        affine.shift.copy_((-mean / std).to(**like))
+        affine.log_abs_scale.copy_((-std.log()).to(**like))
+        if context is not None:
+            cmean, cstd = _stats(where, "context", context.detach(), c_labels)
+            if cmean.shape[0] != ctx:
+                raise ValueError(
+                    f"{where}: context must have last dim {ctx}, got shape {tuple(context.shape)}"
+                )
+            scaler = (
+                out.embedding
+                if isinstance(out.embedding, ContextStandardize)
+                else out.embedding[0]
+            )  # type: ignore[index]
+            scaler.mean.copy_(cmean.to(**like))
+            scaler.scale.copy_(cstd.to(**like))
+    return out

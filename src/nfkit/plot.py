@@ -1,0 +1,414 @@
+r"""Figures (PNG via matplotlib's Agg canvas; matplotlib is imported inside the functions).
+
+Every function builds a :class:`matplotlib.figure.Figure` without pyplot (no global figure
+state, no GUI backend), writes it to ``path`` as PNG when a path is given, and returns it.
+
+- :func:`density`: the model's density as a heat-map with the data on top, next to samples.
+- :func:`samples`: samples against data (scatter for D = 2, :func:`corner` for D > 2).
+- :func:`corner`: for D > 2, marginal histograms and pairwise scatter, data vs samples.
+- :func:`history`: training and validation loss against the step.
+- :func:`layers`: base samples (and a grid) pushed through the inverse of the flow's layers one
+  at a time: how a Gaussian is reshaped into the target, transform after transform.
+
+Install the extra: ``pip install "nfkit[plot]"``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nfkit.core import Compose, Flow
+from nfkit.transforms.elementwise import Affine
+
+__all__ = ["density", "samples", "corner", "history", "layers"]
+
+_DATA = "#555555"
+_MODEL = "#d95f02"
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("nf.plot needs matplotlib: pip install 'nfkit[plot]'") from None
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
+    """Write a PNG, reduced to a 256-colour palette when Pillow is there (files ~3x smaller)."""
+    if path is None:
+        return fig
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        Path(path).write_bytes(buffer.getvalue())
+        return fig
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256).save(
+            os.fspath(path), format="PNG", optimize=True
+        )
+    return fig
+
+
+def _np(x: Tensor) -> Any:
+    return x.detach().double().cpu().numpy()
+
+
+def _data(data: Any, where: str) -> Tensor | None:
+    if data is None:
+        return None
+    from nfkit.io import as_tensor
+
+    return as_tensor(data, where, "data", dtype=torch.float64)
+
+
+def _check_flow(where: str, flow: Any) -> Flow:
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{where}: expected an nf.Flow, got {type(flow).__name__}")
+    if len(flow.event_shape) != 1:
+        raise ValueError(f"{where}: only vector flows, got event shape {tuple(flow.event_shape)}")
+    return flow
+
+
+def _context(flow: Flow, context: Any) -> Tensor | None:
+    if context is None:
+        return None
+    return torch.as_tensor(context, **_like(flow))
+
+
+def _like(flow: Flow) -> dict[str, Any]:
+    for t in list(flow.parameters()) + list(flow.buffers()):
+        if t.is_floating_point():
+            return {"dtype": t.dtype, "device": t.device}
+    return {}
+
+
+@torch.no_grad()
+def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
+    return flow.sample(n, context).reshape(-1, flow.event_shape[0]).double().cpu()
+
+
+def _bounds(points: Tensor, pad: float = 0.15) -> list[tuple[float, float]]:
+    lo = torch.quantile(points, 0.005, dim=0)
+    hi = torch.quantile(points, 0.995, dim=0)
+    width = (hi - lo).clamp_min(1e-6)
+    return [(float(a), float(b)) for a, b in zip(lo - pad * width, hi + pad * width)]
+
+
+def _labels(flow: Flow, columns: Sequence[str] | None, d: int) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    config = flow.config or {}
+    if config.get("columns"):
+        given = set(config.get("given") or ())
+        return [c for c in config["columns"] if c not in given]
+    return [f"x{i}" for i in range(d)]
+
+
+def density(
+    flow: Flow,
+    data: Any = None,
+    *,
+    context: Any = None,
+    n: int = 2000,
+    bounds: Sequence[tuple[float, float]] | None = None,
+    resolution: int = 200,
+    columns: Sequence[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Any:
+    r"""Heat-map of ``p(x)`` on a grid with the data on top, and ``n`` samples next to the data.
+
+    For D = 1 the density is a curve over a histogram of the data. For D > 2 use :func:`corner`.
+
+    Args:
+        flow: A flow over ``D ∈ {1, 2}`` (conditional: pass one ``context`` vector ``(C,)``).
+        data: Optional data ``(m, D)`` (Tensor, array or DataFrame), drawn in grey.
+        n: Number of model samples.
+        bounds: ``[(lo, hi)] * D`` of the grid; default from the data (or samples), padded.
+        resolution: Grid points per axis.
+        columns: Axis labels (default: the model's column names, or ``x0, x1``).
+        path: Write a PNG there.
+        title: Figure title.
+    """
+    where = "nf.plot.density"
+    flow = _check_flow(where, flow)
+    d = flow.event_shape[0]
+    if d > 2:
+        raise ValueError(f"{where}: needs D <= 2, got D = {d}; use nf.plot.corner")
+    ctx = _context(flow, context)
+    x = _data(data, where)
+    s = _samples(flow, n, ctx)
+    ref = x if x is not None else s
+    box = list(bounds) if bounds is not None else _bounds(ref)
+    labels = _labels(flow, columns, d)
+    like = _like(flow)
+    if d == 1:
+        fig, ax = _figure(1, 1, (5.5, 3.8))
+        ax = ax[0, 0]
+        grid = torch.linspace(box[0][0], box[0][1], resolution * 2, dtype=torch.float64)
+        with torch.no_grad():
+            dens = flow.log_prob(grid[:, None].to(**like), ctx).exp().double().cpu()
+        if x is not None:
+            ax.hist(_np(x[:, 0]), bins=60, density=True, color=_DATA, alpha=0.4, label="data")
+        ax.plot(_np(grid), _np(dens), color=_MODEL, lw=2, label="model p(x)")
+        ax.set_xlabel(labels[0])
+        ax.legend(frameon=False)
+    else:
+        fig, axes = _figure(1, 2, (10, 4.6))
+        gx = torch.linspace(box[0][0], box[0][1], resolution, dtype=torch.float64)
+        gy = torch.linspace(box[1][0], box[1][1], resolution, dtype=torch.float64)
+        xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+        pts = torch.stack([xx, yy], -1).reshape(-1, 2)
+        with torch.no_grad():
+            lp = torch.cat([flow.log_prob(c.to(**like), ctx) for c in pts.split(16384)])
+        dens = lp.double().cpu().exp().reshape(resolution, resolution)
+        ax = axes[0, 0]
+        ax.imshow(
+            _np(dens), origin="lower", extent=(*box[0], *box[1]), aspect="auto", cmap="magma"
+        )
+        if x is not None:
+            k = x[: min(len(x), 3000)]
+            ax.scatter(*_np(k).T, s=1.5, c="white", alpha=0.35, linewidths=0)
+        ax.set_title("model density p(x)" + (" with data" if x is not None else ""))
+        ax2 = axes[0, 1]
+        if x is not None:
+            k = x[: min(len(x), n)]
+            ax2.scatter(*_np(k).T, s=2, c=_DATA, alpha=0.5, linewidths=0, label="data")
+        ax2.scatter(*_np(s).T, s=2, c=_MODEL, alpha=0.5, linewidths=0, label="samples")
+        ax2.set_xlim(*box[0])
+        ax2.set_ylim(*box[1])
+        ax2.set_title(f"{n} samples" + (" vs data" if x is not None else ""))
+        ax2.legend(frameon=False, markerscale=5, loc="upper right")
+        for a in (ax, ax2):
+            a.set_xlabel(labels[0])
+            a.set_ylabel(labels[1])
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def corner(
+    flow: Flow,
+    data: Any = None,
+    *,
+    context: Any = None,
+    n: int = 2000,
+    columns: Sequence[str] | None = None,
+    max_dims: int = 6,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Any:
+    r"""Corner plot: marginal histograms (diagonal) and pairwise scatter, data vs ``n`` samples.
+
+    Shows the first ``max_dims`` coordinates. Works for any D ≥ 1.
+    """
+    where = "nf.plot.corner"
+    flow = _check_flow(where, flow)
+    d = flow.event_shape[0]
+    k = min(d, max_dims)
+    x = _data(data, where)
+    s = _samples(flow, n, _context(flow, context))
+    box = _bounds(x if x is not None else s)
+    labels = _labels(flow, columns, d)
+    size = max(4.0, 1.9 * k)
+    fig, axes = _figure(k, k, (size, size))
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if j > i:
+                ax.set_axis_off()
+                continue
+            if i == j:
+                edges = torch.linspace(*box[i], 41).numpy()
+                if x is not None:
+                    ax.hist(_np(x[:, i]), bins=edges, density=True, color=_DATA, alpha=0.5)
+                ax.hist(
+                    _np(s[:, i]), bins=edges, density=True, histtype="step", color=_MODEL, lw=1.5
+                )
+                ax.set_yticks([])
+            else:
+                if x is not None:
+                    xs = x[: min(len(x), n)]
+                    ax.scatter(_np(xs[:, j]), _np(xs[:, i]), s=1, c=_DATA, alpha=0.4, linewidths=0)
+                ax.scatter(_np(s[:, j]), _np(s[:, i]), s=1, c=_MODEL, alpha=0.4, linewidths=0)
+                ax.set_ylim(*box[i])
+            ax.set_xlim(*box[j])
+            if i == k - 1:
+                ax.set_xlabel(labels[j])
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(labels[i])
+            elif j > 0:
+                ax.set_yticklabels([])
+    fig.suptitle(title or ("data (grey) vs samples (orange)" if x is not None else "samples"))
+    return _finish(fig, path)
+
+
+def samples(
+    flow: Flow,
+    data: Any = None,
+    *,
+    context: Any = None,
+    n: int = 2000,
+    columns: Sequence[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Samples vs data: a scatter for D ≤ 2 (the right panel of :func:`density`), else :func:`corner`."""
+    flow = _check_flow("nf.plot.samples", flow)
+    if flow.event_shape[0] > 2:
+        return corner(flow, data, context=context, n=n, columns=columns, path=path)
+    return density(flow, data, context=context, n=n, columns=columns, path=path)
+
+
+def history(
+    h: Any, path: str | os.PathLike[str] | None = None, *, title: str | None = None
+) -> Any:
+    r"""Training loss per step (light: raw; dark: moving average) and validation loss per evaluation.
+
+    Args:
+        h: A :class:`~nfkit.train.History`.
+        path: Write a PNG there.
+    """
+    train = torch.tensor(getattr(h, "train_loss", []), dtype=torch.float64)
+    fig, ax = _figure(1, 1, (6.5, 4))
+    ax = ax[0, 0]
+    if len(train):
+        steps = torch.arange(1, len(train) + 1)
+        ax.plot(steps.numpy(), train.numpy(), color="#9ecae1", lw=0.8, label="train (per step)")
+        w = max(1, len(train) // 50)
+        if w > 1:
+            kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
+            smooth = torch.nn.functional.conv1d(train[None, None], kernel)[0, 0]
+            ax.plot(
+                steps[w - 1 :].numpy(),
+                smooth.numpy(),
+                color="#08519c",
+                lw=1.5,
+                label="train (avg)",
+            )
+        lo, hi = torch.quantile(
+            train[len(train) // 10 :], torch.tensor([0.0, 0.98], dtype=torch.float64)
+        )
+        vals = torch.tensor(h.val_loss, dtype=torch.float64) if h.val_loss else train[:0]
+        lo = min(float(lo), float(vals.min())) if len(vals) else float(lo)
+        hi = max(float(hi), float(vals.max())) if len(vals) else float(hi)
+        if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+            ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+    if getattr(h, "val_loss", None):
+        ax.plot(
+            h.val_step[: len(h.val_loss)], h.val_loss, "o-", color=_MODEL, ms=3, label="validation"
+        )
+        if h.best_step is not None and h.best_val is not None:
+            ax.axvline(h.best_step, color=_MODEL, ls=":", lw=1)
+            ax.annotate(
+                f"best {h.best_val:.3f} @ {h.best_step}",
+                (h.best_step, h.best_val),
+                textcoords="offset points",
+                xytext=(5, 10),
+                fontsize=8,
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (NLL, nats)")
+    ax.legend(frameon=False)
+    ax.set_title(title or "training history")
+    return _finish(fig, path)
+
+
+@torch.no_grad()
+def layers(
+    flow: Flow,
+    *,
+    context: Any = None,
+    n: int = 2000,
+    max_panels: int = 8,
+    dims: tuple[int, int] = (0, 1),
+    seed: int | None = 0,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    r"""A Gaussian reshaped into the target, layer by layer.
+
+    With ``T = T_K ∘ … ∘ T_1`` (data → latent), samples ``z ~ base`` and a grid of lines are
+    pushed through ``T_K⁻¹``, then ``T_{K-1}⁻¹``, …, ``T_1⁻¹``; panel ``k`` shows the points after
+    ``k`` inverse layers (the last panel is the model's samples). Points are coloured by their
+    angle in the base, so one can follow them. At most ``max_panels`` panels (evenly spaced
+    layers; the first and last always shown). Coordinates ``dims`` are drawn. ``seed`` fixes the
+    base samples without touching the global RNG (None: use it).
+    """
+    where = "nf.plot.layers"
+    flow = _check_flow(where, flow)
+    d = flow.event_shape[0]
+    i, j = dims if d >= 2 else (0, 0)
+    parts = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
+    ctx = flow._embed(_context(flow, context))
+    like = _like(flow)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        z = flow.base.sample((n,), ctx)
+    hue = torch.atan2(z[:, j], z[:, i]) if d >= 2 else z[:, 0]
+    # Grid lines in the base (2-D only): 9 lines each way over [-2.5, 2.5].
+    lines = None
+    if d == 2:
+        t = torch.linspace(-2.5, 2.5, 200, dtype=torch.float64)
+        ticks = torch.linspace(-2.5, 2.5, 9, dtype=torch.float64)
+        horizontal = torch.stack([t.expand(9, -1), ticks[:, None].expand(-1, 200)], -1)
+        lines = torch.cat([horizontal, horizontal.flip(-1)]).reshape(-1, 2).to(**like)
+    states = [(z, lines)]
+    names = ["base"]
+    for layer in reversed(parts):
+        z, _ = layer.inverse(z, ctx)
+        if lines is not None:
+            lines, _ = layer.inverse(lines, ctx)
+        states.append((z, lines))
+        label = type(layer).__name__
+        if isinstance(layer, Affine) and len(names) == len(parts):
+            label = "Affine (standardization)"
+        names.append(f"{label}⁻¹")
+    total = len(states)
+    if total > max_panels:
+        keep = sorted({round(k * (total - 1) / (max_panels - 1)) for k in range(max_panels)})
+    else:
+        keep = list(range(total))
+    cols = min(4, len(keep)) if len(keep) != 6 else 3
+    rows = math.ceil(len(keep) / cols)
+    fig, axes = _figure(rows, cols, (2.8 * cols, 2.8 * rows))
+    for a in axes.flat:
+        a.set_axis_off()
+    colours = _np(hue)
+    for a, k in zip(axes.flat, keep):
+        pts, grid = states[k]
+        pts = pts.double().cpu()
+        a.set_axis_on()
+        if grid is not None:
+            gl = grid.double().cpu().reshape(18, 200, 2)
+            for line in gl:
+                a.plot(*_np(line).T, color="#bbbbbb", lw=0.5)
+        if d >= 2:
+            a.scatter(_np(pts[:, i]), _np(pts[:, j]), c=colours, cmap="hsv", s=1.5, linewidths=0)
+        else:
+            a.hist(_np(pts[:, 0]), bins=60, color=_MODEL, alpha=0.7)
+        lim = _bounds(pts[:, [i, j]] if d >= 2 else pts[:, :1], pad=0.1)
+        a.set_xlim(*lim[0])
+        if d >= 2:
+            a.set_ylim(*lim[1])
+        a.set_title(f"{k}: {names[k]}" if k else "base N(0, I)", fontsize=9)
+        a.tick_params(labelsize=7)
+    fig.suptitle("base samples through the inverse layers (last panel: model samples)")
+    return _finish(fig, path)

@@ -1,0 +1,679 @@
+r"""Training: maximum likelihood (:func:`fit`) and reverse-KL variational inference (:func:`fit_vi`).
+
+Both run the same loop: minibatch AdamW, a learning-rate schedule (cosine by default), gradient
+clipping, a tqdm bar, and a :class:`History`. The loop avoids a host sync per step: losses and
+gradient norms are written into device buffers and checked (finite?) every ``sync_every`` steps;
+if a loss or gradient norm was NaN/inf, the weights of the last checked point are put back and
+:class:`NonFiniteLossError` is raised. Batching (:class:`_Batcher`) and model wrapping
+(:func:`_wrap_model`) are small functions so that a distributed run can swap in a
+``DistributedSampler`` and ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nfkit.core import Flow
+from nfkit.io import as_tensor, atomic_save, safe_torch_load
+
+__all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
+
+CHECKPOINT_FORMAT = "nfkit-checkpoint"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good weights were restored."""
+
+
+@dataclass
+class History:
+    r"""What a training run recorded.
+
+    Attributes:
+        train_loss: Per-step training loss (NLL in nats per sample for :func:`fit`; the reverse KL
+            up to ``log Z``, i.e. ``-ELBO``, for :func:`fit_vi`).
+        val_loss: Validation NLL at each evaluation (empty without validation data).
+        val_step: The step (number of updates done) of each evaluation.
+        time: Wall-clock seconds since the start at each evaluation.
+        lr: Learning rate at each evaluation.
+        best_step, best_val: Step and value of the best validation NLL (weights restored to it).
+        stopped_early: Whether early stopping ended the run.
+        steps: Number of optimizer steps done.
+        wall_time: Total seconds.
+        ess: (:func:`fit_vi`) importance-sampling effective sample size ``(Σw)² / Σw²`` as a
+            fraction of ``n_estimate`` samples, with ``w = p̃(x) / q(x)``; 1 means ``q ∝ p̃``.
+        log_normalizer: (:func:`fit_vi`) ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃``.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_step: list[int] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_step: int | None = None
+    best_val: float | None = None
+    stopped_early: bool = False
+    steps: int = 0
+    wall_time: float = 0.0
+    ess: float | None = None
+    log_normalizer: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (safe for ``torch.load(weights_only=True)`` and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def plot(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Any:
+        """The loss curves (:func:`nfkit.plot.history`); writes a PNG if ``path`` is given."""
+        from nfkit.plot import history
+
+        return history(self, path, **kwargs)
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def _wrap_model(flow: Flow) -> nn.Module:
+    """The module the loop calls as ``model(x, context) -> log_prob``; the hook for DDP."""
+    return flow
+
+
+class _Batcher:
+    """Shuffled epochs of minibatch indices ``(B,)`` (CPU), from a private generator.
+
+    Its state (generator, current permutation, position) goes into checkpoints, so a resumed run
+    draws exactly the batches the uninterrupted run would have drawn. A distributed run replaces
+    this with a ``DistributedSampler``-style shard of each permutation.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"]
+        self.pos = int(state["pos"])
+
+
+def _module_like(flow: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for t in list(flow.parameters()) + list(flow.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _resolve_seed(seed: int | None) -> int:
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"nf.fit: seed must be an int or None, got {type(seed).__name__}")
+    return seed
+
+
+def _check_number(where: str, name: str, value: Any, low: float, inclusive: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value < low if inclusive else value <= low):
+        op = ">=" if inclusive else ">"
+        raise ValueError(f"{where}: {name} must be a finite number {op} {low}, got {value!r}")
+    return float(value)
+
+
+def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class _Loop:
+    """Optimizer, schedule, clipping, deferred finiteness checks, snapshots and the bar."""
+
+    def __init__(
+        self,
+        where: str,
+        flow: Flow,
+        *,
+        steps: int,
+        lr: float,
+        weight_decay: float,
+        clip: float | None,
+        schedule: str,
+        sync_every: int,
+        progress: bool,
+        device: torch.device,
+    ) -> None:
+        self.where, self.flow, self.steps = where, flow, steps
+        self.params = [p for p in flow.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"{where}: the flow has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        if schedule == "cosine":
+            self.scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=steps
+            )
+        elif schedule == "constant":
+            self.scheduler = None
+        else:
+            raise ValueError(f"{where}: schedule must be 'cosine' or 'constant', got {schedule!r}")
+        self.clip = math.inf if not clip else float(clip)
+        self.sync_every = sync_every
+        self.losses = torch.zeros(steps, device=device, dtype=torch.float64)
+        self.norms = torch.zeros(steps, device=device, dtype=torch.float64)
+        self.synced = 0
+        self.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        self.progress = progress
+        self.bar: Any = None
+
+    def open_bar(self, initial: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.steps,
+            initial=initial,
+            desc=self.where,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def step(self, i: int, loss: Tensor) -> None:
+        """One update; no host sync (the loss and norm are recorded on the device)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.losses[i] = loss.detach()
+        self.norms[i] = norm.detach()
+
+    def sync(self, done: int, history: History) -> None:
+        """Check steps ``[synced, done)``; on NaN/inf restore the last good weights and raise."""
+        if done <= self.synced:
+            return
+        window = slice(self.synced, done)
+        ok = torch.isfinite(self.losses[window]) & torch.isfinite(self.norms[window])
+        if not bool(ok.all()):
+            first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1
+            self.flow.load_state_dict(self.good)
+            raise NonFiniteLossError(
+                f"{self.where}: non-finite loss or gradient at step {first}; weights restored to "
+                f"step {self.synced} (try a lower lr, a smaller clip, or check the data)"
+            )
+        history.train_loss.extend(self.losses[window].tolist())
+        history.steps = done
+        for k, v in self.flow.state_dict().items():
+            self.good[k].copy_(v)
+        if self.bar is not None:
+            self.bar.update(done - self.synced)
+        self.synced = done
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def postfix(self, history: History) -> None:
+        if self.bar is None or not history.train_loss:
+            return
+        recent = history.train_loss[-self.sync_every :]
+        info = {"train": f"{sum(recent) / len(recent):.4f}"}
+        if history.val_loss:
+            info["val"] = f"{history.val_loss[-1]:.4f}"
+        self.bar.set_postfix(info, refresh=False)
+
+
+def _split(
+    x: Tensor, c: Tensor | None, val_fraction: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    n = x.shape[0]
+    n_val = int(round(val_fraction * n))
+    if val_fraction <= 0 or n < 2:
+        return x, c, None, None
+    n_val = min(max(n_val, 1), n - 1)
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    tr, va = perm[n_val:], perm[:n_val]
+    return x[tr], None if c is None else c[tr], x[va], None if c is None else c[va]
+
+
+@torch.no_grad()
+def _nll(flow: Flow, x: Tensor, c: Tensor | None, chunk: int = 8192) -> float:
+    """Mean negative log-likelihood over ``x`` in chunks (eval mode); one host sync."""
+    was_training = flow.training
+    flow.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        ci = None if c is None else c[i : i + chunk]
+        total += -flow.log_prob(x[i : i + chunk], ci).double().sum()
+    flow.train(was_training)
+    return float(total) / x.shape[0]
+
+
+def _val_data(
+    where: str, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor | None]:
+    if conditional:
+        if not (isinstance(val, (tuple, list)) and len(val) == 2):
+            raise TypeError(f"{where}: for a conditional fit, val must be a pair (data, context)")
+        xv = as_tensor(val[0], where, "val data", dtype=dtype, device=device)
+        cv = as_tensor(val[1], where, "val context", dtype=dtype, device=device)
+        if cv.shape[0] != xv.shape[0]:
+            raise ValueError(
+                f"{where}: val data and context must have the same number of rows, "
+                f"got {xv.shape[0]} and {cv.shape[0]}"
+            )
+        return xv, cv
+    return as_tensor(val, where, "val", dtype=dtype, device=device), None
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    flow: Flow,
+    data: Any,
+    *,
+    context: Any = None,
+    val: Any = None,
+    val_fraction: float = 0.1,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    clip: float | None = 5.0,
+    schedule: str = "cosine",
+    patience: int = 10,
+    eval_every: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    callback: Callable[[History], None] | None = None,
+) -> History:
+    r"""Fit ``flow`` by maximum likelihood: minimize ``-(1/B) Σ_b log p(x_b | c_b)`` with AdamW.
+
+    The data is split into training and validation sets (``val_fraction``, unless ``val`` is
+    given); every ``eval_every`` steps the validation NLL is computed, and after ``patience``
+    evaluations without improvement training stops. The weights of the best evaluation are put
+    back at the end (without validation data the last weights are kept). The learning rate
+    follows a cosine decay to 0 over ``steps`` (``schedule="constant"`` to keep it fixed); the
+    gradient norm is clipped to ``clip``. The flow is left in eval mode.
+
+    Args:
+        flow: The :class:`~nfkit.Flow` to train (in place).
+        data: Rows ``(n, D)`` as a Tensor, NumPy array or numeric pandas DataFrame.
+        context: Conditioning rows ``(n, C)`` for a conditional flow, fitting ``p(x | c)``.
+        val: Validation data (a pair ``(data, context)`` when conditional); overrides the split.
+        val_fraction: Fraction held out for validation when ``val`` is None (0: none).
+        steps: Number of optimizer steps. ``epochs``: alternatively, passes over the training
+            set. Give at most one; default 1000 steps.
+        batch_size: Minibatch size (capped at the training set size).
+        lr, weight_decay: AdamW's learning rate and decoupled weight decay.
+        clip: Maximum gradient norm (None or 0: no clipping).
+        schedule: ``"cosine"`` (default) or ``"constant"``.
+        patience: Evaluations without improvement before stopping.
+        eval_every: Steps between evaluations; default ``clamp(steps // 20, 1, 200)``.
+        checkpoint: Path written atomically at each evaluation (weights, optimizer, scheduler,
+            step, history, best weights, RNG states); loads with ``weights_only=True``.
+        resume: Continue from ``checkpoint`` if it exists (same data and settings).
+        progress: Show a tqdm bar with the train/val NLL.
+        device: Move the flow and data there (default: the flow's device).
+        seed: Seed of the split and the batch order (default: drawn from torch's global RNG).
+        callback: Called with the History after each evaluation.
+
+    Returns:
+        The :class:`History`.
+
+    Raises:
+        NonFiniteLossError: a NaN/inf loss or gradient; the last good weights are restored.
+    """
+    where = "nf.fit"
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    if device is not None:
+        flow.to(device)
+    dev, dtype = _module_like(flow)
+    x = as_tensor(data, where, "data", dtype=dtype, device=dev)
+    c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
+    if c is not None and c.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{where}: data and context must have the same number of rows, "
+            f"got {x.shape[0]} and {c.shape[0]}"
+        )
+    flow._check_x(where, x, c)
+    _check_number(where, "lr", lr, 0.0)
+    _check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    _check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
+    if val_fraction >= 1:
+        raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
+    batch_size = _check_int(where, "batch_size", batch_size)
+    patience = _check_int(where, "patience", patience)
+    seed = _resolve_seed(seed)
+
+    state = None
+    if resume:
+        if checkpoint is None:
+            raise ValueError(f"{where}: resume=True needs checkpoint=PATH")
+        if Path(checkpoint).exists():
+            state = safe_torch_load(checkpoint, where, map_location="cpu")
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{where}: {str(checkpoint)!r} is not an nfkit checkpoint")
+            seed = int(state["seed"])
+
+    generator = torch.Generator().manual_seed(seed)
+    if val is not None:
+        xv, cv = _val_data(where, val, c is not None, dtype, dev)
+        flow._check_x(where, xv[:1], None if cv is None else cv[:1])
+        xt, ct = x, c
+    else:
+        xt, ct, xv, cv = _split(x, c, val_fraction, generator)
+
+    n = xt.shape[0]
+    if steps is not None and epochs is not None:
+        raise ValueError(f"{where}: give steps or epochs, not both")
+    if epochs is not None:
+        steps = _check_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
+    steps = 1000 if steps is None else _check_int(where, "steps", steps)
+    eval_every = (
+        min(max(steps // 20, 1), 200)
+        if eval_every is None
+        else _check_int(where, "eval_every", eval_every)
+    )
+
+    model = _wrap_model(flow)
+    batcher = _Batcher(n, batch_size, generator)
+    loop = _Loop(
+        where,
+        flow,
+        steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip=clip,
+        schedule=schedule,
+        sync_every=min(eval_every, 25),
+        progress=progress,
+        device=dev,
+    )
+    history = History()
+    best: dict[str, Tensor] | None = None
+    bad = 0
+    start = 0
+    t0 = time.perf_counter()
+    if state is not None:
+        if int(state["steps"]) != steps or int(state["n"]) != n:
+            raise ValueError(
+                f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
+                f"on {state['n']} training rows; got steps={steps} on {n} rows"
+            )
+        flow.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        if loop.scheduler is not None and state["scheduler"] is not None:
+            loop.scheduler.load_state_dict(state["scheduler"])
+        batcher.load_state_dict(state["batcher"])
+        history = History.from_dict(state["history"])
+        best, bad, start = state["best"], int(state["bad"]), int(state["step"])
+        torch.set_rng_state(state["rng"])
+        loop.synced = start
+        loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        t0 -= history.wall_time
+
+    validate, flow.validate = flow.validate, False
+    flow.train()
+    loop.open_bar(start)
+    try:
+        for i in range(start, steps):
+            idx = batcher.next().to(dev, non_blocking=True)
+            loss = -model(xt[idx], None if ct is None else ct[idx]).mean()
+            loop.step(i, loss)
+            done = i + 1
+            evaluate = done % eval_every == 0 or done == steps
+            if evaluate or done % loop.sync_every == 0:
+                loop.sync(done, history)
+                loop.postfix(history)
+            if evaluate:
+                history.val_step.append(done)
+                history.time.append(time.perf_counter() - t0)
+                history.lr.append(loop.lr())
+                if xv is not None:
+                    v = _nll(flow, xv, cv)
+                    history.val_loss.append(v)
+                    if history.best_val is None or v < history.best_val:
+                        history.best_val, history.best_step, bad = v, done, 0
+                        best = {k: t.detach().clone() for k, t in flow.state_dict().items()}
+                    else:
+                        bad += 1
+                history.wall_time = time.perf_counter() - t0
+                if checkpoint is not None:
+                    atomic_save(
+                        {
+                            "format": CHECKPOINT_FORMAT,
+                            "config": json.dumps(flow.config),
+                            "seed": seed,
+                            "steps": steps,
+                            "n": n,
+                            "step": done,
+                            "model": flow.state_dict(),
+                            "optimizer": loop.optimizer.state_dict(),
+                            "scheduler": None
+                            if loop.scheduler is None
+                            else loop.scheduler.state_dict(),
+                            "batcher": batcher.state_dict(),
+                            "history": history.to_dict(),
+                            "best": best,
+                            "bad": bad,
+                            "rng": torch.get_rng_state(),
+                        },
+                        checkpoint,
+                    )
+                loop.postfix(history)
+                if callback is not None:
+                    callback(history)
+                if xv is not None and bad >= patience:
+                    history.stopped_early = True
+                    break
+        if best is not None:
+            flow.load_state_dict(best)
+        elif xv is None:
+            history.best_step = history.steps
+    finally:
+        loop.close()
+        flow.validate = validate
+        flow.eval()
+    history.wall_time = time.perf_counter() - t0
+    return history
+
+
+# --------------------------------------------------------------------------- fit_vi
+
+
+@torch.no_grad()
+def _importance(
+    flow: Flow,
+    log_density: Callable[..., Tensor],
+    context: Tensor | None,
+    n: int,
+    chunk: int = 4096,
+) -> tuple[float, float]:
+    """``(ESS / n, log Ẑ)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``."""
+    logw = []
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        x, log_q = flow.sample_and_log_prob(m, context)
+        log_p = log_density(x) if context is None else log_density(x, context)
+        logw.append((log_p - log_q).double().flatten())
+    lw = torch.cat(logw)
+    lw = torch.where(torch.isnan(lw), -math.inf, lw)
+    log_z = torch.logsumexp(lw, 0) - math.log(lw.numel())
+    ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel()
+    return float(ess), float(log_z)
+
+
+def fit_vi(
+    flow: Flow,
+    log_density: Callable[..., Tensor],
+    *,
+    steps: int,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    clip: float | None = 5.0,
+    schedule: str = "cosine",
+    anneal: int = 0,
+    context: Tensor | None = None,
+    eval_every: int | None = None,
+    n_estimate: int = 8192,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    callback: Callable[[History], None] | None = None,
+) -> History:
+    r"""Fit ``flow = q`` to an unnormalized density ``p̃`` by minimizing the reverse KL.
+
+    Loss per step: ``(1/B) Σ_b [log q(x_b) - β_t log p̃(x_b)]`` with ``(x_b, log q(x_b))`` from
+    ``flow.sample_and_log_prob`` (reparameterized), which equals ``KL(q ‖ p) - log Z`` at
+    ``β = 1`` (the negative ELBO). ``β_t = min(1, 0.01 + t / anneal)`` when ``anneal > 0``
+    (Rezende & Mohamed 2015, arXiv:1505.05770), else 1. A flow with fast sampling (IAF, the
+    ``direction="sample"`` planar family, coupling flows) is the natural choice.
+
+    After training, ``n_estimate`` samples give the importance weights ``w = p̃(x) / q(x)``:
+    ``history.log_normalizer = log mean w`` (``log Ẑ``, an estimate of ``log ∫ p̃`` whose
+    expectation is a lower bound) and ``history.ess = (Σw)² / (n Σw²)`` ∈ (0, 1].
+
+    Args:
+        flow: The flow ``q`` (trained in place; left in eval mode).
+        log_density: ``x -> log p̃(x)`` of shape ``x.shape[:-1]`` (``(x, context)`` when a
+            context is given); differentiable in ``x``. See :mod:`nfkit.targets`.
+        steps: Optimizer steps.
+        batch_size: Samples per step.
+        lr, weight_decay, clip, schedule: As in :func:`fit`.
+        anneal: Steps of linear annealing of ``β`` from 0.01 to 1 (0: none).
+        context: A fixed context ``(C,)`` or ``(*batch, C)`` for a conditional ``q``.
+        eval_every: Steps between progress/finiteness checks.
+        n_estimate: Samples for the final ESS and ``log Ẑ``.
+        progress, device: As in :func:`fit`.
+        seed: Seed of the sampling (the global RNG is left as it was); None: the global RNG.
+        callback: Called with the History at each check.
+    """
+    where = "nf.fit_vi"
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    if not callable(log_density):
+        raise TypeError(f"{where}: log_density must be callable, got {type(log_density).__name__}")
+    steps = _check_int(where, "steps", steps)
+    batch_size = _check_int(where, "batch_size", batch_size)
+    n_estimate = _check_int(where, "n_estimate", n_estimate)
+    anneal = _check_int(where, "anneal", anneal, minimum=0)
+    _check_number(where, "lr", lr, 0.0)
+    if device is not None:
+        flow.to(device)
+    dev, dtype = _module_like(flow)
+    if context is not None:
+        if not isinstance(context, Tensor):
+            raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
+        context = context.to(device=dev, dtype=dtype)
+    eval_every = (
+        min(max(steps // 20, 1), 200)
+        if eval_every is None
+        else _check_int(where, "eval_every", eval_every)
+    )
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _fit_vi(
+            where, flow, log_density, context, steps, batch_size, lr, weight_decay, clip,
+            schedule, anneal, eval_every, n_estimate, progress, dev, callback,
+        )  # fmt: skip
+
+
+def _fit_vi(
+    where: str,
+    flow: Flow,
+    log_density: Callable[..., Tensor],
+    context: Tensor | None,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    clip: float | None,
+    schedule: str,
+    anneal: int,
+    eval_every: int,
+    n_estimate: int,
+    progress: bool,
+    dev: torch.device,
+    callback: Callable[[History], None] | None,
+) -> History:
+    loop = _Loop(
+        where,
+        flow,
+        steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip=clip,
+        schedule=schedule,
+        sync_every=min(eval_every, 25),
+        progress=progress,
+        device=dev,
+    )
+    model = _wrap_model(flow)
+    history = History()
+    t0 = time.perf_counter()
+    validate, flow.validate = flow.validate, False
+    flow.train()
+    loop.open_bar(0)
+    try:
+        for i in range(steps):
+            beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
+            x, log_q = model.sample_and_log_prob(batch_size, context)  # type: ignore[operator]
+            log_p = log_density(x) if context is None else log_density(x, context)
+            loss = (log_q - beta * log_p).mean()
+            loop.step(i, loss)
+            done = i + 1
+            if done % loop.sync_every == 0 or done == steps:
+                loop.sync(done, history)
+            if done % eval_every == 0 or done == steps:
+                history.val_step.append(done)
+                history.time.append(time.perf_counter() - t0)
+                history.lr.append(loop.lr())
+                loop.postfix(history)
+                if callback is not None:
+                    callback(history)
+        flow.eval()
+        history.ess, history.log_normalizer = _importance(flow, log_density, context, n_estimate)
+        history.best_step = history.steps
+    finally:
+        loop.close()
+        flow.validate = validate
+        flow.eval()
+    history.wall_time = time.perf_counter() - t0
+    return history

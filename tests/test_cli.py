@@ -1,0 +1,141 @@
+"""The nfkit command: every subcommand's success, and one-line errors with a non-zero status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nfkit.cli import main
+
+FAST = [
+    "--steps",
+    "25",
+    "--transforms",
+    "1",
+    "--hidden",
+    "8",
+    "--model",
+    "maf",
+    "-q",
+    "--seed",
+    "0",
+]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=300)
+    df = pd.DataFrame({"a": g + 0.2 * rng.normal(size=300), "b": rng.normal(size=300), "g": g})
+    df.to_csv(d / "data.csv", index=False)
+    return d
+
+
+def test_help(capsys) -> None:
+    r = subprocess.run([sys.executable, "-m", "nfkit", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: nfkit" in r.stdout and "demo" in r.stdout
+    for command in ("fit", "sample", "score", "plot", "demo"):
+        code, out, _ = _run(capsys, command, "--help")
+        assert code == 0 and out.startswith(f"usage: nfkit {command}")
+
+
+def test_fit_sample_score_plot(capsys, table) -> None:
+    model = table / "m.pt"
+    code, out, err = _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)
+    assert code == 0 and f"saved the model to {model}" in out and model.exists()
+    code, out, _ = _run(capsys, "sample", model, "-n", "7", "--seed", "1")
+    rows = out.strip().splitlines()
+    assert code == 0 and rows[0] == "a,b,g" and len(rows) == 8
+    code, out, _ = _run(capsys, "sample", model, "-n", "50", "-o", table / "s.csv")
+    assert code == 0 and pd.read_csv(table / "s.csv").shape == (50, 3)
+    code, out, _ = _run(capsys, "score", model, table / "s.csv", "-o", table / "scores.csv")
+    scores = pd.read_csv(table / "scores.csv")
+    assert code == 0 and list(scores.columns) == ["log_density"] and len(scores) == 50
+    assert np.isfinite(scores["log_density"]).all()
+    # Header-less data with the right number of columns is matched by position.
+    pd.read_csv(table / "s.csv").to_csv(table / "nohead.csv", index=False, header=False)
+    code, out, _ = _run(capsys, "score", model, table / "nohead.csv")
+    assert code == 0 and np.allclose(
+        pd.read_csv(pd.io.common.StringIO(out))["log_density"], scores["log_density"]
+    )
+    code, out, _ = _run(capsys, "plot", model, "--data", table / "data.csv", "-o", table / "c.png")
+    assert code == 0 and (table / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_conditional_round_trip(capsys, table) -> None:
+    model = table / "cond.pt"
+    code, out, _ = _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)
+    assert code == 0 and "of a, b given g" in out
+    code, out, _ = _run(
+        capsys, "sample", model, "-n", "20", "--given", "g=1.5", "-o", table / "cs.csv"
+    )
+    s = pd.read_csv(table / "cs.csv")
+    assert code == 0 and list(s.columns) == ["a", "b", "g"] and (s["g"] == 1.5).all()
+    code, out, _ = _run(capsys, "score", model, table / "cs.csv")
+    assert code == 0 and len(out.strip().splitlines()) == 21
+    code, out, _ = _run(capsys, "plot", model, "--given", "g=0", "-o", table / "cd.png")
+    assert code == 0 and (table / "cd.png").stat().st_size > 1000
+    code, _, err = _run(capsys, "sample", model, "-n", "5")
+    assert code == 1 and "conditional on g; pass --given g=VALUE" in err
+    code, _, err = _run(capsys, "sample", model, "-n", "5", "--given", "h=1")
+    assert code == 1 and "--given must set exactly g" in err
+
+
+def _error(capsys, *argv) -> str:
+    code, _, err = _run(capsys, *argv)
+    assert code != 0
+    assert err.startswith("nfkit: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_failure_modes(capsys, table, tmp_path) -> None:
+    (tmp_path / "text.csv").write_text("a,name\n1,x\n2,y\n3,z\n")
+    (tmp_path / "nan.csv").write_text("a,b\n1,2\n,3\n4,5\n")
+    (tmp_path / "other.csv").write_text("u,v\n1,2\n3,4\n")
+    (tmp_path / "junk.pt").write_text("not a model")
+    model = table / "m.pt"
+    if not model.exists():
+        _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)
+    assert "nope.csv: no such file" in _error(capsys, "fit", tmp_path / "nope.csv")
+    assert "column 'name' is not numeric" in _error(capsys, "fit", tmp_path / "text.csv")
+    assert "missing values in column(s) 'a' (1)" in _error(capsys, "fit", tmp_path / "nan.csv")
+    assert "unknown model 'foo'" in _error(capsys, "fit", table / "data.csv", "--model", "foo")
+    assert "--given column(s) 'zz' not found" in _error(
+        capsys, "fit", table / "data.csv", "--given", "zz"
+    )
+    assert "no column(s) 'a', 'b', 'g'" in _error(capsys, "score", model, tmp_path / "other.csv")
+    assert "junk.pt" in _error(capsys, "score", tmp_path / "junk.pt", table / "data.csv")
+    assert "junk.pt" in _error(capsys, "sample", tmp_path / "junk.pt", "-n", "3")
+    assert "argument --steps" in _error(capsys, "fit", table / "data.csv", "--steps", "x")
+    assert "-n" in _error(capsys, "sample", model)
+    assert "invalid choice" in _error(capsys, "frobnicate")
+    assert "not conditional" in _error(capsys, "sample", model, "-n", "2", "--given", "a=1")
+
+
+def test_demo(capsys, tmp_path) -> None:
+    out = tmp_path / "demo"
+    code, stdout, _ = _run(
+        capsys, "demo", "--out", out, "-n", "400", "--steps", "10", "-q", "--hidden", "8"
+    )
+    assert code == 0 and f"to {out}/" in stdout
+    for name in (
+        "model.pt",
+        "density.png",
+        "layers.png",
+        "history.png",
+        "data.csv",
+        "samples.csv",
+    ):
+        assert (out / name).stat().st_size > 0, name

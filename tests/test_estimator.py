@@ -1,0 +1,75 @@
+"""nf.FlowDensity: scikit-learn's own estimator checks, GridSearchCV, Pipeline, conditional use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import nfkit as nf
+
+SMALL = dict(model="maf", transforms=1, hidden=(8,), steps=15, batch_size=64, random_state=0)
+
+
+@parametrize_with_checks(
+    [nf.FlowDensity(**SMALL)],
+    expected_failed_checks=lambda est: est._expected_failed_checks(),
+)
+def test_sklearn_checks(estimator, check) -> None:
+    check(estimator)
+
+
+def _moons(n: int = 600) -> np.ndarray:
+    return nf.datasets.two_moons(n, seed=0).double().numpy()
+
+
+def test_fit_score_sample() -> None:
+    x = 10 + 3 * _moons()
+    est = nf.FlowDensity(**{**SMALL, "steps": 60, "transforms": 2}).fit(x)
+    s = est.score_samples(x)
+    assert s.shape == (600,) and s.dtype == np.float64 and np.isfinite(s).all()
+    assert est.score(x) == pytest.approx(s.mean())
+    draws = est.sample(200, random_state=1)
+    assert draws.shape == (200, 2)
+    np.testing.assert_array_equal(draws, est.sample(200, random_state=1))
+    assert abs(draws.mean(0) - x.mean(0)).max() < 1.5
+    assert clone(est).get_params() == est.get_params()
+
+
+def test_grid_search_and_pipeline() -> None:
+    x = _moons(300)
+    grid = GridSearchCV(nf.FlowDensity(**SMALL), {"transforms": [1, 2]}, cv=2)
+    grid.fit(x)
+    assert grid.best_params_["transforms"] in (1, 2) and np.isfinite(grid.best_score_)
+    pipe = Pipeline([("scale", StandardScaler()), ("flow", nf.FlowDensity(**SMALL))]).fit(x)
+    assert pipe.score_samples(x[:5]).shape == (5,)
+
+
+def test_conditional_given_names() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=500)
+    df = pd.DataFrame({"a": g + 0.1 * rng.normal(size=500), "g": g, "b": rng.normal(size=500)})
+    est = nf.FlowDensity(**{**SMALL, "given": ["g"], "steps": 40}).fit(df)
+    assert est.given_indices_ == [1] and est.data_indices_ == [0, 2]
+    assert est.flow_.config["given"] == ["g"] and est.flow_.config["columns"] == ["a", "g", "b"]
+    assert est.score_samples(df).shape == (500,)
+    draws = est.sample(50, context=[2.0], random_state=0)
+    assert draws.shape == (50, 3) and (draws[:, 1] == 2.0).all()
+    with pytest.raises(ValueError, match="conditional; pass context"):
+        est.sample(5)
+    with pytest.raises(ValueError, match="given column 'zz' not found"):
+        nf.FlowDensity(**{**SMALL, "given": ["zz"]}).fit(df)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        nf.FlowDensity(model="nope").fit(df)
+
+
+def test_fit_leaves_global_rng_alone() -> None:
+    before = torch.get_rng_state()
+    nf.FlowDensity(**SMALL).fit(_moons(100))
+    assert torch.equal(before, torch.get_rng_state())

@@ -1,0 +1,122 @@
+"""nf.save / nf.load (fresh process, atomic, one-line errors) and standardization in user units."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nfkit as nf
+from nfkit.io import atomic_save
+
+
+def _flow(d: int = 2, context: int = 0) -> nf.Flow:
+    torch.manual_seed(0)
+    flow = nf.models.NSF(d, context=context, transforms=2, hidden=(8,), bins=4)
+    nf.testing.perturb_parameters(flow, 0.1)
+    return flow.eval()
+
+
+def test_round_trip_in_fresh_process(tmp_path) -> None:
+    x = 50 + 5 * torch.randn(64, 3)
+    c = torch.randn(64, 1)
+    flow = nf.models.standardize(_flow(3, 1), x, c, columns=["a", "b", "c", "g"], given=["g"])
+    path = nf.save(flow, tmp_path / "m.pt")
+    torch.save({"x": x, "c": c}, tmp_path / "x.pt")
+    code = (
+        "import torch, nfkit as nf\n"
+        f"f = nf.load({str(path)!r})\n"
+        f"d = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
+        "print(repr(f.log_prob(d['x'], d['c']).tolist()))\n"
+        "print(f.config['columns'], f.config['given'], f.training)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.splitlines()
+    with torch.no_grad():
+        expected = flow.log_prob(x, c)
+    torch.testing.assert_close(torch.tensor(eval(out[0])), expected, rtol=0, atol=1e-5)
+    assert out[1] == "['a', 'b', 'c', 'g'] ['g'] False"
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_load_keeps_dtype_and_device_argument(tmp_path) -> None:
+    flow = _flow().double()
+    nf.save(flow, tmp_path / "m.pt")
+    loaded = nf.load(tmp_path / "m.pt", device="cpu")
+    assert next(loaded.parameters()).dtype == torch.float64
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x))
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path) -> None:
+    path = tmp_path / "m.pt"
+    nf.save(_flow(), path)
+    before = path.read_bytes()
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        atomic_save({"f": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_load_errors_are_one_line(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nf.load: no such file: .*missing.pt"):
+        nf.load(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match="nf.load: cannot read .*text.pt") as info:
+        nf.load(tmp_path / "text.pt")
+    assert "\n" not in str(info.value)
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not an nfkit model file"):
+        nf.load(tmp_path / "foreign.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump(Evil(), f)
+    with pytest.raises(ValueError, match="nf.load: cannot read"):
+        nf.load(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="flow.config is empty"):
+        nf.save(
+            nf.Flow(nf.transforms.Affine(0.0, 2.0), nf.distributions.StandardNormal(1)),
+            tmp_path / "x.pt",
+        )
+
+
+def test_standardized_density_in_user_units() -> None:
+    """Identity inner flow: p(x) must be N(x; μ, σ²) exactly (change of variables incl. -Σ log σ)."""
+    torch.manual_seed(0)
+    mu = torch.tensor([100.0, -3.0], dtype=torch.float64)
+    sigma = torch.tensor([20.0, 0.01], dtype=torch.float64)
+    x = mu + sigma * torch.randn(4000, 2, dtype=torch.float64)
+    inner = nf.models.MAF(2, transforms=1, hidden=(4,)).double()  # zero-init: the identity
+    flow = nf.models.standardize(inner, x)
+    m, s = x.mean(0), x.std(0, unbiased=False)
+    ref = torch.distributions.Normal(m, s).log_prob(x).sum(-1)
+    torch.testing.assert_close(flow.log_prob(x), ref)
+    samples = flow.sample(20000)
+    torch.testing.assert_close(
+        samples.mean(0), m, rtol=0, atol=float(4 * s.max() / math.sqrt(2e4))
+    )
+    torch.testing.assert_close(samples.std(0), s, rtol=0.05, atol=0)
+    # Rebuilt from its config, the statistics come back with the state dict.
+    rebuilt = nf.models.build(flow.config).double()
+    rebuilt.load_state_dict(flow.state_dict())
+    torch.testing.assert_close(rebuilt.log_prob(x[:5]), flow.log_prob(x[:5]))
+
+
+def test_standardize_errors() -> None:
+    x = torch.randn(10, 2)
+    x[:, 1] = 3.0
+    with pytest.raises(ValueError, match="column\\(s\\) b are constant"):
+        nf.models.standardize(_flow(), x, columns=["a", "b"])
+    with pytest.raises(ValueError, match="context was given"):
+        nf.models.standardize(_flow(), torch.randn(10, 2), torch.randn(10, 1))

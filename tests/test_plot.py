@@ -1,0 +1,50 @@
+"""nf.plot: each figure function writes a non-empty PNG (Agg, no pyplot state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nfkit as nf
+
+pytest.importorskip("matplotlib")
+
+
+def _png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+@pytest.fixture(scope="module")
+def flow2() -> nf.Flow:
+    torch.manual_seed(0)
+    flow = nf.models.NSF(2, transforms=2, hidden=(8,), bins=4)
+    return nf.testing.perturb_parameters(flow, 0.2).eval()
+
+
+def test_density_samples_history_layers(tmp_path, flow2) -> None:
+    x = nf.datasets.two_moons(300, seed=0)
+    fig = nf.plot.density(flow2, x, path=tmp_path / "d.png", resolution=40, n=300, title="t")
+    assert fig.axes and (tmp_path / "d.png").exists()
+    _png(tmp_path / "d.png")
+    nf.plot.samples(flow2, None, path=tmp_path / "s.png", n=300)
+    _png(tmp_path / "s.png")
+    nf.plot.layers(flow2, path=tmp_path / "l.png", n=300)
+    _png(tmp_path / "l.png")
+    h = nf.fit(flow2, x, steps=10, eval_every=2, progress=False)
+    h.plot(tmp_path / "h.png")
+    _png(tmp_path / "h.png")
+
+
+def test_corner_1d_and_conditional(tmp_path) -> None:
+    torch.manual_seed(0)
+    flow = nf.models.MAF(4, context=1, transforms=1, hidden=(8,))
+    nf.plot.corner(flow, torch.randn(200, 4), context=[0.5], path=tmp_path / "c.png", n=200)
+    _png(tmp_path / "c.png")
+    nf.plot.layers(flow, context=[0.5], path=tmp_path / "l4.png", n=200)
+    _png(tmp_path / "l4.png")
+    flow1 = nf.models.MAF(1, transforms=1, hidden=(8,))
+    nf.plot.density(flow1, torch.randn(100, 1), path=tmp_path / "d1.png", n=100)
+    _png(tmp_path / "d1.png")
+    with pytest.raises(ValueError, match="nf.plot.density: needs D <= 2"):
+        nf.plot.density(flow, context=[0.5])

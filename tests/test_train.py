@@ -1,0 +1,184 @@
+"""nf.fit / nf.fit_vi: learning, early stopping, non-finite losses, checkpoints and resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import nfkit as nf
+
+
+def _small(d: int = 2, context: int = 0) -> nf.Flow:
+    return nf.models.MAF(d, context=context, transforms=2, hidden=(16,))
+
+
+def _state(flow: nf.Flow) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_learns_and_records_history() -> None:
+    x = nf.datasets.two_moons(1000, seed=0)
+    flow = _small()
+    with torch.no_grad():
+        before = -flow.log_prob(x).mean().item()
+    h = nf.fit(flow, x.numpy(), steps=80, batch_size=256, lr=5e-3, progress=False, seed=0)
+    with torch.no_grad():
+        after = -flow.log_prob(x).mean().item()
+    assert after < before - 0.3, (before, after)
+    assert len(h.train_loss) == h.steps == 80 and all(math.isfinite(v) for v in h.train_loss)
+    assert h.val_step == sorted(h.val_step) and len(h.val_loss) == len(h.val_step)
+    assert h.best_val == min(h.val_loss) and h.best_step in h.val_step
+    assert h.lr[-1] < 1e-6, "cosine schedule decays to 0"
+    assert not flow.training and flow.validate
+    assert nf.History.from_dict(h.to_dict()) == h
+
+
+def test_fit_dataframe_context_and_errors() -> None:
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(400, 1, generator=g)
+    x = c + 0.1 * torch.randn(400, 2, generator=g)
+    flow = _small(2, 1)
+    h = nf.fit(
+        flow, pd.DataFrame(x.numpy(), columns=["a", "b"]), context=c, steps=40, progress=False
+    )
+    assert h.steps == 40
+    with pytest.raises(ValueError, match="same number of rows"):
+        nf.fit(flow, x, context=c[:10], steps=2, progress=False)
+    with pytest.raises(ValueError, match="needs a context"):
+        nf.fit(flow, x, steps=2, progress=False)
+    with pytest.raises(ValueError, match="nf.fit: lr must be"):
+        nf.fit(_small(), x, lr=-1, progress=False)
+    with pytest.raises(ValueError, match="steps or epochs, not both"):
+        nf.fit(_small(), x, steps=3, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nf.fit(_small(), np.array([[0.0, np.nan], [1.0, 2.0]]), progress=False)
+    with pytest.raises(TypeError, match="column 's' is not numeric"):
+        nf.fit(_small(1), pd.DataFrame({"s": ["a", "b"]}), progress=False)
+    # epochs: ceil(n_train / batch) steps per epoch (360 training rows, batch 100 -> 4 steps).
+    h = nf.fit(_small(), x, epochs=2, batch_size=100, progress=False)
+    assert h.steps == 8
+
+
+def test_early_stopping_restores_best_weights() -> None:
+    x = nf.datasets.two_moons(600, seed=1)
+    flow = _small()
+    snapshots: dict[int, dict] = {}
+
+    def spoil(history: nf.History) -> None:
+        step = history.val_step[-1]
+        snapshots[step] = _state(flow)
+        if len(history.val_step) == 3:  # from here on the model is much worse
+            with torch.no_grad():
+                for p in flow.parameters():
+                    p.add_(torch.randn_like(p))
+
+    h = nf.fit(
+        flow, x, steps=200, eval_every=10, patience=3, lr=1e-4, schedule="constant",
+        progress=False, seed=0, callback=spoil,
+    )  # fmt: skip
+    assert h.stopped_early and h.steps < 200
+    assert h.best_step == h.val_step[2] and h.best_val == min(h.val_loss)
+    assert _equal(_state(flow), snapshots[h.best_step])
+
+
+def test_non_finite_loss_raises_and_keeps_last_good_weights() -> None:
+    x = nf.datasets.two_moons(400, seed=2)
+    flow = _small()
+    good: dict = {}
+
+    def poison(history: nf.History) -> None:
+        if len(history.val_step) == 2:
+            good.update(_state(flow))
+            with torch.no_grad():
+                next(flow.parameters()).fill_(float("nan"))
+
+    with pytest.raises(
+        nf.NonFiniteLossError, match=r"nf.fit: non-finite loss .* at step 21"
+    ) as info:
+        nf.fit(flow, x, steps=100, eval_every=10, progress=False, callback=poison)
+    assert "\n" not in str(info.value)
+    assert _equal(_state(flow), good)
+    assert all(torch.isfinite(p).all() for p in flow.parameters())
+    # Data far out in float32 overflows at the first step: the initial weights stay.
+    flow = _small()
+    initial = _state(flow)
+    with pytest.raises(nf.NonFiniteLossError):
+        nf.fit(flow, torch.full((50, 2), 1e30), steps=5, progress=False, val_fraction=0)
+    assert _equal(_state(flow), initial)
+
+
+def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
+    x = nf.datasets.eight_gaussians(500, seed=3)
+    torch.manual_seed(0)
+    initial = _small()
+    kwargs = dict(steps=40, eval_every=10, batch_size=64, progress=False, seed=7)
+
+    full = copy.deepcopy(initial)
+    h_full = nf.fit(full, x, **kwargs)
+
+    class Crash(Exception):
+        pass
+
+    def crash(history: nf.History) -> None:
+        if history.val_step[-1] == 20:
+            raise Crash
+
+    path = tmp_path / "ckpt.pt"
+    part = copy.deepcopy(initial)
+    with pytest.raises(Crash):
+        nf.fit(part, x, checkpoint=path, callback=crash, **kwargs)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"], "no temporary files left behind"
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 20 and state["format"] == "nfkit-checkpoint"
+
+    resumed = copy.deepcopy(initial)  # fresh weights: everything must come from the checkpoint
+    h = nf.fit(resumed, x, checkpoint=path, resume=True, **kwargs)
+    assert _equal(_state(resumed), _state(full))
+    assert h.train_loss == h_full.train_loss and h.val_loss == h_full.val_loss
+    assert h.best_step == h_full.best_step
+    with pytest.raises(ValueError, match="steps=40"):
+        nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
+
+
+def test_fit_vi_gaussian_log_normalizer_and_ess() -> None:
+    loc = torch.tensor([1.0, -2.0])
+    scale = torch.tensor([0.5, 2.0])
+    log_z = float(torch.log(scale * math.sqrt(2 * math.pi)).sum())
+    torch.manual_seed(0)
+    flow = nf.models.IAF(2, transforms=1, hidden=(8,))
+    before = torch.get_rng_state()
+    h = nf.fit_vi(
+        flow, nf.targets.gaussian(loc, scale), steps=400, batch_size=128, lr=2e-2,
+        progress=False, seed=0, n_estimate=20000,
+    )  # fmt: skip
+    assert torch.equal(before, torch.get_rng_state()), "seeded fit_vi touched the global RNG"
+    assert h.ess > 0.9, h.ess
+    assert abs(h.log_normalizer - log_z) < 0.05, (h.log_normalizer, log_z)
+    # -ELBO = KL - log Z >= -log Z, and close to it at the end.
+    assert np.mean(h.train_loss[-50:]) > -log_z - 0.05
+    assert np.mean(h.train_loss[-50:]) < -log_z + 0.1
+
+
+def test_fit_vi_on_U1_runs() -> None:
+    g = torch.linspace(-5, 5, 501, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1)
+    p = nf.targets.U1(grid).exp()
+    log_z = math.log(torch.trapezoid(torch.trapezoid(p, g, dim=1), g).item())
+    torch.manual_seed(0)
+    flow = nf.models.RealNVP(2, transforms=4, hidden=(16, 16))
+    h = nf.fit_vi(
+        flow, nf.targets.U1, steps=100, batch_size=128, lr=5e-3, anneal=30, progress=False, seed=0
+    )
+    assert 0 < h.ess <= 1 and math.isfinite(h.log_normalizer)
+    assert h.log_normalizer < log_z + 0.1  # log Ẑ is a lower bound in expectation
+    assert h.log_normalizer > log_z - 1.0, (h.log_normalizer, log_z)
