@@ -5,9 +5,19 @@ flow = nf.models.NSF(2)
 loss = -flow.log_prob(x).mean()
 """
 
-from nfkit import distributions, metrics, models, nn, testing, transforms
+from nfkit import (
+    datasets,
+    distributed,
+    distributions,
+    metrics,
+    models,
+    nn,
+    plot,
+    targets,
+    testing,
+    transforms,
+)
 from nfkit.core import Compose, Flow, Inverse, Transform
-from nfkit import datasets, plot, targets
 from nfkit.io import load, save
 from nfkit.train import History, NonFiniteLossError, fit, fit_vi
 
@@ -24,6 +34,7 @@ __all__ = [
     "models",
     "testing",
     "metrics",
+    "distributed",
     "__version__",
     "fit",
     "fit_vi",

@@ -222,11 +222,26 @@ def _summary(flow: Any, history: Any, rows: int) -> str:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     import nfkit as nf
+    from nfkit import distributed
 
-    given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []
-    df = _read(args.data, drop_missing=args.drop_missing, drop_constant=args.drop_constant)
-    flow, history = _train(args, df, given, args.data)
-    path = nf.save(flow, args.out)
+    if args.distributed:
+        try:
+            device = distributed.init_from_env()
+        except RuntimeError as e:
+            raise _UserError(str(e)) from None
+        if args.device is None and device.type == "cuda":
+            args.device = str(device)
+        args.quiet = args.quiet or not distributed.is_main_process()
+    try:
+        given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []
+        df = _read(args.data, drop_missing=args.drop_missing, drop_constant=args.drop_constant)
+        flow, history = _train(args, df, given, args.data)
+        if not distributed.is_main_process():
+            return  # rank 0 writes the model and reports
+        path = nf.save(flow, args.out)
+    finally:
+        if args.distributed:
+            distributed.shutdown()
     _info(args, _summary(flow, history, len(df)))
     cond = (
         f" of {', '.join(c for c in df.columns if c not in given)} given {', '.join(given)}"
@@ -417,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="checkpoint file, written at each evaluation"
     )
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training under torchrun: torchrun --nproc-per-node N -m nfkit fit ...",
+    )
     _training_options(p, None)
     p.set_defaults(func=cmd_fit)
 

@@ -4,9 +4,9 @@ Both run the same loop: minibatch AdamW, a learning-rate schedule (cosine by def
 clipping, a tqdm bar, and a :class:`History`. The loop avoids a host sync per step: losses and
 gradient norms are written into device buffers and checked (finite?) every ``sync_every`` steps;
 if a loss or gradient norm was NaN/inf, the weights of the last checked point are put back and
-:class:`NonFiniteLossError` is raised. Batching (:class:`_Batcher`) and model wrapping
-(:func:`_wrap_model`) are small functions so that a distributed run can swap in a
-``DistributedSampler`` and ``DistributedDataParallel``.
+:class:`NonFiniteLossError` is raised. Under ``torchrun`` (an initialized
+``torch.distributed`` process group) :func:`fit` shards each global minibatch over the ranks and
+wraps the flow in ``DistributedDataParallel``; see :mod:`nfkit.distributed`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from nfkit.core import Flow
+from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
@@ -86,9 +88,32 @@ class History:
 # --------------------------------------------------------------------------- small pieces
 
 
-def _wrap_model(flow: Flow) -> nn.Module:
-    """The module the loop calls as ``model(x, context) -> log_prob``; the hook for DDP."""
-    return flow
+def _wrap_model(flow: Flow, world: int, device: torch.device) -> nn.Module:
+    """The module the loop calls as ``model(x, context) -> log_prob``: DDP when ``world > 1``."""
+    if world == 1:
+        return flow
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(flow, device_ids=ids)
+
+
+def _uninitialized(flow: Flow) -> bool:
+    """Whether a layer still waits for its data-dependent initialization (ActNorm)."""
+    return any(
+        isinstance(b, Tensor) and b.dtype == torch.bool and not bool(b.all())
+        for name, b in flow.named_buffers()
+        if name.endswith("initialized")
+    )
+
+
+def _broadcast_float(value: float, world: int, device: torch.device) -> float:
+    """Rank 0's value on every rank (the same early-stopping decision everywhere)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return float(t.item())
 
 
 class _Batcher:
@@ -166,8 +191,9 @@ class _Loop:
         sync_every: int,
         progress: bool,
         device: torch.device,
+        world: int = 1,
     ) -> None:
-        self.where, self.flow, self.steps = where, flow, steps
+        self.where, self.flow, self.steps, self.world = where, flow, steps, world
         self.params = [p for p in flow.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"{where}: the flow has no trainable parameters")
@@ -221,6 +247,10 @@ class _Loop:
         if done <= self.synced:
             return
         window = slice(self.synced, done)
+        if self.world > 1:
+            # Each rank saw its own shard: record the global-batch loss, identical on every rank.
+            dist.all_reduce(self.losses[window])
+            self.losses[window] /= self.world
         ok = torch.isfinite(self.losses[window]) & torch.isfinite(self.norms[window])
         if not bool(ok.all()):
             first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1
@@ -350,6 +380,13 @@ def fit(
         seed: Seed of the split and the batch order (default: drawn from torch's global RNG).
         callback: Called with the History after each evaluation.
 
+    Distributed: inside an initialized ``torch.distributed`` process group (``torchrun``, see
+    :mod:`nfkit.distributed`) every rank holds the data, draws the same global minibatch of
+    ``batch_size`` rows (which must divide by the number of ranks) and trains on its shard under
+    ``DistributedDataParallel``; progress, checkpoints and callbacks run on rank 0 only, and the
+    validation loss is broadcast from rank 0. The result equals single-process training on the
+    same global batches up to floating-point rounding.
+
     Returns:
         The :class:`History`.
 
@@ -409,7 +446,12 @@ def fit(
         else _check_int(where, "eval_every", eval_every)
     )
 
-    model = _wrap_model(flow)
+    rank, world = rank_and_world()
+    if world > 1 and min(batch_size, n) % world:
+        raise ValueError(
+            f"{where}: batch_size ({min(batch_size, n)}) must be divisible by the number of "
+            f"processes ({world}) in a distributed run"
+        )
     batcher = _Batcher(n, batch_size, generator)
     loop = _Loop(
         where,
@@ -420,8 +462,9 @@ def fit(
         clip=clip,
         schedule=schedule,
         sync_every=min(eval_every, 25),
-        progress=progress,
+        progress=progress and rank == 0,
         device=dev,
+        world=world,
     )
     history = History()
     best: dict[str, Tensor] | None = None
@@ -448,10 +491,22 @@ def fit(
 
     validate, flow.validate = flow.validate, False
     flow.train()
+    if world > 1 and _uninitialized(flow):
+        # Data-dependent init (ActNorm) on the full first global batch, identical on every rank,
+        # before DDP copies rank 0's parameters: as in a single-process run.
+        first = batcher.state_dict()
+        with torch.no_grad():
+            idx = batcher.next().to(dev)
+            flow(xt[idx], None if ct is None else ct[idx])
+        batcher.load_state_dict(first)
+    model = _wrap_model(flow, world, dev)
     loop.open_bar(start)
     try:
         for i in range(start, steps):
-            idx = batcher.next().to(dev, non_blocking=True)
+            idx = batcher.next()
+            if world > 1:
+                idx = idx[rank::world]
+            idx = idx.to(dev, non_blocking=True)
             loss = -model(xt[idx], None if ct is None else ct[idx]).mean()
             loop.step(i, loss)
             done = i + 1
@@ -464,7 +519,7 @@ def fit(
                 history.time.append(time.perf_counter() - t0)
                 history.lr.append(loop.lr())
                 if xv is not None:
-                    v = _nll(flow, xv, cv)
+                    v = _broadcast_float(_nll(flow, xv, cv), world, dev)
                     history.val_loss.append(v)
                     if history.best_val is None or v < history.best_val:
                         history.best_val, history.best_step, bad = v, done, 0
@@ -472,7 +527,7 @@ def fit(
                     else:
                         bad += 1
                 history.wall_time = time.perf_counter() - t0
-                if checkpoint is not None:
+                if checkpoint is not None and rank == 0:
                     atomic_save(
                         {
                             "format": CHECKPOINT_FORMAT,
@@ -495,7 +550,7 @@ def fit(
                         checkpoint,
                     )
                 loop.postfix(history)
-                if callback is not None:
+                if callback is not None and rank == 0:
                     callback(history)
                 if xv is not None and bad >= patience:
                     history.stopped_early = True
@@ -645,7 +700,6 @@ def _fit_vi(
         progress=progress,
         device=dev,
     )
-    model = _wrap_model(flow)
     history = History()
     t0 = time.perf_counter()
     validate, flow.validate = flow.validate, False
@@ -654,7 +708,7 @@ def _fit_vi(
     try:
         for i in range(steps):
             beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
-            x, log_q = model.sample_and_log_prob(batch_size, context)  # type: ignore[operator]
+            x, log_q = flow.sample_and_log_prob(batch_size, context)
             log_p = log_density(x) if context is None else log_density(x, context)
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)

@@ -1,0 +1,65 @@
+r"""Multi-process training on PyTorch's own engine: ``torch.distributed`` + DDP, launched by torchrun.
+
+``nf.fit`` detects an initialized process group and then: draws the same global minibatch on every
+rank (same seed) and gives each rank an equal shard of it; wraps the flow in
+``DistributedDataParallel`` (gradients averaged over ranks, so one step equals a single-process
+step on the global batch, up to rounding); shows progress and writes checkpoints on rank 0 only;
+and broadcasts rank 0's validation loss so every rank takes the same early-stopping decision.
+
+Launch (one machine, 2 processes; use ``--nnodes``/``--rdzv-endpoint`` for several machines)::
+
+    torchrun --nproc-per-node 2 -m nfkit fit data.csv --distributed --out model.pt
+
+or, from your own script, call :func:`init_from_env` once and then ``nf.fit`` as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_from_env", "rank_and_world", "is_main_process", "shutdown"]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current process group, or ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single-process run)."""
+    return rank_and_world()[0] == 0
+
+
+def init_from_env(backend: str | None = None) -> torch.device:
+    """Initialize the process group from torchrun's environment; return this rank's device.
+
+    The backend defaults to NCCL when CUDA is available and gloo otherwise; on CUDA each rank
+    takes the GPU ``LOCAL_RANK``. Raises a one-line ``RuntimeError`` outside torchrun.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            "nfkit.distributed: RANK/WORLD_SIZE are not set; launch with torchrun "
+            "(e.g. torchrun --nproc-per-node 2 -m nfkit fit DATA --distributed)"
+        )
+    if not dist.is_available():
+        raise RuntimeError("nfkit.distributed: this PyTorch build has no torch.distributed")
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    device = torch.device("cpu")
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return device
+
+
+def shutdown() -> None:
+    """Destroy the process group if one is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

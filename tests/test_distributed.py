@@ -1,0 +1,139 @@
+"""DDP: two CPU processes (gloo, launched by torchrun) match single-process training."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import nfkit as nf
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nfkit as nf
+    from nfkit.distributed import init_from_env, is_main_process, shutdown
+
+    init_from_env()
+    torch.manual_seed(0)
+    {build}
+    rows = []
+    flow.transform.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    x = nf.datasets.two_moons(600, seed=0).double()
+    history = nf.fit(flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1,
+                     progress=False, checkpoint=sys.argv[2])
+    if is_main_process():
+        torch.save({{"state": flow.state_dict(), "train": history.train_loss,
+                    "val": history.val_loss, "rows": rows[:4]}}, sys.argv[1])
+    shutdown()
+    """
+)
+
+BUILDS = {
+    "MAF": "flow = nf.models.MAF(2, transforms=2, hidden=(16, 16)).double()",
+    "ActNorm+NSF": (
+        "inner = nf.models.NSF(2, transforms=1, hidden=(16,), bins=4)\n"
+        "flow = nf.Flow(nf.Compose(nf.transforms.ActNorm(2), inner.transform), inner.base).double()"
+    ),
+}
+
+
+def _single(build: str, tmp_path) -> dict:
+    scope: dict = {"nf": nf, "torch": torch}
+    torch.manual_seed(0)
+    exec(build, scope)
+    flow = scope["flow"]
+    x = nf.datasets.two_moons(600, seed=0).double()
+    history = nf.fit(
+        flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1, progress=False
+    )
+    return {"state": flow.state_dict(), "train": history.train_loss, "val": history.val_loss}
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_ddp_two_processes_match_single_process(name: str, tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(SCRIPT.format(build=BUILDS[name]))
+    out, ckpt = tmp_path / "ddp.pt", tmp_path / "ckpt.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", "2", str(script), str(out), str(ckpt),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ddp = torch.load(out, weights_only=True)
+    assert ddp["rows"][-2:] == [32, 32], ddp["rows"]  # each rank trains on half the global batch
+    ref = _single(BUILDS[name], tmp_path)
+    # Same global batches: identical up to the rounding of the gradient all-reduce (float64).
+    for key, value in ref["state"].items():
+        torch.testing.assert_close(ddp["state"][key], value, atol=1e-9, rtol=1e-9, msg=key)
+    torch.testing.assert_close(
+        torch.tensor(ddp["train"]), torch.tensor(ref["train"]), atol=1e-9, rtol=1e-9
+    )
+    torch.testing.assert_close(
+        torch.tensor(ddp["val"]), torch.tensor(ref["val"]), atol=1e-9, rtol=1e-9
+    )
+    assert ckpt.exists() and not list(
+        tmp_path.glob(".ckpt.pt.*.tmp")
+    )  # rank 0 wrote it atomically
+
+
+def test_batch_must_divide_over_ranks(monkeypatch) -> None:
+    monkeypatch.setattr(nf.train, "rank_and_world", lambda: (0, 3))
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    with pytest.raises(
+        ValueError, match=r"batch_size \(64\) must be divisible by the number of processes \(3\)"
+    ):
+        nf.fit(flow, torch.randn(200, 2), steps=2, batch_size=64, progress=False)
+
+
+def test_init_from_env_outside_torchrun_is_one_line(monkeypatch) -> None:
+    from nfkit.distributed import init_from_env
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="launch with torchrun"):
+        init_from_env()
+
+
+def test_cli_fit_distributed_under_torchrun(tmp_path) -> None:
+    data = tmp_path / "moons.csv"
+    x = nf.datasets.two_moons(400, seed=0).numpy()
+    data.write_text("a,b\n" + "\n".join(f"{u},{v}" for u, v in x))
+    out = tmp_path / "model.pt"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", "2", "-m", "nfkit", "fit", str(data), "--distributed",
+        "--steps", "20", "--batch-size", "64", "--out", str(out), "-q",
+    ]  # fmt: skip
+    run = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("saved the model") == 1  # rank 0 only
+    flow = nf.load(out)
+    assert torch.isfinite(flow.log_prob(torch.as_tensor(x[:5], dtype=torch.float32))).all()
+
+
+def test_cli_distributed_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    from nfkit.cli import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    data = tmp_path / "d.csv"
+    data.write_text("a,b\n1,2\n3,5\n4,4\n")
+    assert main(["fit", str(data), "--distributed", "--steps", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nfkit: error: ") and "torchrun" in err and "\n" not in err
