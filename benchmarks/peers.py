@@ -252,9 +252,13 @@ def build(lib: str, model: str, d: int) -> Model:
         for i in range(TRANSFORMS):
             mask = _alternating(d, i).int() * 2 - 1
             if model == "MAF":
+                # normflows runs this transform's one-pass direction latent → data (an IAF);
+                # Swap puts the one pass on the density side, as in MAF.
                 flows.append(
-                    nfs.flows.MaskedAffineAutoregressive(
-                        d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                    Swap(
+                        nfs.flows.MaskedAffineAutoregressive(
+                            d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                        )
                     )
                 )
             elif model == "NSF":
@@ -478,11 +482,13 @@ def machine(device: str) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+    from importlib.metadata import PackageNotFoundError, version
+
     for lib in ("zuko", "nflows", "normflows"):
         try:
-            info[lib] = __import__(lib).__version__
-        except (ImportError, AttributeError):
-            info[lib] = "?"
+            info[lib] = version(lib)
+        except PackageNotFoundError:
+            info[lib] = "not installed"
     return info
 
 
@@ -708,16 +714,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"peers.py: unknown cell {c!r}; data {list(DATA)}, models {MODELS}")
     info = machine(args.device)
     print(json.dumps(info), flush=True)
-    results = [run_cell(c, args) for c in cells]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "quick" if args.quick else "full"
     tag += "-" + ("cuda" if args.device.startswith("cuda") else "cpu")
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / f"peers-{tag}.json").write_text(
-        json.dumps({"machine": info, "command": command, "results": results}, indent=1)
-    )
-    (out / f"peers-{tag}.md").write_text(markdown(results, info, command.strip()))
+    results = []
+    for c in cells:  # write after every cell, so an interrupted run keeps what it measured
+        results.append(run_cell(c, args))
+        (out / f"peers-{tag}.json").write_text(
+            json.dumps({"machine": info, "command": command, "results": results}, indent=1)
+        )
+        (out / f"peers-{tag}.md").write_text(markdown(results, info, command.strip()))
     print(f"wrote {out / f'peers-{tag}.md'} and .json")
 
 
