@@ -152,7 +152,13 @@ def test_actnorm_initializes_from_data_once_and_persists() -> None:
     t2 = T.ActNorm(3)
     t2.load_state_dict(t.state_dict())
     assert bool(t2.initialized)
-    torch.testing.assert_close(t2(x)[0], z)
+    # In train mode, on other data, the loaded layer keeps its parameters (no second init).
+    other = x * 3 - 7
+    torch.testing.assert_close(t2(other)[0], t(other)[0])
+    torch.testing.assert_close(t2.loc, t.loc)
+    fresh = T.ActNorm(3)
+    fresh(other)  # a fresh layer does initialize on its first train-mode batch
+    assert not torch.allclose(fresh.loc, t.loc)
 
 
 def test_batchnorm_eval_is_exact_bijection() -> None:

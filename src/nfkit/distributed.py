@@ -60,6 +60,11 @@ def init_from_env(backend: str | None = None) -> torch.device:
 
 
 def shutdown() -> None:
-    """Destroy the process group if one is initialized."""
+    """Wait for every rank, then destroy the process group (if one is initialized).
+
+    The barrier keeps a rank that finishes early (ranks other than 0 skip saving) from tearing
+    down its gloo/NCCL connections while a peer still has work in flight.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -27,7 +27,9 @@ class ActNorm(Transform):
 
     ``ladj = -Σ s`` (times ``H · W`` for images). Data-dependent initialization: the first
     forward in train mode sets ``μ`` and ``s`` to the batch mean and log-std, so the output starts
-    standardized; the ``initialized`` buffer records it, so it survives ``state_dict``.
+    standardized; the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
+    mirror of that flag (updated by ``load_state_dict``) keeps the train-mode forward free of a
+    device-to-host sync.
 
     Args:
         features: ``D`` (channels for images).
@@ -43,6 +45,13 @@ class ActNorm(Transform):
         self.loc = nn.Parameter(torch.zeros(d))
         self.log_scale = nn.Parameter(torch.zeros(d))
         self.register_buffer("initialized", torch.tensor(False))
+        self._needs_init = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        flag = state_dict.get(prefix + "initialized")
+        if flag is not None:
+            self._needs_init = not bool(flag)
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -51,13 +60,14 @@ class ActNorm(Transform):
         std = x.std(dims, unbiased=False) if x[..., 0].numel() > 1 else torch.ones_like(self.loc)
         self.log_scale.copy_(torch.log(std.clamp_min(1e-6)))
         self.initialized.fill_(True)
+        self._needs_init = False
 
     def _ladj(self, x: Tensor) -> Tensor:
         count = 1 if self.event_dim == 1 else x.shape[-1] * x.shape[-2]
         return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
+        if self.training and self._needs_init:
             self._initialize(x)
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
