@@ -99,4 +99,4 @@ def test_inductor_training_step() -> None:
     loss = torch.compile(loss_fn)(x)
     torch.testing.assert_close(loss, loss_fn(x), rtol=1e-5, atol=1e-5)
     loss.backward()
-    assert flow.transform[0].made.output.weight.grad is not None
+    assert flow.transform[0].made.theta.grad is not None

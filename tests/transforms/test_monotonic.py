@@ -130,7 +130,7 @@ def test_umnn_weights_registered() -> None:
     assert len(nets) == 2
     # Gradients reach the integrand network.
     flow.log_prob(torch.randn(5, 3)).sum().backward()
-    assert flow.transform[0].transformer.net[0].weight.grad is not None
+    assert flow.transform[0].transformer.net.theta.grad is not None
 
 
 def test_bad_arguments() -> None:

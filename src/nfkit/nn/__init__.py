@@ -1,13 +1,14 @@
 """Conditioner networks: MLP, MADE, and hyper-networks producing transform parameters."""
 
 from nfkit.nn.conv import ConvNet, ConvResNet, broadcast_cat_channels
-from nfkit.nn.made import MADE, MaskedLinear
+from nfkit.nn.made import MADE
 from nfkit.nn.mlp import MLP, Parameters, broadcast_cat
+from nfkit.nn.packed import PackedLayers
 
 __all__ = [
     "MLP",
     "MADE",
-    "MaskedLinear",
+    "PackedLayers",
     "Parameters",
     "broadcast_cat",
     "ConvNet",

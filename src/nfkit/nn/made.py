@@ -10,23 +10,12 @@ from torch.nn import functional as F
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.nn.mlp import broadcast_cat
+from nfkit.nn.packed import PackedLayers
 
-__all__ = ["MADE", "MaskedLinear"]
-
-
-class MaskedLinear(nn.Linear):
-    """``y = x (W ⊙ M)ᵀ + b`` with a fixed binary mask ``M`` (a buffer)."""
-
-    def __init__(self, mask: Tensor) -> None:
-        out_features, in_features = mask.shape
-        super().__init__(in_features, out_features)
-        self.register_buffer("mask", mask.to(torch.get_default_dtype()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+__all__ = ["MADE"]
 
 
-class MADE(nn.Module):
+class MADE(PackedLayers):
     r"""Autoregressive network: output ``i`` depends only on inputs of lower order, and the context.
 
     Computes ``θ(x, c)`` of shape ``(*batch, D, P)`` where ``θ_i`` depends on ``x_j`` with
@@ -41,7 +30,9 @@ class MADE(nn.Module):
         residual: Use masked residual blocks (all hidden widths equal) as in nflows' ResidualMADE.
         activation: Activation module class.
 
-    The last layer is zero-initialized, so a flow built on MADE starts at the identity.
+    The last layer is zero-initialized, so a flow built on MADE starts at the identity. Weights,
+    biases and masks are packed in one parameter and one buffer
+    (:class:`~nfkit.nn.PackedLayers`).
     ``D = 1`` is handled: the single output depends on the context only.
     """
 
@@ -56,7 +47,6 @@ class MADE(nn.Module):
         residual: bool = False,
         activation: Callable[[], nn.Module] = nn.ReLU,
     ) -> None:
-        super().__init__()
         d = check_positive_int("MADE", "features", features)
         p = check_positive_int("MADE", "out_per_feature", out_per_feature)
         hidden = check_hidden("MADE", hidden)
@@ -67,43 +57,58 @@ class MADE(nn.Module):
             raise ValueError(
                 f"MADE: order must be a permutation of 0..{d - 1}, got {rank.tolist()}"
             )
-        self.features, self.out_per_feature, self.context = d, p, context
-        self.residual = residual
-        # Degrees: inputs 1..D (context 0); hidden in [min(1, D-1), D-1]; unit k sees degree <= k.
+        # Degrees: inputs 1..D (context 0); a unit of degree k sees inputs of degree <= k. Hidden
+        # degrees cycle over [low, D-1]; with a context, low = 0 so that units seeing the context
+        # alone feed the first output (which would otherwise be a constant).
         deg_in = torch.cat([rank + 1, torch.zeros(context, dtype=torch.long)])
-        low = min(1, d - 1)
+        low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
         deg_hidden = [torch.arange(h) % span + low for h in hidden]
         deg_out = (rank + 1).repeat_interleave(p)
 
-        self.input = MaskedLinear((deg_hidden[0][:, None] >= deg_in[None, :]).float())
-        self.act = activation()
-        blocks: list[nn.Module] = []
-        for a, b in zip(deg_hidden[:-1], deg_hidden[1:]):
-            blocks.append(MaskedLinear((b[:, None] >= a[None, :]).float()))
+        masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]
+        zero_init = [False]
         if residual:
             # Each block: h + W2 act(W1 act(h)), with W2 zero-initialized.
-            self.hidden = nn.ModuleList(
-                MaskedLinear((deg_hidden[0][:, None] >= deg_hidden[0][None, :]).float())
-                for _ in range(2 * max(1, len(hidden) - 1))
-            )
-            for layer in list(self.hidden)[1::2]:
-                nn.init.zeros_(layer.weight)
+            square = (deg_hidden[0][:, None] >= deg_hidden[0][None, :]).float()
+            for _ in range(max(1, len(hidden) - 1)):
+                masks += [square, square]
+                zero_init += [False, True]
         else:
-            self.hidden = nn.ModuleList(blocks)
-        self.output = MaskedLinear((deg_out[:, None] > deg_hidden[-1][None, :]).float())
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+            for a, b in zip(deg_hidden[:-1], deg_hidden[1:]):
+                masks.append((b[:, None] >= a[None, :]).float())
+                zero_init.append(False)
+        masks.append((deg_out[:, None] > deg_hidden[-1][None, :]).float())
+        zero_init.append(True)
+
+        super().__init__(
+            [tuple(m.shape) for m in masks], masks=masks, zero=zero_init, activation=activation
+        )
+        self.features, self.out_per_feature, self.context = d, p, context
+        self.residual = residual
         self.register_buffer("rank", rank)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.input(broadcast_cat(x, context) if self.context else x)
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        layers: Sequence[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """``θ(x, c)``, shape ``(*batch, D, P)``.
+
+        ``layers`` (from :meth:`layers`) may be passed to reuse the masked weights across the
+        ``D`` passes of an inverse; by default they are computed here.
+        """
+        layers = self.layers() if layers is None else layers
+        h = broadcast_cat(x, context) if self.context else x
         if self.residual:
-            layers = list(self.hidden)
-            for w1, w2 in zip(layers[0::2], layers[1::2]):
-                h = h + w2(self.act(w1(self.act(h))))
+            w, b = layers[0]
+            h = F.linear(h, w, b)
+            for (w1, b1), (w2, b2) in zip(layers[1:-1:2], layers[2:-1:2]):
+                u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
+                h = h + F.linear(self.activate(u), w2, b2)
+            w, b = layers[-1]
+            out = F.linear(self.activate(h), w, b)
         else:
-            for layer in self.hidden:
-                h = layer(self.act(h))
-        out = self.output(self.act(h))
+            out = self.chain(h, layers)
         return out.unflatten(-1, (self.features, self.out_per_feature))

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_hidden
+from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MLP", "Parameters", "broadcast_cat"]
 
@@ -22,8 +23,10 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
     )
 
 
-class MLP(nn.Sequential):
+class MLP(PackedLayers):
     r"""Multi-layer perceptron ``in_features → hidden[0] → … → out_features``.
+
+    Its weights and biases share one flat parameter (see :class:`~nfkit.nn.PackedLayers`).
 
     Args:
         in_features: Input size (the context is concatenated to the input by the caller).
@@ -42,15 +45,14 @@ class MLP(nn.Sequential):
         zero_init: bool = True,
     ) -> None:
         widths = [in_features, *check_hidden("MLP", hidden), out_features]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            if i > 0:
-                layers.append(activation())
-            layers.append(nn.Linear(a, b))
-        super().__init__(*layers)
-        if zero_init:
-            nn.init.zeros_(layers[-1].weight)
-            nn.init.zeros_(layers[-1].bias)
+        shapes = list(zip(widths[1:], widths[:-1]))
+        zero = [False] * (len(shapes) - 1) + [zero_init]
+        super().__init__(shapes, zero=zero, activation=activation)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(*batch, in_features)`` → ``(*batch, out_features)``."""
+        return self.chain(x, self.layers())
 
 
 class Parameters(nn.Module):
@@ -74,7 +76,7 @@ class Parameters(nn.Module):
         if context > 0:
             self.net = MLP(context, num, hidden)
             with torch.no_grad():
-                self.net[-1].bias.copy_(init)
+                self.net.parameter_views()[-1][1].copy_(init)
         else:
             self.value = nn.Parameter(init)
 

@@ -1,0 +1,87 @@
+r"""Affine layers whose weights and biases share one flat parameter (the base of MLP and MADE)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["PackedLayers"]
+
+Layer = tuple[Tensor, Tensor]
+
+
+class PackedLayers(nn.Module):
+    r"""Layers ``h ↦ h (W_l ⊙ M_l)ᵀ + b_l`` stored in one flat parameter ``theta``.
+
+    One tensor for the optimizer instead of two per layer (Adam's per-tensor overhead dominates
+    small networks on CPU), and, with masks, one mask product per pass instead of one per layer.
+    :meth:`layers` forms every ``(W_l ⊙ M_l, b_l)`` with one product and one ``split``; callers
+    that run the network several times with the same weights (an autoregressive inverse) pass
+    them back in to skip even that.
+
+    Args:
+        shapes: ``(out, in)`` of each layer, first to last.
+        masks: Optional fixed ``{0, 1}`` masks of those shapes (a buffer, kept as a flat vector).
+        zero: Per layer, start with zero weights and bias (else PyTorch's ``nn.Linear`` init,
+            ``U(±1/√in)``).
+        activation: Activation class, applied between layers. ReLU runs in place on each fresh
+            pre-activation (its backward needs only its output), which saves a buffer per layer.
+    """
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        *,
+        masks: Sequence[Tensor] | None = None,
+        zero: Sequence[bool] | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.shapes = tuple((int(o), int(i)) for o, i in shapes)
+        self.split_sizes = tuple(n for o, i in self.shapes for n in (o * i, o))
+        zero = [False] * len(self.shapes) if zero is None else list(zero)
+        values = []
+        for (o, i), z in zip(self.shapes, zero):
+            bound = 0.0 if z else 1 / math.sqrt(i)
+            values += [torch.empty(o * i).uniform_(-bound, bound)]
+            values += [torch.empty(o).uniform_(-bound, bound)]
+        theta = torch.cat(values)
+        if masks is not None:
+            keep = torch.cat([t for m in masks for t in (m.flatten().float(), torch.ones(len(m)))])
+            theta = theta * keep
+            self.register_buffer("mask", keep)
+        else:
+            self.register_buffer("mask", None)
+        self.theta = nn.Parameter(theta)
+        self.act = activation()
+        self._relu = isinstance(self.act, nn.ReLU)
+
+    def parameter_views(self) -> list[Layer]:
+        """The raw ``(W_l, b_l)`` as views of ``theta`` (unmasked), e.g. for custom initialization."""
+        parts = self.theta.split(self.split_sizes)
+        return [(parts[2 * k].view(s), parts[2 * k + 1]) for k, s in enumerate(self.shapes)]
+
+    def layers(self) -> list[Layer]:
+        """``[(W_l ⊙ M_l, b_l)]`` for every layer, from one mask product and one split."""
+        theta = self.theta if self.mask is None else self.theta * self.mask
+        parts = theta.split(self.split_sizes)
+        return [(parts[2 * k].view(s), parts[2 * k + 1]) for k, s in enumerate(self.shapes)]
+
+    def activate(self, h: Tensor, inplace: bool = True) -> Tensor:
+        """The activation; ReLU in place when ``inplace`` (``h`` must not be needed elsewhere)."""
+        return torch.relu_(h) if inplace and self._relu else self.act(h)
+
+    def chain(self, h: Tensor, layers: Sequence[Layer]) -> Tensor:
+        """``L_n ∘ act ∘ … ∘ act ∘ L_1 (h)`` over the given layers."""
+        w, b = layers[0]
+        h = F.linear(h, w, b)
+        for w, b in layers[1:]:
+            h = F.linear(self.activate(h), w, b)
+        return h
+
+    def extra_repr(self) -> str:
+        return "layers=" + ", ".join(f"{i}→{o}" for o, i in self.shapes)
