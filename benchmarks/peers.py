@@ -24,8 +24,10 @@ Metrics (float32, batch 512, Adam lr 1e-3):
 * ``sample``: samples/s for 1000 samples; the sampling floor is the forward matmuls of the
   networks at that batch, ``D`` times per autoregressive layer (once per coupling layer).
 * ``memory``: CUDA: ``torch.cuda.max_memory_allocated`` over one training step. CPU: the growth of
-  the peak resident set size (``ru_maxrss``) over one training step, in a fresh subprocess per
-  library (torch's CPU allocator is invisible to ``tracemalloc``).
+  the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) over the first
+  two training steps (activations, gradients, Adam's state) above the built model's, in a fresh
+  subprocess per library (torch's CPU allocator is invisible to ``tracemalloc``).
+  ``--memory-only`` re-measures this column of an existing results file.
 * ``test_ll``: mean test log-likelihood (nats per row) after a fixed budget of steps, same seed,
   same data, same batches for every library; and for nfkit also after ``nf.fit`` (early stopping
   on a validation split, cosine schedule) when ``nf.fit`` exists.
@@ -40,7 +42,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -441,13 +442,23 @@ def memory_child(cell: str, lib: str, device: str) -> None:
         torch.cuda.synchronize()
         print((torch.cuda.max_memory_allocated() - base) / 2**20)
         return
-    # Warm up once (optimizer state, allocator), then measure the growth of the peak RSS.
+    # Peak RSS over the first two steps (activations, gradients, Adam's state) above the RSS of
+    # the built model. ru_maxrss cannot be used: Linux carries it over fork and exec, so a child
+    # of a large parent would report the parent's peak. Writing 5 to clear_refs resets VmHWM.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
     step()
-    with open("/proc/self/statm") as f:
-        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(max(0, peak - rss) / 2**20)
+    print(max(0, _status_kib("VmHWM") - before) / 1024)
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (VmRSS: resident now, VmHWM: peak since reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
 
 
 def measure_memory(cell: str, lib: str, device: str) -> float | None:
@@ -620,7 +631,9 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         f"load average at start {info['load_average']}.",
         "",
         "Training step: median ms (ratio to the matmul floor of the same run). Float32, "
-        f"batch {BATCH}, Adam. n/a: no matching architecture in that library.",
+        f"batch {BATCH}, Adam. The floor is the same networks' dense matmuls alone, forward + "
+        "backward (no masks, activations, transformer or optimizer step). "
+        "n/a: no matching architecture in that library.",
         "",
         "| cell | params | " + " | ".join(libs) + " | floor |",
         "|---" * (len(libs) + 3) + "|",
@@ -668,7 +681,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         what = (
             "torch.cuda.max_memory_allocated growth"
             if info["device"].startswith("cuda")
-            else "peak RSS growth (ru_maxrss) over one training step, fresh process per library"
+            else "peak RSS growth (VmHWM) over the first two training steps, one fresh process each"
         )
         lines += ["", f"Memory, MiB ({what}):", ""]
         lines += ["| cell | " + " | ".join(LIBS) + " |", "|---" * (len(LIBS) + 1) + "|"]
@@ -692,6 +705,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit", type=int, default=None, help="nf.fit max steps (0 = skip)")
     p.add_argument("--compile", action="store_true", help="add nfkit under torch.compile")
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="re-measure only the memory column of the existing results file (same cells, tag)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
@@ -718,6 +736,21 @@ def main(argv: list[str] | None = None) -> None:
     tag = "quick" if args.quick else "full"
     tag += "-" + ("cuda" if args.device.startswith("cuda") else "cpu")
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.memory_only:
+        stored = json.loads((out / f"peers-{tag}.json").read_text())
+        for r in stored["results"]:
+            if r["cell"] in cells:
+                r["memory_mib"] = {
+                    lib: measure_memory(r["cell"], lib, args.device) for lib in r["memory_mib"]
+                }
+                print(f"[{r['cell']}] memory MiB: {r['memory_mib']}", flush=True)
+        stored["memory_command"] = command
+        (out / f"peers-{tag}.json").write_text(json.dumps(stored, indent=1))
+        (out / f"peers-{tag}.md").write_text(
+            markdown(stored["results"], stored["machine"], stored["command"])
+            + f"\nMemory column re-measured by `{command}`.\n"
+        )
+        return
     results = []
     for c in cells:  # write after every cell, so an interrupted run keeps what it measured
         results.append(run_cell(c, args))
