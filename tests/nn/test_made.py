@@ -104,3 +104,13 @@ def test_gradients_match_finite_differences(activation, residual) -> None:
         return torch.func.functional_call(made, {"theta": theta}, (x, c))
 
     assert torch.autograd.gradcheck(f, (x, c, theta))
+
+
+def test_sampling_layers_give_the_same_parameters() -> None:
+    made = MADE(4, 3, context=2, hidden=(16,))
+    with torch.no_grad():
+        made.theta.normal_()
+    x, c = torch.randn(5, 4), torch.randn(5, 2)
+    fast = made(x, c, made.sampling_layers(), parameter_major=True)
+    torch.testing.assert_close(fast, made(x, c))
+    assert fast[..., 1].stride(-1) == 1  # each parameter is contiguous along D

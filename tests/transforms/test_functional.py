@@ -62,3 +62,22 @@ def test_spline_zero_parameters_is_identity() -> None:
     y, ladj = rqs(x, w.double(), h.double(), d.double(), bound=5.0)
     torch.testing.assert_close(y, x)
     torch.testing.assert_close(ladj, torch.zeros_like(ladj), atol=1e-12, rtol=0)
+
+
+@given(seed=st.integers(0, 10_000), bins=st.integers(2, 10))
+def test_knots_use_their_own_minimum_sizes(seed: int, bins: int) -> None:
+    """With min_width != min_height, every x-knot maps onto its y-knot (the stacked path)."""
+    from nfkit.transforms.functional import _knots
+
+    w, h, d = _params(seed, 1, bins, 4.0)
+    w[..., 0] = -80.0  # a collapsed bin: its size is set by the minimum alone
+    h[..., -1] = -80.0
+    xk = _knots(w, 3.0, 0.05)[0]
+    yk = _knots(h, 3.0, 0.01)[0]
+    assert abs(float(xk[1] - xk[0]) - 0.05 * 6.0) < 1e-9
+    assert abs(float(yk[-1] - yk[-2]) - 0.01 * 6.0) < 1e-9
+    y, _ = rqs(
+        xk[1:-1], w.expand(bins - 1, bins), h.expand(bins - 1, bins), d.expand(bins - 1, bins - 1),
+        bound=3.0, min_width=0.05, min_height=0.01,
+    )  # fmt: skip
+    torch.testing.assert_close(y, yk[1:-1], rtol=0, atol=1e-9)

@@ -64,6 +64,8 @@ class MADE(PackedLayers):
         low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
         deg_hidden = [torch.arange(h) % span + low for h in hidden]
+        # Output units are parameter-major (unit j·D + i is parameter j of feature i), so each
+        # parameter's (*batch, D) slice of the result is contiguous for the transformer.
         deg_out = (rank + 1).repeat_interleave(p)
 
         masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]
@@ -88,16 +90,32 @@ class MADE(PackedLayers):
         self.residual = residual
         self.register_buffer("rank", rank)
 
+    def sampling_layers(self) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`layers` with the output rows reordered parameter-major, for ``D`` repeated passes.
+
+        A pass with these layers (``forward(..., layers=..., parameter_major=True)``) returns
+        the same ``θ`` with each parameter's ``(*batch, D)`` slice contiguous, which makes the
+        transformer's elementwise ops of an autoregressive inverse cheaper. Training keeps the
+        feature-major order: its backward then needs no extra copy.
+        """
+        layers = self.layers()
+        d, p = self.features, self.out_per_feature
+        rows = torch.arange(d * p, device=self.theta.device).view(d, p).t().reshape(-1)
+        w, b = layers[-1]
+        return [*layers[:-1], (w.index_select(0, rows), b.index_select(0, rows))]
+
     def forward(
         self,
         x: Tensor,
         context: Tensor | None = None,
         layers: Sequence[tuple[Tensor, Tensor]] | None = None,
+        parameter_major: bool = False,
     ) -> Tensor:
         """``θ(x, c)``, shape ``(*batch, D, P)``.
 
-        ``layers`` (from :meth:`layers`) may be passed to reuse the masked weights across the
-        ``D`` passes of an inverse; by default they are computed here.
+        ``layers`` (from :meth:`layers`, or :meth:`sampling_layers` with
+        ``parameter_major=True``) may be passed to reuse the masked weights across the ``D``
+        passes of an inverse; by default they are computed here.
         """
         layers = self.layers() if layers is None else layers
         h = broadcast_cat(x, context) if self.context else x
@@ -111,4 +129,6 @@ class MADE(PackedLayers):
             out = F.linear(self.activate(h), w, b)
         else:
             out = self.chain(h, layers)
+        if parameter_major:
+            return out.unflatten(-1, (self.out_per_feature, self.features)).transpose(-1, -2)
         return out.unflatten(-1, (self.features, self.out_per_feature))

@@ -93,9 +93,9 @@ class Autoregressive(Transform):
         )
         z = z.expand(*batch, self.features)
         x = torch.zeros_like(z)
-        layers = self.made.layers()  # masked once, reused by the D passes
+        layers = self.made.sampling_layers()  # masked once, reused by the D passes
         for _ in range(self.features):
-            x, ladj = self.transformer.inverse(z, self.made(x, context, layers))
+            x, ladj = self.transformer.inverse(z, self.made(x, context, layers, True))
         return x, ladj.sum(-1)
 
     def extra_repr(self) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfkit.transforms.functional import rqs, soft_clamp
+from nfkit.transforms.functional import rqs_stacked, soft_clamp
 
 __all__ = [
     "Transformer",
@@ -89,8 +89,9 @@ class AffineTransformer(Transformer):
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(params)
-        x = (z - shift) * torch.exp(-log_scale)
-        return x, (-log_scale).expand(x.shape)
+        neg = -log_scale
+        x = (z - shift) * torch.exp(neg)
+        return x, neg.expand(x.shape)
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,10 @@ class RQSplineTransformer(Transformer):
     def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         # split (not slices): its backward concatenates instead of zero-filling; rqs broadcasts.
         k = self.bins
-        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
-        return rqs(
+        widths_heights, derivatives = params.split([2 * k, k - 1], dim=-1)
+        return rqs_stacked(
             x,
-            widths,
-            heights,
+            widths_heights.unflatten(-1, (2, k)),
             derivatives,
             bound=self.bound,
             inverse=inverse,
