@@ -89,6 +89,8 @@ class MADE(PackedLayers):
         self.features, self.out_per_feature, self.context = d, p, context
         self.residual = residual
         self.register_buffer("rank", rank)
+        rows = torch.arange(d * p).view(d, p).t().reshape(-1)  # feature-major → parameter-major
+        self.register_buffer("parameter_major_rows", rows, persistent=False)
 
     def sampling_layers(self) -> list[tuple[Tensor, Tensor]]:
         """:meth:`layers` with the output rows reordered parameter-major, for ``D`` repeated passes.
@@ -99,9 +101,8 @@ class MADE(PackedLayers):
         feature-major order: its backward then needs no extra copy.
         """
         layers = self.layers()
-        d, p = self.features, self.out_per_feature
-        rows = torch.arange(d * p, device=self.theta.device).view(d, p).t().reshape(-1)
         w, b = layers[-1]
+        rows = self.parameter_major_rows
         return [*layers[:-1], (w.index_select(0, rows), b.index_select(0, rows))]
 
     def forward(

@@ -93,9 +93,12 @@ class Autoregressive(Transform):
         )
         z = z.expand(*batch, self.features)
         x = torch.zeros_like(z)
-        layers = self.made.sampling_layers()  # masked once, reused by the D passes
+        # Masked once, reused by the D passes; parameter-major rows when the transformer reads
+        # each parameter on its own and D is large enough to repay the reordering.
+        by_param = self.transformer.reads_params_separately and self.features >= 8
+        layers = self.made.sampling_layers() if by_param else self.made.layers()
         for _ in range(self.features):
-            x, ladj = self.transformer.inverse(z, self.made(x, context, layers, True))
+            x, ladj = self.transformer.inverse(z, self.made(x, context, layers, by_param))
         return x, ladj.sum(-1)
 
     def extra_repr(self) -> str:

@@ -17,7 +17,6 @@ __all__ = [
     "soft_clamp",
     "softplus_inverse",
     "rqs",
-    "rqs_stacked",
     "log_sigmoid_derivative",
     "householder_matrix",
 ]
@@ -32,7 +31,7 @@ def sum_event(x: Tensor, event_dim: int) -> Tensor:
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
     """Smooth clamp to ``(-bound, bound)``: ``bound · tanh(x / bound)`` (identity near 0)."""
-    return torch.tanh(x * (1 / bound)) * bound
+    return bound * torch.tanh(x / bound)
 
 
 def softplus_inverse(y: float) -> float:
@@ -70,7 +69,7 @@ def _softmax_last(raw: Tensor) -> Tensor:
     return torch.softmax(raw.transpose(-1, -2), dim=-2).transpose(-1, -2)
 
 
-def _knots(raw: Tensor, bound: float, min_size: float | Tensor) -> Tensor:
+def _knots(raw: Tensor, bound: float, min_size: float) -> Tensor:
     """Knot positions ``(*, K + 1)`` on ``[-bound, bound]`` from unconstrained logits ``(*, K)``.
 
     The ends are pinned exactly (so ``±bound`` maps to ``±bound`` despite rounding). Only views,
@@ -114,51 +113,21 @@ def rqs(
     The knot positions and derivatives are stacked in one table ``(*, 3, K + 1)`` and the two
     knots bracketing each input are read with a single ``gather`` (one scatter in backward).
     """
-    return rqs_stacked(
-        x,
-        torch.stack([widths, heights], dim=-2),
-        derivatives,
-        bound=bound,
-        inverse=inverse,
-        min_width=min_width,
-        min_height=min_height,
-        min_derivative=min_derivative,
-    )
-
-
-def rqs_stacked(
-    x: Tensor,
-    widths_heights: Tensor,
-    derivatives: Tensor,
-    *,
-    bound: float,
-    inverse: bool = False,
-    min_width: float = 1e-3,
-    min_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
-    """:func:`rqs` with the width and height logits stacked as ``(*, 2, K)``.
-
-    Both knot vectors then come from one softmax and one cumsum, which halves the small ops of a
-    spline layer's knot computation (a view of the conditioner's output needs no copy).
-    """
-    sizes: float | Tensor = min_width
-    if min_width != min_height:
-        sizes = widths_heights.new_tensor([[min_width], [min_height]])
-    knots = _knots(widths_heights, bound, sizes)  # (*, 2, K + 1)
+    xk = _knots(widths, bound, min_width)
+    yk = _knots(heights, bound, min_height)
     d = F.pad(
         min_derivative + F.softplus(derivatives + softplus_inverse(1 - min_derivative)),
         (1, 1),
         value=1.0,
     )
-    table = torch.cat([knots, d.unsqueeze(-2)], dim=-2)  # (*, 3, K + 1)
+    table = torch.stack([xk, yk, d], dim=-2)  # (*, 3, K + 1)
     shape = torch.broadcast_shapes(x.shape, table.shape[:-2])
     x = x.expand(shape)
     table = table.expand(*shape, *table.shape[-2:])
 
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
-    k = widths_heights.shape[-1]
+    k = widths.shape[-1]
     if k == 1:  # a single bin
         idx = torch.zeros(*shape, 1, dtype=torch.long, device=x.device)
     else:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfkit.transforms.functional import rqs_stacked, soft_clamp
+from nfkit.transforms.functional import rqs, soft_clamp
 
 __all__ = [
     "Transformer",
@@ -41,6 +41,10 @@ class Transformer(abc.ABC):
     @abc.abstractmethod
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``z (*)``, ``params (*, P)`` → ``(x, log|dx/dz|)``, both ``(*)``."""
+
+    #: Reads its parameters one at a time (``params.unbind(-1)``), so an autoregressive inverse
+    #: hands it ``params`` whose ``(*, D)`` slices are contiguous (a layout hint, not semantics).
+    reads_params_separately: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class AffineTransformer(Transformer):
     """
 
     max_log_scale: float = 5.0
+    reads_params_separately = True  # class attribute: not a dataclass field
 
     @property
     def num_params(self) -> int:
@@ -125,10 +130,11 @@ class RQSplineTransformer(Transformer):
     def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         # split (not slices): its backward concatenates instead of zero-filling; rqs broadcasts.
         k = self.bins
-        widths_heights, derivatives = params.split([2 * k, k - 1], dim=-1)
-        return rqs_stacked(
+        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
+        return rqs(
             x,
-            widths_heights.unflatten(-1, (2, k)),
+            widths,
+            heights,
             derivatives,
             bound=self.bound,
             inverse=inverse,
