@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -49,3 +50,14 @@ def test_inplace_relu_keeps_the_gradient_exact() -> None:
     net = MLP(3, 2, hidden=(6, 6), zero_init=False).double()
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(net, (x,))
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match="do not match the layer shapes"):
+        PackedLayers([(2, 3)], masks=[torch.ones(3, 2)])
+    with pytest.raises(ValueError, match="1 layers but 2 zero flags"):
+        PackedLayers([(2, 3)], zero=[True, False])
+    with pytest.raises(ValueError, match=r"shapes \(out, in\) >= 1"):
+        PackedLayers([])
+    with pytest.raises(ValueError, match="MLP: in_features must be an integer >= 1"):
+        MLP(0, 2)

@@ -64,8 +64,8 @@ class MADE(PackedLayers):
         low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
         deg_hidden = [torch.arange(h) % span + low for h in hidden]
-        # Output units are parameter-major (unit j·D + i is parameter j of feature i), so each
-        # parameter's (*batch, D) slice of the result is contiguous for the transformer.
+        # Output units are feature-major (unit i·P + j is parameter j of feature i);
+        # sampling_layers() reorders them parameter-major for the D passes of an inverse.
         deg_out = (rank + 1).repeat_interleave(p)
 
         masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden
+from nfkit._checks import check_hidden, check_positive_int
 from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MLP", "Parameters", "broadcast_cat"]
@@ -44,6 +44,8 @@ class MLP(PackedLayers):
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ) -> None:
+        check_positive_int("MLP", "in_features", in_features)
+        check_positive_int("MLP", "out_features", out_features)
         widths = [in_features, *check_hidden("MLP", hidden), out_features]
         shapes = list(zip(widths[1:], widths[:-1]))
         zero = [False] * (len(shapes) - 1) + [zero_init]

@@ -42,8 +42,17 @@ class PackedLayers(nn.Module):
     ) -> None:
         super().__init__()
         self.shapes = tuple((int(o), int(i)) for o, i in shapes)
+        if not self.shapes or any(o < 1 or i < 1 for o, i in self.shapes):
+            raise ValueError(f"PackedLayers: need layer shapes (out, in) >= 1, got {shapes!r}")
         self.split_sizes = tuple(n for o, i in self.shapes for n in (o * i, o))
         zero = [False] * len(self.shapes) if zero is None else list(zero)
+        if len(zero) != len(self.shapes):
+            raise ValueError(f"PackedLayers: {len(self.shapes)} layers but {len(zero)} zero flags")
+        if masks is not None and [tuple(m.shape) for m in masks] != list(self.shapes):
+            raise ValueError(
+                f"PackedLayers: mask shapes {[tuple(m.shape) for m in masks]} do not match the "
+                f"layer shapes {list(self.shapes)}"
+            )
         values = []
         for (o, i), z in zip(self.shapes, zero):
             bound = 0.0 if z else 1 / math.sqrt(i)
@@ -60,16 +69,17 @@ class PackedLayers(nn.Module):
         self.act = activation()
         self._relu = isinstance(self.act, nn.ReLU)
 
+    def _cut(self, flat: Tensor) -> list[Layer]:
+        parts = flat.split(self.split_sizes)
+        return [(parts[2 * k].view(s), parts[2 * k + 1]) for k, s in enumerate(self.shapes)]
+
     def parameter_views(self) -> list[Layer]:
         """The raw ``(W_l, b_l)`` as views of ``theta`` (unmasked), e.g. for custom initialization."""
-        parts = self.theta.split(self.split_sizes)
-        return [(parts[2 * k].view(s), parts[2 * k + 1]) for k, s in enumerate(self.shapes)]
+        return self._cut(self.theta)
 
     def layers(self) -> list[Layer]:
         """``[(W_l ⊙ M_l, b_l)]`` for every layer, from one mask product and one split."""
-        theta = self.theta if self.mask is None else self.theta * self.mask
-        parts = theta.split(self.split_sizes)
-        return [(parts[2 * k].view(s), parts[2 * k + 1]) for k, s in enumerate(self.shapes)]
+        return self._cut(self.theta if self.mask is None else self.theta * self.mask)
 
     def activate(self, h: Tensor, inplace: bool = True) -> Tensor:
         """The activation; ReLU in place when ``inplace`` (``h`` must not be needed elsewhere)."""
