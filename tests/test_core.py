@@ -75,6 +75,16 @@ def test_flow_rejects_bad_input(call, message: str) -> None:
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_finite_check_accepts_huge_finite_values() -> None:
+    """The one-sum fast path must not reject finite inputs whose sum overflows to inf."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    x = torch.full((4, 2), 3e38)
+    assert torch.isinf(x.sum())
+    assert flow.log_prob(x).shape == (4,)
+    with pytest.raises(ValueError, match="x contains inf"):
+        flow.log_prob(torch.cat([x, torch.tensor([[float("inf"), 0.0]])]))
+
+
 def test_flow_context_errors() -> None:
     cond = nf.models.NSF(2, context=3, transforms=1, hidden=(8,))
     with pytest.raises(

@@ -70,7 +70,9 @@ def check_event(where: str, name: str, x: Tensor, event_shape: Sequence[int]) ->
             f"last dim {event_shape[0]}" if k == 1 else f"trailing shape {shape_str(event_shape)}"
         )
         raise ValueError(f"{where}: {name} must have {what}, got shape {shape_str(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # One reduction in the common case: a sum is finite only if every entry is (NaN and ±inf
+    # propagate); an overflowing sum of finite values falls through to the exact test.
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise ValueError(f"{where}: {name} contains {bad} values; expected finite numbers")
 

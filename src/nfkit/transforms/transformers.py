@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfkit.transforms.functional import rqs, soft_clamp
+from nfkit.transforms.functional import soft_clamp
+from nfkit.transforms.spline_fused import rqs_packed
 
 __all__ = [
     "Transformer",
@@ -42,8 +43,9 @@ class Transformer(abc.ABC):
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``z (*)``, ``params (*, P)`` → ``(x, log|dx/dz|)``, both ``(*)``."""
 
-    #: Reads its parameters one at a time (``params.unbind(-1)``), so an autoregressive inverse
-    #: hands it ``params`` whose ``(*, D)`` slices are contiguous (a layout hint, not semantics).
+    #: Reads its parameters one at a time (as ``(*, D)`` planes: ``params.unbind(-1)`` or
+    #: ``params.movedim(-1, 0)``), so an autoregressive inverse hands it ``params`` whose planes
+    #: are contiguous (a layout hint, not semantics).
     reads_params_separately: bool = False
 
 
@@ -114,6 +116,7 @@ class RQSplineTransformer(Transformer):
     min_width: float = 1e-3
     min_height: float = 1e-3
     min_derivative: float = 1e-3
+    reads_params_separately = True  # class attribute: the packed spline reads (K, *batch) rows
 
     def __post_init__(self) -> None:
         if self.bins < 1 or not self.bound > 0:
@@ -128,14 +131,9 @@ class RQSplineTransformer(Transformer):
         return 3 * self.bins - 1
 
     def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        # split (not slices): its backward concatenates instead of zero-filling; rqs broadcasts.
-        k = self.bins
-        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
-        return rqs(
+        return rqs_packed(
             x,
-            widths,
-            heights,
-            derivatives,
+            params,
             bound=self.bound,
             inverse=inverse,
             min_width=self.min_width,

@@ -1,0 +1,211 @@
+r"""The rational-quadratic spline with fewer, larger ops and a hand-derived backward.
+
+:func:`nfkit.transforms.functional.rqs` is the reference: plain differentiable tensor ops, about
+a hundred small autograd nodes per call, which dominate an NSF training step on CPU. This module
+computes the same values from the packed parameters ``(*, 3K - 1)`` (width logits, height
+logits, interior derivatives) with widths and heights processed together as one ``(*, 2, K)``
+tensor, no padded knot tables (the end knots are applied with ``where``), and, for the forward
+direction, the vector-Jacobian product written by hand (Durkan et al. 2019, arXiv:1906.04032,
+eqs. 4 and 5):
+
+* partials of ``y = y_k + h_k P / Q`` and ``log|dy/dx| = log(s² R) - 2 log Q`` (with
+  ``P = s ξ² + δ_k ξ(1-ξ)``, ``Q = s + (δ_k + δ_{k+1} - 2s) ξ(1-ξ)``,
+  ``R = δ_{k+1} ξ² + 2 s ξ(1-ξ) + δ_k (1-ξ)²``) with respect to ``ξ, s, δ_k, δ_{k+1}, h_k, y_k``;
+* the chain through ``ξ = (x - x_k) / w_k`` and ``s = h_k / w_k``;
+* the knots ``x_j = -B + 2B (m j + (1 - mK) Σ_{i<j} softmax(θ)_i)``: the gradient of every bin
+  logit follows from the indicators ``[i < k]`` and ``[i ≤ k]`` (no scatter), then the softmax;
+* ``δ_j = m + softplus(θ_{j-1})`` for the interior derivatives.
+
+Values and first derivatives equal the reference to rounding (the tests compare both in float64).
+Higher derivatives (``create_graph=True``) are delegated to the reference, recomputed from the
+saved inputs, so double backward stays exact. The inverse direction is evaluated here when no
+gradient is needed (sampling); with gradients it uses the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfkit.transforms.functional import rqs, softplus_inverse
+
+__all__ = ["rqs_packed"]
+
+Mins = tuple[float, float, float]
+
+
+def _reference(
+    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool
+) -> tuple[Tensor, Tensor]:
+    k = (params.shape[-1] + 1) // 3
+    w, h, d = params.split([k, k, k - 1], dim=-1)
+    return rqs(
+        x, w, h, d, bound=bound, inverse=inverse,
+        min_width=mins[0], min_height=mins[1], min_derivative=mins[2],
+    )  # fmt: skip
+
+
+def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) -> dict[str, Any]:
+    """The bin of each input and the spline's local quantities there (no autograd recording).
+
+    Works on the transposed layout ``(3K - 1, *batch)``: the bins are rows and the inputs the
+    contiguous columns, so every reduction or broadcast over the ``K`` bins vectorizes along the
+    batch (CPU kernels are slow over a short innermost dim).
+    """
+    k = (params.shape[-1] + 1) // 3
+    shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
+    x = x.expand(shape)
+    pt = params.expand(*shape, params.shape[-1]).movedim(-1, 0)  # (3K - 1, *batch)
+    if pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major memory: one transposing copy
+        pt = pt.contiguous()
+    raw = pt[: 2 * k].unflatten(0, (2, k))  # (2, K, *batch): width and height logits
+    frac = (raw - raw.amax(1, keepdim=True)).exp_()
+    frac = frac.div_(frac.sum(1, keepdim=True))  # softmax over the bins
+    lead = (1,) * x.dim()
+    m = torch.tensor(mins[:2], dtype=x.dtype, device=x.device).view(2, 1, *lead)
+    j = torch.arange(1, k, dtype=x.dtype, device=x.device).view(1, k - 1, *lead)
+    # interior knots j = 1..K-1 of x (row 0) and y (row 1): -B + 2B (m j + (1 - m K) C_{j-1})
+    inner = torch.cumsum(frac[:, :-1], 1).mul_((2 * bound) * (1 - m * k))
+    inner = inner.add_((2 * bound) * m * j - bound)
+    xc = x.clamp(-bound, bound)
+    idx = (inner[1 if inverse else 0] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
+    pair = torch.cat([idx - 1, idx]).clamp_(0, k - 2)  # (2, *batch): knots k, k+1 as inner rows
+    ends = torch.cat([idx == 0, idx == k - 1])  # knot k is -B / knot k+1 is +B
+    (x0, x1), (y0, y1) = inner.gather(1, pair.expand(2, *pair.shape)).unbind(0)
+    x0 = torch.where(ends[0], -bound, x0)
+    y0 = torch.where(ends[0], -bound, y0)
+    x1 = torch.where(ends[1], bound, x1)
+    y1 = torch.where(ends[1], bound, y1)
+    t = pt[2 * k :] + softplus_inverse(1 - mins[2])  # (K - 1, N)
+    d0, d1 = torch.where(ends, 1.0, F.softplus(t.gather(0, pair)).add_(mins[2])).unbind(0)
+    wk, hk = x1 - x0, y1 - y0
+    s = hk / wk
+    if not inverse:
+        xi = ((xc - x0) / wk).clamp_(0, 1)
+    else:
+        dy = xc - y0
+        c2 = d1 + d0 - 2 * s
+        a = hk * (s - d0) + dy * c2
+        b = hk * d0 - dy * c2
+        disc = (b * b + 4 * a * s * dy).clamp_min_(0)
+        xi = ((-2 * s * dy) / (-b - torch.sqrt(disc))).clamp_(0, 1)
+    xi1 = xi * (1 - xi)
+    c = d0 + d1 - 2 * s
+    return dict(
+        x=x, inside=(x > -bound) & (x < bound), xi=xi, xi1=xi1, s=s, c=c, q=s + c * xi1,
+        p=s * xi * xi + d0 * xi1, r=d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2,
+        x0=x0, wk=wk, y0=y0, hk=hk, d0=d0, d1=d1, idx=idx, frac=frac, t=t, pair=pair,
+    )  # fmt: skip
+
+
+def _value(v: dict[str, Any], inverse: bool) -> tuple[Tensor, Tensor]:
+    ladj = torch.log(v["s"] * v["s"] * v["r"]) - 2 * torch.log(v["q"])
+    if not inverse:
+        y = v["y0"] + v["hk"] * v["p"] / v["q"]
+    else:
+        y, ladj = v["x0"] + v["xi"] * v["wk"], -ladj
+    inside = v["inside"]
+    return torch.where(inside, y, v["x"]), torch.where(inside, ladj, 0.0)
+
+
+def _backward(
+    v: dict[str, Any], bound: float, mins: Mins, gy: Tensor, gl: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(∂L/∂x, ∂L/∂params)`` of the forward direction from the saved locals."""
+    xi, xi1, s, c, q, p, r = (v[n] for n in ("xi", "xi1", "s", "c", "q", "p", "r"))
+    hk, wk, d0, d1, inside = v["hk"], v["wk"], v["d0"], v["d1"], v["inside"]
+    gy_in = torch.where(inside, gy, 0.0)
+    gl_in = torch.where(inside, gl, 0.0)
+    u = 1 - 2 * xi
+    q_xi = c * u
+    q_s = 1 - 2 * xi1
+    a = gy_in * hk / (q * q)  # ∂y/∂P = h/Q, ∂y/∂Q = -h P / Q²
+    b = gl_in / r  # ∂ℓ/∂R
+    e = 2 * gl_in / q  # -∂ℓ/∂Q
+    g_xi = a * ((2 * s * xi + d0 * u) * q - p * q_xi) + b * 2 * (d1 * xi + s * u - d0 * (1 - xi))
+    g_xi = g_xi - e * q_xi
+    g_s = a * (xi * xi * q - p * q_s) + b * 2 * xi1 - e * q_s + 2 * gl_in / s
+    g_d0 = (a * (q - p) - e) * xi1 + b * (1 - xi) ** 2
+    g_d1 = -(a * p + e) * xi1 + b * xi * xi
+    g_h = gy_in * p / q + g_s / wk
+    g_w = -(g_xi * xi + g_s * s) / wk
+    gx = torch.where(inside, g_xi / wk, gy)
+    # knot k of x gets -g_ξ/w - g_w and knot k+1 gets g_w (y: gy - g_h and g_h); the end knots
+    # are constants. Knot j depends on the bin fractions i < j: [i < k] and [i ≤ k] indicators.
+    frac, idx, pair = v["frac"], v["idx"], v["pair"]
+    k = frac.shape[1]
+    last = idx == k - 1
+    below = torch.stack([-g_xi / wk - g_w, gy_in - g_h]).unsqueeze(1)  # (2, 1, *batch)
+    above = torch.stack([g_w, g_h]).masked_fill_(last, 0.0).unsqueeze(1)
+    i = torch.arange(k, device=idx.device).view(k, *(1,) * (idx.dim() - 1))
+    scale = torch.tensor(
+        [2 * bound * (1 - mins[0] * k), 2 * bound * (1 - mins[1] * k)],
+        dtype=frac.dtype, device=frac.device,
+    ).view(2, 1, *(1,) * (idx.dim() - 1))  # fmt: skip
+    g_frac = torch.where(i < idx, below, 0.0).add_(torch.where(i <= idx, above, 0.0)).mul_(scale)
+    grad = frac.new_empty(3 * k - 1, *frac.shape[2:])
+    g_frac = g_frac.sub_((g_frac * frac).sum(1, keepdim=True))
+    torch.mul(frac, g_frac, out=grad[: 2 * k].unflatten(0, (2, k)))
+    # interior derivatives δ_j = m + softplus(t_{j-1}), j = 1..K-1: row k-1 gets g_d0, row k g_d1
+    ends = torch.cat([idx == 0, last])
+    g_d = torch.where(ends, 0.0, torch.stack([g_d0, g_d1]))
+    g_t = grad[2 * k :]
+    g_t.zero_().scatter_add_(0, pair, g_d)
+    g_t.mul_(torch.sigmoid(v["t"]))
+    return gx, grad.movedim(0, -1)
+
+
+class _ForwardSpline(torch.autograd.Function):
+    """``(y, ladj)`` of the forward spline with the hand-derived vector-Jacobian product."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, params: Tensor, bound: float, mins: Mins
+    ) -> tuple[Tensor, Tensor]:
+        v = _locals(x, params, bound, mins, inverse=False)
+        ctx.save_for_backward(x, params)
+        ctx.locals, ctx.bound, ctx.mins = v, bound, mins
+        return _value(v, inverse=False)
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            # the saved inputs carry their history, so the result stays differentiable in them
+            xr = x if x.requires_grad else x.detach().requires_grad_()
+            pr = params if params.requires_grad else params.detach().requires_grad_()
+            out = _reference(xr, pr, ctx.bound, ctx.mins, inverse=False)
+            gx, gp = torch.autograd.grad(out, (xr, pr), (gy, gl), create_graph=True)
+        else:
+            gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
+        return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None
+
+
+def rqs_packed(
+    x: Tensor,
+    params: Tensor,
+    *,
+    bound: float,
+    inverse: bool = False,
+    min_width: float = 1e-3,
+    min_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~nfkit.transforms.functional.rqs` from packed ``params (*, 3K - 1)``.
+
+    ``params`` holds the ``K`` width logits, ``K`` height logits and ``K - 1`` interior
+    derivatives, in that order; ``x`` broadcasts against ``params.shape[:-1]``. Same values and
+    gradients as the reference; faster on CPU (fewer ops, a hand-written backward).
+    """
+    mins = (min_width, min_height, min_derivative)
+    if params.shape[-1] < 5 or torch.compiler.is_compiling():
+        return _reference(x, params, bound, mins, inverse)  # one bin; or let inductor fuse it
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
+    if not needs_grad:
+        return _value(_locals(x, params, bound, mins, inverse), inverse)
+    if inverse:
+        return _reference(x, params, bound, mins, inverse)
+    return _ForwardSpline.apply(x, params, bound, mins)
