@@ -129,3 +129,14 @@ def test_finite_everywhere(seed: int, x: float, dtype: torch.dtype) -> None:
 def test_one_bin_uses_the_reference() -> None:
     x, params = _inputs(1, 5, 2, 1, 1.0, 2.0)
     torch.testing.assert_close(_packed(x, params, 2.0), _reference(x, params, 2.0))
+
+
+def test_in_place_change_before_backward_is_detected() -> None:
+    """The saved locals would be stale: autograd's version check must refuse, as for any op."""
+    x, params = _inputs(2, 6, 2, 4, 1.0, 3.0)
+    leaf = params.clone().requires_grad_()
+    p = leaf * 1.0
+    y, ladj = _packed(x, p, 3.0)
+    p.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (y.sum() + ladj.sum()).backward()

@@ -79,7 +79,7 @@ def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) 
     y0 = torch.where(ends[0], -bound, y0)
     x1 = torch.where(ends[1], bound, x1)
     y1 = torch.where(ends[1], bound, y1)
-    t = pt[2 * k :] + softplus_inverse(1 - mins[2])  # (K - 1, N)
+    t = pt[2 * k :] + softplus_inverse(1 - mins[2])  # (K - 1, *batch)
     d0, d1 = torch.where(ends, 1.0, F.softplus(t.gather(0, pair)).add_(mins[2])).unbind(0)
     wk, hk = x1 - x0, y1 - y0
     s = hk / wk
@@ -166,9 +166,11 @@ class _ForwardSpline(torch.autograd.Function):
         ctx: Any, x: Tensor, params: Tensor, bound: float, mins: Mins
     ) -> tuple[Tensor, Tensor]:
         v = _locals(x, params, bound, mins, inverse=False)
-        ctx.save_for_backward(x, params)
+        out = _value(v, inverse=False)
+        del v["x"]  # an input: only the version-checked copy below is kept
+        ctx.save_for_backward(x, params)  # for double backward, and in-place checks
         ctx.locals, ctx.bound, ctx.mins = v, bound, mins
-        return _value(v, inverse=False)
+        return out
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
