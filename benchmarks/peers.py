@@ -556,16 +556,17 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     lp_t: dict[str, list[float]] = {k: [] for k in lp_fns}
     sp_t: dict[str, list[float]] = {k: [] for k in sp_fns}
     with torch.no_grad():
-        # one warm-up call each; fast samplers are timed over several calls per round (a
-        # single 5 ms call is at the mercy of the scheduler), slow ones once per round
-        sp_reps = {
-            k: max(1, min(5, round(0.1 / _clock(fn, 1, device)))) for k, fn in sp_fns.items()
+        # one warm-up call each; fast calls are timed several times per round (a single 5 ms
+        # call is at the mercy of the scheduler), slow ones once per round
+        reps = {
+            k: max(1, min(5, round(0.1 / _clock(fn, 1, device))))
+            for k, fn in (*sp_fns.items(), *(("lp:" + k, fn) for k, fn in lp_fns.items()))
         }
         for _ in range(args.rounds):
             for k in lp_fns:
-                lp_t[k].append(_clock(lp_fns[k], 1, device))
+                lp_t[k].append(_clock(lp_fns[k], reps["lp:" + k], device))
             for k in sp_fns:
-                sp_t[k].append(_clock(sp_fns[k], sp_reps[k], device))
+                sp_t[k].append(_clock(sp_fns[k], reps[k], device))
     for m in models.values():
         m.module.train()
     lp_rate = {k: 4096 / statistics.median(v) for k, v in lp_t.items()}
