@@ -1,0 +1,55 @@
+r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, per library.
+
+    python benchmarks/ll_trajectory.py --cells digits-MAF,digits-RealNVP --at 100,250,500
+
+Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
+the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per-row test LL at
+each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import peers
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", default="digits-MAF")
+    p.add_argument("--libs", default=",".join(peers.LIBS))
+    p.add_argument("--at", default="100,250,500", help="checkpoints (steps)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    checkpoints = sorted(int(s) for s in args.at.split(","))
+    for cell in args.cells.split(","):
+        data, model = cell.split("-")
+        train, test = peers.load_data(data)
+        for lib in args.libs.split(","):
+            torch.manual_seed(0)
+            try:
+                m = peers.build(lib, model, train.shape[1])
+            except NotImplementedError:  # no matching architecture in that library
+                continue
+            step = peers.train_step_fn(m, train, "cpu")
+            torch.manual_seed(0)
+            row = []
+            for s in range(1, checkpoints[-1] + 1):
+                step()
+                if s in checkpoints:
+                    m.module.eval()
+                    with torch.no_grad():
+                        ll, tr = m.log_prob(test), m.log_prob(train[:1000])
+                    m.module.train()
+                    q = torch.quantile(ll, torch.tensor([0.01, 0.5]))
+                    row.append(
+                        f"{s}: train {tr.mean():.2f} test {ll.mean():.2f} "
+                        f"(median {q[1]:.2f}, 1% {q[0]:.1f})"
+                    )
+            print(f"[{cell}] {lib:9s} " + " | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
