@@ -140,3 +140,16 @@ def test_in_place_change_before_backward_is_detected() -> None:
     p.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (y.sum() + ladj.sum()).backward()
+
+
+@pytest.mark.filterwarnings("ignore:torch.searchsorted")  # vmap's batched view of the knots
+def test_torch_func_transforms_use_the_reference() -> None:
+    """``torch.func.grad`` and ``vmap(jacrev)`` work and agree with plain autograd."""
+    x, params = _inputs(4, 5, 2, 6, 1.0, 3.0)
+    grad = torch.func.grad(lambda a: _packed(a, params, 3.0)[1].sum())(x)
+    xr = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(_reference(xr, params, 3.0)[1].sum(), xr)
+    torch.testing.assert_close(grad, expected)
+    p0 = params[:, 0]
+    jac = torch.func.vmap(torch.func.jacrev(lambda a, p: _packed(a, p, 3.0)[0]))(x[:, 0], p0)
+    torch.testing.assert_close(jac, torch.exp(_reference(x[:, 0], p0, 3.0)[1]))

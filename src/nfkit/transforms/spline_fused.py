@@ -19,7 +19,8 @@ eqs. 4 and 5):
 Values and first derivatives equal the reference to rounding (the tests compare both in float64).
 Higher derivatives (``create_graph=True``) are delegated to the reference, recomputed from the
 saved inputs, so double backward stays exact. The inverse direction is evaluated here when no
-gradient is needed (sampling); with gradients it uses the reference.
+gradient is needed (sampling); with gradients it uses the reference, as do ``torch.compile``
+(inductor fuses the reference) and ``torch.func`` transforms.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from nfkit.transforms.functional import rqs, softplus_inverse
 __all__ = ["rqs_packed"]
 
 Mins = tuple[float, float, float]
+
+# True inside torch.func transforms, which a ctx-style autograd.Function does not support.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def _reference(
@@ -203,8 +207,9 @@ def rqs_packed(
     gradients as the reference; faster on CPU (fewer ops, a hand-written backward).
     """
     mins = (min_width, min_height, min_derivative)
-    if params.shape[-1] < 5 or torch.compiler.is_compiling():
-        return _reference(x, params, bound, mins, inverse)  # one bin; or let inductor fuse it
+    if params.shape[-1] < 5 or torch.compiler.is_compiling() or _functorch_active():
+        # one bin; or let inductor fuse the reference; or torch.func (vmap, grad, jacrev) over it
+        return _reference(x, params, bound, mins, inverse)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
     if not needs_grad:
         return _value(_locals(x, params, bound, mins, inverse), inverse)
