@@ -1,6 +1,7 @@
 r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, per library.
 
     python benchmarks/ll_trajectory.py --cells digits-MAF,digits-RealNVP --at 100,250,500
+    python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --scale sigmoid
 
 Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
 the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per-row test LL at
@@ -14,6 +15,8 @@ import argparse
 import peers
 import torch
 
+import nfkit as nf
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,6 +24,9 @@ def main() -> None:
     p.add_argument("--libs", default=",".join(peers.LIBS))
     p.add_argument("--at", default="100,250,500", help="checkpoints (steps)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--scale", choices=["exp", "sigmoid"], default=None, help="nfkit MAF/RealNVP affine scale"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = sorted(int(s) for s in args.at.split(","))
@@ -29,10 +35,15 @@ def main() -> None:
         train, test = peers.load_data(data)
         for lib in args.libs.split(","):
             torch.manual_seed(0)
-            try:
-                m = peers.build(lib, model, train.shape[1])
-            except NotImplementedError:  # no matching architecture in that library
-                continue
+            if lib == "nfkit" and args.scale and model in ("MAF", "RealNVP"):
+                kw = {"transforms": peers.TRANSFORMS, "hidden": peers.HIDDEN, "scale": args.scale}
+                flow = getattr(nf.models, model)(train.shape[1], **kw)
+                m = peers.Model(flow, flow.log_prob, flow.sample, model == "MAF", [])
+            else:
+                try:
+                    m = peers.build(lib, model, train.shape[1])
+                except NotImplementedError:  # no matching architecture in that library
+                    continue
             step = peers.train_step_fn(m, train, "cpu")
             torch.manual_seed(0)
             row = []

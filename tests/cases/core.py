@@ -52,6 +52,15 @@ TRANSFORMS: dict[str, Case] = {
     "Autoregressive-affine": Case(
         lambda d, c: T.Autoregressive(d, T.AffineTransformer(), context=c, hidden=H), context=True
     ),
+    "Autoregressive-affine-sigmoid": Case(
+        lambda d, c: T.Autoregressive(
+            d, T.AffineTransformer(scale="sigmoid"), context=c, hidden=H
+        ),
+        context=True,
+    ),
+    "Coupling-affine-sigmoid": Case(
+        lambda d, c: _coupling(d, c, T.AffineTransformer(scale="sigmoid")), context=True
+    ),
     "Autoregressive-affine-inverse(IAF)": Case(
         lambda d, c: T.Autoregressive(d, T.AffineTransformer(), context=c, hidden=H).inv,
         context=True,
@@ -85,6 +94,10 @@ MODELS: dict[str, ModelCase] = {
         lambda d, c: nf.models.NSF(d, context=c, coupling=True, bins=4, **_SMALL)
     ),
     "RealNVP": ModelCase(lambda d, c: nf.models.RealNVP(d, context=c, **_SMALL)),
+    "RealNVP-sigmoid": ModelCase(
+        lambda d, c: nf.models.RealNVP(d, context=c, scale="sigmoid", **_SMALL)
+    ),
+    "MAF-sigmoid": ModelCase(lambda d, c: nf.models.MAF(d, context=c, scale="sigmoid", **_SMALL)),
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True
     ),

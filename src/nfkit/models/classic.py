@@ -119,11 +119,15 @@ def MAF(
     hidden: Sequence[int] = (128, 128),
     residual: bool = False,
     activation: str = "relu",
+    scale: str = "exp",
     base: str = "normal",
 ) -> Flow:
     """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
 
-    ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer.
+    ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer. ``scale``: the affine
+    log-scale, ``"exp"`` (soft-clamped, expands and contracts) or ``"sigmoid"`` (Glow-style gate,
+    expands by at most 1.14x per layer: slower to over-fit small data); see
+    :class:`~nfkit.transforms.AffineTransformer`.
 
     Example:
         >>> import torch
@@ -140,7 +144,7 @@ def MAF(
     layers = _autoregressive_stack(
         "MAF",
         features,
-        AffineTransformer(),
+        AffineTransformer(scale=scale),
         context,
         transforms,
         hidden,
@@ -160,17 +164,18 @@ def IAF(
     hidden: Sequence[int] = (128, 128),
     residual: bool = False,
     activation: str = "relu",
+    scale: str = "exp",
     base: str = "normal",
 ) -> Flow:
     """Inverse autoregressive flow (Kingma et al. 2016, arXiv:1606.04934): MAF layers inverted.
 
     ``sample``/``rsample``: one pass per layer (use for variational inference). ``log_prob`` of
-    external data: ``D`` passes per layer.
+    external data: ``D`` passes per layer. ``scale``: as in :func:`MAF`.
     """
     layers = _autoregressive_stack(
         "IAF",
         features,
-        AffineTransformer(),
+        AffineTransformer(scale=scale),
         context,
         transforms,
         hidden,
@@ -231,11 +236,21 @@ def RealNVP(
     transforms: int = 5,
     hidden: Sequence[int] = (128, 128),
     batch_norm: bool = False,
+    scale: str = "exp",
     base: str = "normal",
 ) -> Flow:
-    """RealNVP (Dinh et al. 2016): affine couplings with alternating masks, optional BatchNorm."""
+    """RealNVP (Dinh et al. 2016): affine couplings with alternating masks, optional BatchNorm.
+
+    ``scale``: the affine log-scale, ``"exp"`` or ``"sigmoid"``, as in :func:`MAF`.
+    """
     layers = _coupling_stack(
-        "RealNVP", features, AffineTransformer(), context, transforms, hidden, batch_norm
+        "RealNVP",
+        features,
+        AffineTransformer(scale=scale),
+        context,
+        transforms,
+        hidden,
+        batch_norm,
     )
     return _flow(layers, features, context, base)
 

@@ -11,13 +11,17 @@ structure that uses the transformer sums it over the event.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit.transforms.functional import soft_clamp
 from nfkit.transforms.spline_fused import rqs_packed
+
+_LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
 
 __all__ = [
     "Transformer",
@@ -68,17 +72,38 @@ class AdditiveTransformer(Transformer):
 
 @dataclass(frozen=True)
 class AffineTransformer(Transformer):
-    r"""``z = x · exp(s) + t`` with ``s = B tanh(ŝ / B)`` soft-clamped to ``(-B, B)``.
+    r"""``z = x · exp(s) + t``, with the log-scale ``s`` bounded.
 
     RealNVP (Dinh et al. 2016, arXiv:1605.08803) and MAF (Papamakarios et al. 2017,
-    arXiv:1705.07057). ``ladj = s``; inverse ``x = (z - t) · exp(-s)`` (exact).
+    arXiv:1705.07057). ``ladj = s``; inverse ``x = (z - t) · exp(-s)`` (exact). Raw parameters
+    all zero give the identity.
 
     Args:
-        max_log_scale: The clamp ``B`` on the log-scale, which keeps training stable.
+        max_log_scale: The bound ``B`` on ``|s|``, which keeps training stable.
+        scale: How the raw ``ŝ`` becomes ``s``.
+
+            * ``"exp"`` (default): ``s = B tanh(ŝ / B)``, soft-clamped to ``(-B, B)``. The layer
+              may contract or expand by up to ``e^B``.
+            * ``"sigmoid"``: ``s = log σ(ŝ + 2) - log σ(2)``, floored at ``-B``. This is the
+              Glow / nflows gate (Kingma & Dhariwal 2018, arXiv:1807.03039), normalized so that
+              ``ŝ = 0`` is the identity. It expands by at most ``1/σ(2) ≈ 1.14`` per layer. On
+              small data it over-fits much more slowly, but it learns sharp densities (thin
+              manifolds) more slowly too.
     """
 
     max_log_scale: float = 5.0
+    scale: str = "exp"
     reads_params_separately = True  # class attribute: not a dataclass field
+
+    def __post_init__(self) -> None:
+        if self.scale not in ("exp", "sigmoid"):
+            raise ValueError(
+                f"AffineTransformer: scale must be 'exp' or 'sigmoid', got {self.scale!r}"
+            )
+        if not self.max_log_scale > 0:
+            raise ValueError(
+                f"AffineTransformer: max_log_scale must be > 0, got {self.max_log_scale!r}"
+            )
 
     @property
     def num_params(self) -> int:
@@ -87,7 +112,10 @@ class AffineTransformer(Transformer):
     def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
         # unbind (not two selects): its backward stacks the gradients instead of zero-filling.
         shift, raw = params.unbind(-1)
-        return shift, soft_clamp(raw, self.max_log_scale)
+        if self.scale == "exp":
+            return shift, soft_clamp(raw, self.max_log_scale)
+        log_scale = F.logsigmoid(raw + 2.0) - _LOG_SIGMOID_2
+        return shift, log_scale.clamp_min(-self.max_log_scale)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(params)

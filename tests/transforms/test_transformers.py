@@ -1,0 +1,58 @@
+"""The affine transformer's two log-scale parameterizations: identity at zero, their ranges."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nfkit.transforms import AffineTransformer
+
+settings.register_profile("nfkit", deadline=None, max_examples=40)
+settings.load_profile("nfkit")
+
+
+@pytest.mark.parametrize("scale", ["exp", "sigmoid"])
+def test_zero_parameters_are_the_identity(scale: str) -> None:
+    t = AffineTransformer(scale=scale)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    z, ladj = t.forward(x, torch.zeros(7, 3, 2, dtype=torch.float64))
+    torch.testing.assert_close(z, x, rtol=0, atol=1e-15)
+    torch.testing.assert_close(ladj, torch.zeros_like(ladj), rtol=0, atol=1e-15)
+
+
+@given(raw=st.floats(-1e4, 1e4), bound=st.floats(0.5, 8.0))
+def test_log_scale_ranges(raw: float, bound: float) -> None:
+    x = torch.ones(1, dtype=torch.float64)
+    params = torch.tensor([[0.0, raw]], dtype=torch.float64)
+    _, s_exp = AffineTransformer(max_log_scale=bound).forward(x, params)
+    _, s_sig = AffineTransformer(max_log_scale=bound, scale="sigmoid").forward(x, params)
+    assert -bound <= float(s_exp) <= bound
+    # the sigmoid gate expands by at most 1/σ(2) and contracts by at most e^-B
+    assert -bound <= float(s_sig) <= math.log1p(math.exp(-2.0)) + 1e-12
+    xb, s_inv = AffineTransformer(max_log_scale=bound, scale="sigmoid").inverse(x, params)
+    assert torch.isfinite(xb).all() and float(s_inv) == -float(s_sig)
+
+
+def test_sigmoid_gate_matches_its_formula() -> None:
+    raw = torch.linspace(-6, 6, 25, dtype=torch.float64)
+    params = torch.stack([torch.zeros_like(raw), raw], -1)
+    _, s = AffineTransformer(scale="sigmoid").forward(torch.ones_like(raw), params)
+    expected = torch.log(torch.sigmoid(raw + 2) / torch.sigmoid(torch.tensor(2.0)))
+    torch.testing.assert_close(s, expected.clamp_min(-5.0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scale": "tanh"}, "AffineTransformer: scale must be 'exp' or 'sigmoid', got 'tanh'"),
+        ({"max_log_scale": 0.0}, "AffineTransformer: max_log_scale must be > 0, got 0.0"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        AffineTransformer(**kwargs)
+    assert str(info.value) == message
