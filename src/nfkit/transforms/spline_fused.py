@@ -68,12 +68,12 @@ def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) 
     raw = pt[: 2 * k].unflatten(0, (2, k))  # (2, K, *batch): width and height logits
     frac = (raw - raw.amax(1, keepdim=True)).exp_()
     frac = frac.div_(frac.sum(1, keepdim=True))  # softmax over the bins
-    lead = (1,) * x.dim()
-    m = torch.tensor(mins[:2], dtype=x.dtype, device=x.device).view(2, 1, *lead)
-    j = torch.arange(1, k, dtype=x.dtype, device=x.device).view(1, k - 1, *lead)
-    # interior knots j = 1..K-1 of x (row 0) and y (row 1): -B + 2B (m j + (1 - m K) C_{j-1})
-    inner = torch.cumsum(frac[:, :-1], 1).mul_((2 * bound) * (1 - m * k))
-    inner = inner.add_((2 * bound) * m * j - bound)
+    j = torch.arange(1, k, dtype=x.dtype, device=x.device).view(k - 1, *(1,) * x.dim())
+    # interior knots j = 1..K-1 of x (row 0) and y (row 1): -B + 2B (m j + (1 - m K) C_{j-1});
+    # per-row Python scalars, so no host-to-device copy (a sync on CUDA) in the hot path
+    inner = torch.cumsum(frac[:, :-1], 1)
+    for row, m in enumerate(mins[:2]):
+        inner[row].mul_(2 * bound * (1 - m * k)).add_(j * (2 * bound * m) - bound)
     xc = x.clamp(-bound, bound)
     idx = (inner[1 if inverse else 0] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
     pair = torch.cat([idx - 1, idx]).clamp_(0, k - 2)  # (2, *batch): knots k, k+1 as inner rows
@@ -145,11 +145,9 @@ def _backward(
     below = torch.stack([-g_xi / wk - g_w, gy_in - g_h]).unsqueeze(1)  # (2, 1, *batch)
     above = torch.stack([g_w, g_h]).masked_fill_(last, 0.0).unsqueeze(1)
     i = torch.arange(k, device=idx.device).view(k, *(1,) * (idx.dim() - 1))
-    scale = torch.tensor(
-        [2 * bound * (1 - mins[0] * k), 2 * bound * (1 - mins[1] * k)],
-        dtype=frac.dtype, device=frac.device,
-    ).view(2, 1, *(1,) * (idx.dim() - 1))  # fmt: skip
-    g_frac = torch.where(i < idx, below, 0.0).add_(torch.where(i <= idx, above, 0.0)).mul_(scale)
+    g_frac = torch.where(i < idx, below, 0.0).add_(torch.where(i <= idx, above, 0.0))
+    for row, m in enumerate(mins[:2]):
+        g_frac[row].mul_(2 * bound * (1 - m * k))
     grad = frac.new_empty(3 * k - 1, *frac.shape[2:])
     g_frac = g_frac.sub_((g_frac * frac).sum(1, keepdim=True))
     torch.mul(frac, g_frac, out=grad[: 2 * k].unflatten(0, (2, k)))
