@@ -60,16 +60,20 @@ def test_values_match_reference(seed, bins, scale, bound, mins, inverse) -> None
     bins=st.integers(2, 10),
     scale=st.floats(0.0, 3.0),
     mins=st.sampled_from([(1e-3, 1e-3, 1e-3), (0.05, 0.01, 0.2)]),
+    inverse=st.booleans(),
 )
-def test_gradients_match_reference(seed, bins, scale, mins) -> None:
-    """The hand-written backward equals autograd through the reference, for x and all params."""
+def test_gradients_match_reference(seed, bins, scale, mins, inverse) -> None:
+    """The hand-written backward equals autograd through the reference, for x and all params.
+
+    Forward: the chain rule through the knots; inverse: the implicit function theorem.
+    """
     x, params = _inputs(seed, 12, 3, bins, scale, 4.0)
     g = torch.Generator().manual_seed(seed + 1)
     gy, gl = torch.randn(2, 12, 3, generator=g, dtype=torch.float64)
     grads = []
     for fn in (_reference, _packed):
         xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
-        out = fn(xr, pr, 4.0, False, mins)
+        out = fn(xr, pr, 4.0, inverse, mins)
         grads.append(torch.autograd.grad(out, (xr, pr), (gy, gl)))
     for ours, ref in zip(grads[1], grads[0]):
         torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-9)
@@ -117,13 +121,11 @@ def test_finite_everywhere(seed: int, x: float, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(seed)
     params = (torch.randn(1, 17, generator=g) * 5).to(dtype).requires_grad_()
     xt = torch.tensor([x], dtype=dtype, requires_grad=True)
-    y, ladj = _packed(xt, params, 3.0)
-    gx, gp = torch.autograd.grad((y + ladj).sum(), (xt, params))
-    assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
-    assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
-    with torch.no_grad():
-        xb, lb = _packed(y, params, 3.0, inverse=True)
-    assert torch.isfinite(xb).all() and torch.isfinite(lb).all()
+    for inverse in (False, True):
+        y, ladj = _packed(xt, params, 3.0, inverse)
+        gx, gp = torch.autograd.grad((y + ladj).sum(), (xt, params))
+        assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
+        assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
 
 
 def test_one_bin_uses_the_reference() -> None:
@@ -131,12 +133,13 @@ def test_one_bin_uses_the_reference() -> None:
     torch.testing.assert_close(_packed(x, params, 2.0), _reference(x, params, 2.0))
 
 
-def test_in_place_change_before_backward_is_detected() -> None:
+@pytest.mark.parametrize("inverse", [False, True])
+def test_in_place_change_before_backward_is_detected(inverse: bool) -> None:
     """The saved locals would be stale: autograd's version check must refuse, as for any op."""
     x, params = _inputs(2, 6, 2, 4, 1.0, 3.0)
     leaf = params.clone().requires_grad_()
     p = leaf * 1.0
-    y, ladj = _packed(x, p, 3.0)
+    y, ladj = _packed(x, p, 3.0, inverse)
     p.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (y.sum() + ladj.sum()).backward()

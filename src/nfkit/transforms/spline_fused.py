@@ -4,8 +4,8 @@ r"""The rational-quadratic spline with fewer, larger ops and a hand-derived back
 a hundred small autograd nodes per call, which dominate an NSF training step on CPU. This module
 computes the same values from the packed parameters ``(*, 3K - 1)`` (width logits, height
 logits, interior derivatives) with widths and heights processed together as one ``(*, 2, K)``
-tensor, no padded knot tables (the end knots are applied with ``where``), and, for the forward
-direction, the vector-Jacobian product written by hand (Durkan et al. 2019, arXiv:1906.04032,
+tensor, no padded knot tables (the end knots are applied with ``where``), and the
+vector-Jacobian product written by hand (Durkan et al. 2019, arXiv:1906.04032,
 eqs. 4 and 5):
 
 * partials of ``y = y_k + h_k P / Q`` and ``log|dy/dx| = log(s² R) - 2 log Q`` (with
@@ -18,9 +18,10 @@ eqs. 4 and 5):
 
 Values and first derivatives equal the reference to rounding (the tests compare both in float64).
 Higher derivatives (``create_graph=True``) are delegated to the reference, recomputed from the
-saved inputs, so double backward stays exact. The inverse direction is evaluated here when no
-gradient is needed (sampling); with gradients it uses the reference, as do ``torch.compile``
-(inductor fuses the reference) and ``torch.func`` transforms.
+saved inputs, so double backward stays exact. The inverse direction (sampling, variational
+inference through ``rsample``) reuses the same locals: its backward follows from the implicit
+function theorem (``_inverse_backward``). ``torch.compile`` (inductor fuses the reference)
+and ``torch.func`` transforms use the reference.
 """
 
 from __future__ import annotations
@@ -160,6 +161,59 @@ def _backward(
     return gx, grad.movedim(0, -1)
 
 
+def _inverse_backward(
+    v: dict[str, Any], bound: float, mins: Mins, gx: Tensor, gl: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(∂L/∂y, ∂L/∂params)`` of the inverse direction, by the implicit function theorem.
+
+    With ``x = f⁻¹(y; θ)`` and ``ℓ_inv = -log f'(x; θ)``, let ``ḡ = g_x - g_ℓ ∂ log f'/∂x``.
+    Then ``∂L/∂y = ḡ / f'(x)``, and ``∂L/∂θ`` is the forward VJP at ``x`` with cotangents
+    ``(-ḡ / f'(x), -g_ℓ)``. The locals of the inverse are the forward's locals at ``x``.
+    """
+    xi, s, c, q, r, wk = (v[n] for n in ("xi", "s", "c", "q", "r", "wk"))
+    d0, d1, inside = v["d0"], v["d1"], v["inside"]
+    u = 1 - 2 * xi
+    dlog_dx = (2 * (d1 * xi + s * u - d0 * (1 - xi)) / r - 2 * c * u / q) / wk
+    slope = s * s * r / (q * q)  # f'(x)
+    gbar = (gx - gl * dlog_dx) / slope
+    _, gp = _backward(v, bound, mins, -gbar, -gl)
+    return torch.where(inside, gbar, gx), gp
+
+
+class _InverseSpline(torch.autograd.Function):
+    """``(x, ladj)`` of the inverse spline with the implicit-function vector-Jacobian product."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, y: Tensor, params: Tensor, bound: float, mins: Mins
+    ) -> tuple[Tensor, Tensor]:
+        v = _locals(y, params, bound, mins, inverse=True)
+        out = _value(v, inverse=True)
+        del v["x"]
+        ctx.save_for_backward(y, params)
+        ctx.locals, ctx.bound, ctx.mins = v, bound, mins
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, gx: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        y, params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return (*_reference_vjp(y, params, ctx.bound, ctx.mins, True, gx, gl), None, None)
+        gy, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gx, gl)
+        return gy.sum_to_size(y.shape), gp.sum_to_size(params.shape), None, None
+
+
+def _reference_vjp(
+    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, gy: Tensor, gl: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The VJP through the reference, differentiable (the saved inputs carry their history)."""
+    xr = x if x.requires_grad else x.detach().requires_grad_()
+    pr = params if params.requires_grad else params.detach().requires_grad_()
+    out = _reference(xr, pr, bound, mins, inverse)
+    gx, gp = torch.autograd.grad(out, (xr, pr), (gy, gl), create_graph=True)
+    return gx, gp
+
+
 class _ForwardSpline(torch.autograd.Function):
     """``(y, ladj)`` of the forward spline with the hand-derived vector-Jacobian product."""
 
@@ -178,11 +232,7 @@ class _ForwardSpline(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, params = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            # the saved inputs carry their history, so the result stays differentiable in them
-            xr = x if x.requires_grad else x.detach().requires_grad_()
-            pr = params if params.requires_grad else params.detach().requires_grad_()
-            out = _reference(xr, pr, ctx.bound, ctx.mins, inverse=False)
-            gx, gp = torch.autograd.grad(out, (xr, pr), (gy, gl), create_graph=True)
+            gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, False, gy, gl)
         else:
             gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
         return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None
@@ -212,5 +262,5 @@ def rqs_packed(
     if not needs_grad:
         return _value(_locals(x, params, bound, mins, inverse), inverse)
     if inverse:
-        return _reference(x, params, bound, mins, inverse)
+        return _InverseSpline.apply(x, params, bound, mins)
     return _ForwardSpline.apply(x, params, bound, mins)
