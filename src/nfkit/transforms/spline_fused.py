@@ -180,29 +180,6 @@ def _inverse_backward(
     return torch.where(inside, gbar, gx), gp
 
 
-class _InverseSpline(torch.autograd.Function):
-    """``(x, ladj)`` of the inverse spline with the implicit-function vector-Jacobian product."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, y: Tensor, params: Tensor, bound: float, mins: Mins
-    ) -> tuple[Tensor, Tensor]:
-        v = _locals(y, params, bound, mins, inverse=True)
-        out = _value(v, inverse=True)
-        del v["x"]
-        ctx.save_for_backward(y, params)
-        ctx.locals, ctx.bound, ctx.mins = v, bound, mins
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, gx: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        y, params = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            return (*_reference_vjp(y, params, ctx.bound, ctx.mins, True, gx, gl), None, None)
-        gy, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gx, gl)
-        return gy.sum_to_size(y.shape), gp.sum_to_size(params.shape), None, None
-
-
 def _reference_vjp(
     x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, gy: Tensor, gl: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -214,28 +191,35 @@ def _reference_vjp(
     return gx, gp
 
 
-class _ForwardSpline(torch.autograd.Function):
-    """``(y, ladj)`` of the forward spline with the hand-derived vector-Jacobian product."""
+class _PackedSpline(torch.autograd.Function):
+    """``(y, ladj)`` of the spline (either direction) with the hand-derived vector-Jacobian product.
+
+    Forward direction: the chain rule through the knots (``_backward``); inverse: the
+    implicit function theorem (``_inverse_backward``). ``create_graph=True`` differentiates
+    the reference instead, so higher derivatives stay exact.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, params: Tensor, bound: float, mins: Mins
+        ctx: Any, x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool
     ) -> tuple[Tensor, Tensor]:
-        v = _locals(x, params, bound, mins, inverse=False)
-        out = _value(v, inverse=False)
+        v = _locals(x, params, bound, mins, inverse)
+        out = _value(v, inverse)
         del v["x"]  # an input: only the version-checked copy below is kept
         ctx.save_for_backward(x, params)  # for double backward, and in-place checks
-        ctx.locals, ctx.bound, ctx.mins = v, bound, mins
+        ctx.locals, ctx.bound, ctx.mins, ctx.inverse = v, bound, mins, inverse
         return out
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, params = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, False, gy, gl)
+        if torch.is_grad_enabled():
+            gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, ctx.inverse, gy, gl)
+        elif ctx.inverse:
+            gx, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
         else:
             gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
-        return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None
+        return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None, None
 
 
 def rqs_packed(
@@ -261,6 +245,4 @@ def rqs_packed(
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
     if not needs_grad:
         return _value(_locals(x, params, bound, mins, inverse), inverse)
-    if inverse:
-        return _InverseSpline.apply(x, params, bound, mins)
-    return _ForwardSpline.apply(x, params, bound, mins)
+    return _PackedSpline.apply(x, params, bound, mins, inverse)
