@@ -64,8 +64,8 @@ class MADE(PackedLayers):
         low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
         deg_hidden = [torch.arange(h) % span + low for h in hidden]
-        # Output units are feature-major (unit i·P + j is parameter j of feature i);
-        # sampling_layers() reorders them parameter-major for the D passes of an inverse.
+        # Output units are feature-major: unit i·P + j is parameter j of feature i, so feature i's
+        # parameters are the contiguous rows i·P … i·P + P - 1 of the output layer.
         deg_out = (rank + 1).repeat_interleave(p)
 
         masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]
@@ -89,47 +89,41 @@ class MADE(PackedLayers):
         self.features, self.out_per_feature, self.context = d, p, context
         self.residual = residual
         self.register_buffer("rank", rank)
-        rows = torch.arange(d * p).view(d, p).t().reshape(-1)  # feature-major → parameter-major
-        self.register_buffer("parameter_major_rows", rows, persistent=False)
 
-    def sampling_layers(self) -> list[tuple[Tensor, Tensor]]:
-        """:meth:`layers` with the output rows reordered parameter-major, for ``D`` repeated passes.
+    def trunk(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        layers: Sequence[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """The activated last hidden layer ``(*batch, H)``: the input of the output layer.
 
-        A pass with these layers (``forward(..., layers=..., parameter_major=True)``) returns
-        the same ``θ`` with each parameter's ``(*batch, D)`` slice contiguous, which makes the
-        transformer's elementwise ops of an autoregressive inverse cheaper. Training keeps the
-        feature-major order: its backward then needs no extra copy.
+        An autoregressive inverse applies the output layer itself, restricted to the rows of
+        the one feature each pass settles.
         """
-        layers = self.layers()
-        w, b = layers[-1]
-        rows = self.parameter_major_rows
-        return [*layers[:-1], (w.index_select(0, rows), b.index_select(0, rows))]
+        layers = self.layers() if layers is None else layers
+        h = broadcast_cat(x, context) if self.context else x
+        if not self.residual:
+            return self.activate(self.chain(h, layers[:-1]))
+        w, b = layers[0]
+        h = F.linear(h, w, b)
+        for (w1, b1), (w2, b2) in zip(layers[1:-1:2], layers[2:-1:2]):
+            u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
+            h = h + F.linear(self.activate(u), w2, b2)
+        return self.activate(h)
 
     def forward(
         self,
         x: Tensor,
         context: Tensor | None = None,
         layers: Sequence[tuple[Tensor, Tensor]] | None = None,
-        parameter_major: bool = False,
     ) -> Tensor:
         """``θ(x, c)``, shape ``(*batch, D, P)``.
 
-        ``layers`` (from :meth:`layers`, or :meth:`sampling_layers` with
-        ``parameter_major=True``) may be passed to reuse the masked weights across the ``D``
-        passes of an inverse; by default they are computed here.
+        ``layers`` (from :meth:`layers`) may be passed to reuse the masked weights across
+        several passes; by default they are computed here.
         """
         layers = self.layers() if layers is None else layers
-        h = broadcast_cat(x, context) if self.context else x
-        if self.residual:
-            w, b = layers[0]
-            h = F.linear(h, w, b)
-            for (w1, b1), (w2, b2) in zip(layers[1:-1:2], layers[2:-1:2]):
-                u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
-                h = h + F.linear(self.activate(u), w2, b2)
-            w, b = layers[-1]
-            out = F.linear(self.activate(h), w, b)
-        else:
-            out = self.chain(h, layers)
-        if parameter_major:
-            return out.unflatten(-1, (self.out_per_feature, self.features)).transpose(-1, -2)
+        w, b = layers[-1]
+        out = F.linear(self.trunk(x, context, layers), w, b)
         return out.unflatten(-1, (self.features, self.out_per_feature))

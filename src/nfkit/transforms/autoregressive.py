@@ -2,8 +2,8 @@ r"""Autoregressive: one structure for MAF, IAF and autoregressive neural spline 
 
 ``z_i = τ(x_i; θ_i(x_{<i}, c))`` with ``θ`` from one :class:`~nfkit.nn.MADE` pass. The Jacobian is
 triangular, so ``ladj = Σ_i log|τ'(x_i)|``. The forward (density) direction is one network pass;
-the inverse takes ``D`` sequential passes, the last of which also gives the exact ``ladj``
-(no extra pass). IAF is ``Autoregressive(...).inv``: fast sampling, sequential density.
+the inverse takes ``D`` sequential passes; pass ``k`` applies the output layer to the rows of
+the one feature it settles (rank ``k``) and the transformer to that column, adding its ``ladj``. IAF is ``Autoregressive(...).inv``: fast sampling, sequential density.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nfkit._checks import check_positive_int
 from nfkit.core import Transform
@@ -91,15 +92,27 @@ class Autoregressive(Transform):
             if context is None
             else torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
         )
-        z = z.expand(*batch, self.features)
+        d, p = self.features, self.transformer.num_params
+        z = z.expand(*batch, d)
+        layers = self.made.layers()  # masked once, reused by the D passes
+        # Pass k settles the feature of rank k, which needs only that feature's P output rows
+        # (contiguous: the rows are feature-major), so the output layer shrinks D-fold and the
+        # transformer runs on one column. Rows and columns are put in pass order once.
+        settles = torch.argsort(self.made.rank)  # the feature settled by each pass
+        w, b = layers[-1]
+        w = w.view(d, p, -1).index_select(0, settles)
+        b = b.view(d, p).index_select(0, settles)
+        z_pass = z.index_select(-1, settles)
         x = torch.zeros_like(z)
-        # Masked once, reused by the D passes; parameter-major rows when the transformer reads
-        # each parameter on its own and D is large enough to repay the reordering.
-        by_param = self.transformer.reads_params_separately and self.features >= 8
-        layers = self.made.sampling_layers() if by_param else self.made.layers()
-        for _ in range(self.features):
-            x, ladj = self.transformer.inverse(z, self.made(x, context, layers, by_param))
-        return x, ladj.sum(-1)
+        ladj = z.new_zeros(())
+        in_place = not torch.is_grad_enabled()  # else out of place, so autograd can follow x
+        for k in range(d):
+            theta = F.linear(self.made.trunk(x, context, layers), w[k], b[k])
+            x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
+            column, value = settles[k : k + 1], x_k.unsqueeze(-1)
+            x = x.index_copy_(-1, column, value) if in_place else x.index_copy(-1, column, value)
+            ladj = ladj + ladj_k
+        return x, ladj
 
     def extra_repr(self) -> str:
         return f"features={self.features}, transformer={self.transformer}"

@@ -47,11 +47,6 @@ class Transformer(abc.ABC):
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``z (*)``, ``params (*, P)`` → ``(x, log|dx/dz|)``, both ``(*)``."""
 
-    #: Reads its parameters one at a time (as ``(*, D)`` planes: ``params.unbind(-1)`` or
-    #: ``params.movedim(-1, 0)``), so an autoregressive inverse hands it ``params`` whose planes
-    #: are contiguous (a layout hint, not semantics).
-    reads_params_separately: bool = False
-
 
 @dataclass(frozen=True)
 class AdditiveTransformer(Transformer):
@@ -93,7 +88,6 @@ class AffineTransformer(Transformer):
 
     max_log_scale: float = 5.0
     scale: str = "exp"
-    reads_params_separately = True  # class attribute: not a dataclass field
 
     def __post_init__(self) -> None:
         if self.scale not in ("exp", "sigmoid"):
@@ -146,7 +140,6 @@ class RQSplineTransformer(Transformer):
     min_width: float = 1e-3
     min_height: float = 1e-3
     min_derivative: float = 1e-3
-    reads_params_separately = True  # class attribute: the packed spline reads (K, *batch) rows
 
     def __post_init__(self) -> None:
         if self.bins < 1 or not self.bound > 0:
