@@ -106,8 +106,14 @@ class Autoregressive(Transform):
         x = torch.zeros_like(z)
         ladj = z.new_zeros(())
         in_place = not torch.is_grad_enabled()  # else out of place, so autograd can follow x
+        # Without a context (and D > 1) no hidden unit feeds the first feature: its parameters
+        # are the output bias, and the first pass needs no network.
+        constant_first = self.made.context == 0 and d > 1
         for k in range(d):
-            theta = F.linear(self.made.trunk(x, context, layers), w[k], b[k])
+            if k == 0 and constant_first:
+                theta = b[0].expand(*batch, p)
+            else:
+                theta = F.linear(self.made.trunk(x, context, layers), w[k], b[k])
             x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
             column, value = settles[k : k + 1], x_k.unsqueeze(-1)
             x = x.index_copy_(-1, column, value) if in_place else x.index_copy(-1, column, value)
