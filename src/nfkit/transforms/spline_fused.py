@@ -53,8 +53,12 @@ def _reference(
     )  # fmt: skip
 
 
-def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) -> dict[str, Any]:
+def _locals(
+    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, backward: bool = True
+) -> dict[str, Any]:
     """The bin of each input and the spline's local quantities there (no autograd recording).
+
+    ``backward=False`` skips what only the backward (or the forward direction's value) reads.
 
     Works on the transposed layout ``(3K - 1, *batch)``: the bins are rows and the inputs the
     contiguous columns, so every reduction or broadcast over the ``K`` bins vectorizes along the
@@ -67,14 +71,14 @@ def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) 
     if pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major memory: one transposing copy
         pt = pt.contiguous()
     raw = pt[: 2 * k].unflatten(0, (2, k))  # (2, K, *batch): width and height logits
-    frac = (raw - raw.amax(1, keepdim=True)).exp_()
-    frac = frac.div_(frac.sum(1, keepdim=True))  # softmax over the bins
+    frac = torch.softmax(raw, 1)  # over the bins
     j = torch.arange(1, k, dtype=x.dtype, device=x.device).view(k - 1, *(1,) * x.dim())
     # interior knots j = 1..K-1 of x (row 0) and y (row 1): -B + 2B (m j + (1 - m K) C_{j-1});
     # per-row Python scalars, so no host-to-device copy (a sync on CUDA) in the hot path
     inner = torch.cumsum(frac[:, :-1], 1)
-    for row, m in enumerate(mins[:2]):
-        inner[row].mul_(2 * bound * (1 - m * k)).add_(j * (2 * bound * m) - bound)
+    rows = [inner] if mins[0] == mins[1] else list(inner)  # both rows at once when they agree
+    for row, m in zip(rows, mins):
+        row.mul_(2 * bound * (1 - m * k)).add_(j * (2 * bound * m) - bound)
     xc = x.clamp(-bound, bound)
     idx = (inner[1 if inverse else 0] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
     pair = torch.cat([idx - 1, idx]).clamp_(0, k - 2)  # (2, *batch): knots k, k+1 as inner rows
@@ -88,22 +92,28 @@ def _locals(x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool) 
     d0, d1 = torch.where(ends, 1.0, F.softplus(t.gather(0, pair)).add_(mins[2])).unbind(0)
     wk, hk = x1 - x0, y1 - y0
     s = hk / wk
+    c = d0 + d1 - 2 * s
     if not inverse:
         xi = ((xc - x0) / wk).clamp_(0, 1)
     else:
         dy = xc - y0
-        c2 = d1 + d0 - 2 * s
-        a = hk * (s - d0) + dy * c2
-        b = hk * d0 - dy * c2
+        dc = dy * c
+        a = hk * (s - d0) + dc
+        b = hk * d0 - dc
         disc = (b * b + 4 * a * s * dy).clamp_min_(0)
         xi = ((-2 * s * dy) / (-b - torch.sqrt(disc))).clamp_(0, 1)
-    xi1 = xi * (1 - xi)
-    c = d0 + d1 - 2 * s
-    return dict(
+    om = 1 - xi
+    xi1 = xi * om
+    xi2 = xi * xi
+    v = dict(
         x=x, inside=(x > -bound) & (x < bound), xi=xi, xi1=xi1, s=s, c=c, q=s + c * xi1,
-        p=s * xi * xi + d0 * xi1, r=d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2,
-        x0=x0, wk=wk, y0=y0, hk=hk, d0=d0, d1=d1, idx=idx, frac=frac, t=t, pair=pair,
+        r=d1 * xi2 + 2 * s * xi1 + d0 * om * om, x0=x0, wk=wk, y0=y0, hk=hk,
     )  # fmt: skip
+    if backward or not inverse:
+        v["p"] = s * xi2 + d0 * xi1
+    if backward:
+        v.update(d0=d0, d1=d1, idx=idx, frac=frac, t=t, pair=pair)
+    return v
 
 
 def _value(v: dict[str, Any], inverse: bool) -> tuple[Tensor, Tensor]:
@@ -244,5 +254,5 @@ def rqs_packed(
         return _reference(x, params, bound, mins, inverse)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
     if not needs_grad:
-        return _value(_locals(x, params, bound, mins, inverse), inverse)
+        return _value(_locals(x, params, bound, mins, inverse, backward=False), inverse)
     return _PackedSpline.apply(x, params, bound, mins, inverse)
