@@ -119,3 +119,19 @@ def test_trunk_and_feature_rows_give_each_features_parameters(residual: bool) ->
     for i in range(4):
         rows = slice(3 * i, 3 * i + 3)
         torch.testing.assert_close(F.linear(h, w[rows], b[rows]), made(x, c)[:, i])
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("context", [0, 2])
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_first_is_bias_iff_the_first_features_output_rows_are_masked(
+    d: int, context: int, residual: bool
+) -> None:
+    made = MADE(
+        d, 3, context=context, hidden=(6, 6), order=list(range(d))[::-1], residual=residual
+    )
+    w_mask = made._cut(made.mask)[-1][0]  # output-layer mask (D·P, H), feature-major rows
+    first = int(torch.argsort(made.rank)[0])
+    rows_masked = bool((w_mask[3 * first : 3 * first + 3] == 0).all())
+    assert made.first_is_bias == rows_masked
+    assert made.first_is_bias == (context == 0 and d > 1)

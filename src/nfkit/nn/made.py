@@ -89,6 +89,10 @@ class MADE(PackedLayers):
         self.features, self.out_per_feature, self.context = d, p, context
         self.residual = residual
         self.register_buffer("rank", rank)
+        #: No hidden unit feeds the outputs of the first feature (rank 0): their values are the
+        #: output bias, whatever the input. True without a context and with ``D > 1`` (every
+        #: hidden degree is then >= 1, and rank-0 outputs see only degree-0 units).
+        self.first_is_bias = low >= 1
 
     def trunk(
         self,

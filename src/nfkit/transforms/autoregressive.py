@@ -3,7 +3,8 @@ r"""Autoregressive: one structure for MAF, IAF and autoregressive neural spline 
 ``z_i = τ(x_i; θ_i(x_{<i}, c))`` with ``θ`` from one :class:`~nfkit.nn.MADE` pass. The Jacobian is
 triangular, so ``ladj = Σ_i log|τ'(x_i)|``. The forward (density) direction is one network pass;
 the inverse takes ``D`` sequential passes; pass ``k`` applies the output layer to the rows of
-the one feature it settles (rank ``k``) and the transformer to that column, adding its ``ladj``. IAF is ``Autoregressive(...).inv``: fast sampling, sequential density.
+the one feature it settles (rank ``k``) and the transformer to that column, adding its
+``ladj``. IAF is ``Autoregressive(...).inv``: fast sampling, sequential density.
 """
 
 from __future__ import annotations
@@ -106,11 +107,8 @@ class Autoregressive(Transform):
         x = torch.zeros_like(z)
         ladj = z.new_zeros(())
         in_place = not torch.is_grad_enabled()  # else out of place, so autograd can follow x
-        # Without a context (and D > 1) no hidden unit feeds the first feature: its parameters
-        # are the output bias, and the first pass needs no network.
-        constant_first = self.made.context == 0 and d > 1
         for k in range(d):
-            if k == 0 and constant_first:
+            if k == 0 and self.made.first_is_bias:  # the first pass needs no network
                 theta = b[0].expand(*batch, p)
             else:
                 theta = F.linear(self.made.trunk(x, context, layers), w[k], b[k])

@@ -58,7 +58,8 @@ def _locals(
 ) -> dict[str, Any]:
     """The bin of each input and the spline's local quantities there (no autograd recording).
 
-    ``backward=False`` skips what only the backward (or the forward direction's value) reads.
+    ``backward=False`` (a no-grad call) skips the locals only the backward reads, and ``p``
+    in the inverse direction.
 
     Works on the transposed layout ``(3K - 1, *batch)``: the bins are rows and the inputs the
     contiguous columns, so every reduction or broadcast over the ``K`` bins vectorizes along the
