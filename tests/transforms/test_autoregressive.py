@@ -93,3 +93,19 @@ def test_inverse_broadcasts_the_context_over_samples() -> None:
         xs, ls = layer.inverse(z[s], c)
         torch.testing.assert_close(x[s], xs)
         torch.testing.assert_close(ladj[s], ls)
+
+
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)])
+def test_pass_parameters_are_parameter_major(batch: tuple[int, ...]) -> None:
+    """A pass's ``θ`` equals ``F.linear`` and each parameter is contiguous over the batch (the
+    layout the spline reads without a transposing copy)."""
+    from nfkit.transforms.autoregressive import _linear_param_major
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(*batch, 7, generator=g, dtype=torch.float64)
+    w, b = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    theta = _linear_param_major(h, w, b)
+    torch.testing.assert_close(theta, torch.nn.functional.linear(h, w, b))
+    if batch:  # parameter j is the contiguous block j of the storage
+        assert theta[..., 0].is_contiguous()
+        assert theta.stride(-1) == theta[..., 0].numel()

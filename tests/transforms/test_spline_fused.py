@@ -99,6 +99,37 @@ def test_layouts_and_broadcasting() -> None:
 
 
 @pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("layout", ["expanded", "one row", "per feature"])
+def test_parameters_shared_across_the_batch(inverse: bool, layout: str) -> None:
+    """Shared parameters build the per-bin table once (stride-0 dims are narrowed to size 1) and
+    read it per input: values and gradients equal the reference on the materialized parameters.
+    """
+    x, params = _inputs(5, 9, 3, 7, 2.0, 3.0)
+    base = {"expanded": params[0, 0], "one row": params[0, 0], "per feature": params[0]}[layout]
+    leaf = base.clone().requires_grad_()
+    shared = {
+        "expanded": leaf.expand(9, 3, leaf.shape[-1]),  # stride 0 in both batch dims
+        "one row": leaf,  # (P,), broadcast against x (9, 3)
+        "per feature": leaf.expand(9, 3, leaf.shape[-1]),  # stride 0 along the batch only
+    }[layout]
+    dense = leaf.detach().expand(9, 3, leaf.shape[-1]).clone().requires_grad_()
+    g = torch.Generator().manual_seed(6)
+    gy, gl = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    xr, xr2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _packed(x, shared, 3.0, inverse), _reference(x, dense, 3.0, inverse)
+        )
+    out = _packed(xr, shared, 3.0, inverse)
+    ref = _reference(xr2, dense, 3.0, inverse)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    gx, gp = torch.autograd.grad(out, (xr, leaf), (gy, gl))
+    gx2, gd = torch.autograd.grad(ref, (xr2, dense), (gy, gl))
+    torch.testing.assert_close(gx, gx2)
+    torch.testing.assert_close(gp, gd.sum_to_size(leaf.shape))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
 def test_gradcheck_and_double_backward(inverse: bool) -> None:
     """First derivatives by finite differences; second derivatives go through the reference."""
     x, params = _inputs(3, 4, 2, 5, 1.0, 3.0)

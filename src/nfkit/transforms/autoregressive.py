@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from nfkit._checks import check_positive_int
 from nfkit.core import Transform
@@ -111,7 +110,7 @@ class Autoregressive(Transform):
             if k == 0 and self.made.first_is_bias:  # the first pass needs no network
                 theta = b[0].expand(*batch, p)
             else:
-                theta = F.linear(self.made.trunk(x, context, layers), w[k], b[k])
+                theta = _linear_param_major(self.made.trunk(x, context, layers), w[k], b[k])
             x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
             column, value = settles[k : k + 1], x_k.unsqueeze(-1)
             x = x.index_copy_(-1, column, value) if in_place else x.index_copy(-1, column, value)
@@ -120,3 +119,12 @@ class Autoregressive(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, transformer={self.transformer}"
+
+
+def _linear_param_major(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """``F.linear(h, w, b)`` of shape ``(*batch, P)``, stored parameter-major (each of the ``P``
+    parameters contiguous over the batch): the layout the transformers read, so the spline
+    needs no transposing copy.
+    """
+    flat = h.reshape(-1, h.shape[-1])
+    return torch.addmm(b.unsqueeze(-1), w, flat.T).T.reshape(*h.shape[:-1], w.shape[0])

@@ -3,10 +3,10 @@ r"""The rational-quadratic spline with fewer, larger ops and a hand-derived back
 :func:`nfkit.transforms.functional.rqs` is the reference: plain differentiable tensor ops, about
 a hundred small autograd nodes per call, which dominate an NSF training step on CPU. This module
 computes the same values from the packed parameters ``(*, 3K - 1)`` (width logits, height
-logits, interior derivatives) with widths and heights processed together as one ``(*, 2, K)``
-tensor, no padded knot tables (the end knots are applied with ``where``), and the
-vector-Jacobian product written by hand (Durkan et al. 2019, arXiv:1906.04032,
-eqs. 4 and 5):
+logits, interior derivatives) with widths and heights processed together as one ``(2, K, *)``
+tensor (bin sizes, right knots by their cumulative sum), parameters shared across the batch
+turned into a per-bin table once, and the vector-Jacobian product written by hand (Durkan et
+al. 2019, arXiv:1906.04032, eqs. 4 and 5):
 
 * partials of ``y = y_k + h_k P / Q`` and ``log|dy/dx| = log(s² R) - 2 log Q`` (with
   ``P = s ξ² + δ_k ξ(1-ξ)``, ``Q = s + (δ_k + δ_{k+1} - 2s) ξ(1-ξ)``,
@@ -53,6 +53,18 @@ def _reference(
     )  # fmt: skip
 
 
+def _shared_view(params: Tensor, ndim: int) -> Tensor:
+    """``params (*pb, P)`` aligned to ``ndim`` batch dims, every dim that it is constant along
+    (broadcast or expanded: stride 0) narrowed to size 1, so that per-bin quantities are computed
+    once there instead of once per input.
+    """
+    params = params[(None,) * (ndim + 1 - params.dim())]
+    for dim, (n, stride) in enumerate(zip(params.shape[:-1], params.stride()[:-1])):
+        if stride == 0 and n > 1:
+            params = params.narrow(dim, 0, 1)
+    return params
+
+
 def _locals(
     x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, backward: bool = True
 ) -> dict[str, Any]:
@@ -63,66 +75,87 @@ def _locals(
 
     Works on the transposed layout ``(3K - 1, *batch)``: the bins are rows and the inputs the
     contiguous columns, so every reduction or broadcast over the ``K`` bins vectorizes along the
-    batch (CPU kernels are slow over a short innermost dim).
+    batch (CPU kernels are slow over a short innermost dim). Bin sizes are
+    ``2B (m + (1 - m K) softmax(θ))`` and the right knots their cumulative sum minus ``B``.
+    Parameters shared across the batch keep size-1 dims (``_shared_view``): their per-bin table
+    is built once and read at each input's bin.
     """
     k = (params.shape[-1] + 1) // 3
-    shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
-    x = x.expand(shape)
-    pt = params.expand(*shape, params.shape[-1]).movedim(-1, 0)  # (3K - 1, *batch)
-    if pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major memory: one transposing copy
+    if x.shape == params.shape[:-1]:
+        shape = x.shape
+    else:
+        shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
+        x = x.expand(shape)
+    pt = _shared_view(params, len(shape)).movedim(-1, 0)  # (3K - 1, *pb); pb broadcasts to shape
+    shared = pt[0].numel() < x.numel()
+    if not shared and pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major: a transposing copy
         pt = pt.contiguous()
-    raw = pt[: 2 * k].unflatten(0, (2, k))  # (2, K, *batch): width and height logits
-    frac = torch.softmax(raw, 1)  # over the bins
-    j = torch.arange(1, k, dtype=x.dtype, device=x.device).view(k - 1, *(1,) * x.dim())
-    # interior knots j = 1..K-1 of x (row 0) and y (row 1): -B + 2B (m j + (1 - m K) C_{j-1});
-    # per-row Python scalars, so no host-to-device copy (a sync on CUDA) in the hot path
-    inner = torch.cumsum(frac[:, :-1], 1)
-    rows = [inner] if mins[0] == mins[1] else list(inner)  # both rows at once when they agree
-    for row, m in zip(rows, mins):
-        row.mul_(2 * bound * (1 - m * k)).add_(j * (2 * bound * m) - bound)
+    frac = torch.softmax(pt[: 2 * k].unflatten(0, (2, k)), 1)  # (2, K, *pb), over the bins
+    if mins[0] == mins[1]:  # both rows at once; in place unless the backward reads frac
+        a, b = 2 * bound * (1 - mins[0] * k), 2 * bound * mins[0]
+        size = (frac.mul(a) if backward else frac.mul_(a)).add_(b)
+    else:
+        size = torch.stack(
+            [f.mul(2 * bound * (1 - m * k)).add_(2 * bound * m) for f, m in zip(frac, mins)]
+        )
+    right = torch.cumsum(size, 1).sub_(bound)  # (2, K, *pb): knots 1..K of x and y
+    # derivatives δ_0..δ_K: interior m + softplus(θ + softplus⁻¹(1 - m)); raw 0 at the ends gives 1
+    t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(softplus_inverse(1 - mins[2]))
     xc = x.clamp(-bound, bound)
-    idx = (inner[1 if inverse else 0] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
-    pair = torch.cat([idx - 1, idx]).clamp_(0, k - 2)  # (2, *batch): knots k, k+1 as inner rows
-    ends = torch.cat([idx == 0, idx == k - 1])  # knot k is -B / knot k+1 is +B
-    (x0, x1), (y0, y1) = inner.gather(1, pair.expand(2, *pair.shape)).unbind(0)
-    x0 = torch.where(ends[0], -bound, x0)
-    y0 = torch.where(ends[0], -bound, y0)
-    x1 = torch.where(ends[1], bound, x1)
-    y1 = torch.where(ends[1], bound, y1)
-    t = pt[2 * k :] + softplus_inverse(1 - mins[2])  # (K - 1, *batch)
-    d0, d1 = torch.where(ends, 1.0, F.softplus(t.gather(0, pair)).add_(mins[2])).unbind(0)
-    wk, hk = x1 - x0, y1 - y0
-    s = hk / wk
-    c = d0 + d1 - 2 * s
+    idx = (right[1 if inverse else 0, :-1] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
+    pair = torch.cat([idx, idx + 1]) if backward or not shared else None  # δ rows of the bin
+    if shared:  # the per-bin table once, then one read per input
+        d = F.softplus(t).add_(mins[2])
+        s = size[1] / size[0]
+        c = d[:-1] + d[1:] - 2 * s
+        left = right - size
+        table = torch.stack([left[0], size[0], left[1], size[1], s, d[:-1], d[1:], c])
+        if pt[0].numel() == 1:
+            rows = table.view(8, k).index_select(1, idx.view(-1)).view(8, *shape)
+        else:
+            rows = table.expand(8, k, *shape).gather(1, idx.expand(8, *idx.shape)).squeeze(1)
+        x0, wk, y0, hk, s, d0, d1, c = rows
+    else:  # per-input parameters: read the bin's sizes, right knots and derivatives
+        ix = idx.expand(2, *idx.shape)
+        wk, hk = size.gather(1, ix).squeeze(1)
+        x1, y1 = right.gather(1, ix).squeeze(1)
+        x0, y0 = x1 - wk, y1 - hk
+        d0, d1 = F.softplus(t.gather(0, pair)).add_(mins[2])
+        s = hk / wk
+        c = d0 + d1 - 2 * s
     if not inverse:
         xi = ((xc - x0) / wk).clamp_(0, 1)
-    else:
+    else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0, in the stable form 2 s Δy / (b + √disc)
         dy = xc - y0
         dc = dy * c
-        a = hk * (s - d0) + dc
+        a = torch.addcmul(dc, hk, s - d0)
         b = hk * d0 - dc
-        disc = (b * b + 4 * a * s * dy).clamp_min_(0)
-        xi = ((-2 * s * dy) / (-b - torch.sqrt(disc))).clamp_(0, 1)
+        sdy = s * dy
+        disc = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0)
+        xi = (sdy + sdy).div_(b + disc.sqrt_()).clamp_(0, 1)
     om = 1 - xi
     xi1 = xi * om
     xi2 = xi * xi
     v = dict(
-        x=x, inside=(x > -bound) & (x < bound), xi=xi, xi1=xi1, s=s, c=c, q=s + c * xi1,
-        r=d1 * xi2 + 2 * s * xi1 + d0 * om * om, x0=x0, wk=wk, y0=y0, hk=hk,
+        x=x, inside=x.abs() < bound, xi=xi, xi1=xi1, s=s, c=c, q=torch.addcmul(s, c, xi1),
+        r=torch.addcmul(d1 * xi2, s, xi1, value=2).addcmul_(d0, om * om),
+        x0=x0, wk=wk, y0=y0, hk=hk,
     )  # fmt: skip
     if backward or not inverse:
-        v["p"] = s * xi2 + d0 * xi1
+        v["p"] = torch.addcmul(s * xi2, d0, xi1)
     if backward:
         v.update(d0=d0, d1=d1, idx=idx, frac=frac, t=t, pair=pair)
     return v
 
 
 def _value(v: dict[str, Any], inverse: bool) -> tuple[Tensor, Tensor]:
-    ladj = torch.log(v["s"] * v["s"] * v["r"]) - 2 * torch.log(v["q"])
-    if not inverse:
-        y = v["y0"] + v["hk"] * v["p"] / v["q"]
+    s, q = v["s"], v["q"]
+    if not inverse:  # log f' = log(s² R / Q²)
+        y = torch.addcdiv(v["y0"], v["hk"] * v["p"], q)
+        ladj = (s * s * v["r"]).div_(q * q).log_()
     else:
-        y, ladj = v["x0"] + v["xi"] * v["wk"], -ladj
+        y = torch.addcmul(v["x0"], v["xi"], v["wk"])
+        ladj = (q * q).div_(s * s * v["r"]).log_()
     inside = v["inside"]
     return torch.where(inside, y, v["x"]), torch.where(inside, ladj, 0.0)
 
@@ -160,15 +193,12 @@ def _backward(
     g_frac = torch.where(i < idx, below, 0.0).add_(torch.where(i <= idx, above, 0.0))
     for row, m in enumerate(mins[:2]):
         g_frac[row].mul_(2 * bound * (1 - m * k))
-    grad = frac.new_empty(3 * k - 1, *frac.shape[2:])
+    grad = frac.new_empty(3 * k - 1, *idx.shape[1:])
     g_frac = g_frac.sub_((g_frac * frac).sum(1, keepdim=True))
     torch.mul(frac, g_frac, out=grad[: 2 * k].unflatten(0, (2, k)))
-    # interior derivatives δ_j = m + softplus(t_{j-1}), j = 1..K-1: row k-1 gets g_d0, row k g_d1
-    ends = torch.cat([idx == 0, last])
-    g_d = torch.where(ends, 0.0, torch.stack([g_d0, g_d1]))
-    g_t = grad[2 * k :]
-    g_t.zero_().scatter_add_(0, pair, g_d)
-    g_t.mul_(torch.sigmoid(v["t"]))
+    # derivatives: δ_k gets g_d0 and δ_{k+1} g_d1 (rows of the padded table; the ends are 1)
+    g_t = grad.new_zeros(k + 1, *idx.shape[1:]).scatter_add_(0, pair, torch.stack([g_d0, g_d1]))
+    torch.mul(g_t[1:-1], torch.sigmoid(v["t"][1:-1]), out=grad[2 * k :])
     return gx, grad.movedim(0, -1)
 
 
