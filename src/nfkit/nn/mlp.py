@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_positive_int
+from nfkit._shapes import broadcast_shapes
 from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MLP", "Parameters", "broadcast_cat"]
@@ -17,7 +18,7 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
     """Concatenate ``x (*a, D)`` and ``context (*b, C)`` on the last dim, broadcasting batch dims."""
     if context is None:
         return x
-    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    batch = broadcast_shapes(x.shape[:-1], context.shape[:-1])
     return torch.cat(
         [x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1
     )

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
+from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
 from nfkit.nn.made import MADE
 from nfkit.transforms.transformers import Transformer
@@ -88,9 +89,7 @@ class Autoregressive(Transform):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         batch = (
-            z.shape[:-1]
-            if context is None
-            else torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
+            z.shape[:-1] if context is None else broadcast_shapes(z.shape[:-1], context.shape[:-1])
         )
         d, p = self.features, self.transformer.num_params
         z = z.expand(*batch, d)

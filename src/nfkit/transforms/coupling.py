@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
+from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
 from nfkit.transforms.functional import sum_event
@@ -119,7 +120,7 @@ class Coupling(Transform):
         step = self.transformer.inverse if inverse else self.transformer.forward
         z_b, ladj = step(x_b, params)
         e = self.event_dim
-        batch = torch.broadcast_shapes(x_a.shape[: x_a.dim() - e], z_b.shape[: z_b.dim() - e])
+        batch = broadcast_shapes(x_a.shape[: x_a.dim() - e], z_b.shape[: z_b.dim() - e])
         x_a = x_a.expand(*batch, *x_a.shape[x_a.dim() - e :])
         z = torch.cat([x_a, z_b], dim=self.dim).index_select(self.dim, self.perm_back)
         return z, sum_event(ladj, self.event_dim)

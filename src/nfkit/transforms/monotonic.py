@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit._numerics import monotone_solve
+from nfkit._shapes import broadcast_shapes
 from nfkit.nn.mlp import MLP
 from nfkit.transforms.functional import softplus_inverse
 from nfkit.transforms.transformers import Transformer
@@ -29,7 +30,7 @@ __all__ = ["DSFTransformer", "UMNNTransformer", "clenshaw_curtis"]
 
 
 def _broadcast(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
+    shape = broadcast_shapes(x.shape, params.shape[:-1])
     return x.expand(shape), params.expand(*shape, params.shape[-1])
 
 

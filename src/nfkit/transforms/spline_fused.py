@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfkit._shapes import broadcast_shapes
 from nfkit.transforms.functional import rqs, softplus_inverse
 
 __all__ = ["rqs_packed"]
@@ -81,11 +82,8 @@ def _locals(
     is built once and read at each input's bin.
     """
     k = (params.shape[-1] + 1) // 3
-    if x.shape == params.shape[:-1]:
-        shape = x.shape
-    else:
-        shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
-        x = x.expand(shape)
+    shape = broadcast_shapes(x.shape, params.shape[:-1])
+    x = x.expand(shape)
     pt = _shared_view(params, len(shape)).movedim(-1, 0)  # (3K - 1, *pb); pb broadcasts to shape
     shared = pt[0].numel() < x.numel()
     if not shared and pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major: a transposing copy

@@ -1,0 +1,14 @@
+"""Shape helpers for hot paths."""
+
+from __future__ import annotations
+
+import torch
+
+
+def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes(a, b)``, returning ``a`` at once when the shapes are equal.
+
+    The common case in a flow (data and parameters with the same batch) then costs a tuple
+    comparison instead of ``torch.broadcast_shapes``' ~6 µs of Python per call.
+    """
+    return a if a == b else torch.broadcast_shapes(a, b)
