@@ -58,6 +58,12 @@ TRANSFORMS: dict[str, Case] = {
         ),
         context=True,
     ),
+    "Autoregressive-affine-softsign": Case(
+        lambda d, c: T.Autoregressive(
+            d, T.AffineTransformer(scale="softsign"), context=c, hidden=H
+        ),
+        context=True,
+    ),
     "Coupling-affine-sigmoid": Case(
         lambda d, c: _coupling(d, c, T.AffineTransformer(scale="sigmoid")), context=True
     ),
@@ -97,6 +103,9 @@ MODELS: dict[str, ModelCase] = {
     "RealNVP-sigmoid": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, scale="sigmoid", **_SMALL)
     ),
+    "MAF-exp": ModelCase(lambda d, c: nf.models.MAF(d, context=c, scale="exp", **_SMALL)),
+    "RealNVP-exp": ModelCase(lambda d, c: nf.models.RealNVP(d, context=c, scale="exp", **_SMALL)),
+    "IAF-exp": ModelCase(lambda d, c: nf.models.IAF(d, context=c, scale="exp", **_SMALL)),
     "MAF-sigmoid": ModelCase(lambda d, c: nf.models.MAF(d, context=c, scale="sigmoid", **_SMALL)),
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True

@@ -1,4 +1,4 @@
-"""The affine transformer's two log-scale parameterizations: identity at zero, their ranges."""
+"""The affine transformer's log-scale parameterizations: identity at zero, their ranges."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
 
 
-@pytest.mark.parametrize("scale", ["exp", "sigmoid"])
+@pytest.mark.parametrize("scale", ["exp", "softsign", "sigmoid"])
 def test_zero_parameters_are_the_identity(scale: str) -> None:
     t = AffineTransformer(scale=scale)
     x = torch.randn(7, 3, dtype=torch.float64)
@@ -31,6 +31,8 @@ def test_log_scale_ranges(raw: float, bound: float) -> None:
     _, s_exp = AffineTransformer(max_log_scale=bound).forward(x, params)
     _, s_sig = AffineTransformer(max_log_scale=bound, scale="sigmoid").forward(x, params)
     assert -bound <= float(s_exp) <= bound
+    _, s_soft = AffineTransformer(max_log_scale=bound, scale="softsign").forward(x, params)
+    assert abs(float(s_soft)) < bound and math.copysign(1, float(s_soft)) == math.copysign(1, raw)
     # the sigmoid gate expands by at most 1/σ(2) and contracts by at most e^-B
     assert -bound <= float(s_sig) <= math.log1p(math.exp(-2.0)) + 1e-12
     xb, s_inv = AffineTransformer(max_log_scale=bound, scale="sigmoid").inverse(x, params)
@@ -45,10 +47,23 @@ def test_sigmoid_gate_matches_its_formula() -> None:
     torch.testing.assert_close(s, expected.clamp_min(-5.0))
 
 
+def test_softsign_matches_its_formula_and_reaches_half_the_bound_at_the_bound() -> None:
+    raw = torch.linspace(-20, 20, 41, dtype=torch.float64)
+    params = torch.stack([torch.zeros_like(raw), raw], -1)
+    _, s = AffineTransformer(scale="softsign", max_log_scale=4.0).forward(
+        torch.ones_like(raw), params
+    )
+    torch.testing.assert_close(s, raw / (1 + raw.abs() / 4.0))
+    assert float(s[24]) == 2.0  # raw = 4 = B gives B / 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scale": "tanh"}, "AffineTransformer: scale must be 'exp' or 'sigmoid', got 'tanh'"),
+        (
+            {"scale": "tanh"},
+            "AffineTransformer: scale must be 'exp', 'softsign' or 'sigmoid', got 'tanh'",
+        ),
         ({"max_log_scale": 0.0}, "AffineTransformer: max_log_scale must be > 0, got 0.0"),
     ],
 )

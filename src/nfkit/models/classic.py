@@ -119,15 +119,16 @@ def MAF(
     hidden: Sequence[int] = (128, 128),
     residual: bool = False,
     activation: str = "relu",
-    scale: str = "exp",
+    scale: str = "softsign",
     base: str = "normal",
 ) -> Flow:
     """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
 
     ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer. ``scale``: the affine
-    log-scale, ``"exp"`` (soft-clamped, expands and contracts) or ``"sigmoid"`` (Glow-style gate,
-    expands by at most 1.14x per layer: slower to over-fit small data); see
-    :class:`~nfkit.transforms.AffineTransformer`.
+    log-scale, ``"softsign"`` (default: ``ŝ / (1 + |ŝ|/5)``, expands and contracts),
+    ``"exp"`` (``5 tanh(ŝ/5)``, the default in 0.1: saved configs name it, so they rebuild as saved)
+    or ``"sigmoid"`` (Glow-style gate, expands by at most 1.14x per layer: slowest to over-fit
+    small data); see :class:`~nfkit.transforms.AffineTransformer`.
 
     Example:
         >>> import torch
@@ -164,7 +165,7 @@ def IAF(
     hidden: Sequence[int] = (128, 128),
     residual: bool = False,
     activation: str = "relu",
-    scale: str = "exp",
+    scale: str = "softsign",
     base: str = "normal",
 ) -> Flow:
     """Inverse autoregressive flow (Kingma et al. 2016, arXiv:1606.04934): MAF layers inverted.
@@ -236,12 +237,13 @@ def RealNVP(
     transforms: int = 5,
     hidden: Sequence[int] = (128, 128),
     batch_norm: bool = False,
-    scale: str = "exp",
+    scale: str = "softsign",
     base: str = "normal",
 ) -> Flow:
     """RealNVP (Dinh et al. 2016): affine couplings with alternating masks, optional BatchNorm.
 
-    ``scale``: the affine log-scale, ``"exp"`` or ``"sigmoid"``, as in :func:`MAF`.
+    ``scale``: the affine log-scale, ``"softsign"``, ``"exp"`` or ``"sigmoid"``, as in
+    :func:`MAF`.
     """
     layers = _coupling_stack(
         "RealNVP",

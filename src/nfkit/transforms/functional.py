@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "sum_event",
     "soft_clamp",
+    "softsign_clamp",
     "softplus_inverse",
     "rqs",
     "log_sigmoid_derivative",
@@ -32,6 +33,15 @@ def sum_event(x: Tensor, event_dim: int) -> Tensor:
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
     """Smooth clamp to ``(-bound, bound)``: ``bound · tanh(x / bound)`` (identity near 0)."""
     return bound * torch.tanh(x / bound)
+
+
+def softsign_clamp(x: Tensor, bound: float) -> Tensor:
+    """Smooth clamp to ``(-bound, bound)``: ``x / (1 + |x| / bound)`` (identity near 0).
+
+    It approaches the bound algebraically (``tanh`` exponentially), so its gradient never
+    vanishes and moderate inputs are compressed more: ``x = bound`` gives ``bound / 2``.
+    """
+    return x / x.abs().mul_(1 / bound).add_(1)
 
 
 def softplus_inverse(y: float) -> float:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit.transforms.functional import soft_clamp
+from nfkit.transforms.functional import soft_clamp, softsign_clamp
 from nfkit.transforms.spline_fused import rqs_packed
 
 _LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
@@ -79,6 +79,10 @@ class AffineTransformer(Transformer):
 
             * ``"exp"`` (default): ``s = B tanh(ŝ / B)``, soft-clamped to ``(-B, B)``. The layer
               may contract or expand by up to ``e^B``.
+            * ``"softsign"``: ``s = ŝ / (1 + |ŝ| / B)``, the same range reached algebraically
+              (as zuko's monotonic affine): moderate ``ŝ`` give smaller scales and the gradient
+              never vanishes. It learns faster and over-fits small data far less than ``"exp"``
+              (the default of the ``MAF``, ``IAF`` and ``RealNVP`` factories).
             * ``"sigmoid"``: ``s = log σ(ŝ + 2) - log σ(2)``, floored at ``-B``. This is the
               Glow / nflows gate (Kingma & Dhariwal 2018, arXiv:1807.03039), normalized so that
               ``ŝ = 0`` is the identity. It expands by at most ``1/σ(2) ≈ 1.14`` per layer. On
@@ -90,9 +94,10 @@ class AffineTransformer(Transformer):
     scale: str = "exp"
 
     def __post_init__(self) -> None:
-        if self.scale not in ("exp", "sigmoid"):
+        if self.scale not in ("exp", "softsign", "sigmoid"):
             raise ValueError(
-                f"AffineTransformer: scale must be 'exp' or 'sigmoid', got {self.scale!r}"
+                "AffineTransformer: scale must be 'exp', 'softsign' or 'sigmoid', "
+                f"got {self.scale!r}"
             )
         if not self.max_log_scale > 0:
             raise ValueError(
@@ -108,6 +113,8 @@ class AffineTransformer(Transformer):
         shift, raw = params.unbind(-1)
         if self.scale == "exp":
             return shift, soft_clamp(raw, self.max_log_scale)
+        if self.scale == "softsign":
+            return shift, softsign_clamp(raw, self.max_log_scale)
         log_scale = F.logsigmoid(raw + 2.0) - _LOG_SIGMOID_2
         return shift, log_scale.clamp_min(-self.max_log_scale)
 
