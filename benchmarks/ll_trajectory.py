@@ -2,10 +2,13 @@ r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, p
 
     python benchmarks/ll_trajectory.py --cells digits-MAF,digits-RealNVP --at 100,250,500
     python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --scale sigmoid
+    python benchmarks/ll_trajectory.py --cells moons-MAF --at 500 --seeds 0,1,2,3,4,5,6,7,8
 
 Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
 the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per-row test LL at
-each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting.
+each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting. ``--seeds`` repeats
+each cell with other data splits and initializations (``peers.py`` uses seed 0; the batches stay
+the same) and prints each library's mean test LL at the last checkpoint over the seeds.
 """
 
 from __future__ import annotations
@@ -25,41 +28,56 @@ def main() -> None:
     p.add_argument("--at", default="100,250,500", help="checkpoints (steps)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
-        "--scale", choices=["exp", "sigmoid"], default=None, help="nfkit MAF/RealNVP affine scale"
+        "--scale",
+        choices=["softsign", "exp", "sigmoid"],
+        default=None,
+        help="nfkit MAF/RealNVP affine scale",
     )
+    p.add_argument("--seeds", default="0", help="data-split and initialization seeds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     checkpoints = sorted(int(s) for s in args.at.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
     for cell in args.cells.split(","):
         data, model = cell.split("-")
-        train, test = peers.load_data(data)
-        for lib in args.libs.split(","):
-            torch.manual_seed(0)
-            if lib == "nfkit" and args.scale and model in ("MAF", "RealNVP"):
-                kw = {"transforms": peers.TRANSFORMS, "hidden": peers.HIDDEN, "scale": args.scale}
-                flow = getattr(nf.models, model)(train.shape[1], **kw)
-                m = peers.Model(flow, flow.log_prob, flow.sample, model == "MAF", [])
-            else:
-                try:
-                    m = peers.build(lib, model, train.shape[1])
-                except NotImplementedError:  # no matching architecture in that library
-                    continue
-            step = peers.train_step_fn(m, train, "cpu")
-            torch.manual_seed(0)
-            row = []
-            for s in range(1, checkpoints[-1] + 1):
-                step()
-                if s in checkpoints:
-                    m.module.eval()
-                    with torch.no_grad():
-                        ll, tr = m.log_prob(test), m.log_prob(train[:1000])
-                    m.module.train()
-                    q = torch.quantile(ll, torch.tensor([0.01, 0.5]))
-                    row.append(
-                        f"{s}: train {tr.mean():.2f} test {ll.mean():.2f} "
-                        f"(median {q[1]:.2f}, 1% {q[0]:.1f})"
-                    )
-            print(f"[{cell}] {lib:9s} " + " | ".join(row), flush=True)
+        final: dict[str, list[float]] = {}
+        for seed in seeds:
+            train, test = peers.load_data(data, seed)
+            for lib in args.libs.split(","):
+                torch.manual_seed(seed)
+                if lib == "nfkit" and args.scale and model in ("MAF", "RealNVP"):
+                    kw = {"transforms": peers.TRANSFORMS, "hidden": peers.HIDDEN}
+                    flow = getattr(nf.models, model)(train.shape[1], scale=args.scale, **kw)
+                    m = peers.Model(flow, flow.log_prob, flow.sample, model == "MAF", [])
+                else:
+                    try:
+                        m = peers.build(lib, model, train.shape[1])
+                    except NotImplementedError:  # no matching architecture in that library
+                        continue
+                step = peers.train_step_fn(m, train, "cpu")
+                torch.manual_seed(0)
+                row = []
+                for s in range(1, checkpoints[-1] + 1):
+                    step()
+                    if s in checkpoints:
+                        m.module.eval()
+                        with torch.no_grad():
+                            ll, tr = m.log_prob(test), m.log_prob(train[:1000])
+                        m.module.train()
+                        q = torch.quantile(ll, torch.tensor([0.01, 0.5]))
+                        row.append(
+                            f"{s}: train {tr.mean():.2f} test {ll.mean():.2f} "
+                            f"(median {q[1]:.2f}, 1% {q[0]:.1f})"
+                        )
+                final.setdefault(lib, []).append(float(ll.mean()))
+                print(f"[{cell}] seed {seed} {lib:9s} " + " | ".join(row), flush=True)
+        if len(seeds) > 1:
+            for lib, lls in final.items():
+                print(
+                    f"[{cell}] {lib:9s} test LL at {checkpoints[-1]} over seeds {args.seeds}: "
+                    f"mean {sum(lls) / len(lls):.3f} (" + ", ".join(f"{v:.3f}" for v in lls) + ")",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

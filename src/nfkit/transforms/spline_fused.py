@@ -33,14 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit._shapes import broadcast_shapes
-from nfkit.transforms.functional import rqs, softplus_inverse
+from nfkit.transforms.functional import functorch_active, rqs, softplus_inverse
 
 __all__ = ["rqs_packed"]
 
 Mins = tuple[float, float, float]
-
-# True inside torch.func transforms, which a ctx-style autograd.Function does not support.
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def _reference(
@@ -278,7 +275,7 @@ def rqs_packed(
     gradients as the reference; faster on CPU (fewer ops, a hand-written backward).
     """
     mins = (min_width, min_height, min_derivative)
-    if params.shape[-1] < 5 or torch.compiler.is_compiling() or _functorch_active():
+    if params.shape[-1] < 5 or torch.compiler.is_compiling() or functorch_active():
         # one bin; or let inductor fuse the reference; or torch.func (vmap, grad, jacrev) over it
         return _reference(x, params, bound, mins, inverse)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
