@@ -72,7 +72,7 @@ def softsign_clamp(x: Tensor, bound: float) -> Tensor:
     a training step; ``torch.compile`` and ``torch.func`` see the plain formula.
     """
     if torch.compiler.is_compiling() or functorch_active() or not x.requires_grad:
-        return x / x.abs().mul_(1 / bound).add_(1)
+        return x * x.abs().mul_(1 / bound).add_(1).reciprocal_()  # the Function's rounding
     return _SoftsignClamp.apply(x, bound)
 
 
