@@ -6,9 +6,10 @@ r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, p
 
 Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
 the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per-row test LL at
-each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting. ``--seeds`` repeats
-each cell with other data splits and initializations (``peers.py`` uses seed 0; the batches stay
-the same) and prints each library's mean test LL at the last checkpoint over the seeds.
+each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting.
+``--seeds`` repeats each cell with other data splits and initializations (``peers.py`` uses
+seed 0; the batches stay the same) and prints each library's mean test LL at the last checkpoint
+over the seeds.
 """
 
 from __future__ import annotations
@@ -21,11 +22,24 @@ import torch
 import nfkit as nf
 
 
+def _ints(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; argparse reports anything else in one line."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="digits-MAF")
     p.add_argument("--libs", default=",".join(peers.LIBS))
-    p.add_argument("--at", default="100,250,500", help="checkpoints (steps)")
+    p.add_argument("--at", type=_ints, default="100,250,500", help="checkpoints (steps)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--scale",
@@ -33,11 +47,10 @@ def main() -> None:
         default=None,
         help="nfkit MAF/RealNVP affine scale",
     )
-    p.add_argument("--seeds", default="0", help="data-split and initialization seeds")
+    p.add_argument("--seeds", type=_ints, default="0", help="data-split and initialization seeds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    checkpoints = sorted(int(s) for s in args.at.split(","))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    checkpoints, seeds = sorted(args.at), args.seeds
     for cell in args.cells.split(","):
         data, model = cell.split("-")
         final: dict[str, list[float]] = {}
@@ -74,7 +87,7 @@ def main() -> None:
         if len(seeds) > 1:
             for lib, lls in final.items():
                 print(
-                    f"[{cell}] {lib:9s} test LL at {checkpoints[-1]} over seeds {args.seeds}: "
+                    f"[{cell}] {lib:9s} test LL at {checkpoints[-1]} over seeds {','.join(map(str, seeds))}: "
                     f"mean {sum(lls) / len(lls):.3f} (" + ", ".join(f"{v:.3f}" for v in lls) + ")",
                     flush=True,
                 )
