@@ -2,6 +2,7 @@ r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, p
 
     python benchmarks/ll_trajectory.py --cells digits-MAF,digits-RealNVP --at 100,250,500
     python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --scale sigmoid
+    python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --max-log-scale 1 --fit 1500
     python benchmarks/ll_trajectory.py --cells moons-MAF --at 500 --seeds 0,1,2,3,4,5,6,7,8
 
 Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
@@ -9,7 +10,8 @@ the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per
 each checkpoint. It shows whether a gap at the end of the budget is under- or over-fitting.
 ``--seeds`` repeats each cell with other data splits and initializations (``peers.py`` uses
 seed 0; the batches stay the same) and prints each library's mean test LL at the last checkpoint
-over the seeds.
+over the seeds. ``--fit N`` also trains nfkit with ``nf.fit(steps=N)`` (early stopping) per seed;
+``--scale`` and ``--max-log-scale`` set nfkit's affine log-scale (MAF, RealNVP).
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _build(lib: str, model: str, d: int, args: argparse.Namespace) -> peers.Model:
+    """``peers.build``, except nfkit's affine models take ``--scale``/``--max-log-scale``."""
+    options = {"scale": args.scale, "max_log_scale": args.max_log_scale}
+    options = {k: v for k, v in options.items() if v is not None}
+    if lib != "nfkit" or not options or model not in ("MAF", "RealNVP"):
+        return peers.build(lib, model, d)
+    flow = getattr(nf.models, model)(
+        d, transforms=peers.TRANSFORMS, hidden=peers.HIDDEN, **options
+    )
+    return peers.Model(flow, flow.log_prob, flow.sample, model == "MAF", [])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="digits-MAF")
@@ -47,6 +61,15 @@ def main() -> None:
         default=None,
         help="nfkit MAF/RealNVP affine scale",
     )
+    p.add_argument(
+        "--max-log-scale",
+        type=float,
+        default=None,
+        help="nfkit MAF/RealNVP bound on the log-scale per layer (default: the factory's, 5)",
+    )
+    p.add_argument(
+        "--fit", type=int, default=0, help="also train nfkit with nf.fit(steps=FIT) per seed"
+    )
     p.add_argument("--seeds", type=_ints, default="0", help="data-split and initialization seeds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,15 +81,10 @@ def main() -> None:
             train, test = peers.load_data(data, seed)
             for lib in args.libs.split(","):
                 torch.manual_seed(seed)
-                if lib == "nfkit" and args.scale and model in ("MAF", "RealNVP"):
-                    kw = {"transforms": peers.TRANSFORMS, "hidden": peers.HIDDEN}
-                    flow = getattr(nf.models, model)(train.shape[1], scale=args.scale, **kw)
-                    m = peers.Model(flow, flow.log_prob, flow.sample, model == "MAF", [])
-                else:
-                    try:
-                        m = peers.build(lib, model, train.shape[1])
-                    except NotImplementedError:  # no matching architecture in that library
-                        continue
+                try:
+                    m = _build(lib, model, train.shape[1], args)
+                except NotImplementedError:  # no matching architecture in that library
+                    continue
                 step = peers.train_step_fn(m, train, "cpu")
                 torch.manual_seed(0)
                 row = []
@@ -84,6 +102,14 @@ def main() -> None:
                         )
                 final.setdefault(lib, []).append(float(ll.mean()))
                 print(f"[{cell}] seed {seed} {lib:9s} " + " | ".join(row), flush=True)
+                if lib == "nfkit" and args.fit:
+                    torch.manual_seed(seed)
+                    m = _build(lib, model, train.shape[1], args)
+                    nf.fit(m.module, train, steps=args.fit, progress=False, seed=0)
+                    ll_fit = peers.mean_ll(m, test, "cpu")
+                    print(
+                        f"[{cell}] seed {seed} nfkit nf.fit(steps={args.fit}): test {ll_fit:.3f}"
+                    )
         if len(seeds) > 1:
             for lib, lls in final.items():
                 print(

@@ -131,6 +131,10 @@ def test_out_of_support_input_is_rejected() -> None:
         (lambda: T.Affine(scale=0.0), "Affine: scale must be finite and nonzero"),
         (lambda: nf.Flow(T.Tanh(), "normal"), "Flow: base must be"),
         (lambda: nf.models.build({"model": "Nope"}), "unknown model 'Nope'"),
+        (
+            lambda: nf.models.RealNVP(2, max_log_scale=0.0),
+            "AffineTransformer: max_log_scale must be > 0, got 0.0",
+        ),
         (lambda: nf.distributions.Uniform(2, low=1, high=0), "Uniform: need high > low"),
     ],
 )
@@ -138,6 +142,23 @@ def test_constructors_reject_bad_arguments(build, message: str) -> None:
     with pytest.raises((ValueError, TypeError)) as info:
         build()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["MAF", "IAF", "RealNVP"])
+def test_affine_factories_bound_the_log_scale_and_record_it(model: str) -> None:
+    flow = getattr(nf.models, model)(2, transforms=2, hidden=(8,), max_log_scale=0.5)
+    assert flow.config["max_log_scale"] == 0.5
+    rebuilt = nf.models.build(flow.config)
+    for f in (flow, rebuilt):
+        assert {m.transformer.max_log_scale for m in f.modules() if hasattr(m, "transformer")} == {
+            0.5
+        }
+    # raw outputs far beyond the bound: no layer's log-det per dimension exceeds B
+    nf.testing.perturb_parameters(flow, 50.0)
+    x = torch.randn(64, 2)
+    with torch.no_grad():
+        _, ladj = flow.transform.forward(x) if model != "IAF" else flow.transform.inverse(x)
+    assert ladj.abs().max() <= 0.5 * 2 * 2 + 1e-4  # 2 layers × 2 features × B
 
 
 def test_validation_can_be_switched_off_per_flow() -> None:

@@ -106,6 +106,7 @@ MODELS: dict[str, ModelCase] = {
     "MAF-exp": ModelCase(lambda d, c: nf.models.MAF(d, context=c, scale="exp", **_SMALL)),
     "RealNVP-exp": ModelCase(lambda d, c: nf.models.RealNVP(d, context=c, scale="exp", **_SMALL)),
     "IAF-exp": ModelCase(lambda d, c: nf.models.IAF(d, context=c, scale="exp", **_SMALL)),
+    "MAF-bound1": ModelCase(lambda d, c: nf.models.MAF(d, context=c, max_log_scale=1.0, **_SMALL)),
     "MAF-sigmoid": ModelCase(lambda d, c: nf.models.MAF(d, context=c, scale="sigmoid", **_SMALL)),
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True
