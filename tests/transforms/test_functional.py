@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfkit.transforms.functional import rqs, softsign_clamp
+from nfkit.transforms.functional import _UnbindLast, rqs, softsign_clamp, unbind_last
 
 settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
@@ -99,3 +99,30 @@ def test_softsign_clamp_gradients() -> None:
     assert torch.autograd.gradcheck(lambda a: softsign_clamp(a, 2.0), (smooth,))
     assert torch.autograd.gradgradcheck(lambda a: softsign_clamp(a, 2.0), (smooth,))
     torch.testing.assert_close(torch.func.grad(lambda a: softsign_clamp(a, 3.0).sum())(x), g)
+
+
+def test_unbind_last_matches_unbind_with_gradients() -> None:
+    torch.manual_seed(0)
+    # (4096, 3, 2): slots of 12288 entries take the Function; the feature-major layout of a
+    # network's output (parameters innermost) and a transposed one
+    base = torch.randn(4096, 3, 2, dtype=torch.float64)
+    for x in (base, base.transpose(0, 1).contiguous().transpose(0, 1)):
+        x = x.clone().requires_grad_()
+        ref = x.detach().clone().requires_grad_()
+        parts, ref_parts = unbind_last(x), ref.unbind(-1)
+        assert type(parts[0].grad_fn).__name__ == "_UnbindLastBackward"
+        for p, r in zip(parts, ref_parts):
+            torch.testing.assert_close(p, r, rtol=0, atol=0)
+        cot = [torch.randn_like(r) for r in ref_parts]
+        (sum((p.sin() * c).sum() for p, c in zip(parts, cot))).backward()
+        (sum((r.sin() * c).sum() for r, c in zip(ref_parts, cot))).backward()
+        torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=0)
+        assert x.grad.stride() == x.stride()  # the gradient keeps the input's layout
+        # one slot unused: its gradient is zero
+        x.grad = None
+        unbind_last(x)[1].sum().backward()
+        assert x.grad[..., 0].abs().sum() == 0 and (x.grad[..., 1] == 1).all()
+    # small slots: plain unbind; double backward through the Function is exact
+    assert unbind_last(torch.randn(8, 2, requires_grad=True))[0].grad_fn.name() == "UnbindBackward0"
+    small = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: [u.sin() for u in _UnbindLast.apply(t)], (small,))

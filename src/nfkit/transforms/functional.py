@@ -76,6 +76,51 @@ def softsign_clamp(x: Tensor, bound: float) -> Tensor:
     return _SoftsignClamp.apply(x, bound)
 
 
+class _UnbindLast(torch.autograd.Function):
+    """``x.unbind(-1)`` whose backward writes each gradient into its slot of one tensor laid out
+    as ``x`` (a strided copy per slot) instead of ``torch.stack(grads, -1)``: CPU ``stack`` along
+    the last dim interleaves element by element, 3-4x slower (0.34 vs 0.10 ms on two
+    ``(512, 256)`` gradients). ``create_graph=True`` backpropagates through ``stack`` instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.layout = x  # shape, dtype, device and strides of the gradient (not saved for autograd)
+        return x.unbind(-1)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> Tensor:  # type: ignore[override]
+        x = ctx.layout
+        if torch.is_grad_enabled():
+            return torch.stack(
+                [torch.zeros_like(x[..., i]) if g is None else g for i, g in enumerate(grads)], -1
+            )
+        out = torch.empty_like(x)
+        for i, g in enumerate(grads):
+            if g is None:
+                out[..., i].zero_()
+            else:
+                out[..., i].copy_(g)
+        return out
+
+
+def unbind_last(x: Tensor) -> tuple[Tensor, ...]:
+    """``x.unbind(-1)`` with a cheaper backward for large slots (see ``_UnbindLast``).
+
+    Plain ``unbind`` when no gradient is needed, under ``torch.compile`` or ``torch.func``, and
+    for slots under 8192 entries, where ``stack`` is cheap and a Python ``Function`` costs more
+    than it saves (a 2-D MAF step: +3%; a 256-D one: -5%).
+    """
+    if (
+        not x.requires_grad
+        or x.numel() < 8192 * x.shape[-1]
+        or torch.compiler.is_compiling()
+        or functorch_active()
+    ):
+        return x.unbind(-1)
+    return _UnbindLast.apply(x)
+
+
 def softplus_inverse(y: float) -> float:
     """``log(exp(y) - 1)``: the raw value whose softplus is ``y``."""
     return math.log(math.expm1(y))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit.transforms.functional import soft_clamp, softsign_clamp
+from nfkit.transforms.functional import soft_clamp, softsign_clamp, unbind_last
 from nfkit.transforms.spline_fused import rqs_packed
 
 _LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
@@ -109,8 +109,8 @@ class AffineTransformer(Transformer):
         return 2
 
     def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        # unbind (not two selects): its backward stacks the gradients instead of zero-filling.
-        shift, raw = params.unbind(-1)
+        # one unbind (not two selects, whose backwards zero-fill a full tensor each)
+        shift, raw = unbind_last(params)
         if self.scale == "exp":
             return shift, soft_clamp(raw, self.max_log_scale)
         if self.scale == "softsign":
