@@ -123,6 +123,10 @@ def test_unbind_last_matches_unbind_with_gradients() -> None:
         unbind_last(x)[1].sum().backward()
         assert x.grad[..., 0].abs().sum() == 0 and (x.grad[..., 1] == 1).all()
     # small slots: plain unbind; double backward through the Function is exact
-    assert unbind_last(torch.randn(8, 2, requires_grad=True))[0].grad_fn.name() == "UnbindBackward0"
+    assert (
+        unbind_last(torch.randn(8, 2, requires_grad=True))[0].grad_fn.name() == "UnbindBackward0"
+    )
     small = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda t: [u.sin() for u in _UnbindLast.apply(t)], (small,))
+    assert torch.autograd.gradgradcheck(
+        lambda t: [u.sin() for u in _UnbindLast.apply(t)], (small,)
+    )
