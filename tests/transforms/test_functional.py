@@ -103,9 +103,9 @@ def test_softsign_clamp_gradients() -> None:
 
 def test_unbind_last_matches_unbind_with_gradients() -> None:
     torch.manual_seed(0)
-    # (4096, 3, 2): slots of 12288 entries take the Function; the feature-major layout of a
+    # (4096, 9, 2): slots of 36864 entries take the Function; the feature-major layout of a
     # network's output (parameters innermost) and a transposed one
-    base = torch.randn(4096, 3, 2, dtype=torch.float64)
+    base = torch.randn(4096, 9, 2, dtype=torch.float64)
     for x in (base, base.transpose(0, 1).contiguous().transpose(0, 1)):
         x = x.clone().requires_grad_()
         ref = x.detach().clone().requires_grad_()
