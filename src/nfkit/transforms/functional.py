@@ -107,13 +107,14 @@ class _UnbindLast(torch.autograd.Function):
 def unbind_last(x: Tensor) -> tuple[Tensor, ...]:
     """``x.unbind(-1)`` with a cheaper backward for large slots (see ``_UnbindLast``).
 
-    Plain ``unbind`` when no gradient is needed, under ``torch.compile`` or ``torch.func``, and
-    for slots under 32768 entries, where ``stack`` is cheap and a Python ``Function`` costs more
-    than it saves (batch 512 steps, interleaved A/B: a 2-D MAF +3%, a 32-D coupling +2%; a 64-D
-    MAF -2.5%, a 256-D one -3.6%).
+    Plain ``unbind`` when no gradient is needed, off the CPU, under ``torch.compile`` or
+    ``torch.func``, and for slots under 32768 entries, where ``stack`` is cheap and a Python
+    ``Function`` costs more than it saves (batch 512 steps, interleaved A/B: a 2-D MAF +3%, a
+    32-D coupling +2%; a 64-D MAF -2.5%, a 256-D one -3.6%).
     """
     if (
         not x.requires_grad
+        or x.device.type != "cpu"  # CUDA's cat along the last dim is one vectorized kernel
         or x.numel() < 32768 * x.shape[-1]
         or torch.compiler.is_compiling()
         or functorch_active()
