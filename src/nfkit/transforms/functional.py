@@ -85,7 +85,7 @@ class _UnbindLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        ctx.layout = x  # shape, dtype, device and strides of the gradient (not saved for autograd)
+        ctx.layout = x.detach()  # only its shape, dtype, device and strides: the gradient's layout
         return x.unbind(-1)
 
     @staticmethod
