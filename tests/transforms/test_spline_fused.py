@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfkit.transforms.functional import rqs
-from nfkit.transforms.spline_fused import rqs_packed
+from nfkit.transforms.spline_fused import _transposed_copy, rqs_packed
 
 settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
@@ -187,3 +187,26 @@ def test_torch_func_transforms_use_the_reference() -> None:
     p0 = params[:, 0]
     jac = torch.func.vmap(torch.func.jacrev(lambda a, p: _packed(a, p, 3.0)[0]))(x[:, 0], p0)
     torch.testing.assert_close(jac, torch.exp(_reference(x[:, 0], p0, 3.0)[1]))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_large_parameters_take_the_tiled_transpose_with_the_same_result(inverse: bool) -> None:
+    torch.manual_seed(0)
+    params = torch.randn(4096, 8, 23)  # 753k entries: over the 2**19 threshold
+    pt = params.movedim(-1, 0)
+    assert torch.equal(_transposed_copy(params, pt), pt.contiguous())
+    small = params[:64]
+    assert torch.equal(
+        _transposed_copy(small, small.movedim(-1, 0)), small.movedim(-1, 0).contiguous()
+    )
+    # the same spline through the tiled copy (contiguous params) and the plain one (not contiguous)
+    x = 6 * torch.rand(4096, 8) - 3
+    other = params.transpose(0, 1).contiguous().transpose(0, 1)
+    a = params.clone().requires_grad_()
+    b = other.clone().requires_grad_()
+    ya, la = rqs_packed(x, a, bound=5.0, inverse=inverse)
+    yb, lb = rqs_packed(x, b, bound=5.0, inverse=inverse)
+    assert torch.equal(ya, yb) and torch.equal(la, lb)
+    (ya.sum() + la.sum()).backward()
+    (yb.sum() + lb.sum()).backward()
+    assert torch.equal(a.grad, b.grad)

@@ -63,6 +63,19 @@ def _shared_view(params: Tensor, ndim: int) -> Tensor:
     return params
 
 
+def _transposed_copy(params: Tensor, pt: Tensor) -> Tensor:
+    """``pt`` (``params`` with its last dim moved first) made contiguous.
+
+    A contiguous ``params`` larger than about 2 MB goes through the 2-D transpose ``(N, P) → (P,
+    N)``, which torch copies in cache-sized tiles: 2.4x faster than the element-wise strided copy
+    for ``(512, 64, 23)`` (0.65 vs 1.58 ms), 3.5x for ``(512, 128, 23)``. Smaller tensors fit the
+    cache, where the plain copy is faster (``(4096, 2, 23)``: 82 vs 142 µs).
+    """
+    if params.numel() >= 2**19 and params.is_contiguous():
+        return params.reshape(-1, params.shape[-1]).t().contiguous().view(pt.shape)
+    return pt.contiguous()
+
+
 def _locals(
     x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, backward: bool = True
 ) -> dict[str, Any]:
@@ -84,7 +97,7 @@ def _locals(
     pt = _shared_view(params, len(shape)).movedim(-1, 0)  # (3K - 1, *pb); pb broadcasts to shape
     shared = pt[0].numel() < x.numel()
     if not shared and pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major: a transposing copy
-        pt = pt.contiguous()
+        pt = _transposed_copy(params, pt)
     frac = torch.softmax(pt[: 2 * k].unflatten(0, (2, k)), 1)  # (2, K, *pb), over the bins
     if mins[0] == mins[1]:  # both rows at once; in place unless the backward reads frac
         a, b = 2 * bound * (1 - mins[0] * k), 2 * bound * mins[0]
