@@ -110,7 +110,7 @@ def unbind_last(x: Tensor) -> tuple[Tensor, ...]:
     Plain ``unbind`` when no gradient is needed, off the CPU, under ``torch.compile`` or
     ``torch.func``, and for slots under 32768 entries, where ``stack`` is cheap and a Python
     ``Function`` costs more than it saves (batch 512 steps, interleaved A/B: a 2-D MAF +3%, a
-    32-D coupling +2%; a 64-D MAF -2.5%, a 256-D one -3.6%).
+    32-D coupling +2%; a 64-D MAF -0.6 to -2.5%, a 256-D one -3.6 to -4.4%).
     """
     if (
         not x.requires_grad
