@@ -17,6 +17,7 @@ over the seeds. ``--fit N`` also trains nfkit with ``nf.fit(steps=N)`` (early st
 from __future__ import annotations
 
 import argparse
+import math
 
 import peers
 import torch
@@ -35,6 +36,17 @@ def _ints(text: str) -> list[int]:
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
     return values
+
+
+def _positive(text: str) -> float:
+    """A float > 0; argparse reports anything else in one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _build(lib: str, model: str, d: int, args: argparse.Namespace) -> peers.Model:
@@ -63,7 +75,7 @@ def main() -> None:
     )
     p.add_argument(
         "--max-log-scale",
-        type=float,
+        type=_positive,
         default=None,
         help="nfkit MAF/RealNVP bound on the log-scale per layer (default: the factory's, 5)",
     )

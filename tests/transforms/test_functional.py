@@ -130,3 +130,10 @@ def test_unbind_last_matches_unbind_with_gradients() -> None:
     assert torch.autograd.gradgradcheck(
         lambda t: [u.sin() for u in _UnbindLast.apply(t)], (small,)
     )
+
+
+def test_unbind_last_under_torch_func_uses_plain_unbind() -> None:
+    x = torch.randn(4096, 9, 2, dtype=torch.float64)  # large enough for the Function in autograd
+    grad = torch.func.grad(lambda t: (unbind_last(t)[0].sin() * unbind_last(t)[1]).sum())(x)
+    s, r = x.unbind(-1)
+    torch.testing.assert_close(grad, torch.stack([s.cos() * r, s.sin()], -1))

@@ -37,7 +37,13 @@ def soft_clamp(x: Tensor, bound: float) -> Tensor:
 
 
 # True inside torch.func transforms, which a ctx-style autograd.Function does not support.
-functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def plain_ops_only() -> bool:
+    """True where a hand-written ``autograd.Function`` must give way to plain tensor ops: under
+    ``torch.compile`` (inductor fuses the plain ops) and inside ``torch.func`` transforms."""
+    return torch.compiler.is_compiling() or _functorch_active()
 
 
 class _SoftsignClamp(torch.autograd.Function):
@@ -71,7 +77,7 @@ def softsign_clamp(x: Tensor, bound: float) -> Tensor:
     ``x = bound`` gives ``bound / 2``. A hand-written backward keeps it as cheap as ``tanh`` in
     a training step; ``torch.compile`` and ``torch.func`` see the plain formula.
     """
-    if torch.compiler.is_compiling() or functorch_active() or not x.requires_grad:
+    if not x.requires_grad or plain_ops_only():
         return x * x.abs().mul_(1 / bound).add_(1).reciprocal_()  # the Function's rounding
     return _SoftsignClamp.apply(x, bound)
 
@@ -116,8 +122,7 @@ def unbind_last(x: Tensor) -> tuple[Tensor, ...]:
         not x.requires_grad
         or x.device.type != "cpu"  # CUDA's cat along the last dim is one vectorized kernel
         or x.numel() < 32768 * x.shape[-1]
-        or torch.compiler.is_compiling()
-        or functorch_active()
+        or plain_ops_only()
     ):
         return x.unbind(-1)
     return _UnbindLast.apply(x)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit._shapes import broadcast_shapes
-from nfkit.transforms.functional import functorch_active, rqs, softplus_inverse
+from nfkit.transforms.functional import plain_ops_only, rqs, softplus_inverse
 
 __all__ = ["rqs_packed"]
 
@@ -288,7 +288,7 @@ def rqs_packed(
     gradients as the reference; faster on CPU (fewer ops, a hand-written backward).
     """
     mins = (min_width, min_height, min_derivative)
-    if params.shape[-1] < 5 or torch.compiler.is_compiling() or functorch_active():
+    if params.shape[-1] < 5 or plain_ops_only():
         # one bin; or let inductor fuse the reference; or torch.func (vmap, grad, jacrev) over it
         return _reference(x, params, bound, mins, inverse)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
