@@ -61,8 +61,10 @@ def check_tensor(where: str, name: str, x: object) -> Tensor:
     return x
 
 
-def check_event(where: str, name: str, x: Tensor, event_shape: Sequence[int]) -> None:
-    """``x`` must end with ``event_shape`` and hold only finite values."""
+def check_event(
+    where: str, name: str, x: Tensor, event_shape: Sequence[int], *, values: bool = True
+) -> None:
+    """``x`` must end with ``event_shape`` and (if ``values``) hold only finite values."""
     check_tensor(where, name, x)
     k = len(event_shape)
     if x.dim() < k or tuple(x.shape[x.dim() - k :]) != tuple(event_shape):
@@ -70,6 +72,8 @@ def check_event(where: str, name: str, x: Tensor, event_shape: Sequence[int]) ->
             f"last dim {event_shape[0]}" if k == 1 else f"trailing shape {shape_str(event_shape)}"
         )
         raise ValueError(f"{where}: {name} must have {what}, got shape {shape_str(x.shape)}")
+    if not values:
+        return
     # One reduction in the common case: a sum is finite only if every entry is (NaN and ±inf
     # propagate); an overflowing sum of finite values falls through to the exact test.
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
@@ -86,8 +90,11 @@ def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
         raise ValueError(f"{where}: {name} has values outside the support {domain} (e.g. {bad:g})")
 
 
-def check_context(where: str, context: Tensor | None, features: int) -> None:
-    """A flow with ``features`` context features needs a context of last dim ``features``."""
+def check_context(
+    where: str, context: Tensor | None, features: int, *, values: bool = True
+) -> None:
+    """A flow with ``features`` context features needs a context of last dim ``features``
+    (finite, if ``values``)."""
     if features == 0:
         if context is not None:
             raise ValueError(f"{where}: this flow takes no context, but a context was given")
@@ -96,7 +103,7 @@ def check_context(where: str, context: Tensor | None, features: int) -> None:
         raise ValueError(
             f"{where}: this flow is conditional and needs a context of last dim {features}"
         )
-    check_event(where, "context", context, (features,))
+    check_event(where, "context", context, (features,), values=values)
 
 
 def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:

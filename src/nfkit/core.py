@@ -163,6 +163,12 @@ def _as_shape(shape_or_n: int | Sequence[int] | torch.Size, where: str) -> torch
     return torch.Size(shape)
 
 
+def _check_values() -> bool:
+    """Whether the boundary checks read values (NaN, inf, support): not while ``torch.compile``
+    traces, since reading a value on the host would break the graph."""
+    return not torch.compiler.is_compiling()
+
+
 class Flow(nn.Module):
     r"""A normalizing flow: the distribution of ``x = T⁻¹(z)`` with ``z ~ base``.
 
@@ -178,6 +184,12 @@ class Flow(nn.Module):
     Shapes:
         ``log_prob``: x ``(*batch, *event)``, context ``(*batch, C)`` → ``(*batch,)``.
         ``sample(shape)``: context ``(*cb, C)`` → ``(*shape, *cb, *event)``.
+
+    Input checks: ``log_prob`` and ``sample`` raise a one-line ``ValueError`` for a wrong shape,
+    a missing or extra context, NaN or inf, or ``x`` outside the transform's domain. While
+    ``torch.compile`` traces, only the checks that need no tensor values (shapes, context) run, so
+    ``torch.compile(flow.log_prob, fullgraph=True)`` is one graph; ``flow.validate = False``
+    turns every check off.
 
     Example:
         >>> import torch
@@ -232,9 +244,11 @@ class Flow(nn.Module):
     def _check_x(self, where: str, x: Tensor, context: Tensor | None) -> None:
         if not self.validate:
             return
-        check_event(where, "x", x, self.event_shape)
-        check_support(where, "x", x, self.transform.domain)
-        check_context(where, context, self.context_features)
+        values = _check_values()
+        check_event(where, "x", x, self.event_shape, values=values)
+        if values:
+            check_support(where, "x", x, self.transform.domain)
+        check_context(where, context, self.context_features, values=values)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         context = self._embed(context)
@@ -274,7 +288,7 @@ class Flow(nn.Module):
     def _sample_shape(self, where: str, shape_or_n: Any, context: Tensor | None) -> torch.Size:
         shape = _as_shape(shape_or_n, where)
         if self.validate:
-            check_context(where, context, self.context_features)
+            check_context(where, context, self.context_features, values=_check_values())
         if context is not None:
             shape = shape + context.shape[:-1]
         return shape
