@@ -71,3 +71,32 @@ def test_bad_options_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
         AffineTransformer(**kwargs)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("scale", ["exp", "softsign", "sigmoid"])
+@pytest.mark.parametrize(
+    ("x_shape", "p_shape", "x_dtype"),
+    [
+        ((64, 5), (64, 5), torch.float32),  # same shapes: the in-place chain
+        ((64, 5), (5,), torch.float32),  # shared parameters broadcast over the batch
+        ((5,), (64, 5), torch.float32),  # one input against a batch of parameters
+        ((64, 5), (64, 5), torch.float64),  # mixed dtypes promote
+    ],
+)
+def test_untracked_path_equals_the_autograd_path(
+    scale: str, x_shape: tuple, p_shape: tuple, x_dtype: torch.dtype
+) -> None:
+    """Without autograd the affine chain runs in place on its temporaries; values, broadcast
+    shapes and dtypes are exactly those of the recorded path."""
+    t = AffineTransformer(scale=scale, max_log_scale=2.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=gen, dtype=x_dtype)
+    params = 3 * torch.randn(*p_shape, 2, generator=gen)
+    tracked = params.clone().requires_grad_()
+    for step in (t.forward, t.inverse):
+        with torch.no_grad():
+            y, ladj = step(x, params)
+        y_ref, ladj_ref = step(x, tracked)
+        assert y_ref.requires_grad
+        assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+        assert torch.equal(y, y_ref.detach()) and torch.equal(ladj, ladj_ref.detach())

