@@ -72,3 +72,63 @@ def test_default_chunk_size_and_errors() -> None:
             flow.log_prob(x[:4], chunk_size=bad)
         with pytest.raises(ValueError, match="chunk_size"):
             flow.sample(4, chunk_size=bad)
+
+
+def _calls(flow: nf.Flow, x: torch.Tensor, **kwargs: object) -> tuple[int, torch.Tensor]:
+    """How many times the flow's transform runs for one ``log_prob`` call, and its result."""
+    calls = []
+    hook = flow.transform.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = flow.log_prob(x, **kwargs)
+    finally:
+        hook.remove()
+    return len(calls), out
+
+
+def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
+    flow = nf.models.NSF(2, bins=4, **SMALL).double()
+    x = torch.randn(5000, 2, dtype=torch.float64)
+    ref = flow.log_prob(x, chunk_size=None)
+    with torch.no_grad():
+        n_blocks, out = _calls(flow, x)  # 2048 rows per block for D = 2
+        n_opt_out, _ = _calls(flow, x, chunk_size=None)
+        n_small, _ = _calls(flow, x, chunk_size=1000)  # a smaller chunk_size is kept
+    assert (n_blocks, n_opt_out, n_small) == (3, 1, 5)
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=1e-12)
+    assert _calls(flow, x)[0] == 1  # with autograd: one pass
+    wide = nf.models.MAF(64, transforms=1, hidden=(8,))
+    with torch.no_grad():
+        assert _calls(wide, torch.randn(3000, 64))[0] == 3  # 1024 rows per block for D = 64
+
+
+class _BatchNormNet(torch.nn.Module):
+    """A conditioner with torch's own BatchNorm1d inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.BatchNorm1d(1), torch.nn.Linear(1, 2))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_batch_coupled_flows_are_evaluated_in_one_pass() -> None:
+    """Train-mode batch statistics (and ActNorm's first-batch initialization) see the whole batch."""
+    x = torch.randn(5000, 2, dtype=torch.float64)
+    bn = nf.models.RealNVP(2, batch_norm=True, **SMALL).double()
+    with torch.no_grad():
+        assert _calls(bn, x)[0] == 1
+        bn.eval()
+        assert _calls(bn, x)[0] == 3
+    norm = nf.transforms.ActNorm(2)
+    act = nf.Flow(norm, nf.distributions.StandardNormal(2)).double()
+    with torch.no_grad():
+        assert _calls(act, x)[0] == 1  # initializes from all 5000 rows
+        torch.testing.assert_close(norm.loc, x.mean(0))
+        assert _calls(act, x)[0] == 3
+    torch_bn = nf.Flow(
+        nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), conditioner=_BatchNormNet()),
+        nf.distributions.StandardNormal(2),
+    ).double()
+    with torch.no_grad():
+        assert _calls(torch_bn, x)[0] == 1

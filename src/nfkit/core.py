@@ -35,6 +35,13 @@ class Transform(nn.Module, abc.ABC):
     domain: Interval = real
     codomain: Interval = real
 
+    @property
+    def batch_coupled(self) -> bool:
+        """True while one row's output depends on the other rows of its batch (``BatchNorm`` in
+        train mode, ``ActNorm`` before its data-dependent initialization). :class:`Flow` then
+        evaluates a batch in one pass rather than in cache-sized blocks."""
+        return False
+
     @abc.abstractmethod
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data → latent: returns ``(z, log|det ∂z/∂x|)``."""
@@ -134,6 +141,26 @@ class Compose(Transform):
 
 CHUNK_SIZE = 2**16
 """Default ``chunk_size`` of :meth:`Flow.log_prob` and :meth:`Flow.sample` (rows per pass)."""
+
+
+def _block_rows(event_numel: int) -> int:
+    """Rows per block of a ``Flow.log_prob`` without autograd: about 2**16 event entries, within
+    [1024, 2048] rows. The intermediates of a block stay in cache (and out of fresh ``mmap``
+    pages): on CPU, 4096 rows in blocks of this size against one pass, interleaved A/B with the
+    benchmark's models: digits NSF −27%, coupling NSF −10% (digits) and −20% (D = 256), moons
+    RealNVP −20%, digits MAF −21%; synth256 MAF +4% (GEMM-bound, larger blocks do not help it).
+    """
+    return min(2048, max(1024, 2**16 // max(event_numel, 1)))
+
+
+def _batch_coupled(module: nn.Module) -> bool:
+    """Whether any submodule mixes the rows of a batch (see :attr:`Transform.batch_coupled`)."""
+    for m in module.modules():
+        if isinstance(m, Transform) and m.batch_coupled:
+            return True
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            return True
+    return False
 
 
 def _check_chunk(where: str, chunk_size: int | None) -> int | None:
@@ -266,6 +293,12 @@ class Flow(nn.Module):
             chunk_size: Evaluate at most this many rows at a time (the flattened broadcast batch)
                 so that memory stays bounded for millions of rows; None: one pass. Results equal
                 the one-pass ones; with autograd on, gradients flow through every chunk.
+
+        Without autograd (under ``torch.no_grad()``), an int ``chunk_size`` is further capped to
+        1024–2048 rows (about 2**16 event entries), which keeps each block's intermediates in
+        cache: up to 20–30% faster on CPU for batches of thousands. Not while a transform
+        couples the rows of a batch (:attr:`Transform.batch_coupled`, torch's batch norms in
+        train mode) or ``torch.compile`` traces; ``chunk_size=None`` opts out.
         """
         self._check_x("Flow.log_prob", x, context)
         size = _check_chunk("Flow.log_prob", chunk_size)
@@ -274,6 +307,10 @@ class Flow(nn.Module):
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         n = batch.numel()
+        if size is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            block = _block_rows(self.event_shape.numel())
+            if n > block and size > block and not _batch_coupled(self):
+                size = block
         if size is None or n <= size:
             return self._log_prob(x, context)
         x = x.expand(*batch, *x.shape[x.dim() - ev :]).reshape(n, *x.shape[x.dim() - ev :])

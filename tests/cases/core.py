@@ -64,6 +64,13 @@ TRANSFORMS: dict[str, Case] = {
         ),
         context=True,
     ),
+    "Autoregressive-spline-narrow": Case(  # hidden < D: the first layer reads a column span
+        lambda d, c: T.Autoregressive(
+            d, SPLINE, context=c, hidden=(2, 2), order=list(range(d))[::-1]
+        ),
+        context=True,
+        features=(1, 2, 6),
+    ),
     "Coupling-affine-sigmoid": Case(
         lambda d, c: _coupling(d, c, T.AffineTransformer(scale="sigmoid")), context=True
     ),

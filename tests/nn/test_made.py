@@ -135,3 +135,51 @@ def test_first_is_bias_iff_the_first_features_output_rows_are_masked(
     rows_masked = bool((w_mask[3 * first : 3 * first + 3] == 0).all())
     assert made.first_is_bias == rows_masked
     assert made.first_is_bias == (context == 0 and d > 1)
+
+
+def _dense(made: MADE, x: torch.Tensor) -> torch.Tensor:
+    """The MADE's output from every masked weight, no column span (the reference)."""
+    h = x
+    layers = made.layers()
+    for k, (w, b) in enumerate(layers):
+        h = F.linear(h if k == 0 else torch.relu(h), w, b)
+    return h.unflatten(-1, (made.features, made.out_per_feature))
+
+
+@pytest.mark.parametrize(
+    ("order", "span"),
+    [
+        (None, (0, 4)),
+        (list(range(16))[::-1], (12, 16)),
+        ([0, 5, *range(1, 5), *range(6, 16)], None),
+    ],
+)
+def test_narrow_made_reads_only_its_live_input_span(order, span) -> None:
+    """Hidden degrees stop at the width (4 < D = 16): later-ranked inputs reach no hidden unit."""
+    made = MADE(16, 2, hidden=(4, 4), order=order).double()
+    assert made.input_span == span
+    with torch.no_grad():
+        made.theta.normal_()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    torch.testing.assert_close(made(x), _dense(made, x))
+
+
+def test_input_span_follows_a_loaded_mask() -> None:
+    source = MADE(16, 2, hidden=(4, 4), order=list(range(16))[::-1]).double()
+    with torch.no_grad():
+        source.theta.normal_()
+    target = MADE(16, 2, hidden=(4, 4)).double()
+    assert target.input_span == (0, 4)
+    target.load_state_dict(source.state_dict())
+    assert target.input_span == (12, 16)
+    x = torch.randn(5, 16, dtype=torch.float64)
+    torch.testing.assert_close(target(x), source(x))
+    torch.testing.assert_close(target(x), _dense(target, x))
+
+
+def test_input_span_cases() -> None:
+    assert MADE(4, 2, hidden=(8, 8)).input_span == (0, 3)  # the last-ranked input feeds nothing
+    assert MADE(16, 2, hidden=(4, 4), context=2).input_span is None  # x's tail dead, c live
+    reversed_order = list(range(16))[::-1]  # degrees 0..3 with a context: ranks 0..2 are live
+    assert MADE(16, 2, hidden=(4, 4), context=2, order=reversed_order).input_span == (13, 18)
+    assert MADE(1, 2).input_span is None  # D = 1: the output is the bias, no live input

@@ -30,6 +30,12 @@ class PackedLayers(nn.Module):
             ``U(±1/√in)``).
         activation: Activation class, applied between layers. ReLU runs in place on each fresh
             pre-activation (its backward needs only its output), which saves a buffer per layer.
+
+    When the first mask keeps only a contiguous span of input columns (a MADE narrower than its
+    input: hidden degrees stop at the width, so later-ranked inputs reach no hidden unit), the
+    first layer reads only that span, a strided view of input and weight: the same sums without
+    the zero products (synth256 MAF, ``D = 256``, hidden 128: ``log_prob`` −7%, training step
+    −6%). The span follows the mask, also after ``load_state_dict``.
     """
 
     def __init__(
@@ -68,6 +74,23 @@ class PackedLayers(nn.Module):
         self.theta = nn.Parameter(theta)
         self.act = activation()
         self._relu = isinstance(self.act, nn.ReLU)
+        self._set_input_span()
+        self.register_load_state_dict_post_hook(PackedLayers._on_load)
+
+    def _set_input_span(self) -> None:
+        """``input_span = (a, b)``: the first layer's live input columns, when they are a
+        contiguous proper subset; else None (every column is read)."""
+        self.input_span: tuple[int, int] | None = None
+        if self.mask is None:
+            return
+        out, inp = self.shapes[0]
+        live = torch.nonzero(self.mask[: out * inp].view(out, inp).any(0)).flatten().tolist()
+        if live and len(live) < inp and live[-1] - live[0] + 1 == len(live):
+            self.input_span = (live[0], live[-1] + 1)
+
+    @staticmethod
+    def _on_load(module: nn.Module, incompatible_keys: object) -> None:
+        module._set_input_span()  # type: ignore[operator]
 
     def _cut(self, flat: Tensor) -> list[Layer]:
         parts = flat.split(self.split_sizes)
@@ -85,10 +108,18 @@ class PackedLayers(nn.Module):
         """The activation; ReLU in place when ``inplace`` (``h`` must not be needed elsewhere)."""
         return torch.relu_(h) if inplace and self._relu else self.act(h)
 
+    def first(self, h: Tensor, layer: Layer) -> Tensor:
+        """The first layer ``h W_1ᵀ + b_1``, reading only :attr:`input_span` when there is one."""
+        w, b = layer
+        if self.input_span is not None:
+            start, stop = self.input_span
+            return F.linear(h[..., start:stop], w[:, start:stop], b)
+        return F.linear(h, w, b)
+
     def chain(self, h: Tensor, layers: Sequence[Layer]) -> Tensor:
-        """``L_n ∘ act ∘ … ∘ act ∘ L_1 (h)`` over the given layers."""
-        w, b = layers[0]
-        h = F.linear(h, w, b)
+        """``L_n ∘ act ∘ … ∘ act ∘ L_1 (h)``: ``layers`` are this network's, from the first (as
+        :meth:`layers` returns them, possibly without the last)."""
+        h = self.first(h, layers[0])
         for w, b in layers[1:]:
             h = F.linear(self.activate(h), w, b)
         return h

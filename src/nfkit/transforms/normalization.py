@@ -47,6 +47,10 @@ class ActNorm(Transform):
         self.register_buffer("initialized", torch.tensor(False))
         self._needs_init = True
 
+    @property
+    def batch_coupled(self) -> bool:
+        return self.training and self._needs_init
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         flag = state_dict.get(prefix + "initialized")
@@ -100,6 +104,10 @@ class BatchNorm(Transform):
         self.beta = nn.Parameter(torch.zeros(d))
         self.register_buffer("running_mean", torch.zeros(d))
         self.register_buffer("running_var", torch.ones(d))
+
+    @property
+    def batch_coupled(self) -> bool:
+        return self.training
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training:
