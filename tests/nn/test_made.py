@@ -179,6 +179,7 @@ def test_input_span_follows_a_loaded_mask() -> None:
 
 def test_input_span_cases() -> None:
     assert MADE(4, 2, hidden=(8, 8)).input_span == (0, 3)  # the last-ranked input feeds nothing
+    assert MADE(5, 2, hidden=(8, 8)).input_span is None  # 4 of 5 columns: not worth a slice
     assert MADE(16, 2, hidden=(4, 4), context=2).input_span is None  # x's tail dead, c live
     reversed_order = list(range(16))[::-1]  # degrees 0..3 with a context: ranks 0..2 are live
     assert MADE(16, 2, hidden=(4, 4), context=2, order=reversed_order).input_span == (13, 18)
