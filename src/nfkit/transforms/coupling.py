@@ -96,16 +96,25 @@ class Coupling(Transform):
                 f"Coupling: dim counts from the right and must be negative, got {dim}"
             )
         self.transformer, self.dim, self.event_dim = transformer, dim, -dim
-        idx_b = torch.nonzero(mask_t).flatten()
-        idx_a = torch.nonzero(~mask_t).flatten()
+        self.register_buffer("mask", mask_t)
+        self._set_indices()
+        n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
+        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden)
+        self.register_load_state_dict_post_hook(Coupling._on_load)
+
+    def _set_indices(self) -> None:
+        """The index buffers of the two parts, derived from :attr:`mask` (also after loading)."""
+        idx_b = torch.nonzero(self.mask).flatten()
+        idx_a = torch.nonzero(~self.mask).flatten()
         self.register_buffer("idx_a", idx_a, persistent=False)
         self.register_buffer("idx_b", idx_b, persistent=False)
         self.register_buffer(
             "perm_back", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
         )
-        self.register_buffer("mask", mask_t)
-        n_a, n_b, p = len(idx_a), len(idx_b), transformer.num_params
-        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden)
+
+    @staticmethod
+    def _on_load(module: nn.Module, incompatible_keys: object) -> None:
+        module._set_indices()  # type: ignore[operator]
 
     def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
         # Conditioner output (*, n_b·P, *rest) → (*, n_b, *rest, P) so that it lines up with x_b.
