@@ -77,7 +77,6 @@ class PackedLayers(nn.Module):
         self.act = activation()
         self._relu = isinstance(self.act, nn.ReLU)
         self._set_input_span()
-        self.register_load_state_dict_post_hook(PackedLayers._on_load)
 
     def _set_input_span(self) -> None:
         """``input_span = (a, b)``: the first layer's live input columns, when they are
@@ -90,9 +89,9 @@ class PackedLayers(nn.Module):
         if live and 4 * len(live) <= 3 * inp and live[-1] - live[0] + 1 == len(live):
             self.input_span = (live[0], live[-1] + 1)
 
-    @staticmethod
-    def _on_load(module: nn.Module, incompatible_keys: object) -> None:
-        module._set_input_span()  # type: ignore[operator]
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._set_input_span()  # the loaded mask may keep other columns
 
     def _cut(self, flat: Tensor) -> list[Layer]:
         parts = flat.split(self.split_sizes)

@@ -100,7 +100,6 @@ class Coupling(Transform):
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
         self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden)
-        self.register_load_state_dict_post_hook(Coupling._on_load)
 
     def _set_indices(self) -> None:
         """The index buffers of the two parts, derived from :attr:`mask` (also after loading)."""
@@ -112,9 +111,9 @@ class Coupling(Transform):
             "perm_back", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
         )
 
-    @staticmethod
-    def _on_load(module: nn.Module, incompatible_keys: object) -> None:
-        module._set_indices()  # type: ignore[operator]
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._set_indices()  # the split follows the loaded mask
 
     def _params(self, x_a: Tensor, context: Tensor | None) -> Tensor:
         # Conditioner output (*, n_b·P, *rest) → (*, n_b, *rest, P) so that it lines up with x_b.

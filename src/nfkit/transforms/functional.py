@@ -95,7 +95,7 @@ def softsign_clamp(x: Tensor, bound: float) -> Tensor:
     """
     if untracked(x):  # the Function's ops and rounding, in place on one temporary
         return x.abs().mul_(1 / bound).add_(1).reciprocal_().mul_(x)
-    if not x.requires_grad or plain_ops_only():
+    if plain_ops_only():  # x is tracked: out of place, so autograd (or inductor) sees the ops
         return x * x.abs().mul_(1 / bound).add_(1).reciprocal_()
     return _SoftsignClamp.apply(x, bound)
 
