@@ -9,6 +9,7 @@ from . import Case, ModelCase
 
 SPLINE = T.RQSplineTransformer(bins=5, bound=3.0)
 H = (16, 16)
+WIDE = (1, 2, 5, 9)  # from 8 features a MADE stores θ parameter-major
 
 
 def _coupling(d: int, c: int, transformer: T.Transformer) -> nf.Transform:
@@ -50,7 +51,9 @@ TRANSFORMS: dict[str, Case] = {
     "Coupling-affine": Case(lambda d, c: _coupling(d, c, T.AffineTransformer()), context=True),
     "Coupling-spline": Case(lambda d, c: _coupling(d, c, SPLINE), context=True),
     "Autoregressive-affine": Case(
-        lambda d, c: T.Autoregressive(d, T.AffineTransformer(), context=c, hidden=H), context=True
+        lambda d, c: T.Autoregressive(d, T.AffineTransformer(), context=c, hidden=H),
+        context=True,
+        features=WIDE,
     ),
     "Autoregressive-affine-sigmoid": Case(
         lambda d, c: T.Autoregressive(
@@ -77,12 +80,14 @@ TRANSFORMS: dict[str, Case] = {
     "Autoregressive-affine-inverse(IAF)": Case(
         lambda d, c: T.Autoregressive(d, T.AffineTransformer(), context=c, hidden=H).inv,
         context=True,
+        features=WIDE,
     ),
     "Autoregressive-spline-residual": Case(
         lambda d, c: T.Autoregressive(
             d, SPLINE, context=c, hidden=H, residual=True, order=list(range(d))[::-1]
         ),
         context=True,
+        features=WIDE,
     ),
     "Autoregressive-additive": Case(
         lambda d, c: T.Autoregressive(d, T.AdditiveTransformer(), context=c, hidden=H),

@@ -23,7 +23,9 @@ def _umnn() -> T.UMNNTransformer:
 
 TRANSFORMS: dict[str, Case] = {
     "Autoregressive-DSF(NAF)": Case(
-        lambda d, c: T.Autoregressive(d, DSF, context=c, hidden=H), context=True
+        lambda d, c: T.Autoregressive(d, DSF, context=c, hidden=H),
+        context=True,
+        features=(1, 2, 5, 9),  # from 8 features the MADE's θ is parameter-major
     ),
     "Coupling-DSF": Case(lambda d, c: _coupling(d, c, DSF), context=True),
     "Autoregressive-UMNN": Case(

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nfkit.nn import MADE
+from nfkit.nn.made import PARAM_MAJOR_MIN_FEATURES
 
 
 def _jacobian_support(made: MADE, d: int, context: int = 0) -> torch.Tensor:
@@ -22,7 +23,7 @@ def _jacobian_support(made: MADE, d: int, context: int = 0) -> torch.Tensor:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    d=st.integers(1, 6),
+    d=st.integers(1, 10),  # from 8: parameter-major output rows
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     residual=st.booleans(),
     seed=st.integers(0, 1000),
@@ -184,3 +185,27 @@ def test_input_span_cases() -> None:
     reversed_order = list(range(16))[::-1]  # degrees 0..3 with a context: ranks 0..2 are live
     assert MADE(16, 2, hidden=(4, 4), context=2, order=reversed_order).input_span == (13, 18)
     assert MADE(1, 2).input_span is None  # D = 1: the output is the bias, no live input
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("d", [PARAM_MAJOR_MIN_FEATURES - 1, PARAM_MAJOR_MIN_FEATURES, 12])
+def test_wide_made_stores_theta_parameter_major(d: int, residual: bool) -> None:
+    """From 8 features the output rows are reordered so that each parameter is contiguous over
+    the features; values and gradients are those of the feature-major rows."""
+    torch.manual_seed(d)
+    made = MADE(d, 3, context=2, hidden=(16, 16), order=torch.randperm(d), residual=residual)
+    made = made.double()
+    with torch.no_grad():
+        made.theta.normal_()
+    x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(5, 2, dtype=torch.float64)
+    theta = made(x, c)
+    w, b = made.layers()[-1]
+    expected = F.linear(made.trunk(x, c), w, b).unflatten(-1, (d, 3))
+    torch.testing.assert_close(theta, expected, rtol=0, atol=1e-14)
+    assert theta.transpose(-1, -2).is_contiguous() == (d >= PARAM_MAJOR_MIN_FEATURES)
+    cot = torch.randn_like(theta)
+    grads = torch.autograd.grad((theta * cot).sum(), (x, made.theta))
+    grads_ref = torch.autograd.grad((expected * cot).sum(), (x, made.theta))
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)

@@ -14,6 +14,9 @@ from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MADE"]
 
+PARAM_MAJOR_MIN_FEATURES = 8
+"""From this many features, :meth:`MADE.forward` stores ``θ`` parameter-major (see there)."""
+
 
 class MADE(PackedLayers):
     r"""Autoregressive network: output ``i`` depends only on inputs of lower order, and the context.
@@ -29,6 +32,14 @@ class MADE(PackedLayers):
         order: A permutation of ``0..D-1``; feature ``i`` has rank ``order[i]``. Default: identity.
         residual: Use masked residual blocks (all hidden widths equal) as in nflows' ResidualMADE.
         activation: Activation module class.
+
+    From ``D = 8`` (:data:`PARAM_MAJOR_MIN_FEATURES`) the output is stored parameter-major: the
+    ``(*batch, D, P)`` result is a transposed view whose ``P`` slices ``θ[..., j]`` are each
+    contiguous, the layout in which a transformer reads them (the output layer's rows are
+    reordered for the product; values and gradients are those of the feature-major rows).
+    ``log_prob`` without autograd: digits (``D = 64``) NSF −13%, MAF −4%; synth256 MAF −5%;
+    NSF training step −4%, MAF step within ±1%. Below ``D = 8`` the reorder costs more than it
+    saves (``D = 2``: +2%).
 
     The last layer is zero-initialized, so a flow built on MADE starts at the identity. Weights,
     biases and masks are packed in one parameter and one buffer
@@ -128,5 +139,13 @@ class MADE(PackedLayers):
         """
         layers = self.layers() if layers is None else layers
         w, b = layers[-1]
+        d, p = self.features, self.out_per_feature
+        if p == 1 or d < PARAM_MAJOR_MIN_FEATURES:
+            return F.linear(self.trunk(x, context, layers), w, b).unflatten(-1, (d, p))
+        # Parameter-major: the output rows reordered (parameter j of every feature together), so
+        # a transformer's reads of one parameter (affine shift, log-scale; the spline's rows) are
+        # contiguous. Same values; the result is the (D, P) transposed view.
+        w = w.view(d, p, -1).transpose(0, 1).reshape(p * d, -1)
+        b = b.view(d, p).t().reshape(-1)
         out = F.linear(self.trunk(x, context, layers), w, b)
-        return out.unflatten(-1, (self.features, self.out_per_feature))
+        return out.unflatten(-1, (p, d)).transpose(-1, -2)
