@@ -132,3 +132,22 @@ def test_batch_coupled_flows_are_evaluated_in_one_pass() -> None:
     ).double()
     with torch.no_grad():
         assert _calls(torch_bn, x)[0] == 1
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_batch_coupled_flows_ignore_chunk_size(grad: bool) -> None:
+    """Memory chunks too would give each chunk its own batch statistics: one pass instead."""
+    x = torch.randn(3000, 2, dtype=torch.float64)
+    flow = nf.models.RealNVP(2, batch_norm=True, **SMALL).double()
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    with torch.set_grad_enabled(grad):
+        ref = flow.log_prob(x, chunk_size=None)
+        running = flow.transform[1].running_mean.clone()
+        flow.load_state_dict(state)
+        n, out = _calls(flow, x, chunk_size=1000)
+    assert n == 1
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(flow.transform[1].running_mean, running, rtol=0, atol=0)
+    flow.eval()  # running statistics: the chunks are independent again
+    with torch.set_grad_enabled(grad):
+        assert _calls(flow, x, chunk_size=1000)[0] == 3

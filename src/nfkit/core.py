@@ -296,9 +296,12 @@ class Flow(nn.Module):
 
         Without autograd (under ``torch.no_grad()``), an int ``chunk_size`` is further capped to
         1024–2048 rows (about 2**16 event entries), which keeps each block's intermediates in
-        cache: up to 20–30% faster on CPU for batches of thousands. Not while a transform
-        couples the rows of a batch (:attr:`Transform.batch_coupled`, torch's batch norms in
-        train mode) or ``torch.compile`` traces; ``chunk_size=None`` opts out.
+        cache: up to 20–30% faster on CPU for batches of thousands. Not while ``torch.compile``
+        traces; ``chunk_size=None`` opts out. A flow with a transform that couples the rows of a
+        batch (:attr:`Transform.batch_coupled`: ``BatchNorm`` in train mode, ``ActNorm`` before
+        its initialization; torch's batch norms in train mode) is always evaluated in one pass,
+        whatever ``chunk_size``: chunks would each get their own batch statistics. Call
+        ``flow.eval()`` first to score many rows in bounded memory.
         """
         self._check_x("Flow.log_prob", x, context)
         size = _check_chunk("Flow.log_prob", chunk_size)
@@ -307,10 +310,11 @@ class Flow(nn.Module):
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         n = batch.numel()
-        if size is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            block = _block_rows(self.event_shape.numel())
-            if n > block and size > block and not _batch_coupled(self):
-                size = block
+        if size is not None and n > min(size, _block_rows(self.event_shape.numel())):
+            if _batch_coupled(self):  # chunks would get their own batch statistics
+                size = None
+            elif not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                size = min(size, _block_rows(self.event_shape.numel()))
         if size is None or n <= size:
             return self._log_prob(x, context)
         x = x.expand(*batch, *x.shape[x.dim() - ev :]).reshape(n, *x.shape[x.dim() - ev :])
