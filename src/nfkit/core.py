@@ -50,6 +50,14 @@ class Transform(nn.Module, abc.ABC):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent → data: returns ``(x, log|det ∂x/∂z|)``."""
 
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Latent → data, the value alone: ``inverse(z, context)[0]``, what sampling needs.
+
+        Transforms whose log-det costs extra work in the inverse (splines) override it to skip
+        that work; the result equals ``inverse(z, context)[0]``.
+        """
+        return self.inverse(z, context)[0]
+
     @property
     def inv(self) -> Transform:
         """The inverse view: a new :class:`Inverse` wrapper (never stored, to avoid module cycles)."""
@@ -126,6 +134,11 @@ class Compose(Transform):
             z, l_ = t.inverse(z, context)
             ladj = ladj + l_
         return z, ladj  # type: ignore[return-value]
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for t in reversed(self.transforms):
+            z = t.inverse_value(z, context)
+        return z
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -338,8 +351,7 @@ class Flow(nn.Module):
         shape = self._sample_shape(where, shape_or_n, context)
         context = self._embed(context)
         z = self.base.rsample(shape, context)
-        x, _ = self.transform.inverse(z, context)
-        return x
+        return self.transform.inverse_value(z, context)
 
     def rsample(
         self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None

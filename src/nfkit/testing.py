@@ -80,9 +80,9 @@ def check_transform(
 ) -> dict[str, float]:
     r"""Check a transform at ``x`` (use float64). Raises ``AssertionError`` naming what failed.
 
-    Checks: (a) ``inverse(forward(x)) ≈ x``; (b) ``ladj ≈ log|det J|`` by autograd, per event;
-    (c) ``ladj_inverse(z) ≈ -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with
-    the context's). Returns the largest errors seen, for reporting.
+    Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd) equals
+    ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|`` by autograd, per event; (c) ``ladj_inverse(z) ≈
+    -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with the context's). Returns the largest errors seen, for reporting.
     """
     name = type(t).__name__
     event_dim = t.event_dim
@@ -111,6 +111,9 @@ def check_transform(
     _close(
         name, "ladj(inverse) + ladj(forward)", ladj_inv + ladj, torch.zeros_like(ladj), atol_ladj
     )
+    with torch.no_grad():  # the value-only inverse (sampling) skips work only without autograd
+        x_value = t.inverse_value(z, context)
+    _close(name, "inverse_value(z) vs inverse(z)[0]", x_value, x_back.detach(), atol_inverse)
     report = {
         "inverse_error": (x_back - x).abs().max().item(),
         "symmetry_error": (ladj_inv + ladj).abs().max().item(),

@@ -209,3 +209,14 @@ def test_wide_made_stores_theta_parameter_major(d: int, residual: bool) -> None:
     grads_ref = torch.autograd.grad((expected * cot).sum(), (x, made.theta))
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+
+
+def test_settles_follow_a_loaded_order() -> None:
+    """``settles`` (the feature of each rank, used by the autoregressive inverse) is derived from
+    the persistent ``rank``: loading another order recomputes it."""
+    source = MADE(5, 2, order=[3, 0, 4, 1, 2])
+    target = MADE(5, 2)
+    assert target.settles.tolist() == [0, 1, 2, 3, 4]
+    target.load_state_dict(source.state_dict())
+    assert target.settles.tolist() == [1, 3, 4, 0, 2] == torch.argsort(source.rank).tolist()
+    assert "settles" not in target.state_dict()

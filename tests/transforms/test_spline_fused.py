@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfkit.transforms.functional import rqs
-from nfkit.transforms.spline_fused import _transposed_copy, rqs_packed
+from nfkit.transforms.spline_fused import _transposed_copy, rqs_packed, rqs_packed_inverse_value
 
 settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
@@ -210,3 +210,34 @@ def test_large_parameters_take_the_tiled_transpose_with_the_same_result(inverse:
     (ya.sum() + la.sum()).backward()
     (yb.sum() + lb.sum()).backward()
     assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("layout", ["per input", "param-major", "expanded", "one row"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_inverse_value_equals_the_inverse(layout: str, grad: bool) -> None:
+    """The value-only inverse (sampling) is the inverse's first output, bitwise without autograd;
+    with autograd it is that output and its gradient."""
+    x, params = _inputs(7, 9, 3, 6, 2.0, 3.0)
+    params = {
+        "per input": params,
+        "param-major": params.movedim(-1, 0).contiguous().movedim(0, -1),
+        "expanded": params[0, 0].expand(9, 3, params.shape[-1]),
+        "one row": params[0, 0],
+    }[layout]
+    kw = {"bound": 3.0, "min_width": 1e-3, "min_height": 2e-3, "min_derivative": 1e-3}
+    if not grad:
+        with torch.no_grad():
+            value = rqs_packed_inverse_value(x, params, **kw)
+            want = rqs_packed(x, params, inverse=True, **kw)[0]
+        assert torch.equal(value, want)
+        return
+    xr = x.clone().requires_grad_()
+    value = rqs_packed_inverse_value(xr, params, **kw)
+    want = _reference(x.clone().requires_grad_(), params, 3.0, True, (1e-3, 2e-3, 1e-3))[0]
+    torch.testing.assert_close(value, want)
+    (gx,) = torch.autograd.grad(value.sum(), xr)
+    x2 = x.clone().requires_grad_()
+    (gx2,) = torch.autograd.grad(
+        _reference(x2, params, 3.0, True, (1e-3, 2e-3, 1e-3))[0].sum(), x2
+    )
+    torch.testing.assert_close(gx, gx2)

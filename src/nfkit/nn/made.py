@@ -100,6 +100,7 @@ class MADE(PackedLayers):
         self.features, self.out_per_feature, self.context = d, p, context
         self.residual = residual
         self.register_buffer("rank", rank)
+        self._set_settles()
         #: No hidden unit feeds the outputs of the first feature (rank 0): their values are the
         #: output bias, whatever the input. True without a context and with ``D > 1`` (every
         #: hidden degree is then >= 1, and rank-0 outputs see only degree-0 units).
@@ -125,6 +126,15 @@ class MADE(PackedLayers):
             u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
             h = h + F.linear(self.activate(u), w2, b2)
         return self.activate(h)
+
+    def _set_settles(self) -> None:
+        #: ``argsort(rank)``: the feature of each rank, i.e. the one an autoregressive inverse
+        #: settles in each pass (a buffer: follows ``.to()``; recomputed from a loaded ``rank``).
+        self.register_buffer("settles", torch.argsort(self.rank), persistent=False)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._set_settles()  # the loaded order may differ
 
     def forward(
         self,

@@ -88,6 +88,15 @@ class Autoregressive(Transform):
         return z, ladj.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ladj = self._invert(z, context, with_ladj=True)
+        return x, ladj  # type: ignore[return-value]
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self._invert(z, context, with_ladj=False)[0]
+
+    def _invert(
+        self, z: Tensor, context: Tensor | None, with_ladj: bool
+    ) -> tuple[Tensor, Tensor | None]:
         batch = (
             z.shape[:-1] if context is None else broadcast_shapes(z.shape[:-1], context.shape[:-1])
         )
@@ -97,23 +106,26 @@ class Autoregressive(Transform):
         # Pass k settles the feature of rank k, which needs only that feature's P output rows
         # (contiguous: the rows are feature-major), so the output layer shrinks D-fold and the
         # transformer runs on one column. Rows and columns are put in pass order once.
-        settles = torch.argsort(self.made.rank)  # the feature settled by each pass
+        settles = self.made.settles
         w, b = layers[-1]
         w = w.view(d, p, -1).index_select(0, settles)
         b = b.view(d, p).index_select(0, settles)
         z_pass = z.index_select(-1, settles)
         x = torch.zeros_like(z)
-        ladj = z.new_zeros(())
+        ladj = z.new_zeros(()) if with_ladj else None
         in_place = not torch.is_grad_enabled()  # else out of place, so autograd can follow x
         for k in range(d):
             if k == 0 and self.made.first_is_bias:  # the first pass needs no network
                 theta = b[0].expand(*batch, p)
             else:
                 theta = _linear_param_major(self.made.trunk(x, context, layers), w[k], b[k])
-            x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
+            if ladj is None:  # sampling: the value alone (a spline skips its log-det)
+                x_k = self.transformer.inverse_value(z_pass[..., k], theta)
+            else:
+                x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
+                ladj = ladj + ladj_k
             column, value = settles[k : k + 1], x_k.unsqueeze(-1)
             x = x.index_copy_(-1, column, value) if in_place else x.index_copy(-1, column, value)
-            ladj = ladj + ladj_k
         return x, ladj
 
     def extra_repr(self) -> str:

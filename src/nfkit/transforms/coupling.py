@@ -121,23 +121,33 @@ class Coupling(Transform):
         p = self.transformer.num_params
         return theta.unflatten(self.dim, (-1, p)).movedim(self.dim, -1)
 
-    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(
+        self, x: Tensor, context: Tensor | None, inverse: bool, with_ladj: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         x_a = x.index_select(self.dim, self.idx_a)
         x_b = x.index_select(self.dim, self.idx_b)
         params = self._params(x_a, context)
-        step = self.transformer.inverse if inverse else self.transformer.forward
-        z_b, ladj = step(x_b, params)
+        ladj = None
+        if not with_ladj:  # an inverse's value alone (sampling)
+            z_b = self.transformer.inverse_value(x_b, params)
+        else:
+            step = self.transformer.inverse if inverse else self.transformer.forward
+            z_b, ladj = step(x_b, params)
+            ladj = sum_event(ladj, self.event_dim)
         e = self.event_dim
         batch = broadcast_shapes(x_a.shape[: x_a.dim() - e], z_b.shape[: z_b.dim() - e])
         x_a = x_a.expand(*batch, *x_a.shape[x_a.dim() - e :])
         z = torch.cat([x_a, z_b], dim=self.dim).index_select(self.dim, self.perm_back)
-        return z, sum_event(ladj, self.event_dim)
+        return z, ladj
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, inverse=False)
+        return self._couple(x, context, inverse=False)  # type: ignore[return-value]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(z, context, inverse=True)
+        return self._couple(z, context, inverse=True)  # type: ignore[return-value]
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self._couple(z, context, inverse=True, with_ladj=False)[0]
 
     def extra_repr(self) -> str:
         return f"transformer={self.transformer}, mask={self.mask.int().tolist()}"

@@ -35,7 +35,7 @@ from torch import Tensor
 from nfkit._shapes import broadcast_shapes
 from nfkit.transforms.functional import plain_ops_only, rqs, softplus_inverse
 
-__all__ = ["rqs_packed"]
+__all__ = ["rqs_packed", "rqs_packed_inverse_value"]
 
 Mins = tuple[float, float, float]
 
@@ -77,12 +77,19 @@ def _transposed_copy(params: Tensor, pt: Tensor) -> Tensor:
 
 
 def _locals(
-    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, backward: bool = True
+    x: Tensor,
+    params: Tensor,
+    bound: float,
+    mins: Mins,
+    inverse: bool,
+    backward: bool = True,
+    ladj: bool = True,
 ) -> dict[str, Any]:
     """The bin of each input and the spline's local quantities there (no autograd recording).
 
     ``backward=False`` (a no-grad call) skips the locals only the backward reads, and ``p``
-    in the inverse direction.
+    in the inverse direction; ``ladj=False`` (with ``inverse`` and no backward) also those of
+    the log-det, keeping what the inverse's value needs.
 
     Works on the transposed layout ``(3K - 1, *batch)``: the bins are rows and the inputs the
     contiguous columns, so every reduction or broadcast over the ``K`` bins vectorizes along the
@@ -141,6 +148,8 @@ def _locals(
         sdy = s * dy
         disc = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0)
         xi = (sdy + sdy).div_(b + disc.sqrt_()).clamp_(0, 1)
+    if not ladj:
+        return dict(x=x, inside=x.abs() < bound, xi=xi, x0=x0, wk=wk)
     om = 1 - xi
     xi1 = xi * om
     xi2 = xi * xi
@@ -162,10 +171,15 @@ def _value(v: dict[str, Any], inverse: bool) -> tuple[Tensor, Tensor]:
         y = torch.addcdiv(v["y0"], v["hk"] * v["p"], q)
         ladj = (s * s * v["r"]).div_(q * q).log_()
     else:
-        y = torch.addcmul(v["x0"], v["xi"], v["wk"])
+        y = _inverse_y(v)
         ladj = (q * q).div_(s * s * v["r"]).log_()
     inside = v["inside"]
     return torch.where(inside, y, v["x"]), torch.where(inside, ladj, 0.0)
+
+
+def _inverse_y(v: dict[str, Any]) -> Tensor:
+    """``x = x_k + ξ w_k`` inside the interval (before the identity tails are put back)."""
+    return torch.addcmul(v["x0"], v["xi"], v["wk"])
 
 
 def _backward(
@@ -291,7 +305,31 @@ def rqs_packed(
     if params.shape[-1] < 5 or plain_ops_only():
         # one bin; or let inductor fuse the reference; or torch.func (vmap, grad, jacrev) over it
         return _reference(x, params, bound, mins, inverse)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
-    if not needs_grad:
+    if not _needs_grad(x, params):
         return _value(_locals(x, params, bound, mins, inverse, backward=False), inverse)
     return _PackedSpline.apply(x, params, bound, mins, inverse)
+
+
+def _needs_grad(x: Tensor, params: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
+
+
+def rqs_packed_inverse_value(
+    z: Tensor,
+    params: Tensor,
+    *,
+    bound: float,
+    min_width: float = 1e-3,
+    min_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> Tensor:
+    """``rqs_packed(z, params, inverse=True, ...)[0]``, the inverse's value alone (sampling).
+
+    Without autograd it skips the log-det's locals (a fifth of the ops: 1000 inputs, 151 vs
+    184 µs per call); otherwise it is :func:`rqs_packed`'s value.
+    """
+    kw = dict(min_width=min_width, min_height=min_height, min_derivative=min_derivative)
+    if params.shape[-1] < 5 or plain_ops_only() or _needs_grad(z, params):
+        return rqs_packed(z, params, bound=bound, inverse=True, **kw)[0]
+    v = _locals(z, params, bound, (min_width, min_height, min_derivative), True, False, False)
+    return torch.where(v["inside"], _inverse_y(v), v["x"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit.transforms.functional import soft_clamp, softsign_clamp, unbind_last, untracked
-from nfkit.transforms.spline_fused import rqs_packed
+from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
 _LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
 
@@ -46,6 +46,10 @@ class Transformer(abc.ABC):
     @abc.abstractmethod
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``z (*)``, ``params (*, P)`` → ``(x, log|dx/dz|)``, both ``(*)``."""
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        """``inverse(z, params)[0]``: overridden where the log-det costs extra work."""
+        return self.inverse(z, params)[0]
 
 
 @dataclass(frozen=True)
@@ -182,3 +186,13 @@ class RQSplineTransformer(Transformer):
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._spline(z, params, inverse=True)
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        return rqs_packed_inverse_value(
+            z,
+            params,
+            bound=self.bound,
+            min_width=self.min_width,
+            min_height=self.min_height,
+            min_derivative=self.min_derivative,
+        )
