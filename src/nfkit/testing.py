@@ -82,7 +82,8 @@ def check_transform(
 
     Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd) equals
     ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|`` by autograd, per event; (c) ``ladj_inverse(z) ≈
-    -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with the context's). Returns the largest errors seen, for reporting.
+    -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with the context's).
+    Returns the largest errors seen, for reporting.
     """
     name = type(t).__name__
     event_dim = t.event_dim

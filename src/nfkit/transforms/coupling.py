@@ -128,7 +128,7 @@ class Coupling(Transform):
         x_b = x.index_select(self.dim, self.idx_b)
         params = self._params(x_a, context)
         ladj = None
-        if not with_ladj:  # an inverse's value alone (sampling)
+        if not with_ladj:  # the inverse's value alone (sampling; only with ``inverse``)
             z_b = self.transformer.inverse_value(x_b, params)
         else:
             step = self.transformer.inverse if inverse else self.transformer.forward
