@@ -323,11 +323,12 @@ class Flow(nn.Module):
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         n = batch.numel()
-        if size is not None and n > min(size, _block_rows(self.event_shape.numel())):
+        block = _block_rows(self.event_shape.numel())
+        if size is not None and n > min(size, block):
             if _batch_coupled(self):  # chunks would get their own batch statistics
                 size = None
             elif not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-                size = min(size, _block_rows(self.event_shape.numel()))
+                size = min(size, block)
         if size is None or n <= size:
             return self._log_prob(x, context)
         x = x.expand(*batch, *x.shape[x.dim() - ev :]).reshape(n, *x.shape[x.dim() - ev :])

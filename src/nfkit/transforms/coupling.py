@@ -121,33 +121,31 @@ class Coupling(Transform):
         p = self.transformer.num_params
         return theta.unflatten(self.dim, (-1, p)).movedim(self.dim, -1)
 
-    def _couple(
-        self, x: Tensor, context: Tensor | None, inverse: bool, with_ladj: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
+    def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_a, x_b, θ(x_a, c))``: the conditioning part, the transformed part, its parameters."""
         x_a = x.index_select(self.dim, self.idx_a)
-        x_b = x.index_select(self.dim, self.idx_b)
-        params = self._params(x_a, context)
-        ladj = None
-        if not with_ladj:  # the inverse's value alone (sampling; only with ``inverse``)
-            z_b = self.transformer.inverse_value(x_b, params)
-        else:
-            step = self.transformer.inverse if inverse else self.transformer.forward
-            z_b, ladj = step(x_b, params)
-            ladj = sum_event(ladj, self.event_dim)
+        return x_a, x.index_select(self.dim, self.idx_b), self._params(x_a, context)
+
+    def _join(self, x_a: Tensor, z_b: Tensor) -> Tensor:
+        """The two parts back in their places (``x_a`` broadcast to ``z_b``'s batch)."""
         e = self.event_dim
         batch = broadcast_shapes(x_a.shape[: x_a.dim() - e], z_b.shape[: z_b.dim() - e])
         x_a = x_a.expand(*batch, *x_a.shape[x_a.dim() - e :])
-        z = torch.cat([x_a, z_b], dim=self.dim).index_select(self.dim, self.perm_back)
-        return z, ladj
+        return torch.cat([x_a, z_b], dim=self.dim).index_select(self.dim, self.perm_back)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, inverse=False)  # type: ignore[return-value]
+        x_a, x_b, params = self._split(x, context)
+        z_b, ladj = self.transformer.forward(x_b, params)
+        return self._join(x_a, z_b), sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._couple(z, context, inverse=True)  # type: ignore[return-value]
+        z_a, z_b, params = self._split(z, context)
+        x_b, ladj = self.transformer.inverse(z_b, params)
+        return self._join(z_a, x_b), sum_event(ladj, self.event_dim)
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        return self._couple(z, context, inverse=True, with_ladj=False)[0]
+        z_a, z_b, params = self._split(z, context)
+        return self._join(z_a, self.transformer.inverse_value(z_b, params))
 
     def extra_repr(self) -> str:
         return f"transformer={self.transformer}, mask={self.mask.int().tolist()}"

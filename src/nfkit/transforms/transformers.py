@@ -170,29 +170,19 @@ class RQSplineTransformer(Transformer):
     def num_params(self) -> int:
         return 3 * self.bins - 1
 
-    def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        return rqs_packed(
-            x,
-            params,
-            bound=self.bound,
-            inverse=inverse,
-            min_width=self.min_width,
-            min_height=self.min_height,
-            min_derivative=self.min_derivative,
-        )
+    def _options(self) -> dict[str, float]:
+        return {
+            "bound": self.bound,
+            "min_width": self.min_width,
+            "min_height": self.min_height,
+            "min_derivative": self.min_derivative,
+        }
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._spline(x, params, inverse=False)
+        return rqs_packed(x, params, inverse=False, **self._options())
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._spline(z, params, inverse=True)
+        return rqs_packed(z, params, inverse=True, **self._options())
 
     def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
-        return rqs_packed_inverse_value(
-            z,
-            params,
-            bound=self.bound,
-            min_width=self.min_width,
-            min_height=self.min_height,
-            min_derivative=self.min_derivative,
-        )
+        return rqs_packed_inverse_value(z, params, **self._options())
