@@ -13,7 +13,11 @@ al. 2019, arXiv:1906.04032, eqs. 4 and 5):
   ``R = δ_{k+1} ξ² + 2 s ξ(1-ξ) + δ_k (1-ξ)²``) with respect to ``ξ, s, δ_k, δ_{k+1}, h_k, y_k``;
 * the chain through ``ξ = (x - x_k) / w_k`` and ``s = h_k / w_k``;
 * the knots ``x_j = -B + 2B (m j + (1 - mK) Σ_{i<j} softmax(θ)_i)``: the gradient of every bin
-  logit follows from the indicators ``[i < k]`` and ``[i ≤ k]`` (no scatter), then the softmax;
+  logit is one of three per-input values (bins before the input's bin ``k``, bin ``k``, after
+  it), the softmax's ``Σ_j f_j ∂L/∂f_j`` read off the bin's knots instead of summed over the
+  ``K`` bins: one select and one product over ``(2, K, *batch)``;
+* that gradient is written in the layout of the parameters when their rows are contiguous there
+  (a parameter-major MADE output), so the producing views' backward makes no copy;
 * ``δ_j = m + softplus(θ_{j-1})`` for the interior derivatives.
 
 Values and first derivatives equal the reference to rounding (the tests compare both in float64).
@@ -124,20 +128,21 @@ def _locals(
         s = size[1] / size[0]
         c = d[:-1] + d[1:] - 2 * s
         left = right - size
-        table = torch.stack([left[0], size[0], left[1], size[1], s, d[:-1], d[1:], c])
+        table = torch.stack([left[0], left[1], size[0], size[1], s, d[:-1], d[1:], c])
         if pt[0].numel() == 1:
             rows = table.view(8, k).index_select(1, idx.view(-1)).view(8, *shape)
         else:
             rows = table.expand(8, k, *shape).gather(1, idx.expand(8, *idx.shape)).squeeze(1)
-        x0, wk, y0, hk, s, d0, d1, c = rows
+        lefts, sizes = rows[:2], rows[2:4]
+        s, d0, d1, c = rows[4:]
     else:  # per-input parameters: read the bin's sizes, right knots and derivatives
         ix = idx.expand(2, *idx.shape)
-        wk, hk = size.gather(1, ix).squeeze(1)
-        x1, y1 = right.gather(1, ix).squeeze(1)
-        x0, y0 = x1 - wk, y1 - hk
+        sizes = size.gather(1, ix).squeeze(1)
+        lefts = right.gather(1, ix).squeeze(1).sub_(sizes)
         d0, d1 = F.softplus(t.gather(0, pair)).add_(mins[2])
-        s = hk / wk
+        s = sizes[1] / sizes[0]
         c = d0 + d1 - 2 * s
+    (x0, y0), (wk, hk) = lefts, sizes  # (2, *batch) each: the bin's left knots and sizes in x, y
     if not inverse:
         xi = ((xc - x0) / wk).clamp_(0, 1)
     else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0, in the stable form 2 s Δy / (b + √disc)
@@ -156,7 +161,7 @@ def _locals(
     v = dict(
         x=x, inside=x.abs() < bound, xi=xi, xi1=xi1, s=s, c=c, q=torch.addcmul(s, c, xi1),
         r=torch.addcmul(d1 * xi2, s, xi1, value=2).addcmul_(d0, om * om),
-        x0=x0, wk=wk, y0=y0, hk=hk,
+        x0=x0, wk=wk, y0=y0, hk=hk, lefts=lefts, sizes=sizes,
     )  # fmt: skip
     if backward or not inverse:
         v["p"] = torch.addcmul(s * xi2, d0, xi1)
@@ -183,9 +188,13 @@ def _inverse_y(v: dict[str, Any]) -> Tensor:
 
 
 def _backward(
-    v: dict[str, Any], bound: float, mins: Mins, gy: Tensor, gl: Tensor
+    v: dict[str, Any], bound: float, mins: Mins, gy: Tensor, gl: Tensor, params: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``(∂L/∂x, ∂L/∂params)`` of the forward direction from the saved locals."""
+    """``(∂L/∂x, ∂L/∂params)`` of the forward direction from the saved locals.
+
+    ``∂L/∂params`` takes the layout of ``params`` when its rows are contiguous there (a
+    parameter-major MADE output), so the backward of the producing views needs no copy.
+    """
     xi, xi1, s, c, q, p, r = (v[n] for n in ("xi", "xi1", "s", "c", "q", "p", "r"))
     hk, wk, d0, d1, inside = v["hk"], v["wk"], v["d0"], v["d1"], v["inside"]
     gy_in = torch.where(inside, gy, 0.0)
@@ -204,28 +213,61 @@ def _backward(
     g_h = gy_in * p / q + g_s / wk
     g_w = -(g_xi * xi + g_s * s) / wk
     gx = torch.where(inside, g_xi / wk, gy)
-    # knot k of x gets -g_ξ/w - g_w and knot k+1 gets g_w (y: gy - g_h and g_h); the end knots
-    # are constants. Knot j depends on the bin fractions i < j: [i < k] and [i ≤ k] indicators.
+    # Knot k (left of the bin) of x gets -g_ξ/w - g_w, knot k+1 gets g_w (y: gy - g_h and g_h);
+    # the end knots are constants. With knot j = -B + Σ_{i<j} size_i and size_i = α f_i + β
+    # (f = softmax(θ) per row): ∂L/∂f_i = α (g_both [i < k] + g_right [i = k]), where g_both =
+    # g_left + g_right. The softmax's Σ_j f_j ∂L/∂f_j needs only this input's bin, through
+    # α Σ_{j<k} f_j = left + B - k β and α f_k = size_k - β: no product and sum over the K bins.
     frac, idx, pair = v["frac"], v["idx"], v["pair"]
     k = frac.shape[1]
-    last = idx == k - 1
-    below = torch.stack([-g_xi / wk - g_w, gy_in - g_h]).unsqueeze(1)  # (2, 1, *batch)
-    above = torch.stack([g_w, g_h]).masked_fill_(last, 0.0).unsqueeze(1)
+    alpha, beta = _fraction_scale(bound, mins, k, gy)
+    g_right = torch.stack([g_w, g_h]).masked_fill_(idx == k - 1, 0.0)  # (2, *batch)
+    g_both = torch.stack([-g_xi / wk - g_w, gy_in - g_h]).add_(g_right)
+    below = _axpy(v["lefts"], -beta, idx.to(gy.dtype)).add_(bound)  # α Σ_{j<k} f_j
+    neg_dot = torch.addcmul(g_right * (v["sizes"] - beta), g_both, below).neg_()
+    at_k, before_k = _axpy(neg_dot, alpha, g_right), _axpy(neg_dot, alpha, g_both)
     i = torch.arange(k, device=idx.device).view(k, *(1,) * (idx.dim() - 1))
-    g_frac = torch.where(i < idx, below, 0.0).add_(torch.where(i <= idx, above, 0.0))
-    for row, m in enumerate(mins[:2]):
-        g_frac[row].mul_(2 * bound * (1 - m * k))
-    grad = frac.new_empty(3 * k - 1, *idx.shape[1:])
-    g_frac = g_frac.sub_((g_frac * frac).sum(1, keepdim=True))
-    torch.mul(frac, g_frac, out=grad[: 2 * k].unflatten(0, (2, k)))
+    g_logit = torch.where(i < idx, before_k.unsqueeze(1), neg_dot.unsqueeze(1))  # (2, K, *batch)
+    g_logit.scatter_(1, idx.expand_as(neg_dot).unsqueeze(1), at_k.unsqueeze(1))
+    grad = _rows_like(params, idx.shape[1:])
+    torch.mul(frac, g_logit, out=grad[: 2 * k].unflatten(0, (2, k)))
     # derivatives: δ_k gets g_d0 and δ_{k+1} g_d1 (rows of the padded table; the ends are 1)
     g_t = grad.new_zeros(k + 1, *idx.shape[1:]).scatter_add_(0, pair, torch.stack([g_d0, g_d1]))
     torch.mul(g_t[1:-1], torch.sigmoid(v["t"][1:-1]), out=grad[2 * k :])
     return gx, grad.movedim(0, -1)
 
 
+def _rows_like(params: Tensor, batch: torch.Size) -> Tensor:
+    """An empty ``(P, *batch)`` gradient: a view of one laid out as ``params`` when that has the
+    full batch shape and its rows ``params[..., j]`` are contiguous, else contiguous itself."""
+    if params.shape[:-1] == batch and params.stride(-1) != 1:
+        rows = torch.empty_like(params).movedim(-1, 0)  # strides of params where it is dense
+        if rows.stride(-1) == 1:
+            return rows
+    return params.new_empty(params.shape[-1], *batch)
+
+
+def _fraction_scale(
+    bound: float, mins: Mins, k: int, like: Tensor
+) -> tuple[float | Tensor, float | Tensor]:
+    """``(α, β)`` of ``size = α f + β`` for the widths and heights rows: ``α = 2B (1 - m K)``,
+    ``β = 2B m``. Python floats when the two minima agree, else ``(2, 1, ...)`` tensors."""
+    alphas = [2 * bound * (1 - m * k) for m in mins[:2]]
+    betas = [2 * bound * m for m in mins[:2]]
+    if mins[0] == mins[1]:
+        return alphas[0], betas[0]
+    shape = (2, *(1,) * like.dim())
+    kw = dict(dtype=like.dtype, device=like.device)
+    return torch.tensor(alphas, **kw).view(shape), torch.tensor(betas, **kw).view(shape)
+
+
+def _axpy(y: Tensor, a: float | Tensor, x: Tensor) -> Tensor:
+    """``y + a x`` (one op for a Python ``a``)."""
+    return torch.add(y, x, alpha=a) if isinstance(a, float) else y + a * x
+
+
 def _inverse_backward(
-    v: dict[str, Any], bound: float, mins: Mins, gx: Tensor, gl: Tensor
+    v: dict[str, Any], bound: float, mins: Mins, gx: Tensor, gl: Tensor, params: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂y, ∂L/∂params)`` of the inverse direction, by the implicit function theorem.
 
@@ -239,7 +281,7 @@ def _inverse_backward(
     dlog_dx = (2 * (d1 * xi + s * u - d0 * (1 - xi)) / r - 2 * c * u / q) / wk
     slope = s * s * r / (q * q)  # f'(x)
     gbar = (gx - gl * dlog_dx) / slope
-    _, gp = _backward(v, bound, mins, -gbar, -gl)
+    _, gp = _backward(v, bound, mins, -gbar, -gl, params)
     return torch.where(inside, gbar, gx), gp
 
 
@@ -279,9 +321,9 @@ class _PackedSpline(torch.autograd.Function):
         if torch.is_grad_enabled():
             gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, ctx.inverse, gy, gl)
         elif ctx.inverse:
-            gx, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
+            gx, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gy, gl, params)
         else:
-            gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl)
+            gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl, params)
         return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None, None
 
 
