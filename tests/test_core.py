@@ -202,3 +202,44 @@ def test_batchnorm_eval_is_exact_bijection() -> None:
     xb, ladj_inv = t.inverse(z)
     torch.testing.assert_close(xb, x)
     torch.testing.assert_close(ladj, -ladj_inv)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_sample_runs_in_inference_mode_but_returns_ordinary_tensors(chunk_size) -> None:
+    """``Flow.sample`` runs the inverse under ``torch.inference_mode()`` (fewer per-op costs),
+    yet its result is an ordinary tensor: it may enter autograd and be modified in place."""
+    flow = nf.models.NSF(2, transforms=2, hidden=(8,))
+    first, modes = flow.transform[0], []
+
+    def recording(z, context=None):
+        modes.append(torch.is_inference_mode_enabled())
+        return type(first).inverse_value(first, z, context)
+
+    first.inverse_value = recording
+    x = flow.sample(20, chunk_size=chunk_size)
+    assert len(modes) == (1 if chunk_size is None else 3) and all(modes)
+    assert not x.is_inference()
+    flow.log_prob(x).sum().backward()  # x is saved for backward: an inference tensor fails
+    x.add_(1.0)  # in place outside inference mode: an inference tensor fails
+
+
+def test_transforms_that_differentiate_inside_sample_without_inference_mode() -> None:
+    """A transform whose inverse takes autograd internally (FFJORD's trace) declares
+    ``autograd_inside``: ``Flow.sample`` then runs under ``no_grad``, and works."""
+    assert T.ContinuousFlow.autograd_inside and T.ResidualBlock.autograd_inside
+    flow = nf.models.FFJORD(2, blocks=1, hidden=(8,))
+    assert nf.core.autograd_inside(flow)
+    x = flow.sample(5)
+    assert x.shape == (5, 2) and torch.isfinite(x).all() and not x.is_inference()
+
+
+def test_check_transform_names_a_missing_autograd_inside() -> None:
+    """The generic check runs ``inverse_value`` under inference mode, as sampling does, and says
+    what to set when a transform differentiates internally without declaring it."""
+
+    class Undeclared(T.ContinuousFlow):
+        autograd_inside = False
+
+    t = Undeclared(2, hidden=(8,)).double()
+    with pytest.raises(AssertionError, match="must set autograd_inside = True"):
+        nf.testing.check_transform(t, torch.randn(4, 2, dtype=torch.float64), jacobian=False)

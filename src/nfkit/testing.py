@@ -13,7 +13,7 @@ import io
 import torch
 from torch import Tensor, nn
 
-from nfkit.core import Flow, Transform
+from nfkit.core import Flow, Transform, autograd_inside
 
 __all__ = ["check_transform", "check_flow", "jacobian_logdet", "perturb_parameters"]
 
@@ -80,8 +80,9 @@ def check_transform(
 ) -> dict[str, float]:
     r"""Check a transform at ``x`` (use float64). Raises ``AssertionError`` naming what failed.
 
-    Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd) equals
-    ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|`` by autograd, per event; (c) ``ladj_inverse(z) ≈
+    Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd; and under
+    ``torch.inference_mode()``, as :meth:`~nfkit.Flow.sample` runs it, unless
+    :attr:`~nfkit.Transform.autograd_inside`) equals ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|`` by autograd, per event; (c) ``ladj_inverse(z) ≈
     -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with the context's).
     Returns the largest errors seen, for reporting.
     """
@@ -115,6 +116,16 @@ def check_transform(
     with torch.no_grad():  # the value-only inverse (sampling) skips work only without autograd
         x_value = t.inverse_value(z, context)
     _close(name, "inverse_value(z) vs inverse(z)[0]", x_value, x_back.detach(), atol_inverse)
+    if not autograd_inside(t):  # Flow.sample runs the inverse under inference mode
+        try:
+            with torch.inference_mode():
+                x_value = t.inverse_value(z, context)
+        except RuntimeError as e:
+            raise AssertionError(
+                f"{name}: inverse_value fails under torch.inference_mode() ({e}); a transform "
+                "that differentiates internally must set autograd_inside = True"
+            ) from e
+        _close(name, "inverse_value under inference_mode", x_value, x_back.detach(), atol_inverse)
     report = {
         "inverse_error": (x_back - x).abs().max().item(),
         "symmetry_error": (ladj_inv + ladj).abs().max().item(),

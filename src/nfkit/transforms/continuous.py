@@ -126,6 +126,8 @@ class ContinuousFlow(Transform):
         (torch.Size([5, 2]), torch.Size([5]))
     """
 
+    autograd_inside = True  # the trace of the log-det is taken by autograd
+
     def __init__(
         self,
         features: int,

@@ -94,6 +94,8 @@ class ResidualBlock(Transform):
         True
     """
 
+    autograd_inside = True  # the log-det series is taken by autograd
+
     def __init__(
         self,
         features: int,
