@@ -82,8 +82,9 @@ def check_transform(
 
     Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd; and under
     ``torch.inference_mode()``, as :meth:`~nfkit.Flow.sample` runs it, unless
-    :attr:`~nfkit.Transform.autograd_inside`) equals ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|`` by autograd, per event; (c) ``ladj_inverse(z) ≈
-    -ladj(x)``; (d) ``ladj`` has the batch shape of ``x`` (broadcast with the context's).
+    :attr:`~nfkit.Transform.autograd_inside`) equals ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|``
+    by autograd, per event; (c) ``ladj_inverse(z) ≈ -ladj(x)``; (d) ``ladj`` has the batch shape
+    of ``x`` (broadcast with the context's).
     Returns the largest errors seen, for reporting.
     """
     name = type(t).__name__

@@ -257,8 +257,8 @@ def _fraction_scale(
     if mins[0] == mins[1]:
         return alphas[0], betas[0]
     shape = (2, *(1,) * like.dim())
-    kw = dict(dtype=like.dtype, device=like.device)
-    return torch.tensor(alphas, **kw).view(shape), torch.tensor(betas, **kw).view(shape)
+    alpha, beta = torch.tensor([alphas, betas], dtype=like.dtype, device=like.device)
+    return alpha.view(shape), beta.view(shape)
 
 
 def _axpy(y: Tensor, a: float | Tensor, x: Tensor) -> Tensor:
