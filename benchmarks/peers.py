@@ -5,14 +5,16 @@ Usage::
     python benchmarks/peers.py                       # every cell, eager, writes benchmarks/results/
     python benchmarks/peers.py --quick               # fewer rounds/steps (a smoke run, ~2 min)
     python benchmarks/peers.py --cells moons-MAF,digits-NSF --compile --device cpu
+    python benchmarks/peers.py --cells synth16-MAF --hidden 64,64 --transforms 3 --batch 256
 
-Cells are ``<data>-<model>``: data ∈ {moons (D=2), digits (D=64), synth256 (D=256)}, model ∈
-{MAF, NSF, RealNVP, NSFc (coupling NSF)}. Every library gets 5 transforms, conditioner networks
-with hidden widths (128, 128) and ReLU, splines with 8 bins on [-5, 5] and linear (identity)
-tails; the script prints each library's parameter count (they must match) and fails loudly
-otherwise.
+Cells are ``<data>-<model>``: data ∈ {moons (D=2), digits (D=64), synth256 (D=256), or any
+``synth<D>``: a 16-dim latent through a random tanh layer, D ≥ 2}, model ∈ {MAF, NSF, RealNVP,
+NSFc (coupling NSF)}. Every library gets 5 transforms, conditioner networks with hidden widths
+(128, 128) and ReLU (``--transforms``, ``--hidden``), splines with 8 bins on [-5, 5] and linear
+(identity) tails; the script prints each library's parameter count (they must match) and fails
+loudly otherwise.
 
-Metrics (float32, batch 512, Adam lr 1e-3):
+Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
 
 * ``step``: median training-step time (forward, backward, Adam) over rounds; the libraries and the
   *floor* are interleaved round by round (the machine may be shared: only same-round ratios are
@@ -60,16 +62,37 @@ import nfkit as nf
 
 LIBS = ("nfkit", "zuko", "nflows", "normflows")
 MODELS = ("MAF", "NSF", "RealNVP", "NSFc")
-DATA = {"moons": 2, "digits": 64, "synth256": 256}
+DATA = {"moons": 2, "digits": 64, "synth256": 256}  # and any synth<D>, D >= 2
 DEFAULT_CELLS = [f"{d}-{m}" for d in ("moons", "digits") for m in MODELS] + [
     "synth256-MAF",
     "synth256-NSF",
 ]
+# The issue's architecture and batch; --hidden, --transforms and --batch change them for a run.
 HIDDEN = (128, 128)
 TRANSFORMS = 5
 BINS = 8
 BOUND = 5.0
 BATCH = 512
+
+
+def configure(hidden: tuple[int, ...], transforms: int, batch: int) -> None:
+    """Set the networks' hidden widths, the number of transforms and the batch for this run."""
+    global HIDDEN, TRANSFORMS, BATCH
+    if not hidden or min(hidden) < 1 or transforms < 1 or batch < 1:
+        raise SystemExit(
+            f"peers.py: need hidden widths, transforms and batch >= 1, got {hidden}, "
+            f"{transforms}, {batch}"
+        )
+    HIDDEN, TRANSFORMS, BATCH = tuple(hidden), transforms, batch
+
+
+def features(data: str) -> int:
+    """``D`` of a data name: moons 2, digits 64, ``synth<D>`` D (0 when unknown)."""
+    if data in DATA:
+        return DATA[data]
+    if data.startswith("synth") and data[5:].isdigit() and int(data[5:]) >= 2:
+        return int(data[5:])
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -86,10 +109,12 @@ def load_data(name: str, seed: int = 0) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits
 
         x = load_digits().data + rng.uniform(size=(1797, 64))  # dequantized
-    elif name == "synth256":
+    elif features(name) and name.startswith("synth"):
+        # a 16-dim latent through a random tanh layer and squared sines, plus noise
+        d = features(name)
         z = rng.standard_normal((15_000, 16))
-        a = rng.standard_normal((16, 256)) / 4
-        x = np.tanh(z @ a) + 0.3 * np.sin(z @ rng.standard_normal((16, 256))) ** 2
+        a = rng.standard_normal((16, d)) / 4
+        x = np.tanh(z @ a) + 0.3 * np.sin(z @ rng.standard_normal((16, d))) ** 2
         x = x + 0.05 * rng.standard_normal(x.shape)
     else:
         raise ValueError(f"load_data: unknown data {name!r}")
@@ -149,7 +174,7 @@ def _net_widths(model: str, d: int) -> list[tuple[int, ...]]:
 
 
 def build(lib: str, model: str, d: int) -> Model:
-    """The same architecture in each library (5 transforms, hidden (128, 128), ReLU)."""
+    """The same architecture in each library (``TRANSFORMS`` transforms, ``HIDDEN``, ReLU)."""
     ar = model in ("MAF", "NSF")
     nets = _net_widths(model, d)
     if lib == "nfkit":
@@ -384,7 +409,14 @@ def train_step_fn(m: Model, data: Tensor, device: str) -> Callable[[], None]:
 def compiled_fns(
     flow: nf.Flow, data: Tensor, device: str
 ) -> tuple[Callable[[], None], Callable[[Tensor], Tensor]]:
-    """nfkit under torch.compile: ``flow.transform`` + base log-density, checks left outside."""
+    """nfkit under torch.compile: ``flow.transform`` + base log-density, checks left outside.
+
+    Dynamo's caches are cleared first: each cell's model is a new set of guards on the same
+    code objects, and after ``torch._dynamo.config.recompile_limit`` (8) of them dynamo stops
+    compiling and runs eagerly (with a warning), so later cells would time eager code under the
+    compiled label.
+    """
+    torch.compiler.reset()
     flow.validate = False
 
     def log_prob(x: Tensor) -> Tensor:
@@ -430,7 +462,7 @@ def memory_child(cell: str, lib: str, device: str) -> None:
     data_name, model = cell.split("-")
     train, _ = load_data(data_name)
     torch.manual_seed(0)
-    m = build(lib, model, DATA[data_name])
+    m = build(lib, model, features(data_name))
     m.module.to(device)
     step = train_step_fn(m, train, device)
     if device.startswith("cuda"):
@@ -463,6 +495,8 @@ def _status_kib(field: str) -> int:
 
 def measure_memory(cell: str, lib: str, device: str) -> float | None:
     cmd = [sys.executable, __file__, "--_memory", cell, lib, "--device", device]
+    cmd += ["--hidden", ",".join(map(str, HIDDEN)), "--transforms", str(TRANSFORMS)]
+    cmd += ["--batch", str(BATCH)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
         return round(float(out.stdout.strip().splitlines()[-1]), 1)
@@ -504,7 +538,7 @@ def machine(device: str) -> dict[str, Any]:
 
 def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     data_name, model = cell.split("-")
-    d, device = DATA[data_name], args.device
+    d, device = features(data_name), args.device
     train, test = load_data(data_name)
     libs = [lib for lib in args.libs if not (lib == "normflows" and model == "RealNVP")]
     models: dict[str, Model] = {}
@@ -635,6 +669,9 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         + f"; zuko {info['zuko']}, nflows {info['nflows']}, normflows {info['normflows']}; "
         f"load average at start {info['load_average']}.",
         "",
+        f"Architecture: {TRANSFORMS} transforms, hidden widths {HIDDEN}, splines with {BINS} "
+        f"bins on [-{BOUND:g}, {BOUND:g}].",
+        "",
         "Training step: median ms (ratio to the matmul floor of the same run). Float32, "
         f"batch {BATCH}, Adam. The floor is the same networks' dense matmuls alone, forward + "
         "backward (no masks, activations, transformer or optimizer step). "
@@ -698,6 +735,16 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
     return "\n".join(lines) + "\n"
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    """``"64,64"`` → ``(64, 64)``; argparse reports anything else in one line."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few rounds and steps (smoke run)")
@@ -716,9 +763,18 @@ def main(argv: list[str] | None = None) -> None:
         help="re-measure only the memory column of the existing results file (same cells, tag)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    p.add_argument(
+        "--hidden",
+        type=_widths,
+        default=HIDDEN,
+        help="hidden widths of every network, comma-separated (default 128,128)",
+    )
+    p.add_argument("--transforms", type=int, default=TRANSFORMS, help="transforms (default 5)")
+    p.add_argument("--batch", type=int, default=BATCH, help="training batch (default 512)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    configure(args.hidden, args.transforms, args.batch)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._memory:
@@ -732,8 +788,10 @@ def main(argv: list[str] | None = None) -> None:
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     for c in cells:
         data_name, _, model = c.partition("-")
-        if data_name not in DATA or model not in MODELS:
-            raise SystemExit(f"peers.py: unknown cell {c!r}; data {list(DATA)}, models {MODELS}")
+        if not features(data_name) or model not in MODELS:
+            raise SystemExit(
+                f"peers.py: unknown cell {c!r}; data {list(DATA)} or synth<D>, models {MODELS}"
+            )
     info = machine(args.device)
     print(json.dumps(info), flush=True)
     out = Path(args.out)
@@ -760,7 +818,15 @@ def main(argv: list[str] | None = None) -> None:
     for c in cells:  # write after every cell, so an interrupted run keeps what it measured
         results.append(run_cell(c, args))
         (out / f"peers-{tag}.json").write_text(
-            json.dumps({"machine": info, "command": command, "results": results}, indent=1)
+            json.dumps(
+                {
+                    "machine": info,
+                    "command": command,
+                    "architecture": {"transforms": TRANSFORMS, "hidden": HIDDEN, "batch": BATCH},
+                    "results": results,
+                },
+                indent=1,
+            )
         )
         (out / f"peers-{tag}.md").write_text(markdown(results, info, command.strip()))
     print(f"wrote {out / f'peers-{tag}.md'} and .json")

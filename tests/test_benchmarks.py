@@ -1,0 +1,74 @@
+"""``benchmarks/peers.py`` runs end to end (nfkit alone, tiny sizes) and writes its tables.
+
+The peers are optional (``bench`` extras); timing figures are not checked here, only that every
+metric is produced for the architecture asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "benchmarks" / "peers.py"
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(PEERS), "--out", str(tmp_path), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
+    r = _run(
+        tmp_path,
+        *("--cells", "synth5-MAF,moons-NSFc", "--libs", "nfkit"),
+        *("--hidden", "8,6", "--transforms", "2", "--batch", "32"),
+        *("--rounds", "1", "--reps", "1", "--steps", "2", "--fit", "2", "--threads", "1"),
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stored = json.loads((tmp_path / "peers-full-cpu.json").read_text())
+    assert stored["architecture"] == {"transforms": 2, "hidden": [8, 6], "batch": 32}
+    cells = {c["cell"]: c for c in stored["results"]}
+    assert set(cells) == {"synth5-MAF", "moons-NSFc"}
+    maf = cells["synth5-MAF"]
+    assert maf["features"] == 5
+    # MADE 5 → 8 → 6 → 10 (shift and log-scale per feature), two transforms
+    assert maf["params"]["nfkit"] == 2 * ((5 * 8 + 8) + (8 * 6 + 6) + (6 * 10 + 10))
+    for c in cells.values():
+        assert c["step_ms"]["nfkit"] > 0 and c["step_ms"]["floor"] > 0
+        assert c["log_prob_rows_per_s"]["nfkit"] > 0 and c["sample_per_s"]["nfkit"] > 0
+        assert c["memory_mib"]["nfkit"] is not None
+        assert isinstance(c["test_ll"]["nfkit"], float)
+    md = (tmp_path / "peers-full-cpu.md").read_text()
+    assert "Architecture: 2 transforms, hidden widths (8, 6)" in md
+    assert "batch 32" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--cells", "synth1-MAF"), "unknown cell 'synth1-MAF'"),
+        (("--cells", "moons-Glow"), "unknown cell 'moons-Glow'"),
+        (("--hidden", "64,x"), "expected comma-separated integers"),
+        (("--transforms", "0"), "need hidden widths, transforms and batch >= 1"),
+    ],
+)
+def test_peers_rejects_bad_arguments_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    r = _run(tmp_path, *args, "--libs", "nfkit")
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
