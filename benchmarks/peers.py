@@ -801,6 +801,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.memory_only:
         stored = json.loads((out / f"peers-{tag}.json").read_text())
+        if "architecture" in stored:  # re-measure the sizes the file was written with
+            a = stored["architecture"]
+            configure(tuple(a["hidden"]), a["transforms"], a["batch"])
         for r in stored["results"]:
             if r["cell"] in cells:
                 r["memory_mib"] = {

@@ -55,6 +55,14 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
     assert "Architecture: 2 transforms, hidden widths (8, 6)" in md
     assert "batch 32" in md
 
+    # --memory-only re-measures with the sizes stored in the file, not the defaults
+    r = _run(tmp_path, "--memory-only", "--cells", "synth5-MAF", "--libs", "nfkit")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (
+        "Architecture: 2 transforms, hidden widths (8, 6)"
+        in (tmp_path / "peers-full-cpu.md").read_text()
+    )
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
