@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import nfkit as nf
+from nfkit.cli import _hidden as hidden_widths  # the CLI's --hidden parser: "64,64" → (64, 64)
 
 LIBS = ("nfkit", "zuko", "nflows", "normflows")
 MODELS = ("MAF", "NSF", "RealNVP", "NSFc")
@@ -735,16 +736,6 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
     return "\n".join(lines) + "\n"
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    """``"64,64"`` → ``(64, 64)``; argparse reports anything else in one line."""
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few rounds and steps (smoke run)")
@@ -765,7 +756,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     p.add_argument(
         "--hidden",
-        type=_widths,
+        type=hidden_widths,
         default=HIDDEN,
         help="hidden widths of every network, comma-separated (default 128,128)",
     )

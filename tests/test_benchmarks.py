@@ -69,7 +69,7 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
     [
         (("--cells", "synth1-MAF"), "unknown cell 'synth1-MAF'"),
         (("--cells", "moons-Glow"), "unknown cell 'moons-Glow'"),
-        (("--hidden", "64,x"), "expected comma-separated integers"),
+        (("--hidden", "64,x"), "expected widths like 64,64, got '64,x'"),
         (("--transforms", "0"), "need hidden widths, transforms and batch >= 1"),
     ],
 )
