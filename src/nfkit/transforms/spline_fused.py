@@ -110,13 +110,11 @@ def _locals(
     if not shared and pt.dim() > 1 and pt.stride(-1) != 1:  # feature-major: a transposing copy
         pt = _transposed_copy(params, pt)
     frac = torch.softmax(pt[: 2 * k].unflatten(0, (2, k)), 1)  # (2, K, *pb), over the bins
-    if mins[0] == mins[1]:  # both rows at once; in place unless the backward reads frac
-        a, b = 2 * bound * (1 - mins[0] * k), 2 * bound * mins[0]
-        size = (frac.mul(a) if backward else frac.mul_(a)).add_(b)
+    alpha, beta = _fraction_scale(bound, mins, k, frac[0])  # size = α f + β, per row
+    if isinstance(alpha, float):  # both rows at once; in place unless the backward reads frac
+        size = (frac.mul(alpha) if backward else frac.mul_(alpha)).add_(beta)
     else:
-        size = torch.stack(
-            [f.mul(2 * bound * (1 - m * k)).add_(2 * bound * m) for f, m in zip(frac, mins)]
-        )
+        size = torch.addcmul(beta, frac, alpha)
     right = torch.cumsum(size, 1).sub_(bound)  # (2, K, *pb): knots 1..K of x and y
     # derivatives δ_0..δ_K: interior m + softplus(θ + softplus⁻¹(1 - m)); raw 0 at the ends gives 1
     t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(softplus_inverse(1 - mins[2]))
