@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfkit.transforms.functional import _UnbindLast, rqs, softsign_clamp, unbind_last
+from nfkit.transforms.functional import (
+    _affine_plain,
+    affine,
+    rqs,
+    softsign_clamp,
+)
 
 settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
@@ -84,15 +90,11 @@ def test_knots_use_their_own_minimum_sizes(seed: int, bins: int) -> None:
 
 
 def test_softsign_clamp_gradients() -> None:
-    """The hand-written backward: equal to autograd through the formula, gradcheck and
-    gradgradcheck (double backward recomputes from the input), and the torch.func fallback."""
+    """Gradient ``1 / (1 + |x|/B)²``; the in-place no-grad path rounds as the tracked one; the
+    formula under torch.func; gradcheck and gradgradcheck."""
     x = torch.linspace(-30, 30, 13, dtype=torch.float64).requires_grad_()
     (g,) = torch.autograd.grad(softsign_clamp(x, 3.0).sum(), x)
-    # the no-grad path rounds as the Function does (a sampled point maps back exactly)
     assert torch.equal(softsign_clamp(x.detach(), 3.0), softsign_clamp(x, 3.0).detach())
-    xr = x.detach().clone().requires_grad_()
-    (g_ref,) = torch.autograd.grad((xr / (1 + xr.abs() / 3.0)).sum(), xr)
-    torch.testing.assert_close(g, g_ref)
     torch.testing.assert_close(g, 1 / (1 + x.detach().abs() / 3.0) ** 2)
     smooth = torch.tensor([-7.3, -2.1, -0.4, 0.6, 3.3, 9.8], dtype=torch.float64)  # |x|: not at 0
     smooth.requires_grad_()
@@ -101,39 +103,63 @@ def test_softsign_clamp_gradients() -> None:
     torch.testing.assert_close(torch.func.grad(lambda a: softsign_clamp(a, 3.0).sum())(x), g)
 
 
-def test_unbind_last_matches_unbind_with_gradients() -> None:
-    torch.manual_seed(0)
-    # (4096, 9, 2): slots of 36864 entries take the Function; the feature-major layout of a
-    # network's output (parameters innermost) and a transposed one
-    base = torch.randn(4096, 9, 2, dtype=torch.float64)
-    for x in (base, base.transpose(0, 1).contiguous().transpose(0, 1)):
-        x = x.clone().requires_grad_()
-        ref = x.detach().clone().requires_grad_()
-        parts, ref_parts = unbind_last(x), ref.unbind(-1)
-        assert type(parts[0].grad_fn).__name__ == "_UnbindLastBackward"
-        for p, r in zip(parts, ref_parts):
-            torch.testing.assert_close(p, r, rtol=0, atol=0)
-        cot = [torch.randn_like(r) for r in ref_parts]
-        (sum((p.sin() * c).sum() for p, c in zip(parts, cot))).backward()
-        (sum((r.sin() * c).sum() for r, c in zip(ref_parts, cot))).backward()
-        torch.testing.assert_close(x.grad, ref.grad, rtol=0, atol=0)
-        assert x.grad.stride() == x.stride()  # the gradient keeps the input's layout
-        # one slot unused: its gradient is zero
-        x.grad = None
-        unbind_last(x)[1].sum().backward()
-        assert x.grad[..., 0].abs().sum() == 0 and (x.grad[..., 1] == 1).all()
-    # small slots: plain unbind; double backward through the Function is exact
-    assert (
-        unbind_last(torch.randn(8, 2, requires_grad=True))[0].grad_fn.name() == "UnbindBackward0"
-    )
-    small = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(
-        lambda t: [u.sin() for u in _UnbindLast.apply(t)], (small,)
-    )
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("kind", ["exp", "softsign", "sigmoid"])
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 4.0), bound=st.floats(0.5, 6.0))
+@settings(max_examples=8)
+def test_affine_node_matches_plain_formula(
+    kind: str, inverse: bool, seed: int, scale: float, bound: float
+) -> None:
+    """The one-node affine map: the plain formula's values (bit for bit) and gradients, for
+    both directions and every log-scale kind (raw parameters large enough to reach the sigmoid's
+    floor), with the parameters feature-major or parameter-major; gradcheck and gradgradcheck."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(33, 7, generator=g, dtype=torch.float64)
+    raw = torch.randn(33, 7, 2, generator=g, dtype=torch.float64) * scale
+    for params in (raw, raw.permute(2, 0, 1).contiguous().permute(1, 2, 0)):
+        xa, pa = x.clone().requires_grad_(), params.clone().requires_grad_()
+        xb, pb = x.clone().requires_grad_(), params.clone().requires_grad_()
+        y, s = affine(xa, pa, kind, bound, inverse)
+        assert type(y.grad_fn).__name__ == "_AffineBackward"
+        y_ref, s_ref = _affine_plain(xb, pb, kind, bound, inverse)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+        cot_y, cot_s = torch.randn_like(x), torch.randn_like(x)
+        ga = torch.autograd.grad((y, s), (xa, pa), (cot_y, cot_s))
+        gb = torch.autograd.grad((y_ref, s_ref), (xb, pb), (cot_y, cot_s))
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b)
+        assert ga[1].stride() == pa.stride()  # the gradient keeps the parameters' layout
+        # a single output used, and the input that needs no gradient gets none
+        (gp,) = torch.autograd.grad(affine(x, pa, kind, bound, inverse)[1].sum(), pa)
+        (gp_ref,) = torch.autograd.grad(_affine_plain(x, pb, kind, bound, inverse)[1].sum(), pb)
+        torch.testing.assert_close(gp, gp_ref)
+    small_x = x[:3, :2].clone().requires_grad_()
+    small_p = raw[:3, :2].clone().requires_grad_()
+    f = lambda a, p: affine(a, p, kind, bound, inverse)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (small_x, small_p))
+    assert torch.autograd.gradgradcheck(f, (small_x, small_p))
 
 
-def test_unbind_last_under_torch_func_uses_plain_unbind() -> None:
-    x = torch.randn(4096, 9, 2, dtype=torch.float64)  # large enough for the Function in autograd
-    grad = torch.func.grad(lambda t: (unbind_last(t)[0].sin() * unbind_last(t)[1]).sum())(x)
-    s, r = x.unbind(-1)
-    torch.testing.assert_close(grad, torch.stack([s.cos() * r, s.sin()], -1))
+def test_affine_node_steps_aside() -> None:
+    """Plain ops (``None``) without autograd, under torch.func, and for broadcasting inputs;
+    an in-place change of the inverse's output before backward is an error, not a wrong
+    gradient."""
+    x, p = torch.randn(4, 3), torch.randn(4, 3, 2, requires_grad=True)
+    assert affine(x, p.detach(), "softsign", 5.0) is None
+    assert affine(x[:1], p, "softsign", 5.0) is None
+    with torch.no_grad():
+        assert affine(x, p, "softsign", 5.0) is None
+    grad = torch.func.grad(lambda q: affine_or_plain(x, q).sum())(p.detach())
+    (ref,) = torch.autograd.grad(_affine_plain(x, p, "softsign", 5.0, False)[0].sum(), p)
+    torch.testing.assert_close(grad, ref)
+    y, _ = affine(x, p, "softsign", 5.0, True)
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def affine_or_plain(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    out = affine(x, p, "softsign", 5.0)
+    assert out is None  # torch.func is active
+    return _affine_plain(x, p, "softsign", 5.0, False)[0]

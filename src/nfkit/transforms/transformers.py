@@ -11,17 +11,17 @@ structure that uses the transformer sums it over the event.
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit.transforms.functional import soft_clamp, softsign_clamp, unbind_last, untracked
+from nfkit.transforms.functional import (
+    affine,
+    affine_log_scale,
+    untracked,
+)
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
-
-_LOG_SIGMOID_2 = -math.log1p(math.exp(-2.0))  # log σ(2)
 
 __all__ = [
     "Transformer",
@@ -114,15 +114,13 @@ class AffineTransformer(Transformer):
 
     def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
         # one unbind (not two selects, whose backwards zero-fill a full tensor each)
-        shift, raw = unbind_last(params)
-        if self.scale == "exp":
-            return shift, soft_clamp(raw, self.max_log_scale)
-        if self.scale == "softsign":
-            return shift, softsign_clamp(raw, self.max_log_scale)
-        log_scale = F.logsigmoid(raw + 2.0) - _LOG_SIGMOID_2
-        return shift, log_scale.clamp_min(-self.max_log_scale)
+        shift, raw = params.unbind(-1)
+        return shift, affine_log_scale(raw, self.scale, self.max_log_scale)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        fused = affine(x, params, self.scale, self.max_log_scale)
+        if fused is not None:  # one autograd node for a training step
+            return fused
         shift, log_scale = self._unpack(params)
         if x.shape == log_scale.shape and x.dtype == log_scale.dtype and untracked(x, params):
             z = torch.exp(log_scale).mul_(x).add_(shift)  # same values, one temporary, not three
@@ -131,6 +129,9 @@ class AffineTransformer(Transformer):
         return z, log_scale.expand(z.shape)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        fused = affine(z, params, self.scale, self.max_log_scale, inverse=True)
+        if fused is not None:
+            return fused
         shift, log_scale = self._unpack(params)
         neg = -log_scale
         if untracked(z, params):  # (z - shift) has the broadcast shape and the promoted dtype
