@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nfkit.transforms import AffineTransformer
 from nfkit.transforms.functional import (
     _affine_plain,
     affine,
@@ -124,6 +125,11 @@ def test_affine_node_matches_plain_formula(
         y_ref, s_ref = _affine_plain(xb, pb, kind, bound, inverse)
         torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
         torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+        # the transformer without autograd (log_prob, sampling) computes the same values
+        t = AffineTransformer(max_log_scale=bound, scale=kind)
+        y_eval, s_eval = (t.inverse if inverse else t.forward)(x, params)
+        torch.testing.assert_close(y_eval, y.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(s_eval, s.detach(), rtol=0, atol=0)
         cot_y, cot_s = torch.randn_like(x), torch.randn_like(x)
         ga = torch.autograd.grad((y, s), (xa, pa), (cot_y, cot_s))
         gb = torch.autograd.grad((y_ref, s_ref), (xb, pb), (cot_y, cot_s))

@@ -113,7 +113,7 @@ def _affine_plain(
     s = affine_log_scale(raw, kind, bound)
     if inverse:
         return (x - shift) * torch.exp(-s), -s
-    return x * torch.exp(s) + shift, s
+    return torch.addcmul(shift, x, torch.exp(s)), s
 
 
 class _Affine(torch.autograd.Function):
@@ -121,11 +121,11 @@ class _Affine(torch.autograd.Function):
     ops, ``exp``, product, sum).
 
     Both directions are ``y = (x + a) · m + b`` (forward: ``a = 0, m = e^s, b = t``; inverse:
-    ``a = -t, m = e^{-s}, b = 0``). The forward keeps ``m``, ``q = ∂y/∂s`` up to sign (``x e^s``,
-    or ``y``) and the signed slope ``± ds/dŝ``; the backward is four full-size passes written
-    straight into the parameters' gradient, laid out as ``params`` (a parameter-major view stays
-    one): ``∂x = g_y m``, ``∂t = g_y`` (forward) or ``-∂x`` (inverse), ``∂ŝ = (g_l + g_y q) · (±
-    ds/dŝ)``. With ``create_graph=True`` it differentiates the plain formula instead.
+    ``a = -t, m = e^{-s}, b = 0``). The forward keeps ``m`` and the signed slope ``± ds/dŝ``;
+    the backward is four full-size passes written straight into the parameters' gradient, laid
+    out as ``params`` (a parameter-major view stays one): ``∂x = g_y m``, then forward ``∂t =
+    g_y``, ``∂ŝ = (g_l + ∂x · x) ds/dŝ``, inverse ``∂t = -∂x``, ``∂ŝ = -(g_l + g_y y) ds/dŝ``.
+    With ``create_graph=True`` it differentiates the plain formula instead.
     """
 
     @staticmethod
@@ -138,12 +138,11 @@ class _Affine(torch.autograd.Function):
             s.neg_()
             slope.neg_()
         m = torch.exp(s)
-        if inverse:  # q = y, an output: saved as one, so that an in-place change is caught
+        if inverse:  # ∂y/∂s = -y: y is saved as an output, so that an in-place change is caught
             y = (x - shift).mul_(m)
             ctx.save_for_backward(x, params, y)
-        else:
-            ctx.q = x * m
-            y = ctx.q + shift
+        else:  # ∂y/∂s = x e^s: rebuilt in the backward from ∂x = g_y e^s
+            y = torch.addcmul(shift, x, m)
             ctx.save_for_backward(x, params)
         ctx.m, ctx.slope, ctx.options = m, slope, (kind, bound, inverse)
         return y, s
@@ -153,25 +152,24 @@ class _Affine(torch.autograd.Function):
         ctx: Any, gy: Tensor | None, gl: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         x, params, *out = ctx.saved_tensors
-        q = out[0] if out else ctx.q
-        gy = torch.zeros_like(q) if gy is None else gy
-        gl = torch.zeros_like(q) if gl is None else gl
+        gy = torch.zeros_like(x) if gy is None else gy
+        gl = torch.zeros_like(x) if gl is None else gl
         needs = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # higher derivatives: through the plain formula
             wrt = [t for t, need in zip((x, params), needs) if need]
             out = _affine_plain(x, params, *ctx.options)
             grads = iter(torch.autograd.grad(out, wrt, (gy, gl), create_graph=True))
             return *(next(grads) if need else None for need in needs), None, None, None
-        inverse = ctx.options[2]
-        gx = torch.mul(gy, ctx.m) if needs[0] or (needs[1] and inverse) else None
-        gp = None
+        gx, gp = torch.mul(gy, ctx.m), None
         if needs[1]:
             gp = torch.empty_like(params)
-            if inverse:
+            if out:  # inverse: ∂t = -∂x, ∂s = -(g_l + g_y y) (the sign is in the slope)
                 torch.neg(gx, out=gp[..., 0])
-            else:
+                g_s = torch.addcmul(gl, gy, out[0])
+            else:  # forward: ∂t = g_y, ∂s = g_l + g_y x e^s = g_l + ∂x · x
                 gp[..., 0].copy_(gy)
-            torch.mul(torch.addcmul(gl, gy, q), ctx.slope, out=gp[..., 1])
+                g_s = torch.addcmul(gl, gx, x)
+            torch.mul(g_s, ctx.slope, out=gp[..., 1])
         return (gx if needs[0] else None), gp, None, None, None
 
 

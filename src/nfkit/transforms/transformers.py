@@ -122,10 +122,11 @@ class AffineTransformer(Transformer):
         if fused is not None:  # one autograd node for a training step
             return fused
         shift, log_scale = self._unpack(params)
-        if x.shape == log_scale.shape and x.dtype == log_scale.dtype and untracked(x, params):
-            z = torch.exp(log_scale).mul_(x).add_(shift)  # same values, one temporary, not three
+        e = torch.exp(log_scale)
+        if x.shape == e.shape and x.dtype == e.dtype and untracked(x, params):
+            z = torch.addcmul(shift, x, e, out=e)  # one temporary, the same values
         else:
-            z = x * torch.exp(log_scale) + shift
+            z = torch.addcmul(shift, x, e)
         return z, log_scale.expand(z.shape)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
