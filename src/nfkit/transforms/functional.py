@@ -157,8 +157,8 @@ class _Affine(torch.autograd.Function):
         needs = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # higher derivatives: through the plain formula
             wrt = [t for t, need in zip((x, params), needs) if need]
-            out = _affine_plain(x, params, *ctx.options)
-            grads = iter(torch.autograd.grad(out, wrt, (gy, gl), create_graph=True))
+            plain = _affine_plain(x, params, *ctx.options)
+            grads = iter(torch.autograd.grad(plain, wrt, (gy, gl), create_graph=True))
             return *(next(grads) if need else None for need in needs), None, None, None
         gx, gp = torch.mul(gy, ctx.m), None
         if needs[1]:

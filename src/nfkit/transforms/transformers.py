@@ -75,7 +75,8 @@ class AffineTransformer(Transformer):
 
     RealNVP (Dinh et al. 2016, arXiv:1605.08803) and MAF (Papamakarios et al. 2017,
     arXiv:1705.07057). ``ladj = s``; inverse ``x = (z - t) · exp(-s)`` (exact). Raw parameters
-    all zero give the identity.
+    all zero give the identity. Under autograd either direction is one node with a hand-written
+    backward (``nfkit.transforms.functional.affine``).
 
     Args:
         max_log_scale: The bound ``B`` on ``|s|``, which keeps training stable.
