@@ -120,7 +120,10 @@ def _locals(
     # derivatives δ_0..δ_K: interior m + softplus(θ + softplus⁻¹(1 - m)); raw 0 at the ends gives 1
     t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(softplus_inverse(1 - mins[2]))
     xc = x.clamp(-bound, bound)
-    idx = (right[1 if inverse else 0, :-1] <= xc).sum(0, keepdim=True)  # searchsorted, right=True
+    # searchsorted (right=True) as a count of knots <= x; counted in uint8 (at most K - 1), which
+    # CPU sums ~10x faster than bool into int64, then widened for the gathers
+    count = torch.uint8 if k <= 256 else torch.int64
+    idx = (right[1 if inverse else 0, :-1] <= xc).sum(0, keepdim=True, dtype=count).long()
     pair = torch.cat([idx, idx + 1]) if backward or not shared else None  # δ rows of the bin
     if shared:  # the per-bin table once, then one read per input
         d = F.softplus(t).add_(mins[2])
