@@ -309,3 +309,13 @@ def test_large_batches_sum_the_bins_row_by_row(inverse: bool) -> None:
     assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
     assert y.abs().max() <= 5.0 + 1e-5  # the last knot is pinned: [-B, B] maps onto itself
     torch.testing.assert_close(back, x32, rtol=0, atol=1e-3)  # steep float32 bins: ~3e-4
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_many_bins_count_in_int64(inverse: bool) -> None:
+    """Over 256 bins the bin index is counted in int64 (uint8 would wrap): values still match."""
+    x, params = _inputs(5, 64, 2, 300, 1.0, 3.0)
+    y_ref, l_ref = _reference(x, params, 3.0, inverse)
+    y, ladj = _packed(x, params, 3.0, inverse)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ladj, l_ref, rtol=1e-8, atol=1e-8)
