@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from nfkit.transforms.functional import rqs
 from nfkit.transforms.spline_fused import (
-    _cumsum_bins,
+    _knots,
     _transposed_copy,
     rqs_packed,
     rqs_packed_inverse_value,
@@ -287,10 +287,14 @@ def test_large_batches_sum_the_bins_row_by_row(inverse: bool) -> None:
     reference; in float32 the points on and near ±bound stay in the interval (to rounding) and
     round-trip."""
     torch.manual_seed(0)
-    size = torch.rand(2, 8, 4096, dtype=torch.float64)
-    torch.testing.assert_close(_cumsum_bins(size), torch.cumsum(size, 1), rtol=1e-14, atol=0)
+    size = torch.softmax(torch.randn(2, 8, 4096, dtype=torch.float64), 1) * 6.0  # Σ = 2B, B = 3
+    ref = torch.cumsum(size, 1) - 3.0
+    torch.testing.assert_close(_knots(size, 3.0), ref, rtol=0, atol=1e-14)
+    assert (_knots(size, 3.0)[:, -1] == 3.0).all()  # pinned
     small = size[..., :16]
-    assert torch.equal(_cumsum_bins(small), torch.cumsum(small, 1))  # below: torch's cumsum
+    expected = torch.cumsum(small, 1).sub_(3.0)
+    expected[:, -1] = 3.0
+    assert torch.equal(_knots(small, 3.0), expected)  # below the threshold: torch's cumsum
     x, params = _inputs(3, 512, 8, 8, 2.0, 4.0)  # 2 · 8 · 4096 entries per knot table
     xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
     xp, pp = x.clone().requires_grad_(), params.clone().requires_grad_()

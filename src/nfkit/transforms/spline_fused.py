@@ -111,12 +111,12 @@ def _locals(
         pt = _transposed_copy(params, pt)
     frac = torch.softmax(pt[: 2 * k].unflatten(0, (2, k)), 1)  # (2, K, *pb), over the bins
     alpha, beta = _fraction_scale(bound, mins, k, frac[0])  # size = α f + β, per row
-    if isinstance(alpha, float):  # both rows at once; in place unless the backward reads frac
-        size = (frac.mul(alpha) if backward else frac.mul_(alpha)).add_(beta)
+    if isinstance(alpha, float):  # both rows in one pass; in place unless the backward reads frac
+        beta_t = torch.full((), beta, dtype=frac.dtype, device=frac.device)
+        size = torch.add(beta_t, frac, alpha=alpha, out=None if backward else frac)
     else:
         size = torch.addcmul(beta, frac, alpha)
-    right = _cumsum_bins(size).sub_(bound)  # (2, K, *pb): knots 1..K of x and y
-    right[:, -1] = bound  # Σ size = 2B exactly: the last knot pinned, as in the reference
+    right = _knots(size, bound)  # (2, K, *pb): knots 1..K of x and y
     # derivatives δ_0..δ_K: interior m + softplus(θ + softplus⁻¹(1 - m)); raw 0 at the ends gives 1
     t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(softplus_inverse(1 - mins[2]))
     xc = x.clamp(-bound, bound)
@@ -172,21 +172,25 @@ def _locals(
     return v
 
 
-def _cumsum_bins(size: Tensor) -> Tensor:
-    """``torch.cumsum(size, 1)`` over the bins of ``(2, K, *batch)``.
+def _knots(size: Tensor, bound: float) -> Tensor:
+    """The right knots ``-B + Σ_{i<=j} size_i`` of the bins of ``(2, K, *batch)``, the last one
+    pinned to ``B`` (``Σ size = 2B`` exactly, as in the reference).
 
-    On CPU, from 32768 entries, by ``K - 1`` additions of whole rows into one output: torch's
-    cumsum over a non-innermost dim does not vectorize (``(2, 8, 32768)``: 451 vs 189 µs;
-    ``(2, 16, 4096)``: 372 vs 79 µs). The rows are summed in the working precision (torch's
-    float32 cumsum accumulates in double), so the knots can differ from cumsum's by rounding.
+    On CPU, from 32768 entries, by ``K - 1`` additions of whole rows into one output (the first
+    row shifted by ``-B`` on the way), not ``torch.cumsum``, which does not vectorize over a
+    non-innermost dim (``(2, 8, 32768)``: 451 vs 189 µs; ``(2, 16, 4096)``: 372 vs 79 µs). The
+    rows are summed in the working precision (torch's float32 cumsum accumulates in double),
+    so the knots can differ from cumsum's by rounding.
     """
     k = size.shape[1]
     if size.device.type != "cpu" or size.numel() < 32768 or k < 2:
-        return torch.cumsum(size, 1)
-    out = torch.empty_like(size)
-    out[:, 0].copy_(size[:, 0])
-    for j in range(1, k):
-        torch.add(out[:, j - 1], size[:, j], out=out[:, j])
+        out = torch.cumsum(size, 1).sub_(bound)
+    else:
+        out = torch.empty_like(size)
+        torch.sub(size[:, 0], bound, out=out[:, 0])
+        for j in range(1, k):
+            torch.add(out[:, j - 1], size[:, j], out=out[:, j])
+    out[:, -1] = bound
     return out
 
 
