@@ -148,24 +148,26 @@ def test_affine_node_matches_plain_formula(
 
 
 def test_affine_node_steps_aside() -> None:
-    """Plain ops (``None``) without autograd, under torch.func, and for broadcasting inputs;
-    an in-place change of the inverse's output before backward is an error, not a wrong
-    gradient."""
+    """Plain ops (not the node) without autograd, under torch.func, and for broadcasting inputs,
+    with the plain formula's values; an unknown kind is a one-line error; an in-place change of
+    the inverse's output before backward is an error, not a wrong gradient."""
     x, p = torch.randn(4, 3), torch.randn(4, 3, 2, requires_grad=True)
-    assert affine(x, p.detach(), "softsign", 5.0) is None
-    assert affine(x[:1], p, "softsign", 5.0) is None
+    ref = _affine_plain(x, p.detach(), "softsign", 5.0, False)
+    no_node = affine(x, p.detach(), "softsign", 5.0)
+    assert all(t.grad_fn is None for t in no_node)
+    torch.testing.assert_close(no_node, ref, rtol=0, atol=0)
     with torch.no_grad():
-        assert affine(x, p, "softsign", 5.0) is None
-    grad = torch.func.grad(lambda q: affine_or_plain(x, q).sum())(p.detach())
-    (ref,) = torch.autograd.grad(_affine_plain(x, p, "softsign", 5.0, False)[0].sum(), p)
-    torch.testing.assert_close(grad, ref)
+        assert affine(x, p, "softsign", 5.0)[0].grad_fn is None
+    wide = affine(x[:1], p, "softsign", 5.0)  # x broadcasts over the parameters' batch
+    assert type(wide[0].grad_fn).__name__ != "_AffineBackward" and wide[0].shape == (4, 3)
+    torch.testing.assert_close(wide, _affine_plain(x[:1], p, "softsign", 5.0, False))
+    grad = torch.func.grad(lambda q: affine(x, q, "softsign", 5.0)[0].sum())(p.detach())
+    (expected,) = torch.autograd.grad(_affine_plain(x, p, "softsign", 5.0, False)[0].sum(), p)
+    torch.testing.assert_close(grad, expected)
+    for params in (p, p.detach()):
+        with pytest.raises(ValueError, match="kind must be 'exp', 'softsign' or 'sigmoid'"):
+            affine(x, params, "tanh", 5.0)
     y, _ = affine(x, p, "softsign", 5.0, True)
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
-
-
-def affine_or_plain(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    out = affine(x, p, "softsign", 5.0)
-    assert out is None  # torch.func is active
-    return _affine_plain(x, p, "softsign", 5.0, False)[0]

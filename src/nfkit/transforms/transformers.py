@@ -16,11 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfkit.transforms.functional import (
-    affine,
-    affine_log_scale,
-    untracked,
-)
+from nfkit.transforms.functional import affine
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
 __all__ = [
@@ -113,34 +109,13 @@ class AffineTransformer(Transformer):
     def num_params(self) -> int:
         return 2
 
-    def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        # one unbind (not two selects, whose backwards zero-fill a full tensor each)
-        shift, raw = params.unbind(-1)
-        return shift, affine_log_scale(raw, self.scale, self.max_log_scale)
-
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        fused = affine(x, params, self.scale, self.max_log_scale)
-        if fused is not None:  # one autograd node for a training step
-            return fused
-        shift, log_scale = self._unpack(params)
-        e = torch.exp(log_scale)
-        if x.shape == e.shape and x.dtype == e.dtype and untracked(x, params):
-            z = torch.addcmul(shift, x, e, out=e)  # one temporary, the same values
-        else:
-            z = torch.addcmul(shift, x, e)
+        z, log_scale = affine(x, params, self.scale, self.max_log_scale)
         return z, log_scale.expand(z.shape)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        fused = affine(z, params, self.scale, self.max_log_scale, inverse=True)
-        if fused is not None:
-            return fused
-        shift, log_scale = self._unpack(params)
-        neg = -log_scale
-        if untracked(z, params):  # (z - shift) has the broadcast shape and the promoted dtype
-            x = (z - shift).mul_(torch.exp(neg))
-        else:
-            x = (z - shift) * torch.exp(neg)
-        return x, neg.expand(x.shape)
+        x, log_scale = affine(z, params, self.scale, self.max_log_scale, inverse=True)
+        return x, log_scale.expand(x.shape)
 
 
 @dataclass(frozen=True)
