@@ -86,11 +86,11 @@ def _calls(flow: nf.Flow, x: torch.Tensor, **kwargs: object) -> tuple[int, torch
 
 
 def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
-    flow = nf.models.NSF(2, bins=4, **SMALL).double()
+    flow = nf.models.NSF(2, bins=4, transforms=2, hidden=(128, 128)).double()
     x = torch.randn(5000, 2, dtype=torch.float64)
     ref = flow.log_prob(x, chunk_size=None)
     with torch.no_grad():
-        n_blocks, out = _calls(flow, x)  # 2048 rows per block for D = 2
+        n_blocks, out = _calls(flow, x)  # 2**18 / 128 = 2048 rows per block
         n_opt_out, _ = _calls(flow, x, chunk_size=None)
         n_small, _ = _calls(flow, x, chunk_size=1000)  # a smaller chunk_size is kept
     assert (n_blocks, n_opt_out, n_small) == (3, 1, 5)
@@ -98,7 +98,35 @@ def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
     assert _calls(flow, x)[0] == 1  # with autograd: one pass
     wide = nf.models.MAF(64, transforms=1, hidden=(8,))
     with torch.no_grad():
-        assert _calls(wide, torch.randn(3000, 64))[0] == 3  # 1024 rows per block for D = 64
+        assert _calls(wide, torch.randn(3000, 64))[0] == 3  # 2**16 / 64 = 1024 rows per block
+
+
+@pytest.mark.parametrize(
+    ("flow", "features", "rows"),
+    [
+        (lambda: nf.models.MAF(2, hidden=(128, 128)), 2, 2048),  # widest layer 128
+        (lambda: nf.models.MAF(8, hidden=(64, 64)), 8, 4096),  # narrower: larger blocks
+        (lambda: nf.models.MAF(2, hidden=(16, 16)), 2, 8192),  # at most 8192 rows
+        (lambda: nf.models.MAF(64, hidden=(64, 64)), 64, 1024),  # 2**16 event entries
+        (lambda: nf.models.NSF(16, hidden=(64, 64), coupling=True), 16, 1424),  # 8 x 23 out
+        (lambda: nf.models.NSF(16, hidden=(64, 64)), 16, 1024),  # 16 x 23 out: at least 1024
+        (
+            lambda: nf.Flow(
+                nf.transforms.Affine(torch.zeros(3)), nf.distributions.StandardNormal(3)
+            ),
+            3,
+            8192,
+        ),
+    ],
+)
+def test_block_rows_follow_the_widest_layer(flow: object, features: int, rows: int) -> None:
+    from nfkit.core import _block_rows
+
+    f = flow()  # type: ignore[operator]
+    assert _block_rows(f, features) == rows
+    x = torch.randn(rows + 5, features)
+    with torch.no_grad():
+        assert _calls(f, x)[0] == 2  # one full block and the rest
 
 
 class _BatchNormNet(torch.nn.Module):
@@ -114,7 +142,7 @@ class _BatchNormNet(torch.nn.Module):
 
 def test_batch_coupled_flows_are_evaluated_in_one_pass() -> None:
     """Train-mode batch statistics (and ActNorm's first-batch initialization) see the whole batch."""
-    x = torch.randn(5000, 2, dtype=torch.float64)
+    x = torch.randn(20000, 2, dtype=torch.float64)  # 8192 rows per block once uncoupled
     bn = nf.models.RealNVP(2, batch_norm=True, **SMALL).double()
     with torch.no_grad():
         assert _calls(bn, x)[0] == 1
@@ -123,7 +151,7 @@ def test_batch_coupled_flows_are_evaluated_in_one_pass() -> None:
     norm = nf.transforms.ActNorm(2)
     act = nf.Flow(norm, nf.distributions.StandardNormal(2)).double()
     with torch.no_grad():
-        assert _calls(act, x)[0] == 1  # initializes from all 5000 rows
+        assert _calls(act, x)[0] == 1  # initializes from all the rows
         torch.testing.assert_close(norm.loc, x.mean(0))
         assert _calls(act, x)[0] == 3
     torch_bn = nf.Flow(
