@@ -166,6 +166,8 @@ CHUNK_SIZE = 2**16
 BLOCK_ENTRIES = 2**18
 """Entries of the widest network activation in one block of :meth:`Flow.log_prob` (1 MiB in
 float32)."""
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 8192
+"""Bounds on the rows of one block of :meth:`Flow.log_prob` without autograd."""
 
 
 def _block_rows(module: nn.Module, event_numel: int) -> int:
@@ -184,7 +186,7 @@ def _block_rows(module: nn.Module, event_numel: int) -> int:
     """
     widest = max([event_numel, *(_output_width(m) for m in module.modules())])
     rows = min(2**16 // max(event_numel, 1), BLOCK_ENTRIES // widest)
-    return min(8192, max(1024, rows))
+    return min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows))
 
 
 def _output_width(module: nn.Module) -> int:
@@ -369,12 +371,11 @@ class Flow(nn.Module):
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         n = batch.numel()
-        block = _block_rows(self, self.event_shape.numel())
-        if size is not None and n > min(size, block):
-            if _batch_coupled(self):  # chunks would get their own batch statistics
+        if size is not None and n > min(size, MIN_BLOCK_ROWS):  # else one pass, whatever block
+            if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                size = min(size, _block_rows(self, self.event_shape.numel()))
+            if n > size and _batch_coupled(self):  # chunks would get their own batch statistics
                 size = None
-            elif not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-                size = min(size, block)
         if size is None or n <= size:
             return self._log_prob(x, context)
         x = x.expand(*batch, *x.shape[x.dim() - ev :]).reshape(n, *x.shape[x.dim() - ev :])
