@@ -188,12 +188,14 @@ def test_input_span_cases() -> None:
 
 
 @pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("p", [2, 3])
 @pytest.mark.parametrize("d", [PARAM_MAJOR_MIN_FEATURES - 1, PARAM_MAJOR_MIN_FEATURES, 12])
-def test_wide_made_stores_theta_parameter_major(d: int, residual: bool) -> None:
+def test_wide_made_stores_theta_parameter_major(d: int, p: int, residual: bool) -> None:
     """From 8 features the output rows are reordered so that each parameter is contiguous over
-    the features; values and gradients are those of the feature-major rows."""
+    the features; values and gradients are those of the feature-major rows. With two parameters
+    per feature (an affine transformer) only passes that autograd does not record are."""
     torch.manual_seed(d)
-    made = MADE(d, 3, context=2, hidden=(16, 16), order=torch.randperm(d), residual=residual)
+    made = MADE(d, p, context=2, hidden=(16, 16), order=torch.randperm(d), residual=residual)
     made = made.double()
     with torch.no_grad():
         made.theta.normal_()
@@ -201,14 +203,23 @@ def test_wide_made_stores_theta_parameter_major(d: int, residual: bool) -> None:
     c = torch.randn(5, 2, dtype=torch.float64)
     theta = made(x, c)
     w, b = made.layers()[-1]
-    expected = F.linear(made.trunk(x, c), w, b).unflatten(-1, (d, 3))
+    expected = F.linear(made.trunk(x, c), w, b).unflatten(-1, (d, p))
     torch.testing.assert_close(theta, expected, rtol=0, atol=1e-14)
-    assert theta.transpose(-1, -2).is_contiguous() == (d >= PARAM_MAJOR_MIN_FEATURES)
+    wide = d >= PARAM_MAJOR_MIN_FEATURES
+    assert theta.transpose(-1, -2).is_contiguous() == (wide and p > 2)
+    assert made.parameter_major() == (wide and p > 2)
     cot = torch.randn_like(theta)
     grads = torch.autograd.grad((theta * cot).sum(), (x, made.theta))
     grads_ref = torch.autograd.grad((expected * cot).sum(), (x, made.theta))
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-12)
+    with torch.no_grad():  # evaluation: parameter-major from 8 features whatever P
+        assert made.parameter_major() == wide
+        theta = made(x, c)
+        assert theta.transpose(-1, -2).is_contiguous() == wide
+        torch.testing.assert_close(theta, expected.detach(), rtol=0, atol=1e-14)
+    made.requires_grad_(False)  # nothing of the MADE's own to record: parameter-major as well
+    assert made.parameter_major() == wide
 
 
 def test_settles_follow_a_loaded_order() -> None:

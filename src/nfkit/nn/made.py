@@ -38,8 +38,12 @@ class MADE(PackedLayers):
     contiguous, the layout in which a transformer reads them (the output layer's rows are
     reordered for the product; values and gradients are those of the feature-major rows).
     ``log_prob`` without autograd: digits (``D = 64``) NSF −13%, MAF −4%; synth256 MAF −5%;
-    NSF training step −4%, MAF step within ±1%. Below ``D = 8`` the reorder costs more than it
-    saves (``D = 2``: +2%).
+    NSF training step −4%. Below ``D = 8`` the reorder costs more than it saves (``D = 2``:
+    +2%), and so it does in a pass that autograd records with at most two parameters per feature
+    (an affine transformer, whose one-node backward gains little from contiguous rows, while
+    the reorder adds copies forward and backward): those stay feature-major (MAF training step,
+    interleaved A/B on an AMD EPYC: synth8 −10%, synth16 −7.5% at hidden 64, digits −2.5%,
+    synth256 +1.1%); see :meth:`parameter_major`.
 
     The last layer is zero-initialized, so a flow built on MADE starts at the identity. Weights,
     biases and masks are packed in one parameter and one buffer
@@ -136,6 +140,16 @@ class MADE(PackedLayers):
         super()._load_from_state_dict(*args, **kwargs)
         self._set_settles()  # the loaded order may differ
 
+    def parameter_major(self) -> bool:
+        """Whether :meth:`forward` stores ``θ`` parameter-major now: from
+        :data:`PARAM_MAJOR_MIN_FEATURES` features with ``P >= 2``, except with ``P = 2`` while
+        autograd records the weights (a training pass of an affine flow). Only the layout depends
+        on it, never the values."""
+        d, p = self.features, self.out_per_feature
+        if p == 1 or d < PARAM_MAJOR_MIN_FEATURES:
+            return False
+        return p > 2 or not (torch.is_grad_enabled() and self.theta.requires_grad)
+
     def forward(
         self,
         x: Tensor,
@@ -150,7 +164,7 @@ class MADE(PackedLayers):
         layers = self.layers() if layers is None else layers
         w, b = layers[-1]
         d, p = self.features, self.out_per_feature
-        if p == 1 or d < PARAM_MAJOR_MIN_FEATURES:
+        if not self.parameter_major():
             return F.linear(self.trunk(x, context, layers), w, b).unflatten(-1, (d, p))
         # Parameter-major: the output rows reordered (parameter j of every feature together), so
         # a transformer's reads of one parameter (affine shift, log-scale; the spline's rows) are
