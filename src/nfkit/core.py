@@ -357,8 +357,8 @@ class Flow(nn.Module):
         Without autograd (under ``torch.no_grad()``), an int ``chunk_size`` is further capped to
         1024–8192 rows (about 2**16 event entries and 2**18 entries of the widest network layer,
         see ``_block_rows``), which keeps each block's intermediates in cache: up to 20–30% faster
-        on CPU for batches of thousands. Not while ``torch.compile``
-        traces; ``chunk_size=None`` opts out. A flow with a transform that couples the rows of a
+        on CPU for batches of thousands. Not while ``torch.compile`` traces; ``chunk_size=None``
+        opts out. A flow with a transform that couples the rows of a
         batch (:attr:`Transform.batch_coupled`: ``BatchNorm`` in train mode, ``ActNorm`` before
         its initialization; torch's batch norms in train mode) is always evaluated in one pass,
         whatever ``chunk_size``: chunks would each get their own batch statistics. Call
