@@ -222,6 +222,16 @@ def test_wide_made_stores_theta_parameter_major(d: int, p: int, residual: bool) 
     assert made.parameter_major() == wide
 
 
+def test_compiled_made_stays_parameter_major(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``torch.compile`` an affine MADE's training pass keeps the parameter-major rows
+    (inductor fuses the reorder)."""
+    made = MADE(PARAM_MAJOR_MIN_FEATURES, 2)
+    assert not made.parameter_major()  # eager, autograd on
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert made.parameter_major()
+    assert not MADE(PARAM_MAJOR_MIN_FEATURES - 1, 2).parameter_major()
+
+
 def test_settles_follow_a_loaded_order() -> None:
     """``settles`` (the feature of each rank, used by the autoregressive inverse) is derived from
     the persistent ``rank``: loading another order recomputes it."""

