@@ -21,7 +21,11 @@ Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
   meaningful). The floor is the dense matmuls of the same networks alone: plain ``F.linear``
   chains with the same shapes (no masks, no activations, no transformer, no optimizer step),
   forward + backward, timed in the same rounds: the issue's definition. The libraries' steps
-  include Adam, activations and the transformer, so 1.0x is out of reach by construction.
+  include Adam, activations and the transformer, so 1.0x is out of reach by construction. The
+  ``MLP+Adam`` column times the networks' own share of a step: the same dense networks as a plain
+  PyTorch MLP (ReLU in place between layers, one tensor per weight and bias), forward, backward
+  and ``torch.optim.Adam``'s step, in the same rounds; a flow adds masks, its transformers and
+  the log-density to this.
 * ``log_prob``: rows/s of ``log_prob`` under ``no_grad`` on a batch of 4096.
 * ``sample``: samples/s for 1000 samples; the sampling floor is the forward matmuls of the
   networks at that batch, ``D`` times per autoregressive layer (once per coupling layer).
@@ -349,8 +353,9 @@ def _clock(fn: Callable[[], Any], reps: int, device: str) -> float:
 
 def floor_fns(
     nets: list[tuple[int, ...]], autoregressive: bool, device: str
-) -> tuple[Callable[[], None], Callable[[int], Callable[[], None]]]:
-    """The matmul floor: the same dense ``F.linear`` chains, training step and sampling passes."""
+) -> tuple[Callable[[], None], Callable[[], None], Callable[[int], Callable[[], None]]]:
+    """The matmul floor (the same dense ``F.linear`` chains: training step and sampling passes)
+    and the ``MLP+Adam`` step: those chains with ReLU between layers and an Adam step."""
     params: list[nn.Parameter] = []
     layers: list[list[tuple[nn.Parameter, nn.Parameter]]] = []
     for widths in nets:
@@ -365,12 +370,12 @@ def floor_fns(
         BATCH, nets[0][0] if autoregressive else max(n[0] for n in nets), device=device
     )
 
-    def run(h0: Tensor) -> Tensor:
+    def run(h0: Tensor, relu: bool = False) -> Tensor:
         total = h0.new_zeros(())
         for chain in layers:
             h = h0[..., : chain[0][0].shape[1]]
-            for w, b in chain:
-                h = F.linear(h, w, b)
+            for i, (w, b) in enumerate(chain):
+                h = F.linear(torch.relu_(h) if relu and i else h, w, b)
             total = total + h.mean()
         return total
 
@@ -378,6 +383,13 @@ def floor_fns(
         for p in params:
             p.grad = None
         run(x).backward()
+
+    opt = torch.optim.Adam(params, lr=1e-3)
+
+    def mlp_step() -> None:
+        opt.zero_grad()
+        run(x, relu=True).backward()
+        opt.step()
 
     def sampler(n: int) -> Callable[[], None]:
         z = torch.randn(n, x.shape[-1], device=device)
@@ -390,7 +402,7 @@ def floor_fns(
 
         return go
 
-    return step, sampler
+    return step, mlp_step, sampler
 
 
 def train_step_fn(m: Model, data: Tensor, device: str) -> Callable[[], None]:
@@ -552,11 +564,12 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     if len(set(counts.values())) != 1:
         raise SystemExit(f"[{cell}] parameter counts differ: {counts}")
     nets, ar = models["nfkit"].nets, models["nfkit"].autoregressive
-    floor_step, floor_sampler = floor_fns(nets, ar, device)
+    floor_step, mlp_step, floor_sampler = floor_fns(nets, ar, device)
 
     # Training step: libraries and floor interleaved round by round (order rotated each round).
     steps = {lib: train_step_fn(m, train, device) for lib, m in models.items()}
     steps["floor"] = floor_step
+    steps["mlp"] = mlp_step
     compiled: tuple[Callable[[], None], Callable[[Tensor], Tensor]] | None = None
     if args.compile:
         torch.manual_seed(0)
@@ -675,15 +688,18 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         "",
         "Training step: median ms (ratio to the matmul floor of the same run). Float32, "
         f"batch {BATCH}, Adam. The floor is the same networks' dense matmuls alone, forward + "
-        "backward (no masks, activations, transformer or optimizer step). "
-        "n/a: no matching architecture in that library.",
+        "backward (no masks, activations, transformer or optimizer step). MLP+Adam: those "
+        "networks as a plain MLP (ReLU, one tensor per weight and bias), forward, backward and "
+        "the Adam step: the networks' own share of a step, before masks, transformers and the "
+        "log-density. n/a: no matching architecture in that library "
+        "(or a results file from before that column).",
         "",
-        "| cell | params | " + " | ".join(libs) + " | floor |",
-        "|---" * (len(libs) + 3) + "|",
+        "| cell | params | " + " | ".join(libs) + " | MLP+Adam | floor |",
+        "|---" * (len(libs) + 4) + "|",
     ]
     for r in results:
         s, q = r["step_ms"], r["ratio_to_floor"]
-        cells = [f"{s[k]:.2f} ({q[k]:.2f}x)" if k in s else "n/a" for k in libs]
+        cells = [f"{s[k]:.2f} ({q[k]:.2f}x)" if k in s else "n/a" for k in [*libs, "mlp"]]
         lines.append(
             f"| {r['cell']} | {r['params']['nfkit']} | "
             + " | ".join(cells)

@@ -48,12 +48,14 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
     assert maf["params"]["nfkit"] == 2 * ((5 * 8 + 8) + (8 * 6 + 6) + (6 * 10 + 10))
     for c in cells.values():
         assert c["step_ms"]["nfkit"] > 0 and c["step_ms"]["floor"] > 0
+        assert c["step_ms"]["mlp"] > 0  # the dense networks with ReLU and Adam
         assert c["log_prob_rows_per_s"]["nfkit"] > 0 and c["sample_per_s"]["nfkit"] > 0
         assert c["memory_mib"]["nfkit"] is not None
         assert isinstance(c["test_ll"]["nfkit"], float)
     md = (tmp_path / "peers-full-cpu.md").read_text()
     assert "Architecture: 2 transforms, hidden widths (8, 6)" in md
     assert "batch 32" in md
+    assert "| MLP+Adam | floor |" in md
 
     # --memory-only re-measures with the sizes stored in the file, not the defaults
     r = _run(tmp_path, "--memory-only", "--cells", "synth5-MAF", "--libs", "nfkit")
