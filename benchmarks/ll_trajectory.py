@@ -4,6 +4,7 @@ r"""Train and test log-likelihood along the fixed Adam budget of ``peers.py``, p
     python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --scale sigmoid
     python benchmarks/ll_trajectory.py --cells digits-MAF --libs nfkit --max-log-scale 1 --fit 1500
     python benchmarks/ll_trajectory.py --cells moons-MAF --at 500 --seeds 0,1,2,3,4,5,6,7,8
+    python benchmarks/ll_trajectory.py --cells moons-RealNVP --hidden 256,256
 
 Same data, architectures, batches and optimizer as ``peers.py``'s fixed-budget column; prints
 the mean train LL (first 1000 rows), the mean, median and 1% quantile of the per-row test LL at
@@ -11,7 +12,8 @@ each checkpoint. It shows whether a gap at the end of the budget is under- or ov
 ``--seeds`` repeats each cell with other data splits and initializations (``peers.py`` uses
 seed 0; the batches stay the same) and prints each library's mean test LL at the last checkpoint
 over the seeds. ``--fit N`` also trains nfkit with ``nf.fit(steps=N)`` (early stopping) per seed;
-``--scale`` and ``--max-log-scale`` set nfkit's affine log-scale (MAF, RealNVP).
+``--scale`` and ``--max-log-scale`` set nfkit's affine log-scale (MAF, RealNVP); ``--hidden``
+every network's hidden widths (as in ``peers.py``).
 """
 
 from __future__ import annotations
@@ -83,8 +85,17 @@ def main() -> None:
         "--fit", type=int, default=0, help="also train nfkit with nf.fit(steps=FIT) per seed"
     )
     p.add_argument("--seeds", type=_ints, default="0", help="data-split and initialization seeds")
+    p.add_argument(
+        "--hidden", type=_ints, default="128,128", help="hidden widths of every network"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    peers.configure(tuple(args.hidden), peers.TRANSFORMS, peers.BATCH)
+    print(
+        f"{peers.TRANSFORMS} transforms, hidden widths {peers.HIDDEN}, batch {peers.BATCH}, "
+        "Adam lr 1e-3",
+        flush=True,
+    )
     checkpoints, seeds = sorted(args.at), args.seeds
     for cell in args.cells.split(","):
         data, model = cell.split("-")

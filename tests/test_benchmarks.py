@@ -82,3 +82,18 @@ def test_peers_rejects_bad_arguments_in_one_line(
     assert r.returncode != 0
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ll_trajectory_takes_the_hidden_widths(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "ll_trajectory.py"
+    args = [sys.executable, str(script), "--cells", "moons-MAF", "--libs", "nfkit"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*args, "--hidden", "8,6", "--at", "1,2"], **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "hidden widths (8, 6)" in r.stdout
+    assert "[moons-MAF] seed 0 nfkit" in r.stdout and "2: train" in r.stdout
+    bad = subprocess.run([*args, "--hidden", "0"], **run)
+    assert bad.returncode != 0
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hidden" in lines[0], bad.stderr
