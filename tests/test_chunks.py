@@ -98,7 +98,7 @@ def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
     assert _calls(flow, x)[0] == 1  # with autograd: one pass
     wide = nf.models.MAF(64, transforms=1, hidden=(8,))
     with torch.no_grad():
-        assert _calls(wide, torch.randn(3000, 64))[0] == 3  # 2**16 / 64 = 1024 rows per block
+        assert _calls(wide, torch.randn(5000, 64))[0] == 3  # 2**17 / 64 = 2048 rows per block
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,8 @@ def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
         (lambda: nf.models.MAF(2, hidden=(128, 128)), 2, 2048),  # widest layer 128
         (lambda: nf.models.MAF(8, hidden=(64, 64)), 8, 4096),  # narrower: larger blocks
         (lambda: nf.models.MAF(2, hidden=(16, 16)), 2, 8192),  # at most 8192 rows
-        (lambda: nf.models.MAF(64, hidden=(64, 64)), 64, 1024),  # 2**16 event entries
+        (lambda: nf.models.MAF(64, hidden=(16, 16)), 64, 2048),  # 2**17 event entries
+        (lambda: nf.models.MAF(128, hidden=(16, 16)), 128, 1024),  # at D = 128, 1024 rows
         (lambda: nf.models.NSF(16, hidden=(64, 64), coupling=True), 16, 1424),  # 8 x 23 out
         (lambda: nf.models.NSF(16, hidden=(64, 64)), 16, 1024),  # 16 x 23 out: at least 1024
         (

@@ -166,6 +166,8 @@ CHUNK_SIZE = 2**16
 BLOCK_ENTRIES = 2**18
 """Entries of the widest network activation in one block of :meth:`Flow.log_prob` (1 MiB in
 float32)."""
+BLOCK_EVENT_ENTRIES = 2**17
+"""Event entries in one block of :meth:`Flow.log_prob` (2048 rows at ``D = 64``)."""
 MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 8192
 """Bounds on the rows of one block of :meth:`Flow.log_prob` without autograd."""
 
@@ -173,19 +175,23 @@ MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 1024, 8192
 def _block_rows(module: nn.Module, event_numel: int) -> int:
     """Rows per block of a ``Flow.log_prob`` without autograd, within [1024, 8192].
 
-    The fewer of ``2**16`` event entries and :data:`BLOCK_ENTRIES` entries of the widest layer
-    output of the flow's networks (``nn.Linear``, :class:`~nfkit.nn.PackedLayers`), so that a
-    block's intermediates stay in cache (and out of fresh ``mmap`` pages). On CPU, 4096 rows in
+    The fewer of :data:`BLOCK_EVENT_ENTRIES` event entries and :data:`BLOCK_ENTRIES` entries of
+    the widest layer output of the flow's networks (``nn.Linear``,
+    :class:`~nfkit.nn.PackedLayers`), so that a block's intermediates stay in cache (and out of
+    fresh ``mmap`` pages). On CPU, 4096 rows in
     blocks against one pass, interleaved A/B with the benchmark's models (hidden 128): digits
     NSF −27%, coupling NSF −10% (digits) and −20% (D = 256), moons RealNVP −20%, digits MAF
     −21%; synth256 MAF +4% (GEMM-bound). Narrower networks take larger blocks, so each op
     serves more rows: hidden 64, 4096 rows in one pass against 2048-row blocks (an AMD EPYC,
     three processes each): synth8 MAF −11 to −14%, synth16 MAF −7 to −10%, moons NSF −14 to
     −16%, moons coupling NSF −20%, synth16 RealNVP −13%, moons MAF −3 to −14% (+4% and +9% in
-    one other pair of processes).
+    one other pair of processes). At ``D = 64`` (hidden 128) 2048-row blocks beat 1024-row
+    ones (``2**17`` event entries rather than ``2**16``; in-process A/B, AMD EPYC, default heap
+    and a heap kept by glibc settings): digits RealNVP +5% and +2% rows/s with one thread, +13%
+    and +19% with two; digits MAF +3% and 0%, +12% and +11%.
     """
     widest = max([event_numel, *(_output_width(m) for m in module.modules())])
-    rows = min(2**16 // max(event_numel, 1), BLOCK_ENTRIES // widest)
+    rows = min(BLOCK_EVENT_ENTRIES // max(event_numel, 1), BLOCK_ENTRIES // widest)
     return min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows))
 
 
@@ -355,7 +361,7 @@ class Flow(nn.Module):
                 the one-pass ones; with autograd on, gradients flow through every chunk.
 
         Without autograd (under ``torch.no_grad()``), an int ``chunk_size`` is further capped to
-        1024–8192 rows (about 2**16 event entries and 2**18 entries of the widest network layer,
+        1024–8192 rows (about 2**17 event entries and 2**18 entries of the widest network layer,
         see ``_block_rows``), which keeps each block's intermediates in cache: up to 20–30% faster
         on CPU for batches of thousands. Not while ``torch.compile`` traces; ``chunk_size=None``
         opts out. A flow with a transform that couples the rows of a
