@@ -107,8 +107,21 @@ def test_no_grad_log_prob_runs_in_cache_sized_blocks() -> None:
         (lambda: nf.models.MAF(2, hidden=(128, 128)), 2, 2048),  # widest layer 128
         (lambda: nf.models.MAF(8, hidden=(64, 64)), 8, 4096),  # narrower: larger blocks
         (lambda: nf.models.MAF(2, hidden=(16, 16)), 2, 8192),  # at most 8192 rows
-        (lambda: nf.models.MAF(64, hidden=(16, 16)), 64, 2048),  # 2**17 event entries
-        (lambda: nf.models.MAF(128, hidden=(16, 16)), 128, 1024),  # at D = 128, 1024 rows
+        (lambda: nf.models.MAF(64, hidden=(64, 64)), 64, 2048),  # 64 x 2 out, 2**17 entries
+        (  # no network: the event alone sets the rows, 2**17 / 64
+            lambda: nf.Flow(
+                nf.transforms.Affine(torch.zeros(64)), nf.distributions.StandardNormal(64)
+            ),
+            64,
+            2048,
+        ),
+        (
+            lambda: nf.Flow(
+                nf.transforms.Affine(torch.zeros(128)), nf.distributions.StandardNormal(128)
+            ),
+            128,
+            1024,
+        ),
         (lambda: nf.models.NSF(16, hidden=(64, 64), coupling=True), 16, 1424),  # 8 x 23 out
         (lambda: nf.models.NSF(16, hidden=(64, 64)), 16, 1024),  # 16 x 23 out: at least 1024
         (
