@@ -1,4 +1,4 @@
-"""``benchmarks/peers.py`` runs end to end (nfkit alone, tiny sizes) and writes its tables.
+"""``benchmarks/peers.py`` (and the smaller scripts) run end to end (nfkit alone, tiny sizes).
 
 The peers are optional (``bench`` extras); timing figures are not checked here, only that every
 metric is produced for the architecture asked for.
@@ -97,3 +97,19 @@ def test_ll_trajectory_takes_the_hidden_widths(tmp_path: Path) -> None:
     assert bad.returncode != 0
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "hidden" in lines[0], bad.stderr
+
+
+def test_fit_adamw_compares_fused_and_per_op_steps(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "fit_adamw.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    args = [sys.executable, str(script), "--rounds", "1", "--steps", "2"]
+    r = subprocess.run([*args, "--cells", "moons-MAF"], **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| moons-MAF |"))
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[1] == "87,060"  # peers.py's moons MAF: 5 MADEs 2 → 128 → 128 → 4
+    assert all(float(c) > 0 for c in cols[2:6]), row
+    bad = subprocess.run([*args, "--cells", "moons-Glow"], **run)
+    assert bad.returncode != 0 and "unknown cell 'moons-Glow'" in bad.stderr
+    assert "Traceback" not in bad.stderr

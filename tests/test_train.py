@@ -150,6 +150,38 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
 
 
+def test_fit_uses_fused_adamw_with_the_per_op_update(tmp_path, monkeypatch) -> None:
+    """nf.fit steps with torch's fused AdamW on CPU (the checkpoint's optimizer says so), and the
+    weights match torch's per-op AdamW loop to float64 rounding."""
+    x = nf.datasets.two_moons(400, seed=1).double()
+    torch.manual_seed(0)
+    initial = _small().double()
+    kwargs = dict(steps=30, eval_every=10, batch_size=64, progress=False, seed=3, weight_decay=0.1)
+    fused = copy.deepcopy(initial)
+    nf.fit(fused, x, checkpoint=tmp_path / "f.pt", **kwargs)
+    groups = torch.load(tmp_path / "f.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["fused"] for g in groups] == [True]
+
+    monkeypatch.setattr(nf.train, "_fused_adamw", lambda params: None)
+    per_op = copy.deepcopy(initial)
+    nf.fit(per_op, x, checkpoint=tmp_path / "p.pt", **kwargs)
+    groups = torch.load(tmp_path / "p.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["fused"] for g in groups] == [None]
+    a, b = _state(fused), _state(per_op)
+    assert not _equal(a, initial.state_dict()), "training moved the weights"
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-11)
+
+
+def test_fused_adamw_only_where_torch_has_the_kernel() -> None:
+    from nfkit.train import _fused_adamw
+
+    assert _fused_adamw([torch.zeros(3, requires_grad=True)]) is True
+    assert _fused_adamw([torch.zeros(3, dtype=torch.float64, requires_grad=True)]) is True
+    assert _fused_adamw([torch.zeros(3), torch.zeros(3, device="meta")]) is None
+    assert _fused_adamw([torch.zeros(3, dtype=torch.complex64)]) is None
+
+
 def test_fit_vi_gaussian_log_normalizer_and_ess() -> None:
     loc = torch.tensor([1.0, -2.0])
     scale = torch.tensor([0.5, 2.0])
