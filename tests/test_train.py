@@ -214,3 +214,19 @@ def test_fit_vi_on_U1_runs() -> None:
     assert 0 < h.ess <= 1 and math.isfinite(h.log_normalizer)
     assert h.log_normalizer < log_z + 0.1  # log Ẑ is a lower bound in expectation
     assert h.log_normalizer > log_z - 1.0, (h.log_normalizer, log_z)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight_decay": -0.1}, "nf.fit_vi: weight_decay must be a finite number >= 0"),
+        ({"lr": 0.0}, "nf.fit_vi: lr must be"),
+        ({"eval_every": 0}, "nf.fit_vi: eval_every must be an integer >= 1"),
+        ({"steps": 0}, "nf.fit_vi: steps must be an integer >= 1"),
+    ],
+)
+def test_fit_vi_rejects_bad_settings_in_one_line(kwargs: dict, message: str) -> None:
+    flow = _small()
+    with pytest.raises(ValueError, match=message) as err:
+        nf.fit_vi(flow, nf.targets.U1, progress=False, **{"steps": 2, **kwargs})
+    assert "\n" not in str(err.value)

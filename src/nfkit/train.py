@@ -176,6 +176,13 @@ def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def _eval_every(where: str, steps: int, eval_every: int | None) -> int:
+    """Steps between evaluations/checks: ``clamp(steps // 20, 1, 200)`` unless given."""
+    if eval_every is None:
+        return min(max(steps // 20, 1), 200)
+    return _check_int(where, "eval_every", eval_every)
+
+
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -457,11 +464,7 @@ def fit(
     if epochs is not None:
         steps = _check_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
     steps = 1000 if steps is None else _check_int(where, "steps", steps)
-    eval_every = (
-        min(max(steps // 20, 1), 200)
-        if eval_every is None
-        else _check_int(where, "eval_every", eval_every)
-    )
+    eval_every = _eval_every(where, steps, eval_every)
 
     rank, world = rank_and_world()
     if world > 1 and min(batch_size, n) % world:
@@ -665,6 +668,7 @@ def fit_vi(
     n_estimate = _check_int(where, "n_estimate", n_estimate)
     anneal = _check_int(where, "anneal", anneal, minimum=0)
     _check_number(where, "lr", lr, 0.0)
+    _check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
     if device is not None:
         flow.to(device)
     dev, dtype = _module_like(flow)
@@ -672,11 +676,7 @@ def fit_vi(
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
         context = context.to(device=dev, dtype=dtype)
-    eval_every = (
-        min(max(steps // 20, 1), 200)
-        if eval_every is None
-        else _check_int(where, "eval_every", eval_every)
-    )
+    eval_every = _eval_every(where, steps, eval_every)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
