@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import peers
 import torch
@@ -25,26 +24,15 @@ import nfkit as nf
 import nfkit.train
 
 
-def _median_time(fn: Callable[[], None], reps: int, rounds: int = 9) -> float:
-    """Median seconds per call of ``fn`` over ``rounds`` batches of ``reps`` calls."""
-    for _ in range(max(reps // 10, 2)):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
-
-
 def optimizer_step_us(params: list[torch.nn.Parameter], fused: bool) -> float:
     """One ``torch.optim.Adam`` step on copies of ``params`` with fixed random gradients (µs)."""
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     for p in copies:
         p.grad = torch.randn_like(p)
     opt = torch.optim.Adam(copies, lr=1e-3, fused=True if fused else None)
-    return _median_time(opt.step, 200) * 1e6
+    for _ in range(20):  # warm-up: state allocation
+        opt.step()
+    return peers._clock(opt.step, 2000, "cpu") * 1e6
 
 
 def fit_ms_per_step(
@@ -98,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         train, test = peers.load_data(data)
         times: dict[bool, list[float]] = {False: [], True: []}
         ll: dict[bool, float] = {}
+        fit_ms_per_step(model, train, 2, True)  # warm-up, untimed: first-call costs
         for r in range(args.rounds):
             for fused in (False, True) if r % 2 == 0 else (True, False):
                 ms, flow = fit_ms_per_step(model, train, args.steps, fused)
