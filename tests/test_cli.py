@@ -116,7 +116,12 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
         capsys, "fit", table / "data.csv", "--given", "zz"
     )
     assert "no column(s) 'a', 'b', 'g'" in _error(capsys, "score", model, tmp_path / "other.csv")
-    assert "junk.pt" in _error(capsys, "score", tmp_path / "junk.pt", table / "data.csv")
+    assert "'" + str(tmp_path / "junk.pt") + "' is not a torch file" in _error(
+        capsys, "score", tmp_path / "junk.pt", table / "data.csv"
+    )
+    assert "argument --device: 'cudax' is not a torch device" in _error(
+        capsys, "fit", table / "data.csv", "--device", "cudax"
+    )
     assert "junk.pt" in _error(capsys, "sample", tmp_path / "junk.pt", "-n", "3")
     assert "argument --steps" in _error(capsys, "fit", table / "data.csv", "--steps", "x")
     assert "-n" in _error(capsys, "sample", model)

@@ -69,9 +69,13 @@ def test_load_errors_are_one_line(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nf.load: no such file: .*missing.pt"):
         nf.load(tmp_path / "missing.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(ValueError, match="nf.load: cannot read .*text.pt") as info:
+    with pytest.raises(ValueError, match="nf.load: '.*text.pt' is not a torch file") as info:
         nf.load(tmp_path / "text.pt")
     assert "\n" not in str(info.value)
+    nf.save(_flow(), tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
+    with pytest.raises(ValueError, match="'.*cut.pt' is a damaged or truncated torch file"):
+        nf.load(tmp_path / "cut.pt")
     torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not an nfkit model file"):
         nf.load(tmp_path / "foreign.pt")
@@ -82,8 +86,14 @@ def test_load_errors_are_one_line(tmp_path) -> None:
 
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump(Evil(), f)
-    with pytest.raises(ValueError, match="nf.load: cannot read"):
-        nf.load(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="'.*evil.pt' is not a torch file"):
+        nf.load(tmp_path / "evil.pt")  # a bare pickle: not even read as one
+    torch.save({"state": Evil()}, tmp_path / "evil_zip.pt")  # the torch format, os.system inside
+    with pytest.raises(
+        ValueError, match=r"evil_zip.pt' holds a Python object \(\S*system\)"
+    ) as info:
+        nf.load(tmp_path / "evil_zip.pt")
+    assert "weights-only load refuses" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match="flow.config is empty"):
         nf.save(
             nf.Flow(nf.transforms.Affine(0.0, 2.0), nf.distributions.StandardNormal(1)),

@@ -122,3 +122,43 @@ def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
     if not widths or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in widths):
         raise ValueError(f"{where}: hidden must be a sequence of positive ints, got {hidden!r}")
     return widths
+
+
+def check_device(where: str, device: object) -> torch.device | None:
+    """``device`` as a :class:`torch.device` (``None`` stays ``None``).
+
+    One-line ``ValueError`` when it names no device type (``"cudax"``) or one this machine lacks
+    (``"cuda"`` without a visible GPU or in a CPU-only build of torch, ``"cuda:3"`` with two
+    GPUs, ``"mps"`` off Apple silicon), instead of torch's error at the first ``.to()``. An
+    integer ``i`` means ``cuda:i``.
+    """
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(
+            f"{where}: device must be a string like 'cuda' or a torch.device, "
+            f"got {type(device).__name__}"
+        )
+    try:
+        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"{where}: {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch build has no CUDA"
+                if torch.version.cuda is None
+                else "no GPU is visible"
+            )
+            raise ValueError(f"{where}: device {str(dev)!r} is not available: {why}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"{where}: device {str(dev)!r} is not available: {count} GPU(s) visible "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{where}: device 'mps' is not available on this machine")
+    return dev

@@ -54,6 +54,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """A torch device this machine has (checked before any data is read)."""
+    from nfkit._checks import check_device
+
+    try:
+        check_device("nfkit", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("nfkit: ")) from None
+    return text
+
+
 def _given_values(text: str) -> dict[str, float]:
     """``a=1.5,b=0`` → ``{"a": 1.5, "b": 0.0}``."""
     out: dict[str, float] = {}
@@ -383,7 +394,9 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
     )
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument(
+        "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument(
         "--threads",

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from nfkit._checks import check_device
 from nfkit.core import Flow
 
 __all__ = ["FlowDensity", "make_flow", "model_names"]
@@ -207,7 +208,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         n_features = X.shape[1]
         self.given_indices_ = self._given_indices(n_features)
         self.data_indices_ = [i for i in range(n_features) if i not in self.given_indices_]
-        self.device_ = torch.device(self.device or "cpu")
+        self.device_ = check_device("FlowDensity.fit", self.device) or torch.device("cpu")
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         x, c = self._split(X)
         devices = [self.device_] if self.device_.type == "cuda" else []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from nfkit._checks import check_device
 
 __all__ = ["save", "load", "read_table", "as_tensor", "atomic_save", "DataError"]
 
@@ -71,9 +74,23 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling, zip and header errors all mean "not our file"
-        raise ValueError(
-            f"{where}: cannot read {str(path)!r} as a torch file ({_one_line(e, 80)})"
-        ) from None
+        raise ValueError(f"{where}: {str(path)!r} {_load_problem(e)}") from None
+
+
+def _load_problem(e: BaseException) -> str:
+    """What a failed weights-only ``torch.load`` says about the file, in a few words."""
+    text = str(e)
+    refused = re.search(
+        r"GLOBAL ([\w.]+)", text
+    )  # "Unsupported global: GLOBAL m.f", "... blocked"
+    if refused:
+        return (
+            f"holds a Python object ({refused.group(1)}) that a weights-only load refuses: "
+            "not an nfkit model or checkpoint (nfkit never unpickles arbitrary objects)"
+        )
+    if "zip archive" in text:
+        return "is a damaged or truncated torch file (its zip archive cannot be read)"
+    return "is not a torch file (nfkit models and checkpoints are written by nf.save and nf.fit)"
 
 
 # --------------------------------------------------------------------------- models
@@ -129,6 +146,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     from nfkit.models import build
 
     where = "nf.load"
+    device = check_device(where, device)
     payload = safe_torch_load(path, where)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{where}: {str(path)!r} is not an nfkit model file (no nfkit header)")

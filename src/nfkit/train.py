@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from nfkit._checks import check_device
 from nfkit.core import Flow
 from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
@@ -420,6 +421,7 @@ def fit(
     where = "nf.fit"
     if not isinstance(flow, Flow):
         raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    device = check_device(where, device)
     if device is not None:
         flow.to(device)
     dev, dtype = _module_like(flow)
@@ -669,6 +671,7 @@ def fit_vi(
     anneal = _check_int(where, "anneal", anneal, minimum=0)
     _check_number(where, "lr", lr, 0.0)
     _check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    device = check_device(where, device)
     if device is not None:
         flow.to(device)
     dev, dtype = _module_like(flow)
