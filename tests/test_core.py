@@ -66,6 +66,19 @@ def test_flow_follows_dtype_and_device() -> None:
         (lambda f: f.log_prob(torch.zeros(3, 2, dtype=torch.long)), "floating-point"),
         (lambda f: f.sample(-1), "sample shape must be non-negative"),
         (lambda f: f.sample("ten"), "expected an int or a shape tuple"),
+        (
+            lambda f: f.log_prob(torch.randn(3, 2, dtype=torch.float64)),
+            "Flow.log_prob: x is torch.float64 but the flow is torch.float32; convert one "
+            "(x.to(torch.float32) or flow.to(torch.float64))",
+        ),
+        (
+            lambda f: f.double().log_prob(torch.randn(3, 2)),
+            "Flow.log_prob: x is torch.float32 but the flow is torch.float64",
+        ),
+        (
+            lambda f: f.log_prob(torch.randn(3, 2, device="meta")),
+            "Flow.log_prob: x is on meta but the flow is on cpu; move one",
+        ),
     ],
 )
 def test_flow_rejects_bad_input(call, message: str) -> None:
@@ -99,6 +112,21 @@ def test_flow_context_errors() -> None:
     plain = nf.models.NSF(2, transforms=1, hidden=(8,))
     with pytest.raises(ValueError, match="takes no context"):
         plain.log_prob(torch.randn(4, 2), torch.randn(4, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"Flow.log_prob: x's batch shape \(4,\) and context's \(5,\) do not broadcast",
+    ):
+        cond.log_prob(torch.randn(4, 2), torch.randn(5, 3))
+    assert cond.log_prob(torch.randn(4, 1, 2), torch.randn(5, 3)).shape == (4, 5)
+    for call in (
+        lambda c: cond.log_prob(torch.randn(4, 2), c),
+        lambda c: cond.sample(2, c),
+        lambda c: cond.sample_and_log_prob(2, c),
+    ):
+        with pytest.raises(
+            TypeError, match="context is torch.float64 but the flow is torch.float32"
+        ):
+            call(torch.randn(4, 3, dtype=torch.float64))
 
 
 def test_out_of_support_input_is_rejected() -> None:

@@ -81,6 +81,23 @@ def check_event(
         raise ValueError(f"{where}: {name} contains {bad} values; expected finite numbers")
 
 
+def check_like(where: str, name: str, x: Tensor, like: Tensor | None) -> None:
+    """``x`` must have the dtype and device of ``like`` (a module's first floating tensor; None:
+    a module without one, nothing to check). Reads no values: no host sync."""
+    if like is None:
+        return
+    if x.dtype != like.dtype:
+        raise TypeError(
+            f"{where}: {name} is {x.dtype} but the flow is {like.dtype}; convert one "
+            f"({name}.to({like.dtype}) or flow.to({x.dtype}))"
+        )
+    if x.device != like.device:
+        raise ValueError(
+            f"{where}: {name} is on {x.device} but the flow is on {like.device}; move one "
+            f"({name}.to('{like.device}') or flow.to('{x.device}'))"
+        )
+
+
 def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
     if domain.is_real:
         return

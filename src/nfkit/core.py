@@ -15,7 +15,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import Interval, check_context, check_event, check_support, real, shape_str
+from nfkit._checks import (
+    Interval,
+    check_context,
+    check_event,
+    check_like,
+    check_support,
+    check_tensor,
+    real,
+    shape_str,
+)
 from nfkit.nn.packed import PackedLayers
 
 __all__ = ["Transform", "Inverse", "Compose", "Flow"]
@@ -229,6 +238,29 @@ def _samples_in_inference_mode(module: nn.Module) -> bool:
     return not (torch.compiler.is_compiling() or autograd_inside(module))
 
 
+def floating_tensor(module: nn.Module) -> Tensor | None:
+    """The first floating-point parameter or buffer of ``module`` (whose dtype and device the
+    module computes in), or None."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device ``module`` computes in (of :func:`floating_tensor`); torch's default
+    dtype on the CPU for a module without floating tensors."""
+    like = floating_tensor(module)
+    return (
+        (torch.get_default_dtype(), torch.device("cpu"))
+        if like is None
+        else (like.dtype, like.device)
+    )
+
+
 def _check_chunk(where: str, chunk_size: int | None) -> int | None:
     if chunk_size is None:
         return None
@@ -338,10 +370,24 @@ class Flow(nn.Module):
         if not self.validate:
             return
         values = _check_values()
+        like = floating_tensor(self)
+        check_like(where, "x", check_tensor(where, "x", x), like)  # before reading any value
         check_event(where, "x", x, self.event_shape, values=values)
         if values:
             check_support(where, "x", x, self.transform.domain)
+        if context is not None and self.context_features:
+            check_like(where, "context", check_tensor(where, "context", context), like)
         check_context(where, context, self.context_features, values=values)
+        if context is None:
+            return
+        batch, c_batch = x.shape[: x.dim() - len(self.event_shape)], context.shape[:-1]
+        try:
+            torch.broadcast_shapes(batch, c_batch)
+        except RuntimeError:
+            raise ValueError(
+                f"{where}: x's batch shape {shape_str(batch)} and context's {shape_str(c_batch)} "
+                "do not broadcast"
+            ) from None
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         context = self._embed(context)
@@ -396,6 +442,9 @@ class Flow(nn.Module):
     def _sample_shape(self, where: str, shape_or_n: Any, context: Tensor | None) -> torch.Size:
         shape = _as_shape(shape_or_n, where)
         if self.validate:
+            if context is not None and self.context_features:
+                like = floating_tensor(self)
+                check_like(where, "context", check_tensor(where, "context", context), like)
             check_context(where, context, self.context_features, values=_check_values())
         if context is not None:
             shape = shape + context.shape[:-1]

@@ -9,16 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, check_tensor
+from nfkit.core import dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
 __all__ = ["bits_per_dim"]
-
-
-def _dtype_device(flow: nn.Module) -> tuple[torch.dtype, torch.device]:
-    for t in (*flow.parameters(), *flow.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return torch.get_default_dtype(), torch.device("cpu")
 
 
 def bits_per_dim(
@@ -71,7 +65,7 @@ def bits_per_dim(
         raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {reduction!r}")
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
-    dtype, device = _dtype_device(flow)
+    dtype, device = dtype_device(flow)
     x = check_tensor(where, "x", x.to(dtype=dtype, device=device))
     high = levels - 1 if dequantize else levels
     if bool(((x < 0) | (x > high)).any()):

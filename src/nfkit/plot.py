@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfkit.core import Compose, Flow
+from nfkit.core import Compose, Flow, dtype_device
 from nfkit.transforms.elementwise import Affine
 
 __all__ = ["density", "samples", "corner", "history", "layers"]
@@ -92,10 +92,8 @@ def _context(flow: Flow, context: Any) -> Tensor | None:
 
 
 def _like(flow: Flow) -> dict[str, Any]:
-    for t in list(flow.parameters()) + list(flow.buffers()):
-        if t.is_floating_point():
-            return {"dtype": t.dtype, "device": t.device}
-    return {}
+    dtype, device = dtype_device(flow)
+    return {"dtype": dtype, "device": device}
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from nfkit._checks import check_device
-from nfkit.core import Flow
+from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
 
@@ -146,13 +146,6 @@ class _Batcher:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"]
         self.pos = int(state["pos"])
-
-
-def _module_like(flow: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for t in list(flow.parameters()) + list(flow.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
 
 
 def _resolve_seed(seed: int | None) -> int:
@@ -424,7 +417,7 @@ def fit(
     device = check_device(where, device)
     if device is not None:
         flow.to(device)
-    dev, dtype = _module_like(flow)
+    dtype, dev = dtype_device(flow)
     x = as_tensor(data, where, "data", dtype=dtype, device=dev)
     c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
     if c is not None and c.shape[0] != x.shape[0]:
@@ -674,7 +667,7 @@ def fit_vi(
     device = check_device(where, device)
     if device is not None:
         flow.to(device)
-    dev, dtype = _module_like(flow)
+    dtype, dev = dtype_device(flow)
     if context is not None:
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")

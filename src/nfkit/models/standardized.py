@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
-from nfkit.core import Compose, Flow
+from nfkit.core import Compose, Flow, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.transforms.elementwise import Affine
 
@@ -45,10 +45,9 @@ def _wrap(inner: Flow, features: int, context: int) -> Flow:
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
     affine = Affine(torch.zeros(features), torch.ones(features))
     flow = Flow(Compose(affine, *layers), inner.base, embedding=embedding, context=context)
-    for t in list(inner.parameters()) + list(inner.buffers()):
-        if t.is_floating_point():  # the new buffers follow the inner flow's dtype and device
-            flow.to(dtype=t.dtype, device=t.device)
-            break
+    like = floating_tensor(inner)
+    if like is not None:  # the new buffers follow the inner flow's dtype and device
+        flow.to(dtype=like.dtype, device=like.device)
     return flow
 
 
