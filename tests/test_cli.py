@@ -119,6 +119,13 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
     assert "'" + str(tmp_path / "junk.pt") + "' is not a torch file" in _error(
         capsys, "score", tmp_path / "junk.pt", table / "data.csv"
     )
+    assert "--resume continues from --checkpoint PATH" in _error(
+        capsys, "fit", table / "data.csv", "--resume"
+    )
+    (tmp_path / "file").write_text("not a folder")
+    assert "cannot write '" + str(tmp_path / "file" / "s.csv") + "'" in _error(
+        capsys, "sample", model, "-n", "3", "-o", tmp_path / "file" / "s.csv"
+    )
     assert "argument --device: 'cudax' is not a torch device" in _error(
         capsys, "fit", table / "data.csv", "--device", "cudax"
     )

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nfkit as nf
-from nfkit.io import atomic_save
+from nfkit.io import atomic_save, atomic_write
 
 
 def _flow(d: int = 2, context: int = 0) -> nf.Flow:
@@ -62,6 +62,32 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path) -> None:
         atomic_save({"f": lambda: 0}, path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+def test_atomic_write_names_the_path_and_leaves_nothing_behind(tmp_path) -> None:
+    (tmp_path / "file").write_text("a file, not a folder")
+    target = tmp_path / "file" / "sub" / "m.pt"
+    with pytest.raises(OSError, match=r"^cannot write '.*file/sub/m.pt': ") as info:
+        nf.save(_flow(), target)
+    assert "\n" not in str(info.value)
+
+    def half_then_full_disk(f) -> None:
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=r"cannot write '.*out.csv': No space left on device"):
+        atomic_write(tmp_path / "out.csv", half_then_full_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary file left
+
+
+def test_atomic_write_keeps_a_replaced_files_mode_and_else_follows_the_umask(tmp_path) -> None:
+    new = atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a\n"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    new.chmod(0o640)
+    atomic_write(new, lambda f: f.write(b"b\n"))
+    assert new.stat().st_mode & 0o777 == 0o640 and new.read_bytes() == b"b\n"
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

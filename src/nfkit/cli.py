@@ -162,12 +162,14 @@ def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, p
     return torch.tensor([values[g] for g in given], dtype=p.dtype)
 
 
-def _write_table(df: Any, out: str | None) -> None:
+def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
+    """CSV to stdout, or atomically to ``out`` (its folders created)."""
+    from nfkit.io import atomic_write
+
     if out is None:
         df.to_csv(sys.stdout, index=False)
     else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        atomic_write(out, lambda f: df.to_csv(f, index=False))
 
 
 # --------------------------------------------------------------------------- commands
@@ -214,7 +216,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
         seed=args.seed,
         device=args.device,
         checkpoint=args.checkpoint,
-        resume=args.checkpoint is not None and args.resume,
+        resume=args.resume,
     )
     return flow.cpu(), history
 
@@ -235,6 +237,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     import nfkit as nf
     from nfkit import distributed
 
+    if args.resume and args.checkpoint is None:
+        raise _UserError("--resume continues from --checkpoint PATH; give one")
     if args.distributed:
         try:
             device = distributed.init_from_env()
@@ -272,11 +276,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"unknown dataset {args.dataset!r}; choose from {', '.join(nf.datasets.TOYS)}"
         )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     x = nf.datasets.TOYS[args.dataset](args.n, seed=args.seed)
     df = pd.DataFrame(x.double().numpy(), columns=["x", "y"])
-    df.to_csv(out / "data.csv", index=False)
+    _write_table(df, out / "data.csv")
     flow, history = _train(args, df, [], args.dataset)
     _info(args, _summary(flow, history, len(df)))
     files = [nf.save(flow, out / "model.pt")]
@@ -288,9 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     files.append(out / "history.png")
     nf.plot.history(history, files[-1], title=f"training history ({title})")
     files.append(out / "samples.csv")
-    pd.DataFrame(flow.sample(1000).double().numpy(), columns=["x", "y"]).to_csv(
-        files[-1], index=False
-    )
+    _write_table(pd.DataFrame(flow.sample(1000).double().numpy(), columns=["x", "y"]), files[-1])
     print(
         f"nfkit demo: wrote {len(files) + 1} files to {out}/ in {time.perf_counter() - t0:.0f} s:"
     )

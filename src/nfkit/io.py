@@ -14,9 +14,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -42,26 +42,52 @@ def _one_line(e: BaseException, limit: int = 120) -> str:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to a temporary file next to ``path``, fsync, then ``os.replace``.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
 
     A reader never sees a half-written file: it finds either the old file or the new one.
+    Missing parent folders are created. A filesystem error (a read-only or missing place, a full
+    disk) is one ``OSError`` naming ``path``; an error raised by ``write`` propagates unchanged.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    tmp = None
     try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise OSError(f"cannot write {str(path)!r}: {e.strerror or _one_line(e)}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else ``0o666`` less the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` through :func:`atomic_write`: the old file or the new one, never half."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any = "cpu") -> Any:
