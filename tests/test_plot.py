@@ -48,3 +48,10 @@ def test_corner_1d_and_conditional(tmp_path) -> None:
     _png(tmp_path / "d1.png")
     with pytest.raises(ValueError, match="nf.plot.density: needs D <= 2"):
         nf.plot.density(flow, context=[0.5])
+
+
+def test_data_must_match_the_model(flow2) -> None:
+    with pytest.raises(ValueError, match=r"nf.plot.density: data must have shape \(n, 2\) like"):
+        nf.plot.density(flow2, torch.randn(10, 3))
+    with pytest.raises(ValueError, match=r"nf.plot.corner: data must have shape \(n, 2\) like"):
+        nf.plot.corner(flow2, torch.randn(10, 1))

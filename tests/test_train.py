@@ -64,6 +64,10 @@ def test_fit_dataframe_context_and_errors() -> None:
         nf.fit(_small(), np.array([[0.0, np.nan], [1.0, 2.0]]), progress=False)
     with pytest.raises(TypeError, match="column 's' is not numeric"):
         nf.fit(_small(1), pd.DataFrame({"s": ["a", "b"]}), progress=False)
+    with pytest.raises(ValueError, match=r"nf.fit: val must have last dim 2, got shape \(10, 3\)"):
+        nf.fit(_small(), x, val=torch.randn(10, 3), steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"nf.fit: val context must have last dim 1, got shape"):
+        nf.fit(flow, x, context=c, val=(x[:10], torch.randn(10, 2)), steps=2, progress=False)
     # epochs: ceil(n_train / batch) steps per epoch (360 training rows, batch 100 -> 4 steps).
     h = nf.fit(_small(), x, epochs=2, batch_size=100, progress=False)
     assert h.steps == 8
@@ -230,3 +234,20 @@ def test_fit_vi_rejects_bad_settings_in_one_line(kwargs: dict, message: str) -> 
     with pytest.raises(ValueError, match=message) as err:
         nf.fit_vi(flow, nf.targets.U1, progress=False, **{"steps": 2, **kwargs})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("log_density", "got"),
+    [
+        (lambda x: x, r"\(64, 2\)"),  # per coordinate, not per sample
+        (lambda x: -x.square().sum(-1, keepdim=True), r"\(64, 1\)"),  # would broadcast to 64 x 64
+        (lambda x: 0.0, "float"),
+    ],
+)
+def test_fit_vi_checks_what_log_density_returns(log_density, got: str) -> None:
+    message = (
+        r"nf.fit_vi: log_density must return one value per sample, a tensor of shape \(64,\) "
+        r"for samples of shape \(64, 2\); got " + got
+    )
+    with pytest.raises(ValueError, match=message):
+        nf.fit_vi(_small(), log_density, steps=2, batch_size=64, progress=False)

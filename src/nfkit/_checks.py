@@ -108,19 +108,24 @@ def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
 
 
 def check_context(
-    where: str, context: Tensor | None, features: int, *, values: bool = True
+    where: str,
+    context: Tensor | None,
+    features: int,
+    *,
+    values: bool = True,
+    name: str = "context",
 ) -> None:
     """A flow with ``features`` context features needs a context of last dim ``features``
-    (finite, if ``values``)."""
+    (finite, if ``values``); ``name``: what the errors call it."""
     if features == 0:
         if context is not None:
-            raise ValueError(f"{where}: this flow takes no context, but a context was given")
+            raise ValueError(f"{where}: this flow takes no context, but a {name} was given")
         return
     if context is None:
         raise ValueError(
-            f"{where}: this flow is conditional and needs a context of last dim {features}"
+            f"{where}: this flow is conditional and needs a {name} of last dim {features}"
         )
-    check_event(where, "context", context, (features,), values=values)
+    check_event(where, name, context, (features,), values=values)
 
 
 def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:

@@ -366,18 +366,26 @@ class Flow(nn.Module):
             return context
         return self.embedding(context)
 
-    def _check_x(self, where: str, x: Tensor, context: Tensor | None) -> None:
+    def _check_x(
+        self,
+        where: str,
+        x: Tensor,
+        context: Tensor | None,
+        names: tuple[str, str] = ("x", "context"),
+    ) -> None:
+        """Data and context as :meth:`log_prob` takes them (``names``: what the errors call them)."""
         if not self.validate:
             return
         values = _check_values()
         like = floating_tensor(self)
-        check_like(where, "x", check_tensor(where, "x", x), like)  # before reading any value
-        check_event(where, "x", x, self.event_shape, values=values)
+        xn, cn = names
+        check_like(where, xn, check_tensor(where, xn, x), like)  # before reading any value
+        check_event(where, xn, x, self.event_shape, values=values)
         if values:
-            check_support(where, "x", x, self.transform.domain)
+            check_support(where, xn, x, self.transform.domain)
         if context is not None and self.context_features:
-            check_like(where, "context", check_tensor(where, "context", context), like)
-        check_context(where, context, self.context_features, values=values)
+            check_like(where, cn, check_tensor(where, cn, context), like)
+        check_context(where, context, self.context_features, values=values, name=cn)
         if context is None:
             return
         batch, c_batch = x.shape[: x.dim() - len(self.event_shape)], context.shape[:-1]
@@ -385,8 +393,8 @@ class Flow(nn.Module):
             torch.broadcast_shapes(batch, c_batch)
         except RuntimeError:
             raise ValueError(
-                f"{where}: x's batch shape {shape_str(batch)} and context's {shape_str(c_batch)} "
-                "do not broadcast"
+                f"{where}: {xn}'s batch shape {shape_str(batch)} and {cn}'s "
+                f"{shape_str(c_batch)} do not broadcast"
             ) from None
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:

@@ -69,12 +69,18 @@ def _np(x: Tensor) -> Any:
     return x.detach().double().cpu().numpy()
 
 
-def _data(data: Any, where: str) -> Tensor | None:
+def _data(data: Any, where: str, features: int) -> Tensor | None:
+    """The data to draw beside the model: ``(n, features)`` float64, or None."""
     if data is None:
         return None
     from nfkit.io import as_tensor
 
-    return as_tensor(data, where, "data", dtype=torch.float64)
+    x = as_tensor(data, where, "data", dtype=torch.float64)
+    if x.dim() != 2 or x.shape[1] != features:
+        raise ValueError(
+            f"{where}: data must have shape (n, {features}) like the model, got {tuple(x.shape)}"
+        )
+    return x
 
 
 def _check_flow(where: str, flow: Any) -> Flow:
@@ -150,7 +156,7 @@ def density(
     if d > 2:
         raise ValueError(f"{where}: needs D <= 2, got D = {d}; use nf.plot.corner")
     ctx = _context(flow, context)
-    x = _data(data, where)
+    x = _data(data, where, d)
     s = _samples(flow, n, ctx)
     ref = x if x is not None else s
     box = list(bounds) if bounds is not None else _bounds(ref)
@@ -220,7 +226,7 @@ def corner(
     flow = _check_flow(where, flow)
     d = flow.event_shape[0]
     k = min(d, max_dims)
-    x = _data(data, where)
+    x = _data(data, where, d)
     s = _samples(flow, n, _context(flow, context))
     box = _bounds(x if x is not None else s)
     labels = _labels(flow, columns, d)

@@ -448,7 +448,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
         xv, cv = _val_data(where, val, c is not None, dtype, dev)
-        flow._check_x(where, xv[:1], None if cv is None else cv[:1])
+        flow._check_x(where, xv, cv, names=("val", "val context"))
         xt, ct = x, c
     else:
         xt, ct, xv, cv = _split(x, c, val_fraction, generator)
@@ -585,6 +585,21 @@ def fit(
 # --------------------------------------------------------------------------- fit_vi
 
 
+def _log_p(
+    where: str, log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, like: Tensor
+) -> Tensor:
+    """``log p̃(x)`` (given ``context``), checked to be one value per sample: the shape of
+    ``like`` (the flow's ``log q``). A shape check only: no host sync."""
+    log_p = log_density(x) if context is None else log_density(x, context)
+    if not isinstance(log_p, Tensor) or log_p.shape != like.shape:
+        got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
+        raise ValueError(
+            f"{where}: log_density must return one value per sample, a tensor of shape "
+            f"{tuple(like.shape)} for samples of shape {tuple(x.shape)}; got {got}"
+        )
+    return log_p
+
+
 @torch.no_grad()
 def _importance(
     flow: Flow,
@@ -598,7 +613,7 @@ def _importance(
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
         x, log_q = flow.sample_and_log_prob(m, context)
-        log_p = log_density(x) if context is None else log_density(x, context)
+        log_p = _log_p("nf.fit_vi", log_density, x, context, log_q)
         logw.append((log_p - log_q).double().flatten())
     lw = torch.cat(logw)
     lw = torch.where(torch.isnan(lw), -math.inf, lw)
@@ -722,7 +737,7 @@ def _fit_vi(
         for i in range(steps):
             beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
             x, log_q = flow.sample_and_log_prob(batch_size, context)
-            log_p = log_density(x) if context is None else log_density(x, context)
+            log_p = _log_p(where, log_density, x, context, log_q)
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)
             done = i + 1
