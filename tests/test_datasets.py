@@ -85,8 +85,13 @@ def test_other_formats_and_file_errors(tmp_path) -> None:
     df = nf.datasets.load(tmp_path / "a.npy")
     assert list(df.columns) == ["x0", "x1", "x2"] and np.allclose(df.to_numpy(), x)
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
-    with pytest.raises(DataError, match="s.npy: expected a numeric array"):
+    with pytest.raises(DataError, match="s.npy: expected an array of real numbers, got dtype <U1"):
         nf.datasets.load(tmp_path / "s.npy")
+    np.save(tmp_path / "c.npy", x + 1j)  # numeric, but casting would drop the imaginary part
+    with pytest.raises(DataError, match="c.npy: expected an array of real numbers, got dtype co"):
+        nf.datasets.load(tmp_path / "c.npy")
+    with pytest.raises(TypeError, match="nf.fit: data must hold real numbers, got a NumPy array"):
+        nf.fit(nf.models.MAF(3, transforms=1, hidden=(4,)), x + 1j, steps=1, progress=False)
     with pytest.raises(FileNotFoundError, match="nope.csv: no such file"):
         nf.datasets.load(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="unknown file type '.xlsx'"):

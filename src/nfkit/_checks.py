@@ -134,6 +134,17 @@ def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -
     return value
 
 
+def check_number(
+    where: str, name: str, value: object, low: float, *, inclusive: bool = False
+) -> float:
+    """A finite real number ``> low`` (``>= low`` if ``inclusive``), as a float."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value < low if inclusive else value <= low):  # type: ignore[operator]
+        op = ">=" if inclusive else ">"
+        raise ValueError(f"{where}: {name} must be a finite number {op} {low:g}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
     if isinstance(hidden, int):
         hidden = (hidden,)

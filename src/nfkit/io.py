@@ -249,6 +249,15 @@ def _read_csv(path: Path, header: bool | None) -> Any:
     return df
 
 
+def _real_dtype(dtype: Any) -> bool:
+    """Booleans, integers and floats (NumPy or pandas dtypes): what a density can be put on.
+    Complex numbers are numeric but not real: casting them would drop the imaginary part."""
+    import pandas as pd
+
+    is_number = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+    return is_number and not pd.api.types.is_complex_dtype(dtype)
+
+
 def _read_npy(path: Path) -> Any:
     import pandas as pd
 
@@ -262,8 +271,8 @@ def _read_npy(path: Path) -> Any:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 1-D or 2-D array, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise DataError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+    if not _real_dtype(arr.dtype):
+        raise DataError(f"{path}: expected an array of real numbers, got dtype {arr.dtype}")
     return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
 
 
@@ -288,7 +297,7 @@ def _numeric(df: Any, path: Path) -> Any:
     out = {}
     for name in df.columns:
         col = df[name]
-        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        if _real_dtype(col.dtype):
             out[name] = col.astype("float64")
             continue
         converted = pd.to_numeric(col, errors="coerce")
@@ -426,8 +435,10 @@ def as_tensor(
     if isinstance(data, Tensor):
         t = data.detach()
     elif isinstance(data, np.ndarray):
-        if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
-            raise TypeError(f"{where}: {name} must be numeric, got a NumPy array of {data.dtype}")
+        if not _real_dtype(data.dtype):
+            raise TypeError(
+                f"{where}: {name} must hold real numbers, got a NumPy array of {data.dtype}"
+            )
         t = torch.tensor(np.asarray(data, dtype=np.float64))
     elif hasattr(data, "columns") and hasattr(data, "to_numpy"):
         df = _numeric_or_type_error(data, where, name)
@@ -448,10 +459,8 @@ def as_tensor(
 
 
 def _numeric_or_type_error(df: Any, where: str, name: str) -> Any:
-    import pandas as pd
-
     for col in df.columns:
-        if not (pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])):
+        if not _real_dtype(df[col].dtype):
             raise TypeError(
                 f"{where}: {name} column {str(col)!r} is not numeric ({df[col].dtype})"
             )

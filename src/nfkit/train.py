@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from nfkit._checks import check_device
+from nfkit._checks import check_device, check_number, check_positive_int
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
@@ -156,25 +156,11 @@ def _resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def _check_number(where: str, name: str, value: Any, low: float, inclusive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value < low if inclusive else value <= low):
-        op = ">=" if inclusive else ">"
-        raise ValueError(f"{where}: {name} must be a finite number {op} {low}, got {value!r}")
-    return float(value)
-
-
-def _check_int(where: str, name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _eval_every(where: str, steps: int, eval_every: int | None) -> int:
     """Steps between evaluations/checks: ``clamp(steps // 20, 1, 200)`` unless given."""
     if eval_every is None:
         return min(max(steps // 20, 1), 200)
-    return _check_int(where, "eval_every", eval_every)
+    return check_positive_int(where, "eval_every", eval_every)
 
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -426,13 +412,13 @@ def fit(
             f"got {x.shape[0]} and {c.shape[0]}"
         )
     flow._check_x(where, x, c)
-    _check_number(where, "lr", lr, 0.0)
-    _check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
-    _check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
+    check_number(where, "lr", lr, 0.0)
+    check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
     if val_fraction >= 1:
         raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
-    batch_size = _check_int(where, "batch_size", batch_size)
-    patience = _check_int(where, "patience", patience)
+    batch_size = check_positive_int(where, "batch_size", batch_size)
+    patience = check_positive_int(where, "patience", patience)
     seed = _resolve_seed(seed)
 
     state = None
@@ -457,8 +443,8 @@ def fit(
     if steps is not None and epochs is not None:
         raise ValueError(f"{where}: give steps or epochs, not both")
     if epochs is not None:
-        steps = _check_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
-    steps = 1000 if steps is None else _check_int(where, "steps", steps)
+        steps = check_positive_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
+    steps = 1000 if steps is None else check_positive_int(where, "steps", steps)
     eval_every = _eval_every(where, steps, eval_every)
 
     rank, world = rank_and_world()
@@ -673,12 +659,12 @@ def fit_vi(
         raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
     if not callable(log_density):
         raise TypeError(f"{where}: log_density must be callable, got {type(log_density).__name__}")
-    steps = _check_int(where, "steps", steps)
-    batch_size = _check_int(where, "batch_size", batch_size)
-    n_estimate = _check_int(where, "n_estimate", n_estimate)
-    anneal = _check_int(where, "anneal", anneal, minimum=0)
-    _check_number(where, "lr", lr, 0.0)
-    _check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    steps = check_positive_int(where, "steps", steps)
+    batch_size = check_positive_int(where, "batch_size", batch_size)
+    n_estimate = check_positive_int(where, "n_estimate", n_estimate)
+    anneal = check_positive_int(where, "anneal", anneal, minimum=0)
+    check_number(where, "lr", lr, 0.0)
+    check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
     device = check_device(where, device)
     if device is not None:
         flow.to(device)

@@ -111,7 +111,7 @@ def test_config_rebuilds_and_errors() -> None:
         ContinuousFlow(2, trace="exactly")
     with pytest.raises(ValueError, match="solver must be one of"):
         ContinuousFlow(2, solver="leapfrog")
-    with pytest.raises(ValueError, match="atol must be a positive number"):
+    with pytest.raises(ValueError, match="atol must be a finite number > 0"):
         ContinuousFlow(2, atol=0.0)
     with pytest.raises(ValueError, match="expected last dim 2"):
         ContinuousFlow(2)(torch.randn(3, 4))

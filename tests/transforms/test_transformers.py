@@ -64,7 +64,14 @@ def test_softsign_matches_its_formula_and_reaches_half_the_bound_at_the_bound() 
             {"scale": "tanh"},
             "AffineTransformer: scale must be 'exp', 'softsign' or 'sigmoid', got 'tanh'",
         ),
-        ({"max_log_scale": 0.0}, "AffineTransformer: max_log_scale must be > 0, got 0.0"),
+        (
+            {"max_log_scale": 0.0},
+            "AffineTransformer: max_log_scale must be a finite number > 0, got 0.0",
+        ),
+        (
+            {"max_log_scale": float("nan")},
+            "AffineTransformer: max_log_scale must be a finite number > 0, got nan",
+        ),
     ],
 )
 def test_bad_options_are_rejected(kwargs: dict, message: str) -> None:

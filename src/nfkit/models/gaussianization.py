@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_positive_int, check_tensor
+from nfkit._checks import check_number, check_positive_int, check_tensor
 from nfkit.core import Compose, Flow, Transform
 from nfkit.distributions import StandardNormal
 from nfkit.models._registry import factory
@@ -138,8 +138,8 @@ def RBIG(
     check_positive_int("RBIG", "patience", patience)
     if rotation not in ("pca", "random"):
         raise ValueError(f"RBIG: rotation must be 'pca' or 'random', got {rotation!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"RBIG: tol must be a non-negative number, got {tol!r}")
+    check_number("RBIG", "tol", tol, 0.0, inclusive=True)
+    check_positive_int("RBIG", "seed", seed, minimum=0)
     if isinstance(validation, bool) or not isinstance(validation, float) or not 0 < validation < 1:
         raise ValueError(f"RBIG: validation must be a fraction in (0, 1), got {validation!r}")
     return RBIGFlow(

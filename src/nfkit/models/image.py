@@ -67,6 +67,8 @@ def _flow(
     base: str | nn.Module,
 ) -> Flow:
     layers = [body]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
+        raise ValueError(f"{where}: alpha must lie in (0, 0.5), got {alpha!r}")
     if pixel_levels is not None:
         check_positive_int(where, "pixel_levels", pixel_levels, minimum=2)
         layers.insert(0, LogitPreprocess(pixel_levels, alpha))

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
 
@@ -156,8 +156,7 @@ class ContinuousFlow(Transform):
         if solver not in _SOLVERS:
             raise ValueError(f"{where}: solver must be one of {_SOLVERS}, got {solver!r}")
         for name, value in (("atol", atol), ("rtol", rtol), ("t1", t1)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{where}: {name} must be a positive number, got {value!r}")
+            check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)
         self.time_dependent = bool(time_dependent)
         self.trace, self.noise, self.solver = trace, noise, solver

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int
 from nfkit._numerics import monotone_solve
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.mlp import MLP
@@ -78,6 +78,12 @@ def _linear_tails_inverse(
     return x_in + (z - zc) * torch.exp(-tail), torch.where(z == zc, log_rate, tail)
 
 
+def _check_bound_and_slope(where: str, bound: object, min_slope: object) -> None:
+    check_number(where, "bound", bound, 0.0)
+    if check_number(where, "min_slope", min_slope, 0.0) >= 1:
+        raise ValueError(f"{where}: min_slope must be < 1, got {min_slope!r}")
+
+
 @dataclass(frozen=True)
 class DSFTransformer(Transformer):
     r"""Deep sigmoidal flow ``z = σ⁻¹(Σ_j w_j σ(a_j x + b_j))`` (NAF; Huang et al. 2018).
@@ -120,11 +126,7 @@ class DSFTransformer(Transformer):
 
     def __post_init__(self) -> None:
         check_positive_int("DSFTransformer", "hidden", self.hidden)
-        if not self.bound > 0 or not 0 < self.min_slope < 1:
-            raise ValueError(
-                "DSFTransformer: need bound > 0 and 0 < min_slope < 1, "
-                f"got bound={self.bound}, min_slope={self.min_slope}"
-            )
+        _check_bound_and_slope("DSFTransformer", self.bound, self.min_slope)
 
     @property
     def num_params(self) -> int:
@@ -241,11 +243,7 @@ class UMNNTransformer(nn.Module, Transformer):
         self.embedding = check_positive_int("UMNNTransformer", "embedding", embedding)
         self.nodes = check_positive_int("UMNNTransformer", "nodes", nodes, minimum=2)
         self.hidden = check_hidden("UMNNTransformer", hidden)
-        if not bound > 0 or not 0 < min_slope < 1:
-            raise ValueError(
-                "UMNNTransformer: need bound > 0 and 0 < min_slope < 1, "
-                f"got bound={bound}, min_slope={min_slope}"
-            )
+        _check_bound_and_slope("UMNNTransformer", bound, min_slope)
         self.bound, self.min_slope = float(bound), float(min_slope)
         self.net = MLP(1 + embedding, 1, self.hidden, activation=nn.Tanh)
         s, w = clenshaw_curtis(self.nodes)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nfkit._checks import check_number, check_positive_int
 from nfkit.transforms.functional import affine
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
@@ -100,10 +101,7 @@ class AffineTransformer(Transformer):
                 "AffineTransformer: scale must be 'exp', 'softsign' or 'sigmoid', "
                 f"got {self.scale!r}"
             )
-        if not self.max_log_scale > 0:
-            raise ValueError(
-                f"AffineTransformer: max_log_scale must be > 0, got {self.max_log_scale!r}"
-            )
+        check_number("AffineTransformer", "max_log_scale", self.max_log_scale, 0.0)
 
     @property
     def num_params(self) -> int:
@@ -137,12 +135,16 @@ class RQSplineTransformer(Transformer):
     min_derivative: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.bins < 1 or not self.bound > 0:
-            raise ValueError(
-                f"RQSplineTransformer: need bins >= 1 and bound > 0, got {self.bins}, {self.bound}"
-            )
+        where = "RQSplineTransformer"
+        check_positive_int(where, "bins", self.bins)
+        check_number(where, "bound", self.bound, 0.0)
+        for name in ("min_width", "min_height", "min_derivative"):
+            check_number(where, name, getattr(self, name), 0.0, inclusive=True)
         if self.min_width * self.bins >= 1 or self.min_height * self.bins >= 1:
-            raise ValueError("RQSplineTransformer: min_width/min_height too large for the bins")
+            raise ValueError(
+                f"{where}: min_width and min_height must be < 1/bins = {1 / self.bins:g}, got "
+                f"{self.min_width:g} and {self.min_height:g}"
+            )
 
     @property
     def num_params(self) -> int:
