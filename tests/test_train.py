@@ -150,8 +150,14 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
     assert _equal(_state(resumed), _state(full))
     assert h.train_loss == h_full.train_loss and h.val_loss == h_full.val_loss
     assert h.best_step == h_full.best_step
-    with pytest.raises(ValueError, match="steps=40"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint '.*ckpt.pt' was made with steps=40 on 450 training rows; "
+        r"got steps=50 on 450 rows",
+    ):  # fmt: skip
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
+    model = nf.save(initial, tmp_path / "model.pt")  # a model file is not a checkpoint
+    with pytest.raises(ValueError, match="model.pt' is not an nfkit checkpoint"):
+        nf.fit(copy.deepcopy(initial), x, checkpoint=model, resume=True, **kwargs)
 
 
 def test_fit_uses_fused_adamw_with_the_per_op_update(tmp_path, monkeypatch) -> None:

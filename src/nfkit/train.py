@@ -327,6 +327,145 @@ def _val_data(
     return as_tensor(val, where, "val", dtype=dtype, device=device), None
 
 
+@dataclass
+class _EarlyStopping:
+    """The best validation NLL so far, its weights, and evaluations since it (``bad``)."""
+
+    patience: int
+    best: dict[str, Tensor] | None = None
+    bad: int = 0
+
+    def update(self, history: History, val: float, done: int, flow: Flow) -> bool:
+        """Record ``val`` at step ``done``; True once ``patience`` evaluations did not improve."""
+        history.val_loss.append(val)
+        if history.best_val is None or val < history.best_val:
+            history.best_val, history.best_step, self.bad = val, done, 0
+            self.best = {k: t.detach().clone() for k, t in flow.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def _training_data(
+    where: str, flow: Flow, data: Any, context: Any, device: str | torch.device | None
+) -> tuple[Tensor, Tensor | None, torch.dtype, torch.device]:
+    """``(x, c, dtype, device)``: the flow moved to ``device``, data and context as checked
+    tensors in its dtype there, with the same number of rows."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    checked = check_device(where, device)
+    if checked is not None:
+        flow.to(checked)
+    dtype, dev = dtype_device(flow)
+    x = as_tensor(data, where, "data", dtype=dtype, device=dev)
+    c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
+    if c is not None and c.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{where}: data and context must have the same number of rows, "
+            f"got {x.shape[0]} and {c.shape[0]}"
+        )
+    flow._check_x(where, x, c)
+    return x, c, dtype, dev
+
+
+def _steps(where: str, steps: int | None, epochs: int | None, n: int, batch_size: int) -> int:
+    """Optimizer steps from ``steps`` or ``epochs`` (passes over ``n`` rows; default 1000)."""
+    if steps is not None and epochs is not None:
+        raise ValueError(f"{where}: give steps or epochs, not both")
+    if epochs is not None:
+        return check_positive_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
+    return 1000 if steps is None else check_positive_int(where, "steps", steps)
+
+
+def _initialize_on_first_batch(
+    flow: Flow, batcher: _Batcher, x: Tensor, c: Tensor | None, device: torch.device
+) -> None:
+    """Data-dependent init (ActNorm) on the full first global batch, identical on every rank,
+    before DDP copies rank 0's parameters: as in a single-process run. The batch order is left
+    as it was."""
+    first = batcher.state_dict()
+    with torch.no_grad():
+        idx = batcher.next().to(device)
+        flow(x[idx], None if c is None else c[idx])
+    batcher.load_state_dict(first)
+
+
+def _read_checkpoint(where: str, checkpoint: str | os.PathLike[str] | None) -> dict | None:
+    """The checkpoint to resume from (None: no file yet, start fresh), checked to be nfkit's."""
+    if checkpoint is None:
+        raise ValueError(f"{where}: resume=True needs checkpoint=PATH")
+    if not Path(checkpoint).exists():
+        return None
+    state = safe_torch_load(checkpoint, where, map_location="cpu")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{where}: {str(checkpoint)!r} is not an nfkit checkpoint")
+    return state
+
+
+def _checkpoint_state(
+    flow: Flow,
+    loop: _Loop,
+    batcher: _Batcher,
+    history: History,
+    stopping: _EarlyStopping,
+    *,
+    seed: int,
+    steps: int,
+    n: int,
+    done: int,
+) -> dict[str, Any]:
+    """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
+    loads with ``weights_only=True``)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(flow.config),
+        "seed": seed,
+        "steps": steps,
+        "n": n,
+        "step": done,
+        "model": flow.state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": None if loop.scheduler is None else loop.scheduler.state_dict(),
+        "batcher": batcher.state_dict(),
+        "history": history.to_dict(),
+        "best": stopping.best,
+        "bad": stopping.bad,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _restore(
+    where: str,
+    checkpoint: str | os.PathLike[str] | None,
+    state: dict[str, Any],
+    flow: Flow,
+    loop: _Loop,
+    batcher: _Batcher,
+    stopping: _EarlyStopping,
+    *,
+    steps: int,
+    n: int,
+) -> tuple[History, int]:
+    """Put a checkpoint's weights, optimizer, schedule, batch order and RNG back; returns the
+    history and the step to continue from."""
+    if int(state["steps"]) != steps or int(state["n"]) != n:
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
+            f"on {state['n']} training rows; got steps={steps} on {n} rows"
+        )
+    flow.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    if loop.scheduler is not None and state["scheduler"] is not None:
+        loop.scheduler.load_state_dict(state["scheduler"])
+    batcher.load_state_dict(state["batcher"])
+    stopping.best, stopping.bad = state["best"], int(state["bad"])
+    torch.set_rng_state(state["rng"])
+    start = int(state["step"])
+    loop.synced = start
+    loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+    return History.from_dict(state["history"]), start
+
+
 # --------------------------------------------------------------------------- fit
 
 
@@ -398,20 +537,7 @@ def fit(
         NonFiniteLossError: a NaN/inf loss or gradient; the last good weights are restored.
     """
     where = "nf.fit"
-    if not isinstance(flow, Flow):
-        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
-    device = check_device(where, device)
-    if device is not None:
-        flow.to(device)
-    dtype, dev = dtype_device(flow)
-    x = as_tensor(data, where, "data", dtype=dtype, device=dev)
-    c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
-    if c is not None and c.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{where}: data and context must have the same number of rows, "
-            f"got {x.shape[0]} and {c.shape[0]}"
-        )
-    flow._check_x(where, x, c)
+    x, c, dtype, dev = _training_data(where, flow, data, context, device)
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
     check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
@@ -421,15 +547,9 @@ def fit(
     patience = check_positive_int(where, "patience", patience)
     seed = _resolve_seed(seed)
 
-    state = None
-    if resume:
-        if checkpoint is None:
-            raise ValueError(f"{where}: resume=True needs checkpoint=PATH")
-        if Path(checkpoint).exists():
-            state = safe_torch_load(checkpoint, where, map_location="cpu")
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{where}: {str(checkpoint)!r} is not an nfkit checkpoint")
-            seed = int(state["seed"])
+    state = _read_checkpoint(where, checkpoint) if resume else None
+    if state is not None:
+        seed = int(state["seed"])
 
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
@@ -440,11 +560,7 @@ def fit(
         xt, ct, xv, cv = _split(x, c, val_fraction, generator)
 
     n = xt.shape[0]
-    if steps is not None and epochs is not None:
-        raise ValueError(f"{where}: give steps or epochs, not both")
-    if epochs is not None:
-        steps = check_positive_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
-    steps = 1000 if steps is None else check_positive_int(where, "steps", steps)
+    steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
     rank, world = rank_and_world()
@@ -467,39 +583,19 @@ def fit(
         device=dev,
         world=world,
     )
-    history = History()
-    best: dict[str, Tensor] | None = None
-    bad = 0
-    start = 0
+    stopping = _EarlyStopping(patience)
+    history, start = History(), 0
     t0 = time.perf_counter()
     if state is not None:
-        if int(state["steps"]) != steps or int(state["n"]) != n:
-            raise ValueError(
-                f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
-                f"on {state['n']} training rows; got steps={steps} on {n} rows"
-            )
-        flow.load_state_dict(state["model"])
-        loop.optimizer.load_state_dict(state["optimizer"])
-        if loop.scheduler is not None and state["scheduler"] is not None:
-            loop.scheduler.load_state_dict(state["scheduler"])
-        batcher.load_state_dict(state["batcher"])
-        history = History.from_dict(state["history"])
-        best, bad, start = state["best"], int(state["bad"]), int(state["step"])
-        torch.set_rng_state(state["rng"])
-        loop.synced = start
-        loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        history, start = _restore(
+            where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n
+        )
         t0 -= history.wall_time
 
     validate, flow.validate = flow.validate, False
     flow.train()
     if world > 1 and _uninitialized(flow):
-        # Data-dependent init (ActNorm) on the full first global batch, identical on every rank,
-        # before DDP copies rank 0's parameters: as in a single-process run.
-        first = batcher.state_dict()
-        with torch.no_grad():
-            idx = batcher.next().to(dev)
-            flow(xt[idx], None if ct is None else ct[idx])
-        batcher.load_state_dict(first)
+        _initialize_on_first_batch(flow, batcher, xt, ct, dev)
     model = _wrap_model(flow, world, dev)
     loop.open_bar(start)
     try:
@@ -519,45 +615,24 @@ def fit(
                 history.val_step.append(done)
                 history.time.append(time.perf_counter() - t0)
                 history.lr.append(loop.lr())
-                if xv is not None:
-                    v = _broadcast_float(_nll(flow, xv, cv), world, dev)
-                    history.val_loss.append(v)
-                    if history.best_val is None or v < history.best_val:
-                        history.best_val, history.best_step, bad = v, done, 0
-                        best = {k: t.detach().clone() for k, t in flow.state_dict().items()}
-                    else:
-                        bad += 1
+                stop = xv is not None and stopping.update(
+                    history, _broadcast_float(_nll(flow, xv, cv), world, dev), done, flow
+                )
                 history.wall_time = time.perf_counter() - t0
                 if checkpoint is not None and rank == 0:
-                    atomic_save(
-                        {
-                            "format": CHECKPOINT_FORMAT,
-                            "config": json.dumps(flow.config),
-                            "seed": seed,
-                            "steps": steps,
-                            "n": n,
-                            "step": done,
-                            "model": flow.state_dict(),
-                            "optimizer": loop.optimizer.state_dict(),
-                            "scheduler": None
-                            if loop.scheduler is None
-                            else loop.scheduler.state_dict(),
-                            "batcher": batcher.state_dict(),
-                            "history": history.to_dict(),
-                            "best": best,
-                            "bad": bad,
-                            "rng": torch.get_rng_state(),
-                        },
-                        checkpoint,
-                    )
+                    state = _checkpoint_state(
+                        flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
+                        done=done,
+                    )  # fmt: skip
+                    atomic_save(state, checkpoint)
                 loop.postfix(history)
                 if callback is not None and rank == 0:
                     callback(history)
-                if xv is not None and bad >= patience:
+                if stop:
                     history.stopped_early = True
                     break
-        if best is not None:
-            flow.load_state_dict(best)
+        if stopping.best is not None:
+            flow.load_state_dict(stopping.best)
         elif xv is None:
             history.best_step = history.steps
     finally:
