@@ -126,6 +126,9 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
     assert "cannot write '" + str(tmp_path / "file" / "s.csv") + "'" in _error(
         capsys, "sample", model, "-n", "3", "-o", tmp_path / "file" / "s.csv"
     )
+    assert "'a' is given twice in 'a=1,a=2'" in _error(
+        capsys, "sample", model, "-n", "2", "--given", "a=1,a=2"
+    )
     assert "argument --device: 'cudax' is not a torch device" in _error(
         capsys, "fit", table / "data.csv", "--device", "cudax"
     )

@@ -74,6 +74,8 @@ def _given_values(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(
                 f"expected NAME=VALUE pairs like a=1.5,b=0, got {item!r}"
             )
+        if name.strip() in out:
+            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from nfkit._checks import check_device
 
-__all__ = ["save", "load", "read_table", "as_tensor", "atomic_save", "DataError"]
+__all__ = ["save", "load", "read_table", "as_tensor", "atomic_write", "atomic_save", "DataError"]
 
 FORMAT = "nfkit-model"
 FORMAT_VERSION = 1
