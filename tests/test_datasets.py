@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,7 +65,8 @@ def test_csv_header_detection(tmp_path) -> None:
         ("a,b\n1,2\n", "at least 2 data rows"),
         ("", "file is empty"),
         ("a,b\n1,2\n1,2,3,4\n", "cannot parse as CSV"),
-        ("a,a\n1,2\n3,4\n", "t.csv"),
+        ("a,a\n1,2\n3,4\n", r"t.csv: duplicate column name\(s\) 'a'"),
+        ("a,b\n", "needs at least 2 data rows, got 0"),
     ],
 )
 def test_csv_errors_one_line(tmp_path, text: str, pattern: str) -> None:
@@ -105,3 +108,32 @@ def test_other_formats_and_file_errors(tmp_path) -> None:
         nf.datasets.load(tmp_path / "p.parquet")
     df = nf.datasets.load(tmp_path / "p.parquet", columns=["u", "v"])
     assert df.shape == (20, 2)
+
+
+def test_file_errors_are_one_line(tmp_path) -> None:
+    """The reader's remaining refusals: each names the file and the problem."""
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    (tmp_path / "two.npz").rename(tmp_path / "two.npy")  # an archive behind a .npy name
+    np.save(tmp_path / "cube.npy", np.zeros((4, 3, 2)))
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "h.csv").write_text("a,b\n")
+    cases = [
+        (tmp_path / "two.npy", {}, "two.npy: expected one array, got an archive of several"),
+        (
+            tmp_path / "cube.npy",
+            {},
+            r"cube.npy: expected a 1-D or 2-D array, got shape \(4, 3, 2\)",
+        ),
+        (tmp_path / "folder.csv", {}, "folder.csv: is a directory, not a data file"),
+        (tmp_path / "h.csv", {"allow_constant": True}, "h.csv: no data rows"),
+    ]
+    if importlib.util.find_spec("pyarrow") is not None:  # the parquet reader is an extra
+        cases.append((tmp_path / "junk.parquet", {}, "junk.parquet: cannot read as parquet"))
+    for path, kwargs, pattern in cases:
+        with pytest.raises(DataError, match=pattern) as info:
+            nf.datasets.load(path, **kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="x: no columns"):
+        nf.io.clean_table(pd.DataFrame(index=range(3)), "x")

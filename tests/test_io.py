@@ -156,3 +156,25 @@ def test_standardize_errors() -> None:
         nf.models.standardize(_flow(), x, columns=["a", "b"])
     with pytest.raises(ValueError, match="context was given"):
         nf.models.standardize(_flow(), torch.randn(10, 2), torch.randn(10, 1))
+
+
+def test_load_names_what_is_wrong_with_a_model_file(tmp_path) -> None:
+    flow = _flow()
+    path = nf.save(flow, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    variants = {
+        "newer": ({**payload, "format_version": 999}, "upgrade nfkit to read it"),
+        "config": ({**payload, "config": '{"model": "Nope"}'}, "cannot rebuild the model"),
+        "weights": (
+            {**payload, "state_dict": {"nope": torch.zeros(1)}},
+            "weights do not match the architecture",
+        ),
+    }
+    for name, (bad, message) in variants.items():
+        torch.save(bad, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=f"nf.load: '.*{name}.pt'.*{message}") as info:
+            nf.load(tmp_path / f"{name}.pt")
+        assert "\n" not in str(info.value)
+    with pytest.raises(TypeError, match="nf.save: expected an nf.Flow, got Linear"):
+        nf.save(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
+    assert not (tmp_path / "lin.pt").exists()

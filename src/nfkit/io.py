@@ -404,7 +404,9 @@ def read_table(
     readers = {".csv": lambda: _read_csv(path, header), ".txt": lambda: _read_csv(path, header)}
     readers.update({".npy": lambda: _read_npy(path), ".parquet": lambda: _read_parquet(path)})
     if suffix not in readers:
-        raise DataError(f"{path}: unknown file type {suffix!r}; expected .csv, .npy or .parquet")
+        raise DataError(
+            f"{path}: unknown file type {suffix!r}; expected .csv (or .txt), .npy or .parquet"
+        )
     df = readers[suffix]()
     if columns is not None:
         unknown = [c for c in columns if c not in df.columns]
