@@ -73,3 +73,40 @@ def test_fit_leaves_global_rng_alone() -> None:
     before = torch.get_rng_state()
     nf.FlowDensity(**SMALL).fit(_moons(100))
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_given_by_index_and_per_row_context() -> None:
+    x = _moons(300)
+    x = np.column_stack([x, x[:, 0] + 0.1])  # column 2 follows column 0
+    est = nf.FlowDensity(**{**SMALL, "given": [-1]}).fit(x)  # negative index: the last column
+    assert est.given_indices_ == [2] and est.data_indices_ == [0, 1]
+    rows = est.sample(4, context=np.arange(4.0)[:, None], random_state=0)  # one sample per row
+    np.testing.assert_array_equal(rows[:, 2], np.arange(4.0))
+    with pytest.raises(
+        ValueError, match=r"context must have shape \(1,\) or \(4, 1\), got \(3, 1\)"
+    ):
+        est.sample(4, context=np.zeros((3, 1)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"given": [3]}, ValueError, "given index 3 out of range for 2 columns"),
+        ({"given": [0, 0]}, ValueError, "given must list distinct columns"),
+        ({"given": [0, 1]}, ValueError, "leave at least one to model"),
+        ({"given": [1.5]}, TypeError, "given entries must be int or str, got 1.5"),
+        ({"given": ["a"]}, ValueError, "fit on a DataFrame to use names"),
+    ],
+)
+def test_bad_given_is_one_line(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as info:
+        nf.FlowDensity(**{**SMALL, **kwargs}).fit(_moons(100))
+    assert "\n" not in str(info.value) and str(info.value).startswith("FlowDensity.fit: ")
+
+
+def test_sample_rejects_bad_requests() -> None:
+    est = nf.FlowDensity(**SMALL).fit(_moons(100))
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1, got 0"):
+        est.sample(0)
+    with pytest.raises(ValueError, match="not conditional; context not used"):
+        est.sample(3, context=[1.0])
