@@ -154,3 +154,27 @@ def test_demo(capsys, tmp_path) -> None:
         "samples.csv",
     ):
         assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "message"),
+    [
+        (
+            RuntimeError("boom\nsecond line"),
+            1,
+            "nfkit: error: internal error (RuntimeError: boom second line)\n",
+        ),
+        (KeyboardInterrupt(), 130, "nfkit: interrupted\n"),
+        (BrokenPipeError(), 0, ""),  # `nfkit sample ... | head`: the reader left, not an error
+    ],
+)
+def test_unexpected_failures_are_one_line(capsys, monkeypatch, raised, code, message) -> None:
+    import nfkit.cli
+
+    def fail(args) -> None:
+        raise raised
+
+    monkeypatch.setattr(nfkit.cli, "cmd_sample", fail)
+    monkeypatch.delenv("NFKIT_DEBUG", raising=False)
+    assert main(["sample", "m.pt", "-n", "3"]) == code
+    assert capsys.readouterr().err == message
