@@ -257,3 +257,61 @@ def test_fit_vi_checks_what_log_density_returns(log_density, got: str) -> None:
     )
     with pytest.raises(ValueError, match=message):
         nf.fit_vi(_small(), log_density, steps=2, batch_size=64, progress=False)
+
+
+def test_explicit_val_is_what_early_stopping_scores() -> None:
+    """With ``val=``, every training row is trained on and the best weights score ``best_val``
+    on exactly those rows (unconditional, and a (data, context) pair)."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(300, 1, generator=g)
+    x = torch.cat([c, c + 0.2 * torch.randn(300, 1, generator=g)], 1)
+    for flow, data, context, val in (
+        (_small(), x[:200], None, x[200:]),
+        (_small(2, 1), x[:200], c[:200], (x[200:], c[200:])),
+    ):
+        rows: list[int] = []
+        flow.register_forward_pre_hook(lambda m, args, rows=rows: rows.append(args[0].shape[0]))
+        h = nf.fit(flow, data, context=context, val=val, steps=30, eval_every=10, batch_size=200,
+                   lr=5e-3, progress=False, seed=0)  # fmt: skip
+        assert rows[0] == 200, "no rows were split off for validation"
+        vx, vc = val if isinstance(val, tuple) else (val, None)
+        with torch.no_grad():
+            nll = -flow.log_prob(vx, vc).double().mean().item()
+        assert h.best_val == pytest.approx(nll, rel=1e-6) and h.best_val == min(h.val_loss)
+
+
+def test_without_validation_the_last_weights_are_kept() -> None:
+    h = nf.fit(_small(), nf.datasets.two_moons(200, seed=0), val_fraction=0.0, steps=20,
+               eval_every=5, progress=False, seed=0)  # fmt: skip
+    assert h.val_loss == [] and h.best_val is None
+    assert h.best_step == h.steps == 20 and not h.stopped_early
+
+
+def _frozen() -> nf.Flow:
+    flow = _small()
+    flow.requires_grad_(False)
+    return flow
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda x: nf.fit(_small(), x, seed="1"), TypeError, "seed must be an int or None, got str"),
+        (lambda x: nf.fit(_small(), x, schedule="linear"), ValueError,
+         "schedule must be 'cosine' or 'constant', got 'linear'"),
+        (lambda x: nf.fit(_frozen(), x), ValueError, "the flow has no trainable parameters"),
+        (lambda x: nf.fit(_small(), x, val_fraction=1.0), ValueError, "val_fraction must be < 1"),
+        (lambda x: nf.fit(_small(2, 1), x, context=x[:, :1], val=x), TypeError,
+         "for a conditional fit, val must be a pair"),
+        (lambda x: nf.fit(torch.nn.Linear(2, 2), x), TypeError, "flow must be an nf.Flow"),
+        (lambda x: nf.fit_vi(torch.nn.Linear(2, 2), nf.targets.U1, steps=2), TypeError,
+         "nf.fit_vi: flow must be an nf.Flow"),
+        (lambda x: nf.fit_vi(_small(), "U1", steps=2), TypeError, "log_density must be callable, got str"),
+        (lambda x: nf.fit_vi(_small(2, 1), nf.targets.U1, context=[1.0], steps=2), TypeError,
+         "nf.fit_vi: context must be a Tensor, got list"),
+    ],
+)  # fmt: skip
+def test_fit_refusals_are_one_line(call, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as info:
+        call(nf.datasets.two_moons(100, seed=0))
+    assert "\n" not in str(info.value)
