@@ -191,6 +191,13 @@ def test_out_of_support_input_is_rejected() -> None:
             "Glow: alpha must lie in (0, 0.5), got 0.5",
         ),
         (lambda: nf.distributions.Uniform(2, low=1, high=0), "Uniform: need high > low"),
+        (lambda: nf.distributions.StandardNormal("x"), "features must be a positive int or shape"),
+        (lambda: nf.distributions.StandardNormal((2, 0)), "got (2, 0)"),
+        (lambda: nf.distributions.StandardNormal(2.0), "got 2.0"),
+        (lambda: nf.distributions.DiagNormal(2, scale=0.0), "DiagNormal: scale must be positive"),
+        (lambda: nf.distributions.StudentT(2, df=0.4), "StudentT: df must be > 0.5, got 0.4"),
+        (lambda: nf.distributions.GaussianMixture((2, 3)), "features must be an int"),
+        (lambda: nf.Compose(), "Compose: needs at least one transform"),
     ],
 )
 def test_constructors_reject_bad_arguments(build, message: str) -> None:

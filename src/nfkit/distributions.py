@@ -31,10 +31,17 @@ _LOG_2PI = math.log(2 * math.pi)
 def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
     if isinstance(features, int) and not isinstance(features, bool):
         return torch.Size((check_positive_int(where, "features", features),))
-    shape = torch.Size(tuple(features))
-    if not shape or any(s < 1 for s in shape):
+    try:
+        dims = tuple(features)
+    except TypeError:
+        dims = ()
+    if (
+        isinstance(features, str)
+        or not dims
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in dims)
+    ):
         raise ValueError(f"{where}: features must be a positive int or shape, got {features!r}")
-    return shape
+    return torch.Size(dims)
 
 
 class BaseDistribution(nn.Module):

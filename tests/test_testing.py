@@ -1,0 +1,144 @@
+"""The conformance checks must fail: each deliberately broken transform or flow is caught.
+
+``check_transform`` and ``check_flow`` carry the generic test over every transform and factory,
+so a check that cannot fail would pass broken code everywhere. Each case below breaks one
+property of a correct map (``z = 2x + 1`` per coordinate, ``ladj = D log 2``) and asserts the
+checker names it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import nfkit as nf
+from nfkit.testing import check_flow, check_transform
+
+
+class Doubling(nf.Transform):
+    """``z = 2x + 1``; each keyword breaks one property."""
+
+    def __init__(self, **broken: bool) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z = 2 * x + 1
+        ladj = torch.full(x.shape[:-1], x.shape[-1] * math.log(2.0), dtype=x.dtype)
+        if self.broken.get("ladj"):
+            ladj = ladj * 0.5
+        if self.broken.get("ladj_shape"):
+            ladj = ladj[..., None].expand(x.shape)
+        if self.broken.get("z_shape"):
+            z = z[:1]
+        if self.broken.get("nan"):
+            z = z * float("nan")
+        return z, ladj
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = (z - 1) / (3 if self.broken.get("inverse") else 2)
+        ladj = torch.full(z.shape[:-1], -z.shape[-1] * math.log(2.0), dtype=z.dtype)
+        if self.broken.get("symmetry"):
+            ladj = -ladj
+        return x, ladj
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        x = self.inverse(z, context)[0]
+        return x + 1e-3 if self.broken.get("inverse_value") else x
+
+
+X = torch.randn(6, 3, dtype=torch.float64)
+
+
+def test_the_unbroken_map_passes() -> None:
+    report = check_transform(Doubling(), X)
+    assert report["inverse_error"] < 1e-12 and report["ladj_error"] < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("ladj", "ladj vs autograd log|det J| differs by up to 1.04"),
+        ("inverse", r"inverse\(forward\(x\)\) differs"),
+        ("symmetry", r"ladj\(inverse\) \+ ladj\(forward\) differs"),
+        ("ladj_shape", r"ladj has shape \(6, 3\), expected \(6,\)"),
+        ("z_shape", r"z has shape \(1, 3\), expected batch \(6,\) \+ event"),
+        ("inverse_value", r"inverse_value\(z\) vs inverse\(z\)\[0\] differs"),
+        ("nan", r"inverse\(forward\(x\)\) has non-finite values"),
+    ],
+)
+def test_check_transform_catches(broken: str, message: str) -> None:
+    with pytest.raises(AssertionError, match=f"^Doubling: {message}"):
+        check_transform(Doubling(**{broken: True}), X)
+
+
+def test_check_transform_wants_the_context_batch() -> None:
+    """A conditional transform's ``ladj`` has the broadcast batch of ``x`` and the context;
+    one that ignores a context of batch (4, 1) against x of (6,) is caught."""
+    with pytest.raises(AssertionError, match=r"ladj has shape \(6,\), expected \(4, 6\)"):
+        check_transform(Doubling(), X, torch.randn(4, 1, 2, dtype=torch.float64))
+
+
+def _flow(transform: nf.Transform) -> nf.Flow:
+    return nf.Flow(transform, nf.distributions.StandardNormal(3)).double()
+
+
+def test_check_flow_passes_a_correct_flow() -> None:
+    check_flow(_flow(Doubling()))
+
+
+def test_check_flow_catches_a_wrong_density() -> None:
+    """A flow whose density is off by a constant factor (ladj halved on the density side)."""
+    with pytest.raises(AssertionError, match="log_prob"):
+        check_flow(_flow(Doubling(ladj=True)))
+
+
+class _Unused(nf.Transform):
+    """Correct, but with a parameter that no output depends on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Doubling()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.inner(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.inner.inverse(z, context)
+
+
+class _DetachedInverse(nf.Transform):
+    """``z = x e^s`` with a learned ``s``, but the inverse (sampling) detaches ``s``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x * self.s.exp(), (x.shape[-1] * self.s).expand(x.shape[:-1])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s = self.s.detach()
+        return z * (-s).exp(), (-z.shape[-1] * s).expand(z.shape[:-1])
+
+
+class _NoisyRepr(Doubling):
+    def extra_repr(self) -> str:
+        return f"noise={torch.rand(()).item():.3f}"  # draws from the global RNG
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (_Unused(), r"parameters without gradient from log_prob: \['transform.unused'\]"),
+        (_DetachedInverse(), "rsample carries no gradient to the parameters"),
+        (_NoisyRepr(), "repr changed the global RNG state"),
+    ],
+)
+def test_check_flow_catches(transform: nf.Transform, message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_flow(_flow(transform))
