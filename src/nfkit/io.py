@@ -106,9 +106,9 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
 def _load_problem(e: BaseException) -> str:
     """What a failed weights-only ``torch.load`` says about the file, in a few words."""
     text = str(e)
-    refused = re.search(
-        r"GLOBAL ([\w.]+)", text
-    )  # "Unsupported global: GLOBAL m.f", "... blocked"
+    # torch names a refused object as "Unsupported global: GLOBAL m.f" or "... GLOBAL m.f whose
+    # module m is blocked"
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
         return (
             f"holds a Python object ({refused.group(1)}) that a weights-only load refuses: "
