@@ -8,6 +8,8 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -156,6 +158,32 @@ def test_standardize_errors() -> None:
         nf.models.standardize(_flow(), x, columns=["a", "b"])
     with pytest.raises(ValueError, match="context was given"):
         nf.models.standardize(_flow(), torch.randn(10, 2), torch.randn(10, 1))
+    where = "nf.models.standardize"
+    with pytest.raises(TypeError, match=f"{where}: x must be a Tensor, NumPy array or DataFrame"):
+        nf.models.standardize(_flow(), [[1.0, 2.0]] * 5)
+    with pytest.raises(ValueError, match=f"{where}: x contains NaN or inf values"):
+        nf.models.standardize(_flow(), np.full((5, 2), np.nan))
+    with pytest.raises(ValueError, match=rf"{where}: x must have last dim 2, got shape \(10, 3\)"):
+        nf.models.standardize(_flow(), torch.randn(10, 3))
+    with pytest.raises(TypeError, match="only vector flows|expected an nf.Flow"):
+        nf.models.standardize(nf.Flow(nf.transforms.Tanh(), nf.distributions.StandardNormal(2)), x)
+    conditional = nf.models.MAF(2, context=1, transforms=1, hidden=(4,))
+    with pytest.raises(ValueError, match=r"context must have last dim 1, got shape \(10, 2\)"):
+        nf.models.standardize(conditional, torch.randn(10, 2), torch.randn(10, 2))
+
+
+def test_standardize_takes_arrays_and_frames_like_tensors() -> None:
+    """NumPy arrays and DataFrames give the statistics a float64 tensor gives (to rounding:
+    a DataFrame's array may be column-major, which changes the order of the sums)."""
+    x = np.random.default_rng(0).normal(loc=[5.0, -2.0], scale=[3.0, 0.5], size=(200, 2))
+    flows = [
+        nf.models.standardize(_flow().double(), data)
+        for data in (torch.as_tensor(x), x, pd.DataFrame(x, columns=["a", "b"]))
+    ]
+    reference = flows[0].state_dict()
+    for flow in flows[1:]:
+        for key, value in flow.state_dict().items():
+            torch.testing.assert_close(value, reference[key], rtol=1e-12, atol=1e-12)
 
 
 def test_load_names_what_is_wrong_with_a_model_file(tmp_path) -> None:

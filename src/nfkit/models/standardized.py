@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
 from nfkit.core import Compose, Flow, floating_tensor
+from nfkit.io import as_tensor
 from nfkit.models._registry import build, factory
 from nfkit.transforms.elementwise import Affine
 
@@ -116,8 +117,8 @@ def _stats(
 
 def standardize(
     flow: Flow,
-    x: Tensor,
-    context: Tensor | None = None,
+    x: Any,
+    context: Any = None,
     *,
     columns: Sequence[str] | None = None,
     given: Sequence[str] | None = None,
@@ -130,8 +131,9 @@ def standardize(
 
     Args:
         flow: An unconditional flow of event shape ``(D,)``, or a conditional one of context ``C``.
-        x: Training data ``(n, D)``, ``n ≥ 2``; a constant column is an error.
-        context: Training context ``(n, C)`` when the flow is conditional.
+        x: Training data ``(n, D)``, ``n ≥ 2`` (a Tensor, NumPy array or numeric DataFrame);
+            a constant column is an error.
+        context: Training context ``(n, C)`` when the flow is conditional (same types).
         columns: Names recorded in ``config`` (all columns, in file order).
         given: Names of the context columns, recorded in ``config``.
 
@@ -160,7 +162,8 @@ def standardize(
         given_set = set(given or ())
         x_labels = [c for c in columns if c not in given_set]
         c_labels = [c for c in columns if c in given_set]
-    mean, std = _stats(where, "x", x.detach(), x_labels)
+    x = as_tensor(x, where, "x")  # a Tensor (its dtype kept), NumPy array or DataFrame
+    mean, std = _stats(where, "x", x, x_labels)
     if mean.shape[0] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
     out = _wrap(flow, features, ctx)
@@ -178,7 +181,8 @@ def standardize(
         affine.shift.copy_((-mean / std).to(**like))
         affine.log_abs_scale.copy_((-std.log()).to(**like))
         if context is not None:
-            cmean, cstd = _stats(where, "context", context.detach(), c_labels)
+            context = as_tensor(context, where, "context")
+            cmean, cstd = _stats(where, "context", context, c_labels)
             if cmean.shape[0] != ctx:
                 raise ValueError(
                     f"{where}: context must have last dim {ctx}, got shape {tuple(context.shape)}"
