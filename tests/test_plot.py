@@ -55,3 +55,17 @@ def test_data_must_match_the_model(flow2) -> None:
         nf.plot.density(flow2, torch.randn(10, 3))
     with pytest.raises(ValueError, match=r"nf.plot.corner: data must have shape \(n, 2\) like"):
         nf.plot.corner(flow2, torch.randn(10, 1))
+
+
+def test_the_suffix_names_the_format(tmp_path, flow2) -> None:
+    """``.pdf``/``.svg`` are written as such (not a PNG under that name); no suffix is PNG; an
+    unknown suffix is a one-line error before anything is written."""
+    magic = {"f.pdf": b"%PDF", "f.svg": b"<?xml", "f.png": b"\x89PNG", "f": b"\x89PNG"}
+    for name, head in magic.items():
+        nf.plot.history(nf.History(train_loss=[2.0, 1.0], steps=2), tmp_path / name)
+        assert (tmp_path / name).read_bytes().startswith(head), name
+    with pytest.raises(
+        ValueError, match=r"cannot write a figure as '.*f.txt': unknown format '.txt'"
+    ):
+        nf.plot.density(flow2, path=tmp_path / "f.txt")
+    assert not (tmp_path / "f.txt").exists()

@@ -47,9 +47,20 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any
 
 
 def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
-    """Write a PNG atomically, reduced to a 256-colour palette when Pillow is there (files ~3x
-    smaller)."""
+    """Write the figure atomically in the format its suffix names (``.png``, ``.pdf``, ``.svg``,
+    ... as matplotlib supports; no suffix: PNG). A PNG is reduced to a 256-colour palette when
+    Pillow is there (files ~3x smaller)."""
     if path is None:
+        return fig
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix not in ("", "png"):
+        formats = fig.canvas.get_supported_filetypes()
+        if suffix not in formats:
+            raise ValueError(
+                f"nf.plot: cannot write a figure as {os.fspath(path)!r}: unknown format "
+                f"'.{suffix}'; use one of {', '.join('.' + f for f in sorted(formats))}"
+            )
+        atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=fig.dpi))
         return fig
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=fig.dpi)
@@ -147,7 +158,7 @@ def density(
         bounds: ``[(lo, hi)] * D`` of the grid; default from the data (or samples), padded.
         resolution: Grid points per axis.
         columns: Axis labels (default: the model's column names, or ``x0, x1``).
-        path: Write a PNG there.
+        path: Write the figure there (PNG, or the format of the suffix: ``.pdf``, ``.svg``, ...).
         title: Figure title.
     """
     where = "nf.plot.density"
@@ -288,7 +299,7 @@ def history(
 
     Args:
         h: A :class:`~nfkit.train.History`.
-        path: Write a PNG there.
+        path: Write the figure there (PNG, or the format of the suffix: ``.pdf``, ``.svg``, ...).
     """
     train = torch.tensor(getattr(h, "train_loss", []), dtype=torch.float64)
     fig, ax = _figure(1, 1, (6.5, 4))
