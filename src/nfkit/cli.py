@@ -477,10 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("plot", help="figure of a saved model (density, corner or layers), as PNG")
+    p = sub.add_parser(
+        "plot", help="figure of a saved model (density, corner or layers), as PNG, PDF, SVG, ..."
+    )
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
     p.add_argument("--data", default=None, help="table to draw next to the model's samples")
-    p.add_argument("-o", "--output", default=None, help="PNG file (default: MODEL with .png)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="figure file; its suffix names the format (default: MODEL with .png)",
+    )
     p.add_argument(
         "--given",
         type=_given_values,
