@@ -69,6 +69,14 @@ def test_fit_sample_score_plot(capsys, table) -> None:
     assert code == 0 and np.allclose(
         pd.read_csv(pd.io.common.StringIO(out))["log_density"], scores["log_density"]
     )
+    # Chunked scoring on a named device gives the one-pass scores (to float32 rounding).
+    code, out, _ = _run(
+        capsys, "score", model, table / "s.csv", "--chunk-size", "7", "--device", "cpu"
+    )
+    chunked = pd.read_csv(pd.io.common.StringIO(out))["log_density"]
+    assert code == 0 and np.allclose(chunked, scores["log_density"], rtol=0, atol=1e-4)
+    code, out, _ = _run(capsys, "sample", model, "-n", "20", "--chunk-size", "6", "--seed", "2")
+    assert code == 0 and pd.read_csv(pd.io.common.StringIO(out)).shape == (20, 3)
     code, out, _ = _run(capsys, "plot", model, "--data", table / "data.csv", "-o", table / "c.png")
     assert code == 0 and (table / "c.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -103,10 +103,10 @@ def _schema(flow: Any) -> tuple[list[str], list[str], list[str]]:
     return columns, data, given
 
 
-def _load_model(path: str) -> Any:
+def _load_model(path: str, device: str | None = None) -> Any:
     import nfkit as nf
 
-    flow = nf.load(path)
+    flow = nf.load(path, device=device)
     if len(flow.event_shape) != 1:
         raise _UserError(f"{path}: only table models (vector flows) work with the command line")
     return flow
@@ -160,8 +160,10 @@ def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, p
         if unknown:
             what.append(f"unknown {', '.join(unknown)}")
         raise _UserError(f"--given must set exactly {', '.join(given)} ({'; '.join(what)})")
-    p = next(iter(flow.parameters()))
-    return torch.tensor([values[g] for g in given], dtype=p.dtype)
+    from nfkit.core import dtype_device
+
+    dtype, device = dtype_device(flow)
+    return torch.tensor([values[g] for g in given], dtype=dtype, device=device)
 
 
 def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
@@ -305,13 +307,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    flow = _load_model(args.model)
+    flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
-    with torch.random.fork_rng(devices=[], enabled=args.seed is not None):
+    cuda = [torch.device(args.device)] if args.device and args.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda, enabled=args.seed is not None):
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        x = flow.sample(args.n, ctx).double().numpy()
+        x = flow.sample(args.n, ctx, chunk_size=args.chunk_size).double().cpu().numpy()
     df = pd.DataFrame(x, columns=data)
     for g in given:
         df[g] = args.given[g]
@@ -324,20 +327,17 @@ def cmd_score(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    flow = _load_model(args.model)
+    from nfkit.core import dtype_device
+
+    flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     df = _select(_read(args.data, allow_constant=True), columns, args.data)
-    p = next(iter(flow.parameters()))
-    x = torch.tensor(df[data].to_numpy(), dtype=p.dtype)
-    c = torch.tensor(df[given].to_numpy(), dtype=p.dtype) if given else None
+    like = dict(zip(("dtype", "device"), dtype_device(flow)))
+    x = torch.tensor(df[data].to_numpy(), **like)
+    c = torch.tensor(df[given].to_numpy(), **like) if given else None
     with torch.no_grad():
-        scores = torch.cat(
-            [
-                flow.log_prob(xb, None if c is None else c[i : i + len(xb)])
-                for i, xb in zip(range(0, len(x), 65536), x.split(65536))
-            ]
-        )
-    out = pd.DataFrame({"log_density": scores.double().numpy()})
+        scores = flow.log_prob(x, c, chunk_size=args.chunk_size)
+    out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
     _write_table(out, args.output)
     if args.output:
         print(
@@ -409,6 +409,19 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
     )
 
 
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=2**16,
+        help="rows per pass: memory stays bounded for millions of rows (default: 65536; with "
+        "--seed, samples depend on it)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``nfkit`` command."""
     parser = _Parser(
@@ -467,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="context values a=1.5,b=0 for a conditional model",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    _inference_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("score", help="log-density of each row of a table under a saved model")
@@ -475,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default=None, help="CSV file with a log_density column (default: stdout)"
     )
+    _inference_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(

@@ -484,7 +484,9 @@ class Flow(nn.Module):
             context: ``(*cb, C)`` or None.
             chunk_size: Draw and transform at most this many samples at a time (along the
                 flattened sample shape, times the context batch), writing into one output
-                tensor, so memory beyond the output stays bounded; None: one pass.
+                tensor, so memory beyond the output stays bounded; None: one pass. The base
+                noise is drawn chunk by chunk, so under a fixed seed the samples depend on
+                ``chunk_size`` (each chunk size gives the same distribution).
         """
         size = _check_chunk("Flow.sample", chunk_size)
         shape = _as_shape(shape_or_n, "Flow.sample")
