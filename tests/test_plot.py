@@ -69,3 +69,12 @@ def test_the_suffix_names_the_format(tmp_path, flow2) -> None:
     ):
         nf.plot.density(flow2, path=tmp_path / "f.txt")
     assert not (tmp_path / "f.txt").exists()
+
+
+def test_empty_history_draws_without_warnings(tmp_path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" among them
+        nf.plot.history(nf.History(), tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"

@@ -341,7 +341,8 @@ def history(
             )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (NLL, nats)")
-    ax.legend(frameon=False)
+    if ax.get_legend_handles_labels()[1]:  # an empty history draws nothing to label
+        ax.legend(frameon=False)
     ax.set_title(title or "training history")
     return _finish(fig, path)
 
