@@ -309,6 +309,10 @@ def _frozen() -> nf.Flow:
         (lambda x: nf.fit_vi(_small(), "U1", steps=2), TypeError, "log_density must be callable, got str"),
         (lambda x: nf.fit_vi(_small(2, 1), nf.targets.U1, context=[1.0], steps=2), TypeError,
          "nf.fit_vi: context must be a Tensor, got list"),
+        (lambda x: nf.fit_vi(_small(2, 1), nf.targets.U1, context=torch.ones(3, 2), steps=2),
+         ValueError, r"nf.fit_vi: context must have last dim 1, got shape \(3, 2\)"),
+        (lambda x: nf.fit_vi(_small(2, 1), nf.targets.U1, steps=2), ValueError,
+         "nf.fit_vi: this flow is conditional and needs a context of last dim 1"),
     ],
 )  # fmt: skip
 def test_fit_refusals_are_one_line(call, error: type, message: str) -> None:

@@ -307,10 +307,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
+    from nfkit.core import dtype_device
+
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
-    cuda = [torch.device(args.device)] if args.device and args.device.startswith("cuda") else []
+    device = dtype_device(flow)[1]
+    cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, enabled=args.seed is not None):
         if args.seed is not None:
             torch.manual_seed(args.seed)
@@ -332,9 +335,9 @@ def cmd_score(args: argparse.Namespace) -> None:
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     df = _select(_read(args.data, allow_constant=True), columns, args.data)
-    like = dict(zip(("dtype", "device"), dtype_device(flow)))
-    x = torch.tensor(df[data].to_numpy(), **like)
-    c = torch.tensor(df[given].to_numpy(), **like) if given else None
+    dtype, device = dtype_device(flow)
+    x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
+    c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
     with torch.no_grad():
         scores = flow.log_prob(x, c, chunk_size=args.chunk_size)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from nfkit._checks import check_device, check_number, check_positive_int
+from nfkit._checks import check_context, check_device, check_number, check_positive_int
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
@@ -346,17 +346,24 @@ class _EarlyStopping:
         return self.bad >= self.patience
 
 
-def _training_data(
-    where: str, flow: Flow, data: Any, context: Any, device: str | torch.device | None
-) -> tuple[Tensor, Tensor | None, torch.dtype, torch.device]:
-    """``(x, c, dtype, device)``: the flow moved to ``device``, data and context as checked
-    tensors in its dtype there, with the same number of rows."""
+def _place(
+    where: str, flow: Flow, device: str | torch.device | None
+) -> tuple[torch.dtype, torch.device]:
+    """Check ``flow`` and ``device``, move the flow there (if given); its dtype and device."""
     if not isinstance(flow, Flow):
         raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
     checked = check_device(where, device)
     if checked is not None:
         flow.to(checked)
-    dtype, dev = dtype_device(flow)
+    return dtype_device(flow)
+
+
+def _training_data(
+    where: str, flow: Flow, data: Any, context: Any, device: str | torch.device | None
+) -> tuple[Tensor, Tensor | None, torch.dtype, torch.device]:
+    """``(x, c, dtype, device)``: the flow moved to ``device``, data and context as checked
+    tensors in its dtype there, with the same number of rows."""
+    dtype, dev = _place(where, flow, device)
     x = as_tensor(data, where, "data", dtype=dtype, device=dev)
     c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
     if c is not None and c.shape[0] != x.shape[0]:
@@ -730,8 +737,7 @@ def fit_vi(
         callback: Called with the History at each check.
     """
     where = "nf.fit_vi"
-    if not isinstance(flow, Flow):
-        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    dtype, dev = _place(where, flow, device)
     if not callable(log_density):
         raise TypeError(f"{where}: log_density must be callable, got {type(log_density).__name__}")
     steps = check_positive_int(where, "steps", steps)
@@ -740,14 +746,11 @@ def fit_vi(
     anneal = check_positive_int(where, "anneal", anneal, minimum=0)
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
-    device = check_device(where, device)
-    if device is not None:
-        flow.to(device)
-    dtype, dev = dtype_device(flow)
     if context is not None:
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
         context = context.to(device=dev, dtype=dtype)
+    check_context(where, context, flow.context_features)  # width, finite; before any step
     eval_every = _eval_every(where, steps, eval_every)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
