@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +67,10 @@ def test_flow_follows_dtype_and_device() -> None:
         (lambda f: f.log_prob(torch.zeros(3, 2, dtype=torch.long)), "floating-point"),
         (lambda f: f.sample(-1), "sample shape must be non-negative"),
         (lambda f: f.sample("ten"), "expected an int or a shape tuple"),
+        (lambda f: f.sample((2.5,)), "expected an int or a shape tuple of ints, got (2.5,)"),
+        (lambda f: f.sample(3.0), "expected an int or a shape tuple of ints, got 3.0"),
+        (lambda f: f.sample(True), "expected an int or a shape tuple of ints, got True"),
+        (lambda f: f.log_prob(torch.randn(4, 2), chunk_size=2.0), "chunk_size must be a positive"),
         (
             lambda f: f.log_prob(torch.randn(3, 2, dtype=torch.float64)),
             "Flow.log_prob: x is torch.float64 but the flow is torch.float32; convert one "
@@ -86,6 +91,15 @@ def test_flow_rejects_bad_input(call, message: str) -> None:
     with pytest.raises((ValueError, TypeError)) as info:
         call(flow)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sample_sizes_may_be_numpy_or_tensor_integers() -> None:
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    x = torch.randn(10, 2)
+    assert flow.sample(np.int64(3)).shape == (3, 2)
+    assert flow.sample((np.int32(2), torch.tensor(3))).shape == (2, 3, 2)
+    assert flow.sample(torch.Size([4])).shape == (4, 2)
+    assert torch.equal(flow.log_prob(x, chunk_size=np.int64(3)), flow.log_prob(x, chunk_size=3))
 
 
 def test_finite_check_accepts_huge_finite_values() -> None:
@@ -198,12 +212,46 @@ def test_out_of_support_input_is_rejected() -> None:
         (lambda: nf.distributions.StudentT(2, df=0.4), "StudentT: df must be > 0.5, got 0.4"),
         (lambda: nf.distributions.GaussianMixture((2, 3)), "features must be an int"),
         (lambda: nf.Compose(), "Compose: needs at least one transform"),
+        (lambda: nf.Compose(T.Tanh(), "x"), "Compose: expected Transform objects, got str"),
+        (lambda: T.Coupling(1, T.AffineTransformer()), "Coupling: needs features >= 2"),
+        (
+            lambda: T.Coupling(2, torch.nn.Linear(2, 2)),
+            "Coupling: transformer must be a Transformer, got Linear(in_features=2, "
+            "out_features=2, bias=True)",
+        ),
+        (lambda: T.Coupling(2, T.AffineTransformer(), dim=1), "dim counts from the right"),
+        (
+            lambda: T.Autoregressive(2, torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU())),
+            "Autoregressive: transformer must be a Transformer, got Sequential( (0): Tanh() (1): "
+            "ReLU() )",
+        ),
+        (
+            lambda: nf.nn.MADE(2, 2, hidden=(8, 4), residual=True),
+            "MADE: residual blocks need equal hidden widths, got (8, 4)",
+        ),
+        (lambda: nf.nn.MADE(3, 2, order=[0, 0, 2]), "MADE: order must be a permutation of 0..2"),
+        (lambda: nf.models.Standardized(2, flow="MAF"), "flow must be an inner flow's config"),
+        (
+            lambda: nf.models.Standardized(2, flow=nf.models.MAF(3).config),
+            "Standardized: inner flow must have event shape (2,), got (3,)",
+        ),
+        (
+            lambda: nf.models.Standardized(2, flow=nf.models.MAF(2, context=1).config),
+            "Standardized: inner flow takes context of size 1, got 0",
+        ),
+        (
+            lambda: nf.models.standardize(
+                nf.Flow(T.Tanh(), nf.distributions.StandardNormal(2)), 0
+            ),
+            "nf.models.standardize: expected an nf.Flow built by an nf.models factory",
+        ),
+        (lambda: nf.Flow(T.Tanh(), nf.distributions.StandardNormal(2), context=1.5), "context"),
     ],
 )
 def test_constructors_reject_bad_arguments(build, message: str) -> None:
     with pytest.raises((ValueError, TypeError)) as info:
         build()
-    assert message in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("model", ["MAF", "IAF", "RealNVP"])

@@ -28,6 +28,10 @@ def test_toys_shape_seed(name: str) -> None:
         make(10, noise=-1.0)
     with pytest.raises(ValueError, match="n must be"):
         make(0)
+    # NumPy integers are integers; a float seed is refused, not rounded
+    torch.testing.assert_close(x, make(np.int64(300), seed=np.int64(1)))
+    with pytest.raises(TypeError, match=r"seed must be an int or None, got 1\.5"):
+        make(10, seed=1.5)
 
 
 def test_digits() -> None:

@@ -44,9 +44,10 @@ def test_fit_score_sample() -> None:
 
 def test_grid_search_and_pipeline() -> None:
     x = _moons(300)
-    grid = GridSearchCV(nf.FlowDensity(**SMALL), {"transforms": [1, 2]}, cv=2)
-    grid.fit(x)
+    grid = GridSearchCV(nf.FlowDensity(**SMALL), {"transforms": np.arange(1, 3)}, cv=2)
+    grid.fit(x)  # NumPy integers from the grid
     assert grid.best_params_["transforms"] in (1, 2) and np.isfinite(grid.best_score_)
+    assert grid.best_estimator_.flow_.config["flow"]["transforms"] in (1, 2)
     pipe = Pipeline([("scale", StandardScaler()), ("flow", nf.FlowDensity(**SMALL))]).fit(x)
     assert pipe.score_samples(x[:5]).shape == (5,)
 
@@ -96,9 +97,17 @@ def test_given_by_index_and_per_row_context() -> None:
         ({"given": [0, 1]}, ValueError, "leave at least one to model"),
         ({"given": [1.5]}, TypeError, "given entries must be int or str, got 1.5"),
         ({"given": ["a"]}, ValueError, "fit on a DataFrame to use names"),
+        # not rounded to an int (transforms=2.7 had built 2 transforms, hidden=(8.9,) 8 units)
+        ({"transforms": 2.7}, ValueError, "transforms must be an integer >= 1, got 2.7"),
+        ({"transforms": "2"}, ValueError, "transforms must be an integer >= 1, got '2'"),
+        (
+            {"hidden": (8.9,)},
+            ValueError,
+            r"hidden must be a sequence of positive ints, got \(8.9,\)",
+        ),
     ],
 )
-def test_bad_given_is_one_line(kwargs: dict, error: type, message: str) -> None:
+def test_bad_settings_are_one_line(kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as info:
         nf.FlowDensity(**{**SMALL, **kwargs}).fit(_moons(100))
     assert "\n" not in str(info.value) and str(info.value).startswith("FlowDensity.fit: ")

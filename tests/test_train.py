@@ -296,7 +296,8 @@ def _frozen() -> nf.Flow:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda x: nf.fit(_small(), x, seed="1"), TypeError, "seed must be an int or None, got str"),
+        (lambda x: nf.fit(_small(), x, seed="1"), TypeError, "seed must be an int or None, got '1'"),
+        (lambda x: nf.fit(_small(), x, seed=1.0), TypeError, "seed must be an int or None, got 1.0"),
         (lambda x: nf.fit(_small(), x, schedule="linear"), ValueError,
          "schedule must be 'cosine' or 'constant', got 'linear'"),
         (lambda x: nf.fit(_frozen(), x), ValueError, "the flow has no trainable parameters"),
@@ -319,3 +320,17 @@ def test_fit_refusals_are_one_line(call, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as info:
         call(nf.datasets.two_moons(100, seed=0))
     assert "\n" not in str(info.value)
+
+
+def test_numpy_integer_settings_train_like_python_ints() -> None:
+    x = nf.datasets.two_moons(200, seed=0)
+    runs = []
+    for kind in (int, np.int64):
+        torch.manual_seed(0)
+        flow = _small()
+        history = nf.fit(
+            flow, x, steps=kind(12), batch_size=kind(32), eval_every=kind(4), seed=kind(3),
+            patience=kind(5), progress=False,
+        )  # fmt: skip
+        runs.append((history.train_loss, torch.cat([p.flatten() for p in flow.parameters()])))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,33 +130,67 @@ def check_context(
     check_event(where, name, context, (features,), values=values)
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as an error message shows it: one line of at most ``limit`` characters.
+
+    Arrays, tensors and tables are named by type and shape (``a Tensor of shape (500, 2)``), not
+    printed; any other value by its ``repr``, whitespace collapsed and cut with ``…``.
+    """
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple | torch.Size) and len(shape) > 0:
+        kind = type(value).__name__
+        return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} of shape {tuple(shape)}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as a Python int if it is integer-like (an int, a NumPy integer, a 0-d integer
+    tensor: anything with ``__index__``), else None; bools are not integers here."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    """``value`` as a Python int ``>= minimum`` (NumPy integers and 0-d integer tensors too)."""
+    number = as_int(value)
+    if number is None or number < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {shown(value)}")
+    return number
 
 
 def check_number(
     where: str, name: str, value: object, low: float, *, inclusive: bool = False
 ) -> float:
-    """A finite real number ``> low`` (``>= low`` if ``inclusive``), as a float."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number ``> low`` (``>= low`` if ``inclusive``), as a Python float (NumPy
+    scalars too)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value < low if inclusive else value <= low):  # type: ignore[operator]
         op = ">=" if inclusive else ">"
-        raise ValueError(f"{where}: {name} must be a finite number {op} {low:g}, got {value!r}")
+        raise ValueError(
+            f"{where}: {name} must be a finite number {op} {low:g}, got {shown(value)}"
+        )
     return float(value)  # type: ignore[arg-type]
 
 
 def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
-    if isinstance(hidden, int):
-        hidden = (hidden,)
+    """Hidden widths as a tuple of Python ints (one int, or a sequence or 1-d array of them)."""
+    one = as_int(hidden)
+    if one is not None:
+        hidden = (one,)
     try:
-        widths = tuple(hidden)  # type: ignore[arg-type]
+        widths = tuple(as_int(h) for h in hidden)  # type: ignore[union-attr]
     except TypeError:
         widths = ()
-    if not widths or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in widths):
-        raise ValueError(f"{where}: hidden must be a sequence of positive ints, got {hidden!r}")
-    return widths
+    if not widths or any(h is None or h < 1 for h in widths):
+        raise ValueError(
+            f"{where}: hidden must be a sequence of positive ints, got {shown(hidden)}"
+        )
+    return widths  # type: ignore[return-value]
 
 
 def check_device(where: str, device: object) -> torch.device | None:

@@ -17,13 +17,16 @@ from torch import Tensor, nn
 
 from nfkit._checks import (
     Interval,
+    as_int,
     check_context,
     check_event,
     check_like,
+    check_positive_int,
     check_support,
     check_tensor,
     real,
     shape_str,
+    shown,
 )
 from nfkit.nn.packed import PackedLayers
 
@@ -264,28 +267,33 @@ def dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
 def _check_chunk(where: str, chunk_size: int | None) -> int | None:
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{where}: chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    n = as_int(chunk_size)
+    if n is None or n < 1:
+        raise ValueError(
+            f"{where}: chunk_size must be a positive int or None, got {shown(chunk_size)}"
+        )
+    return n
 
 
 def _as_shape(shape_or_n: int | Sequence[int] | torch.Size, where: str) -> torch.Size:
-    if isinstance(shape_or_n, bool):
-        raise TypeError(f"{where}: expected an int or a shape tuple, got {shape_or_n!r}")
-    if isinstance(shape_or_n, int):
-        shape = (shape_or_n,)
+    """A sample shape from ``n`` or a tuple of ints (NumPy and 0-d tensor integers too)."""
+    n = as_int(shape_or_n)
+    if n is not None:
+        shape: tuple[int | None, ...] = (n,)
+    elif isinstance(shape_or_n, str):
+        shape = (None,)
     else:
-        if isinstance(shape_or_n, str):
-            raise TypeError(f"{where}: expected an int or a shape tuple, got str")
         try:
-            shape = tuple(int(s) for s in shape_or_n)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{where}: expected an int or a shape tuple, got {type(shape_or_n).__name__}"
-            ) from None
-    if any(s < 0 for s in shape):
+            shape = tuple(as_int(s) for s in shape_or_n)  # type: ignore[union-attr]
+        except TypeError:
+            shape = (None,)
+    if any(s is None for s in shape):
+        raise TypeError(
+            f"{where}: expected an int or a shape tuple of ints, got {shown(shape_or_n)}"
+        )
+    if any(s < 0 for s in shape):  # type: ignore[operator]
         raise ValueError(f"{where}: sample shape must be non-negative, got {shape_str(shape)}")
-    return torch.Size(shape)
+    return torch.Size(shape)  # type: ignore[arg-type]
 
 
 def _check_values() -> bool:
@@ -353,7 +361,7 @@ class Flow(nn.Module):
         self.transform = transform
         self.base = base
         self.embedding = embedding
-        self.context_features = int(context)
+        self.context_features = check_positive_int("Flow", "context", context, minimum=0)
         self.config: dict[str, Any] = dict(config or {})
         self.validate = True
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import as_int, check_positive_int, shown
 from nfkit.io import read_table as load
 
 __all__ = [
@@ -33,13 +33,18 @@ __all__ = [
 def _generator(seed: int | None) -> torch.Generator:
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    return torch.Generator().manual_seed(int(seed))
+    value = as_int(seed)
+    if value is None:
+        raise TypeError(f"nf.datasets: seed must be an int or None, got {shown(seed)}")
+    return torch.Generator().manual_seed(value)
 
 
 def _prepare(where: str, n: int, noise: float, seed: int | None) -> torch.Generator:
-    check_positive_int(where, "n", n)
+    n = check_positive_int(where, "n", n)
     if not (isinstance(noise, (int, float)) and noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"nf.datasets.{where}: noise must be a finite number >= 0, got {noise!r}")
+        raise ValueError(
+            f"nf.datasets.{where}: noise must be a finite number >= 0, got {shown(noise)}"
+        )
     return _generator(seed)
 
 
@@ -88,7 +93,7 @@ def checkerboard(n: int, *, noise: float = 0.0, seed: int | None = None) -> Tens
 def pinwheel(n: int, *, noise: float = 0.3, seed: int | None = None, arms: int = 5) -> Tensor:
     r"""``arms`` spiralling Gaussian blades (Johnson et al. 2016); ``noise`` is the radial std."""
     g = _prepare("pinwheel", n, noise, seed)
-    check_positive_int("pinwheel", "arms", arms)
+    arms = check_positive_int("pinwheel", "arms", arms)
     angles = torch.arange(arms, dtype=torch.float64) * 2 * math.pi / arms
     labels = torch.randint(0, arms, (n,), generator=g)
     feats = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor(
@@ -144,7 +149,7 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     """
     if not 0 < test_fraction < 1:
         raise ValueError(
-            f"nf.datasets.digits: test_fraction must be in (0, 1), got {test_fraction}"
+            f"nf.datasets.digits: test_fraction must be in (0, 1), got {shown(test_fraction)}"
         )
     from sklearn.datasets import load_digits
 

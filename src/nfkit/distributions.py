@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 
 __all__ = [
     "BaseDistribution",
@@ -40,7 +40,9 @@ def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
         or not dims
         or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in dims)
     ):
-        raise ValueError(f"{where}: features must be a positive int or shape, got {features!r}")
+        raise ValueError(
+            f"{where}: features must be a positive int or shape, got {shown(features)}"
+        )
     return torch.Size(dims)
 
 
@@ -167,7 +169,7 @@ class StudentT(BaseDistribution):
     ) -> None:
         super().__init__(features)
         if not df > 0.5:
-            raise ValueError(f"StudentT: df must be > 0.5, got {df}")
+            raise ValueError(f"StudentT: df must be > 0.5, got {shown(df)}")
         raw = torch.full(self.event_shape, math.log(math.expm1(df - 0.5)))
         if trainable:
             self.raw_df = nn.Parameter(raw)
@@ -207,7 +209,7 @@ class GaussianMixture(BaseDistribution):
 
     def __init__(self, features: int, components: int = 8, trainable: bool = True) -> None:
         super().__init__(features)
-        check_positive_int("GaussianMixture", "components", components)
+        components = check_positive_int("GaussianMixture", "components", components)
         if len(self.event_shape) != 1:
             raise ValueError("GaussianMixture: features must be an int (vector events)")
         d = self.event_shape[0]

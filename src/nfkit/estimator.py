@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from nfkit._checks import check_device
+from nfkit._checks import check_device, check_hidden, check_positive_int, shown
 from nfkit.core import Flow
 
 __all__ = ["FlowDensity", "make_flow", "model_names"]
@@ -46,7 +46,7 @@ def make_flow(
     key = str(model).lower()
     if key not in names:
         raise ValueError(
-            f"{where}: unknown model {model!r}; choose from {', '.join(sorted(names))}"
+            f"{where}: unknown model {shown(model)}; choose from {', '.join(sorted(names))}"
         )
     factory = FACTORIES[names[key]]
     accepted = inspect.signature(factory).parameters
@@ -58,10 +58,10 @@ def make_flow(
     if transforms is not None:
         for name in ("transforms", "layers", "steps"):
             if name in accepted:
-                kwargs[name] = int(transforms)
+                kwargs[name] = check_positive_int(where, "transforms", transforms)
                 break
     if hidden is not None and "hidden" in accepted:
-        kwargs["hidden"] = tuple(int(h) for h in hidden)
+        kwargs["hidden"] = check_hidden(where, hidden)
     kwargs.update(options or {})
     try:
         return factory(features, **kwargs)
@@ -174,7 +174,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     )
                 out.append(int(g) % n_features)
             else:
-                raise TypeError(f"FlowDensity.fit: given entries must be int or str, got {g!r}")
+                raise TypeError(
+                    f"FlowDensity.fit: given entries must be int or str, got {shown(g)}"
+                )
         if len(set(out)) != len(out) or len(out) >= n_features:
             raise ValueError(
                 "FlowDensity.fit: given must list distinct columns and leave at least one to model"
@@ -277,7 +279,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             or n_samples < 1
         ):
             raise ValueError(
-                f"FlowDensity.sample: n_samples must be an int >= 1, got {n_samples!r}"
+                f"FlowDensity.sample: n_samples must be an int >= 1, got {shown(n_samples)}"
             )
         n = int(n_samples)
         c = None

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, check_tensor
+from nfkit._checks import check_number, check_positive_int, check_tensor, shown
 from nfkit.core import dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
@@ -57,12 +57,11 @@ def bits_per_dim(
         A tensor of bits per dimension; differentiable with respect to the flow's parameters.
     """
     where = "nf.metrics.bits_per_dim"
-    check_positive_int(where, "levels", levels, minimum=2)
-    check_positive_int(where, "samples", samples)
-    if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"{where}: scale must be a positive float, got {scale!r}")
+    levels = check_positive_int(where, "levels", levels, minimum=2)
+    samples = check_positive_int(where, "samples", samples)
+    scale = check_number(where, "scale", scale, 0.0)
     if reduction not in ("mean", "none"):
-        raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {reduction!r}")
+        raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {shown(reduction)}")
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     dtype, device = dtype_device(flow)

@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from nfkit._checks import check_context, check_device, check_number, check_positive_int
+from nfkit._checks import (
+    as_int,
+    check_context,
+    check_device,
+    check_number,
+    check_positive_int,
+    shown,
+)
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.io import as_tensor, atomic_save, safe_torch_load
@@ -151,9 +158,10 @@ class _Batcher:
 def _resolve_seed(seed: int | None) -> int:
     if seed is None:
         return int(torch.randint(0, 2**62, ()).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"nf.fit: seed must be an int or None, got {type(seed).__name__}")
-    return seed
+    value = as_int(seed)
+    if value is None:
+        raise TypeError(f"nf.fit: seed must be an int or None, got {shown(seed)}")
+    return value
 
 
 def _eval_every(where: str, steps: int, eval_every: int | None) -> int:
@@ -209,7 +217,9 @@ class _Loop:
         elif schedule == "constant":
             self.scheduler = None
         else:
-            raise ValueError(f"{where}: schedule must be 'cosine' or 'constant', got {schedule!r}")
+            raise ValueError(
+                f"{where}: schedule must be 'cosine' or 'constant', got {shown(schedule)}"
+            )
         self.clip = math.inf if not clip else float(clip)
         self.sync_every = sync_every
         self.losses = torch.zeros(steps, device=device, dtype=torch.float64)

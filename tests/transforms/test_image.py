@@ -144,28 +144,3 @@ def test_dequantize() -> None:
     y = T.dequantize(x, generator=torch.Generator().manual_seed(0))
     assert y.dtype == torch.get_default_dtype()
     assert ((y >= x) & (y < x + 1)).all() and (y - x).std() > 0.2
-
-
-def test_bits_per_dim_uniform_on_the_cube_is_log2_levels() -> None:
-    x = torch.randint(0, 17, (50, 1, 2, 2))
-    squeeze = nf.Compose(T.Squeeze(), T.Squeeze().inv)  # any volume-preserving map
-    cube = nf.Flow(squeeze, nf.distributions.Uniform((1, 2, 2), 0.0, 17.0))
-    bpd = nf.metrics.bits_per_dim(cube, x, levels=17, samples=3)
-    torch.testing.assert_close(bpd, torch.tensor(math.log2(17)))
-    unit = nf.Flow(squeeze, nf.distributions.Uniform((1, 2, 2), 0.0, 1.0))
-    per = nf.metrics.bits_per_dim(unit, x, levels=17, scale=1 / 17, reduction="none")
-    assert per.shape == (50,)
-    torch.testing.assert_close(per, torch.full((50,), math.log2(17)))
-
-
-def test_bits_per_dim_matches_log_prob_and_checks_input() -> None:
-    flow = nf.models.Glow((1, 4, 4), levels=1, steps=1, hidden=(4,), pixel_levels=17).double()
-    x = torch.randint(0, 17, (8, 1, 4, 4)).double()
-    y = x + 0.5
-    expected = -flow.log_prob(y).mean() / (16 * math.log(2))
-    got = nf.metrics.bits_per_dim(flow, y, levels=17, dequantize=False)
-    torch.testing.assert_close(got, expected)
-    with pytest.raises(ValueError, match=r"bits_per_dim: x must lie in \[0, 16\]"):
-        nf.metrics.bits_per_dim(flow, x + 1, levels=17)
-    with pytest.raises(ValueError, match=r"bits_per_dim: x must be integer-valued"):
-        nf.metrics.bits_per_dim(flow, x.clamp(max=15) + 0.5, levels=17)

@@ -7,9 +7,11 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch import nn
+import numpy as np
+from torch import Tensor, nn
 
 from nfkit import distributions as D
+from nfkit._checks import shown
 from nfkit.core import Flow
 
 __all__ = ["FACTORIES", "factory", "build", "make_base", "activation"]
@@ -23,6 +25,19 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
 }
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and 0-d tensors as Python numbers, 1-d arrays as lists, inside tuples and
+    lists too: factories (and ``flow.config``) see plain values, so ``MAF(x.shape[1])`` and
+    ``MAF(np.int64(3))`` build the same flow and save the same config."""
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.dim() == 0):
+        return value.item()
+    if isinstance(value, np.ndarray | Tensor) and value.ndim == 1:
+        return value.tolist()
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,6 +59,8 @@ def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
         except TypeError as e:
             raise TypeError(f"nf.models.{fn.__name__}: {e}") from None
         bound.apply_defaults()
+        for name, value in bound.arguments.items():
+            bound.arguments[name] = _plain(value)
         flow = fn(*bound.args, **bound.kwargs)
         flow.config = {
             "model": fn.__name__,
@@ -60,7 +77,9 @@ def build(config: dict[str, Any]) -> Flow:
     config = dict(config)
     name = config.pop("model", None)
     if name not in FACTORIES:
-        raise ValueError(f"nf.models.build: unknown model {name!r}; known: {sorted(FACTORIES)}")
+        raise ValueError(
+            f"nf.models.build: unknown model {shown(name)}; known: {sorted(FACTORIES)}"
+        )
     features = config.pop("features", None)
     if features is None:
         return FACTORIES[name](**config)
@@ -79,11 +98,13 @@ def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module
         "uniform": lambda: D.Uniform(features),
     }
     if base not in makers:
-        raise ValueError(f"base must be one of {sorted(makers)} or a distribution, got {base!r}")
+        raise ValueError(
+            f"base must be one of {sorted(makers)} or a distribution, got {shown(base)}"
+        )
     return makers[base]()
 
 
 def activation(name: str) -> Callable[[], nn.Module]:
     if name not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {shown(name)}")
     return _ACTIVATIONS[name]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import activation as activation_class
 from nfkit.models._registry import factory, make_base
@@ -287,11 +287,13 @@ def _residual_layers(
     layers: int,
     direction: str,
 ) -> list[Transform]:
-    check_positive_int(where, "features", features)
-    check_positive_int(where, "context", context, minimum=0)
-    check_positive_int(where, "layers", layers)
+    features = check_positive_int(where, "features", features)
+    context = check_positive_int(where, "context", context, minimum=0)
+    layers = check_positive_int(where, "layers", layers)
     if direction not in ("sample", "density"):
-        raise ValueError(f"{where}: direction must be 'sample' or 'density', got {direction!r}")
+        raise ValueError(
+            f"{where}: direction must be 'sample' or 'density', got {shown(direction)}"
+        )
     # In the papers these layers are explicit from noise to data: then sampling is exact and fast.
     out = [make(i) for i in range(layers)]
     return [t.inv for t in reversed(out)] if direction == "sample" else out

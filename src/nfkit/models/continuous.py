@@ -41,9 +41,9 @@ def FFJORD(
     References:
         Grathwohl et al. (2018), arXiv:1810.01367; Chen et al. (2018), arXiv:1806.07366.
     """
-    check_positive_int("FFJORD", "features", features)
-    check_positive_int("FFJORD", "context", context, minimum=0)
-    check_positive_int("FFJORD", "blocks", blocks)
+    features = check_positive_int("FFJORD", "features", features)
+    context = check_positive_int("FFJORD", "context", context, minimum=0)
+    blocks = check_positive_int("FFJORD", "blocks", blocks)
     hidden = check_hidden("FFJORD", hidden)
     layers = [
         ContinuousFlow(

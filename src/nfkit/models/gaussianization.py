@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_number, check_positive_int, check_tensor
+from nfkit._checks import check_number, check_positive_int, check_tensor, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.distributions import StandardNormal
 from nfkit.models._registry import factory
@@ -132,16 +132,16 @@ def RBIG(
         Laparra, Camps-Valls, Malo (2011), "Iterative Gaussianization: from ICA to random
         rotations", arXiv:1602.00229; Chen & Gopinath (2000), "Gaussianization".
     """
-    check_positive_int("RBIG", "features", features)
-    check_positive_int("RBIG", "layers", layers)
-    check_positive_int("RBIG", "bins", bins)
-    check_positive_int("RBIG", "patience", patience)
+    features = check_positive_int("RBIG", "features", features)
+    layers = check_positive_int("RBIG", "layers", layers)
+    bins = check_positive_int("RBIG", "bins", bins)
+    patience = check_positive_int("RBIG", "patience", patience)
     if rotation not in ("pca", "random"):
-        raise ValueError(f"RBIG: rotation must be 'pca' or 'random', got {rotation!r}")
+        raise ValueError(f"RBIG: rotation must be 'pca' or 'random', got {shown(rotation)}")
     check_number("RBIG", "tol", tol, 0.0, inclusive=True)
-    check_positive_int("RBIG", "seed", seed, minimum=0)
+    seed = check_positive_int("RBIG", "seed", seed, minimum=0)
     if isinstance(validation, bool) or not isinstance(validation, float) or not 0 < validation < 1:
-        raise ValueError(f"RBIG: validation must be a fraction in (0, 1), got {validation!r}")
+        raise ValueError(f"RBIG: validation must be a fraction in (0, 1), got {shown(validation)}")
     return RBIGFlow(
         features,
         layers=layers,

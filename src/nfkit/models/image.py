@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import factory, make_base
 from nfkit.nn.conv import ConvNet, ConvResNet
@@ -36,8 +36,8 @@ def _check_shape(where: str, shape: Any, levels: int) -> tuple[int, int, int]:
     try:
         c, h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: shape must be (C, H, W), got {shape!r}") from None
-    check_positive_int(where, "levels", levels)
+        raise ValueError(f"{where}: shape must be (C, H, W), got {shown(shape)}") from None
+    levels = check_positive_int(where, "levels", levels)
     if min(c, h, w) < 1 or h % 2**levels or w % 2**levels:
         raise ValueError(
             f"{where}: shape must be positive (C, H, W) with H and W divisible by "
@@ -68,9 +68,9 @@ def _flow(
 ) -> Flow:
     layers = [body]
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
-        raise ValueError(f"{where}: alpha must lie in (0, 0.5), got {alpha!r}")
+        raise ValueError(f"{where}: alpha must lie in (0, 0.5), got {shown(alpha)}")
     if pixel_levels is not None:
-        check_positive_int(where, "pixel_levels", pixel_levels, minimum=2)
+        pixel_levels = check_positive_int(where, "pixel_levels", pixel_levels, minimum=2)
         layers.insert(0, LogitPreprocess(pixel_levels, alpha))
     return Flow(Compose(*layers), make_base(base, shape), context=context)
 
@@ -135,8 +135,8 @@ def Glow(
         torch.Size([])
     """
     c, h, w = _check_shape("Glow", shape, levels)
-    check_positive_int("Glow", "context", context, minimum=0)
-    check_positive_int("Glow", "steps", steps)
+    context = check_positive_int("Glow", "context", context, minimum=0)
+    steps = check_positive_int("Glow", "steps", steps)
     hidden = check_hidden("Glow", hidden)
     affine = AffineTransformer()
 
@@ -197,10 +197,10 @@ def MultiscaleRealNVP(
         base: Base distribution name.
     """
     c, h, w = _check_shape("MultiscaleRealNVP", shape, levels)
-    check_positive_int("MultiscaleRealNVP", "context", context, minimum=0)
-    check_positive_int("MultiscaleRealNVP", "steps", steps)
-    check_positive_int("MultiscaleRealNVP", "hidden", hidden)
-    check_positive_int("MultiscaleRealNVP", "blocks", blocks, minimum=0)
+    context = check_positive_int("MultiscaleRealNVP", "context", context, minimum=0)
+    steps = check_positive_int("MultiscaleRealNVP", "steps", steps)
+    hidden = check_positive_int("MultiscaleRealNVP", "hidden", hidden)
+    blocks = check_positive_int("MultiscaleRealNVP", "blocks", blocks, minimum=0)
     affine = AffineTransformer()
 
     def coupling(ch: int, mask: torch.Tensor) -> Coupling:

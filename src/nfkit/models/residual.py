@@ -46,9 +46,9 @@ def ResidualFlow(
         actnorm: Insert ActNorm before each block.
         base: Base distribution name.
     """
-    check_positive_int("ResidualFlow", "features", features)
-    check_positive_int("ResidualFlow", "context", context, minimum=0)
-    check_positive_int("ResidualFlow", "blocks", blocks)
+    features = check_positive_int("ResidualFlow", "features", features)
+    context = check_positive_int("ResidualFlow", "context", context, minimum=0)
+    blocks = check_positive_int("ResidualFlow", "blocks", blocks)
     hidden = check_hidden("ResidualFlow", hidden)
     layers: list[Transform] = []
     for _ in range(blocks):

@@ -73,8 +73,8 @@ def Standardized(
         columns: Optional names of all table columns, in file order (data and context).
         given: Optional names of the context columns (a subset of ``columns``).
     """
-    check_positive_int("Standardized", "features", features)
-    check_positive_int("Standardized", "context", context, minimum=0)
+    features = check_positive_int("Standardized", "features", features)
+    context = check_positive_int("Standardized", "context", context, minimum=0)
     if not isinstance(flow, dict) or "model" not in flow:
         raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
     inner = build(flow)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_positive_int, shape_str
+from nfkit._checks import check_hidden, check_positive_int, shape_str, shown
 
 __all__ = ["ConvNet", "ConvResNet", "broadcast_cat_channels"]
 
@@ -103,7 +103,9 @@ class ConvNet(_ImageNet):
     ) -> None:
         super().__init__("ConvNet", in_channels, out_channels, context)
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"ConvNet: kernel_size must be a positive odd int, got {kernel_size}")
+            raise ValueError(
+                f"ConvNet: kernel_size must be a positive odd int, got {shown(kernel_size)}"
+            )
         widths = [in_channels + context, *check_hidden("ConvNet", hidden), out_channels]
         last = len(widths) - 2
         layers: list[nn.Module] = []
@@ -165,11 +167,11 @@ class ConvResNet(_ImageNet):
         activation: Callable[[], nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__("ConvResNet", in_channels, out_channels, context)
-        check_positive_int("ConvResNet", "hidden", hidden)
-        check_positive_int("ConvResNet", "blocks", blocks, minimum=0)
+        hidden = check_positive_int("ConvResNet", "hidden", hidden)
+        blocks = check_positive_int("ConvResNet", "blocks", blocks, minimum=0)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
-                f"ConvResNet: kernel_size must be a positive odd int, got {kernel_size}"
+                f"ConvResNet: kernel_size must be a positive odd int, got {shown(kernel_size)}"
             )
         self.input = _conv(in_channels + context, hidden, kernel_size)
         self.blocks = nn.Sequential(

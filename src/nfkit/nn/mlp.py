@@ -45,8 +45,8 @@ class MLP(PackedLayers):
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ) -> None:
-        check_positive_int("MLP", "in_features", in_features)
-        check_positive_int("MLP", "out_features", out_features)
+        in_features = check_positive_int("MLP", "in_features", in_features)
+        out_features = check_positive_int("MLP", "out_features", out_features)
         widths = [in_features, *check_hidden("MLP", hidden), out_features]
         shapes = list(zip(widths[1:], widths[:-1]))
         zero = [False] * (len(shapes) - 1) + [zero_init]

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from nfkit._checks import shown
+
 __all__ = ["PackedLayers"]
 
 Layer = tuple[Tensor, Tensor]
@@ -51,7 +53,9 @@ class PackedLayers(nn.Module):
         super().__init__()
         self.shapes = tuple((int(o), int(i)) for o, i in shapes)
         if not self.shapes or any(o < 1 or i < 1 for o, i in self.shapes):
-            raise ValueError(f"PackedLayers: need layer shapes (out, in) >= 1, got {shapes!r}")
+            raise ValueError(
+                f"PackedLayers: need layer shapes (out, in) >= 1, got {shown(shapes)}"
+            )
         self.split_sizes = tuple(n for o, i in self.shapes for n in (o * i, o))
         zero = [False] * len(self.shapes) if zero is None else list(zero)
         if len(zero) != len(self.shapes):

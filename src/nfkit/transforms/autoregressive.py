@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
 from nfkit.nn.made import MADE
@@ -70,7 +70,7 @@ class Autoregressive(Transform):
         self.features = check_positive_int("Autoregressive", "features", features)
         if not isinstance(transformer, Transformer):
             raise TypeError(
-                f"Autoregressive: transformer must be a Transformer, got {transformer!r}"
+                f"Autoregressive: transformer must be a Transformer, got {shown(transformer)}"
             )
         self.transformer = transformer
         self.made = MADE(

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_number, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int, shown
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
 
@@ -150,11 +150,13 @@ class ContinuousFlow(Transform):
         self.context_features = check_positive_int(where, "context", context, minimum=0)
         hidden = check_hidden(where, hidden)
         if trace not in ("exact", "hutchinson"):
-            raise ValueError(f"{where}: trace must be 'exact' or 'hutchinson', got {trace!r}")
+            raise ValueError(f"{where}: trace must be 'exact' or 'hutchinson', got {shown(trace)}")
         if noise not in ("rademacher", "gaussian"):
-            raise ValueError(f"{where}: noise must be 'rademacher' or 'gaussian', got {noise!r}")
+            raise ValueError(
+                f"{where}: noise must be 'rademacher' or 'gaussian', got {shown(noise)}"
+            )
         if solver not in _SOLVERS:
-            raise ValueError(f"{where}: solver must be one of {_SOLVERS}, got {solver!r}")
+            raise ValueError(f"{where}: solver must be one of {_SOLVERS}, got {shown(solver)}")
         for name, value in (("atol", atol), ("rtol", rtol), ("t1", t1)):
             check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
@@ -79,11 +79,13 @@ class Coupling(Transform):
         dim: int = -1,
     ) -> None:
         super().__init__()
-        check_positive_int("Coupling", "features", features)
+        features = check_positive_int("Coupling", "features", features)
         if features < 2 and conditioner is None:
             raise ValueError("Coupling: needs features >= 2 (use Elementwise for D = 1)")
         if not isinstance(transformer, Transformer):
-            raise TypeError(f"Coupling: transformer must be a Transformer, got {transformer!r}")
+            raise TypeError(
+                f"Coupling: transformer must be a Transformer, got {shown(transformer)}"
+            )
         mask_t = (
             alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         )
@@ -93,7 +95,7 @@ class Coupling(Transform):
             )
         if dim >= 0:
             raise ValueError(
-                f"Coupling: dim counts from the right and must be negative, got {dim}"
+                f"Coupling: dim counts from the right and must be negative, got {shown(dim)}"
             )
         self.transformer, self.dim, self.event_dim = transformer, dim, -dim
         self.register_buffer("mask", mask_t)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, positive, symmetric_unit, unit_interval
+from nfkit._checks import check_positive_int, positive, shown, symmetric_unit, unit_interval
 from nfkit.core import Transform
 from nfkit.nn.mlp import Parameters
 from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
@@ -158,7 +158,7 @@ class LeakyReLU(_Pointwise):
     def __init__(self, negative_slope: float = 0.01, event_dim: int = 1) -> None:
         super().__init__(event_dim)
         if not negative_slope > 0:
-            raise ValueError(f"LeakyReLU: negative_slope must be > 0, got {negative_slope}")
+            raise ValueError(f"LeakyReLU: negative_slope must be > 0, got {shown(negative_slope)}")
         self.negative_slope = float(negative_slope)
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,7 +199,9 @@ class Elementwise(Transform):
         super().__init__()
         self.features = check_positive_int("Elementwise", "features", features)
         if not isinstance(transformer, Transformer):
-            raise TypeError(f"Elementwise: transformer must be a Transformer, got {transformer!r}")
+            raise TypeError(
+                f"Elementwise: transformer must be a Transformer, got {shown(transformer)}"
+            )
         self.transformer = transformer
         self.params = Parameters(features * transformer.num_params, context, hidden)
 

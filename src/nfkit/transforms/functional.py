@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfkit._checks import shown
+
 __all__ = [
     "sum_event",
     "soft_clamp",
@@ -100,7 +102,7 @@ def affine_log_scale(raw: Tensor, kind: str, bound: float) -> Tensor:
 def _check_kind(kind: str) -> None:
     if kind not in ("exp", "softsign", "sigmoid"):
         raise ValueError(
-            f"affine log-scale: kind must be 'exp', 'softsign' or 'sigmoid', got {kind!r}"
+            f"affine log-scale: kind must be 'exp', 'softsign' or 'sigmoid', got {shown(kind)}"
         )
 
 

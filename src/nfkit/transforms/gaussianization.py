@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, check_tensor
+from nfkit._checks import check_positive_int, check_tensor, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import sum_event
 from nfkit.transforms.transformers import RQSplineTransformer
@@ -182,7 +182,7 @@ class Rotation(Transform):
         super().__init__()
         self.features = check_positive_int("Rotation", "features", features)
         if method not in ("pca", "random"):
-            raise ValueError(f"Rotation: method must be 'pca' or 'random', got {method!r}")
+            raise ValueError(f"Rotation: method must be 'pca' or 'random', got {shown(method)}")
         self.method, self.seed = method, int(seed)
         self.register_buffer("weight", torch.eye(features))
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit._checks import Interval, check_positive_int, shape_str
+from nfkit._checks import Interval, check_positive_int, shape_str, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
 
@@ -181,9 +181,9 @@ class LogitPreprocess(Transform):
         super().__init__()
         self.levels = check_positive_int("LogitPreprocess", "levels", levels)
         if not 0.0 < alpha < 0.5:
-            raise ValueError(f"LogitPreprocess: alpha must lie in (0, 0.5), got {alpha!r}")
+            raise ValueError(f"LogitPreprocess: alpha must lie in (0, 0.5), got {shown(alpha)}")
         if event_dim < 0:
-            raise ValueError(f"LogitPreprocess: event_dim must be >= 0, got {event_dim}")
+            raise ValueError(f"LogitPreprocess: event_dim must be >= 0, got {shown(event_dim)}")
         self.alpha, self.event_dim = float(alpha), event_dim
         scale = (1 - 2 * self.alpha) / self.levels
         self.domain = Interval(-self.alpha / scale, (1 - self.alpha) / scale)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
@@ -41,7 +41,9 @@ class Permutation(Transform):
                 f"Permutation: perm must be a permutation of 0..D-1, got {perm_t.tolist()}"
             )
         if dim >= 0:
-            raise ValueError(f"Permutation: dim must be negative (from the right), got {dim}")
+            raise ValueError(
+                f"Permutation: dim must be negative (from the right), got {shown(dim)}"
+            )
         self.dim, self.event_dim = dim, -dim
         self.register_buffer("perm", perm_t)
         self.register_buffer("perm_inv", torch.argsort(perm_t))
@@ -85,7 +87,7 @@ class LULinear(Transform):
         d = check_positive_int("LULinear", "features", features)
         if dim not in (-1, -3):
             raise ValueError(
-                f"LULinear: dim must be -1 (vectors) or -3 (image channels), got {dim}"
+                f"LULinear: dim must be -1 (vectors) or -3 (image channels), got {shown(dim)}"
             )
         self.features, self.dim, self.event_dim, self.eps = d, dim, -dim, eps
         perm = torch.randperm(d, generator=torch.Generator().manual_seed(seed))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_number, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int, shown
 from nfkit._numerics import monotone_solve
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.mlp import MLP
@@ -81,7 +81,7 @@ def _linear_tails_inverse(
 def _check_bound_and_slope(where: str, bound: object, min_slope: object) -> None:
     check_number(where, "bound", bound, 0.0)
     if check_number(where, "min_slope", min_slope, 0.0) >= 1:
-        raise ValueError(f"{where}: min_slope must be < 1, got {min_slope!r}")
+        raise ValueError(f"{where}: min_slope must be < 1, got {shown(min_slope)}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def clenshaw_curtis(n: int) -> tuple[Tensor, Tensor]:
     ``w_k = (c_k / n)(1 - Σ_{j=1}^{⌊n/2⌋} b_j cos(2jkπ/n) / (4j² - 1))``, with ``c_k = 1`` at the
     ends (2 inside) and ``b_j = 1`` for ``j = n/2`` (2 otherwise).
     """
-    check_positive_int("clenshaw_curtis", "n", n)
+    n = check_positive_int("clenshaw_curtis", "n", n)
     k = torch.arange(n + 1, dtype=torch.float64)
     theta = k * math.pi / n
     j = torch.arange(1, n // 2 + 1, dtype=torch.float64)

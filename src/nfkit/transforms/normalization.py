@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 from nfkit.core import Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
@@ -40,7 +40,7 @@ class ActNorm(Transform):
         super().__init__()
         d = check_positive_int("ActNorm", "features", features)
         if event_dim not in (1, 3):
-            raise ValueError(f"ActNorm: event_dim must be 1 or 3, got {event_dim}")
+            raise ValueError(f"ActNorm: event_dim must be 1 or 3, got {shown(event_dim)}")
         self.event_dim = event_dim
         self.loc = nn.Parameter(torch.zeros(d))
         self.log_scale = nn.Parameter(torch.zeros(d))

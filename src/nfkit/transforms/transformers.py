@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_number, check_positive_int
+from nfkit._checks import check_number, check_positive_int, shown
 from nfkit.transforms.functional import affine
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
@@ -99,7 +99,7 @@ class AffineTransformer(Transformer):
         if self.scale not in ("exp", "softsign", "sigmoid"):
             raise ValueError(
                 "AffineTransformer: scale must be 'exp', 'softsign' or 'sigmoid', "
-                f"got {self.scale!r}"
+                f"got {shown(self.scale)}"
             )
         check_number("AffineTransformer", "max_log_scale", self.max_log_scale, 0.0)
 

@@ -1,0 +1,56 @@
+"""The factory registry: plain configs from integer-like arguments, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import nfkit as nf
+from cases import MODELS
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_numpy_and_tensor_integers_build_the_same_flow_and_config(name: str) -> None:
+    """``MAF(mask.sum())`` (a NumPy or 0-d torch integer) is ``MAF(2)``, config included."""
+    case = MODELS[name]
+    c = 1 if case.context else 0
+    torch.manual_seed(0)
+    plain = case.make(2, c)
+    for features, context in ((np.int64(2), np.int32(c)), (torch.tensor(2), torch.tensor(c))):
+        torch.manual_seed(0)
+        flow = case.make(features, context)
+        assert flow.config == plain.config
+        assert json.loads(json.dumps(flow.config)) == json.loads(json.dumps(plain.config))
+        assert flow.event_shape == plain.event_shape
+
+
+def test_numpy_settings_are_stored_as_python_numbers() -> None:
+    flow = nf.models.MAF(
+        np.int64(3), transforms=np.int8(2), hidden=np.array([8, 4]), max_log_scale=np.float32(2)
+    )
+    assert flow.config["hidden"] == [8, 4] and flow.config["max_log_scale"] == 2.0
+    assert {type(flow.config[k]) for k in ("features", "transforms", "hidden")} == {int, list}
+    assert json.dumps(flow.config)  # np.int64 would not serialize
+    assert nf.models.build(flow.config).config == flow.config
+
+
+@pytest.mark.parametrize("name", sorted(nf.models.FACTORIES))
+def test_data_passed_as_features_is_a_short_one_line_error(name: str) -> None:
+    """A data tensor where ``features`` belongs: named by shape, not printed row by row."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        nf.models.FACTORIES[name](torch.randn(500, 2))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200, message
+    if "required argument" not in message:
+        assert "a Tensor of shape (500, 2)" in message, message
+
+
+@pytest.mark.parametrize(
+    "value", [True, 2.0, "2", np.float64(2.0), np.bool_(True), torch.tensor(2.0), [2]]
+)
+def test_non_integers_are_still_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="MAF: features must be an integer >= 1, got "):
+        nf.models.MAF(value)
