@@ -13,6 +13,7 @@ from nfkit import (
     models,
     nn,
     plot,
+    tables,
     targets,
     testing,
     transforms,
@@ -44,6 +45,7 @@ __all__ = [
     "load",
     "FlowDensity",
     "datasets",
+    "tables",
     "targets",
     "plot",
 ]

@@ -130,6 +130,17 @@ def check_context(
     check_event(where, name, context, (features,), values=values)
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with ``…``."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(e: BaseException, limit: int = 120) -> str:
+    """An exception's message for a one-line error of ours (its type name if it has none)."""
+    return _cut(str(e), limit) or type(e).__name__
+
+
 def shown(value: object, limit: int = 60) -> str:
     """``value`` as an error message shows it: one line of at most ``limit`` characters.
 
@@ -140,8 +151,7 @@ def shown(value: object, limit: int = 60) -> str:
     if isinstance(shape, tuple | torch.Size) and len(shape) > 0:
         kind = type(value).__name__
         return f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} of shape {tuple(shape)}"
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _cut(repr(value), limit)
 
 
 def as_int(value: object) -> int | None:

@@ -113,7 +113,7 @@ def _load_model(path: str, device: str | None = None) -> Any:
 
 
 def _read(path: str, **kwargs: Any) -> Any:
-    from nfkit.io import read_table
+    from nfkit.tables import read_table
 
     return read_table(path, **kwargs)
 
@@ -452,8 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, checkpoint=None, resume=False)
     p.set_defaults(seed=0)
 
-    p = sub.add_parser("fit", help="fit a density model to a table (.csv, .npy, .parquet)")
-    p.add_argument("data", help="the table: .csv (header detected), .npy or .parquet")
+    p = sub.add_parser(
+        "fit", help="fit a density model to a table (.csv, .tsv, .txt, .npy, .parquet)"
+    )
+    p.add_argument(
+        "data", help="the table: .csv/.tsv/.txt (separator and header detected), .npy or .parquet"
+    )
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
     p.add_argument(
         "--given", default=None, help="context columns a,b: fit p(other columns | a, b)"

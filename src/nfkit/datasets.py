@@ -3,7 +3,7 @@ r"""Toy 2-D densities, the scikit-learn digits, and readers for user tables.
 Every toy is ``name(n, *, noise=..., seed=None) -> Tensor`` of shape ``(n, 2)`` in the default
 dtype; ``seed`` makes it reproducible without touching the global RNG (``None``: draw from it).
 ``load(path)`` reads ``.csv``, ``.npy`` and ``.parquet`` files into a numeric
-:class:`pandas.DataFrame` (see :func:`nfkit.io.read_table` for the rules and errors).
+:class:`pandas.DataFrame` (see :func:`nfkit.tables.read_table` for the rules and errors).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from nfkit._checks import as_int, check_positive_int, shown
-from nfkit.io import read_table as load
+from nfkit.tables import read_table as load
 
 __all__ = [
     "two_moons",

@@ -1,4 +1,4 @@
-r"""Files: ``save``/``load`` of fitted flows, readers for user tables, and atomic writes.
+r"""Files: ``save``/``load`` of fitted flows, and atomic writes (tables: :mod:`nfkit.tables`).
 
 A model file is one ``torch.save`` archive holding plain types only (so it loads with
 ``torch.load(..., weights_only=True)``): a format tag, the nfkit version, the flow's ``config``
@@ -9,34 +9,32 @@ loads the weights. Writes are atomic: a temporary file in the same directory, th
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
-from torch import Tensor
 
-from nfkit._checks import check_device
+from nfkit._checks import check_device, one_line
+from nfkit.tables import DataError, as_tensor, clean_table, read_table  # the readers' old home
 
-__all__ = ["save", "load", "read_table", "as_tensor", "atomic_write", "atomic_save", "DataError"]
+__all__ = [
+    "save",
+    "load",
+    "atomic_write",
+    "atomic_save",
+    "read_table",
+    "clean_table",
+    "as_tensor",
+    "DataError",
+]
 
 FORMAT = "nfkit-model"
 FORMAT_VERSION = 1
-
-
-class DataError(ValueError):
-    """A data file or table that cannot be used; the message is one line naming the problem."""
-
-
-def _one_line(e: BaseException, limit: int = 120) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -63,7 +61,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         os.replace(tmp, path)
     except OSError as e:
         _discard(tmp)
-        raise OSError(f"cannot write {str(path)!r}: {e.strerror or _one_line(e)}") from None
+        raise OSError(f"cannot write {str(path)!r}: {e.strerror or one_line(e)}") from None
     except BaseException:
         _discard(tmp)
         raise
@@ -186,7 +184,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
         flow = build(config)
     except Exception as e:
         raise ValueError(
-            f"{where}: {str(path)!r}: cannot rebuild the model ({_one_line(e)})"
+            f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
         ) from None
     dtype = getattr(torch, str(payload.get("dtype", "float32")), torch.float32)
     flow = flow.to(dtype=dtype)
@@ -194,276 +192,10 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
         flow.load_state_dict(payload["state_dict"])
     except Exception as e:
         raise ValueError(
-            f"{where}: {str(path)!r}: weights do not match the architecture ({_one_line(e, 80)})"
+            f"{where}: {str(path)!r}: weights do not match the architecture ({one_line(e, 80)})"
         ) from None
     flow.config = config
     flow.eval()
     if device is not None:
         flow = flow.to(device)
     return flow
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _is_number(field: str) -> bool:
-    field = field.strip()
-    if field == "":
-        return True  # a missing value does not make a header
-    try:
-        float(field)
-    except ValueError:
-        return field.lower() in ("nan", "na", "n/a", "null")
-    return True
-
-
-def _sniff_header(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if row and any(cell.strip() for cell in row):
-                return not all(_is_number(cell) for cell in row)
-    return False
-
-
-def _read_csv(path: Path, header: bool | None) -> Any:
-    import pandas as pd
-
-    try:
-        has_header = _sniff_header(path) if header is None else bool(header)
-        df = pd.read_csv(path, header=0 if has_header else None, skipinitialspace=True)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text CSV file") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: cannot parse as CSV ({_one_line(e, 80)})") from None
-    if not has_header:
-        df.columns = [f"x{i}" for i in range(df.shape[1])]
-    else:  # pandas renames a repeated name to "a.1": look at the header as written
-        with open(path, newline="", encoding="utf-8") as f:
-            names = [c.strip() for c in next(csv.reader(f), [])]
-        repeated = sorted({c for c in names if names.count(c) > 1})
-        if repeated:
-            raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, repeated))}")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-def _real_dtype(dtype: Any) -> bool:
-    """Booleans, integers and floats (NumPy or pandas dtypes): what a density can be put on.
-    Complex numbers are numeric but not real: casting them would drop the imaginary part."""
-    import pandas as pd
-
-    is_number = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
-    return is_number and not pd.api.types.is_complex_dtype(dtype)
-
-
-def _read_npy(path: Path) -> Any:
-    import pandas as pd
-
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read as .npy ({_one_line(e, 80)})") from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path}: expected one array, got an archive of several")
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected a 1-D or 2-D array, got shape {arr.shape}")
-    if not _real_dtype(arr.dtype):
-        raise DataError(f"{path}: expected an array of real numbers, got dtype {arr.dtype}")
-    return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
-
-
-def _read_parquet(path: Path) -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(
-            f"{path}: reading .parquet files needs pyarrow (pip install 'nfkit[parquet]')"
-        ) from None
-    try:
-        df = pq.read_table(path).to_pandas()
-    except Exception as e:
-        raise DataError(f"{path}: cannot read as parquet ({_one_line(e, 80)})") from None
-    df.columns = [str(c) for c in df.columns]
-    return df
-
-
-def _numeric(df: Any, path: Path) -> Any:
-    import pandas as pd
-
-    out = {}
-    for name in df.columns:
-        col = df[name]
-        if _real_dtype(col.dtype):
-            out[name] = col.astype("float64")
-            continue
-        converted = pd.to_numeric(col, errors="coerce")
-        bad = converted.isna() & col.notna()
-        if bool(bad.any()) or not (
-            pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
-        ):
-            example = col[bad].iloc[0] if bool(bad.any()) else col.dtype
-            raise DataError(
-                f"{path}: column {name!r} is not numeric (e.g. {example!r}); "
-                "only numeric columns can be modelled"
-            )
-        out[name] = converted.astype("float64")
-    return pd.DataFrame(out, index=df.index)
-
-
-def clean_table(
-    df: Any,
-    source: str | os.PathLike[str] = "table",
-    *,
-    drop_missing: bool = False,
-    drop_constant: bool = False,
-    allow_constant: bool = False,
-) -> Any:
-    """Check a DataFrame: numeric columns, no missing/infinite values, no constant column.
-
-    Returns a float64 copy (rows with missing values dropped if ``drop_missing``; constant
-    columns dropped if ``drop_constant``; ``allow_constant`` skips the constant-column and
-    two-row rules, for data that is scored rather than fitted). Raises :class:`DataError` with one line otherwise.
-    """
-    path = Path(source)
-    if df.shape[1] == 0:
-        raise DataError(f"{path}: no columns")
-    if len(set(df.columns)) != len(df.columns):
-        dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-        raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
-    df = _numeric(df, path)
-    missing = df.isna().sum()
-    missing = missing[missing > 0]
-    if len(missing):
-        if not drop_missing:
-            what = ", ".join(f"{name!r} ({int(k)})" for name, k in missing.items())
-            raise DataError(
-                f"{path}: missing values in column(s) {what}; "
-                "drop those rows with drop_missing=True (--drop-missing)"
-            )
-        df = df.dropna()
-    inf = np.isinf(df.to_numpy()).sum(0)
-    if inf.any():
-        what = ", ".join(f"{c!r} ({int(k)})" for c, k in zip(df.columns, inf) if k)
-        raise DataError(f"{path}: infinite values in column(s) {what}")
-    if allow_constant:  # scoring: any number of rows, constant columns are fine
-        if len(df) == 0:
-            raise DataError(f"{path}: no data rows")
-        return df.reset_index(drop=True)
-    if len(df) < 2:
-        raise DataError(f"{path}: needs at least 2 data rows, got {len(df)}")
-    constant = [c for c in df.columns if df[c].nunique() <= 1]
-    if constant:
-        if not drop_constant or len(constant) == df.shape[1]:
-            names = ", ".join(repr(c) for c in constant)
-            raise DataError(
-                f"{path}: column(s) {names} are constant, so a density over them is degenerate; "
-                "drop them with drop_constant=True (--drop-constant)"
-            )
-        df = df.drop(columns=constant)
-    return df.reset_index(drop=True)
-
-
-def read_table(
-    path: str | os.PathLike[str],
-    *,
-    columns: Sequence[str] | None = None,
-    header: bool | None = None,
-    drop_missing: bool = False,
-    drop_constant: bool = False,
-    allow_constant: bool = False,
-) -> Any:
-    r"""Read a numeric table from ``.csv``, ``.npy`` or ``.parquet`` into a float64 DataFrame.
-
-    CSV: the first row is a header unless all its fields are numbers (override with ``header``);
-    without a header the columns are named ``x0, x1, …``. ``.npy``: a 1-D or 2-D numeric array
-    (columns ``x0, …``), read with ``allow_pickle=False``. ``.parquet``: needs ``pyarrow``.
-
-    Every problem is a :class:`DataError` (a ``ValueError``) with one line naming the file: a
-    non-numeric column (named, with an example value), missing values (columns and counts;
-    ``drop_missing=True`` drops those rows), infinite values, a constant column (named; a density
-    over it is degenerate; ``drop_constant=True`` drops it), fewer than 2 rows, an unknown format.
-
-    Args:
-        path: The file.
-        columns: Keep only these columns (in this order); an unknown name is an error.
-        header: Force the CSV header detection (``True``/``False``).
-        drop_missing: Drop rows with missing values instead of failing.
-        drop_constant: Drop constant columns instead of failing.
-        allow_constant: Accept constant columns and a single row (data to score, not to fit).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
-    suffix = path.suffix.lower()
-    readers = {".csv": lambda: _read_csv(path, header), ".txt": lambda: _read_csv(path, header)}
-    readers.update({".npy": lambda: _read_npy(path), ".parquet": lambda: _read_parquet(path)})
-    if suffix not in readers:
-        raise DataError(
-            f"{path}: unknown file type {suffix!r}; expected .csv (or .txt), .npy or .parquet"
-        )
-    df = readers[suffix]()
-    if columns is not None:
-        unknown = [c for c in columns if c not in df.columns]
-        if unknown:
-            raise DataError(
-                f"{path}: no column(s) {', '.join(map(repr, unknown))}; "
-                f"columns are {', '.join(map(repr, df.columns))}"
-            )
-        df = df[list(columns)]
-    return clean_table(
-        df,
-        path,
-        drop_missing=drop_missing,
-        drop_constant=drop_constant,
-        allow_constant=allow_constant,
-    )
-
-
-def as_tensor(
-    data: Any,
-    where: str,
-    name: str = "data",
-    *,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> Tensor:
-    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy)."""
-    if isinstance(data, Tensor):
-        t = data.detach()
-    elif isinstance(data, np.ndarray):
-        if not _real_dtype(data.dtype):
-            raise TypeError(
-                f"{where}: {name} must hold real numbers, got a NumPy array of {data.dtype}"
-            )
-        t = torch.tensor(np.asarray(data, dtype=np.float64))
-    elif hasattr(data, "columns") and hasattr(data, "to_numpy"):
-        df = _numeric_or_type_error(data, where, name)
-        t = torch.tensor(df.to_numpy(dtype=np.float64))
-    else:
-        raise TypeError(
-            f"{where}: {name} must be a Tensor, NumPy array or DataFrame, got {type(data).__name__}"
-        )
-    if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    if t.dim() < 2:
-        raise ValueError(
-            f"{where}: {name} must be 2-D (rows, columns), got shape {tuple(t.shape)}"
-        )
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{where}: {name} contains NaN or inf values")
-    return t.to(dtype=dtype or t.dtype, device=device)
-
-
-def _numeric_or_type_error(df: Any, where: str, name: str) -> Any:
-    for col in df.columns:
-        if not _real_dtype(df[col].dtype):
-            raise TypeError(
-                f"{where}: {name} column {str(col)!r} is not numeric ({df[col].dtype})"
-            )
-    return df

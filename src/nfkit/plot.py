@@ -84,7 +84,7 @@ def _data(data: Any, where: str, features: int) -> Tensor | None:
     """The data to draw beside the model: ``(n, features)`` float64, or None."""
     if data is None:
         return None
-    from nfkit.io import as_tensor
+    from nfkit.tables import as_tensor
 
     x = as_tensor(data, where, "data", dtype=torch.float64)
     if x.dim() != 2 or x.shape[1] != features:

@@ -35,7 +35,8 @@ from nfkit._checks import (
 )
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
-from nfkit.io import as_tensor, atomic_save, safe_torch_load
+from nfkit.io import atomic_save, safe_torch_load
+from nfkit.tables import as_tensor
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
 from nfkit.core import Compose, Flow, floating_tensor
-from nfkit.io import as_tensor
 from nfkit.models._registry import build, factory
+from nfkit.tables import as_tensor
 from nfkit.transforms.elementwise import Affine
 
 __all__ = ["Standardized", "standardize", "ContextStandardize"]

@@ -1,0 +1,405 @@
+r"""Tables: reading numeric data files (CSV/TSV/text, ``.npy``, ``.parquet``) and checking them.
+
+Every problem is a :class:`DataError` with one line naming the file and the problem.
+:func:`read_table` is what ``nfkit fit``/``score`` and ``nf.datasets.load`` read files with;
+:func:`as_tensor` turns a Tensor, NumPy array or DataFrame into the float tensor ``nf.fit`` trains on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nfkit._checks import one_line
+
+__all__ = ["read_table", "clean_table", "as_tensor", "DataError"]
+
+
+class DataError(ValueError):
+    """A data file or table that cannot be used; the message is one line naming the problem."""
+
+
+# --------------------------------------------------------------------------- text tables
+
+_SEPARATORS = ("\t", ";", "|", ",")  # tried in this order; "," last: it is also a decimal mark
+_DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
+
+
+@dataclass(frozen=True)
+class _TextFormat:
+    """How a text table is written: the separator (None: runs of whitespace), the decimal mark,
+    whether the first row is a header, and the header's names as written."""
+
+    sep: str | None
+    decimal: str
+    header: bool
+    names: list[str]
+
+    def split(self, line: str) -> list[str]:
+        if self.sep is None:
+            return line.split()
+        return next(csv.reader([line], delimiter=self.sep), [])
+
+
+def _sample_lines(path: Path, limit: int = 50) -> list[str]:
+    """The first ``limit`` non-blank lines of a UTF-8 text file (a byte-order mark dropped)."""
+    lines: list[str] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line in f:
+            if line.strip():
+                lines.append(line.rstrip("\r\n"))
+                if len(lines) == limit:
+                    break
+    return lines
+
+
+def _separator(lines: list[str], suffix: str) -> str | None:
+    """Tab for ``.tsv``; else the first of tab, ``;``, ``|`` and ``,`` that splits every sampled
+    line into the same number (> 1) of fields, else runs of whitespace (None) if they do (as
+    ``np.savetxt`` writes). When none does (ragged rows), the one that splits the most lines into
+    their most common number (> 1) of fields, so that the parser names the odd row; ``,`` for a
+    single column."""
+    if suffix == ".tsv":
+        return "\t"
+    best: tuple[int, str | None] = (0, ",")
+    for sep in (*_SEPARATORS, None):
+        if sep is None:
+            counts = [len(line.split()) for line in lines]
+        else:
+            counts = [len(row) for row in csv.reader(lines, delimiter=sep)]
+        modal = max(set(counts), key=counts.count) if counts else 0
+        if modal > 1 and counts.count(modal) == len(counts):
+            return sep
+        if modal > 1 and counts.count(modal) > best[0]:
+            best = (counts.count(modal), sep)
+    return best[1]
+
+
+def _is_number(field: str, decimal: str = ".") -> bool:
+    field = field.strip()
+    if field == "":
+        return True  # a missing value does not make a header
+    try:
+        float(field.replace(",", ".") if decimal == "," else field)
+    except ValueError:
+        return field.lower() in ("nan", "na", "n/a", "null")
+    return True
+
+
+def _text_format(path: Path, header: bool | None) -> _TextFormat:
+    """Separator, decimal mark and header of a text table, from its first 50 non-blank lines.
+
+    ``;``-separated files whose numbers use a decimal comma (``1,5;2,25``, as spreadsheets
+    write them in many locales) are read with ``decimal=","``.
+    """
+    lines = _sample_lines(path)
+    sep = _separator(lines, path.suffix.lower())
+    rows = [_TextFormat(sep, ".", False, []).split(line) for line in lines]
+    decimal = "."
+    if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
+        decimal = ","
+    first = rows[0] if rows else []
+    if header is None:
+        header = bool(first) and not all(_is_number(f, decimal) for f in first)
+    names = [f.strip() for f in first] if header else []
+    return _TextFormat(sep, decimal, bool(header), names)
+
+
+def _read_text(path: Path, header: bool | None) -> Any:
+    """A CSV, TSV or whitespace-separated text table as a DataFrame (columns as written, or
+    ``x0, x1, …`` without a header). A first column with an empty name holding ``0, 1, …, n-1``
+    (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no values (a
+    separator at the end of every line) are not data and are dropped."""
+    import pandas as pd
+
+    try:
+        fmt = _text_format(path, header)
+        with warnings.catch_warnings():
+            # rows longer than the header: pandas would shift the extra fields into the index
+            # (index_col=None) or drop them (index_col=False, with this warning)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                path,
+                sep=r"\s+" if fmt.sep is None else fmt.sep,
+                decimal=fmt.decimal,
+                header=0 if fmt.header else None,
+                index_col=False,
+                skipinitialspace=True,
+                encoding="utf-8",
+            )
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except pd.errors.ParserWarning:
+        raise DataError(
+            f"{path}: rows have more fields than the header's {len(fmt.names)} "
+            "(a separator at the end of each data row, or a missing column name?)"
+        ) from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse as a table ({one_line(e, 80)})") from None
+    if not fmt.header:
+        df.columns = [f"x{i}" for i in range(df.shape[1])]
+        return df
+    repeated = sorted({c for c in fmt.names if c and fmt.names.count(c) > 1})
+    if repeated:  # pandas renames a repeated name to "a.1": look at the header as written
+        raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, repeated))}")
+    keep = [
+        i
+        for i, name in enumerate(fmt.names[: df.shape[1]])
+        if name or not (_is_row_index(df.iloc[:, i], i) or df.iloc[:, i].isna().all())
+    ]
+    df = df.iloc[:, keep]
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _is_row_index(column: Any, position: int) -> bool:
+    """Whether an unnamed column is ``DataFrame.to_csv``'s row index: first, and 0, 1, …, n-1."""
+    values = column.to_numpy()
+    return (
+        position == 0
+        and np.issubdtype(values.dtype, np.integer)
+        and np.array_equal(values, np.arange(len(values)))
+    )
+
+
+# --------------------------------------------------------------------------- other formats
+
+
+def _real_dtype(dtype: Any) -> bool:
+    """Booleans, integers and floats (NumPy or pandas dtypes): what a density can be put on.
+    Complex numbers are numeric but not real: casting them would drop the imaginary part."""
+    import pandas as pd
+
+    is_number = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+    return is_number and not pd.api.types.is_complex_dtype(dtype)
+
+
+def _read_npy(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as .npy ({one_line(e, 80)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: expected one array, got an archive of several")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 1-D or 2-D array, got shape {arr.shape}")
+    if not _real_dtype(arr.dtype):
+        raise DataError(f"{path}: expected an array of real numbers, got dtype {arr.dtype}")
+    return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+
+
+def _read_parquet(path: Path) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: reading .parquet files needs pyarrow (pip install 'nfkit[parquet]')"
+        ) from None
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as parquet ({one_line(e, 80)})") from None
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _numeric(df: Any, path: Path) -> Any:
+    import pandas as pd
+
+    out = {}
+    for name in df.columns:
+        col = df[name]
+        if _real_dtype(col.dtype):
+            out[name] = col.astype("float64")
+            continue
+        converted = pd.to_numeric(col, errors="coerce")
+        bad = converted.isna() & col.notna()
+        if bool(bad.any()) or not (
+            pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
+        ):
+            example = col[bad].iloc[0] if bool(bad.any()) else col.dtype
+            raise DataError(
+                f"{path}: column {name!r} is not numeric (e.g. {example!r}); "
+                "only numeric columns can be modelled"
+            )
+        out[name] = converted.astype("float64")
+    return pd.DataFrame(out, index=df.index)
+
+
+def clean_table(
+    df: Any,
+    source: str | os.PathLike[str] = "table",
+    *,
+    drop_missing: bool = False,
+    drop_constant: bool = False,
+    allow_constant: bool = False,
+) -> Any:
+    """Check a DataFrame: numeric columns, no missing/infinite values, no constant column.
+
+    Returns a float64 copy (rows with missing values dropped if ``drop_missing``; constant
+    columns dropped if ``drop_constant``; ``allow_constant`` skips the constant-column and
+    two-row rules, for data that is scored rather than fitted). Raises :class:`DataError` with one line otherwise.
+    """
+    path = Path(source)
+    if df.shape[1] == 0:
+        raise DataError(f"{path}: no columns")
+    if len(set(df.columns)) != len(df.columns):
+        dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
+    df = _numeric(df, path)
+    missing = df.isna().sum()
+    missing = missing[missing > 0]
+    if len(missing):
+        if not drop_missing:
+            what = ", ".join(f"{name!r} ({int(k)})" for name, k in missing.items())
+            raise DataError(
+                f"{path}: missing values in column(s) {what}; "
+                "drop those rows with drop_missing=True (--drop-missing)"
+            )
+        df = df.dropna()
+    inf = np.isinf(df.to_numpy()).sum(0)
+    if inf.any():
+        what = ", ".join(f"{c!r} ({int(k)})" for c, k in zip(df.columns, inf) if k)
+        raise DataError(f"{path}: infinite values in column(s) {what}")
+    if allow_constant:  # scoring: any number of rows, constant columns are fine
+        if len(df) == 0:
+            raise DataError(f"{path}: no data rows")
+        return df.reset_index(drop=True)
+    if len(df) < 2:
+        raise DataError(f"{path}: needs at least 2 data rows, got {len(df)}")
+    constant = [c for c in df.columns if df[c].nunique() <= 1]
+    if constant:
+        if not drop_constant or len(constant) == df.shape[1]:
+            names = ", ".join(repr(c) for c in constant)
+            raise DataError(
+                f"{path}: column(s) {names} are constant, so a density over them is degenerate; "
+                "drop them with drop_constant=True (--drop-constant)"
+            )
+        df = df.drop(columns=constant)
+    return df.reset_index(drop=True)
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    columns: Sequence[str] | None = None,
+    header: bool | None = None,
+    drop_missing: bool = False,
+    drop_constant: bool = False,
+    allow_constant: bool = False,
+) -> Any:
+    r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, ``.npy``, ``.parquet``) into a float64
+    DataFrame.
+
+    Text (``.csv``, ``.tsv``, ``.txt``, UTF-8): the separator is found from the first 50
+    non-blank lines: tab for ``.tsv``, else the first of tab, ``;``, ``|`` and ``,`` that gives
+    every line the same number of fields (more than one), else runs of whitespace (as
+    ``np.savetxt`` writes). A ``;``-separated file with decimal commas (``1,5;2,25``) is read
+    with ``decimal=","``. The first row is a header unless all its fields are numbers (override
+    with ``header``); without a header the columns are named ``x0, x1, …``. An unnamed first
+    column holding ``0, 1, …, n-1`` (the index ``DataFrame.to_csv`` writes) and unnamed empty
+    columns (a separator ending every line) are dropped; rows longer than the header are an
+    error, not shifted into an index. ``.npy``: a 1-D or 2-D numeric array (columns ``x0, …``),
+    read with ``allow_pickle=False``. ``.parquet``: needs ``pyarrow``.
+
+    Every problem is a :class:`DataError` (a ``ValueError``) with one line naming the file: a
+    non-numeric column (named, with an example value), missing values (columns and counts;
+    ``drop_missing=True`` drops those rows), infinite values, a constant column (named; a density
+    over it is degenerate; ``drop_constant=True`` drops it), fewer than 2 rows, an unknown format.
+
+    Args:
+        path: The file.
+        columns: Keep only these columns (in this order); an unknown name is an error.
+        header: Force the text header detection (``True``/``False``).
+        drop_missing: Drop rows with missing values instead of failing.
+        drop_constant: Drop constant columns instead of failing.
+        allow_constant: Accept constant columns and a single row (data to score, not to fit).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    suffix = path.suffix.lower()
+    readers = {s: lambda: _read_text(path, header) for s in (".csv", ".tsv", ".txt")}
+    readers.update({".npy": lambda: _read_npy(path), ".parquet": lambda: _read_parquet(path)})
+    if suffix not in readers:
+        raise DataError(
+            f"{path}: unknown file type {suffix!r}; expected .csv, .tsv, .txt, .npy or .parquet"
+        )
+    df = readers[suffix]()
+    if columns is not None:
+        unknown = [c for c in columns if c not in df.columns]
+        if unknown:
+            raise DataError(
+                f"{path}: no column(s) {', '.join(map(repr, unknown))}; "
+                f"columns are {', '.join(map(repr, df.columns))}"
+            )
+        df = df[list(columns)]
+    return clean_table(
+        df,
+        path,
+        drop_missing=drop_missing,
+        drop_constant=drop_constant,
+        allow_constant=allow_constant,
+    )
+
+
+def as_tensor(
+    data: Any,
+    where: str,
+    name: str = "data",
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy)."""
+    if isinstance(data, Tensor):
+        t = data.detach()
+    elif isinstance(data, np.ndarray):
+        if not _real_dtype(data.dtype):
+            raise TypeError(
+                f"{where}: {name} must hold real numbers, got a NumPy array of {data.dtype}"
+            )
+        t = torch.tensor(np.asarray(data, dtype=np.float64))
+    elif hasattr(data, "columns") and hasattr(data, "to_numpy"):
+        df = _numeric_or_type_error(data, where, name)
+        t = torch.tensor(df.to_numpy(dtype=np.float64))
+    else:
+        raise TypeError(
+            f"{where}: {name} must be a Tensor, NumPy array or DataFrame, got {type(data).__name__}"
+        )
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    if t.dim() < 2:
+        raise ValueError(
+            f"{where}: {name} must be 2-D (rows, columns), got shape {tuple(t.shape)}"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{where}: {name} contains NaN or inf values")
+    return t.to(dtype=dtype or t.dtype, device=device)
+
+
+def _numeric_or_type_error(df: Any, where: str, name: str) -> Any:
+    for col in df.columns:
+        if not _real_dtype(df[col].dtype):
+            raise TypeError(
+                f"{where}: {name} column {str(col)!r} is not numeric ({df[col].dtype})"
+            )
+    return df
