@@ -123,6 +123,17 @@ MODELS: dict[str, ModelCase] = {
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True
     ),
+    "MAF-batchnorm": ModelCase(
+        lambda d, c: nf.models.MAF(d, context=c, batch_norm=True, **_SMALL), train_first=True
+    ),
+    "NSF-batchnorm": ModelCase(
+        lambda d, c: nf.models.NSF(d, context=c, bins=4, batch_norm=True, **_SMALL),
+        train_first=True,
+    ),
+    "NSF-coupling-batchnorm": ModelCase(
+        lambda d, c: nf.models.NSF(d, context=c, bins=4, coupling=True, batch_norm=True, **_SMALL),
+        train_first=True,
+    ),
     "NICE": ModelCase(lambda d, c: nf.models.NICE(d, context=c, **_SMALL)),
     "Planar": ModelCase(lambda d, c: nf.models.Planar(d, context=c, layers=3, hidden=H)),
     "Planar-density": ModelCase(

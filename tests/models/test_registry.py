@@ -54,3 +54,25 @@ def test_data_passed_as_features_is_a_short_one_line_error(name: str) -> None:
 def test_non_integers_are_still_refused(value: object) -> None:
     with pytest.raises(ValueError, match="MAF: features must be an integer >= 1, got "):
         nf.models.MAF(value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nf.models.MAF(3, transforms=3, hidden=(8,), batch_norm=True),
+        lambda: nf.models.NSF(3, transforms=3, hidden=(8,), bins=4, batch_norm=True),
+        lambda: nf.models.NSF(
+            3, transforms=3, hidden=(8,), bins=4, coupling=True, batch_norm=True
+        ),
+        lambda: nf.models.RealNVP(3, transforms=3, hidden=(8,), batch_norm=True),
+    ],
+)
+def test_batch_norm_sits_between_the_layers_and_is_saved(make, tmp_path) -> None:
+    flow = make()
+    kinds = [type(t).__name__ for t in flow.transform]
+    assert kinds[1::2] == ["BatchNorm", "BatchNorm"] and "BatchNorm" not in kinds[::2]
+    assert flow.config["batch_norm"] is True and nf.models.build(flow.config).config == flow.config
+    x = torch.randn(64, 3)
+    nf.fit(flow, x, steps=3, progress=False)  # running statistics move in train mode
+    nf.save(flow, tmp_path / "m.pt")
+    torch.testing.assert_close(nf.load(tmp_path / "m.pt").log_prob(x), flow.eval().log_prob(x))

@@ -59,6 +59,16 @@ def _orders(features: int, i: int) -> torch.Tensor:
     return order if i % 2 == 0 else order.flip(0)
 
 
+def _with_batch_norm(layers: list[Transform], features: int, batch_norm: bool) -> list[Transform]:
+    """A :class:`~nfkit.transforms.BatchNorm` between consecutive layers when ``batch_norm``."""
+    if not batch_norm:
+        return layers
+    out: list[Transform] = []
+    for i, layer in enumerate(layers):
+        out += [layer, BatchNorm(features)] if i < len(layers) - 1 else [layer]
+    return out
+
+
 def _autoregressive_stack(
     where: str,
     features: int,
@@ -69,6 +79,7 @@ def _autoregressive_stack(
     residual: bool,
     activation: str,
     invert: bool,
+    batch_norm: bool = False,
 ) -> list[Transform]:
     hidden = _check_common(where, features, context, transforms, hidden)
     layers: list[Transform] = []
@@ -83,7 +94,7 @@ def _autoregressive_stack(
             activation=activation_class(activation),
         )
         layers.append(layer.inv if invert else layer)
-    return layers
+    return _with_batch_norm(layers, features, batch_norm)
 
 
 def _coupling_stack(
@@ -105,9 +116,7 @@ def _coupling_stack(
             layers.append(
                 Coupling(features, transformer, context=context, mask=mask, hidden=hidden)
             )
-        if batch_norm and i < transforms - 1:
-            layers.append(BatchNorm(features))
-    return layers
+    return _with_batch_norm(layers, features, batch_norm)
 
 
 @factory
@@ -121,9 +130,13 @@ def MAF(
     activation: str = "relu",
     scale: str = "softsign",
     max_log_scale: float = 5.0,
+    batch_norm: bool = False,
     base: str = "normal",
 ) -> Flow:
     """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
+
+    ``batch_norm=True`` puts a :class:`~nfkit.transforms.BatchNorm` between the layers, as in the
+    paper's "MAF with batch norm" (batch statistics in train mode, running averages in eval).
 
     ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer. ``scale``: the affine
     log-scale, ``"softsign"`` (default: ``ŝ / (1 + |ŝ|/5)``, expands and contracts),
@@ -156,6 +169,7 @@ def MAF(
         residual,
         activation,
         False,
+        batch_norm,
     )
     return _flow(layers, features, context, base)
 
@@ -205,12 +219,14 @@ def NSF(
     coupling: bool = False,
     residual: bool = False,
     activation: str = "relu",
+    batch_norm: bool = False,
     base: str = "normal",
 ) -> Flow:
     """Neural spline flow (Durkan et al. 2019): rational-quadratic splines with identity tails.
 
     Autoregressive (MADE conditioner) by default; ``coupling=True`` gives the coupling variant
-    (one pass in both directions).
+    (one pass in both directions). ``batch_norm=True``: a :class:`~nfkit.transforms.BatchNorm`
+    between the layers (``residual`` and ``activation`` apply to the autoregressive variant).
 
     Example:
         >>> import torch
@@ -227,10 +243,21 @@ def NSF(
     """
     transformer = RQSplineTransformer(bins=bins, bound=bound)
     if coupling:
-        layers = _coupling_stack("NSF", features, transformer, context, transforms, hidden)
+        layers = _coupling_stack(
+            "NSF", features, transformer, context, transforms, hidden, batch_norm
+        )
     else:
         layers = _autoregressive_stack(
-            "NSF", features, transformer, context, transforms, hidden, residual, activation, False
+            "NSF",
+            features,
+            transformer,
+            context,
+            transforms,
+            hidden,
+            residual,
+            activation,
+            False,
+            batch_norm,
         )
     return _flow(layers, features, context, base)
 
