@@ -45,7 +45,7 @@ def table(tmp_path_factory):
 def test_help(capsys) -> None:
     r = subprocess.run([sys.executable, "-m", "nfkit", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: nfkit" in r.stdout and "demo" in r.stdout
-    for command in ("fit", "sample", "score", "plot", "demo"):
+    for command in ("fit", "sample", "score", "plot", "demo", "info"):
         code, out, _ = _run(capsys, command, "--help")
         assert code == 0 and out.startswith(f"usage: nfkit {command}")
 
@@ -98,6 +98,29 @@ def test_conditional_round_trip(capsys, table) -> None:
     assert code == 1 and "conditional on g; pass --given g=VALUE" in err
     code, _, err = _run(capsys, "sample", model, "-n", "5", "--given", "h=1")
     assert code == 1 and "--given must set exactly g" in err
+
+
+def test_info_describes_a_saved_model(capsys, table) -> None:
+    import json
+
+    import nfkit as nf
+
+    model = table / "info-cond.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)[0] == 0
+    code, out, _ = _run(capsys, "info", model)
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].startswith(f"{model}: MAF(features=2, context=1, transforms=1")
+    assert "  models: a, b given g" in lines
+    count = sum(p.numel() for p in nf.load(model).parameters())
+    assert f"  parameters: {count:,} (float32)" in lines
+    code, out, _ = _run(capsys, "info", model, "--json")
+    assert code == 0 and json.loads(out) == nf.load(model).config
+    image = table / "glow.pt"
+    nf.save(nf.models.Glow((1, 4, 4), levels=1, steps=1, hidden=(4,)), image)
+    code, out, _ = _run(capsys, "info", image)
+    assert code == 0 and "event shape: (1, 4, 4) (not a table model)" in out
+    assert "no such file" in _error(capsys, "info", table / "nope.pt")
+    assert "is not a torch file" in _error(capsys, "info", table / "data.csv")
 
 
 def _error(capsys, *argv) -> str:

@@ -246,6 +246,13 @@ def test_out_of_support_input_is_rejected() -> None:
             "nf.models.standardize: expected an nf.Flow built by an nf.models factory",
         ),
         (lambda: nf.Flow(T.Tanh(), nf.distributions.StandardNormal(2), context=1.5), "context"),
+        (lambda: T.LogitPreprocess(17, "0.1"), "alpha must lie in (0, 0.5), got '0.1'"),
+        (lambda: T.ResidualBlock(2, lipschitz=1.0), "lipschitz must lie in (0, 1), got 1.0"),
+        (lambda: T.ResidualBlock(2, roulette_p=True), "roulette_p must lie in (0, 1), got True"),
+        (lambda: nf.models.RBIG(2, validation=1), "validation must lie in (0, 1), got 1"),
+        (lambda: nf.datasets.digits(test_fraction=0), "test_fraction must lie in (0, 1), got 0"),
+        (lambda: T.Permutation(np.int64(0)), "Permutation: features must be an integer >= 1"),
+        (lambda: nf.distributions.StandardNormal((2, 1.5)), "got (2, 1.5)"),
     ],
 )
 def test_constructors_reject_bad_arguments(build, message: str) -> None:

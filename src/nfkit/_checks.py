@@ -187,6 +187,14 @@ def check_number(
     return float(value)  # type: ignore[arg-type]
 
 
+def check_open_interval(where: str, name: str, value: object, low: float, high: float) -> float:
+    """A real number strictly between ``low`` and ``high``, as a Python float (NumPy scalars too)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not low < value < high:  # type: ignore[operator]
+        raise ValueError(f"{where}: {name} must lie in ({low:g}, {high:g}), got {shown(value)}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
     """Hidden widths as a tuple of Python ints (one int, or a sequence or 1-d array of them)."""
     one = as_int(hidden)

@@ -349,6 +349,34 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_info(args: argparse.Namespace) -> None:
+    import json
+
+    import nfkit as nf
+    from nfkit.core import dtype_device
+
+    flow = nf.load(args.model)
+    if args.json:
+        print(json.dumps(flow.config, indent=2))
+        return
+    config = flow.config
+    inner = config.get("flow", config)  # Standardized keeps the inner flow's config
+    settings = ", ".join(f"{k}={v}" for k, v in inner.items() if k != "model")
+    print(f"{args.model}: {inner['model']}({settings})")
+    if config["model"] == "Standardized":
+        print(
+            "  standardized: columns are scaled inside the model; densities in the table's units"
+        )
+    if len(flow.event_shape) == 1:
+        _, data, given = _schema(flow)
+        print(f"  models: {', '.join(data)}" + (f" given {', '.join(given)}" if given else ""))
+    else:
+        print(f"  event shape: {tuple(flow.event_shape)} (not a table model)")
+    count = sum(p.numel() for p in flow.parameters())
+    dtype = str(dtype_device(flow)[0]).replace("torch.", "")
+    print(f"  parameters: {count:,} ({dtype})")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     import nfkit as nf
 
@@ -498,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _inference_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("info", help="what a saved model is: architecture, columns, parameters")
+    p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
+    p.add_argument("--json", action="store_true", help="print the model's config as JSON")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "plot", help="figure of a saved model (density, corner or layers), as PNG, PDF, SVG, ..."

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nfkit._checks import as_int, check_positive_int, shown
+from nfkit._checks import as_int, check_number, check_open_interval, check_positive_int, shown
 from nfkit.tables import read_table as load
 
 __all__ = [
@@ -41,10 +41,7 @@ def _generator(seed: int | None) -> torch.Generator:
 
 def _prepare(where: str, n: int, noise: float, seed: int | None) -> torch.Generator:
     n = check_positive_int(where, "n", n)
-    if not (isinstance(noise, (int, float)) and noise >= 0 and math.isfinite(noise)):
-        raise ValueError(
-            f"nf.datasets.{where}: noise must be a finite number >= 0, got {shown(noise)}"
-        )
+    check_number(f"nf.datasets.{where}", "noise", noise, 0.0, inclusive=True)
     return _generator(seed)
 
 
@@ -147,10 +144,7 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     Returns:
         ``(train, test)`` tensors of shape ``(n, 64)`` in the default dtype.
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(
-            f"nf.datasets.digits: test_fraction must be in (0, 1), got {shown(test_fraction)}"
-        )
+    check_open_interval("nf.datasets.digits", "test_fraction", test_fraction, 0, 1)
     from sklearn.datasets import load_digits
 
     v = torch.as_tensor(load_digits().data, dtype=torch.float64)

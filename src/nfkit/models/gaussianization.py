@@ -7,7 +7,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_number, check_positive_int, check_tensor, shown
+from nfkit._checks import (
+    check_number,
+    check_open_interval,
+    check_positive_int,
+    check_tensor,
+    shown,
+)
 from nfkit.core import Compose, Flow, Transform
 from nfkit.distributions import StandardNormal
 from nfkit.models._registry import factory
@@ -140,8 +146,7 @@ def RBIG(
         raise ValueError(f"RBIG: rotation must be 'pca' or 'random', got {shown(rotation)}")
     check_number("RBIG", "tol", tol, 0.0, inclusive=True)
     seed = check_positive_int("RBIG", "seed", seed, minimum=0)
-    if isinstance(validation, bool) or not isinstance(validation, float) or not 0 < validation < 1:
-        raise ValueError(f"RBIG: validation must be a fraction in (0, 1), got {shown(validation)}")
+    validation = check_open_interval("RBIG", "validation", validation, 0, 1)
     return RBIGFlow(
         features,
         layers=layers,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfkit._checks import check_hidden, check_positive_int, shown
+from nfkit._checks import check_hidden, check_open_interval, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import factory, make_base
 from nfkit.nn.conv import ConvNet, ConvResNet
@@ -67,8 +67,7 @@ def _flow(
     base: str | nn.Module,
 ) -> Flow:
     layers = [body]
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
-        raise ValueError(f"{where}: alpha must lie in (0, 0.5), got {shown(alpha)}")
+    check_open_interval(where, "alpha", alpha, 0, 0.5)
     if pixel_levels is not None:
         pixel_levels = check_positive_int(where, "pixel_levels", pixel_levels, minimum=2)
         layers.insert(0, LogitPreprocess(pixel_levels, alpha))

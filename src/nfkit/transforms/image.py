@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit._checks import Interval, check_positive_int, shape_str, shown
+from nfkit._checks import Interval, check_open_interval, check_positive_int, shape_str, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
 
@@ -180,8 +180,7 @@ class LogitPreprocess(Transform):
     def __init__(self, levels: int = 256, alpha: float = 0.05, *, event_dim: int = 3) -> None:
         super().__init__()
         self.levels = check_positive_int("LogitPreprocess", "levels", levels)
-        if not 0.0 < alpha < 0.5:
-            raise ValueError(f"LogitPreprocess: alpha must lie in (0, 0.5), got {shown(alpha)}")
+        alpha = check_open_interval("LogitPreprocess", "alpha", alpha, 0, 0.5)
         if event_dim < 0:
             raise ValueError(f"LogitPreprocess: event_dim must be >= 0, got {shown(event_dim)}")
         self.alpha, self.event_dim = float(alpha), event_dim

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, shown
+from nfkit._checks import as_int, check_positive_int, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
@@ -31,7 +31,7 @@ class Permutation(Transform):
         self, perm: Sequence[int] | Tensor | int, *, seed: int = 0, dim: int = -1
     ) -> None:
         super().__init__()
-        if isinstance(perm, int):
+        if as_int(perm) is not None:
             d = check_positive_int("Permutation", "features", perm)
             perm_t = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
         else:

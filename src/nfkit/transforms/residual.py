@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from nfkit._checks import check_hidden, check_positive_int, shown
+from nfkit._checks import check_hidden, check_open_interval, check_positive_int, shown
 from nfkit._numerics import fixed_point
 from nfkit.core import Transform
 
@@ -114,17 +114,13 @@ class ResidualBlock(Transform):
         d = self.features = check_positive_int("ResidualBlock", "features", features)
         self.context_features = check_positive_int("ResidualBlock", "context", context, minimum=0)
         widths = check_hidden("ResidualBlock", hidden)
-        if not 0 < lipschitz < 1:
-            raise ValueError(f"ResidualBlock: lipschitz must be in (0, 1), got {shown(lipschitz)}")
+        lipschitz = check_open_interval("ResidualBlock", "lipschitz", lipschitz, 0, 1)
         for name, value in (("logdet", logdet), ("eval_logdet", eval_logdet)):
             if value not in _LOGDETS:
                 raise ValueError(
                     f"ResidualBlock: {name} must be one of {_LOGDETS}, got {shown(value)}"
                 )
-        if not 0 < roulette_p < 1:
-            raise ValueError(
-                f"ResidualBlock: roulette_p must be in (0, 1), got {shown(roulette_p)}"
-            )
+        roulette_p = check_open_interval("ResidualBlock", "roulette_p", roulette_p, 0, 1)
         self.lipschitz, self.logdet, self.eval_logdet = float(lipschitz), logdet, eval_logdet
         self.terms = check_positive_int("ResidualBlock", "terms", terms)
         self.roulette_p = float(roulette_p)
