@@ -142,6 +142,11 @@ def _moons_frame(n: int = 40) -> pd.DataFrame:
             "savetxt.txt",
             lambda df, p: np.savetxt(p, df.to_numpy(), header="a b", comments=""),
         ),
+        ("savetxt-comment.txt", lambda df, p: np.savetxt(p, df.to_numpy(), header="a b")),
+        (
+            "savetxt-comma.csv",
+            lambda df, p: np.savetxt(p, df.to_numpy(), delimiter=",", header="a,b"),
+        ),
     ],
 )
 def test_text_tables_in_common_dialects_read_the_same(tmp_path, name: str, write) -> None:
@@ -161,6 +166,12 @@ def test_headerless_whitespace_table(tmp_path) -> None:
     got = nf.tables.read_table(tmp_path / "x.txt")
     assert list(got.columns) == ["x0", "x1", "x2"]
     np.testing.assert_allclose(got.to_numpy(), x, rtol=1e-12)
+    # a comment that is not a header (no names, or not one per column) is skipped
+    for comment in ("made by a script", "a b"):
+        np.savetxt(tmp_path / "c.txt", x, header=comment)
+        got = nf.tables.read_table(tmp_path / "c.txt")
+        assert list(got.columns) == ["x0", "x1", "x2"], comment
+        np.testing.assert_allclose(got.to_numpy(), x, rtol=1e-12)
 
 
 def test_an_unnamed_first_column_that_is_not_an_index_is_data(tmp_path) -> None:

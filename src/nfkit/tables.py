@@ -38,12 +38,14 @@ _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
 @dataclass(frozen=True)
 class _TextFormat:
     """How a text table is written: the separator (None: runs of whitespace), the decimal mark,
-    whether the first row is a header, and the header's names as written."""
+    whether the first row is a header, the header's names as written, and whether the file
+    starts with ``#`` comment lines (then the names, if any, are the first comment's)."""
 
     sep: str | None
     decimal: str
     header: bool
     names: list[str]
+    comments: bool = False
 
     def split(self, line: str) -> list[str]:
         if self.sep is None:
@@ -103,16 +105,23 @@ def _text_format(path: Path, header: bool | None) -> _TextFormat:
     write them in many locales) are read with ``decimal=","``.
     """
     lines = _sample_lines(path)
-    sep = _separator(lines, path.suffix.lower())
-    rows = [_TextFormat(sep, ".", False, []).split(line) for line in lines]
+    comments = bool(lines) and lines[0].lstrip().startswith("#")
+    body = [line for line in lines if not line.lstrip().startswith("#")] if comments else lines
+    sep = _separator(body, path.suffix.lower())
+    rows = [_TextFormat(sep, ".", False, []).split(line) for line in body]
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
         decimal = ","
-    first = rows[0] if rows else []
-    if header is None:
-        header = bool(first) and not all(_is_number(f, decimal) for f in first)
+    if comments:  # np.savetxt(header="a b") writes "# a b": names if they fit the rows
+        first = _TextFormat(sep, ".", False, []).split(lines[0].lstrip()[1:])
+        fits = bool(rows) and len(first) == len(rows[0])
+        header = fits and header is not False and not all(_is_number(f) for f in first)
+    else:
+        first = rows[0] if rows else []
+        if header is None:
+            header = bool(first) and not all(_is_number(f, decimal) for f in first)
     names = [f.strip() for f in first] if header else []
-    return _TextFormat(sep, decimal, bool(header), names)
+    return _TextFormat(sep, decimal, bool(header), names, comments)
 
 
 def _read_text(path: Path, header: bool | None) -> Any:
@@ -132,7 +141,8 @@ def _read_text(path: Path, header: bool | None) -> Any:
                 path,
                 sep=r"\s+" if fmt.sep is None else fmt.sep,
                 decimal=fmt.decimal,
-                header=0 if fmt.header else None,
+                header=0 if fmt.header and not fmt.comments else None,
+                comment="#" if fmt.comments else None,
                 index_col=False,
                 skipinitialspace=True,
                 encoding="utf-8",
@@ -151,6 +161,8 @@ def _read_text(path: Path, header: bool | None) -> Any:
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
         return df
+    if fmt.comments:
+        df.columns = fmt.names
     repeated = sorted({c for c in fmt.names if c and fmt.names.count(c) > 1})
     if repeated:  # pandas renames a repeated name to "a.1": look at the header as written
         raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, repeated))}")
@@ -311,8 +323,10 @@ def read_table(
     non-blank lines: tab for ``.tsv``, else the first of tab, ``;``, ``|`` and ``,`` that gives
     every line the same number of fields (more than one), else runs of whitespace (as
     ``np.savetxt`` writes). A ``;``-separated file with decimal commas (``1,5;2,25``) is read
-    with ``decimal=","``. The first row is a header unless all its fields are numbers (override
-    with ``header``); without a header the columns are named ``x0, x1, …``. An unnamed first
+    with ``decimal=","``. Lines starting with ``#`` at the top are comments (``np.savetxt``'s
+    ``header="a b"`` gives ``# a b``: its names are the header when they fit the rows). The
+    first row is a header unless all its fields are numbers (override with ``header``); without
+    a header the columns are named ``x0, x1, …``. An unnamed first
     column holding ``0, 1, …, n-1`` (the index ``DataFrame.to_csv`` writes) and unnamed empty
     columns (a separator ending every line) are dropped; rows longer than the header are an
     error, not shifted into an index. ``.npy``: a 1-D or 2-D numeric array (columns ``x0, …``),
