@@ -123,6 +123,15 @@ MODELS: dict[str, ModelCase] = {
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True
     ),
+    "MAF-random-orders": ModelCase(
+        lambda d, c: nf.models.MAF(d, context=c, orders="random", **_SMALL)
+    ),
+    "IAF-random-orders": ModelCase(
+        lambda d, c: nf.models.IAF(d, context=c, orders="random", **_SMALL)
+    ),
+    "NSF-random-orders": ModelCase(
+        lambda d, c: nf.models.NSF(d, context=c, bins=4, orders="random", **_SMALL)
+    ),
     "MAF-batchnorm": ModelCase(
         lambda d, c: nf.models.MAF(d, context=c, batch_norm=True, **_SMALL), train_first=True
     ),

@@ -43,4 +43,14 @@ MODELS: dict[str, ModelCase] = {
             d, context=c, transforms=2, hidden=H, embedding=4, integrand=(16, 16)
         )
     ),
+    "NAF-random-orders": ModelCase(
+        lambda d, c: nf.models.NAF(
+            d, context=c, transforms=2, hidden=H, components=4, orders="random"
+        )
+    ),
+    "UMNN-random-orders": ModelCase(
+        lambda d, c: nf.models.UMNN(
+            d, context=c, transforms=2, hidden=H, embedding=4, integrand=(16, 16), orders="random"
+        )
+    ),
 }

@@ -76,3 +76,16 @@ def test_batch_norm_sits_between_the_layers_and_is_saved(make, tmp_path) -> None
     nf.fit(flow, x, steps=3, progress=False)  # running statistics move in train mode
     nf.save(flow, tmp_path / "m.pt")
     torch.testing.assert_close(nf.load(tmp_path / "m.pt").log_prob(x), flow.eval().log_prob(x))
+
+
+@pytest.mark.parametrize("name", ["MAF", "IAF", "NSF", "NAF", "UMNN"])
+def test_random_orders_are_permutations_rebuilt_from_the_config(name: str) -> None:
+    make = nf.models.FACTORIES[name]
+    flow = make(6, transforms=3, hidden=(8,), orders="random")
+    ranks = [m.rank for m in flow.modules() if isinstance(m, nf.nn.MADE)]
+    assert len(ranks) == 3 and all(sorted(r.tolist()) == list(range(6)) for r in ranks)
+    assert any(r.tolist() not in (list(range(6)), list(range(5, -1, -1))) for r in ranks)
+    rebuilt = [m.rank for m in nf.models.build(flow.config).modules() if isinstance(m, nf.nn.MADE)]
+    assert all(torch.equal(a, b) for a, b in zip(ranks, rebuilt))
+    with pytest.raises(ValueError, match=f"{name}: orders must be 'alternate' or 'random'"):
+        make(3, orders="reverse")

@@ -53,10 +53,22 @@ def _flow(layers: list[Transform], features: int, context: int, base: str | nn.M
     return Flow(Compose(*layers), make_base(base, features), context=context)
 
 
-def _orders(features: int, i: int) -> torch.Tensor:
-    """Alternate the autoregressive order between layers (identity, reversed, ...)."""
+ORDERS = ("alternate", "random")
+
+
+def _orders(features: int, i: int, orders: str = "alternate") -> torch.Tensor:
+    """Layer ``i``'s autoregressive order: ``"alternate"`` identity, reversed, identity, ...;
+    ``"random"`` a random permutation seeded by ``i`` (the same for every build of a config)."""
+    if orders == "random":
+        return torch.randperm(features, generator=torch.Generator().manual_seed(i))
     order = torch.arange(features)
     return order if i % 2 == 0 else order.flip(0)
+
+
+def _check_orders(where: str, orders: object) -> str:
+    if orders not in ORDERS:
+        raise ValueError(f"{where}: orders must be 'alternate' or 'random', got {shown(orders)}")
+    return orders  # type: ignore[return-value]
 
 
 def _with_batch_norm(layers: list[Transform], features: int, batch_norm: bool) -> list[Transform]:
@@ -80,15 +92,17 @@ def _autoregressive_stack(
     activation: str,
     invert: bool,
     batch_norm: bool = False,
+    orders: str = "alternate",
 ) -> list[Transform]:
     hidden = _check_common(where, features, context, transforms, hidden)
+    orders = _check_orders(where, orders)
     layers: list[Transform] = []
     for i in range(transforms):
         layer = Autoregressive(
             features,
             transformer,
             context=context,
-            order=_orders(features, i),
+            order=_orders(features, i, orders),
             hidden=hidden,
             residual=residual,
             activation=activation_class(activation),
@@ -131,12 +145,16 @@ def MAF(
     scale: str = "softsign",
     max_log_scale: float = 5.0,
     batch_norm: bool = False,
+    orders: str = "alternate",
     base: str = "normal",
 ) -> Flow:
     """Masked autoregressive flow (Papamakarios et al. 2017): affine MADE layers, orders alternating.
 
     ``batch_norm=True`` puts a :class:`~nfkit.transforms.BatchNorm` between the layers, as in the
     paper's "MAF with batch norm" (batch statistics in train mode, running averages in eval).
+    ``orders``: the layers' autoregressive orders, ``"alternate"`` (identity, reversed, ...) or
+    ``"random"`` (a fixed random permutation per layer, seeded by its index: rebuilt identically
+    from the config).
 
     ``log_prob``: one pass per layer. ``sample``: ``D`` passes per layer. ``scale``: the affine
     log-scale, ``"softsign"`` (default: ``ŝ / (1 + |ŝ|/5)``, expands and contracts),
@@ -170,6 +188,7 @@ def MAF(
         activation,
         False,
         batch_norm,
+        orders,
     )
     return _flow(layers, features, context, base)
 
@@ -185,13 +204,15 @@ def IAF(
     activation: str = "relu",
     scale: str = "softsign",
     max_log_scale: float = 5.0,
+    orders: str = "alternate",
     base: str = "normal",
 ) -> Flow:
     """Inverse autoregressive flow (Kingma et al. 2016, arXiv:1606.04934): MAF layers inverted.
 
     ``sample``/``rsample``: one pass per layer (use for variational inference). ``log_prob`` of
-    external data: ``D`` passes per layer. ``scale``, ``max_log_scale``: as in :func:`MAF` (the
-    flow narrows or widens the base by at most ``e^(B·transforms)`` per dimension).
+    external data: ``D`` passes per layer. ``scale``, ``max_log_scale``, ``orders``: as in
+    :func:`MAF` (the flow narrows or widens the base by at most ``e^(B·transforms)`` per
+    dimension).
     """
     layers = _autoregressive_stack(
         "IAF",
@@ -203,6 +224,7 @@ def IAF(
         residual,
         activation,
         True,
+        orders=orders,
     )
     return _flow(layers, features, context, base)
 
@@ -220,13 +242,15 @@ def NSF(
     residual: bool = False,
     activation: str = "relu",
     batch_norm: bool = False,
+    orders: str = "alternate",
     base: str = "normal",
 ) -> Flow:
     """Neural spline flow (Durkan et al. 2019): rational-quadratic splines with identity tails.
 
     Autoregressive (MADE conditioner) by default; ``coupling=True`` gives the coupling variant
     (one pass in both directions). ``batch_norm=True``: a :class:`~nfkit.transforms.BatchNorm`
-    between the layers (``residual`` and ``activation`` apply to the autoregressive variant).
+    between the layers (``residual``, ``activation`` and ``orders``, as in :func:`MAF`, apply to
+    the autoregressive variant).
 
     Example:
         >>> import torch
@@ -258,6 +282,7 @@ def NSF(
             activation,
             False,
             batch_norm,
+            orders,
         )
     return _flow(layers, features, context, base)
 

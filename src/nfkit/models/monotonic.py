@@ -1,7 +1,7 @@
 r"""Monotonic-transformer factories: :func:`NAF` (deep sigmoidal flows) and :func:`UMNN`.
 
 Both stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders alternating
-between layers) whose transformer is monotone with a numerical inverse: ``log_prob`` takes one
+between layers, or random with ``orders="random"``) whose transformer is monotone with a numerical inverse: ``log_prob`` takes one
 network pass per layer, sampling ``D`` passes per layer, each a bracketed root find.
 """
 
@@ -13,7 +13,13 @@ from nfkit._checks import check_hidden
 from nfkit.core import Flow, Transform
 from nfkit.models._registry import activation as activation_class
 from nfkit.models._registry import factory
-from nfkit.models.classic import _autoregressive_stack, _check_common, _flow, _orders
+from nfkit.models.classic import (
+    _autoregressive_stack,
+    _check_common,
+    _check_orders,
+    _flow,
+    _orders,
+)
 from nfkit.transforms import Autoregressive
 from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer
 
@@ -31,6 +37,7 @@ def NAF(
     bound: float = 10.0,
     residual: bool = False,
     activation: str = "relu",
+    orders: str = "alternate",
     base: str = "normal",
 ) -> Flow:
     """Neural autoregressive flow with deep sigmoidal transformers (Huang et al. 2018, arXiv:1804.00779).
@@ -44,6 +51,7 @@ def NAF(
         bound: The DSF is linear outside ``[-bound, bound]``.
         residual: Masked residual blocks in the MADE.
         activation: MADE activation name.
+        orders: ``"alternate"`` or ``"random"`` autoregressive orders (see :func:`MAF`).
         base: Base distribution name.
     """
     layers = _autoregressive_stack(
@@ -56,6 +64,7 @@ def NAF(
         residual,
         activation,
         False,
+        orders=orders,
     )
     return _flow(layers, features, context, base)
 
@@ -72,6 +81,7 @@ def UMNN(
     nodes: int = 48,
     bound: float = 5.0,
     activation: str = "relu",
+    orders: str = "alternate",
     base: str = "normal",
 ) -> Flow:
     """Autoregressive unconstrained monotonic networks (Wehenkel & Louppe 2019, arXiv:1908.05164).
@@ -88,16 +98,18 @@ def UMNN(
         nodes: Clenshaw–Curtis order of the quadrature.
         bound: The integral is used on ``[-bound, bound]``, linear tails outside.
         activation: MADE activation name.
+        orders: ``"alternate"`` or ``"random"`` autoregressive orders (see :func:`MAF`).
         base: Base distribution name.
     """
     hidden = _check_common("UMNN", features, context, transforms, hidden)
     integrand = check_hidden("UMNN", integrand)
+    orders = _check_orders("UMNN", orders)
     layers: list[Transform] = [
         Autoregressive(
             features,
             UMNNTransformer(embedding, integrand, nodes=nodes, bound=bound),
             context=context,
-            order=_orders(features, i),
+            order=_orders(features, i, orders),
             hidden=hidden,
             activation=activation_class(activation),
         )
