@@ -246,6 +246,14 @@ def test_out_of_support_input_is_rejected() -> None:
             "nf.models.standardize: expected an nf.Flow built by an nf.models factory",
         ),
         (lambda: nf.Flow(T.Tanh(), nf.distributions.StandardNormal(2), context=1.5), "context"),
+        (
+            lambda: nf.models.RealNVP(2, residual=True, hidden=(8, 4)),
+            "RealNVP: residual=True needs equal hidden widths, got (8, 4)",
+        ),
+        (
+            lambda: nf.models.MAF(2, residual=True, hidden=(8, 4)),
+            "MAF: residual=True needs equal hidden widths, got (8, 4)",
+        ),
         (lambda: T.LogitPreprocess(17, "0.1"), "alpha must lie in (0, 0.5), got '0.1'"),
         (lambda: T.ResidualBlock(2, lipschitz=1.0), "lipschitz must lie in (0, 1), got 1.0"),
         (lambda: T.ResidualBlock(2, roulette_p=True), "roulette_p must lie in (0, 1), got True"),

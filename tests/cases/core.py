@@ -123,6 +123,13 @@ MODELS: dict[str, ModelCase] = {
     "RealNVP-batchnorm": ModelCase(
         lambda d, c: nf.models.RealNVP(d, context=c, batch_norm=True, **_SMALL), train_first=True
     ),
+    "RealNVP-residual": ModelCase(
+        lambda d, c: nf.models.RealNVP(d, context=c, residual=True, **_SMALL)
+    ),
+    "NSF-coupling-residual": ModelCase(
+        lambda d, c: nf.models.NSF(d, context=c, bins=4, coupling=True, residual=True, **_SMALL)
+    ),
+    "NICE-residual": ModelCase(lambda d, c: nf.models.NICE(d, context=c, residual=True, **_SMALL)),
     "MAF-random-orders": ModelCase(
         lambda d, c: nf.models.MAF(d, context=c, orders="random", **_SMALL)
     ),

@@ -65,6 +65,11 @@ def _orders(features: int, i: int, orders: str = "alternate") -> torch.Tensor:
     return order if i % 2 == 0 else order.flip(0)
 
 
+def _check_residual(where: str, residual: bool, hidden: tuple[int, ...]) -> None:
+    if residual and len(set(hidden)) != 1:
+        raise ValueError(f"{where}: residual=True needs equal hidden widths, got {hidden}")
+
+
 def _check_orders(where: str, orders: object) -> str:
     if orders not in ORDERS:
         raise ValueError(f"{where}: orders must be 'alternate' or 'random', got {shown(orders)}")
@@ -95,6 +100,7 @@ def _autoregressive_stack(
     orders: str = "alternate",
 ) -> list[Transform]:
     hidden = _check_common(where, features, context, transforms, hidden)
+    _check_residual(where, residual, hidden)
     orders = _check_orders(where, orders)
     layers: list[Transform] = []
     for i in range(transforms):
@@ -119,8 +125,10 @@ def _coupling_stack(
     transforms: int,
     hidden: Any,
     batch_norm: bool = False,
+    residual: bool = False,
 ) -> list[Transform]:
     hidden = _check_common(where, features, context, transforms, hidden)
+    _check_residual(where, residual, hidden)
     layers: list[Transform] = []
     for i in range(transforms):
         if features == 1:
@@ -128,7 +136,14 @@ def _coupling_stack(
         else:
             mask = alternating_mask(features, parity=i % 2)
             layers.append(
-                Coupling(features, transformer, context=context, mask=mask, hidden=hidden)
+                Coupling(
+                    features,
+                    transformer,
+                    context=context,
+                    mask=mask,
+                    hidden=hidden,
+                    residual=residual,
+                )
             )
     return _with_batch_norm(layers, features, batch_norm)
 
@@ -249,8 +264,9 @@ def NSF(
 
     Autoregressive (MADE conditioner) by default; ``coupling=True`` gives the coupling variant
     (one pass in both directions). ``batch_norm=True``: a :class:`~nfkit.transforms.BatchNorm`
-    between the layers (``residual``, ``activation`` and ``orders``, as in :func:`MAF`, apply to
-    the autoregressive variant).
+    between the layers. ``residual``: residual blocks in the MADE or, with ``coupling=True``, in
+    the coupling conditioners (:class:`~nfkit.nn.ResNet`-style, as in the paper); ``activation``
+    and ``orders`` (as in :func:`MAF`) apply to the autoregressive variant.
 
     Example:
         >>> import torch
@@ -268,7 +284,7 @@ def NSF(
     transformer = RQSplineTransformer(bins=bins, bound=bound)
     if coupling:
         layers = _coupling_stack(
-            "NSF", features, transformer, context, transforms, hidden, batch_norm
+            "NSF", features, transformer, context, transforms, hidden, batch_norm, residual
         )
     else:
         layers = _autoregressive_stack(
@@ -295,6 +311,7 @@ def RealNVP(
     transforms: int = 5,
     hidden: Sequence[int] = (128, 128),
     batch_norm: bool = False,
+    residual: bool = False,
     scale: str = "softsign",
     max_log_scale: float = 5.0,
     base: str = "normal",
@@ -302,7 +319,8 @@ def RealNVP(
     """RealNVP (Dinh et al. 2016): affine couplings with alternating masks, optional BatchNorm.
 
     ``scale``, ``max_log_scale``: the affine log-scale (``"softsign"``, ``"exp"`` or
-    ``"sigmoid"``) and its bound per layer, as in :func:`MAF`.
+    ``"sigmoid"``) and its bound per layer, as in :func:`MAF`. ``residual``: residual blocks in
+    the conditioners (equal hidden widths; the paper's conditioners are ResNets).
     """
     layers = _coupling_stack(
         "RealNVP",
@@ -312,6 +330,7 @@ def RealNVP(
         transforms,
         hidden,
         batch_norm,
+        residual,
     )
     return _flow(layers, features, context, base)
 
@@ -323,10 +342,22 @@ def NICE(
     context: int = 0,
     transforms: int = 4,
     hidden: Sequence[int] = (128, 128),
+    residual: bool = False,
     base: str = "normal",
 ) -> Flow:
-    """NICE (Dinh et al. 2014): additive couplings followed by a learned diagonal scaling."""
-    layers = _coupling_stack("NICE", features, AdditiveTransformer(), context, transforms, hidden)
+    """NICE (Dinh et al. 2014): additive couplings followed by a learned diagonal scaling.
+
+    ``residual``: residual blocks in the conditioners (equal hidden widths).
+    """
+    layers = _coupling_stack(
+        "NICE",
+        features,
+        AdditiveTransformer(),
+        context,
+        transforms,
+        hidden,
+        residual=residual,
+    )
     layers.append(Elementwise(features, AffineTransformer(), context=context, hidden=hidden))
     return _flow(layers, features, context, base)
 

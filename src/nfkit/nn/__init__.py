@@ -2,11 +2,12 @@
 
 from nfkit.nn.conv import ConvNet, ConvResNet, broadcast_cat_channels
 from nfkit.nn.made import MADE
-from nfkit.nn.mlp import MLP, Parameters, broadcast_cat
+from nfkit.nn.mlp import MLP, Parameters, ResNet, broadcast_cat
 from nfkit.nn.packed import PackedLayers
 
 __all__ = [
     "MLP",
+    "ResNet",
     "MADE",
     "PackedLayers",
     "Parameters",

@@ -125,11 +125,7 @@ class MADE(PackedLayers):
         h = broadcast_cat(x, context) if self.context else x
         if not self.residual:
             return self.activate(self.chain(h, layers[:-1]))
-        h = self.first(h, layers[0])
-        for (w1, b1), (w2, b2) in zip(layers[1:-1:2], layers[2:-1:2]):
-            u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
-            h = h + F.linear(self.activate(u), w2, b2)
-        return self.activate(h)
+        return self.residual_chain(h, layers[:-1])
 
     def _set_settles(self) -> None:
         #: ``argsort(rank)``: the feature of each rank, i.e. the one an autoregressive inverse

@@ -6,12 +6,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.packed import PackedLayers
 
-__all__ = ["MLP", "Parameters", "broadcast_cat"]
+__all__ = ["MLP", "ResNet", "Parameters", "broadcast_cat"]
 
 
 def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
@@ -35,6 +36,10 @@ class MLP(PackedLayers):
         hidden: Widths of the hidden layers.
         activation: Activation module class.
         zero_init: Zero the last layer, so a conditioner starts at the identity transform.
+        residual: Residual blocks instead of plain layers (all hidden widths equal, ``H``):
+            ``in → H``, then ``max(1, len(hidden) - 1)`` blocks ``h + W₂ act(W₁ act(h))``
+            (``W₂`` starts at zero), then ``H → out``; as :class:`~nfkit.nn.MADE` with
+            ``residual=True``, unmasked. See :class:`ResNet`.
     """
 
     def __init__(
@@ -44,18 +49,67 @@ class MLP(PackedLayers):
         hidden: Sequence[int] = (64, 64),
         activation: Callable[[], nn.Module] = nn.ReLU,
         zero_init: bool = True,
+        residual: bool = False,
     ) -> None:
         in_features = check_positive_int("MLP", "in_features", in_features)
         out_features = check_positive_int("MLP", "out_features", out_features)
-        widths = [in_features, *check_hidden("MLP", hidden), out_features]
-        shapes = list(zip(widths[1:], widths[:-1]))
-        zero = [False] * (len(shapes) - 1) + [zero_init]
+        widths = check_hidden("MLP", hidden)
+        if residual:
+            if len(set(widths)) != 1:
+                raise ValueError(f"MLP: residual blocks need equal hidden widths, got {widths}")
+            h, blocks = widths[0], max(1, len(widths) - 1)
+            shapes = [(h, in_features), *[(h, h)] * (2 * blocks), (out_features, h)]
+            zero = [False, *[False, True] * blocks, zero_init]
+        else:
+            sizes = [in_features, *widths, out_features]
+            shapes = list(zip(sizes[1:], sizes[:-1]))
+            zero = [False] * (len(shapes) - 1) + [zero_init]
         super().__init__(shapes, zero=zero, activation=activation)
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.residual = in_features, out_features, residual
 
     def forward(self, x: Tensor) -> Tensor:
         """``(*batch, in_features)`` → ``(*batch, out_features)``."""
-        return self.chain(x, self.layers())
+        layers = self.layers()
+        if not self.residual:
+            return self.chain(x, layers)
+        w, b = layers[-1]
+        return F.linear(self.residual_chain(x, layers[:-1]), w, b)
+
+
+class ResNet(MLP):
+    r"""Residual MLP ``in → H → blocks × (h + W₂ act(W₁ act(h))) → out`` (He et al. 2016), the
+    conditioner of the neural spline flow paper (Durkan et al. 2019: 2 blocks).
+
+    :class:`MLP` with ``residual=True`` and ``hidden = (H,) * (blocks + 1)``.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden: ``H``, the width of every block.
+        blocks: Number of residual blocks (>= 1).
+        activation: Activation module class.
+        zero_init: Zero the last layer (a conditioner then starts at the identity transform).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: int = 64,
+        blocks: int = 2,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        zero_init: bool = True,
+    ) -> None:
+        hidden = check_positive_int("ResNet", "hidden", hidden)
+        blocks = check_positive_int("ResNet", "blocks", blocks)
+        super().__init__(
+            in_features,
+            out_features,
+            (hidden,) * (blocks + 1),
+            activation=activation,
+            zero_init=zero_init,
+            residual=True,
+        )
 
 
 class Parameters(nn.Module):

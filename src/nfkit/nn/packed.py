@@ -129,5 +129,17 @@ class PackedLayers(nn.Module):
             h = F.linear(self.activate(h), w, b)
         return h
 
+    def residual_chain(self, h: Tensor, layers: Sequence[Layer]) -> Tensor:
+        """``L_1``, then residual blocks ``h + L_b(act(L_a(act(h))))`` over the following pairs
+        of layers (He et al. 2016's pre-activation form; the second layer of each block starts
+        at zero, so each block starts as the identity): the activated last hidden state, the
+        input of an output layer that the caller applies. ``layers``: the first layer and the
+        blocks' pairs (without the output layer)."""
+        h = self.first(h, layers[0])
+        for (w1, b1), (w2, b2) in zip(layers[1::2], layers[2::2]):
+            u = F.linear(self.activate(h, inplace=False), w1, b1)  # h is reused below
+            h = h + F.linear(self.activate(u), w2, b2)
+        return self.activate(h)
+
     def extra_repr(self) -> str:
         return "layers=" + ", ".join(f"{i}→{o}" for o, i in self.shapes)

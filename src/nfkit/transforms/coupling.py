@@ -28,11 +28,19 @@ def alternating_mask(features: int, parity: int = 0) -> Tensor:
 
 
 class MLPConditioner(nn.Module):
-    """``θ(x_a, c)``: an :class:`~nfkit.nn.MLP` on ``[x_a, c]`` with zero-initialized output."""
+    """``θ(x_a, c)``: an :class:`~nfkit.nn.MLP` on ``[x_a, c]`` with zero-initialized output
+    (with residual blocks if ``residual``)."""
 
-    def __init__(self, in_features: int, out_features: int, context: int, hidden: Sequence[int]):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        context: int,
+        hidden: Sequence[int],
+        residual: bool = False,
+    ):
         super().__init__()
-        self.net = MLP(in_features + context, out_features, hidden)
+        self.net = MLP(in_features + context, out_features, hidden, residual=residual)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.net(broadcast_cat(x, context))
@@ -49,6 +57,8 @@ class Coupling(Transform):
         mask: Boolean ``(features,)``, True where coordinates are transformed; default alternating.
         conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP.
         hidden: Hidden widths of the default conditioner.
+        residual: Residual blocks in the default conditioner (equal hidden widths; see
+            :class:`~nfkit.nn.MLP`).
         dim: The dimension split by the mask, counted from the right (-1 vectors, -3 images).
 
     Shapes:
@@ -76,6 +86,7 @@ class Coupling(Transform):
         mask: Tensor | Sequence[bool] | None = None,
         conditioner: nn.Module | None = None,
         hidden: Sequence[int] = (64, 64),
+        residual: bool = False,
         dim: int = -1,
     ) -> None:
         super().__init__()
@@ -101,7 +112,7 @@ class Coupling(Transform):
         self.register_buffer("mask", mask_t)
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
-        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden)
+        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden, residual)
 
     def _set_indices(self) -> None:
         """The index buffers of the two parts, derived from :attr:`mask` (also after loading)."""
