@@ -47,10 +47,12 @@ class _TextFormat:
     names: list[str]
     comments: bool = False
 
-    def split(self, line: str) -> list[str]:
-        if self.sep is None:
-            return line.split()
-        return next(csv.reader([line], delimiter=self.sep), [])
+
+def _fields(line: str, sep: str | None) -> list[str]:
+    """One line's fields: split by ``sep`` with CSV quoting, or by runs of whitespace (None)."""
+    if sep is None:
+        return line.split()
+    return next(csv.reader([line], delimiter=sep), [])
 
 
 def _sample_lines(path: Path, limit: int = 50) -> list[str]:
@@ -75,10 +77,7 @@ def _separator(lines: list[str], suffix: str) -> str | None:
         return "\t"
     best: tuple[int, str | None] = (0, ",")
     for sep in (*_SEPARATORS, None):
-        if sep is None:
-            counts = [len(line.split()) for line in lines]
-        else:
-            counts = [len(row) for row in csv.reader(lines, delimiter=sep)]
+        counts = [len(_fields(line, sep)) for line in lines]
         modal = max(set(counts), key=counts.count) if counts else 0
         if modal > 1 and counts.count(modal) == len(counts):
             return sep
@@ -108,12 +107,12 @@ def _text_format(path: Path, header: bool | None) -> _TextFormat:
     comments = bool(lines) and lines[0].lstrip().startswith("#")
     body = [line for line in lines if not line.lstrip().startswith("#")] if comments else lines
     sep = _separator(body, path.suffix.lower())
-    rows = [_TextFormat(sep, ".", False, []).split(line) for line in body]
+    rows = [_fields(line, sep) for line in body]
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
         decimal = ","
     if comments:  # np.savetxt(header="a b") writes "# a b": names if they fit the rows
-        first = _TextFormat(sep, ".", False, []).split(lines[0].lstrip()[1:])
+        first = _fields(lines[0].lstrip()[1:], sep)
         fits = bool(rows) and len(first) == len(rows[0])
         header = fits and header is not False and not all(_is_number(f) for f in first)
     else:
