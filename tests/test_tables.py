@@ -172,6 +172,10 @@ def test_headerless_whitespace_table(tmp_path) -> None:
         got = nf.tables.read_table(tmp_path / "c.txt")
         assert list(got.columns) == ["x0", "x1", "x2"], comment
         np.testing.assert_allclose(got.to_numpy(), x, rtol=1e-12)
+    # a comment above a header row: the row names the columns
+    (tmp_path / "h.csv").write_text("# exported by a tool\nu,v,w\n1,2,3\n4,5,7\n")
+    got = nf.tables.read_table(tmp_path / "h.csv")
+    assert list(got.columns) == ["u", "v", "w"] and got.to_numpy().tolist()[1] == [4, 5, 7]
 
 
 def test_an_unnamed_first_column_that_is_not_an_index_is_data(tmp_path) -> None:

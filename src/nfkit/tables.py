@@ -38,14 +38,15 @@ _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
 @dataclass(frozen=True)
 class _TextFormat:
     """How a text table is written: the separator (None: runs of whitespace), the decimal mark,
-    whether the first row is a header, the header's names as written, and whether the file
-    starts with ``#`` comment lines (then the names, if any, are the first comment's)."""
+    whether there is a header, its names as written, whether the file starts with ``#`` comment
+    lines, and whether the names come from the first comment (else from the first row)."""
 
     sep: str | None
     decimal: str
     header: bool
     names: list[str]
     comments: bool = False
+    names_in_comment: bool = False
 
 
 def _fields(line: str, sep: str | None) -> list[str]:
@@ -111,14 +112,13 @@ def _text_format(path: Path, header: bool | None) -> _TextFormat:
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
         decimal = ","
-    if comments:  # np.savetxt(header="a b") writes "# a b": names if they fit the rows
-        first = _fields(lines[0].lstrip()[1:], sep)
-        fits = bool(rows) and len(first) == len(rows[0])
-        header = fits and header is not False and not all(_is_number(f) for f in first)
-    else:
-        first = rows[0] if rows else []
-        if header is None:
-            header = bool(first) and not all(_is_number(f, decimal) for f in first)
+    if comments and header is not False:  # np.savetxt(header="a b") writes "# a b"
+        named = _fields(lines[0].lstrip()[1:], sep)
+        if rows and len(named) == len(rows[0]) and not all(_is_number(f) for f in named):
+            return _TextFormat(sep, decimal, True, [f.strip() for f in named], comments, True)
+    first = rows[0] if rows else []
+    if header is None:
+        header = bool(first) and not all(_is_number(f, decimal) for f in first)
     names = [f.strip() for f in first] if header else []
     return _TextFormat(sep, decimal, bool(header), names, comments)
 
@@ -140,7 +140,7 @@ def _read_text(path: Path, header: bool | None) -> Any:
                 path,
                 sep=r"\s+" if fmt.sep is None else fmt.sep,
                 decimal=fmt.decimal,
-                header=0 if fmt.header and not fmt.comments else None,
+                header=0 if fmt.header and not fmt.names_in_comment else None,
                 comment="#" if fmt.comments else None,
                 index_col=False,
                 skipinitialspace=True,
@@ -160,7 +160,7 @@ def _read_text(path: Path, header: bool | None) -> Any:
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
         return df
-    if fmt.comments:
+    if fmt.names_in_comment:
         df.columns = fmt.names
     repeated = sorted({c for c in fmt.names if c and fmt.names.count(c) > 1})
     if repeated:  # pandas renames a repeated name to "a.1": look at the header as written
