@@ -53,7 +53,7 @@ def _flow(layers: list[Transform], features: int, context: int, base: str | nn.M
     return Flow(Compose(*layers), make_base(base, features), context=context)
 
 
-ORDERS = ("alternate", "random")
+_ORDERS = ("alternate", "random")
 
 
 def _orders(features: int, i: int, orders: str = "alternate") -> torch.Tensor:
@@ -71,7 +71,7 @@ def _check_residual(where: str, residual: bool, hidden: tuple[int, ...]) -> None
 
 
 def _check_orders(where: str, orders: object) -> str:
-    if orders not in ORDERS:
+    if orders not in _ORDERS:
         raise ValueError(f"{where}: orders must be 'alternate' or 'random', got {shown(orders)}")
     return orders  # type: ignore[return-value]
 
