@@ -153,6 +153,13 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
     assert "--resume continues from --checkpoint PATH" in _error(
         capsys, "fit", table / "data.csv", "--resume"
     )
+    same = ["--checkpoint", tmp_path / "m.pt", "--out", tmp_path / "m.pt"]
+    assert "--checkpoint and --out name the same file" in _error(
+        capsys, "fit", table / "data.csv", *same
+    )
+    assert "is a model file (nf.save), not an nfkit checkpoint" in _error(
+        capsys, "fit", table / "data.csv", "--checkpoint", model, "--out", tmp_path / "n.pt"
+    )
     (tmp_path / "file").write_text("not a folder")
     assert "cannot write '" + str(tmp_path / "file" / "s.csv") + "'" in _error(
         capsys, "sample", model, "-n", "3", "-o", tmp_path / "file" / "s.csv"

@@ -107,6 +107,10 @@ def test_load_errors_are_one_line(tmp_path) -> None:
     torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not an nfkit model file"):
         nf.load(tmp_path / "foreign.pt")
+    x = nf.datasets.two_moons(64, seed=0)
+    nf.fit(_flow(), x, steps=2, eval_every=1, checkpoint=tmp_path / "ck.pt", progress=False)
+    with pytest.raises(ValueError, match="'.*ck.pt' is a training checkpoint of nf.fit, not a"):
+        nf.load(tmp_path / "ck.pt")
 
     class Evil:
         def __reduce__(self):

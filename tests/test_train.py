@@ -156,8 +156,17 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
     ):  # fmt: skip
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
     model = nf.save(initial, tmp_path / "model.pt")  # a model file is not a checkpoint
-    with pytest.raises(ValueError, match="model.pt' is not an nfkit checkpoint"):
-        nf.fit(copy.deepcopy(initial), x, checkpoint=model, resume=True, **kwargs)
+    table = tmp_path / "data.csv"
+    table.write_text("a,b\n1,2\n")
+    for resume in (True, False):  # nor overwritten by one
+        with pytest.raises(
+            ValueError, match="model.pt' is a model file \\(nf.save\\), not an nfkit checkpoint"
+        ):
+            nf.fit(copy.deepcopy(initial), x, checkpoint=model, resume=resume, **kwargs)
+        with pytest.raises(ValueError, match="data.csv' exists and is not an nfkit checkpoint; "):
+            nf.fit(copy.deepcopy(initial), x, checkpoint=table, resume=resume, **kwargs)
+    assert nf.load(model).config == initial.config and table.read_text() == "a,b\n1,2\n"
+    nf.fit(copy.deepcopy(initial), x, checkpoint=path, **kwargs)  # an old checkpoint: replaced
 
 
 def test_fit_uses_fused_adamw_with_the_per_op_update(tmp_path, monkeypatch) -> None:

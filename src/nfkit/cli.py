@@ -243,6 +243,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     if args.resume and args.checkpoint is None:
         raise _UserError("--resume continues from --checkpoint PATH; give one")
+    if args.checkpoint is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
+        raise _UserError("--checkpoint and --out name the same file; the model would replace it")
     if args.distributed:
         try:
             device = distributed.init_from_env()

@@ -35,6 +35,7 @@ __all__ = [
 
 FORMAT = "nfkit-model"
 FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "nfkit-checkpoint"  # nf.fit's checkpoints (written by nfkit.train)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -172,6 +173,11 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
     where = "nf.load"
     device = check_device(where, device)
     payload = safe_torch_load(path, where)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{where}: {str(path)!r} is a training checkpoint of nf.fit, not a model file; load "
+            "the file nf.save (nfkit fit --out) wrote, or resume training with resume=True"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{where}: {str(path)!r} is not an nfkit model file (no nfkit header)")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:

@@ -35,12 +35,10 @@ from nfkit._checks import (
 )
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
-from nfkit.io import atomic_save, safe_torch_load
+from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
 from nfkit.tables import as_tensor
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
-
-CHECKPOINT_FORMAT = "nfkit-checkpoint"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -408,16 +406,30 @@ def _initialize_on_first_batch(
     batcher.load_state_dict(first)
 
 
-def _read_checkpoint(where: str, checkpoint: str | os.PathLike[str] | None) -> dict | None:
-    """The checkpoint to resume from (None: no file yet, start fresh), checked to be nfkit's."""
+def _read_checkpoint(
+    where: str, checkpoint: str | os.PathLike[str] | None, resume: bool
+) -> dict | None:
+    """The checkpoint to resume from (None: start fresh). A file already at ``checkpoint`` must
+    be an nfkit checkpoint, resumed or not: training would overwrite it, and a model file, a
+    data file or anything else there is refused instead."""
     if checkpoint is None:
-        raise ValueError(f"{where}: resume=True needs checkpoint=PATH")
+        if resume:
+            raise ValueError(f"{where}: resume=True needs checkpoint=PATH")
+        return None
     if not Path(checkpoint).exists():
         return None
-    state = safe_torch_load(checkpoint, where, map_location="cpu")
+    try:
+        state = safe_torch_load(checkpoint, where, map_location="cpu")
+    except ValueError:  # not a torch file, or a directory
+        state = None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{where}: {str(checkpoint)!r} is not an nfkit checkpoint")
-    return state
+        model = isinstance(state, dict) and state.get("format") == FORMAT
+        what = "is a model file (nf.save), not" if model else "exists and is not"
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} {what} an nfkit checkpoint; "
+            "training would overwrite it: give checkpoint= a path of its own"
+        )
+    return state if resume else None
 
 
 def _checkpoint_state(
@@ -565,7 +577,7 @@ def fit(
     patience = check_positive_int(where, "patience", patience)
     seed = _resolve_seed(seed)
 
-    state = _read_checkpoint(where, checkpoint) if resume else None
+    state = _read_checkpoint(where, checkpoint, resume)
     if state is not None:
         seed = int(state["seed"])
 
