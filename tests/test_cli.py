@@ -154,9 +154,19 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
         capsys, "fit", table / "data.csv", "--resume"
     )
     same = ["--checkpoint", tmp_path / "m.pt", "--out", tmp_path / "m.pt"]
-    assert "--checkpoint and --out name the same file" in _error(
-        capsys, "fit", table / "data.csv", *same
+    assert f"--out {tmp_path / 'm.pt'} is also the --checkpoint; writing it would replace it" in (
+        _error(capsys, "fit", table / "data.csv", *same)
     )
+    # an output that is one of the command's inputs would replace it: refused, inputs intact
+    data = table / "data.csv"
+    before = (data.read_bytes(), model.read_bytes())
+    assert "is also the data" in _error(capsys, "fit", data, "--out", data)
+    assert "is also the data" in _error(capsys, "fit", data, "--checkpoint", data)
+    assert "is also the model" in _error(capsys, "sample", model, "-n", "3", "-o", model)
+    assert "is also the data" in _error(capsys, "score", model, data, "-o", data)
+    assert "is also the model" in _error(capsys, "score", model, data, "-o", model)
+    assert "is also the --data" in _error(capsys, "plot", model, "--data", data, "-o", data)
+    assert (data.read_bytes(), model.read_bytes()) == before
     assert "is a model file (nf.save), not an nfkit checkpoint" in _error(
         capsys, "fit", table / "data.csv", "--checkpoint", model, "--out", tmp_path / "n.pt"
     )

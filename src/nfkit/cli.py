@@ -166,6 +166,16 @@ def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, p
     return torch.tensor([values[g] for g in given], dtype=dtype, device=device)
 
 
+def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> None:
+    """An output path that names one of the command's other files would replace it: refused
+    before anything is read or trained. ``output``, ``inputs``: ``(what, path or None)``."""
+    what, path = output
+    for other, other_path in inputs:
+        if path is not None and other_path is not None:
+            if Path(path).resolve() == Path(other_path).resolve():
+                raise _UserError(f"{what} {path} is also the {other}; writing it would replace it")
+
+
 def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
     """CSV to stdout, or atomically to ``out`` (its folders created)."""
     from nfkit.io import atomic_write
@@ -243,8 +253,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     if args.resume and args.checkpoint is None:
         raise _UserError("--resume continues from --checkpoint PATH; give one")
-    if args.checkpoint is not None and Path(args.checkpoint).resolve() == Path(args.out).resolve():
-        raise _UserError("--checkpoint and --out name the same file; the model would replace it")
+    _refuse_overwriting(
+        ("--out", args.out), ("data", args.data), ("--checkpoint", args.checkpoint)
+    )
+    _refuse_overwriting(("--checkpoint", args.checkpoint), ("data", args.data))
     if args.distributed:
         try:
             device = distributed.init_from_env()
@@ -311,6 +323,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from nfkit.core import dtype_device
 
+    _refuse_overwriting(("-o", args.output), ("model", args.model))
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
@@ -334,6 +347,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     from nfkit.core import dtype_device
 
+    _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     df = _select(_read(args.data, allow_constant=True), columns, args.data)
@@ -382,6 +396,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     import nfkit as nf
 
+    out = args.output or str(Path(args.model).with_suffix(".png"))
+    _refuse_overwriting(("-o", out), ("model", args.model), ("--data", args.data))
     flow = _load_model(args.model)
     columns, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
@@ -389,7 +405,6 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if args.data is not None:
         x = _select(_read(args.data, allow_constant=True, drop_missing=True), columns, args.data)
         x = x[data]
-    out = args.output or str(Path(args.model).with_suffix(".png"))
     kind = args.kind
     if kind == "auto":
         kind = "density" if len(data) <= 2 else "corner"
