@@ -129,6 +129,18 @@ def _moons_frame(n: int = 40) -> pd.DataFrame:
         ("tabs.txt", lambda df, p: df.to_csv(p, index=False, sep="\t")),
         ("decimal-comma.csv", lambda df, p: df.to_csv(p, index=False, sep=";", decimal=",")),
         ("with-index.csv", lambda df, p: df.to_csv(p)),  # pandas' default writes the index
+        (  # the row numbers of a shuffled or filtered frame
+            "shuffled-index.csv",
+            lambda df, p: df.set_axis(3 * np.random.default_rng(0).permutation(len(df))).to_csv(p),
+        ),
+        (
+            "label-index.csv",
+            lambda df, p: df.set_axis([f"r{i}" for i in range(len(df))]).to_csv(p),
+        ),
+        (
+            "date-index.csv",
+            lambda df, p: df.set_axis(pd.date_range("2026-01-01", periods=len(df))).to_csv(p),
+        ),
         ("bom.csv", lambda df, p: df.to_csv(p, index=False, encoding="utf-8-sig")),
         ("crlf.csv", lambda df, p: df.to_csv(p, index=False, lineterminator="\r\n")),
         ("quoted.csv", lambda df, p: df.to_csv(p, index=False, quoting=1)),  # csv.QUOTE_ALL
@@ -179,9 +191,12 @@ def test_headerless_whitespace_table(tmp_path) -> None:
 
 
 def test_an_unnamed_first_column_that_is_not_an_index_is_data(tmp_path) -> None:
-    (tmp_path / "t.csv").write_text(",a\n5,1\n3,2\n9,4\n")
+    (tmp_path / "t.csv").write_text(",a\n5,1\n3,2\n5,4\n")  # repeated values
     got = nf.tables.read_table(tmp_path / "t.csv")
-    assert got.shape == (3, 2) and got.iloc[:, 0].tolist() == [5.0, 3.0, 9.0]
+    assert got.shape == (3, 2) and got.iloc[:, 0].tolist() == [5.0, 3.0, 5.0]
+    (tmp_path / "f.csv").write_text(",a\n0.5,1\n0.25,2\n0.125,4\n")  # distinct floats
+    got = nf.tables.read_table(tmp_path / "f.csv")
+    assert got.shape == (3, 2) and got.iloc[:, 0].tolist() == [0.5, 0.25, 0.125]
 
 
 @pytest.mark.parametrize(

@@ -125,9 +125,9 @@ def _text_format(path: Path, header: bool | None) -> _TextFormat:
 
 def _read_text(path: Path, header: bool | None) -> Any:
     """A CSV, TSV or whitespace-separated text table as a DataFrame (columns as written, or
-    ``x0, x1, …`` without a header). A first column with an empty name holding ``0, 1, …, n-1``
-    (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no values (a
-    separator at the end of every line) are not data and are dropped."""
+    ``x0, x1, …`` without a header). A first column with an empty name and distinct, non-float
+    values (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no
+    values (a separator at the end of every line) are not data and are dropped."""
     import pandas as pd
 
     try:
@@ -176,12 +176,16 @@ def _read_text(path: Path, header: bool | None) -> Any:
 
 
 def _is_row_index(column: Any, position: int) -> bool:
-    """Whether an unnamed column is ``DataFrame.to_csv``'s row index: first, and 0, 1, …, n-1."""
-    values = column.to_numpy()
+    """Whether an unnamed column is the row index ``DataFrame.to_csv`` writes: the first column,
+    its values distinct and not floats (``0 … n-1``, or shuffled or filtered row numbers, labels,
+    dates). Distinct floats are kept: a measurement under a missing name is data."""
+    import pandas as pd
+
     return (
         position == 0
-        and np.issubdtype(values.dtype, np.integer)
-        and np.array_equal(values, np.arange(len(values)))
+        and not pd.api.types.is_float_dtype(column.dtype)
+        and bool(column.notna().all())
+        and bool(column.is_unique)
     )
 
 
@@ -326,7 +330,8 @@ def read_table(
     ``header="a b"`` gives ``# a b``: its names are the header when they fit the rows). The
     first row is a header unless all its fields are numbers (override with ``header``); without
     a header the columns are named ``x0, x1, …``. An unnamed first
-    column holding ``0, 1, …, n-1`` (the index ``DataFrame.to_csv`` writes) and unnamed empty
+    column of distinct non-float values (the index ``DataFrame.to_csv`` writes: row numbers, also
+    shuffled or filtered, labels or dates) and unnamed empty
     columns (a separator ending every line) are dropped; rows longer than the header are an
     error, not shifted into an index. ``.npy``: a 1-D or 2-D numeric array (columns ``x0, …``),
     read with ``allow_pickle=False``. ``.parquet``: needs ``pyarrow``.
