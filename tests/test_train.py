@@ -343,3 +343,16 @@ def test_numpy_integer_settings_train_like_python_ints() -> None:
         )  # fmt: skip
         runs.append((history.train_loss, torch.cat([p.flatten() for p in flow.parameters()])))
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_history_repr_is_one_short_line() -> None:
+    """A notebook cell ending in nf.fit(...) shows the run's outcome, not every step's loss."""
+    h = nf.History(train_loss=[1.0] * 100_000, steps=100_000, best_val=0.5, best_step=90_000)
+    h.stopped_early, h.wall_time = True, 12.34
+    text = repr(h)
+    assert "\n" not in text and len(text) < 200
+    assert text == (
+        "History(steps=100000, last train_loss=1.0000, best_val=0.5000 at step 90000, "
+        "stopped early, wall_time=12.3s)"
+    )
+    assert nf.History.from_dict(h.to_dict()) == h  # the lists are all still there

@@ -82,6 +82,23 @@ class History:
         """Plain types only (safe for ``torch.load(weights_only=True)`` and JSON)."""
         return asdict(self)
 
+    def __repr__(self) -> str:
+        """One line: the run's length and outcome, not its per-step lists (``to_dict`` has
+        those): a notebook cell ending in ``nf.fit(...)`` would print thousands of losses."""
+        parts = [f"steps={self.steps}"]
+        if self.train_loss:
+            parts.append(f"last train_loss={self.train_loss[-1]:.4f}")
+        if self.best_val is not None:
+            parts.append(f"best_val={self.best_val:.4f} at step {self.best_step}")
+        if self.stopped_early:
+            parts.append("stopped early")
+        for name in ("ess", "log_normalizer"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value:.4g}")
+        parts.append(f"wall_time={self.wall_time:.1f}s")
+        return f"History({', '.join(parts)})"
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
