@@ -100,6 +100,32 @@ def test_conditional_round_trip(capsys, table) -> None:
     assert code == 1 and "--given must set exactly g" in err
 
 
+def test_model_options_reach_the_factory(capsys, table, tmp_path) -> None:
+    import nfkit as nf
+
+    model = tmp_path / "o.pt"
+    options = ["--option", "bins=6", "--option", "orders=random", "--option", "batch_norm=true"]
+    fast = ["--steps", "3", "--transforms", "2", "--hidden", "8", "-q"]
+    code, _, _ = _run(capsys, "fit", table / "data.csv", "--out", model, *fast, *options)
+    inner = nf.load(model).config["flow"]
+    assert code == 0 and (inner["bins"], inner["orders"], inner["batch_norm"]) == (
+        6,
+        "random",
+        True,
+    )
+    data = table / "data.csv"
+    for option, message in [
+        ("bogus=1", "nf.models.NSF: got an unexpected keyword argument 'bogus'"),
+        ("bins=2.5", "bins must be an integer >= 1, got 2.5"),
+        ("context=2", "'context' is set by nfkit"),
+        ("hidden=[8]", "'hidden' has its own flag: --hidden"),
+        ("bins", "expected NAME=VALUE like bins=16, got 'bins'"),
+    ]:
+        assert message in _error(capsys, "fit", data, "--out", model, *fast, "--option", option)
+    twice = ["--option", "bins=4", "--option", "bins=5"]
+    assert "--option bins is given more than once" in _error(capsys, "fit", data, *fast, *twice)
+
+
 def test_info_describes_a_saved_model(capsys, table) -> None:
     import json
 

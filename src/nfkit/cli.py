@@ -65,6 +65,24 @@ def _device(text: str) -> str:
     return text
 
 
+def _model_option(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` for the model factory: VALUE as JSON (``16``, ``0.5``, ``true``,
+    ``[32, 32]``), else as a string (``random``)."""
+    import json
+
+    name, sep, value = (part.strip() for part in text.partition("="))
+    if not sep or not name.isidentifier() or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE like bins=16, got {text!r}")
+    if name in ("features", "context", "model"):
+        raise argparse.ArgumentTypeError(f"{name!r} is set by nfkit (the columns, --given)")
+    if name in ("transforms", "hidden"):
+        raise argparse.ArgumentTypeError(f"{name!r} has its own flag: --{name}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
 def _given_values(text: str) -> dict[str, float]:
     """``a=1.5,b=0`` → ``{"a": 1.5, "b": 0.0}``."""
     out: dict[str, float] = {}
@@ -209,12 +227,18 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     c = torch.tensor(df[given].to_numpy(), dtype=torch.float32) if given else None
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    options = dict(args.option or [])
+    names = [name for name, _ in args.option or []]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise _UserError(f"--option {', '.join(repeated)} is given more than once")
     flow = make_flow(
         args.model,
         len(data_cols),
         context=len(given),
         transforms=args.transforms,
         hidden=args.hidden,
+        options=options,
         where="nfkit fit",
     )
     flow = nf.models.standardize(flow, x, c, columns=list(df.columns), given=given)
@@ -437,6 +461,14 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
         "--epochs", type=_positive, default=None, help="passes over the data instead of --steps"
     )
     p.add_argument("--transforms", type=_positive, default=4, help="number of layers (default: 4)")
+    p.add_argument(
+        "--option",
+        type=_model_option,
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other setting of the model's factory, e.g. bins=16, orders=random, "
+        "batch_norm=true (repeatable; see 'nfkit info' of a saved model for the names)",
+    )
     p.add_argument(
         "--hidden", type=_hidden, default=(64, 64), help="hidden widths (default: 64,64)"
     )
