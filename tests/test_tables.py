@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nfkit as nf
-from nfkit.tables import DataError
+from nfkit.tables import DataError, TableNote
 
 
 def _csv(tmp_path, text: str, name: str = "t.csv"):
@@ -167,7 +168,12 @@ def test_text_tables_in_common_dialects_read_the_same(tmp_path, name: str, write
     df = _moons_frame()
     path = tmp_path / name
     write(df, path)
-    got = nf.tables.read_table(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TableNote)
+        got = nf.tables.read_table(path)
+    notes = [str(w.message) for w in caught if w.category is TableNote]
+    assert len(notes) == ("index" in name), notes  # a dropped index column is announced
+    assert all("dropped the unnamed first column, a row index" in n for n in notes)
     assert list(got.columns) == ["a", "b"], name
     np.testing.assert_allclose(got.to_numpy(), df.to_numpy(), rtol=1e-12, err_msg=name)
 
@@ -222,6 +228,10 @@ def test_the_cli_reads_a_semicolon_table(tmp_path, capsys) -> None:
     _moons_frame(200).to_csv(tmp_path / "t.csv", index=False, sep=";", decimal=",")
     code = main(["fit", str(tmp_path / "t.csv"), "--steps", "3", "--out", str(tmp_path / "m.pt")])
     assert code == 0
+    _moons_frame(200).sample(frac=1, random_state=0).to_csv(tmp_path / "i.csv")  # with index
+    code = main(["fit", str(tmp_path / "i.csv"), "--steps", "3", "--out", str(tmp_path / "i.pt")])
+    err = capsys.readouterr().err
+    assert code == 0 and "nfkit: note: " in err and "dropped the unnamed first column" in err
     scores = tmp_path / "s.csv"
     assert main(["score", str(tmp_path / "m.pt"), str(tmp_path / "t.csv"), "-o", str(scores)]) == 0
     assert len(nf.tables.read_table(scores, allow_constant=True)) == 200
@@ -265,6 +275,8 @@ def test_any_table_reads_back_as_written(
     if dialect == "index" and not header:
         kwargs["index"] = False  # without a header an index column is just data
     df.to_csv(path, header=header, **kwargs)
-    got = nf.tables.read_table(path, allow_constant=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TableNote)
+        got = nf.tables.read_table(path, allow_constant=True)
     assert list(got.columns) == (names if header else [f"x{i}" for i in range(cols)])
     np.testing.assert_array_equal(got.to_numpy(), df.to_numpy())

@@ -617,13 +617,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return e.code if isinstance(e.code, int) else 1
+    import warnings
+
     import torch
 
+    from nfkit.tables import TableNote
+
     threads = torch.get_num_threads()
+    show = warnings.showwarning
+
+    def note(message, category, *rest):  # noqa: ANN001, ANN002
+        if issubclass(category, TableNote):
+            print(f"nfkit: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest)
+
     try:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TableNote)
+            warnings.showwarning = note
+            args.func(args)
     except KeyboardInterrupt:
         print("nfkit: interrupted", file=sys.stderr)
         return 130

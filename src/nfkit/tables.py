@@ -22,11 +22,16 @@ from torch import Tensor
 
 from nfkit._checks import one_line
 
-__all__ = ["read_table", "clean_table", "as_tensor", "DataError"]
+__all__ = ["read_table", "clean_table", "as_tensor", "DataError", "TableNote"]
 
 
 class DataError(ValueError):
     """A data file or table that cannot be used; the message is one line naming the problem."""
+
+
+class TableNote(UserWarning):
+    """Something the reader did to a table that its user should hear of (a dropped row-index
+    column); ``nfkit`` prints these as ``nfkit: note: ...``."""
 
 
 # --------------------------------------------------------------------------- text tables
@@ -170,6 +175,13 @@ def _read_text(path: Path, header: bool | None) -> Any:
         for i, name in enumerate(fmt.names[: df.shape[1]])
         if name or not (_is_row_index(df.iloc[:, i], i) or df.iloc[:, i].isna().all())
     ]
+    if keep and keep[0] != 0 and not df.iloc[:, 0].isna().all():
+        warnings.warn(
+            f"{path}: dropped the unnamed first column, a row index (distinct values, as "
+            "DataFrame.to_csv writes it); give it a name to model it",
+            TableNote,
+            stacklevel=3,
+        )
     df = df.iloc[:, keep]
     df.columns = [str(c).strip() for c in df.columns]
     return df
