@@ -69,6 +69,22 @@ def test_fit_sample_score_plot(capsys, table) -> None:
     assert code == 0 and np.allclose(
         pd.read_csv(pd.io.common.StringIO(out))["log_density"], scores["log_density"]
     )
+    # --with-data: the table's own columns (extras too), then the same scores.
+    extra = pd.read_csv(table / "s.csv").assign(id=range(50))
+    extra.to_csv(table / "extra.csv", index=False)
+    code, out, _ = _run(capsys, "score", model, table / "extra.csv", "--with-data")
+    joined = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and list(joined.columns) == ["a", "b", "g", "id", "log_density"]
+    assert (
+        np.allclose(joined["log_density"], scores["log_density"])
+        and (joined["id"] == extra["id"]).all()
+    )
+    code, out, _ = _run(capsys, "score", model, table / "nohead.csv", "--with-data")
+    assert code == 0 and out.splitlines()[0] == "a,b,g,log_density"
+    joined.to_csv(table / "scored.csv", index=False)
+    assert "already has a log_density column" in _error(
+        capsys, "score", model, table / "scored.csv", "--with-data"
+    )
     # Chunked scoring on a named device gives the one-pass scores (to float32 rounding).
     code, out, _ = _run(
         capsys, "score", model, table / "s.csv", "--chunk-size", "7", "--device", "cpu"

@@ -374,13 +374,21 @@ def cmd_score(args: argparse.Namespace) -> None:
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
-    df = _select(_read(args.data, allow_constant=True), columns, args.data)
+    table = _read(args.data, allow_constant=True)
+    df = _select(table, columns, args.data)
+    if args.with_data and "log_density" in table.columns:
+        raise _UserError(
+            f"{args.data}: already has a log_density column; --with-data would repeat it"
+        )
     dtype, device = dtype_device(flow)
     x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
     c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
     with torch.no_grad():
         scores = flow.log_prob(x, c, chunk_size=args.chunk_size)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
+    if args.with_data:  # every column of the table (a header-less one under the model's names)
+        rows = table if set(columns) <= set(table.columns) else df
+        out = pd.concat([rows.reset_index(drop=True), out], axis=1)
     _write_table(out, args.output)
     if args.output:
         print(
@@ -572,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="table with the model's columns (extra columns are ignored)")
     p.add_argument(
         "-o", "--output", default=None, help="CSV file with a log_density column (default: stdout)"
+    )
+    p.add_argument(
+        "--with-data",
+        action="store_true",
+        help="write the table's columns before log_density (rows to rank, e.g. for anomalies)",
     )
     _inference_options(p)
     p.set_defaults(func=cmd_score)
