@@ -95,10 +95,13 @@ def _autoregressive_stack(
     hidden: Any,
     residual: bool,
     activation: str,
-    invert: bool,
+    *,
+    invert: bool = False,
     batch_norm: bool = False,
     orders: str = "alternate",
 ) -> list[Transform]:
+    """``transforms`` :class:`~nfkit.transforms.Autoregressive` layers (inverted for IAF) with
+    their orders, optionally a ``BatchNorm`` between them."""
     hidden = _check_common(where, features, context, transforms, hidden)
     _check_residual(where, residual, hidden)
     orders = _check_orders(where, orders)
@@ -201,9 +204,8 @@ def MAF(
         hidden,
         residual,
         activation,
-        False,
-        batch_norm,
-        orders,
+        batch_norm=batch_norm,
+        orders=orders,
     )
     return _flow(layers, features, context, base)
 
@@ -238,7 +240,7 @@ def IAF(
         hidden,
         residual,
         activation,
-        True,
+        invert=True,
         orders=orders,
     )
     return _flow(layers, features, context, base)
@@ -296,9 +298,8 @@ def NSF(
             hidden,
             residual,
             activation,
-            False,
-            batch_norm,
-            orders,
+            batch_norm=batch_norm,
+            orders=orders,
         )
     return _flow(layers, features, context, base)
 

@@ -63,7 +63,6 @@ def NAF(
         hidden,
         residual,
         activation,
-        False,
         orders=orders,
     )
     return _flow(layers, features, context, base)
