@@ -251,6 +251,17 @@ def test_fit_vi_rejects_bad_settings_in_one_line(kwargs: dict, message: str) -> 
     assert "\n" not in str(err.value)
 
 
+def test_fit_vi_seed_is_an_integer() -> None:
+    """A float seed is refused, not truncated by torch.manual_seed; NumPy integers are seeds."""
+    with pytest.raises(TypeError, match=r"nf.fit_vi: seed must be an int or None, got 1\.5"):
+        nf.fit_vi(_small(), nf.targets.U1, steps=2, progress=False, seed=1.5)
+    runs = []
+    for seed in (3, np.int64(3)):
+        torch.manual_seed(0)
+        runs.append(nf.fit_vi(_small(), nf.targets.U1, steps=3, progress=False, seed=seed))
+    assert runs[0].train_loss == runs[1].train_loss
+
+
 @pytest.mark.parametrize(
     ("log_density", "got"),
     [

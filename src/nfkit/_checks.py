@@ -165,6 +165,29 @@ def as_int(value: object) -> int | None:
         return None
 
 
+def as_ints(value: object) -> tuple[int, ...] | None:
+    """``value`` as a tuple of Python ints if it is a sequence (or 1-d array) of integer-likes
+    (see :func:`as_int`), else None; a string is not such a sequence."""
+    if isinstance(value, str):
+        return None
+    try:
+        items = tuple(as_int(v) for v in value)  # type: ignore[union-attr]
+    except TypeError:
+        return None
+    return None if any(v is None for v in items) else items  # type: ignore[return-value]
+
+
+def resolve_seed(where: str, seed: object) -> int:
+    """``seed`` as a Python int (any integer-like); ``None``: a fresh one drawn from torch's
+    global RNG (so ``torch.manual_seed`` upstream still makes the run reproducible)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()).item())
+    value = as_int(seed)
+    if value is None:
+        raise TypeError(f"{where}: seed must be an int or None, got {shown(seed)}")
+    return value
+
+
 def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:
     """``value`` as a Python int ``>= minimum`` (NumPy integers and 0-d integer tensors too)."""
     number = as_int(value)
@@ -198,17 +221,12 @@ def check_open_interval(where: str, name: str, value: object, low: float, high: 
 def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
     """Hidden widths as a tuple of Python ints (one int, or a sequence or 1-d array of them)."""
     one = as_int(hidden)
-    if one is not None:
-        hidden = (one,)
-    try:
-        widths = tuple(as_int(h) for h in hidden)  # type: ignore[union-attr]
-    except TypeError:
-        widths = ()
-    if not widths or any(h is None or h < 1 for h in widths):
+    widths = (one,) if one is not None else as_ints(hidden)
+    if not widths or any(h < 1 for h in widths):
         raise ValueError(
             f"{where}: hidden must be a sequence of positive ints, got {shown(hidden)}"
         )
-    return widths  # type: ignore[return-value]
+    return widths
 
 
 def check_device(where: str, device: object) -> torch.device | None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from nfkit._checks import (
     Interval,
     as_int,
+    as_ints,
     check_context,
     check_event,
     check_like,
@@ -278,22 +279,14 @@ def _check_chunk(where: str, chunk_size: int | None) -> int | None:
 def _as_shape(shape_or_n: int | Sequence[int] | torch.Size, where: str) -> torch.Size:
     """A sample shape from ``n`` or a tuple of ints (NumPy and 0-d tensor integers too)."""
     n = as_int(shape_or_n)
-    if n is not None:
-        shape: tuple[int | None, ...] = (n,)
-    elif isinstance(shape_or_n, str):
-        shape = (None,)
-    else:
-        try:
-            shape = tuple(as_int(s) for s in shape_or_n)  # type: ignore[union-attr]
-        except TypeError:
-            shape = (None,)
-    if any(s is None for s in shape):
+    shape = (n,) if n is not None else as_ints(shape_or_n)
+    if shape is None:
         raise TypeError(
             f"{where}: expected an int or a shape tuple of ints, got {shown(shape_or_n)}"
         )
-    if any(s < 0 for s in shape):  # type: ignore[operator]
+    if any(s < 0 for s in shape):
         raise ValueError(f"{where}: sample shape must be non-negative, got {shape_str(shape)}")
-    return torch.Size(shape)  # type: ignore[arg-type]
+    return torch.Size(shape)
 
 
 def _check_values() -> bool:

@@ -14,7 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nfkit._checks import as_int, check_number, check_open_interval, check_positive_int, shown
+from nfkit._checks import (
+    check_number,
+    check_open_interval,
+    check_positive_int,
+    resolve_seed,
+)
 from nfkit.tables import read_table as load
 
 __all__ = [
@@ -31,12 +36,7 @@ __all__ = [
 
 
 def _generator(seed: int | None) -> torch.Generator:
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    value = as_int(seed)
-    if value is None:
-        raise TypeError(f"nf.datasets: seed must be an int or None, got {shown(seed)}")
-    return torch.Generator().manual_seed(value)
+    return torch.Generator().manual_seed(resolve_seed("nf.datasets", seed))
 
 
 def _prepare(where: str, n: int, noise: float, seed: int | None) -> torch.Generator:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import as_int, check_positive_int, shown
+from nfkit._checks import as_int, as_ints, check_positive_int, shown
 
 __all__ = [
     "BaseDistribution",
@@ -31,15 +31,12 @@ _LOG_2PI = math.log(2 * math.pi)
 def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
     if as_int(features) is not None:
         return torch.Size((check_positive_int(where, "features", features),))
-    try:
-        dims = tuple(as_int(s) for s in features)  # type: ignore[union-attr]
-    except TypeError:
-        dims = ()
-    if isinstance(features, str) or not dims or any(s is None or s < 1 for s in dims):
+    dims = as_ints(features)
+    if not dims or any(s < 1 for s in dims):
         raise ValueError(
             f"{where}: features must be a positive int or shape, got {shown(features)}"
         )
-    return torch.Size(dims)  # type: ignore[arg-type]
+    return torch.Size(dims)
 
 
 class BaseDistribution(nn.Module):

@@ -170,32 +170,30 @@ def _read_text(path: Path, header: bool | None) -> Any:
     repeated = sorted({c for c in fmt.names if c and fmt.names.count(c) > 1})
     if repeated:  # pandas renames a repeated name to "a.1": look at the header as written
         raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, repeated))}")
-    keep = [
-        i
-        for i, name in enumerate(fmt.names[: df.shape[1]])
-        if name or not (_is_row_index(df.iloc[:, i], i) or df.iloc[:, i].isna().all())
-    ]
-    if keep and keep[0] != 0 and not df.iloc[:, 0].isna().all():
+    unnamed = [i for i, name in enumerate(fmt.names[: df.shape[1]]) if not name]
+    drop = {i for i in unnamed if df.iloc[:, i].isna().all()}  # a separator ending every line
+    if unnamed[:1] == [0] and 0 not in drop and _is_row_index(df.iloc[:, 0]):
+        drop.add(0)
         warnings.warn(
             f"{path}: dropped the unnamed first column, a row index (distinct values, as "
             "DataFrame.to_csv writes it); give it a name to model it",
             TableNote,
             stacklevel=3,
         )
+    keep = [i for i in range(df.shape[1]) if i not in drop]
     df = df.iloc[:, keep]
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
 
-def _is_row_index(column: Any, position: int) -> bool:
-    """Whether an unnamed column is the row index ``DataFrame.to_csv`` writes: the first column,
-    its values distinct and not floats (``0 … n-1``, or shuffled or filtered row numbers, labels,
-    dates). Distinct floats are kept: a measurement under a missing name is data."""
+def _is_row_index(column: Any) -> bool:
+    """Whether an unnamed first column is the row index ``DataFrame.to_csv`` writes: its values
+    distinct and not floats (``0 … n-1``, or shuffled or filtered row numbers, labels, dates).
+    Distinct floats are kept: a measurement under a missing name is data."""
     import pandas as pd
 
     return (
-        position == 0
-        and not pd.api.types.is_float_dtype(column.dtype)
+        not pd.api.types.is_float_dtype(column.dtype)
         and bool(column.notna().all())
         and bool(column.is_unique)
     )

@@ -26,11 +26,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from nfkit._checks import (
-    as_int,
     check_context,
     check_device,
     check_number,
     check_positive_int,
+    resolve_seed,
     shown,
 )
 from nfkit.core import Flow, dtype_device
@@ -169,15 +169,6 @@ class _Batcher:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"]
         self.pos = int(state["pos"])
-
-
-def _resolve_seed(seed: int | None) -> int:
-    if seed is None:
-        return int(torch.randint(0, 2**62, ()).item())
-    value = as_int(seed)
-    if value is None:
-        raise TypeError(f"nf.fit: seed must be an int or None, got {shown(seed)}")
-    return value
 
 
 def _eval_every(where: str, steps: int, eval_every: int | None) -> int:
@@ -592,7 +583,7 @@ def fit(
         raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
     batch_size = check_positive_int(where, "batch_size", batch_size)
     patience = check_positive_int(where, "patience", patience)
-    seed = _resolve_seed(seed)
+    seed = resolve_seed(where, seed)
 
     state = _read_checkpoint(where, checkpoint, resume)
     if state is not None:
@@ -792,6 +783,8 @@ def fit_vi(
         context = context.to(device=dev, dtype=dtype)
     check_context(where, context, flow.context_features)  # width, finite; before any step
     eval_every = _eval_every(where, steps, eval_every)
+    if seed is not None:
+        seed = resolve_seed(where, seed)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
