@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,15 @@ def test_fit_score_sample() -> None:
     np.testing.assert_array_equal(draws, est.sample(200, random_state=1))
     assert abs(draws.mean(0) - x.mean(0)).max() < 1.5
     assert clone(est).get_params() == est.get_params()
+
+
+@pytest.mark.parametrize("model", ["residualflow", "ffjord", "rbig", "nsf"])
+def test_fitted_estimator_pickles(model: str) -> None:
+    """joblib.dump / multiprocessing: a fitted estimator pickles and scores the same after."""
+    x = _moons(200)
+    est = nf.FlowDensity(**{**SMALL, "model": model, "steps": 3}).fit(x)
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.score_samples(x[:20]), est.score_samples(x[:20]))
 
 
 def test_grid_search_and_pipeline() -> None:

@@ -8,8 +8,10 @@ CUDA (skipped without a GPU), and a coverage guard over ``nf.transforms`` and ``
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import pickle
 
 import pytest
 import torch
@@ -150,6 +152,25 @@ def test_transform_cuda(name: str) -> None:
     check_transform(t, x, context, atol_inverse=case.atol_inverse)
 
 
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_transform_pickles(name: str) -> None:
+    """Every transform survives pickle and deepcopy with its weights, dtype and mode."""
+    case = TRANSFORMS[name]
+    d = max(case.features)
+    context_size = CONTEXT if case.context else 0
+    t = _build(case, d, context_size)
+    x = _inputs(t, case, d, (4,))
+    context = _context(case, (4,), bool(context_size))
+    _warm_up(t, case, x, context)
+    z, ladj = t(x, context)
+    for copied in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
+        assert type(copied) is type(t) and not copied.training
+        z2, ladj2 = copied(x, context)
+        assert z2.dtype == torch.float64
+        torch.testing.assert_close(z2, z, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ladj2, ladj, rtol=1e-12, atol=1e-12)
+
+
 def _build_model(case: ModelCase, d: int, context: int) -> nf.Flow:
     torch.manual_seed(0)
     flow = case.make(d, context).double()
@@ -184,6 +205,10 @@ def test_model(name: str, d: int, use_ctx: bool) -> None:
     rebuilt.load_state_dict(flow.state_dict())
     rebuilt.eval()
     torch.testing.assert_close(rebuilt.log_prob(x, context), flow.log_prob(x, context))
+    # Pickling (joblib, multiprocessing, copy) keeps the weights, dtype and mode.
+    unpickled = pickle.loads(pickle.dumps(flow))
+    assert not unpickled.training
+    torch.testing.assert_close(unpickled.log_prob(x, context), flow.log_prob(x, context))
 
 
 def _grid_mass(flow: nf.Flow, half_width: float = 10.0, n: int = 401) -> float:

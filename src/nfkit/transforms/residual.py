@@ -51,6 +51,9 @@ class ResidualBlock(Transform):
     (the generic test uses ``train_first=True``) must first see one forward in train mode after
     its weights change.
 
+    A block pickles (and deep-copies) as its constructor's arguments and its state dict, since
+    torch's parametrized modules refuse pickling; attributes added by hand are not carried.
+
     Log-det ``log det(I + J_g)``, selected by ``logdet`` in train mode and ``eval_logdet`` in eval:
 
     - ``"exact"``: the ``D × D`` Jacobian by ``torch.func.jacrev`` (vmapped over the batch; one
@@ -128,6 +131,18 @@ class ResidualBlock(Transform):
         power_iterations = check_positive_int(
             "ResidualBlock", "power_iterations", power_iterations
         )
+        self._arguments = {
+            "features": d,
+            "context": self.context_features,
+            "hidden": widths,
+            "lipschitz": self.lipschitz,
+            "logdet": logdet,
+            "eval_logdet": eval_logdet,
+            "terms": self.terms,
+            "roulette_p": self.roulette_p,
+            "power_iterations": power_iterations,
+            "max_iter": self.max_iter,
+        }
         sizes = [d, *widths, d]
         self.linears = nn.ModuleList(
             spectral_norm(nn.Linear(a, b), n_power_iterations=power_iterations)
@@ -135,6 +150,21 @@ class ResidualBlock(Transform):
         )
         self.activations = nn.ModuleList(LipSwish() for _ in widths)
         self.context_layer = nn.Linear(context, widths[0], bias=False) if context > 0 else None
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # torch's parametrized modules refuse pickling ("only supported through state_dict()"),
+        # which would make every flow holding a block unpicklable (joblib, multiprocessing,
+        # copy): a block pickles as its constructor's arguments and its state dict instead.
+        return (
+            _rebuild_block,
+            (
+                type(self),
+                self._arguments,
+                self.state_dict(),
+                [m.training for m in self.modules()],
+                [p.requires_grad for p in self.parameters()],
+            ),
+        )
 
     def _weights(self) -> list[tuple[Tensor, Tensor]]:
         # Read each normalized weight once per call: in train mode every read runs (and stores)
@@ -245,3 +275,20 @@ class ResidualBlock(Transform):
             f"features={self.features}, lipschitz={self.lipschitz}, logdet={self.logdet!r}, "
             f"eval_logdet={self.eval_logdet!r}"
         )
+
+
+def _rebuild_block(
+    cls: type[ResidualBlock],
+    arguments: dict,
+    state: dict[str, Tensor],
+    training: list[bool],
+    requires_grad: list[bool],
+) -> ResidualBlock:
+    """Unpickle a :class:`ResidualBlock`: the tensors keep their dtype and device (``assign``)."""
+    block = cls(**arguments)
+    block.load_state_dict(state, assign=True)
+    for module, mode in zip(block.modules(), training, strict=True):
+        module.training = mode
+    for parameter, flag in zip(block.parameters(), requires_grad, strict=True):
+        parameter.requires_grad_(flag)
+    return block
