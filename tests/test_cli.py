@@ -93,6 +93,15 @@ def test_fit_sample_score_plot(capsys, table) -> None:
     assert code == 0 and np.allclose(chunked, scores["log_density"], rtol=0, atol=1e-4)
     code, out, _ = _run(capsys, "sample", model, "-n", "20", "--chunk-size", "6", "--seed", "2")
     assert code == 0 and pd.read_csv(pd.io.common.StringIO(out)).shape == (20, 3)
+    # Output tables in the format their suffix names, compressed ones included.
+    code, out, _ = _run(
+        capsys, "sample", model, "-n", "9", "-o", table / "s.csv.gz", "--seed", "1"
+    )
+    assert code == 0 and pd.read_csv(table / "s.csv.gz", compression="gzip").shape == (9, 3)
+    code, out, _ = _run(capsys, "score", model, table / "s.csv.gz", "-o", table / "sc.tsv.xz")
+    assert code == 0 and list(pd.read_csv(table / "sc.tsv.xz", sep="\t").columns) == [
+        "log_density"
+    ]
     code, out, _ = _run(capsys, "plot", model, "--data", table / "data.csv", "-o", table / "c.png")
     assert code == 0 and (table / "c.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -223,6 +232,14 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
         capsys, "fit", table / "data.csv", "--device", "cudax"
     )
     assert "junk.pt" in _error(capsys, "sample", tmp_path / "junk.pt", "-n", "3")
+    # an output format nfkit does not write is refused before the model is even read
+    assert "s.xlsx: unknown table file type '.xlsx'" in _error(
+        capsys, "sample", tmp_path / "junk.pt", "-n", "3", "-o", tmp_path / "s.xlsx"
+    )
+    assert "only text tables are read and written compressed, not .npy" in _error(
+        capsys, "score", tmp_path / "junk.pt", data, "-o", tmp_path / "s.npy.gz"
+    )
+    assert not (tmp_path / "s.xlsx").exists()
     assert "argument --steps" in _error(capsys, "fit", table / "data.csv", "--steps", "x")
     assert "-n" in _error(capsys, "sample", model)
     assert "invalid choice" in _error(capsys, "frobnicate")

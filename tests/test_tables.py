@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -73,7 +74,7 @@ def test_other_formats_and_file_errors(tmp_path) -> None:
         nf.fit(nf.models.MAF(3, transforms=1, hidden=(4,)), x + 1j, steps=1, progress=False)
     with pytest.raises(FileNotFoundError, match="nope.csv: no such file"):
         nf.datasets.load(tmp_path / "nope.csv")
-    with pytest.raises(DataError, match="unknown file type '.xlsx'"):
+    with pytest.raises(DataError, match="unknown table file type '.xlsx'"):
         nf.datasets.load(_csv(tmp_path, "1", "a.xlsx"))
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81\x82")
     with pytest.raises(DataError, match="bin.csv"):
@@ -113,6 +114,63 @@ def test_file_errors_are_one_line(tmp_path) -> None:
         assert "\n" not in str(info.value)
     with pytest.raises(DataError, match="x: no columns"):
         nf.tables.clean_table(pd.DataFrame(index=range(3)), "x")
+
+
+_WRITTEN = ["t.csv", "t.tsv", "t.txt", "t.csv.gz", "t.tsv.bz2", "t.txt.xz", "t.csv.zip", "t.npy"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *_WRITTEN,
+        pytest.param(
+            "t.parquet",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("pyarrow") is None, reason="the parquet extra"
+            ),
+        ),
+    ],
+)
+def test_write_table_reads_back(tmp_path, name: str) -> None:
+    """``write_table`` writes the format its suffix names; ``read_table`` reads it back."""
+    df = _moons_frame(30)
+    nf.tables.write_table(df, tmp_path / "out" / name)  # folders are created
+    got = nf.tables.read_table(tmp_path / "out" / name)
+    expected = ["x0", "x1"] if name.endswith(".npy") else ["a", "b"]
+    assert list(got.columns) == expected
+    np.testing.assert_array_equal(got.to_numpy(), df.to_numpy())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]  # no temporary file left
+
+
+def test_compressed_text_is_sniffed_like_plain_text(tmp_path) -> None:
+    """Separator, decimal comma and index column are found through the compression."""
+    df = _moons_frame(30)
+    df.to_csv(tmp_path / "t.csv.gz", sep=";", decimal=",")  # with pandas' index column
+    with pytest.warns(TableNote, match="dropped the unnamed first column"):
+        got = nf.tables.read_table(tmp_path / "t.csv.gz")
+    np.testing.assert_array_equal(got.to_numpy(), df.to_numpy())
+
+
+def test_format_refusals_are_one_line(tmp_path) -> None:
+    (tmp_path / "bad.csv.gz").write_text("not gzip")
+    with zipfile.ZipFile(tmp_path / "two.csv.zip", "w") as z:
+        z.writestr("a.csv", "a\n1\n2\n")
+        z.writestr("b.csv", "b\n1\n2\n")
+    cases = [
+        (tmp_path / "bad.csv.gz", "bad.csv.gz: cannot decompress as gzip"),
+        (tmp_path / "two.csv.zip", "two.csv.zip: a .zip table must hold one file, found 2"),
+        (_csv(tmp_path, "a\n1\n", "a.npy.gz"), "a.npy.gz: only text tables are read and "),
+        (_csv(tmp_path, "a\n1\n", "a.gz"), r"a.gz: unknown table file type '.gz'"),
+        (_csv(tmp_path, "a\n1\n", "data"), r"data: unknown table file type '\(none\)'"),
+    ]
+    for path, pattern in cases:
+        with pytest.raises(DataError, match=pattern) as info:
+            nf.tables.read_table(path)
+        assert "\n" not in str(info.value)
+    for name in ("s.xlsx", "s.npy.bz2"):
+        with pytest.raises(DataError, match=name):
+            nf.tables.write_table(_moons_frame(3), tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def _moons_frame(n: int = 40) -> pd.DataFrame:

@@ -194,14 +194,22 @@ def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> No
                 raise _UserError(f"{what} {path} is also the {other}; writing it would replace it")
 
 
+def _check_output_table(out: str | None) -> None:
+    """An output table's suffix names a format nfkit writes: checked before any work."""
+    from nfkit.tables import check_table_path
+
+    if out is not None:
+        check_table_path(out, writing=True)
+
+
 def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
-    """CSV to stdout, or atomically to ``out`` (its folders created)."""
-    from nfkit.io import atomic_write
+    """CSV to stdout, or atomically to ``out`` in the format its suffix names (folders created)."""
+    from nfkit.tables import write_table
 
     if out is None:
         df.to_csv(sys.stdout, index=False)
     else:
-        atomic_write(out, lambda f: df.to_csv(f, index=False))
+        write_table(df, out)
 
 
 # --------------------------------------------------------------------------- commands
@@ -348,6 +356,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from nfkit.core import dtype_device
 
     _refuse_overwriting(("-o", args.output), ("model", args.model))
+    _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
@@ -372,6 +381,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from nfkit.core import dtype_device
 
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
+    _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
     table = _read(args.data, allow_constant=True)
@@ -541,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="fit a density model to a table (.csv, .tsv, .txt, .npy, .parquet)"
     )
     p.add_argument(
-        "data", help="the table: .csv/.tsv/.txt (separator and header detected), .npy or .parquet"
+        "data",
+        help="the table: .csv/.tsv/.txt (separator and header detected; also .gz, .bz2, .xz, "
+        ".zip), .npy or .parquet",
     )
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
     p.add_argument(
@@ -564,7 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a saved model, as CSV")
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
     p.add_argument("-n", type=_positive, required=True, help="number of samples")
-    p.add_argument("-o", "--output", default=None, help="CSV file (default: stdout)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="table file, format by suffix: .csv .tsv .txt (also .gz .bz2 .xz .zip), .parquet, "
+        ".npy (default: CSV to stdout)",
+    )
     p.add_argument(
         "--given",
         type=_given_values,
@@ -579,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
     p.add_argument("data", help="table with the model's columns (extra columns are ignored)")
     p.add_argument(
-        "-o", "--output", default=None, help="CSV file with a log_density column (default: stdout)"
+        "-o",
+        "--output",
+        default=None,
+        help="table with a log_density column, format by suffix as for 'sample' "
+        "(default: CSV to stdout)",
     )
     p.add_argument(
         "--with-data",

@@ -1,16 +1,23 @@
-r"""Tables: reading numeric data files (CSV/TSV/text, ``.npy``, ``.parquet``) and checking them.
+r"""Tables: reading and writing numeric data files (CSV/TSV/text, compressed or not, ``.npy``,
+``.parquet``) and checking them.
 
 Every problem is a :class:`DataError` with one line naming the file and the problem.
-:func:`read_table` is what ``nfkit fit``/``score`` and ``nf.datasets.load`` read files with;
+:func:`read_table` is what ``nfkit fit``/``score`` and ``nf.datasets.load`` read files with, and
+:func:`write_table` what ``nfkit sample``/``score`` write with (the format named by the suffix);
 :func:`as_tensor` turns a Tensor, NumPy array or DataFrame into the float tensor ``nf.fit`` trains on.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
+import lzma
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +29,15 @@ from torch import Tensor
 
 from nfkit._checks import one_line
 
-__all__ = ["read_table", "clean_table", "as_tensor", "DataError", "TableNote"]
+__all__ = [
+    "read_table",
+    "write_table",
+    "check_table_path",
+    "clean_table",
+    "as_tensor",
+    "DataError",
+    "TableNote",
+]
 
 
 class DataError(ValueError):
@@ -32,6 +47,77 @@ class DataError(ValueError):
 class TableNote(UserWarning):
     """Something the reader did to a table that its user should hear of (a dropped row-index
     column); ``nfkit`` prints these as ``nfkit: note: ...``."""
+
+
+# --------------------------------------------------------------------------- file formats
+
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+_SUFFIXES = (*_TEXT_SUFFIXES, ".npy", ".parquet")
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
+
+
+def _table_format(path: Path) -> tuple[str, str | None]:
+    """``(suffix, compression)`` of a table file from its name: ``data.csv.gz`` gives
+    ``(".csv", "gzip")``. An unknown suffix, or compression of a binary format, is a
+    :class:`DataError`."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    compression = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    suffix = (suffixes[-2] if len(suffixes) == 2 else "") if compression else path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        known = ", ".join(_SUFFIXES)
+        named = "".join(suffixes[-2:]) if compression else suffix
+        raise DataError(
+            f"{path}: unknown table file type {named or '(none)'!r}; expected {known}, "
+            "or a text table compressed as .gz, .bz2, .xz or .zip (data.csv.gz)"
+        )
+    if compression and suffix not in _TEXT_SUFFIXES:
+        raise DataError(f"{path}: only text tables are read and written compressed, not {suffix}")
+    return suffix, compression
+
+
+def check_table_path(path: str | os.PathLike[str], *, writing: bool = False) -> None:
+    """Raise :class:`DataError` unless ``path`` names a table format nfkit reads (writes, with
+    ``writing=True``, which also checks that ``pyarrow`` is there for ``.parquet``): so that a
+    command fails before its work, not after."""
+    suffix, _ = _table_format(Path(path))
+    if writing and suffix == ".parquet":
+        _pyarrow(Path(path), "writing")
+
+
+def _pyarrow(path: Path, doing: str) -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: {doing} .parquet files needs pyarrow (pip install 'nfkit[parquet]')"
+        ) from None
+    return pq
+
+
+def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a DataFrame atomically (a temporary file, then a rename) in the format its suffix
+    names: ``.csv``/``.txt`` (commas), ``.tsv`` (tabs), each also compressed as ``.gz``,
+    ``.bz2``, ``.xz`` or ``.zip``; ``.parquet`` (needs ``pyarrow``; column names kept); ``.npy``
+    (a float64 array, names dropped). The row index is not written. What :func:`read_table`
+    reads back as the same table."""
+    from nfkit.io import atomic_write
+
+    path = Path(path)
+    suffix, compression = _table_format(path)
+    if suffix == ".parquet":
+        pq = _pyarrow(path, "writing")
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        return atomic_write(path, lambda f: pq.write_table(table, f))
+    if suffix == ".npy":
+        array = df.to_numpy(dtype=np.float64)
+        return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    options: Any = compression
+    if compression == "zip":  # one member, named as the file without ".zip"
+        options = {"method": "zip", "archive_name": path.stem}
+    sep = "\t" if suffix == ".tsv" else ","
+    return atomic_write(path, lambda f: df.to_csv(f, index=False, sep=sep, compression=options))
 
 
 # --------------------------------------------------------------------------- text tables
@@ -61,10 +147,25 @@ def _fields(line: str, sep: str | None) -> list[str]:
     return next(csv.reader([line], delimiter=sep), [])
 
 
-def _sample_lines(path: Path, limit: int = 50) -> list[str]:
+def _open_text(path: Path, compression: str | None) -> Any:
+    """A UTF-8 text stream of a file, decompressed (a byte-order mark dropped). A ``.zip``
+    archive must hold one file."""
+    text = {"encoding": "utf-8-sig", "newline": ""}
+    if compression == "zip":
+        archive = zipfile.ZipFile(path)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            archive.close()
+            raise DataError(f"{path}: a .zip table must hold one file, found {len(members)}")
+        return io.TextIOWrapper(archive.open(members[0]), **text)
+    opener = {None: open, "gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[compression]
+    return opener(path, "rt", **text)
+
+
+def _sample_lines(path: Path, compression: str | None, limit: int = 50) -> list[str]:
     """The first ``limit`` non-blank lines of a UTF-8 text file (a byte-order mark dropped)."""
     lines: list[str] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with _open_text(path, compression) as f:
         for line in f:
             if line.strip():
                 lines.append(line.rstrip("\r\n"))
@@ -103,16 +204,16 @@ def _is_number(field: str, decimal: str = ".") -> bool:
     return True
 
 
-def _text_format(path: Path, header: bool | None) -> _TextFormat:
+def _text_format(path: Path, header: bool | None, compression: str | None) -> _TextFormat:
     """Separator, decimal mark and header of a text table, from its first 50 non-blank lines.
 
     ``;``-separated files whose numbers use a decimal comma (``1,5;2,25``, as spreadsheets
     write them in many locales) are read with ``decimal=","``.
     """
-    lines = _sample_lines(path)
+    lines = _sample_lines(path, compression)
     comments = bool(lines) and lines[0].lstrip().startswith("#")
     body = [line for line in lines if not line.lstrip().startswith("#")] if comments else lines
-    sep = _separator(body, path.suffix.lower())
+    sep = _separator(body, _table_format(path)[0])
     rows = [_fields(line, sep) for line in body]
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
@@ -128,15 +229,16 @@ def _text_format(path: Path, header: bool | None) -> _TextFormat:
     return _TextFormat(sep, decimal, bool(header), names, comments)
 
 
-def _read_text(path: Path, header: bool | None) -> Any:
-    """A CSV, TSV or whitespace-separated text table as a DataFrame (columns as written, or
+def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
+    """A CSV, TSV or whitespace-separated text table, perhaps compressed, as a DataFrame
+    (columns as written, or
     ``x0, x1, …`` without a header). A first column with an empty name and distinct, non-float
     values (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no
     values (a separator at the end of every line) are not data and are dropped."""
     import pandas as pd
 
     try:
-        fmt = _text_format(path, header)
+        fmt = _text_format(path, header, compression)
         with warnings.catch_warnings():
             # rows longer than the header: pandas would shift the extra fields into the index
             # (index_col=None) or drop them (index_col=False, with this warning)
@@ -150,7 +252,10 @@ def _read_text(path: Path, header: bool | None) -> Any:
                 index_col=False,
                 skipinitialspace=True,
                 encoding="utf-8",
+                compression=compression,
             )
+    except DataError:
+        raise
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file") from None
     except pd.errors.EmptyDataError:
@@ -162,6 +267,12 @@ def _read_text(path: Path, header: bool | None) -> Any:
         ) from None
     except (pd.errors.ParserError, ValueError) as e:
         raise DataError(f"{path}: cannot parse as a table ({one_line(e, 80)})") from None
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as e:
+        if compression is None:
+            raise
+        raise DataError(
+            f"{path}: cannot decompress as {compression} ({one_line(e, 80)})"
+        ) from None
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
         return df
@@ -230,12 +341,7 @@ def _read_npy(path: Path) -> Any:
 
 
 def _read_parquet(path: Path) -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(
-            f"{path}: reading .parquet files needs pyarrow (pip install 'nfkit[parquet]')"
-        ) from None
+    pq = _pyarrow(path, "reading")
     try:
         df = pq.read_table(path).to_pandas()
     except Exception as e:
@@ -329,8 +435,8 @@ def read_table(
     drop_constant: bool = False,
     allow_constant: bool = False,
 ) -> Any:
-    r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, ``.npy``, ``.parquet``) into a float64
-    DataFrame.
+    r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, each also as ``.gz``, ``.bz2``, ``.xz``
+    or a one-file ``.zip``; ``.npy``, ``.parquet``) into a float64 DataFrame.
 
     Text (``.csv``, ``.tsv``, ``.txt``, UTF-8): the separator is found from the first 50
     non-blank lines: tab for ``.tsv``, else the first of tab, ``;``, ``|`` and ``,`` that gives
@@ -364,14 +470,13 @@ def read_table(
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
-    suffix = path.suffix.lower()
-    readers = {s: lambda: _read_text(path, header) for s in (".csv", ".tsv", ".txt")}
-    readers.update({".npy": lambda: _read_npy(path), ".parquet": lambda: _read_parquet(path)})
-    if suffix not in readers:
-        raise DataError(
-            f"{path}: unknown file type {suffix!r}; expected .csv, .tsv, .txt, .npy or .parquet"
-        )
-    df = readers[suffix]()
+    suffix, compression = _table_format(path)
+    if suffix == ".npy":
+        df = _read_npy(path)
+    elif suffix == ".parquet":
+        df = _read_parquet(path)
+    else:
+        df = _read_text(path, header, compression)
     if columns is not None:
         unknown = [c for c in columns if c not in df.columns]
         if unknown:
