@@ -29,6 +29,8 @@ FACTORIES = {
     "MAF-context": lambda: nf.models.MAF(3, context=2, transforms=2, **SMALL),
     "NSF-context": lambda: nf.models.NSF(3, context=2, transforms=2, bins=4, **SMALL),
     "Radial": lambda: nf.models.Radial(3, layers=2, **SMALL),
+    "NCSF": lambda: nf.models.NCSF(3, transforms=2, bins=4, **SMALL),
+    "NCSF-coupling": lambda: nf.models.NCSF(3, transforms=2, bins=4, coupling=True, **SMALL),
 }
 # Planar and Sylvester are explicit in their sampling direction; their density direction is a
 # numerical inverse (``nfkit._numerics.monotone_solve``), whose convergence test syncs with the
@@ -54,7 +56,7 @@ def _context(flow: nf.Flow, n: int) -> torch.Tensor | None:
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_log_prob_and_training_step_one_graph(name: str) -> None:
     flow = FACTORIES[name]()
-    x, c = torch.randn(16, 3), _context(flow, 16)
+    x, c = torch.randn(16, 3).clamp(-3, 3), _context(flow, 16)  # inside NCSF's [-π, π] too
     compiled = torch.compile(flow.log_prob, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, c), flow.log_prob(x, c))
     loss = -compiled(x, c).mean()  # training step: forward compiled, backward through AOT graph

@@ -16,19 +16,23 @@ __all__ = ["Interval", "real", "unit_interval", "positive", "symmetric_unit"]
 
 @dataclass(frozen=True)
 class Interval:
-    """An open interval ``(low, high)`` describing the support of one coordinate."""
+    """An interval ``(low, high)`` describing the support of one coordinate: open, or closed
+    ``[low, high]`` with ``closed=True`` (a circle's coordinate, whose two ends are one point)."""
 
     low: float = -math.inf
     high: float = math.inf
+    closed: bool = False
 
     @property
     def is_real(self) -> bool:
         return self.low == -math.inf and self.high == math.inf
 
     def contains(self, x: Tensor) -> Tensor:
-        """Boolean tensor: which entries of ``x`` lie strictly inside the interval."""
+        """Boolean tensor: which entries of ``x`` lie inside the interval."""
         if self.is_real:
             return torch.ones_like(x, dtype=torch.bool)
+        if self.closed:
+            return (x >= self.low) & (x <= self.high)
         return (x > self.low) & (x < self.high)
 
     def from_real(self, u: Tensor) -> Tensor:
@@ -42,7 +46,11 @@ class Interval:
         return self.low + (self.high - self.low) * torch.sigmoid(u)
 
     def __str__(self) -> str:
-        return "the real line" if self.is_real else f"({self.low:g}, {self.high:g})"
+        if self.is_real:
+            return "the real line"
+        return (
+            f"[{self.low:g}, {self.high:g}]" if self.closed else f"({self.low:g}, {self.high:g})"
+        )
 
 
 real = Interval()

@@ -422,9 +422,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     settings = ", ".join(f"{k}={v}" for k, v in inner.items() if k != "model")
     print(f"{args.model}: {inner['model']}({settings})")
     if config["model"] == "Standardized":
-        print(
-            "  standardized: columns are scaled inside the model; densities in the table's units"
-        )
+        support = flow.transform.domain
+        if support.is_real:
+            print(
+                "  standardized: columns are scaled inside the model; "
+                "densities in the table's units"
+            )
+        else:
+            print(f"  support: {support} per column (not scaled; angles stay in their units)")
     if len(flow.event_shape) == 1:
         _, data, given = _schema(flow)
         print(f"  models: {', '.join(data)}" + (f" given {', '.join(given)}" if given else ""))

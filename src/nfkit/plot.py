@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nfkit._checks import Interval, real
 from nfkit.core import Compose, Flow, dtype_device
 from nfkit.io import atomic_write
 from nfkit.transforms.elementwise import Affine
@@ -118,11 +119,23 @@ def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
     return flow.sample(n, context).reshape(-1, flow.event_shape[0]).double().cpu()
 
 
-def _bounds(points: Tensor, pad: float = 0.15) -> list[tuple[float, float]]:
+def _bounds(
+    points: Tensor, pad: float = 0.15, support: Interval = real
+) -> list[tuple[float, float]]:
+    """The plotting box: the points' 0.5–99.5% range, padded; on a bounded support (a circle)
+    the whole support, so the grid never leaves it."""
+    if math.isfinite(support.low) and math.isfinite(support.high):
+        inset = 0.0 if support.closed else 1e-6 * (support.high - support.low)
+        return [(support.low + inset, support.high - inset)] * points.shape[1]
     lo = torch.quantile(points, 0.005, dim=0)
     hi = torch.quantile(points, 0.995, dim=0)
     width = (hi - lo).clamp_min(1e-6)
-    return [(float(a), float(b)) for a, b in zip(lo - pad * width, hi + pad * width)]
+    lo, hi = lo - pad * width, hi + pad * width
+    if support.low > -math.inf:  # a half-line: stay just inside it
+        lo = lo.clamp_min(support.low + 1e-6 * max(1.0, abs(support.low)))
+    if support.high < math.inf:
+        hi = hi.clamp_max(support.high - 1e-6 * max(1.0, abs(support.high)))
+    return [(float(a), float(b)) for a, b in zip(lo, hi)]
 
 
 def _labels(flow: Flow, columns: Sequence[str] | None, d: int) -> list[str]:
@@ -170,7 +183,7 @@ def density(
     x = _data(data, where, d)
     s = _samples(flow, n, ctx)
     ref = x if x is not None else s
-    box = list(bounds) if bounds is not None else _bounds(ref)
+    box = list(bounds) if bounds is not None else _bounds(ref, support=flow.transform.domain)
     labels = _labels(flow, columns, d)
     like = _like(flow)
     if d == 1:

@@ -6,7 +6,7 @@ live in their own module and register themselves with ``@factory``.
 """
 
 from nfkit.models._registry import FACTORIES, build, factory, make_base
-from nfkit.models.classic import IAF, MAF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
+from nfkit.models.classic import IAF, MAF, NCSF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
 from nfkit.models.gaussianization import RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
@@ -23,6 +23,7 @@ __all__ = [
     "MAF",
     "IAF",
     "NSF",
+    "NCSF",
     "RealNVP",
     "NICE",
     "Planar",

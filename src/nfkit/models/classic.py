@@ -6,12 +6,14 @@ flow of the same architecture (``nf.load`` then fills in the weights).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from nfkit import distributions as D
 from nfkit._checks import check_hidden, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import activation as activation_class
@@ -21,6 +23,7 @@ from nfkit.transforms import (
     AffineTransformer,
     Autoregressive,
     BatchNorm,
+    CircularRQSplineTransformer,
     Coupling,
     Elementwise,
     RQSplineTransformer,
@@ -37,7 +40,7 @@ from nfkit.transforms import (
     Sylvester as SylvesterLayer,
 )
 
-__all__ = ["MAF", "IAF", "NSF", "RealNVP", "NICE", "Planar", "Radial", "Sylvester"]
+__all__ = ["MAF", "IAF", "NSF", "NCSF", "RealNVP", "NICE", "Planar", "Radial", "Sylvester"]
 
 
 def _check_common(
@@ -302,6 +305,60 @@ def NSF(
             orders=orders,
         )
     return _flow(layers, features, context, base)
+
+
+@factory
+def NCSF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 5,
+    bins: int = 8,
+    bound: float = math.pi,
+    hidden: Sequence[int] = (128, 128),
+    coupling: bool = False,
+    residual: bool = False,
+    activation: str = "relu",
+    orders: str = "alternate",
+) -> Flow:
+    r"""Neural circular spline flow: a density on the torus ``[-bound, bound]^D`` (angles).
+
+    Every layer maps each coordinate by a :class:`~nfkit.transforms.CircularRQSplineTransformer`
+    (a circular spline and a rotation, Rezende et al. 2020, arXiv:2002.02428), conditioned
+    autoregressively (a MADE, by default) or by coupling (``coupling=True``); the base is uniform
+    on ``[-bound, bound]^D``, so ``log p(x) = -D log(2 bound) + Σ log|det J|`` and samples stay on
+    the torus. ``bound = π`` for radians, ``180`` for degrees. The conditioners read the angles
+    as they are, so a conditional density may jump where a conditioning angle crosses
+    ``±bound``; each coordinate's own map is C¹ across the seam. Values outside the interval
+    are refused by ``log_prob`` (wrap them first). ``nf.models.standardize`` (so ``nf.fit``'s
+    users, ``nfkit fit`` and ``FlowDensity``) leaves the angles in their units.
+
+    Example:
+        >>> import math, torch
+        >>> import nfkit as nf
+        >>> flow = nf.models.NCSF(2, transforms=2, bins=4, hidden=(16, 16))
+        >>> angles = flow.sample(5)
+        >>> bool((angles.abs() <= math.pi).all()), flow.log_prob(angles).shape
+        (True, torch.Size([5]))
+    """
+    transformer = CircularRQSplineTransformer(bins=bins, bound=bound)
+    if coupling:
+        layers = _coupling_stack(
+            "NCSF", features, transformer, context, transforms, hidden, residual=residual
+        )
+    else:
+        layers = _autoregressive_stack(
+            "NCSF",
+            features,
+            transformer,
+            context,
+            transforms,
+            hidden,
+            residual,
+            activation,
+            orders=orders,
+        )
+    return _flow(layers, features, context, D.Uniform(features, -bound, bound))
 
 
 @factory

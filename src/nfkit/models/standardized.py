@@ -3,7 +3,8 @@ r"""Standardization stored in the model: ``Standardized`` (factory) and ``standa
 A standardized flow is ``p(x | c) = p_inner((x - μ) / σ | (c - m) / s) · Π_i 1/σ_i``: a fixed
 :class:`~nfkit.transforms.Affine` ``z₀ = (x - μ)/σ`` is prepended to the inner flow's transform,
 so ``log_prob`` takes and ``sample`` returns data in the user's units and the log-density includes
-the standardization's Jacobian ``-Σ_i log σ_i``. The context (if any) is standardized by a fixed
+the standardization's Jacobian ``-Σ_i log σ_i``. An inner flow on a bounded support (``NCSF``:
+angles on ``[-π, π]``) keeps ``x`` as it is; only its context is standardized. The context (if any) is standardized by a fixed
 embedding (no Jacobian: the context is conditioned on, not modelled). ``μ, σ, m, s`` are buffers,
 so they travel in ``state_dict`` and ``nf.save``/``nf.load``; ``flow.config`` records the inner
 architecture plus, optionally, the table's column names and which of them are the context.
@@ -38,14 +39,21 @@ class ContextStandardize(nn.Module):
         return (context - self.mean) / self.scale
 
 
+def _scales_x(inner: Flow) -> bool:
+    """Whether ``x`` is standardized: not for a flow on a bounded support (``NCSF``'s angles),
+    whose values mean something in their own units (a circle's ends must stay its ends)."""
+    return inner.transform.domain.is_real
+
+
 def _wrap(inner: Flow, features: int, context: int) -> Flow:
     layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
     embedding: nn.Module | None = inner.embedding
     if context > 0:
         scaler = ContextStandardize(context)
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
-    affine = Affine(torch.zeros(features), torch.ones(features))
-    flow = Flow(Compose(affine, *layers), inner.base, embedding=embedding, context=context)
+    if _scales_x(inner):
+        layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
+    flow = Flow(Compose(*layers), inner.base, embedding=embedding, context=context)
     like = floating_tensor(inner)
     if like is not None:  # the new buffers follow the inner flow's dtype and device
         flow.to(dtype=like.dtype, device=like.device)
@@ -175,11 +183,15 @@ def standardize(
         "columns": None if columns is None else list(columns),
         "given": None if given is None else list(given),
     }
-    affine: Affine = out.transform[0]  # type: ignore[assignment]
-    like = {"dtype": affine.shift.dtype, "device": affine.shift.device}
+    like = {"dtype": mean.dtype, "device": mean.device}
+    like_tensor = floating_tensor(out)
+    if like_tensor is not None:
+        like = {"dtype": like_tensor.dtype, "device": like_tensor.device}
     with torch.no_grad():
-        affine.shift.copy_((-mean / std).to(**like))
-        affine.log_abs_scale.copy_((-std.log()).to(**like))
+        if _scales_x(flow):
+            affine: Affine = out.transform[0]  # type: ignore[assignment]
+            affine.shift.copy_((-mean / std).to(**like))
+            affine.log_abs_scale.copy_((-std.log()).to(**like))
         if context is not None:
             context = as_tensor(context, where, "context")
             cmean, cstd = _stats(where, "context", context, c_labels)

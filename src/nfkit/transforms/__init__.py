@@ -25,6 +25,7 @@ from nfkit.transforms.residual import ResidualBlock
 from nfkit.transforms.transformers import (
     AdditiveTransformer,
     AffineTransformer,
+    CircularRQSplineTransformer,
     RQSplineTransformer,
     Transformer,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "AdditiveTransformer",
     "AffineTransformer",
     "RQSplineTransformer",
+    "CircularRQSplineTransformer",
     "DSFTransformer",
     "UMNNTransformer",
     # fixed elementwise maps

@@ -73,6 +73,7 @@ class Autoregressive(Transform):
                 f"Autoregressive: transformer must be a Transformer, got {shown(transformer)}"
             )
         self.transformer = transformer
+        self.domain = self.codomain = transformer.domain
         self.made = MADE(
             features,
             transformer.num_params,

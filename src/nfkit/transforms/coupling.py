@@ -109,6 +109,7 @@ class Coupling(Transform):
                 f"Coupling: dim counts from the right and must be negative, got {shown(dim)}"
             )
         self.transformer, self.dim, self.event_dim = transformer, dim, -dim
+        self.domain = self.codomain = transformer.domain
         self.register_buffer("mask", mask_t)
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params

@@ -203,6 +203,7 @@ class Elementwise(Transform):
                 f"Elementwise: transformer must be a Transformer, got {shown(transformer)}"
             )
         self.transformer = transformer
+        self.domain = self.codomain = transformer.domain
         self.params = Parameters(features * transformer.num_params, context, hidden)
 
     def _params(self, context: Tensor | None) -> Tensor:

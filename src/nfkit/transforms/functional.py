@@ -24,6 +24,8 @@ __all__ = [
     "untracked",
     "softplus_inverse",
     "rqs",
+    "circular_rqs",
+    "wrap",
     "log_sigmoid_derivative",
     "householder_matrix",
 ]
@@ -265,6 +267,11 @@ def _knots(raw: Tensor, bound: float, min_size: float) -> Tensor:
     return F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
 
 
+def _derivatives(raw: Tensor, min_derivative: float) -> Tensor:
+    """Knot derivatives ``m + softplus(θ + softplus⁻¹(1 - m)) > m``, exactly 1 at ``θ = 0``."""
+    return min_derivative + F.softplus(raw + softplus_inverse(1 - min_derivative))
+
+
 def rqs(
     x: Tensor,
     widths: Tensor,
@@ -296,21 +303,24 @@ def rqs(
     The knot positions and derivatives are stacked in one table ``(*, 3, K + 1)`` and the two
     knots bracketing each input are read with a single ``gather`` (one scatter in backward).
     """
+    d = F.pad(_derivatives(derivatives, min_derivative), (1, 1), value=1.0)
     xk = _knots(widths, bound, min_width)
     yk = _knots(heights, bound, min_height)
-    d = F.pad(
-        min_derivative + F.softplus(derivatives + softplus_inverse(1 - min_derivative)),
-        (1, 1),
-        value=1.0,
-    )
+    return _rqs_on_knots(x, xk, yk, d, bound=bound, inverse=inverse, tails=True)
+
+
+def _rqs_on_knots(
+    x: Tensor, xk: Tensor, yk: Tensor, d: Tensor, *, bound: float, inverse: bool, tails: bool
+) -> tuple[Tensor, Tensor]:
+    """The spline through knots ``(xk, yk)`` with derivatives ``d`` (each ``(*, K + 1)``); with
+    ``tails`` the identity outside ``(-bound, bound)``, else every input is clamped into it."""
     table = torch.stack([xk, yk, d], dim=-2)  # (*, 3, K + 1)
     shape = torch.broadcast_shapes(x.shape, table.shape[:-2])
     x = x.expand(shape)
     table = table.expand(*shape, *table.shape[-2:])
 
-    inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
-    k = widths.shape[-1]
+    k = xk.shape[-1] - 1
     if k == 1:  # a single bin
         idx = torch.zeros(*shape, 1, dtype=torch.long, device=x.device)
     else:
@@ -340,6 +350,60 @@ def rqs(
         denom = s + c2 * xi1
         num = s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
         ladj = 2 * torch.log(denom) - torch.log(num)
-    y = torch.where(inside, y, x)
-    ladj = torch.where(inside, ladj, 0.0)
+    if tails:
+        inside = (x > -bound) & (x < bound)
+        y = torch.where(inside, y, x)
+        ladj = torch.where(inside, ladj, 0.0)
     return y, ladj
+
+
+def wrap(x: Tensor, bound: float) -> Tensor:
+    """``x`` wrapped onto the circle ``[-bound, bound)``: ``((x + bound) mod 2 bound) - bound``
+    (derivative 1 almost everywhere)."""
+    return torch.remainder(x + bound, 2 * bound) - bound
+
+
+def circular_rqs(
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    shift: Tensor,
+    *,
+    bound: float,
+    inverse: bool = False,
+    min_width: float = 1e-3,
+    min_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    r"""Circular rational-quadratic spline: a diffeomorphism of the circle ``[-bound, bound)``.
+
+    ``z = wrap(g(x) + φ)``: ``g`` is a monotone rational-quadratic spline fixing ``±bound`` whose
+    derivatives at the two ends are one learned value ``δ_0 = δ_K``, so ``g`` is C¹ where the
+    circle closes, and ``φ`` a rotation (Rezende et al. 2020, "Normalizing Flows on Tori and
+    Spheres", arXiv:2002.02428). ``log|dz/dx| = log g'(x)``; the inverse
+    ``x = g⁻¹(wrap(z - φ))`` is closed-form (the spline's quadratic root).
+
+    Args:
+        x: Inputs ``(*,)`` in ``[-bound, bound]`` (values outside are clamped, not wrapped:
+            :class:`~nfkit.Flow` refuses them at its boundary).
+        widths, heights: Unconstrained bin logits ``(*, K)``.
+        derivatives: Unconstrained knot derivatives ``(*, K)``: ``δ_0, …, δ_{K-1}``, and
+            ``δ_K = δ_0``.
+        shift: The rotation ``φ`` ``(*,)``, in the units of ``x`` (any real value).
+        bound: Half the circumference.
+        inverse: Evaluate the inverse map instead.
+
+    Returns:
+        ``(z, log|dz/dx|)`` elementwise (``z`` in ``[-bound, bound)``). All parameters zero give
+        the identity.
+    """
+    d = _derivatives(derivatives, min_derivative)
+    d = torch.cat([d, d[..., :1]], dim=-1)
+    xk = _knots(widths, bound, min_width)
+    yk = _knots(heights, bound, min_height)
+    if not inverse:
+        y, ladj = _rqs_on_knots(x, xk, yk, d, bound=bound, inverse=False, tails=False)
+        return wrap(y + shift, bound), ladj
+    y = wrap(x - shift, bound)
+    return _rqs_on_knots(y, xk, yk, d, bound=bound, inverse=True, tails=False)

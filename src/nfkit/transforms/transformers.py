@@ -11,13 +11,14 @@ structure that uses the transformer sums it over the event.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from nfkit._checks import check_number, check_positive_int, shown
-from nfkit.transforms.functional import affine
+from nfkit._checks import Interval, check_number, check_positive_int, real, shown
+from nfkit.transforms.functional import affine, circular_rqs
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "AdditiveTransformer",
     "AffineTransformer",
     "RQSplineTransformer",
+    "CircularRQSplineTransformer",
 ]
 
 
@@ -35,6 +37,13 @@ class Transformer(abc.ABC):
     @abc.abstractmethod
     def num_params(self) -> int:
         """Unconstrained parameters per element."""
+
+    @property
+    def domain(self) -> Interval:
+        """Support of each input (and output) coordinate; the structures holding the
+        transformer (:class:`~nfkit.transforms.Elementwise`, ``Coupling``, ``Autoregressive``)
+        take it as theirs. The real line unless overridden."""
+        return real
 
     @abc.abstractmethod
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,6 +125,18 @@ class AffineTransformer(Transformer):
         return x, log_scale.expand(x.shape)
 
 
+def _check_spline(where: str, spline: RQSplineTransformer | CircularRQSplineTransformer) -> None:
+    check_positive_int(where, "bins", spline.bins)
+    check_number(where, "bound", spline.bound, 0.0)
+    for name in ("min_width", "min_height", "min_derivative"):
+        check_number(where, name, getattr(spline, name), 0.0, inclusive=True)
+    if spline.min_width * spline.bins >= 1 or spline.min_height * spline.bins >= 1:
+        raise ValueError(
+            f"{where}: min_width and min_height must be < 1/bins = {1 / spline.bins:g}, got "
+            f"{spline.min_width:g} and {spline.min_height:g}"
+        )
+
+
 @dataclass(frozen=True)
 class RQSplineTransformer(Transformer):
     r"""Monotone rational-quadratic spline on ``[-bound, bound]`` with identity tails.
@@ -135,16 +156,7 @@ class RQSplineTransformer(Transformer):
     min_derivative: float = 1e-3
 
     def __post_init__(self) -> None:
-        where = "RQSplineTransformer"
-        check_positive_int(where, "bins", self.bins)
-        check_number(where, "bound", self.bound, 0.0)
-        for name in ("min_width", "min_height", "min_derivative"):
-            check_number(where, name, getattr(self, name), 0.0, inclusive=True)
-        if self.min_width * self.bins >= 1 or self.min_height * self.bins >= 1:
-            raise ValueError(
-                f"{where}: min_width and min_height must be < 1/bins = {1 / self.bins:g}, got "
-                f"{self.min_width:g} and {self.min_height:g}"
-            )
+        _check_spline("RQSplineTransformer", self)
 
     @property
     def num_params(self) -> int:
@@ -166,3 +178,59 @@ class RQSplineTransformer(Transformer):
 
     def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
         return rqs_packed_inverse_value(z, params, **self._options())
+
+
+@dataclass(frozen=True)
+class CircularRQSplineTransformer(Transformer):
+    r"""Circular rational-quadratic spline: a diffeomorphism of the circle ``[-bound, bound]``
+    (angles, with ``bound = π``), whose two ends are one point.
+
+    ``z = wrap(g(x) + φ)`` (Rezende et al. 2020, "Normalizing Flows on Tori and Spheres",
+    arXiv:2002.02428): ``g`` is a ``K``-bin monotone spline fixing ``±bound`` with equal
+    derivatives at the two ends (C¹ across the seam), ``φ`` a rotation. Parameters: K width
+    logits, K height logits, K derivatives (``δ_0 = δ_K`` and ``δ_1 … δ_{K-1}``) and ``φ``
+    (``3K + 1``); all zero give the identity. ``log|dz/dx| = log g'(x)``; the inverse
+    ``g⁻¹(wrap(z - φ))`` is closed-form (exact to rounding). Evaluated by
+    :func:`nfkit.transforms.functional.circular_rqs` (plain autograd). Its
+    :attr:`domain` is the closed interval ``[-bound, bound]``: a flow built on it refuses
+    values outside (wrap angles first, e.g. ``torch.remainder(x + π, 2π) - π``).
+    """
+
+    bins: int = 8
+    bound: float = math.pi
+    min_width: float = 1e-3
+    min_height: float = 1e-3
+    min_derivative: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_spline("CircularRQSplineTransformer", self)
+
+    @property
+    def num_params(self) -> int:
+        return 3 * self.bins + 1
+
+    @property
+    def domain(self) -> Interval:
+        return Interval(-self.bound, self.bound, closed=True)
+
+    def _call(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        k = self.bins
+        widths, heights, derivatives, shift = params.split([k, k, k, 1], dim=-1)
+        return circular_rqs(
+            x,
+            widths,
+            heights,
+            derivatives,
+            shift.squeeze(-1),
+            bound=self.bound,
+            inverse=inverse,
+            min_width=self.min_width,
+            min_height=self.min_height,
+            min_derivative=self.min_derivative,
+        )
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._call(x, params, inverse=False)
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._call(z, params, inverse=True)

@@ -1,0 +1,40 @@
+"""Cases for circular splines (angles on [-bound, bound]) and the NCSF factory."""
+
+from __future__ import annotations
+
+import nfkit as nf
+from nfkit import transforms as T
+
+from . import Case, ModelCase
+
+CIRCULAR = T.CircularRQSplineTransformer(bins=5, bound=2.0)
+H = (16, 16)
+
+# Inputs live on the circle, so there are no far tails to feed.
+TRANSFORMS: dict[str, Case] = {
+    "Elementwise-circular": Case(
+        lambda d, c: T.Elementwise(d, CIRCULAR, context=c, hidden=H),
+        context=True,
+        tails=False,
+    ),
+    "Coupling-circular": Case(
+        lambda d, c: T.Coupling(d, CIRCULAR, context=c, hidden=H),
+        context=True,
+        features=(2, 5),
+        tails=False,
+    ),
+    "Autoregressive-circular": Case(
+        lambda d, c: T.Autoregressive(d, CIRCULAR, context=c, hidden=H),
+        context=True,
+        features=(1, 2, 5, 9),
+        tails=False,
+    ),
+}
+
+_SMALL = dict(transforms=2, hidden=H, bins=4)
+MODELS: dict[str, ModelCase] = {
+    "NCSF": ModelCase(lambda d, c: nf.models.NCSF(d, context=c, **_SMALL)),
+    "NCSF-coupling": ModelCase(
+        lambda d, c: nf.models.NCSF(d, context=c, coupling=True, bound=180.0, **_SMALL),
+    ),
+}
