@@ -174,7 +174,7 @@ class LogitPreprocess(Transform):
         >>> z.flatten()  # logit(0.05), 0, logit(0.95)
         tensor([-2.9444,  0.0000,  2.9444])
         >>> t.domain  # the bijection's domain, which contains [0, 17]
-        Interval(low=-0.9444444444444445, high=17.944444444444443)
+        Interval(low=-0.9444444444444445, high=17.944444444444443, closed=False)
     """
 
     def __init__(self, levels: int = 256, alpha: float = 0.05, *, event_dim: int = 3) -> None:

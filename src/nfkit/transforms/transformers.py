@@ -125,20 +125,40 @@ class AffineTransformer(Transformer):
         return x, log_scale.expand(x.shape)
 
 
-def _check_spline(where: str, spline: RQSplineTransformer | CircularRQSplineTransformer) -> None:
-    check_positive_int(where, "bins", spline.bins)
-    check_number(where, "bound", spline.bound, 0.0)
-    for name in ("min_width", "min_height", "min_derivative"):
-        check_number(where, name, getattr(spline, name), 0.0, inclusive=True)
-    if spline.min_width * spline.bins >= 1 or spline.min_height * spline.bins >= 1:
-        raise ValueError(
-            f"{where}: min_width and min_height must be < 1/bins = {1 / spline.bins:g}, got "
-            f"{spline.min_width:g} and {spline.min_height:g}"
-        )
+@dataclass(frozen=True)
+class _Spline(Transformer):
+    """The settings shared by the spline transformers, checked once: ``K = bins`` bins on
+    ``[-bound, bound]`` and the floors of the bin widths, heights and knot derivatives."""
+
+    bins: int = 8
+    bound: float = 5.0
+    min_width: float = 1e-3
+    min_height: float = 1e-3
+    min_derivative: float = 1e-3
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        check_positive_int(where, "bins", self.bins)
+        check_number(where, "bound", self.bound, 0.0)
+        for name in ("min_width", "min_height", "min_derivative"):
+            check_number(where, name, getattr(self, name), 0.0, inclusive=True)
+        if self.min_width * self.bins >= 1 or self.min_height * self.bins >= 1:
+            raise ValueError(
+                f"{where}: min_width and min_height must be < 1/bins = {1 / self.bins:g}, got "
+                f"{self.min_width:g} and {self.min_height:g}"
+            )
+
+    def _options(self) -> dict[str, float]:
+        return {
+            "bound": self.bound,
+            "min_width": self.min_width,
+            "min_height": self.min_height,
+            "min_derivative": self.min_derivative,
+        }
 
 
 @dataclass(frozen=True)
-class RQSplineTransformer(Transformer):
+class RQSplineTransformer(_Spline):
     r"""Monotone rational-quadratic spline on ``[-bound, bound]`` with identity tails.
 
     Neural spline flows (Durkan et al. 2019, arXiv:1906.04032). ``K = bins`` bins; parameters are
@@ -149,26 +169,9 @@ class RQSplineTransformer(Transformer):
     ``nfkit.transforms.functional.rqs`` with fewer ops and a hand-written backward).
     """
 
-    bins: int = 8
-    bound: float = 5.0
-    min_width: float = 1e-3
-    min_height: float = 1e-3
-    min_derivative: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check_spline("RQSplineTransformer", self)
-
     @property
     def num_params(self) -> int:
         return 3 * self.bins - 1
-
-    def _options(self) -> dict[str, float]:
-        return {
-            "bound": self.bound,
-            "min_width": self.min_width,
-            "min_height": self.min_height,
-            "min_derivative": self.min_derivative,
-        }
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return rqs_packed(x, params, inverse=False, **self._options())
@@ -181,7 +184,7 @@ class RQSplineTransformer(Transformer):
 
 
 @dataclass(frozen=True)
-class CircularRQSplineTransformer(Transformer):
+class CircularRQSplineTransformer(_Spline):
     r"""Circular rational-quadratic spline: a diffeomorphism of the circle ``[-bound, bound]``
     (angles, with ``bound = π``), whose two ends are one point.
 
@@ -196,14 +199,7 @@ class CircularRQSplineTransformer(Transformer):
     values outside (wrap angles first, e.g. ``torch.remainder(x + π, 2π) - π``).
     """
 
-    bins: int = 8
     bound: float = math.pi
-    min_width: float = 1e-3
-    min_height: float = 1e-3
-    min_derivative: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check_spline("CircularRQSplineTransformer", self)
 
     @property
     def num_params(self) -> int:
@@ -217,16 +213,7 @@ class CircularRQSplineTransformer(Transformer):
         k = self.bins
         widths, heights, derivatives, shift = params.split([k, k, k, 1], dim=-1)
         return circular_rqs(
-            x,
-            widths,
-            heights,
-            derivatives,
-            shift.squeeze(-1),
-            bound=self.bound,
-            inverse=inverse,
-            min_width=self.min_width,
-            min_height=self.min_height,
-            min_derivative=self.min_derivative,
+            x, widths, heights, derivatives, shift.squeeze(-1), inverse=inverse, **self._options()
         )
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
