@@ -113,3 +113,29 @@ def test_fit_adamw_compares_fused_and_per_op_steps(tmp_path: Path) -> None:
     bad = subprocess.run([*args, "--cells", "moons-Glow"], **run)
     assert bad.returncode != 0 and "unknown cell 'moons-Glow'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_circular_benchmark_writes_every_metric(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "circular.py"
+    args = [sys.executable, str(script), "--features", "2", "--libs", "nfkit", "--hidden", "8"]
+    args += ["--transforms", "2", "--rounds", "1", "--reps", "1", "--steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [*args, "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "circular-cpu.json").read_text())["D=2"]["nfkit"]
+    assert set(result) == {
+        "params",
+        "step_ms",
+        "log_prob_rows_s",
+        "sample_rows_s",
+        "test_ll_per_angle",
+    }
+    assert all(v > 0 for k, v in result.items() if k != "test_ll_per_angle")
+    assert "| D=2 | nfkit |" in (tmp_path / "circular-cpu.md").read_text()

@@ -1,0 +1,145 @@
+r"""Flows on the torus: nfkit's ``NCSF`` beside zuko's ``NCSF``, interleaved round by round.
+
+    python benchmarks/circular.py --features 2,16 --rounds 7 --steps 500
+
+Data: a mixture of two wrapped normals on ``[-π, π]^D`` (one centred at ``+3``, so half its
+mass lies across the seam at ``±π``; correlated coordinates), 16,000 training and 4,000 test
+angles. Both libraries get ``--transforms`` autoregressive layers, MADE hidden ``--hidden``,
+ReLU, ``--bins`` bins, batch 512, Adam (lr 1e-3). zuko's circular spline is a regular spline
+(end derivatives 1) after a half-turn shift (``3K - 1`` parameters per angle); nfkit's has a
+learned end derivative and a learned rotation (``3K + 1``), so the parameter counts differ by
+``2 D`` per layer (printed). Reported: the training step (median ms over rounds), ``log_prob``
+and ``sample`` throughput (4096 rows, no grad), and the test log-likelihood per angle after
+``--steps`` steps from seed 0. Results as Markdown and JSON under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nfkit as nf
+
+
+def torus_data(d: int, n: int, seed: int) -> torch.Tensor:
+    """A two-component mixture of correlated wrapped normals on ``[-π, π]^d`` (float32)."""
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(2, (n, 1), generator=g)
+    centre = torch.where(which == 0, torch.tensor(3.0), torch.tensor(-1.0))
+    shared = torch.randn(n, 1, generator=g)
+    x = centre + 0.4 * shared + 0.3 * torch.randn(n, d, generator=g)
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+def build(lib: str, d: int, args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any]:
+    """``(module, log_prob, sample)`` of one library's NCSF."""
+    hidden = tuple(args.hidden)
+    if lib == "nfkit":
+        flow = nf.models.NCSF(d, transforms=args.transforms, bins=args.bins, hidden=hidden)
+        return flow, flow.log_prob, flow.sample
+    import zuko
+
+    zflow = zuko.flows.NCSF(d, transforms=args.transforms, bins=args.bins, hidden_features=hidden)
+    return zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,))
+
+
+def _seconds(fn: Any, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_cell(d: int, libs: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    train, test = torus_data(d, 16_000, 0), torus_data(d, 4_000, 1)
+    batch = train[:512]
+    models, optimizers, out = {}, {}, {}
+    for lib in libs:
+        torch.manual_seed(0)
+        models[lib] = build(lib, d, args)
+        optimizers[lib] = torch.optim.Adam(models[lib][0].parameters(), lr=1e-3)
+        out[lib] = {"params": sum(p.numel() for p in models[lib][0].parameters())}
+    steps: dict[str, list[float]] = {lib: [] for lib in libs}
+    for r in range(args.rounds):
+        for lib in libs if r % 2 == 0 else libs[::-1]:
+            module, log_prob, _ = models[lib]
+
+            def step(log_prob: Any = log_prob, opt: Any = optimizers[lib]) -> None:
+                loss = -log_prob(batch).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            step()  # warm-up
+            steps[lib].append(_seconds(step, args.reps) * 1e3)
+    for lib in libs:
+        module, log_prob, sample = models[lib]
+        out[lib]["step_ms"] = statistics.median(steps[lib])
+        with torch.no_grad():
+            out[lib]["log_prob_rows_s"] = 4096 / _seconds(lambda f=log_prob: f(test[:4096]), 5)
+            out[lib]["sample_rows_s"] = 4096 / _seconds(lambda f=sample: f(4096), 5)
+    for lib in libs:  # fixed budget from seed 0, each library on the same batches
+        torch.manual_seed(0)
+        module, log_prob, _ = build(lib, d, args)
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(args.steps):
+            loss = -log_prob(train[torch.randint(len(train), (512,), generator=g)]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[lib]["test_ll_per_angle"] = log_prob(test).mean().item() / d
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--features", default="2,16", help="comma-separated D values")
+    p.add_argument("--libs", default="nfkit,zuko")
+    p.add_argument("--transforms", type=int, default=5)
+    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=[128, 128])
+    p.add_argument("--bins", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--reps", type=int, default=10, help="timed steps per round (median)")
+    p.add_argument("--steps", type=int, default=500, help="training steps for the test LL")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    libs = args.libs.split(",")
+    results = {f"D={d}": run_cell(int(d), libs, args) for d in args.features.split(",")}
+    lines = [
+        f"# NCSF on the torus ({', '.join(libs)}; {args.transforms} transforms, hidden "
+        f"{tuple(args.hidden)}, {args.bins} bins, batch 512, {args.threads} thread(s))",
+        "",
+        "| cell | library | parameters | step, ms | log_prob, rows/s | sample, rows/s | "
+        f"test LL per angle after {args.steps} steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell, per_lib in results.items():
+        for lib, r in per_lib.items():
+            lines.append(
+                f"| {cell} | {lib} | {r['params']:,} | {r['step_ms']:.2f} | "
+                f"{r['log_prob_rows_s']:,.0f} | {r['sample_rows_s']:,.0f} | "
+                f"{r['test_ll_per_angle']:.4f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "circular-cpu.md").write_text(text)
+    (out / "circular-cpu.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
