@@ -327,9 +327,9 @@ def NCSF(
     (a circular spline and a rotation, Rezende et al. 2020, arXiv:2002.02428), conditioned
     autoregressively (a MADE, by default) or by coupling (``coupling=True``); the base is uniform
     on ``[-bound, bound]^D``, so ``log p(x) = -D log(2 bound) + Σ log|det J|`` and samples stay on
-    the torus. ``bound = π`` for radians, ``180`` for degrees. The conditioners read the angles
-    as they are, so a conditional density may jump where a conditioning angle crosses
-    ``±bound``; each coordinate's own map is C¹ across the seam. Values outside the interval
+    the torus. ``bound = π`` for radians, ``180`` for degrees. The conditioners read each angle
+    as ``(cos, sin)`` (:func:`~nfkit.nn.periodic_embedding`) and each coordinate's map is C¹
+    across the seam, so the density is continuous on the torus. Values outside the interval
     are refused by ``log_prob`` (wrap them first). ``nf.models.standardize`` (so ``nf.fit``'s
     users, ``nfkit fit`` and ``FlowDensity``) leaves the angles in their units.
 

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_positive_int
-from nfkit.nn.mlp import broadcast_cat
+from nfkit._checks import check_hidden, check_number, check_positive_int
+from nfkit.nn.mlp import broadcast_cat, periodic_embedding
 from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MADE"]
@@ -32,6 +32,9 @@ class MADE(PackedLayers):
         order: A permutation of ``0..D-1``; feature ``i`` has rank ``order[i]``. Default: identity.
         residual: Use masked residual blocks (all hidden widths equal) as in nflows' ResidualMADE.
         activation: Activation module class.
+        period: Inputs are angles of this period: the network reads each as the pair
+            ``(cos 2πx/period, sin 2πx/period)`` (both of the feature's rank), so ``θ`` is a
+            continuous, periodic function of them (circular flows). None: inputs as they are.
 
     From ``D = 8`` (:data:`PARAM_MAJOR_MIN_FEATURES`) the output is stored parameter-major: the
     ``(*batch, D, P)`` result is a transposed view whose ``P`` slices ``θ[..., j]`` are each
@@ -61,8 +64,11 @@ class MADE(PackedLayers):
         order: Sequence[int] | Tensor | None = None,
         residual: bool = False,
         activation: Callable[[], nn.Module] = nn.ReLU,
+        period: float | None = None,
     ) -> None:
         d = check_positive_int("MADE", "features", features)
+        if period is not None:
+            period = check_number("MADE", "period", period, 0.0)
         p = check_positive_int("MADE", "out_per_feature", out_per_feature)
         hidden = check_hidden("MADE", hidden)
         if residual and len(set(hidden)) != 1:
@@ -75,7 +81,8 @@ class MADE(PackedLayers):
         # Degrees: inputs 1..D (context 0); a unit of degree k sees inputs of degree <= k. Hidden
         # degrees cycle over [low, D-1]; with a context, low = 0 so that units seeing the context
         # alone feed the first output (which would otherwise be a constant).
-        deg_in = torch.cat([rank + 1, torch.zeros(context, dtype=torch.long)])
+        embedded = [rank + 1, rank + 1] if period is not None else [rank + 1]  # cos, sin
+        deg_in = torch.cat([*embedded, torch.zeros(context, dtype=torch.long)])
         low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
         deg_hidden = [torch.arange(h) % span + low for h in hidden]
@@ -102,7 +109,7 @@ class MADE(PackedLayers):
             [tuple(m.shape) for m in masks], masks=masks, zero=zero_init, activation=activation
         )
         self.features, self.out_per_feature, self.context = d, p, context
-        self.residual = residual
+        self.residual, self.period = residual, period
         self.register_buffer("rank", rank)
         self._set_settles()
         #: No hidden unit feeds the outputs of the first feature (rank 0): their values are the
@@ -122,6 +129,8 @@ class MADE(PackedLayers):
         the one feature each pass settles.
         """
         layers = self.layers() if layers is None else layers
+        if self.period is not None:
+            x = periodic_embedding(x, self.period)
         h = broadcast_cat(x, context) if self.context else x
         if not self.residual:
             return self.activate(self.chain(h, layers[:-1]))

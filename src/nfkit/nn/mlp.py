@@ -1,4 +1,5 @@
-"""Plain conditioners: :class:`MLP`, :class:`Parameters`, and the one context helper."""
+"""Plain conditioners: :class:`MLP`, :class:`Parameters`, and the input helpers (context,
+angles)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nfkit._checks import check_hidden, check_positive_int
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.packed import PackedLayers
 
-__all__ = ["MLP", "ResNet", "Parameters", "broadcast_cat"]
+__all__ = ["MLP", "ResNet", "Parameters", "broadcast_cat", "periodic_embedding"]
 
 
 def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
@@ -23,6 +24,13 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
     return torch.cat(
         [x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1
     )
+
+
+def periodic_embedding(x: Tensor, period: float) -> Tensor:
+    """Angles ``x (*, D)`` as ``(cos ωx, sin ωx)`` with ``ω = 2π / period``: ``(*, 2D)``, all
+    cosines then all sines. A network on it is a continuous, periodic function of ``x``."""
+    angle = x * (2 * torch.pi / period)
+    return torch.cat([torch.cos(angle), torch.sin(angle)], -1)
 
 
 class MLP(PackedLayers):

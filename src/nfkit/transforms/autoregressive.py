@@ -82,6 +82,7 @@ class Autoregressive(Transform):
             order=order,
             residual=residual,
             activation=activation,
+            period=transformer.period,
         )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

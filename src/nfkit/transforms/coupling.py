@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from nfkit._checks import check_positive_int, shown
 from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
-from nfkit.nn.mlp import MLP, broadcast_cat
+from nfkit.nn.mlp import MLP, broadcast_cat, periodic_embedding
 from nfkit.transforms.functional import sum_event
 from nfkit.transforms.transformers import Transformer
 
@@ -29,7 +29,8 @@ def alternating_mask(features: int, parity: int = 0) -> Tensor:
 
 class MLPConditioner(nn.Module):
     """``θ(x_a, c)``: an :class:`~nfkit.nn.MLP` on ``[x_a, c]`` with zero-initialized output
-    (with residual blocks if ``residual``)."""
+    (with residual blocks if ``residual``). With a ``period``, ``x_a`` are angles, read as
+    ``(cos, sin)`` pairs (:func:`~nfkit.nn.periodic_embedding`)."""
 
     def __init__(
         self,
@@ -38,11 +39,16 @@ class MLPConditioner(nn.Module):
         context: int,
         hidden: Sequence[int],
         residual: bool = False,
+        period: float | None = None,
     ):
         super().__init__()
-        self.net = MLP(in_features + context, out_features, hidden, residual=residual)
+        self.period = period
+        width = in_features * (1 if period is None else 2)
+        self.net = MLP(width + context, out_features, hidden, residual=residual)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.period is not None:
+            x = periodic_embedding(x, self.period)
         return self.net(broadcast_cat(x, context))
 
 
@@ -113,7 +119,9 @@ class Coupling(Transform):
         self.register_buffer("mask", mask_t)
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
-        self.conditioner = conditioner or MLPConditioner(n_a, n_b * p, context, hidden, residual)
+        self.conditioner = conditioner or MLPConditioner(
+            n_a, n_b * p, context, hidden, residual, period=transformer.period
+        )
 
     def _set_indices(self) -> None:
         """The index buffers of the two parts, derived from :attr:`mask` (also after loading)."""

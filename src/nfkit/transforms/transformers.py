@@ -45,6 +45,12 @@ class Transformer(abc.ABC):
         take it as theirs. The real line unless overridden."""
         return real
 
+    @property
+    def period(self) -> float | None:
+        """For angles, their period: the default conditioners of ``Coupling`` and
+        ``Autoregressive`` then read the inputs as ``(cos, sin)`` pairs. None otherwise."""
+        return None
+
     @abc.abstractmethod
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``x (*)``, ``params (*, P)`` → ``(z, log|dz/dx|)``, both ``(*)``."""
@@ -208,6 +214,10 @@ class CircularRQSplineTransformer(_Spline):
     @property
     def domain(self) -> Interval:
         return Interval(-self.bound, self.bound, closed=True)
+
+    @property
+    def period(self) -> float:
+        return 2 * self.bound
 
     def _call(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         k = self.bins
