@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from nfkit.nn import MADE
+from nfkit.nn import MADE, periodic_embedding
 from nfkit.nn.made import PARAM_MAJOR_MIN_FEATURES
 
 
@@ -27,14 +27,19 @@ def _jacobian_support(made: MADE, d: int, context: int = 0) -> torch.Tensor:
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     residual=st.booleans(),
     seed=st.integers(0, 1000),
+    period=st.sampled_from([None, 6.0]),
 )
-def test_outputs_depend_only_on_earlier_inputs(d, hidden, residual, seed) -> None:
+def test_outputs_depend_only_on_earlier_inputs(d, hidden, residual, seed, period) -> None:
+    """Also with angles read as (cos, sin) pairs (``period``): both inputs of a feature carry
+    its rank."""
     torch.manual_seed(seed)
     if residual:
         hidden = [hidden[0]] * len(hidden)
     order = torch.randperm(d)
     # tanh: no dead units, so every allowed dependency of a wide enough network is realized.
-    made = MADE(d, 2, hidden=hidden, order=order, residual=residual, activation=nn.Tanh)
+    made = MADE(
+        d, 2, hidden=hidden, order=order, residual=residual, activation=nn.Tanh, period=period
+    )
     made = made.double()
     with torch.no_grad():  # the zero-initialized layers would hide a broken mask
         made.theta.normal_()
@@ -241,3 +246,22 @@ def test_settles_follow_a_loaded_order() -> None:
     target.load_state_dict(source.state_dict())
     assert target.settles.tolist() == [1, 3, 4, 0, 2] == torch.argsort(source.rank).tolist()
     assert "settles" not in target.state_dict()
+
+
+def test_periodic_inputs_make_a_periodic_network() -> None:
+    """``period``: θ(x) = θ(x + period e_j) for every feature j, and the embedding is the
+    (cos, sin) pair of each angle."""
+    torch.manual_seed(0)
+    made = MADE(3, 2, hidden=(8,), period=4.0, context=1).double()
+    with torch.no_grad():
+        made.theta.normal_()
+    x, c = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    for j in range(3):
+        shifted = x.clone()
+        shifted[:, j] += 4.0
+        torch.testing.assert_close(made(shifted, c), made(x, c), rtol=0, atol=1e-12)
+    embedded = periodic_embedding(x, 4.0)
+    angle = x * torch.pi / 2
+    torch.testing.assert_close(embedded, torch.cat([angle.cos(), angle.sin()], -1))
+    with pytest.raises(ValueError, match="MADE: period"):
+        MADE(3, 2, period=0.0)
