@@ -114,7 +114,15 @@ def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
     inside = domain.contains(x)
     if not bool(inside.all()):
         bad = x[~inside].flatten()[0].item()
-        raise ValueError(f"{where}: {name} has values outside the support {domain} (e.g. {bad:g})")
+        hint = ""
+        if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):
+            hint = (
+                "; for angles, wrap them into it, or give the model bound=180 for degrees "
+                "(nfkit fit: --option bound=180)"
+            )
+        raise ValueError(
+            f"{where}: {name} has values outside the support {domain} (e.g. {bad:g}){hint}"
+        )
 
 
 def check_context(

@@ -135,4 +135,6 @@ def test_flow_density_and_cli_on_angles(tmp_path, capsys) -> None:
     )
     (tmp_path / "deg.csv").write_text("phi,psi\n170,10\n-20,30\n")
     assert main(["score", model, str(tmp_path / "deg.csv")]) == 1
-    assert "outside the support" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outside the support" in err and "--option bound=180" in err
+    assert len(err.strip().splitlines()) == 1
