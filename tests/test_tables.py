@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import warnings
 import zipfile
 
@@ -338,3 +339,16 @@ def test_any_table_reads_back_as_written(
         got = nf.tables.read_table(path, allow_constant=True)
     assert list(got.columns) == (names if header else [f"x{i}" for i in range(cols)])
     np.testing.assert_array_equal(got.to_numpy(), df.to_numpy())
+
+
+def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch) -> None:
+    """Without the parquet extra, writing (and reading) .parquet names the extra to install,
+    and the output check refuses before any work."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=r"s.parquet: writing .parquet files needs pyarrow"):
+        nf.tables.check_table_path(tmp_path / "s.parquet", writing=True)
+    with pytest.raises(DataError, match=r"needs pyarrow \(pip install 'nfkit\[parquet\]'\)"):
+        nf.tables.write_table(_moons_frame(3), tmp_path / "s.parquet")
+    assert not (tmp_path / "s.parquet").exists()
+    nf.tables.check_table_path(tmp_path / "s.csv.gz", writing=True)  # text needs no extra
