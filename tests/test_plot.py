@@ -78,3 +78,23 @@ def test_empty_history_draws_without_warnings(tmp_path) -> None:
         warnings.simplefilter("error")  # matplotlib's "No artists with labels" among them
         nf.plot.history(nf.History(), tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_torus_is_drawn_inside_its_support(tmp_path) -> None:
+    """NCSF: the density grid and the layer panels stay on [-π, π]² (a grid outside it would
+    be refused by log_prob), no warnings, the base named by its class and support."""
+    import math
+    import warnings
+
+    torch.manual_seed(0)
+    flow = nf.models.NCSF(2, transforms=2, hidden=(8,), bins=3)
+    nf.testing.perturb_parameters(flow, 0.5, 0)
+    data = torch.remainder(torch.randn(200, 2) * 2 + math.pi, 2 * math.pi) - math.pi
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nf.plot.density(flow, data, n=200, resolution=20, path=tmp_path / "d.png")
+        nf.plot.layers(flow, n=200, path=tmp_path / "l.png")
+    for name in ("d.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert nf.plot._base_name(flow) == "Uniform on [-3.14159, 3.14159]"
+    assert nf.plot._base_name(nf.models.MAF(2, transforms=1, hidden=(4,))) == "N(0, I)"

@@ -361,6 +361,15 @@ def history(
 
 
 @torch.no_grad()
+def _base_name(flow: Flow) -> str:
+    """``N(0, I)`` for the standard normal base, else the base's class and its support."""
+    name = type(flow.base).__name__
+    if name == "StandardNormal":
+        return "N(0, I)"
+    support = flow.transform.codomain
+    return name if support.is_real else f"{name} on {support}"
+
+
 def layers(
     flow: Flow,
     *,
@@ -392,19 +401,26 @@ def layers(
             torch.manual_seed(seed)
         z = flow.base.sample((n,), ctx)
     hue = torch.atan2(z[:, j], z[:, i]) if d >= 2 else z[:, 0]
-    # Grid lines in the base (2-D only): 9 lines each way over [-2.5, 2.5].
+    # Grid lines in the base (2-D only): 9 lines each way over [-2.5, 2.5], or over the base's
+    # support when it is bounded (a torus), just inside its ends.
     lines = None
     if d == 2:
-        t = torch.linspace(-2.5, 2.5, 200, dtype=torch.float64)
-        ticks = torch.linspace(-2.5, 2.5, 9, dtype=torch.float64)
+        support = flow.transform.codomain
+        lo, hi = -2.5, 2.5
+        if math.isfinite(support.low) and math.isfinite(support.high):
+            inset = 0.01 * (support.high - support.low)
+            lo, hi = support.low + inset, support.high - inset
+        t = torch.linspace(lo, hi, 200, dtype=torch.float64)
+        ticks = torch.linspace(lo, hi, 9, dtype=torch.float64)
         horizontal = torch.stack([t.expand(9, -1), ticks[:, None].expand(-1, 200)], -1)
         lines = torch.cat([horizontal, horizontal.flip(-1)]).reshape(-1, 2).to(**like)
     states = [(z, lines)]
     names = ["base"]
     for layer in reversed(parts):
-        z, _ = layer.inverse(z, ctx)
-        if lines is not None:
-            lines, _ = layer.inverse(lines, ctx)
+        with torch.no_grad():  # figures need values only (layers that differentiate inside
+            z, _ = layer.inverse(z, ctx)  # switch autograd back on themselves)
+            if lines is not None:
+                lines, _ = layer.inverse(lines, ctx)
         states.append((z, lines))
         label = type(layer).__name__
         if isinstance(layer, Affine) and len(names) == len(parts):
@@ -427,6 +443,11 @@ def layers(
         a.set_axis_on()
         if grid is not None:
             gl = grid.double().cpu().reshape(18, 200, 2)
+            support = flow.transform.codomain
+            if math.isfinite(support.low) and math.isfinite(support.high):
+                # on a torus a line that wraps jumps across the panel: break it there
+                jump = (gl.diff(dim=1).abs() > (support.high - support.low) / 2).any(-1)
+                gl[:, 1:][jump] = math.nan
             for line in gl:
                 a.plot(*_np(line).T, color="#bbbbbb", lw=0.5)
         if d >= 2:
@@ -437,7 +458,7 @@ def layers(
         a.set_xlim(*lim[0])
         if d >= 2:
             a.set_ylim(*lim[1])
-        a.set_title(f"{k}: {names[k]}" if k else "base N(0, I)", fontsize=9)
+        a.set_title(f"{k}: {names[k]}" if k else f"base {_base_name(flow)}", fontsize=9)
         a.tick_params(labelsize=7)
     fig.suptitle("base samples through the inverse layers (last panel: model samples)")
     return _finish(fig, path)
