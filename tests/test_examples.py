@@ -20,6 +20,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "vi.py": ("vi_energies.png",),
     "anomaly.py": ("anomaly.png",),
     "rbig.py": ("rbig_layers.png", "rbig_flow.png"),
+    "angles.py": ("angles.png",),
     "glow_digits.py": ("glow_digits_samples.png",),
 }
 
