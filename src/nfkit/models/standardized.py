@@ -4,7 +4,7 @@ A standardized flow is ``p(x | c) = p_inner((x - μ) / σ | (c - m) / s) · Π_i
 :class:`~nfkit.transforms.Affine` ``z₀ = (x - μ)/σ`` is prepended to the inner flow's transform,
 so ``log_prob`` takes and ``sample`` returns data in the user's units and the log-density includes
 the standardization's Jacobian ``-Σ_i log σ_i``. An inner flow on a bounded support (``NCSF``:
-angles on ``[-π, π]``) keeps ``x`` as it is; only its context is standardized. The context (if any) is standardized by a fixed
+angles on ``[-π, π]``) keeps ``x`` as it is. The context (if any) is standardized by a fixed
 embedding (no Jacobian: the context is conditioned on, not modelled). ``μ, σ, m, s`` are buffers,
 so they travel in ``state_dict`` and ``nf.save``/``nf.load``; ``flow.config`` records the inner
 architecture plus, optionally, the table's column names and which of them are the context.
@@ -133,7 +133,9 @@ def standardize(
 ) -> Flow:
     r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
 
-    ``μ`` and ``σ`` are the per-column mean and (population) standard deviation of ``x``. The
+    ``μ`` and ``σ`` are the per-column mean and (population) standard deviation of ``x``
+    (not used for a flow on a bounded support, such as ``NCSF``'s angles: ``x`` stays as it is
+    and only the context is standardized). The
     returned flow shares the inner flow's modules; its ``config`` rebuilds it with
     ``nf.models.build`` and its ``state_dict`` holds the statistics.
 
