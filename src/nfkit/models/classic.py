@@ -154,6 +154,31 @@ def _coupling_stack(
     return _with_batch_norm(layers, features, batch_norm)
 
 
+def _spline_stack(
+    where: str,
+    features: int,
+    transformer: Transformer,
+    context: int,
+    transforms: int,
+    hidden: Any,
+    coupling: bool,
+    residual: bool,
+    activation: str,
+    batch_norm: bool,
+    orders: str,
+) -> list[Transform]:
+    """The layers of a spline flow (``NSF``, ``NCSF``): coupling layers when ``coupling`` (where
+    ``activation`` and ``orders`` do not apply), else autoregressive ones."""
+    if coupling:
+        return _coupling_stack(
+            where, features, transformer, context, transforms, hidden, batch_norm, residual
+        )
+    return _autoregressive_stack(
+        where, features, transformer, context, transforms, hidden, residual, activation,
+        batch_norm=batch_norm, orders=orders,
+    )  # fmt: skip
+
+
 @factory
 def MAF(
     features: int,
@@ -287,23 +312,10 @@ def NSF(
         True
     """
     transformer = RQSplineTransformer(bins=bins, bound=bound)
-    if coupling:
-        layers = _coupling_stack(
-            "NSF", features, transformer, context, transforms, hidden, batch_norm, residual
-        )
-    else:
-        layers = _autoregressive_stack(
-            "NSF",
-            features,
-            transformer,
-            context,
-            transforms,
-            hidden,
-            residual,
-            activation,
-            batch_norm=batch_norm,
-            orders=orders,
-        )
+    layers = _spline_stack(
+        "NSF", features, transformer, context, transforms, hidden, coupling, residual,
+        activation, batch_norm, orders,
+    )  # fmt: skip
     return _flow(layers, features, context, base)
 
 
@@ -342,22 +354,10 @@ def NCSF(
         (True, torch.Size([5]))
     """
     transformer = CircularRQSplineTransformer(bins=bins, bound=bound)
-    if coupling:
-        layers = _coupling_stack(
-            "NCSF", features, transformer, context, transforms, hidden, residual=residual
-        )
-    else:
-        layers = _autoregressive_stack(
-            "NCSF",
-            features,
-            transformer,
-            context,
-            transforms,
-            hidden,
-            residual,
-            activation,
-            orders=orders,
-        )
+    layers = _spline_stack(
+        "NCSF", features, transformer, context, transforms, hidden, coupling, residual,
+        activation, False, orders,
+    )  # fmt: skip
     return _flow(layers, features, context, D.Uniform(features, -bound, bound))
 
 
