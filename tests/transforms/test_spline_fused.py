@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfkit.transforms.functional import rqs
+from nfkit.transforms.functional import circular_spline, rqs
 from nfkit.transforms.spline_fused import (
     _knots,
     _transposed_copy,
@@ -19,26 +19,30 @@ settings.register_profile("nfkit", deadline=None, max_examples=40)
 settings.load_profile("nfkit")
 
 
-def _reference(x, params, bound, inverse=False, mins=(1e-3, 1e-3, 1e-3)):
-    k = (params.shape[-1] + 1) // 3
-    w, h, d = params.split([k, k, k - 1], dim=-1)
-    return rqs(
+def _reference(x, params, bound, inverse=False, mins=(1e-3, 1e-3, 1e-3), circular=False):
+    k = params.shape[-1] // 3 if circular else (params.shape[-1] + 1) // 3
+    w, h, d = params.split([k, k, params.shape[-1] - 2 * k], dim=-1)
+    return (circular_spline if circular else rqs)(
         x, w, h, d, bound=bound, inverse=inverse,
         min_width=mins[0], min_height=mins[1], min_derivative=mins[2],
     )  # fmt: skip
 
 
-def _packed(x, params, bound, inverse=False, mins=(1e-3, 1e-3, 1e-3)):
+def _packed(x, params, bound, inverse=False, mins=(1e-3, 1e-3, 1e-3), circular=False):
     return rqs_packed(
-        x, params, bound=bound, inverse=inverse,
+        x, params, bound=bound, inverse=inverse, circular=circular,
         min_width=mins[0], min_height=mins[1], min_derivative=mins[2],
     )  # fmt: skip
 
 
-def _inputs(seed: int, n: int, d: int, bins: int, scale: float, bound: float):
-    """Points inside, outside, on ±bound and on interior knots; parameters at ``scale``."""
+def _inputs(
+    seed: int, n: int, d: int, bins: int, scale: float, bound: float, circular: bool = False
+):
+    """Points inside, outside, on ±bound and on interior knots; parameters at ``scale``
+    (``3K`` of them for the circular spline, ``3K - 1`` else)."""
     g = torch.Generator().manual_seed(seed)
-    params = torch.randn(n, d, 3 * bins - 1, generator=g, dtype=torch.float64) * scale
+    size = 3 * bins if circular else 3 * bins - 1
+    params = torch.randn(n, d, size, generator=g, dtype=torch.float64) * scale
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * bound
     x[0, 0], x[1 % n, -1], x[2 % n, 0] = bound, -bound, 3 * bound
     return x, params
@@ -51,13 +55,18 @@ def _inputs(seed: int, n: int, d: int, bins: int, scale: float, bound: float):
     bound=st.floats(0.5, 8.0),
     mins=st.sampled_from([(1e-3, 1e-3, 1e-3), (0.05, 0.01, 0.2)]),
     inverse=st.booleans(),
+    circular=st.booleans(),
 )
-def test_values_match_reference(seed, bins, scale, bound, mins, inverse) -> None:
-    x, params = _inputs(seed, 16, 3, bins, scale, bound)
-    y_ref, l_ref = _reference(x, params, bound, inverse, mins)
-    y, ladj = _packed(x, params, bound, inverse, mins)
+def test_values_match_reference(seed, bins, scale, bound, mins, inverse, circular) -> None:
+    """Also the circular spline (``δ_0`` at both ends, inputs beyond ±bound clamped)."""
+    x, params = _inputs(seed, 16, 3, bins, scale, bound, circular)
+    y_ref, l_ref = _reference(x, params, bound, inverse, mins, circular)
+    y, ladj = _packed(x, params, bound, inverse, mins, circular)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(ladj, l_ref, rtol=1e-9, atol=1e-9)
+    inner = x.abs() < bound if circular else torch.ones_like(x, dtype=torch.bool)
+    torch.testing.assert_close(ladj[inner], l_ref[inner], rtol=1e-9, atol=1e-9)
+    # a circle's ends (and inputs clamped to them): ξ at 0 or 1, the two round differently
+    torch.testing.assert_close(ladj[~inner], l_ref[~inner], rtol=1e-7, atol=1e-7)
 
 
 @given(
@@ -66,19 +75,25 @@ def test_values_match_reference(seed, bins, scale, bound, mins, inverse) -> None
     scale=st.floats(0.0, 3.0),
     mins=st.sampled_from([(1e-3, 1e-3, 1e-3), (0.05, 0.01, 0.2)]),
     inverse=st.booleans(),
+    circular=st.booleans(),
 )
-def test_gradients_match_reference(seed, bins, scale, mins, inverse) -> None:
+def test_gradients_match_reference(seed, bins, scale, mins, inverse, circular) -> None:
     """The hand-written backward equals autograd through the reference, for x and all params.
 
-    Forward: the chain rule through the knots; inverse: the implicit function theorem.
+    Forward: the chain rule through the knots; inverse: the implicit function theorem. Circular:
+    ``δ_0``'s gradient gathers both ends'.
     """
-    x, params = _inputs(seed, 12, 3, bins, scale, 4.0)
+    x, params = _inputs(seed, 12, 3, bins, scale, 4.0, circular)
     g = torch.Generator().manual_seed(seed + 1)
     gy, gl = torch.randn(2, 12, 3, generator=g, dtype=torch.float64)
+    if circular:  # inputs on or beyond ±bound sit on the clamp (a measure-zero set on a circle,
+        # where the reference's clamp of ξ rounds differently): no cotangent from them
+        edge = x.abs() >= 4.0
+        gy, gl = gy.masked_fill(edge, 0.0), gl.masked_fill(edge, 0.0)
     grads = []
     for fn in (_reference, _packed):
         xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
-        out = fn(xr, pr, 4.0, inverse, mins)
+        out = fn(xr, pr, 4.0, inverse, mins, circular)
         grads.append(torch.autograd.grad(out, (xr, pr), (gy, gl)))
     for ours, ref in zip(grads[1], grads[0]):
         torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-9)
@@ -103,13 +118,16 @@ def test_layouts_and_broadcasting() -> None:
     torch.testing.assert_close(gp, gp2)
 
 
+@pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("layout", ["parameter-major", "feature-major"])
-def test_parameter_gradient_takes_the_parameters_layout(inverse: bool, layout: str) -> None:
+def test_parameter_gradient_takes_the_parameters_layout(
+    inverse: bool, layout: str, circular: bool
+) -> None:
     """The gradient of parameter-major params (a MADE's transposed output view) comes back in
     their own strides, so the view's backward needs no copy; feature-major params get the
     gradient as before. Values equal the reference's in both."""
-    x, params = _inputs(7, 10, 4, 6, 1.5, 3.0)
+    x, params = _inputs(7, 10, 4, 6, 1.5, 3.0, circular)
     leaf = params.clone().requires_grad_()
     view = (
         leaf.transpose(-1, -2).contiguous().transpose(-1, -2)
@@ -125,9 +143,11 @@ def test_parameter_gradient_takes_the_parameters_layout(inverse: bool, layout: s
     view.register_hook(keep)  # the gradient exactly as the spline returns it
     g = torch.Generator().manual_seed(8)
     gy, gl = torch.randn(2, 10, 4, generator=g, dtype=torch.float64)
-    (gp,) = torch.autograd.grad(_packed(x, view, 3.0, inverse), leaf, (gy, gl))
+    out = _packed(x, view, 3.0, inverse, circular=circular)
+    (gp,) = torch.autograd.grad(out, leaf, (gy, gl))
     ref_p = params.clone().requires_grad_()
-    (gp_ref,) = torch.autograd.grad(_reference(x, ref_p, 3.0, inverse), ref_p, (gy, gl))
+    ref = _reference(x, ref_p, 3.0, inverse, circular=circular)
+    (gp_ref,) = torch.autograd.grad(ref, ref_p, (gy, gl))
     torch.testing.assert_close(gp, gp_ref, rtol=1e-8, atol=1e-9)
     if layout == "parameter-major":
         assert grads["spline"].stride() == view.stride()
@@ -135,13 +155,14 @@ def test_parameter_gradient_takes_the_parameters_layout(inverse: bool, layout: s
         assert grads["spline"].stride(-1) != 1  # rows contiguous; the view's backward copies
 
 
+@pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("layout", ["expanded", "one row", "per feature"])
-def test_parameters_shared_across_the_batch(inverse: bool, layout: str) -> None:
+def test_parameters_shared_across_the_batch(inverse: bool, layout: str, circular: bool) -> None:
     """Shared parameters build the per-bin table once (stride-0 dims are narrowed to size 1) and
     read it per input: values and gradients equal the reference on the materialized parameters.
     """
-    x, params = _inputs(5, 9, 3, 7, 2.0, 3.0)
+    x, params = _inputs(5, 9, 3, 7, 2.0, 3.0, circular)
     base = {"expanded": params[0, 0], "one row": params[0, 0], "per feature": params[0]}[layout]
     leaf = base.clone().requires_grad_()
     shared = {
@@ -155,10 +176,11 @@ def test_parameters_shared_across_the_batch(inverse: bool, layout: str) -> None:
     xr, xr2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.no_grad():
         torch.testing.assert_close(
-            _packed(x, shared, 3.0, inverse), _reference(x, dense, 3.0, inverse)
+            _packed(x, shared, 3.0, inverse, circular=circular),
+            _reference(x, dense, 3.0, inverse, circular=circular),
         )
-    out = _packed(xr, shared, 3.0, inverse)
-    ref = _reference(xr2, dense, 3.0, inverse)
+    out = _packed(xr, shared, 3.0, inverse, circular=circular)
+    ref = _reference(xr2, dense, 3.0, inverse, circular=circular)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     gx, gp = torch.autograd.grad(out, (xr, leaf), (gy, gl))
     gx2, gd = torch.autograd.grad(ref, (xr2, dense), (gy, gl))
@@ -166,15 +188,16 @@ def test_parameters_shared_across_the_batch(inverse: bool, layout: str) -> None:
     torch.testing.assert_close(gp, gd.sum_to_size(leaf.shape))
 
 
+@pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_gradcheck_and_double_backward(inverse: bool) -> None:
+def test_gradcheck_and_double_backward(inverse: bool, circular: bool) -> None:
     """First derivatives by finite differences; second derivatives go through the reference."""
-    x, params = _inputs(3, 4, 2, 5, 1.0, 3.0)
+    x, params = _inputs(3, 4, 2, 5, 1.0, 3.0, circular)
     x = x[3:].clone().requires_grad_()  # interior points: finite differences need smoothness
     p = params[3:].clone().requires_grad_()
 
     def fn(a, b):
-        return _packed(a, b, 3.0, inverse)
+        return _packed(a, b, 3.0, inverse, circular=circular)
 
     assert torch.autograd.gradcheck(fn, (x, p))
     assert torch.autograd.gradgradcheck(fn, (x, p))
@@ -268,12 +291,13 @@ def test_large_parameters_take_the_tiled_transpose_with_the_same_result(inverse:
     assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("layout", ["per input", "param-major", "expanded", "one row"])
 @pytest.mark.parametrize("grad", [False, True])
-def test_inverse_value_equals_the_inverse(layout: str, grad: bool) -> None:
+def test_inverse_value_equals_the_inverse(layout: str, grad: bool, circular: bool) -> None:
     """The value-only inverse (sampling) is the inverse's first output, bitwise without autograd;
     with autograd it is that output and its gradient."""
-    x, params = _inputs(7, 9, 3, 6, 2.0, 3.0)
+    x, params = _inputs(7, 9, 3, 6, 2.0, 3.0, circular)
     params = {
         "per input": params,
         "param-major": params.movedim(-1, 0).contiguous().movedim(0, -1),
@@ -281,6 +305,7 @@ def test_inverse_value_equals_the_inverse(layout: str, grad: bool) -> None:
         "one row": params[0, 0],
     }[layout]
     kw = {"bound": 3.0, "min_width": 1e-3, "min_height": 2e-3, "min_derivative": 1e-3}
+    kw["circular"] = circular
     if not grad:
         with torch.no_grad():
             value = rqs_packed_inverse_value(x, params, **kw)
@@ -289,13 +314,12 @@ def test_inverse_value_equals_the_inverse(layout: str, grad: bool) -> None:
         return
     xr = x.clone().requires_grad_()
     value = rqs_packed_inverse_value(xr, params, **kw)
-    want = _reference(x.clone().requires_grad_(), params, 3.0, True, (1e-3, 2e-3, 1e-3))[0]
+    mins = (1e-3, 2e-3, 1e-3)
+    want = _reference(x.clone().requires_grad_(), params, 3.0, True, mins, circular)[0]
     torch.testing.assert_close(value, want)
     (gx,) = torch.autograd.grad(value.sum(), xr)
     x2 = x.clone().requires_grad_()
-    (gx2,) = torch.autograd.grad(
-        _reference(x2, params, 3.0, True, (1e-3, 2e-3, 1e-3))[0].sum(), x2
-    )
+    (gx2,) = torch.autograd.grad(_reference(x2, params, 3.0, True, mins, circular)[0].sum(), x2)
     torch.testing.assert_close(gx, gx2)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "softplus_inverse",
     "rqs",
     "circular_rqs",
+    "circular_spline",
     "wrap",
     "log_sigmoid_derivative",
     "householder_matrix",
@@ -398,12 +399,31 @@ def circular_rqs(
         ``(z, log|dz/dx|)`` elementwise (``z`` in ``[-bound, bound)``). All parameters zero give
         the identity.
     """
+    mins = {"min_width": min_width, "min_height": min_height, "min_derivative": min_derivative}
+    if not inverse:
+        y, ladj = circular_spline(x, widths, heights, derivatives, bound=bound, **mins)
+        return wrap(y + shift, bound), ladj
+    y = wrap(x - shift, bound)
+    return circular_spline(y, widths, heights, derivatives, bound=bound, inverse=True, **mins)
+
+
+def circular_spline(
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    *,
+    bound: float,
+    inverse: bool = False,
+    min_width: float = 1e-3,
+    min_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """The spline ``g`` of :func:`circular_rqs` alone (no rotation): it fixes ``±bound``, with
+    derivatives ``δ_0`` at both ends (``derivatives (*, K)``: ``δ_0 … δ_{K-1}``); every input is
+    clamped into ``[-bound, bound]`` (no identity tails)."""
     d = _derivatives(derivatives, min_derivative)
     d = torch.cat([d, d[..., :1]], dim=-1)
     xk = _knots(widths, bound, min_width)
     yk = _knots(heights, bound, min_height)
-    if not inverse:
-        y, ladj = _rqs_on_knots(x, xk, yk, d, bound=bound, inverse=False, tails=False)
-        return wrap(y + shift, bound), ladj
-    y = wrap(x - shift, bound)
-    return _rqs_on_knots(y, xk, yk, d, bound=bound, inverse=True, tails=False)
+    return _rqs_on_knots(x, xk, yk, d, bound=bound, inverse=inverse, tails=False)

@@ -37,19 +37,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit._shapes import broadcast_shapes
-from nfkit.transforms.functional import plain_ops_only, rqs, softplus_inverse
+from nfkit.transforms.functional import circular_spline, plain_ops_only, rqs, softplus_inverse
 
 __all__ = ["rqs_packed", "rqs_packed_inverse_value"]
 
 Mins = tuple[float, float, float]
 
 
+def _bins(params: Tensor, circular: bool) -> int:
+    """``K`` from the packed size: ``3K - 1`` (interior derivatives), ``3K`` when circular."""
+    return params.shape[-1] // 3 if circular else (params.shape[-1] + 1) // 3
+
+
 def _reference(
-    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool
+    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, circular: bool = False
 ) -> tuple[Tensor, Tensor]:
-    k = (params.shape[-1] + 1) // 3
-    w, h, d = params.split([k, k, k - 1], dim=-1)
-    return rqs(
+    k = _bins(params, circular)
+    w, h, d = params.split([k, k, params.shape[-1] - 2 * k], dim=-1)
+    spline = circular_spline if circular else rqs
+    return spline(
         x, w, h, d, bound=bound, inverse=inverse,
         min_width=mins[0], min_height=mins[1], min_derivative=mins[2],
     )  # fmt: skip
@@ -88,8 +94,12 @@ def _locals(
     inverse: bool,
     backward: bool = True,
     ladj: bool = True,
+    circular: bool = False,
 ) -> dict[str, Any]:
     """The bin of each input and the spline's local quantities there (no autograd recording).
+
+    ``circular``: ``K`` derivatives ``δ_0 … δ_{K-1}`` with ``δ_K = δ_0`` (the circular spline's
+    ``g``), and every input inside (clamped: no identity tails).
 
     ``backward=False`` (a no-grad call) skips the locals only the backward reads, and ``p``
     in the inverse direction; ``ladj=False`` (with ``inverse`` and no backward) also those of
@@ -102,7 +112,7 @@ def _locals(
     Parameters shared across the batch keep size-1 dims (``_shared_view``): their per-bin table
     is built once and read at each input's bin.
     """
-    k = (params.shape[-1] + 1) // 3
+    k = _bins(params, circular)
     shape = broadcast_shapes(x.shape, params.shape[:-1])
     x = x.expand(shape)
     pt = _shared_view(params, len(shape)).movedim(-1, 0)  # (3K - 1, *pb); pb broadcasts to shape
@@ -118,7 +128,12 @@ def _locals(
         size = torch.addcmul(beta, frac, alpha)
     right = _knots(size, bound)  # (2, K, *pb): knots 1..K of x and y
     # derivatives δ_0..δ_K: interior m + softplus(θ + softplus⁻¹(1 - m)); raw 0 at the ends gives 1
-    t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(softplus_inverse(1 - mins[2]))
+    if circular:  # δ_0 … δ_{K-1}, δ_0
+        t = torch.cat([pt[2 * k :], pt[2 * k : 2 * k + 1]]).add_(softplus_inverse(1 - mins[2]))
+    else:
+        t = F.pad(pt[2 * k :], (0, 0) * (pt.dim() - 1) + (1, 1)).add_(
+            softplus_inverse(1 - mins[2])
+        )
     xc = x.clamp(-bound, bound)
     # searchsorted (right=True) as a count of knots <= x; counted in uint8 (at most K - 1), which
     # CPU sums ~10x faster than bool into int64, then widened for the gathers
@@ -155,14 +170,16 @@ def _locals(
         sdy = s * dy
         disc = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0)
         xi = (sdy + sdy).div_(b + disc.sqrt_()).clamp_(0, 1)
+    # no tails on a circle: every input (clamped) is the spline's, its ends included
+    inside = torch.ones_like(x, dtype=torch.bool) if circular else x.abs() < bound
     if not ladj:
-        return dict(x=x, inside=x.abs() < bound, xi=xi, x0=x0, wk=wk)
+        return dict(x=x, inside=inside, xi=xi, x0=x0, wk=wk)
     om = 1 - xi
     xi1 = xi * om
     xi2 = xi * xi
     om2 = om * om
     v = dict(
-        x=x, inside=x.abs() < bound, xi=xi, xi1=xi1, s=s, c=c, q=torch.addcmul(s, c, xi1),
+        x=x, inside=inside, xi=xi, xi1=xi1, s=s, c=c, q=torch.addcmul(s, c, xi1),
         r=torch.addcmul(d1 * xi2, s, xi1, value=2).addcmul_(d0, om2),
         x0=x0, wk=wk, y0=y0, hk=hk, lefts=lefts, sizes=sizes,
     )  # fmt: skip
@@ -170,6 +187,9 @@ def _locals(
         v["p"] = torch.addcmul(s * xi2, d0, xi1)
     if backward:
         v.update(d0=d0, d1=d1, idx=idx, frac=frac, t=t, pair=pair, om=om, xi2=xi2, om2=om2)
+        # circular: an input beyond ±bound was clamped, so its own gradient is 0
+        v["clamped"] = x.abs() > bound if circular else None
+        v["circular"] = circular
     return v
 
 
@@ -247,6 +267,8 @@ def _backward(
     g_w = torch.addcmul(g_xi * xi, g_s, s).div_(wk).neg_()
     g_xw = g_xi / wk
     gx = torch.where(inside, g_xw, gy)
+    if v["clamped"] is not None:
+        gx = gx.masked_fill_(v["clamped"], 0.0)
     # Knot k (left of the bin) of x gets -g_ξ/w - g_w, knot k+1 gets g_w (y: gy - g_h and g_h);
     # the end knots are constants. With knot j = -B + Σ_{i<j} size_i and size_i = α f_i + β
     # (f = softmax(θ) per row): ∂L/∂f_i = α (g_both [i < k] + g_right [i = k]), where g_both =
@@ -269,9 +291,14 @@ def _backward(
     g_logit.scatter_(1, idx.expand_as(neg_dot).unsqueeze(1), at_k.unsqueeze(1))
     grad = _rows_like(params, idx.shape[1:])
     torch.mul(frac, g_logit, out=grad[: 2 * k].unflatten(0, (2, k)))
-    # derivatives: δ_k gets g_d0 and δ_{k+1} g_d1 (rows of the padded table; the ends are 1)
+    # derivatives: δ_k gets g_d0 and δ_{k+1} g_d1 (rows of the padded table; the ends are 1,
+    # or, circular, δ_K is δ_0: its gradient joins δ_0's)
     g_t = grad.new_zeros(k + 1, *idx.shape[1:]).scatter_add_(0, pair, torch.stack([g_d0, g_d1]))
-    torch.mul(g_t[1:-1], torch.sigmoid(v["t"][1:-1]), out=grad[2 * k :])
+    if v["circular"]:
+        g_t[0] += g_t[k]
+        torch.mul(g_t[:-1], torch.sigmoid(v["t"][:-1]), out=grad[2 * k :])
+    else:
+        torch.mul(g_t[1:-1], torch.sigmoid(v["t"][1:-1]), out=grad[2 * k :])
     return gx, grad.movedim(0, -1)
 
 
@@ -320,7 +347,8 @@ def _inverse_backward(
     slope = (s * s * r).div_(q * q)  # f'(x)
     gbar = (gx - gl * dlog_dx).div_(slope)
     _, gp = _backward(v, bound, mins, -gbar, -gl, params)
-    return torch.where(v["inside"], gbar, gx), gp
+    gy = torch.where(v["inside"], gbar, gx)
+    return (gy if v["clamped"] is None else gy.masked_fill_(v["clamped"], 0.0)), gp
 
 
 def _half_r_xi(v: dict[str, Any], u: Tensor) -> Tensor:
@@ -330,12 +358,19 @@ def _half_r_xi(v: dict[str, Any], u: Tensor) -> Tensor:
 
 
 def _reference_vjp(
-    x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool, gy: Tensor, gl: Tensor
+    x: Tensor,
+    params: Tensor,
+    bound: float,
+    mins: Mins,
+    inverse: bool,
+    circular: bool,
+    gy: Tensor,
+    gl: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The VJP through the reference, differentiable (the saved inputs carry their history)."""
     xr = x if x.requires_grad else x.detach().requires_grad_()
     pr = params if params.requires_grad else params.detach().requires_grad_()
-    out = _reference(xr, pr, bound, mins, inverse)
+    out = _reference(xr, pr, bound, mins, inverse, circular)
     gx, gp = torch.autograd.grad(out, (xr, pr), (gy, gl), create_graph=True)
     return gx, gp
 
@@ -350,9 +385,15 @@ class _PackedSpline(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, params: Tensor, bound: float, mins: Mins, inverse: bool
+        ctx: Any,
+        x: Tensor,
+        params: Tensor,
+        bound: float,
+        mins: Mins,
+        inverse: bool,
+        circular: bool,
     ) -> tuple[Tensor, Tensor]:
-        v = _locals(x, params, bound, mins, inverse)
+        v = _locals(x, params, bound, mins, inverse, circular=circular)
         out = _value(v, inverse)
         del v["x"]  # an input: only the version-checked copy below is kept
         ctx.save_for_backward(x, params)  # for double backward, and in-place checks
@@ -363,12 +404,13 @@ class _PackedSpline(torch.autograd.Function):
     def backward(ctx: Any, gy: Tensor, gl: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, params = ctx.saved_tensors
         if torch.is_grad_enabled():
-            gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, ctx.inverse, gy, gl)
+            circular = ctx.locals["circular"]
+            gx, gp = _reference_vjp(x, params, ctx.bound, ctx.mins, ctx.inverse, circular, gy, gl)
         elif ctx.inverse:
             gx, gp = _inverse_backward(ctx.locals, ctx.bound, ctx.mins, gy, gl, params)
         else:
             gx, gp = _backward(ctx.locals, ctx.bound, ctx.mins, gy, gl, params)
-        return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None, None
+        return gx.sum_to_size(x.shape), gp.sum_to_size(params.shape), None, None, None, None
 
 
 def rqs_packed(
@@ -380,20 +422,24 @@ def rqs_packed(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_derivative: float = 1e-3,
+    circular: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """:func:`~nfkit.transforms.functional.rqs` from packed ``params (*, 3K - 1)``.
 
     ``params`` holds the ``K`` width logits, ``K`` height logits and ``K - 1`` interior
     derivatives, in that order; ``x`` broadcasts against ``params.shape[:-1]``. Same values and
-    gradients as the reference; faster on CPU (fewer ops, a hand-written backward).
+    gradients as the reference; faster on CPU (fewer ops, a hand-written backward). With
+    ``circular``, :func:`~nfkit.transforms.functional.circular_spline` from ``(*, 3K)``: ``K``
+    derivatives, ``δ_0`` at both ends, no tails.
     """
     mins = (min_width, min_height, min_derivative)
-    if params.shape[-1] < 5 or plain_ops_only():
+    if _bins(params, circular) < 2 or plain_ops_only():
         # one bin; or let inductor fuse the reference; or torch.func (vmap, grad, jacrev) over it
-        return _reference(x, params, bound, mins, inverse)
+        return _reference(x, params, bound, mins, inverse, circular)
     if not _needs_grad(x, params):
-        return _value(_locals(x, params, bound, mins, inverse, backward=False), inverse)
-    return _PackedSpline.apply(x, params, bound, mins, inverse)
+        v = _locals(x, params, bound, mins, inverse, backward=False, circular=circular)
+        return _value(v, inverse)
+    return _PackedSpline.apply(x, params, bound, mins, inverse, circular)
 
 
 def _needs_grad(x: Tensor, params: Tensor) -> bool:
@@ -408,6 +454,7 @@ def rqs_packed_inverse_value(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_derivative: float = 1e-3,
+    circular: bool = False,
 ) -> Tensor:
     """``rqs_packed(z, params, inverse=True, ...)[0]``, the inverse's value alone (sampling).
 
@@ -415,7 +462,8 @@ def rqs_packed_inverse_value(
     184 µs per call); otherwise it is :func:`rqs_packed`'s value.
     """
     kw = dict(min_width=min_width, min_height=min_height, min_derivative=min_derivative)
-    if params.shape[-1] < 5 or plain_ops_only() or _needs_grad(z, params):
-        return rqs_packed(z, params, bound=bound, inverse=True, **kw)[0]
-    v = _locals(z, params, bound, (min_width, min_height, min_derivative), True, False, False)
+    if _bins(params, circular) < 2 or plain_ops_only() or _needs_grad(z, params):
+        return rqs_packed(z, params, bound=bound, inverse=True, circular=circular, **kw)[0]
+    mins = (min_width, min_height, min_derivative)
+    v = _locals(z, params, bound, mins, True, False, False, circular=circular)
     return torch.where(v["inside"], _inverse_y(v), v["x"])

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from nfkit._checks import Interval, check_number, check_positive_int, real, shown
-from nfkit.transforms.functional import affine, circular_rqs
+from nfkit.transforms.functional import affine, wrap
 from nfkit.transforms.spline_fused import rqs_packed, rqs_packed_inverse_value
 
 __all__ = [
@@ -199,8 +199,9 @@ class CircularRQSplineTransformer(_Spline):
     derivatives at the two ends (C¹ across the seam), ``φ`` a rotation. Parameters: K width
     logits, K height logits, K derivatives (``δ_0 = δ_K`` and ``δ_1 … δ_{K-1}``) and ``φ``
     (``3K + 1``); all zero give the identity. ``log|dz/dx| = log g'(x)``; the inverse
-    ``g⁻¹(wrap(z - φ))`` is closed-form (exact to rounding). Evaluated by
-    :func:`nfkit.transforms.functional.circular_rqs` (plain autograd). Its
+    ``g⁻¹(wrap(z - φ))`` is closed-form (exact to rounding). ``g`` is evaluated by the fused
+    spline (``rqs_packed(..., circular=True)``: the values and gradients of the reference
+    :func:`nfkit.transforms.functional.circular_rqs` with a hand-written backward). Its
     :attr:`domain` is the closed interval ``[-bound, bound]``: a flow built on it refuses
     values outside (wrap angles first, e.g. ``torch.remainder(x + π, 2π) - π``).
     """
@@ -219,15 +220,22 @@ class CircularRQSplineTransformer(_Spline):
     def period(self) -> float:
         return 2 * self.bound
 
-    def _call(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        k = self.bins
-        widths, heights, derivatives, shift = params.split([k, k, k, 1], dim=-1)
-        return circular_rqs(
-            x, widths, heights, derivatives, shift.squeeze(-1), inverse=inverse, **self._options()
-        )
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """The spline's ``3K`` packed parameters and the rotation ``φ``."""
+        spline, shift = params.split([3 * self.bins, 1], dim=-1)
+        return spline, shift.squeeze(-1)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._call(x, params, inverse=False)
+        spline, shift = self._split(params)
+        y, ladj = rqs_packed(x, spline, circular=True, **self._options())
+        return wrap(y + shift, self.bound), ladj
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._call(z, params, inverse=True)
+        spline, shift = self._split(params)
+        y = wrap(z - shift, self.bound)
+        return rqs_packed(y, spline, inverse=True, circular=True, **self._options())
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        spline, shift = self._split(params)
+        y = wrap(z - shift, self.bound)
+        return rqs_packed_inverse_value(y, spline, circular=True, **self._options())
