@@ -18,7 +18,10 @@ al. 2019, arXiv:1906.04032, eqs. 4 and 5):
   ``K`` bins: one select and one product over ``(2, K, *batch)``;
 * that gradient is written in the layout of the parameters when their rows are contiguous there
   (a parameter-major MADE output), so the producing views' backward makes no copy;
-* ``δ_j = m + softplus(θ_{j-1})`` for the interior derivatives.
+* ``δ_j = m + softplus(θ_{j-1})`` for the interior derivatives;
+* ``circular=True`` (the circular spline's ``g``, :func:`~nfkit.transforms.functional.circular_spline`):
+  ``3K`` parameters, ``K`` derivatives with ``δ_K = δ_0`` (the last row's gradient joins the
+  first's), no identity tails (inputs are clamped to ``[-B, B]``).
 
 Values and first derivatives equal the reference to rounding (the tests compare both in float64).
 Higher derivatives (``create_graph=True``) are delegated to the reference, recomputed from the
