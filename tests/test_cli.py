@@ -285,3 +285,35 @@ def test_unexpected_failures_are_one_line(capsys, monkeypatch, raised, code, mes
     monkeypatch.delenv("NFKIT_DEBUG", raising=False)
     assert main(["sample", "m.pt", "-n", "3"]) == code
     assert capsys.readouterr().err == message
+
+
+def test_bounds_keep_samples_inside_the_supports(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "share": rng.uniform(0.01, 0.99, 400),
+            "price": rng.lognormal(3, 1, 400),
+            "z": rng.normal(size=400),
+        }
+    )
+    df.to_csv(tmp_path / "b.csv", index=False)
+    model = tmp_path / "b.pt"
+    code, _, _ = _run(
+        capsys, "fit", tmp_path / "b.csv", "--bounds", "share=0:1,price=0:", "--out", model, *FAST
+    )
+    assert code == 0
+    code, out, _ = _run(capsys, "info", model)
+    assert code == 0 and "bounds: per column (0, 1), (0, inf), the real line" in out
+    code, out, _ = _run(capsys, "sample", model, "-n", "500", "--seed", "0")
+    draws = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and draws["share"].between(0, 1, inclusive="neither").all()
+    assert (draws["price"] > 0).all()
+    assert "--bounds column(s) 'nope' are not modelled columns" in _error(
+        capsys, "fit", tmp_path / "b.csv", "--bounds", "nope=0:"
+    )
+    assert "column 'share' has values outside its bounds (0, 0.5)" in _error(
+        capsys, "fit", tmp_path / "b.csv", "--bounds", "share=0:0.5"
+    )
+    assert "expected NAME=LOW:HIGH pairs" in _error(
+        capsys, "fit", tmp_path / "b.csv", "--bounds", "share"
+    )

@@ -16,41 +16,67 @@ __all__ = ["Interval", "real", "unit_interval", "positive", "symmetric_unit"]
 
 @dataclass(frozen=True)
 class Interval:
-    """An interval ``(low, high)`` describing the support of one coordinate: open, or closed
-    ``[low, high]`` with ``closed=True`` (a circle's coordinate, whose two ends are one point)."""
+    """An interval ``(low, high)`` describing the support of each coordinate: open, or closed
+    ``[low, high]`` with ``closed=True`` (a circle's coordinate, whose two ends are one point).
+    ``low`` and ``high`` are one number for every coordinate, or a tuple with one per
+    coordinate of the last dim (columns of a table with different supports)."""
 
-    low: float = -math.inf
-    high: float = math.inf
+    low: float | tuple[float, ...] = -math.inf
+    high: float | tuple[float, ...] = math.inf
     closed: bool = False
+
+    def _ends(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        low = self.low if isinstance(self.low, tuple) else (self.low,)
+        high = self.high if isinstance(self.high, tuple) else (self.high,)
+        return low, high
 
     @property
     def is_real(self) -> bool:
-        return self.low == -math.inf and self.high == math.inf
+        low, high = self._ends()
+        return all(v == -math.inf for v in low) and all(v == math.inf for v in high)
+
+    def at(self, i: int) -> Interval:
+        """The support of coordinate ``i`` (``self`` when it is the same for every one)."""
+        if not isinstance(self.low, tuple) and not isinstance(self.high, tuple):
+            return self
+        low, high = self._ends()
+        return Interval(low[i % len(low)], high[i % len(high)], self.closed)
+
+    def _tensors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        low, high = self._ends()
+        as_t = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device)  # noqa: E731
+        return as_t(low), as_t(high)
 
     def contains(self, x: Tensor) -> Tensor:
-        """Boolean tensor: which entries of ``x`` lie inside the interval."""
+        """Boolean tensor: which entries of ``x`` lie inside the interval (per coordinate of
+        the last dim when the ends are tuples)."""
         if self.is_real:
             return torch.ones_like(x, dtype=torch.bool)
+        low, high = self._tensors(x)
         if self.closed:
-            return (x >= self.low) & (x <= self.high)
-        return (x > self.low) & (x < self.high)
+            return (x >= low) & (x <= high)
+        return (x > low) & (x < high)
 
     def from_real(self, u: Tensor) -> Tensor:
         """Map real numbers into the interval (used to draw test inputs in the support)."""
         if self.is_real:
             return u
-        if self.low == -math.inf:
-            return self.high - torch.exp(u)
-        if self.high == math.inf:
-            return self.low + torch.exp(u)
-        return self.low + (self.high - self.low) * torch.sigmoid(u)
+        low, high = self._tensors(u)
+        lo_ok, hi_ok = torch.isfinite(low), torch.isfinite(high)
+        lo, hi = torch.where(lo_ok, low, 0.0), torch.where(hi_ok, high, 0.0)
+        both = lo + (hi - lo) * torch.sigmoid(u)
+        half = torch.where(lo_ok, lo + torch.exp(u), hi - torch.exp(u))
+        return torch.where(lo_ok & hi_ok, both, torch.where(lo_ok | hi_ok, half, u))
 
     def __str__(self) -> str:
         if self.is_real:
             return "the real line"
-        return (
-            f"[{self.low:g}, {self.high:g}]" if self.closed else f"({self.low:g}, {self.high:g})"
-        )
+        if isinstance(self.low, tuple) or isinstance(self.high, tuple):
+            n = max(len(self._ends()[0]), len(self._ends()[1]))
+            return "per column " + ", ".join(str(self.at(i)) for i in range(n))
+        if self.closed:
+            return f"[{self.low:g}, {self.high:g}]"
+        return f"({self.low:g}, {self.high:g})"
 
 
 real = Interval()
@@ -113,7 +139,12 @@ def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
         return
     inside = domain.contains(x)
     if not bool(inside.all()):
-        bad = x[~inside].flatten()[0].item()
+        first = torch.nonzero(~inside)[0]
+        bad = x[tuple(first)].item()
+        column = domain.at(int(first[-1]))
+        if column is not domain:  # supports differ by column: name the column and its own
+            domain = column
+            name = f"{name} column {int(first[-1])}"
         hint = ""
         if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):
             hint = (

@@ -103,6 +103,29 @@ def _given_values(text: str) -> dict[str, float]:
     return out
 
 
+def _bounds_spec(text: str) -> dict[str, tuple[float | None, float | None]]:
+    """``price=0:,share=0:1`` → ``{"price": (0.0, None), "share": (0.0, 1.0)}`` (an empty
+    end is open)."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, span = item.partition("=")
+        low, colon, high = span.partition(":")
+        if not sep or not name.strip() or not colon:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=LOW:HIGH pairs like price=0:,share=0:1, got {item!r}"
+            )
+        if name.strip() in out:
+            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}")
+        try:
+            ends = tuple(float(v) if v.strip() else None for v in (low, high))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bounds of {name.strip()!r} are not numbers: {span!r}"
+            ) from None
+        out[name.strip()] = ends  # type: ignore[assignment]
+    return out
+
+
 # --------------------------------------------------------------------------- models and tables
 
 
@@ -249,7 +272,15 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
         options=options,
         where="nfkit fit",
     )
-    flow = nf.models.standardize(flow, x, c, columns=list(df.columns), given=given)
+    spec = getattr(args, "bounds", None) or {}  # nfkit demo has no --bounds
+    unknown = [name for name in spec if name not in data_cols]
+    if unknown:
+        raise _UserError(
+            f"{source}: --bounds column(s) {', '.join(map(repr, unknown))} are not modelled "
+            f"columns; those are {', '.join(map(repr, data_cols))}"
+        )
+    bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
+    flow = nf.models.standardize(flow, x, c, columns=list(df.columns), given=given, bounds=bounds)
     history = nf.fit(
         flow,
         x,
@@ -423,12 +454,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{args.model}: {inner['model']}({settings})")
     if config["model"] == "Standardized":
         support = flow.transform.domain
-        if support.is_real:
+        if support.is_real or config.get("bounds"):
             print(
                 "  standardized: columns are scaled inside the model; "
                 "densities in the table's units"
             )
-        else:
+        if config.get("bounds"):
+            print(f"  bounds: {support} (zero density outside)")
+        elif not support.is_real:
             print(f"  support: {support} per column (not scaled; angles stay in their units)")
     if len(flow.event_shape) == 1:
         _, data, given = _schema(flow)
@@ -563,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
     p.add_argument(
         "--given", default=None, help="context columns a,b: fit p(other columns | a, b)"
+    )
+    p.add_argument(
+        "--bounds",
+        type=_bounds_spec,
+        default=None,
+        help="supports of columns, NAME=LOW:HIGH pairs (an empty end is open): price=0:,share=0:1;"
+        " the density is zero outside and samples stay inside",
     )
     p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
     p.add_argument("--drop-constant", action="store_true", help="drop constant columns")

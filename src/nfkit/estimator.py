@@ -91,6 +91,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
         steps, epochs: Training length (see :func:`nfkit.fit`; default 1000 steps).
         batch_size, lr, weight_decay, val_fraction, patience: As in :func:`nfkit.fit`.
         standardize: Standardize the modelled columns (and the context) inside the model.
+        bounds: Supports of the modelled columns, ``(low, high)`` pairs (None: an open end),
+            one for every column or one per column: the density is zero outside them and
+            samples stay inside (see :func:`nfkit.models.standardize`; needs ``standardize``).
+            ``(0, None)`` for positive quantities, ``(0, 1)`` for fractions.
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -130,6 +134,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         val_fraction: float = 0.1,
         patience: int = 10,
         standardize: bool = True,
+        bounds: Any = None,
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -147,6 +152,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.val_fraction = val_fraction
         self.patience = patience
         self.standardize = standardize
+        self.bounds = bounds
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -228,7 +234,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
             if self.standardize:
                 names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
                 given = None if names is None else [names[i] for i in self.given_indices_]
-                flow = standardize(flow, x, c, columns=names, given=given)
+                flow = standardize(flow, x, c, columns=names, given=given, bounds=self.bounds)
+            elif self.bounds is not None:
+                raise ValueError("FlowDensity.fit: bounds need standardize=True")
             self.history_ = fit(
                 flow,
                 x.float(),

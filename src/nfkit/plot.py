@@ -122,20 +122,26 @@ def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
 def _bounds(
     points: Tensor, pad: float = 0.15, support: Interval = real
 ) -> list[tuple[float, float]]:
-    """The plotting box: the points' 0.5–99.5% range, padded; on a bounded support (a circle)
-    the whole support, so the grid never leaves it."""
-    if math.isfinite(support.low) and math.isfinite(support.high):
-        inset = 0.0 if support.closed else 1e-6 * (support.high - support.low)
-        return [(support.low + inset, support.high - inset)] * points.shape[1]
+    """The plotting box: the points' 0.5–99.5% range, padded, per column; on a bounded support
+    (a circle) the whole support, so the grid never leaves it, and on a half-line just inside
+    its end."""
     lo = torch.quantile(points, 0.005, dim=0)
     hi = torch.quantile(points, 0.995, dim=0)
     width = (hi - lo).clamp_min(1e-6)
-    lo, hi = lo - pad * width, hi + pad * width
-    if support.low > -math.inf:  # a half-line: stay just inside it
-        lo = lo.clamp_min(support.low + 1e-6 * max(1.0, abs(support.low)))
-    if support.high < math.inf:
-        hi = hi.clamp_max(support.high - 1e-6 * max(1.0, abs(support.high)))
-    return [(float(a), float(b)) for a, b in zip(lo, hi)]
+    box = []
+    for i, (a, b) in enumerate(zip((lo - pad * width).tolist(), (hi + pad * width).tolist())):
+        s = support.at(i)
+        low, high = float(s.low), float(s.high)  # type: ignore[arg-type]
+        if math.isfinite(low) and math.isfinite(high):
+            inset = 0.0 if s.closed else 1e-6 * (high - low)
+            box.append((low + inset, high - inset))
+            continue
+        if low > -math.inf:
+            a = max(a, low + 1e-6 * max(1.0, abs(low)))
+        if high < math.inf:
+            b = min(b, high - 1e-6 * max(1.0, abs(high)))
+        box.append((a, b))
+    return box
 
 
 def _labels(flow: Flow, columns: Sequence[str] | None, d: int) -> list[str]:
@@ -405,7 +411,7 @@ def layers(
     # support when it is bounded (a torus), just inside its ends.
     lines = None
     if d == 2:
-        support = flow.transform.codomain
+        support = flow.transform.codomain.at(0)
         lo, hi = -2.5, 2.5
         if math.isfinite(support.low) and math.isfinite(support.high):
             inset = 0.01 * (support.high - support.low)
@@ -443,7 +449,7 @@ def layers(
         a.set_axis_on()
         if grid is not None:
             gl = grid.double().cpu().reshape(18, 200, 2)
-            support = flow.transform.codomain
+            support = flow.transform.codomain.at(0)
             if math.isfinite(support.low) and math.isfinite(support.high):
                 # on a torus a line that wraps jumps across the panel: break it there
                 jump = (gl.diff(dim=1).abs() > (support.high - support.low) / 2).any(-1)

@@ -8,6 +8,7 @@ from nfkit import transforms as T
 from . import Case, ModelCase
 
 SPLINE = T.RQSplineTransformer(bins=5, bound=3.0)
+INF = float("inf")
 H = (16, 16)
 WIDE = (1, 2, 5, 9)  # from 8 features a MADE stores θ parameter-major
 
@@ -25,6 +26,14 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.Affine(shift=[0.1] * d, scale=[2.0] * d, trainable=True)
     ),
     "Sigmoid": Case(lambda d, c: T.Sigmoid()),
+    # columns on (0, 1), (-inf, 3), (1, inf), the real line, (2, 10), ... in turn
+    "Bounded": Case(
+        lambda d, c: T.Bounded(
+            [(0.0, -INF, 1.0, -INF, 2.0)[i % 5] for i in range(d)],
+            [(1.0, 3.0, INF, INF, 10.0)[i % 5] for i in range(d)],
+        ),
+        tails=False,
+    ),
     "Logit": Case(lambda d, c: T.Logit(), tails=False),
     "Tanh": Case(lambda d, c: T.Tanh()),
     "Softplus": Case(lambda d, c: T.Softplus()),

@@ -1,4 +1,5 @@
-"""Case for the ``Standardized`` factory (standardization stored in the model), non-trivial stats."""
+"""Cases for the ``Standardized`` factory (standardization stored in the model), non-trivial stats,
+and with per-column ``bounds``."""
 
 from __future__ import annotations
 
@@ -17,4 +18,25 @@ def _standardized(d: int, c: int) -> nf.Flow:
     return nf.models.standardize(inner, x, context)
 
 
-MODELS: dict[str, ModelCase] = {"Standardized": ModelCase(_standardized)}
+def _bounded(d: int, c: int) -> nf.Flow:
+    """Columns on (0, inf), (-1, 1), the real line, (0, inf), ... (``bounds``)."""
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(64, d, generator=g)
+    kinds = [i % 3 for i in range(d)]
+    x = torch.stack(
+        [
+            (u[:, i].exp() * 2, torch.tanh(u[:, i]) * 0.9, u[:, i] + 3)[k]
+            for i, k in enumerate(kinds)
+        ],
+        -1,
+    )
+    bounds = [((0.0, None), (-1.0, 1.0), (None, None))[k] for k in kinds]
+    context = None if c == 0 else torch.randn(64, c, generator=g)
+    inner = nf.models.NSF(d, context=c, transforms=2, hidden=(8,), bins=4)
+    return nf.models.standardize(inner, x, context, bounds=bounds)
+
+
+MODELS: dict[str, ModelCase] = {
+    "Standardized": ModelCase(_standardized),
+    "Standardized-bounds": ModelCase(_bounded),
+}

@@ -12,17 +12,18 @@ architecture plus, optionally, the table's column names and which of them are th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, shown
 from nfkit.core import Compose, Flow, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.tables import as_tensor
-from nfkit.transforms.elementwise import Affine
+from nfkit.transforms.elementwise import Affine, Bounded
 
 __all__ = ["Standardized", "standardize", "ContextStandardize"]
 
@@ -45,7 +46,47 @@ def _scales_x(inner: Flow) -> bool:
     return inner.transform.domain.is_real
 
 
-def _wrap(inner: Flow, features: int, context: int) -> Flow:
+Bounds = Sequence[Sequence[float | None]]
+
+
+def _check_bounds(where: str, bounds: Any, features: int) -> list[tuple[float, float]] | None:
+    """``bounds`` as ``D`` pairs ``(low, high)`` of floats (None and ±inf: an open end): one pair
+    per column, or one pair for every column."""
+    if bounds is None:
+        return None
+    pairs = list(bounds)
+    if len(pairs) == 2 and all(v is None or isinstance(v, int | float) for v in pairs):
+        pairs = [pairs] * features  # one (low, high) for every column
+    if len(pairs) != features or any(len(list(p)) != 2 for p in pairs):
+        raise ValueError(
+            f"{where}: bounds must be one (low, high) pair, or one per column ({features}), "
+            f"got {shown(bounds)}"
+        )
+    out = []
+    for i, (low, high) in enumerate(pairs):
+        try:
+            lo = -math.inf if low is None else float(low)
+            hi = math.inf if high is None else float(high)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}: bounds of column {i} must be numbers or None, got {shown((low, high))}"
+            ) from None
+        if not lo < hi or lo == math.inf or hi == -math.inf:
+            raise ValueError(f"{where}: bounds of column {i} need low < high, got ({low}, {high})")
+        out.append((lo, hi))
+    return out
+
+
+def _plain_bounds(bounds: list[tuple[float, float]] | None) -> list[list[float | None]] | None:
+    """The bounds for ``config`` (JSON): open ends as None."""
+    if bounds is None:
+        return None
+    return [[None if math.isinf(v) else v for v in pair] for pair in bounds]
+
+
+def _wrap(
+    inner: Flow, features: int, context: int, bounds: list[tuple[float, float]] | None = None
+) -> Flow:
     layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
     embedding: nn.Module | None = inner.embedding
     if context > 0:
@@ -53,6 +94,13 @@ def _wrap(inner: Flow, features: int, context: int) -> Flow:
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
     if _scales_x(inner):
         layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
+        if bounds is not None:  # the supports mapped onto the real line, then standardized
+            layers.insert(0, Bounded([b[0] for b in bounds], [b[1] for b in bounds]))
+    elif bounds is not None:
+        raise ValueError(
+            "nf.models.standardize: bounds are for flows on the real line; this flow already "
+            f"has the support {inner.transform.domain}"
+        )
     flow = Flow(Compose(*layers), inner.base, embedding=embedding, context=context)
     like = floating_tensor(inner)
     if like is not None:  # the new buffers follow the inner flow's dtype and device
@@ -68,6 +116,7 @@ def Standardized(
     context: int = 0,
     columns: Sequence[str] | None = None,
     given: Sequence[str] | None = None,
+    bounds: Bounds | None = None,
 ) -> Flow:
     r"""A flow of ``inner = nf.models.build(flow)`` behind a fixed standardization of x (and c).
 
@@ -87,7 +136,7 @@ def Standardized(
         raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
     inner = build(flow)
     _check_inner("Standardized", inner, features, context)
-    return _wrap(inner, features, context)
+    return _wrap(inner, features, context, _check_bounds("Standardized", bounds, features))
 
 
 def _check_inner(where: str, inner: Flow, features: int, context: int) -> None:
@@ -130,6 +179,7 @@ def standardize(
     *,
     columns: Sequence[str] | None = None,
     given: Sequence[str] | None = None,
+    bounds: Bounds | None = None,
 ) -> Flow:
     r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
 
@@ -146,6 +196,12 @@ def standardize(
         context: Training context ``(n, C)`` when the flow is conditional (same types).
         columns: Names recorded in ``config`` (all columns, in file order).
         given: Names of the context columns, recorded in ``config``.
+        bounds: The support of each modelled column, ``(low, high)`` pairs (None: an open end;
+            one pair for every column, or one per column): a :class:`~nfkit.transforms.Bounded`
+            layer maps them onto the real line before the standardization (whose statistics
+            are then those of the mapped columns), so the density is zero outside them and
+            samples stay inside; ``log_prob`` refuses values outside, naming the column.
+            Positive quantities: ``(0, None)``; fractions: ``(0, 1)``.
 
     Example:
         >>> import nfkit as nf
@@ -173,10 +229,26 @@ def standardize(
         x_labels = [c for c in columns if c not in given_set]
         c_labels = [c for c in columns if c in given_set]
     x = as_tensor(x, where, "x")  # a Tensor (its dtype kept), NumPy array or DataFrame
+    if x.dim() == 2 and x.shape[1] != features:
+        raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
+    support = _check_bounds(where, bounds, features)
+    out = _wrap(flow, features, ctx, support)
+    first = 1 if support is not None else 0  # the Affine follows the Bounded layer
+    if support is not None:  # the statistics of the columns mapped onto the real line
+        to_real = Bounded([b[0] for b in support], [b[1] for b in support]).to(x)
+        inside = to_real.domain.contains(x)
+        if not bool(inside.all()):  # name the column (by its label when there is one)
+            j = int(torch.nonzero(~inside)[0][-1])
+            label = repr(x_labels[j]) if x_labels else str(j)
+            bad = x[..., j][~inside[..., j]][0].item()
+            raise ValueError(
+                f"{where}: column {label} has values outside its bounds "
+                f"{to_real.domain.at(j)} (e.g. {bad:g})"
+            )
+        x = to_real(x)[0]
     mean, std = _stats(where, "x", x, x_labels)
     if mean.shape[0] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
-    out = _wrap(flow, features, ctx)
     out.config = {
         "model": "Standardized",
         "features": features,
@@ -184,6 +256,7 @@ def standardize(
         "context": ctx,
         "columns": None if columns is None else list(columns),
         "given": None if given is None else list(given),
+        "bounds": _plain_bounds(support),
     }
     like = {"dtype": mean.dtype, "device": mean.device}
     like_tensor = floating_tensor(out)
@@ -191,7 +264,7 @@ def standardize(
         like = {"dtype": like_tensor.dtype, "device": like_tensor.device}
     with torch.no_grad():
         if _scales_x(flow):
-            affine: Affine = out.transform[0]  # type: ignore[assignment]
+            affine: Affine = out.transform[first]  # type: ignore[assignment]
             affine.shift.copy_((-mean / std).to(**like))
             affine.log_abs_scale.copy_((-std.log()).to(**like))
         if context is not None:

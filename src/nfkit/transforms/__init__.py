@@ -8,6 +8,7 @@ from nfkit.transforms.continuous import ContinuousFlow
 from nfkit.transforms.coupling import Coupling, MLPConditioner, alternating_mask
 from nfkit.transforms.elementwise import (
     Affine,
+    Bounded,
     Elementwise,
     LeakyReLU,
     Logit,
@@ -55,6 +56,7 @@ __all__ = [
     "UMNNTransformer",
     # fixed elementwise maps
     "Affine",
+    "Bounded",
     "Sigmoid",
     "Logit",
     "Tanh",

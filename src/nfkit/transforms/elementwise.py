@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, positive, shown, symmetric_unit, unit_interval
+from nfkit._checks import (
+    Interval,
+    check_positive_int,
+    positive,
+    shown,
+    symmetric_unit,
+    unit_interval,
+)
 from nfkit.core import Transform
 from nfkit.nn.mlp import Parameters
 from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
@@ -21,6 +28,7 @@ from nfkit.transforms.transformers import Transformer
 
 __all__ = [
     "Affine",
+    "Bounded",
     "Sigmoid",
     "Logit",
     "Tanh",
@@ -91,6 +99,94 @@ class Affine(_Pointwise):
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
         x = (z - self.shift) * (self.sign * torch.exp(-self.log_abs_scale))
         return x, (-self.log_abs_scale).expand(x.shape)
+
+
+class Bounded(_Pointwise):
+    r"""Columns with bounded or half-bounded supports mapped onto the real line, one per column.
+
+    For column ``i`` with support ``(l_i, h_i)`` (``±inf`` for an open end):
+
+    - both ends finite: ``z = logit(u)``, ``u = (x - l)/(h - l)``;
+      ``log|dz/dx| = -log(h - l) - log u - log(1 - u)``;
+    - lower end only: ``z = log(x - l)``, ``log|dz/dx| = -log(x - l)``;
+    - upper end only: ``z = -log(h - x)``, ``log|dz/dx| = -log(h - x)``;
+    - neither: ``z = x``.
+
+    The inverse is closed-form (``l + (h - l) σ(z)``, ``l + e^z``, ``h - e^{-z}``, ``z``). Its
+    :attr:`domain` is the per-column interval, so a :class:`~nfkit.Flow` starting with it
+    refuses values outside a column's support, naming the column. Put in front of a flow (as
+    :func:`nfkit.models.standardize` does with ``bounds=``), it makes the density zero outside
+    the supports: positive quantities (prices, durations), fractions.
+
+    Args:
+        low, high: ``(D,)`` ends of each column's support (``-inf``/``inf`` for none).
+    """
+
+    def __init__(self, low: Sequence[float], high: Sequence[float]) -> None:
+        super().__init__(event_dim=1)
+        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).flatten()
+        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).flatten()
+        if low_t.shape != high_t.shape or low_t.numel() == 0:
+            raise ValueError(
+                f"Bounded: low and high need one value per column, got {shown(low)} and "
+                f"{shown(high)}"
+            )
+        if bool(torch.isnan(low_t).any() | torch.isnan(high_t).any()) or not bool(
+            (low_t < high_t).all()
+        ):
+            raise ValueError(
+                f"Bounded: need low < high in every column, got {shown(low)}, {shown(high)}"
+            )
+        if bool((low_t == math.inf).any() | (high_t == -math.inf).any()):
+            raise ValueError("Bounded: low cannot be +inf nor high -inf")
+        self.register_buffer("low", low_t)
+        self.register_buffer("high", high_t)
+        self.domain = Interval(tuple(low_t.tolist()), tuple(high_t.tolist()))
+
+    def _parts(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        low, high = self.low.to(like), self.high.to(like)
+        has_low, has_high = torch.isfinite(low), torch.isfinite(high)
+        lo = torch.where(has_low, low, torch.zeros_like(low))
+        hi = torch.where(has_high, high, lo + 1)  # h - l > 0 in every column, used or not
+        return has_low, has_high, lo, hi, torch.log(hi - lo)
+
+    def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        has_low, has_high, lo, hi, log_width = self._parts(x)
+        both = has_low & has_high
+        # every branch sees safe inputs where it is not selected (no inf or NaN gradients)
+        a = torch.where(has_low, x - lo, torch.ones_like(x))  # x - l
+        b = torch.where(has_high & ~has_low, hi - x, torch.ones_like(x))  # h - x
+        u = torch.where(both, a / (hi - lo), torch.full_like(x, 0.5))
+        log_u, log_1mu = torch.log(u), torch.log1p(-u)
+        log_a, log_b = torch.log(a), torch.log(b)
+        z = torch.where(
+            both, log_u - log_1mu, torch.where(has_low, log_a, torch.where(has_high, -log_b, x))
+        )
+        ladj = torch.where(
+            both,
+            -log_width - log_u - log_1mu,
+            torch.where(has_low, -log_a, torch.where(has_high, -log_b, torch.zeros_like(x))),
+        )
+        return z, ladj
+
+    def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        has_low, has_high, lo, hi, log_width = self._parts(z)
+        both = has_low & has_high
+        x = torch.where(
+            both,
+            lo + (hi - lo) * torch.sigmoid(z),
+            torch.where(has_low, lo + torch.exp(z), torch.where(has_high, hi - torch.exp(-z), z)),
+        )
+        # log|dx/dz|: log(h - l) + log σ'(z); z; -z; 0
+        ladj = torch.where(
+            both,
+            log_width + log_sigmoid_derivative(z),
+            torch.where(has_low, z, torch.where(has_high, -z, torch.zeros_like(z))),
+        )
+        return x, ladj
+
+    def extra_repr(self) -> str:
+        return f"support={self.domain}"
 
 
 class Sigmoid(_Pointwise):

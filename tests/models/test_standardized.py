@@ -1,0 +1,100 @@
+"""``nf.models.standardize(..., bounds=...)``: columns with bounded or half-bounded supports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nfkit as nf
+
+
+def _table(n: int = 400, seed: int = 0) -> torch.Tensor:
+    """A fraction in (0, 1), a positive price and an unbounded column."""
+    g = torch.Generator().manual_seed(seed)
+    share = torch.rand(n, generator=g) * 0.98 + 0.01
+    price = torch.exp(torch.randn(n, generator=g)) * 50
+    return torch.stack([share, price, torch.randn(n, generator=g)], -1).double()
+
+
+def test_samples_stay_inside_and_the_density_integrates_to_one() -> None:
+    torch.manual_seed(0)
+    x = _table()
+    flow = nf.models.standardize(
+        nf.models.NSF(3, transforms=2, hidden=(16,), bins=4).double(),
+        x,
+        bounds=[(0, 1), (0, None), (None, None)],
+    )
+    nf.fit(flow, x, steps=30, progress=False, seed=0)
+    with torch.no_grad():
+        s = flow.sample(5000)
+    assert bool((s[:, 0] > 0).all() & (s[:, 0] < 1).all() & (s[:, 1] > 0).all())
+    # one column on (0, 1): the density integrates to one over the interval
+    x1 = x[:, :1]
+    line = nf.models.standardize(
+        nf.models.NSF(1, transforms=2, hidden=(8,)).double(), x1, bounds=(0, 1)
+    )
+    nf.testing.perturb_parameters(line, 0.3, 0)
+    grid = torch.linspace(1e-6, 1 - 1e-6, 20001, dtype=torch.float64)
+    with torch.no_grad():
+        p = line.log_prob(grid[:, None]).exp()
+    assert abs(torch.trapezoid(p, grid).item() - 1) < 2e-3
+
+
+def test_values_outside_a_columns_bounds_are_refused_by_name() -> None:
+    x = _table()
+    frame = {"share": x[:, 0].numpy(), "price": x[:, 1].numpy(), "z": x[:, 2].numpy()}
+    import pandas as pd
+
+    df = pd.DataFrame(frame)
+    with pytest.raises(
+        ValueError, match=r"column 'share' has values outside its bounds \(0, 0.5\)"
+    ):
+        nf.models.standardize(
+            nf.models.MAF(3, transforms=1, hidden=(8,)), df, columns=list(df.columns),
+            bounds=[(0, 0.5), (0, None), (None, None)],
+        )  # fmt: skip
+    flow = nf.models.standardize(
+        nf.models.MAF(3, transforms=1, hidden=(8,)), x, bounds=[(0, 1), (0, None), (None, None)]
+    )
+    with pytest.raises(ValueError, match=r"x column 1 has values outside the support \(0, inf\)"):
+        flow.log_prob(torch.tensor([[0.5, -2.0, 0.0]]))
+    assert flow.config["bounds"] == [[0.0, 1.0], [0.0, None], [None, None]]
+    again = nf.models.build(flow.config)
+    again.load_state_dict(flow.state_dict())
+    torch.testing.assert_close(again.log_prob(x[:5].float()), flow.log_prob(x[:5].float()))
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ([(0, 1)], "one .low, high. pair, or one per column .3."),
+        ([(1, 0), (0, None), (None, None)], "bounds of column 0 need low < high"),
+        ([(0, "a"), (0, None), (None, None)], "bounds of column 0 must be numbers or None"),
+    ],
+)
+def test_bad_bounds_are_one_line(bounds, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message) as info:
+        nf.models.standardize(
+            nf.models.MAF(3, transforms=1, hidden=(8,)), _table().abs(), bounds=bounds
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_bounds_are_for_flows_on_the_real_line() -> None:
+    angles = torch.rand(100, 2) * 6 - 3
+    with pytest.raises(ValueError, match="bounds are for flows on the real line"):
+        nf.models.standardize(nf.models.NCSF(2, transforms=1, hidden=(8,)), angles, bounds=(0, 1))
+
+
+def test_flow_density_bounds() -> None:
+    x = _table().numpy()
+    est = nf.FlowDensity(
+        "maf", bounds=[(0, 1), (0, None), (None, None)], transforms=1, hidden=(8,), steps=20,
+        random_state=0,
+    ).fit(x)  # fmt: skip
+    draws = est.sample(500, random_state=0)
+    assert (draws[:, 0] > 0).all() and (draws[:, 0] < 1).all() and (draws[:, 1] > 0).all()
+    assert np.isfinite(est.score_samples(x)).all()
+    with pytest.raises(ValueError, match="bounds need standardize=True"):
+        nf.FlowDensity("maf", bounds=(0, None), standardize=False, steps=2).fit(np.abs(x))
