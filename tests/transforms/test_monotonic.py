@@ -159,3 +159,13 @@ def test_density_integrates_to_one(name: str) -> None:
         flow = nf.models.UMNN(2, transforms=2, hidden=(16, 16), embedding=4, integrand=(16,))
     flow = perturb_parameters(flow.double(), 0.1).eval()
     assert abs(_grid_mass(flow) - 1.0) < 1e-2
+
+
+def test_dsf_inverse_where_newton_stalls() -> None:
+    """A case hypothesis found (seed 1180): steep and flat stretches made the Newton steps tiny
+    far from the root, and the old stopping rule took that for convergence (an error of 0.61).
+    The safeguard (each kept Newton step at most half the last one) falls back to bisection."""
+    t = DSFTransformer(hidden=3, bound=4.0)
+    x = torch.linspace(-8, 8, 401, dtype=torch.float64)
+    params = _random(1180, (1, t.num_params), 2.96875).expand(401, -1)
+    _assert_monotone_invertible(t, x, params)

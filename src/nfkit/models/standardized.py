@@ -13,9 +13,11 @@ architecture plus, optionally, the table's column names and which of them are th
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,10 +56,13 @@ def _check_bounds(where: str, bounds: Any, features: int) -> list[tuple[float, f
     per column, or one pair for every column."""
     if bounds is None:
         return None
-    pairs = list(bounds)
-    if len(pairs) == 2 and all(v is None or isinstance(v, int | float) for v in pairs):
+    try:
+        pairs = [list(p) if isinstance(p, Sequence | np.ndarray) else p for p in bounds]
+    except TypeError:
+        pairs = []
+    if len(pairs) == 2 and all(v is None or isinstance(v, numbers.Real) for v in pairs):
         pairs = [pairs] * features  # one (low, high) for every column
-    if len(pairs) != features or any(len(list(p)) != 2 for p in pairs):
+    if len(pairs) != features or any(not isinstance(p, list) or len(p) != 2 for p in pairs):
         raise ValueError(
             f"{where}: bounds must be one (low, high) pair, or one per column ({features}), "
             f"got {shown(bounds)}"
@@ -129,6 +134,8 @@ def Standardized(
         context: Number of context columns ``C`` (must match the inner flow's).
         columns: Optional names of all table columns, in file order (data and context).
         given: Optional names of the context columns (a subset of ``columns``).
+        bounds: Optional support ``(low, high)`` of each modelled column (None: an open end), as
+            in :func:`standardize`.
     """
     features = check_positive_int("Standardized", "features", features)
     context = check_positive_int("Standardized", "context", context, minimum=0)

@@ -5,7 +5,7 @@ Both are :class:`~nfkit.transforms.Transformer`\ s, so ``Autoregressive`` (NAF, 
 ``[-bound, bound]`` and continues *linearly* outside it with the slope it has at the bound (a C¹
 join), so that any finite input gives finite values, log-dets and gradients, in float32 too, and
 the inverse only has to search the bounded interval. Inverses use
-:func:`~nfkit._numerics.monotone_solve` (bracketed Newton/bisection, stops at a bracket of
+:func:`~nfkit._numerics.monotone_solve` (safeguarded Newton with bisection, stops at a bracket of
 ``1e-12·(1 + |x|)`` in float64, ``1e-6·(1 + |x|)`` in float32) with implicit-function gradients.
 """
 
