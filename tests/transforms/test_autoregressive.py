@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nfkit.transforms import (
@@ -13,9 +13,6 @@ from nfkit.transforms import (
     Autoregressive,
     RQSplineTransformer,
 )
-
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
 
 TRANSFORMERS = {
     "affine": AffineTransformer(),

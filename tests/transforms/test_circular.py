@@ -7,14 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import nfkit as nf
 from nfkit.transforms import CircularRQSplineTransformer
-
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
 
 
 def test_zero_parameters_are_the_identity() -> None:

@@ -15,9 +15,6 @@ from nfkit.transforms.functional import (
     softsign_clamp,
 )
 
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
-
 
 def _params(seed: int, n: int, bins: int, scale: float):
     g = torch.Generator().manual_seed(seed)

@@ -13,9 +13,6 @@ import nfkit as nf
 from nfkit.testing import perturb_parameters
 from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer, clenshaw_curtis
 
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
-
 
 def _random(seed: int, shape: tuple[int, ...], scale: float) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nfkit.transforms.functional import circular_spline, rqs
@@ -14,9 +14,6 @@ from nfkit.transforms.spline_fused import (
     rqs_packed,
     rqs_packed_inverse_value,
 )
-
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
 
 
 def _reference(x, params, bound, inverse=False, mins=(1e-3, 1e-3, 1e-3), circular=False):

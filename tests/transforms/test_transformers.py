@@ -6,13 +6,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from nfkit.transforms import AffineTransformer
-
-settings.register_profile("nfkit", deadline=None, max_examples=40)
-settings.load_profile("nfkit")
 
 
 @pytest.mark.parametrize("scale", ["exp", "softsign", "sigmoid"])
