@@ -54,26 +54,29 @@ def monotone_solve(
         shape = torch.broadcast_shapes(lo.shape, hi.shape, yd.shape)
         lo, hi = lo.detach().expand(shape).clone(), hi.detach().expand(shape).clone()
         x = (lo + hi) / 2
-        last = hi - lo  # the previous step's size (the bracket's width at first)
+        # the sizes of the last two steps (the bracket's width at first); as in rtsafe, a Newton
+        # step must be at most half the one before the last
+        last = before = hi - lo
         for it in range(max_iter):
             fx = f(x) - yd
-            lo = torch.where(fx < 0, x, lo)
-            hi = torch.where(fx < 0, hi, x)
+            below = fx < 0
+            lo = torch.where(below, x, lo)
+            hi = torch.where(below, hi, x)
             mid = (lo + hi) / 2
-            ok = torch.zeros_like(x, dtype=torch.bool)
-            if df is not None:
-                step = x - fx / df(x).clamp_min(1e-30)
+            scale = tol * (1 + x.abs())
+            if df is None:
+                x, done = mid, (hi - lo) <= scale
+            else:
+                dx = fx / df(x).clamp_min(1e-30)  # the Newton step is x - dx
+                step = x - dx
                 # Non-strict: at a converged root the step lands on the bracket end just set;
                 # steps within the tolerance always pass (a converged x stays put).
-                small = torch.maximum(last, tol * (1 + x.abs()))
-                ok = (step >= lo) & (step <= hi) & (2 * (step - x).abs() <= small)
+                dx = dx.abs()
+                ok = (step >= lo) & (step <= hi) & (dx + dx <= torch.maximum(before, scale))
                 x_new = torch.where(ok, step, mid)
-            else:
-                x_new = mid
-            last = (x_new - x).abs()
-            scale = tol * (1 + x_new.abs())
-            done = ((hi - lo) <= scale) | (ok & (last <= 0.1 * scale))
-            x = x_new
+                before, last = last, torch.where(ok, dx, (mid - x).abs())
+                done = ((hi - lo) <= scale) | (ok & (dx <= 0.1 * scale))
+                x = x_new
             # One sync every 8 steps keeps the loop cheap while still stopping early.
             if it % 8 == 7 and bool(done.all()):
                 break
