@@ -37,12 +37,13 @@ def monotone_solve(
 ) -> Tensor:
     r"""Solve ``f(x) = y`` for increasing ``f`` with ``f(lo) <= y <= f(hi)``, elementwise.
 
-    Safeguarded Newton (as ``rtsafe``): a Newton step is kept when it stays inside the current
-    bracket and is at most half the previous step, otherwise the midpoint is taken. So a Newton
-    iteration that stalls (tiny steps far from the root, where ``f`` is locally steep) falls
-    back to bisection, and the bracket at least halves every other step. Stops when the bracket
-    is narrower than ``tol`` or an accepted Newton step is below a tenth of it (or after
-    ``max_iter`` steps; bisection alone reaches 1e-12 from a width of 1e3 in 50 steps).
+    Safeguarded Newton (as Numerical Recipes' ``rtsafe``): a Newton step is kept when it stays
+    inside the current bracket and is at most half the step before the last, otherwise the
+    midpoint is taken. So kept steps shrink geometrically, and a Newton iteration that stalls
+    (tiny steps far from the root, where ``f`` is locally steep) falls back to bisection.
+    Stops when the bracket is narrower than ``tol · (1 + |x|)`` or a kept Newton step is below a
+    tenth of that (or after ``max_iter`` steps; bisection alone reaches 1e-12 from a width of
+    1e3 in 50 steps).
 
     Returns:
         ``x`` of the broadcast shape of ``y``, ``lo`` and ``hi``, differentiable by one final
