@@ -98,3 +98,18 @@ def test_flow_density_bounds() -> None:
     assert np.isfinite(est.score_samples(x)).all()
     with pytest.raises(ValueError, match="bounds need standardize=True"):
         nf.FlowDensity("maf", bounds=(0, None), standardize=False, steps=2).fit(np.abs(x))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [
+        ([0.0], ["a"], "low and high must be numbers"),
+        ([0.0, 1.0], [1.0], "one value per column"),
+        ([1.0], [0.0], "need low < high in every column"),
+        ([float("inf")], [float("inf")], "need low < high"),
+    ],
+)
+def test_bounded_refuses_bad_ends_in_one_line(low, high, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        nf.transforms.Bounded(low, high)
+    assert "\n" not in str(info.value)

@@ -124,8 +124,13 @@ class Bounded(_Pointwise):
 
     def __init__(self, low: Sequence[float], high: Sequence[float]) -> None:
         super().__init__(event_dim=1)
-        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).flatten()
-        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).flatten()
+        try:
+            low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).flatten()
+            high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"Bounded: low and high must be numbers, got {shown(low)} and {shown(high)}"
+            ) from None
         if low_t.shape != high_t.shape or low_t.numel() == 0:
             raise ValueError(
                 f"Bounded: low and high need one value per column, got {shown(low)} and "

@@ -24,7 +24,6 @@ __all__ = [
     "untracked",
     "softplus_inverse",
     "rqs",
-    "circular_rqs",
     "circular_spline",
     "wrap",
     "log_sigmoid_derivative",
@@ -364,49 +363,6 @@ def wrap(x: Tensor, bound: float) -> Tensor:
     return torch.remainder(x + bound, 2 * bound) - bound
 
 
-def circular_rqs(
-    x: Tensor,
-    widths: Tensor,
-    heights: Tensor,
-    derivatives: Tensor,
-    shift: Tensor,
-    *,
-    bound: float,
-    inverse: bool = False,
-    min_width: float = 1e-3,
-    min_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
-    r"""Circular rational-quadratic spline: a diffeomorphism of the circle ``[-bound, bound)``.
-
-    ``z = wrap(g(x) + φ)``: ``g`` is a monotone rational-quadratic spline fixing ``±bound`` whose
-    derivatives at the two ends are one learned value ``δ_0 = δ_K``, so ``g`` is C¹ where the
-    circle closes, and ``φ`` a rotation (Rezende et al. 2020, "Normalizing Flows on Tori and
-    Spheres", arXiv:2002.02428). ``log|dz/dx| = log g'(x)``; the inverse
-    ``x = g⁻¹(wrap(z - φ))`` is closed-form (the spline's quadratic root).
-
-    Args:
-        x: Inputs ``(*,)`` in ``[-bound, bound]`` (values outside are clamped, not wrapped:
-            :class:`~nfkit.Flow` refuses them at its boundary).
-        widths, heights: Unconstrained bin logits ``(*, K)``.
-        derivatives: Unconstrained knot derivatives ``(*, K)``: ``δ_0, …, δ_{K-1}``, and
-            ``δ_K = δ_0``.
-        shift: The rotation ``φ`` ``(*,)``, in the units of ``x`` (any real value).
-        bound: Half the circumference.
-        inverse: Evaluate the inverse map instead.
-
-    Returns:
-        ``(z, log|dz/dx|)`` elementwise (``z`` in ``[-bound, bound)``). All parameters zero give
-        the identity.
-    """
-    mins = {"min_width": min_width, "min_height": min_height, "min_derivative": min_derivative}
-    if not inverse:
-        y, ladj = circular_spline(x, widths, heights, derivatives, bound=bound, **mins)
-        return wrap(y + shift, bound), ladj
-    y = wrap(x - shift, bound)
-    return circular_spline(y, widths, heights, derivatives, bound=bound, inverse=True, **mins)
-
-
 def circular_spline(
     x: Tensor,
     widths: Tensor,
@@ -419,9 +375,23 @@ def circular_spline(
     min_height: float = 1e-3,
     min_derivative: float = 1e-3,
 ) -> tuple[Tensor, Tensor]:
-    """The spline ``g`` of :func:`circular_rqs` alone (no rotation): it fixes ``±bound``, with
-    derivatives ``δ_0`` at both ends (``derivatives (*, K)``: ``δ_0 … δ_{K-1}``); every input is
-    clamped into ``[-bound, bound]`` (no identity tails)."""
+    r"""The spline ``g`` of a circular spline: a diffeomorphism of ``[-bound, bound]`` fixing
+    ``±bound``, with one learned derivative ``δ_0`` at both ends, so ``g`` is C¹ where the circle
+    closes (Rezende et al. 2020, "Normalizing Flows on Tori and Spheres", arXiv:2002.02428;
+    :class:`~nfkit.transforms.CircularRQSplineTransformer` adds the rotation, ``wrap(g(x) + φ)``).
+
+    Args:
+        x: Inputs ``(*,)``; values outside ``[-bound, bound]`` are clamped (no identity tails;
+            :class:`~nfkit.Flow` refuses them at its boundary).
+        widths, heights: Unconstrained bin logits ``(*, K)``.
+        derivatives: Unconstrained knot derivatives ``(*, K)``: ``δ_0 … δ_{K-1}``, ``δ_K = δ_0``.
+        bound: Half the circumference.
+        inverse: Evaluate ``g⁻¹`` instead (the spline's quadratic root).
+
+    Returns:
+        ``(y, log|dy/dx|)`` elementwise; all parameters zero give the identity. The reference
+        of the fused ``rqs_packed(..., circular=True)``.
+    """
     d = _derivatives(derivatives, min_derivative)
     d = torch.cat([d, d[..., :1]], dim=-1)
     xk = _knots(widths, bound, min_width)

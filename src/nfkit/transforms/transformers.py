@@ -201,7 +201,7 @@ class CircularRQSplineTransformer(_Spline):
     (``3K + 1``); all zero give the identity. ``log|dz/dx| = log g'(x)``; the inverse
     ``g⁻¹(wrap(z - φ))`` is closed-form (exact to rounding). ``g`` is evaluated by the fused
     spline (``rqs_packed(..., circular=True)``: the values and gradients of the reference
-    :func:`nfkit.transforms.functional.circular_rqs` with a hand-written backward). Its
+    :func:`nfkit.transforms.functional.circular_spline` with a hand-written backward). Its
     :attr:`domain` is the closed interval ``[-bound, bound]``: a flow built on it refuses
     values outside (wrap angles first, e.g. ``torch.remainder(x + π, 2π) - π``).
     """
