@@ -303,7 +303,7 @@ def test_bounds_keep_samples_inside_the_supports(capsys, tmp_path) -> None:
     )
     assert code == 0
     code, out, _ = _run(capsys, "info", model)
-    assert code == 0 and "bounds: per column (0, 1), (0, inf), the real line" in out
+    assert code == 0 and "bounds: 0 < share < 1, 0 < price (zero probability outside)" in out
     code, out, _ = _run(capsys, "sample", model, "-n", "500", "--seed", "0")
     draws = pd.read_csv(pd.io.common.StringIO(out))
     assert code == 0 and draws["share"].between(0, 1, inclusive="neither").all()
@@ -316,4 +316,45 @@ def test_bounds_keep_samples_inside_the_supports(capsys, tmp_path) -> None:
     )
     assert "expected NAME=LOW:HIGH pairs" in _error(
         capsys, "fit", tmp_path / "b.csv", "--bounds", "share"
+    )
+
+
+def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    age = rng.integers(18, 80, 400)
+    df = pd.DataFrame(
+        {"age": age, "kids": rng.poisson(1.5, 400), "income": rng.lognormal(10, 0.5, 400)}
+    )
+    df.to_csv(tmp_path / "t.csv", index=False)
+    model = tmp_path / "t.pt"
+    code, _, err = _run(
+        capsys, "fit", tmp_path / "t.csv", "--bounds", "kids=0:,age=18:79", "--out", model, "--steps", "20",
+        "--transforms", "1", "--hidden", "8",
+    )  # fmt: skip
+    assert code == 0 and "column(s) age, kids hold whole numbers only: modelled as discrete" in err
+    code, out, _ = _run(capsys, "info", model)
+    assert "bounds: 18 <= age <= 79, 0 <= kids" in out and "discrete: age, kids" in out
+    code, out, _ = _run(capsys, "sample", model, "-n", "300", "--seed", "0")
+    draws = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and draws["age"].dtype == np.int64 and draws["kids"].dtype == np.int64
+    assert draws["age"].between(18, 79).all() and (draws["kids"] >= 0).all()
+    assert draws["income"].dtype == np.float64
+    code, out, _ = _run(capsys, "score", model, tmp_path / "t.csv")
+    scores = pd.read_csv(pd.io.common.StringIO(out))["log_density"]
+    assert code == 0 and np.isfinite(scores).all()
+    df.assign(age=df["age"] + 0.5).to_csv(tmp_path / "half.csv", index=False)
+    assert "discrete x column 'age' has non-integer values (e.g. 70.5)" in _error(
+        capsys, "score", model, tmp_path / "half.csv"
+    )
+    code, _, err = _run(
+        capsys, "fit", tmp_path / "t.csv", "--discrete", "none", "--out", tmp_path / "c.pt", *FAST
+    )
+    assert code == 0 and "discrete" not in err
+    code, out, _ = _run(capsys, "info", tmp_path / "c.pt")
+    assert "discrete" not in out
+    assert "--discrete column(s) 'nope' are not modelled columns" in _error(
+        capsys, "fit", tmp_path / "t.csv", "--discrete", "nope"
+    )
+    assert "discrete x column 'income' has non-integer values" in _error(
+        capsys, "fit", tmp_path / "t.csv", "--discrete", "income"
     )

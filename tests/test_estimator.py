@@ -130,3 +130,36 @@ def test_sample_rejects_bad_requests() -> None:
         est.sample(0)
     with pytest.raises(ValueError, match="not conditional; context not used"):
         est.sample(3, context=[1.0])
+
+
+def test_flow_density_discrete_columns() -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "kids": rng.poisson(1.5, 300),
+            "x": rng.normal(size=300),
+            "rooms": rng.integers(1, 6, 300),
+        }
+    )
+    est = nf.FlowDensity(
+        "maf", discrete="auto", bounds=[(0, None), (None, None), (1, 5)], transforms=1,
+        hidden=(8,), steps=20, random_state=0,
+    ).fit(df)  # fmt: skip
+    assert est.discrete_indices_ == [0, 2]
+    draws = est.sample(500, random_state=0)
+    assert (draws[:, [0, 2]] == np.floor(draws[:, [0, 2]])).all()
+    assert (draws[:, 0] >= 0).all() and draws[:, 2].min() >= 1 and draws[:, 2].max() <= 5
+    scores = est.score_samples(df)
+    assert np.isfinite(scores).all() and np.array_equal(scores, est.score_samples(df))
+    named = nf.FlowDensity("maf", discrete=["rooms"], given=["x"], transforms=1, hidden=(8,),
+                           steps=5, random_state=0).fit(df)  # fmt: skip
+    assert named.discrete_indices_ == [2]
+    assert (
+        nf.FlowDensity("maf", steps=5, transforms=1, hidden=(8,)).fit(df).discrete_indices_ == []
+    )
+    with pytest.raises(ValueError, match="discrete column 'x' is a given column"):
+        nf.FlowDensity("maf", discrete=["x"], given=["x"], steps=2).fit(df)
+    with pytest.raises(ValueError, match="discrete index 7 out of range for 3 columns"):
+        nf.FlowDensity("maf", discrete=[7], steps=2).fit(df)
+    with pytest.raises(ValueError, match="discrete need standardize=True"):
+        nf.FlowDensity("maf", discrete="auto", standardize=False, steps=2).fit(df)

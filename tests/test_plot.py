@@ -98,3 +98,21 @@ def test_a_torus_is_drawn_inside_its_support(tmp_path) -> None:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert nf.plot._base_name(flow) == "Uniform on [-3.14159, 3.14159]"
     assert nf.plot._base_name(nf.models.MAF(2, transforms=1, hidden=(4,))) == "N(0, I)"
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_a_flow_with_integer_columns_draws_its_dequantized_density(tmp_path, d: int) -> None:
+    """The grid holds non-integers, which ``log_prob`` refuses for a discrete column: the figure
+    draws ``p(v + u)`` (named so) instead of failing."""
+    import warnings
+
+    torch.manual_seed(0)
+    data = torch.cat([torch.poisson(torch.full((200, 1), 3.0)), torch.randn(200, 1)], -1)[:, :d]
+    flow = nf.models.standardize(nf.models.MAF(d, transforms=1, hidden=(8,)), data, discrete=[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = nf.plot.density(flow.eval(), data, n=200, resolution=20)
+    texts = [ax.get_title() for ax in fig.axes]
+    texts += [label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]]
+    assert any("p(v + u)" in t for t in texts)
+    fig.savefig(tmp_path / "d.png")

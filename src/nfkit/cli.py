@@ -103,6 +103,16 @@ def _given_values(text: str) -> dict[str, float]:
     return out
 
 
+def _discrete_spec(text: str) -> str | list[str] | None:
+    """``auto`` (columns of whole numbers), ``none``, or column names ``a,b``."""
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected auto, none or column names a,b, got {text!r}")
+    return names
+
+
 def _bounds_spec(text: str) -> dict[str, tuple[float | None, float | None]]:
     """``price=0:,share=0:1`` → ``{"price": (0.0, None), "share": (0.0, 1.0)}`` (an empty
     end is open)."""
@@ -280,7 +290,24 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             f"columns; those are {', '.join(map(repr, data_cols))}"
         )
     bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
-    flow = nf.models.standardize(flow, x, c, columns=list(df.columns), given=given, bounds=bounds)
+    discrete = getattr(args, "discrete", None)  # nfkit demo has no --discrete
+    if isinstance(discrete, list):
+        unknown = [name for name in discrete if name not in data_cols]
+        if unknown:
+            raise _UserError(
+                f"{source}: --discrete column(s) {', '.join(map(repr, unknown))} are not "
+                f"modelled columns; those are {', '.join(map(repr, data_cols))}"
+            )
+    flow = nf.models.standardize(
+        flow, x, c, columns=list(df.columns), given=given, bounds=bounds, discrete=discrete or None
+    )
+    cells = [data_cols[j] for j in flow.config.get("discrete") or []]
+    if cells and discrete == "auto":
+        _info(
+            args,
+            f"{source}: column(s) {', '.join(cells)} hold whole numbers only: modelled as "
+            "discrete (log-probabilities of their integers; --discrete none: as continuous)",
+        )
     history = nf.fit(
         flow,
         x,
@@ -398,6 +425,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
             torch.manual_seed(args.seed)
         x = flow.sample(args.n, ctx, chunk_size=args.chunk_size).double().cpu().numpy()
     df = pd.DataFrame(x, columns=data)
+    for j in flow.config.get("discrete") or []:  # integers, written without a decimal point
+        df[data[j]] = df[data[j]].astype("int64")
     for g in given:
         df[g] = args.given[g]
     _write_table(df[columns], args.output)
@@ -438,6 +467,20 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
 
 
+def _bounds_text(flow: Any) -> str:
+    """The recorded bounds per modelled column: ``0 < share < 1``, ``kids >= 0`` (integers)."""
+    _, data, _ = _schema(flow)
+    cells = set(flow.config.get("discrete") or ())
+    parts = []
+    for j, (low, high) in enumerate(flow.config["bounds"]):
+        strict = "<" if j not in cells else "<="
+        low_text = "" if low is None else f"{low:g} {strict} "
+        high_text = "" if high is None else f" {strict} {high:g}"
+        if low_text or high_text:
+            parts.append(f"{low_text}{data[j]}{high_text}")
+    return ", ".join(parts)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import json
 
@@ -460,9 +503,13 @@ def cmd_info(args: argparse.Namespace) -> None:
                 "densities in the table's units"
             )
         if config.get("bounds"):
-            print(f"  bounds: {support} (zero density outside)")
+            print(f"  bounds: {_bounds_text(flow)} (zero probability outside)")
         elif not support.is_real:
             print(f"  support: {support} per column (not scaled; angles stay in their units)")
+        if config.get("discrete"):
+            _, data, _ = _schema(flow)
+            names = ", ".join(data[j] for j in config["discrete"])
+            print(f"  discrete: {names} (integers, dequantized; log-probabilities over them)")
     if len(flow.event_shape) == 1:
         _, data, given = _schema(flow)
         print(f"  models: {', '.join(data)}" + (f" given {', '.join(given)}" if given else ""))
@@ -603,6 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="supports of columns, NAME=LOW:HIGH pairs (an empty end is open): price=0:,share=0:1;"
         " the density is zero outside and samples stay inside",
+    )
+    p.add_argument(
+        "--discrete",
+        type=_discrete_spec,
+        default="auto",
+        help="integer-valued columns, modelled by dequantization (log-probabilities of their "
+        "integers; samples are integers): auto (default: every column of whole numbers), none, "
+        "or names a,b",
     )
     p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
     p.add_argument("--drop-constant", action="store_true", help="drop constant columns")

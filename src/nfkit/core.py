@@ -426,7 +426,10 @@ class Flow(nn.Module):
         ``flow.eval()`` first to score many rows in bounded memory.
         """
         self._check_x("Flow.log_prob", x, context)
-        size = _check_chunk("Flow.log_prob", chunk_size)
+        return self._chunked_log_prob(x, context, _check_chunk("Flow.log_prob", chunk_size))
+
+    def _chunked_log_prob(self, x: Tensor, context: Tensor | None, size: int | None) -> Tensor:
+        """:meth:`log_prob` of checked inputs, in blocks of at most ``size`` rows."""
         ev = len(self.event_shape)
         batch = x.shape[: x.dim() - ev]
         if context is not None:

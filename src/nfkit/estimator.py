@@ -95,6 +95,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
             one for every column or one per column: the density is zero outside them and
             samples stay inside (see :func:`nfkit.models.standardize`; needs ``standardize``).
             ``(0, None)`` for positive quantities, ``(0, 1)`` for fractions.
+        discrete: Integer-valued modelled columns (counts, ratings): indices, names (with
+            DataFrames), or ``"auto"`` for every modelled column of whole numbers. They are
+            modelled by uniform dequantization (:class:`~nfkit.models.DequantizedFlow`):
+            ``score_samples`` gives the log-probability of their integers (a density over the
+            other columns) and ``sample`` draws integers there. Needs ``standardize``.
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -104,6 +109,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         flow_: The fitted :class:`~nfkit.Flow` (float64, eval mode).
         history_: The :class:`~nfkit.train.History` of the fit.
         given_indices_, data_indices_: Which input columns are context and which are modelled.
+        discrete_indices_: The input columns modelled as discrete (empty: none).
         n_features_in_, feature_names_in_: As usual in scikit-learn.
 
     scikit-learn conformance: passes ``sklearn.utils.estimator_checks.parametrize_with_checks``
@@ -135,6 +141,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         patience: int = 10,
         standardize: bool = True,
         bounds: Any = None,
+        discrete: Any = None,
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -153,6 +160,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.patience = patience
         self.standardize = standardize
         self.bounds = bounds
+        self.discrete = discrete
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -187,6 +195,34 @@ class FlowDensity(DensityMixin, BaseEstimator):
             raise ValueError(
                 "FlowDensity.fit: given must list distinct columns and leave at least one to model"
             )
+        return out
+
+    def _discrete_columns(self) -> list[int] | str | None:
+        """``discrete`` as positions among the modelled columns (or ``"auto"``, or None)."""
+        if self.discrete is None or (isinstance(self.discrete, str) and self.discrete == "auto"):
+            return self.discrete
+        where = "FlowDensity.fit"
+        items = [self.discrete] if isinstance(self.discrete, (str, int)) else self.discrete
+        names = [str(n) for n in getattr(self, "feature_names_in_", [])]
+        out = []
+        for item in list(items):
+            if isinstance(item, str) and item in names:
+                i = names.index(item)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not -self.n_features_in_ <= int(item) < self.n_features_in_:
+                    raise ValueError(
+                        f"{where}: discrete index {item} out of range for "
+                        f"{self.n_features_in_} columns"
+                    )
+                i = int(item) % self.n_features_in_
+            else:
+                raise ValueError(
+                    f"{where}: discrete must be 'auto' or list columns (indices, or names when "
+                    f"fitting on a DataFrame), got {shown(item)}"
+                )
+            if i in self.given_indices_:
+                raise ValueError(f"{where}: discrete column {shown(item)} is a given column")
+            out.append(self.data_indices_.index(i))
         return out
 
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -234,9 +270,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
             if self.standardize:
                 names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
                 given = None if names is None else [names[i] for i in self.given_indices_]
-                flow = standardize(flow, x, c, columns=names, given=given, bounds=self.bounds)
-            elif self.bounds is not None:
-                raise ValueError("FlowDensity.fit: bounds need standardize=True")
+                flow = standardize(
+                    flow,
+                    x,
+                    c,
+                    columns=names,
+                    given=given,
+                    bounds=self.bounds,
+                    discrete=self._discrete_columns(),
+                )
+            elif self.bounds is not None or self.discrete is not None:
+                what = "bounds" if self.bounds is not None else "discrete"
+                raise ValueError(f"FlowDensity.fit: {what} need standardize=True")
             self.history_ = fit(
                 flow,
                 x.float(),
@@ -253,6 +298,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 seed=seed,
             )
         self.flow_ = flow.double().eval()
+        cells = (flow.config.get("discrete") or []) if self.standardize else []
+        self.discrete_indices_ = [self.data_indices_[j] for j in cells]
         return self
 
     def score_samples(self, X: Any) -> np.ndarray:

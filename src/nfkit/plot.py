@@ -27,6 +27,7 @@ from torch import Tensor
 from nfkit._checks import Interval, real
 from nfkit.core import Compose, Flow, dtype_device
 from nfkit.io import atomic_write
+from nfkit.models.dequantized import DequantizedFlow
 from nfkit.transforms.elementwise import Affine
 
 __all__ = ["density", "samples", "corner", "history", "layers"]
@@ -154,6 +155,16 @@ def _labels(flow: Flow, columns: Sequence[str] | None, d: int) -> list[str]:
     return [f"x{i}" for i in range(d)]
 
 
+def _log_density(flow: Flow) -> Any:
+    """The log-density drawn on a grid: ``log_prob``, or for a flow with integer columns the
+    density of its dequantized rows ``v + u`` (defined between the integers too)."""
+    return flow.dequantized_log_prob if isinstance(flow, DequantizedFlow) else flow.log_prob
+
+
+def _density_name(flow: Flow) -> str:
+    return "p(v + u)" if isinstance(flow, DequantizedFlow) else "p(x)"
+
+
 def density(
     flow: Flow,
     data: Any = None,
@@ -197,10 +208,10 @@ def density(
         ax = ax[0, 0]
         grid = torch.linspace(box[0][0], box[0][1], resolution * 2, dtype=torch.float64)
         with torch.no_grad():
-            dens = flow.log_prob(grid[:, None].to(**like), ctx).exp().double().cpu()
+            dens = _log_density(flow)(grid[:, None].to(**like), ctx).exp().double().cpu()
         if x is not None:
             ax.hist(_np(x[:, 0]), bins=60, density=True, color=_DATA, alpha=0.4, label="data")
-        ax.plot(_np(grid), _np(dens), color=_MODEL, lw=2, label="model p(x)")
+        ax.plot(_np(grid), _np(dens), color=_MODEL, lw=2, label=f"model {_density_name(flow)}")
         ax.set_xlabel(labels[0])
         ax.legend(frameon=False)
     else:
@@ -210,7 +221,7 @@ def density(
         xx, yy = torch.meshgrid(gx, gy, indexing="xy")
         pts = torch.stack([xx, yy], -1).reshape(-1, 2)
         with torch.no_grad():
-            lp = torch.cat([flow.log_prob(c.to(**like), ctx) for c in pts.split(16384)])
+            lp = torch.cat([_log_density(flow)(c.to(**like), ctx) for c in pts.split(16384)])
         dens = lp.double().cpu().exp().reshape(resolution, resolution)
         ax = axes[0, 0]
         ax.imshow(
@@ -219,7 +230,9 @@ def density(
         if x is not None:
             k = x[: min(len(x), 3000)]
             ax.scatter(*_np(k).T, s=1.5, c="white", alpha=0.35, linewidths=0)
-        ax.set_title("model density p(x)" + (" with data" if x is not None else ""))
+        ax.set_title(
+            f"model density {_density_name(flow)}" + (" with data" if x is not None else "")
+        )
         ax2 = axes[0, 1]
         if x is not None:
             k = x[: min(len(x), n)]

@@ -8,6 +8,7 @@ live in their own module and register themselves with ``@factory``.
 from nfkit.models._registry import FACTORIES, build, factory, make_base
 from nfkit.models.classic import IAF, MAF, NCSF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
+from nfkit.models.dequantized import DequantizedFlow
 from nfkit.models.gaussianization import RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
 from nfkit.models.monotonic import NAF, UMNN
@@ -34,6 +35,7 @@ __all__ = [
     "ResidualFlow",
     "Standardized",
     "standardize",
+    "DequantizedFlow",
     "FACTORIES",
     "build",
     "factory",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from nfkit._checks import check_positive_int, shown
 from nfkit.core import Compose, Flow, floating_tensor
 from nfkit.models._registry import build, factory
+from nfkit.models.dequantized import DequantizedFlow
 from nfkit.tables import as_tensor
 from nfkit.transforms.elementwise import Affine, Bounded
 
@@ -89,8 +90,74 @@ def _plain_bounds(bounds: list[tuple[float, float]] | None) -> list[list[float |
     return [[None if math.isinf(v) else v for v in pair] for pair in bounds]
 
 
+def _check_discrete(
+    where: str, discrete: Any, features: int, labels: Sequence[str] | None = None
+) -> list[int] | None:
+    """``discrete`` as sorted column indices (None: no discrete column): indices, or names
+    among ``labels`` (the modelled columns' names)."""
+    if discrete is None:
+        return None
+    items = [discrete] if isinstance(discrete, str | numbers.Integral) else discrete
+    try:
+        items = list(items)
+    except TypeError:
+        items = [discrete]
+    out = []
+    for item in items:
+        if isinstance(item, str) and labels is not None and item in labels:
+            out.append(list(labels).index(item))
+        elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+            if not -features <= int(item) < features:
+                raise ValueError(
+                    f"{where}: discrete column {int(item)} is out of range for {features} columns"
+                )
+            out.append(int(item) % features)
+        else:
+            known = f"; the modelled columns are {', '.join(map(repr, labels))}" if labels else ""
+            raise ValueError(
+                f"{where}: discrete must list modelled columns (indices or names), "
+                f"got {shown(item)}{known}"
+            )
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where}: discrete lists a column twice: {shown(discrete)}")
+    return sorted(out) or None
+
+
+def _cell_bounds(
+    where: str, bounds: list[tuple[float, float]] | None, discrete: list[int] | None, features: int
+) -> list[tuple[float, float]] | None:
+    """The flow's support per column: a discrete column's integers ``low … high`` are the cells
+    ``[v, v + 1)``, so its continuous support is ``(low, high + 1)`` (whole-number ends)."""
+    if bounds is None or discrete is None:
+        return bounds
+    out = list(bounds)
+    for j in discrete:
+        low, high = bounds[j]
+        if any(math.isfinite(v) and not float(v).is_integer() for v in (low, high)):
+            raise ValueError(
+                f"{where}: bounds of discrete column {j} must be whole numbers (the first and "
+                f"last integer it takes), got ({low:g}, {high:g})"
+            )
+        if high == low:
+            raise ValueError(f"{where}: discrete column {j} takes one value only ({low:g})")
+        out[j] = (low, high + 1)
+    return out
+
+
+def _whole_columns(x: Tensor) -> list[int]:
+    """Indices of the columns of ``x`` ``(n, D)`` whose values are all finite whole numbers."""
+    if x.dim() != 2:
+        return []
+    whole = (torch.isfinite(x) & (x == torch.floor(x))).all(0)
+    return torch.nonzero(whole).flatten().tolist()
+
+
 def _wrap(
-    inner: Flow, features: int, context: int, bounds: list[tuple[float, float]] | None = None
+    inner: Flow,
+    features: int,
+    context: int,
+    bounds: list[tuple[float, float]] | None = None,
+    discrete: list[int] | None = None,
 ) -> Flow:
     layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
     embedding: nn.Module | None = inner.embedding
@@ -99,14 +166,20 @@ def _wrap(
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
     if _scales_x(inner):
         layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
-        if bounds is not None:  # the supports mapped onto the real line, then standardized
-            layers.insert(0, Bounded([b[0] for b in bounds], [b[1] for b in bounds]))
-    elif bounds is not None:
+        support = _cell_bounds("nf.models.standardize", bounds, discrete, features)
+        if support is not None:  # the supports mapped onto the real line, then standardized
+            layers.insert(0, Bounded([b[0] for b in support], [b[1] for b in support]))
+    elif bounds is not None or discrete is not None:
         raise ValueError(
-            "nf.models.standardize: bounds are for flows on the real line; this flow already "
-            f"has the support {inner.transform.domain}"
+            f"nf.models.standardize: {'bounds' if bounds is not None else 'discrete columns'} "
+            f"are for flows on the real line; this flow has the support {inner.transform.domain}"
         )
-    flow = Flow(Compose(*layers), inner.base, embedding=embedding, context=context)
+    if discrete is not None:
+        flow: Flow = DequantizedFlow(
+            Compose(*layers), inner.base, discrete=discrete, embedding=embedding, context=context
+        )
+    else:
+        flow = Flow(Compose(*layers), inner.base, embedding=embedding, context=context)
     like = floating_tensor(inner)
     if like is not None:  # the new buffers follow the inner flow's dtype and device
         flow.to(dtype=like.dtype, device=like.device)
@@ -122,6 +195,7 @@ def Standardized(
     columns: Sequence[str] | None = None,
     given: Sequence[str] | None = None,
     bounds: Bounds | None = None,
+    discrete: Sequence[int] | None = None,
 ) -> Flow:
     r"""A flow of ``inner = nf.models.build(flow)`` behind a fixed standardization of x (and c).
 
@@ -136,6 +210,8 @@ def Standardized(
         given: Optional names of the context columns (a subset of ``columns``).
         bounds: Optional support ``(low, high)`` of each modelled column (None: an open end), as
             in :func:`standardize`.
+        discrete: Optional indices of the integer-valued modelled columns: the flow is then a
+            :class:`~nfkit.models.DequantizedFlow` (see :func:`standardize`).
     """
     features = check_positive_int("Standardized", "features", features)
     context = check_positive_int("Standardized", "context", context, minimum=0)
@@ -143,7 +219,13 @@ def Standardized(
         raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
     inner = build(flow)
     _check_inner("Standardized", inner, features, context)
-    return _wrap(inner, features, context, _check_bounds("Standardized", bounds, features))
+    return _wrap(
+        inner,
+        features,
+        context,
+        _check_bounds("Standardized", bounds, features),
+        _check_discrete("Standardized", discrete, features),
+    )
 
 
 def _check_inner(where: str, inner: Flow, features: int, context: int) -> None:
@@ -187,6 +269,7 @@ def standardize(
     columns: Sequence[str] | None = None,
     given: Sequence[str] | None = None,
     bounds: Bounds | None = None,
+    discrete: Sequence[int | str] | str | None = None,
 ) -> Flow:
     r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
 
@@ -208,7 +291,14 @@ def standardize(
             layer maps them onto the real line before the standardization (whose statistics
             are then those of the mapped columns), so the density is zero outside them and
             samples stay inside; ``log_prob`` refuses values outside, naming the column.
-            Positive quantities: ``(0, None)``; fractions: ``(0, 1)``.
+            Positive quantities: ``(0, None)``; fractions: ``(0, 1)``. For a discrete column
+            the ends are its first and last integers (whole numbers, both included).
+        discrete: Integer-valued columns (counts, ratings, years): indices, names from
+            ``columns``, or ``"auto"`` for every modelled column whose values in ``x`` are all
+            whole numbers. The result is then a :class:`~nfkit.models.DequantizedFlow`: a flow
+            on ``v + u``, ``u ~ U[0, 1)``, whose ``log_prob`` is the log-probability of the
+            integers (a density over the other columns) and whose samples are integers there.
+            The statistics are those of one dequantized draw of ``x`` (a fixed seed).
 
     Example:
         >>> import nfkit as nf
@@ -239,10 +329,29 @@ def standardize(
     if x.dim() == 2 and x.shape[1] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
     support = _check_bounds(where, bounds, features)
-    out = _wrap(flow, features, ctx, support)
+    if isinstance(discrete, str) and discrete == "auto":
+        columns_x = x.reshape(-1, features) if x.dim() == 2 else x
+        discrete = _whole_columns(columns_x) or None
+    cells = _check_discrete(where, discrete, features, x_labels)
+    out = _wrap(flow, features, ctx, support, cells)
+    out.config = {
+        "model": "Standardized",
+        "features": features,
+        "flow": dict(flow.config),
+        "context": ctx,
+        "columns": None if columns is None else list(columns),
+        "given": None if given is None else list(given),
+        "bounds": _plain_bounds(support),
+        "discrete": cells,
+    }
     first = 1 if support is not None else 0  # the Affine follows the Bounded layer
+    if cells is not None:  # checked as log_prob checks, then one dequantized draw
+        out.check_cells(where, x)  # type: ignore[operator]
+        noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+        x = out._dequantize(x, noise.to(x.device))  # type: ignore[operator]
     if support is not None:  # the statistics of the columns mapped onto the real line
-        to_real = Bounded([b[0] for b in support], [b[1] for b in support]).to(x)
+        to_cells = _cell_bounds(where, support, cells, features)
+        to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells]).to(x)
         inside = to_real.domain.contains(x)
         if not bool(inside.all()):  # name the column (by its label when there is one)
             j = int(torch.nonzero(~inside)[0][-1])
@@ -256,15 +365,6 @@ def standardize(
     mean, std = _stats(where, "x", x, x_labels)
     if mean.shape[0] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
-    out.config = {
-        "model": "Standardized",
-        "features": features,
-        "flow": dict(flow.config),
-        "context": ctx,
-        "columns": None if columns is None else list(columns),
-        "given": None if given is None else list(given),
-        "bounds": _plain_bounds(support),
-    }
     like = {"dtype": mean.dtype, "device": mean.device}
     like_tensor = floating_tensor(out)
     if like_tensor is not None:
