@@ -124,7 +124,7 @@ def _check_discrete(
 
 
 def _cell_bounds(
-    where: str, bounds: list[tuple[float, float]] | None, discrete: list[int] | None, features: int
+    where: str, bounds: list[tuple[float, float]] | None, discrete: list[int] | None
 ) -> list[tuple[float, float]] | None:
     """The flow's support per column: a discrete column's integers ``low … high`` are the cells
     ``[v, v + 1)``, so its continuous support is ``(low, high + 1)`` (whole-number ends)."""
@@ -138,8 +138,6 @@ def _cell_bounds(
                 f"{where}: bounds of discrete column {j} must be whole numbers (the first and "
                 f"last integer it takes), got ({low:g}, {high:g})"
             )
-        if high == low:
-            raise ValueError(f"{where}: discrete column {j} takes one value only ({low:g})")
         out[j] = (low, high + 1)
     return out
 
@@ -166,7 +164,7 @@ def _wrap(
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
     if _scales_x(inner):
         layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
-        support = _cell_bounds("nf.models.standardize", bounds, discrete, features)
+        support = _cell_bounds("nf.models.standardize", bounds, discrete)
         if support is not None:  # the supports mapped onto the real line, then standardized
             layers.insert(0, Bounded([b[0] for b in support], [b[1] for b in support]))
     elif bounds is not None or discrete is not None:
@@ -350,7 +348,7 @@ def standardize(
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
         x = out._dequantize(x, noise.to(x.device))  # type: ignore[operator]
     if support is not None:  # the statistics of the columns mapped onto the real line
-        to_cells = _cell_bounds(where, support, cells, features)
+        to_cells = _cell_bounds(where, support, cells)
         to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells]).to(x)
         inside = to_real.domain.contains(x)
         if not bool(inside.all()):  # name the column (by its label when there is one)
