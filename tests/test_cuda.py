@@ -76,3 +76,18 @@ def test_compiled_on_cuda() -> None:
     x = torch.randn(32, 3, device="cuda")
     compiled = torch.compile(flow.log_prob, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), flow.log_prob(x))
+
+
+def test_discrete_columns_on_cuda() -> None:
+    """A DequantizedFlow moved to CUDA scores as on the CPU (the Sobol points follow the data),
+    trains there, and samples integers there."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.poisson(torch.full((300, 1), 3.0)), torch.randn(300, 1)], -1).double()
+    flow = nf.models.standardize(nf.models.NSF(2, transforms=2, bins=4, **SMALL).double(), x,
+                                 discrete=[0], bounds=[(0, None), (None, None)]).eval()  # fmt: skip
+    cpu = flow.log_prob(x)
+    gpu = flow.to("cuda")
+    torch.testing.assert_close(gpu.log_prob(x.cuda()).cpu(), cpu)
+    s = gpu.sample(500)
+    assert s.device.type == "cuda" and bool((s[:, 0] == s[:, 0].floor()).all())
+    nf.fit(gpu, x.cuda(), steps=3, progress=False)
