@@ -123,6 +123,8 @@ def test_conditional_round_trip(capsys, table) -> None:
     assert code == 1 and "conditional on g; pass --given g=VALUE" in err
     code, _, err = _run(capsys, "sample", model, "-n", "5", "--given", "h=1")
     assert code == 1 and "--given must set exactly g" in err
+    code, _, err = _run(capsys, "sample", model, "-n", "5", "--given", "g=high")
+    assert code == 1 and "--given value of 'g' is not a number: 'high'" in err
 
 
 def test_model_options_reach_the_factory(capsys, table, tmp_path) -> None:
@@ -183,7 +185,8 @@ def _error(capsys, *argv) -> str:
 
 
 def test_failure_modes(capsys, table, tmp_path) -> None:
-    (tmp_path / "text.csv").write_text("a,name\n1,x\n2,y\n3,z\n")
+    names = "".join(f"{i},name{i}\n" for i in range(30))  # an identifier, not categories
+    (tmp_path / "text.csv").write_text("a,name\n" + names)
     (tmp_path / "nan.csv").write_text("a,b\n1,2\n,3\n4,5\n")
     (tmp_path / "other.csv").write_text("u,v\n1,2\n3,4\n")
     (tmp_path / "junk.pt").write_text("not a model")
@@ -191,7 +194,9 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
     if not model.exists():
         _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)
     assert "nope.csv: no such file" in _error(capsys, "fit", tmp_path / "nope.csv")
-    assert "column 'name' is not numeric" in _error(capsys, "fit", tmp_path / "text.csv")
+    assert "column 'name' has 30 distinct text values in 30 rows, too many for categories" in (
+        _error(capsys, "fit", tmp_path / "text.csv")
+    )
     assert "missing values in column(s) 'a' (1)" in _error(capsys, "fit", tmp_path / "nan.csv")
     assert "unknown model 'foo'" in _error(capsys, "fit", table / "data.csv", "--model", "foo")
     assert "--given column(s) 'zz' not found" in _error(
@@ -358,3 +363,51 @@ def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
     assert "discrete x column 'income' has non-integer values" in _error(
         capsys, "fit", tmp_path / "t.csv", "--discrete", "income"
     )
+
+
+def test_text_columns_are_categories(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    region = rng.choice(["north", "south", "east"], 600, p=[0.5, 0.3, 0.2])
+    level = {"north": 0.0, "south": 2.0, "east": 4.0}
+    df = pd.DataFrame({"region": region, "y": [level[r] for r in region] + rng.normal(size=600)})
+    df.to_csv(tmp_path / "r.csv", index=False)
+    model = tmp_path / "r.pt"
+    code, _, err = _run(capsys, "fit", tmp_path / "r.csv", "--out", model, "--steps", "300",
+                        "--transforms", "2", "--hidden", "16", "--seed", "0")  # fmt: skip
+    assert code == 0 and "text column(s) region (3) read as categories" in err
+    code, out, _ = _run(capsys, "info", model)
+    assert "categories of region: east, north, south (codes 0-2)" in out
+    assert "discrete: region" in out and "bounds" not in out
+    code, out, _ = _run(capsys, "sample", model, "-n", "2000", "--seed", "0")
+    draws = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and set(draws["region"]) <= {"north", "south", "east"}
+    share = draws["region"].value_counts(normalize=True)
+    assert abs(share["north"] - 0.5) < 0.08 and abs(share["east"] - 0.2) < 0.08
+    means = draws.groupby("region")["y"].mean()  # the other column follows its category
+    assert means["north"] < means["south"] - 1 < means["east"] - 2
+    code, out, _ = _run(capsys, "score", model, tmp_path / "r.csv", "--with-data")
+    scored = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and len(scored) == 600 and np.isfinite(scored["log_density"]).all()
+    assert scored["region"].tolist() == df["region"].tolist()  # labels, not codes
+    code, _, _ = _run(
+        capsys, "plot", model, "--data", tmp_path / "r.csv", "-o", tmp_path / "r.png"
+    )
+    assert code == 0 and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    df.assign(region="west").to_csv(tmp_path / "w.csv", index=False)
+    assert "column 'region' has the category 'west', which the model was not fitted on" in (
+        _error(capsys, "score", model, tmp_path / "w.csv")
+    )
+    assert "--bounds column(s) 'region' hold categories" in _error(
+        capsys, "fit", tmp_path / "r.csv", "--bounds", "region=0:5"
+    )
+    # a category column as the context: p(y | region), sampled given a label
+    conditional = tmp_path / "c.pt"
+    code, _, _ = _run(capsys, "fit", tmp_path / "r.csv", "--given", "region", "--out", conditional,
+                      *FAST)  # fmt: skip
+    code, out, _ = _run(capsys, "sample", conditional, "-n", "3", "--given", "region=east")
+    assert code == 0 and list(pd.read_csv(pd.io.common.StringIO(out))["region"]) == ["east"] * 3
+    assert "--given region='west' is not a category of the model" in _error(
+        capsys, "sample", conditional, "-n", "3", "--given", "region=west"
+    )
+    code, out, _ = _run(capsys, "score", conditional, tmp_path / "r.csv")
+    assert code == 0

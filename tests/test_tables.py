@@ -352,3 +352,34 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch) -> None:
         nf.tables.write_table(_moons_frame(3), tmp_path / "s.parquet")
     assert not (tmp_path / "s.parquet").exists()
     nf.tables.check_table_path(tmp_path / "s.csv.gz", writing=True)  # text needs no extra
+
+
+def test_text_columns_as_categories(tmp_path) -> None:
+    """``categories=True`` codes text columns in sorted order and records the labels; a dict
+    codes with a model's labels (numbers in the file read as labels too) and refuses others."""
+    from nfkit.tables import clean_table, read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,region,flag\n1, west,x\n2,east,y\n3,west,x\n4,north,x\n")
+    df = read_table(path, categories=True)
+    assert df["region"].tolist() == [2.0, 0.0, 2.0, 1.0] and df["a"].tolist() == [1, 2, 3, 4]
+    assert df.attrs["categories"] == {"region": ["east", "north", "west"], "flag": ["x", "y"]}
+    scored = clean_table(
+        pd.DataFrame({"region": ["north"], "code": [2]}),
+        "s.csv",
+        allow_constant=True,
+        categories={"region": ["east", "north", "west"], "code": ["1", "2", "x"]},
+    )
+    assert scored.iloc[0].tolist() == [1.0, 1.0]
+    with pytest.raises(DataError, match="column 'region' has the category 'south', which the"):
+        clean_table(pd.DataFrame({"region": ["south"]}), "s.csv", allow_constant=True,
+                    categories={"region": ["east", "north", "west"]})  # fmt: skip
+    ids = pd.DataFrame({"id": [f"n{i}" for i in range(60)], "a": np.arange(60.0)})
+    with pytest.raises(DataError, match="'id' has 60 distinct text values in 60 rows"):
+        clean_table(ids, "ids.csv", categories=True)
+    with pytest.raises(DataError, match=r"column 'region' is not numeric \(e.g. 'west'\)"):
+        read_table(path)
+    constant = pd.DataFrame({"k": ["z"] * 4, "flag": ["x", "y", "x", "x"], "a": [1.0, 2, 3, 4]})
+    dropped = clean_table(constant, "c.csv", categories=True, drop_constant=True)
+    assert list(dropped.columns) == ["flag", "a"]
+    assert dropped.attrs["categories"] == {"flag": ["x", "y"]}

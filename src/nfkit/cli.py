@@ -83,9 +83,10 @@ def _model_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
-def _given_values(text: str) -> dict[str, float]:
-    """``a=1.5,b=0`` → ``{"a": 1.5, "b": 0.0}``."""
-    out: dict[str, float] = {}
+def _given_values(text: str) -> dict[str, float | str]:
+    """``a=1.5,b=0,region=east`` → ``{"a": 1.5, "b": 0.0, "region": "east"}`` (a value that is
+    not a number is kept as a label, for a category column; checked against the model)."""
+    out: dict[str, float | str] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -94,12 +95,12 @@ def _given_values(text: str) -> dict[str, float]:
             )
         if name.strip() in out:
             raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}")
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"value of {name.strip()!r} is empty in {text!r}")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"value of {name.strip()!r} is not a number: {value!r}"
-            ) from None
+            out[name.strip()] = value.strip()
     return out
 
 
@@ -190,7 +191,9 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
     return df[needed]
 
 
-def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, path: str) -> Any:
+def _context_row(
+    flow: Any, given: list[str], values: dict[str, float | str] | None, path: str
+) -> Any:
     import torch
 
     if not given:
@@ -214,7 +217,25 @@ def _context_row(flow: Any, given: list[str], values: dict[str, float] | None, p
     from nfkit.core import dtype_device
 
     dtype, device = dtype_device(flow)
-    return torch.tensor([values[g] for g in given], dtype=dtype, device=device)
+    return torch.tensor(
+        [_given_code(flow, g, values[g]) for g in given], dtype=dtype, device=device
+    )
+
+
+def _given_code(flow: Any, name: str, value: float | str) -> float:
+    """A ``--given`` value as the model reads it: a number, or a category's code."""
+    labels = (flow.config.get("categories") or {}).get(name)
+    if labels is None:
+        if isinstance(value, str):
+            raise _UserError(f"--given value of {name!r} is not a number: {value!r}")
+        return value
+    label = value if isinstance(value, str) else f"{value:g}"
+    if label not in labels:
+        raise _UserError(
+            f"--given {name}={label!r} is not a category of the model "
+            f"(it knows {', '.join(map(repr, labels))})"
+        )
+    return float(labels.index(label))
 
 
 def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> None:
@@ -289,6 +310,15 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             f"{source}: --bounds column(s) {', '.join(map(repr, unknown))} are not modelled "
             f"columns; those are {', '.join(map(repr, data_cols))}"
         )
+    categories = df.attrs.get("categories") or {}
+    coded = [col for col in data_cols if col in categories]  # always discrete, in 0 … K-1
+    taken = [col for col in coded if col in spec]
+    if taken:
+        raise _UserError(
+            f"{source}: --bounds column(s) {', '.join(map(repr, taken))} hold categories; "
+            "their range is their categories"
+        )
+    spec = {**spec, **{col: (0.0, float(len(categories[col]) - 1)) for col in coded}}
     bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
     discrete = getattr(args, "discrete", None)  # nfkit demo has no --discrete
     if isinstance(discrete, list):
@@ -298,10 +328,23 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
                 f"{source}: --discrete column(s) {', '.join(map(repr, unknown))} are not "
                 f"modelled columns; those are {', '.join(map(repr, data_cols))}"
             )
+        discrete = [*discrete, *(col for col in coded if col not in discrete)]
+    elif discrete is None and coded:
+        discrete = coded
     flow = nf.models.standardize(
         flow, x, c, columns=list(df.columns), given=given, bounds=bounds, discrete=discrete or None
     )
-    cells = [data_cols[j] for j in flow.config.get("discrete") or []]
+    if categories:
+        flow.config["categories"] = {
+            col: categories[col] for col in df.columns if col in categories
+        }
+        counts = ", ".join(f"{col} ({len(categories[col])})" for col in categories)
+        _info(
+            args,
+            f"{source}: text column(s) {counts} read as categories (integer codes in sorted "
+            "order; discrete when modelled)",
+        )
+    cells = [data_cols[j] for j in flow.config.get("discrete") or [] if data_cols[j] not in coded]
     if cells and discrete == "auto":
         _info(
             args,
@@ -357,7 +400,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
         args.quiet = args.quiet or not distributed.is_main_process()
     try:
         given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []
-        df = _read(args.data, drop_missing=args.drop_missing, drop_constant=args.drop_constant)
+        df = _read(
+            args.data,
+            drop_missing=args.drop_missing,
+            drop_constant=args.drop_constant,
+            categories=True,
+        )
         flow, history = _train(args, df, given, args.data)
         if not distributed.is_main_process():
             return  # rank 0 writes the model and reports
@@ -425,8 +473,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
             torch.manual_seed(args.seed)
         x = flow.sample(args.n, ctx, chunk_size=args.chunk_size).double().cpu().numpy()
     df = pd.DataFrame(x, columns=data)
+    categories = flow.config.get("categories") or {}
     for j in flow.config.get("discrete") or []:  # integers, written without a decimal point
         df[data[j]] = df[data[j]].astype("int64")
+        if data[j] in categories:  # a category column: its labels
+            df[data[j]] = pd.Categorical.from_codes(df[data[j]], categories[data[j]]).astype(str)
     for g in given:
         df[g] = args.given[g]
     _write_table(df[columns], args.output)
@@ -444,7 +495,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
-    table = _read(args.data, allow_constant=True)
+    table = _read(args.data, allow_constant=True, categories=flow.config.get("categories") or {})
     df = _select(table, columns, args.data)
     if args.with_data and "log_density" in table.columns:
         raise _UserError(
@@ -457,7 +508,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         scores = flow.log_prob(x, c, chunk_size=args.chunk_size)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
     if args.with_data:  # every column of the table (a header-less one under the model's names)
-        rows = table if set(columns) <= set(table.columns) else df
+        rows = (table if set(columns) <= set(table.columns) else df).copy()
+        for name, labels in (flow.config.get("categories") or {}).items():
+            if name in rows:  # the labels as read, not their codes
+                rows[name] = pd.Categorical.from_codes(rows[name].astype("int64"), labels)
         out = pd.concat([rows.reset_index(drop=True), out], axis=1)
     _write_table(out, args.output)
     if args.output:
@@ -471,8 +525,11 @@ def _bounds_text(flow: Any) -> str:
     """The recorded bounds per modelled column: ``0 < share < 1``, ``kids >= 0`` (integers)."""
     _, data, _ = _schema(flow)
     cells = set(flow.config.get("discrete") or ())
+    coded = flow.config.get("categories") or {}
     parts = []
     for j, (low, high) in enumerate(flow.config["bounds"]):
+        if data[j] in coded:  # listed with its categories
+            continue
         strict = "<" if j not in cells else "<="
         low_text = "" if low is None else f"{low:g} {strict} "
         high_text = "" if high is None else f" {strict} {high:g}"
@@ -502,7 +559,7 @@ def cmd_info(args: argparse.Namespace) -> None:
                 "  standardized: columns are scaled inside the model; "
                 "densities in the table's units"
             )
-        if config.get("bounds"):
+        if config.get("bounds") and _bounds_text(flow):
             print(f"  bounds: {_bounds_text(flow)} (zero probability outside)")
         elif not support.is_real:
             print(f"  support: {support} per column (not scaled; angles stay in their units)")
@@ -510,6 +567,9 @@ def cmd_info(args: argparse.Namespace) -> None:
             _, data, _ = _schema(flow)
             names = ", ".join(data[j] for j in config["discrete"])
             print(f"  discrete: {names} (integers, dequantized; log-probabilities over them)")
+        for name, labels in (config.get("categories") or {}).items():
+            shown_labels = ", ".join(labels[:12]) + (", ..." if len(labels) > 12 else "")
+            print(f"  categories of {name}: {shown_labels} (codes 0-{len(labels) - 1})")
     if len(flow.event_shape) == 1:
         _, data, given = _schema(flow)
         print(f"  models: {', '.join(data)}" + (f" given {', '.join(given)}" if given else ""))
@@ -530,7 +590,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
     ctx = _context_row(flow, given, args.given, args.model)
     x = None
     if args.data is not None:
-        x = _select(_read(args.data, allow_constant=True, drop_missing=True), columns, args.data)
+        table = _read(
+            args.data,
+            allow_constant=True,
+            drop_missing=True,
+            categories=flow.config.get("categories") or {},
+        )
+        x = _select(table, columns, args.data)
         x = x[data]
     kind = args.kind
     if kind == "auto":

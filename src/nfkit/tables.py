@@ -350,27 +350,70 @@ def _read_parquet(path: Path) -> Any:
     return df
 
 
-def _numeric(df: Any, path: Path) -> Any:
+Categories = dict[str, list[str]]
+
+
+def _as_labels(col: Any) -> Any:
+    """A column's values as category labels (strings; missing values kept): text stripped,
+    whole numbers without a decimal point (a category column whose labels all look like numbers
+    is read as numbers)."""
     import pandas as pd
 
-    out = {}
+    if _real_dtype(col.dtype):
+        values = [
+            None if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v) for v in col
+        ]
+        return pd.Series(values, index=col.index, dtype="string")
+    return col.astype("string").str.strip()
+
+
+def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, Categories]:
+    """The columns as float64, and the labels of the text columns read as categories (their
+    integer codes ``0 … K-1`` in the table: learned here if ``categories`` is True, the given
+    labels if it is a dict; any other text column is an error)."""
+    import pandas as pd
+
+    out, labels = {}, {}
     for name in df.columns:
         col = df[name]
-        if _real_dtype(col.dtype):
-            out[name] = col.astype("float64")
-            continue
-        converted = pd.to_numeric(col, errors="coerce")
-        bad = converted.isna() & col.notna()
-        if bool(bad.any()) or not (
-            pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
-        ):
-            example = col[bad].iloc[0] if bool(bad.any()) else col.dtype
+        known = categories.get(name) if isinstance(categories, dict) else None
+        if known is None:  # a number column, or one to learn categories from
+            if _real_dtype(col.dtype):
+                out[name] = col.astype("float64")
+                continue
+            converted = pd.to_numeric(col, errors="coerce")
+            bad = converted.isna() & col.notna()
+            textual = pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
+            if not bool(bad.any()) and textual:
+                out[name] = converted.astype("float64")
+                continue
+            labelled = textual or isinstance(col.dtype, pd.CategoricalDtype)
+            if not labelled or categories is not True:
+                example = col[bad].iloc[0] if bool(bad.any()) else col.dtype
+                raise DataError(
+                    f"{path}: column {name!r} is not numeric (e.g. {example!r}); "
+                    "only numeric columns can be modelled"
+                )
+        text = _as_labels(col)
+        if known is None:
+            known = sorted(text.dropna().unique().tolist())
+            if len(known) > max(20, text.notna().sum() // 2):
+                raise DataError(
+                    f"{path}: column {name!r} has {len(known)} distinct text values in "
+                    f"{len(col)} rows, too many for categories (an identifier or free text?); "
+                    "drop it"
+                )
+        codes = text.map({label: i for i, label in enumerate(known)})
+        unknown = codes.isna() & text.notna()
+        if bool(unknown.any()):
+            shown_known = ", ".join(map(repr, known[:10])) + (", ..." if len(known) > 10 else "")
             raise DataError(
-                f"{path}: column {name!r} is not numeric (e.g. {example!r}); "
-                "only numeric columns can be modelled"
+                f"{path}: column {name!r} has the category {text[unknown].iloc[0]!r}, which the "
+                f"model was not fitted on (it knows {shown_known})"
             )
-        out[name] = converted.astype("float64")
-    return pd.DataFrame(out, index=df.index)
+        out[name] = codes.astype("float64")
+        labels[name] = list(known)
+    return pd.DataFrame(out, index=df.index), labels
 
 
 def clean_table(
@@ -380,12 +423,19 @@ def clean_table(
     drop_missing: bool = False,
     drop_constant: bool = False,
     allow_constant: bool = False,
+    categories: bool | Categories = False,
 ) -> Any:
     """Check a DataFrame: numeric columns, no missing/infinite values, no constant column.
 
     Returns a float64 copy (rows with missing values dropped if ``drop_missing``; constant
     columns dropped if ``drop_constant``; ``allow_constant`` skips the constant-column and
-    two-row rules, for data that is scored rather than fitted). Raises :class:`DataError` with one line otherwise.
+    two-row rules, for data that is scored rather than fitted). Raises :class:`DataError` with
+    one line otherwise.
+
+    ``categories``: text columns are then categories, replaced by integer codes ``0 … K-1``
+    (``True``: the sorted distinct labels of each text column, at most ``max(20, n/2)`` of them;
+    a dict ``{column: labels}``: those labels, as a model was fitted on, a label outside them
+    being an error). The labels of the coded columns are in ``result.attrs["categories"]``.
     """
     path = Path(source)
     if df.shape[1] == 0:
@@ -393,7 +443,16 @@ def clean_table(
     if len(set(df.columns)) != len(df.columns):
         dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
         raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
-    df = _numeric(df, path)
+    df, labels = _numeric(df, path, categories)
+    out = _checked(df, path, drop_missing, drop_constant, allow_constant)
+    out.attrs["categories"] = {name: v for name, v in labels.items() if name in out.columns}
+    return out
+
+
+def _checked(
+    df: Any, path: Path, drop_missing: bool, drop_constant: bool, allow_constant: bool
+) -> Any:
+    """:func:`clean_table`'s checks of a numeric table."""
     missing = df.isna().sum()
     missing = missing[missing > 0]
     if len(missing):
@@ -434,6 +493,7 @@ def read_table(
     drop_missing: bool = False,
     drop_constant: bool = False,
     allow_constant: bool = False,
+    categories: bool | Categories = False,
 ) -> Any:
     r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, each also as ``.gz``, ``.bz2``, ``.xz``
     or a one-file ``.zip``; ``.npy``, ``.parquet``) into a float64 DataFrame.
@@ -464,6 +524,8 @@ def read_table(
         drop_missing: Drop rows with missing values instead of failing.
         drop_constant: Drop constant columns instead of failing.
         allow_constant: Accept constant columns and a single row (data to score, not to fit).
+        categories: Read text columns as categories (integer codes), as in
+            :func:`clean_table`; their labels are in ``result.attrs["categories"]``.
     """
     path = Path(path)
     if not path.exists():
@@ -491,6 +553,7 @@ def read_table(
         drop_missing=drop_missing,
         drop_constant=drop_constant,
         allow_constant=allow_constant,
+        categories=categories,
     )
 
 

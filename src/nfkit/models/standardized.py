@@ -194,6 +194,7 @@ def Standardized(
     given: Sequence[str] | None = None,
     bounds: Bounds | None = None,
     discrete: Sequence[int] | None = None,
+    categories: dict[str, list[str]] | None = None,
 ) -> Flow:
     r"""A flow of ``inner = nf.models.build(flow)`` behind a fixed standardization of x (and c).
 
@@ -210,6 +211,9 @@ def Standardized(
             in :func:`standardize`.
         discrete: Optional indices of the integer-valued modelled columns: the flow is then a
             :class:`~nfkit.models.DequantizedFlow` (see :func:`standardize`).
+        categories: Optional labels of category columns, ``{name: labels}``, recorded only (the
+            table holds their codes ``0 … K-1``; ``nfkit fit`` writes it, ``sample`` and
+            ``score`` read it).
     """
     features = check_positive_int("Standardized", "features", features)
     context = check_positive_int("Standardized", "context", context, minimum=0)
