@@ -347,6 +347,9 @@ def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
     code, out, _ = _run(capsys, "score", model, tmp_path / "t.csv")
     scores = pd.read_csv(pd.io.common.StringIO(out))["log_density"]
     assert code == 0 and np.isfinite(scores).all()
+    code, out, _ = _run(capsys, "score", model, tmp_path / "t.csv", "--draws", "256")
+    finer = pd.read_csv(pd.io.common.StringIO(out))["log_density"]
+    assert code == 0 and 0 < np.abs(finer - scores).max() < 0.05
     df.assign(age=df["age"] + 0.5).to_csv(tmp_path / "half.csv", index=False)
     assert "discrete x column 'age' has non-integer values (e.g. 70.5)" in _error(
         capsys, "score", model, tmp_path / "half.csv"
@@ -357,6 +360,9 @@ def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
     assert code == 0 and "discrete" not in err
     code, out, _ = _run(capsys, "info", tmp_path / "c.pt")
     assert "discrete" not in out
+    assert "--draws is for models with discrete columns" in _error(
+        capsys, "score", tmp_path / "c.pt", tmp_path / "t.csv", "--draws", "4"
+    )
     assert "--discrete column(s) 'nope' are not modelled columns" in _error(
         capsys, "fit", tmp_path / "t.csv", "--discrete", "nope"
     )

@@ -490,10 +490,16 @@ def cmd_score(args: argparse.Namespace) -> None:
     import torch
 
     from nfkit.core import dtype_device
+    from nfkit.models import DequantizedFlow
 
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
     _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
+    options = {}
+    if args.draws is not None:
+        if not isinstance(flow, DequantizedFlow):
+            raise _UserError(f"{args.model}: --draws is for models with discrete columns")
+        options["draws"] = args.draws
     columns, data, given = _schema(flow)
     table = _read(args.data, allow_constant=True, categories=flow.config.get("categories") or {})
     df = _select(table, columns, args.data)
@@ -505,7 +511,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
     c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
     with torch.no_grad():
-        scores = flow.log_prob(x, c, chunk_size=args.chunk_size)
+        scores = flow.log_prob(x, c, chunk_size=args.chunk_size, **options)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
     if args.with_data:  # every column of the table (a header-less one under the model's names)
         rows = (table if set(columns) <= set(table.columns) else df).copy()
@@ -773,6 +779,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-data",
         action="store_true",
         help="write the table's columns before log_density (rows to rank, e.g. for anomalies)",
+    )
+    p.add_argument(
+        "--draws",
+        type=_positive,
+        default=None,
+        help="models with discrete columns: points per row averaged to estimate its probability "
+        "(default: 16; more is closer, each costs one pass)",
     )
     _inference_options(p)
     p.set_defaults(func=cmd_score)
