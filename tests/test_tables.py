@@ -379,6 +379,12 @@ def test_text_columns_as_categories(tmp_path) -> None:
         clean_table(ids, "ids.csv", categories=True)
     with pytest.raises(DataError, match=r"column 'region' is not numeric \(e.g. 'west'\)"):
         read_table(path)
+    flags = clean_table(pd.DataFrame({"ok": [True, False, True]}), "f.csv", categories=True)
+    assert flags["ok"].tolist() == [1.0, 0.0, 1.0]  # booleans: two categories, False first
+    assert flags.attrs["categories"] == {"ok": ["False", "True"]}
+    read_back = clean_table(pd.DataFrame({"ok": ["True", "True"]}), "f.csv", allow_constant=True,
+                            categories={"ok": ["False", "True"]})  # fmt: skip
+    assert read_back["ok"].tolist() == [1.0, 1.0]
     constant = pd.DataFrame({"k": ["z"] * 4, "flag": ["x", "y", "x", "x"], "a": [1.0, 2, 3, 4]})
     dropped = clean_table(constant, "c.csv", categories=True, drop_constant=True)
     assert list(dropped.columns) == ["flag", "a"]

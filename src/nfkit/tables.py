@@ -359,6 +359,8 @@ def _as_labels(col: Any) -> Any:
     is read as numbers)."""
     import pandas as pd
 
+    if pd.api.types.is_bool_dtype(col.dtype):
+        return col.map(lambda v: None if pd.isna(v) else str(bool(v))).astype("string")
     if _real_dtype(col.dtype):
         values = [
             None if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v) for v in col
@@ -377,6 +379,8 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
     for name in df.columns:
         col = df[name]
         known = categories.get(name) if isinstance(categories, dict) else None
+        if known is None and categories is True and pd.api.types.is_bool_dtype(col.dtype):
+            known = ["False", "True"]  # a flag: two categories, False first (codes 0, 1)
         if known is None:  # a number column, or one to learn categories from
             if _real_dtype(col.dtype):
                 out[name] = col.astype("float64")
