@@ -98,14 +98,16 @@ class DequantizedFlow(Flow):
         mask[index] = True
         self.register_buffer("discrete", mask)
         self.discrete_columns = index
+        # the flow's support per column (fixed; moved with the module, not saved)
+        low, high = self.transform.domain._tensors(torch.empty(0, dtype=torch.float64))
+        self.register_buffer("low", low.expand(features).clone(), persistent=False)
+        self.register_buffer("high", high.expand(features).clone(), persistent=False)
 
     # ------------------------------------------------------------------ support of the cells
 
     def _ends(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """The flow's support ``(low, high)`` per column, in ``like``'s dtype and device."""
-        low, high = self.transform.domain._tensors(like)
-        shape = self.event_shape
-        return low.expand(shape), high.expand(shape)
+        return self.low.to(like), self.high.to(like)
 
     def _inside(self, y: Tensor) -> Tensor:
         """``y`` moved just inside an open end it reached by rounding (``v + u`` with ``u`` near
