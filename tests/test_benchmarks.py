@@ -139,3 +139,18 @@ def test_circular_benchmark_writes_every_metric(tmp_path: Path) -> None:
     }
     assert all(v > 0 for k, v in result.items() if k != "test_ll_per_angle")
     assert "| D=2 | nfkit |" in (tmp_path / "circular-cpu.md").read_text()
+
+
+def test_discrete_benchmark_writes_every_metric(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "discrete.py"
+    args = [sys.executable, str(script), "--models", "maf", "--steps", "3", "--transforms", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*args, "--hidden", "8", "--out", str(tmp_path)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "discrete-digits-cpu.json").read_text())
+    assert result["columns"] == 61 and -120 < result["independent"] < -100
+    maf = result["models"]["maf"]
+    assert maf["bound"] <= maf["log_P_64"] + 0.5  # Jensen: the training bound is below
+    assert maf["score_ms"] > maf["one_pass_ms"] > 0 and maf["steps"] == 3
+    assert "| maf |" in (tmp_path / "discrete-digits-cpu.md").read_text()
