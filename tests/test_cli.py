@@ -417,3 +417,38 @@ def test_text_columns_are_categories(capsys, tmp_path) -> None:
     )
     code, out, _ = _run(capsys, "score", conditional, tmp_path / "r.csv")
     assert code == 0
+
+
+def test_compare_ranks_models_on_held_out_rows(capsys, table, tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=400)
+    held_out = pd.DataFrame(
+        {"a": g + 0.2 * rng.normal(size=400), "b": rng.normal(size=400), "g": g}
+    )
+    held_out.to_csv(tmp_path / "test.csv", index=False)
+    good, poor = tmp_path / "good.pt", tmp_path / "poor.pt"
+    code, _, _ = _run(capsys, "fit", table / "data.csv", "--out", good, "--steps", "300",
+                      "--transforms", "2", "--hidden", "16", "--model", "maf", "-q")  # fmt: skip
+    code, _, _ = _run(capsys, "fit", table / "data.csv", "--out", poor, "--steps", "2",
+                      "--transforms", "1", "--hidden", "4", "--model", "maf", "-q")  # fmt: skip
+    code, out, _ = _run(capsys, "compare", tmp_path / "test.csv", poor, good)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "rows", "log_likelihood", "sem", "difference",
+                                "difference_sem"]  # fmt: skip
+    assert lines[1].split()[0].endswith("good.pt") and lines[2].split()[0].endswith("poor.pt")
+    diff, paired = (float(v) for v in lines[2].split()[4:6])
+    assert diff > 3 * paired > 0
+    code, _, _ = _run(
+        capsys, "compare", tmp_path / "test.csv", good, poor, "-o", tmp_path / "r.csv"
+    )
+    ranking = pd.read_csv(tmp_path / "r.csv")
+    assert code == 0 and abs(ranking["difference"].iloc[1] - diff) < 1e-3
+    conditional = tmp_path / "cond.pt"
+    _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", conditional, *FAST)
+    assert "differ in what each models (a, b, g against a, b)" in _error(
+        capsys, "compare", tmp_path / "test.csv", good, conditional
+    )
+    assert "is given more than once" in _error(
+        capsys, "compare", tmp_path / "test.csv", good, good
+    )

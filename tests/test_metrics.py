@@ -54,3 +54,49 @@ def test_bits_per_dim_refusals_are_one_line(kwargs: dict, error: type, message: 
     with pytest.raises(error) as info:
         nf.metrics.bits_per_dim(cube, **call)
     assert str(info.value) == f"nf.metrics.bits_per_dim: {message}"
+
+
+def test_compare_scores_ranks_with_paired_standard_errors() -> None:
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(4000, generator=g, dtype=torch.float64) * 3  # hard and easy rows
+    a = shared + 0.1 * torch.randn(4000, generator=g, dtype=torch.float64)
+    b = shared - 0.05 + 0.1 * torch.randn(4000, generator=g, dtype=torch.float64)
+    ranking = nf.metrics.compare_scores({"b": b, "a": a.numpy()})
+    assert ranking["model"].tolist() == ["a", "b"] and ranking["rows"].tolist() == [4000] * 2
+    assert ranking["difference"].iloc[0] == 0 and ranking["difference_sem"].iloc[0] == 0
+    diff, paired, sem = ranking.loc[1, ["difference", "difference_sem", "sem"]]
+    assert abs(diff - 0.05) < 0.01 and abs(diff - (a.mean() - b.mean()).item()) < 1e-12
+    # the paired error sees through the shared row difficulty: ~0.14/√n, not ~3/√n
+    assert abs(paired - (a - b).std().item() / 4000**0.5) < 1e-12 and paired < sem / 10
+    with pytest.raises(ValueError, match="every model must score the same rows"):
+        nf.metrics.compare_scores({"a": a, "b": b[:10]})
+    with pytest.raises(ValueError, match="scores of 'a' have 1 non-finite value"):
+        nf.metrics.compare_scores({"a": torch.tensor([0.0, -float("inf")]), "b": b[:2]})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        nf.metrics.compare_scores({})
+
+
+def test_compare_scores_flows_and_refuses_what_does_not_compare() -> None:
+    torch.manual_seed(0)
+    x = nf.datasets.two_moons(1000, seed=0)
+    trained = nf.models.MAF(2, transforms=2, hidden=(16,))
+    nf.fit(trained, x, steps=200, progress=False, seed=0)
+    untrained = nf.models.NSF(2, transforms=1, hidden=(8,)).double().train()
+    test = nf.datasets.two_moons(500, seed=1)
+    ranking = nf.metrics.compare({"untrained": untrained, "trained": trained}, test)
+    assert ranking["model"].tolist() == ["trained", "untrained"]
+    assert ranking["difference"].iloc[1] > 5 * ranking["difference_sem"].iloc[1]
+    assert untrained.training  # its mode is restored
+    with torch.no_grad():
+        assert abs(ranking["log_likelihood"].iloc[0] - trained.log_prob(test).mean().item()) < 1e-5
+    counts = torch.poisson(torch.full((200, 2), 3.0))
+    discrete = nf.models.standardize(nf.models.MAF(2, transforms=1, hidden=(8,)), counts,
+                                     discrete=[0])  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"differ in their discrete columns \(\[\] against \[0\]\)"
+    ):
+        nf.metrics.compare({"plain": trained, "counts": discrete}, counts)
+    with pytest.raises(ValueError, match="differ in their event shape"):
+        nf.metrics.compare({"a": trained, "b": nf.models.MAF(3, transforms=1)}, test)
+    with pytest.raises(TypeError, match="'a' is not an nf.Flow"):
+        nf.metrics.compare({"a": torch.nn.Linear(2, 2)}, test)

@@ -544,6 +544,58 @@ def _bounds_text(flow: Any) -> str:
     return ", ".join(parts)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    import torch
+
+    from nfkit.core import dtype_device
+    from nfkit.metrics import compare_scores
+
+    models = [str(m) for m in args.models]
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise _UserError(f"model {repeated[0]} is given more than once")
+    _refuse_overwriting(("-o", args.output), ("data", args.data), *(("model", m) for m in models))
+    _check_output_table(args.output)
+    flows = {m: _load_model(m, args.device) for m in models}
+    first = None
+    for name, flow in flows.items():  # the same variables, the same kind of likelihood
+        _, data, given = _schema(flow)
+        cells = [data[j] for j in flow.config.get("discrete") or []]
+        kind = (sorted(data), sorted(given), sorted(cells))
+        if first is None:
+            first = (name, kind)
+            continue
+        for what, a, b in zip(("models", "is given", "treats as discrete"), first[1], kind):
+            if a != b:
+                raise _UserError(
+                    f"{first[0]} and {name} differ in what each {what} ({', '.join(a) or 'none'}"
+                    f" against {', '.join(b) or 'none'}); their likelihoods do not compare"
+                )
+    scores = {}
+    for name, flow in flows.items():
+        columns, data, given = _schema(flow)
+        table = _read(
+            args.data, allow_constant=True, categories=flow.config.get("categories") or {}
+        )
+        df = _select(table, columns, args.data)
+        dtype, device = dtype_device(flow)
+        x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
+        c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
+        with torch.no_grad():
+            scores[name] = flow.log_prob(x, c, chunk_size=args.chunk_size)
+    ranking = compare_scores(scores)
+    if args.output:
+        _write_table(ranking, args.output)
+        print(f"wrote the ranking of {len(models)} models to {args.output}")
+        return
+    print(ranking.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(
+        "log_likelihood: mean nats per row (sem: its standard error); difference: the best "
+        "model's mean minus this one's (difference_sem: standard error of the paired per-row "
+        "differences)"
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import json
 
@@ -789,6 +841,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _inference_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "compare", help="rank saved models by their log-likelihood of one table (held-out data)"
+    )
+    p.add_argument("data", help="the table the models score (held-out rows, not training rows)")
+    p.add_argument("models", nargs="+", help="models written by 'nfkit fit' or nf.save")
+    p.add_argument(
+        "-o", "--output", default=None, help="write the ranking as a table, format by suffix"
+    )
+    _inference_options(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("info", help="what a saved model is: architecture, columns, parameters")
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
