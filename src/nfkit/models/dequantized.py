@@ -78,7 +78,8 @@ class DequantizedFlow(Flow):
         ...     nf.models.MAF(1, transforms=1, hidden=(8,)), counts, discrete="auto"
         ... ).eval()
         >>> v = torch.arange(-20.0, 40.0)[:, None]  # every integer with non-negligible mass
-        >>> round(flow.log_prob(v).exp().sum().item(), 4)  # probabilities of the integers
+        >>> total = flow.log_prob(v).exp().sum().item()  # probabilities of the integers
+        >>> round(total, 3)  # one, less the trimmed edges of the cells (about 2 · 2⁻¹²)
         1.0
         >>> bool((flow.sample(100) % 1 == 0).all())  # integer samples
         True
