@@ -79,8 +79,8 @@ class DequantizedFlow(Flow):
         ... ).eval()
         >>> v = torch.arange(-20.0, 40.0)[:, None]  # every integer with non-negligible mass
         >>> total = flow.log_prob(v).exp().sum().item()  # probabilities of the integers
-        >>> round(total, 3)  # one, less the trimmed edges of the cells (about 2 · 2⁻¹²)
-        1.0
+        >>> abs(total - 1) < 1e-3  # one, less the trimmed edges of the cells (about 2 · 2⁻¹²)
+        True
         >>> bool((flow.sample(100) % 1 == 0).all())  # integer samples
         True
     """
