@@ -104,8 +104,8 @@ def test_given_by_index_and_per_row_context() -> None:
     ("kwargs", "error", "message"),
     [
         ({"given": [3]}, ValueError, "given index 3 out of range for 2 columns"),
-        ({"given": [0, 0]}, ValueError, "given must list distinct columns"),
-        ({"given": [0, 1]}, ValueError, "leave at least one to model"),
+        ({"given": [0, 0]}, ValueError, "given lists a column twice"),
+        ({"given": [0, 1]}, ValueError, "given must leave at least one column to model"),
         ({"given": [1.5]}, TypeError, "given entries must be int or str, got 1.5"),
         ({"given": ["a"]}, ValueError, "fit on a DataFrame to use names"),
         # not rounded to an int (transforms=2.7 had built 2 transforms, hidden=(8.9,) 8 units)
@@ -159,6 +159,8 @@ def test_flow_density_discrete_columns() -> None:
     )
     with pytest.raises(ValueError, match="discrete column 'x' is a given column"):
         nf.FlowDensity("maf", discrete=["x"], given=["x"], steps=2).fit(df)
+    with pytest.raises(ValueError, match="discrete lists a column twice"):
+        nf.FlowDensity("maf", discrete=[0, "kids"], steps=2).fit(df)
     with pytest.raises(ValueError, match="discrete index 7 out of range for 3 columns"):
         nf.FlowDensity("maf", discrete=[7], steps=2).fit(df)
     with pytest.raises(ValueError, match="discrete need standardize=True"):

@@ -167,61 +167,51 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- helpers
 
-    def _given_indices(self, n_features: int) -> list[int]:
-        if self.given is None:
-            return []
-        given = [self.given] if isinstance(self.given, (str, int)) else list(self.given)
-        names = list(getattr(self, "feature_names_in_", []))
+    def _columns(self, what: str, items: Any, n_features: int) -> list[int]:
+        """Input column indices of ``items`` (ints, or names with a DataFrame), for ``what``."""
+        items = [items] if isinstance(items, (str, int, np.integer)) else list(items)
+        names = [str(n) for n in getattr(self, "feature_names_in_", [])]
         out = []
-        for g in given:
+        for g in items:
             if isinstance(g, str):
                 if g not in names:
                     raise ValueError(
-                        f"FlowDensity.fit: given column {g!r} not found; "
+                        f"FlowDensity.fit: {what} column {g!r} not found; "
                         + ("fit on a DataFrame to use names" if not names else f"columns: {names}")
                     )
                 out.append(names.index(g))
             elif isinstance(g, (int, np.integer)) and not isinstance(g, bool):
                 if not -n_features <= int(g) < n_features:
                     raise ValueError(
-                        f"FlowDensity.fit: given index {g} out of range for {n_features} columns"
+                        f"FlowDensity.fit: {what} index {g} out of range for {n_features} columns"
                     )
                 out.append(int(g) % n_features)
             else:
                 raise TypeError(
-                    f"FlowDensity.fit: given entries must be int or str, got {shown(g)}"
+                    f"FlowDensity.fit: {what} entries must be int or str, got {shown(g)}"
                 )
-        if len(set(out)) != len(out) or len(out) >= n_features:
-            raise ValueError(
-                "FlowDensity.fit: given must list distinct columns and leave at least one to model"
-            )
+        if len(set(out)) != len(out):
+            raise ValueError(f"FlowDensity.fit: {what} lists a column twice")
+        return out
+
+    def _given_indices(self, n_features: int) -> list[int]:
+        if self.given is None:
+            return []
+        out = self._columns("given", self.given, n_features)
+        if len(out) >= n_features:
+            raise ValueError("FlowDensity.fit: given must leave at least one column to model")
         return out
 
     def _discrete_columns(self) -> list[int] | str | None:
         """``discrete`` as positions among the modelled columns (or ``"auto"``, or None)."""
         if self.discrete is None or (isinstance(self.discrete, str) and self.discrete == "auto"):
             return self.discrete
-        where = "FlowDensity.fit"
-        items = [self.discrete] if isinstance(self.discrete, (str, int)) else self.discrete
         names = [str(n) for n in getattr(self, "feature_names_in_", [])]
         out = []
-        for item in list(items):
-            if isinstance(item, str) and item in names:
-                i = names.index(item)
-            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                if not -self.n_features_in_ <= int(item) < self.n_features_in_:
-                    raise ValueError(
-                        f"{where}: discrete index {item} out of range for "
-                        f"{self.n_features_in_} columns"
-                    )
-                i = int(item) % self.n_features_in_
-            else:
-                raise ValueError(
-                    f"{where}: discrete must be 'auto' or list columns (indices, or names when "
-                    f"fitting on a DataFrame), got {shown(item)}"
-                )
+        for i in self._columns("discrete", self.discrete, self.n_features_in_):
             if i in self.given_indices_:
-                raise ValueError(f"{where}: discrete column {shown(item)} is a given column")
+                label = repr(names[i]) if names else str(i)
+                raise ValueError(f"FlowDensity.fit: discrete column {label} is a given column")
             out.append(self.data_indices_.index(i))
         return out
 
