@@ -269,6 +269,16 @@ def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _check_modelled(source: str, option: str, names: Any, data_cols: list[str]) -> None:
+    """Every name an option gives is a modelled column (not a context one, not unknown)."""
+    unknown = [name for name in names if name not in data_cols]
+    if unknown:
+        raise _UserError(
+            f"{source}: {option} column(s) {', '.join(map(repr, unknown))} are not modelled "
+            f"columns; those are {', '.join(map(repr, data_cols))}"
+        )
+
+
 def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> tuple[Any, Any]:
     """Build, standardize and fit a model on a DataFrame; returns ``(flow, history)``."""
     import torch
@@ -304,12 +314,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
         where="nfkit fit",
     )
     spec = getattr(args, "bounds", None) or {}  # nfkit demo has no --bounds
-    unknown = [name for name in spec if name not in data_cols]
-    if unknown:
-        raise _UserError(
-            f"{source}: --bounds column(s) {', '.join(map(repr, unknown))} are not modelled "
-            f"columns; those are {', '.join(map(repr, data_cols))}"
-        )
+    _check_modelled(source, "--bounds", spec, data_cols)
     categories = df.attrs.get("categories") or {}
     coded = [col for col in data_cols if col in categories]  # always discrete, in 0 … K-1
     taken = [col for col in coded if col in spec]
@@ -322,12 +327,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
     discrete = getattr(args, "discrete", None)  # nfkit demo has no --discrete
     if isinstance(discrete, list):
-        unknown = [name for name in discrete if name not in data_cols]
-        if unknown:
-            raise _UserError(
-                f"{source}: --discrete column(s) {', '.join(map(repr, unknown))} are not "
-                f"modelled columns; those are {', '.join(map(repr, data_cols))}"
-            )
+        _check_modelled(source, "--discrete", discrete, data_cols)
         discrete = [*discrete, *(col for col in coded if col not in discrete)]
     elif discrete is None and coded:
         discrete = coded
