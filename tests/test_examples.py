@@ -21,6 +21,7 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "anomaly.py": ("anomaly.png",),
     "rbig.py": ("rbig_layers.png", "rbig_flow.png"),
     "angles.py": ("angles.png",),
+    "mixed_table.py": ("mixed_table.png",),
     "glow_digits.py": ("glow_digits_samples.png",),
 }
 
