@@ -1,4 +1,5 @@
-"""Cases for the monotonic transformers (DSF, UMNN) and the NAF / UMNN factories."""
+"""Cases for the monotonic transformers (DSF, UMNN), BNAF's network, and the NAF / UMNN / BNAF
+factories."""
 
 from __future__ import annotations
 
@@ -32,9 +33,16 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.Autoregressive(d, _umnn(), context=c, hidden=H), context=True
     ),
     "Coupling-UMNN": Case(lambda d, c: _coupling(d, c, _umnn()), context=True),
+    "BlockAutoregressive(BNAF)": Case(
+        lambda d, c: T.BlockAutoregressive(d, (4, 3), context=c), context=True
+    ),
 }
 
 MODELS: dict[str, ModelCase] = {
+    "BNAF": ModelCase(lambda d, c: nf.models.BNAF(d, context=c, transforms=2, hidden=(8, 8))),
+    "BNAF-random-orders": ModelCase(
+        lambda d, c: nf.models.BNAF(d, context=c, transforms=3, hidden=(6,), orders="random")
+    ),
     "NAF": ModelCase(
         lambda d, c: nf.models.NAF(d, context=c, transforms=2, hidden=H, components=4)
     ),

@@ -4,6 +4,7 @@ Every class listed in ``__all__`` is covered by the generic test in ``tests/test
 """
 
 from nfkit.transforms.autoregressive import Autoregressive
+from nfkit.transforms.block import BlockAutoregressive
 from nfkit.transforms.continuous import ContinuousFlow
 from nfkit.transforms.coupling import Coupling, MLPConditioner, alternating_mask
 from nfkit.transforms.elementwise import (
@@ -46,6 +47,7 @@ __all__ = [
     "Elementwise",
     "Coupling",
     "Autoregressive",
+    "BlockAutoregressive",
     # transformers
     "Transformer",
     "AdditiveTransformer",
