@@ -337,6 +337,11 @@ def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
         "--transforms", "1", "--hidden", "8",
     )  # fmt: skip
     assert code == 0 and "column(s) age, kids hold whole numbers only: modelled as discrete" in err
+    assert "have no --bounds" not in err
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--bounds", "kids=0:", "--out",
+                        tmp_path / "h.pt", "--steps", "3", "--hidden", "8")  # fmt: skip
+    assert code == 0 and "discrete column(s) age have no --bounds" in err
+    assert f"the data span --bounds age={age.min()}:{age.max()})" in err
     code, out, _ = _run(capsys, "info", model)
     assert "bounds: 18 <= age <= 79, 0 <= kids" in out and "discrete: age, kids" in out
     code, out, _ = _run(capsys, "sample", model, "-n", "300", "--seed", "0")

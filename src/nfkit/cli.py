@@ -351,6 +351,14 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             f"{source}: column(s) {', '.join(cells)} hold whole numbers only: modelled as "
             "discrete (log-probabilities of their integers; --discrete none: as continuous)",
         )
+    open_cells = [col for col in cells if col not in spec]
+    if open_cells:  # without a range, some probability goes to integers the data never reach
+        ranges = ",".join(f"{col}={df[col].min():g}:{df[col].max():g}" for col in open_cells)
+        _info(
+            args,
+            f"{source}: discrete column(s) {', '.join(open_cells)} have no --bounds; if their "
+            f"range is known, give it (the data span --bounds {ranges})",
+        )
     history = nf.fit(
         flow,
         x,
