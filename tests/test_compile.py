@@ -40,10 +40,12 @@ SAMPLERS = {
     "Planar": lambda: nf.models.Planar(3, layers=2, **SMALL),
     "Sylvester": lambda: nf.models.Sylvester(3, layers=2, **SMALL),
 }
-# BNAF is the other way round: explicit in its density direction, numerical in sampling.
+# BNAF and SOSPF are the other way round: explicit in their density direction, numerical in
+# sampling.
 DENSITIES = {
     **FACTORIES,
     "BNAF": lambda: nf.models.BNAF(3, transforms=2, hidden=(8, 8)),
+    "SOSPF": lambda: nf.models.SOSPF(3, transforms=2, **SMALL),
     "BNAF-context": lambda: nf.models.BNAF(3, context=2, transforms=2, hidden=(8,)),
 }
 

@@ -10,6 +10,7 @@ from . import Case, ModelCase
 
 H = (16, 16)
 DSF = T.DSFTransformer(hidden=4)
+SOS = T.SOSPolynomialTransformer(polynomials=2, degree=2, bound=4.0)
 
 
 def _coupling(d: int, c: int, transformer: T.Transformer) -> nf.Transform:
@@ -33,12 +34,19 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.Autoregressive(d, _umnn(), context=c, hidden=H), context=True
     ),
     "Coupling-UMNN": Case(lambda d, c: _coupling(d, c, _umnn()), context=True),
+    "Autoregressive-SOS(SOSPF)": Case(
+        lambda d, c: T.Autoregressive(d, SOS, context=c, hidden=H), context=True
+    ),
+    "Coupling-SOS": Case(lambda d, c: _coupling(d, c, SOS), context=True),
     "BlockAutoregressive(BNAF)": Case(
         lambda d, c: T.BlockAutoregressive(d, (4, 3), context=c), context=True
     ),
 }
 
 MODELS: dict[str, ModelCase] = {
+    "SOSPF": ModelCase(
+        lambda d, c: nf.models.SOSPF(d, context=c, transforms=2, hidden=H, degree=2)
+    ),
     "BNAF": ModelCase(lambda d, c: nf.models.BNAF(d, context=c, transforms=2, hidden=(8, 8))),
     "BNAF-random-orders": ModelCase(
         lambda d, c: nf.models.BNAF(d, context=c, transforms=3, hidden=(6,), orders="random")

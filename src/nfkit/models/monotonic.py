@@ -1,6 +1,7 @@
-r"""Monotonic factories: :func:`NAF` (deep sigmoidal flows), :func:`UMNN` and :func:`BNAF`.
+r"""Monotonic factories: :func:`NAF` (deep sigmoidal flows), :func:`UMNN`, :func:`SOSPF` and
+:func:`BNAF`.
 
-NAF and UMNN stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders
+NAF, UMNN and SOSPF stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders
 alternating between layers, or random with ``orders="random"``) whose transformer is monotone with
 a numerical inverse; BNAF stacks monotone autoregressive networks
 (:class:`~nfkit.transforms.BlockAutoregressive`). ``log_prob`` takes one network pass per layer,
@@ -23,9 +24,9 @@ from nfkit.models.classic import (
     _orders,
 )
 from nfkit.transforms import Autoregressive, BlockAutoregressive, Permutation
-from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer
+from nfkit.transforms.monotonic import DSFTransformer, SOSPolynomialTransformer, UMNNTransformer
 
-__all__ = ["NAF", "UMNN", "BNAF"]
+__all__ = ["NAF", "UMNN", "SOSPF", "BNAF"]
 
 
 @factory
@@ -116,6 +117,56 @@ def UMNN(
         )
         for i in range(transforms)
     ]
+    return _flow(layers, features, context, base)
+
+
+@factory
+def SOSPF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 3,
+    hidden: Sequence[int] = (64, 64),
+    polynomials: int = 2,
+    degree: int = 3,
+    bound: float = 5.0,
+    residual: bool = False,
+    activation: str = "relu",
+    orders: str = "alternate",
+    base: str = "normal",
+) -> Flow:
+    """Sum-of-squares polynomial flow (Jaini, Selby & Yu 2019, arXiv:1905.02325).
+
+    Autoregressive layers (MADE conditioner) whose transformer is
+    :class:`~nfkit.transforms.SOSPolynomialTransformer`: the integral of a sum of ``polynomials``
+    squared polynomials of degree ``degree`` on ``[-bound, bound]`` (a polynomial of degree
+    ``2 · degree + 1``), linear outside. One pass for ``log_prob``; ``D`` root finds per layer
+    to sample.
+
+    Args:
+        features: ``D``.
+        context: Context size.
+        transforms: Number of autoregressive layers.
+        hidden: MADE hidden widths.
+        polynomials, degree: ``K`` squared polynomials of degree ``R`` (``K (R + 1) + 1``
+            parameters per feature).
+        bound: The polynomial is used on ``[-bound, bound]``, linear outside.
+        residual: Masked residual blocks in the MADE.
+        activation: MADE activation name.
+        orders: ``"alternate"`` or ``"random"`` autoregressive orders (see :func:`MAF`).
+        base: Base distribution name.
+    """
+    layers = _autoregressive_stack(
+        "SOSPF",
+        features,
+        SOSPolynomialTransformer(polynomials=polynomials, degree=degree, bound=bound),
+        context,
+        transforms,
+        hidden,
+        residual,
+        activation,
+        orders=orders,
+    )
     return _flow(layers, features, context, base)
 
 
