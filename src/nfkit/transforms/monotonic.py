@@ -218,8 +218,9 @@ class SOSPolynomialTransformer(Transformer):
     def _inner(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Value and log-slope at ``x (*, k)`` for ``params (*, P)`` (``k`` points each)."""
         k_, r_ = self.polynomials, self.degree + 1
-        a = params[..., :-1].unflatten(-1, (k_, r_))
-        a = a + F.one_hot(torch.tensor(0), k_ * r_).to(a).view(k_, r_)  # p_1 = 1 + ...
+        one = params.new_zeros(k_ * r_)
+        one[0] = 1.0  # p_1 = 1 + ... (made on the device: no host copy)
+        a = params[..., :-1].unflatten(-1, (k_, r_)) + one.view(k_, r_)
         offset = params[..., -1:]
         eps = self.min_slope
         t = x / self.bound
@@ -230,7 +231,8 @@ class SOSPolynomialTransformer(Transformer):
         # the value: ∫₀ᵗ p_k² = Σ_{r,s} a_kr a_ks t^{r+s+1} / (r + s + 1), gathered by r + s = j
         pairs = (a.unsqueeze(-1) * a.unsqueeze(-2)).sum(-3)  # Σ_k a_kr a_ks: (*, R+1, R+1)
         j = torch.arange(r_, device=t.device)
-        diagonals = F.one_hot(j[:, None] + j[None, :], 2 * r_ - 1).to(pairs)
+        degrees = torch.arange(2 * r_ - 1, device=t.device)
+        diagonals = ((j[:, None] + j[None, :]).unsqueeze(-1) == degrees).to(pairs)
         coefficients = torch.einsum("...rs,rsj->...j", pairs, diagonals)
         coefficients = coefficients / torch.arange(1, 2 * r_, dtype=t.dtype, device=t.device)
         integral = (powers[..., 1:] * coefficients.unsqueeze(-2)).sum(-1) + eps * t
