@@ -27,6 +27,8 @@ FACTORIES = {
     "Planar": lambda c: nf.models.Planar(3, context=c, layers=2, **SMALL),
     "Radial": lambda c: nf.models.Radial(3, context=c, layers=2, **SMALL),
     "Sylvester": lambda c: nf.models.Sylvester(3, context=c, layers=2, **SMALL),
+    "BNAF": lambda c: nf.models.BNAF(3, context=c, transforms=2, hidden=(8, 8)),
+    "SOSPF": lambda c: nf.models.SOSPF(3, context=c, transforms=2, **SMALL),
 }
 
 
