@@ -40,12 +40,13 @@ SAMPLERS = {
     "Planar": lambda: nf.models.Planar(3, layers=2, **SMALL),
     "Sylvester": lambda: nf.models.Sylvester(3, layers=2, **SMALL),
 }
-# BNAF and SOSPF are the other way round: explicit in their density direction, numerical in
+# BNAF, SOSPF and BPF are the other way round: explicit in their density direction, numerical in
 # sampling.
 DENSITIES = {
     **FACTORIES,
     "BNAF": lambda: nf.models.BNAF(3, transforms=2, hidden=(8, 8)),
     "SOSPF": lambda: nf.models.SOSPF(3, transforms=2, **SMALL),
+    "BPF": lambda: nf.models.BPF(3, transforms=2, degree=6, **SMALL),
     "BNAF-context": lambda: nf.models.BNAF(3, context=2, transforms=2, hidden=(8,)),
 }
 

@@ -29,6 +29,7 @@ FACTORIES = {
     "Sylvester": lambda c: nf.models.Sylvester(3, context=c, layers=2, **SMALL),
     "BNAF": lambda c: nf.models.BNAF(3, context=c, transforms=2, hidden=(8, 8)),
     "SOSPF": lambda c: nf.models.SOSPF(3, context=c, transforms=2, **SMALL),
+    "BPF": lambda c: nf.models.BPF(3, context=c, transforms=2, degree=6, **SMALL),
 }
 
 

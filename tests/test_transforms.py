@@ -222,7 +222,18 @@ def _grid_mass(flow: nf.Flow, half_width: float = 10.0, n: int = 401) -> float:
 
 @pytest.mark.parametrize(
     "name",
-    ["MAF", "NSF", "NSF-coupling", "RealNVP", "Planar", "Radial", "Sylvester", "BNAF", "SOSPF"],
+    [
+        "MAF",
+        "NSF",
+        "NSF-coupling",
+        "RealNVP",
+        "Planar",
+        "Radial",
+        "Sylvester",
+        "BNAF",
+        "SOSPF",
+        "BPF",
+    ],
 )
 def test_density_integrates_to_one(name: str) -> None:
     flow = _build_model(MODELS[name], 2, 0)

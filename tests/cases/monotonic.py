@@ -11,6 +11,7 @@ from . import Case, ModelCase
 H = (16, 16)
 DSF = T.DSFTransformer(hidden=4)
 SOS = T.SOSPolynomialTransformer(polynomials=2, degree=2, bound=4.0)
+BERNSTEIN = T.BernsteinTransformer(degree=6, bound=4.0)
 
 
 def _coupling(d: int, c: int, transformer: T.Transformer) -> nf.Transform:
@@ -38,12 +39,17 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.Autoregressive(d, SOS, context=c, hidden=H), context=True
     ),
     "Coupling-SOS": Case(lambda d, c: _coupling(d, c, SOS), context=True),
+    "Autoregressive-Bernstein(BPF)": Case(
+        lambda d, c: T.Autoregressive(d, BERNSTEIN, context=c, hidden=H), context=True
+    ),
+    "Coupling-Bernstein": Case(lambda d, c: _coupling(d, c, BERNSTEIN), context=True),
     "BlockAutoregressive(BNAF)": Case(
         lambda d, c: T.BlockAutoregressive(d, (4, 3), context=c), context=True
     ),
 }
 
 MODELS: dict[str, ModelCase] = {
+    "BPF": ModelCase(lambda d, c: nf.models.BPF(d, context=c, transforms=2, hidden=H, degree=6)),
     "SOSPF": ModelCase(
         lambda d, c: nf.models.SOSPF(d, context=c, transforms=2, hidden=H, degree=2)
     ),

@@ -11,7 +11,7 @@ from nfkit.models.continuous import FFJORD
 from nfkit.models.dequantized import DequantizedFlow
 from nfkit.models.gaussianization import RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
-from nfkit.models.monotonic import BNAF, NAF, SOSPF, UMNN
+from nfkit.models.monotonic import BNAF, BPF, NAF, SOSPF, UMNN
 from nfkit.models.residual import ResidualFlow
 from nfkit.models.standardized import Standardized, standardize
 
@@ -34,6 +34,7 @@ __all__ = [
     "UMNN",
     "BNAF",
     "SOSPF",
+    "BPF",
     "ResidualFlow",
     "Standardized",
     "standardize",

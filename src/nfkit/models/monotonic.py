@@ -1,7 +1,7 @@
-r"""Monotonic factories: :func:`NAF` (deep sigmoidal flows), :func:`UMNN`, :func:`SOSPF` and
-:func:`BNAF`.
+r"""Monotonic factories: :func:`NAF` (deep sigmoidal flows), :func:`UMNN`, :func:`SOSPF`,
+:func:`BPF` and :func:`BNAF`.
 
-NAF, UMNN and SOSPF stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders
+NAF, UMNN, SOSPF and BPF stack :class:`~nfkit.transforms.Autoregressive` layers (MADE conditioner, orders
 alternating between layers, or random with ``orders="random"``) whose transformer is monotone with
 a numerical inverse; BNAF stacks monotone autoregressive networks
 (:class:`~nfkit.transforms.BlockAutoregressive`). ``log_prob`` takes one network pass per layer,
@@ -24,9 +24,14 @@ from nfkit.models.classic import (
     _orders,
 )
 from nfkit.transforms import Autoregressive, BlockAutoregressive, Permutation
-from nfkit.transforms.monotonic import DSFTransformer, SOSPolynomialTransformer, UMNNTransformer
+from nfkit.transforms.monotonic import (
+    BernsteinTransformer,
+    DSFTransformer,
+    SOSPolynomialTransformer,
+    UMNNTransformer,
+)
 
-__all__ = ["NAF", "UMNN", "SOSPF", "BNAF"]
+__all__ = ["NAF", "UMNN", "SOSPF", "BPF", "BNAF"]
 
 
 @factory
@@ -160,6 +165,55 @@ def SOSPF(
         "SOSPF",
         features,
         SOSPolynomialTransformer(polynomials=polynomials, degree=degree, bound=bound),
+        context,
+        transforms,
+        hidden,
+        residual,
+        activation,
+        orders=orders,
+    )
+    return _flow(layers, features, context, base)
+
+
+@factory
+def BPF(
+    features: int,
+    *,
+    context: int = 0,
+    transforms: int = 3,
+    hidden: Sequence[int] = (64, 64),
+    degree: int = 16,
+    bound: float = 5.0,
+    residual: bool = False,
+    activation: str = "relu",
+    orders: str = "alternate",
+    base: str = "normal",
+) -> Flow:
+    """Bernstein-polynomial flow (Sick et al. 2020, arXiv:2004.00464; Arpogaus et al. 2022,
+    arXiv:2204.13939).
+
+    Autoregressive layers (MADE conditioner) whose transformer is
+    :class:`~nfkit.transforms.BernsteinTransformer`: a Bernstein polynomial of degree ``degree``
+    with increasing coefficients on ``[-bound, bound]``, linear outside. One pass for
+    ``log_prob``; ``D`` root finds per layer to sample. Standardize the data first (as
+    ``nf.models.standardize`` and ``nfkit fit`` do): the polynomial acts on ``[-bound, bound]``.
+
+    Args:
+        features: ``D``.
+        context: Context size.
+        transforms: Number of autoregressive layers.
+        hidden: MADE hidden widths.
+        degree: ``M`` (``M + 1`` parameters per feature).
+        bound: The polynomial is used on ``[-bound, bound]``, linear outside.
+        residual: Masked residual blocks in the MADE.
+        activation: MADE activation name.
+        orders: ``"alternate"`` or ``"random"`` autoregressive orders (see :func:`MAF`).
+        base: Base distribution name.
+    """
+    layers = _autoregressive_stack(
+        "BPF",
+        features,
+        BernsteinTransformer(degree=degree, bound=bound),
         context,
         transforms,
         hidden,

@@ -20,7 +20,12 @@ from nfkit.transforms.elementwise import (
 from nfkit.transforms.gaussianization import MarginalGaussianization, Rotation
 from nfkit.transforms.image import LogitPreprocess, MultiscaleSplit, Squeeze, dequantize
 from nfkit.transforms.linear import Householder, InvConv1x1, LULinear, Permutation, Reverse
-from nfkit.transforms.monotonic import DSFTransformer, SOSPolynomialTransformer, UMNNTransformer
+from nfkit.transforms.monotonic import (
+    BernsteinTransformer,
+    DSFTransformer,
+    SOSPolynomialTransformer,
+    UMNNTransformer,
+)
 from nfkit.transforms.normalization import ActNorm, BatchNorm
 from nfkit.transforms.planar import Planar, Radial, Sylvester
 from nfkit.transforms.residual import ResidualBlock
@@ -54,6 +59,7 @@ __all__ = [
     "AffineTransformer",
     "RQSplineTransformer",
     "CircularRQSplineTransformer",
+    "BernsteinTransformer",
     "DSFTransformer",
     "SOSPolynomialTransformer",
     "UMNNTransformer",
