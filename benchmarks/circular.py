@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from side_by_side import Built, measure
 
 import nfkit as nf
 
@@ -38,7 +36,7 @@ def torus_data(d: int, n: int, seed: int) -> torch.Tensor:
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
-def build(lib: str, d: int, args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any]:
+def build(lib: str, d: int, args: argparse.Namespace) -> Built:
     """``(module, log_prob, sample)`` of one library's NCSF."""
     hidden = tuple(args.hidden)
     if lib == "nfkit":
@@ -50,56 +48,18 @@ def build(lib: str, d: int, args: argparse.Namespace) -> tuple[torch.nn.Module, 
     return zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,))
 
 
-def _seconds(fn: Any, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run_cell(d: int, libs: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     train, test = torus_data(d, 16_000, 0), torus_data(d, 4_000, 1)
-    batch = train[:512]
-    models, optimizers, out = {}, {}, {}
-    for lib in libs:
-        torch.manual_seed(0)
-        models[lib] = build(lib, d, args)
-        optimizers[lib] = torch.optim.Adam(models[lib][0].parameters(), lr=1e-3)
-        out[lib] = {"params": sum(p.numel() for p in models[lib][0].parameters())}
-    steps: dict[str, list[float]] = {lib: [] for lib in libs}
-    for r in range(args.rounds):
-        for lib in libs if r % 2 == 0 else libs[::-1]:
-            module, log_prob, _ = models[lib]
-
-            def step(log_prob: Any = log_prob, opt: Any = optimizers[lib]) -> None:
-                loss = -log_prob(batch).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-            step()  # warm-up
-            steps[lib].append(_seconds(step, args.reps) * 1e3)
-    for lib in libs:
-        module, log_prob, sample = models[lib]
-        out[lib]["step_ms"] = statistics.median(steps[lib])
-        with torch.no_grad():
-            out[lib]["log_prob_rows_s"] = 4096 / _seconds(lambda f=log_prob: f(test[:4096]), 5)
-            out[lib]["sample_rows_s"] = 4096 / _seconds(lambda f=sample: f(4096), 5)
-    for lib in libs:  # fixed budget from seed 0, each library on the same batches
-        torch.manual_seed(0)
-        module, log_prob, _ = build(lib, d, args)
-        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(args.steps):
-            loss = -log_prob(train[torch.randint(len(train), (512,), generator=g)]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            out[lib]["test_ll_per_angle"] = log_prob(test).mean().item() / d
-    return out
+    return measure(
+        lambda lib: build(lib, d, args),
+        train,
+        test,
+        libs,
+        rounds=args.rounds,
+        reps=args.reps,
+        steps=args.steps,
+        ll_key="test_ll_per_angle",
+    )
 
 
 def main() -> None:
