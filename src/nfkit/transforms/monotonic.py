@@ -90,8 +90,43 @@ def _check_bound_and_slope(where: str, bound: object, min_slope: object) -> None
         raise ValueError(f"{where}: min_slope must be < 1, got {shown(min_slope)}")
 
 
+class _MonotoneWithTails(Transformer):
+    """A monotone map ``_inner`` used on ``[-bound, bound]`` and continued linearly outside with
+    the slope at the bound (C¹): the forward pass and the bracketed inverse shared by the DSF,
+    SOS and Bernstein transformers. Subclasses define ``bound``, ``min_slope`` and
+    ``_inner(x (*, k), params (*, P)) -> (value, log-slope)`` at ``k`` points each."""
+
+    bound: float
+    min_slope: float
+
+    def _inner(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, params = _broadcast(x, params)
+        xc = x.clamp(-self.bound, self.bound)
+        z, ladj = self._inner(xc.unsqueeze(-1), params)
+        return _with_tails(x, xc, z.squeeze(-1), ladj.squeeze(-1), self.min_slope)
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        z, params = _broadcast(z, params)
+        ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
+        anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
+
+        def value(x: Tensor) -> Tensor:
+            return self._inner(x.unsqueeze(-1), params)[0].squeeze(-1)
+
+        def log_slope(x: Tensor) -> Tensor:
+            return self._inner(x.unsqueeze(-1), params)[1].squeeze(-1)
+
+        x, log_rate = _linear_tails_inverse(
+            z, anchors, value, log_slope, self.bound, self.min_slope
+        )
+        return x, -log_rate
+
+
 @dataclass(frozen=True)
-class DSFTransformer(Transformer):
+class DSFTransformer(_MonotoneWithTails):
     r"""Deep sigmoidal flow ``z = σ⁻¹(Σ_j w_j σ(a_j x + b_j))`` (NAF; Huang et al. 2018).
 
     Parameters per element (``3·hidden``): ``a = m + softplus(â + c)`` (slopes, ``a = 1`` at
@@ -151,36 +186,9 @@ class DSFTransformer(Transformer):
         log_num = torch.logsumexp(log_w + torch.log(a).unsqueeze(-2) + ls_pos + ls_neg, -1)
         return log_s - log_1ms, log_num - log_s - log_1ms
 
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, params = _broadcast(x, params)
-        xc = x.clamp(-self.bound, self.bound)
-        z, ladj = self._inner(xc.unsqueeze(-1), params)
-        return _with_tails(x, xc, z.squeeze(-1), ladj.squeeze(-1), self.min_slope)
-
-    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z, params = _broadcast(z, params)
-        ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
-        anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
-
-        def value(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[0].squeeze(-1)
-
-        def log_slope(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[1].squeeze(-1)
-
-        x, log_rate = _linear_tails_inverse(
-            z,
-            anchors,
-            value,
-            log_slope,
-            self.bound,
-            self.min_slope,
-        )
-        return x, -log_rate
-
 
 @dataclass(frozen=True)
-class SOSPolynomialTransformer(Transformer):
+class SOSPolynomialTransformer(_MonotoneWithTails):
     r"""Sum-of-squares polynomial flow's transformer (SOS; Jaini, Selby & Yu 2019, arXiv:1905.02325).
 
     On ``[-bound, bound]``, with ``t = x / bound``: ``z = x₀ + bound · Q(t)``, where
@@ -244,31 +252,9 @@ class SOSPolynomialTransformer(Transformer):
         integral = (powers[..., 1:] * coefficients.unsqueeze(-2)).sum(-1) + eps * t
         return offset * self.bound + self.bound * integral / (1 + eps), log_slope
 
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, params = _broadcast(x, params)
-        xc = x.clamp(-self.bound, self.bound)
-        z, ladj = self._inner(xc.unsqueeze(-1), params)
-        return _with_tails(x, xc, z.squeeze(-1), ladj.squeeze(-1), self.min_slope)
-
-    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z, params = _broadcast(z, params)
-        ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
-        anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
-
-        def value(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[0].squeeze(-1)
-
-        def log_slope(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[1].squeeze(-1)
-
-        x, log_rate = _linear_tails_inverse(
-            z, anchors, value, log_slope, self.bound, self.min_slope
-        )
-        return x, -log_rate
-
 
 @dataclass(frozen=True)
-class BernsteinTransformer(Transformer):
+class BernsteinTransformer(_MonotoneWithTails):
     r"""Bernstein-polynomial transformer (BPF; Sick et al. 2020, arXiv:2004.00464; Arpogaus et
     al. 2022, arXiv:2204.13939).
 
@@ -326,28 +312,6 @@ class BernsteinTransformer(Transformer):
         z = (self._basis(t, m) * theta.unsqueeze(-2)).sum(-1)
         slope = (self._basis(t, m - 1) * delta.unsqueeze(-2)).sum(-1)
         return z, torch.log(slope)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, params = _broadcast(x, params)
-        xc = x.clamp(-self.bound, self.bound)
-        z, ladj = self._inner(xc.unsqueeze(-1), params)
-        return _with_tails(x, xc, z.squeeze(-1), ladj.squeeze(-1), self.min_slope)
-
-    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z, params = _broadcast(z, params)
-        ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
-        anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
-
-        def value(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[0].squeeze(-1)
-
-        def log_slope(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[1].squeeze(-1)
-
-        x, log_rate = _linear_tails_inverse(
-            z, anchors, value, log_slope, self.bound, self.min_slope
-        )
-        return x, -log_rate
 
 
 def clenshaw_curtis(n: int) -> tuple[Tensor, Tensor]:
