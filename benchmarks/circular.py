@@ -16,12 +16,11 @@ and ``sample`` throughput (4096 rows, no grad), and the test log-likelihood per 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import torch
-from side_by_side import Built, measure
+from side_by_side import Built, measure, report
 
 import nfkit as nf
 
@@ -78,27 +77,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     libs = args.libs.split(",")
     results = {f"D={d}": run_cell(int(d), libs, args) for d in args.features.split(",")}
-    lines = [
-        f"# NCSF on the torus ({', '.join(libs)}; {args.transforms} transforms, hidden "
-        f"{tuple(args.hidden)}, {args.bins} bins, batch 512, {args.threads} thread(s))",
-        "",
-        "| cell | library | parameters | step, ms | log_prob, rows/s | sample, rows/s | "
-        f"test LL per angle after {args.steps} steps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for cell, per_lib in results.items():
-        for lib, r in per_lib.items():
-            lines.append(
-                f"| {cell} | {lib} | {r['params']:,} | {r['step_ms']:.2f} | "
-                f"{r['log_prob_rows_s']:,.0f} | {r['sample_rows_s']:,.0f} | "
-                f"{r['test_ll_per_angle']:.4f} |"
-            )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "circular-cpu.md").write_text(text)
-    (out / "circular-cpu.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
+    title = (
+        f"NCSF on the torus ({', '.join(libs)}; {args.transforms} transforms, hidden "
+        f"{tuple(args.hidden)}, {args.bins} bins, batch 512, {args.threads} thread(s))"
+    )
+    label = f"test LL per angle after {args.steps} steps"
+    report(results, title, ll_key="test_ll_per_angle", ll_label=label, out=args.out,
+           name="circular-cpu", args=vars(args))  # fmt: skip
 
 
 if __name__ == "__main__":

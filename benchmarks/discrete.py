@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from side_by_side import seconds as median_seconds
 
 import nfkit as nf
 from nfkit.estimator import make_flow
@@ -58,15 +58,6 @@ def independent_baseline(train: torch.Tensor, test: torch.Tensor) -> float:
     return total
 
 
-def _median_time(fn: Any, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(model: str, args: argparse.Namespace, train: torch.Tensor, test: torch.Tensor) -> dict:
     torch.manual_seed(0)
     inner = make_flow(model, train.shape[1], transforms=args.transforms, hidden=args.hidden)
@@ -82,8 +73,8 @@ def run(model: str, args: argparse.Namespace, train: torch.Tensor, test: torch.T
         bound = torch.stack([flow.log_prob(test) for _ in range(16)]).mean().item()
         flow.eval()
         y = test + 0.5
-        score = _median_time(lambda: flow.log_prob(test))
-        one_pass = _median_time(lambda: flow.dequantized_log_prob(y))
+        score = median_seconds(lambda: flow.log_prob(test), 5)
+        one_pass = median_seconds(lambda: flow.dequantized_log_prob(y), 5)
     return {
         "log_P_16": estimate16,
         "log_P_64": estimate64,

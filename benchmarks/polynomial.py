@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from side_by_side import Built, measure
+from side_by_side import Built, measure, report
 
 import nfkit as nf
 
@@ -77,27 +77,13 @@ def main() -> None:
                 steps=args.steps,
             )
             print(family, d, json.dumps(results[f"{family} D={d}"]), flush=True)
-    lines = [
-        f"# Polynomial flows ({', '.join(libs)}; {args.transforms} transforms, hidden "
-        f"{tuple(args.hidden)}, batch 512, {args.threads} thread(s))",
-        "",
-        "| cell | library | parameters | step, ms | log_prob, rows/s | sample, rows/s | "
-        f"test LL per feature after {args.steps} steps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for cell, per_lib in results.items():
-        for lib, r in per_lib.items():
-            lines.append(
-                f"| {cell} | {lib} | {r['params']:,} | {r['step_ms']:.2f} | "
-                f"{r['log_prob_rows_s']:,.0f} | {r['sample_rows_s']:,.0f} | "
-                f"{r['test_ll_per_feature']:.4f} |"
-            )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "polynomial-cpu.md").write_text(text)
-    (out / "polynomial-cpu.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
+    title = (
+        f"Polynomial flows ({', '.join(libs)}; {args.transforms} transforms, hidden "
+        f"{tuple(args.hidden)}, batch 512, {args.threads} thread(s))"
+    )
+    label = f"test LL per feature after {args.steps} steps"
+    report(results, title, ll_key="test_ll_per_feature", ll_label=label, out=args.out,
+           name="polynomial-cpu", args=vars(args))  # fmt: skip
 
 
 if __name__ == "__main__":

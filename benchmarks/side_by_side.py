@@ -10,9 +10,11 @@ feature after ``steps`` fixed-budget steps from seed 0 on the same batches for e
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,3 +81,35 @@ def measure(
         with torch.no_grad():
             out[lib][ll_key] = log_prob(test).mean().item() / test.shape[-1]
     return out
+
+
+def report(
+    results: dict[str, dict[str, dict[str, float]]],
+    title: str,
+    *,
+    ll_key: str,
+    ll_label: str,
+    out: str | Path,
+    name: str,
+    args: dict[str, Any],
+) -> str:
+    """The cells as a Markdown table (printed, and written with the JSON as ``out/name.*``)."""
+    lines = [
+        f"# {title}",
+        "",
+        f"| cell | library | parameters | step, ms | log_prob, rows/s | sample, rows/s | {ll_label} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell, per_lib in results.items():
+        for lib, r in per_lib.items():
+            lines.append(
+                f"| {cell} | {lib} | {r['params']:,} | {r['step_ms']:.2f} | "
+                f"{r['log_prob_rows_s']:,.0f} | {r['sample_rows_s']:,.0f} | {r[ll_key]:.4f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.md").write_text(text)
+    (folder / f"{name}.json").write_text(json.dumps({"args": args, **results}, indent=2))
+    return text
