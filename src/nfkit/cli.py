@@ -741,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``nfkit`` command."""
     parser = _Parser(
         prog="nfkit",
-        description="Normalizing-flow density models of tables: fit, sample, score and plot.",
+        description="Normalizing-flow density models of tables: fit, sample, score, compare and plot.",
     )
     from nfkit import __version__
 
