@@ -191,6 +191,24 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
     return df[needed]
 
 
+def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]:
+    """``(table, rows, x, c)``: a table read for a saved model (its category columns coded with
+    the model's labels), the model's columns of it, and its data and context as tensors in the
+    model's dtype and device (``c`` None for an unconditional model)."""
+    import torch
+
+    from nfkit.core import dtype_device
+
+    columns, data, given = _schema(flow)
+    categories = flow.config.get("categories") or {}
+    table = _read(path, allow_constant=True, categories=categories, **read)
+    rows = _select(table, columns, path)
+    dtype, device = dtype_device(flow)
+    x = torch.tensor(rows[data].to_numpy(), dtype=dtype, device=device)
+    c = torch.tensor(rows[given].to_numpy(), dtype=dtype, device=device) if given else None
+    return table, rows, x, c
+
+
 def _context_row(
     flow: Any, given: list[str], values: dict[str, float | str] | None, path: str
 ) -> Any:
@@ -497,7 +515,6 @@ def cmd_score(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    from nfkit.core import dtype_device
     from nfkit.models import DequantizedFlow
 
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
@@ -508,16 +525,12 @@ def cmd_score(args: argparse.Namespace) -> None:
         if not isinstance(flow, DequantizedFlow):
             raise _UserError(f"{args.model}: --draws is for models with discrete columns")
         options["draws"] = args.draws
-    columns, data, given = _schema(flow)
-    table = _read(args.data, allow_constant=True, categories=flow.config.get("categories") or {})
-    df = _select(table, columns, args.data)
+    columns = _schema(flow)[0]
+    table, df, x, c = _model_table(flow, args.data)
     if args.with_data and "log_density" in table.columns:
         raise _UserError(
             f"{args.data}: already has a log_density column; --with-data would repeat it"
         )
-    dtype, device = dtype_device(flow)
-    x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
-    c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
     with torch.no_grad():
         scores = flow.log_prob(x, c, chunk_size=args.chunk_size, **options)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
@@ -555,7 +568,6 @@ def _bounds_text(flow: Any) -> str:
 def cmd_compare(args: argparse.Namespace) -> None:
     import torch
 
-    from nfkit.core import dtype_device
     from nfkit.metrics import compare_scores
 
     models = [str(m) for m in args.models]
@@ -581,14 +593,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
                 )
     scores = {}
     for name, flow in flows.items():
-        columns, data, given = _schema(flow)
-        table = _read(
-            args.data, allow_constant=True, categories=flow.config.get("categories") or {}
-        )
-        df = _select(table, columns, args.data)
-        dtype, device = dtype_device(flow)
-        x = torch.tensor(df[data].to_numpy(), dtype=dtype, device=device)
-        c = torch.tensor(df[given].to_numpy(), dtype=dtype, device=device) if given else None
+        _, _, x, c = _model_table(flow, args.data)
         with torch.no_grad():
             scores[name] = flow.log_prob(x, c, chunk_size=args.chunk_size)
     ranking = compare_scores(scores)
@@ -652,18 +657,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
     out = args.output or str(Path(args.model).with_suffix(".png"))
     _refuse_overwriting(("-o", out), ("model", args.model), ("--data", args.data))
     flow = _load_model(args.model)
-    columns, data, given = _schema(flow)
+    _, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
     x = None
     if args.data is not None:
-        table = _read(
-            args.data,
-            allow_constant=True,
-            drop_missing=True,
-            categories=flow.config.get("categories") or {},
-        )
-        x = _select(table, columns, args.data)
-        x = x[data]
+        x = _model_table(flow, args.data, drop_missing=True)[2]
     kind = args.kind
     if kind == "auto":
         kind = "density" if len(data) <= 2 else "corner"

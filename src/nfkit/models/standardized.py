@@ -298,7 +298,7 @@ def standardize(
         discrete: Integer-valued columns (counts, ratings, years): indices, names from
             ``columns``, or ``"auto"`` for every modelled column whose values in ``x`` are all
             whole numbers. The result is then a :class:`~nfkit.models.DequantizedFlow`: a flow
-            on ``v + u``, ``u ~ U[0, 1)``, whose ``log_prob`` is the log-probability of the
+            on ``v + u``, ``u`` uniform in the unit cell (``2⁻¹²`` from its edges), whose ``log_prob`` is the log-probability of the
             integers (a density over the other columns) and whose samples are integers there.
             The statistics are those of one dequantized draw of ``x`` (a fixed seed).
 
@@ -332,8 +332,7 @@ def standardize(
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
     support = _check_bounds(where, bounds, features)
     if isinstance(discrete, str) and discrete == "auto":
-        columns_x = x.reshape(-1, features) if x.dim() == 2 else x
-        discrete = _whole_columns(columns_x) or None
+        discrete = _whole_columns(x) or None
     cells = _check_discrete(where, discrete, features, x_labels)
     out = _wrap(flow, features, ctx, support, cells)
     out.config = {

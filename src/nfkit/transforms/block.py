@@ -103,9 +103,9 @@ class BlockAutoregressive(Transform):
         log_norm = 0.5 * torch.log((raw * raw).sum(-1))
         weight = raw * torch.exp(g - log_norm).unsqueeze(-1)
         d, a_out, a_in = self.features, self.sizes[index + 1], self.sizes[index]
-        log_weight = (v + (g - log_norm).unsqueeze(-1)).view(d, a_out, d, a_in)
-        log_diagonal = torch.diagonal(log_weight, dim1=0, dim2=2).permute(2, 0, 1)
-        return weight, log_diagonal
+        # log of the diagonal blocks only (D a_out × a_in entries, not the whole matrix)
+        blocks = torch.diagonal(v.view(d, a_out, d, a_in), dim1=0, dim2=2).permute(2, 0, 1)
+        return weight, blocks + (g - log_norm).view(d, a_out, 1)
 
     def _network(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(z, log ∂z_i/∂x_i)``, both ``(*batch, D)``."""
