@@ -1,4 +1,4 @@
-r"""Shared by the side-by-side benchmarks (``circular.py``, ``polynomial.py``): one cell of
+r"""Shared by the side-by-side benchmarks (``circular.py``, ``families.py``): one cell of
 libraries trained and timed in the same process, interleaved round by round.
 
 ``measure(build, train, test, libs, ...)`` builds each library's model with ``build(lib)`` (a

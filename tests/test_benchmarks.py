@@ -156,18 +156,18 @@ def test_discrete_benchmark_writes_every_metric(tmp_path: Path) -> None:
     assert "| maf |" in (tmp_path / "discrete-digits-cpu.md").read_text()
 
 
-def test_polynomial_benchmark_writes_every_metric(tmp_path: Path) -> None:
-    script = ROOT / "benchmarks" / "polynomial.py"
+def test_families_benchmark_writes_every_metric(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "families.py"
     args = [sys.executable, str(script), "--features", "2", "--libs", "nfkit", "--hidden", "8"]
     args += ["--transforms", "1", "--rounds", "1", "--reps", "1", "--steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*args, "--out", str(tmp_path)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    results = json.loads((tmp_path / "polynomial-cpu.json").read_text())
-    for cell in ("SOSPF D=2", "BPF D=2"):
+    results = json.loads((tmp_path / "families-cpu.json").read_text())
+    for cell in ("SOSPF D=2", "BPF D=2", "GF D=2"):
         result = results[cell]["nfkit"]
         assert set(result) == {"params", "step_ms", "log_prob_rows_s", "sample_rows_s",
                                "test_ll_per_feature"}  # fmt: skip
         assert all(v > 0 for k, v in result.items() if k != "test_ll_per_feature")
-    assert "| BPF D=2 | nfkit |" in (tmp_path / "polynomial-cpu.md").read_text()
+    assert "| GF D=2 | nfkit |" in (tmp_path / "families-cpu.md").read_text()

@@ -40,7 +40,7 @@ SAMPLERS = {
     "Planar": lambda: nf.models.Planar(3, layers=2, **SMALL),
     "Sylvester": lambda: nf.models.Sylvester(3, layers=2, **SMALL),
 }
-# BNAF, SOSPF and BPF are the other way round: explicit in their density direction, numerical in
+# BNAF, SOSPF, BPF and GF are the other way round: explicit in their density direction, numerical in
 # sampling.
 DENSITIES = {
     **FACTORIES,
@@ -48,6 +48,8 @@ DENSITIES = {
     "SOSPF": lambda: nf.models.SOSPF(3, transforms=2, **SMALL),
     "BPF": lambda: nf.models.BPF(3, transforms=2, degree=6, **SMALL),
     "BNAF-context": lambda: nf.models.BNAF(3, context=2, transforms=2, hidden=(8,)),
+    "GF": lambda: nf.models.GF(3, transforms=2, components=4),
+    "GF-context": lambda: nf.models.GF(3, context=2, transforms=2, components=4, hidden=(8,)),
 }
 
 

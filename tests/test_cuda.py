@@ -30,6 +30,7 @@ FACTORIES = {
     "BNAF": lambda c: nf.models.BNAF(3, context=c, transforms=2, hidden=(8, 8)),
     "SOSPF": lambda c: nf.models.SOSPF(3, context=c, transforms=2, **SMALL),
     "BPF": lambda c: nf.models.BPF(3, context=c, transforms=2, degree=6, **SMALL),
+    "GF": lambda c: nf.models.GF(3, context=c, transforms=2, components=4, hidden=(8,)),
 }
 
 

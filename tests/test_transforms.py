@@ -233,6 +233,7 @@ def _grid_mass(flow: nf.Flow, half_width: float = 10.0, n: int = 401) -> float:
         "BNAF",
         "SOSPF",
         "BPF",
+        "GF",
     ],
 )
 def test_density_integrates_to_one(name: str) -> None:

@@ -1,7 +1,8 @@
-"""Cases for the Gaussianization layers and RBIG, each fitted on a fixed non-Gaussian dataset.
+"""Cases for the Gaussianization layers and RBIG, each fitted on a fixed non-Gaussian dataset,
+and for GF (trained by gradient, so the generic test's parameter noise perturbs it).
 
-The layers have no parameters (only buffers set by ``fit``), so the generic test's parameter
-noise does not touch them; RBIG takes no context.
+RBIG's layers have no parameters (only buffers set by ``fit``), so the parameter noise does not
+touch them; RBIG takes no context.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ TRANSFORMS: dict[str, Case] = {
 }
 
 MODELS: dict[str, ModelCase] = {
+    "GF": ModelCase(
+        lambda d, c: nf.models.GF(d, context=c, transforms=3, components=4, hidden=(16, 16))
+    ),
     "RBIG": ModelCase(lambda d, c: _rbig(d, "pca"), context=False),
     "RBIG-random": ModelCase(lambda d, c: _rbig(d, "random"), context=False),
 }

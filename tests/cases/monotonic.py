@@ -1,5 +1,5 @@
-"""Cases for the monotonic transformers (DSF, UMNN), BNAF's network, and the NAF / UMNN / BNAF
-factories."""
+"""Cases for the monotonic transformers (DSF, UMNN, SOS, Bernstein, Gaussianization), BNAF's
+network, and the NAF / UMNN / SOSPF / BPF / BNAF factories (GF's case is with RBIG's)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ H = (16, 16)
 DSF = T.DSFTransformer(hidden=4)
 SOS = T.SOSPolynomialTransformer(polynomials=2, degree=2, bound=4.0)
 BERNSTEIN = T.BernsteinTransformer(degree=6, bound=4.0)
+KERNELS = T.GaussianizationTransformer(components=4)
 
 
 def _coupling(d: int, c: int, transformer: T.Transformer) -> nf.Transform:
@@ -43,6 +44,13 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.Autoregressive(d, BERNSTEIN, context=c, hidden=H), context=True
     ),
     "Coupling-Bernstein": Case(lambda d, c: _coupling(d, c, BERNSTEIN), context=True),
+    "Elementwise-Gaussianization(GF)": Case(
+        lambda d, c: T.Elementwise(d, KERNELS, context=c, hidden=H), context=True
+    ),
+    "Coupling-Gaussianization": Case(lambda d, c: _coupling(d, c, KERNELS), context=True),
+    "Autoregressive-Gaussianization": Case(
+        lambda d, c: T.Autoregressive(d, KERNELS, context=c, hidden=H), context=True
+    ),
     "BlockAutoregressive(BNAF)": Case(
         lambda d, c: T.BlockAutoregressive(d, (4, 3), context=c), context=True
     ),

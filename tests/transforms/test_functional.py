@@ -11,6 +11,7 @@ from nfkit.transforms import AffineTransformer
 from nfkit.transforms.functional import (
     _affine_plain,
     affine,
+    householder_matrix,
     rqs,
     softsign_clamp,
 )
@@ -168,3 +169,19 @@ def test_affine_node_steps_aside() -> None:
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 9), d=st.integers(1, 9))
+def test_householder_matrix_is_the_product_of_reflections(seed: int, k: int, d: int) -> None:
+    """The one-block (UT) form equals ``H_K ⋯ H_1`` multiplied out reflection by reflection."""
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(2, k, d, generator=g, dtype=torch.float64)
+    expected = torch.eye(d, dtype=torch.float64).expand(2, d, d)
+    for i in range(k):
+        v = vectors[:, i, :, None]
+        reflection = torch.eye(d, dtype=torch.float64) - 2 * v @ v.mT / (v.mT @ v)
+        expected = reflection @ expected
+    q = householder_matrix(vectors)
+    torch.testing.assert_close(q, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(q @ q.mT, torch.eye(d, dtype=torch.float64).expand(2, d, d))

@@ -1,4 +1,5 @@
-"""Specific tests of the monotonic transformers (DSF, UMNN) and the NAF / UMNN factories."""
+"""Specific tests of the monotonic transformers (DSF, UMNN, SOS, Gaussianization), their starting
+parameters, and the NAF / UMNN / GF factories."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from hypothesis import strategies as st
 
 import nfkit as nf
 from nfkit.testing import perturb_parameters
-from nfkit.transforms.monotonic import DSFTransformer, UMNNTransformer, clenshaw_curtis
+from nfkit.transforms.monotonic import (
+    DSFTransformer,
+    GaussianizationTransformer,
+    SOSPolynomialTransformer,
+    UMNNTransformer,
+    _normal_icdf_of_log,
+    clenshaw_curtis,
+)
 
 
 def _random(seed: int, shape: tuple[int, ...], scale: float) -> torch.Tensor:
@@ -166,3 +174,111 @@ def test_dsf_inverse_where_newton_stalls() -> None:
     x = torch.linspace(-8, 8, 401, dtype=torch.float64)
     params = _random(1180, (1, t.num_params), 2.96875).expand(401, -1)
     _assert_monotone_invertible(t, x, params)
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 10_000), components=st.integers(1, 6), scale=st.floats(0.0, 3.0))
+def test_gaussianization_monotone_and_invertible(seed: int, components: int, scale: float) -> None:
+    t = GaussianizationTransformer(components=components)
+    x = torch.cat(
+        [torch.linspace(-8, 8, 401, dtype=torch.float64), torch.tensor([-1e6, -1e3, 1e3, 1e6])]
+    ).sort()[0]
+    raw = t.initial_params() + _random(seed, (t.num_params,), scale)
+    _assert_monotone_invertible(t, x, raw.expand(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussianization_finite_and_exact_far_out(dtype: torch.dtype) -> None:
+    """No clamped tails: where F(x) underflows (x = ±1e8) z is still finite, increasing, and the
+    log-det matches autograd (float64) and is finite (float32)."""
+    t = GaussianizationTransformer(components=3)
+    x = torch.tensor([-1e8, -1e5, -100.0, 0.0, 100.0, 1e5, 1e8], dtype=dtype, requires_grad=True)
+    params = _random(3, (t.num_params,), 1.0).to(dtype).expand(7, -1)
+    z, ladj = t.forward(x, params)
+    assert torch.isfinite(z).all() and torch.isfinite(ladj).all()
+    assert (z[1:] > z[:-1]).all()
+    (dz,) = torch.autograd.grad(z.sum(), x)
+    if dtype == torch.float64:
+        torch.testing.assert_close(dz.log(), ladj, atol=1e-8, rtol=1e-8)
+        xb, _ = t.inverse(z.detach(), params)
+        torch.testing.assert_close(xb, x.detach(), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normal_icdf_of_log_matches_scipy(dtype: torch.dtype) -> None:
+    special = pytest.importorskip("scipy.special")
+    y = torch.cat([-torch.logspace(-3, 9, 400, dtype=torch.float64), torch.tensor([-math.log(2)])])
+    y = y.to(dtype).requires_grad_(True)
+    z = _normal_icdf_of_log(y)
+    reference = torch.from_numpy(special.ndtri_exp(y.detach().double().numpy()))
+    tol = 1e-11 if dtype == torch.float64 else 1e-5
+    assert ((z.double() - reference).abs() <= tol * (1 + reference.abs())).all()
+    # dz/dy = Φ(z)/φ(z): exp(y + z²/2)·√(2π) where that does not overflow, 1/|z| far out
+    (dz,) = torch.autograd.grad(z.sum(), y)
+    zd = reference
+    mills = torch.where(
+        zd > -30, torch.exp(y.detach().double() + zd * zd / 2) * math.sqrt(2 * math.pi), -1 / zd
+    )
+    rtol = 1e-6 if dtype == torch.float64 else 1e-3
+    assert ((dz.double() - mills).abs() <= rtol * mills + 1e-3 * (zd <= -30)).all()
+
+
+@pytest.mark.parametrize(
+    "transformer",
+    [
+        DSFTransformer(hidden=4),
+        SOSPolynomialTransformer(polynomials=3, degree=2),
+        GaussianizationTransformer(components=4),
+    ],
+    ids=["DSF", "SOS", "Gaussianization"],
+)
+def test_components_start_apart_and_move_apart(transformer: nf.transforms.Transformer) -> None:
+    """Interchangeable components (sigmoids, squared polynomials, kernels) that start equal get
+    equal gradients and stay one (a DSF of K equal sigmoids is the affine map a x + b); the
+    structures start them at ``initial_params()``, so training moves them apart."""
+    torch.manual_seed(0)
+    layer = nf.transforms.Autoregressive(2, transformer, hidden=(16, 16))
+    init = transformer.initial_params().to(torch.float32)
+    bias = layer.made.parameter_views()[-1][1].detach().view(2, -1)
+    torch.testing.assert_close(bias, init.expand(2, -1))
+    x = torch.randn(256, 2) * torch.tensor([1.0, 0.5]) + torch.tensor([0.5, -1.0])
+    opt = torch.optim.Adam(layer.parameters(), 1e-2)
+    for _ in range(20):
+        loss = -(layer(x)[1] - 0.5 * (layer(x)[0] ** 2).sum(-1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        params = layer.made(x[:8])  # (8, 2, P)
+    if isinstance(transformer, SOSPolynomialTransformer):
+        k, r = transformer.polynomials, transformer.degree + 1
+        later = params[..., :-1].unflatten(-1, (k, r))[..., 1:, :]
+        assert (later.abs().amax((-1, -2)) > 0.1).all()  # the later polynomials are not zero
+        return
+    k = transformer.num_params // (3 if isinstance(transformer, DSFTransformer) else 2)
+    offsets = params[..., k : 2 * k]
+    gaps = (offsets.unsqueeze(-1) - offsets.unsqueeze(-2)).abs() + torch.eye(k)
+    assert (gaps > 1e-2).all()  # every pair of components apart, in every row and feature
+
+
+def test_elementwise_and_coupling_start_at_initial_params() -> None:
+    kernels = GaussianizationTransformer(components=3)
+    free = nf.transforms.Elementwise(4, kernels)
+    assert free.params.value.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(
+        free.params.value.view(4, -1), kernels.initial_params().float().expand(4, -1)
+    )
+    coupling = nf.transforms.Coupling(4, kernels, context=2, hidden=(8,))
+    with torch.no_grad():
+        theta = coupling._params(torch.randn(5, 2), torch.randn(5, 2))
+    torch.testing.assert_close(theta, kernels.initial_params().float().expand(5, 2, -1))
+
+
+def test_gf_factory() -> None:
+    flow = nf.models.GF(3, transforms=3, components=4)
+    assert sum(isinstance(t, nf.transforms.Householder) for t in flow.transform.transforms) == 2
+    assert flow.config["model"] == "GF"
+    one = nf.models.GF(1, transforms=2)
+    assert not any(isinstance(t, nf.transforms.Householder) for t in one.transform.transforms)
+    with pytest.raises(ValueError, match="GF: components"):
+        nf.models.GF(2, components=0)

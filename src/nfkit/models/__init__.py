@@ -9,7 +9,7 @@ from nfkit.models._registry import FACTORIES, build, factory, make_base
 from nfkit.models.classic import IAF, MAF, NCSF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
 from nfkit.models.dequantized import DequantizedFlow
-from nfkit.models.gaussianization import RBIG, RBIGFlow
+from nfkit.models.gaussianization import GF, RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
 from nfkit.models.monotonic import BNAF, BPF, NAF, SOSPF, UMNN
 from nfkit.models.residual import ResidualFlow
@@ -21,6 +21,7 @@ __all__ = [
     "FFJORD",
     "RBIG",
     "RBIGFlow",
+    "GF",
     "MAF",
     "IAF",
     "NSF",

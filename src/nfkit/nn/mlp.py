@@ -137,7 +137,8 @@ class Parameters(nn.Module):
     ) -> None:
         super().__init__()
         self.num, self.context = num, context
-        init = torch.zeros(num) if init is None else init.reshape(num).clone()
+        dtype = torch.get_default_dtype()
+        init = torch.zeros(num) if init is None else init.reshape(num).to(dtype).clone()
         if context > 0:
             self.net = MLP(context, num, hidden)
             with torch.no_grad():

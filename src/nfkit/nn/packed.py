@@ -105,6 +105,13 @@ class PackedLayers(nn.Module):
         """The raw ``(W_l, b_l)`` as views of ``theta`` (unmasked), e.g. for custom initialization."""
         return self._cut(self.theta)
 
+    @torch.no_grad()
+    def set_output_bias(self, per_group: Tensor) -> None:
+        """Set the output layer's bias to ``per_group`` ``(P,)`` repeated over the output's
+        groups of ``P`` units (one group per transformed feature: outputs are group-major)."""
+        bias = self.parameter_views()[-1][1]
+        bias.view(-1, per_group.numel()).copy_(per_group.reshape(-1))
+
     def layers(self) -> list[Layer]:
         """``[(W_l ⊙ M_l, b_l)]`` for every layer, from one mask product and one split."""
         return self._cut(self.theta if self.mask is None else self.theta * self.mask)

@@ -23,6 +23,7 @@ from nfkit.transforms.linear import Householder, InvConv1x1, LULinear, Permutati
 from nfkit.transforms.monotonic import (
     BernsteinTransformer,
     DSFTransformer,
+    GaussianizationTransformer,
     SOSPolynomialTransformer,
     UMNNTransformer,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "CircularRQSplineTransformer",
     "BernsteinTransformer",
     "DSFTransformer",
+    "GaussianizationTransformer",
     "SOSPolynomialTransformer",
     "UMNNTransformer",
     # fixed elementwise maps

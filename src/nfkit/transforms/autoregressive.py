@@ -84,6 +84,7 @@ class Autoregressive(Transform):
             activation=activation,
             period=transformer.period,
         )
+        self.made.set_output_bias(transformer.initial_params())
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, ladj = self.transformer.forward(x, self.made(x, context))

@@ -119,9 +119,12 @@ class Coupling(Transform):
         self.register_buffer("mask", mask_t)
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
-        self.conditioner = conditioner or MLPConditioner(
-            n_a, n_b * p, context, hidden, residual, period=transformer.period
-        )
+        if conditioner is None:
+            conditioner = MLPConditioner(
+                n_a, n_b * p, context, hidden, residual, period=transformer.period
+            )
+            conditioner.net.set_output_bias(transformer.initial_params())
+        self.conditioner = conditioner
 
     def _set_indices(self) -> None:
         """The index buffers of the two parts, derived from :attr:`mask` (also after loading)."""

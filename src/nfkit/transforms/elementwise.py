@@ -305,7 +305,8 @@ class Elementwise(Transform):
             )
         self.transformer = transformer
         self.domain = self.codomain = transformer.domain
-        self.params = Parameters(features * transformer.num_params, context, hidden)
+        init = transformer.initial_params().repeat(features)
+        self.params = Parameters(features * transformer.num_params, context, hidden, init=init)
 
     def _params(self, context: Tensor | None) -> Tensor:
         return self.params(context).unflatten(-1, (self.features, self.transformer.num_params))

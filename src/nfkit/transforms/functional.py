@@ -232,15 +232,20 @@ def log_sigmoid_derivative(x: Tensor) -> Tensor:
 def householder_matrix(vectors: Tensor) -> Tensor:
     r"""``Q = H_K ⋯ H_1`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``, from ``vectors (*, K, D)`` → ``(*, D, D)``.
 
-    Built by reflecting the rows of the identity (``K`` rank-one updates of a ``D × D`` matrix).
+    In one block (the compact "UT" form of a product of reflections; Joffrain, Low,
+    Quintana-Ortí, van de Geijn & Van Zee 2006): with the unit vectors as the columns of ``U``
+    ``(D, K)``, ``H_1 ⋯ H_K = I - U T⁻¹ Uᵀ``, ``T = ½ I + (strict upper triangle of UᵀU)``, so ``Q``
+    is its transpose: a ``K × K`` triangular solve and two products instead of ``K`` sequential
+    rank-one updates.
     """
-    d = vectors.shape[-1]
-    m = torch.eye(d, dtype=vectors.dtype, device=vectors.device).expand(*vectors.shape[:-2], d, d)
-    for k in range(vectors.shape[-2]):
-        v = vectors[..., k, :]
-        coef = (m @ v.unsqueeze(-1)).squeeze(-1) / (v * v).sum(-1, keepdim=True)
-        m = m - 2 * coef.unsqueeze(-1) * v.unsqueeze(-2)
-    return m.transpose(-1, -2)
+    u = vectors / torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)  # rows: (*, K, D)
+    k, d = u.shape[-2], u.shape[-1]
+    eye_k = torch.eye(k, dtype=u.dtype, device=u.device)
+    t = torch.triu(u @ u.transpose(-1, -2), 1) + 0.5 * eye_k
+    # Q = (I - U T⁻¹ Uᵀ)ᵀ = I - U T⁻ᵀ Uᵀ, with U = uᵀ: T⁻ᵀ Uᵀ = solve(Tᵀ, u) (lower triangular)
+    solved = torch.linalg.solve_triangular(t.transpose(-1, -2), u, upper=False)
+    eye_d = torch.eye(d, dtype=u.dtype, device=u.device)
+    return eye_d - u.transpose(-1, -2) @ solved
 
 
 def _softmax_last(raw: Tensor) -> Tensor:

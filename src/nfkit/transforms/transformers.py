@@ -4,7 +4,10 @@ A transformer is usually a frozen dataclass of hyperparameters (no tensors); one
 own weights (UMNN's shared integrand network) is also an ``nn.Module``, and the structure that holds
 it registers it as a submodule. It receives the conditioner's
 *unconstrained* output ``params`` of shape ``(*, num_params)`` per element and constrains it itself;
-``params = 0`` gives the identity. Both directions return the **elementwise** ``ladj``; the
+``params = 0`` gives the identity. The structures start every element at
+:meth:`Transformer.initial_params` (the bias of their conditioner's zero-initialized output layer,
+or the free parameters): zeros, except for transformers whose components are interchangeable,
+which start them spread apart. Both directions return the **elementwise** ``ladj``; the
 structure that uses the transformer sums it over the event.
 """
 
@@ -50,6 +53,14 @@ class Transformer(abc.ABC):
         """For angles, their period: the default conditioners of ``Coupling`` and
         ``Autoregressive`` then read the inputs as ``(cos, sin)`` pairs. None otherwise."""
         return None
+
+    def initial_params(self) -> Tensor:
+        """The raw parameters ``(P,)`` (float64) every element starts from: the bias of the
+        conditioner's zero-initialized output layer in ``Coupling`` and ``Autoregressive``, the
+        free parameters of ``Elementwise``. Zeros (the identity) by default. A transformer made
+        of interchangeable components (a mixture, a sum of squares) must start them apart:
+        from equal components every gradient step moves them alike, and they stay one."""
+        return torch.zeros(self.num_params, dtype=torch.float64)
 
     @abc.abstractmethod
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,12 +1,14 @@
-r"""Polynomial flows: nfkit's ``SOSPF`` and ``BPF`` beside zuko's, interleaved round by round.
+r"""Families nfkit shares with zuko: ``SOSPF``, ``BPF`` and ``GF`` beside zuko's, interleaved.
 
-    python benchmarks/polynomial.py --features 2,16 --rounds 7 --steps 500
+    python benchmarks/families.py --features 2,16 --rounds 7 --steps 500
 
 Data: a standardized two-component mixture of correlated Gaussians in ``ℝ^D`` (16,000 training
 and 4,000 test rows). Both libraries get ``--transforms`` autoregressive layers, MADE hidden
 ``--hidden``, ReLU, batch 512, Adam (lr 1e-3), and zuko's defaults for the polynomials: SOSPF
-with 3 squared polynomials of degree 4, BPF of degree 16 on [-5, 5]; the parameter counts are
-printed and match. Reported (``side_by_side.measure``): the training step (median ms),
+with 3 squared polynomials of degree 4, BPF of degree 16 on [-5, 5]. GF (no conditioner
+network): ``--transforms`` elementwise layers of 8 kernels per feature with a learned rotation
+between layers (zuko: Gaussian kernels and ``exp`` of a skew-symmetric matrix; nfkit: logistic
+kernels and ``D`` Householder reflections). The parameter counts are printed and match. Reported (``side_by_side.measure``): the training step (median ms),
 ``log_prob`` and ``sample`` throughput (4096 rows, no grad; both libraries sample by root
 finding) and the test log-likelihood per feature after ``--steps`` steps from seed 0. Results as
 Markdown and JSON under ``--out``.
@@ -34,23 +36,35 @@ def mixture_data(d: int, n: int, seed: int) -> torch.Tensor:
 
 
 def build(lib: str, family: str, d: int, args: argparse.Namespace) -> Built:
-    """``(module, log_prob, sample)`` of one library's polynomial flow."""
+    """``(module, log_prob, sample)`` of one library's flow of the family."""
     hidden = tuple(args.hidden)
-    options = {"SOSPF": {"degree": 4, "polynomials": 3}, "BPF": {"degree": 16}}[family]
+    options: dict = {
+        "SOSPF": {"degree": 4, "polynomials": 3},
+        "BPF": {"degree": 16},
+        "GF": {"components": 8},
+    }[family]
+    networks = family != "GF"  # GF has no conditioner without a context
     if lib == "nfkit":
         make = getattr(nf.models, family)
-        flow = make(d, transforms=args.transforms, hidden=hidden, **options)
+        flow = make(
+            d, transforms=args.transforms, **options, **({"hidden": hidden} if networks else {})
+        )
         return flow, flow.log_prob, flow.sample
     import zuko
 
     make = getattr(zuko.flows, family)
-    zflow = make(d, transforms=args.transforms, hidden_features=hidden, **options)
+    zflow = make(
+        d,
+        transforms=args.transforms,
+        **options,
+        **({"hidden_features": hidden} if networks else {}),
+    )
     return zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--families", default="SOSPF,BPF")
+    p.add_argument("--families", default="SOSPF,BPF,GF")
     p.add_argument("--features", default="2,16", help="comma-separated D values")
     p.add_argument("--libs", default="nfkit,zuko")
     p.add_argument("--transforms", type=int, default=3)
@@ -78,12 +92,12 @@ def main() -> None:
             )
             print(family, d, json.dumps(results[f"{family} D={d}"]), flush=True)
     title = (
-        f"Polynomial flows ({', '.join(libs)}; {args.transforms} transforms, hidden "
+        f"Flow families ({', '.join(libs)}; {args.transforms} transforms, hidden "
         f"{tuple(args.hidden)}, batch 512, {args.threads} thread(s))"
     )
     label = f"test LL per feature after {args.steps} steps"
     report(results, title, ll_key="test_ll_per_feature", ll_label=label, out=args.out,
-           name="polynomial-cpu", args=vars(args))  # fmt: skip
+           name="families-cpu", args=vars(args))  # fmt: skip
 
 
 if __name__ == "__main__":
