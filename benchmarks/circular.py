@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
-from side_by_side import Built, measure, report
+from side_by_side import Built, measure, parser, report
 
 import nfkit as nf
 
@@ -47,43 +46,19 @@ def build(lib: str, d: int, args: argparse.Namespace) -> Built:
     return zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,))
 
 
-def run_cell(d: int, libs: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def run_cell(d: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     train, test = torus_data(d, 16_000, 0), torus_data(d, 4_000, 1)
-    return measure(
-        lambda lib: build(lib, d, args),
-        train,
-        test,
-        libs,
-        rounds=args.rounds,
-        reps=args.reps,
-        steps=args.steps,
-        ll_key="test_ll_per_angle",
-    )
+    return measure(lambda lib: build(lib, d, args), train, test, args, unit="angle")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", default="2,16", help="comma-separated D values")
-    p.add_argument("--libs", default="nfkit,zuko")
-    p.add_argument("--transforms", type=int, default=5)
-    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=[128, 128])
+    p = parser(__doc__.split("\n")[0], transforms=5, hidden="128,128")
     p.add_argument("--bins", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--reps", type=int, default=10, help="timed steps per round (median)")
-    p.add_argument("--steps", type=int, default=500, help="training steps for the test LL")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    libs = args.libs.split(",")
-    results = {f"D={d}": run_cell(int(d), libs, args) for d in args.features.split(",")}
-    title = (
-        f"NCSF on the torus ({', '.join(libs)}; {args.transforms} transforms, hidden "
-        f"{tuple(args.hidden)}, {args.bins} bins, batch 512, {args.threads} thread(s))"
-    )
-    label = f"test LL per angle after {args.steps} steps"
-    report(results, title, ll_key="test_ll_per_angle", ll_label=label, out=args.out,
-           name="circular-cpu", args=vars(args))  # fmt: skip
+    results = {f"D={d}": run_cell(int(d), args) for d in args.features.split(",")}
+    details = f", {args.bins} bins"
+    report(results, "NCSF on the torus", args, unit="angle", name="circular-cpu", details=details)
 
 
 if __name__ == "__main__":

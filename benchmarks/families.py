@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
-from side_by_side import Built, measure, report
+from side_by_side import Built, measure, parser, report
 
 import nfkit as nf
 
@@ -63,41 +62,19 @@ def build(lib: str, family: str, d: int, args: argparse.Namespace) -> Built:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__.split("\n")[0], transforms=3, hidden="64,64")
     p.add_argument("--families", default="SOSPF,BPF,GF")
-    p.add_argument("--features", default="2,16", help="comma-separated D values")
-    p.add_argument("--libs", default="nfkit,zuko")
-    p.add_argument("--transforms", type=int, default=3)
-    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=[64, 64])
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--reps", type=int, default=10, help="timed steps per round (median)")
-    p.add_argument("--steps", type=int, default=500, help="training steps for the test LL")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    libs = args.libs.split(",")
     results = {}
     for family in args.families.split(","):
         for d in (int(v) for v in args.features.split(",")):
             train, test = mixture_data(d, 16_000, 0), mixture_data(d, 4_000, 1)
             results[f"{family} D={d}"] = measure(
-                lambda lib, f=family, d=d: build(lib, f, d, args),
-                train,
-                test,
-                libs,
-                rounds=args.rounds,
-                reps=args.reps,
-                steps=args.steps,
+                lambda lib, f=family, d=d: build(lib, f, d, args), train, test, args
             )
             print(family, d, json.dumps(results[f"{family} D={d}"]), flush=True)
-    title = (
-        f"Flow families ({', '.join(libs)}; {args.transforms} transforms, hidden "
-        f"{tuple(args.hidden)}, batch 512, {args.threads} thread(s))"
-    )
-    label = f"test LL per feature after {args.steps} steps"
-    report(results, title, ll_key="test_ll_per_feature", ll_label=label, out=args.out,
-           name="families-cpu", args=vars(args))  # fmt: skip
+    report(results, "Flow families", args, unit="feature", name="families-cpu")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""Shared by the side-by-side benchmarks (``circular.py``, ``families.py``): one cell of
 libraries trained and timed in the same process, interleaved round by round.
 
-``measure(build, train, test, libs, ...)`` builds each library's model with ``build(lib)`` (a
+``measure(build, train, test, args)`` builds each library's model with ``build(lib)`` (a
 ``(module, log_prob, sample)`` triple), times the training step (batch 512, Adam, lr 1e-3;
 median ms over ``rounds`` rounds of ``reps`` steps, the libraries' order alternating by round),
 ``log_prob`` and ``sample`` throughput (4096 rows, no grad), and the test log-likelihood per
@@ -10,6 +10,7 @@ feature after ``steps`` fixed-budget steps from seed 0 on the same batches for e
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -20,6 +21,21 @@ from typing import Any
 import torch
 
 Built = tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor], Callable[[int], Any]]
+
+
+def parser(description: str, *, transforms: int, hidden: str) -> argparse.ArgumentParser:
+    """The options every side-by-side script takes (each adds its own)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--features", default="2,16", help="comma-separated D values")
+    p.add_argument("--libs", default="nfkit,zuko")
+    p.add_argument("--transforms", type=int, default=transforms)
+    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=hidden)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--reps", type=int, default=10, help="timed steps per round (median)")
+    p.add_argument("--steps", type=int, default=500, help="training steps for the test LL")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return p
 
 
 def seconds(fn: Callable[[], Any], reps: int) -> float:
@@ -43,14 +59,14 @@ def measure(
     build: Callable[[str], Built],
     train: torch.Tensor,
     test: torch.Tensor,
-    libs: list[str],
+    args: argparse.Namespace,
     *,
-    rounds: int,
-    reps: int,
-    steps: int,
-    ll_key: str = "test_ll_per_feature",
+    unit: str = "feature",
 ) -> dict[str, dict[str, float]]:
-    """The metrics of one cell for every library (see the module docstring)."""
+    """The metrics of one cell for every library of ``args.libs`` (see the module docstring),
+    with the ``rounds``, ``reps`` and ``steps`` of :func:`parser`."""
+    libs, rounds, reps, steps = args.libs.split(","), args.rounds, args.reps, args.steps
+    ll_key = f"test_ll_per_{unit}"
     batch = train[:512]
     models, optimizers, out = {}, {}, {}
     for lib in libs:
@@ -85,15 +101,21 @@ def measure(
 
 def report(
     results: dict[str, dict[str, dict[str, float]]],
-    title: str,
+    what: str,
+    args: argparse.Namespace,
     *,
-    ll_key: str,
-    ll_label: str,
-    out: str | Path,
+    unit: str,
     name: str,
-    args: dict[str, Any],
+    details: str = "",
 ) -> str:
-    """The cells as a Markdown table (printed, and written with the JSON as ``out/name.*``)."""
+    """The cells as a Markdown table (printed, and written with the JSON as ``args.out/name.*``),
+    titled by ``what`` and the options of :func:`parser`; the log-likelihood is per ``unit``."""
+    libs = args.libs.split(",")
+    title = (
+        f"{what} ({', '.join(libs)}; {args.transforms} transforms, hidden {tuple(args.hidden)}"
+        f"{details}, batch 512, {args.threads} thread(s))"
+    )
+    ll_key, ll_label = f"test_ll_per_{unit}", f"test LL per {unit} after {args.steps} steps"
     lines = [
         f"# {title}",
         "",
@@ -108,8 +130,8 @@ def report(
             )
     text = "\n".join(lines) + "\n"
     print(text)
-    folder = Path(out)
+    folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.md").write_text(text)
-    (folder / f"{name}.json").write_text(json.dumps({"args": args, **results}, indent=2))
+    (folder / f"{name}.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
     return text
