@@ -61,7 +61,9 @@ class Coupling(Transform):
             ``RQSplineTransformer()`` (coupling NSF).
         context: Context size for the default MLP conditioner.
         mask: Boolean ``(features,)``, True where coordinates are transformed; default alternating.
-        conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP.
+        conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP,
+            whose output starts at ``transformer.initial_params()`` for every feature (a custom
+            conditioner should start there too).
         hidden: Hidden widths of the default conditioner.
         residual: Residual blocks in the default conditioner (equal hidden widths; see
             :class:`~nfkit.nn.MLP`).
