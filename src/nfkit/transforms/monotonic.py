@@ -71,15 +71,15 @@ def _with_tails(
 def _linear_tails_inverse(
     z: Tensor,
     anchors: Tensor,
-    value: Callable[[Tensor], Tensor],
-    log_slope: Callable[[Tensor], Tensor],
+    evaluate: Callable[[Tensor], tuple[Tensor, Tensor]],
     bound: float,
     min_slope: float,
 ) -> tuple[Tensor, Tensor]:
     """Invert a monotone map with linear tails: ``anchors (*, 2)`` are its values at ``∓bound``.
 
     Solves ``value(x) = clamp(z)`` on ``[-bound, bound]`` with :func:`monotone_solve` (Newton
-    steps from ``exp(log_slope)``), then continues along the tail; returns ``(x, log|dz/dx|)``.
+    steps; ``evaluate(x)`` gives the value and the log-slope from one evaluation), then continues
+    along the tail; returns ``(x, log|dz/dx|)``.
     """
     below, above = z < anchors[..., 0], z > anchors[..., 1]
     zc = torch.minimum(torch.maximum(z, anchors[..., 0]), anchors[..., 1])
@@ -88,11 +88,24 @@ def _linear_tails_inverse(
     # flat.
     lo = torch.where(above, bound, -bound).to(z.dtype)
     hi = torch.where(below, -bound, bound).to(z.dtype)
-    x_in = monotone_solve(value, zc, lo, hi, df=lambda x: torch.exp(log_slope(x)))
+    x_in = monotone_solve(_with_slope(evaluate), zc, lo, hi, joint=True)
     x_in = torch.where(below | above, lo, x_in)
-    log_rate = log_slope(x_in)
+    log_rate = evaluate(x_in)[1]
     tail = _tail_log_slope(log_rate, min_slope)
     return x_in + (z - zc) * torch.exp(-tail), torch.where(z == zc, log_rate, tail)
+
+
+def _with_slope(
+    evaluate: Callable[[Tensor], tuple[Tensor, Tensor]],
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``x ↦ (value, slope)`` from ``x ↦ (value, log-slope)``: the joint form of
+    :func:`monotone_solve`."""
+
+    def value_and_slope(x: Tensor) -> tuple[Tensor, Tensor]:
+        value, log_slope = evaluate(x)
+        return value, torch.exp(log_slope)
+
+    return value_and_slope
 
 
 def _check_bound_and_slope(where: str, bound: object, min_slope: object) -> None:
@@ -124,15 +137,11 @@ class _MonotoneWithTails(Transformer):
         ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
         anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
 
-        def value(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[0].squeeze(-1)
+        def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
+            value, log_slope = self._inner(x.unsqueeze(-1), params)
+            return value.squeeze(-1), log_slope.squeeze(-1)
 
-        def log_slope(x: Tensor) -> Tensor:
-            return self._inner(x.unsqueeze(-1), params)[1].squeeze(-1)
-
-        x, log_rate = _linear_tails_inverse(
-            z, anchors, value, log_slope, self.bound, self.min_slope
-        )
+        x, log_rate = _linear_tails_inverse(z, anchors, evaluate, self.bound, self.min_slope)
         return x, -log_rate
 
 
@@ -478,13 +487,8 @@ class GaussianizationTransformer(Transformer):
             ends = (logit.unsqueeze(-1) - b) / a
             lo, hi = ends.amin(-1), ends.amax(-1)
             margin = 1e-3 * (1 + torch.maximum(lo.abs(), hi.abs()))  # rounding at the ends
-        x = monotone_solve(
-            lambda v: self._evaluate(v, params)[0],
-            z,
-            lo - margin,
-            hi + margin,
-            df=lambda v: torch.exp(self._evaluate(v, params)[1]),
-        )
+        evaluate = _with_slope(lambda v: self._evaluate(v, params))
+        x = monotone_solve(evaluate, z, lo - margin, hi + margin, joint=True)
         return x, -self._evaluate(x, params)[1]
 
 
@@ -606,20 +610,10 @@ class UMNNTransformer(nn.Module, Transformer):
             [self._integral(e.expand(z.shape), h, with_slope=False)[0] for e in ends], -1
         )
 
-        def value(x: Tensor) -> Tensor:
-            return self._integral(x, h, with_slope=False)[0]
+        def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
+            return self._integral(x, h, with_slope=True)  # type: ignore[return-value]
 
-        def log_slope(x: Tensor) -> Tensor:
-            return self._integrand(x.unsqueeze(-1), h).squeeze(-1)
-
-        x, log_rate = _linear_tails_inverse(
-            target,
-            anchors,
-            value,
-            log_slope,
-            self.bound,
-            self.min_slope,
-        )
+        x, log_rate = _linear_tails_inverse(target, anchors, evaluate, self.bound, self.min_slope)
         return x, -log_rate
 
     def extra_repr(self) -> str:
