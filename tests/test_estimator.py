@@ -165,3 +165,31 @@ def test_flow_density_discrete_columns() -> None:
         nf.FlowDensity("maf", discrete=[7], steps=2).fit(df)
     with pytest.raises(ValueError, match="discrete need standardize=True"):
         nf.FlowDensity("maf", discrete="auto", standardize=False, steps=2).fit(df)
+
+
+def test_text_column_through_ordinal_encoder() -> None:
+    """The documented recipe for text columns: scikit-learn's encoder in front, the codes as a
+    discrete column, and the encoder turning sampled codes back into labels."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    rng = np.random.default_rng(0)
+    region = rng.choice(["east", "north", "west"], 300, p=[0.6, 0.3, 0.1])
+    table = pd.DataFrame({"region": region, "income": rng.normal(50, 10, 300)})
+    codes = ColumnTransformer([("region", OrdinalEncoder(), ["region"])], remainder="passthrough")
+    flow = nf.FlowDensity("maf", transforms=2, hidden=(16,), steps=150, discrete=[0],
+                          bounds=[(0, 2), (None, None)], random_state=0)  # fmt: skip
+    pipe = make_pipeline(codes, flow).fit(table)
+    assert flow.discrete_indices_ == [0]
+    # the three regions' probabilities at a fixed income sum to one
+    rows = pd.DataFrame({"region": ["east", "north", "west"], "income": [50.0] * 3})
+    from scipy.special import logsumexp
+
+    log_p = pipe.score_samples(rows)
+    log_income = logsumexp(log_p)  # log p(income = 50)
+    assert np.isclose(np.exp(log_p - log_income).sum(), 1.0)
+    assert log_p[0] > log_p[2]  # east is six times as frequent as west
+    sampled = flow.sample(200, random_state=0)
+    labels = pipe[0].named_transformers_["region"].inverse_transform(sampled[:, :1]).ravel()
+    assert set(labels) == {"east", "north", "west"} and (labels == "east").mean() > 0.4
