@@ -198,6 +198,10 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
         _error(capsys, "fit", tmp_path / "text.csv")
     )
     assert "missing values in column(s) 'a' (1)" in _error(capsys, "fit", tmp_path / "nan.csv")
+    data = table / "data.csv"
+    assert "data.csv is a table and " in _error(capsys, "score", data, model)
+    assert "the order is nfkit score MODEL DATA" in _error(capsys, "score", data, model)
+    assert "the order is nfkit compare DATA MODEL" in _error(capsys, "compare", model, data)
     assert "unknown model 'foo'" in _error(capsys, "fit", table / "data.csv", "--model", "foo")
     assert "--given column(s) 'zz' not found" in _error(
         capsys, "fit", table / "data.csv", "--given", "zz"

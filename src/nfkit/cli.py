@@ -164,6 +164,20 @@ def _load_model(path: str, device: str | None = None) -> Any:
     return flow
 
 
+def _check_order(command: str, model: str, data: str, usage: str) -> None:
+    """A table given where the model goes and a model where the table goes: say so, with the
+    command's order, before the loader's 'not a torch file'."""
+    import zipfile
+
+    def is_model(path: str) -> bool:  # torch files are zip archives; tables never are
+        return os.path.isfile(path) and zipfile.is_zipfile(path)
+
+    if os.path.isfile(model) and not is_model(model) and is_model(data):
+        raise _UserError(
+            f"{model} is a table and {data} a model: the order is nfkit {command} {usage}"
+        )
+
+
 def _read(path: str, **kwargs: Any) -> Any:
     from nfkit.tables import read_table
 
@@ -519,6 +533,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
     _check_output_table(args.output)
+    _check_order("score", args.model, args.data, "MODEL DATA")
     flow = _load_model(args.model, args.device)
     options = {}
     if args.draws is not None:
@@ -576,6 +591,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise _UserError(f"model {repeated[0]} is given more than once")
     _refuse_overwriting(("-o", args.output), ("data", args.data), *(("model", m) for m in models))
     _check_output_table(args.output)
+    _check_order("compare", models[0], args.data, "DATA MODEL [MODEL ...]")
     flows = {m: _load_model(m, args.device) for m in models}
     first = None
     for name, flow in flows.items():  # the same variables, the same kind of likelihood
