@@ -89,3 +89,13 @@ def test_random_orders_are_permutations_rebuilt_from_the_config(name: str) -> No
     assert all(torch.equal(a, b) for a, b in zip(ranks, rebuilt))
     with pytest.raises(ValueError, match=f"{name}: orders must be 'alternate' or 'random'"):
         make(3, orders="reverse")
+
+
+@pytest.mark.parametrize("value", ["no", "false", 1, 0, None])
+def test_switches_take_only_booleans(value: object) -> None:
+    """A truthy string such as "no" must not silently turn on residual blocks or a coupling."""
+    with pytest.raises(TypeError, match=r"nf.models.MAF: residual must be True or False"):
+        nf.models.MAF(2, residual=value)
+    with pytest.raises(TypeError, match=r"nf.models.NSF: coupling must be True or False"):
+        nf.models.NSF(2, coupling=value)
+    assert nf.models.MAF(2, batch_norm=np.bool_(True)).config["batch_norm"] is True

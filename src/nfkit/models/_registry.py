@@ -51,6 +51,8 @@ def _jsonable(value: Any) -> Any:
 def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
     """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able)."""
     signature = inspect.signature(fn)
+    # switches (``residual``, ``coupling``, ...): a truthy string such as "no" must not turn one on
+    flags = {n for n, p in signature.parameters.items() if p.annotation in (bool, "bool")}
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Flow:
@@ -60,7 +62,11 @@ def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
             raise TypeError(f"nf.models.{fn.__name__}: {e}") from None
         bound.apply_defaults()
         for name, value in bound.arguments.items():
-            bound.arguments[name] = _plain(value)
+            bound.arguments[name] = value = _plain(value)
+            if name in flags and not isinstance(value, bool):
+                raise TypeError(
+                    f"nf.models.{fn.__name__}: {name} must be True or False, got {shown(value)}"
+                )
         flow = fn(*bound.args, **bound.kwargs)
         flow.config = {
             "model": fn.__name__,
