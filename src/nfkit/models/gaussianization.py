@@ -178,13 +178,14 @@ def GF(
 
     ``transforms`` elementwise layers (:class:`~nfkit.transforms.Elementwise` with
     :class:`~nfkit.transforms.GaussianizationTransformer`: each feature pushed through the CDF of
-    a learned mixture of ``components`` Gaussians, then ``Φ⁻¹``), with a learned rotation
+    a learned mixture of ``components`` logistic kernels, then ``Φ⁻¹``), with a learned rotation
     (:class:`~nfkit.transforms.Householder`, ``D`` reflections) between consecutive layers: the
     trainable form of RBIG's "Gaussianize the marginals, rotate, repeat". ``log_prob`` is closed
     form; sampling takes one bracketed root find per element and layer, all features at once
     (no sequential passes). With ``context > 0`` each layer's parameters are an MLP of the
     context (hidden widths ``hidden``; unused without context). Standardize the data first (as
-    ``nf.models.standardize`` and ``nfkit fit`` do): the kernels start on ``[-1, 1]``.
+    ``nf.models.standardize`` and ``nfkit fit`` do): each layer starts near the identity on
+    standardized data, its kernels at the normal quantiles.
 
     Args:
         features: ``D``.
