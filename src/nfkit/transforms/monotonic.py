@@ -1,11 +1,13 @@
 r"""Monotonic transformers with numerical inverses: NAF's DSF, UMNN, the sum-of-squares and
 Bernstein polynomials, and the Gaussianization flow's mixture CDF.
 
-All are :class:`~nfkit.transforms.Transformer`\ s, so ``Autoregressive`` (NAF, UMNN-MAF) and
-``Coupling`` use them like any other. Each is smooth and strictly increasing on
-``[-bound, bound]`` and continues *linearly* outside it with the slope it has at the bound (a C¹
-join), so that any finite input gives finite values, log-dets and gradients, in float32 too, and
-the inverse only has to search the bounded interval. Inverses use
+All are :class:`~nfkit.transforms.Transformer`\ s, so ``Elementwise``, ``Autoregressive`` (NAF,
+UMNN-MAF) and ``Coupling`` use them like any other. The DSF, UMNN, SOS and Bernstein maps are
+smooth and strictly increasing on ``[-bound, bound]`` and continue *linearly* outside it with the
+slope they have at the bound (a C¹ join), so that any finite input gives finite values, log-dets
+and gradients, in float32 too, and the inverse only has to search the bounded interval; the
+Gaussianization map needs no bound (it is computed in log space and has an exact bracket for its
+inverse). Inverses use
 :func:`~nfkit._numerics.monotone_solve` (safeguarded Newton with bisection, stops at a bracket of
 ``1e-12·(1 + |x|)`` in float64, ``1e-6·(1 + |x|)`` in float32) with implicit-function gradients.
 """
@@ -352,7 +354,7 @@ class BernsteinTransformer(_MonotoneWithTails):
 
 _LOG_HALF = -math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_LOGISTIC_PROBIT = 1.702  # σ(1.702 x) is within 0.0095 of Φ(x) (Bowling et al. 2009)
+_LOGISTIC_PROBIT = 1.702  # σ(1.702 x) is within 0.0095 of Φ(x) (Haley 1952)
 
 
 def _tail_log_ndtr(z: Tensor) -> tuple[Tensor, Tensor]:
