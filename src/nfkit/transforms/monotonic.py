@@ -464,9 +464,9 @@ class GaussianizationTransformer(Transformer):
         a = m + (_LOGISTIC_PROBIT - m) * torch.exp(params[..., : self.components].clamp(max=20.0))
         return a, params[..., self.components :]
 
-    def _evaluate(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z, log dz/dx)`` at ``x (*)`` for ``params (*, 2K)``."""
-        a, b = self._slopes(params)
+    def _evaluate(self, x: Tensor, a: Tensor, b: Tensor, log_a: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log dz/dx)`` at ``x (*)`` for slopes ``a``, offsets ``b`` and ``log a``, each
+        ``(*, K)`` or broadcastable to it (free parameters stay ``(D, K)``: no per-row copies)."""
         u = a * x.unsqueeze(-1) + b
         log_sigma = F.logsigmoid(u)  # log σ(-u) = log σ(u) - u
         log_k = math.log(self.components)
@@ -474,24 +474,29 @@ class GaussianizationTransformer(Transformer):
         log_above = torch.logsumexp(log_sigma - u, -1) - log_k  # log(1 - F)
         n = _normal_icdf_of_log(torch.minimum(log_below, log_above).clamp(max=_LOG_HALF))
         z = torch.where(log_below <= log_above, n, -n)
-        log_density = torch.logsumexp(torch.log(a) + 2 * log_sigma - u, -1) - log_k
+        log_density = torch.logsumexp(log_a + 2 * log_sigma - u, -1) - log_k
         return z, log_density + 0.5 * z * z + _HALF_LOG_2PI  # - log φ(z)
 
+    def _parts(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``x`` broadcast to the batch, and ``(a, b, log a)`` at the parameters' own shape."""
+        shape = broadcast_shapes(x.shape, params.shape[:-1])
+        a, b = self._slopes(params)
+        return x.expand(shape), a, b, torch.log(a)
+
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, params = _broadcast(x, params)
-        return self._evaluate(x, params)
+        x, a, b, log_a = self._parts(x, params)
+        return self._evaluate(x, a, b, log_a)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        z, params = _broadcast(z, params)
+        z, a, b, log_a = self._parts(z, params)
         with torch.no_grad():
-            a, b = self._slopes(params)
             logit = torch.special.log_ndtr(z) - torch.special.log_ndtr(-z)  # σ⁻¹(Φ(z))
             ends = (logit.unsqueeze(-1) - b) / a
             lo, hi = ends.amin(-1), ends.amax(-1)
             margin = 1e-3 * (1 + torch.maximum(lo.abs(), hi.abs()))  # rounding at the ends
-        evaluate = _with_slope(lambda v: self._evaluate(v, params))
+        evaluate = _with_slope(lambda v: self._evaluate(v, a, b, log_a))
         x = monotone_solve(evaluate, z, lo - margin, hi + margin, joint=True)
-        return x, -self._evaluate(x, params)[1]
+        return x, -self._evaluate(x, a, b, log_a)[1]
 
 
 def clenshaw_curtis(n: int) -> tuple[Tensor, Tensor]:
