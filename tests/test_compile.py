@@ -49,6 +49,7 @@ DENSITIES = {
     "BPF": lambda: nf.models.BPF(3, transforms=2, degree=6, **SMALL),
     "BNAF-context": lambda: nf.models.BNAF(3, context=2, transforms=2, hidden=(8,)),
     "GF": lambda: nf.models.GF(3, transforms=2, components=4),
+    "GMM-context": lambda: nf.models.GMM(3, context=2, components=4, hidden=(8,)),
     "GF-context": lambda: nf.models.GF(3, context=2, transforms=2, components=4, hidden=(8,)),
 }
 

@@ -31,6 +31,7 @@ FACTORIES = {
     "SOSPF": lambda c: nf.models.SOSPF(3, context=c, transforms=2, **SMALL),
     "BPF": lambda c: nf.models.BPF(3, context=c, transforms=2, degree=6, **SMALL),
     "GF": lambda c: nf.models.GF(3, context=c, transforms=2, components=4, hidden=(8,)),
+    "GMM": lambda c: nf.models.GMM(3, context=c, components=4, hidden=(8,)),
 }
 
 

@@ -75,3 +75,31 @@ def test_follow_module_dtype() -> None:
         dist = make().double()
         assert dist.sample((3,)).dtype == torch.float64
         assert dist.log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_conditional_mixture_follows_its_context() -> None:
+    """A mixture density network: each context row gives its own normalized mixture, and
+    samples for a context row follow that row's weights and means (Gumbel-max choice)."""
+    torch.manual_seed(0)
+    dist = D.GaussianMixture(1, components=2, context=1, hidden=(8,)).double()
+    with torch.no_grad():  # weights (σ(±2c)), means ±5 c-independent: set through the bias
+        w, b = dist.params.net.parameter_views()[-1]
+        w.zero_()
+        b.copy_(torch.tensor([0.0, 0.0, -5.0, 5.0, 0.0, 0.0]))
+        first = dist.params.net.parameter_views()[0]
+        first[0].zero_()
+        first[0][0, 0] = 1.0  # hidden unit 0 = relu(c)
+        first[1].zero_()
+        w[1, 0] = 2.0  # logit of component 1 grows with relu(c)
+    context = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    g = torch.linspace(-30, 30, 6001, dtype=torch.float64)
+    p = dist.log_prob(g[:, None, None], context).exp()  # (6001, 2)
+    torch.testing.assert_close(torch.trapezoid(p, g, dim=0), torch.ones(2, dtype=torch.float64))
+    s = dist.rsample((40_000, 2), context)  # (40000, 2, 1)
+    share = (s[..., 0] > 0).double().mean(0)
+    expected = torch.sigmoid(torch.tensor([0.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(share, expected, atol=0.01, rtol=0)
+    with pytest.raises(ValueError, match="needs a context"):
+        dist.log_prob(torch.zeros(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="is trainable"):
+        D.GaussianMixture(1, context=2, trainable=False)

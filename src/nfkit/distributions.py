@@ -197,38 +197,85 @@ class GaussianMixture(BaseDistribution):
     r"""Mixture of ``components`` diagonal Gaussians with trainable weights, means and scales.
 
     ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, diag σ_k²)]``. Sampling picks a component
-    (not reparameterizable in the choice) and is reparameterized within the component.
+    by the Gumbel-max trick (not reparameterizable in the choice: ``rsample``'s gradients reach
+    the means and scales, not the weights) and is reparameterized within the component.
+
+    With ``context > 0`` the weights, means and log-scales are an MLP of the context (hidden
+    widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output layer
+    starts at zero weights and the unconditional starting values as bias (equal weights, unit
+    scales, means drawn once from a seeded generator, so the components start apart).
+
+    Shapes:
+        ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
+        ``rsample(shape, context)``: ``(*shape, D)``, the context broadcast over ``shape``'s
+        trailing dims (as :meth:`nfkit.Flow.sample` passes it).
     """
 
-    def __init__(self, features: int, components: int = 8, trainable: bool = True) -> None:
+    def __init__(
+        self,
+        features: int,
+        components: int = 8,
+        trainable: bool = True,
+        *,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+    ) -> None:
         super().__init__(features)
         components = check_positive_int("GaussianMixture", "components", components)
+        self.context = check_positive_int("GaussianMixture", "context", context, minimum=0)
         if len(self.event_shape) != 1:
             raise ValueError("GaussianMixture: features must be an int (vector events)")
+        if self.context and not trainable:
+            raise ValueError("GaussianMixture: a conditional mixture (context > 0) is trainable")
         d = self.event_shape[0]
         logits = torch.zeros(components)
         loc = torch.randn(components, d, generator=torch.Generator().manual_seed(0))
         log_scale = torch.zeros(components, d)
+        self.components = components
+        if self.context:
+            from nfkit.nn.mlp import Parameters  # nfkit.nn imports the distributions' module
+
+            init = torch.cat([logits, loc.reshape(-1), log_scale.reshape(-1)])
+            self.params = Parameters(init.numel(), self.context, hidden, init=init)
+            return
         for name, value in (("logits", logits), ("loc", loc), ("log_scale", log_scale)):
             if trainable:
                 setattr(self, name, nn.Parameter(value))
             else:
                 self.register_buffer(name, value)
-        self.components = components
+
+    def _mixture(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log π (*c, K), μ (*c, K, D), log σ (*c, K, D))``; ``*c`` is the context batch."""
+        if not self.context:
+            return torch.log_softmax(self.logits, -1), self.loc, self.log_scale
+        if context is None:
+            raise ValueError("GaussianMixture: this mixture is conditional and needs a context")
+        theta = self.params(context)
+        k, d = self.components, self.features
+        loc, log_scale = theta[..., k:].unflatten(-1, (2, k, d)).unbind(-3)
+        return torch.log_softmax(theta[..., :k], -1), loc, log_scale
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        u = (z.unsqueeze(-2) - self.loc) * torch.exp(-self.log_scale)
-        comp = (-0.5 * u * u - self.log_scale).sum(-1) - 0.5 * self.features * _LOG_2PI
-        return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), dim=-1)
+        log_weights, loc, log_scale = self._mixture(context)
+        u = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)
+        comp = (-0.5 * u * u - log_scale).sum(-1) - 0.5 * self.features * _LOG_2PI
+        return torch.logsumexp(comp + log_weights, dim=-1)
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         shape = tuple(shape)
-        k = torch.multinomial(
-            torch.softmax(self.logits, -1), max(1, math.prod(shape)), replacement=True
-        )
-        k = k[: math.prod(shape)].reshape(shape)
+        log_weights, loc, log_scale = self._mixture(context)
+        k = self.components
+        # Gumbel-max: argmax_k (log π_k + G_k) is distributed as π
+        u = torch.rand(*shape, k, **self._like()).clamp_min(torch.finfo(loc.dtype).tiny)
+        choice = (log_weights - torch.log(-torch.log(u))).argmax(-1, keepdim=True)
+        index = choice.unsqueeze(-1).expand(*shape, 1, self.features)
+
+        def pick(t: Tensor) -> Tensor:  # the chosen component's row: (*shape, D)
+            return torch.take_along_dim(t.expand(*shape, k, self.features), index, -2).squeeze(-2)
+
         eps = torch.randn(*shape, *self.event_shape, **self._like())
-        return self.loc[k] + torch.exp(self.log_scale[k]) * eps
+        return pick(loc) + torch.exp(pick(log_scale)) * eps
 
     def extra_repr(self) -> str:
-        return f"event_shape={tuple(self.event_shape)}, components={self.components}"
+        extra = f", context={self.context}" if self.context else ""
+        return f"event_shape={tuple(self.event_shape)}, components={self.components}{extra}"

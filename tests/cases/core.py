@@ -44,6 +44,7 @@ TRANSFORMS: dict[str, Case] = {
     "Elementwise-spline": Case(
         lambda d, c: T.Elementwise(d, SPLINE, context=c, hidden=H), context=True
     ),
+    "Identity": Case(lambda d, c: T.Identity()),
     "Permutation": Case(lambda d, c: T.Permutation(d, seed=1)),
     "Reverse": Case(lambda d, c: T.Reverse(d)),
     "LULinear": Case(lambda d, c: T.LULinear(d, seed=2)),
@@ -113,6 +114,7 @@ TRANSFORMS: dict[str, Case] = {
 _SMALL = {"transforms": 2, "hidden": H}
 
 MODELS: dict[str, ModelCase] = {
+    "GMM": ModelCase(lambda d, c: nf.models.GMM(d, context=c, components=3, hidden=(16,))),
     "MAF": ModelCase(lambda d, c: nf.models.MAF(d, context=c, **_SMALL)),
     "MAF-residual": ModelCase(lambda d, c: nf.models.MAF(d, context=c, residual=True, **_SMALL)),
     "IAF": ModelCase(lambda d, c: nf.models.IAF(d, context=c, **_SMALL)),

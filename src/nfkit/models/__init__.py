@@ -11,6 +11,7 @@ from nfkit.models.continuous import FFJORD
 from nfkit.models.dequantized import DequantizedFlow
 from nfkit.models.gaussianization import GF, RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
+from nfkit.models.mixture import GMM
 from nfkit.models.monotonic import BNAF, BPF, NAF, SOSPF, UMNN
 from nfkit.models.residual import ResidualFlow
 from nfkit.models.standardized import Standardized, standardize
@@ -22,6 +23,7 @@ __all__ = [
     "RBIG",
     "RBIGFlow",
     "GF",
+    "GMM",
     "MAF",
     "IAF",
     "NSF",

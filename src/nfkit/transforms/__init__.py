@@ -19,7 +19,14 @@ from nfkit.transforms.elementwise import (
 )
 from nfkit.transforms.gaussianization import MarginalGaussianization, Rotation
 from nfkit.transforms.image import LogitPreprocess, MultiscaleSplit, Squeeze, dequantize
-from nfkit.transforms.linear import Householder, InvConv1x1, LULinear, Permutation, Reverse
+from nfkit.transforms.linear import (
+    Householder,
+    Identity,
+    InvConv1x1,
+    LULinear,
+    Permutation,
+    Reverse,
+)
 from nfkit.transforms.monotonic import (
     BernsteinTransformer,
     DSFTransformer,
@@ -74,6 +81,7 @@ __all__ = [
     "Softplus",
     "LeakyReLU",
     # linear
+    "Identity",
     "Permutation",
     "Reverse",
     "LULinear",

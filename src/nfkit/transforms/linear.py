@@ -12,11 +12,22 @@ from nfkit._checks import as_int, check_positive_int, shown
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
-__all__ = ["Permutation", "Reverse", "LULinear", "Householder", "InvConv1x1"]
+__all__ = ["Identity", "Permutation", "Reverse", "LULinear", "Householder", "InvConv1x1"]
 
 
 def _zeros_ladj(x: Tensor, event_dim: int) -> Tensor:
     return x.new_zeros(x.shape[: x.dim() - event_dim])
+
+
+class Identity(Transform):
+    """``z = x``, log-det 0: the transform of a flow that is its base distribution alone
+    (:func:`nfkit.models.GMM`), or a placeholder in a composition."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x, _zeros_ladj(x, 1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return z, _zeros_ladj(z, 1)
 
 
 class Permutation(Transform):
