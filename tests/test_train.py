@@ -367,3 +367,18 @@ def test_history_repr_is_one_short_line() -> None:
         "stopped early, wall_time=12.3s)"
     )
     assert nf.History.from_dict(h.to_dict()) == h  # the lists are all still there
+
+
+def test_default_learning_rate_is_the_factorys() -> None:
+    """``lr=None`` (the default) takes the factory's rate: BNAF's 5e-3, through the
+    standardization wrapper too; other flows 1e-3; an explicit lr wins."""
+    x = torch.randn(200, 2)
+    bnaf = nf.models.standardize(nf.models.BNAF(2, transforms=1, hidden=(4,)), x)
+    maf = nf.models.MAF(2, transforms=1, hidden=(8,))
+    for flow, expected in ((bnaf, 5e-3), (maf, 1e-3)):
+        assert nf.models.learning_rate(flow) == expected
+        h = nf.fit(flow, x, steps=4, eval_every=2, schedule="constant", progress=False, seed=0)
+        assert h.lr == [expected] * len(h.lr) and h.lr
+    h = nf.fit(maf, x, steps=2, eval_every=1, lr=3e-4, schedule="constant", progress=False)
+    assert h.lr[0] == 3e-4
+    assert nf.models.learning_rate(nf.Flow(nf.transforms.Identity(), maf.base)) == 1e-3

@@ -724,7 +724,12 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
     p.add_argument(
         "--batch-size", type=_positive, default=512, help="minibatch size (default: 512)"
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: the model's, 1e-3; bnaf 5e-3)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument(
         "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"

@@ -135,7 +135,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         steps: int | None = None,
         epochs: int | None = None,
         batch_size: int = 256,
-        lr: float = 1e-3,
+        lr: float | None = None,
         weight_decay: float = 0.0,
         val_fraction: float = 0.1,
         patience: int = 10,

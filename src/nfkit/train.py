@@ -36,6 +36,7 @@ from nfkit._checks import (
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
+from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
@@ -517,7 +518,7 @@ def fit(
     steps: int | None = None,
     epochs: int | None = None,
     batch_size: int = 512,
-    lr: float = 1e-3,
+    lr: float | None = None,
     weight_decay: float = 0.0,
     clip: float | None = 5.0,
     schedule: str = "cosine",
@@ -548,7 +549,8 @@ def fit(
         steps: Number of optimizer steps. ``epochs``: alternatively, passes over the training
             set. Give at most one; default 1000 steps.
         batch_size: Minibatch size (capped at the training set size).
-        lr, weight_decay: AdamW's learning rate and decoupled weight decay.
+        lr, weight_decay: AdamW's learning rate and decoupled weight decay. ``lr=None``: the
+            flow's factory's rate (:func:`nfkit.models.learning_rate`: 1e-3, 5e-3 for BNAF).
         clip: Maximum gradient norm (None or 0: no clipping).
         schedule: ``"cosine"`` (default) or ``"constant"``.
         patience: Evaluations without improvement before stopping.
@@ -576,6 +578,7 @@ def fit(
     """
     where = "nf.fit"
     x, c, dtype, dev = _training_data(where, flow, data, context, device)
+    lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
     check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
@@ -727,7 +730,7 @@ def fit_vi(
     *,
     steps: int,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float | None = None,
     weight_decay: float = 0.0,
     clip: float | None = 5.0,
     schedule: str = "cosine",
@@ -775,6 +778,7 @@ def fit_vi(
     batch_size = check_positive_int(where, "batch_size", batch_size)
     n_estimate = check_positive_int(where, "n_estimate", n_estimate)
     anneal = check_positive_int(where, "anneal", anneal, minimum=0)
+    lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
     if context is not None:

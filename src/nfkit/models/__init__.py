@@ -5,7 +5,7 @@ flow of the same architecture (``nf.load`` then fills in the weights). Each fami
 live in their own module and register themselves with ``@factory``.
 """
 
-from nfkit.models._registry import FACTORIES, build, factory, make_base
+from nfkit.models._registry import FACTORIES, build, factory, learning_rate, make_base
 from nfkit.models.classic import IAF, MAF, NCSF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
 from nfkit.models.dequantized import DequantizedFlow
@@ -46,4 +46,5 @@ __all__ = [
     "build",
     "factory",
     "make_base",
+    "learning_rate",
 ]

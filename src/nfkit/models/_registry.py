@@ -14,9 +14,13 @@ from nfkit import distributions as D
 from nfkit._checks import shown
 from nfkit.core import Flow
 
-__all__ = ["FACTORIES", "factory", "build", "make_base", "activation"]
+__all__ = ["FACTORIES", "factory", "build", "make_base", "activation", "learning_rate"]
 
 FACTORIES: dict[str, Callable[..., Flow]] = {}
+# The learning rate nf.fit and nf.fit_vi use for a factory's flows when none is given; factories
+# that need another than DEFAULT_LR say so with @factory(lr=...).
+LEARNING_RATES: dict[str, float] = {}
+DEFAULT_LR = 1e-3
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -48,8 +52,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def factory(fn: Callable[..., Flow]) -> Callable[..., Flow]:
-    """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able)."""
+def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -> Any:
+    """Register a factory and fill ``flow.config`` with its bound arguments (JSON-able).
+
+    ``@factory(lr=...)`` also records the learning rate that :func:`nfkit.fit` uses for the
+    factory's flows when it is given none (see :func:`learning_rate`)."""
+    if fn is None:
+        return lambda f: factory(f, lr=lr)
+    if lr is not None:
+        LEARNING_RATES[fn.__name__] = float(lr)
     signature = inspect.signature(fn)
     # switches (``residual``, ``coupling``, ...): a truthy string such as "no" must not turn one on
     flags = {n for n, p in signature.parameters.items() if p.annotation in (bool, "bool")}
@@ -90,6 +101,18 @@ def build(config: dict[str, Any]) -> Flow:
     if features is None:
         return FACTORIES[name](**config)
     return FACTORIES[name](features, **config)
+
+
+def learning_rate(flow: Any) -> float:
+    """The learning rate ``nf.fit`` and ``nf.fit_vi`` use for ``flow`` when given none: its
+    factory's (``BNAF``: 5e-3), else 1e-3. A wrapper (``Standardized``, ``DequantizedFlow``)
+    takes its inner flow's; a flow built by hand takes the default."""
+    config = getattr(flow, "config", None)
+    while isinstance(config, dict):
+        if config.get("model") in LEARNING_RATES:
+            return LEARNING_RATES[config["model"]]
+        config = config.get("flow")
+    return DEFAULT_LR
 
 
 def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module:
