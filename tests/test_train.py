@@ -382,3 +382,17 @@ def test_default_learning_rate_is_the_factorys() -> None:
     h = nf.fit(maf, x, steps=2, eval_every=1, lr=3e-4, schedule="constant", progress=False)
     assert h.lr[0] == 3e-4
     assert nf.models.learning_rate(nf.Flow(nf.transforms.Identity(), maf.base)) == 1e-3
+
+
+def test_fit_vi_refuses_a_mixture_base_with_trained_weights() -> None:
+    """The component choice carries no gradient: trained weights would get biased gradients."""
+
+    def log_density(x: torch.Tensor) -> torch.Tensor:
+        return -(x**2).sum(-1)
+
+    for flow, context in ((nf.models.GMM(2), None), (nf.models.GMM(2, context=1), torch.ones(1))):
+        with pytest.raises(ValueError, match="draws its mixture component without a gradient"):
+            nf.fit_vi(flow, log_density, steps=1, context=context, progress=False)
+    frozen = nf.distributions.GaussianMixture(2, trainable=False)
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,), base=frozen)
+    assert nf.fit_vi(flow, log_density, steps=2, progress=False).ess > 0

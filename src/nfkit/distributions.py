@@ -42,8 +42,12 @@ def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
 class BaseDistribution(nn.Module):
     """Abstract base: a distribution over events of shape ``event_shape``.
 
-    A zero-size buffer ``_anchor`` tracks the module's device and dtype.
+    A zero-size buffer ``_anchor`` tracks the module's device and dtype. ``reparameterized``
+    says whether ``rsample`` differentiates through every parameter (reverse-KL training needs
+    it).
     """
+
+    reparameterized: bool = True
 
     def __init__(self, features: int | Sequence[int]) -> None:
         super().__init__()
@@ -243,6 +247,13 @@ class GaussianMixture(BaseDistribution):
                 setattr(self, name, nn.Parameter(value))
             else:
                 self.register_buffer(name, value)
+
+    @property
+    def reparameterized(self) -> bool:
+        """Whether ``rsample``'s gradients are those of the expectation it estimates: not when
+        the weights are trained (the component choice carries no gradient), so reverse-KL
+        training (:func:`nfkit.fit_vi`) refuses such a mixture."""
+        return not self.context and not self.logits.requires_grad
 
     def _mixture(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``(log π (*c, K), μ (*c, K, D), log σ (*c, K, D))``; ``*c`` is the context batch."""

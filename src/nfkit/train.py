@@ -786,6 +786,12 @@ def fit_vi(
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
         context = context.to(device=dev, dtype=dtype)
     check_context(where, context, flow.context_features)  # width, finite; before any step
+    if not getattr(flow.base, "reparameterized", True):
+        raise ValueError(
+            f"{where}: the base distribution {type(flow.base).__name__} draws its mixture "
+            "component without a gradient, so its trained weights would get biased gradients; "
+            "use a reparameterized base (base='normal') or freeze the weights"
+        )
     eval_every = _eval_every(where, steps, eval_every)
     if seed is not None:
         seed = resolve_seed(where, seed)

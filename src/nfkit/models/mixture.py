@@ -31,7 +31,8 @@ def GMM(
     baseline for conditional density estimation and for neural posterior estimation (zuko's
     ``GMM``, sbi's ``"mdn"``). ``log_prob`` is exact (one network pass); sampling picks a
     component by the Gumbel-max trick, so it is reparameterized within the component but not in
-    the choice: train it by likelihood (``nf.fit``), not by ``nf.fit_vi``. Standardize the data
+    the choice: train it by likelihood (``nf.fit``); ``nf.fit_vi`` refuses it (its weights
+    would get biased gradients). Standardize the data
     first (as ``nf.models.standardize`` and ``nfkit fit`` do): the components start at unit
     scale around means drawn from ``N(0, I)``.
 
