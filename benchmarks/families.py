@@ -1,4 +1,4 @@
-r"""Families nfkit shares with zuko: ``SOSPF``, ``BPF`` and ``GF`` beside zuko's, interleaved.
+r"""Families nfkit shares with zuko: ``SOSPF``, ``BPF``, ``GF`` and ``GMM`` beside zuko's, interleaved.
 
     python benchmarks/families.py --features 2,16 --rounds 7 --steps 500
 
@@ -8,7 +8,8 @@ and 4,000 test rows). Both libraries get ``--transforms`` autoregressive layers,
 with 3 squared polynomials of degree 4, BPF of degree 16 on [-5, 5]. GF (no conditioner
 network): ``--transforms`` elementwise layers of 8 kernels per feature with a learned rotation
 between layers (zuko: Gaussian kernels and ``exp`` of a skew-symmetric matrix; nfkit: logistic
-kernels and ``D`` Householder reflections). The parameter counts are printed and match. Reported (``side_by_side.measure``): the training step (median ms),
+kernels and ``D`` Householder reflections). GMM: 8 components with full covariances. The
+parameter counts are printed and match. Reported (``side_by_side.measure``): the training step (median ms),
 ``log_prob`` and ``sample`` throughput (4096 rows, no grad; both libraries sample by root
 finding) and the test log-likelihood per feature after ``--steps`` steps from seed 0. Results as
 Markdown and JSON under ``--out``.
@@ -41,29 +42,25 @@ def build(lib: str, family: str, d: int, args: argparse.Namespace) -> Built:
         "SOSPF": {"degree": 4, "polynomials": 3},
         "BPF": {"degree": 16},
         "GF": {"components": 8},
+        "GMM": {"components": 8},
     }[family]
-    networks = family != "GF"  # GF has no conditioner without a context
+    if family != "GMM":  # a mixture has no layers
+        options["transforms"] = args.transforms
+    networks = family not in ("GF", "GMM")  # no conditioner network without a context
     if lib == "nfkit":
         make = getattr(nf.models, family)
-        flow = make(
-            d, transforms=args.transforms, **options, **({"hidden": hidden} if networks else {})
-        )
+        flow = make(d, **options, **({"hidden": hidden} if networks else {}))
         return flow, flow.log_prob, flow.sample
     import zuko
 
     make = getattr(zuko.flows, family)
-    zflow = make(
-        d,
-        transforms=args.transforms,
-        **options,
-        **({"hidden_features": hidden} if networks else {}),
-    )
+    zflow = make(d, **options, **({"hidden_features": hidden} if networks else {}))
     return zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,))
 
 
 def main() -> None:
     p = parser(__doc__.split("\n")[0], transforms=3, hidden="64,64")
-    p.add_argument("--families", default="SOSPF,BPF,GF")
+    p.add_argument("--families", default="SOSPF,BPF,GF,GMM")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results = {}

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import nfkit as nf
 from nfkit import distributions as D
 
 ALL = {
@@ -17,7 +18,17 @@ ALL = {
     "Uniform": lambda: D.Uniform(2, low=-2.0, high=3.0),
     "StudentT": lambda: D.StudentT(2, df=4.0),
     "GaussianMixture": lambda: D.GaussianMixture(2, components=3),
+    "GaussianMixture-full": lambda: _correlated_mixture(),
 }
+
+
+def _correlated_mixture() -> D.GaussianMixture:
+    dist = D.GaussianMixture(2, components=3, covariance="full")
+    with torch.no_grad():
+        dist.tril.copy_(torch.tensor([[0.9], [-1.5], [0.0]]))
+        dist.log_scale.copy_(torch.tensor([[0.3, -0.5], [0.0, 0.2], [-0.4, 0.1]]))
+        dist.logits.copy_(torch.tensor([0.5, -0.2, 0.0]))
+    return dist
 
 
 @pytest.mark.parametrize("name", list(ALL))
@@ -48,7 +59,9 @@ def test_samples_match_density(name: str) -> None:
     torch.testing.assert_close(s.mean(0), mean_grid, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("name", ["DiagNormal", "StudentT", "GaussianMixture"])
+@pytest.mark.parametrize(
+    "name", ["DiagNormal", "StudentT", "GaussianMixture", "GaussianMixture-full"]
+)
 def test_trainable_and_reparameterized(name: str) -> None:
     dist = ALL[name]()
     params = list(dist.parameters())
@@ -103,3 +116,28 @@ def test_conditional_mixture_follows_its_context() -> None:
         dist.log_prob(torch.zeros(3, 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="is trainable"):
         D.GaussianMixture(1, context=2, trainable=False)
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_full_covariance_mixture_matches_torch(context: int) -> None:
+    """log p against torch's MixtureSameFamily of MultivariateNormal(scale_tril=L_k), and the
+    samples' covariance against the mixture's."""
+    torch.manual_seed(0)
+    dist = D.GaussianMixture(3, components=2, covariance="full", context=context, hidden=(8,))
+    dist = nf.testing.perturb_parameters(dist.double(), 0.5 if context == 0 else 0.1, 1)
+    c = torch.randn(3, dtype=torch.float64) if context else None
+    log_weights, loc, _, factor = dist._mixture(c)
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=log_weights),
+        torch.distributions.MultivariateNormal(loc, scale_tril=factor),
+    )
+    z = torch.randn(50, 3, dtype=torch.float64) * 2
+    torch.testing.assert_close(dist.log_prob(z, c), reference.log_prob(z))
+    s = dist.rsample((200_000,), c)
+    assert s.shape == (200_000, 3)
+    weights = log_weights.exp()
+    second = factor @ factor.mT + loc.unsqueeze(-1) * loc.unsqueeze(-2)  # E[z zᵀ] per component
+    mean = (weights.unsqueeze(-1) * loc).sum(-2)
+    covariance = (weights[:, None, None] * second).sum(0) - mean[:, None] * mean[None, :]
+    torch.testing.assert_close(s.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(s.T), covariance, atol=0.06, rtol=0.03)

@@ -198,16 +198,19 @@ class StudentT(BaseDistribution):
 
 
 class GaussianMixture(BaseDistribution):
-    r"""Mixture of ``components`` diagonal Gaussians with trainable weights, means and scales.
+    r"""Mixture of ``components`` Gaussians with trainable weights, means and covariances.
 
-    ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, diag σ_k²)]``. Sampling picks a component
-    by the Gumbel-max trick (not reparameterizable in the choice: ``rsample``'s gradients reach
-    the means and scales, not the weights) and is reparameterized within the component.
+    ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, Σ_k)]`` with ``Σ_k = L_k L_kᵀ``:
+    ``covariance="diagonal"`` (default) ``L_k = diag σ_k``; ``"full"`` ``L_k`` lower triangular
+    with diagonal ``σ_k`` (``log N`` by one triangular solve: ``-½‖L_k⁻¹(z - μ_k)‖² - Σ log σ_k
+    - (D/2) log 2π``). Sampling picks a component by the Gumbel-max trick (not reparameterizable
+    in the choice: ``rsample``'s gradients reach the means and covariances, not the weights) and
+    draws ``μ_k + L_k ε`` within it.
 
-    With ``context > 0`` the weights, means and log-scales are an MLP of the context (hidden
-    widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output layer
-    starts at zero weights and the unconditional starting values as bias (equal weights, unit
-    scales, means drawn once from a seeded generator, so the components start apart).
+    With ``context > 0`` the weights, means and covariance factors are an MLP of the context
+    (hidden widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output
+    layer starts at zero weights and the unconditional starting values as bias (equal weights,
+    unit covariances, means drawn once from a seeded generator, so the components start apart).
 
     Shapes:
         ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
@@ -223,6 +226,7 @@ class GaussianMixture(BaseDistribution):
         *,
         context: int = 0,
         hidden: Sequence[int] = (64, 64),
+        covariance: str = "diagonal",
     ) -> None:
         super().__init__(features)
         components = check_positive_int("GaussianMixture", "components", components)
@@ -231,18 +235,26 @@ class GaussianMixture(BaseDistribution):
             raise ValueError("GaussianMixture: features must be an int (vector events)")
         if self.context and not trainable:
             raise ValueError("GaussianMixture: a conditional mixture (context > 0) is trainable")
+        if covariance not in ("diagonal", "full"):
+            raise ValueError(
+                f"GaussianMixture: covariance must be 'diagonal' or 'full', got {shown(covariance)}"
+            )
         d = self.event_shape[0]
-        logits = torch.zeros(components)
-        loc = torch.randn(components, d, generator=torch.Generator().manual_seed(0))
-        log_scale = torch.zeros(components, d)
-        self.components = components
+        self.components, self.covariance = components, covariance
+        values = {
+            "logits": torch.zeros(components),
+            "loc": torch.randn(components, d, generator=torch.Generator().manual_seed(0)),
+            "log_scale": torch.zeros(components, d),
+        }
+        if covariance == "full":  # each L_k's strictly lower triangle, row by row
+            values["tril"] = torch.zeros(components, d * (d - 1) // 2)
         if self.context:
             from nfkit.nn.mlp import Parameters  # nfkit.nn imports the distributions' module
 
-            init = torch.cat([logits, loc.reshape(-1), log_scale.reshape(-1)])
+            init = torch.cat([v.reshape(-1) for v in values.values()])
             self.params = Parameters(init.numel(), self.context, hidden, init=init)
             return
-        for name, value in (("logits", logits), ("loc", loc), ("log_scale", log_scale)):
+        for name, value in values.items():
             if trainable:
                 setattr(self, name, nn.Parameter(value))
             else:
@@ -255,38 +267,78 @@ class GaussianMixture(BaseDistribution):
         training (:func:`nfkit.fit_vi`) refuses such a mixture."""
         return not self.context and not self.logits.requires_grad
 
-    def _mixture(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(log π (*c, K), μ (*c, K, D), log σ (*c, K, D))``; ``*c`` is the context batch."""
-        if not self.context:
-            return torch.log_softmax(self.logits, -1), self.loc, self.log_scale
-        if context is None:
-            raise ValueError("GaussianMixture: this mixture is conditional and needs a context")
-        theta = self.params(context)
+    def _mixture(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``log π (*c, K)``, ``μ (*c, K, D)``, ``log σ (*c, K, D)`` and, for full covariances,
+        ``L (*c, K, D, D)`` (else None); ``*c`` is the context batch."""
         k, d = self.components, self.features
-        loc, log_scale = theta[..., k:].unflatten(-1, (2, k, d)).unbind(-3)
-        return torch.log_softmax(theta[..., :k], -1), loc, log_scale
+        if not self.context:
+            logits, loc, log_scale = self.logits, self.loc, self.log_scale
+            lower = getattr(self, "tril", None)
+        else:
+            if context is None:
+                raise ValueError(
+                    "GaussianMixture: this mixture is conditional and needs a context"
+                )
+            theta = self.params(context)
+            logits, loc, log_scale = (
+                theta[..., :k],
+                *(theta[..., k : k + 2 * k * d].unflatten(-1, (2, k, d)).unbind(-3)),
+            )
+            lower = (
+                theta[..., k + 2 * k * d :].unflatten(-1, (k, -1))
+                if self.covariance == "full"
+                else None
+            )
+        log_weights = torch.log_softmax(logits, -1)
+        if lower is None:
+            return log_weights, loc, log_scale, None
+        rows, cols = torch.tril_indices(d, d, -1, device=loc.device)
+        flat = lower.new_zeros(*lower.shape[:-1], d * d).index_copy(-1, rows * d + cols, lower)
+        strict = flat.unflatten(-1, (d, d))
+        return log_weights, loc, log_scale, strict + torch.diag_embed(torch.exp(log_scale))
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        log_weights, loc, log_scale = self._mixture(context)
-        u = (z.unsqueeze(-2) - loc) * torch.exp(-log_scale)
-        comp = (-0.5 * u * u - log_scale).sum(-1) - 0.5 * self.features * _LOG_2PI
+        log_weights, loc, log_scale, factor = self._mixture(context)
+        k, d = self.components, self.features
+        if factor is not None and factor.dim() == 3:
+            # One factor per component: K triangular solves, every row a right-hand side, the
+            # differences built in the solver's (K, D, rows) layout.
+            rows = z.reshape(-1, d).T.unsqueeze(0) - loc.unsqueeze(-1)
+            solved = torch.linalg.solve_triangular(factor, rows, upper=False)
+            squares = (solved * solved).sum(1).T.reshape(*z.shape[:-1], k)
+        else:
+            diff = z.unsqueeze(-2) - loc  # (*, K, D)
+            if factor is None:
+                u = diff * torch.exp(-log_scale)
+            else:  # a factor per row (a conditional mixture)
+                factor = factor.expand(*diff.shape, d)
+                u = torch.linalg.solve_triangular(factor, diff.unsqueeze(-1), upper=False)
+                u = u.squeeze(-1)
+            squares = (u * u).sum(-1)
+        comp = -0.5 * squares - log_scale.sum(-1) - 0.5 * d * _LOG_2PI
         return torch.logsumexp(comp + log_weights, dim=-1)
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         shape = tuple(shape)
-        log_weights, loc, log_scale = self._mixture(context)
-        k = self.components
+        log_weights, loc, log_scale, factor = self._mixture(context)
+        k, d = self.components, self.features
         # Gumbel-max: argmax_k (log π_k + G_k) is distributed as π
         u = torch.rand(*shape, k, **self._like()).clamp_min(torch.finfo(loc.dtype).tiny)
-        choice = (log_weights - torch.log(-torch.log(u))).argmax(-1, keepdim=True)
-        index = choice.unsqueeze(-1).expand(*shape, 1, self.features)
+        choice = (log_weights - torch.log(-torch.log(u))).argmax(-1)  # (*shape,)
 
-        def pick(t: Tensor) -> Tensor:  # the chosen component's row: (*shape, D)
-            return torch.take_along_dim(t.expand(*shape, k, self.features), index, -2).squeeze(-2)
+        def pick(t: Tensor) -> Tensor:  # the chosen component's entry of t (*c, K, *rest)
+            rest = t.shape[loc.dim() - 1 :]
+            index = choice.reshape(*shape, 1, *([1] * len(rest))).expand(*shape, 1, *rest)
+            return torch.take_along_dim(t.expand(*shape, k, *rest), index, -1 - len(rest)).squeeze(
+                -1 - len(rest)
+            )
 
-        eps = torch.randn(*shape, *self.event_shape, **self._like())
-        return pick(loc) + torch.exp(pick(log_scale)) * eps
+        eps = torch.randn(*shape, d, **self._like())
+        if factor is None:
+            return pick(loc) + torch.exp(pick(log_scale)) * eps
+        return pick(loc) + (pick(factor) @ eps.unsqueeze(-1)).squeeze(-1)
 
     def extra_repr(self) -> str:
-        extra = f", context={self.context}" if self.context else ""
+        extra = f", covariance={self.covariance!r}" if self.covariance != "diagonal" else ""
+        extra += f", context={self.context}" if self.context else ""
         return f"event_shape={tuple(self.event_shape)}, components={self.components}{extra}"

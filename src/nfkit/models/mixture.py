@@ -20,31 +20,39 @@ def GMM(
     *,
     context: int = 0,
     components: int = 8,
+    covariance: str = "full",
     hidden: Sequence[int] = (64, 64),
 ) -> Flow:
-    r"""Gaussian mixture model: ``p(x | c) = Σ_k π_k(c) N(x; μ_k(c), diag σ_k(c)²)``.
+    r"""Gaussian mixture model: ``p(x | c) = Σ_k π_k(c) N(x; μ_k(c), Σ_k(c))``.
 
     A :class:`~nfkit.Flow` whose transform is the identity and whose base is a
-    :class:`~nfkit.distributions.GaussianMixture` of ``components`` diagonal Gaussians. With
-    ``context > 0`` the weights, means and log-scales are an MLP of the context (hidden widths
-    ``hidden``; unused without context): a mixture density network (Bishop 1994), the classic
-    baseline for conditional density estimation and for neural posterior estimation (zuko's
-    ``GMM``, sbi's ``"mdn"``). ``log_prob`` is exact (one network pass); sampling picks a
-    component by the Gumbel-max trick, so it is reparameterized within the component but not in
-    the choice: train it by likelihood (``nf.fit``); ``nf.fit_vi`` refuses it (its weights
-    would get biased gradients). Standardize the data
-    first (as ``nf.models.standardize`` and ``nfkit fit`` do): the components start at unit
-    scale around means drawn from ``N(0, I)``.
+    :class:`~nfkit.distributions.GaussianMixture` of ``components`` Gaussians with full
+    covariances ``Σ_k = L_k L_kᵀ`` (``covariance="full"``, as scikit-learn's and zuko's) or
+    diagonal ones (``"diagonal"``: ``D`` instead of ``D (D + 1) / 2`` parameters each). With
+    ``context > 0`` the weights, means and covariance factors are an MLP of the context (hidden
+    widths ``hidden``; unused without context): a mixture density network (Bishop 1994), the
+    classic baseline for conditional density estimation and for neural posterior estimation
+    (zuko's ``GMM``, sbi's ``"mdn"``). ``log_prob`` is exact (one network pass and one
+    triangular solve); sampling picks a component by the Gumbel-max trick, so it is
+    reparameterized within the component but not in the choice: train it by likelihood
+    (``nf.fit``); ``nf.fit_vi`` refuses it (its weights would get biased gradients).
+    Standardize the data first (as ``nf.models.standardize`` and ``nfkit fit`` do): the
+    components start at unit covariance around means drawn from ``N(0, I)``.
 
     Args:
         features: ``D``.
         context: Context size.
         components: Mixture components.
+        covariance: ``"full"`` or ``"diagonal"``.
         hidden: Hidden widths of the context network (conditional mixtures only).
     """
     features = check_positive_int("GMM", "features", features)
     context = check_positive_int("GMM", "context", context, minimum=0)
     components = check_positive_int("GMM", "components", components)
     hidden = check_hidden("GMM", hidden)
-    base = GaussianMixture(features, components, context=context, hidden=hidden)
+    if covariance not in ("full", "diagonal"):
+        raise ValueError(f"GMM: covariance must be 'full' or 'diagonal', got {covariance!r}")
+    base = GaussianMixture(
+        features, components, context=context, hidden=hidden, covariance=covariance
+    )
     return Flow(Identity(), base, context=context)
