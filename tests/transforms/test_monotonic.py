@@ -282,3 +282,14 @@ def test_gf_factory() -> None:
     assert not any(isinstance(t, nf.transforms.Householder) for t in one.transform.transforms)
     with pytest.raises(ValueError, match="GF: components"):
         nf.models.GF(2, components=0)
+
+
+def test_gaussianization_second_derivatives() -> None:
+    """``Φ⁻¹(exp(y))`` differentiates through an autograd.Function whose backward is itself
+    differentiable, so gradients of gradients (a score, a Hessian) are exact too."""
+    t = GaussianizationTransformer(components=3)
+    x = torch.tensor([-40.0, -2.0, 0.3, 5.0], dtype=torch.float64, requires_grad=True)
+    params = (t.initial_params() + _random(4, (t.num_params,), 0.5)).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda v, p: t.forward(v, p), (x, params))
+    y = -torch.tensor([1.0, 30.0, 900.0, 1e5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(_normal_icdf_of_log, (y,))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from nfkit._checks import check_hidden, check_number, check_positive_int, shown
 from nfkit._numerics import monotone_solve
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.mlp import MLP
-from nfkit.transforms.functional import softplus_inverse
+from nfkit.transforms.functional import plain_ops_only, softplus_inverse
 from nfkit.transforms.transformers import Transformer
 
 __all__ = [
@@ -367,30 +368,71 @@ def _tail_log_ndtr(z: Tensor) -> tuple[Tensor, Tensor]:
     return -0.5 * z * z - _HALF_LOG_2PI + torch.log(mills), mills
 
 
+def _normal_icdf_of_log_value(y: Tensor) -> Tensor:
+    """``Φ⁻¹(exp(y))`` for ``y ≤ log(1/2)``, without gradient (see :func:`_normal_icdf_of_log`)."""
+    floor = -700.0 if y.dtype == torch.float64 else -80.0
+    with torch.no_grad():
+        y = y.detach()
+        t = -2 * y.clamp(max=floor) - 2 * _HALF_LOG_2PI
+        z = -torch.sqrt(t - torch.log(t))
+        for _ in range(2):  # the asymptote is within 1e-4; one step reaches float64 rounding
+            log_cdf, mills = _tail_log_ndtr(z)
+            z = z - (log_cdf - y) * mills
+        return torch.where(y >= floor, torch.special.ndtri(torch.exp(y.clamp(min=floor))), z)
+
+
+def _mills_ratio(y: Tensor, z: Tensor) -> Tensor:
+    """``dz/dy = Φ(z)/φ(z) = exp(y + z²/2 + log(2π)/2)`` at ``z = Φ⁻¹(exp(y))``; from the series
+    of :func:`_tail_log_ndtr` where ``z < -30`` (no cancellation of ``z²/2`` against ``y``)."""
+    inside = z >= -30.0
+    near = torch.exp(torch.where(inside, y + 0.5 * z * z, 0.0) + _HALF_LOG_2PI)
+    return torch.where(inside, near, _tail_log_ndtr(z.clamp(max=-30.0))[1])
+
+
+class _NormalIcdfOfLog(torch.autograd.Function):
+    """``Φ⁻¹(exp(y))`` with ``dz/dy`` from the output (:func:`_mills_ratio`), in differentiable
+    ops, so higher derivatives are exact too."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:  # type: ignore[override]
+        z = _normal_icdf_of_log_value(y)
+        ctx.save_for_backward(y, z)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, gz: Tensor) -> Tensor:  # type: ignore[override]
+        y, z = ctx.saved_tensors
+        return gz * _mills_ratio(y, z)
+
+
 def _normal_icdf_of_log(y: Tensor) -> Tensor:
     """``Φ⁻¹(exp(y))`` for ``y ≤ log(1/2)``, accurate where ``exp(y)`` underflows.
 
     ``torch.special.ndtri(exp(y))`` while ``exp(y)`` is a normal number (``y ≥ -700`` in float64,
     ``-80`` otherwise); below, the asymptote ``z ≈ -√(t - log t)``, ``t = -2y - log(2π)``, and
     two Newton steps on :func:`_tail_log_ndtr` (``log Φ(z) = y``, slope ``φ/Φ``, from the series:
-    no cancellation of ``z²/2`` against ``y``). The value carries its gradient by the implicit
-    function theorem, ``dz/dy = Φ(z)/φ(z)``.
+    no cancellation of ``z²/2`` against ``y``). Gradients by the implicit function theorem,
+    ``dz/dy = Φ(z)/φ(z)``: through an ``autograd.Function`` whose backward is itself
+    differentiable (exact derivatives of every order), or, under ``torch.compile`` and
+    ``torch.func``, one implicit step (exact first derivatives).
     """
-    floor = -700.0 if y.dtype == torch.float64 else -80.0
-    with torch.no_grad():
-        yd = y.detach()
-        inside = yd >= floor
-        t = -2 * yd.clamp(max=floor) - 2 * _HALF_LOG_2PI
-        z = -torch.sqrt(t - torch.log(t))
-        for _ in range(2):  # the asymptote is within 1e-4; one step reaches float64 rounding
-            log_cdf, mills = _tail_log_ndtr(z)
-            z = z - (log_cdf - yd) * mills
-        z = torch.where(inside, torch.special.ndtri(torch.exp(yd.clamp(min=floor))), z)
-        tail_rate = _tail_log_ndtr(z.clamp(max=-12.0))[1]
-        rate = torch.where(
-            inside, torch.exp(yd.clamp(min=floor) + 0.5 * z * z + _HALF_LOG_2PI), tail_rate
-        )
-    return z + (y - yd) * rate
+    if not plain_ops_only():
+        return _NormalIcdfOfLog.apply(y)
+    z = _normal_icdf_of_log_value(y)
+    return z + (y - y.detach()) * _mills_ratio(y.detach(), z)
+
+
+def _kernel_layer(x: Tensor, a: Tensor, b: Tensor, log_a: Tensor) -> tuple[Tensor, Tensor]:
+    """The Gaussianization layer's ``(z, log dz/dx)``: see :class:`GaussianizationTransformer`."""
+    u = a * x.unsqueeze(-1) + b
+    log_sigma = F.logsigmoid(u)  # log σ(-u) = log σ(u) - u
+    log_k = math.log(a.shape[-1])
+    log_below = torch.logsumexp(log_sigma, -1) - log_k  # log F
+    log_above = torch.logsumexp(log_sigma - u, -1) - log_k  # log(1 - F)
+    n = _normal_icdf_of_log(torch.minimum(log_below, log_above).clamp(max=_LOG_HALF))
+    z = torch.where(log_below <= log_above, n, -n)
+    log_density = torch.logsumexp(log_a + 2 * log_sigma - u, -1) - log_k
+    return z, log_density + 0.5 * z * z + _HALF_LOG_2PI  # - log φ(z)
 
 
 @dataclass(frozen=True)
@@ -467,15 +509,7 @@ class GaussianizationTransformer(Transformer):
     def _evaluate(self, x: Tensor, a: Tensor, b: Tensor, log_a: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log dz/dx)`` at ``x (*)`` for slopes ``a``, offsets ``b`` and ``log a``, each
         ``(*, K)`` or broadcastable to it (free parameters stay ``(D, K)``: no per-row copies)."""
-        u = a * x.unsqueeze(-1) + b
-        log_sigma = F.logsigmoid(u)  # log σ(-u) = log σ(u) - u
-        log_k = math.log(self.components)
-        log_below = torch.logsumexp(log_sigma, -1) - log_k  # log F
-        log_above = torch.logsumexp(log_sigma - u, -1) - log_k  # log(1 - F)
-        n = _normal_icdf_of_log(torch.minimum(log_below, log_above).clamp(max=_LOG_HALF))
-        z = torch.where(log_below <= log_above, n, -n)
-        log_density = torch.logsumexp(log_a + 2 * log_sigma - u, -1) - log_k
-        return z, log_density + 0.5 * z * z + _HALF_LOG_2PI  # - log φ(z)
+        return _kernel_layer(x, a, b, log_a)
 
     def _parts(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``x`` broadcast to the batch, and ``(a, b, log a)`` at the parameters' own shape."""
