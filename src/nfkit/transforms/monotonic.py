@@ -282,13 +282,13 @@ class SOSPolynomialTransformer(_MonotoneWithTails):
         p = torch.einsum("...pr,...kr->...pk", powers[..., :r_], a)
         log_slope = torch.log(eps + (p * p).sum(-1)) - math.log1p(eps)
         # the value: ∫₀ᵗ p_k² = Σ_{r,s} a_kr a_ks t^{r+s+1} / (r + s + 1), gathered by r + s = j
-        pairs = (a.unsqueeze(-1) * a.unsqueeze(-2)).sum(-3)  # Σ_k a_kr a_ks: (*, R+1, R+1)
+        pairs = a.mT @ a  # Σ_k a_kr a_ks: (*, R+1, R+1), one batched product
         j = torch.arange(r_, device=t.device)
         degrees = torch.arange(2 * r_ - 1, device=t.device)
         diagonals = ((j[:, None] + j[None, :]).unsqueeze(-1) == degrees).to(pairs)
         coefficients = torch.einsum("...rs,rsj->...j", pairs, diagonals)
         coefficients = coefficients / torch.arange(1, 2 * r_, dtype=t.dtype, device=t.device)
-        integral = (powers[..., 1:] * coefficients.unsqueeze(-2)).sum(-1) + eps * t
+        integral = (powers[..., 1:] @ coefficients.unsqueeze(-1)).squeeze(-1) + eps * t
         return offset * self.bound + self.bound * integral / (1 + eps), log_slope
 
 
