@@ -319,5 +319,8 @@ class Elementwise(Transform):
         x, ladj = self.transformer.inverse(z, self._params(context))
         return x, ladj.sum(-1)
 
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.transformer.inverse_value(z, self._params(context))
+
     def extra_repr(self) -> str:
         return f"features={self.features}, transformer={self.transformer}"

@@ -483,7 +483,10 @@ class GaussianizationTransformer(Transformer):
 
     def __post_init__(self) -> None:
         check_positive_int("GaussianizationTransformer", "components", self.components)
-        _check_bound_and_slope("GaussianizationTransformer", 1.0, self.min_slope)
+        if check_number("GaussianizationTransformer", "min_slope", self.min_slope, 0.0) >= 1:
+            raise ValueError(
+                f"GaussianizationTransformer: min_slope must be < 1, got {shown(self.min_slope)}"
+            )
 
     @property
     def num_params(self) -> int:
@@ -506,11 +509,6 @@ class GaussianizationTransformer(Transformer):
         a = m + (_LOGISTIC_PROBIT - m) * torch.exp(params[..., : self.components].clamp(max=20.0))
         return a, params[..., self.components :]
 
-    def _evaluate(self, x: Tensor, a: Tensor, b: Tensor, log_a: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z, log dz/dx)`` at ``x (*)`` for slopes ``a``, offsets ``b`` and ``log a``, each
-        ``(*, K)`` or broadcastable to it (free parameters stay ``(D, K)``: no per-row copies)."""
-        return _kernel_layer(x, a, b, log_a)
-
     def _parts(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``x`` broadcast to the batch, and ``(a, b, log a)`` at the parameters' own shape."""
         shape = broadcast_shapes(x.shape, params.shape[:-1])
@@ -518,19 +516,25 @@ class GaussianizationTransformer(Transformer):
         return x.expand(shape), a, b, torch.log(a)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, a, b, log_a = self._parts(x, params)
-        return self._evaluate(x, a, b, log_a)
+        return _kernel_layer(*self._parts(x, params))
 
-    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve(self, z: Tensor, params: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """``x`` with ``τ(x) = z`` (bracketed Newton on the exact bracket), and ``(a, b, log a)``."""
         z, a, b, log_a = self._parts(z, params)
         with torch.no_grad():
             logit = torch.special.log_ndtr(z) - torch.special.log_ndtr(-z)  # σ⁻¹(Φ(z))
             ends = (logit.unsqueeze(-1) - b) / a
             lo, hi = ends.amin(-1), ends.amax(-1)
             margin = 1e-3 * (1 + torch.maximum(lo.abs(), hi.abs()))  # rounding at the ends
-        evaluate = _with_slope(lambda v: self._evaluate(v, a, b, log_a))
-        x = monotone_solve(evaluate, z, lo - margin, hi + margin, joint=True)
-        return x, -self._evaluate(x, a, b, log_a)[1]
+        evaluate = _with_slope(lambda v: _kernel_layer(v, a, b, log_a))
+        return monotone_solve(evaluate, z, lo - margin, hi + margin, joint=True), (a, b, log_a)
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, parts = self._solve(z, params)
+        return x, -_kernel_layer(x, *parts)[1]
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        return self._solve(z, params)[0]  # sampling: no log-det pass at the root
 
 
 def clenshaw_curtis(n: int) -> tuple[Tensor, Tensor]:
