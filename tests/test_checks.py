@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,17 @@ def test_cli_checks_the_device_before_reading_data(no_cuda: None, capsys) -> Non
     err = capsys.readouterr().err
     assert err.startswith("nfkit: error: argument --device: device 'cuda' is not available")
     assert err.count("\n") == 1
+
+
+def test_interval_closed_per_column() -> None:
+    """``closed`` may differ by column (angles beside other quantities): each column's ends are
+    in or out by its own flag, and ``at`` and ``str`` report each column."""
+    from nfkit._checks import Interval
+
+    support = Interval((-1.0, 0.0, -math.inf), (1.0, 2.0, math.inf), (True, False, True))
+    x = torch.tensor([[-1.0, 0.0, 5.0], [1.0, 2.0, -5.0], [0.5, 1.0, 0.0], [1.5, 3.0, 0.0]])
+    assert support.contains(x).tolist() == [
+        [True, False, True], [True, False, True], [True, True, True], [False, False, True]
+    ]  # fmt: skip
+    assert support.at(0) == Interval(-1.0, 1.0, True) and support.at(2).is_real
+    assert str(support) == "per column [-1, 1], (0, 2), the real line"

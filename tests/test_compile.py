@@ -31,6 +31,10 @@ FACTORIES = {
     "Radial": lambda: nf.models.Radial(3, layers=2, **SMALL),
     "NCSF": lambda: nf.models.NCSF(3, transforms=2, bins=4, **SMALL),
     "NCSF-coupling": lambda: nf.models.NCSF(3, transforms=2, bins=4, coupling=True, **SMALL),
+    "NCSF-mixed": lambda: nf.models.NCSF(3, angles=[1], transforms=2, bins=4, **SMALL),
+    "NCSF-mixed-coupling": lambda: nf.models.NCSF(
+        3, angles=[0], transforms=2, bins=4, coupling=True, **SMALL
+    ),
 }
 # Planar and Sylvester are explicit in their sampling direction; their density direction is a
 # numerical inverse (``nfkit._numerics.monotone_solve``), whose convergence test syncs with the

@@ -32,6 +32,9 @@ FACTORIES = {
     "BPF": lambda c: nf.models.BPF(3, context=c, transforms=2, degree=6, **SMALL),
     "GF": lambda c: nf.models.GF(3, context=c, transforms=2, components=4, hidden=(8,)),
     "GMM": lambda c: nf.models.GMM(3, context=c, components=4, hidden=(8,)),
+    "NCSF-mixed": lambda c: nf.models.NCSF(  # bound 5: randn inputs stay on the circle
+        3, context=c, angles=[1], bound=5.0, transforms=2, **SMALL
+    ),
 }
 
 

@@ -19,6 +19,10 @@ ALL = {
     "StudentT": lambda: D.StudentT(2, df=4.0),
     "GaussianMixture": lambda: D.GaussianMixture(2, components=3),
     "GaussianMixture-full": lambda: _correlated_mixture(),
+    # columns swapped: the uniform part's column is the second
+    "Product": lambda: D.Product(
+        [D.Uniform(1, low=-2.0, high=3.0), D.DiagNormal(1, loc=1.0, scale=0.5)], [[1], [0]]
+    ),
 }
 
 
@@ -39,7 +43,7 @@ def test_density_integrates_to_one(name: str) -> None:
     p = dist.log_prob(torch.stack([xx, yy], -1)).exp()
     mass = torch.trapezoid(torch.trapezoid(p, g, dim=1), g).item()
     # The box's edges cost the trapezoid rule half a grid cell per side.
-    assert abs(mass - 1) < (2e-2 if name == "Uniform" else 5e-3), mass
+    assert abs(mass - 1) < (2e-2 if name in ("Uniform", "Product") else 5e-3), mass
 
 
 @pytest.mark.parametrize("name", list(ALL))
@@ -57,6 +61,29 @@ def test_samples_match_density(name: str) -> None:
         [torch.trapezoid(torch.trapezoid(p * pts[..., i], g, dim=1), g) for i in range(2)]
     )
     torch.testing.assert_close(s.mean(0), mean_grid, atol=0.05, rtol=0.02)
+
+
+def test_product_puts_each_part_on_its_columns() -> None:
+    """``log p`` is the sum of the parts' on their columns; samples put each part's draws in
+    its columns; the groups must split the columns; the parts follow the module."""
+    base = ALL["Product"]()
+    z = torch.tensor([[1.0, 2.5], [0.0, -1.0], [1.0, 3.5]])
+    expected = D.Uniform(1, -2.0, 3.0).log_prob(z[:, 1:]) + D.DiagNormal(
+        1, loc=1.0, scale=0.5
+    ).log_prob(z[:, :1])
+    torch.testing.assert_close(base.log_prob(z), expected)
+    assert base.log_prob(z)[2] == -math.inf
+    s = base.sample((2000,))
+    assert s.shape == (2000, 2) and bool((s[:, 1] >= -2).all() & (s[:, 1] <= 3).all())
+    assert abs(s[:, 0].mean().item() - 1.0) < 0.05
+    assert base.double().sample((3,)).dtype == torch.float64
+    assert base.reparameterized
+    with pytest.raises(ValueError, match="must split 0..D-1"):
+        D.Product([D.StandardNormal(1), D.StandardNormal(1)], [[0], [2]])
+    with pytest.raises(ValueError, match=r"event shape \(2,\) for its columns \[0, 1\]"):
+        D.Product([D.StandardNormal(1)], [[0, 1]])
+    with pytest.raises(ValueError, match="one column group per part"):
+        D.Product([D.StandardNormal(1)], [[0], [1]])
 
 
 @pytest.mark.parametrize(

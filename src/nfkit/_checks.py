@@ -18,17 +18,21 @@ __all__ = ["Interval", "real", "unit_interval", "positive", "symmetric_unit"]
 class Interval:
     """An interval ``(low, high)`` describing the support of each coordinate: open, or closed
     ``[low, high]`` with ``closed=True`` (a circle's coordinate, whose two ends are one point).
-    ``low`` and ``high`` are one number for every coordinate, or a tuple with one per
-    coordinate of the last dim (columns of a table with different supports)."""
+    ``low``, ``high`` and ``closed`` are one value for every coordinate, or a tuple with one per
+    coordinate of the last dim (columns of a table with different supports; angles beside
+    ordinary numbers)."""
 
     low: float | tuple[float, ...] = -math.inf
     high: float | tuple[float, ...] = math.inf
-    closed: bool = False
+    closed: bool | tuple[bool, ...] = False
 
     def _ends(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         low = self.low if isinstance(self.low, tuple) else (self.low,)
         high = self.high if isinstance(self.high, tuple) else (self.high,)
         return low, high
+
+    def _per_column(self) -> bool:
+        return any(isinstance(v, tuple) for v in (self.low, self.high, self.closed))
 
     @property
     def is_real(self) -> bool:
@@ -37,10 +41,11 @@ class Interval:
 
     def at(self, i: int) -> Interval:
         """The support of coordinate ``i`` (``self`` when it is the same for every one)."""
-        if not isinstance(self.low, tuple) and not isinstance(self.high, tuple):
+        if not self._per_column():
             return self
         low, high = self._ends()
-        return Interval(low[i % len(low)], high[i % len(high)], self.closed)
+        closed = self.closed if isinstance(self.closed, tuple) else (self.closed,)
+        return Interval(low[i % len(low)], high[i % len(high)], closed[i % len(closed)])
 
     def _tensors(self, x: Tensor) -> tuple[Tensor, Tensor]:
         low, high = self._ends()
@@ -53,6 +58,9 @@ class Interval:
         if self.is_real:
             return torch.ones_like(x, dtype=torch.bool)
         low, high = self._tensors(x)
+        if isinstance(self.closed, tuple):
+            closed = torch.tensor(self.closed, device=x.device)
+            return torch.where(closed, (x >= low) & (x <= high), (x > low) & (x < high))
         if self.closed:
             return (x >= low) & (x <= high)
         return (x > low) & (x < high)
@@ -71,9 +79,9 @@ class Interval:
     def __str__(self) -> str:
         if self.is_real:
             return "the real line"
-        if isinstance(self.low, tuple) or isinstance(self.high, tuple):
-            n = max(len(self._ends()[0]), len(self._ends()[1]))
-            return "per column " + ", ".join(str(self.at(i)) for i in range(n))
+        if self._per_column():
+            lengths = [len(v) for v in (self.low, self.high, self.closed) if isinstance(v, tuple)]
+            return "per column " + ", ".join(str(self.at(i)) for i in range(max(lengths)))
         if self.closed:
             return f"[{self.low:g}, {self.high:g}]"
         return f"({self.low:g}, {self.high:g})"
@@ -148,8 +156,8 @@ def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
         hint = ""
         if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):
             hint = (
-                "; for angles, wrap them into it, or give the model bound=180 for degrees "
-                "(nfkit fit: --option bound=180)"
+                "; for angles, wrap them into it, or give their range (nfkit fit: --angles "
+                "NAME=-180:180; nf.models.standardize: bounds)"
             )
         raise ValueError(
             f"{where}: {name} has values outside the support {domain} (e.g. {bad:g}){hint}"

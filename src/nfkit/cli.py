@@ -8,6 +8,7 @@ model, ...) one line ``nfkit: error: ...`` on stderr and a non-zero status, neve
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -134,6 +135,50 @@ def _bounds_spec(text: str) -> dict[str, tuple[float | None, float | None]]:
                 f"bounds of {name.strip()!r} are not numbers: {span!r}"
             ) from None
         out[name.strip()] = ends  # type: ignore[assignment]
+    return out
+
+
+def _angle_end(text: str) -> float:
+    """A number, or a multiple of pi: ``-pi``, ``2pi``, ``0.5*pi``."""
+    t = text.strip().lower().replace("π", "pi")
+    if t.endswith("pi"):
+        factor = t[:-2].rstrip("*").strip()
+        factor = {"": "1", "-": "-1", "+": "1"}.get(factor, factor)
+        return float(factor) * math.pi
+    return float(t)
+
+
+def _angles_spec(text: str) -> dict[str, tuple[float, float] | None]:
+    """``phi,psi`` or ``wind=0:360,phi=-pi:pi`` → ``{"wind": (0.0, 360.0), ...}`` (None: the
+    model's interval, ``[-π, π]`` by default)."""
+    out: dict[str, tuple[float, float] | None] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, span = item.partition("=")
+        name = name.strip()
+        if not name or (sep and ":" not in span):
+            raise argparse.ArgumentTypeError(
+                f"expected column names, each with an optional range NAME=LOW:HIGH, like "
+                f"phi,wind=0:360, got {item!r}"
+            )
+        if name in out:
+            raise argparse.ArgumentTypeError(f"{name!r} is given twice in {text!r}")
+        if not sep:
+            out[name] = None
+            continue
+        low, _, high = span.partition(":")
+        try:
+            ends = (_angle_end(low), _angle_end(high))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the range of {name!r} must be two numbers (or multiples of pi), got {span!r}"
+            ) from None
+        if not (math.isfinite(ends[0]) and math.isfinite(ends[1]) and ends[0] < ends[1]):
+            raise argparse.ArgumentTypeError(
+                f"the range of {name!r} needs finite LOW < HIGH (one period), got {span!r}"
+            )
+        out[name] = ends
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected column names, got {text!r}")
     return out
 
 
@@ -336,8 +381,17 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise _UserError(f"--option {', '.join(repeated)} is given more than once")
+    angles = getattr(args, "angles", None) or {}  # nfkit demo has no --angles
+    model = args.model or ("ncsf" if angles else "nsf")
+    if angles:
+        _check_modelled(source, "--angles", angles, data_cols)
+        if model.lower() != "ncsf":
+            raise _UserError(f"--angles needs --model ncsf (the flow for angles), not {model!r}")
+        if "angles" in options:
+            raise _UserError("give the angles once: --angles, or --option angles=")
+        options["angles"] = [data_cols.index(col) for col in data_cols if col in angles]
     flow = make_flow(
-        args.model,
+        model,
         len(data_cols),
         context=len(given),
         transforms=args.transforms,
@@ -356,10 +410,27 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             "their range is their categories"
         )
     spec = {**spec, **{col: (0.0, float(len(categories[col]) - 1)) for col in coded}}
+    clash = [col for col in angles if col in spec]
+    if clash:
+        what = "hold categories" if clash[0] in coded else "have --bounds too"
+        raise _UserError(
+            f"{source}: --angles column(s) {', '.join(map(repr, clash))} {what}; an angle's "
+            "range goes in --angles NAME=LOW:HIGH"
+        )
+    domain = flow.transform.domain  # an angle without a range: the model's interval
+    for col in angles:
+        own = domain.at(data_cols.index(col))
+        spec[col] = angles[col] or (float(own.low), float(own.high))
     bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
     discrete = getattr(args, "discrete", None)  # nfkit demo has no --discrete
     if isinstance(discrete, list):
         _check_modelled(source, "--discrete", discrete, data_cols)
+        taken = [col for col in discrete if col in angles]
+        if taken:
+            raise _UserError(
+                f"{source}: --discrete column(s) {', '.join(map(repr, taken))} are --angles; "
+                "an angle is continuous"
+            )
         discrete = [*discrete, *(col for col in coded if col not in discrete)]
     elif discrete is None and coded:
         discrete = coded
@@ -563,14 +634,25 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
 
 
+def _angle_columns(flow: Any) -> list[int]:
+    """The modelled columns that are angles: on a closed, bounded support (a circle)."""
+    support = flow.transform.domain
+    return [j for j in range(flow.event_shape[0]) if _is_circle(support.at(j))]
+
+
+def _is_circle(support: Any) -> bool:
+    return bool(support.closed) and math.isfinite(support.low) and math.isfinite(support.high)
+
+
 def _bounds_text(flow: Any) -> str:
     """The recorded bounds per modelled column: ``0 < share < 1``, ``kids >= 0`` (integers)."""
     _, data, _ = _schema(flow)
     cells = set(flow.config.get("discrete") or ())
     coded = flow.config.get("categories") or {}
     parts = []
+    angles = set(_angle_columns(flow))
     for j, (low, high) in enumerate(flow.config["bounds"]):
-        if data[j] in coded:  # listed with its categories
+        if data[j] in coded or j in angles:  # listed with their categories, their ranges
             continue
         strict = "<" if j not in cells else "<="
         low_text = "" if low is None else f"{low:g} {strict} "
@@ -640,16 +722,23 @@ def cmd_info(args: argparse.Namespace) -> None:
     settings = ", ".join(f"{k}={v}" for k, v in inner.items() if k != "model")
     print(f"{args.model}: {inner['model']}({settings})")
     if config["model"] == "Standardized":
+        _, data, _ = _schema(flow)
         support = flow.transform.domain
-        if support.is_real or config.get("bounds"):
+        angles = _angle_columns(flow)
+        if len(angles) < len(data) or config.get("bounds"):
             print(
                 "  standardized: columns are scaled inside the model; "
                 "densities in the table's units"
             )
         if config.get("bounds") and _bounds_text(flow):
             print(f"  bounds: {_bounds_text(flow)} (zero probability outside)")
-        elif not support.is_real:
+        if angles and len(angles) == len(data) and not config.get("bounds"):
             print(f"  support: {support} per column (not scaled; angles stay in their units)")
+        elif angles:
+            ranges = ", ".join(
+                f"{data[j]} in [{support.at(j).low:g}, {support.at(j).high:g}]" for j in angles
+            )
+            print(f"  angles: {ranges} (periodic: the two ends are one point)")
         if config.get("discrete"):
             _, data, _ = _schema(flow)
             names = ", ".join(data[j] for j in config["discrete"])
@@ -699,7 +788,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
-    p.add_argument("--model", default="nsf", help="factory in nf.models (default: nsf)")
+    p.add_argument(
+        "--model", default=None, help="factory in nf.models (default: nsf; ncsf with --angles)"
+    )
     p.add_argument(
         "--steps",
         type=_positive,
@@ -801,6 +892,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="supports of columns, NAME=LOW:HIGH pairs (an empty end is open): price=0:,share=0:1;"
         " the density is zero outside and samples stay inside",
+    )
+    p.add_argument(
+        "--angles",
+        type=_angles_spec,
+        default=None,
+        help="angle columns, each with its range (one period): phi,psi (radians, -pi:pi) or "
+        "wind=0:360,phi=-180:180; modelled on the circle by ncsf (the default model then), the "
+        "other columns as usual",
     )
     p.add_argument(
         "--discrete",

@@ -100,6 +100,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
             modelled by uniform dequantization (:class:`~nfkit.models.DequantizedFlow`):
             ``score_samples`` gives the log-probability of their integers (a density over the
             other columns) and ``sample`` draws integers there. Needs ``standardize``.
+        angles: Modelled columns that are angles (indices, or names with DataFrames), for
+            ``model="ncsf"``: modelled on the circle, the other columns as usual
+            (``nf.models.NCSF(..., angles=...)``). Their range is their ``bounds`` entry, one
+            period (``(0, 360)`` for compass degrees), or ``[-π, π]`` without one.
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -142,6 +146,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         standardize: bool = True,
         bounds: Any = None,
         discrete: Any = None,
+        angles: Any = None,
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -161,6 +166,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.standardize = standardize
         self.bounds = bounds
         self.discrete = discrete
+        self.angles = angles
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -215,6 +221,26 @@ class FlowDensity(DensityMixin, BaseEstimator):
             out.append(self.data_indices_.index(i))
         return out
 
+    def _angle_options(self) -> dict[str, Any]:
+        """``model_options`` with ``angles`` as positions among the modelled columns."""
+        options = dict(self.model_options or {})
+        if self.angles is None:
+            return options
+        if str(self.model).lower() != "ncsf" or "angles" in options:
+            raise ValueError(
+                "FlowDensity.fit: angles are for model='ncsf' (given once, not also in "
+                f"model_options), got model={self.model!r}"
+            )
+        names = [str(n) for n in getattr(self, "feature_names_in_", [])]
+        positions = []
+        for i in self._columns("angles", self.angles, self.n_features_in_):
+            if i in self.given_indices_:
+                label = repr(names[i]) if names else str(i)
+                raise ValueError(f"FlowDensity.fit: angle column {label} is a given column")
+            positions.append(self.data_indices_.index(i))
+        options["angles"] = sorted(positions)
+        return options
+
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         like = {"dtype": torch.float64, "device": self.device_}
         x = torch.tensor(X[:, self.data_indices_], **like)
@@ -254,7 +280,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 context=len(self.given_indices_),
                 transforms=self.transforms,
                 hidden=self.hidden,
-                options=self.model_options,
+                options=self._angle_options(),
                 where="FlowDensity.fit",
             ).to(self.device_)
             if self.standardize:

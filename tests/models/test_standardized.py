@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -81,10 +83,21 @@ def test_bad_bounds_are_one_line(bounds, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_bounds_are_for_flows_on_the_real_line() -> None:
+def test_bounds_of_angles_are_their_range() -> None:
+    """On a flow of angles (``NCSF``) the bounds of an angle are its range in the user's units,
+    mapped linearly onto the flow's circle: values outside are refused, and the range must be
+    finite."""
     angles = torch.rand(100, 2) * 6 - 3
-    with pytest.raises(ValueError, match="bounds are for flows on the real line"):
-        nf.models.standardize(nf.models.NCSF(2, transforms=1, hidden=(8,)), angles, bounds=(0, 1))
+    flow = nf.models.NCSF(2, transforms=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"column 0 has values outside its bounds \[0, 1\]"):
+        nf.models.standardize(flow, angles, bounds=(0, 1))
+    with pytest.raises(ValueError, match="an angle of the flow, must be its finite range"):
+        nf.models.standardize(flow, angles, bounds=(0, None))
+    degrees = nf.models.standardize(flow, angles * 60, bounds=(-180, 180))
+    torch.testing.assert_close(  # the same density, per degree instead of per radian
+        degrees.log_prob(angles * 60),
+        flow.log_prob(angles * math.pi / 3) + 2 * math.log(math.pi / 180),
+    )
 
 
 def test_flow_density_bounds() -> None:
@@ -113,3 +126,42 @@ def test_bounded_refuses_bad_ends_in_one_line(low, high, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         nf.transforms.Bounded(low, high)
     assert "\n" not in str(info.value)
+
+
+def test_angles_beside_other_columns_keep_their_units() -> None:
+    """``NCSF(angles=[1])`` behind ``standardize``: the real columns are standardized, the
+    angle is mapped from its range (compass degrees, whole numbers: never taken as discrete)
+    onto the circle; the wrapped flow rebuilds from its config, and the density is the inner
+    one's with both Jacobians."""
+    torch.manual_seed(0)
+    n = 300
+    wind = torch.randint(0, 360, (n,)).double()
+    x = torch.stack([100 + 10 * torch.randn(n, dtype=torch.float64), wind,
+                     torch.randint(0, 5, (n,)).double()], -1)  # fmt: skip
+    inner = nf.models.NCSF(3, angles=[1], transforms=1, hidden=(8,)).double()
+    flow = nf.models.standardize(
+        inner, x, bounds=[(None, None), (0, 360), (None, None)], discrete="auto"
+    )
+    assert flow.config["discrete"] == [2] and flow.config["bounds"][1] == [0.0, 360.0]
+    assert str(flow.transform.domain.at(1)) == "[0, 360]"
+    affine = flow.transform[1]
+    scale = 2 * math.pi / 360
+    torch.testing.assert_close(
+        affine.log_abs_scale[:2], torch.tensor([-math.log(x[:, 0].std(unbiased=False)),
+                                                math.log(scale)], dtype=torch.float64),
+    )  # fmt: skip
+    rebuilt = nf.models.build(flow.config).double()
+    rebuilt.load_state_dict(flow.state_dict())
+    torch.manual_seed(1)  # the same dequantization draws
+    first = flow.log_prob(x[:5])
+    torch.manual_seed(1)
+    torch.testing.assert_close(rebuilt.log_prob(x[:5]), first)
+    draws = flow.sample(500)
+    assert bool(((draws[:, 1] >= 0) & (draws[:, 1] <= 360)).all())
+    inner2 = nf.models.NCSF(2, angles=[1], transforms=1, hidden=(8,)).double()
+    plain = nf.models.standardize(inner2, x[:, :2], bounds=[(None, None), (0, 360)])
+    std = x[:, 0].std(unbiased=False)
+    z = torch.stack([(x[:, 0] - x[:, 0].mean()) / std, x[:, 1] * scale - math.pi], -1)
+    with torch.no_grad():
+        expected = inner2.log_prob(z) - math.log(std) + math.log(scale)
+        torch.testing.assert_close(plain.log_prob(x[:, :2]), expected)

@@ -27,12 +27,14 @@ def _jacobian_support(made: MADE, d: int, context: int = 0) -> torch.Tensor:
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     residual=st.booleans(),
     seed=st.integers(0, 1000),
-    period=st.sampled_from([None, 6.0]),
+    period=st.sampled_from([None, 6.0, "mixed"]),
 )
 def test_outputs_depend_only_on_earlier_inputs(d, hidden, residual, seed, period) -> None:
     """Also with angles read as (cos, sin) pairs (``period``): both inputs of a feature carry
-    its rank."""
+    its rank; ``"mixed"``: every other feature an angle (a per-feature period)."""
     torch.manual_seed(seed)
+    if period == "mixed":
+        period = tuple(6.0 if i % 2 else None for i in range(d))
     if residual:
         hidden = [hidden[0]] * len(hidden)
     order = torch.randperm(d)
@@ -265,3 +267,30 @@ def test_periodic_inputs_make_a_periodic_network() -> None:
     torch.testing.assert_close(embedded, torch.cat([angle.cos(), angle.sin()], -1))
     with pytest.raises(ValueError, match="MADE: period"):
         MADE(3, 2, period=0.0)
+
+
+def test_per_feature_periods_embed_only_the_angles() -> None:
+    """A tuple ``period`` (None for an ordinary number): the network is periodic in the angles
+    only, and the embedding is ``[cos or x per feature, sines of the angles]``; a tuple without
+    angles or with one period for all is the plain form."""
+    torch.manual_seed(0)
+    period = (None, 4.0, None, 2.0)
+    made = MADE(4, 2, hidden=(16,), period=period).double()
+    with torch.no_grad():
+        made.theta.normal_()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for j, p in enumerate(period):
+        shifted = x.clone()
+        shifted[:, j] += 4.0 if p is None else p
+        moved = (made(shifted) - made(x)).abs().max().item()
+        assert (moved > 1e-6) if p is None and j < 3 else (moved < 1e-12), (j, moved)
+    w = torch.tensor([0.0, torch.pi / 2, 0.0, torch.pi], dtype=torch.float64)
+    expected = torch.cat(
+        [torch.where(w > 0, torch.cos(x * w), x), torch.sin(x[:, [1, 3]] * w[[1, 3]])], -1
+    )
+    torch.testing.assert_close(periodic_embedding(x, period), expected, rtol=0, atol=0)
+    assert made.period == period
+    assert MADE(2, 1, period=(None, None)).period is None
+    assert MADE(2, 1, period=(3.0, 3.0)).period == 3.0
+    with pytest.raises(ValueError, match="one entry per input"):
+        MADE(3, 2, period=(1.0, None))

@@ -32,11 +32,13 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def _plain(value: Any) -> Any:
-    """NumPy scalars and 0-d tensors as Python numbers, 1-d arrays as lists, inside tuples and
-    lists too: factories (and ``flow.config``) see plain values, so ``MAF(x.shape[1])`` and
+    """NumPy scalars and 0-d tensors as Python numbers, 1-d arrays and ranges as lists, inside
+    tuples and lists too: factories (and ``flow.config``) see plain values, so ``MAF(x.shape[1])`` and
     ``MAF(np.int64(3))`` build the same flow and save the same config."""
     if isinstance(value, tuple | list):
         return type(value)(_plain(v) for v in value)
+    if isinstance(value, range):
+        return list(value)
     if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.dim() == 0):
         return value.item()
     if isinstance(value, np.ndarray | Tensor) and value.ndim == 1:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nfkit import distributions as D
-from nfkit._checks import check_hidden, check_positive_int, shown
+from nfkit._checks import as_ints, check_hidden, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import activation as activation_class
 from nfkit.models._registry import factory, make_base
@@ -26,6 +26,7 @@ from nfkit.transforms import (
     CircularRQSplineTransformer,
     Coupling,
     Elementwise,
+    PerColumnTransformer,
     RQSplineTransformer,
     Transformer,
     alternating_mask,
@@ -327,23 +328,34 @@ def NCSF(
     transforms: int = 5,
     bins: int = 8,
     bound: float = math.pi,
+    angles: Sequence[int] | None = None,
+    real_bound: float = 5.0,
     hidden: Sequence[int] = (128, 128),
     coupling: bool = False,
     residual: bool = False,
     activation: str = "relu",
     orders: str = "alternate",
 ) -> Flow:
-    r"""Neural circular spline flow: a density on the torus ``[-bound, bound]^D`` (angles).
+    r"""Neural circular spline flow: a density on the torus ``[-bound, bound]^D`` (angles), or on
+    a torus times a real space when only some coordinates are angles.
 
-    Every layer maps each coordinate by a :class:`~nfkit.transforms.CircularRQSplineTransformer`
+    Every layer maps each angle by a :class:`~nfkit.transforms.CircularRQSplineTransformer`
     (a circular spline and a rotation, Rezende et al. 2020, arXiv:2002.02428), conditioned
     autoregressively (a MADE, by default) or by coupling (``coupling=True``); the base is uniform
     on ``[-bound, bound]^D``, so ``log p(x) = -D log(2 bound) + Σ log|det J|`` and samples stay on
     the torus. ``bound = π`` for radians, ``180`` for degrees. The conditioners read each angle
     as ``(cos, sin)`` (:func:`~nfkit.nn.periodic_embedding`) and each coordinate's map is C¹
     across the seam, so the density is continuous on the torus. Values outside the interval
-    are refused by ``log_prob`` (wrap them first). ``nf.models.standardize`` (so ``nf.fit``'s
-    users, ``nfkit fit`` and ``FlowDensity``) leaves the angles in their units.
+    are refused by ``log_prob`` (wrap them first).
+
+    ``angles``: the indices of the coordinates that are angles (default: all of them). The
+    others are ordinary real numbers (lengths, energies: a molecule's dihedrals beside its bond
+    lengths): each layer maps them by NSF's spline (``bins`` bins on ``[-real_bound,
+    real_bound]``, identity tails; one :class:`~nfkit.transforms.PerColumnTransformer` for all
+    columns), the conditioners read them as they are, and their base is a standard normal
+    (:class:`~nfkit.distributions.Product`). ``nf.models.standardize`` (so ``nf.fit``'s users,
+    ``nfkit fit --angles`` and ``FlowDensity``) standardizes those and leaves the angles in
+    their units.
 
     Example:
         >>> import math, torch
@@ -352,13 +364,51 @@ def NCSF(
         >>> angles = flow.sample(5)
         >>> bool((angles.abs() <= math.pi).all()), flow.log_prob(angles).shape
         (True, torch.Size([5]))
+        >>> mixed = nf.models.NCSF(3, angles=[0, 2], transforms=2, bins=4, hidden=(16, 16))
+        >>> x = mixed.sample(5)  # columns 0 and 2 on [-π, π], column 1 on the real line
+        >>> bool((x[:, [0, 2]].abs() <= math.pi).all()), mixed.log_prob(x).shape
+        (True, torch.Size([5]))
     """
-    transformer = CircularRQSplineTransformer(bins=bins, bound=bound)
+    where = "nf.models.NCSF"
+    circular = CircularRQSplineTransformer(bins=bins, bound=bound)
+    angle_cols = _check_columns(where, "angles", angles, features)
+    if angle_cols is None or len(angle_cols) == features:
+        transformer: Transformer = circular
+        base: nn.Module = D.Uniform(features, -bound, bound)
+    else:
+        other = [i for i in range(features) if i not in angle_cols]
+        spline = RQSplineTransformer(bins=bins, bound=real_bound)
+        transformer = PerColumnTransformer(
+            (circular, spline), tuple(0 if i in angle_cols else 1 for i in range(features))
+        )
+        parts = [D.StandardNormal(len(other))]
+        if angle_cols:
+            parts.insert(0, D.Uniform(len(angle_cols), -bound, bound))
+        base = D.Product(parts, [angle_cols, other] if angle_cols else [other])
     layers = _spline_stack(
         "NCSF", features, transformer, context, transforms, hidden, coupling, residual,
         activation, False, orders,
     )  # fmt: skip
-    return _flow(layers, features, context, D.Uniform(features, -bound, bound))
+    return _flow(layers, features, context, base)
+
+
+def _check_columns(
+    where: str, name: str, columns: Sequence[int] | None, features: int
+) -> list[int] | None:
+    """``columns`` as sorted, distinct indices in ``0..features-1`` (None stays None)."""
+    if columns is None:
+        return None
+    values = as_ints(columns)
+    if (
+        values is None
+        or any(not 0 <= i < features for i in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(
+            f"{where}: {name} must be distinct column indices in 0..{features - 1}, "
+            f"got {shown(columns)}"
+        )
+    return sorted(values)
 
 
 @factory

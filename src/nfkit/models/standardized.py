@@ -3,8 +3,9 @@ r"""Standardization stored in the model: ``Standardized`` (factory) and ``standa
 A standardized flow is ``p(x | c) = p_inner((x - μ) / σ | (c - m) / s) · Π_i 1/σ_i``: a fixed
 :class:`~nfkit.transforms.Affine` ``z₀ = (x - μ)/σ`` is prepended to the inner flow's transform,
 so ``log_prob`` takes and ``sample`` returns data in the user's units and the log-density includes
-the standardization's Jacobian ``-Σ_i log σ_i``. An inner flow on a bounded support (``NCSF``:
-angles on ``[-π, π]``) keeps ``x`` as it is. The context (if any) is standardized by a fixed
+the standardization's Jacobian ``-Σ_i log σ_i``. The columns an inner flow keeps on a bounded
+support (``NCSF``'s angles on ``[-π, π]``) keep their units, or are mapped linearly from the
+range their ``bounds`` give (``(0, 360)`` degrees). The context (if any) is standardized by a fixed
 embedding (no Jacobian: the context is conditioned on, not modelled). ``μ, σ, m, s`` are buffers,
 so they travel in ``state_dict`` and ``nf.save``/``nf.load``; ``flow.config`` records the inner
 architecture plus, optionally, the table's column names and which of them are the context.
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, shown
+from nfkit._checks import Interval, check_positive_int, shown
 from nfkit.core import Compose, Flow, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.models.dequantized import DequantizedFlow
@@ -43,10 +44,12 @@ class ContextStandardize(nn.Module):
         return (context - self.mean) / self.scale
 
 
-def _scales_x(inner: Flow) -> bool:
-    """Whether ``x`` is standardized: not for a flow on a bounded support (``NCSF``'s angles),
-    whose values mean something in their own units (a circle's ends must stay its ends)."""
-    return inner.transform.domain.is_real
+def _fixed_columns(inner: Flow, features: int) -> list[int]:
+    """The columns the inner flow keeps on a bounded support (``NCSF``'s angles): not
+    standardized, since their values mean something in their own units (a circle's ends must
+    stay its ends); ``bounds`` there give their range in the user's units instead."""
+    domain = inner.transform.domain
+    return [i for i in range(features) if not domain.at(i).is_real]
 
 
 Bounds = Sequence[Sequence[float | None]]
@@ -142,6 +145,28 @@ def _cell_bounds(
     return out
 
 
+def _check_inside(
+    where: str, x: Tensor, domain: Interval, columns: list[int], labels: Sequence[str] | None
+) -> None:
+    """``x[..., k]`` (column ``columns[k]`` of the table) inside that column's support, or an
+    error naming the column (by its label when there is one)."""
+    inside = torch.stack([domain.at(j).contains(x[..., k]) for k, j in enumerate(columns)], -1)
+    if not bool(inside.all()):
+        k = int(torch.nonzero(~inside)[0][-1])
+        j = columns[k]
+        label = repr(labels[j]) if labels else str(j)
+        bad = x[..., k][~inside[..., k]][0].item()
+        own = domain.at(j)
+        hint = ""
+        if own.closed and math.isfinite(own.low) and math.isfinite(own.high):  # type: ignore[arg-type]
+            hint = (
+                "; an angle's bounds are its range, e.g. (0, 360) (nfkit fit: --angles NAME=0:360)"
+            )
+        raise ValueError(
+            f"{where}: column {label} has values outside its bounds {own} (e.g. {bad:g}){hint}"
+        )
+
+
 def _whole_columns(x: Tensor) -> list[int]:
     """Indices of the columns of ``x`` ``(n, D)`` whose values are all finite whole numbers."""
     if x.dim() != 2:
@@ -157,21 +182,31 @@ def _wrap(
     bounds: list[tuple[float, float]] | None = None,
     discrete: list[int] | None = None,
 ) -> Flow:
+    """The standardized flow around ``inner`` (statistics at the identity; :func:`standardize`
+    sets them). Layers in front of the inner flow's: a :class:`~nfkit.transforms.Bounded` when
+    there are ``bounds``, then the :class:`~nfkit.transforms.Affine` standardization; neither
+    for a flow whose columns are all angles and no ``bounds`` (nothing to scale)."""
+    where = "nf.models.standardize"
     layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
     embedding: nn.Module | None = inner.embedding
     if context > 0:
         scaler = ContextStandardize(context)
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
-    if _scales_x(inner):
-        layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
-        support = _cell_bounds("nf.models.standardize", bounds, discrete)
-        if support is not None:  # the supports mapped onto the real line, then standardized
-            layers.insert(0, Bounded([b[0] for b in support], [b[1] for b in support]))
-    elif bounds is not None or discrete is not None:
+    fixed = _fixed_columns(inner, features)
+    bad = [j for j in discrete or [] if j in fixed]
+    if bad:
         raise ValueError(
-            f"nf.models.standardize: {'bounds' if bounds is not None else 'discrete columns'} "
-            f"are for flows on the real line; this flow has the support {inner.transform.domain}"
+            f"{where}: column {bad[0]} is an angle of the flow (support "
+            f"{inner.transform.domain.at(bad[0])}) and cannot be discrete"
         )
+    if len(fixed) < features or bounds is not None:
+        layers.insert(0, Affine(torch.zeros(features), torch.ones(features)))
+        support = _cell_bounds(where, bounds, discrete)
+        if support is not None:  # the supports mapped onto the real line, then standardized
+            real = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(support)]
+            layers.insert(0, Bounded([b[0] for b in real], [b[1] for b in real]))
+        if fixed:  # what the flow accepts: each angle's range, the other columns' supports
+            layers[0].domain = _joint_domain(where, layers[0].domain, inner, fixed, bounds)
     if discrete is not None:
         flow: Flow = DequantizedFlow(
             Compose(*layers), inner.base, discrete=discrete, embedding=embedding, context=context
@@ -182,6 +217,36 @@ def _wrap(
     if like is not None:  # the new buffers follow the inner flow's dtype and device
         flow.to(dtype=like.dtype, device=like.device)
     return flow
+
+
+def _joint_domain(
+    where: str,
+    first: Interval,
+    inner: Flow,
+    fixed: list[int],
+    bounds: list[tuple[float, float]] | None,
+) -> Interval:
+    """Per column: the closed range of each angle (its ``bounds``, or the inner flow's
+    interval), and ``first``'s support for the other columns."""
+    lows, highs, closed = [], [], []
+    for j in range(inner.event_shape[0]):
+        if j not in fixed:
+            column = first.at(j)
+            lows.append(float(column.low))
+            highs.append(float(column.high))
+            closed.append(False)
+            continue
+        own = inner.transform.domain.at(j)
+        low, high = (float(own.low), float(own.high)) if bounds is None else bounds[j]
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(
+                f"{where}: bounds of column {j}, an angle of the flow, must be its finite range "
+                f"(one period, e.g. (-180, 180) or (0, 360)), got ({low:g}, {high:g})"
+            )
+        lows.append(low)
+        highs.append(high)
+        closed.append(bool(own.closed))
+    return Interval(tuple(lows), tuple(highs), tuple(closed))
 
 
 @factory
@@ -275,9 +340,10 @@ def standardize(
 ) -> Flow:
     r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
 
-    ``μ`` and ``σ`` are the per-column mean and (population) standard deviation of ``x``
-    (not used for a flow on a bounded support, such as ``NCSF``'s angles: ``x`` stays as it is
-    and only the context is standardized). The
+    ``μ`` and ``σ`` are the per-column mean and (population) standard deviation of ``x``,
+    except for the columns the flow keeps on a bounded support, ``NCSF``'s angles: they stay
+    in their units, or are mapped from the range their ``bounds`` give onto the flow's circle.
+    A flow of angles only, without ``bounds``, is not scaled at all (only its context). The
     returned flow shares the inner flow's modules; its ``config`` rebuilds it with
     ``nf.models.build`` and its ``state_dict`` holds the statistics.
 
@@ -294,7 +360,10 @@ def standardize(
             are then those of the mapped columns), so the density is zero outside them and
             samples stay inside; ``log_prob`` refuses values outside, naming the column.
             Positive quantities: ``(0, None)``; fractions: ``(0, 1)``. For a discrete column
-            the ends are its first and last integers (whole numbers, both included).
+            the ends are its first and last integers (whole numbers, both included). For an
+            angle of the flow (``NCSF``) they are its range, one period in the table's units
+            (``(0, 360)`` for compass degrees), mapped linearly onto the flow's circle (both
+            ends open, or no ``bounds``: the flow's own interval).
         discrete: Integer-valued columns (counts, ratings, years): indices, names from
             ``columns``, or ``"auto"`` for every modelled column whose values in ``x`` are all
             whole numbers. The result is then a :class:`~nfkit.models.DequantizedFlow`: a flow
@@ -331,8 +400,14 @@ def standardize(
     if x.dim() == 2 and x.shape[1] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
     support = _check_bounds(where, bounds, features)
-    if isinstance(discrete, str) and discrete == "auto":
-        discrete = _whole_columns(x) or None
+    fixed = _fixed_columns(flow, features)
+    if support is not None:  # an angle with both ends open: the flow's own interval
+        for j in fixed:
+            if support[j] == (-math.inf, math.inf):
+                own = flow.transform.domain.at(j)
+                support[j] = (float(own.low), float(own.high))  # type: ignore[arg-type]
+    if isinstance(discrete, str) and discrete == "auto":  # never an angle
+        discrete = [j for j in _whole_columns(x) if j not in fixed] or None
     cells = _check_discrete(where, discrete, features, x_labels)
     out = _wrap(flow, features, ctx, support, cells)
     out.config = {
@@ -346,22 +421,17 @@ def standardize(
         "discrete": cells,
     }
     first = 1 if support is not None else 0  # the Affine follows the Bounded layer
+    if fixed:  # each angle inside its range (the other columns are checked below)
+        _check_inside(where, x[..., fixed], out.transform.domain, fixed, x_labels)
     if cells is not None:  # checked as log_prob checks, then one dequantized draw
         out.check_cells(where, x)  # type: ignore[operator]
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
         x = out._dequantize(x, noise.to(x.device))  # type: ignore[operator]
     if support is not None:  # the statistics of the columns mapped onto the real line
         to_cells = _cell_bounds(where, support, cells)
+        to_cells = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(to_cells)]
         to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells]).to(x)
-        inside = to_real.domain.contains(x)
-        if not bool(inside.all()):  # name the column (by its label when there is one)
-            j = int(torch.nonzero(~inside)[0][-1])
-            label = repr(x_labels[j]) if x_labels else str(j)
-            bad = x[..., j][~inside[..., j]][0].item()
-            raise ValueError(
-                f"{where}: column {label} has values outside its bounds "
-                f"{to_real.domain.at(j)} (e.g. {bad:g})"
-            )
+        _check_inside(where, x, to_real.domain, list(range(features)), x_labels)
         x = to_real(x)[0]
     mean, std = _stats(where, "x", x, x_labels)
     if mean.shape[0] != features:
@@ -371,10 +441,16 @@ def standardize(
     if like_tensor is not None:
         like = {"dtype": like_tensor.dtype, "device": like_tensor.device}
     with torch.no_grad():
-        if _scales_x(flow):
+        if len(fixed) < features or support is not None:
+            shift, log_scale = -mean / std, -std.log()
+            for j in fixed:  # an angle's range mapped linearly onto the flow's interval
+                own = flow.transform.domain.at(j)
+                low, high = (own.low, own.high) if support is None else support[j]
+                scale = (own.high - own.low) / (high - low)  # type: ignore[operator]
+                shift[j], log_scale[j] = own.low - low * scale, math.log(scale)
             affine: Affine = out.transform[first]  # type: ignore[assignment]
-            affine.shift.copy_((-mean / std).to(**like))
-            affine.log_abs_scale.copy_((-std.log()).to(**like))
+            affine.shift.copy_(shift.to(**like))
+            affine.log_abs_scale.copy_(log_scale.to(**like))
         if context is not None:
             context = as_tensor(context, where, "context")
             cmean, cstd = _stats(where, "context", context, c_labels)

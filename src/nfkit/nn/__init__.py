@@ -2,7 +2,14 @@
 
 from nfkit.nn.conv import ConvNet, ConvResNet, broadcast_cat_channels
 from nfkit.nn.made import MADE
-from nfkit.nn.mlp import MLP, Parameters, ResNet, broadcast_cat, periodic_embedding
+from nfkit.nn.mlp import (
+    MLP,
+    Parameters,
+    PeriodicEmbedding,
+    ResNet,
+    broadcast_cat,
+    periodic_embedding,
+)
 from nfkit.nn.packed import PackedLayers
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "PackedLayers",
     "Parameters",
     "broadcast_cat",
+    "PeriodicEmbedding",
     "periodic_embedding",
     "ConvNet",
     "ConvResNet",

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_number, check_positive_int
-from nfkit.nn.mlp import broadcast_cat, periodic_embedding
+from nfkit._checks import check_hidden, check_positive_int
+from nfkit.nn.mlp import Period, PeriodicEmbedding, angle_columns, broadcast_cat, check_period
 from nfkit.nn.packed import PackedLayers
 
 __all__ = ["MADE"]
@@ -34,7 +34,9 @@ class MADE(PackedLayers):
         activation: Activation module class.
         period: Inputs are angles of this period: the network reads each as the pair
             ``(cos 2πx/period, sin 2πx/period)`` (both of the feature's rank), so ``θ`` is a
-            continuous, periodic function of them (circular flows). None: inputs as they are.
+            continuous, periodic function of them (circular flows). A tuple: one period per
+            input, None for an ordinary number (angles beside other quantities; see
+            :func:`~nfkit.nn.periodic_embedding`). None: inputs as they are.
 
     From ``D = 8`` (:data:`PARAM_MAJOR_MIN_FEATURES`) the output is stored parameter-major: the
     ``(*batch, D, P)`` result is a transposed view whose ``P`` slices ``θ[..., j]`` are each
@@ -64,11 +66,10 @@ class MADE(PackedLayers):
         order: Sequence[int] | Tensor | None = None,
         residual: bool = False,
         activation: Callable[[], nn.Module] = nn.ReLU,
-        period: float | None = None,
+        period: Period = None,
     ) -> None:
         d = check_positive_int("MADE", "features", features)
-        if period is not None:
-            period = check_number("MADE", "period", period, 0.0)
+        period = check_period("MADE", period, d)
         p = check_positive_int("MADE", "out_per_feature", out_per_feature)
         hidden = check_hidden("MADE", hidden)
         if residual and len(set(hidden)) != 1:
@@ -81,7 +82,9 @@ class MADE(PackedLayers):
         # Degrees: inputs 1..D (context 0); a unit of degree k sees inputs of degree <= k. Hidden
         # degrees cycle over [low, D-1]; with a context, low = 0 so that units seeing the context
         # alone feed the first output (which would otherwise be a constant).
-        embedded = [rank + 1, rank + 1] if period is not None else [rank + 1]  # cos, sin
+        # An angle is read as (cos, sin): its sine is one more input of the feature's degree.
+        sines = torch.tensor(angle_columns(period, d), dtype=torch.long)
+        embedded = [rank + 1, (rank + 1)[sines]]
         deg_in = torch.cat([*embedded, torch.zeros(context, dtype=torch.long)])
         low = 0 if context else min(1, d - 1)
         span = max(1, d - 1 - low + 1)
@@ -110,6 +113,7 @@ class MADE(PackedLayers):
         )
         self.features, self.out_per_feature, self.context = d, p, context
         self.residual, self.period = residual, period
+        self.embed = PeriodicEmbedding(d, period)  # no weights: the state dict is unchanged
         self.register_buffer("rank", rank)
         self._set_settles()
         #: No hidden unit feeds the outputs of the first feature (rank 0): their values are the
@@ -129,8 +133,7 @@ class MADE(PackedLayers):
         the one feature each pass settles.
         """
         layers = self.layers() if layers is None else layers
-        if self.period is not None:
-            x = periodic_embedding(x, self.period)
+        x = self.embed(x)
         h = broadcast_cat(x, context) if self.context else x
         if not self.residual:
             return self.activate(self.chain(h, layers[:-1]))
@@ -140,6 +143,8 @@ class MADE(PackedLayers):
         #: ``argsort(rank)``: the feature of each rank, i.e. the one an autoregressive inverse
         #: settles in each pass (a buffer: follows ``.to()``; recomputed from a loaded ``rank``).
         self.register_buffer("settles", torch.argsort(self.rank), persistent=False)
+        #: The same as a tuple of ints, read without a device sync.
+        self.settle_order = tuple(self.settles.tolist())
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super()._load_from_state_dict(*args, **kwargs)

@@ -3,17 +3,25 @@ angles)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.packed import PackedLayers
 
-__all__ = ["MLP", "ResNet", "Parameters", "broadcast_cat", "periodic_embedding"]
+__all__ = [
+    "MLP",
+    "ResNet",
+    "Parameters",
+    "PeriodicEmbedding",
+    "broadcast_cat",
+    "periodic_embedding",
+]
 
 
 def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
@@ -26,11 +34,89 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
     )
 
 
-def periodic_embedding(x: Tensor, period: float) -> Tensor:
-    """Angles ``x (*, D)`` as ``(cos ωx, sin ωx)`` with ``ω = 2π / period``: ``(*, 2D)``, all
-    cosines then all sines. A network on it is a continuous, periodic function of ``x``."""
-    angle = x * (2 * torch.pi / period)
-    return torch.cat([torch.cos(angle), torch.sin(angle)], -1)
+Period = float | tuple[float | None, ...] | None
+"""Which inputs are angles: a float (every input, of that period), a tuple (one entry per
+input: its period, or None for an ordinary number) or None (no angle)."""
+
+
+def check_period(where: str, period: object, features: int) -> Period:
+    """``period`` in its plainest form: a tuple with no angle is None, one whose entries are all
+    the same period is that float (the layout of an all-angle input)."""
+    if period is None:
+        return None
+    if not isinstance(period, tuple):
+        return check_number(where, "period", period, 0.0)
+    if len(period) != features:
+        raise ValueError(
+            f"{where}: period needs one entry per input ({features}), got {len(period)}"
+        )
+    periods = tuple(None if p is None else check_number(where, "period", p, 0.0) for p in period)
+    if all(p is None for p in periods):
+        return None
+    if len(set(periods)) == 1:
+        return periods[0]
+    return periods
+
+
+def embedded_width(features: int, period: Period) -> int:
+    """The width of :func:`periodic_embedding`'s output for ``features`` inputs."""
+    if period is None:
+        return features
+    if isinstance(period, tuple):
+        return features + sum(p is not None for p in period)
+    return 2 * features
+
+
+def angle_columns(period: Period, features: int) -> list[int]:
+    """The inputs that are angles (they get a sine after the first ``features`` entries)."""
+    if period is None:
+        return []
+    if isinstance(period, tuple):
+        return [i for i, p in enumerate(period) if p is not None]
+    return list(range(features))
+
+
+class PeriodicEmbedding(nn.Module):
+    """The module form of :func:`periodic_embedding` for ``features`` inputs: its constants
+    are (non-persistent) buffers, so they follow ``.to(device)`` and a pass copies nothing from
+    the host. None: the identity."""
+
+    def __init__(self, features: int, period: Period) -> None:
+        super().__init__()
+        self.period = check_period("PeriodicEmbedding", period, features)
+        self.per_column = isinstance(self.period, tuple)
+        if self.per_column:
+            omega = [0.0 if p is None else 2 * math.pi / p for p in self.period]  # type: ignore[union-attr]
+            # float64 (cast like any buffer by .float()/.to(dtype); .double() keeps the digits)
+            omega_t = torch.tensor(omega, dtype=torch.float64)
+            self.register_buffer("omega", omega_t, persistent=False)
+            self.register_buffer("is_angle", omega_t > 0, persistent=False)
+            self.register_buffer(
+                "angles", torch.tensor(angle_columns(self.period, features)), persistent=False
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.period is None:
+            return x
+        if not self.per_column:
+            angle = x * (2 * math.pi / self.period)  # type: ignore[operator]
+            return torch.cat([torch.cos(angle), torch.sin(angle)], -1)
+        angle = x * self.omega.to(x.dtype)
+        sines = torch.sin(angle.index_select(-1, self.angles))
+        return torch.cat([torch.where(self.is_angle, torch.cos(angle), x), sines], -1)
+
+
+def periodic_embedding(x: Tensor, period: float | tuple[float | None, ...]) -> Tensor:
+    """Angles ``x (*, D)`` as ``(cos ωx, sin ωx)`` with ``ω = 2π / period``, so a network on it
+    is a continuous, periodic function of them.
+
+    A float ``period``: every input is an angle; ``(*, 2D)``, all cosines then all sines. A
+    tuple (one period per input, None for an ordinary number, see :func:`check_period`):
+    ``(*, D + A)`` for ``A`` angles, where entry ``i < D`` is ``cos ωᵢxᵢ`` for an angle and
+    ``xᵢ`` itself otherwise, followed by the ``A`` angles' sines. The conditioners hold a
+    :class:`PeriodicEmbedding` (the same map, its constants on the module's device).
+    """
+    return PeriodicEmbedding(x.shape[-1], period).to(x.device)(x)
 
 
 class MLP(PackedLayers):

@@ -41,6 +41,7 @@ from nfkit.transforms.transformers import (
     AdditiveTransformer,
     AffineTransformer,
     CircularRQSplineTransformer,
+    PerColumnTransformer,
     RQSplineTransformer,
     Transformer,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "AffineTransformer",
     "RQSplineTransformer",
     "CircularRQSplineTransformer",
+    "PerColumnTransformer",
     "BernsteinTransformer",
     "DSFTransformer",
     "GaussianizationTransformer",

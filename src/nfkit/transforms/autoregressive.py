@@ -116,6 +116,7 @@ class Autoregressive(Transform):
         z_pass = z.index_select(-1, settles)
         x = torch.zeros_like(z)
         ladj = z.new_zeros(()) if with_ladj else None
+        columns = [self.transformer.select((i,)) for i in self.made.settle_order]
         in_place = not torch.is_grad_enabled()  # else out of place, so autograd can follow x
         for k in range(d):
             if k == 0 and self.made.first_is_bias:  # the first pass needs no network
@@ -123,9 +124,9 @@ class Autoregressive(Transform):
             else:
                 theta = _linear_param_major(self.made.trunk(x, context, layers), w[k], b[k])
             if ladj is None:  # sampling: the value alone (a spline skips its log-det)
-                x_k = self.transformer.inverse_value(z_pass[..., k], theta)
+                x_k = columns[k].inverse_value(z_pass[..., k], theta)
             else:
-                x_k, ladj_k = self.transformer.inverse(z_pass[..., k], theta)
+                x_k, ladj_k = columns[k].inverse(z_pass[..., k], theta)
                 ladj = ladj + ladj_k
             column, value = settles[k : k + 1], x_k.unsqueeze(-1)
             x = x.index_copy_(-1, column, value) if in_place else x.index_copy(-1, column, value)

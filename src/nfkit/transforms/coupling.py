@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from nfkit._checks import check_positive_int, shown
 from nfkit._shapes import broadcast_shapes
 from nfkit.core import Transform
-from nfkit.nn.mlp import MLP, broadcast_cat, periodic_embedding
+from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
 from nfkit.transforms.functional import sum_event
 from nfkit.transforms.transformers import Transformer
 
@@ -30,7 +30,8 @@ def alternating_mask(features: int, parity: int = 0) -> Tensor:
 class MLPConditioner(nn.Module):
     """``θ(x_a, c)``: an :class:`~nfkit.nn.MLP` on ``[x_a, c]`` with zero-initialized output
     (with residual blocks if ``residual``). With a ``period``, ``x_a`` are angles, read as
-    ``(cos, sin)`` pairs (:func:`~nfkit.nn.periodic_embedding`)."""
+    ``(cos, sin)`` pairs (:func:`~nfkit.nn.periodic_embedding`; a tuple: one period per input,
+    None for an ordinary number)."""
 
     def __init__(
         self,
@@ -39,17 +40,16 @@ class MLPConditioner(nn.Module):
         context: int,
         hidden: Sequence[int],
         residual: bool = False,
-        period: float | None = None,
+        period: Period = None,
     ):
         super().__init__()
-        self.period = period
-        width = in_features * (1 if period is None else 2)
+        self.embed = PeriodicEmbedding(in_features, period)  # no weights
+        self.period = self.embed.period
+        width = embedded_width(in_features, self.period)
         self.net = MLP(width + context, out_features, hidden, residual=residual)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        if self.period is not None:
-            x = periodic_embedding(x, self.period)
-        return self.net(broadcast_cat(x, context))
+        return self.net(broadcast_cat(self.embed(x), context))
 
 
 class Coupling(Transform):
@@ -122,10 +122,9 @@ class Coupling(Transform):
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
         if conditioner is None:
-            conditioner = MLPConditioner(
-                n_a, n_b * p, context, hidden, residual, period=transformer.period
-            )
-            conditioner.net.set_output_bias(transformer.initial_params())
+            period = transformer.select(tuple(self.idx_a.tolist())).period
+            conditioner = MLPConditioner(n_a, n_b * p, context, hidden, residual, period=period)
+            conditioner.net.set_output_bias(self._transformer_b().initial_params())
         self.conditioner = conditioner
 
     def _set_indices(self) -> None:
@@ -137,6 +136,21 @@ class Coupling(Transform):
         self.register_buffer(
             "perm_back", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
         )
+        # The transformer of the transformed columns: the transformer itself unless it differs
+        # by column. One with buffers of its own (a PerColumnTransformer) is registered, so it
+        # follows the layer's device; it has no state-dict entries.
+        selected = self.transformer.select(tuple(idx_b.tolist()))
+        if isinstance(selected, nn.Module) and selected is not self.transformer:
+            self.transformer_b = selected.to(idx_b.device)
+        elif "transformer_b" in self._modules:
+            del self._modules["transformer_b"]
+        self._selected = None if isinstance(selected, nn.Module) else selected
+
+    def _transformer_b(self) -> Transformer:
+        """The transformer of the transformed columns (see :meth:`_set_indices`)."""
+        if "transformer_b" in self._modules:
+            return self._modules["transformer_b"]  # type: ignore[return-value]
+        return self.transformer if self._selected is None else self._selected
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super()._load_from_state_dict(*args, **kwargs)
@@ -162,17 +176,17 @@ class Coupling(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b, params = self._split(x, context)
-        z_b, ladj = self.transformer.forward(x_b, params)
+        z_b, ladj = self._transformer_b().forward(x_b, params)
         return self._join(x_a, z_b), sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_a, z_b, params = self._split(z, context)
-        x_b, ladj = self.transformer.inverse(z_b, params)
+        x_b, ladj = self._transformer_b().inverse(z_b, params)
         return self._join(z_a, x_b), sum_event(ladj, self.event_dim)
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         z_a, z_b, params = self._split(z, context)
-        return self._join(z_a, self.transformer.inverse_value(z_b, params))
+        return self._join(z_a, self._transformer_b().inverse_value(z_b, params))
 
     def extra_repr(self) -> str:
         return f"transformer={self.transformer}, mask={self.mask.int().tolist()}"

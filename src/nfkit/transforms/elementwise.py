@@ -305,7 +305,7 @@ class Elementwise(Transform):
             )
         self.transformer = transformer
         self.domain = self.codomain = transformer.domain
-        init = transformer.initial_params().repeat(features)
+        init = transformer.initial_params().expand(features, -1).reshape(-1)  # (P,) or (D, P)
         self.params = Parameters(features * transformer.num_params, context, hidden, init=init)
 
     def _params(self, context: Tensor | None) -> Tensor:

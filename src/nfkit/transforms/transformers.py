@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "AffineTransformer",
     "RQSplineTransformer",
     "CircularRQSplineTransformer",
+    "PerColumnTransformer",
 ]
 
 
@@ -49,9 +51,11 @@ class Transformer(abc.ABC):
         return real
 
     @property
-    def period(self) -> float | None:
+    def period(self) -> float | tuple[float | None, ...] | None:
         """For angles, their period: the default conditioners of ``Coupling`` and
-        ``Autoregressive`` then read the inputs as ``(cos, sin)`` pairs. None otherwise."""
+        ``Autoregressive`` then read the inputs as ``(cos, sin)`` pairs. None otherwise; a
+        tuple (one entry per column, None for an ordinary number) for a
+        :class:`PerColumnTransformer` that mixes angles and other quantities."""
         return None
 
     def initial_params(self) -> Tensor:
@@ -59,8 +63,16 @@ class Transformer(abc.ABC):
         conditioner's zero-initialized output layer in ``Coupling`` and ``Autoregressive``, the
         free parameters of ``Elementwise``. Zeros (the identity) by default. A transformer made
         of interchangeable components (a mixture, a sum of squares) must start them apart:
-        from equal components every gradient step moves them alike, and they stay one."""
+        from equal components every gradient step moves them alike, and they stay one. A
+        transformer that differs by column returns ``(D, P)``, one row per column."""
         return torch.zeros(self.num_params, dtype=torch.float64)
+
+    def select(self, columns: tuple[int, ...]) -> Transformer:
+        """The transformer of the columns ``columns`` (indices into the ``D`` it maps, in that
+        order): itself, unless it treats columns differently (:class:`PerColumnTransformer`).
+        ``Coupling`` asks for its transformed and conditioning columns, ``Autoregressive``'s
+        inverse for the one column each pass settles."""
+        return self
 
     @abc.abstractmethod
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,3 +262,169 @@ class CircularRQSplineTransformer(_Spline):
         spline, shift = self._split(params)
         y = wrap(z - shift, self.bound)
         return rqs_packed_inverse_value(y, spline, circular=True, **self._options())
+
+
+class PerColumnTransformer(torch.nn.Module, Transformer):
+    r"""Different transformers for different columns: column ``i`` of the ``D = len(assignment)``
+    is mapped by ``parts[assignment[i]]``.
+
+    For tables that mix kinds of quantity, such as angles beside lengths: a
+    :class:`CircularRQSplineTransformer` on the angles and a :class:`RQSplineTransformer` on
+    the rest (``nf.models.NCSF(..., angles=...)``). ``log|dz/dx|`` and the inverse are each
+    column's part's; the domain, the period (read by the conditioners) and the initial
+    parameters are per column. Every column receives ``P = max_k P_k`` raw parameters and its
+    part reads the first ``P_k`` (the others get no gradient). Each part sees its columns
+    through one ``index_select`` (the indices are non-persistent buffers: they follow the
+    module's device and stay out of its state dict). ``Coupling`` and ``Autoregressive`` ask
+    for the transformer of the columns they map with :meth:`select`, which returns the one
+    part itself when those columns share it. Parts are plain transformers (not modules with
+    their own weights, such as UMNN's).
+
+    Example:
+        >>> import math, torch
+        >>> from nfkit.transforms import (
+        ...     CircularRQSplineTransformer, PerColumnTransformer, RQSplineTransformer)
+        >>> t = PerColumnTransformer(
+        ...     (CircularRQSplineTransformer(bins=4), RQSplineTransformer(bins=4)), (0, 1, 1))
+        >>> t.num_params, t.period[0] == 2 * math.pi, t.period[1]
+        (13, True, None)
+        >>> z, ladj = t.forward(torch.zeros(5, 3), torch.zeros(5, 3, 13))  # zeros: identity
+        >>> z.abs().max().item(), ladj.shape
+        (0.0, torch.Size([5, 3]))
+    """
+
+    def __init__(self, parts: Sequence[Transformer], assignment: Sequence[int]) -> None:
+        super().__init__()
+        where = "PerColumnTransformer"
+        parts, assignment = tuple(parts), tuple(assignment)
+        for part in parts:
+            if isinstance(part, PerColumnTransformer) or (
+                isinstance(part, Transformer) and part.domain._per_column()
+            ):
+                raise TypeError(f"{where}: a part must treat every column alike, got {part}")
+            if not isinstance(part, Transformer) or isinstance(part, torch.nn.Module):
+                raise TypeError(
+                    f"{where}: parts must be Transformers without weights of their own, "
+                    f"got {shown(part)}"
+                )
+        if not parts or not assignment:
+            raise ValueError(f"{where}: needs at least one part and one column")
+        if any(
+            not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(parts)
+            for k in assignment
+        ):
+            raise ValueError(
+                f"{where}: assignment must give each column a part index in 0..{len(parts) - 1},"
+                f" got {shown(assignment)}"
+            )
+        self.parts, self.assignment = parts, assignment
+        #: ``(part, its columns)`` for every part that maps a column.
+        self.groups = [
+            (part, [i for i, j in enumerate(assignment) if j == k])
+            for k, part in enumerate(parts)
+            if k in assignment
+        ]
+        for g, (_, cols) in enumerate(self.groups):
+            self.register_buffer(f"columns{g}", torch.tensor(cols), persistent=False)
+        order = torch.tensor([i for _, cols in self.groups for i in cols])
+        self.register_buffer("back", order.argsort(), persistent=False)
+
+    @property
+    def num_params(self) -> int:
+        return max(part.num_params for part in self.parts)
+
+    def _columns(self) -> list[Transformer]:
+        return [self.parts[k] for k in self.assignment]
+
+    @property
+    def domain(self) -> Interval:
+        domains = [t.domain for t in self._columns()]
+        return Interval(
+            tuple(float(d.low) for d in domains),  # type: ignore[arg-type]
+            tuple(float(d.high) for d in domains),  # type: ignore[arg-type]
+            tuple(bool(d.closed) for d in domains),
+        )
+
+    @property
+    def period(self) -> float | tuple[float | None, ...] | None:
+        periods = tuple(t.period for t in self._columns())
+        if all(p is None for p in periods):
+            return None
+        return periods[0] if len(set(periods)) == 1 else periods  # type: ignore[return-value]
+
+    def initial_params(self) -> Tensor:
+        rows = torch.zeros(len(self.assignment), self.num_params, dtype=torch.float64)
+        for i, t in enumerate(self._columns()):
+            rows[i, : t.num_params] = t.initial_params()
+        return rows
+
+    def select(self, columns: tuple[int, ...]) -> Transformer:
+        """The transformer of ``columns``, reading the same ``P`` raw parameters per column:
+        their one part (behind :class:`_FirstParams` when it takes fewer), or a
+        ``PerColumnTransformer`` of their parts (on this one's device)."""
+        assignment = tuple(self.assignment[c] for c in columns)
+        if len(set(assignment)) > 1:
+            return PerColumnTransformer(self.parts, assignment).to(self.back.device)
+        part = self.parts[assignment[0]]
+        return part if part.num_params == self.num_params else _FirstParams(part, self.num_params)
+
+    def _map(self, method: str, x: Tensor, params: Tensor) -> tuple[Tensor, ...]:
+        """Each part's ``method`` on its columns, the outputs put back in column order:
+        ``(value, ladj)`` or ``(value,)``."""
+        outs = []
+        for g, (part, _) in enumerate(self.groups):
+            idx = getattr(self, f"columns{g}")
+            theta = params.index_select(-2, idx)[..., : part.num_params]
+            out = getattr(part, method)(x.index_select(-1, idx), theta)
+            outs.append(out if isinstance(out, tuple) else (out,))
+        return tuple(torch.cat(o, -1).index_select(-1, self.back) for o in zip(*outs))
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return self._map("forward", x, params)  # type: ignore[return-value]
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._map("inverse", z, params)  # type: ignore[return-value]
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        return self._map("inverse_value", z, params)[0]
+
+    def extra_repr(self) -> str:
+        return f"parts={self.parts}, assignment={self.assignment}"
+
+
+@dataclass(frozen=True)
+class _FirstParams(Transformer):
+    """``transformer`` given ``width`` raw parameters per element, of which it reads the first
+    ``transformer.num_params`` (one part of a :class:`PerColumnTransformer`, selected alone)."""
+
+    transformer: Transformer
+    width: int
+
+    @property
+    def num_params(self) -> int:
+        return self.width
+
+    @property
+    def domain(self) -> Interval:
+        return self.transformer.domain
+
+    @property
+    def period(self) -> float | tuple[float | None, ...] | None:
+        return self.transformer.period
+
+    def initial_params(self) -> Tensor:
+        out = torch.zeros(self.width, dtype=torch.float64)
+        out[: self.transformer.num_params] = self.transformer.initial_params()
+        return out
+
+    def _head(self, params: Tensor) -> Tensor:
+        return params[..., : self.transformer.num_params]
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transformer.forward(x, self._head(params))
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transformer.inverse(z, self._head(params))
+
+    def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
+        return self.transformer.inverse_value(z, self._head(params))
