@@ -212,12 +212,17 @@ class FlowDensity(DensityMixin, BaseEstimator):
         """``discrete`` as positions among the modelled columns (or ``"auto"``, or None)."""
         if self.discrete is None or (isinstance(self.discrete, str) and self.discrete == "auto"):
             return self.discrete
+        return self._modelled("discrete", self.discrete)
+
+    def _modelled(self, what: str, items: Any) -> list[int]:
+        """``items`` (input columns: indices or names) as positions among the modelled columns;
+        a given (context) column is an error."""
         names = [str(n) for n in getattr(self, "feature_names_in_", [])]
         out = []
-        for i in self._columns("discrete", self.discrete, self.n_features_in_):
+        for i in self._columns(what, items, self.n_features_in_):
             if i in self.given_indices_:
                 label = repr(names[i]) if names else str(i)
-                raise ValueError(f"FlowDensity.fit: discrete column {label} is a given column")
+                raise ValueError(f"FlowDensity.fit: {what} column {label} is a given column")
             out.append(self.data_indices_.index(i))
         return out
 
@@ -231,14 +236,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 "FlowDensity.fit: angles are for model='ncsf' (given once, not also in "
                 f"model_options), got model={self.model!r}"
             )
-        names = [str(n) for n in getattr(self, "feature_names_in_", [])]
-        positions = []
-        for i in self._columns("angles", self.angles, self.n_features_in_):
-            if i in self.given_indices_:
-                label = repr(names[i]) if names else str(i)
-                raise ValueError(f"FlowDensity.fit: angle column {label} is a given column")
-            positions.append(self.data_indices_.index(i))
-        options["angles"] = sorted(positions)
+        options["angles"] = sorted(self._modelled("angles", self.angles))
         return options
 
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
