@@ -100,6 +100,31 @@ def test_a_torus_is_drawn_inside_its_support(tmp_path) -> None:
     assert nf.plot._base_name(nf.models.MAF(2, transforms=1, hidden=(4,))) == "N(0, I)"
 
 
+def test_angles_beside_a_real_column_are_drawn_on_their_circle(tmp_path) -> None:
+    """A mixed NCSF (an angle in degrees, a positive length): the corner plot's angle axis is
+    the whole circle and the length's stays above 0; the density and layer figures draw
+    without warnings, and the base is named by its parts."""
+    import warnings
+
+    torch.manual_seed(0)
+    angle = torch.remainder(40 * torch.randn(300) + 180, 360)
+    x = torch.stack([angle, torch.rand(300) + 0.5], -1)
+    inner = nf.models.NCSF(2, angles=[0], bound=180.0, transforms=1, hidden=(8,), bins=3)
+    flow = nf.models.standardize(inner, x, bounds=[(0, 360), (0, None)])
+    nf.testing.perturb_parameters(flow, 0.3, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = nf.plot.corner(flow, x, n=300)
+        nf.plot.density(flow, x, n=200, resolution=20, path=tmp_path / "d.png")
+        nf.plot.layers(inner, n=200, path=tmp_path / "l.png")
+    axes = fig.axes
+    assert axes[0].get_xlim() == (0.0, 360.0)  # the angle's marginal: its whole circle
+    assert axes[3].get_xlim()[0] > 0  # the length: inside its support
+    assert nf.plot._base_name(inner) == (
+        "Uniform × StandardNormal on per column [-180, 180], the real line"
+    )
+
+
 @pytest.mark.parametrize("d", [1, 2])
 def test_a_flow_with_integer_columns_draws_its_dequantized_density(tmp_path, d: int) -> None:
     """The grid holds non-integers, which ``log_prob`` refuses for a discrete column: the figure

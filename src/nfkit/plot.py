@@ -263,7 +263,8 @@ def corner(
 ) -> Any:
     r"""Corner plot: marginal histograms (diagonal) and pairwise scatter, data vs ``n`` samples.
 
-    Shows the first ``max_dims`` coordinates. Works for any D ≥ 1.
+    Shows the first ``max_dims`` coordinates. Works for any D ≥ 1. An angle's axis spans its
+    whole circle; a bounded column's stays inside its support.
     """
     where = "nf.plot.corner"
     flow = _check_flow(where, flow)
@@ -271,7 +272,7 @@ def corner(
     k = min(d, max_dims)
     x = _data(data, where, d)
     s = _samples(flow, n, _context(flow, context))
-    box = _bounds(x if x is not None else s)
+    box = _bounds(x if x is not None else s, support=flow.transform.domain)
     labels = _labels(flow, columns, d)
     size = max(4.0, 1.9 * k)
     fig, axes = _figure(k, k, (size, size))
@@ -385,6 +386,8 @@ def _base_name(flow: Flow) -> str:
     name = type(flow.base).__name__
     if name == "StandardNormal":
         return "N(0, I)"
+    if name == "Product":  # e.g. a uniform on the angles times a normal on the rest
+        name = " × ".join(type(part).__name__ for part in flow.base.parts)  # type: ignore[union-attr]
     support = flow.transform.codomain
     return name if support.is_real else f"{name} on {support}"
 
