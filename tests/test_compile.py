@@ -54,6 +54,7 @@ DENSITIES = {
     "BNAF-context": lambda: nf.models.BNAF(3, context=2, transforms=2, hidden=(8,)),
     "GF": lambda: nf.models.GF(3, transforms=2, components=4),
     "GMM-context": lambda: nf.models.GMM(3, context=2, components=4, hidden=(8,)),
+    "GMM-tied": lambda: nf.models.GMM(3, components=4, covariance="tied"),
     "GF-context": lambda: nf.models.GF(3, context=2, transforms=2, components=4, hidden=(8,)),
 }
 

@@ -145,15 +145,23 @@ def test_conditional_mixture_follows_its_context() -> None:
         D.GaussianMixture(1, context=2, trainable=False)
 
 
+@pytest.mark.parametrize("covariance", D.COVARIANCES)
 @pytest.mark.parametrize("context", [0, 3])
-def test_full_covariance_mixture_matches_torch(context: int) -> None:
+def test_mixture_matches_torch(context: int, covariance: str) -> None:
     """log p against torch's MixtureSameFamily of MultivariateNormal(scale_tril=L_k), and the
-    samples' covariance against the mixture's."""
+    samples' covariance against the mixture's, for each covariance type; the factors have the
+    type's structure (diagonal, a multiple of I, or one for all components)."""
     torch.manual_seed(0)
-    dist = D.GaussianMixture(3, components=2, covariance="full", context=context, hidden=(8,))
+    dist = D.GaussianMixture(3, components=2, covariance=covariance, context=context, hidden=(8,))
     dist = nf.testing.perturb_parameters(dist.double(), 0.5 if context == 0 else 0.1, 1)
     c = torch.randn(3, dtype=torch.float64) if context else None
-    log_weights, loc, _, factor = dist._mixture(c)
+    log_weights, loc, log_scale, factor = dist._mixture(c)
+    if factor is None:
+        factor = torch.diag_embed(log_scale.exp())
+        assert covariance != "spherical" or bool((log_scale == log_scale[..., :1]).all())
+    else:
+        assert factor.shape[-3] == (1 if covariance == "tied" else 2)
+        factor = factor.expand(2, 3, 3)
     reference = torch.distributions.MixtureSameFamily(
         torch.distributions.Categorical(logits=log_weights),
         torch.distributions.MultivariateNormal(loc, scale_tril=factor),

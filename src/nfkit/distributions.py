@@ -28,6 +28,9 @@ __all__ = [
 
 _LOG_2PI = math.log(2 * math.pi)
 
+COVARIANCES = ("diagonal", "spherical", "full", "tied")
+"""The covariance types of :class:`GaussianMixture` (scikit-learn's, diagonal first)."""
+
 
 def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
     if as_int(features) is not None:
@@ -262,22 +265,29 @@ class StudentT(BaseDistribution):
 class GaussianMixture(BaseDistribution):
     r"""Mixture of ``components`` Gaussians with trainable weights, means and covariances.
 
-    ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, Σ_k)]`` with ``Σ_k = L_k L_kᵀ``:
-    ``covariance="diagonal"`` (default) ``L_k = diag σ_k``; ``"full"`` ``L_k`` lower triangular
-    with diagonal ``σ_k`` (``log N`` by one triangular solve: ``-½‖L_k⁻¹(z - μ_k)‖² - Σ log σ_k
-    - (D/2) log 2π``). Sampling picks a component by the Gumbel-max trick (not reparameterizable
-    in the choice: ``rsample``'s gradients reach the means and covariances, not the weights) and
-    draws ``μ_k + L_k ε`` within it.
+       ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, Σ_k)]`` with ``Σ_k = L_k L_kᵀ``
+       (scikit-learn's four covariance types):
 
-    With ``context > 0`` the weights, means and covariance factors are an MLP of the context
-    (hidden widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output
-    layer starts at zero weights and the unconditional starting values as bias (equal weights,
-    unit covariances, means drawn once from a seeded generator, so the components start apart).
+       - ``covariance="diagonal"`` (default): ``L_k = diag σ_k`` (``D`` scales per component);
+       - ``"spherical"``: ``L_k = σ_k I`` (one scale per component);
+       - ``"full"``: ``L_k`` lower triangular with diagonal ``σ_k`` (``D (D + 1) / 2`` per
+         component); ``log N`` by one triangular solve: ``-½‖L_k⁻¹(z - μ_k)‖² - Σ log σ_k -
+         (D/2) log 2π``;
+       - ``"tied"``: one full ``L`` shared by every component (``D (D + 1) / 2`` in all), so
+         ``L⁻¹(z - μ_k) = L⁻¹z - L⁻¹μ_k`` takes one solve for all components.
+    Sampling picks a component by the Gumbel-max trick (not reparameterizable
+       in the choice: ``rsample``'s gradients reach the means and covariances, not the weights) and
+       draws ``μ_k + L_k ε`` within it.
 
-    Shapes:
-        ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
-        ``rsample(shape, context)``: ``(*shape, D)``, the context broadcast over ``shape``'s
-        trailing dims (as :meth:`nfkit.Flow.sample` passes it).
+       With ``context > 0`` the weights, means and covariance factors are an MLP of the context
+       (hidden widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output
+       layer starts at zero weights and the unconditional starting values as bias (equal weights,
+       unit covariances, means drawn once from a seeded generator, so the components start apart).
+
+       Shapes:
+           ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
+           ``rsample(shape, context)``: ``(*shape, D)``, the context broadcast over ``shape``'s
+           trailing dims (as :meth:`nfkit.Flow.sample` passes it).
     """
 
     def __init__(
@@ -297,19 +307,23 @@ class GaussianMixture(BaseDistribution):
             raise ValueError("GaussianMixture: features must be an int (vector events)")
         if self.context and not trainable:
             raise ValueError("GaussianMixture: a conditional mixture (context > 0) is trainable")
-        if covariance not in ("diagonal", "full"):
+        if covariance not in COVARIANCES:
             raise ValueError(
-                f"GaussianMixture: covariance must be 'diagonal' or 'full', got {shown(covariance)}"
+                f"GaussianMixture: covariance must be one of {', '.join(map(repr, COVARIANCES))}"
+                f", got {shown(covariance)}"
             )
         d = self.event_shape[0]
         self.components, self.covariance = components, covariance
+        own = 1 if covariance == "tied" else components  # factors: one per component, or one
         values = {
             "logits": torch.zeros(components),
             "loc": torch.randn(components, d, generator=torch.Generator().manual_seed(0)),
-            "log_scale": torch.zeros(components, d),
+            "log_scale": torch.zeros(own, 1 if covariance == "spherical" else d),
         }
-        if covariance == "full":  # each L_k's strictly lower triangle, row by row
-            values["tril"] = torch.zeros(components, d * (d - 1) // 2)
+        if covariance in ("full", "tied"):  # each L's strictly lower triangle, row by row
+            values["tril"] = torch.zeros(own, d * (d - 1) // 2)
+        #: The shapes of the unconstrained values, in the order a context network outputs them.
+        self.shapes = {name: tuple(value.shape) for name, value in values.items()}
         if self.context:
             from nfkit.nn.mlp import Parameters  # nfkit.nn imports the distributions' module
 
@@ -330,43 +344,48 @@ class GaussianMixture(BaseDistribution):
         return not self.context and not self.logits.requires_grad
 
     def _mixture(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``log π (*c, K)``, ``μ (*c, K, D)``, ``log σ (*c, K, D)`` and, for full covariances,
-        ``L (*c, K, D, D)`` (else None); ``*c`` is the context batch."""
-        k, d = self.components, self.features
+        """``log π (*c, K)``, ``μ (*c, K, D)``, ``log σ (*c, K, D)`` (the diagonal of each
+        ``L_k``) and, for full or tied covariances, ``L (*c, K, D, D)`` (``(*c, 1, D, D)`` when
+        tied; else None); ``*c`` is the context batch."""
+        d = self.features
         if not self.context:
-            logits, loc, log_scale = self.logits, self.loc, self.log_scale
-            lower = getattr(self, "tril", None)
+            values = {name: getattr(self, name) for name in self.shapes}
         else:
             if context is None:
                 raise ValueError(
                     "GaussianMixture: this mixture is conditional and needs a context"
                 )
             theta = self.params(context)
-            logits, loc, log_scale = (
-                theta[..., :k],
-                *(theta[..., k : k + 2 * k * d].unflatten(-1, (2, k, d)).unbind(-3)),
-            )
-            lower = (
-                theta[..., k + 2 * k * d :].unflatten(-1, (k, -1))
-                if self.covariance == "full"
-                else None
-            )
-        log_weights = torch.log_softmax(logits, -1)
-        if lower is None:
-            return log_weights, loc, log_scale, None
+            sizes = [math.prod(shape) for shape in self.shapes.values()]
+            values = {
+                name: part.unflatten(-1, shape) if len(shape) > 1 else part
+                for (name, shape), part in zip(self.shapes.items(), theta.split(sizes, -1))
+            }
+        loc, log_scale = values["loc"], values["log_scale"]
+        log_weights = torch.log_softmax(values["logits"], -1)
+        lower = values.get("tril")
+        if lower is None:  # diagonal or spherical: the scales of every coordinate
+            return log_weights, loc, log_scale.expand(loc.shape), None
         rows, cols = torch.tril_indices(d, d, -1, device=loc.device)
         flat = lower.new_zeros(*lower.shape[:-1], d * d).index_copy(-1, rows * d + cols, lower)
-        strict = flat.unflatten(-1, (d, d))
-        return log_weights, loc, log_scale, strict + torch.diag_embed(torch.exp(log_scale))
+        factor = flat.unflatten(-1, (d, d)) + torch.diag_embed(torch.exp(log_scale))
+        return log_weights, loc, log_scale.expand(loc.shape), factor
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         log_weights, loc, log_scale, factor = self._mixture(context)
         k, d = self.components, self.features
         if factor is not None and factor.dim() == 3:
-            # One factor per component: K triangular solves, every row a right-hand side, the
-            # differences built in the solver's (K, D, rows) layout.
-            rows = z.reshape(-1, d).T.unsqueeze(0) - loc.unsqueeze(-1)
-            solved = torch.linalg.solve_triangular(factor, rows, upper=False)
+            # Unconditional: every row a right-hand side, in the solver's (K, D, rows) layout.
+            rows = z.reshape(-1, d).T.unsqueeze(0)
+            if factor.shape[0] == 1:  # tied: L⁻¹(z - μ_k) = L⁻¹z - L⁻¹μ_k, one solve for all
+                solved = torch.linalg.solve_triangular(factor, rows, upper=False)
+                solved = solved - torch.linalg.solve_triangular(
+                    factor, loc.unsqueeze(-1), upper=False
+                )
+            else:  # one factor per component: K solves
+                solved = torch.linalg.solve_triangular(
+                    factor, rows - loc.unsqueeze(-1), upper=False
+                )
             squares = (solved * solved).sum(1).T.reshape(*z.shape[:-1], k)
         else:
             diff = z.unsqueeze(-2) - loc  # (*, K, D)

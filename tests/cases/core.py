@@ -115,9 +115,14 @@ _SMALL = {"transforms": 2, "hidden": H}
 
 MODELS: dict[str, ModelCase] = {
     "GMM": ModelCase(lambda d, c: nf.models.GMM(d, context=c, components=3, hidden=(16,))),
-    "GMM-diagonal": ModelCase(
-        lambda d, c: nf.models.GMM(d, context=c, components=3, covariance="diagonal", hidden=(8,))
-    ),
+    **{
+        f"GMM-{cov}": ModelCase(
+            lambda d, c, cov=cov: nf.models.GMM(
+                d, context=c, components=3, covariance=cov, hidden=(8,)
+            )
+        )
+        for cov in ("diagonal", "spherical", "tied")
+    },
     "MAF": ModelCase(lambda d, c: nf.models.MAF(d, context=c, **_SMALL)),
     "MAF-residual": ModelCase(lambda d, c: nf.models.MAF(d, context=c, residual=True, **_SMALL)),
     "IAF": ModelCase(lambda d, c: nf.models.IAF(d, context=c, **_SMALL)),

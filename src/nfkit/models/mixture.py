@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Flow
-from nfkit.distributions import GaussianMixture
+from nfkit.distributions import COVARIANCES, GaussianMixture
 from nfkit.models._registry import factory
 from nfkit.transforms.linear import Identity
 
@@ -27,8 +27,10 @@ def GMM(
 
     A :class:`~nfkit.Flow` whose transform is the identity and whose base is a
     :class:`~nfkit.distributions.GaussianMixture` of ``components`` Gaussians with full
-    covariances ``Σ_k = L_k L_kᵀ`` (``covariance="full"``, as scikit-learn's and zuko's) or
-    diagonal ones (``"diagonal"``: ``D`` instead of ``D (D + 1) / 2`` parameters each). With
+    covariances ``Σ_k = L_k L_kᵀ`` (``covariance="full"``, as scikit-learn's and zuko's),
+    diagonal ones (``"diagonal"``: ``D`` instead of ``D (D + 1) / 2`` parameters each),
+    ``σ_k² I`` (``"spherical"``: one each) or one full covariance shared by all components
+    (``"tied"``: ``D (D + 1) / 2`` in all, one triangular solve for every component). With
     ``context > 0`` the weights, means and covariance factors are an MLP of the context (hidden
     widths ``hidden``; unused without context): a mixture density network (Bishop 1994), the
     classic baseline for conditional density estimation and for neural posterior estimation
@@ -43,15 +45,19 @@ def GMM(
         features: ``D``.
         context: Context size.
         components: Mixture components.
-        covariance: ``"full"`` or ``"diagonal"``.
+        covariance: ``"full"``, ``"diagonal"``, ``"spherical"`` or ``"tied"`` (scikit-learn's
+            names).
         hidden: Hidden widths of the context network (conditional mixtures only).
     """
     features = check_positive_int("GMM", "features", features)
     context = check_positive_int("GMM", "context", context, minimum=0)
     components = check_positive_int("GMM", "components", components)
     hidden = check_hidden("GMM", hidden)
-    if covariance not in ("full", "diagonal"):
-        raise ValueError(f"GMM: covariance must be 'full' or 'diagonal', got {covariance!r}")
+    if covariance not in COVARIANCES:
+        raise ValueError(
+            f"GMM: covariance must be one of {', '.join(map(repr, COVARIANCES))}, "
+            f"got {covariance!r}"
+        )
     base = GaussianMixture(
         features, components, context=context, hidden=hidden, covariance=covariance
     )
