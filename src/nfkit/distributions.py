@@ -265,29 +265,30 @@ class StudentT(BaseDistribution):
 class GaussianMixture(BaseDistribution):
     r"""Mixture of ``components`` Gaussians with trainable weights, means and covariances.
 
-       ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, Σ_k)]`` with ``Σ_k = L_k L_kᵀ``
-       (scikit-learn's four covariance types):
+    ``log p(z) = logsumexp_k [log π_k + log N(z; μ_k, Σ_k)]`` with ``Σ_k = L_k L_kᵀ``
+    (scikit-learn's four covariance types):
 
-       - ``covariance="diagonal"`` (default): ``L_k = diag σ_k`` (``D`` scales per component);
-       - ``"spherical"``: ``L_k = σ_k I`` (one scale per component);
-       - ``"full"``: ``L_k`` lower triangular with diagonal ``σ_k`` (``D (D + 1) / 2`` per
-         component); ``log N`` by one triangular solve: ``-½‖L_k⁻¹(z - μ_k)‖² - Σ log σ_k -
-         (D/2) log 2π``;
-       - ``"tied"``: one full ``L`` shared by every component (``D (D + 1) / 2`` in all), so
-         ``L⁻¹(z - μ_k) = L⁻¹z - L⁻¹μ_k`` takes one solve for all components.
-    Sampling picks a component by the Gumbel-max trick (not reparameterizable
-       in the choice: ``rsample``'s gradients reach the means and covariances, not the weights) and
-       draws ``μ_k + L_k ε`` within it.
+    - ``covariance="diagonal"`` (default): ``L_k = diag σ_k`` (``D`` scales per component);
+    - ``"spherical"``: ``L_k = σ_k I`` (one scale per component);
+    - ``"full"``: ``L_k`` lower triangular with diagonal ``σ_k`` (``D (D + 1) / 2`` per
+      component); ``log N`` by one triangular solve: ``-½‖L_k⁻¹(z - μ_k)‖² - Σ log σ_k -
+      (D/2) log 2π``;
+    - ``"tied"``: one full ``L`` shared by every component (``D (D + 1) / 2`` in all), so
+      ``L⁻¹(z - μ_k) = L⁻¹z - L⁻¹μ_k`` takes one solve for all components.
 
-       With ``context > 0`` the weights, means and covariance factors are an MLP of the context
-       (hidden widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output
-       layer starts at zero weights and the unconditional starting values as bias (equal weights,
-       unit covariances, means drawn once from a seeded generator, so the components start apart).
+    Sampling picks a component by the Gumbel-max trick (not reparameterizable in the choice:
+    ``rsample``'s gradients reach the means and covariances, not the weights) and draws
+    ``μ_k + L_k ε`` within it.
 
-       Shapes:
-           ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
-           ``rsample(shape, context)``: ``(*shape, D)``, the context broadcast over ``shape``'s
-           trailing dims (as :meth:`nfkit.Flow.sample` passes it).
+    With ``context > 0`` the weights, means and covariance factors are an MLP of the context
+    (hidden widths ``hidden``): a mixture density network (Bishop 1994), ``p(z | c)``. Its output
+    layer starts at zero weights and the unconditional starting values as bias (equal weights,
+    unit covariances, means drawn once from a seeded generator, so the components start apart).
+
+    Shapes:
+        ``log_prob``: z ``(*batch, D)``, context ``(*batch, C)`` → ``(*batch,)``;
+        ``rsample(shape, context)``: ``(*shape, D)``, the context broadcast over ``shape``'s
+        trailing dims (as :meth:`nfkit.Flow.sample` passes it).
     """
 
     def __init__(
