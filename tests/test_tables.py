@@ -118,12 +118,14 @@ def test_file_errors_are_one_line(tmp_path) -> None:
 
 
 _WRITTEN = ["t.csv", "t.tsv", "t.txt", "t.csv.gz", "t.tsv.bz2", "t.txt.xz", "t.csv.zip", "t.npy"]
+_ZSTD = pytest.mark.skipif(importlib.util.find_spec("zstandard") is None, reason="the zst extra")
 
 
 @pytest.mark.parametrize(
     "name",
     [
         *_WRITTEN,
+        pytest.param("t.csv.zst", marks=_ZSTD),
         pytest.param(
             "t.parquet",
             marks=pytest.mark.skipif(
@@ -150,6 +152,38 @@ def test_compressed_text_is_sniffed_like_plain_text(tmp_path) -> None:
     with pytest.warns(TableNote, match="dropped the unnamed first column"):
         got = nf.tables.read_table(tmp_path / "t.csv.gz")
     np.testing.assert_array_equal(got.to_numpy(), df.to_numpy())
+
+
+@_ZSTD
+def test_zstandard_tables_are_sniffed_and_corrupt_ones_refused(tmp_path) -> None:
+    """A ``.zst`` table (zstandard) is read like the other compressions: separator and decimal
+    comma sniffed through it; a file that is not zstandard data is a one-line error."""
+    import zstandard
+
+    text = "a;b\n1,5;2\n3,25;4\n"
+    (tmp_path / "t.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    got = nf.tables.read_table(tmp_path / "t.csv.zst")
+    np.testing.assert_array_equal(got.to_numpy(), [[1.5, 2.0], [3.25, 4.0]])
+    (tmp_path / "bad.csv.zst").write_text("not zstandard")
+    with pytest.raises(DataError, match="bad.csv.zst: cannot decompress as zstd") as info:
+        nf.tables.read_table(tmp_path / "bad.csv.zst")
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_zstandard_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard raises ImportError
+    (tmp_path / "t.csv.zst").write_bytes(b"anything")
+    for action in (
+        lambda: nf.tables.read_table(tmp_path / "t.csv.zst"),
+        lambda: nf.tables.write_table(_moons_frame(3), tmp_path / "o.csv.zst"),
+    ):
+        with pytest.raises(
+            DataError, match=r"need the zstandard package: pip install 'nfkit\[zst\]'"
+        ):
+            action()
+    assert not (tmp_path / "o.csv.zst").exists()
 
 
 def test_format_refusals_are_one_line(tmp_path) -> None:

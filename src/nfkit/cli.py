@@ -879,7 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "data",
-        help="the table: .csv/.tsv/.txt (separator and header detected; also .gz, .bz2, .xz, "
+        help="the table: .csv/.tsv/.txt (separator and header detected; also .gz, .bz2, .xz, .zst, "
         ".zip), .npy or .parquet",
     )
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
@@ -930,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         default=None,
-        help="table file, format by suffix: .csv .tsv .txt (also .gz .bz2 .xz .zip), .parquet, "
+        help="table file, format by suffix: .csv .tsv .txt (also .gz .bz2 .xz .zst .zip), .parquet, "
         ".npy (default: CSV to stdout)",
     )
     p.add_argument(

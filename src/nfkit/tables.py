@@ -53,7 +53,7 @@ class TableNote(UserWarning):
 
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _SUFFIXES = (*_TEXT_SUFFIXES, ".npy", ".parquet")
-_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
 
 
 def _table_format(path: Path) -> tuple[str, str | None]:
@@ -68,7 +68,7 @@ def _table_format(path: Path) -> tuple[str, str | None]:
         named = "".join(suffixes[-2:]) if compression else suffix
         raise DataError(
             f"{path}: unknown table file type {named or '(none)'!r}; expected {known}, "
-            "or a text table compressed as .gz, .bz2, .xz or .zip (data.csv.gz)"
+            "or a text table compressed as .gz, .bz2, .xz, .zst or .zip (data.csv.gz)"
         )
     if compression and suffix not in _TEXT_SUFFIXES:
         raise DataError(f"{path}: only text tables are read and written compressed, not {suffix}")
@@ -97,7 +97,7 @@ def _pyarrow(path: Path, doing: str) -> Any:
 def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
     """Write a DataFrame atomically (a temporary file, then a rename) in the format its suffix
     names: ``.csv``/``.txt`` (commas), ``.tsv`` (tabs), each also compressed as ``.gz``,
-    ``.bz2``, ``.xz`` or ``.zip``; ``.parquet`` (needs ``pyarrow``; column names kept); ``.npy``
+    ``.bz2``, ``.xz``, ``.zst`` (needs ``zstandard``) or ``.zip``; ``.parquet`` (needs ``pyarrow``; column names kept); ``.npy``
     (a float64 array, names dropped). The row index is not written. What :func:`read_table`
     reads back as the same table."""
     from nfkit.io import atomic_write
@@ -114,6 +114,8 @@ def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
         array = df.to_numpy(dtype=np.float64)
         return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
     options: Any = compression
+    if compression == "zstd":
+        _zstandard(path)  # a clear error when it is missing
     if compression == "zip":  # one member, named as the file without ".zip"
         options = {"method": "zip", "archive_name": path.stem}
     sep = "\t" if suffix == ".tsv" else ","
@@ -158,8 +160,36 @@ def _open_text(path: Path, compression: str | None) -> Any:
             archive.close()
             raise DataError(f"{path}: a .zip table must hold one file, found {len(members)}")
         return io.TextIOWrapper(archive.open(members[0]), **text)
+    if compression == "zstd":
+        return _zstandard(path).open(path, "rt", **text)
     opener = {None: open, "gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[compression]
     return opener(path, "rt", **text)
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What a corrupt compressed file raises (``zstandard``'s error when it is installed)."""
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        EOFError,
+        lzma.LZMAError,
+        zipfile.BadZipFile,
+    )
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _zstandard(path: Path) -> Any:
+    """The ``zstandard`` module (an optional dependency: ``pip install 'nfkit[zst]'``)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise DataError(
+            f"{path}: .zst tables need the zstandard package: pip install 'nfkit[zst]'"
+        ) from None
+    return zstandard
 
 
 def _sample_lines(path: Path, compression: str | None, limit: int = 50) -> list[str]:
@@ -267,7 +297,7 @@ def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
         ) from None
     except (pd.errors.ParserError, ValueError) as e:
         raise DataError(f"{path}: cannot parse as a table ({one_line(e, 80)})") from None
-    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile) as e:
+    except _decompression_errors() as e:
         if compression is None:
             raise
         raise DataError(
@@ -499,7 +529,7 @@ def read_table(
     allow_constant: bool = False,
     categories: bool | Categories = False,
 ) -> Any:
-    r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, each also as ``.gz``, ``.bz2``, ``.xz``
+    r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, each also as ``.gz``, ``.bz2``, ``.xz``, ``.zst``
     or a one-file ``.zip``; ``.npy``, ``.parquet``) into a float64 DataFrame.
 
     Text (``.csv``, ``.tsv``, ``.txt``, UTF-8): the separator is found from the first 50
