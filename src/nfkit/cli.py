@@ -381,7 +381,9 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise _UserError(f"--option {', '.join(repeated)} is given more than once")
-    angles = getattr(args, "angles", None) or {}  # nfkit demo has no --angles
+    every_angle = getattr(args, "angles", None) or {}  # nfkit demo has no --angles
+    given_angles = {col: span for col, span in every_angle.items() if col in given}
+    angles = {col: span for col, span in every_angle.items() if col not in given}
     model = args.model or ("ncsf" if angles else "nsf")
     if angles:
         _check_modelled(source, "--angles", angles, data_cols)
@@ -393,7 +395,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     flow = make_flow(
         model,
         len(data_cols),
-        context=len(given),
+        context=len(given) + len(given_angles),  # a given angle is read as (cos, sin)
         transforms=args.transforms,
         hidden=args.hidden,
         options=options,
@@ -435,7 +437,14 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     elif discrete is None and coded:
         discrete = coded
     flow = nf.models.standardize(
-        flow, x, c, columns=list(df.columns), given=given, bounds=bounds, discrete=discrete or None
+        flow,
+        x,
+        c,
+        columns=list(df.columns),
+        given=given,
+        bounds=bounds,
+        discrete=discrete or None,
+        context_angles=given_angles or None,
     )
     if categories:
         flow.config["categories"] = {
@@ -749,6 +758,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     if len(flow.event_shape) == 1:
         _, data, given = _schema(flow)
         print(f"  models: {', '.join(data)}" + (f" given {', '.join(given)}" if given else ""))
+        if config.get("context_angles"):
+            ranges = ", ".join(
+                f"{given[int(j)] if given else j} in [{low:g}, {high:g}]"
+                for j, low, high in config["context_angles"]
+            )
+            print(f"  given angles: {ranges} (read as (cos, sin): periodic)")
     else:
         print(f"  event shape: {tuple(flow.event_shape)} (not a table model)")
     count = sum(p.numel() for p in flow.parameters())
@@ -899,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="angle columns, each with its range (one period): phi,psi (radians, -pi:pi) or "
         "wind=0:360,phi=-180:180; modelled on the circle by ncsf (the default model then), the "
-        "other columns as usual",
+        "other columns as usual; a --given angle is read as (cos, sin) by any model",
     )
     p.add_argument(
         "--discrete",

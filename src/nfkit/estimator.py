@@ -100,10 +100,12 @@ class FlowDensity(DensityMixin, BaseEstimator):
             modelled by uniform dequantization (:class:`~nfkit.models.DequantizedFlow`):
             ``score_samples`` gives the log-probability of their integers (a density over the
             other columns) and ``sample`` draws integers there. Needs ``standardize``.
-        angles: Modelled columns that are angles (indices, or names with DataFrames), for
-            ``model="ncsf"``: modelled on the circle, the other columns as usual
-            (``nf.models.NCSF(..., angles=...)``). Their range is their ``bounds`` entry, one
-            period (``(0, 360)`` for compass degrees), or ``[-π, π]`` without one.
+        angles: Columns that are angles (indices, or names with DataFrames), or a dict of
+            them to their ranges ``(low, high)``, one period in their units (``(0, 360)`` for
+            compass degrees; default ``[-π, π]``). Modelled angles need ``model="ncsf"``: they
+            are modelled on the circle, the other columns as usual
+            (``nf.models.NCSF(..., angles=...)``). A given angle is read as a ``(cos, sin)``
+            pair by any model (``context_angles`` of :func:`nfkit.models.standardize`).
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -226,18 +228,56 @@ class FlowDensity(DensityMixin, BaseEstimator):
             out.append(self.data_indices_.index(i))
         return out
 
-    def _angle_options(self) -> dict[str, Any]:
-        """``model_options`` with ``angles`` as positions among the modelled columns."""
-        options = dict(self.model_options or {})
+    def _angles(self) -> tuple[dict[int, Any], dict[int, Any]]:
+        """``angles`` as ``{position: range or None}`` among the modelled columns and among
+        the given ones."""
         if self.angles is None:
-            return options
-        if str(self.model).lower() != "ncsf" or "angles" in options:
+            return {}, {}
+        spans = dict(self.angles) if isinstance(self.angles, dict) else None
+        keys = list(spans) if spans is not None else self.angles
+        modelled: dict[int, Any] = {}
+        given: dict[int, Any] = {}
+        for key, i in zip(
+            keys if not isinstance(keys, str | int) else [keys],
+            self._columns("angles", keys, self.n_features_in_),
+        ):
+            span = None if spans is None else spans[key]
+            if i in self.given_indices_:
+                given[self.given_indices_.index(i)] = span
+            else:
+                modelled[self.data_indices_.index(i)] = span
+        return modelled, given
+
+    def _angle_options(self, modelled: dict[int, Any]) -> dict[str, Any]:
+        """``model_options`` with the modelled angles' positions (``NCSF(angles=...)``)."""
+        options = dict(self.model_options or {})
+        if modelled and (str(self.model).lower() != "ncsf" or "angles" in options):
             raise ValueError(
-                "FlowDensity.fit: angles are for model='ncsf' (given once, not also in "
-                f"model_options), got model={self.model!r}"
+                "FlowDensity.fit: modelled angles are for model='ncsf' (given once, not also "
+                f"in model_options), got model={self.model!r}"
             )
-        options["angles"] = sorted(self._modelled("angles", self.angles))
+        if modelled:
+            options["angles"] = sorted(modelled)
         return options
+
+    def _bounds(self, modelled: dict[int, Any]) -> Any:
+        """``bounds`` with each modelled angle's range in its place (an angle's bounds are
+        its range; one given in both is an error)."""
+        ranged = {j: span for j, span in modelled.items() if span is not None}
+        if not ranged:
+            return self.bounds
+        d = len(self.data_indices_)
+        pairs: list[Any] = [(None, None)] * d
+        if self.bounds is not None:
+            single = len(self.bounds) == 2 and not isinstance(self.bounds[0], list | tuple)
+            pairs = [tuple(self.bounds)] * d if single else [tuple(p) for p in self.bounds]
+        for j, span in ranged.items():
+            if j < len(pairs) and tuple(pairs[j]) != (None, None):
+                raise ValueError(
+                    "FlowDensity.fit: an angle's range goes in angles or in bounds, not both"
+                )
+            pairs[j] = tuple(span)
+        return pairs
 
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         like = {"dtype": torch.float64, "device": self.device_}
@@ -270,15 +310,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         x, c = self._split(X)
         devices = [self.device_] if self.device_.type == "cuda" else []
+        modelled_angles, given_angles = self._angles()
+        if given_angles and not self.standardize:
+            raise ValueError("FlowDensity.fit: given angles need standardize=True")
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             flow = make_flow(
                 self.model,
                 len(self.data_indices_),
-                context=len(self.given_indices_),
+                context=len(self.given_indices_) + len(given_angles),  # angles: (cos, sin)
                 transforms=self.transforms,
                 hidden=self.hidden,
-                options=self._angle_options(),
+                options=self._angle_options(modelled_angles),
                 where="FlowDensity.fit",
             ).to(self.device_)
             if self.standardize:
@@ -290,8 +333,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     c,
                     columns=names,
                     given=given,
-                    bounds=self.bounds,
+                    bounds=self._bounds(modelled_angles),
                     discrete=self._discrete_columns(),
+                    context_angles=given_angles or None,
                 )
             elif self.bounds is not None or self.discrete is not None:
                 what = "bounds" if self.bounds is not None else "discrete"

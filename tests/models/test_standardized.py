@@ -165,3 +165,44 @@ def test_angles_beside_other_columns_keep_their_units() -> None:
     with torch.no_grad():
         expected = inner2.log_prob(z) - math.log(std) + math.log(scale)
         torch.testing.assert_close(plain.log_prob(x[:, :2]), expected)
+
+
+def test_given_angles_are_read_as_cos_sin_pairs() -> None:
+    """``context_angles``: a given angle (compass degrees) is mapped from its range onto
+    ``[-π, π]`` and read as ``(cos, sin)``, so the conditional density is the same at 0 and
+    360 degrees, and any value is accepted (the embedding wraps it); the inner flow takes
+    ``C + A`` context features; the config rebuilds it; mistakes are one-line errors."""
+    torch.manual_seed(0)
+    n = 400
+    wind, temp = torch.rand(n, dtype=torch.float64) * 360, torch.randn(n, dtype=torch.float64)
+    x = (2 + torch.cos(torch.deg2rad(wind)) + 0.2 * temp)[:, None]
+    c = torch.stack([temp, wind], -1)
+    inner = nf.models.NSF(1, context=3, transforms=1, hidden=(8,)).double()
+    nf.testing.perturb_parameters(inner, 0.3, 0)
+    flow = nf.models.standardize(
+        inner, x, c, columns=["y", "temp", "wind"], given=["temp", "wind"],
+        context_angles={"wind": (0, 360)},
+    )  # fmt: skip
+    assert flow.context_features == 2 and flow.config["context_angles"] == [[1, 0.0, 360.0]]
+    rows = torch.tensor([[1.0], [2.5]], dtype=torch.float64)
+    at = lambda degrees: flow.log_prob(rows, torch.tensor([[0.3, degrees]] * 2).double())  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(at(0.0), at(360.0), rtol=0, atol=1e-10)
+        torch.testing.assert_close(at(10.0), at(370.0), rtol=0, atol=1e-10)
+        assert (at(0.0) - at(180.0)).abs().max() > 1e-3  # the angle matters
+    rebuilt = nf.models.build(flow.config).double()
+    rebuilt.load_state_dict(flow.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.log_prob(x[:5], c[:5]), flow.log_prob(x[:5], c[:5]))
+    for angles, inner_context, message in (
+        ([1], 2, r"needs C \+ 1 context features for C context columns; it takes 2"),
+        (["speed"], 3, "must name context columns .* the context columns are 'temp', 'wind'"),
+        ({1: (360, 0)}, 3, "needs one finite range low < high"),
+        ({1: "north"}, 3, "must be \\(low, high\\)"),
+    ):
+        with pytest.raises(ValueError, match=message) as info:
+            nf.models.standardize(
+                nf.models.NSF(1, context=inner_context, transforms=1, hidden=(8,)), x, c,
+                columns=["y", "temp", "wind"], given=["temp", "wind"], context_angles=angles,
+            )  # fmt: skip
+        assert "\n" not in str(info.value)

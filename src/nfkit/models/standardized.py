@@ -26,6 +26,7 @@ from nfkit._checks import Interval, check_positive_int, shown
 from nfkit.core import Compose, Flow, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.models.dequantized import DequantizedFlow
+from nfkit.nn.mlp import PeriodicEmbedding
 from nfkit.tables import as_tensor
 from nfkit.transforms.elementwise import Affine, Bounded
 
@@ -33,15 +34,29 @@ __all__ = ["Standardized", "standardize", "ContextStandardize"]
 
 
 class ContextStandardize(nn.Module):
-    r"""Fixed context embedding ``c ↦ (c - mean) / scale`` (buffers; identity when new)."""
+    r"""Fixed context embedding ``c ↦ (c - mean) / scale`` (buffers; identity when new).
 
-    def __init__(self, features: int) -> None:
+    ``angles``: context columns that are angles. The same map sends each one's range onto
+    ``[-π, π]`` (``mean`` its centre, ``scale`` its half-width over ``π``), and the result is
+    read as a ``(cos, sin)`` pair (:class:`~nfkit.nn.PeriodicEmbedding`): the output has
+    ``C + len(angles)`` columns, and the flow is a continuous function of each angle across
+    its seam (any value is accepted: the embedding wraps it)."""
+
+    def __init__(self, features: int, angles: Sequence[int] = ()) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
+        self.angles = tuple(angles)
+        periods = tuple(2 * math.pi if j in self.angles else None for j in range(features))
+        self.embed = PeriodicEmbedding(features, periods)  # no weights: the state dict is kept
+
+    @property
+    def out_features(self) -> int:
+        """The width of the embedded context: ``C`` plus one sine per angle."""
+        return self.mean.shape[0] + len(self.angles)
 
     def forward(self, context: Tensor) -> Tensor:
-        return (context - self.mean) / self.scale
+        return self.embed((context - self.mean) / self.scale)
 
 
 def _fixed_columns(inner: Flow, features: int) -> list[int]:
@@ -167,6 +182,44 @@ def _check_inside(
         )
 
 
+def _check_context_angles(
+    where: str, angles: Any, labels: Sequence[str] | None
+) -> dict[int, tuple[float, float]]:
+    """``context_angles`` as ``{context column: (low, high)}``: from indices or names (among
+    ``labels``, the context columns' names), or a dict of them to ranges (default ``(-π, π)``)."""
+    if angles is None:
+        return {}
+    items = dict(angles) if isinstance(angles, dict) else dict.fromkeys(
+        [angles] if isinstance(angles, str | numbers.Integral) else list(angles)
+    )
+    out: dict[int, tuple[float, float]] = {}
+    for key, span in items.items():
+        if isinstance(key, str) and labels is not None and key in labels:
+            j = list(labels).index(key)
+        elif isinstance(key, numbers.Integral) and not isinstance(key, bool) and key >= 0:
+            j = int(key)
+        else:
+            known = f"; the context columns are {', '.join(map(repr, labels))}" if labels else ""
+            raise ValueError(
+                f"{where}: context_angles must name context columns (indices or names), "
+                f"got {shown(key)}{known}"
+            )
+        try:
+            low, high = (-math.pi, math.pi) if span is None else (float(span[0]), float(span[1]))
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(
+                f"{where}: the range of context angle {shown(key)} must be (low, high), "
+                f"got {shown(span)}"
+            ) from None
+        if not (math.isfinite(low) and math.isfinite(high) and low < high) or j in out:
+            raise ValueError(
+                f"{where}: context angle {shown(key)} needs one finite range low < high, "
+                f"got {shown(span)}"
+            )
+        out[j] = (low, high)
+    return out
+
+
 def _whole_columns(x: Tensor) -> list[int]:
     """Indices of the columns of ``x`` ``(n, D)`` whose values are all finite whole numbers."""
     if x.dim() != 2:
@@ -181,6 +234,7 @@ def _wrap(
     context: int,
     bounds: list[tuple[float, float]] | None = None,
     discrete: list[int] | None = None,
+    context_angles: Sequence[int] = (),
 ) -> Flow:
     """The standardized flow around ``inner`` (statistics at the identity; :func:`standardize`
     sets them). Layers in front of the inner flow's: a :class:`~nfkit.transforms.Bounded` when
@@ -190,7 +244,7 @@ def _wrap(
     layers = list(inner.transform) if isinstance(inner.transform, Compose) else [inner.transform]
     embedding: nn.Module | None = inner.embedding
     if context > 0:
-        scaler = ContextStandardize(context)
+        scaler = ContextStandardize(context, context_angles)
         embedding = scaler if embedding is None else nn.Sequential(scaler, embedding)
     fixed = _fixed_columns(inner, features)
     bad = [j for j in discrete or [] if j in fixed]
@@ -260,6 +314,7 @@ def Standardized(
     bounds: Bounds | None = None,
     discrete: Sequence[int] | None = None,
     categories: dict[str, list[str]] | None = None,
+    context_angles: Sequence[Sequence[float]] | None = None,
 ) -> Flow:
     r"""A flow of ``inner = nf.models.build(flow)`` behind a fixed standardization of x (and c).
 
@@ -279,19 +334,24 @@ def Standardized(
         categories: Optional labels of category columns, ``{name: labels}``, recorded only (the
             table holds their codes ``0 … K-1``; ``nfkit fit`` writes it, ``sample`` and
             ``score`` read it).
+        context_angles: Optional ``[j, low, high]`` per context column ``j`` that is an angle
+            with that range (see :func:`standardize`); the inner flow then takes
+            ``C + len(context_angles)`` context features.
     """
     features = check_positive_int("Standardized", "features", features)
     context = check_positive_int("Standardized", "context", context, minimum=0)
     if not isinstance(flow, dict) or "model" not in flow:
         raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
     inner = build(flow)
-    _check_inner("Standardized", inner, features, context)
+    angles = [int(entry[0]) for entry in context_angles or ()]
+    _check_inner("Standardized", inner, features, context + len(angles))
     return _wrap(
         inner,
         features,
         context,
         _check_bounds("Standardized", bounds, features),
         _check_discrete("Standardized", discrete, features),
+        angles,
     )
 
 
@@ -337,6 +397,7 @@ def standardize(
     given: Sequence[str] | None = None,
     bounds: Bounds | None = None,
     discrete: Sequence[int | str] | str | None = None,
+    context_angles: Any = None,
 ) -> Flow:
     r"""Wrap ``flow`` (keeping its weights) in a :func:`Standardized` flow fitted on ``x`` (and c).
 
@@ -370,6 +431,12 @@ def standardize(
             on ``v + u``, ``u`` uniform in the unit cell (``2⁻¹²`` from its edges), whose ``log_prob`` is the log-probability of the
             integers (a density over the other columns) and whose samples are integers there.
             The statistics are those of one dequantized draw of ``x`` (a fixed seed).
+        context_angles: Context columns that are angles: indices or names from ``given``, or a
+            dict of them to their ranges ``(low, high)``, one period in the table's units
+            (default ``(-π, π)``). Each is read as a ``(cos, sin)`` pair
+            (:class:`ContextStandardize`), so ``flow`` must take ``C + A`` context features
+            for ``C`` context columns of which ``A`` are angles: ``p(x | c)`` is then continuous
+            across each angle's seam (a dihedral given, the bond lengths modelled).
 
     Example:
         >>> import nfkit as nf
@@ -384,18 +451,21 @@ def standardize(
     if len(flow.event_shape) != 1:
         raise ValueError(f"{where}: only vector flows, got event shape {tuple(flow.event_shape)}")
     features = int(flow.event_shape[0])
-    ctx = flow.context_features
-    if (context is None) != (ctx == 0):
-        raise ValueError(
-            f"{where}: flow takes context of size {ctx} but context was "
-            f"{'not given' if context is None else 'given'}"
-        )
     x_labels = None
     c_labels = None
     if columns is not None:
         given_set = set(given or ())
         x_labels = [c for c in columns if c not in given_set]
         c_labels = [c for c in columns if c in given_set]
+    if context_angles is not None and context is None:
+        raise ValueError(f"{where}: context_angles need a context")
+    angle_ranges = _check_context_angles(where, context_angles, c_labels)
+    ctx = flow.context_features - len(angle_ranges)  # the context columns
+    if (context is None) != (flow.context_features == 0):
+        raise ValueError(
+            f"{where}: flow takes context of size {flow.context_features} but context was "
+            f"{'not given' if context is None else 'given'}"
+        )
     x = as_tensor(x, where, "x")  # a Tensor (its dtype kept), NumPy array or DataFrame
     if x.dim() == 2 and x.shape[1] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
@@ -409,7 +479,13 @@ def standardize(
     if isinstance(discrete, str) and discrete == "auto":  # never an angle
         discrete = [j for j in _whole_columns(x) if j not in fixed] or None
     cells = _check_discrete(where, discrete, features, x_labels)
-    out = _wrap(flow, features, ctx, support, cells)
+    if ctx < 1 and context is not None or any(j >= ctx for j in angle_ranges):
+        raise ValueError(
+            f"{where}: with {len(angle_ranges)} context angle(s) read as (cos, sin) pairs, the "
+            f"flow needs C + {len(angle_ranges)} context features for C context columns; it "
+            f"takes {flow.context_features}"
+        )
+    out = _wrap(flow, features, ctx, support, cells, sorted(angle_ranges))
     out.config = {
         "model": "Standardized",
         "features": features,
@@ -420,6 +496,8 @@ def standardize(
         "bounds": _plain_bounds(support),
         "discrete": cells,
     }
+    if angle_ranges:  # recorded only when used: configs of flows without them are unchanged
+        out.config["context_angles"] = [[j, *angle_ranges[j]] for j in sorted(angle_ranges)]
     first = 1 if support is not None else 0  # the Affine follows the Bounded layer
     if fixed:  # each angle inside its range (the other columns are checked below)
         _check_inside(where, x[..., fixed], out.transform.domain, fixed, x_labels)
@@ -463,6 +541,8 @@ def standardize(
                 if isinstance(out.embedding, ContextStandardize)
                 else out.embedding[0]
             )  # type: ignore[index]
+            for j, (low, high) in angle_ranges.items():  # the range onto [-π, π]
+                cmean[j], cstd[j] = (low + high) / 2, (high - low) / (2 * math.pi)
             scaler.mean.copy_(cmean.to(**like))
             scaler.scale.copy_(cstd.to(**like))
     return out
