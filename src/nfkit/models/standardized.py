@@ -189,8 +189,12 @@ def _check_context_angles(
     ``labels``, the context columns' names), or a dict of them to ranges (default ``(-π, π)``)."""
     if angles is None:
         return {}
-    items = dict(angles) if isinstance(angles, dict) else dict.fromkeys(
-        [angles] if isinstance(angles, str | numbers.Integral) else list(angles)
+    items = (
+        dict(angles)
+        if isinstance(angles, dict)
+        else dict.fromkeys(
+            [angles] if isinstance(angles, str | numbers.Integral) else list(angles)
+        )
     )
     out: dict[int, tuple[float, float]] = {}
     for key, span in items.items():
@@ -479,11 +483,16 @@ def standardize(
     if isinstance(discrete, str) and discrete == "auto":  # never an angle
         discrete = [j for j in _whole_columns(x) if j not in fixed] or None
     cells = _check_discrete(where, discrete, features, x_labels)
-    if ctx < 1 and context is not None or any(j >= ctx for j in angle_ranges):
+    if ctx < 1 and context is not None:
         raise ValueError(
             f"{where}: with {len(angle_ranges)} context angle(s) read as (cos, sin) pairs, the "
             f"flow needs C + {len(angle_ranges)} context features for C context columns; it "
             f"takes {flow.context_features}"
+        )
+    if any(j >= ctx for j in angle_ranges):
+        raise ValueError(
+            f"{where}: context angle column {max(angle_ranges)} is out of range for {ctx} "
+            f"context columns (a flow of C + A context features for C columns, A of them angles)"
         )
     out = _wrap(flow, features, ctx, support, cells, sorted(angle_ranges))
     out.config = {
