@@ -56,7 +56,8 @@ class ContextStandardize(nn.Module):
         return self.mean.shape[0] + len(self.angles)
 
     def forward(self, context: Tensor) -> Tensor:
-        return self.embed((context - self.mean) / self.scale)
+        scaled = (context - self.mean) / self.scale
+        return self.embed(scaled) if self.angles else scaled
 
 
 def _fixed_columns(inner: Flow, features: int) -> list[int]:

@@ -133,7 +133,8 @@ class MADE(PackedLayers):
         the one feature each pass settles.
         """
         layers = self.layers() if layers is None else layers
-        x = self.embed(x)
+        if self.period is not None:  # (no module call otherwise: this runs D times a sample)
+            x = self.embed(x)
         h = broadcast_cat(x, context) if self.context else x
         if not self.residual:
             return self.activate(self.chain(h, layers[:-1]))

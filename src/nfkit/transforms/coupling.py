@@ -49,7 +49,9 @@ class MLPConditioner(nn.Module):
         self.net = MLP(width + context, out_features, hidden, residual=residual)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.net(broadcast_cat(self.embed(x), context))
+        if self.period is not None:
+            x = self.embed(x)
+        return self.net(broadcast_cat(x, context))
 
 
 class Coupling(Transform):
