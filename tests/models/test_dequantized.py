@@ -219,9 +219,14 @@ def test_noise_at_a_cells_edge_stays_finite_at_a_bound(monkeypatch, draw: float)
 @given(low=st.integers(-50, 50), span=st.integers(1, 8), seed=st.integers(0, 10_000))
 def test_any_bounded_integer_range_gets_probability_one(low: int, span: int, seed: int) -> None:
     """Property: for integers ``low … low + span`` (the bounds), a perturbed discrete flow's
-    probabilities of those integers sum to one and its samples are those integers. 1024
-    points: a perturbed flow's density can be sharp inside a cell near a bound, where 64
-    points miss up to 15% of a cell's mass (a trained flow's is flat inside its cells)."""
+    estimated probabilities of those integers sum to the mass of the trimmed cells
+    ``[v + ε, v + 1 - ε]`` (one, less the edges), computed exactly through the 1-D map as
+    ``Φ(z(v + 1 - ε)) - Φ(z(v + ε))``, and its samples are those integers. A perturbed flow's
+    density can be sharp inside a cell near a bound (a trained flow's is flat inside its
+    cells): 64 points miss up to 15% of a cell's mass and 1024 up to 6%, so the test takes
+    16384 (worst relative error 0.23% over 300 random draws of the arguments). It can also pile
+    mass into the trimmed edges at the bounds (11% at low=0, span=1, seed=1378), which is why
+    the sum is compared with the trimmed cells' mass and not with one."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(low, low + span + 1, (64, 1), generator=g).double()
     x[:2, 0] = torch.tensor([low, low + span], dtype=torch.float64)  # not constant
@@ -231,8 +236,14 @@ def test_any_bounded_integer_range_gets_probability_one(low: int, span: int, see
     nf.testing.perturb_parameters(flow, 0.3, seed)
     flow.eval()
     v = torch.arange(low, low + span + 1, dtype=torch.float64)[:, None]
+    from nfkit.models.dequantized import EDGE
+
     with torch.no_grad():
-        total = flow.log_prob(v, draws=1024).exp().sum().item()
+        total = flow.log_prob(v, draws=16384).exp().sum().item()
         s = flow.sample(200)
-    assert abs(total - 1) < 2e-2
+        ends = torch.cat([v + EDGE, v + 1 - EDGE], -1).reshape(-1, 1)  # each cell's trimmed ends
+        z = flow.transform(ends)[0].reshape(-1, 2)
+        trimmed = (torch.special.ndtr(z[:, 1]) - torch.special.ndtr(z[:, 0])).sum().item()
+    assert trimmed > 0.5  # what the trimmed cells hold is most of the mass
+    assert abs(total - trimmed) < 2e-2 * trimmed
     assert bool((s == s.floor()).all() & (s >= low).all() & (s <= low + span).all())
