@@ -142,17 +142,23 @@ def check_like(where: str, name: str, x: Tensor, like: Tensor | None) -> None:
         )
 
 
-def check_support(where: str, name: str, x: Tensor, domain: Interval) -> None:
+def check_support(
+    where: str, name: str, x: Tensor, domain: Interval, labels: Sequence[str] | None = None
+) -> None:
+    """``x`` inside ``domain`` (per column of the last dim), or a one-line error naming the
+    column: by its label when ``labels`` (one per column) are given, else by index."""
     if domain.is_real:
         return
     inside = domain.contains(x)
     if not bool(inside.all()):
         first = torch.nonzero(~inside)[0]
         bad = x[tuple(first)].item()
-        column = domain.at(int(first[-1]))
+        j = int(first[-1])
+        column = domain.at(j)
         if column is not domain:  # supports differ by column: name the column and its own
             domain = column
-            name = f"{name} column {int(first[-1])}"
+            label = repr(labels[j]) if labels is not None and len(labels) > j else str(j)
+            name = f"{name} column {label}"
         hint = ""
         if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):
             hint = (

@@ -367,6 +367,14 @@ class Flow(nn.Module):
             return context
         return self.embedding(context)
 
+    def _column_labels(self) -> list[str] | None:
+        """The modelled columns' names (a table model's ``config``: its columns less the given
+        ones), or None; errors name columns by them."""
+        config = self.config or {}
+        given = set(config.get("given") or ())
+        names = [c for c in config.get("columns") or () if c not in given]
+        return names if len(self.event_shape) == 1 and len(names) == self.event_shape[0] else None
+
     def _check_x(
         self,
         where: str,
@@ -383,7 +391,7 @@ class Flow(nn.Module):
         check_like(where, xn, check_tensor(where, xn, x), like)  # before reading any value
         check_event(where, xn, x, self.event_shape, values=values)
         if values:
-            check_support(where, xn, x, self.transform.domain)
+            check_support(where, xn, x, self.transform.domain, self._column_labels())
         if context is not None and self.context_features:
             check_like(where, cn, check_tensor(where, cn, context), like)
         check_context(where, context, self.context_features, values=values, name=cn)

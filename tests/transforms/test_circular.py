@@ -288,6 +288,9 @@ def test_flow_density_and_cli_on_angles_beside_other_columns(tmp_path, capsys) -
     assert main(["score", model, str(tmp_path / "t.csv"), "-o", str(tmp_path / "l.csv")]) == 0
     assert np.isfinite(pd.read_csv(tmp_path / "l.csv")["log_density"]).all()
     capsys.readouterr()
+    df.assign(wind=df["wind"] + 360).to_csv(tmp_path / "off.csv", index=False)
+    assert main(["score", model, str(tmp_path / "off.csv")]) == 1  # the column by its name
+    assert "x column 'wind' has values outside the support [0, 360]" in capsys.readouterr().err
     for extra, message in (
         (["--angles", "phi", "--model", "maf"], "--angles needs --model ncsf"),
         (["--angles", "phi,wind"], "column 'wind' has values outside its bounds"),

@@ -146,9 +146,8 @@ class DequantizedFlow(Flow):
     # ------------------------------------------------------------------ checks
 
     def _label(self, j: int) -> str:
-        columns, given = self.config.get("columns"), set(self.config.get("given") or ())
-        names = [c for c in columns or () if c not in given]
-        return repr(names[j]) if len(names) == self.event_shape[0] else str(j)
+        names = self._column_labels()
+        return repr(names[j]) if names is not None else str(j)
 
     def _check_x(
         self,
