@@ -54,7 +54,8 @@ def _params(cases: dict, features_attr: str = "features"):
     out = []
     for name, case in cases.items():
         for d in case.features:
-            for use_ctx in (False, True) if case.context else (False,):
+            uses = (False, True) if case.context else (False,)
+            for use_ctx in (True,) if getattr(case, "needs_context", False) else uses:
                 out.append(
                     pytest.param(name, d, use_ctx, id=f"{name}-D{d}{'-ctx' if use_ctx else ''}")
                 )
@@ -281,7 +282,10 @@ def test_coverage_guard() -> None:
             missing.append(name)
     assert not missing, f"transforms without a case in tests/cases: {missing}"
     factories = [n for n in nf.models.__all__ if n in nf.models.FACTORIES]
-    covered = {case.make(2, 0).config["model"] for case in MODELS.values()}
+    covered = {
+        case.make(2, CONTEXT if case.needs_context else 0).config["model"]
+        for case in MODELS.values()
+    }
     assert not [n for n in factories if n not in covered], (
         f"factories without a case: {set(factories) - covered}"
     )

@@ -19,10 +19,11 @@ __all__ = ["FlowDensity", "make_flow", "model_names"]
 
 
 def model_names() -> dict[str, str]:
-    """Case-insensitive names of the registered factories: ``{"nsf": "NSF", ...}``."""
+    """Case-insensitive names of the registered factories: ``{"nsf": "NSF", ...}`` (not the
+    wrappers of another flow's config, ``Standardized`` and ``Embedded``)."""
     from nfkit.models import FACTORIES
 
-    return {name.lower(): name for name in FACTORIES if name != "Standardized"}
+    return {name.lower(): name for name in FACTORIES if name not in ("Standardized", "Embedded")}
 
 
 def make_flow(

@@ -41,6 +41,7 @@ class ModelCase:
     perturb: float = 0.1
     atol_inverse: float = 1e-8
     train_first: bool = False
+    needs_context: bool = False  # built and checked with a context only (``Embedded``)
 
 
 TRANSFORMS: dict[str, Case] = {}

@@ -1,5 +1,5 @@
-"""Cases for the ``Standardized`` factory (standardization stored in the model), non-trivial stats,
-and with per-column ``bounds``."""
+"""Cases for the wrapping factories: ``Standardized`` (standardization stored in the model),
+non-trivial stats, and with per-column ``bounds``; ``Embedded`` (a learned context summary)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,14 @@ def _bounded(d: int, c: int) -> nf.Flow:
     return nf.models.standardize(inner, x, context, bounds=bounds)
 
 
+def _embedded(d: int, c: int) -> nf.Flow:
+    """A summary network of the raw context (``c`` features) into a 2-feature inner context."""
+    inner = nf.models.NSF(d, context=2, transforms=2, hidden=(8,), bins=4)
+    return nf.models.Embedded(d, flow=inner.config, context=c, hidden=(8,))
+
+
 MODELS: dict[str, ModelCase] = {
+    "Embedded": ModelCase(_embedded, needs_context=True),
     "Standardized": ModelCase(_standardized),
     "Standardized-bounds": ModelCase(_bounded),
 }

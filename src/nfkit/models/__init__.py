@@ -9,6 +9,7 @@ from nfkit.models._registry import FACTORIES, build, factory, learning_rate, mak
 from nfkit.models.classic import IAF, MAF, NCSF, NICE, NSF, Planar, Radial, RealNVP, Sylvester
 from nfkit.models.continuous import FFJORD
 from nfkit.models.dequantized import DequantizedFlow
+from nfkit.models.embedded import Embedded
 from nfkit.models.gaussianization import GF, RBIG, RBIGFlow
 from nfkit.models.image import Glow, MultiscaleRealNVP
 from nfkit.models.mixture import GMM
@@ -41,6 +42,7 @@ __all__ = [
     "ResidualFlow",
     "Standardized",
     "standardize",
+    "Embedded",
     "DequantizedFlow",
     "FACTORIES",
     "build",
