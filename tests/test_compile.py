@@ -32,6 +32,9 @@ FACTORIES = {
     "NCSF": lambda: nf.models.NCSF(3, transforms=2, bins=4, **SMALL),
     "NCSF-coupling": lambda: nf.models.NCSF(3, transforms=2, bins=4, coupling=True, **SMALL),
     "NCSF-mixed": lambda: nf.models.NCSF(3, angles=[1], transforms=2, bins=4, **SMALL),
+    "Embedded": lambda: nf.models.Embedded(
+        3, flow=nf.models.NSF(3, context=2, transforms=2, bins=4, **SMALL).config, context=5
+    ),
     "NCSF-mixed-coupling": lambda: nf.models.NCSF(
         3, angles=[0], transforms=2, bins=4, coupling=True, **SMALL
     ),
