@@ -392,15 +392,23 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
         if "angles" in options:
             raise _UserError("give the angles once: --angles, or --option angles=")
         options["angles"] = [data_cols.index(col) for col in data_cols if col in angles]
+    context = len(given) + len(given_angles)  # a given angle is read as (cos, sin)
+    summary = getattr(args, "summary", None)  # nfkit demo has no --summary
+    if summary is not None and not given:
+        raise _UserError("--summary is the size of a learned summary of the --given columns")
     flow = make_flow(
         model,
         len(data_cols),
-        context=len(given) + len(given_angles),  # a given angle is read as (cos, sin)
+        context=context if summary is None else summary,
         transforms=args.transforms,
         hidden=args.hidden,
         options=options,
         where="nfkit fit",
     )
+    if summary is not None:  # an MLP from the (standardized) given columns to `summary` features
+        flow = nf.models.Embedded(
+            len(data_cols), flow=flow.config, context=context, hidden=args.hidden
+        )
     spec = getattr(args, "bounds", None) or {}  # nfkit demo has no --bounds
     _check_modelled(source, "--bounds", spec, data_cols)
     categories = df.attrs.get("categories") or {}
@@ -728,8 +736,17 @@ def cmd_info(args: argparse.Namespace) -> None:
         return
     config = flow.config
     inner = config.get("flow", config)  # Standardized keeps the inner flow's config
+    embedded = inner if inner.get("model") == "Embedded" else None
+    if embedded is not None:  # the summary network's own line, below
+        inner = embedded["flow"]
     settings = ", ".join(f"{k}={v}" for k, v in inner.items() if k != "model")
     print(f"{args.model}: {inner['model']}({settings})")
+    if embedded is not None:
+        hidden = ", ".join(map(str, embedded["hidden"]))
+        print(
+            f"  summary: an MLP ({hidden}) of the {embedded['context']} context features into "
+            f"the model's {inner['context']}, trained with it"
+        )
     if config["model"] == "Standardized":
         _, data, _ = _schema(flow)
         support = flow.transform.domain
@@ -900,6 +917,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
     p.add_argument(
         "--given", default=None, help="context columns a,b: fit p(other columns | a, b)"
+    )
+    p.add_argument(
+        "--summary",
+        type=_positive,
+        default=None,
+        help="with many --given columns: condition on K features of a learned summary network "
+        "of them (an MLP of --hidden widths, trained with the model; nf.models.Embedded)",
+        metavar="K",
     )
     p.add_argument(
         "--bounds",

@@ -55,3 +55,31 @@ def test_bad_settings_are_one_line() -> None:
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match=r"event shape \(3,\)"):
         nf.models.Embedded(3, flow=conditional, context=5)
+
+
+def test_command_line_summary_of_the_given_columns(tmp_path, capsys) -> None:
+    """``nfkit fit --given ... --summary K`` wraps the model in ``Embedded``: ``nfkit info`` names
+    the summary network, sampling takes the raw given values; ``--summary`` without ``--given``
+    is a one-line error."""
+    import numpy as np
+    import pandas as pd
+
+    from nfkit.cli import main
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=300)
+    table = pd.DataFrame(theta[:, None] + rng.normal(size=(300, 6)), columns=list("abcdef"))
+    table.insert(0, "theta", theta)
+    table.to_csv(tmp_path / "sims.csv", index=False)
+    model = str(tmp_path / "m.pt")
+    fit = ["fit", str(tmp_path / "sims.csv"), "--steps", "5", "--hidden", "8", "-q"]
+    assert main([*fit, "--given", "a,b,c,d,e,f", "--summary", "2", "--out", model]) == 0
+    assert main(["info", model]) == 0
+    out = capsys.readouterr().out
+    assert "NSF(features=1, context=2" in out
+    assert "summary: an MLP (8) of the 6 context features into the model's 2" in out
+    given = ",".join(f"{c}=0.5" for c in "abcdef")
+    assert main(["sample", model, "--given", given, "-n", "3", "--seed", "0"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4  # header and three rows
+    assert main([*fit, "--summary", "2", "--out", model]) == 1
+    assert "--summary is the size of a learned summary of the --given" in capsys.readouterr().err
