@@ -107,6 +107,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
             are modelled on the circle, the other columns as usual
             (``nf.models.NCSF(..., angles=...)``). A given angle is read as a ``(cos, sin)``
             pair by any model (``context_angles`` of :func:`nfkit.models.standardize`).
+        summary: With many given columns: condition on this many features of a learned
+            summary network of them, an MLP of ``hidden`` widths trained with the model
+            (:func:`nfkit.models.Embedded`). None: the given columns as they are.
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -150,6 +153,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         bounds: Any = None,
         discrete: Any = None,
         angles: Any = None,
+        summary: int | None = None,
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -170,6 +174,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.bounds = bounds
         self.discrete = discrete
         self.angles = angles
+        self.summary = summary
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -300,7 +305,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> FlowDensity:
         """Fit the flow to the rows of ``X`` (``y`` is ignored)."""
-        from nfkit.models import standardize
+        from nfkit.models import Embedded, standardize
         from nfkit.train import fit
 
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
@@ -314,17 +319,25 @@ class FlowDensity(DensityMixin, BaseEstimator):
         modelled_angles, given_angles = self._angles()
         if given_angles and not self.standardize:
             raise ValueError("FlowDensity.fit: given angles need standardize=True")
+        context = len(self.given_indices_) + len(given_angles)  # given angles: (cos, sin)
+        if self.summary is not None and not context:
+            raise ValueError("FlowDensity.fit: summary is the size of a summary of given columns")
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             flow = make_flow(
                 self.model,
                 len(self.data_indices_),
-                context=len(self.given_indices_) + len(given_angles),  # angles: (cos, sin)
+                context=context if self.summary is None else self.summary,
                 transforms=self.transforms,
                 hidden=self.hidden,
                 options=self._angle_options(modelled_angles),
                 where="FlowDensity.fit",
-            ).to(self.device_)
+            )
+            if self.summary is not None:  # a learned summary of the given columns
+                flow = Embedded(
+                    len(self.data_indices_), flow=flow.config, context=context, hidden=self.hidden
+                )
+            flow = flow.to(self.device_)
             if self.standardize:
                 names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
                 given = None if names is None else [names[i] for i in self.given_indices_]

@@ -83,3 +83,23 @@ def test_command_line_summary_of_the_given_columns(tmp_path, capsys) -> None:
     assert len(capsys.readouterr().out.strip().splitlines()) == 4  # header and three rows
     assert main([*fit, "--summary", "2", "--out", model]) == 1
     assert "--summary is the size of a learned summary of the --given" in capsys.readouterr().err
+
+
+def test_flow_density_summary() -> None:
+    """``FlowDensity(summary=K)`` wraps the model in ``Embedded``; without given columns it is a
+    one-line error."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(300, 1))
+    data = np.hstack([theta, theta + rng.normal(size=(300, 6))])
+    est = nf.FlowDensity(
+        "maf", given=[1, 2, 3, 4, 5, 6], summary=2, transforms=1, hidden=(8,), steps=10,
+        random_state=0,
+    ).fit(data)  # fmt: skip
+    assert est.flow_.config["flow"]["model"] == "Embedded"
+    assert est.flow_.config["flow"]["flow"]["context"] == 2
+    assert np.isfinite(est.score_samples(data[:5])).all()
+    assert est.sample(4, context=data[0, 1:], random_state=0).shape == (4, 7)
+    with pytest.raises(ValueError, match="summary is the size of a summary of given columns"):
+        nf.FlowDensity("maf", summary=2, steps=2).fit(data)
