@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -143,10 +143,15 @@ def check_like(where: str, name: str, x: Tensor, like: Tensor | None) -> None:
 
 
 def check_support(
-    where: str, name: str, x: Tensor, domain: Interval, labels: Sequence[str] | None = None
+    where: str,
+    name: str,
+    x: Tensor,
+    domain: Interval,
+    labels: Callable[[], Sequence[str] | None] | None = None,
 ) -> None:
     """``x`` inside ``domain`` (per column of the last dim), or a one-line error naming the
-    column: by its label when ``labels`` (one per column) are given, else by index."""
+    column: by its label when ``labels()`` (called only then) gives one per column, else by
+    index."""
     if domain.is_real:
         return
     inside = domain.contains(x)
@@ -157,7 +162,8 @@ def check_support(
         column = domain.at(j)
         if column is not domain:  # supports differ by column: name the column and its own
             domain = column
-            label = repr(labels[j]) if labels is not None and len(labels) > j else str(j)
+            names = None if labels is None else labels()
+            label = repr(names[j]) if names is not None and len(names) > j else str(j)
             name = f"{name} column {label}"
         hint = ""
         if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):

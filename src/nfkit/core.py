@@ -391,7 +391,7 @@ class Flow(nn.Module):
         check_like(where, xn, check_tensor(where, xn, x), like)  # before reading any value
         check_event(where, xn, x, self.event_shape, values=values)
         if values:
-            check_support(where, xn, x, self.transform.domain, self._column_labels())
+            check_support(where, xn, x, self.transform.domain, self._column_labels)
         if context is not None and self.context_features:
             check_like(where, cn, check_tensor(where, cn, context), like)
         check_context(where, context, self.context_features, values=values, name=cn)
