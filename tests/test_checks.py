@@ -107,4 +107,6 @@ def test_interval_closed_per_column() -> None:
         [True, False, True], [True, False, True], [True, True, True], [False, False, True]
     ]  # fmt: skip
     assert support.at(0) == Interval(-1.0, 1.0, True) and support.at(2).is_real
+    assert support.at(0).is_circle and not support.at(1).is_circle  # closed and bounded
+    assert not support.at(2).is_circle and not support.is_circle
     assert str(support) == "per column [-1, 1], (0, 2), the real line"

@@ -35,6 +35,14 @@ class Interval:
         return any(isinstance(v, tuple) for v in (self.low, self.high, self.closed))
 
     @property
+    def is_circle(self) -> bool:
+        """Whether this is one coordinate's closed, bounded support: an angle's circle."""
+        if self._per_column():
+            return False
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        return bool(self.closed) and math.isfinite(low) and math.isfinite(high)
+
+    @property
     def is_real(self) -> bool:
         low, high = self._ends()
         return all(v == -math.inf for v in low) and all(v == math.inf for v in high)
@@ -166,7 +174,7 @@ def check_support(
             label = repr(names[j]) if names is not None and len(names) > j else str(j)
             name = f"{name} column {label}"
         hint = ""
-        if domain.closed and math.isfinite(domain.low) and math.isfinite(domain.high):
+        if domain.is_circle:
             hint = (
                 "; for angles, wrap them into it, or give their range (nfkit fit: --angles "
                 "NAME=-180:180; nf.models.standardize: bounds)"

@@ -427,10 +427,8 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             f"{source}: --angles column(s) {', '.join(map(repr, clash))} {what}; an angle's "
             "range goes in --angles NAME=LOW:HIGH"
         )
-    domain = flow.transform.domain  # an angle without a range: the model's interval
-    for col in angles:
-        own = domain.at(data_cols.index(col))
-        spec[col] = angles[col] or (float(own.low), float(own.high))
+    # an angle's range is its bounds (without one, standardize takes the model's interval)
+    spec.update({col: span for col, span in angles.items() if span is not None})
     bounds = [spec.get(col, (None, None)) for col in data_cols] if spec else None
     discrete = getattr(args, "discrete", None)  # nfkit demo has no --discrete
     if isinstance(discrete, list):
@@ -654,11 +652,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _angle_columns(flow: Any) -> list[int]:
     """The modelled columns that are angles: on a closed, bounded support (a circle)."""
     support = flow.transform.domain
-    return [j for j in range(flow.event_shape[0]) if _is_circle(support.at(j))]
-
-
-def _is_circle(support: Any) -> bool:
-    return bool(support.closed) and math.isfinite(support.low) and math.isfinite(support.high)
+    return [j for j in range(flow.event_shape[0]) if support.at(j).is_circle]
 
 
 def _bounds_text(flow: Any) -> str:

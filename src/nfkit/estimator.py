@@ -3,6 +3,7 @@ r"""scikit-learn estimator: :class:`FlowDensity`, a normalizing flow as a densit
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -272,17 +273,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
         ranged = {j: span for j, span in modelled.items() if span is not None}
         if not ranged:
             return self.bounds
+        from nfkit.models.standardized import _check_bounds
+
         d = len(self.data_indices_)
-        pairs: list[Any] = [(None, None)] * d
-        if self.bounds is not None:
-            single = len(self.bounds) == 2 and not isinstance(self.bounds[0], list | tuple)
-            pairs = [tuple(self.bounds)] * d if single else [tuple(p) for p in self.bounds]
+        pairs = _check_bounds("FlowDensity.fit", self.bounds, d) or [(-math.inf, math.inf)] * d
         for j, span in ranged.items():
-            if j < len(pairs) and tuple(pairs[j]) != (None, None):
+            if pairs[j] != (-math.inf, math.inf):
                 raise ValueError(
                     "FlowDensity.fit: an angle's range goes in angles or in bounds, not both"
                 )
-            pairs[j] = tuple(span)
+            pairs[j] = tuple(span)  # type: ignore[assignment]
         return pairs
 
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:

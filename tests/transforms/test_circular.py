@@ -208,6 +208,8 @@ def test_per_column_transformer_bad_settings() -> None:
         nf.models.NCSF(3, angles=[0, 3])
     with pytest.raises(ValueError, match="angles must be distinct"):
         nf.models.NCSF(3, angles=[1, 1])
+    with pytest.raises(ValueError, match="NCSF: real_bound must be a finite number > 0"):
+        nf.models.NCSF(3, angles=[1], real_bound=-1.0)
 
 
 @pytest.mark.parametrize("coupling", [False, True])
@@ -312,6 +314,14 @@ def test_flow_density_and_cli_on_angles_beside_other_columns(tmp_path, capsys) -
     assert np.abs(drawn[:, 0]).max() <= np.pi and ((drawn[:, 1] >= 0) & (drawn[:, 1] <= 360)).all()
     with pytest.raises(ValueError, match="angles are for model='ncsf'"):
         nf.FlowDensity("nsf", angles=["phi"], steps=2).fit(df)
+    both = nf.FlowDensity("ncsf", angles={"wind": (0, 360)}, bounds=(0, 360), steps=2)
+    with pytest.raises(ValueError, match="an angle's range goes in angles or in bounds, not both"):
+        both.fit(df)
+    ranged = nf.FlowDensity(
+        "ncsf", angles={"wind": (0, 360)}, bounds=[(None, None), (None, None), (0, None),
+        (None, None)], transforms=1, hidden=(8,), steps=5, random_state=0,
+    ).fit(df)  # fmt: skip
+    assert ranged.flow_.config["bounds"][1] == [0.0, 360.0]
 
 
 def test_variational_inference_on_the_cylinder_finds_the_normalizer() -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nfkit import distributions as D
-from nfkit._checks import as_ints, check_hidden, check_positive_int, shown
+from nfkit._checks import as_ints, check_hidden, check_number, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import activation as activation_class
 from nfkit.models._registry import factory, make_base
@@ -370,6 +370,7 @@ def NCSF(
         (True, torch.Size([5]))
     """
     where = "nf.models.NCSF"
+    check_number(where, "real_bound", real_bound, 0.0)
     circular = CircularRQSplineTransformer(bins=bins, bound=bound)
     angle_cols = _check_columns(where, "angles", angles, features)
     if angle_cols is None or len(angle_cols) == features:

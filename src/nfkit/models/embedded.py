@@ -10,6 +10,7 @@ from torch import nn
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Flow
 from nfkit.models._registry import build, factory
+from nfkit.models.standardized import _check_inner
 from nfkit.nn.mlp import MLP
 
 __all__ = ["Embedded"]
@@ -54,11 +55,7 @@ def Embedded(
     if not isinstance(flow, dict) or "model" not in flow:
         raise TypeError(f"{where}: flow must be an inner flow's config dict with a 'model'")
     inner = build(flow)
-    if tuple(inner.event_shape) != (features,):
-        raise ValueError(
-            f"{where}: inner flow must have event shape ({features},), "
-            f"got {tuple(inner.event_shape)}"
-        )
+    _check_inner(where, inner, features, inner.context_features)  # the event shape
     if inner.context_features < 1:
         raise ValueError(
             f"{where}: the inner flow must be conditional (its context is the summary's size); "

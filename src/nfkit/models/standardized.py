@@ -174,7 +174,7 @@ def _check_inside(
         bad = x[..., k][~inside[..., k]][0].item()
         own = domain.at(j)
         hint = ""
-        if own.closed and math.isfinite(own.low) and math.isfinite(own.high):  # type: ignore[arg-type]
+        if own.is_circle:
             hint = (
                 "; an angle's bounds are its range, e.g. (0, 360) (nfkit fit: --angles NAME=0:360)"
             )
