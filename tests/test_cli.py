@@ -461,3 +461,25 @@ def test_compare_ranks_models_on_held_out_rows(capsys, table, tmp_path) -> None:
     assert "is given more than once" in _error(
         capsys, "compare", tmp_path / "test.csv", good, good
     )
+
+
+def test_fit_by_flow_matching(capsys, table) -> None:
+    """--objective flow-matching trains ffjord (the default model with it); the summary gives
+    the validation flow-matching loss that picked the weights and the validation NLL."""
+    model = table / "fm.pt"
+    argv = ["fit", table / "data.csv", "--out", model, "--steps", "40", "--hidden", "8"]
+    code, out, err = _run(capsys, *argv, "--objective", "flow-matching", "--seed", "0")
+    assert code == 0, err
+    summary = [line for line in err.splitlines() if line.startswith("trained")]
+    assert summary and summary[0].startswith("trained FFJORD on 300 rows in 40 steps (val ")
+    assert "flow-matching loss" in summary[0] and " nats, " in summary[0]
+    code, out, _ = _run(capsys, "score", model, table / "data.csv")
+    scores = np.array(out.split()[1:], dtype=float)
+    assert code == 0 and len(scores) == 300 and np.isfinite(scores).all()
+    code, _, err = _run(capsys, *argv, "--objective", "flow-matching", "--model", "maf")
+    assert code == 1 and "--model ffjord (the default with it), not 'maf'" in err
+    assert err.count("\n") == 1, err
+    code, _, err = _run(capsys, *argv, "--objective", "flow_matching", "--angles", "a")
+    assert code == 1 and "--objective flow-matching trains ffjord" in err
+    code, _, err = _run(capsys, *argv, "--objective", "nll")
+    assert code == 2 and "expected likelihood or flow-matching, got 'nll'" in err

@@ -28,22 +28,34 @@ SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     {build}
     rows = []
-    flow.transform.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    hooked.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     x = nf.datasets.two_moons(600, seed=0).double()
     history = nf.fit(flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1,
-                     progress=False, checkpoint=sys.argv[2])
+                     progress=False, checkpoint=sys.argv[2], objective=objective)
     if is_main_process():
         torch.save({{"state": flow.state_dict(), "train": history.train_loss,
-                    "val": history.val_loss, "rows": rows[:4]}}, sys.argv[1])
+                    "val": history.val_loss, "val_nll": history.val_nll, "rows": rows[:4]}},
+                   sys.argv[1])
     shutdown()
     """
 )
 
-BUILDS = {
-    "MAF": "flow = nf.models.MAF(2, transforms=2, hidden=(16, 16)).double()",
+BUILDS = {  # each sets `flow`, `hooked` (a module whose input rows are counted) and `objective`
+    "MAF": (
+        "flow = nf.models.MAF(2, transforms=2, hidden=(16, 16)).double()\n"
+        "hooked, objective = flow.transform, 'likelihood'"
+    ),
     "ActNorm+NSF": (
         "inner = nf.models.NSF(2, transforms=1, hidden=(16,), bins=4)\n"
-        "flow = nf.Flow(nf.Compose(nf.transforms.ActNorm(2), inner.transform), inner.base).double()"
+        "flow = nf.Flow(nf.Compose(nf.transforms.ActNorm(2), inner.transform), inner.base).double()\n"
+        "hooked, objective = flow.transform, 'likelihood'"
+    ),
+    # flow matching: every rank takes its shard of the global batch's draws
+    "FFJORD flow matching": (
+        "flow = nf.models.standardize(nf.models.FFJORD(2, hidden=(16,)).double(), "
+        "nf.datasets.two_moons(600, seed=0).double())\n"
+        "(hooked,) = [m.net for m in flow.modules() if isinstance(m, nf.transforms.ContinuousFlow)]\n"
+        "objective = 'flow_matching'"
     ),
 }
 
@@ -81,9 +93,15 @@ def _single(build: str, tmp_path) -> dict:
     flow = scope["flow"]
     x = nf.datasets.two_moons(600, seed=0).double()
     history = nf.fit(
-        flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1, progress=False
-    )
-    return {"state": flow.state_dict(), "train": history.train_loss, "val": history.val_loss}
+        flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1, progress=False,
+        objective=scope["objective"],
+    )  # fmt: skip
+    return {
+        "state": flow.state_dict(),
+        "train": history.train_loss,
+        "val": history.val_loss,
+        "val_nll": history.val_nll,
+    }
 
 
 @pytest.mark.parametrize("name", list(BUILDS))
@@ -104,6 +122,9 @@ def test_ddp_two_processes_match_single_process(name: str, tmp_path) -> None:
     torch.testing.assert_close(
         torch.tensor(ddp["val"]), torch.tensor(ref["val"]), atol=1e-9, rtol=1e-9
     )
+    assert (ddp["val_nll"] is None) == (ref["val_nll"] is None) == (name != "FFJORD flow matching")
+    if ref["val_nll"] is not None:
+        assert ddp["val_nll"] == pytest.approx(ref["val_nll"], rel=1e-9)
     assert ckpt.exists() and not list(
         tmp_path.glob(".ckpt.pt.*.tmp")
     )  # rank 0 wrote it atomically

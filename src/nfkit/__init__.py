@@ -9,6 +9,7 @@ from nfkit import (
     datasets,
     distributed,
     distributions,
+    flow_matching,
     metrics,
     models,
     nn,
@@ -19,6 +20,7 @@ from nfkit import (
     transforms,
 )
 from nfkit.core import Compose, Flow, Inverse, Transform
+from nfkit.flow_matching import flow_matching_loss
 from nfkit.io import load, save
 from nfkit.train import History, NonFiniteLossError, fit, fit_vi
 
@@ -39,6 +41,8 @@ __all__ = [
     "__version__",
     "fit",
     "fit_vi",
+    "flow_matching",
+    "flow_matching_loss",
     "History",
     "NonFiniteLossError",
     "save",

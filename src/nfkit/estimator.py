@@ -111,6 +111,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         summary: With many given columns: condition on this many features of a learned
             summary network of them, an MLP of ``hidden`` widths trained with the model
             (:func:`nfkit.models.Embedded`). None: the given columns as they are.
+        objective: ``"likelihood"`` or ``"flow_matching"`` (``model="ffjord"``: a continuous
+            flow trained by flow matching; see :func:`nfkit.fit`).
         device: Torch device for training and scoring.
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
@@ -155,6 +157,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         discrete: Any = None,
         angles: Any = None,
         summary: int | None = None,
+        objective: str = "likelihood",
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -176,6 +179,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.discrete = discrete
         self.angles = angles
         self.summary = summary
+        self.objective = objective
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -306,7 +310,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> FlowDensity:
         """Fit the flow to the rows of ``X`` (``y`` is ignored)."""
         from nfkit.models import Embedded, standardize
-        from nfkit.train import fit
+        from nfkit.train import OBJECTIVES, fit
 
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         n_features = X.shape[1]
@@ -320,6 +324,15 @@ class FlowDensity(DensityMixin, BaseEstimator):
         if given_angles and not self.standardize:
             raise ValueError("FlowDensity.fit: given angles need standardize=True")
         context = len(self.given_indices_) + len(given_angles)  # given angles: (cos, sin)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"FlowDensity.fit: objective must be one of {OBJECTIVES}, got {shown(self.objective)}"
+            )
+        if self.objective == "flow_matching" and str(self.model).lower() != "ffjord":
+            raise ValueError(
+                f"FlowDensity.fit: objective='flow_matching' trains a continuous flow, "
+                f"model='ffjord', not {shown(self.model)}"
+            )
         if self.summary is not None and not context:
             raise ValueError("FlowDensity.fit: summary is the size of a summary of given columns")
         with torch.random.fork_rng(devices=devices):
@@ -368,6 +381,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 progress=self.progress,
                 device=self.device_,
                 seed=seed,
+                objective=self.objective,
             )
         self.flow_ = flow.double().eval()
         cells = (flow.config.get("discrete") or []) if self.standardize else []

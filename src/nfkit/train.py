@@ -1,4 +1,5 @@
-r"""Training: maximum likelihood (:func:`fit`) and reverse-KL variational inference (:func:`fit_vi`).
+r"""Training: maximum likelihood or flow matching (:func:`fit`) and reverse-KL variational
+inference (:func:`fit_vi`).
 
 Both run the same loop: minibatch AdamW (torch's fused kernel on CPU and CUDA), a learning-rate
 schedule (cosine by default), gradient clipping, a tqdm bar, and a :class:`History`. The loop
@@ -35,6 +36,7 @@ from nfkit._checks import (
 )
 from nfkit.core import Flow, dtype_device
 from nfkit.distributed import rank_and_world
+from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
 from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
@@ -51,13 +53,17 @@ class History:
     r"""What a training run recorded.
 
     Attributes:
-        train_loss: Per-step training loss (NLL in nats per sample for :func:`fit`; the reverse KL
-            up to ``log Z``, i.e. ``-ELBO``, for :func:`fit_vi`).
-        val_loss: Validation NLL at each evaluation (empty without validation data).
+        train_loss: Per-step training loss (NLL in nats per sample for :func:`fit`, or the
+            flow-matching loss with ``objective="flow_matching"``; the reverse KL up to
+            ``log Z``, i.e. ``-ELBO``, for :func:`fit_vi`).
+        val_loss: Validation loss (NLL, or the flow-matching loss) at each evaluation (empty
+            without validation data).
         val_step: The step (number of updates done) of each evaluation.
         time: Wall-clock seconds since the start at each evaluation.
         lr: Learning rate at each evaluation.
-        best_step, best_val: Step and value of the best validation NLL (weights restored to it).
+        best_step, best_val: Step and value of the best validation loss (weights restored to it).
+        objective: ``"likelihood"`` or ``"flow_matching"``: what the losses are.
+        val_nll: (flow matching) the validation NLL of the restored weights, nats per row.
         stopped_early: Whether early stopping ended the run.
         steps: Number of optimizer steps done.
         wall_time: Total seconds.
@@ -78,6 +84,8 @@ class History:
     wall_time: float = 0.0
     ess: float | None = None
     log_normalizer: float | None = None
+    objective: str = "likelihood"
+    val_nll: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (safe for ``torch.load(weights_only=True)`` and JSON)."""
@@ -93,7 +101,7 @@ class History:
             parts.append(f"best_val={self.best_val:.4f} at step {self.best_step}")
         if self.stopped_early:
             parts.append("stopped early")
-        for name in ("ess", "log_normalizer"):
+        for name in ("val_nll", "ess", "log_normalizer"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value:.4g}")
@@ -114,14 +122,15 @@ class History:
 # --------------------------------------------------------------------------- small pieces
 
 
-def _wrap_model(flow: Flow, world: int, device: torch.device) -> nn.Module:
-    """The module the loop calls as ``model(x, context) -> log_prob``: DDP when ``world > 1``."""
+def _wrap_model(module: nn.Module, world: int, device: torch.device) -> nn.Module:
+    """The module the loop calls (the flow, ``model(x, context) -> log_prob``, or its
+    flow-matching objective): wrapped in DDP when ``world > 1``."""
     if world == 1:
-        return flow
+        return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(flow, device_ids=ids)
+    return DistributedDataParallel(module, device_ids=ids)
 
 
 def _uninitialized(flow: Flow) -> bool:
@@ -328,6 +337,31 @@ def _nll(flow: Flow, x: Tensor, c: Tensor | None, chunk: int = 8192) -> float:
     return float(total) / x.shape[0]
 
 
+@torch.no_grad()
+def _flow_matching_val(
+    objective: FlowMatchingObjective,
+    x: Tensor,
+    c: Tensor | None,
+    noise: FlowMatchingNoise,
+    chunk: int = 8192,
+) -> float:
+    """Mean flow-matching loss over ``x`` repeated to the rows of ``noise`` (fixed draws, so
+    every evaluation scores the same problem); one host sync."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    rows = noise.s.shape[0]
+    for i in range(0, rows, chunk):
+        idx = torch.arange(i, min(i + chunk, rows), device=x.device) % x.shape[0]
+        part = noise.rows(slice(i, i + chunk))
+        total += objective(x[idx], None if c is None else c[idx], part).double().sum()
+    return float(total) / rows
+
+
+VAL_DRAWS = 4096
+"""Flow matching's validation draws: each validation row is repeated up to this many in all."""
+
+OBJECTIVES = ("likelihood", "flow_matching")
+
+
 def _val_data(
     where: str, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
@@ -452,6 +486,7 @@ def _checkpoint_state(
     steps: int,
     n: int,
     done: int,
+    noise: torch.Generator | None,
 ) -> dict[str, Any]:
     """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
     loads with ``weights_only=True``)."""
@@ -470,6 +505,7 @@ def _checkpoint_state(
         "best": stopping.best,
         "bad": stopping.bad,
         "rng": torch.get_rng_state(),
+        "noise_rng": None if noise is None else noise.get_state(),
     }
 
 
@@ -484,6 +520,7 @@ def _restore(
     *,
     steps: int,
     n: int,
+    noise: torch.Generator | None,
 ) -> tuple[History, int]:
     """Put a checkpoint's weights, optimizer, schedule, batch order and RNG back; returns the
     history and the step to continue from."""
@@ -499,6 +536,8 @@ def _restore(
     batcher.load_state_dict(state["batcher"])
     stopping.best, stopping.bad = state["best"], int(state["bad"])
     torch.set_rng_state(state["rng"])
+    if noise is not None and state.get("noise_rng") is not None:
+        noise.set_state(state["noise_rng"])
     start = int(state["step"])
     loop.synced = start
     loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
@@ -530,8 +569,15 @@ def fit(
     device: str | torch.device | None = None,
     seed: int | None = None,
     callback: Callable[[History], None] | None = None,
+    objective: str = "likelihood",
 ) -> History:
     r"""Fit ``flow`` by maximum likelihood: minimize ``-(1/B) Σ_b log p(x_b | c_b)`` with AdamW.
+
+    With ``objective="flow_matching"`` a continuous flow (:func:`nfkit.models.FFJORD`,
+    ``blocks=1``) is trained instead by conditional flow matching
+    (:func:`nfkit.flow_matching_loss`): one network pass per step and no ODE solve, the
+    validation loss is the flow-matching loss on fixed draws, and at the end
+    ``History.val_nll`` holds the validation NLL of the restored weights (one ODE solve).
 
     The data is split into training and validation sets (``val_fraction``, unless ``val`` is
     given); every ``eval_every`` steps the validation NLL is computed, and after ``patience``
@@ -562,6 +608,7 @@ def fit(
         device: Move the flow and data there (default: the flow's device).
         seed: Seed of the split and the batch order (default: drawn from torch's global RNG).
         callback: Called with the History after each evaluation.
+        objective: ``"likelihood"`` (maximum likelihood) or ``"flow_matching"`` (see above).
 
     Distributed: inside an initialized ``torch.distributed`` process group (``torchrun``, see
     :mod:`nfkit.distributed`) every rank holds the data, draws the same global minibatch of
@@ -587,6 +634,9 @@ def fit(
     batch_size = check_positive_int(where, "batch_size", batch_size)
     patience = check_positive_int(where, "patience", patience)
     seed = resolve_seed(where, seed)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"{where}: objective must be one of {OBJECTIVES}, got {shown(objective)}")
+    matching = FlowMatchingObjective(flow, where) if objective == "flow_matching" else None
 
     state = _read_checkpoint(where, checkpoint, resume)
     if state is not None:
@@ -625,27 +675,41 @@ def fit(
         world=world,
     )
     stopping = _EarlyStopping(patience)
-    history, start = History(), 0
+    noise_rng = val_noise = None
+    if matching is not None:  # the same draws on every rank: each takes its shard of them
+        noise_rng = torch.Generator(device=dev).manual_seed(seed + 1)
+        if xv is not None:
+            repeats = max(1, math.ceil(VAL_DRAWS / xv.shape[0]))
+            fixed = torch.Generator(device=dev).manual_seed(seed + 2)
+            val_noise = matching.draw(repeats * xv.shape[0], xv, fixed)
+    history, start = History(objective=objective), 0
     t0 = time.perf_counter()
     if state is not None:
         history, start = _restore(
-            where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n
-        )
+            where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
+            noise=noise_rng,
+        )  # fmt: skip
         t0 -= history.wall_time
 
     validate, flow.validate = flow.validate, False
     flow.train()
     if world > 1 and _uninitialized(flow):
         _initialize_on_first_batch(flow, batcher, xt, ct, dev)
-    model = _wrap_model(flow, world, dev)
+    model = _wrap_model(flow if matching is None else matching, world, dev)
     loop.open_bar(start)
     try:
         for i in range(start, steps):
             idx = batcher.next()
+            noise = None if matching is None else matching.draw(len(idx), xt, noise_rng)
             if world > 1:
                 idx = idx[rank::world]
+                noise = None if noise is None else noise.rows(slice(rank, None, world))
             idx = idx.to(dev, non_blocking=True)
-            loss = -model(xt[idx], None if ct is None else ct[idx]).mean()
+            cb = None if ct is None else ct[idx]
+            if matching is None:
+                loss = -model(xt[idx], cb).mean()
+            else:
+                loss = model(xt[idx], cb, noise).mean()
             loop.step(i, loss)
             done = i + 1
             evaluate = done % eval_every == 0 or done == steps
@@ -656,14 +720,19 @@ def fit(
                 history.val_step.append(done)
                 history.time.append(time.perf_counter() - t0)
                 history.lr.append(loop.lr())
-                stop = xv is not None and stopping.update(
-                    history, _broadcast_float(_nll(flow, xv, cv), world, dev), done, flow
-                )
+                if xv is not None:
+                    val = (
+                        _nll(flow, xv, cv)
+                        if matching is None
+                        else _flow_matching_val(matching, xv, cv, val_noise)
+                    )
+                    val = _broadcast_float(val, world, dev)
+                stop = xv is not None and stopping.update(history, val, done, flow)
                 history.wall_time = time.perf_counter() - t0
                 if checkpoint is not None and rank == 0:
                     state = _checkpoint_state(
                         flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
-                        done=done,
+                        done=done, noise=noise_rng,
                     )  # fmt: skip
                     atomic_save(state, checkpoint)
                 loop.postfix(history)
@@ -676,6 +745,8 @@ def fit(
             flow.load_state_dict(stopping.best)
         elif xv is None:
             history.best_step = history.steps
+        if matching is not None and xv is not None:
+            history.val_nll = _broadcast_float(_nll(flow, xv, cv), world, dev)
     finally:
         loop.close()
         flow.validate = validate

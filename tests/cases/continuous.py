@@ -24,6 +24,11 @@ TRANSFORMS: dict[str, Case] = {
         lambda d, c: T.ContinuousFlow(d, context=c, hidden=H, time_dependent=False, **TIGHT),
         features=(2,),
     ),
+    "ContinuousFlow-time-features": Case(
+        lambda d, c: T.ContinuousFlow(d, context=c, hidden=H, time_features=3, **TIGHT),
+        context=True,
+        features=(2,),
+    ),
 }
 
 MODELS: dict[str, ModelCase] = {

@@ -21,6 +21,7 @@ def FFJORD(
     blocks: int = 1,
     hidden: Sequence[int] = (64, 64),
     time_dependent: bool = True,
+    time_features: int = 0,
     trace: Literal["exact", "hutchinson"] = "exact",
     noise: Literal["rademacher", "gaussian"] = "rademacher",
     solver: str = "dopri5",
@@ -37,6 +38,11 @@ def FFJORD(
     With ``trace="hutchinson"`` training uses the stochastic trace (one noise draw per solve,
     ``noise``); evaluation (``flow.eval()``) always uses the exact trace, O(D) backward passes.
     ``adjoint=True`` back-propagates with the adjoint method (memory independent of the steps).
+    ``time_features=K`` feeds ``K`` Fourier features of ``t`` to the field beside ``t``.
+
+    Trained by maximum likelihood (:func:`nfkit.fit`, an ODE solve with the trace per step) or,
+    with ``blocks=1``, by flow matching (``nf.fit(..., objective="flow_matching")``, one
+    network pass per step; :mod:`nfkit.flow_matching`).
 
     References:
         Grathwohl et al. (2018), arXiv:1810.01367; Chen et al. (2018), arXiv:1806.07366.
@@ -51,6 +57,7 @@ def FFJORD(
             context=context,
             hidden=hidden,
             time_dependent=time_dependent,
+            time_features=time_features,
             trace=trace,
             noise=noise,
             solver=solver,

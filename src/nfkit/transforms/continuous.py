@@ -9,6 +9,7 @@ over the whole solve.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -30,21 +31,16 @@ class _Dynamics(nn.Module):
 
     Built afresh on every call: it holds that call's context and Hutchinson noise (``None`` for
     the exact trace), so no state outlives the call. It is an ``nn.Module`` because
-    ``odeint_adjoint`` needs one; its only parameters are those of ``net``.
+    ``odeint_adjoint`` needs one; its only parameters are those of the field's network.
     """
 
     def __init__(
-        self, net: nn.Module, time_dependent: bool, context: Tensor | None, noise: Tensor | None
+        self, field: ContinuousFlow, context: Tensor | None, noise: Tensor | None
     ) -> None:
         super().__init__()
-        self.net = net
-        self.time_dependent = time_dependent
+        self.field = field
         self.context = context
         self.noise = noise
-
-    def velocity(self, t: Tensor, x: Tensor) -> Tensor:
-        h = broadcast_cat(x, t.reshape(1).to(x)) if self.time_dependent else x
-        return self.net(broadcast_cat(h, self.context))
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
@@ -57,7 +53,7 @@ class _Dynamics(nn.Module):
             # (odeint_adjoint's forward pass): differentiate w.r.t. a fresh leaf instead.
             if not (create_graph and x.requires_grad):
                 x = x.detach().requires_grad_(True)
-            f = self.velocity(t, x)
+            f = self.field.velocity(x, t, self.context)
             if self.noise is None:
                 trace = torch.zeros_like(f[..., 0])
                 for i in range(f.shape[-1]):  # D backward passes, one per Jacobian row
@@ -75,12 +71,26 @@ class _Dynamics(nn.Module):
         return f, trace
 
 
+class _Field(nn.Module):
+    """The vector field alone, ``x ↦ f(x, t, c)``: the ODE of a solve without the log-det."""
+
+    def __init__(self, field: ContinuousFlow, context: Tensor | None) -> None:
+        super().__init__()
+        self.field = field
+        self.context = context
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.field.velocity(x, t, self.context)
+
+
 class ContinuousFlow(Transform):
     r"""FFJORD block: ``z = x(t1)`` where ``dx/dt = f(x(t), t, c)``, ``x(0) = x``.
 
-    ``f`` is an MLP with tanh activations on ``[x, t, c]`` (``t`` only if ``time_dependent``, the
-    context broadcast with :func:`nfkit.nn.broadcast_cat`); its last layer starts at zero, so a
-    new block is the identity. Being a bounded function of its input, ``f`` moves any point by at
+    ``f`` is an MLP with tanh activations on ``[x, τ(t), c]`` (``τ`` only if ``time_dependent``,
+    the context broadcast with :func:`nfkit.nn.broadcast_cat`); its last layer starts at zero, so
+    a new block is the identity. ``τ(t) = t``, or with ``time_features = K`` the Fourier features
+    ``[t, sin(kπt/t1), cos(kπt/t1)]`` for ``k = 1 … K`` (a field that changes quickly in time,
+    as flow matching's does near the data). Being a bounded function of its input, ``f`` moves any point by at
     most ``t1·sup|f|``, so inputs far in the tails stay finite.
 
     Args:
@@ -88,6 +98,7 @@ class ContinuousFlow(Transform):
         context: Context size C (0: unconditional).
         hidden: Hidden widths of the dynamics MLP.
         time_dependent: Feed ``t`` to the dynamics.
+        time_features: ``K``, the Fourier features of ``t`` fed beside it (0: ``t`` alone).
         trace: ``"exact"`` (D backward passes per evaluation) or ``"hutchinson"``. Hutchinson's
             estimator is used in **training mode only**; in eval mode the trace is always exact,
             so ``log_prob`` of a model in eval mode is deterministic.
@@ -135,6 +146,7 @@ class ContinuousFlow(Transform):
         context: int = 0,
         hidden: Sequence[int] = (64, 64),
         time_dependent: bool = True,
+        time_features: int = 0,
         trace: Literal["exact", "hutchinson"] = "exact",
         noise: Literal["rademacher", "gaussian"] = "rademacher",
         solver: str = "dopri5",
@@ -161,15 +173,23 @@ class ContinuousFlow(Transform):
             check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)
         self.time_dependent = bool(time_dependent)
+        self.time_features = check_positive_int(where, "time_features", time_features, minimum=0)
+        if self.time_features and not self.time_dependent:
+            raise ValueError(f"{where}: time_features needs time_dependent=True")
         self.trace, self.noise, self.solver = trace, noise, solver
         self.atol, self.rtol, self.t1 = float(atol), float(rtol), float(t1)
         self.adjoint = bool(adjoint)
-        inputs = features + int(self.time_dependent) + self.context_features
+        frequencies = torch.arange(1, self.time_features + 1) * (math.pi / self.t1)
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        times = (1 + 2 * self.time_features) if self.time_dependent else 0
+        inputs = features + times + self.context_features
         self.net = MLP(inputs, features, hidden, activation=nn.Tanh)
 
     def _solve(
-        self, x: Tensor, context: Tensor | None, t0: float, t1: float, where: str
-    ) -> tuple[Tensor, Tensor]:
+        self, x: Tensor, context: Tensor | None, t0: float, t1: float, where: str,
+        trace: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """The ODE from ``t0`` to ``t1``: the end state and, if ``trace``, the log-det."""
         if x.shape[-1] != self.features:
             raise ValueError(
                 f"{where}: expected last dim {self.features}, got shape {tuple(x.shape)}"
@@ -183,12 +203,12 @@ class ContinuousFlow(Transform):
             batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = x.expand(*batch, self.features)
         noise = None
-        if self.trace == "hutchinson" and self.training:
+        if trace and self.trace == "hutchinson" and self.training:
             if self.noise == "rademacher":
                 noise = torch.randint_like(x, 2) * 2 - 1
             else:
                 noise = torch.randn_like(x)
-        func = _Dynamics(self.net, self.time_dependent, context, noise)
+        func: nn.Module = _Dynamics(self, context, noise) if trace else _Field(self, context)
         times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
         eps = torch.finfo(x.dtype).eps
         kwargs = {
@@ -198,27 +218,47 @@ class ContinuousFlow(Transform):
         }
         if self.solver in _FIXED_STEP:
             kwargs["options"] = {"step_size": abs(t1 - t0) / self.steps}
-        state = (x, torch.zeros_like(x[..., 0]))
+        state = (x, torch.zeros_like(x[..., 0])) if trace else x
         if self.adjoint:
             params = tuple(self.net.parameters())
             if context is not None:
                 params = (*params, context)
-            xs, ls = torchdiffeq.odeint_adjoint(
-                func, state, times, adjoint_params=params, **kwargs
-            )
+            path = torchdiffeq.odeint_adjoint(func, state, times, adjoint_params=params, **kwargs)
         else:
-            xs, ls = torchdiffeq.odeint(func, state, times, **kwargs)
-        return xs[-1], ls[-1]
+            path = torchdiffeq.odeint(func, state, times, **kwargs)
+        return (path[0][-1], path[1][-1]) if trace else (path[-1], None)
+
+    def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
+        """The vector field ``f(x, t, c)``, shape of ``x`` (broadcast with the context's batch).
+
+        ``t`` is a number or a tensor broadcastable to ``x``'s batch shape (one time per row, as
+        flow matching draws them); it is ignored unless ``time_dependent``.
+        """
+        if self.time_dependent:
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            t = t.unsqueeze(-1) if t.ndim else t.reshape(1)
+            if self.time_features:
+                angle = t * self.frequencies.to(x.dtype)
+                t = torch.cat([t, angle.sin(), angle.cos()], -1)
+            x = broadcast_cat(x, t)
+        return self.net(broadcast_cat(x, context))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._solve(x, context, 0.0, self.t1, "ContinuousFlow.forward")
+        return self._solve(x, context, 0.0, self.t1, "ContinuousFlow.forward")  # type: ignore[return-value]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._solve(z, context, self.t1, 0.0, "ContinuousFlow.inverse")
+        return self._solve(z, context, self.t1, 0.0, "ContinuousFlow.inverse")  # type: ignore[return-value]
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Sampling: the ODE of the field alone, backwards in time, without the trace (no
+        Jacobian, no autograd). Equal to ``inverse(z)[0]`` to the solver tolerance (the adaptive
+        steps differ: the log-det is not part of the error control here)."""
+        return self._solve(z, context, self.t1, 0.0, "ContinuousFlow.inverse_value", False)[0]
 
     def extra_repr(self) -> str:
         return (
-            f"features={self.features}, context={self.context_features}, trace={self.trace!r}, "
+            f"features={self.features}, context={self.context_features}, "
+            f"time_features={self.time_features}, trace={self.trace!r}, "
             f"solver={self.solver!r}, atol={self.atol:g}, rtol={self.rtol:g}, "
             f"adjoint={self.adjoint}, t1={self.t1:g}"
         )
