@@ -49,7 +49,9 @@ def _zuko_cnf(d: int, hidden: tuple[int, ...]) -> tuple[torch.nn.Module, Callabl
     return flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,))
 
 
-def build(method: str, d: int, hidden: tuple[int, ...]) -> tuple[torch.nn.Module, Callable, Callable]:
+def build(
+    method: str, d: int, hidden: tuple[int, ...]
+) -> tuple[torch.nn.Module, Callable, Callable]:
     """``(module, loss(batch) -> scalar, score(x) -> log p)`` of one method."""
     if method == "zuko-CNF-MLE":
         module, log_prob, _ = _zuko_cnf(d, hidden)

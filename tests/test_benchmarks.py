@@ -171,3 +171,22 @@ def test_families_benchmark_writes_every_metric(tmp_path: Path) -> None:
                                "test_ll_per_feature"}  # fmt: skip
         assert all(v > 0 for k, v in result.items() if k != "test_ll_per_feature")
     assert "| GF D=2 | nfkit |" in (tmp_path / "families-cpu.md").read_text()
+
+
+def test_flow_matching_benchmark_writes_every_metric(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "flow_matching.py"
+    args = [sys.executable, str(script), "--cells", "moons", "--budget", "0.3", "--hidden", "8"]
+    args += ["--methods", "nfkit-FFJORD-FM,nfkit-NSF-MLE", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(args, **run)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "flow-matching-cpu.json").read_text())["moons"]
+    assert set(result) == {"nfkit-FFJORD-FM", "nfkit-NSF-MLE"}
+    for r_ in result.values():
+        assert r_["steps"] >= 1 and r_["step_ms"] > 0 and r_["test_ll"] < 0
+        assert r_["log_prob_rows_per_s"] > 0 and r_["sample_rows_per_s"] > 0
+    # FFJORD(2, hidden=(8,), time_features=3): (2 + 7) → 8 → 2
+    assert "| moons | nfkit-FFJORD-FM | 98 |" in (tmp_path / "flow-matching-cpu.md").read_text()
+    bad = subprocess.run([*args[:-2], "--methods", "nfkit-FFJORD"], **run)
+    assert bad.returncode != 0 and "unknown methods ['nfkit-FFJORD']" in bad.stderr

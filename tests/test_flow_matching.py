@@ -59,7 +59,7 @@ def test_learns_a_gaussian_exactly() -> None:
     with torch.no_grad():
         got = flow.log_prob(grid)
         samples = flow.sample(4000)
-    assert (got - truth).abs().max() < 0.05, (got - truth)
+    assert (got - truth).abs().max() < 0.05, got - truth
     assert abs(samples.mean() - 1) < 0.15 and abs(samples.std() - 2) < 0.15
     exact_nll = 0.5 * math.log(2 * math.pi * 4) + 0.5  # the entropy of N(1, 4)
     assert abs(history.val_nll - exact_nll) < 0.03

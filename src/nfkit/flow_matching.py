@@ -141,12 +141,14 @@ def flow_matching_loss(
 ) -> Tensor:
     r"""The conditional flow-matching loss of each row of ``x``, shape ``(B,)``: minimize its mean.
 
-    ``x`` is ``(B, D)`` data and ``context`` ``(B, C)`` or ``(1, C)`` (a conditional flow). The draws are fresh
-    (from ``generator``, else torch's global RNG) unless ``noise`` gives them. The loss is
+    ``x`` is ``(B, D)`` data and ``context`` ``(B, C)`` or ``(1, C)`` (a conditional flow). The
+    draws are fresh (from ``generator``, else torch's global RNG) unless ``noise`` gives them.
+    The loss is
     ``‖f(y_s, s t₁, c) - (z - y)/t₁‖²`` with ``y_s = (1 - s) y + s z`` (see
     :mod:`nfkit.flow_matching`); at its minimum the flow's ODE carries the data onto the base.
 
     Example:
+        >>> import nfkit as nf
         >>> flow = nf.models.FFJORD(2, hidden=(32, 32))
         >>> x = nf.datasets.two_moons(256)
         >>> nf.flow_matching_loss(flow, x).shape
