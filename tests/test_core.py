@@ -365,6 +365,9 @@ def test_check_transform_names_a_missing_autograd_inside() -> None:
     class Undeclared(T.ContinuousFlow):
         autograd_inside = False
 
+        def inverse_value(self, z, context=None):  # the solve with the trace: autograd inside
+            return self.inverse(z, context)[0]
+
     t = Undeclared(2, hidden=(8,)).double()
     with pytest.raises(AssertionError, match="must set autograd_inside = True"):
         nf.testing.check_transform(t, torch.randn(4, 2, dtype=torch.float64), jacobian=False)

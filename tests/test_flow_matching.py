@@ -171,6 +171,9 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
     for key, value in full.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
     assert h.val_nll == pytest.approx(h_full.val_nll, rel=1e-12)
+    with pytest.raises(ValueError, match="was made with objective='flow_matching'; got "):
+        nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True,
+               **{**kw, "objective": "likelihood"})  # fmt: skip
 
 
 def test_history_and_plot_name_the_objective(tmp_path) -> None:
@@ -183,3 +186,15 @@ def test_history_and_plot_name_the_objective(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     fig = history.plot()
     assert "flow matching" in fig.axes[0].get_ylabel()
+
+
+def test_a_learned_summary_trains_with_the_field() -> None:
+    """Embedded: the summary network of the raw context is part of the loss's graph."""
+    torch.manual_seed(3)
+    inner = nf.models.FFJORD(1, context=2, hidden=(16,)).double()
+    flow = nf.models.Embedded(1, flow=inner.config, context=6, hidden=(8,)).double()
+    x, c = torch.randn(64, 1, dtype=torch.float64), torch.randn(64, 6, dtype=torch.float64)
+    nf.flow_matching_loss(flow, x, c).mean().backward()
+    assert all(p.grad is not None for p in flow.embedding.parameters())
+    history = nf.fit(flow, x, context=c, steps=10, objective="flow_matching", progress=False)
+    assert math.isfinite(history.val_nll)

@@ -506,6 +506,7 @@ def _checkpoint_state(
         "bad": stopping.bad,
         "rng": torch.get_rng_state(),
         "noise_rng": None if noise is None else noise.get_state(),
+        "objective": history.objective,
     }
 
 
@@ -528,6 +529,13 @@ def _restore(
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
             f"on {state['n']} training rows; got steps={steps} on {n} rows"
+        )
+    made = state.get("objective", "likelihood")  # older checkpoints: maximum likelihood
+    objective = "likelihood" if noise is None else "flow_matching"
+    if made != objective:
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made with objective={made!r}; "
+            f"got objective={objective!r}"
         )
     flow.load_state_dict(state["model"])
     loop.optimizer.load_state_dict(state["optimizer"])
@@ -677,10 +685,10 @@ def fit(
     stopping = _EarlyStopping(patience)
     noise_rng = val_noise = None
     if matching is not None:  # the same draws on every rank: each takes its shard of them
-        noise_rng = torch.Generator(device=dev).manual_seed(seed + 1)
+        noise_rng = torch.Generator(device=dev).manual_seed((seed + 1) % 2**63)
         if xv is not None:
             repeats = max(1, math.ceil(VAL_DRAWS / xv.shape[0]))
-            fixed = torch.Generator(device=dev).manual_seed(seed + 2)
+            fixed = torch.Generator(device=dev).manual_seed((seed + 2) % 2**63)
             val_noise = matching.draw(repeats * xv.shape[0], xv, fixed)
     history, start = History(objective=objective), 0
     t0 = time.perf_counter()
@@ -720,14 +728,14 @@ def fit(
                 history.val_step.append(done)
                 history.time.append(time.perf_counter() - t0)
                 history.lr.append(loop.lr())
+                stop = False
                 if xv is not None:
                     val = (
                         _nll(flow, xv, cv)
                         if matching is None
                         else _flow_matching_val(matching, xv, cv, val_noise)
                     )
-                    val = _broadcast_float(val, world, dev)
-                stop = xv is not None and stopping.update(history, val, done, flow)
+                    stop = stopping.update(history, _broadcast_float(val, world, dev), done, flow)
                 history.wall_time = time.perf_counter() - t0
                 if checkpoint is not None and rank == 0:
                     state = _checkpoint_state(
