@@ -747,7 +747,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(flow.config, indent=2))
         return
     config = flow.config
-    inner = config.get("flow", config)  # Standardized keeps the inner flow's config
+    # Standardized keeps the inner flow's config (Embedded too, below: not read as this one)
+    inner = config["flow"] if config.get("model") == "Standardized" else config
     embedded = inner if inner.get("model") == "Embedded" else None
     if embedded is not None:  # the summary network's own line, below
         inner = embedded["flow"]
@@ -755,10 +756,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{args.model}: {inner['model']}({settings})")
     if embedded is not None:
         hidden = ", ".join(map(str, embedded["hidden"]))
-        print(
-            f"  summary: an MLP ({hidden}) of the {embedded['context']} context features into "
-            f"the model's {inner['context']}, trained with it"
+        m = embedded.get("set_features")
+        what = (
+            f"an MLP ({hidden}) of the {embedded['context']} context features"
+            if not m
+            else f"a DeepSet ({hidden}) of the {embedded['context'] // m} elements of {m} "
+            "context features each (their order does not matter)"
         )
+        print(f"  summary: {what} into the model's {inner['context']}, trained with it")
     if config["model"] == "Standardized":
         _, data, _ = _schema(flow)
         support = flow.transform.domain

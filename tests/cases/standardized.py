@@ -42,8 +42,15 @@ def _embedded(d: int, c: int) -> nf.Flow:
     return nf.models.Embedded(d, flow=inner.config, context=c, hidden=(8,))
 
 
+def _embedded_set(d: int, c: int) -> nf.Flow:
+    """A DeepSet summary of the raw context read as ``c`` exchangeable scalars."""
+    inner = nf.models.NSF(d, context=2, transforms=2, hidden=(8,), bins=4)
+    return nf.models.Embedded(d, flow=inner.config, context=c, hidden=(8,), set_features=1)
+
+
 MODELS: dict[str, ModelCase] = {
     "Embedded": ModelCase(_embedded, needs_context=True),
+    "Embedded-set": ModelCase(_embedded_set, needs_context=True),
     "Standardized": ModelCase(_standardized),
     "Standardized-bounds": ModelCase(_bounded),
 }

@@ -103,3 +103,51 @@ def test_flow_density_summary() -> None:
     assert est.sample(4, context=data[0, 1:], random_state=0).shape == (4, 7)
     with pytest.raises(ValueError, match="summary is the size of a summary of given columns"):
         nf.FlowDensity("maf", summary=2, steps=2).fit(data)
+
+
+def test_a_set_summary_is_invariant_to_the_order_of_the_trials(tmp_path) -> None:
+    """``set_features``: the twenty draws of the conjugate problem as a set of scalars. The
+    standardized flow (statistics pooled over the elements) gives equal densities for any order
+    of the draws, learns the posterior as the MLP summary does, and saves and loads."""
+    torch.manual_seed(0)
+    n, m = 8000, 20
+    theta = torch.randn(n, 1)
+    x = theta + torch.randn(n, m)
+    inner = nf.models.NSF(1, context=4, transforms=2, hidden=(32, 32))
+    flow = nf.models.Embedded(1, flow=inner.config, context=m, hidden=(32,), set_features=1)
+    flow = nf.models.standardize(flow, theta, x)
+    scaler = flow.embedding[0]
+    assert torch.equal(scaler.mean, scaler.mean[:1].expand(m))  # one scaling for every trial
+    nf.fit(flow, theta, context=x, steps=800, progress=False, seed=0)
+    flow.eval()
+    observed = torch.tensor([[-1.0], [0.0], [1.5]]) + torch.randn(3, m)
+    grid = torch.linspace(-2, 2, 9)[:, None, None]
+    with torch.no_grad():
+        draws = flow.sample(20_000, context=observed).squeeze(-1)
+        shuffled = observed[:, torch.randperm(m)]
+        torch.testing.assert_close(
+            flow.log_prob(grid, shuffled), flow.log_prob(grid, observed), rtol=1e-5, atol=1e-5
+        )
+    mean, std = observed.sum(-1) / (m + 1), math.sqrt(1 / (m + 1))
+    torch.testing.assert_close(draws.mean(0), mean, rtol=0, atol=0.05)
+    assert ((draws.std(0) / std - 1).abs() < 0.15).all(), draws.std(0) / std
+    loaded = nf.load(nf.save(flow, tmp_path / "set.pt"))
+    assert loaded.config["flow"]["set_features"] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(grid, observed), flow.log_prob(grid, observed))
+    with pytest.raises(ValueError, match=r"context \(20\) must hold whole elements of set_f"):
+        nf.models.Embedded(1, flow=inner.config, context=m, set_features=3)
+
+
+def test_info_names_a_set_summary(tmp_path, capsys) -> None:
+    from nfkit.cli import main
+
+    inner = nf.models.MAF(2, context=3, transforms=1, hidden=(8,))
+    flow = nf.models.Embedded(2, flow=inner.config, context=12, hidden=(16,), set_features=4)
+    path = nf.save(flow, tmp_path / "m.pt")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "summary: a DeepSet (16) of the 3 elements of 4 context features each (their order "
+        "does not matter) into the model's 3, trained with it"
+    ) in out

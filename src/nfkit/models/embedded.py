@@ -12,6 +12,7 @@ from nfkit.core import Flow
 from nfkit.models._registry import build, factory
 from nfkit.models.standardized import _check_inner
 from nfkit.nn.mlp import MLP
+from nfkit.nn.sets import DeepSet
 
 __all__ = ["Embedded"]
 
@@ -24,6 +25,7 @@ def Embedded(
     context: int,
     hidden: Sequence[int] = (64, 64),
     residual: bool = False,
+    set_features: int | None = None,
 ) -> Flow:
     r"""``p(x | c) = p_inner(x | e(c))``: a conditional flow whose raw context ``c`` (``context``
     features) first goes through a learned summary network ``e``, trained with the flow.
@@ -37,6 +39,12 @@ def Embedded(
     the result, unlike a hand-assembled ``nf.Flow(..., embedding=net)``, is rebuilt by its
     ``config``: ``nf.save`` and ``nf.load`` work, and ``nf.models.standardize`` puts its context
     standardization in front of ``e``. ``log_prob`` and ``sample`` take the raw context.
+
+    ``set_features=m``: the raw context is a set of ``context / m`` exchangeable elements of
+    ``m`` numbers each, one after another (i.i.d. trials of an experiment), and ``e`` is a
+    :class:`~nfkit.nn.DeepSet` ``ρ(mean_i φ(c_i))``: the flow is then exactly invariant to
+    the elements' order, and ``nf.models.standardize`` scales every element alike (statistics
+    pooled over the elements, so the invariance survives it).
 
     Example:
         >>> import torch
@@ -63,6 +71,15 @@ def Embedded(
         )
     if residual and len(set(hidden)) != 1:
         raise ValueError(f"{where}: residual blocks need equal hidden widths, got {hidden}")
-    summary = MLP(context, inner.context_features, hidden, zero_init=False, residual=residual)
+    summary: nn.Module
+    if set_features is None:
+        summary = MLP(context, inner.context_features, hidden, zero_init=False, residual=residual)
+    else:
+        m = check_positive_int(where, "set_features", set_features)
+        if context % m:
+            raise ValueError(
+                f"{where}: context ({context}) must hold whole elements of set_features={m}"
+            )
+        summary = DeepSet(m, inner.context_features, hidden, residual=residual)
     embedding = summary if inner.embedding is None else nn.Sequential(summary, inner.embedding)
     return Flow(inner.transform, inner.base, embedding=embedding, context=context)

@@ -546,6 +546,11 @@ def standardize(
                 raise ValueError(
                     f"{where}: context must have last dim {ctx}, got shape {tuple(context.shape)}"
                 )
+            m = (flow.config or {}).get("set_features")
+            if m:  # a set's elements are exchangeable: one scaling for all, pooled over them
+                elements = context.reshape(-1, m)
+                cmean = elements.mean(0).repeat(ctx // m)
+                cstd = elements.std(0, unbiased=False).repeat(ctx // m)
             scaler = (
                 out.embedding
                 if isinstance(out.embedding, ContextStandardize)

@@ -11,12 +11,14 @@ from nfkit.nn.mlp import (
     periodic_embedding,
 )
 from nfkit.nn.packed import PackedLayers
+from nfkit.nn.sets import DeepSet
 
 __all__ = [
     "MLP",
     "ResNet",
     "MADE",
     "PackedLayers",
+    "DeepSet",
     "Parameters",
     "broadcast_cat",
     "PeriodicEmbedding",
