@@ -45,7 +45,7 @@ def table(tmp_path_factory):
 def test_help(capsys) -> None:
     r = subprocess.run([sys.executable, "-m", "nfkit", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: nfkit" in r.stdout and "demo" in r.stdout
-    for command in ("fit", "sample", "score", "plot", "demo", "info"):
+    for command in ("fit", "sample", "score", "plot", "demo", "info", "coverage"):
         code, out, _ = _run(capsys, command, "--help")
         assert code == 0 and out.startswith(f"usage: nfkit {command}")
 
@@ -483,3 +483,32 @@ def test_fit_by_flow_matching(capsys, table) -> None:
     assert code == 1 and "--objective flow-matching trains ffjord" in err
     code, _, err = _run(capsys, *argv, "--objective", "nll")
     assert code == 2 and "expected likelihood or flow-matching, got 'nll'" in err
+
+
+def test_coverage_of_a_posterior(capsys, tmp_path) -> None:
+    """nfkit coverage MODEL DATA: the coverage at each level and a verdict; --plot writes the
+    figure; an unconditional model or swapped arguments are one-line errors."""
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=400)
+    sims = pd.DataFrame(theta[:, None] + rng.normal(size=(400, 3)), columns=["x0", "x1", "x2"])
+    sims.insert(0, "theta", theta)
+    sims.to_csv(tmp_path / "sims.csv", index=False)
+    sims[:100].to_csv(tmp_path / "held.csv", index=False)
+    model = tmp_path / "post.pt"
+    fit = ["fit", tmp_path / "sims.csv", "--steps", "30", "--hidden", "8", "-q", "--seed", "0"]
+    assert _run(capsys, *fit, "--given", "x0,x1,x2", "--out", model)[0] == 0
+    figure = tmp_path / "coverage.png"
+    code, out, err = _run(capsys, "coverage", model, tmp_path / "held.csv", "--samples", "50",
+                          "--seed", "0", "--plot", figure)  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"coverage of {model} on 100 rows of {tmp_path / 'held.csv'}, 50 draws each"
+    assert lines[1] == "level  coverage" and lines[2].startswith("0.1 ")
+    assert len(lines) == 2 + 11 + 2 and lines[-1] == f"wrote {figure}" and figure.exists()
+    assert lines[-2].startswith("max deviation ") and "(95% band 0.136): " in lines[-2]
+    plain = tmp_path / "plain.pt"
+    assert _run(capsys, *fit, "--out", plain)[0] == 0
+    code, _, err = _run(capsys, "coverage", plain, tmp_path / "held.csv")
+    assert code == 1 and "is not conditional: coverage checks a posterior" in err
+    code, _, err = _run(capsys, "coverage", tmp_path / "held.csv", model)
+    assert code == 1 and "the order is nfkit coverage MODEL DATA" in err

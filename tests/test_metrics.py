@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,66 @@ def test_compare_scores_flows_and_refuses_what_does_not_compare() -> None:
         nf.metrics.compare({"a": trained, "b": nf.models.MAF(3, transforms=1)}, test)
     with pytest.raises(TypeError, match="'a' is not an nf.Flow"):
         nf.metrics.compare({"a": torch.nn.Linear(2, 2)}, test)
+
+
+def _prior_flow() -> nf.Flow:
+    """A conditional flow that is still the identity: q(θ | x) = N(0, I) for every x."""
+    torch.manual_seed(0)
+    return nf.models.MAF(2, context=1, transforms=1, hidden=(8,)).double()
+
+
+def test_coverage_of_an_exact_posterior_is_the_level() -> None:
+    """θ ~ N(0, I) with uninformative data: q = N(0, I) is the exact posterior, so coverage
+    equals the level within the band, and the marginal ranks are uniform on 0 … S."""
+    g = torch.Generator().manual_seed(1)
+    theta = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(3000, 1, generator=g, dtype=torch.float64)
+    result = nf.metrics.coverage(_prior_flow(), theta, x, samples=400, seed=0)
+    assert result.calibrated and result.max_deviation <= result.band, result
+    assert result.coverage.shape == result.levels.shape == (20,)
+    assert result.marginal_rank.shape == (3000, 2) and result.marginal_rank.max() <= 400
+    assert abs(result.marginal_rank.mean() / 400 - 0.5) < 0.02
+    assert abs(result.hpd_rank.mean() - 0.5) < 0.02
+    again = nf.metrics.coverage(_prior_flow(), theta, x, samples=400, seed=0)
+    np.testing.assert_array_equal(again.hpd_rank, result.hpd_rank)  # the seed fixes the draws
+
+
+@pytest.mark.parametrize(("spread", "sign"), [(1.5, -1), (0.6, 1)])
+def test_coverage_tells_overconfident_from_conservative(spread: float, sign: int) -> None:
+    """θ wider than q (q overconfident): coverage below the level; narrower: above it."""
+    g = torch.Generator().manual_seed(2)
+    theta = spread * torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(2000, 1, generator=g, dtype=torch.float64)
+    flow = _prior_flow()
+    state = torch.get_rng_state()
+    result = nf.metrics.coverage(flow, theta, x, samples=300, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # a seeded run leaves the global RNG
+    assert not result.calibrated
+    middle = result.levels.tolist().index(0.5)
+    assert sign * (result.coverage[middle] - 0.5) > 0.15, result
+    assert "calibrated=False" in repr(result)
+
+
+def test_coverage_refusals_are_one_line() -> None:
+    flow = _prior_flow()
+    theta, x = torch.randn(10, 2).double(), torch.randn(10, 1).double()
+    for call, message in (
+        (lambda: nf.metrics.coverage(nf.models.MAF(2), theta, x), "must be a conditional flow"),
+        (lambda: nf.metrics.coverage(flow, theta, x[:5]), "do not broadcast"),
+        (lambda: nf.metrics.coverage(flow, theta, x, levels=[0.5, 1.0]), r"levels must be"),
+        (lambda: nf.metrics.coverage(flow, theta[:, :1], x), "theta must have last dim 2"),
+        (lambda: nf.metrics.coverage(flow, theta, x, samples=0), "samples must be"),
+    ):
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value) and str(info.value).startswith("nf.metrics.coverage")
+
+
+def test_coverage_plot(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    theta, x = torch.randn(200, 2).double(), torch.randn(200, 1).double()
+    result = nf.metrics.coverage(_prior_flow(), theta, x, samples=100, seed=0)
+    fig = result.plot(tmp_path / "coverage.png", columns=["mu", "sigma"])
+    assert (tmp_path / "coverage.png").stat().st_size > 0
+    assert fig.axes[0].get_xlabel() == "credibility level"
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["mu", "sigma"]

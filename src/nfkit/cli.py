@@ -805,6 +805,39 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"  parameters: {count:,} ({dtype})")
 
 
+CLI_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def cmd_coverage(args: argparse.Namespace) -> None:
+    import nfkit as nf
+
+    _refuse_overwriting(("--plot", args.plot), ("model", args.model), ("data", args.data))
+    _check_order("coverage", args.model, args.data, "MODEL DATA")
+    flow = _load_model(args.model, args.device)
+    _, data, given = _schema(flow)
+    if not given:
+        raise _UserError(
+            f"{args.model} is not conditional: coverage checks a posterior p(parameters | "
+            "given columns), fitted with --given"
+        )
+    _, _, x, c = _model_table(flow, args.data)
+    result = nf.metrics.coverage(flow, x, c, samples=args.samples, levels=CLI_LEVELS,
+                                 seed=args.seed)  # fmt: skip
+    print(f"coverage of {args.model} on {len(x)} rows of {args.data}, {args.samples} draws each")
+    print("level  coverage")
+    for level, found in zip(result.levels, result.coverage):
+        print(f"{level:<5g}  {found:.3f}")
+    verdict = "calibrated" if result.calibrated else (
+        "overconfident (regions too narrow)"
+        if float((result.coverage - result.levels).mean()) < 0
+        else "conservative (regions too wide)"
+    )  # fmt: skip
+    print(f"max deviation {result.max_deviation:.3f} (95% band {result.band:.3f}): {verdict}")
+    if args.plot:
+        nf.plot.coverage(result, args.plot, columns=data)
+        print(f"wrote {args.plot}")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     import nfkit as nf
 
@@ -1050,6 +1083,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _inference_options(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "coverage",
+        help="calibration of a conditional model as a posterior, on held-out simulations",
+    )
+    p.add_argument("model", help="a conditional model written by 'nfkit fit --given ...'")
+    p.add_argument(
+        "data", help="held-out rows (parameters and their given columns), not training rows"
+    )
+    p.add_argument("--samples", type=_positive, default=1000, help="draws per row (default: 1000)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--plot", default=None, help="figure file: coverage curve and rank histograms")
+    p.add_argument(
+        "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"
+    )
+    p.set_defaults(func=cmd_coverage)
 
     p = sub.add_parser("info", help="what a saved model is: architecture, columns, parameters")
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")

@@ -7,6 +7,8 @@ state, no GUI backend), writes it to ``path`` as PNG when a path is given, and r
 - :func:`samples`: samples against data (scatter for D = 2, :func:`corner` for D > 2).
 - :func:`corner`: for D > 2, marginal histograms and pairwise scatter, data vs samples.
 - :func:`history`: training and validation loss against the step.
+- :func:`coverage`: a posterior's expected coverage against the credibility level, and its
+  simulation-based-calibration rank histograms (:func:`nfkit.metrics.coverage`).
 - :func:`layers`: base samples (and a grid) pushed through the inverse of the flow's layers one
   at a time: how a Gaussian is reshaped into the target, transform after transform.
 
@@ -30,7 +32,7 @@ from nfkit.io import atomic_write
 from nfkit.models.dequantized import DequantizedFlow
 from nfkit.transforms.elementwise import Affine
 
-__all__ = ["density", "samples", "corner", "history", "layers"]
+__all__ = ["density", "samples", "corner", "history", "layers", "coverage"]
 
 _DATA = "#555555"
 _MODEL = "#d95f02"
@@ -484,4 +486,59 @@ def layers(
         a.set_title(f"{k}: {names[k]}" if k else f"base {_base_name(flow)}", fontsize=9)
         a.tick_params(labelsize=7)
     fig.suptitle("base samples through the inverse layers (last panel: model samples)")
+    return _finish(fig, path)
+
+
+def coverage(
+    result: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Any:
+    r"""A posterior's calibration (:class:`nfkit.metrics.Coverage`) in two panels.
+
+    Left: the empirical coverage of the highest-density regions against their level, with the
+    diagonal (calibrated) and its simultaneous 95% band; a curve below the diagonal is an
+    overconfident posterior, above it a conservative one. Right: for each feature (up to eight),
+    the histogram of the simulation-based-calibration ranks as fractions of the draws, against
+    the uniform density 1 (a ∪ shape: too narrow; ∩: too wide; a slope: biased).
+
+    Args:
+        result: What :func:`nfkit.metrics.coverage` returned.
+        path: Write the figure there (PNG, or the format of the suffix).
+        columns: Names of the features (default ``θ1, θ2, …``).
+    """
+    import numpy as np
+
+    fig, axes = _figure(1, 2, (9, 3.8))
+    left, right = axes[0]
+    levels = np.concatenate([[0.0], result.levels, [1.0]])
+    found = np.concatenate([[0.0], result.coverage, [1.0]])
+    left.fill_between(
+        [0, 1], [-result.band, 1 - result.band], [result.band, 1 + result.band],
+        color="#cccccc", alpha=0.6, lw=0, label="95% band",
+    )  # fmt: skip
+    left.plot([0, 1], [0, 1], color=_DATA, lw=1, ls=":", label="calibrated")
+    left.plot(levels, found, "o-", color=_MODEL, ms=3, label="flow")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.set_xlabel("credibility level")
+    left.set_ylabel("expected coverage")
+    left.set_aspect("equal")
+    left.legend(frameon=False, fontsize=8, loc="upper left")
+    ranks = np.asarray(result.marginal_rank, dtype=np.float64) / result.samples
+    d = ranks.shape[1]
+    names = list(columns) if columns is not None else [f"θ{j + 1}" for j in range(d)]
+    bins = max(5, min(20, len(ranks) // 20))
+    edges = np.linspace(0, 1, bins + 1)
+    for j in range(min(d, 8)):
+        counts, _ = np.histogram(ranks[:, j], bins=edges, density=True)
+        right.stairs(counts, edges, lw=1.2, label=names[j])
+    right.axhline(1.0, color=_DATA, lw=1, ls=":")
+    right.set_xlim(0, 1)
+    right.set_xlabel("rank of the true value among the draws")
+    right.set_ylabel("density")
+    right.legend(frameon=False, fontsize=8, loc="upper center")
+    fig.suptitle(title or f"posterior calibration ({len(ranks)} pairs, {result.samples} draws)")
     return _finish(fig, path)
