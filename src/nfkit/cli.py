@@ -410,6 +410,12 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     summary = getattr(args, "summary", None)  # nfkit demo has no --summary
     if summary is not None and not given:
         raise _UserError("--summary is the size of a learned summary of the --given columns")
+    summary_set = getattr(args, "summary_set", None)
+    if summary_set is not None and (summary is None or given_angles):
+        raise _UserError(
+            "--summary-set M reads the --given columns as a set of elements of M columns for "
+            "a --summary K; " + ("give --summary" if summary is None else "not with given angles")
+        )
     flow = make_flow(
         model,
         len(data_cols),
@@ -421,7 +427,11 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     )
     if summary is not None:  # an MLP from the (standardized) given columns to `summary` features
         flow = nf.models.Embedded(
-            len(data_cols), flow=flow.config, context=context, hidden=args.hidden
+            len(data_cols),
+            flow=flow.config,
+            context=context,
+            hidden=args.hidden,
+            set_features=summary_set,
         )
     spec = getattr(args, "bounds", None) or {}  # nfkit demo has no --bounds
     _check_modelled(source, "--bounds", spec, data_cols)
@@ -983,6 +993,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with many --given columns: condition on K features of a learned summary network "
         "of them (an MLP of --hidden widths, trained with the model; nf.models.Embedded)",
         metavar="K",
+    )
+    p.add_argument(
+        "--summary-set",
+        type=_positive,
+        default=None,
+        help="the --given columns, in order, are a set of exchangeable elements of M columns "
+        "each (i.i.d. trials): the --summary network is a DeepSet, blind to their order",
+        metavar="M",
     )
     p.add_argument(
         "--bounds",

@@ -111,6 +111,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
         summary: With many given columns: condition on this many features of a learned
             summary network of them, an MLP of ``hidden`` widths trained with the model
             (:func:`nfkit.models.Embedded`). None: the given columns as they are.
+        summary_set: ``m``: the given columns, in order, are a set of exchangeable elements of
+            ``m`` columns each, and the summary is a DeepSet blind to their order
+            (``Embedded(set_features=m)``).
         objective: ``"likelihood"`` or ``"flow_matching"`` (``model="ffjord"``: a continuous
             flow trained by flow matching; see :func:`nfkit.fit`).
         device: Torch device for training and scoring.
@@ -157,6 +160,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         discrete: Any = None,
         angles: Any = None,
         summary: int | None = None,
+        summary_set: int | None = None,
         objective: str = "likelihood",
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
@@ -179,6 +183,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.discrete = discrete
         self.angles = angles
         self.summary = summary
+        self.summary_set = summary_set
         self.objective = objective
         self.device = device
         self.random_state = random_state
@@ -335,6 +340,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
             )
         if self.summary is not None and not context:
             raise ValueError("FlowDensity.fit: summary is the size of a summary of given columns")
+        if self.summary_set is not None and (self.summary is None or given_angles):
+            raise ValueError(
+                "FlowDensity.fit: summary_set reads the given columns as a set for a summary "
+                "network: " + ("give summary=K" if self.summary is None else "no given angles")
+            )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             flow = make_flow(
@@ -348,7 +358,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
             )
             if self.summary is not None:  # a learned summary of the given columns
                 flow = Embedded(
-                    len(self.data_indices_), flow=flow.config, context=context, hidden=self.hidden
+                    len(self.data_indices_),
+                    flow=flow.config,
+                    context=context,
+                    hidden=self.hidden,
+                    set_features=self.summary_set,
                 )
             flow = flow.to(self.device_)
             if self.standardize:

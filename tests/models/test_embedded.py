@@ -151,3 +151,37 @@ def test_info_names_a_set_summary(tmp_path, capsys) -> None:
         "summary: a DeepSet (16) of the 3 elements of 4 context features each (their order "
         "does not matter) into the model's 3, trained with it"
     ) in out
+
+
+def test_set_summary_from_the_command_line_and_the_estimator(tmp_path, capsys) -> None:
+    """``--summary K --summary-set M`` and ``FlowDensity(summary=K, summary_set=M)`` build the
+    DeepSet summary; shuffling the trials leaves the scores unchanged; misuse is one line."""
+    import numpy as np
+    import pandas as pd
+
+    from nfkit.cli import main
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=300)
+    trials = theta[:, None] + rng.normal(size=(300, 6))
+    table = pd.DataFrame(trials, columns=list("abcdef"))
+    table.insert(0, "theta", theta)
+    table.to_csv(tmp_path / "sims.csv", index=False)
+    model = str(tmp_path / "m.pt")
+    fit = ["fit", str(tmp_path / "sims.csv"), "--steps", "5", "--hidden", "8", "-q"]
+    given = ["--given", "a,b,c,d,e,f"]
+    assert main([*fit, *given, "--summary", "2", "--summary-set", "2", "--out", model]) == 0
+    assert main(["info", model]) == 0
+    assert "a DeepSet (8) of the 3 elements of 2 context features each" in capsys.readouterr().out
+    assert main([*fit, *given, "--summary-set", "2", "--out", model]) == 1
+    assert "give --summary" in capsys.readouterr().err
+    assert main([*fit, *given, "--summary", "2", "--summary-set", "4", "--out", model]) == 1
+    assert "context (6) must hold whole elements of set_features=4" in capsys.readouterr().err
+    data = np.hstack([theta[:, None], trials])
+    est = nf.FlowDensity("maf", given=[1, 2, 3, 4, 5, 6], summary=2, summary_set=1,
+                         transforms=1, hidden=(8,), steps=10, random_state=0).fit(data)  # fmt: skip
+    assert est.flow_.config["flow"]["set_features"] == 1
+    shuffled = np.hstack([theta[:, None], trials[:, ::-1]])
+    np.testing.assert_allclose(est.score_samples(shuffled), est.score_samples(data), atol=1e-9)
+    with pytest.raises(ValueError, match="summary_set reads the given columns as a set"):
+        nf.FlowDensity("maf", given=[1, 2], summary_set=1, steps=2).fit(data[:, :3])
