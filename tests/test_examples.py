@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
+# Scripts run a second time with other options: (script, extra arguments).
+VARIANTS = [("conditional.py", ("--objective", "flow_matching"))]
 
 # The figures each script must write (a script not listed must write at least one PNG).
 FIGURES: dict[str, tuple[str, ...]] = {
@@ -26,12 +28,16 @@ FIGURES: dict[str, tuple[str, ...]] = {
 }
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_example_runs_quick(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "options"),
+    [(s, ()) for s in SCRIPTS] + VARIANTS,
+    ids=[*SCRIPTS, *(f"{s}{''.join(o)}" for s, o in VARIANTS)],
+)
+def test_example_runs_quick(script: str, options: tuple[str, ...], tmp_path: Path) -> None:
     # One thread: on a shared CI machine torch's default thread pool oversubscribes the cores.
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), str(tmp_path), "--quick"],
+        [sys.executable, str(ROOT / "examples" / script), str(tmp_path), "--quick", *options],
         cwd=tmp_path,
         env=env,
         capture_output=True,
