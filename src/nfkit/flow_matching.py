@@ -81,8 +81,11 @@ class FlowMatchingObjective(nn.Module):
         layers = _layers(flow.transform)
         fields = [t for t in layers if isinstance(t, ContinuousFlow)]
         if len(fields) != 1 or layers[-1] is not fields[0]:
-            got = f"{len(fields)} ContinuousFlow layers" if fields else "no ContinuousFlow"
-            if len(fields) == 1:
+            if not fields:
+                got = "no ContinuousFlow"
+            elif len(fields) > 1:
+                got = f"{len(fields)} ContinuousFlow layers"
+            else:
                 got = "a ContinuousFlow followed by other layers"
             raise ValueError(
                 f"{where}: flow matching trains one ContinuousFlow as the flow's last layer "
