@@ -145,7 +145,8 @@ def test_coverage_refusals_are_one_line() -> None:
     flow = _prior_flow()
     theta, x = torch.randn(10, 2).double(), torch.randn(10, 1).double()
     for call, message in (
-        (lambda: nf.metrics.coverage(nf.models.MAF(2), theta, x), "must be a conditional flow"),
+        (lambda: nf.metrics.coverage(nf.models.MAF(2), theta, x), "of context size 0 takes no"),
+        (lambda: nf.metrics.coverage(flow, theta), "of context size 1 needs the context"),
         (lambda: nf.metrics.coverage(flow, theta, x[:5]), "do not broadcast"),
         (lambda: nf.metrics.coverage(flow, theta, x, levels=[0.5, 1.0]), r"levels must be"),
         (lambda: nf.metrics.coverage(flow, theta[:, :1], x), "theta must have last dim 2"),
@@ -164,3 +165,19 @@ def test_coverage_plot(tmp_path) -> None:
     assert (tmp_path / "coverage.png").stat().st_size > 0
     assert fig.axes[0].get_xlabel() == "credibility level"
     assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["mu", "sigma"]
+
+
+def test_coverage_of_an_unconditional_density_on_held_out_rows() -> None:
+    """One set of draws ranks every row: a model equal to the data's law is calibrated, one too
+    sharp for the data covers too little and one too flat too much."""
+    torch.manual_seed(0)
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,)).double()  # still N(0, I)
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    exact = nf.metrics.coverage(flow, rows, samples=5000, seed=0)
+    assert exact.calibrated and exact.marginal_rank.shape == (3000, 2)
+    assert abs(exact.marginal_rank.mean() / 5000 - 0.5) < 0.02
+    middle = exact.levels.tolist().index(0.5)
+    for spread, sign in ((1.4, -1), (0.7, 1)):
+        result = nf.metrics.coverage(flow, spread * rows, samples=5000, seed=0)
+        assert not result.calibrated and sign * (result.coverage[middle] - 0.5) > 0.15

@@ -824,13 +824,8 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     _refuse_overwriting(("--plot", args.plot), ("model", args.model), ("data", args.data))
     _check_order("coverage", args.model, args.data, "MODEL DATA")
     flow = _load_model(args.model, args.device)
-    _, data, given = _schema(flow)
-    if not given:
-        raise _UserError(
-            f"{args.model} is not conditional: coverage checks a posterior p(parameters | "
-            "given columns), fitted with --given"
-        )
-    _, _, x, c = _model_table(flow, args.data)
+    data = _schema(flow)[1]
+    _, _, x, c = _model_table(flow, args.data)  # c: None for an unconditional model
     result = nf.metrics.coverage(flow, x, c, samples=args.samples, levels=CLI_LEVELS,
                                  seed=args.seed)  # fmt: skip
     print(f"coverage of {args.model} on {len(x)} rows of {args.data}, {args.samples} draws each")
@@ -1104,11 +1099,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "coverage",
-        help="calibration of a conditional model as a posterior, on held-out simulations",
+        help="calibration of a model on held-out rows (a posterior: held-out simulations)",
     )
-    p.add_argument("model", help="a conditional model written by 'nfkit fit --given ...'")
+    p.add_argument("model", help="a model written by 'nfkit fit' (with --given: a posterior)")
     p.add_argument(
-        "data", help="held-out rows (parameters and their given columns), not training rows"
+        "data",
+        help="held-out rows (with the given columns of a conditional model), not training rows",
     )
     p.add_argument("--samples", type=_positive, default=1000, help="draws per row (default: 1000)")
     p.add_argument("--seed", type=int, default=None, help="random seed")

@@ -284,13 +284,14 @@ class Coverage:
 def coverage(
     flow: nn.Module,
     theta: Any,
-    context: Any,
+    context: Any = None,
     *,
     samples: int = 1000,
     levels: Sequence[float] = LEVELS,
     seed: int | None = None,
 ) -> Coverage:
-    r"""Expected coverage and simulation-based calibration of a posterior ``q(θ | x)``.
+    r"""Expected coverage and simulation-based calibration of a posterior ``q(θ | x)``, or of
+    an unconditional density on held-out rows.
 
     For held-out pairs ``(θ_i, x_i)`` drawn from the prior and the simulator (not the training
     pairs), ``S = samples`` draws ``θ ~ q(θ | x_i)`` place ``θ_i`` among them twice: by density
@@ -299,11 +300,17 @@ def coverage(
     ``θ_ij`` among the draws' ``j``-th features; Talts et al. 2018, arXiv:1804.06788). Both
     ranks are uniform when ``q`` is the true posterior, so ``coverage(α) = α`` at every level.
 
+    An unconditional flow ``p`` (``context=None``) is checked the same way on held-out rows
+    ``θ_i`` of the data: coverage below the level means the model puts too much of its mass on
+    too small a region (too sharp), above it too little (too flat). One set of ``S`` draws
+    serves every row there (ranks by sorting), so ``S`` can be large.
+
     Args:
-        flow: A conditional :class:`~nfkit.Flow` over vectors ``(D,)``; scored in eval mode
-            without autograd (its mode is restored), in its own dtype and device.
-        theta: The parameters ``(B, D)`` (Tensor, array or DataFrame).
-        context: Their simulated data ``(B, C)``.
+        flow: A :class:`~nfkit.Flow` over vectors ``(D,)``; scored in eval mode without autograd
+            (its mode is restored), in its own dtype and device.
+        theta: The parameters ``(B, D)`` (Tensor, array or DataFrame); for an unconditional
+            flow, held-out rows.
+        context: Their simulated data ``(B, C)``; None for an unconditional flow.
         samples: ``S``, draws per pair.
         levels: Credibility levels to report, in ``(0, 1)``.
         seed: Seed of the draws (None: torch's global RNG, left as it is after).
@@ -325,10 +332,15 @@ def coverage(
     where = "nf.metrics.coverage"
     if not isinstance(flow, Flow):
         raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
-    if not flow.context_features or len(flow.event_shape) != 1:
+    if len(flow.event_shape) != 1:
         raise ValueError(
-            f"{where}: the flow must be a conditional flow over vectors, q(theta | x); got "
-            f"context size {flow.context_features} and event shape {tuple(flow.event_shape)}"
+            f"{where}: the flow must be over vectors, got event shape {tuple(flow.event_shape)}"
+        )
+    if (context is None) != (flow.context_features == 0):
+        need = "needs the context of each row" if context is None else "takes no context"
+        raise ValueError(
+            f"{where}: a flow of context size {flow.context_features} {need} (theta given x: "
+            "a conditional flow; held-out rows alone: an unconditional one)"
         )
     samples = check_positive_int(where, "samples", samples)
     grid = np.asarray(levels, dtype=np.float64)
@@ -336,12 +348,15 @@ def coverage(
         raise ValueError(f"{where}: levels must be numbers in (0, 1), got {shown(levels)}")
     dtype, device = dtype_device(flow)
     th = as_tensor(theta, where, "theta", dtype=dtype, device=device)
-    cx = as_tensor(context, where, "context", dtype=dtype, device=device)
+    cx = None if context is None else as_tensor(context, where, "context", dtype=dtype,
+                                                device=device)  # fmt: skip
     flow._check_x(where, th, cx, names=("theta", "context"))
-    if th.dim() != 2 or cx.dim() != 2 or th.shape[0] != cx.shape[0]:
+    rows = th.shape[0] if cx is None else cx.shape[0]
+    if th.dim() != 2 or (cx is not None and cx.dim() != 2) or th.shape[0] != rows:
+        got = tuple(th.shape) if cx is None else f"{tuple(th.shape)} and {tuple(cx.shape)}"
         raise ValueError(
-            f"{where}: theta and context must be tables with the same number of rows, got "
-            f"shapes {tuple(th.shape)} and {tuple(cx.shape)}"
+            f"{where}: theta (and context) must be tables with the same number of rows, got "
+            f"shapes {got}"
         )
     block = max(1, 2**16 // samples)
     devices = [device] if device is not None and device.type == "cuda" else []
@@ -352,7 +367,16 @@ def coverage(
         with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            for i in range(0, th.shape[0], block):  # blocks of pairs, each fully batched
+            if cx is None:  # one set of draws for every row: ranks by sorting
+                draws = flow.sample(samples)  # (S, D)
+                log_q = flow.log_prob(draws).sort().values
+                log_true = flow.log_prob(th)
+                below = torch.searchsorted(log_q, log_true)
+                above = samples - torch.searchsorted(log_q, log_true, right=True)
+                hpd.append((above + 0.5 * (samples - above - below)).double() / samples)
+                columns = draws.T.contiguous().sort().values  # (D, S)
+                marginal.append(torch.searchsorted(columns, th.T.contiguous()).T)
+            for i in range(0, th.shape[0] if cx is not None else 0, block):  # blocks of pairs
                 t, c = th[i : i + block], cx[i : i + block]
                 draws = flow.sample(samples, c)  # (S, b, D)
                 log_q = flow.log_prob(draws, c)  # (S, b)
