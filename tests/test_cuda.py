@@ -123,3 +123,16 @@ def test_flow_matching_on_cuda() -> None:
     assert history.val_nll is not None and all(map(math.isfinite, history.train_loss))
     assert gpu.log_prob(x[:8].cuda(), c[:8].cuda()).device.type == "cuda"
     assert gpu.sample(5, c[:2].cuda()).shape == (5, 2, 2)
+
+
+def test_coverage_on_cuda() -> None:
+    """nf.metrics.coverage draws, scores and ranks on the GPU; seeded runs repeat there."""
+    torch.manual_seed(0)
+    flow = nf.models.MAF(2, context=1, transforms=1, **SMALL).to("cuda", torch.float64)
+    theta = torch.randn(300, 2, dtype=torch.float64, device="cuda")
+    x = torch.randn(300, 1, dtype=torch.float64, device="cuda")
+    first = nf.metrics.coverage(flow, theta, x, samples=100, seed=0)
+    again = nf.metrics.coverage(flow, theta, x, samples=100, seed=0)
+    assert (first.hpd_rank == again.hpd_rank).all() and first.marginal_rank.shape == (300, 2)
+    plain = nf.models.MAF(2, transforms=1, **SMALL).to("cuda", torch.float64)
+    assert nf.metrics.coverage(plain, theta, samples=500, seed=0).coverage.shape == (20,)
