@@ -62,23 +62,30 @@ def test_learns_a_gaussian_exactly() -> None:
     assert (got - truth).abs().max() < 0.05, got - truth
     assert abs(samples.mean() - 1) < 0.15 and abs(samples.std() - 2) < 0.15
     exact_nll = 0.5 * math.log(2 * math.pi * 4) + 0.5  # the entropy of N(1, 4)
-    assert abs(history.val_nll - exact_nll) < 0.03
+    assert abs(history.val_nll - exact_nll) < 0.06  # 0.026 here; 2000 rows: ±0.016 of noise
 
 
 def test_conditional_flow_matching() -> None:
-    """x | c ~ N(c, 0.5²): the fitted conditional density at three contexts."""
+    """x | c ~ N(c, 0.5²): the fitted conditional density at three contexts, within 0.2 nats
+    over ±1σ (0.05–0.09 on this seed; a flow blind to c would be off by nats), and the samples'
+    mean and spread at each."""
     torch.manual_seed(1)
     c = torch.rand(6000, 1, dtype=torch.float64) * 4 - 2
     x = c + 0.5 * torch.randn_like(c)
     flow = _ffjord(1, context=1)
-    nf.fit(flow, x, context=c, steps=2000, lr=3e-3, objective="flow_matching", progress=False)
+    nf.fit(
+        flow, x, context=c, steps=2000, lr=3e-3, objective="flow_matching", progress=False,
+        seed=0,
+    )  # fmt: skip
     for ci in (-1.5, 0.0, 1.5):
         points = torch.tensor([[ci - 0.5], [ci], [ci + 0.5]], dtype=torch.float64)
         context = torch.full_like(points, ci)
         with torch.no_grad():
             got = flow.log_prob(points, context)
+            draws = flow.sample(2000, context[:1])[:, 0, 0]
         truth = torch.distributions.Normal(ci, 0.5).log_prob(points[:, 0])
-        assert (got - truth).abs().max() < 0.1, (ci, got, truth)
+        assert (got - truth).abs().max() < 0.2, (ci, got, truth)
+        assert abs(draws.mean() - ci) < 0.1 and abs(draws.std() - 0.5) < 0.1, (ci, draws.std())
 
 
 def test_dequantized_columns_get_uniform_noise() -> None:
