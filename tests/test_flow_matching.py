@@ -148,6 +148,9 @@ def test_bad_objective_and_data_are_one_line_errors() -> None:
         nf.flow_matching_loss(nf.models.FFJORD(2, context=1), x, torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"x must be rows \(B, D\), got shape \(4, 16, 2\)"):
         nf.flow_matching_loss(nf.models.FFJORD(2), x.reshape(4, 16, 2))
+    bad = FlowMatchingNoise(torch.zeros(64, 2), torch.zeros(32))
+    with pytest.raises(ValueError, match=r"noise must hold z of x's shape \(64, 2\) and s of"):
+        nf.flow_matching_loss(nf.models.FFJORD(2), x, noise=bad)
     with pytest.raises(ValueError, match="x contains NaN values"):
         nf.flow_matching_loss(nf.models.FFJORD(2), torch.full((3, 2), math.nan))
 

@@ -136,6 +136,7 @@ def test_coverage_tells_overconfident_from_conservative(spread: float, sign: int
     result = nf.metrics.coverage(flow, theta, x, samples=300, seed=0)
     assert torch.equal(torch.get_rng_state(), state)  # a seeded run leaves the global RNG
     assert not result.calibrated
+    assert result.verdict.startswith("overconfident" if sign < 0 else "conservative")
     middle = result.levels.tolist().index(0.5)
     assert sign * (result.coverage[middle] - 0.5) > 0.15, result
     assert "calibrated=False" in repr(result)

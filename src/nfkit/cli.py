@@ -832,12 +832,9 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     print("level  coverage")
     for level, found in zip(result.levels, result.coverage):
         print(f"{level:<5g}  {found:.3f}")
-    verdict = "calibrated" if result.calibrated else (
-        "overconfident (regions too narrow)"
-        if float((result.coverage - result.levels).mean()) < 0
-        else "conservative (regions too wide)"
-    )  # fmt: skip
-    print(f"max deviation {result.max_deviation:.3f} (95% band {result.band:.3f}): {verdict}")
+    print(
+        f"max deviation {result.max_deviation:.3f} (95% band {result.band:.3f}): {result.verdict}"
+    )
     if args.plot:
         nf.plot.coverage(result, args.plot, columns=data)
         print(f"wrote {args.plot}")

@@ -165,4 +165,9 @@ def flow_matching_loss(
             raise ValueError(f"{where}: x must be rows (B, D), got shape {tuple(x.shape)}")
     if noise is None:
         noise = objective.draw(x.shape[0], x, generator)
+    elif noise.z.shape != x.shape or noise.s.shape != x.shape[:1]:
+        raise ValueError(
+            f"{where}: noise must hold z of x's shape {tuple(x.shape)} and s of shape "
+            f"({x.shape[0]},), got {tuple(noise.z.shape)} and {tuple(noise.s.shape)}"
+        )
     return objective(x, context, noise)

@@ -266,6 +266,16 @@ class Coverage:
         the deviation)."""
         return self.max_deviation <= self.band
 
+    @property
+    def verdict(self) -> str:
+        """``calibrated``, else ``overconfident`` (coverage below the levels on average: the
+        regions are too narrow) or ``conservative`` (too wide), with that reading."""
+        if self.calibrated:
+            return "calibrated"
+        if float((self.coverage - self.levels).mean()) < 0:
+            return "overconfident (regions too narrow)"
+        return "conservative (regions too wide)"
+
     def __repr__(self) -> str:
         worst = int(np.abs(self.coverage - self.levels).argmax())
         return (
@@ -279,6 +289,11 @@ class Coverage:
         from nfkit.plot import coverage as plot_coverage
 
         return plot_coverage(self, path, **kwargs)
+
+
+def _denser_fraction(above: Tensor, ties: Tensor, samples: int) -> Tensor:
+    """The fraction of ``samples`` draws denser than the true value, ties counting half."""
+    return (above + 0.5 * ties).double() / samples
 
 
 def coverage(
@@ -367,25 +382,24 @@ def coverage(
         with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            if cx is None:  # one set of draws for every row: ranks by sorting
+            if cx is None:  # one set of draws for every row: counts by sorting
                 draws = flow.sample(samples)  # (S, D)
                 log_q = flow.log_prob(draws).sort().values
                 log_true = flow.log_prob(th)
                 below = torch.searchsorted(log_q, log_true)
                 above = samples - torch.searchsorted(log_q, log_true, right=True)
-                hpd.append((above + 0.5 * (samples - above - below)).double() / samples)
+                hpd.append(_denser_fraction(above, samples - above - below, samples))
                 columns = draws.T.contiguous().sort().values  # (D, S)
                 marginal.append(torch.searchsorted(columns, th.T.contiguous()).T)
-            for i in range(0, th.shape[0] if cx is not None else 0, block):  # blocks of pairs
-                t, c = th[i : i + block], cx[i : i + block]
-                draws = flow.sample(samples, c)  # (S, b, D)
-                log_q = flow.log_prob(draws, c)  # (S, b)
-                log_true = flow.log_prob(t, c)  # (b,)
-                denser = (log_q > log_true).double().mean(0) + 0.5 * (
-                    log_q == log_true
-                ).double().mean(0)
-                hpd.append(denser)
-                marginal.append((draws < t).sum(0))
+            else:
+                for i in range(0, th.shape[0], block):  # blocks of pairs, each fully batched
+                    t, c = th[i : i + block], cx[i : i + block]
+                    draws = flow.sample(samples, c)  # (S, b, D)
+                    log_q = flow.log_prob(draws, c)  # (S, b)
+                    log_true = flow.log_prob(t, c)  # (b,)
+                    above, ties = (log_q > log_true).sum(0), (log_q == log_true).sum(0)
+                    hpd.append(_denser_fraction(above, ties, samples))
+                    marginal.append((draws < t).sum(0))
     finally:
         flow.train(was_training)
     hpd_rank = torch.cat(hpd).cpu().numpy()
