@@ -4,11 +4,13 @@ A model file is one ``torch.save`` archive holding plain types only (so it loads
 ``torch.load(..., weights_only=True)``): a format tag, the nfkit version, the flow's ``config``
 as a JSON string, its dtype and its ``state_dict`` (weights and buffers: standardization
 statistics included). ``load`` rebuilds the architecture with ``nf.models.build(config)`` and
-loads the weights. Writes are atomic: a temporary file in the same directory, then ``os.replace``.
+loads the weights; a hand-built flow (no config) is saved with its architecture's outline and
+loaded into the same architecture built again (``nf.load(path, into=flow)``). Writes are atomic: a temporary file in the same directory, then ``os.replace``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -124,8 +126,14 @@ def _load_problem(e: BaseException) -> str:
 def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
     r"""Write ``flow`` (config, weights, standardization, nfkit version) to one file, atomically.
 
+    A flow built by an ``nf.models`` factory is rebuilt from its ``config`` by :func:`load`. A
+    hand-built ``nf.Flow`` (your own transforms, or ``embedding=`` a summary network of your
+    own, such as a CNN) has no config: its file holds the weights and the architecture's
+    outline (every submodule's class), and loads into the same architecture built again, with
+    ``nf.load(path, into=flow)``.
+
     Args:
-        flow: An :class:`~nfkit.Flow` built by an ``nf.models`` factory (its ``config`` is set).
+        flow: An :class:`~nfkit.Flow`.
         path: Destination; parent directories are created.
 
     Returns:
@@ -136,15 +144,12 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
 
     if not isinstance(flow, Flow):
         raise TypeError(f"nf.save: expected an nf.Flow, got {type(flow).__name__}")
-    if not flow.config or "model" not in flow.config:
-        raise ValueError(
-            "nf.save: flow.config is empty; build the flow with an nf.models factory "
-            "so that nf.load can rebuild it"
-        )
-    try:
-        config = json.dumps(flow.config)
-    except TypeError as e:
-        raise ValueError(f"nf.save: flow.config is not JSON-serializable ({e})") from None
+    config = None
+    if flow.config and "model" in flow.config:
+        try:
+            config = json.dumps(flow.config)
+        except TypeError as e:
+            raise ValueError(f"nf.save: flow.config is not JSON-serializable ({e})") from None
     dtypes = {p.dtype for p in flow.state_dict().values() if p.is_floating_point()}
     dtype = str(dtypes.pop()).replace("torch.", "") if len(dtypes) == 1 else "float32"
     payload = {
@@ -152,24 +157,43 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
         "format_version": FORMAT_VERSION,
         "nfkit_version": __version__,
         "config": config,
+        "outline": _outline(flow),
         "dtype": dtype,
         "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
     }
     return atomic_save(payload, path)
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> Any:
+def _outline(flow: torch.nn.Module) -> list[str]:
+    """Every submodule as ``"name: Class"``: what a weights-only file checks its target against."""
+    return [f"{name or '.'}: {type(m).__qualname__}" for name, m in flow.named_modules()]
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    into: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+) -> Any:
     r"""Read a model written by :func:`save`: rebuild with ``nf.models.build``, load the weights.
 
     Uses ``torch.load(weights_only=True)`` only: no arbitrary code runs. The flow is returned in
-    eval mode, in the dtype it was saved in, on ``device`` (default CPU).
+    eval mode, in the dtype it was saved in, on ``device`` (default CPU; with ``into``, where
+    ``into`` is unless ``device`` is given).
+
+    Args:
+        path: A file written by :func:`save`.
+        into: An ``nf.Flow`` of the saved architecture to load the weights into, in place and
+            returned; needed for a hand-built flow's file (it has no config to rebuild from),
+            allowed for any. Its submodules' classes, parameter names and shapes must match the
+            file's (the first difference is named).
+        device: Where the flow goes.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is unreadable, not an nfkit model, or does not match its config.
+        ValueError: the file is unreadable, not an nfkit model, or does not match its config
+            (or ``into``).
     """
-    from nfkit.models import build
-
     where = "nf.load"
     device = check_device(where, device)
     payload = safe_torch_load(path, where)
@@ -185,13 +209,13 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
             f"{where}: {str(path)!r} was written by nfkit {payload.get('nfkit_version')} "
             f"(format {payload['format_version']}); upgrade nfkit to read it"
         )
-    try:
-        config = json.loads(payload["config"])
-        flow = build(config)
-    except Exception as e:
-        raise ValueError(
-            f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
-        ) from None
+    config = None
+    if payload.get("config") is not None:
+        try:
+            config = json.loads(payload["config"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {str(path)!r}: its config is not JSON ({e})") from None
+    flow = _architecture(where, path, payload, config, into)
     dtype = getattr(torch, str(payload.get("dtype", "float32")), torch.float32)
     flow = flow.to(dtype=dtype)
     try:
@@ -200,8 +224,42 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device | None = No
         raise ValueError(
             f"{where}: {str(path)!r}: weights do not match the architecture ({one_line(e, 80)})"
         ) from None
-    flow.config = config
+    if into is None:
+        flow.config = config
     flow.eval()
     if device is not None:
         flow = flow.to(device)
     return flow
+
+
+def _architecture(
+    where: str, path: Any, payload: dict[str, Any], config: Any, into: torch.nn.Module | None
+) -> torch.nn.Module:
+    """The module the weights go into: ``into`` (checked against the file's outline) or the
+    architecture rebuilt from ``config``."""
+    from nfkit.core import Flow
+    from nfkit.models import build
+
+    if into is not None:
+        if not isinstance(into, Flow):
+            raise TypeError(f"{where}: into must be an nf.Flow, got {type(into).__name__}")
+        saved = payload.get("outline")
+        if saved is not None:
+            for a, b in itertools.zip_longest(saved, _outline(into)):
+                if a != b:
+                    raise ValueError(
+                        f"{where}: {str(path)!r} holds another architecture than into: the file "
+                        f"has {a or 'nothing'!r} where into has {b or 'nothing'!r}"
+                    )
+        return into
+    if config is None:
+        raise ValueError(
+            f"{where}: {str(path)!r} holds a hand-built flow's weights (it has no config to "
+            "rebuild it from); build the same flow and load into it: nf.load(path, into=flow)"
+        )
+    try:
+        return build(config)
+    except Exception as e:
+        raise ValueError(
+            f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
+        ) from None

@@ -36,9 +36,9 @@ def Embedded(
     into a few features, as in neural posterior estimation with an embedding network
     (Papamakarios & Murray 2016; Greenberg, Nonnenmacher & Macke 2019). ``inner =
     nf.models.build(flow)`` (its ``config``, e.g. ``nf.models.NSF(2, context=8).config``), so
-    the result, unlike a hand-assembled ``nf.Flow(..., embedding=net)``, is rebuilt by its
-    ``config``: ``nf.save`` and ``nf.load`` work, and ``nf.models.standardize`` puts its context
-    standardization in front of ``e``. ``log_prob`` and ``sample`` take the raw context.
+    the result is rebuilt by its ``config``: ``nf.load(path)`` needs no architecture (a
+    hand-assembled ``nf.Flow(..., embedding=net)`` loads with ``nf.load(path, into=flow)``),
+    and ``nf.models.standardize`` puts its context standardization in front of ``e``. ``log_prob`` and ``sample`` take the raw context.
 
     ``set_features=m``: the raw context is a set of ``context / m`` exchangeable elements of
     ``m`` numbers each, one after another (i.i.d. trials of an experiment), and ``e`` is a
