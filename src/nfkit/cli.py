@@ -257,10 +257,12 @@ def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]
     import torch
 
     from nfkit.core import dtype_device
+    from nfkit.nn.sets import padded_set
 
     columns, data, given = _schema(flow)
     categories = flow.config.get("categories") or {}
-    table = _read(path, allow_constant=True, categories=categories, **read)
+    missing_ok = given if padded_set(flow.embedding) is not None else ()  # absent set elements
+    table = _read(path, allow_constant=True, categories=categories, missing_ok=missing_ok, **read)
     rows = _select(table, columns, path)
     dtype, device = dtype_device(flow)
     x = torch.tensor(rows[data].to_numpy(), dtype=dtype, device=device)
@@ -416,6 +418,11 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             "--summary-set M reads the --given columns as a set of elements of M columns for "
             "a --summary K; " + ("give --summary" if summary is None else "not with given angles")
         )
+    padded = getattr(args, "summary_padded", False)
+    if padded and summary_set is None:
+        raise _UserError(
+            "--summary-padded lets a set's elements be missing (empty cells); give --summary-set"
+        )
     flow = make_flow(
         model,
         len(data_cols),
@@ -432,6 +439,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             context=context,
             hidden=args.hidden,
             set_features=summary_set,
+            padded=padded,
         )
     spec = getattr(args, "bounds", None) or {}  # nfkit demo has no --bounds
     _check_modelled(source, "--bounds", spec, data_cols)
@@ -559,6 +567,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             drop_missing=args.drop_missing,
             drop_constant=args.drop_constant,
             categories=True,
+            missing_ok=given if args.summary_padded else (),
         )
         flow, history = _train(args, df, given, args.data)
         if not distributed.is_main_process():
@@ -766,12 +775,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{args.model}: {inner['model']}({settings})")
     if embedded is not None:
         hidden = ", ".join(map(str, embedded["hidden"]))
-        m = embedded.get("set_features")
+        m, padded = embedded.get("set_features"), embedded.get("padded")
         what = (
             f"an MLP ({hidden}) of the {embedded['context']} context features"
             if not m
-            else f"a DeepSet ({hidden}) of the {embedded['context'] // m} elements of {m} "
-            "context features each (their order does not matter)"
+            else f"a DeepSet ({hidden}) of {'up to' if padded else 'the'} "
+            f"{embedded['context'] // m} elements of {m} context features each (their order "
+            f"does not matter{'; absent ones are empty cells' if padded else ''})"
         )
         print(f"  summary: {what} into the model's {inner['context']}, trained with it")
     if config["model"] == "Standardized":
@@ -993,6 +1003,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the --given columns, in order, are a set of exchangeable elements of M columns "
         "each (i.i.d. trials): the --summary network is a DeepSet, blind to their order",
         metavar="M",
+    )
+    p.add_argument(
+        "--summary-padded",
+        action="store_true",
+        help="with --summary-set: sets of different sizes; an absent element is M empty cells "
+        "(NaN) anywhere in the row, and the summary reads how many are present",
     )
     p.add_argument(
         "--bounds",

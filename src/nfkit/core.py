@@ -30,6 +30,8 @@ from nfkit._checks import (
     shown,
 )
 from nfkit.nn.packed import PackedLayers
+from nfkit.nn.sets import check_padded_set, padded_set
+from nfkit.tables import as_tensor
 
 __all__ = ["Transform", "Inverse", "Compose", "Flow"]
 
@@ -265,6 +267,24 @@ def dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     )
 
 
+def context_tensor(
+    flow: Flow,
+    context: Any,
+    where: str,
+    name: str = "context",
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor | None:
+    """A user's context (Tensor, array, DataFrame; None passes) as a float tensor, like
+    :func:`~nfkit.tables.as_tensor`; NaN is let through for a flow whose summary takes padded
+    sets (``flow._check_x`` then checks that it pads whole elements)."""
+    if context is None:
+        return None
+    nan = padded_set(flow.embedding) is not None
+    return as_tensor(context, where, name, dtype=dtype, device=device, allow_nan=nan)
+
+
 def _check_chunk(where: str, chunk_size: int | None) -> int | None:
     if chunk_size is None:
         return None
@@ -394,7 +414,7 @@ class Flow(nn.Module):
             check_support(where, xn, x, self.transform.domain, self._column_labels)
         if context is not None and self.context_features:
             check_like(where, cn, check_tensor(where, cn, context), like)
-        check_context(where, context, self.context_features, values=values, name=cn)
+        self._check_context(where, context, values, cn)
         if context is None:
             return
         batch, c_batch = x.shape[: x.dim() - len(self.event_shape)], context.shape[:-1]
@@ -405,6 +425,16 @@ class Flow(nn.Module):
                 f"{where}: {xn}'s batch shape {shape_str(batch)} and {cn}'s "
                 f"{shape_str(c_batch)} do not broadcast"
             ) from None
+
+    def _check_context(self, where: str, context: Tensor | None, values: bool, name: str) -> None:
+        """The context's presence and width; its values finite, or, behind a padded set summary
+        (:class:`~nfkit.nn.DeepSet` with ``padded=True``), NaN only as whole absent elements."""
+        m = padded_set(self.embedding)
+        check_context(
+            where, context, self.context_features, values=values and m is None, name=name
+        )
+        if m is not None and values and context is not None:
+            check_padded_set(where, name, context, m)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         context = self._embed(context)
@@ -465,7 +495,7 @@ class Flow(nn.Module):
             if context is not None and self.context_features:
                 like = floating_tensor(self)
                 check_like(where, "context", check_tensor(where, "context", context), like)
-            check_context(where, context, self.context_features, values=_check_values())
+            self._check_context(where, context, _check_values(), "context")
         if context is not None:
             shape = shape + context.shape[:-1]
         return shape

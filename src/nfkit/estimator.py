@@ -114,6 +114,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
         summary_set: ``m``: the given columns, in order, are a set of exchangeable elements of
             ``m`` columns each, and the summary is a DeepSet blind to their order
             (``Embedded(set_features=m)``).
+        summary_padded: With ``summary_set``: sets of different sizes; an absent element is
+            ``m`` NaNs anywhere among the given columns (``Embedded(padded=True)``). NaN in a
+            modelled column stays an error.
         objective: ``"likelihood"`` or ``"flow_matching"`` (``model="ffjord"``: a continuous
             flow trained by flow matching; see :func:`nfkit.fit`).
         device: Torch device for training and scoring.
@@ -161,6 +164,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         angles: Any = None,
         summary: int | None = None,
         summary_set: int | None = None,
+        summary_padded: bool = False,
         objective: str = "likelihood",
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
@@ -184,6 +188,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.angles = angles
         self.summary = summary
         self.summary_set = summary_set
+        self.summary_padded = summary_padded
         self.objective = objective
         self.device = device
         self.random_state = random_state
@@ -301,6 +306,20 @@ class FlowDensity(DensityMixin, BaseEstimator):
             return x, None
         return x, torch.tensor(X[:, self.given_indices_], **like)
 
+    def _check_missing(self, where: str, X: np.ndarray) -> None:
+        """With ``summary_padded``, NaN may only stand for absent set elements: a modelled
+        column's NaN is named (the flow's checks judge the given columns)."""
+        if not self.summary_padded:
+            return
+        bad = [j for j in self.data_indices_ if np.isnan(X[:, j]).any()]
+        if bad:
+            names = getattr(self, "feature_names_in_", None)
+            which = ", ".join(str(names[j]) if names is not None else str(j) for j in bad)
+            raise ValueError(
+                f"{where}: missing values (NaN) in modelled column(s) {which}; only the given "
+                "set's elements may be missing"
+            )
+
     def _expected_failed_checks(self) -> dict[str, str]:
         """scikit-learn checks that do not apply, with the reason (none at present)."""
         return {}
@@ -317,10 +336,12 @@ class FlowDensity(DensityMixin, BaseEstimator):
         from nfkit.models import Embedded, standardize
         from nfkit.train import OBJECTIVES, fit
 
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        nan = "allow-nan" if self.summary_padded else True
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=nan)
         n_features = X.shape[1]
         self.given_indices_ = self._given_indices(n_features)
         self.data_indices_ = [i for i in range(n_features) if i not in self.given_indices_]
+        self._check_missing("FlowDensity.fit", X)
         self.device_ = check_device("FlowDensity.fit", self.device) or torch.device("cpu")
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         x, c = self._split(X)
@@ -345,6 +366,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 "FlowDensity.fit: summary_set reads the given columns as a set for a summary "
                 "network: " + ("give summary=K" if self.summary is None else "no given angles")
             )
+        if self.summary_padded and self.summary_set is None:
+            raise ValueError(
+                "FlowDensity.fit: summary_padded lets a set's elements be missing (NaN); "
+                "give summary_set=m"
+            )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             flow = make_flow(
@@ -363,6 +389,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     context=context,
                     hidden=self.hidden,
                     set_features=self.summary_set,
+                    padded=self.summary_padded,
                 )
             flow = flow.to(self.device_)
             if self.standardize:
@@ -405,7 +432,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x)`` (or ``log p(x | c)``) of each row, shape ``(n,)``, float64."""
         check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        nan = "allow-nan" if self.summary_padded else True
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=nan)
+        self._check_missing("FlowDensity.score_samples", X)
         x, c = self._split(X)
         with torch.no_grad():
             return self.flow_.log_prob(x, c).cpu().numpy()

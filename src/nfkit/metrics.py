@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_number, check_positive_int, check_tensor, shown
-from nfkit.core import dtype_device
+from nfkit.core import context_tensor, dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
 __all__ = ["bits_per_dim", "compare", "compare_scores", "coverage", "Coverage"]
@@ -141,8 +141,7 @@ def compare(
     for name, flow in flows.items():
         dtype, device = dtype_device(flow)
         xs = as_tensor(x, where, "x", dtype=dtype, device=device)
-        cs = None if context is None else as_tensor(context, where, "context", dtype=dtype,
-                                                    device=device)  # fmt: skip
+        cs = context_tensor(flow, context, where, dtype=dtype, device=device)
         was_training = flow.training
         flow.eval()
         try:
@@ -363,8 +362,7 @@ def coverage(
         raise ValueError(f"{where}: levels must be numbers in (0, 1), got {shown(levels)}")
     dtype, device = dtype_device(flow)
     th = as_tensor(theta, where, "theta", dtype=dtype, device=device)
-    cx = None if context is None else as_tensor(context, where, "context", dtype=dtype,
-                                                device=device)  # fmt: skip
+    cx = context_tensor(flow, context, where, dtype=dtype, device=device)
     flow._check_x(where, th, cx, names=("theta", "context"))
     rows = th.shape[0] if cx is None else cx.shape[0]
     if th.dim() != 2 or (cx is not None and cx.dim() != 2) or th.shape[0] != rows:

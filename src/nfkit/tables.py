@@ -458,6 +458,7 @@ def clean_table(
     drop_constant: bool = False,
     allow_constant: bool = False,
     categories: bool | Categories = False,
+    missing_ok: Sequence[str] = (),
 ) -> Any:
     """Check a DataFrame: numeric columns, no missing/infinite values, no constant column.
 
@@ -470,6 +471,9 @@ def clean_table(
     (``True``: the sorted distinct labels of each text column, at most ``max(20, n/2)`` of them;
     a dict ``{column: labels}``: those labels, as a model was fitted on, a label outside them
     being an error). The labels of the coded columns are in ``result.attrs["categories"]``.
+
+    ``missing_ok``: columns whose missing cells are kept, as NaN (a padded set's absent
+    elements); they are exempt from the missing-value and constant-column rules.
     """
     path = Path(source)
     if df.shape[1] == 0:
@@ -478,16 +482,22 @@ def clean_table(
         dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
         raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
     df, labels = _numeric(df, path, categories)
-    out = _checked(df, path, drop_missing, drop_constant, allow_constant)
+    out = _checked(df, path, drop_missing, drop_constant, allow_constant, set(missing_ok))
     out.attrs["categories"] = {name: v for name, v in labels.items() if name in out.columns}
     return out
 
 
 def _checked(
-    df: Any, path: Path, drop_missing: bool, drop_constant: bool, allow_constant: bool
+    df: Any,
+    path: Path,
+    drop_missing: bool,
+    drop_constant: bool,
+    allow_constant: bool,
+    missing_ok: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Any:
     """:func:`clean_table`'s checks of a numeric table."""
-    missing = df.isna().sum()
+    checked = [c for c in df.columns if c not in missing_ok]
+    missing = df[checked].isna().sum()
     missing = missing[missing > 0]
     if len(missing):
         if not drop_missing:
@@ -496,7 +506,7 @@ def _checked(
                 f"{path}: missing values in column(s) {what}; "
                 "drop those rows with drop_missing=True (--drop-missing)"
             )
-        df = df.dropna()
+        df = df.dropna(subset=checked)
     inf = np.isinf(df.to_numpy()).sum(0)
     if inf.any():
         what = ", ".join(f"{c!r} ({int(k)})" for c, k in zip(df.columns, inf) if k)
@@ -507,7 +517,7 @@ def _checked(
         return df.reset_index(drop=True)
     if len(df) < 2:
         raise DataError(f"{path}: needs at least 2 data rows, got {len(df)}")
-    constant = [c for c in df.columns if df[c].nunique() <= 1]
+    constant = [c for c in checked if df[c].nunique() <= 1]
     if constant:
         if not drop_constant or len(constant) == df.shape[1]:
             names = ", ".join(repr(c) for c in constant)
@@ -528,6 +538,7 @@ def read_table(
     drop_constant: bool = False,
     allow_constant: bool = False,
     categories: bool | Categories = False,
+    missing_ok: Sequence[str] = (),
 ) -> Any:
     r"""Read a numeric table (``.csv``, ``.tsv``, ``.txt``, each also as ``.gz``, ``.bz2``, ``.xz``, ``.zst``
     or a one-file ``.zip``; ``.npy``, ``.parquet``) into a float64 DataFrame.
@@ -560,6 +571,8 @@ def read_table(
         allow_constant: Accept constant columns and a single row (data to score, not to fit).
         categories: Read text columns as categories (integer codes), as in
             :func:`clean_table`; their labels are in ``result.attrs["categories"]``.
+        missing_ok: Columns whose missing cells are kept as NaN (a padded set's absent
+            elements), as in :func:`clean_table`.
     """
     path = Path(path)
     if not path.exists():
@@ -588,6 +601,7 @@ def read_table(
         drop_constant=drop_constant,
         allow_constant=allow_constant,
         categories=categories,
+        missing_ok=missing_ok,
     )
 
 
@@ -598,8 +612,10 @@ def as_tensor(
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    allow_nan: bool = False,
 ) -> Tensor:
-    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy)."""
+    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy);
+    ``allow_nan``: NaN may stand for missing entries (a padded set's absent elements), inf not."""
     if isinstance(data, Tensor):
         t = data.detach()
     elif isinstance(data, np.ndarray):
@@ -621,7 +637,10 @@ def as_tensor(
         raise ValueError(
             f"{where}: {name} must be 2-D (rows, columns), got shape {tuple(t.shape)}"
         )
-    if not bool(torch.isfinite(t).all()):
+    if allow_nan:
+        if bool(torch.isinf(t).any()):
+            raise ValueError(f"{where}: {name} contains inf values")
+    elif not bool(torch.isfinite(t).all()):
         raise ValueError(f"{where}: {name} contains NaN or inf values")
     return t.to(dtype=dtype or t.dtype, device=device)
 

@@ -34,7 +34,7 @@ from nfkit._checks import (
     resolve_seed,
     shown,
 )
-from nfkit.core import Flow, dtype_device
+from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
@@ -363,13 +363,13 @@ OBJECTIVES = ("likelihood", "flow_matching")
 
 
 def _val_data(
-    where: str, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
+    where: str, flow: Flow, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
     if conditional:
         if not (isinstance(val, (tuple, list)) and len(val) == 2):
             raise TypeError(f"{where}: for a conditional fit, val must be a pair (data, context)")
         xv = as_tensor(val[0], where, "val data", dtype=dtype, device=device)
-        cv = as_tensor(val[1], where, "val context", dtype=dtype, device=device)
+        cv = context_tensor(flow, val[1], where, "val context", dtype=dtype, device=device)
         if cv.shape[0] != xv.shape[0]:
             raise ValueError(
                 f"{where}: val data and context must have the same number of rows, "
@@ -417,7 +417,7 @@ def _training_data(
     tensors in its dtype there, with the same number of rows."""
     dtype, dev = _place(where, flow, device)
     x = as_tensor(data, where, "data", dtype=dtype, device=dev)
-    c = None if context is None else as_tensor(context, where, "context", dtype=dtype, device=dev)
+    c = context_tensor(flow, context, where, dtype=dtype, device=dev)
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(
             f"{where}: data and context must have the same number of rows, "
@@ -652,7 +652,7 @@ def fit(
 
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
-        xv, cv = _val_data(where, val, c is not None, dtype, dev)
+        xv, cv = _val_data(where, flow, val, c is not None, dtype, dev)
         flow._check_x(where, xv, cv, names=("val", "val context"))
         xt, ct = x, c
     else:

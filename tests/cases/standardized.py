@@ -48,9 +48,18 @@ def _embedded_set(d: int, c: int) -> nf.Flow:
     return nf.models.Embedded(d, flow=inner.config, context=c, hidden=(8,), set_features=1)
 
 
+def _embedded_padded(d: int, c: int) -> nf.Flow:
+    """The same over sets of any size up to ``c`` (``padded``: absent scalars are NaN)."""
+    inner = nf.models.NSF(d, context=2, transforms=2, hidden=(8,), bins=4)
+    return nf.models.Embedded(
+        d, flow=inner.config, context=c, hidden=(8,), set_features=1, padded=True
+    )
+
+
 MODELS: dict[str, ModelCase] = {
     "Embedded": ModelCase(_embedded, needs_context=True),
     "Embedded-set": ModelCase(_embedded_set, needs_context=True),
+    "Embedded-padded": ModelCase(_embedded_padded, needs_context=True),
     "Standardized": ModelCase(_standardized),
     "Standardized-bounds": ModelCase(_bounded),
 }

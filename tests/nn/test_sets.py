@@ -34,3 +34,39 @@ def test_shapes_sizes_and_errors() -> None:
         net(torch.randn(4, 5))
     net(torch.randn(4, 6)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 6), m=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_a_padded_set_pools_its_present_elements_wherever_the_padding_sits(
+    n: int, m: int, seed: int
+) -> None:
+    """``padded``: absent elements (all NaN) may sit anywhere; the summary is that of the
+    present ones in any order, for a row of the same capacity."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = nf.nn.DeepSet(m, 3, hidden=(8,), padded=True).double()
+    k = int(torch.randint(0, n + 1, (), generator=g))  # present elements, 0 … n
+    present = torch.randn(4, k, m, generator=g, dtype=torch.float64)
+    compact = torch.cat([present, torch.full((4, n - k, m), torch.nan).double()], 1)
+    slots = torch.randperm(n, generator=g)  # the same elements and padding, shuffled
+    shuffled = compact[:, slots]
+    out = net(compact.flatten(-2))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(net(shuffled.flatten(-2)), out, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_counts_and_passes_no_nan_to_the_gradients() -> None:
+    torch.manual_seed(0)
+    net = nf.nn.DeepSet(2, 3, hidden=(8,), padded=True)
+    assert "padded=True" in repr(net)
+    x = torch.randn(4, 6)
+    padded = torch.cat([x, torch.full((4, 2), torch.nan)], -1)  # a fourth slot, empty
+    # the number present is read: the same elements in a larger row summarize differently
+    assert not torch.allclose(net(padded), net(x))
+    empty = torch.full((1, 8), torch.nan)
+    assert torch.isfinite(net(empty)).all()  # no element at all: ρ(0, 0)
+    net(torch.cat([padded, empty])).sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in net.parameters())
+    plain = nf.nn.DeepSet(2, 3, hidden=(8,))  # without padding NaN propagates, as in any net
+    assert torch.isnan(plain(padded)).all()

@@ -26,6 +26,7 @@ def Embedded(
     hidden: Sequence[int] = (64, 64),
     residual: bool = False,
     set_features: int | None = None,
+    padded: bool = False,
 ) -> Flow:
     r"""``p(x | c) = p_inner(x | e(c))``: a conditional flow whose raw context ``c`` (``context``
     features) first goes through a learned summary network ``e``, trained with the flow.
@@ -45,6 +46,12 @@ def Embedded(
     :class:`~nfkit.nn.DeepSet` ``ρ(mean_i φ(c_i))``: the flow is then exactly invariant to
     the elements' order, and ``nf.models.standardize`` scales every element alike (statistics
     pooled over the elements, so the invariance survives it).
+
+    ``padded=True`` (with ``set_features``): sets of different sizes, up to ``context / m``
+    elements; an absent element is ``m`` NaNs anywhere in the row (the trials a simulation or
+    an experiment did not run). The summary pools the present elements and reads their number
+    (:class:`~nfkit.nn.DeepSet` with ``padded=True``), so one flow is amortized over the
+    number of trials; NaN elsewhere (part of an element) is still an error.
 
     Example:
         >>> import torch
@@ -71,6 +78,8 @@ def Embedded(
         )
     if residual and len(set(hidden)) != 1:
         raise ValueError(f"{where}: residual blocks need equal hidden widths, got {hidden}")
+    if padded and set_features is None:
+        raise ValueError(f"{where}: padded=True pads a set's elements; give set_features too")
     summary: nn.Module
     if set_features is None:
         summary = MLP(context, inner.context_features, hidden, zero_init=False, residual=residual)
@@ -80,6 +89,6 @@ def Embedded(
             raise ValueError(
                 f"{where}: context ({context}) must hold whole elements of set_features={m}"
             )
-        summary = DeepSet(m, inner.context_features, hidden, residual=residual)
+        summary = DeepSet(m, inner.context_features, hidden, residual=residual, padded=padded)
     embedding = summary if inner.embedding is None else nn.Sequential(summary, inner.embedding)
     return Flow(inner.transform, inner.base, embedding=embedding, context=context)

@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import Interval, check_positive_int, shown
-from nfkit.core import Compose, Flow, floating_tensor
+from nfkit.core import Compose, Flow, context_tensor, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.models.dequantized import DequantizedFlow
 from nfkit.nn.mlp import PeriodicEmbedding
+from nfkit.nn.sets import check_padded_set
 from nfkit.tables import as_tensor
 from nfkit.transforms.elementwise import Affine, Bounded
 
@@ -540,17 +541,21 @@ def standardize(
             affine.shift.copy_(shift.to(**like))
             affine.log_abs_scale.copy_(log_scale.to(**like))
         if context is not None:
-            context = as_tensor(context, where, "context")
-            cmean, cstd = _stats(where, "context", context, c_labels)
-            if cmean.shape[0] != ctx:
+            context = context_tensor(flow, context, where)
+            if context.dim() != 2 or context.shape[-1] != ctx:
                 raise ValueError(
                     f"{where}: context must have last dim {ctx}, got shape {tuple(context.shape)}"
                 )
             m = (flow.config or {}).get("set_features")
             if m:  # a set's elements are exchangeable: one scaling for all, pooled over them
                 elements = context.reshape(-1, m)
-                cmean = elements.mean(0).repeat(ctx // m)
-                cstd = elements.std(0, unbiased=False).repeat(ctx // m)
+                if (flow.config or {}).get("padded"):  # the present elements only
+                    check_padded_set(where, "context", context, m)
+                    elements = elements[~torch.isnan(elements).all(-1)]
+                pooled = "context (pooled over the set's elements)"
+                cmean, cstd = (s.repeat(ctx // m) for s in _stats(where, pooled, elements, None))
+            else:
+                cmean, cstd = _stats(where, "context", context, c_labels)
             scaler = (
                 out.embedding
                 if isinstance(out.embedding, ContextStandardize)
