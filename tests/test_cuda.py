@@ -136,3 +136,21 @@ def test_coverage_on_cuda() -> None:
     assert (first.hpd_rank == again.hpd_rank).all() and first.marginal_rank.shape == (300, 2)
     plain = nf.models.MAF(2, transforms=1, **SMALL).to("cuda", torch.float64)
     assert nf.metrics.coverage(plain, theta, samples=500, seed=0).coverage.shape == (20,)
+
+
+def test_torch_distribution_view_on_cuda() -> None:
+    """``flow.distribution``: draws, densities and the support's ends on the flow's device;
+    the padded set summary's NaN handling there too."""
+    x = torch.rand(200, 2) * 3
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), x, bounds=[(0.0, 3.0), (0.0, 3.0)]
+    ).to("cuda")
+    q = flow.distribution()
+    draws = q.rsample((16,))
+    assert draws.device.type == "cuda" and q.support.check(draws).all()
+    assert q.log_prob(draws).isfinite().all()
+    inner = nf.models.MAF(1, context=2, transforms=1, hidden=(8,))
+    padded = nf.models.Embedded(1, flow=inner.config, context=4, set_features=1, padded=True)
+    c = torch.tensor([[0.5, float("nan"), 1.0, float("nan")]], device="cuda")
+    out = padded.to("cuda").log_prob(torch.zeros(1, 1, device="cuda"), c)
+    assert out.device.type == "cuda" and out.isfinite().all()

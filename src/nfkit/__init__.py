@@ -22,6 +22,7 @@ from nfkit import (
 from nfkit.core import Compose, Flow, Inverse, Transform
 from nfkit.flow_matching import flow_matching_loss
 from nfkit.io import load, save
+from nfkit.torch_distribution import FlowDistribution
 from nfkit.train import History, NonFiniteLossError, fit, fit_vi
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "Inverse",
     "Compose",
     "Flow",
+    "FlowDistribution",
     "distributions",
     "transforms",
     "nn",

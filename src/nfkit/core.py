@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ from nfkit._checks import (
 from nfkit.nn.packed import PackedLayers
 from nfkit.nn.sets import check_padded_set, padded_set
 from nfkit.tables import as_tensor
+
+if TYPE_CHECKING:
+    from nfkit.torch_distribution import FlowDistribution
 
 __all__ = ["Transform", "Inverse", "Compose", "Flow"]
 
@@ -565,6 +568,13 @@ class Flow(nn.Module):
         log_pz = self.base.log_prob(z, context)
         x, ladj = self.transform.inverse(z, context)
         return x, log_pz - ladj
+
+    def distribution(self, context: Tensor | None = None) -> FlowDistribution:
+        """This flow at ``context`` as a ``torch.distributions.Distribution`` (a view, not a
+        copy): :class:`~nfkit.FlowDistribution`, for code that takes torch's distributions."""
+        from nfkit.torch_distribution import FlowDistribution
+
+        return FlowDistribution(self, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Alias of :meth:`log_prob` so that ``flow(x)`` works with DDP and ``torch.compile``."""

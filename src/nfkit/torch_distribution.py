@@ -1,0 +1,138 @@
+r"""A flow as a ``torch.distributions.Distribution``: :class:`FlowDistribution`.
+
+For code that takes torch's distributions rather than nfkit flows: a prior or proposal handed
+to a simulation-based-inference library, ``torch.distributions.TransformedDistribution`` (a
+flow pushed through torch's bijections), Monte Carlo KL estimates between distributions, a
+variational family in a hand-written ELBO. ``flow.distribution(context)`` is the view; it holds
+the flow (no copy), so training the flow changes it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+
+if TYPE_CHECKING:
+    from nfkit.core import Flow
+
+__all__ = ["FlowDistribution"]
+
+
+class FlowDistribution(Distribution):
+    r"""``p(x | c)`` of a flow at a fixed context, with torch's distribution interface.
+
+    - ``log_prob(x)``: the flow's exact ``log p(x | c)``, ``x`` of shape
+      ``(*sample, *batch, *event)`` (broadcast against the context's batch).
+    - ``rsample(shape)`` / ``sample(shape)``: ``(*shape, *batch, *event)``, reparameterized or
+      without gradient; ``has_rsample`` is False for a
+      :class:`~nfkit.models.DequantizedFlow` (integers).
+    - ``batch_shape``: the context's batch dims (``()`` without context, or what
+      :meth:`expand` gives); ``event_shape``: the flow's.
+    - ``support``: the flow's domain per coordinate of the last event dim (the real line, or
+      the bounds of a ``Bounded`` layer), so ``torch.distributions.biject_to`` finds a map
+      onto it (see :attr:`support`).
+
+    Args:
+        flow: An :class:`~nfkit.Flow`.
+        context: ``(*batch, C)`` for a conditional flow (checked as ``flow.sample`` checks
+            it), else None.
+
+    Example:
+        >>> import torch
+        >>> import nfkit as nf
+        >>> flow = nf.models.NSF(2, context=3, transforms=2, hidden=(8,))
+        >>> q = flow.distribution(torch.randn(5, 3))
+        >>> q.batch_shape, q.event_shape
+        (torch.Size([5]), torch.Size([2]))
+        >>> q.rsample((4,)).shape
+        torch.Size([4, 5, 2])
+        >>> y = torch.distributions.TransformedDistribution(
+        ...     nf.models.MAF(2, transforms=1, hidden=(8,)).distribution(),
+        ...     [torch.distributions.ExpTransform()],
+        ... )  # a flow on the positive quadrant
+        >>> y.log_prob(torch.ones(2)).shape
+        torch.Size([])
+    """
+
+    arg_constraints: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        flow: Flow,
+        context: Tensor | None = None,
+        *,
+        batch_shape: torch.Size | None = None,
+    ) -> None:
+        from nfkit.core import Flow
+
+        if not isinstance(flow, Flow):
+            raise TypeError(f"FlowDistribution: expected an nf.Flow, got {type(flow).__name__}")
+        flow._sample_shape("FlowDistribution", (), context)  # the context's checks
+        self.flow = flow
+        self.context = context
+        if batch_shape is None:
+            batch_shape = torch.Size() if context is None else context.shape[:-1]
+        super().__init__(
+            batch_shape=torch.Size(batch_shape),
+            event_shape=flow.event_shape,
+            validate_args=False,  # the flow checks its inputs itself
+        )
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        from nfkit.models.dequantized import DequantizedFlow
+
+        return not isinstance(self.flow, DequantizedFlow)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        """The flow's domain: real, ``greater_than``/``less_than`` when every coordinate is
+        bounded on one side, ``interval`` otherwise (ends as tensors of the last event dim, in
+        the flow's dtype and device). ``support.check`` holds for any domain;
+        ``torch.distributions.biject_to`` maps onto all but a mix of one- and two-sided
+        columns."""
+        from nfkit.core import dtype_device
+
+        domain = self.flow.transform.domain
+        k = len(self.event_shape)
+        if domain.is_real:
+            return constraints.independent(constraints.real, k)
+        dtype, device = dtype_device(self.flow)
+        low, high = domain._tensors(torch.zeros((), dtype=dtype, device=device))
+        if bool(torch.isinf(high).all()):
+            return constraints.independent(constraints.greater_than(low), k)
+        if bool(torch.isinf(low).all()):
+            return constraints.independent(constraints.less_than(high), k)
+        return constraints.independent(constraints.interval(low, high), k)
+
+    def _extra(self) -> torch.Size:
+        """Batch dims the flow's own draws lack: all of an unconditional flow's batch."""
+        return self.batch_shape if self.context is None else torch.Size()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.flow.log_prob(value, self.context)
+
+    def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        return self.flow.rsample(torch.Size(sample_shape) + self._extra(), self.context)
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
+        return self.flow.sample(torch.Size(sample_shape) + self._extra(), self.context)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> FlowDistribution:
+        """The same flow over ``batch_shape`` (the context broadcast to it)."""
+        batch_shape = torch.Size(batch_shape)
+        if self.context is None:
+            torch.broadcast_shapes(batch_shape, self.batch_shape)  # torch's error if not
+            return FlowDistribution(self.flow, batch_shape=batch_shape)
+        context = self.context.expand(*batch_shape, self.context.shape[-1])
+        return FlowDistribution(self.flow, context)
+
+    def __repr__(self) -> str:
+        model = (self.flow.config or {}).get("model", type(self.flow).__name__)
+        return (
+            f"FlowDistribution({model}, batch_shape={tuple(self.batch_shape)}, "
+            f"event_shape={tuple(self.event_shape)})"
+        )

@@ -1,0 +1,93 @@
+"""``nf.FlowDistribution`` / ``flow.distribution(context)``: a flow as a torch distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import distributions as td
+
+import nfkit as nf
+
+
+def _flow(context: int = 0) -> nf.Flow:
+    torch.manual_seed(0)
+    flow = nf.models.NSF(2, context=context, transforms=2, hidden=(8,), bins=4).double()
+    nf.testing.perturb_parameters(flow, 0.2)
+    return flow
+
+
+def test_the_view_gives_the_flows_densities_and_draws_in_torchs_shapes() -> None:
+    flow = _flow(context=3)
+    c = torch.randn(5, 3, dtype=torch.float64)
+    q = flow.distribution(c)
+    assert isinstance(q, td.Distribution) and isinstance(q, nf.FlowDistribution)
+    assert (q.batch_shape, q.event_shape) == ((5,), (2,)) and q.has_rsample
+    x = torch.randn(4, 5, 2, dtype=torch.float64)
+    torch.testing.assert_close(q.log_prob(x), flow.log_prob(x, c), rtol=0, atol=0)
+    assert q.rsample((4,)).shape == (4, 5, 2) and q.sample().shape == (5, 2)
+    torch.manual_seed(1)
+    draws = q.sample((3,))
+    torch.manual_seed(1)
+    torch.testing.assert_close(draws, flow.sample(3, c))
+    assert q.expand((7, 5)).sample((2,)).shape == (2, 7, 5, 2)
+    assert "FlowDistribution(NSF, batch_shape=(5,), event_shape=(2,))" == repr(q)
+    u = _flow().distribution()
+    assert u.batch_shape == () and u.sample((6,)).shape == (6, 2)
+    wide = u.expand((3,))  # an unconditional flow over a batch: one draw per batch entry
+    assert wide.sample((4,)).shape == (4, 3, 2) and wide.log_prob(wide.sample()).shape == (3,)
+    with pytest.raises(ValueError, match="FlowDistribution: context must have last dim 3"):
+        flow.distribution(torch.randn(5, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="FlowDistribution: expected an nf.Flow, got Linear"):
+        nf.FlowDistribution(torch.nn.Linear(2, 2))
+
+
+def test_rsample_carries_gradients_for_a_hand_written_elbo() -> None:
+    """The reverse KL to N(1, 0.5²) by hand, through torch's distribution interface alone."""
+    flow = _flow()
+    target = td.Independent(td.Normal(torch.ones(2).double(), 0.5), 1)
+    q = flow.distribution()
+    x = q.rsample((256,))
+    loss = (q.log_prob(x) - target.log_prob(x)).mean()
+    loss.backward()
+    grads = [p.grad for p in flow.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_torch_transforms_and_supports_compose_with_it() -> None:
+    flow = _flow()
+    positive = td.TransformedDistribution(flow.distribution(), [td.ExpTransform()])
+    y = torch.rand(9, 2, dtype=torch.float64) + 0.1
+    expected = flow.log_prob(y.log()) - y.log().sum(-1)
+    torch.testing.assert_close(positive.log_prob(y), expected)
+    assert flow.distribution().support.check(torch.randn(3, 2)).all()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([3 * torch.rand(200, generator=g), 1 + torch.rand(200, generator=g)], -1)
+    for bounds, kind in (
+        ([(0.0, 3.0), (1.0, 2.0)], td.constraints.interval),
+        ([(0.0, None), (1.0, None)], td.constraints.greater_than),
+        ([(None, 3.0), (None, 2.0)], td.constraints.less_than),
+    ):
+        bounded = nf.models.standardize(
+            nf.models.MAF(2, transforms=1, hidden=(8,)), x, bounds=bounds
+        )
+        support = bounded.distribution().support
+        assert isinstance(support.base_constraint, kind)
+        inside = td.biject_to(support)(torch.randn(50, 2))  # torch's own map onto the support
+        assert support.check(inside).all()
+        assert torch.isfinite(bounded.log_prob(inside)).all()
+        assert not support.check(torch.tensor([[-1.0, 1.5], [1.0, 9.0]])).all()
+
+
+def test_a_dequantized_flow_has_samples_but_no_reparameterized_ones() -> None:
+    counts = torch.poisson(torch.full((300, 1), 3.0), generator=torch.Generator().manual_seed(0))
+    flow = nf.models.standardize(
+        nf.models.MAF(1, transforms=1, hidden=(8,)), counts, bounds=[(0, None)], discrete=[0]
+    )
+    q = flow.distribution()
+    assert not q.has_rsample
+    draws = q.sample((20,))
+    assert draws.shape == (20, 1) and torch.equal(draws, draws.floor())
+    with pytest.raises(TypeError, match="no reparameterized samples; use sample"):
+        q.rsample((2,))
