@@ -38,6 +38,7 @@ from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
+from nfkit.metrics import pareto_k
 from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
 
@@ -70,6 +71,9 @@ class History:
         ess: (:func:`fit_vi`) importance-sampling effective sample size ``(Σw)² / Σw²`` as a
             fraction of ``n_estimate`` samples, with ``w = p̃(x) / q(x)``; 1 means ``q ∝ p̃``.
         log_normalizer: (:func:`fit_vi`) ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃``.
+        pareto_k: (:func:`fit_vi`) the weights' Pareto diagnostic
+            (:func:`nfkit.metrics.pareto_k`): below 0.7, ``log Ẑ`` and importance-weighted
+            expectations are reliable; above, ``q`` misses part of ``p``.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -84,6 +88,7 @@ class History:
     wall_time: float = 0.0
     ess: float | None = None
     log_normalizer: float | None = None
+    pareto_k: float | None = None
     objective: str = "likelihood"
     val_nll: float | None = None
 
@@ -101,7 +106,7 @@ class History:
             parts.append(f"best_val={self.best_val:.4f} at step {self.best_step}")
         if self.stopped_early:
             parts.append("stopped early")
-        for name in ("val_nll", "ess", "log_normalizer"):
+        for name in ("val_nll", "ess", "log_normalizer", "pareto_k"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value:.4g}")
@@ -788,8 +793,8 @@ def _importance(
     context: Tensor | None,
     n: int,
     chunk: int = 4096,
-) -> tuple[float, float]:
-    """``(ESS / n, log Ẑ)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``."""
+) -> tuple[float, float, float]:
+    """``(ESS / n, log Ẑ, k̂)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``."""
     logw = []
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
@@ -800,7 +805,8 @@ def _importance(
     lw = torch.where(torch.isnan(lw), -math.inf, lw)
     log_z = torch.logsumexp(lw, 0) - math.log(lw.numel())
     ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel()
-    return float(ess), float(log_z)
+    k = pareto_k(lw) if lw.numel() >= 25 else math.nan
+    return float(ess), float(log_z), k
 
 
 def fit_vi(
@@ -832,7 +838,9 @@ def fit_vi(
 
     After training, ``n_estimate`` samples give the importance weights ``w = p̃(x) / q(x)``:
     ``history.log_normalizer = log mean w`` (``log Ẑ``, an estimate of ``log ∫ p̃`` whose
-    expectation is a lower bound) and ``history.ess = (Σw)² / (n Σw²)`` ∈ (0, 1].
+    expectation is a lower bound), ``history.ess = (Σw)² / (n Σw²)`` ∈ (0, 1] and
+    ``history.pareto_k``, PSIS's ``k̂`` of the weights (:func:`nfkit.metrics.pareto_k`; below
+    0.7 the estimates are reliable, Yao et al. 2018).
 
     Args:
         flow: The flow ``q`` (trained in place; left in eval mode).
@@ -937,7 +945,9 @@ def _fit_vi(
                 if callback is not None:
                     callback(history)
         flow.eval()
-        history.ess, history.log_normalizer = _importance(flow, log_density, context, n_estimate)
+        history.ess, history.log_normalizer, history.pareto_k = _importance(
+            flow, log_density, context, n_estimate
+        )
         history.best_step = history.steps
     finally:
         loop.close()
