@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +18,16 @@ from nfkit._checks import check_number, check_positive_int, check_tensor, shown
 from nfkit.core import context_tensor, dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
-__all__ = ["bits_per_dim", "compare", "compare_scores", "coverage", "Coverage", "pareto_k"]
+__all__ = [
+    "bits_per_dim",
+    "compare",
+    "compare_scores",
+    "coverage",
+    "Coverage",
+    "pareto_k",
+    "importance_sampling",
+    "ImportanceSampling",
+]
 
 
 def compare_scores(scores: Mapping[str, Any]) -> Any:
@@ -469,3 +478,157 @@ def _gpd_shape(x: Tensor) -> float:
     theta_hat = (theta * weights).sum()
     shape = float(torch.log1p(-theta_hat * x).mean())
     return (n * shape + 10 * 0.5) / (n + 10)
+
+
+# --------------------------------------------------------------------------- importance sampling
+
+
+def target_log_density(
+    where: str, log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, like: Tensor
+) -> Tensor:
+    """``log p̃(x)`` (given ``context``), checked to be one value per sample: the shape of
+    ``like`` (the flow's ``log q``). A shape check only: no host sync."""
+    log_p = log_density(x) if context is None else log_density(x, context)
+    if not isinstance(log_p, Tensor) or log_p.shape != like.shape:
+        got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
+        raise ValueError(
+            f"{where}: log_density must return one value per sample, a tensor of shape "
+            f"{tuple(like.shape)} for samples of shape {tuple(x.shape)}; got {got}"
+        )
+    return log_p
+
+
+def weighted_draws(
+    where: str,
+    flow: nn.Module,
+    log_density: Callable[..., Tensor],
+    context: Tensor | None,
+    n: int,
+    chunk: int,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``n`` draws of ``flow`` in chunks, each with its float64 log importance weights
+    ``log p̃(x) - log q(x)``: ``(x (m, *cb, *event), log w (m, *cb))`` per chunk."""
+    for i in range(0, n, chunk):
+        x, log_q = flow.sample_and_log_prob(min(chunk, n - i), context)  # type: ignore[operator]
+        log_p = target_log_density(where, log_density, x, context, log_q)
+        yield x, (log_p - log_q).double()
+
+
+def weight_summary(log_weights: Tensor) -> tuple[float, float, float]:
+    """``(ESS / S, log Ẑ, k̂)`` of ``S`` log importance weights (NaN counts as weight 0):
+    ``(Σw)² / (S Σw²)``, ``log mean w`` and :func:`pareto_k` (NaN below 25 weights)."""
+    lw = torch.where(torch.isnan(log_weights), -math.inf, log_weights.double().flatten())
+    total = torch.logsumexp(lw, 0)
+    log_z = total - math.log(lw.numel())
+    ess = torch.exp(2 * total - torch.logsumexp(2 * lw, 0)) / lw.numel()
+    k = pareto_k(lw) if lw.numel() >= 25 else math.nan
+    return float(ess), float(log_z), k
+
+
+@dataclass(repr=False)
+class ImportanceSampling:
+    r"""Draws ``x_i ~ q`` (a flow) weighted towards an unnormalized target ``p̃``:
+    ``w_i = p̃(x_i) / q(x_i)``, from :func:`importance_sampling`.
+
+    Attributes:
+        samples: ``(S, *event)`` draws of ``q``.
+        log_weights: ``(S,)`` ``log p̃(x_i) - log q(x_i)`` in float64 (NaN of ``p̃`` read as
+            ``-inf``: zero weight).
+        ess: Effective sample size ``(Σw)² / (S Σw²)`` as a fraction of ``S``, in ``(0, 1]``.
+        log_normalizer: ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃`` (in expectation a
+            lower bound, by Jensen).
+        pareto_k: :func:`pareto_k` of the weights: below 0.7 the estimates are reliable.
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    ess: float
+    log_normalizer: float
+    pareto_k: float
+
+    @property
+    def reliable(self) -> bool:
+        """``k̂ < 0.7``: importance-weighted estimates converge at a usable rate."""
+        return self.pareto_k < 0.7
+
+    @property
+    def weights(self) -> Tensor:
+        """Self-normalized weights ``w_i / Σ_j w_j``, ``(S,)``."""
+        return torch.softmax(self.log_weights, 0)
+
+    def expectation(self, fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``E_p[f(x)] ≈ Σ_i w̄_i f(x_i)`` (self-normalized); ``fn`` maps the ``(S, *event)``
+        samples to ``(S, *out)``; None: ``f(x) = x``, the target's mean."""
+        values = self.samples if fn is None else fn(self.samples)
+        w = self.weights.to(values.dtype)
+        return torch.tensordot(w, values, dims=([0], [0]))
+
+    def resample(self, n: int, *, seed: int | None = None) -> Tensor:
+        """``n`` draws (with replacement) from the samples with probabilities ``w̄``:
+        sampling-importance-resampling, approximately from ``p`` when :attr:`reliable`."""
+        n = check_positive_int("ImportanceSampling.resample", "n", n)
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        index = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=g)
+        return self.samples[index.to(self.samples.device)]
+
+    def __repr__(self) -> str:
+        return (
+            f"ImportanceSampling(samples={len(self.log_weights)}, ess={self.ess:.4g}, "
+            f"log_normalizer={self.log_normalizer:.4g}, pareto_k={self.pareto_k:.3g}, "
+            f"reliable={self.reliable})"
+        )
+
+
+@torch.no_grad()
+def importance_sampling(
+    flow: nn.Module,
+    log_density: Callable[..., Tensor],
+    samples: int = 8192,
+    *,
+    context: Tensor | None = None,
+    seed: int | None = None,
+    chunk_size: int = 4096,
+) -> ImportanceSampling:
+    r"""Weigh ``samples`` draws of ``flow = q`` by an unnormalized density ``p̃``.
+
+    ``w_i = p̃(x_i) / q(x_i)`` for ``x_i ~ q``, drawn ``chunk_size`` at a time with
+    ``flow.sample_and_log_prob``. The result gives ``log Ẑ``, the ESS and PSIS's ``k̂``
+    (:func:`pareto_k`), self-normalized expectations under ``p`` and resampled draws: the
+    check of a variational fit (:func:`nfkit.fit_vi` reports the same three numbers) and the
+    way to correct it, for a flow trained by any loop.
+
+    Args:
+        flow: The proposal ``q`` (an ``nf.Flow``; evaluated in its current mode).
+        log_density: ``x -> log p̃(x)`` of shape ``x.shape[:-1]`` (``(x, context)`` with a
+            context), as in :func:`nfkit.fit_vi`.
+        samples: ``S``.
+        context: One context ``(C,)`` for a conditional ``q`` (one target at a time).
+        seed: Seed of the draws (the global RNG is left as it was); None: the global RNG.
+        chunk_size: Draws per pass.
+    """
+    from nfkit.core import Flow
+
+    where = "nf.metrics.importance_sampling"
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{where}: flow must be an nf.Flow, got {type(flow).__name__}")
+    if not callable(log_density):
+        raise TypeError(f"{where}: log_density must be callable, got {type(log_density).__name__}")
+    samples = check_positive_int(where, "samples", samples)
+    chunk_size = check_positive_int(where, "chunk_size", chunk_size)
+    if context is not None:
+        check_tensor(where, "context", context)
+        if context.dim() != 1:
+            raise ValueError(
+                f"{where}: context must be one context of shape (C,), got shape "
+                f"{tuple(context.shape)}; weigh one target at a time"
+            )
+    dtype, device = dtype_device(flow)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        xs, lws = zip(*weighted_draws(where, flow, log_density, context, samples, chunk_size))
+    lw = torch.cat(lws)
+    lw = torch.where(torch.isnan(lw), -math.inf, lw)
+    ess, log_z, k = weight_summary(lw)
+    return ImportanceSampling(torch.cat(xs), lw, ess, log_z, k)

@@ -38,7 +38,7 @@ from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
-from nfkit.metrics import pareto_k
+from nfkit.metrics import target_log_density, weight_summary, weighted_draws
 from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
 
@@ -771,21 +771,6 @@ def fit(
 # --------------------------------------------------------------------------- fit_vi
 
 
-def _log_p(
-    where: str, log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, like: Tensor
-) -> Tensor:
-    """``log p̃(x)`` (given ``context``), checked to be one value per sample: the shape of
-    ``like`` (the flow's ``log q``). A shape check only: no host sync."""
-    log_p = log_density(x) if context is None else log_density(x, context)
-    if not isinstance(log_p, Tensor) or log_p.shape != like.shape:
-        got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
-        raise ValueError(
-            f"{where}: log_density must return one value per sample, a tensor of shape "
-            f"{tuple(like.shape)} for samples of shape {tuple(x.shape)}; got {got}"
-        )
-    return log_p
-
-
 @torch.no_grad()
 def _importance(
     flow: Flow,
@@ -794,19 +779,10 @@ def _importance(
     n: int,
     chunk: int = 4096,
 ) -> tuple[float, float, float]:
-    """``(ESS / n, log Ẑ, k̂)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``."""
-    logw = []
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        x, log_q = flow.sample_and_log_prob(m, context)
-        log_p = _log_p("nf.fit_vi", log_density, x, context, log_q)
-        logw.append((log_p - log_q).double().flatten())
-    lw = torch.cat(logw)
-    lw = torch.where(torch.isnan(lw), -math.inf, lw)
-    log_z = torch.logsumexp(lw, 0) - math.log(lw.numel())
-    ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel()
-    k = pareto_k(lw) if lw.numel() >= 25 else math.nan
-    return float(ess), float(log_z), k
+    """``(ESS / n, log Ẑ, k̂)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``,
+    pooled over a context batch."""
+    draws = weighted_draws("nf.fit_vi", flow, log_density, context, n, chunk)
+    return weight_summary(torch.cat([lw.flatten() for _, lw in draws]))
 
 
 def fit_vi(
@@ -931,7 +907,7 @@ def _fit_vi(
         for i in range(steps):
             beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
             x, log_q = flow.sample_and_log_prob(batch_size, context)
-            log_p = _log_p(where, log_density, x, context, log_q)
+            log_p = target_log_density(where, log_density, x, context, log_q)
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)
             done = i + 1
