@@ -127,6 +127,46 @@ def test_conditional_round_trip(capsys, table) -> None:
     assert code == 1 and "--given value of 'g' is not a number: 'high'" in err
 
 
+def test_sample_for_each_row_of_a_table_of_contexts(capsys, table) -> None:
+    """``--given-table``: -n draws per row, in row blocks with a ``row`` column; the draws follow
+    each row's context (a tracks g: mean of a at g = ∓1 within 0.5 of ∓1, measured -1.00 and
+    0.98); seeded; header-less by position; one-line refusals."""
+    model = table / "cond_rows.pt"
+    fit = ["fit", table / "data.csv", "--given", "g", "--out", model, *FAST, "--steps", "600",
+           "--transforms", "2", "--hidden", "32"]  # fmt: skip
+    assert _run(capsys, *fit)[0] == 0
+    pd.DataFrame({"g": [-1.0, 1.0], "other": [0, 0]}).to_csv(table / "ctx.csv", index=False)
+    out = table / "rows.csv"
+    argv = ["sample", model, "-n", "400", "--given-table", table / "ctx.csv", "-o", out]
+    code, msg, _ = _run(capsys, *argv, "--seed", "3")
+    assert code == 0 and "400 samples for each of the 2 rows of" in msg and "(800 rows)" in msg
+    s = pd.read_csv(out)
+    assert list(s.columns) == ["row", "a", "b", "g"] and len(s) == 800
+    assert (s["row"] == np.repeat([0, 1], 400)).all() and (
+        s["g"] == np.repeat([-1.0, 1.0], 400)
+    ).all()
+    means = s.groupby("row")["a"].mean()
+    assert abs(means[0] + 1) < 0.5 and abs(means[1] - 1) < 0.5, means
+    first = s.copy()
+    assert _run(capsys, *argv, "--seed", "3")[0] == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), first)
+    np.savetxt(table / "bare.csv", [[-2.0], [2.0]], delimiter=",")  # header-less: by position
+    code, printed, _ = _run(
+        capsys, "sample", model, "-n", "2", "--given-table", table / "bare.csv"
+    )
+    assert code == 0 and len(pd.read_csv(pd.io.common.StringIO(printed))) == 4
+    assert "--given or --given-table, not both" in _error(capsys, *argv, "--given", "g=1")
+    pd.DataFrame({"h": [1.0]}).to_csv(table / "wrong.csv", index=False)
+    assert "no column(s) 'g'" in _error(
+        capsys, "sample", model, "-n", "2", "--given-table", table / "wrong.csv"
+    )
+    plain = table / "plain_rows.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--out", plain, *FAST)[0] == 0
+    assert "not conditional; --given-table is not used" in _error(
+        capsys, "sample", plain, "-n", "2", "--given-table", table / "ctx.csv"
+    )
+
+
 def test_model_options_reach_the_factory(capsys, table, tmp_path) -> None:
     import nfkit as nf
 

@@ -250,20 +250,29 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
     return df[needed]
 
 
-def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]:
-    """``(table, rows, x, c)``: a table read for a saved model (its category columns coded with
-    the model's labels), the model's columns of it, and its data and context as tensors in the
-    model's dtype and device (``c`` None for an unconditional model)."""
-    import torch
-
-    from nfkit.core import dtype_device
+def _read_for(flow: Any, path: str, needed: list[str], **read: Any) -> tuple[Any, Any]:
+    """``(table, rows)``: a table read for a saved model (its category columns coded with the
+    model's labels; a padded set's given columns may hold empty cells) and its ``needed``
+    columns, by name or, header-less, by position."""
     from nfkit.nn.sets import padded_set
 
-    columns, data, given = _schema(flow)
+    given = _schema(flow)[2]
     categories = flow.config.get("categories") or {}
     missing_ok = given if padded_set(flow.embedding) is not None else ()  # absent set elements
     table = _read(path, allow_constant=True, categories=categories, missing_ok=missing_ok, **read)
-    rows = _select(table, columns, path)
+    return table, _select(table, needed, path)
+
+
+def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]:
+    """``(table, rows, x, c)``: a table read for a saved model (:func:`_read_for`), the model's
+    columns of it, and its data and context as tensors in the model's dtype and device (``c``
+    None for an unconditional model)."""
+    import torch
+
+    from nfkit.core import dtype_device
+
+    columns, data, given = _schema(flow)
+    table, rows = _read_for(flow, path, columns, **read)
     dtype, device = dtype_device(flow)
     x = torch.tensor(rows[data].to_numpy(), dtype=dtype, device=device)
     c = torch.tensor(rows[given].to_numpy(), dtype=dtype, device=device) if given else None
@@ -619,33 +628,65 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
     import pandas as pd
     import torch
 
     from nfkit.core import dtype_device
 
-    _refuse_overwriting(("-o", args.output), ("model", args.model))
+    table_path = args.given_table
+    _refuse_overwriting(("-o", args.output), ("model", args.model), ("--given-table", table_path))
     _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
     columns, data, given = _schema(flow)
-    ctx = _context_row(flow, given, args.given, args.model)
-    device = dtype_device(flow)[1]
+    dtype, device = dtype_device(flow)
+    if table_path is not None:
+        if args.given is not None:
+            raise _UserError("give the context once: --given or --given-table, not both")
+        if not given:
+            raise _UserError(
+                f"{args.model}: this model is not conditional; --given-table is not used"
+            )
+        contexts = _read_for(flow, table_path, given)[1]
+        ctx = torch.tensor(contexts.to_numpy(), dtype=dtype, device=device)  # (R, C)
+    else:
+        ctx = _context_row(flow, given, args.given, args.model)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, enabled=args.seed is not None):
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        x = flow.sample(args.n, ctx, chunk_size=args.chunk_size).double().cpu().numpy()
-    df = pd.DataFrame(x, columns=data)
+        x = flow.sample(args.n, ctx, chunk_size=args.chunk_size)
+    if table_path is not None:  # (n, R, D) -> R blocks of n draws, one per table row
+        x = x.transpose(0, 1).reshape(-1, len(data))
+    df = pd.DataFrame(x.double().cpu().numpy(), columns=data)
     categories = flow.config.get("categories") or {}
     for j in flow.config.get("discrete") or []:  # integers, written without a decimal point
         df[data[j]] = df[data[j]].astype("int64")
         if data[j] in categories:  # a category column: its labels
             df[data[j]] = pd.Categorical.from_codes(df[data[j]], categories[data[j]]).astype(str)
+    if table_path is None:
+        for g in given:
+            df[g] = args.given[g]
+        _write_table(df[columns], args.output)
+        if args.output:
+            print(f"wrote {args.n} samples to {args.output}")
+        return
+    repeated = contexts.loc[contexts.index.repeat(args.n)].reset_index(drop=True)
     for g in given:
-        df[g] = args.given[g]
-    _write_table(df[columns], args.output)
+        labels = categories.get(g)
+        codes = repeated[g]
+        df[g] = (
+            codes
+            if labels is None
+            else pd.Categorical.from_codes(codes.astype("int64"), labels).astype(str)
+        )
+    df.insert(0, "row", np.repeat(np.arange(len(contexts)), args.n))
+    _write_table(df[["row", *columns]], args.output)
     if args.output:
-        print(f"wrote {args.n} samples to {args.output}")
+        print(
+            f"wrote {args.n} samples for each of the {len(contexts)} rows of {table_path} "
+            f"({len(df)} rows) to {args.output}"
+        )
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -1069,6 +1110,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_given_values,
         default=None,
         help="context values a=1.5,b=0 for a conditional model",
+    )
+    p.add_argument(
+        "--given-table",
+        default=None,
+        metavar="PATH",
+        help="a table of contexts (the model's given columns, by name or position): -n samples "
+        "for each row, written with a 'row' column (0-based) before the model's columns",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed")
     _inference_options(p)
