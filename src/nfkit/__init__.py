@@ -20,6 +20,7 @@ from nfkit import (
     transforms,
 )
 from nfkit.core import Compose, Flow, Inverse, Transform
+from nfkit.deploy import export
 from nfkit.flow_matching import flow_matching_loss
 from nfkit.io import load, save
 from nfkit.torch_distribution import FlowDistribution
@@ -49,6 +50,7 @@ __all__ = [
     "NonFiniteLossError",
     "save",
     "load",
+    "export",
     "FlowDensity",
     "datasets",
     "tables",

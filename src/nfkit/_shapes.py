@@ -9,6 +9,9 @@ def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
     """``torch.broadcast_shapes(a, b)``, returning ``a`` at once when the shapes are equal.
 
     The common case in a flow (data and parameters with the same batch) then costs a tuple
-    comparison instead of ``torch.broadcast_shapes``' ~6 µs of Python per call.
+    comparison instead of ``torch.broadcast_shapes``' ~6 µs of Python per call. Not while
+    tracing: comparing a symbolic batch size with a fixed one would specialize it.
     """
+    if torch.compiler.is_compiling():
+        return torch.broadcast_shapes(a, b)
     return a if a == b else torch.broadcast_shapes(a, b)

@@ -8,6 +8,7 @@ called, summed over the event, of shape ``batch_shape``. Both are computed in on
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -475,7 +476,9 @@ class Flow(nn.Module):
         batch = x.shape[: x.dim() - ev]
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
-        n = batch.numel()
+        n = math.prod(batch)  # symbolic under torch.export: numel() would specialize it
+        if torch.compiler.is_exporting():  # one graph for any batch size: one pass
+            size = None
         if size is not None and n > min(size, MIN_BLOCK_ROWS):  # else one pass, whatever block
             if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 size = min(size, _block_rows(self, self.event_shape.numel()))
