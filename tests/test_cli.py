@@ -45,7 +45,7 @@ def table(tmp_path_factory):
 def test_help(capsys) -> None:
     r = subprocess.run([sys.executable, "-m", "nfkit", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: nfkit" in r.stdout and "demo" in r.stdout
-    for command in ("fit", "sample", "score", "plot", "demo", "info", "coverage"):
+    for command in ("fit", "sample", "score", "plot", "demo", "info", "coverage", "export"):
         code, out, _ = _run(capsys, command, "--help")
         assert code == 0 and out.startswith(f"usage: nfkit {command}")
 
@@ -164,6 +164,38 @@ def test_sample_for_each_row_of_a_table_of_contexts(capsys, table) -> None:
     assert _run(capsys, "fit", table / "data.csv", "--out", plain, *FAST)[0] == 0
     assert "not conditional; --given-table is not used" in _error(
         capsys, "sample", plain, "-n", "2", "--given-table", table / "ctx.csv"
+    )
+
+
+def test_export_writes_programs_that_run_without_nfkit(capsys, table, tmp_path) -> None:
+    """``nfkit export``: the density program equals the model's log_prob; the sampler maps
+    noise through the model; refusals are one line."""
+    import torch
+
+    import nfkit as nf
+
+    model = tmp_path / "cond.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)[0] == 0
+    code, out, _ = _run(capsys, "export", model, tmp_path / "density.pt2")
+    assert code == 0 and "inputs: x (rows, 2), c (rows, 1)" in out and "x: a, b;" in out
+    flow = nf.load(model)
+    x, c = torch.randn(9, 2), torch.randn(9, 1)
+    program = torch.export.load(tmp_path / "density.pt2").module()
+    torch.testing.assert_close(program(x, c), flow.log_prob(x, c))
+    code, out, _ = _run(capsys, "export", model, tmp_path / "sampler.pt2", "--sample")
+    assert code == 0 and "z: standard normal noise; output: rows of a, b" in out
+    sampler = torch.export.load(tmp_path / "sampler.pt2").module()
+    z = torch.randn(9, 2)
+    with torch.no_grad():
+        expected = flow.transform.inverse_value(z, flow._embed(c))  # c standardized inside
+        torch.testing.assert_close(sampler(z, c), expected)
+    assert "is also the model" in _error(capsys, "export", model, model)
+    counts = pd.DataFrame({"n": np.random.default_rng(0).poisson(3.0, 200), "y": np.arange(200.0)})
+    counts.to_csv(tmp_path / "counts.csv", index=False)
+    discrete = tmp_path / "counts.pt"
+    assert _run(capsys, "fit", tmp_path / "counts.csv", "--out", discrete, *FAST)[0] == 0
+    assert "discrete columns scores by averaging" in _error(
+        capsys, "export", discrete, tmp_path / "d.pt2"
     )
 
 
