@@ -199,6 +199,41 @@ def test_export_writes_programs_that_run_without_nfkit(capsys, table, tmp_path) 
     )
 
 
+def test_validation_table_patience_and_weight_decay(capsys, table, tmp_path) -> None:
+    """``--val`` scores early stopping on another table (a shifted one scores far worse than
+    the held-out split), ``--patience`` ends the run sooner, ``--weight-decay`` reaches AdamW;
+    refusals are one line."""
+    data = table / "data.csv"
+    model = tmp_path / "m.pt"
+    base = ["fit", data, "--out", model, "--model", "maf", "--transforms", "1", "--hidden", "8"]
+    df = pd.read_csv(data)
+    (df + 10.0).to_csv(tmp_path / "shifted.csv", index=False)
+    df.to_csv(tmp_path / "same.csv", index=False)
+
+    def val_nll(out: str) -> float:
+        return float(out.split("val NLL ")[1].split(" nats")[0])
+
+    code, _, out = _run(capsys, *base, "--steps", "100", "--val", tmp_path / "same.csv")
+    assert code == 0 and val_nll(out) < 5, out
+    code, _, out = _run(capsys, *base, "--steps", "100", "--val", tmp_path / "shifted.csv")
+    assert code == 0 and val_nll(out) > 20, out
+    code, _, out = _run(capsys, *base, "--steps", "3000", "--patience", "1", "--lr", "3e-2")
+    steps = int(out.split(" steps (")[0].split(" in ")[-1])
+    assert code == 0 and steps < 3000, out
+    code, _, _ = _run(capsys, *base, "--steps", "20", "--weight-decay", "0.01")
+    assert code == 0
+    assert "--val-fraction splits the data; with --val every row" in _error(
+        capsys, *base, "--val", tmp_path / "same.csv", "--val-fraction", "0.2"
+    )
+    assert "weight_decay must be a finite number >= 0" in _error(
+        capsys, *base, "--weight-decay", "-1"
+    )
+    df[["a", "g"]].to_csv(tmp_path / "narrow.csv", index=False)
+    assert "narrow.csv: no column(s) 'b'" in _error(
+        capsys, *base, "--val", tmp_path / "narrow.csv"
+    )
+
+
 def test_model_options_reach_the_factory(capsys, table, tmp_path) -> None:
     import nfkit as nf
 

@@ -518,10 +518,31 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             f"{source}: discrete column(s) {', '.join(open_cells)} have no --bounds; if their "
             f"range is known, give it (the data span --bounds {ranges})",
         )
+    val_path = getattr(args, "val", None)  # nfkit demo has none of these four
+    val_fraction = getattr(args, "val_fraction", None)
+    if val_path is not None and val_fraction is not None:
+        raise _UserError("--val-fraction splits the data; with --val every row of it trains")
+    val = None
+    if val_path is not None:
+        _refuse_overwriting(("--out", args.out), ("--val", val_path))
+        val_df = _read(
+            val_path,
+            allow_constant=True,
+            categories=categories,
+            drop_missing=args.drop_missing,
+            missing_ok=given if getattr(args, "summary_padded", False) else (),
+        )
+        val_df = _select(val_df, list(df.columns), val_path)
+        xv = torch.tensor(val_df[data_cols].to_numpy(), dtype=torch.float32)
+        val = (xv, torch.tensor(val_df[given].to_numpy(), dtype=torch.float32)) if given else xv
     history = nf.fit(
         flow,
         x,
         context=c,
+        val=val,
+        val_fraction=0.1 if val_fraction is None else val_fraction,
+        patience=getattr(args, "patience", 10),
+        weight_decay=getattr(args, "weight_decay", 0.0),
         steps=args.steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -1106,6 +1127,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
     p.add_argument("--drop-constant", action="store_true", help="drop constant columns")
+    p.add_argument(
+        "--val",
+        default=None,
+        metavar="PATH",
+        help="a validation table (the data's columns) for early stopping; then every row of "
+        "the data trains",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="share of the rows held out for early stopping (default: 0.1)",
+    )
+    p.add_argument(
+        "--patience",
+        type=_positive,
+        default=10,
+        help="evaluations without a better validation loss before stopping (default: 10)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="AdamW weight decay (default: 0); regularizes small tables",
+    )
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint file, written at each evaluation"
     )
