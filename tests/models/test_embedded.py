@@ -189,12 +189,14 @@ def test_set_summary_from_the_command_line_and_the_estimator(tmp_path, capsys) -
 
 def test_a_padded_set_summary_is_amortized_over_the_number_of_trials(tmp_path) -> None:
     """``padded``: the conjugate problem with 0 to 20 trials per simulation, absent trials as
-    NaN. One flow gives the posterior N(Σx / (k+1), 1 / (k+1)) for every count k: at k = 0, 5
-    and 20 its mean within 0.12 and its standard deviation within 20% (measured, seed 0: 0.083,
-    0.008, 0.018 and 1%, 13%, 1%; a flow that ignored k would be off by a factor of 2 at one
-    end), wherever the padding sits; the model is saved and loaded."""
+    NaN. One flow gives the posterior N(Σx / (k+1), 1 / (k+1)) for every count k. Over 20
+    observed data sets at each of k = 0, 5 and 20: the posterior means' RMS error is under 0.3
+    posterior standard deviations and the mean spread within 15% of the truth (measured, one
+    thread, seed 0: 0.07, 0.09, 0.08 and 0.98, 1.06, 0.98; a flow blind to k would be off by a
+    factor of 2 at one end). The density does not depend on where the padding sits; the model
+    is saved and loaded."""
     torch.manual_seed(0)
-    n, m = 12_000, 20
+    n, m = 8000, 20
     theta = torch.randn(n, 1)
     x = theta + torch.randn(n, m)
     k = torch.randint(0, m + 1, (n,))
@@ -204,26 +206,27 @@ def test_a_padded_set_summary_is_amortized_over_the_number_of_trials(tmp_path) -
         1, flow=inner.config, context=m, hidden=(64,), set_features=1, padded=True
     )
     flow = nf.models.standardize(flow, theta, x)
-    nf.fit(flow, theta, context=x, steps=2500, progress=False, seed=0)
+    nf.fit(flow, theta, context=x, steps=1000, lr=3e-3, progress=False, seed=0)
     flow.eval()
     g = torch.Generator().manual_seed(1)
-    for count, truth in ((0, 0.0), (5, 1.5), (20, -1.0)):
-        observed = torch.full((1, m), torch.nan)
-        observed[0, :count] = truth + torch.randn(count, generator=g)
+    for count in (0, 5, 20):
+        truth = torch.randn(20, 1, generator=g)
+        observed = torch.full((20, m), torch.nan)
+        observed[:, :count] = truth + torch.randn(20, count, generator=g)
         with torch.no_grad():
-            draws = flow.sample(10_000, context=observed).squeeze()
-            moved = flow.log_prob(torch.zeros(1, 1), observed.flip(-1))  # padding first
-            torch.testing.assert_close(moved, flow.log_prob(torch.zeros(1, 1), observed))
-        mean, std = observed[0, :count].sum() / (count + 1), math.sqrt(1 / (count + 1))
-        assert abs(draws.mean() - mean) < 0.12, (count, draws.mean(), mean)
-        assert abs(draws.std() / std - 1) < 0.2, (count, draws.std(), std)
+            draws = flow.sample(4000, context=observed).squeeze(-1)  # (4000, 20)
+        mean, std = observed[:, :count].sum(-1) / (count + 1), math.sqrt(1 / (count + 1))
+        rms = float(((draws.mean(0) - mean) / std).pow(2).mean().sqrt())
+        spread = float((draws.std(0) / std).mean())
+        assert rms < 0.3 and abs(spread - 1) < 0.15, (count, rms, spread)
+        with torch.no_grad():
+            moved = flow.log_prob(torch.zeros(20, 1), observed.flip(-1))  # padding first
+            torch.testing.assert_close(moved, flow.log_prob(torch.zeros(20, 1), observed))
     loaded = nf.load(nf.save(flow, tmp_path / "padded.pt"))
     assert loaded.config["flow"]["padded"] is True
+    grid = torch.linspace(-2, 2, 20)[:, None]
     with torch.no_grad():
-        torch.testing.assert_close(
-            loaded.log_prob(torch.zeros(1, 1), observed),
-            flow.log_prob(torch.zeros(1, 1), observed),
-        )
+        torch.testing.assert_close(loaded.log_prob(grid, x[:20]), flow.log_prob(grid, x[:20]))
 
 
 def test_padding_errors_are_one_line() -> None:
