@@ -5,7 +5,8 @@ A model file is one ``torch.save`` archive holding plain types only (so it loads
 as a JSON string, its dtype and its ``state_dict`` (weights and buffers: standardization
 statistics included). ``load`` rebuilds the architecture with ``nf.models.build(config)`` and
 loads the weights; a hand-built flow (no config) is saved with its architecture's outline and
-loaded into the same architecture built again (``nf.load(path, into=flow)``). Writes are atomic: a temporary file in the same directory, then ``os.replace``.
+loaded into the same architecture built again (``nf.load(path, into=flow)``). Writes are
+atomic: a temporary file in the same directory, then ``os.replace``.
 """
 
 from __future__ import annotations
