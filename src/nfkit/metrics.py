@@ -622,7 +622,7 @@ def importance_sampling(
                 f"{where}: context must be one context of shape (C,), got shape "
                 f"{tuple(context.shape)}; weigh one target at a time"
             )
-    dtype, device = dtype_device(flow)
+    device = dtype_device(flow)[1]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:

@@ -39,6 +39,8 @@ class FlowDistribution(Distribution):
         flow: An :class:`~nfkit.Flow`.
         context: ``(*batch, C)`` for a conditional flow (checked as ``flow.sample`` checks
             it), else None.
+        batch_shape: An unconditional flow's batch (independent draws per entry; what
+            :meth:`expand` sets); default ``()``.
 
     Example:
         >>> import torch
@@ -73,6 +75,11 @@ class FlowDistribution(Distribution):
         flow._sample_shape("FlowDistribution", (), context)  # the context's checks
         self.flow = flow
         self.context = context
+        if context is not None and batch_shape is not None:
+            raise ValueError(
+                "FlowDistribution: batch_shape is for an unconditional flow; a conditional "
+                "one takes its batch from the context (expand it instead)"
+            )
         if batch_shape is None:
             batch_shape = torch.Size() if context is None else context.shape[:-1]
         super().__init__(
