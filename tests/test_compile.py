@@ -185,3 +185,11 @@ def test_export_refusals_and_a_saved_program(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="discrete columns scores by averaging"):
         nf.export(dequantized)
+    # a direction with a data-dependent number of steps has no single graph: named, no dump
+    for flow, direction, what in (
+        (nf.models.GF(2, transforms=1, components=4), "sample", "a numerical root find"),
+        (nf.models.Planar(2, layers=1), "density", "a numerical root find"),
+        (nf.models.FFJORD(2, hidden=(8,)), "density", "an ODE solve"),
+    ):
+        with pytest.raises(ValueError, match=f"flow's {direction} runs {what}, whose number"):
+            nf.export(flow, direction)

@@ -25,6 +25,18 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-12 if dtype == torch.float64 else 1e-6
 
 
+class NotExportable(RuntimeError):
+    """A computation with data-dependent iterations was met while ``torch.export`` traced."""
+
+
+def refuse_export(what: str) -> None:
+    """Raise :class:`NotExportable` naming ``what`` while ``torch.export`` traces: a loop whose
+    length depends on the data has no single graph (torch's own error comes after a dump of
+    the partial graph)."""
+    if torch.compiler.is_exporting():
+        raise NotExportable(what)
+
+
 def monotone_solve(
     f: Callable[[Tensor], Tensor],
     y: Tensor,
@@ -53,6 +65,7 @@ def monotone_solve(
         ``x`` of the broadcast shape of ``y``, ``lo`` and ``hi``, differentiable by one final
         Newton step (needs ``df`` or ``joint``, or ``f`` differentiable by autograd).
     """
+    refuse_export("a numerical root find")
     tol = default_tol(y.dtype) if tol is None else tol
     with torch.no_grad():
         yd = y.detach()
@@ -130,6 +143,7 @@ def fixed_point(
     gradient ``u`` by the solution of ``y = u + J_fᵀ y`` (again a contraction), i.e.
     ``(I - J_f)⁻ᵀ u``. Double backward through the solve is not supported.
     """
+    refuse_export("a fixed-point iteration")
     tol = default_tol(x0.dtype) if tol is None else tol
     factor = tol * (1 - contraction) / contraction
 

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from nfkit._checks import one_line
+from nfkit._numerics import NotExportable
 from nfkit.core import Flow, dtype_device
 from nfkit.distributions import StandardNormal
 
@@ -105,5 +107,15 @@ def export(
     flow.eval()
     try:
         return torch.export.export(module, args, dynamic_shapes=shapes)
+    except NotExportable as e:
+        raise ValueError(
+            f"{where}: this flow's {direction} runs {e}, whose number of steps depends on the "
+            "data: no single graph holds it (export the other direction if it is explicit)"
+        ) from None
+    except Exception as e:  # torch's tracer: many kinds, long messages
+        raise ValueError(
+            f"{where}: torch.export cannot trace this flow's {direction} as one graph "
+            f"({type(e).__name__}: {one_line(e, 160)})"
+        ) from None
     finally:
         flow.train(was_training)

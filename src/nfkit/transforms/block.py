@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_number, check_positive_int
-from nfkit._numerics import monotone_solve
+from nfkit._numerics import monotone_solve, refuse_export
 from nfkit.core import Transform
 
 __all__ = ["BlockAutoregressive"]
@@ -193,6 +193,7 @@ class BlockAutoregressive(Transform):
     @staticmethod
     def _bracket(value, target: Tensor) -> tuple[Tensor, Tensor]:
         """``lo ≤ root ≤ hi``: ``[-1, 1]`` doubled on the side that misses (at most 60 times)."""
+        refuse_export("a numerical root find")
         with torch.no_grad():
             lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
             for _ in range(60):

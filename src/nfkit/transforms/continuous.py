@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_number, check_positive_int, shown
+from nfkit._numerics import refuse_export
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
 
@@ -197,6 +198,7 @@ class ContinuousFlow(Transform):
         if (context is None) != (self.context_features == 0):
             expected = f"a context of last dim {self.context_features}"
             raise ValueError(f"{where}: expected {expected if context is None else 'no context'}")
+        refuse_export("an ODE solve")
         import torchdiffeq  # a declared dependency, imported on first use
 
         if context is not None:
