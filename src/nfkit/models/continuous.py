@@ -27,6 +27,7 @@ def FFJORD(
     solver: str = "dopri5",
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    steps: int = 20,
     adjoint: bool = False,
     t1: float = 1.0,
     base: str = "normal",
@@ -37,6 +38,9 @@ def FFJORD(
     ``atol``/``rtol``); the log-density error and the sampling error follow those tolerances.
     With ``trace="hutchinson"`` training uses the stochastic trace (one noise draw per solve,
     ``noise``); evaluation (``flow.eval()``) always uses the exact trace, O(D) backward passes.
+    A fixed-step ``solver`` (``"rk4"``, ``"midpoint"``, ``"euler"``) takes ``steps`` equal steps
+    instead: a field trained by flow matching is nearly straight, and a few steps sample it
+    well and fast (set ``flow.transform[0].solver``/``.steps`` on a trained flow to switch).
     ``adjoint=True`` back-propagates with the adjoint method (memory independent of the steps).
     ``time_features=K`` feeds ``K`` Fourier features of ``t`` to the field beside ``t``.
 
@@ -63,6 +67,7 @@ def FFJORD(
             solver=solver,
             atol=atol,
             rtol=rtol,
+            steps=steps,
             adjoint=adjoint,
             t1=t1,
         )
