@@ -10,6 +10,8 @@ MAF training step runs when a C++ compiler is available.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,11 +169,23 @@ def test_export_gives_one_program_for_any_batch_size(name: str) -> None:
 
 
 def test_export_refusals_and_a_saved_program(tmp_path) -> None:
-    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
-    path = tmp_path / "maf.pt2"
+    flow = nf.models.NSF(2, context=1, transforms=1, hidden=(8,))
+    nf.testing.perturb_parameters(flow, 0.2)
+    path = tmp_path / "nsf.pt2"
     torch.export.save(nf.export(flow), path)
-    x = torch.randn(20, 2)
-    torch.testing.assert_close(torch.export.load(path).module()(x), flow.log_prob(x))
+    x, c = torch.randn(20, 2), torch.randn(20, 1)
+    torch.testing.assert_close(torch.export.load(path).module()(x, c), flow.log_prob(x, c))
+    # a fresh process without nfkit runs it (the spline's own autograd code is not needed)
+    torch.save({"x": x, "c": c, "expected": flow.log_prob(x, c).detach()}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch\n"
+        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f"out = torch.export.load({str(path)!r}).module()(d['x'], d['c'])\n"
+        "torch.testing.assert_close(out, d['expected'])\n"
+        "assert 'nfkit' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path)
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
     with pytest.raises(ValueError, match="direction must be 'density' or 'sample'"):
         nf.export(flow, "inverse")
     with pytest.raises(TypeError, match="nf.export: expected an nf.Flow, got Linear"):
