@@ -186,6 +186,8 @@ def test_export_refusals_and_a_saved_program(tmp_path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path)
     flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    with pytest.raises(ValueError, match="nf.export: batch must be an integer >= 2"):
+        nf.export(flow, batch="x")
     with pytest.raises(ValueError, match="direction must be 'density' or 'sample'"):
         nf.export(flow, "inverse")
     with pytest.raises(TypeError, match="nf.export: expected an nf.Flow, got Linear"):

@@ -37,6 +37,10 @@ def test_the_view_gives_the_flows_densities_and_draws_in_torchs_shapes() -> None
     assert wide.sample((4,)).shape == (4, 3, 2) and wide.log_prob(wide.sample()).shape == (3,)
     with pytest.raises(ValueError, match="FlowDistribution: context must have last dim 3"):
         flow.distribution(torch.randn(5, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"expand: \(2,\) does not extend the batch shape \(3,\)"):
+        wide.expand((2,))
+    with pytest.raises(ValueError, match=r"expand: \(4,\) does not extend the batch shape \(5,\)"):
+        q.expand((4,))
     with pytest.raises(ValueError, match="batch_shape is for an unconditional flow"):
         nf.FlowDistribution(flow, c, batch_shape=(5,))
     with pytest.raises(TypeError, match="FlowDistribution: expected an nf.Flow, got Linear"):

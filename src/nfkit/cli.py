@@ -648,6 +648,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"  {f}")
 
 
+def _labels_of(codes: Any, labels: list[str]) -> Any:
+    """A column of category codes ``0 … K-1`` as the labels they stand for (text)."""
+    import pandas as pd
+
+    return pd.Categorical.from_codes(codes.astype("int64"), labels).astype(str)
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
     import pandas as pd
@@ -684,7 +691,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     for j in flow.config.get("discrete") or []:  # integers, written without a decimal point
         df[data[j]] = df[data[j]].astype("int64")
         if data[j] in categories:  # a category column: its labels
-            df[data[j]] = pd.Categorical.from_codes(df[data[j]], categories[data[j]]).astype(str)
+            df[data[j]] = _labels_of(df[data[j]], categories[data[j]])
     if table_path is None:
         for g in given:
             df[g] = args.given[g]
@@ -694,13 +701,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         return
     repeated = contexts.loc[contexts.index.repeat(args.n)].reset_index(drop=True)
     for g in given:
-        labels = categories.get(g)
-        codes = repeated[g]
-        df[g] = (
-            codes
-            if labels is None
-            else pd.Categorical.from_codes(codes.astype("int64"), labels).astype(str)
-        )
+        df[g] = repeated[g] if g not in categories else _labels_of(repeated[g], categories[g])
     df.insert(0, "row", np.repeat(np.arange(len(contexts)), args.n))
     _write_table(df[["row", *columns]], args.output)
     if args.output:

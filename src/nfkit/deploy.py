@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import one_line
+from nfkit._checks import check_positive_int, one_line
 from nfkit._numerics import NotExportable
 from nfkit.core import Flow, dtype_device
 from nfkit.distributions import StandardNormal
@@ -78,8 +78,7 @@ def export(
         raise TypeError(f"{where}: expected an nf.Flow, got {type(flow).__name__}")
     if direction not in ("density", "sample"):
         raise ValueError(f"{where}: direction must be 'density' or 'sample', got {direction!r}")
-    if batch < 2:
-        raise ValueError(f"{where}: batch must be at least 2 (a size-1 dim would be fixed)")
+    batch = check_positive_int(where, "batch", batch, minimum=2)  # a size-1 dim would be fixed
     from nfkit.models.dequantized import DequantizedFlow
 
     if isinstance(flow, DequantizedFlow):

@@ -131,8 +131,16 @@ class FlowDistribution(Distribution):
     def expand(self, batch_shape: Any, _instance: Any = None) -> FlowDistribution:
         """The same flow over ``batch_shape`` (the context broadcast to it)."""
         batch_shape = torch.Size(batch_shape)
+        try:
+            extends = torch.broadcast_shapes(batch_shape, self.batch_shape) == batch_shape
+        except RuntimeError:
+            extends = False
+        if not extends:
+            raise ValueError(
+                f"FlowDistribution.expand: {tuple(batch_shape)} does not extend the batch shape "
+                f"{tuple(self.batch_shape)} (each dim equal, or 1 in the batch)"
+            )
         if self.context is None:
-            torch.broadcast_shapes(batch_shape, self.batch_shape)  # torch's error if not
             return FlowDistribution(self.flow, batch_shape=batch_shape)
         context = self.context.expand(*batch_shape, self.context.shape[-1])
         return FlowDistribution(self.flow, context)
