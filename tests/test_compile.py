@@ -61,6 +61,7 @@ DENSITIES = {
     "GMM-context": lambda: nf.models.GMM(3, context=2, components=4, hidden=(8,)),
     "GMM-tied": lambda: nf.models.GMM(3, components=4, covariance="tied"),
     "GF-context": lambda: nf.models.GF(3, context=2, transforms=2, components=4, hidden=(8,)),
+    "ResidualFlow": lambda: nf.models.ResidualFlow(3, context=2, blocks=2, hidden=(8, 8)),
 }
 
 
@@ -137,7 +138,7 @@ def test_inductor_training_step() -> None:
 
 
 EXPORTED = ["MAF", "NSF", "NSF-coupling", "RealNVP", "NSF-context", "NCSF-mixed", "Embedded",
-            "BNAF", "GF", "GMM-context"]  # fmt: skip
+            "BNAF", "GF", "GMM-context", "ResidualFlow"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", EXPORTED)
