@@ -329,6 +329,54 @@ def test_batchnorm_eval_is_exact_bijection() -> None:
     torch.testing.assert_close(ladj, -ladj_inv)
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: nf.models.ResidualFlow(3, blocks=1, hidden=(8,)),  # ActNorm before its init
+        lambda: nf.models.MAF(3, transforms=2, hidden=(8,), batch_norm=True),
+    ],
+    ids=["actnorm", "batchnorm"],
+)
+def test_an_empty_batch_runs_nothing_and_leaves_data_dependent_state_alone(build) -> None:
+    """0 rows in train mode: an empty result, and no ActNorm initialization or BatchNorm running
+    statistic taken from no data (they were NaN, which every later call then returned)."""
+    flow = build()
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    assert flow.log_prob(torch.empty(0, 3)).shape == (0,)
+    assert flow.log_prob(torch.empty(2, 0, 3)).shape == (2, 0)
+    for k, v in flow.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert flow.sample(0).shape == (0, 3) and flow.sample((2, 0)).shape == (2, 0, 3)
+    x, log_p = flow.sample_and_log_prob(0)
+    assert x.shape == (0, 3) and log_p.shape == (0,)
+    flow.log_prob(torch.randn(64, 3))
+    flow.eval()
+    assert torch.isfinite(flow.log_prob(torch.randn(5, 3))).all()
+
+
+def test_log_prob_under_inference_mode_for_transforms_that_differentiate_inside() -> None:
+    """FFJORD's trace and a residual series take autograd inside, which ``torch.inference_mode``
+    forbids: ``log_prob`` runs them without it (on ordinary copies) and gives the same values."""
+    for flow in (
+        nf.models.FFJORD(2, hidden=(8,)),
+        nf.models.ResidualFlow(2, blocks=1, hidden=(8,), logdet="series").train(),
+    ):
+        x = torch.randn(4, 2)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            expected = flow.log_prob(x)
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            got = flow.log_prob(x)
+        torch.testing.assert_close(got, expected)
+
+
+def test_sample_names_a_context_that_is_not_a_tensor() -> None:
+    flow = nf.models.MAF(3, context=2, transforms=1, hidden=(8,))
+    with pytest.raises(TypeError, match="Flow.sample: context must be a torch.Tensor"):
+        flow.sample(3, context=[[0.0, 1.0]])
+
+
 @pytest.mark.parametrize("chunk_size", [None, 7])
 def test_sample_runs_in_inference_mode_but_returns_ordinary_tensors(chunk_size) -> None:
     """``Flow.sample`` runs the inverse under ``torch.inference_mode()`` (fewer per-op costs),

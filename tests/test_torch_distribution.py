@@ -35,6 +35,8 @@ def test_the_view_gives_the_flows_densities_and_draws_in_torchs_shapes() -> None
     assert u.batch_shape == () and u.sample((6,)).shape == (6, 2)
     wide = u.expand((3,))  # an unconditional flow over a batch: one draw per batch entry
     assert wide.sample((4,)).shape == (4, 3, 2) and wide.log_prob(wide.sample()).shape == (3,)
+    point = torch.zeros(2, dtype=torch.float64)  # one value scored at every batch entry
+    torch.testing.assert_close(wide.log_prob(point), u.log_prob(point).expand(3))
     with pytest.raises(ValueError, match="FlowDistribution: context must have last dim 3"):
         flow.distribution(torch.randn(5, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expand: \(2,\) does not extend the batch shape \(3,\)"):

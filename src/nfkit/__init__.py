@@ -19,6 +19,7 @@ from nfkit import (
     testing,
     transforms,
 )
+from nfkit._numerics import NotConvergedError
 from nfkit.core import Compose, Flow, Inverse, Transform
 from nfkit.deploy import export
 from nfkit.flow_matching import flow_matching_loss
@@ -48,6 +49,7 @@ __all__ = [
     "flow_matching_loss",
     "History",
     "NonFiniteLossError",
+    "NotConvergedError",
     "save",
     "load",
     "export",

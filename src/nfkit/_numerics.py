@@ -29,6 +29,10 @@ class NotExportable(RuntimeError):
     """A computation with data-dependent iterations was met while ``torch.export`` traced."""
 
 
+class NotConvergedError(RuntimeError):
+    """An iteration that should converge (a contraction's fixed point) did not."""
+
+
 def refuse_export(what: str) -> None:
     """Raise :class:`NotExportable` naming ``what`` while ``torch.export`` traces: a loop whose
     length depends on the data has no single graph (torch's own error comes after a dump of
@@ -130,6 +134,7 @@ def fixed_point(
     tol: float | None = None,
     contraction: float = 0.9,
     max_iter: int = 1000,
+    where: str = "fixed_point",
 ) -> Tensor:
     r"""Solve ``x = f(x)`` for a contraction ``f`` (``Lip(f) <= contraction < 1``), elementwise.
 
@@ -137,6 +142,8 @@ def fixed_point(
     ``δ`` is at most ``δ · L / (1 - L)``, so it stops once ``δ <= tol · (1 + |x|) · (1 - L) / L``
     everywhere, which guarantees a relative error below ``tol`` (default :func:`default_tol`), or
     after ``max_iter`` steps (a guard; convergence is checked every 8 steps to limit syncs).
+    Not converged by then (``f`` is not the contraction it was said to be):
+    :class:`NotConvergedError`, naming ``where``.
 
     Gradients (implicit function theorem, as in deep equilibrium models): one step ``f(x*)`` is
     taken with autograd, giving ``∂f/∂θ`` and ``∂f/∂z``; a hook on it replaces the incoming
@@ -148,13 +155,18 @@ def fixed_point(
     factor = tol * (1 - contraction) / contraction
 
     def iterate(step: Callable[[Tensor], Tensor], start: Tensor) -> Tensor:
-        x = start
+        x, done = start, None
         for it in range(max_iter):
             x_new = step(x)
             done = (x_new - x).abs() <= factor * (1 + x_new.abs())
             x = x_new
             if it % 8 == 7 and bool(done.all()):
-                break
+                return x
+        if done is not None and not bool(done.all()):
+            raise NotConvergedError(
+                f"{where}: the fixed-point iteration did not converge in {max_iter} steps "
+                f"(the map is not a contraction with constant {contraction})"
+            )
         return x
 
     with torch.no_grad():

@@ -472,11 +472,23 @@ class Flow(nn.Module):
 
     def _chunked_log_prob(self, x: Tensor, context: Tensor | None, size: int | None) -> Tensor:
         """:meth:`log_prob` of checked inputs, in blocks of at most ``size`` rows."""
+        if (
+            not torch.compiler.is_compiling()
+            and torch.is_inference_mode_enabled()
+            and autograd_inside(self)
+        ):
+            # FFJORD's trace and a residual block's series take gradients inside, which inference
+            # mode forbids: run without it, on ordinary copies of the inputs, still without grad.
+            with torch.inference_mode(False), torch.no_grad():
+                x, context = x.clone(), None if context is None else context.clone()
+                return self._chunked_log_prob(x, context, size)
         ev = len(self.event_shape)
         batch = x.shape[: x.dim() - ev]
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
         n = math.prod(batch)  # symbolic under torch.export: numel() would specialize it
+        if not torch.compiler.is_compiling() and n == 0:
+            return x.new_zeros(batch)  # no row: nothing runs (nor initializes on no data)
         if torch.compiler.is_exporting():  # one graph for any batch size: one pass
             size = None
         if size is not None and n > min(size, MIN_BLOCK_ROWS):  # else one pass, whatever block
@@ -510,6 +522,8 @@ class Flow(nn.Module):
         shape = self._sample_shape(where, shape_or_n, context)
         context = self._embed(context)
         z = self.base.rsample(shape, context)
+        if not torch.compiler.is_compiling() and z.numel() == 0:
+            return z.new_zeros((*shape, *self.event_shape))  # no row: nothing runs
         return self.transform.inverse_value(z, context)
 
     def rsample(
@@ -538,6 +552,8 @@ class Flow(nn.Module):
         """
         size = _check_chunk("Flow.sample", chunk_size)
         shape = _as_shape(shape_or_n, "Flow.sample")
+        if context is not None:
+            check_tensor("Flow.sample", "context", context)
         per_row = 1 if context is None else context.shape[:-1].numel()
         n = shape.numel()
         single = size is None or n * per_row <= size
@@ -568,6 +584,8 @@ class Flow(nn.Module):
         shape = self._sample_shape("Flow.sample_and_log_prob", shape_or_n, context)
         context = self._embed(context)
         z = self.base.rsample(shape, context)
+        if not torch.compiler.is_compiling() and z.numel() == 0:  # no row: nothing runs
+            return z.new_zeros((*shape, *self.event_shape)), z.new_zeros(shape)
         log_pz = self.base.log_prob(z, context)
         x, ladj = self.transform.inverse(z, context)
         return x, log_pz - ladj

@@ -120,7 +120,11 @@ class FlowDistribution(Distribution):
         return self.batch_shape if self.context is None else torch.Size()
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return self.flow.log_prob(value, self.context)
+        """``log p(value)``, of shape ``value``'s batch dims broadcast with ``batch_shape``."""
+        log_p = self.flow.log_prob(value, self.context)
+        if self.context is None and self.batch_shape:  # an unconditional flow over a batch
+            log_p = log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return log_p
 
     def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
         return self.flow.rsample(torch.Size(sample_shape) + self._extra(), self.context)

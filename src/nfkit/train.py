@@ -367,13 +367,31 @@ VAL_DRAWS = 4096
 OBJECTIVES = ("likelihood", "flow_matching")
 
 
+def _rows(where: str, flow: Flow, x: Tensor, name: str) -> Tensor:
+    """``x`` if it is rows ``(n, *event)`` of the flow's event shape with ``n >= 1``."""
+    event = tuple(flow.event_shape)
+    if x.dim() != 1 + len(event):
+        raise ValueError(
+            f"{where}: {name} must be rows of shape (n, {', '.join(map(str, event))}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: {name} has no rows")
+    return x
+
+
 def _val_data(
     where: str, flow: Flow, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
     if conditional:
         if not (isinstance(val, (tuple, list)) and len(val) == 2):
             raise TypeError(f"{where}: for a conditional fit, val must be a pair (data, context)")
-        xv = as_tensor(val[0], where, "val data", dtype=dtype, device=device)
+        xv = _rows(
+            where,
+            flow,
+            as_tensor(val[0], where, "val data", dtype=dtype, device=device),
+            "val data",
+        )
         cv = context_tensor(flow, val[1], where, "val context", dtype=dtype, device=device)
         if cv.shape[0] != xv.shape[0]:
             raise ValueError(
@@ -381,7 +399,9 @@ def _val_data(
                 f"got {xv.shape[0]} and {cv.shape[0]}"
             )
         return xv, cv
-    return as_tensor(val, where, "val", dtype=dtype, device=device), None
+    return _rows(
+        where, flow, as_tensor(val, where, "val", dtype=dtype, device=device), "val"
+    ), None
 
 
 @dataclass
@@ -421,7 +441,7 @@ def _training_data(
     """``(x, c, dtype, device)``: the flow moved to ``device``, data and context as checked
     tensors in its dtype there, with the same number of rows."""
     dtype, dev = _place(where, flow, device)
-    x = as_tensor(data, where, "data", dtype=dtype, device=dev)
+    x = _rows(where, flow, as_tensor(data, where, "data", dtype=dtype, device=dev), "data")
     c = context_tensor(flow, context, where, dtype=dtype, device=dev)
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(

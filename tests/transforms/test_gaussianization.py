@@ -78,6 +78,16 @@ def test_rbig_stopping_test_stops() -> None:
     assert flow.config["layers"] == len(flow.transform) // 2 <= len(flow.gains)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rbig_takes_the_data_dtype_whole(dtype: torch.dtype) -> None:
+    """The fitted flow, its base included, is in the data's dtype: it samples and scores there."""
+    x = torch.randn(400, 2, dtype=dtype) ** 3
+    flow = nf.models.RBIG(2, layers=3).to(torch.float64 if dtype == torch.float32 else dtype)
+    flow.fit(x)
+    samples = flow.sample(5)
+    assert samples.dtype == dtype and flow.log_prob(samples).dtype == dtype
+
+
 def test_rbig_log_prob_is_change_of_variables(moons_rbig: nf.Flow) -> None:
     x = _moons(300, seed=1)  # held out
     with torch.no_grad():

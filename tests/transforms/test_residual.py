@@ -61,8 +61,39 @@ def test_inverse_tolerance_and_implicit_gradient(context: int) -> None:
 
 
 def test_fixed_point_max_iter_guard() -> None:
-    x = fixed_point(lambda u: 0.5 * u + 1, torch.zeros(3, dtype=torch.float64), max_iter=3)
-    assert torch.isfinite(x).all() and not torch.allclose(x, torch.full((3,), 2.0).double())
+    """Not converged after ``max_iter`` steps: an error naming the caller, not what it reached."""
+    x0 = torch.zeros(3, dtype=torch.float64)
+    torch.testing.assert_close(fixed_point(lambda u: 0.5 * u + 1, x0), torch.full_like(x0, 2.0))
+    with pytest.raises(nf.NotConvergedError, match="here: the fixed-point iteration did not"):
+        fixed_point(lambda u: 0.5 * u + 1, x0, max_iter=3, where="here")
+    with pytest.raises(nf.NotConvergedError, match="not a contraction with constant 0.9"):
+        fixed_point(lambda u: 1.5 * u + 1, x0)  # diverges
+
+
+def _spectral_norms(block: ResidualBlock) -> list[float]:
+    return [torch.linalg.matrix_norm(w, 2).item() for w, _ in block._weights()]
+
+
+def test_eval_mode_refreshes_the_spectral_norm_estimates() -> None:
+    """After large optimizer steps the train-mode power-iteration vectors lag the weights, so the
+    normalized weights' norms exceed 1 and ``Lip(g) <= L`` fails; switching to eval mode runs
+    more power iterations first, and the eval-mode weights have spectral norm 1."""
+    torch.manual_seed(0)
+    block = ResidualBlock(3, hidden=(16, 16), power_iterations=1)
+    opt = torch.optim.Adam(block.parameters(), lr=0.2)
+    for _ in range(5):
+        opt.zero_grad()
+        z, ladj = block(torch.randn(64, 3))
+        (z.square().sum(-1) - ladj).mean().backward()
+        opt.step()
+    for module in block.modules():  # eval mode without the refresh: the stale estimates
+        module.training = False
+    assert max(_spectral_norms(block)) > 1.01
+    block.train()
+    block.eval()
+    assert max(_spectral_norms(block)) < 1 + 1e-3
+    z = torch.randn(10, 3)
+    torch.testing.assert_close(block(block.inverse(z)[0])[0], z, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["roulette", "series"])

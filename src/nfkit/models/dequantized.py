@@ -219,6 +219,8 @@ class DequantizedFlow(Flow):
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
             context = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         x = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+        if x.shape[0] == 0:
+            return x.new_zeros(batch)
         u = self._sobol(draws, x)  # (K, D)
         rows = x.shape[0] if size is None else max(1, size // draws)
         out = []

@@ -80,7 +80,8 @@ class RBIGFlow(Flow):
         (or after ``layers`` layers); the flow keeps the first ``k ≥ 1`` layers, ``k`` maximizing
         the held-out log-likelihood ``Σ_{ℓ≤k} Δ_ℓ``. The gains are stored in ``self.gains`` and
         ``k`` in ``self.config["layers"]``, so ``nf.models.build(config)`` plus
-        ``load_state_dict`` restores the fitted flow. Layers take the dtype and device of ``x``.
+        ``load_state_dict`` restores the fitted flow. The flow (layers and base) takes the dtype and
+        device of ``x``.
         """
         x = check_tensor("RBIG.fit", "x", x)
         if x.dim() != 2 or x.shape[-1] != self.features or x.shape[0] < 4:
@@ -113,7 +114,7 @@ class RBIGFlow(Flow):
         self.transform = Compose(*layers[: 2 * keep])
         self.gains = gains
         self.config["layers"] = keep
-        return self
+        return self.to(device=x.device, dtype=x.dtype)  # the base too, with the layers
 
 
 @factory

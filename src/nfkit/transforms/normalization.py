@@ -71,7 +71,7 @@ class ActNorm(Transform):
         return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init:
+        if self.training and self._needs_init and x.numel() > 0:  # not from an empty batch
             self._initialize(x)
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
@@ -110,7 +110,7 @@ class BatchNorm(Transform):
         return self.training
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training:
+        if self.training and x.numel() > 0:  # an empty batch has no statistics to use
             flat = x.reshape(-1, x.shape[-1])
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():

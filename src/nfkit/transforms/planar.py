@@ -177,7 +177,13 @@ class Sylvester(Transform):
         if m > d:
             raise ValueError(f"Sylvester: rank must be <= features ({d}), got {m}")
         g = torch.Generator().manual_seed(seed)
-        init = torch.cat([torch.randn(k * d, generator=g), torch.zeros(2 * m * m + m)])
+        # R = 0 starts the layer at the identity; R̃'s raw diagonal at 1 (r̃_ii = tanh 1) keeps
+        # u = R̃ Qᵀx + b away from 0, without which every gradient would vanish (R, R̃, b all 0
+        # is a saddle: each partial derivative has a zero factor).
+        rt_diagonal = torch.eye(m).flatten()
+        init = torch.cat(
+            [torch.randn(k * d, generator=g), torch.zeros(m * m), rt_diagonal, torch.zeros(m)]
+        )
         self.params = Parameters(k * d + 2 * m * m + m, context, hidden, init=init)
         self.register_buffer("triu", torch.triu(torch.ones(m, m), 1))
 

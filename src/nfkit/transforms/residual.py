@@ -54,9 +54,11 @@ class ResidualBlock(Transform):
     power iteration's estimate of the spectral norms.
 
     Spectral normalization updates its power-iteration vectors on every forward in **train**
-    mode (and only then); in eval mode the weights are fixed, so a block checked in eval mode
-    (the generic test uses ``train_first=True``) must first see one forward in train mode after
-    its weights change.
+    mode (and only then); in eval mode the normalized weights are fixed. Switching to eval mode
+    (``eval()``, ``train(False)``) first refines the estimates with more power iterations; weights
+    changed while in eval mode keep the old estimates until the next train-mode forward (or the
+    next switch to eval). An inverse whose fixed-point iteration then fails to converge raises
+    ``NotConvergedError`` rather than returning what it reached.
 
     A block pickles (and deep-copies) as its constructor's arguments and its state dict, since
     torch's parametrized modules refuse pickling; attributes added by hand are not carried.
@@ -158,6 +160,7 @@ class ResidualBlock(Transform):
         )
         self.activations = nn.ModuleList(LipSwish() for _ in widths)
         self.context_layer = nn.Linear(context, widths[0], bias=False) if context > 0 else None
+        self._passes_since_eval = False  # a train-mode pass ran since eval mode was last entered
 
     def __reduce_ex__(self, protocol: int) -> tuple:
         # torch's parametrized modules refuse pickling ("only supported through state_dict()"),
@@ -174,9 +177,24 @@ class ResidualBlock(Transform):
             ),
         )
 
+    def train(self, mode: bool = True) -> ResidualBlock:
+        """Set the mode. Entering eval mode after train-mode passes first runs at least 50 more
+        power iterations per weight, so that eval mode's fixed spectral-norm estimates fit the
+        current weights (train mode's lag the optimizer steps after the last pass, and
+        ``Lip(g) <= L`` rests on them). A block that ran no train-mode pass (built, loaded) keeps
+        its estimates, so a loaded block computes what the saved one did."""
+        if self.training and not mode and self._passes_since_eval:
+            with torch.no_grad():
+                # each train-mode read of the weights runs power_iterations steps
+                for _ in range(-(-50 // self._arguments["power_iterations"])):
+                    self._weights()
+            self._passes_since_eval = False
+        return super().train(mode)
+
     def _weights(self) -> list[tuple[Tensor, Tensor]]:
         # Read each normalized weight once per call: in train mode every read runs (and stores)
         # a power iteration, and the solve and the log-det must see the same g.
+        self._passes_since_eval = self._passes_since_eval or self.training
         return [(layer.weight, layer.bias) for layer in self.linears]
 
     def _g(
@@ -269,6 +287,7 @@ class ResidualBlock(Transform):
             tol=tol,
             contraction=self.lipschitz,
             max_iter=self.max_iter,
+            where="ResidualBlock.inverse",
         )
         _, ladj = self._g_and_ladj(x, context, weights)
         return x, -ladj
