@@ -619,3 +619,89 @@ def test_coverage_of_a_posterior(capsys, tmp_path) -> None:
     assert code == 0 and out.startswith(f"coverage of {plain} on 100 rows"), err
     code, _, err = _run(capsys, "coverage", tmp_path / "held.csv", model)
     assert code == 1 and "the order is nfkit coverage MODEL DATA" in err
+
+
+def test_tables_float32_would_get_wrong(capsys, tmp_path) -> None:
+    """Columns in another order than the model's (pandas hands out a negatively strided view);
+    whole numbers beyond float32's 2**24 and values far above their spread (the model then
+    computes in float64); values inside a bound that float32 rounds onto it, and samples that
+    would round onto it; repeated options, which add up."""
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    base.to_csv(tmp_path / "ab.csv", index=False)
+    base[["b", "a"]].to_csv(tmp_path / "ba.csv", index=False)
+    model = tmp_path / "ab.pt"
+    assert _run(capsys, "fit", tmp_path / "ab.csv", "--out", model, *FAST)[0] == 0
+    scores = []
+    for name in ("ab.csv", "ba.csv"):
+        code, out, _ = _run(capsys, "score", model, tmp_path / name)
+        assert code == 0
+        scores.append(pd.read_csv(pd.io.common.StringIO(out))["log_density"])
+    pd.testing.assert_series_equal(scores[0], scores[1])
+
+    ids = pd.DataFrame({"k": 30_000_001 + rng.integers(0, 20, 400)})  # float32: even numbers
+    ids.to_csv(tmp_path / "k.csv", index=False)
+    code, _, err = _run(capsys, "fit", tmp_path / "k.csv", "--out", tmp_path / "k.pt",
+                        "--steps", "25", "--hidden", "8", "--seed", "0")  # fmt: skip
+    assert code == 0 and "float32 would blur column(s) k" in err
+    code, out, _ = _run(capsys, "info", tmp_path / "k.pt")
+    assert "(float64)" in out
+    code, out, _ = _run(capsys, "sample", tmp_path / "k.pt", "-n", "400", "--seed", "0")
+    draws = pd.read_csv(pd.io.common.StringIO(out))["k"]
+    assert code == 0 and (draws % 2 == 1).mean() > 0.2  # odd numbers too
+    offset = pd.DataFrame({"t": 1e12 + 1000 * rng.normal(size=300)})  # not constant
+    offset.to_csv(tmp_path / "t.csv", index=False)
+    assert _run(capsys, "fit", tmp_path / "t.csv", "--out", tmp_path / "t.pt", *FAST)[0] == 0
+
+    share = pd.DataFrame({"share": rng.beta(0.3, 0.3, 300).clip(1e-6, 1 - 1e-6)})
+    share.to_csv(tmp_path / "s.csv", index=False)
+    bounded = tmp_path / "s.pt"
+    code, _, _ = _run(capsys, "fit", tmp_path / "s.csv", "--bounds", "share=0:1", "--out",
+                      bounded, "--steps", "200", "--hidden", "16", "--seed", "0")  # fmt: skip
+    code, out, _ = _run(capsys, "sample", bounded, "-n", "20000", "--seed", "0",
+                        "-o", tmp_path / "draws.csv")  # fmt: skip
+    draws = pd.read_csv(tmp_path / "draws.csv")["share"]
+    assert code == 0 and draws.between(0, 1, inclusive="neither").all()
+    assert _run(capsys, "score", bounded, tmp_path / "draws.csv")[0] == 0  # none refused
+    pd.DataFrame({"share": [0.999999999, 1e-12]}).to_csv(tmp_path / "near.csv", index=False)
+    code, out, _ = _run(capsys, "score", bounded, tmp_path / "near.csv")  # float32 model
+    assert code == 0 and np.isfinite(pd.read_csv(pd.io.common.StringIO(out))["log_density"]).all()
+    share.iloc[0] = 0.999999999  # inside (0, 1), but 1 in float32: fitted in float64
+    share.to_csv(tmp_path / "s2.csv", index=False)
+    code, _, err = _run(capsys, "fit", tmp_path / "s2.csv", "--bounds", "share=0:1", "--out",
+                        tmp_path / "s2.pt", *FAST[:-3])  # fmt: skip
+    assert code == 0 and "float32 would blur column(s) share" in err
+
+    three = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    three["c"] = three["a"] + three["b"] + 0.1 * rng.normal(size=200)
+    three.to_csv(tmp_path / "abc.csv", index=False)
+    both = tmp_path / "both.pt"
+    code, out, _ = _run(capsys, "fit", tmp_path / "abc.csv", "--given", "a", "--given", "b",
+                        "--bounds", "c=-50:", "--bounds", "c=-60:", "--out", both, *FAST)  # fmt: skip
+    assert code != 0  # c twice
+    code, out, _ = _run(capsys, "fit", tmp_path / "abc.csv", "--given", "a", "--given", "b",
+                        "--out", both, *FAST)  # fmt: skip
+    assert code == 0 and "the model of c given a, b" in out
+    code, out, _ = _run(capsys, "sample", both, "-n", "2", "--given", "a=1", "--given", "b=2")
+    assert code == 0 and pd.read_csv(pd.io.common.StringIO(out))[["a", "b"]].values.tolist() == [
+        [1.0, 2.0], [1.0, 2.0]]  # fmt: skip
+    assert "--given names 'a' twice" in _error(
+        capsys, "fit", tmp_path / "abc.csv", "--given", "a,a"
+    )
+    assert "--given names no column: ','" in _error(
+        capsys, "fit", tmp_path / "abc.csv", "--given", ","
+    )
+
+
+def test_given_category_labels_keep_their_text(capsys, tmp_path) -> None:
+    """A category label that looks like a number (a zip code, 02134) is matched as written."""
+    rng = np.random.default_rng(0)
+    zips = rng.choice(["02134", "10001", "A1B2"], 300)
+    df = pd.DataFrame({"zip": zips, "y": rng.normal(size=300)})
+    df.to_csv(tmp_path / "z.csv", index=False)
+    model = tmp_path / "z.pt"
+    code, _, _ = _run(capsys, "fit", tmp_path / "z.csv", "--given", "zip", "--out", model, *FAST)
+    assert code == 0
+    code, out, _ = _run(capsys, "sample", model, "-n", "2", "--given", "zip=02134")
+    assert code == 0 and pd.read_csv(pd.io.common.StringIO(out), dtype=str)["zip"].tolist() == [
+        "02134", "02134"]  # fmt: skip

@@ -50,6 +50,23 @@ def test_corner_1d_and_conditional(tmp_path) -> None:
         nf.plot.density(flow, context=[0.5])
 
 
+def test_corner_bins_integer_columns_on_the_integers(tmp_path) -> None:
+    """A discrete column's histogram has one bin per integer, its lowest value included (a box
+    inset past the bound hid the most common count, 0)."""
+    counts = torch.poisson(torch.full((300, 1), 0.7))
+    x = torch.cat([counts, torch.randn(300, 2)], 1)
+    flow = nf.models.standardize(
+        nf.models.MAF(3, transforms=1, hidden=(8,)),
+        x,
+        bounds=[(0, None), (None, None), (None, None)],
+        discrete=[0],
+    )
+    fig = nf.plot.corner(flow, x, n=300, path=tmp_path / "c.png")
+    patches = fig.axes[0].patches  # the data's histogram bars, then the samples' outline
+    lefts = sorted({round(p.get_x(), 6) for p in patches if hasattr(p, "get_width")})
+    assert lefts[0] == -0.5 and all(abs(b - a - 1) < 1e-9 for a, b in zip(lefts, lefts[1:]))
+
+
 def test_data_must_match_the_model(flow2) -> None:
     with pytest.raises(ValueError, match=r"nf.plot.density: data must have shape \(n, 2\) like"):
         nf.plot.density(flow2, torch.randn(10, 3))

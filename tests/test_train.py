@@ -155,6 +155,14 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
         r"got steps=50 on 450 rows",
     ):  # fmt: skip
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
+    with pytest.raises(ValueError, match=r"ckpt.pt' was made on other training data \(the "):
+        nf.fit(copy.deepcopy(initial), x * 100, checkpoint=path, resume=True, **kwargs)
+    other = nf.models.MAF(2, transforms=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"ckpt.pt' was made for another model \(MAF, other "):
+        nf.fit(other, x, checkpoint=path, resume=True, **kwargs)
+    hand_built = nf.Flow(nf.transforms.ActNorm(2), nf.distributions.StandardNormal(2))
+    with pytest.raises(ValueError, match=r"ckpt.pt' holds another architecture's weights \("):
+        nf.fit(hand_built, x, checkpoint=path, resume=True, **kwargs)
     model = nf.save(initial, tmp_path / "model.pt")  # a model file is not a checkpoint
     table = tmp_path / "data.csv"
     table.write_text("a,b\n1,2\n")

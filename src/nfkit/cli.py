@@ -35,6 +35,40 @@ def _info(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr)
 
 
+def _tensor(frame: Any, dtype: Any, device: Any = None) -> Any:
+    """A DataFrame's values as a tensor: read in float64, then cast (pandas may hand out a view
+    with negative strides, e.g. for columns in reverse order, which torch refuses)."""
+    import numpy as np
+    import torch
+
+    values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _needs_float64(frame: Any, bounds: dict[str, Any]) -> list[str]:
+    """The columns that float32 would blur: values far larger than their spread (their
+    standardization cancels the leading digits), whole numbers beyond float32's 2**24, or
+    values inside a bound that float32 rounds onto it."""
+    import numpy as np
+
+    out = []
+    for col in frame.columns:
+        v = frame[col].to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        size, spread = float(np.abs(v).max()), float(v.std())
+        whole = bool(np.all(v == np.round(v)))
+        low, high = bounds.get(col) or (None, None)
+        v32 = v.astype(np.float32)
+        onto = (low is not None and bool(np.any((v > low) & (v32 <= low)))) or (
+            high is not None and bool(np.any((v < high) & (v32 >= high)))
+        )
+        if (spread > 0 and size > 2**13 * spread) or (whole and size >= 2**24) or onto:
+            out.append(str(col))
+    return out
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.split(","))
@@ -84,10 +118,10 @@ def _model_option(text: str) -> tuple[str, Any]:
         return name, value
 
 
-def _given_values(text: str) -> dict[str, float | str]:
-    """``a=1.5,b=0,region=east`` → ``{"a": 1.5, "b": 0.0, "region": "east"}`` (a value that is
-    not a number is kept as a label, for a category column; checked against the model)."""
-    out: dict[str, float | str] = {}
+def _given_values(text: str) -> dict[str, str]:
+    """``a=1.5,b=0,region=east`` → ``{"a": "1.5", "b": "0", "region": "east"}``: the values as
+    written, read against the model (a number, or a category's label such as ``02134``)."""
+    out: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -98,10 +132,7 @@ def _given_values(text: str) -> dict[str, float | str]:
             raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}")
         if not value.strip():
             raise argparse.ArgumentTypeError(f"value of {name.strip()!r} is empty in {text!r}")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            out[name.strip()] = value.strip()
+        out[name.strip()] = value.strip()
     return out
 
 
@@ -274,14 +305,32 @@ def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]
     columns, data, given = _schema(flow)
     table, rows = _read_for(flow, path, columns, **read)
     dtype, device = dtype_device(flow)
-    x = torch.tensor(rows[data].to_numpy(), dtype=dtype, device=device)
-    c = torch.tensor(rows[given].to_numpy(), dtype=dtype, device=device) if given else None
+    x = _tensor(rows[data], dtype, device)
+    if dtype != torch.float64 and flow.config.get("bounds"):
+        x = _inside_bounds(flow, rows[data], x)
+    c = _tensor(rows[given], dtype, device) if given else None
     return table, rows, x, c
 
 
-def _context_row(
-    flow: Any, given: list[str], values: dict[str, float | str] | None, path: str
-) -> Any:
+def _inside_bounds(flow: Any, frame: Any, x: Any) -> Any:
+    """``x`` with the values inside a continuous column's bound in the table (float64) that the
+    model's dtype rounds onto the bound put one ulp inside (else refused as out of support)."""
+    import torch
+
+    exact = _tensor(frame, torch.float64, x.device)
+    cells = set(flow.config.get("discrete") or ())
+    for j, ends in enumerate(flow.config["bounds"]):
+        for end, inward in zip(ends, (1.0, -1.0)):
+            if end is None or j in cells:
+                continue
+            at = torch.tensor(end, dtype=x.dtype, device=x.device)
+            rounded = (exact[:, j] - end) * inward > 0
+            rounded &= (x[:, j] - at) * inward <= 0
+            x[:, j] = torch.where(rounded, torch.nextafter(at, at + inward), x[:, j])
+    return x
+
+
+def _context_row(flow: Any, given: list[str], values: dict[str, str] | None, path: str) -> Any:
     import torch
 
     if not given:
@@ -310,20 +359,34 @@ def _context_row(
     )
 
 
-def _given_code(flow: Any, name: str, value: float | str) -> float:
-    """A ``--given`` value as the model reads it: a number, or a category's code."""
+def _given_value(flow: Any, name: str, value: str) -> float | str:
+    """A ``--given`` value as the model reads it: a number, or one of a category column's
+    labels (as written, else as the number it spells: ``2.0`` is the label ``2``)."""
     labels = (flow.config.get("categories") or {}).get(name)
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
     if labels is None:
-        if isinstance(value, str):
+        if number is None:
             raise _UserError(f"--given value of {name!r} is not a number: {value!r}")
+        return number
+    if value in labels:
         return value
-    label = value if isinstance(value, str) else f"{value:g}"
-    if label not in labels:
-        raise _UserError(
-            f"--given {name}={label!r} is not a category of the model "
-            f"(it knows {', '.join(map(repr, labels))})"
-        )
-    return float(labels.index(label))
+    if number is not None and f"{number:g}" in labels:
+        return f"{number:g}"
+    raise _UserError(
+        f"--given {name}={value!r} is not a category of the model "
+        f"(it knows {', '.join(map(repr, labels))})"
+    )
+
+
+def _given_code(flow: Any, name: str, value: str) -> float:
+    """A ``--given`` value as the model's input: the number, or the category's code."""
+    read = _given_value(flow, name, value)
+    if isinstance(read, str):
+        return float(flow.config["categories"][name].index(read))
+    return read
 
 
 def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> None:
@@ -383,8 +446,17 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     data_cols = [c for c in df.columns if c not in set(given)]
     if not data_cols:
         raise _UserError(f"{source}: --given uses every column; nothing is left to model")
-    x = torch.tensor(df[data_cols].to_numpy(), dtype=torch.float32)
-    c = torch.tensor(df[given].to_numpy(), dtype=torch.float32) if given else None
+    wide = _needs_float64(df, getattr(args, "bounds", None) or {})  # demo: no --bounds
+    dtype = torch.float64 if wide else torch.float32
+    if wide:
+        _info(
+            args,
+            f"{source}: float32 would blur column(s) {', '.join(wide)} (values far larger than "
+            "their spread, whole numbers beyond 2**24, or values it rounds onto a bound): the "
+            "model computes in float64",
+        )
+    x = _tensor(df[data_cols], dtype)
+    c = _tensor(df[given], dtype) if given else None
     if args.seed is not None:
         torch.manual_seed(args.seed)
     options = dict(args.option or [])
@@ -484,7 +556,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     elif discrete is None and coded:
         discrete = coded
     flow = nf.models.standardize(
-        flow,
+        flow.to(dtype),
         x,
         c,
         columns=list(df.columns),
@@ -533,8 +605,8 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
             missing_ok=given if getattr(args, "summary_padded", False) else (),
         )
         val_df = _select(val_df, list(df.columns), val_path)
-        xv = torch.tensor(val_df[data_cols].to_numpy(), dtype=torch.float32)
-        val = (xv, torch.tensor(val_df[given].to_numpy(), dtype=torch.float32)) if given else xv
+        xv = _tensor(val_df[data_cols], dtype)
+        val = (xv, _tensor(val_df[given], dtype)) if given else xv
     history = nf.fit(
         flow,
         x,
@@ -592,6 +664,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
         args.quiet = args.quiet or not distributed.is_main_process()
     try:
         given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []
+        if args.given is not None and not given:
+            raise _UserError(f"--given names no column: {args.given!r}")
+        twice = sorted({g for g in given if given.count(g) > 1})
+        if twice:
+            raise _UserError(f"--given names {', '.join(map(repr, twice))} twice")
         df = _read(
             args.data,
             drop_missing=args.drop_missing,
@@ -676,7 +753,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 f"{args.model}: this model is not conditional; --given-table is not used"
             )
         contexts = _read_for(flow, table_path, given)[1]
-        ctx = torch.tensor(contexts.to_numpy(), dtype=dtype, device=device)  # (R, C)
+        ctx = _tensor(contexts, dtype, device)  # (R, C)
     else:
         ctx = _context_row(flow, given, args.given, args.model)
     cuda = [device] if device.type == "cuda" else []
@@ -694,7 +771,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             df[data[j]] = _labels_of(df[data[j]], categories[data[j]])
     if table_path is None:
         for g in given:
-            df[g] = args.given[g]
+            df[g] = _given_value(flow, g, args.given[g])
         _write_table(df[columns], args.output)
         if args.output:
             print(f"wrote {args.n} samples to {args.output}")
@@ -961,7 +1038,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         raise _UserError(
             f"--kind density needs at most 2 modelled columns, the model has {len(data)}"
         )
-    title = f"{Path(args.model).name}" + (f" given {args.given}" if given else "")
+    shown_given = ", ".join(f"{g}={args.given[g]}" for g in given)
+    title = f"{Path(args.model).name}" + (f" given {shown_given}" if given else "")
     if kind == "density":
         nf.plot.density(flow, x, context=ctx, columns=data, path=out, title=title)
     elif kind == "corner":
@@ -1042,6 +1120,22 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Merged(argparse.Action):
+    """An option that may be repeated: ``--bounds a=0: --bounds b=0:`` adds up like
+    ``--bounds a=0:,b=0:`` (a column set twice is refused; without this, the last would win)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        before = getattr(namespace, self.dest, None)
+        if isinstance(values, str) and isinstance(before, str):  # column lists: a,b
+            values = f"{before},{values}"
+        elif isinstance(values, dict) and isinstance(before, dict):
+            twice = sorted(set(before) & set(values))
+            if twice:
+                parser.error(f"{option_string} sets {', '.join(map(repr, twice))} twice")
+            values = {**before, **values}
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``nfkit`` command."""
     parser = _Parser(
@@ -1079,7 +1173,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="model.pt", help="where to save the model (default: model.pt)")
     p.add_argument(
-        "--given", default=None, help="context columns a,b: fit p(other columns | a, b)"
+        "--given",
+        action=_Merged,
+        default=None,
+        help="context columns a,b: fit p(other columns | a, b)",
     )
     p.add_argument(
         "--summary",
@@ -1106,6 +1203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bounds",
         type=_bounds_spec,
+        action=_Merged,
         default=None,
         help="supports of columns, NAME=LOW:HIGH pairs (an empty end is open): price=0:,share=0:1;"
         " the density is zero outside and samples stay inside",
@@ -1113,6 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--angles",
         type=_angles_spec,
+        action=_Merged,
         default=None,
         help="angle columns, each with its range (one period): phi,psi (radians, -pi:pi) or "
         "wind=0:360,phi=-180:180; modelled on the circle by ncsf (the default model then), the "
@@ -1185,6 +1284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--given",
         type=_given_values,
+        action=_Merged,
         default=None,
         help="context values a=1.5,b=0 for a conditional model",
     )
@@ -1284,6 +1384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--given",
         type=_given_values,
+        action=_Merged,
         default=None,
         help="context values a=1.5,b=0 for a conditional model",
     )

@@ -163,6 +163,11 @@ def _log_density(flow: Flow) -> Any:
     return flow.dequantized_log_prob if isinstance(flow, DequantizedFlow) else flow.log_prob
 
 
+def _discrete_columns(flow: Flow) -> list[int]:
+    """The integer columns of a :class:`DequantizedFlow` (none for another flow)."""
+    return [int(j) for j in flow.discrete_columns] if isinstance(flow, DequantizedFlow) else []
+
+
 def _density_name(flow: Flow) -> str:
     return "p(v + u)" if isinstance(flow, DequantizedFlow) else "p(x)"
 
@@ -275,6 +280,14 @@ def corner(
     x = _data(data, where, d)
     s = _samples(flow, n, _context(flow, context))
     box = _bounds(x if x is not None else s, support=flow.transform.domain)
+    edges_of = {i: torch.linspace(*box[i], 41).numpy() for i in range(k)}
+    for i in _discrete_columns(flow):  # bins centred on the integers, the ends included
+        if i < k:
+            both = s[:, i] if x is None else torch.cat([x[:, i], s[:, i]])
+            low, high = math.floor(both.min()), math.ceil(both.max())
+            step = max(1, math.ceil((high - low + 1) / 60))
+            edges_of[i] = torch.arange(low - 0.5, high + step + 0.5, step).numpy()
+            box[i] = (low - 0.5, float(edges_of[i][-1]))
     labels = _labels(flow, columns, d)
     size = max(4.0, 1.9 * k)
     fig, axes = _figure(k, k, (size, size))
@@ -285,7 +298,7 @@ def corner(
                 ax.set_axis_off()
                 continue
             if i == j:
-                edges = torch.linspace(*box[i], 41).numpy()
+                edges = edges_of[i]
                 if x is not None:
                     ax.hist(_np(x[:, i]), bins=edges, density=True, color=_DATA, alpha=0.5)
                 ax.hist(

@@ -500,6 +500,14 @@ def _read_checkpoint(
     return state if resume else None
 
 
+def _fingerprint(x: Tensor, c: Tensor | None) -> Tensor:
+    """The training data's per-column sums and sums of squares (float64, on the CPU): what a
+    resumed run compares to tell the same table from another."""
+    parts = [x] if c is None else [x, c]
+    flat = torch.cat([t.reshape(t.shape[0], -1).double() for t in parts], 1)
+    return torch.cat([flat.sum(0), flat.square().sum(0)]).cpu()
+
+
 def _checkpoint_state(
     flow: Flow,
     loop: _Loop,
@@ -512,6 +520,7 @@ def _checkpoint_state(
     n: int,
     done: int,
     noise: torch.Generator | None,
+    data: Tensor,
 ) -> dict[str, Any]:
     """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
     loads with ``weights_only=True``)."""
@@ -532,6 +541,7 @@ def _checkpoint_state(
         "rng": torch.get_rng_state(),
         "noise_rng": None if noise is None else noise.get_state(),
         "objective": history.objective,
+        "data": data,
     }
 
 
@@ -547,9 +557,27 @@ def _restore(
     steps: int,
     n: int,
     noise: torch.Generator | None,
+    data: Tensor,
 ) -> tuple[History, int]:
     """Put a checkpoint's weights, optimizer, schedule, batch order and RNG back; returns the
-    history and the step to continue from."""
+    history and the step to continue from. Refused (one line) when it was made for another
+    model or on other training data (``data``: :func:`_fingerprint`)."""
+    made_for = state.get("config")
+    if made_for and flow.config and made_for != json.dumps(flow.config):
+        model = json.loads(made_for).get("model", "another model")
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made for another model ({model}, "
+            f"other settings); got {flow.config.get('model', 'this flow')}: resume with the "
+            "same model, or give another checkpoint path"
+        )
+    saved = state.get("data")  # older checkpoints have no fingerprint
+    if saved is not None and not (
+        saved.shape == data.shape and torch.allclose(saved, data, rtol=1e-6, atol=1e-9)
+    ):
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made on other training data (the "
+            "columns' sums differ): resume on the same data, or give another checkpoint path"
+        )
     if int(state["steps"]) != steps or int(state["n"]) != n:
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
@@ -562,7 +590,14 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} was made with objective={made!r}; "
             f"got objective={objective!r}"
         )
-    flow.load_state_dict(state["model"])
+    try:
+        flow.load_state_dict(state["model"])
+    except RuntimeError as e:  # a hand-built flow of another architecture (no config to compare)
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} holds another architecture's weights "
+            f"({' '.join(first.split())})"
+        ) from None
     loop.optimizer.load_state_dict(state["optimizer"])
     if loop.scheduler is not None and state["scheduler"] is not None:
         loop.scheduler.load_state_dict(state["scheduler"])
@@ -684,6 +719,7 @@ def fit(
         xt, ct, xv, cv = _split(x, c, val_fraction, generator)
 
     n = xt.shape[0]
+    fingerprint = _fingerprint(xt, ct) if checkpoint is not None else torch.empty(0)
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
@@ -720,7 +756,7 @@ def fit(
     if state is not None:
         history, start = _restore(
             where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
-            noise=noise_rng,
+            noise=noise_rng, data=fingerprint,
         )  # fmt: skip
         t0 -= history.wall_time
 
@@ -765,7 +801,7 @@ def fit(
                 if checkpoint is not None and rank == 0:
                     state = _checkpoint_state(
                         flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
-                        done=done, noise=noise_rng,
+                        done=done, noise=noise_rng, data=fingerprint,
                     )  # fmt: skip
                     atomic_save(state, checkpoint)
                 loop.postfix(history)

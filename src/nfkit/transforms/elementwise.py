@@ -112,7 +112,8 @@ class Bounded(_Pointwise):
     - upper end only: ``z = -log(h - x)``, ``log|dz/dx| = -log(h - x)``;
     - neither: ``z = x``.
 
-    The inverse is closed-form (``l + (h - l) σ(z)``, ``l + e^z``, ``h - e^{-z}``, ``z``). Its
+    The inverse is closed-form (``l + (h - l) σ(z)``, ``l + e^z``, ``h - e^{-z}``, ``z``), kept
+    at least one ulp inside each finite end (where rounding would land on the end). Its
     :attr:`domain` is the per-column interval, so a :class:`~nfkit.Flow` starting with it
     refuses values outside a column's support, naming the column. Put in front of a flow (as
     :func:`nfkit.models.standardize` does with ``bounds=``), it makes the density zero outside
@@ -181,6 +182,14 @@ class Bounded(_Pointwise):
             both,
             lo + (hi - lo) * torch.sigmoid(z),
             torch.where(has_low, lo + torch.exp(z), torch.where(has_high, hi - torch.exp(-z), z)),
+        )
+        # A value within rounding of an end lands on it (float32: σ(z) = 1 from z ≈ 17, and
+        # l + e^z = l once e^z < ulp(l) / 2): keep it one ulp inside the open support.
+        inf = torch.full_like(lo, math.inf)
+        x = torch.clamp(
+            x,
+            torch.where(has_low, torch.nextafter(lo, inf), -inf),
+            torch.where(has_high, torch.nextafter(hi, -inf), inf),
         )
         # log|dx/dz|: log(h - l) + log σ'(z); z; -z; 0
         ladj = torch.where(
