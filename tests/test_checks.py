@@ -47,6 +47,9 @@ def test_check_device_names_the_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> 
     assert check_device("w", "cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match=r"'cuda:2' is not available: 2 GPU\(s\) visible"):
         check_device("w", "cuda:2")
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)  # any other backend alike
+    with pytest.raises(ValueError, match="w: device 'xpu' is not available on this machine"):
+        check_device("w", "xpu")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'mps' is not available on this machine"):
         check_device("w", "mps")

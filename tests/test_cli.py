@@ -705,3 +705,36 @@ def test_given_category_labels_keep_their_text(capsys, tmp_path) -> None:
     code, out, _ = _run(capsys, "sample", model, "-n", "2", "--given", "zip=02134")
     assert code == 0 and pd.read_csv(pd.io.common.StringIO(out), dtype=str)["zip"].tolist() == [
         "02134", "02134"]  # fmt: skip
+
+
+def test_model_and_program_paths_are_checked_before_any_work(capsys, table, tmp_path) -> None:
+    data = table / "data.csv"
+    assert "--out " + str(tmp_path) + " is a folder" in _error(
+        capsys, "fit", data, "--out", tmp_path
+    )
+    assert "expected a .pt or .pth file name" in _error(
+        capsys, "fit", data, "--out", tmp_path / "model.csv"
+    )
+    (tmp_path / "keep.csv").write_text("a,b\n1,2\n")
+    assert "expected a .pt2 file name" in _error(
+        capsys, "export", table / "m.pt", tmp_path / "keep.csv"
+    )
+    assert (tmp_path / "keep.csv").read_text() == "a,b\n1,2\n"
+    code, _, err = _run(capsys, "fit", data, "--device", "meta")
+    assert code == 2 and "device 'meta' holds no values" in err
+
+
+def test_npy_output_is_refused_up_front_for_text(capsys, table, tmp_path) -> None:
+    data, model = table / "data.csv", tmp_path / "m.pt"
+    assert _run(capsys, "fit", data, "--out", model, *FAST)[0] == 0
+    assert "the ranking names the models; use .csv" in _error(
+        capsys, "compare", data, model, "-o", tmp_path / "r.npy"
+    )
+    assert _run(capsys, "score", model, data, "--with-data", "-o", tmp_path / "s.npy")[0] == 0
+    labelled = pd.DataFrame({"kind": ["x", "y"] * 100, "v": np.arange(200.0)})
+    labelled.to_csv(tmp_path / "k.csv", index=False)
+    assert _run(capsys, "fit", tmp_path / "k.csv", "--out", tmp_path / "k.pt", *FAST)[0] == 0
+    for argv in (("sample", tmp_path / "k.pt", "-n", "3"),
+                 ("score", tmp_path / "k.pt", tmp_path / "k.csv", "--with-data")):  # fmt: skip
+        assert "a .npy file holds numbers only" in _error(capsys, *argv, "-o", tmp_path / "o.npy")
+    assert not (tmp_path / "o.npy").exists()

@@ -339,6 +339,15 @@ def check_device(where: str, device: object) -> torch.device | None:
                 f"{where}: device {str(dev)!r} is not available: {count} GPU(s) visible "
                 f"(cuda:0 to cuda:{count - 1})"
             )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{where}: device 'mps' is not available on this machine")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{where}: device 'mps' is not available on this machine")
+    elif dev.type not in (
+        "cpu",
+        "meta",
+    ):  # xpu, hpu, ...: torch's backend module says whether it runs here
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"{where}: device {str(dev)!r} is not available on this machine")
     return dev

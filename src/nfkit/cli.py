@@ -94,9 +94,11 @@ def _device(text: str) -> str:
     from nfkit._checks import check_device
 
     try:
-        check_device("nfkit", text)
+        device = check_device("nfkit", text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("nfkit: ")) from None
+    if device is not None and device.type == "meta":
+        raise argparse.ArgumentTypeError("device 'meta' holds no values; use 'cpu' or 'cuda'")
     return text
 
 
@@ -399,12 +401,28 @@ def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> No
                 raise _UserError(f"{what} {path} is also the {other}; writing it would replace it")
 
 
-def _check_output_table(out: str | None) -> None:
-    """An output table's suffix names a format nfkit writes: checked before any work."""
+def _check_output_table(out: str | None, text: str | None = None) -> None:
+    """An output table's suffix names a format nfkit writes, and ``.npy`` (numbers only) is not
+    asked to hold ``text`` columns: checked before any work."""
     from nfkit.tables import check_table_path
 
     if out is not None:
         check_table_path(out, writing=True)
+        if text and Path(out).suffix.lower() == ".npy":
+            raise _UserError(f"-o {out}: a .npy file holds numbers only, and {text}; use .csv")
+
+
+def _check_output_file(option: str, out: str, suffixes: tuple[str, ...]) -> None:
+    """A model or program file's path: not a folder, and with one of ``suffixes`` (a data
+    table's name there would be replaced by a binary file): checked before any work."""
+    path = Path(out)
+    if path.is_dir():
+        raise _UserError(f"{option} {out} is a folder; give a file path")
+    if path.suffix.lower() not in suffixes:
+        raise _UserError(
+            f"{option} {out}: expected a {' or '.join(suffixes)} file name (the file is "
+            "written in torch's format)"
+        )
 
 
 def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
@@ -654,6 +672,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         ("--out", args.out), ("data", args.data), ("--checkpoint", args.checkpoint)
     )
     _refuse_overwriting(("--checkpoint", args.checkpoint), ("data", args.data))
+    _check_output_file("--out", args.out, (".pt", ".pth"))
     if args.distributed:
         try:
             device = distributed.init_from_env()
@@ -743,6 +762,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("--given-table", table_path))
     _check_output_table(args.output)
     flow = _load_model(args.model, args.device)
+    if flow.config.get("categories"):
+        _check_output_table(args.output, "the samples have category labels")
     columns, data, given = _schema(flow)
     dtype, device = dtype_device(flow)
     if table_path is not None:
@@ -798,6 +819,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     _check_output_table(args.output)
     _check_order("score", args.model, args.data, "MODEL DATA")
     flow = _load_model(args.model, args.device)
+    if args.with_data and flow.config.get("categories"):
+        _check_output_table(args.output, "--with-data writes the category labels too")
     options = {}
     if args.draws is not None:
         if not isinstance(flow, DequantizedFlow):
@@ -856,11 +879,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from nfkit.metrics import compare_scores
 
     models = [str(m) for m in args.models]
-    repeated = sorted({m for m in models if models.count(m) > 1})
+    places = [Path(m).resolve() for m in models]
+    repeated = [m for m, p in zip(models, places) if places.count(p) > 1]
     if repeated:
         raise _UserError(f"model {repeated[0]} is given more than once")
     _refuse_overwriting(("-o", args.output), ("data", args.data), *(("model", m) for m in models))
-    _check_output_table(args.output)
+    _check_output_table(args.output, "the ranking names the models")
     _check_order("compare", models[0], args.data, "DATA MODEL [MODEL ...]")
     flows = {m: _load_model(m, args.device) for m in models}
     first = None
@@ -902,6 +926,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from nfkit.io import atomic_write
 
     _refuse_overwriting(("output", args.output), ("model", args.model))
+    _check_output_file("output", args.output, (".pt2",))
     flow = _load_model(args.model)
     _, data, given = _schema(flow)
     direction = "sample" if args.sample else "density"
@@ -1115,8 +1140,8 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=_positive,
         default=2**16,
-        help="rows per pass: memory stays bounded for millions of rows (default: 65536; with "
-        "--seed, samples depend on it)",
+        help="rows per pass: memory stays bounded for millions of rows (default: 65536; "
+        "seeded samples depend on it)",
     )
 
 
