@@ -207,3 +207,15 @@ def test_given_angles_are_read_as_cos_sin_pairs() -> None:
                 columns=["y", "temp", "wind"], given=["temp", "wind"], context_angles=angles,
             )  # fmt: skip
         assert "\n" not in str(info.value)
+
+
+def test_dataframes_name_the_columns() -> None:
+    """``standardize`` records a DataFrame's column names (data, then a context frame's)."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(100, 2)), columns=["u", "v"])
+    c = pd.DataFrame(rng.normal(size=(100, 1)), columns=["w"])
+    flow = nf.models.standardize(nf.models.MAF(2, transforms=1, hidden=(8,)), x)
+    assert flow.config["columns"] == ["u", "v"] and flow.config["given"] is None
+    flow = nf.models.standardize(nf.models.MAF(2, context=1, transforms=1, hidden=(8,)), x, c)
+    assert flow.config["columns"] == ["u", "v", "w"] and flow.config["given"] == ["w"]

@@ -419,7 +419,8 @@ def standardize(
         x: Training data ``(n, D)``, ``n ≥ 2`` (a Tensor, NumPy array or numeric DataFrame);
             a constant column is an error.
         context: Training context ``(n, C)`` when the flow is conditional (same types).
-        columns: Names recorded in ``config`` (all columns, in file order).
+        columns: Names recorded in ``config`` (all columns, in file order). Default: the
+            names of ``x`` (then ``context``) when they are DataFrames.
         given: Names of the context columns, recorded in ``config``.
         bounds: The support of each modelled column, ``(low, high)`` pairs (None: an open end;
             one pair for every column, or one per column): a :class:`~nfkit.transforms.Bounded`
@@ -459,6 +460,11 @@ def standardize(
     features = int(flow.event_shape[0])
     x_labels = None
     c_labels = None
+    if columns is None and given is None and hasattr(x, "columns"):  # DataFrames name them
+        data_names = [str(c) for c in x.columns]
+        given_names = [str(c) for c in context.columns] if hasattr(context, "columns") else []
+        if given_names or context is None:
+            columns, given = data_names + given_names, given_names or None
     if columns is not None:
         given_set = set(given or ())
         x_labels = [c for c in columns if c not in given_set]
