@@ -703,6 +703,11 @@ def test_given_category_labels_keep_their_text(capsys, tmp_path) -> None:
     code, _, _ = _run(capsys, "fit", tmp_path / "z.csv", "--given", "zip", "--out", model, *FAST)
     assert code == 0
     code, out, _ = _run(capsys, "sample", model, "-n", "2", "--given", "zip=02134")
+    (tmp_path / "z2.csv").write_text("zip,y,id\n02134,0.1,a\n10001,0.2,b\n")  # labels look numeric
+    code2, scored, _ = _run(capsys, "score", model, tmp_path / "z2.csv", "--with-data")
+    scored = pd.read_csv(pd.io.common.StringIO(scored), dtype={"zip": str, "id": str})
+    assert code2 == 0 and scored["zip"].tolist() == ["02134", "10001"]  # as written, not 2134
+    assert scored["id"].tolist() == ["a", "b"] and np.isfinite(scored["log_density"]).all()
     assert code == 0 and pd.read_csv(pd.io.common.StringIO(out), dtype=str)["zip"].tolist() == [
         "02134", "02134"]  # fmt: skip
 

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nfkit as nf
@@ -55,9 +55,12 @@ def test_csv_errors_one_line(tmp_path, text: str, pattern: str) -> None:
 
 def test_csv_drop_options(tmp_path) -> None:
     p = _csv(tmp_path, "a,b,c\n1,2,7\n,3,7\n4,1,7\n5,0,7\n")
-    df = nf.datasets.load(p, drop_missing=True, drop_constant=True)
+    note = r"t.csv: dropped 1 of 4 rows for missing values in column\(s\) 'a' \(1\)"
+    with pytest.warns(TableNote, match=note):  # the user hears of the dropped rows
+        df = nf.datasets.load(p, drop_missing=True, drop_constant=True)
     assert list(df.columns) == ["a", "b"] and len(df) == 3
-    assert nf.datasets.load(p, drop_missing=True, allow_constant=True).shape == (3, 3)
+    with pytest.warns(TableNote, match=note):
+        assert nf.datasets.load(p, drop_missing=True, allow_constant=True).shape == (3, 3)
 
 
 def test_other_formats_and_file_errors(tmp_path) -> None:
@@ -425,9 +428,6 @@ def test_text_columns_as_categories(tmp_path) -> None:
     assert dropped.attrs["categories"] == {"flag": ["x", "y"]}
 
 
-_NA_WORDS = {"na", "nan", "null", "none", "n/a", "<na>", "-nan", "#na", "1.#ind", "1.#qnan"}
-
-
 @given(
     labels=st.lists(
         st.text(st.characters(categories=("L", "N"), max_codepoint=0x2FF), min_size=1, max_size=6),
@@ -442,15 +442,109 @@ def test_category_codes_round_trip(tmp_path_factory, labels: list[str], data) ->
     codes map back to the very values (whatever the labels: digits, letters, accents); scoring
     a file with the recorded labels gives the same codes, even if it holds fewer of them."""
     labels = ["x" + labels[0], *labels[1:]]  # one label that is text: not a number column
-    assume(not {label.lower() for label in labels} & _NA_WORDS)  # pandas reads them as missing
     rows = data.draw(st.lists(st.sampled_from(labels), min_size=3, max_size=20))
-    rows = [labels[0], labels[1], *rows]  # at least two labels: not a constant column
+    # at least two labels (not a constant column), and over 10% of the cells text: not a column
+    # of numbers with a few bad cells; "NA", "None", "nan" among the labels are labels
+    rows = [*[labels[0]] * (1 + len(rows) // 8), labels[1], *rows]
     path = tmp_path_factory.mktemp("cat") / "t.csv"
     pd.DataFrame({"c": rows, "v": np.arange(len(rows), dtype=float)}).to_csv(path, index=False)
     table = nf.tables.read_table(path, categories=True)
     known = table.attrs["categories"]["c"]
     assert known == sorted(set(known)) and set(known) <= {str(label) for label in labels}
     decoded = [known[int(code)] for code in table["c"]]
-    assert decoded == [str(pd.read_csv(path, dtype=str)["c"][i]).strip() for i in range(len(rows))]
+    written = pd.read_csv(path, dtype=str, keep_default_na=False)["c"].str.strip()
+    assert decoded == written.tolist()
     again = nf.tables.read_table(path, categories={"c": known}, allow_constant=True)
     assert again["c"].tolist() == table["c"].tolist()
+
+
+def test_na_words_are_labels_in_text_columns_and_missing_in_number_columns(tmp_path) -> None:
+    """An empty cell is missing in any column; pandas' missing-value words (``NA``, ``None``,
+    ``N/A``, ``null``, ...) only in a column of numbers: in a text column they are labels
+    (``NA`` = North America), not rows to drop."""
+    path = _csv(tmp_path, "x,region,plan\n1,NA,None\n2,EU,Basic\n,AS,Pro\n4,NA,Pro\n5,EU,None\n")
+    with pytest.raises(DataError, match=r"missing values in column\(s\) 'x' \(1\); drop") as info:
+        nf.tables.read_table(path, categories=True)
+    assert "region" not in str(info.value) and "plan" not in str(info.value)
+    with pytest.warns(TableNote, match=r"t.csv: dropped 1 of 5 rows for missing values in column"):
+        df = nf.tables.read_table(path, categories=True, drop_missing=True)
+    cats = {"region": ["AS", "EU", "NA"], "plan": ["Basic", "None", "Pro"]}
+    assert df.attrs["categories"] == cats  # learned before the incomplete row is dropped
+    assert df["region"].tolist() == [2, 1, 2, 1] and df["plan"].tolist() == [1, 0, 2, 1]
+    # in a column of numbers they are missing (R writes NA, also in its ";" decimal-comma files)
+    path = _csv(tmp_path, "a,b\n1,NA\n2,N/A\n3,None\n4,null\n5,nan\n6,#N/A\n7,3\n8,4\n")
+    with pytest.raises(DataError, match=r"missing values in column\(s\) 'b' \(6\)"):
+        nf.tables.read_table(path)
+    path = _csv(tmp_path, '"a";"b"\n1,5;NA\n2,25;3\nNA;4,5\n3;5\n')
+    with pytest.warns(TableNote, match="dropped 2 of 4 rows"):
+        df = nf.tables.read_table(path, drop_missing=True)
+    assert df.to_numpy().tolist() == [[2.25, 3.0], [3.0, 5.0]]
+    pytest.importorskip("pyarrow")  # parquet keeps real nulls: "NA" there is text
+    frame = pd.DataFrame({"x": [1.0, 2.0, None, 4.0], "r": ["NA", "EU", "NA", "AS"]})
+    frame.to_parquet(tmp_path / "p.parquet")
+    with pytest.warns(TableNote, match="dropped 1 of 4 rows"):
+        df = nf.tables.read_table(tmp_path / "p.parquet", categories=True, drop_missing=True)
+    assert df.attrs["categories"] == {"r": ["AS", "EU", "NA"]} and df["r"].tolist() == [2, 1, 0]
+
+
+def test_only_the_comment_lines_at_the_top_are_skipped(tmp_path) -> None:
+    """``#`` comment lines at the top are skipped; a ``#`` further down is data (it had turned
+    on pandas' ``comment="#"``, cutting fields and lines short)."""
+    teams = ["red #1", "red #2", "blue #1", "blue #2"] * 3
+    rows = "".join(f"{i},{i % 5},{t}\n" for i, t in enumerate(teams))
+    path = _csv(tmp_path, "# source: survey 2024\n\n# second comment\nx,y,team\n" + rows)
+    df = nf.tables.read_table(path, categories=True)
+    assert df.attrs["categories"] == {"team": ["blue #1", "blue #2", "red #1", "red #2"]}
+    assert df.shape == (12, 3) and df["y"].tolist() == [i % 5 for i in range(12)]
+    rows = "".join(f"{i},item #{i % 3},{i * 2}\n" for i in range(9))  # "#" in a middle field
+    df = nf.tables.read_table(_csv(tmp_path, "# exported\nx,label,y\n" + rows), categories=True)
+    assert df["y"].tolist() == [i * 2 for i in range(9)]
+    assert df.attrs["categories"] == {"label": ["item #0", "item #1", "item #2"]}
+
+
+def test_a_few_bad_cells_in_a_number_column_are_named(tmp_path) -> None:
+    """A column of numbers with a few cells that are not (at least 90% numbers, the others at
+    most 5 cells or 5%) is an error naming the cells and their first data rows, not a column of
+    categories (``1 … 5`` and ``?``) nor free text; mostly text stays categories."""
+    prices = [f"{0.5 + i / 7:.2f}" for i in range(60)]
+    prices[40] = "-"
+    path = _csv(tmp_path, "x,price\n" + "".join(f"{i},{p}\n" for i, p in enumerate(prices)))
+    for categories in (True, False):
+        with pytest.raises(DataError) as info:
+            nf.tables.read_table(path, categories=categories)
+        assert str(info.value) == (
+            f"{path}: column 'price' holds numbers but 1 cell is not a number: '-' (data row "
+            "41); fix or blank those cells (a blank cell is missing; drop_missing=True / "
+            "--drop-missing drops its row)"
+        )
+    ratings = [str(1 + i % 5) for i in range(30)]
+    ratings[4] = ratings[17] = "?"
+    ratings[9] = "-"
+    path = _csv(tmp_path, "x,rating\n" + "".join(f"{i},{r}\n" for i, r in enumerate(ratings)))
+    with pytest.raises(DataError, match=r"'rating' holds numbers but 3 cells are not numbers: "
+                       r"'\?' \(data row 5\), '-' \(data row 10\); fix or blank"):  # fmt: skip
+        nf.tables.read_table(path, categories=True)
+    big = "".join(f'{i},"{1000 + 997 * i:,}"\n' for i in range(20))  # quoted, as spreadsheets do
+    with pytest.raises(DataError, match=r"'b' holds numbers but 20 cells are written with "
+                       r"thousands separators: '1,000' \(data row 1\), .*\('1000', not '1,000'\)"):  # fmt: skip
+        nf.tables.read_table(_csv(tmp_path, "a,b\n" + big + "20,5\n"), categories=True)
+    comma = "".join(f"{i},5;{i}\n" for i in range(20)) + "?;3\n"  # a decimal-comma file
+    with pytest.raises(DataError, match=r"column 'x' holds numbers but 1 cell is not a number: "
+                       r"'\?' \(data row 21\)") as info:  # fmt: skip
+        nf.tables.read_table(_csv(tmp_path, "x;y\n" + comma), categories=True)
+    assert "\n" not in str(info.value)
+    # the threshold: 1 of 10 cells is a bad cell; 2 of 10 (or 6 of 100) make text categories
+    levels = [str(1 + i % 4) for i in range(10)]
+    frame = pd.DataFrame({"level": [*levels[:9], "top"], "v": np.arange(10.0)})
+    with pytest.raises(DataError, match=r"'level' holds numbers but 1 cell is not a number: "
+                       r"'top' \(data row 10\)"):  # fmt: skip
+        nf.tables.clean_table(frame, "f.csv", categories=True)
+    frame["level"] = [*levels[:8], "top", "top"]
+    df = nf.tables.clean_table(frame, "f.csv", categories=True)
+    assert df.attrs["categories"] == {"level": ["1", "2", "3", "4", "top"]}
+    frame = pd.DataFrame(
+        {"g": [*(str(i % 9) for i in range(94)), *["K"] * 6], "v": np.arange(100.0)}
+    )
+    assert (
+        nf.tables.clean_table(frame, "f.csv", categories=True).attrs["categories"]["g"][-1] == "K"
+    )

@@ -284,16 +284,27 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
 
 
 def _read_for(flow: Any, path: str, needed: list[str], **read: Any) -> tuple[Any, Any]:
-    """``(table, rows)``: a table read for a saved model (its category columns coded with the
-    model's labels; a padded set's given columns may hold empty cells) and its ``needed``
-    columns, by name or, header-less, by position."""
+    """``(table, rows)``: a table as read for a saved model, every column as written (the
+    other columns are the user's: identifiers, notes), and its ``needed`` columns, by name or,
+    header-less, by position, checked and coded (category columns with the model's labels,
+    read as written; a padded set's given columns may hold empty cells); ``table`` keeps the
+    rows ``rows`` keeps."""
     from nfkit.nn.sets import padded_set
+    from nfkit.tables import clean_table, read_raw_table
 
     given = _schema(flow)[2]
     categories = flow.config.get("categories") or {}
     missing_ok = given if padded_set(flow.embedding) is not None else ()  # absent set elements
-    table = _read(path, allow_constant=True, categories=categories, missing_ok=missing_ok, **read)
-    return table, _select(table, needed, path)
+    table = read_raw_table(path, text=list(categories))
+    rows = clean_table(
+        _select(table, needed, path),
+        path,
+        allow_constant=True,
+        categories=categories,
+        missing_ok=missing_ok,
+        **read,
+    )
+    return table.loc[rows.index], rows
 
 
 def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]:
@@ -615,14 +626,7 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     val = None
     if val_path is not None:
         _refuse_overwriting(("--out", args.out), ("--val", val_path))
-        val_df = _read(
-            val_path,
-            allow_constant=True,
-            categories=categories,
-            drop_missing=args.drop_missing,
-            missing_ok=given if getattr(args, "summary_padded", False) else (),
-        )
-        val_df = _select(val_df, list(df.columns), val_path)
+        val_df = _read_for(flow, val_path, list(df.columns), drop_missing=args.drop_missing)[1]
         xv = _tensor(val_df[data_cols], dtype)
         val = (xv, _tensor(val_df[given], dtype)) if given else xv
     history = nf.fit(
@@ -835,11 +839,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     with torch.no_grad():
         scores = flow.log_prob(x, c, chunk_size=args.chunk_size, **options)
     out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
-    if args.with_data:  # every column of the table (a header-less one under the model's names)
-        rows = (table if set(columns) <= set(table.columns) else df).copy()
-        for name, labels in (flow.config.get("categories") or {}).items():
-            if name in rows:  # the labels as read, not their codes
-                rows[name] = pd.Categorical.from_codes(rows[name].astype("int64"), labels)
+    if args.with_data:  # every column of the table as written (header-less: the model's names)
+        rows = table if set(columns) <= set(table.columns) else table.set_axis(columns, axis=1)
         out = pd.concat([rows.reset_index(drop=True), out], axis=1)
     _write_table(out, args.output)
     if args.output:

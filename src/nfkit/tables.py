@@ -31,6 +31,7 @@ from nfkit._checks import one_line
 
 __all__ = [
     "read_table",
+    "read_raw_table",
     "write_table",
     "check_table_path",
     "clean_table",
@@ -46,7 +47,7 @@ class DataError(ValueError):
 
 class TableNote(UserWarning):
     """Something the reader did to a table that its user should hear of (a dropped row-index
-    column); ``nfkit`` prints these as ``nfkit: note: ...``."""
+    column, rows dropped for missing values); ``nfkit`` prints these as ``nfkit: note: ...``."""
 
 
 # --------------------------------------------------------------------------- file formats
@@ -126,19 +127,28 @@ def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
 
 _SEPARATORS = ("\t", ";", "|", ",")  # tried in this order; "," last: it is also a decimal mark
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
+# a number with thousands separators: 13,210 or 1,234.5 (decimal point), 1.234,5 (decimal comma)
+_GROUPED = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d{1,3}(?:\.\d{3})+(?:,\d*)?)"
+# pandas' default missing-value strings (read_csv's na_values); a text table's empty cell is
+# missing in any column, these only in a column of numbers (see _resolve_na)
+_NA_TOKENS = frozenset(
+    {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
+    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
 
 
 @dataclass(frozen=True)
 class _TextFormat:
     """How a text table is written: the separator (None: runs of whitespace), the decimal mark,
-    whether there is a header, its names as written, whether the file starts with ``#`` comment
-    lines, and whether the names come from the first comment (else from the first row)."""
+    whether there is a header, its names as written, how many lines the ``#`` comment lines at
+    the top take (``skiprows``), and whether the names come from the first comment (else from
+    the first row)."""
 
     sep: str | None
     decimal: str
     header: bool
     names: list[str]
-    comments: bool = False
+    skip: int = 0
     names_in_comment: bool = False
 
 
@@ -192,16 +202,29 @@ def _zstandard(path: Path) -> Any:
     return zstandard
 
 
-def _sample_lines(path: Path, compression: str | None, limit: int = 50) -> list[str]:
-    """The first ``limit`` non-blank lines of a UTF-8 text file (a byte-order mark dropped)."""
+def _sample_lines(
+    path: Path, compression: str | None, limit: int = 50
+) -> tuple[list[str], list[str], int]:
+    """The ``#`` comment lines at the top of a UTF-8 text file (a byte-order mark dropped), the
+    first ``limit`` non-blank lines after them, and how many lines the comments take, blank
+    lines among them included (what ``read_csv(skiprows=)`` skips). A ``#`` further down is
+    data."""
+    comments: list[str] = []
     lines: list[str] = []
+    skip = 0
     with _open_text(path, compression) as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\r\n"))
-                if len(lines) == limit:
-                    break
-    return lines
+        for number, line in enumerate(f):
+            if not line.strip():
+                continue
+            line = line.rstrip("\r\n")
+            if not lines and line.lstrip().startswith("#"):
+                comments.append(line)
+                skip = number + 1
+                continue
+            lines.append(line)
+            if len(lines) == limit:
+                break
+    return comments, lines, skip
 
 
 def _separator(lines: list[str], suffix: str) -> str | None:
@@ -240,35 +263,38 @@ def _text_format(path: Path, header: bool | None, compression: str | None) -> _T
     ``;``-separated files whose numbers use a decimal comma (``1,5;2,25``, as spreadsheets
     write them in many locales) are read with ``decimal=","``.
     """
-    lines = _sample_lines(path, compression)
-    comments = bool(lines) and lines[0].lstrip().startswith("#")
-    body = [line for line in lines if not line.lstrip().startswith("#")] if comments else lines
+    comments, body, skip = _sample_lines(path, compression)
     sep = _separator(body, _table_format(path)[0])
     rows = [_fields(line, sep) for line in body]
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
         decimal = ","
     if comments and header is not False:  # np.savetxt(header="a b") writes "# a b"
-        named = _fields(lines[0].lstrip()[1:], sep)
+        named = _fields(comments[0].lstrip()[1:], sep)
         if rows and len(named) == len(rows[0]) and not all(_is_number(f) for f in named):
-            return _TextFormat(sep, decimal, True, [f.strip() for f in named], comments, True)
+            return _TextFormat(sep, decimal, True, [f.strip() for f in named], skip, True)
     first = rows[0] if rows else []
     if header is None:
         header = bool(first) and not all(_is_number(f, decimal) for f in first)
     names = [f.strip() for f in first] if header else []
-    return _TextFormat(sep, decimal, bool(header), names, comments)
+    return _TextFormat(sep, decimal, bool(header), names, skip)
 
 
-def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
+def _read_text(
+    path: Path, header: bool | None, compression: str | None, text: Sequence[str] = ()
+) -> Any:
     """A CSV, TSV or whitespace-separated text table, perhaps compressed, as a DataFrame
     (columns as written, or
     ``x0, x1, …`` without a header). A first column with an empty name and distinct, non-float
     values (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no
-    values (a separator at the end of every line) are not data and are dropped."""
+    values (a separator at the end of every line) are not data and are dropped. The columns
+    named in ``text`` are read as written (category labels such as ``02134``), not as numbers."""
     import pandas as pd
 
     try:
         fmt = _text_format(path, header, compression)
+        named = fmt.header and not fmt.names_in_comment
+        as_text = {name: str for name in fmt.names if named and name.strip() in text}
         with warnings.catch_warnings():
             # rows longer than the header: pandas would shift the extra fields into the index
             # (index_col=None) or drop them (index_col=False, with this warning)
@@ -278,7 +304,10 @@ def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
                 sep=r"\s+" if fmt.sep is None else fmt.sep,
                 decimal=fmt.decimal,
                 header=0 if fmt.header and not fmt.names_in_comment else None,
-                comment="#" if fmt.comments else None,
+                skiprows=fmt.skip,
+                keep_default_na=False,  # "NA" may be a label: _resolve_na decides per column
+                na_values=[""],
+                dtype=as_text or None,
                 index_col=False,
                 skipinitialspace=True,
                 encoding="utf-8",
@@ -303,6 +332,7 @@ def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
         raise DataError(
             f"{path}: cannot decompress as {compression} ({one_line(e, 80)})"
         ) from None
+    df = _resolve_na(df, fmt.decimal)
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
         return df
@@ -325,6 +355,96 @@ def _read_text(path: Path, header: bool | None, compression: str | None) -> Any:
     df = df.iloc[:, keep]
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _parse_numbers(text: Any, decimal: str = ".") -> Any:
+    """The cells of a column of stripped strings that are numbers, as floats (NaN elsewhere);
+    with ``decimal=","`` a number is written ``1,5`` and a cell with a ``.`` is not one (as
+    ``read_csv(decimal=",")`` reads them)."""
+    import pandas as pd
+
+    if decimal == ",":
+        text = text.where(~text.str.contains(".", regex=False, na=False))
+        text = text.str.replace(",", ".", regex=False)
+    return pd.to_numeric(text, errors="coerce")
+
+
+def _few_non_numbers(numeric: Any) -> bool:
+    """Whether a column whose present cells are flagged ``numeric`` (booleans) is a column of
+    numbers with a few bad cells: at least 90% of the cells are numbers and the others at most
+    5 cells or 5% of them. Otherwise it is text (categories)."""
+    cells = len(numeric)
+    bad = cells - int(numeric.sum())
+    return cells > 0 and bad <= max(min(5.0, cells / 10), cells / 20)
+
+
+def _resolve_na(df: Any, decimal: str) -> Any:
+    """A text table read with only empty cells missing, with pandas' missing-value strings
+    (``NA``, ``N/A``, ``None``, ``null``, ``nan``, ...) made missing in the columns of numbers
+    (:func:`_few_non_numbers`; R and spreadsheets write ``NA`` for a missing number) and kept as
+    labels in text columns (``NA`` = North America). A column of numbers with a decimal comma
+    and a bad cell keeps its text, its numbers written with ``.``, for :func:`_numeric` to name
+    the bad cells."""
+    import pandas as pd
+
+    for i in range(df.shape[1]):
+        col = df.iloc[:, i]
+        if pd.api.types.infer_dtype(col, skipna=True) != "string":
+            continue
+        text = col.str.strip()
+        na = text.isin(_NA_TOKENS)
+        if not bool(na.any()) and decimal == ".":
+            continue  # text, or numbers with bad cells: _numeric names those
+        numbers = _parse_numbers(text.mask(na), decimal)
+        cells = text.notna() & ~na
+        numeric = numbers.notna() | text.str.fullmatch(_GROUPED).fillna(False).astype(bool)
+        if bool(cells.any()) and not _few_non_numbers(numeric[cells]):
+            continue  # a text column: "NA" is a label
+        if bool((numbers.notna() | ~cells).all()):
+            df.isetitem(i, numbers.astype("float64"))
+        else:
+            fixed = text.mask(na)
+            if decimal == ",":
+                fixed = fixed.where(numbers.isna(), fixed.str.replace(",", ".", regex=False))
+            df.isetitem(i, fixed)
+    return df
+
+
+def _non_numbers_error(path: Path, name: str, col: Any, bad: Any) -> DataError:
+    """The error for a column of numbers with a few cells that are not (``bad``, booleans):
+    each distinct bad value with the first data row (1 = the first row after the header) it is
+    in, and what to do."""
+    import pandas as pd
+
+    rows = np.flatnonzero(bad.to_numpy()) + 1
+    values = pd.Series([str(v).strip() for v in col[bad]], index=rows)
+    is_grouped = values.str.fullmatch(_GROUPED).astype(bool)
+    grouped = values[is_grouped]
+    first = pd.concat([values[~is_grouped], grouped])  # the cells to fix by hand first
+    first = first[~first.duplicated()]
+    shown = ", ".join(f"{v!r} (data row {r})" for r, v in first.iloc[:5].items())
+    shown += ", ..." if len(first) > 5 else ""
+    k = len(values)
+    what = "1 cell is not a number" if k == 1 else f"{k} cells are not numbers"
+    blank = "a blank cell is missing; drop_missing=True / --drop-missing drops its row"
+    if not len(grouped):
+        return DataError(
+            f"{path}: column {name!r} holds numbers but {what}: {shown}; fix or blank "
+            f"those cells ({blank})"
+        )
+    example = grouped.iloc[0]
+    plain = example.replace(re.search("[,.]", example).group(), "")  # type: ignore[union-attr]
+    fix = f"write numbers without thousands separators ({plain!r}, not {example!r})"
+    if len(grouped) == k:
+        what = "1 cell is" if k == 1 else f"{k} cells are"
+        return DataError(
+            f"{path}: column {name!r} holds numbers but {what} written with thousands "
+            f"separators: {shown}; {fix}"
+        )
+    return DataError(
+        f"{path}: column {name!r} holds numbers but {what}: {shown}; {fix}, and fix or blank "
+        f"the other cells ({blank})"
+    )
 
 
 def _is_row_index(column: Any) -> bool:
@@ -421,6 +541,11 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
             if not bool(bad.any()) and textual:
                 out[name] = converted.astype("float64")
                 continue
+            if textual:  # numbers with a few bad cells ("-", "?", "13,210") are not categories
+                present = col.notna()
+                grouped = col[present].astype(str).str.strip().str.fullmatch(_GROUPED)
+                if _few_non_numbers(converted[present].notna() | grouped.astype(bool)):
+                    raise _non_numbers_error(path, name, col, bad)
             labelled = textual or isinstance(col.dtype, pd.CategoricalDtype)
             if not labelled or categories is not True:
                 example = col[bad].iloc[0] if bool(bad.any()) else col.dtype
@@ -471,6 +596,8 @@ def clean_table(
     (``True``: the sorted distinct labels of each text column, at most ``max(20, n/2)`` of them;
     a dict ``{column: labels}``: those labels, as a model was fitted on, a label outside them
     being an error). The labels of the coded columns are in ``result.attrs["categories"]``.
+    A text column that is numbers but for a few cells (at least 90% numbers, the others at most 5
+    cells or 5% of them) is neither: an error names those cells and their rows.
 
     ``missing_ok``: columns whose missing cells are kept, as NaN (a padded set's absent
     elements); they are exempt from the missing-value and constant-column rules.
@@ -500,13 +627,20 @@ def _checked(
     missing = df[checked].isna().sum()
     missing = missing[missing > 0]
     if len(missing):
+        what = ", ".join(f"{name!r} ({int(k)})" for name, k in missing.items())
         if not drop_missing:
-            what = ", ".join(f"{name!r} ({int(k)})" for name, k in missing.items())
             raise DataError(
                 f"{path}: missing values in column(s) {what}; "
                 "drop those rows with drop_missing=True (--drop-missing)"
             )
+        rows = len(df)
         df = df.dropna(subset=checked)
+        warnings.warn(
+            f"{path}: dropped {rows - len(df)} of {rows} rows for missing values in column(s) "
+            f"{what}",
+            TableNote,
+            stacklevel=4,
+        )
     inf = np.isinf(df.to_numpy()).sum(0)
     if inf.any():
         what = ", ".join(f"{c!r} ({int(k)})" for c, k in zip(df.columns, inf) if k)
@@ -548,9 +682,11 @@ def read_table(
     every line the same number of fields (more than one), else runs of whitespace (as
     ``np.savetxt`` writes). A ``;``-separated file with decimal commas (``1,5;2,25``) is read
     with ``decimal=","``. Lines starting with ``#`` at the top are comments (``np.savetxt``'s
-    ``header="a b"`` gives ``# a b``: its names are the header when they fit the rows). The
-    first row is a header unless all its fields are numbers (override with ``header``); without
-    a header the columns are named ``x0, x1, …``. An unnamed first
+    ``header="a b"`` gives ``# a b``: its names are the header when they fit the rows); a ``#``
+    further down is data. The first row is a header unless all its fields are numbers (override
+    with ``header``); without a header the columns are named ``x0, x1, …``. An empty cell is
+    missing; pandas' missing-value words (``NA``, ``N/A``, ``None``, ``null``, ``nan``, ...) are
+    missing in a column of numbers and labels in a text column. An unnamed first
     column of distinct non-float values (the index ``DataFrame.to_csv`` writes: row numbers, also
     shuffled or filtered, labels or dates) and unnamed empty
     columns (a separator ending every line) are dropped; rows longer than the header are an
@@ -558,9 +694,12 @@ def read_table(
     read with ``allow_pickle=False``. ``.parquet``: needs ``pyarrow``.
 
     Every problem is a :class:`DataError` (a ``ValueError``) with one line naming the file: a
-    non-numeric column (named, with an example value), missing values (columns and counts;
-    ``drop_missing=True`` drops those rows), infinite values, a constant column (named; a density
-    over it is degenerate; ``drop_constant=True`` drops it), fewer than 2 rows, an unknown format.
+    non-numeric column (named, with an example value), a column of numbers with a few cells that
+    are not (at least 90% numbers, the others at most 5 cells or 5%: ``-``, ``?``, ``13,210``;
+    each named with the first data row it is in), missing values (columns and counts;
+    ``drop_missing=True`` drops those rows, announced as a :class:`TableNote`), infinite values,
+    a constant column (named; a density over it is degenerate; ``drop_constant=True`` drops it),
+    fewer than 2 rows, an unknown format.
 
     Args:
         path: The file.
@@ -574,18 +713,8 @@ def read_table(
         missing_ok: Columns whose missing cells are kept as NaN (a padded set's absent
             elements), as in :func:`clean_table`.
     """
+    df = read_raw_table(path, header=header)
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
-    suffix, compression = _table_format(path)
-    if suffix == ".npy":
-        df = _read_npy(path)
-    elif suffix == ".parquet":
-        df = _read_parquet(path)
-    else:
-        df = _read_text(path, header, compression)
     if columns is not None:
         unknown = [c for c in columns if c not in df.columns]
         if unknown:
@@ -603,6 +732,28 @@ def read_table(
         categories=categories,
         missing_ok=missing_ok,
     )
+
+
+def read_raw_table(
+    path: str | os.PathLike[str], *, header: bool | None = None, text: Sequence[str] = ()
+) -> Any:
+    """A table file as read, before :func:`clean_table`: the formats, separators, header and
+    missing-value rules of :func:`read_table`, the values as pandas parsed them (text columns
+    as strings). ``text``: columns of a text file to keep as written (category labels that look
+    like numbers, ``02134``). For reading a table whose other columns are the user's business
+    (scoring rows with an identifier beside them): clean the columns you need with
+    :func:`clean_table`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    suffix, compression = _table_format(path)
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    return _read_text(path, header, compression, text)
 
 
 def as_tensor(
