@@ -721,6 +721,13 @@ def test_model_and_program_paths_are_checked_before_any_work(capsys, table, tmp_
         capsys, "fit", data, "--out", tmp_path / "model.csv"
     )
     (tmp_path / "keep.csv").write_text("a,b\n1,2\n")
+    assert "--samples must be at least 20 draws per row" in _error(
+        capsys, "coverage", table / "m.pt", data, "--samples", "1"
+    )
+    assert "-n must be at least 100 data points, got 5" in _error(
+        capsys, "demo", "--out", tmp_path / "d", "-n", "5"
+    )
+    assert not (tmp_path / "d").exists()
     assert "expected a .pt2 file name" in _error(
         capsys, "export", table / "m.pt", tmp_path / "keep.csv"
     )

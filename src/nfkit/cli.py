@@ -724,6 +724,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise _UserError(
             f"unknown dataset {args.dataset!r}; choose from {', '.join(nf.datasets.TOYS)}"
         )
+    if args.n < 100:  # a validation split and a density need some rows
+        raise _UserError(f"-n must be at least 100 data points, got {args.n}")
     out = Path(args.out)
     t0 = time.perf_counter()
     x = nf.datasets.TOYS[args.dataset](args.n, seed=args.seed)
@@ -1029,6 +1031,11 @@ def cmd_coverage(args: argparse.Namespace) -> None:
 
     _refuse_overwriting(("--plot", args.plot), ("model", args.model), ("data", args.data))
     _check_order("coverage", args.model, args.data, "MODEL DATA")
+    if args.samples < 20:  # a rank among S draws resolves coverage to 1/S at best
+        raise _UserError(
+            f"--samples must be at least 20 draws per row (a rank among S draws resolves the "
+            f"coverage to 1/S; 1000 by default), got {args.samples}"
+        )
     flow = _load_model(args.model, args.device)
     data = _schema(flow)[1]
     _, _, x, c = _model_table(flow, args.data)  # c: None for an unconditional model
