@@ -338,8 +338,10 @@ class Flow(nn.Module):
     Input checks: ``log_prob`` and ``sample`` raise a one-line ``ValueError`` for a wrong shape,
     a missing or extra context, NaN or inf, or ``x`` outside the transform's domain. While
     ``torch.compile`` traces, only the checks that need no tensor values (shapes, context) run, so
-    ``torch.compile(flow.log_prob, fullgraph=True)`` is one graph; ``flow.validate = False``
-    turns every check off.
+    ``torch.compile(flow.log_prob, fullgraph=True)`` is one graph (for a direction computed in
+    closed form; one computed by iteration, such as Planar's density, FFJORD's ODE solve or
+    BNAF's sampling, breaks the graph: ``tests/test_compile.py`` lists which);
+    ``flow.validate = False`` turns every check off.
 
     Example:
         >>> import torch
