@@ -109,6 +109,11 @@ class ContinuousFlow(Transform):
             ``100 eps`` of the input dtype (about 1.2e-5 in float32) so the adaptive solver can
             converge.
         steps: Number of steps for fixed-step solvers (``rk4``, ``euler``, ``midpoint``).
+        sample_solver, sample_steps: The solver (and fixed-step count) of sampling alone
+            (:meth:`inverse_value`, no log-det); None: ``solver`` and ``steps``. A field trained
+            by flow matching is nearly straight: ``sample_solver="rk4", sample_steps=4``
+            samples it fast while ``log_prob`` keeps the adaptive ``solver`` (a fixed-step
+            log-det is only as exact as its steps; see :func:`nfkit.models.FFJORD`).
         adjoint: Back-propagate with ``torchdiffeq.odeint_adjoint`` (memory O(1) in the number
             of steps; gradients agree with direct back-propagation to the solver tolerance).
         t1: Integration time.
@@ -154,6 +159,8 @@ class ContinuousFlow(Transform):
         atol: float = 1e-5,
         rtol: float = 1e-5,
         steps: int = 20,
+        sample_solver: str | None = None,
+        sample_steps: int | None = None,
         adjoint: bool = False,
         t1: float = 1.0,
     ) -> None:
@@ -168,11 +175,16 @@ class ContinuousFlow(Transform):
             raise ValueError(
                 f"{where}: noise must be 'rademacher' or 'gaussian', got {shown(noise)}"
             )
-        if solver not in _SOLVERS:
-            raise ValueError(f"{where}: solver must be one of {_SOLVERS}, got {shown(solver)}")
+        for name, value in (("solver", solver), ("sample_solver", sample_solver or solver)):
+            if value not in _SOLVERS:
+                raise ValueError(f"{where}: {name} must be one of {_SOLVERS}, got {shown(value)}")
         for name, value in (("atol", atol), ("rtol", rtol), ("t1", t1)):
             check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)
+        self.sample_solver = sample_solver
+        self.sample_steps = None
+        if sample_steps is not None:
+            self.sample_steps = check_positive_int(where, "sample_steps", sample_steps)
         self.time_dependent = bool(time_dependent)
         self.time_features = check_positive_int(where, "time_features", time_features, minimum=0)
         if self.time_features and not self.time_dependent:
@@ -213,13 +225,17 @@ class ContinuousFlow(Transform):
         func: nn.Module = _Dynamics(self, context, noise) if trace else _Field(self, context)
         times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
         eps = torch.finfo(x.dtype).eps
+        solver, steps = self.solver, self.steps
+        if not trace:  # sampling: its own solver, if set
+            solver = self.sample_solver or solver
+            steps = self.sample_steps or steps
         kwargs = {
-            "method": self.solver,
+            "method": solver,
             "atol": max(self.atol, 100 * eps),
             "rtol": max(self.rtol, 100 * eps),
         }
-        if self.solver in _FIXED_STEP:
-            kwargs["options"] = {"step_size": abs(t1 - t0) / self.steps}
+        if solver in _FIXED_STEP:
+            kwargs["options"] = {"step_size": abs(t1 - t0) / steps}
         state = (x, torch.zeros_like(x[..., 0])) if trace else x
         if self.adjoint:
             params = tuple(self.net.parameters())
@@ -258,9 +274,10 @@ class ContinuousFlow(Transform):
         return self._solve(z, context, self.t1, 0.0, "ContinuousFlow.inverse_value", False)[0]
 
     def extra_repr(self) -> str:
+        sampling = f"sample_solver={self.sample_solver!r}, " if self.sample_solver else ""
         return (
             f"features={self.features}, context={self.context_features}, "
             f"time_features={self.time_features}, trace={self.trace!r}, "
-            f"solver={self.solver!r}, atol={self.atol:g}, rtol={self.rtol:g}, "
+            f"solver={self.solver!r}, atol={self.atol:g}, rtol={self.rtol:g}, {sampling}"
             f"adjoint={self.adjoint}, t1={self.t1:g}"
         )
