@@ -750,3 +750,23 @@ def test_npy_output_is_refused_up_front_for_text(capsys, table, tmp_path) -> Non
                  ("score", tmp_path / "k.pt", tmp_path / "k.csv", "--with-data")):  # fmt: skip
         assert "a .npy file holds numbers only" in _error(capsys, *argv, "-o", tmp_path / "o.npy")
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_score_can_skip_incomplete_rows(capsys, table, tmp_path) -> None:
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)[0] == 0
+    (tmp_path / "inc.csv").write_text("a,b,g,id\n0.1,0.2,0,x\n,0.3,0,y\n1,1,1,z\n")
+    assert "missing values in column(s) 'a' (1); --skip-incomplete scores those rows NaN" in (
+        _error(capsys, "score", model, tmp_path / "inc.csv")
+    )
+    code, out, err = _run(capsys, "score", model, tmp_path / "inc.csv", "--skip-incomplete",
+                          "--with-data")  # fmt: skip
+    scored = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and "1 incomplete row(s) scored NaN" in err
+    assert scored["id"].tolist() == ["x", "y", "z"]
+    assert np.isnan(scored["log_density"][1]) and np.isfinite(scored["log_density"][[0, 2]]).all()
+    full = pd.read_csv(tmp_path / "inc.csv").drop(index=1).drop(columns="id")
+    full.to_csv(tmp_path / "full.csv", index=False)
+    code, out, _ = _run(capsys, "score", model, tmp_path / "full.csv")
+    expected = pd.read_csv(pd.io.common.StringIO(out))["log_density"].to_numpy()
+    np.testing.assert_allclose(scored["log_density"][[0, 2]].to_numpy(), expected)

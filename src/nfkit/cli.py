@@ -283,18 +283,21 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
     return df[needed]
 
 
-def _read_for(flow: Any, path: str, needed: list[str], **read: Any) -> tuple[Any, Any]:
+def _read_for(
+    flow: Any, path: str, needed: list[str], incomplete: bool = False, **read: Any
+) -> tuple[Any, Any]:
     """``(table, rows)``: a table as read for a saved model, every column as written (the
     other columns are the user's: identifiers, notes), and its ``needed`` columns, by name or,
     header-less, by position, checked and coded (category columns with the model's labels,
-    read as written; a padded set's given columns may hold empty cells); ``table`` keeps the
-    rows ``rows`` keeps."""
-    from nfkit.nn.sets import padded_set
+    read as written; a padded set's given columns may hold empty cells; with ``incomplete``,
+    every needed column may); ``table`` keeps the rows ``rows`` keeps."""
     from nfkit.tables import clean_table, read_raw_table
 
     given = _schema(flow)[2]
     categories = flow.config.get("categories") or {}
-    missing_ok = given if padded_set(flow.embedding) is not None else ()  # absent set elements
+    missing_ok = given if _padded_given(flow) else ()  # absent set elements
+    if incomplete:
+        missing_ok = needed
     table = read_raw_table(path, text=list(categories))
     rows = clean_table(
         _select(table, needed, path),
@@ -305,6 +308,13 @@ def _read_for(flow: Any, path: str, needed: list[str], **read: Any) -> tuple[Any
         **read,
     )
     return table.loc[rows.index], rows
+
+
+def _padded_given(flow: Any) -> bool:
+    """Whether the model's given columns are a padded set (empty cells: absent elements)."""
+    from nfkit.nn.sets import padded_set
+
+    return padded_set(flow.embedding) is not None
 
 
 def _model_table(flow: Any, path: str, **read: Any) -> tuple[Any, Any, Any, Any]:
@@ -820,6 +830,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     import torch
 
     from nfkit.models import DequantizedFlow
+    from nfkit.tables import DataError
 
     _refuse_overwriting(("-o", args.output), ("model", args.model), ("data", args.data))
     _check_output_table(args.output)
@@ -833,14 +844,34 @@ def cmd_score(args: argparse.Namespace) -> None:
             raise _UserError(f"{args.model}: --draws is for models with discrete columns")
         options["draws"] = args.draws
     columns = _schema(flow)[0]
-    table, df, x, c = _model_table(flow, args.data)
+    try:
+        table, df, x, c = _model_table(flow, args.data, incomplete=args.skip_incomplete)
+    except DataError as e:  # score has no --drop-missing: one output row per input row
+        head, hint, _ = str(e).partition("; drop those rows")
+        if not hint:
+            raise
+        raise _UserError(f"{head}; --skip-incomplete scores those rows NaN") from None
     if args.with_data and "log_density" in table.columns:
         raise _UserError(
             f"{args.data}: already has a log_density column; --with-data would repeat it"
         )
+    scores = torch.full((len(x),), float("nan"), dtype=torch.float64)
+    complete = slice(None)
+    if args.skip_incomplete:  # a NaN score for a row with a missing model value
+        padded = _padded_given(flow)
+        complete = ~x.isnan().any(-1)
+        if c is not None and not padded:
+            complete &= ~c.isnan().any(-1)
+        complete = complete.cpu()
+        skipped = int((~complete).sum())
+        if skipped:
+            _info(args, f"{args.data}: {skipped} incomplete row(s) scored NaN")
+        x, c = x[complete.to(x.device)], None if c is None else c[complete.to(c.device)]
     with torch.no_grad():
-        scores = flow.log_prob(x, c, chunk_size=args.chunk_size, **options)
-    out = pd.DataFrame({"log_density": scores.double().cpu().numpy()})
+        scores[complete] = (
+            flow.log_prob(x, c, chunk_size=args.chunk_size, **options).double().cpu()
+        )
+    out = pd.DataFrame({"log_density": scores.numpy()})
     if args.with_data:  # every column of the table as written (header-less: the model's names)
         rows = table if set(columns) <= set(table.columns) else table.set_axis(columns, axis=1)
         out = pd.concat([rows.reset_index(drop=True), out], axis=1)
@@ -1353,6 +1384,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="models with discrete columns: points per row averaged to estimate its probability "
         "(default: 16; more is closer, each costs one pass)",
+    )
+    p.add_argument(
+        "--skip-incomplete",
+        action="store_true",
+        help="score a row with a missing value in a model column as NaN instead of stopping "
+        "(the output keeps one row per input row)",
     )
     _inference_options(p)
     p.set_defaults(func=cmd_score)
