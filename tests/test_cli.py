@@ -612,7 +612,7 @@ def test_coverage_of_a_posterior(capsys, tmp_path) -> None:
     assert lines[0] == f"coverage of {model} on 100 rows of {tmp_path / 'held.csv'}, 50 draws each"
     assert lines[1] == "level  coverage" and lines[2].startswith("0.1 ")
     assert len(lines) == 2 + 11 + 2 and lines[-1] == f"wrote {figure}" and figure.exists()
-    assert lines[-2].startswith("max deviation ") and "(95% band 0.136): " in lines[-2]
+    assert lines[-2].startswith("max deviation ") and "(band 0.168; marginal ranks " in lines[-2]
     plain = tmp_path / "plain.pt"  # an unconditional model: its calibration on held-out rows
     assert _run(capsys, *fit, "--out", plain)[0] == 0
     code, out, err = _run(capsys, "coverage", plain, tmp_path / "held.csv", "--samples", "50")

@@ -209,6 +209,25 @@ def test_fused_adamw_only_where_torch_has_the_kernel() -> None:
     assert _fused_adamw([torch.zeros(3, dtype=torch.complex64)]) is None
 
 
+def test_fit_vi_reports_each_context_of_a_batch_on_its_own() -> None:
+    """Three targets ``p̃(x | c) = N(x; c, I) · 2π e^{2c}``, one amortized ``q``: each context's
+    ``log Ẑ`` is its own (``log 2π + 2c``), not the pooled ``log mean_c Z_c``."""
+    torch.manual_seed(0)
+    flow = nf.models.IAF(2, context=1, transforms=2, hidden=(16,))
+    contexts = torch.tensor([[-1.0], [0.0], [1.0]])
+
+    def log_p(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((x - c) ** 2).sum(-1) + 2 * c[..., 0]
+
+    h = nf.fit_vi(flow, log_p, steps=400, batch_size=64, lr=1e-2, context=contexts,
+                  progress=False, seed=0, n_estimate=2048)  # fmt: skip
+    truth = [math.log(2 * math.pi) + 2 * c for c in (-1.0, 0.0, 1.0)]
+    assert h.objective == "reverse_kl" and h.log_normalizer is None
+    assert h.per_context["log_normalizer"] == pytest.approx(truth, abs=0.1)
+    assert h.ess == min(h.per_context["ess"]) and h.pareto_k == max(h.per_context["pareto_k"])
+    assert h.ess > 0.5
+
+
 def test_fit_vi_gaussian_log_normalizer_and_ess() -> None:
     loc = torch.tensor([1.0, -2.0])
     scale = torch.tensor([0.5, 2.0])

@@ -1077,7 +1077,9 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     for level, found in zip(result.levels, result.coverage):
         print(f"{level:<5g}  {found:.3f}")
     print(
-        f"max deviation {result.max_deviation:.3f} (95% band {result.band:.3f}): {result.verdict}"
+        f"max deviation {result.max_deviation:.3f} (band {result.band:.3f}; marginal ranks "
+        f"{float(result.marginal_deviation.max()):.3f}, band {result.marginal_band:.3f}): "
+        f"{result.verdict}"
     )
     if args.plot:
         nf.plot.coverage(result, args.plot, columns=data)

@@ -243,9 +243,15 @@ class Coverage:
         coverage: The fraction of pairs whose ``θ_i`` lies in the ``α`` highest-density region
             of ``q(θ | x_i)``, ``(K,)``. A calibrated posterior gives ``α`` (within
             ``band``); below ``α`` it is overconfident (too narrow), above it conservative.
-        band: Half-width of the simultaneous 95% band of an empirical CDF of ``B`` uniform
-            ranks, ``√(log(2/0.05) / 2B)`` (Dvoretzky–Kiefer–Wolfowitz): an exact posterior
-            stays inside it at every level at once with probability at least 0.95.
+        band: Half-width of the simultaneous 97.5% band of the coverage curve (Dvoretzky–
+            Kiefer–Wolfowitz, ``c = √(log(2/0.025) / 2)``; the other 2.5% goes to the marginal
+            ranks, so an exact model passes both with probability about 0.95):
+            ``c / √B + 1/S`` for a posterior
+            (each pair ranked among its own ``S`` draws; ``1/S`` for the ranks' rounding),
+            ``c √(1/B + 1/S)`` for an unconditional flow (one set of ``S`` draws ranks every
+            row, so its own sampling error is shared by all of them, as in a two-sample test).
+        marginal_band: The same band for each feature's marginal ranks, with ``c`` for ``D``
+            tests at once (Bonferroni: ``log(2D/0.025)``).
         hpd_rank: Per pair, the fraction of the draws denser than ``θ_i`` (ties count half):
             the smallest level whose region holds ``θ_i``, ``(B,)``; uniform on ``[0, 1]`` when
             calibrated.
@@ -261,6 +267,7 @@ class Coverage:
     hpd_rank: np.ndarray
     marginal_rank: np.ndarray
     samples: int
+    marginal_band: float = math.inf
 
     @property
     def max_deviation(self) -> float:
@@ -268,21 +275,39 @@ class Coverage:
         return float(np.abs(self.coverage - self.levels).max())
 
     @property
+    def marginal_deviation(self) -> np.ndarray:
+        """Per feature, ``max_α |P(rank/S ≤ α) - α|`` over the levels: how far its marginal
+        ranks are from uniform, ``(D,)``."""
+        u = self.marginal_rank / self.samples  # (B, D) in [0, 1]
+        found = (u[None, :, :] <= self.levels[:, None, None]).mean(1)  # (K, D)
+        return np.abs(found - self.levels[:, None]).max(0)
+
+    @property
     def calibrated(self) -> bool:
-        """Every level's coverage within ``band`` (an exact posterior fails this test in at
-        most 5% of evaluations; with few draws ``S`` the ranks' own rounding, ``1/S``, adds to
-        the deviation)."""
-        return self.max_deviation <= self.band
+        """Every level's coverage within ``band``, and every feature's marginal ranks within
+        ``marginal_band`` of uniform (an exact model fails this in about 5% of evaluations).
+        A posterior shifted off the truth can keep its highest-density coverage and still fail
+        the marginal ranks. Neither test sees a posterior equal to the prior (it is calibrated,
+        and uninformative): compare its spread with the prior's."""
+        return self.max_deviation <= self.band and bool(
+            (self.marginal_deviation <= self.marginal_band).all()
+        )
 
     @property
     def verdict(self) -> str:
-        """``calibrated``, else ``overconfident`` (coverage below the levels on average: the
-        regions are too narrow) or ``conservative`` (too wide), with that reading."""
+        """``calibrated``; else ``overconfident`` (coverage below the levels on average: the
+        regions are too narrow) or ``conservative`` (too wide); else, with the coverage in its
+        band, ``biased`` (a feature's draws lie too high or too low), with that reading."""
         if self.calibrated:
             return "calibrated"
-        if float((self.coverage - self.levels).mean()) < 0:
-            return "overconfident (regions too narrow)"
-        return "conservative (regions too wide)"
+        if self.max_deviation > self.band:
+            if float((self.coverage - self.levels).mean()) < 0:
+                return "overconfident (regions too narrow)"
+            return "conservative (regions too wide)"
+        j = int((self.marginal_deviation / self.marginal_band).argmax())
+        low = float(self.marginal_rank[:, j].mean()) < self.samples / 2
+        where = "high" if low else "low"
+        return f"biased (the draws of feature {j} lie too {where})"
 
     def __repr__(self) -> str:
         worst = int(np.abs(self.coverage - self.levels).argmax())
@@ -411,13 +436,22 @@ def coverage(
         flow.train(was_training)
     hpd_rank = torch.cat(hpd).cpu().numpy()
     found = (hpd_rank[None, :] <= grid[:, None]).mean(1)
+    pairs, features = len(hpd_rank), th.shape[1]
+
+    def band(tests: int) -> float:
+        c = math.sqrt(math.log(2 * tests / 0.05) / 2)
+        if cx is None:  # the rows share one set of draws: a two-sample band
+            return c * math.sqrt(1 / pairs + 1 / samples)
+        return c / math.sqrt(pairs) + 1 / samples
+
     return Coverage(
         levels=grid,
         coverage=found,
-        band=math.sqrt(math.log(2 / 0.05) / (2 * len(hpd_rank))),
+        band=band(2),  # 5% in all: half to the coverage curve, half to the D marginals
         hpd_rank=hpd_rank,
         marginal_rank=torch.cat(marginal).cpu().numpy(),
         samples=samples,
+        marginal_band=band(2 * features),
     )
 
 
@@ -439,9 +473,10 @@ def pareto_k(log_weights: Tensor) -> float:
             allowed, NaN is not.
 
     Returns:
-        ``k̂``; ``-inf`` when the largest weights are all equal (no tail: ``q ∝ p̃`` there),
-        ``inf`` when fewer than 5 of them exceed the threshold (a handful of draws carry all
-        the weight).
+        ``k̂``; ``-inf`` when the largest weights are all equal (no tail: ``q ∝ p̃`` there;
+        log-weights within ``1e-6`` of each other, relative to their size, count as equal:
+        float32 rounding of an exact fit), ``inf`` when fewer than 5 of them exceed the
+        threshold (a handful of draws carry all the weight).
     """
     where = "nf.metrics.pareto_k"
     lw = check_tensor(where, "log_weights", log_weights).detach().double().flatten()
@@ -454,10 +489,12 @@ def pareto_k(log_weights: Tensor) -> float:
     top = torch.topk(lw, m + 1).values.flip(0)  # ascending: the threshold, then the tail
     if not math.isfinite(float(top[-1])):
         return math.inf  # (nearly) every weight is zero
+    # log-weights closer than float32 rounding of their size are ties (an exact fit's weights
+    # are equal up to that rounding, which would otherwise read as a tail of a few draws)
+    if float(top[-1] - top[0]) <= 1e-6 * max(1.0, abs(float(top[-1]))):
+        return -math.inf  # the largest weights are all equal: no tail at all
     scaled = torch.exp(top - top[-1])  # the largest weight is 1
     x = scaled[1:] - scaled[0]  # exceedances over the threshold, ascending
-    if not bool((x > 0).any()):
-        return -math.inf  # the largest weights are all equal: no tail at all
     x = x[x > 0]
     if x.numel() < 5 or bool(x[0] == x[-1]):
         return math.inf  # a handful of weights carry everything
@@ -532,8 +569,8 @@ class ImportanceSampling:
 
     Attributes:
         samples: ``(S, *event)`` draws of ``q``.
-        log_weights: ``(S,)`` ``log p̃(x_i) - log q(x_i)`` in float64 (NaN of ``p̃`` read as
-            ``-inf``: zero weight).
+        log_weights: ``(S,)`` ``log p̃(x_i) - log q(x_i)`` in float64 (``-inf``: a draw outside
+            the target's support, zero weight; a NaN or ``+inf`` of ``p̃`` is an error).
         ess: Effective sample size ``(Σw)² / (S Σw²)`` as a fraction of ``S``, in ``(0, 1]``.
         log_normalizer: ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃`` (in expectation a
             lower bound, by Jensen).
@@ -629,6 +666,16 @@ def importance_sampling(
             torch.manual_seed(seed)
         xs, lws = zip(*weighted_draws(where, flow, log_density, context, samples, chunk_size))
     lw = torch.cat(lws)
-    lw = torch.where(torch.isnan(lw), -math.inf, lw)
+    for bad, what in ((torch.isnan(lw), "NaN"), (lw == math.inf, "+inf")):
+        count = int(bad.sum())
+        if count:  # a zero weight would bias every estimate silently
+            raise ValueError(
+                f"{where}: log_density is {what} at {count} of {samples} draws; return a finite "
+                "log-density, or -inf outside the target's support"
+            )
+    if not bool(torch.isfinite(lw).any()):
+        raise ValueError(
+            f"{where}: log_density is -inf at every draw: q puts no mass where the target has any"
+        )
     ess, log_z, k = weight_summary(lw)
     return ImportanceSampling(torch.cat(xs), lw, ess, log_z, k)

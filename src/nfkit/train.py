@@ -63,7 +63,8 @@ class History:
         time: Wall-clock seconds since the start at each evaluation.
         lr: Learning rate at each evaluation.
         best_step, best_val: Step and value of the best validation loss (weights restored to it).
-        objective: ``"likelihood"`` or ``"flow_matching"``: what the losses are.
+        objective: ``"likelihood"``, ``"flow_matching"`` or (:func:`fit_vi`) ``"reverse_kl"``:
+            what the losses are.
         val_nll: (flow matching) the validation NLL of the restored weights, nats per row.
         stopped_early: Whether early stopping ended the run.
         steps: Number of optimizer steps done.
@@ -74,6 +75,11 @@ class History:
         pareto_k: (:func:`fit_vi`) the weights' Pareto diagnostic
             (:func:`nfkit.metrics.pareto_k`): below 0.7, ``log Ẑ`` and importance-weighted
             expectations are reliable; above, ``q`` misses part of ``p``.
+        per_context: (:func:`fit_vi` with a batch of contexts) ``{"ess": [...],
+            "log_normalizer": [...], "pareto_k": [...]}``, one entry per context (the batch
+            flattened): each context's target has its own normalizer. ``ess`` and
+            ``pareto_k`` above are then the worst of them (smallest, largest) and
+            ``log_normalizer`` is None.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -91,6 +97,7 @@ class History:
     pareto_k: float | None = None
     objective: str = "likelihood"
     val_nll: float | None = None
+    per_context: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (safe for ``torch.load(weights_only=True)`` and JSON)."""
@@ -833,12 +840,19 @@ def _importance(
     log_density: Callable[..., Tensor],
     context: Tensor | None,
     n: int,
+    history: History,
     chunk: int = 4096,
-) -> tuple[float, float, float]:
-    """``(ESS / n, log Ẑ, k̂)`` from ``n`` samples of ``q``: ``w = exp(log p̃ - log q)``,
-    pooled over a context batch."""
+) -> None:
+    """``history``'s ESS / n, log Ẑ and k̂ from ``n`` samples of ``q`` (``w = exp(log p̃ -
+    log q)``), per context for a batch of contexts (each its own target and normalizer)."""
     draws = weighted_draws("nf.fit_vi", flow, log_density, context, n, chunk)
-    return weight_summary(torch.cat([lw.flatten() for _, lw in draws]))
+    lw = torch.cat([w.reshape(w.shape[0], -1) for _, w in draws])  # (n, contexts)
+    if context is None or context.dim() == 1:
+        history.ess, history.log_normalizer, history.pareto_k = weight_summary(lw.flatten())
+        return
+    ess, log_z, k = zip(*(weight_summary(lw[:, j]) for j in range(lw.shape[1])))
+    history.per_context = {"ess": list(ess), "log_normalizer": list(log_z), "pareto_k": list(k)}
+    history.ess, history.log_normalizer, history.pareto_k = min(ess), None, max(k)
 
 
 def fit_vi(
@@ -872,7 +886,10 @@ def fit_vi(
     ``history.log_normalizer = log mean w`` (``log Ẑ``, an estimate of ``log ∫ p̃`` whose
     expectation is a lower bound), ``history.ess = (Σw)² / (n Σw²)`` ∈ (0, 1] and
     ``history.pareto_k``, PSIS's ``k̂`` of the weights (:func:`nfkit.metrics.pareto_k`; below
-    0.7 the estimates are reliable, Yao et al. 2018).
+    0.7 the estimates are reliable, Yao et al. 2018). For a batch of contexts they are taken
+    per context, ``history.per_context``, the worst ESS and ``k̂`` above. The reverse KL seeks
+    modes: a mode of ``p̃`` that ``q`` never visits is invisible to every one of these (its
+    draws never land there), so a multimodal target needs a check of its own.
 
     Args:
         flow: The flow ``q`` (trained in place; left in eval mode).
@@ -954,7 +971,7 @@ def _fit_vi(
         progress=progress,
         device=dev,
     )
-    history = History()
+    history = History(objective="reverse_kl")
     t0 = time.perf_counter()
     validate, flow.validate = flow.validate, False
     flow.train()
@@ -977,9 +994,7 @@ def _fit_vi(
                 if callback is not None:
                     callback(history)
         flow.eval()
-        history.ess, history.log_normalizer, history.pareto_k = _importance(
-            flow, log_density, context, n_estimate
-        )
+        _importance(flow, log_density, context, n_estimate, history)
         history.best_step = history.steps
     finally:
         loop.close()
