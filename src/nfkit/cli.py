@@ -46,27 +46,13 @@ def _tensor(frame: Any, dtype: Any, device: Any = None) -> Any:
 
 
 def _needs_float64(frame: Any, bounds: dict[str, Any]) -> list[str]:
-    """The columns that float32 would blur: values far larger than their spread (their
-    standardization cancels the leading digits), whole numbers beyond float32's 2**24, or
-    values inside a bound that float32 rounds onto it."""
-    import numpy as np
+    """The columns of ``frame`` that float32 would blur (:func:`nfkit.tables.float32_blurred_columns`;
+    ``bounds`` by column name)."""
+    from nfkit.tables import float32_blurred_columns
 
-    out = []
-    for col in frame.columns:
-        v = frame[col].to_numpy(dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            continue
-        size, spread = float(np.abs(v).max()), float(v.std())
-        whole = bool(np.all(v == np.round(v)))
-        low, high = bounds.get(col) or (None, None)
-        v32 = v.astype(np.float32)
-        onto = (low is not None and bool(np.any((v > low) & (v32 <= low)))) or (
-            high is not None and bool(np.any((v < high) & (v32 >= high)))
-        )
-        if (spread > 0 and size > 2**13 * spread) or (whole and size >= 2**24) or onto:
-            out.append(str(col))
-    return out
+    names = [str(c) for c in frame.columns]
+    ends = [bounds.get(name) for name in names]
+    return [names[j] for j in float32_blurred_columns(frame.to_numpy(dtype=float), ends)]
 
 
 def _hidden(text: str) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from nfkit._checks import check_device, check_hidden, check_positive_int, shown
 from nfkit.core import Flow
+from nfkit.tables import float32_blurred_columns
 
 __all__ = ["FlowDensity", "make_flow", "model_names"]
 
@@ -259,7 +260,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         modelled: dict[int, Any] = {}
         given: dict[int, Any] = {}
         for key, i in zip(
-            keys if not isinstance(keys, str | int) else [keys],
+            keys if not isinstance(keys, str | int | np.integer) else [keys],
             self._columns("angles", keys, self.n_features_in_),
         ):
             span = None if spans is None else spans[key]
@@ -299,6 +300,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
             pairs[j] = tuple(span)  # type: ignore[assignment]
         return pairs
 
+    def _bounds_of_columns(self, modelled: dict[int, Any]) -> list[Any]:
+        """Each column of ``X``'s ``(low, high)`` support (``None``: the given columns, or no
+        bounds at all)."""
+        from nfkit.models.standardized import _check_bounds
+
+        bounds = self._bounds(modelled) if self.standardize else None
+        pairs = _check_bounds("FlowDensity.fit", bounds, len(self.data_indices_))
+        out: list[Any] = [None] * self.n_features_in_
+        for j, i in enumerate(self.data_indices_):
+            out[i] = None if pairs is None else pairs[j]
+        return out
+
     def _split(self, X: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         like = {"dtype": torch.float64, "device": self.device_}
         x = torch.tensor(X[:, self.data_indices_], **like)
@@ -336,6 +349,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         from nfkit.models import Embedded, standardize
         from nfkit.train import OBJECTIVES, fit
 
+        for name in ("flow_", "history_", "discrete_indices_"):  # no stale model if this fails
+            self.__dict__.pop(name, None)
         nan = "allow-nan" if self.summary_padded else True
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=nan)
         n_features = X.shape[1]
@@ -391,7 +406,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     set_features=self.summary_set,
                     padded=self.summary_padded,
                 )
-            flow = flow.to(self.device_)
+            # float32 unless it would blur a column (then the whole fit runs in float64)
+            blurred = float32_blurred_columns(X, self._bounds_of_columns(modelled_angles))
+            dtype = torch.float64 if blurred else torch.float32
+            flow = flow.to(device=self.device_, dtype=dtype)
             if self.standardize:
                 names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
                 given = None if names is None else [names[i] for i in self.given_indices_]
@@ -410,8 +428,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 raise ValueError(f"FlowDensity.fit: {what} need standardize=True")
             self.history_ = fit(
                 flow,
-                x.float(),
-                context=None if c is None else c.float(),
+                x.to(dtype),
+                context=None if c is None else c.to(dtype),
                 steps=self.steps,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
@@ -470,7 +488,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         if self.given_indices_:
             if context is None:
                 raise ValueError("FlowDensity.sample: this model is conditional; pass context=")
-            c = torch.as_tensor(np.asarray(context, dtype=np.float64), device=self.device_)
+            c = torch.as_tensor(np.array(context, dtype=np.float64), device=self.device_)
             k = len(self.given_indices_)
             if c.shape not in ((k,), (n, k)):
                 raise ValueError(

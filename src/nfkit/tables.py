@@ -32,6 +32,7 @@ from nfkit._checks import one_line
 __all__ = [
     "read_table",
     "read_raw_table",
+    "float32_blurred_columns",
     "write_table",
     "check_table_path",
     "clean_table",
@@ -732,6 +733,33 @@ def read_table(
         categories=categories,
         missing_ok=missing_ok,
     )
+
+
+def float32_blurred_columns(
+    values: Any, bounds: Sequence[tuple[float | None, float | None] | None] | None = None
+) -> list[int]:
+    """The columns of ``values`` ``(n, D)`` (float64) that float32 would blur: values far larger
+    than their spread (more than ``2**13`` standard deviations from 0: a standardization
+    cancels the leading digits, as for timestamps or ``1e12 + noise``), whole numbers beyond
+    ``2**24`` (identifiers: float32 cannot tell 30000001 from 30000002), or values inside a
+    column's bound (``bounds[j] = (low, high)``, None for open) that float32 rounds onto it
+    (``0.999999999`` in ``(0, 1)``). Models of such data should compute in float64."""
+    v = np.asarray(values, dtype=np.float64)
+    out = []
+    for j in range(v.shape[1]):
+        col = v[:, j][np.isfinite(v[:, j])]
+        if col.size == 0:
+            continue
+        size, spread = float(np.abs(col).max()), float(col.std())
+        whole = bool(np.all(col == np.round(col)))
+        low, high = (bounds[j] if bounds is not None else None) or (None, None)
+        rounded = col.astype(np.float32)
+        onto = (low is not None and bool(np.any((col > low) & (rounded <= low)))) or (
+            high is not None and bool(np.any((col < high) & (rounded >= high)))
+        )
+        if (spread > 0 and size > 2**13 * spread) or (whole and size >= 2**24) or onto:
+            out.append(j)
+    return out
 
 
 def read_raw_table(
