@@ -342,10 +342,8 @@ def check_device(where: str, device: object) -> torch.device | None:
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise ValueError(f"{where}: device 'mps' is not available on this machine")
-    elif dev.type not in (
-        "cpu",
-        "meta",
-    ):  # xpu, hpu, ...: torch's backend module says whether it runs here
+    elif dev.type not in ("cpu", "meta"):
+        # xpu, hpu, ...: torch's module of that backend says whether it runs here
         backend = getattr(torch, dev.type, None)
         available = getattr(backend, "is_available", None)
         if available is None or not available():
