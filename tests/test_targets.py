@@ -44,3 +44,16 @@ def test_gaussian_normalizer() -> None:
     grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1)
     z = torch.trapezoid(torch.trapezoid(f(grid).exp(), g, dim=1), g).item()
     assert abs(math.log(z) - float(torch.log(scale * math.sqrt(2 * math.pi)).sum())) < 1e-6
+
+
+def test_gaussian_refusals_are_one_line() -> None:
+    for kwargs, message in (
+        ({"scale": math.inf}, "scale must be positive and finite"),
+        ({"scale": 0.0}, "scale must be positive and finite"),
+        ({"loc": math.nan}, "loc must be finite"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            nf.targets.gaussian(**kwargs)
+    with pytest.raises(ValueError, match=r"x must have last dim 3 \(the size of loc and scale\)"):
+        nf.targets.gaussian([0.0, 0.0, 0.0])(torch.zeros(4, 2))
+    assert nf.targets.gaussian(0.0, 2.0)(torch.zeros(5, 7)).shape == (5,)

@@ -78,10 +78,18 @@ def gaussian(loc: Tensor | float = 0.0, scale: Tensor | float = 1.0) -> Callable
     """
     loc_t = torch.as_tensor(loc, dtype=torch.float64)
     scale_t = torch.as_tensor(scale, dtype=torch.float64)
-    if not bool((scale_t > 0).all()):
-        raise ValueError("nf.targets.gaussian: scale must be positive")
+    if not bool(torch.isfinite(loc_t).all()):
+        raise ValueError("nf.targets.gaussian: loc must be finite")
+    if not bool(((scale_t > 0) & torch.isfinite(scale_t)).all()):
+        raise ValueError("nf.targets.gaussian: scale must be positive and finite")
+    width = torch.broadcast_shapes(loc_t.shape[-1:], scale_t.shape[-1:])
 
     def log_density(x: Tensor) -> Tensor:
+        if width and width[0] > 1 and x.shape[-1] != width[0]:
+            raise ValueError(
+                f"nf.targets.gaussian: x must have last dim {width[0]} (the size of loc and "
+                f"scale), got shape {tuple(x.shape)}"
+            )
         u = (x - loc_t.to(x)) / scale_t.to(x)
         return -0.5 * (u * u).sum(-1)
 
