@@ -129,6 +129,11 @@ def test_given_by_index_and_per_row_context() -> None:
         ({"objective": "mle"}, ValueError, "objective must be one of .*got 'mle'"),
         ({"objective": "flow_matching"}, ValueError, "model='ffjord', not 'maf'"),
         (
+            {"model_options": {"transforms": 3}},
+            ValueError,
+            "'transforms' is set by the transforms, hidden or context setting; give it there",
+        ),
+        (
             {"hidden": (8.9,)},
             ValueError,
             r"hidden must be a sequence of positive ints, got \(8.9,\)",
@@ -246,3 +251,23 @@ def test_angles_by_numpy_index_and_a_dataframe_context() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's "not writable" warning for pandas' read-only view
         assert cond.sample(3, context=frame[["c"]].iloc[:3]).shape == (3, 2)
+
+
+def test_bounds_by_column_name() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "price": rng.lognormal(size=200),
+            "share": rng.uniform(0.01, 0.99, 200),
+            "z": rng.normal(size=200),
+        }  # fmt: skip
+    )
+    small = dict(model="maf", transforms=1, hidden=(8,), steps=10)
+    est = nf.FlowDensity(**small, bounds={"price": (0, None), "share": (0, 1)}).fit(frame)
+    assert est.flow_.config["bounds"] == [[0.0, None], [0.0, 1.0], [None, None]]
+    draws = est.sample(500, random_state=0)
+    assert (draws[:, 0] > 0).all() and ((draws[:, 1] > 0) & (draws[:, 1] < 1)).all()
+    with pytest.raises(ValueError, match="bounds are for modelled columns; 'z' is given"):
+        nf.FlowDensity(**small, given=["z"], bounds={"z": (0, None)}).fit(frame)
+    with pytest.raises(ValueError, match="bounds column 'nope' not found"):
+        nf.FlowDensity(**small, bounds={"nope": (0, None)}).fit(frame)

@@ -65,6 +65,12 @@ def make_flow(
                 break
     if hidden is not None and "hidden" in accepted:
         kwargs["hidden"] = check_hidden(where, hidden)
+    clash = sorted(set(options or {}) & set(kwargs))
+    if clash:  # the options would silently override what transforms/hidden/context set
+        raise ValueError(
+            f"{where}: {', '.join(map(repr, clash))} is set by the transforms, hidden or "
+            "context setting; give it there, not among the model options"
+        )
     kwargs.update(options or {})
     try:
         return factory(features, **kwargs)
@@ -95,7 +101,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         batch_size, lr, weight_decay, val_fraction, patience: As in :func:`nfkit.fit`.
         standardize: Standardize the modelled columns (and the context) inside the model.
         bounds: Supports of the modelled columns, ``(low, high)`` pairs (None: an open end),
-            one for every column or one per column: the density is zero outside them and
+            one for every column, one per modelled column, or a dict ``{column: (low, high)}``
+            (names with DataFrames, or indices; the others open): the density is zero outside them and
             samples stay inside (see :func:`nfkit.models.standardize`; needs ``standardize``).
             ``(0, None)`` for positive quantities, ``(0, 1)`` for fractions.
         discrete: Integer-valued modelled columns (counts, ratings): indices, names (with
@@ -282,16 +289,32 @@ class FlowDensity(DensityMixin, BaseEstimator):
             options["angles"] = sorted(modelled)
         return options
 
+    def _bounds_by_column(self) -> Any:
+        """``bounds`` as given, or, for a dict ``{column: (low, high)}`` (names or indices),
+        one pair per modelled column (open where not named)."""
+        if not isinstance(self.bounds, dict):
+            return self.bounds
+        pairs: list[Any] = [(None, None)] * len(self.data_indices_)
+        for key, span in self.bounds.items():
+            (i,) = self._columns("bounds", key, self.n_features_in_)
+            if i in self.given_indices_:
+                raise ValueError(
+                    f"FlowDensity.fit: bounds are for modelled columns; {key!r} is given"
+                )
+            pairs[self.data_indices_.index(i)] = span
+        return pairs
+
     def _bounds(self, modelled: dict[int, Any]) -> Any:
-        """``bounds`` with each modelled angle's range in its place (an angle's bounds are
-        its range; one given in both is an error)."""
+        """``bounds`` (one pair per modelled column, or as given) with each modelled angle's
+        range in its place (an angle's bounds are its range; one given in both is an error)."""
+        bounds = self._bounds_by_column()
         ranged = {j: span for j, span in modelled.items() if span is not None}
         if not ranged:
-            return self.bounds
+            return bounds
         from nfkit.models.standardized import _check_bounds
 
         d = len(self.data_indices_)
-        pairs = _check_bounds("FlowDensity.fit", self.bounds, d) or [(-math.inf, math.inf)] * d
+        pairs = _check_bounds("FlowDensity.fit", bounds, d) or [(-math.inf, math.inf)] * d
         for j, span in ranged.items():
             if pairs[j] != (-math.inf, math.inf):
                 raise ValueError(
