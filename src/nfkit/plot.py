@@ -284,7 +284,9 @@ def corner(
     for i in _discrete_columns(flow):  # bins centred on the integers, the ends included
         if i < k:
             both = s[:, i] if x is None else torch.cat([x[:, i], s[:, i]])
-            low, high = math.floor(both.min()), math.ceil(both.max())
+            # the integers of the box (its quantile range), its lowest one included
+            low = math.floor(max(box[i][0], float(both.min())))
+            high = math.ceil(min(box[i][1], float(both.max())))
             step = max(1, math.ceil((high - low + 1) / 60))
             edges_of[i] = torch.arange(low - 0.5, high + step + 0.5, step).numpy()
             box[i] = (low - 0.5, float(edges_of[i][-1]))
