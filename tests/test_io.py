@@ -250,6 +250,11 @@ def test_load_into_names_the_first_difference(tmp_path) -> None:
         nf.load(tmp_path / "m.pt", into=nf.models.MAF(2, transforms=3, hidden=(8,)))
     with pytest.raises(ValueError, match="weights do not match the architecture .*size mismatch"):
         nf.load(tmp_path / "m.pt", into=nf.models.MAF(2, transforms=2, hidden=(9,)))
+    with pytest.raises(
+        ValueError,
+        match=r"\(size mismatch for transform\.transforms\.0\.made\.theta: copying a param with shape torch\.Size\(\[60\]\)",
+    ):
+        nf.load(tmp_path / "m.pt", into=nf.models.MAF(2, transforms=2, hidden=(9,)))
     with pytest.raises(TypeError, match="nf.load: into must be an nf.Flow, got Linear"):
         nf.load(tmp_path / "m.pt", into=torch.nn.Linear(2, 2))
     # a factory's file loads into the same factory's flow as well as by its config

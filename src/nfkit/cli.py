@@ -1112,10 +1112,10 @@ def _objective(text: str) -> str:
     return value
 
 
-def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
-    p.add_argument(
-        "--model", default=None, help="factory in nf.models (default: nsf; ncsf with --angles)"
-    )
+def _training_options(
+    p: argparse.ArgumentParser, steps: int | None, model_help: str = "default: nsf"
+) -> None:
+    p.add_argument("--model", default=None, help=f"factory in nf.models ({model_help})")
     p.add_argument(
         "--steps",
         type=_positive,
@@ -1125,7 +1125,13 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
     p.add_argument(
         "--epochs", type=_positive, default=None, help="passes over the data instead of --steps"
     )
-    p.add_argument("--transforms", type=_positive, default=4, help="number of layers (default: 4)")
+    p.add_argument(
+        "--transforms",
+        type=_positive,
+        default=4,
+        help="number of layers (default: 4; blocks for residualflow; not used by ffjord, rbig "
+        "and gmm: set theirs with --option)",
+    )
     p.add_argument(
         "--option",
         type=_model_option,
@@ -1159,7 +1165,7 @@ def _training_options(p: argparse.ArgumentParser, steps: int | None) -> None:
     )
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
+def _inference_options(p: argparse.ArgumentParser, draws: bool = True) -> None:
     p.add_argument(
         "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"
     )
@@ -1167,8 +1173,8 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=_positive,
         default=2**16,
-        help="rows per pass: memory stays bounded for millions of rows (default: 65536; "
-        "seeded samples depend on it)",
+        help="rows per pass: memory stays bounded for millions of rows (default: 65536"
+        + ("; seeded samples depend on it)" if draws else ")"),
     )
 
 
@@ -1320,10 +1326,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="data-parallel training under torchrun: torchrun --nproc-per-node N -m nfkit fit ...",
     )
-    _training_options(p, None)
+    _training_options(p, None, "default: nsf; ncsf with --angles; ffjord with flow matching")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("sample", help="draw samples from a saved model, as CSV")
+    p = sub.add_parser(
+        "sample", help="draw samples from a saved model (CSV to stdout, or -o in any table format)"
+    )
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
     p.add_argument("-n", type=_positive, required=True, help="number of samples")
     p.add_argument(
@@ -1379,7 +1387,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a row with a missing value in a model column as NaN instead of stopping "
         "(the output keeps one row per input row)",
     )
-    _inference_options(p)
+    _inference_options(p, draws=False)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -1390,7 +1398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default=None, help="write the ranking as a table, format by suffix"
     )
-    _inference_options(p)
+    _inference_options(p, draws=False)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

@@ -28,6 +28,10 @@ def model_names() -> dict[str, str]:
     return {name.lower(): name for name in FACTORIES if name not in ("Standardized", "Embedded")}
 
 
+# the parameter that ``transforms`` sets, where it is not ``transforms`` or ``layers``
+_LAYER_COUNT: dict[str, tuple[str, ...]] = {"ResidualFlow": ("blocks",), "FFJORD": (), "RBIG": ()}
+
+
 def make_flow(
     model: str,
     features: int,
@@ -40,8 +44,11 @@ def make_flow(
 ) -> Flow:
     """Build ``nf.models.<model>(features, context=..., ...)`` by case-insensitive name.
 
-    ``transforms`` is passed as ``layers`` to factories that count layers that way (Planar, ...);
-    ``hidden`` only to factories that take it; ``options`` as extra keyword arguments.
+    ``transforms`` sets the number of layers: ``transforms``, ``layers`` for the planar family,
+    ``blocks`` for ResidualFlow; FFJORD (one ODE block by default: flow matching needs one),
+    RBIG (its ``layers`` is a cap, the fit picks the count) and GMM have no such count and keep
+    their own settings (give them as ``options``). ``hidden`` goes only to factories that take
+    it; ``options`` as extra keyword arguments.
     """
     from nfkit.models import FACTORIES
 
@@ -59,7 +66,8 @@ def make_flow(
     elif context:
         raise ValueError(f"{where}: model {names[key]!r} cannot be conditional")
     if transforms is not None:
-        for name in ("transforms", "layers", "steps"):
+        count = _LAYER_COUNT.get(names[key], ("transforms", "layers"))
+        for name in count:
             if name in accepted:
                 kwargs[name] = check_positive_int(where, "transforms", transforms)
                 break
@@ -94,7 +102,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
     Args:
         model: Factory name in ``nf.models``.
         given: Context columns (indices, or names with DataFrames), or None.
-        transforms: Number of layers (``layers`` for the planar family).
+        transforms: Number of layers (``layers`` for the planar family, ``blocks`` for
+            ResidualFlow; not used by FFJORD, RBIG and GMM, see :func:`make_flow`).
         hidden: Hidden widths of the conditioners.
         model_options: Extra keyword arguments for the factory (e.g. ``{"bins": 8}``).
         steps, epochs: Training length (see :func:`nfkit.fit`; default 1000 steps).

@@ -222,8 +222,12 @@ def load(
     try:
         flow.load_state_dict(payload["state_dict"])
     except Exception as e:
+        # torch lists every mismatch after a header: name the first (a key and its shapes)
+        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        first = lines[0] if lines else str(e)
         raise ValueError(
-            f"{where}: {str(path)!r}: weights do not match the architecture ({one_line(e, 80)})"
+            f"{where}: {str(path)!r}: weights do not match the architecture "
+            f"({one_line(first, 300)})"
         ) from None
     if into is None:
         flow.config = config
