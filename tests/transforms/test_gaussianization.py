@@ -82,7 +82,8 @@ def test_rbig_stopping_test_stops() -> None:
 def test_rbig_takes_the_data_dtype_whole(dtype: torch.dtype) -> None:
     """The fitted flow, its base included, is in the data's dtype: it samples and scores there."""
     x = torch.randn(400, 2, dtype=dtype) ** 3
-    flow = nf.models.RBIG(2, layers=3).to(torch.float64 if dtype == torch.float32 else dtype)
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    flow = nf.models.RBIG(2, layers=3).to(other)  # built in the other dtype
     flow.fit(x)
     samples = flow.sample(5)
     assert samples.dtype == dtype and flow.log_prob(samples).dtype == dtype
