@@ -770,3 +770,24 @@ def test_score_can_skip_incomplete_rows(capsys, table, tmp_path) -> None:
     code, out, _ = _run(capsys, "score", model, tmp_path / "full.csv")
     expected = pd.read_csv(pd.io.common.StringIO(out))["log_density"].to_numpy()
     np.testing.assert_allclose(scored["log_density"][[0, 2]].to_numpy(), expected)
+
+
+def test_a_table_from_standard_input(table, tmp_path) -> None:
+    """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``."""
+    data = (table / "data.csv").read_text()
+    model = tmp_path / "m.pt"
+    run = [sys.executable, "-m", "nfkit"]
+    r = subprocess.run([*run, "fit", "-", "--out", model, *FAST], input=data, text=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and model.exists(), r.stderr
+    piped = subprocess.run([*run, "score", model, "-"], input=data, text=True,
+                           capture_output=True, timeout=300)  # fmt: skip
+    direct = subprocess.run([*run, "score", model, table / "data.csv"], text=True,
+                            capture_output=True, timeout=300)  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout == direct.stdout
+    bad = subprocess.run([*run, "score", model, "-"], input="a,b\n", text=True,
+                         capture_output=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.startswith("nfkit: error: <stdin>: ")
+    both = subprocess.run([*run, "fit", "-", "--val", "-"], input=data, text=True,
+                          capture_output=True, timeout=300)  # fmt: skip
+    assert both.returncode == 1 and "only one table can come from standard input" in both.stderr

@@ -8,11 +8,13 @@ model, ...) one line ``nfkit: error: ...`` on stderr and a non-zero status, neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,9 +32,15 @@ class _UserError(ValueError):
     """A problem with the command's input, reported as one line."""
 
 
+def _shown(args: argparse.Namespace, message: str) -> str:
+    """``message`` with a table read from standard input named ``<stdin>``."""
+    stdin = getattr(args, "stdin_path", None)
+    return message.replace(stdin, "<stdin>") if stdin else message
+
+
 def _info(args: argparse.Namespace, message: str) -> None:
     if not getattr(args, "quiet", False):
-        print(message, file=sys.stderr)
+        print(_shown(args, message), file=sys.stderr)
 
 
 def _tensor(frame: Any, dtype: Any, device: Any = None) -> Any:
@@ -1464,6 +1472,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stdin_table(args: argparse.Namespace) -> Iterator[None]:
+    """A table argument given as ``-`` is read from standard input: a text table (CSV, TSV, ...;
+    the usual detection) copied to ``stdin.csv`` in a temporary folder for the command."""
+    names = [n for n in ("data", "val", "given_table") if getattr(args, n, None) == "-"]
+    if not names:
+        yield
+        return
+    if len(names) > 1:
+        raise _UserError("only one table can come from standard input (-)")
+    with tempfile.TemporaryDirectory(prefix="nfkit-stdin-") as folder:
+        path = Path(folder) / "stdin.csv"
+        path.write_bytes(sys.stdin.buffer.read())
+        setattr(args, names[0], str(path))
+        args.stdin_path = str(path)
+        try:
+            yield
+        except Exception as e:  # messages name the table as the user gave it
+            if len(e.args) == 1 and isinstance(e.args[0], str):
+                e.args = (_shown(args, e.args[0]),)
+            raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nfkit`` command; returns the exit status (0 on success)."""
     from nfkit.train import NonFiniteLossError
@@ -1484,14 +1515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def note(message, category, *rest):  # noqa: ANN001, ANN002
         if issubclass(category, TableNote):
-            print(f"nfkit: note: {message}", file=sys.stderr)
+            print(f"nfkit: note: {_shown(args, str(message))}", file=sys.stderr)
         else:
             show(message, category, *rest)
 
     try:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdin_table(args):
             warnings.simplefilter("always", TableNote)
             warnings.showwarning = note
             args.func(args)
