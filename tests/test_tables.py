@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nfkit as nf
-from nfkit.tables import DataError, TableNote
+from nfkit.tables import DataError, TableNote, as_tensor
 
 
 def _csv(tmp_path, text: str, name: str = "t.csv"):
@@ -548,3 +548,16 @@ def test_a_few_bad_cells_in_a_number_column_are_named(tmp_path) -> None:
     assert (
         nf.tables.clean_table(frame, "f.csv", categories=True).attrs["categories"]["g"][-1] == "K"
     )
+
+
+def test_as_tensor_takes_negatively_strided_views() -> None:
+    """``df[["b", "a"]]`` (pandas 3) and ``x[:, ::-1]`` are views with negative strides, which
+    ``torch.tensor`` refuses: ``as_tensor`` (behind ``nf.fit`` and the CLI) copies them."""
+    x = np.arange(12.0).reshape(6, 2)
+    frame = pd.DataFrame(x, columns=["a", "b"])
+    for reversed_view in (frame[["b", "a"]], x[:, ::-1]):
+        t = as_tensor(reversed_view, "w")
+        assert t.tolist() == x[:, ::-1].tolist()
+    history = nf.fit(nf.models.MAF(2, transforms=1, hidden=(8,)), frame[["b", "a"]], steps=2,
+                     progress=False)  # fmt: skip
+    assert history.steps == 2

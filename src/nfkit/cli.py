@@ -44,13 +44,11 @@ def _info(args: argparse.Namespace, message: str) -> None:
 
 
 def _tensor(frame: Any, dtype: Any, device: Any = None) -> Any:
-    """A DataFrame's values as a tensor: read in float64, then cast (pandas may hand out a view
-    with negative strides, e.g. for columns in reverse order, which torch refuses)."""
-    import numpy as np
-    import torch
+    """A checked table's values as a tensor (:func:`nfkit.tables.as_tensor`; NaN kept where
+    the table allows it: absent set elements, rows ``score --skip-incomplete`` scores NaN)."""
+    from nfkit.tables import as_tensor
 
-    values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
-    return torch.tensor(values, dtype=dtype, device=device)
+    return as_tensor(frame, "nfkit", allow_nan=True, dtype=dtype, device=device)
 
 
 def _needs_float64(frame: Any, bounds: dict[str, Any]) -> list[str]:

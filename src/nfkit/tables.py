@@ -802,10 +802,12 @@ def as_tensor(
             raise TypeError(
                 f"{where}: {name} must hold real numbers, got a NumPy array of {data.dtype}"
             )
-        t = torch.tensor(np.asarray(data, dtype=np.float64))
+        t = torch.tensor(np.ascontiguousarray(data, dtype=np.float64))
     elif hasattr(data, "columns") and hasattr(data, "to_numpy"):
         df = _numeric_or_type_error(data, where, name)
-        t = torch.tensor(df.to_numpy(dtype=np.float64))
+        # contiguous: pandas hands out a negatively strided view for columns in reverse
+        # order (df[["b", "a"]]), which torch refuses
+        t = torch.tensor(np.ascontiguousarray(df.to_numpy(dtype=np.float64)))
     else:
         raise TypeError(
             f"{where}: {name} must be a Tensor, NumPy array or DataFrame, got {type(data).__name__}"
