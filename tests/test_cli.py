@@ -791,3 +791,63 @@ def test_a_table_from_standard_input(table, tmp_path) -> None:
     both = subprocess.run([*run, "fit", "-", "--val", "-"], input=data, text=True,
                           capture_output=True, timeout=300)  # fmt: skip
     assert both.returncode == 1 and "only one table can come from standard input" in both.stderr
+
+
+def test_fit_weights_column(capsys, tmp_path) -> None:
+    """``--weights w``: the column weights the rows and is not modelled; rows of weight 0 (here
+    outliers) take no part, in the standardization either; a --val table's w weights it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    w = np.ones(400)
+    x[:40] += 1000.0
+    w[:40] = 0.0
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "w": w}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"a": x[40:, 0], "b": x[40:, 1]}).to_csv(tmp_path / "clean.csv", index=False)
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1]}).to_csv(tmp_path / "all.csv", index=False)
+    fast = ["--steps", "60", "--transforms", "1", "--hidden", "8", "--model", "maf", "-q",
+            "--seed", "0"]  # fmt: skip
+    code, out, _ = _run(capsys, "fit", tmp_path / "t.csv", "--weights", "w", "--out",
+                        tmp_path / "w.pt", *fast)  # fmt: skip
+    assert code == 0, out
+    code, out, _ = _run(capsys, "fit", tmp_path / "all.csv", "--out", tmp_path / "p.pt", *fast)
+    assert code == 0, out
+    code, out, _ = _run(capsys, "sample", tmp_path / "w.pt", "-n", "3")
+    assert code == 0 and out.splitlines()[0] == "a,b"  # w is not a model column
+    scores = {}
+    for name in ("w", "p"):
+        code, out, _ = _run(capsys, "score", tmp_path / f"{name}.pt", tmp_path / "clean.csv")
+        assert code == 0
+        scores[name] = np.mean([float(v) for v in out.split()[1:]])
+    assert scores["w"] > -3.5 and scores["p"] < scores["w"] - 3, scores
+    # a --val table: its w column weights the early-stopping score
+    pd.DataFrame({"a": x[:80, 0], "b": x[:80, 1], "w": w[:80]}).to_csv(tmp_path / "v.csv",
+                                                                       index=False)  # fmt: skip
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--weights", "w", "--val",
+                        tmp_path / "v.csv", "--out", tmp_path / "v.pt", *fast[:-3],
+                        "--seed", "0")  # fmt: skip
+    assert code == 0 and "(weighted by w)" in err, err
+    assert float(err.split("val NLL ")[1].split()[0]) < 5  # the outliers of v.csv weigh 0
+
+
+@pytest.mark.parametrize(
+    ("column", "extra", "message"),
+    [
+        ("zz", [], "--weights column 'zz' not found; columns are 'a', 'b', 'w'"),
+        ("w", ["--given", "w"], "--weights column 'w' is --given too"),
+        ("neg", [], "--weights column 'neg' has 1 negative value(s) (first: -1)"),
+        ("zero", [], "--weights column 'zero' is all zero"),
+    ],
+)
+def test_fit_bad_weights_are_one_line(capsys, tmp_path, column, extra, message) -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=50), "b": rng.normal(size=50), "w": 1.0})
+    if column != "zz":
+        df["neg"], df["zero"] = 1.0, 0.0
+        df.loc[3, "neg"] = -1.0
+        df = df if column != "w" else df[["a", "b", "w"]]
+    else:
+        df = df[["a", "b", "w"]]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    code, out, err = _run(capsys, "fit", tmp_path / "t.csv", "--weights", column, *extra,
+                          "--out", tmp_path / "m.pt", *FAST)  # fmt: skip
+    assert code != 0 and message in err and err.count("\n") == 1, err

@@ -26,12 +26,14 @@ SCRIPT = textwrap.dedent(
 
     init_from_env()
     torch.manual_seed(0)
+    weights = None
     {build}
     rows = []
     hooked.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     x = nf.datasets.two_moons(600, seed=0).double()
     history = nf.fit(flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1,
-                     progress=False, checkpoint=sys.argv[2], objective=objective)
+                     progress=False, checkpoint=sys.argv[2], objective=objective,
+                     weights=weights)
     if is_main_process():
         torch.save({{"state": flow.state_dict(), "train": history.train_loss,
                     "val": history.val_loss, "val_nll": history.val_nll, "rows": rows[:4]}},
@@ -44,6 +46,12 @@ BUILDS = {  # each sets `flow`, `hooked` (a module whose input rows are counted)
     "MAF": (
         "flow = nf.models.MAF(2, transforms=2, hidden=(16, 16)).double()\n"
         "hooked, objective = flow.transform, 'likelihood'"
+    ),
+    # weighted rows: each rank weights its shard by the weights of the whole training set
+    "MAF weighted": (
+        "flow = nf.models.MAF(2, transforms=2, hidden=(16, 16)).double()\n"
+        "hooked, objective = flow.transform, 'likelihood'\n"
+        "weights = torch.linspace(0.0, 2.0, 600, dtype=torch.float64)"
     ),
     "ActNorm+NSF": (
         "inner = nf.models.NSF(2, transforms=1, hidden=(16,), bins=4)\n"
@@ -87,14 +95,14 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _single(build: str, tmp_path) -> dict:
-    scope: dict = {"nf": nf, "torch": torch}
+    scope: dict = {"nf": nf, "torch": torch, "weights": None}
     torch.manual_seed(0)
     exec(build, scope)
     flow = scope["flow"]
     x = nf.datasets.two_moons(600, seed=0).double()
     history = nf.fit(
         flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1, progress=False,
-        objective=scope["objective"],
+        objective=scope["objective"], weights=scope["weights"],
     )  # fmt: skip
     return {
         "state": flow.state_dict(),

@@ -440,3 +440,99 @@ def test_fit_vi_refuses_a_mixture_base_with_trained_weights() -> None:
     frozen = nf.distributions.GaussianMixture(2, trainable=False)
     flow = nf.models.MAF(2, transforms=1, hidden=(8,), base=frozen)
     assert nf.fit_vi(flow, log_density, steps=2, progress=False).ess > 0
+
+
+def _gaussian_fit(x: torch.Tensor, **kwargs) -> tuple[float, float]:
+    """Mean and standard deviation of the normal fitted by ``nf.fit`` to 1-D rows ``x``: a flow
+    ``z = x · s + t`` (trainable) to N(0, 1), whose maximum-likelihood fit is ``s = 1/σ``,
+    ``t = -μ/σ``; full batches, a constant rate, no validation."""
+    flow = nf.Flow(
+        nf.transforms.Affine(torch.zeros(1), torch.ones(1), trainable=True),
+        nf.distributions.StandardNormal(1),
+    ).double()
+    nf.fit(flow, x, steps=600, batch_size=len(x), lr=0.05, schedule="constant", clip=None,
+           val_fraction=0.0, progress=False, seed=0, **kwargs)  # fmt: skip
+    with torch.no_grad():
+        z0, _ = flow.transform(torch.zeros(1, 1, dtype=torch.float64))
+        z1, _ = flow.transform(torch.ones(1, 1, dtype=torch.float64))
+    s = float(z1 - z0)
+    return -float(z0) / s, 1 / abs(s)
+
+
+def test_weighted_fit_is_the_weighted_maximum_likelihood() -> None:
+    """Weights ``w``: the fit maximizes ``Σ w log p``: for a normal, the weighted mean and
+    standard deviation; an integer weight ``k`` acts as ``k`` copies of the row, and a zero
+    weight drops it."""
+    x = torch.tensor([[-1.0], [0.0], [1.0], [4.0]], dtype=torch.float64)
+    w = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    mu, sd = _gaussian_fit(x, weights=w)
+    copies = torch.tensor([[-1.0], [-1.0], [-1.0], [0.0], [1.0], [1.0]], dtype=torch.float64)
+    assert (mu, sd) == pytest.approx((copies.mean().item(), copies.std(correction=0).item()), abs=1e-6)
+    assert (mu, sd) == pytest.approx(_gaussian_fit(copies), abs=1e-6)
+    assert _gaussian_fit(x, weights=7 * w) == pytest.approx((mu, sd), abs=1e-6)  # scale-free
+
+
+def test_weights_of_one_train_exactly_as_no_weights() -> None:
+    x = nf.datasets.two_moons(300, seed=0)
+    runs = []
+    for weights in (None, torch.ones(300), np.ones(300), pd.Series(np.ones(300))):
+        torch.manual_seed(0)
+        flow = _small()
+        h = nf.fit(flow, x, weights=weights, steps=20, eval_every=5, progress=False, seed=1)
+        runs.append((h.train_loss, h.val_loss, _state(flow)))
+    for losses, val, state in runs[1:]:
+        assert losses == runs[0][0] and val == runs[0][1] and _equal(state, runs[0][2])
+
+
+def test_weighted_validation_scores_the_weighted_nll() -> None:
+    """``val_weights``: early stopping compares ``-Σ w log p / Σ w`` of the val rows; held-out
+    rows of a split keep their weights (the split is the unweighted one)."""
+    x = nf.datasets.two_moons(300, seed=0)
+    vx, vw = x[200:], torch.rand(100, generator=torch.Generator().manual_seed(0))
+    flow = _small()
+    h = nf.fit(flow, x[:200], val=vx, val_weights=vw, steps=30, eval_every=10, progress=False,
+               seed=0)  # fmt: skip
+    with torch.no_grad():
+        lp = flow.log_prob(vx).double()
+    assert h.best_val == pytest.approx(-(lp * vw).sum().item() / vw.sum().item(), rel=1e-6)
+    assert h.best_val != pytest.approx(-lp.mean().item(), rel=1e-4)
+    # a split: held-out rows keep their weights (outliers weighted 0 do not count)
+    w = torch.ones(300)
+    w[::2] = 0.0
+    far = x.clone()
+    far[::2] += 50.0
+    weighted = nf.fit(_small(), far, weights=w, steps=20, eval_every=10, progress=False, seed=3)
+    plain = nf.fit(_small(), far, steps=20, eval_every=10, progress=False, seed=3)
+    assert max(weighted.val_loss) < 5 < 50 < min(plain.val_loss)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"weights": torch.ones(5)}, ValueError, r"weights must have shape \(100,\), one per row, got \(5,\)"),
+        ({"weights": np.ones((100, 1))}, ValueError, r"weights must have shape \(100,\)"),
+        ({"weights": -torch.ones(100)}, ValueError, "weights must be >= 0, got a minimum of -1"),
+        ({"weights": torch.zeros(100)}, ValueError, "weights are all zero"),
+        ({"weights": torch.full((100,), math.nan)}, ValueError, "weights contains NaN or inf"),
+        ({"weights": "heavy"}, TypeError, "weights must be numbers, one per row, got str"),
+        ({"val_weights": torch.ones(3)}, ValueError, "val_weights weights the rows of val=; give val= too"),
+        ({"val": torch.zeros(4, 2), "val_weights": torch.ones(3)}, ValueError,
+         r"val_weights must have shape \(4,\)"),
+        ({"weights": torch.cat([torch.ones(90), torch.zeros(10)]), "val_fraction": 0.0,
+          "val": torch.zeros(4, 2), "val_weights": torch.zeros(4)}, ValueError, "val_weights are all zero"),
+    ],
+)  # fmt: skip
+def test_bad_weights_are_refused_in_one_line(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as info:
+        nf.fit(_small(), nf.datasets.two_moons(100, seed=0), steps=2, progress=False, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_resume_refuses_other_weights(tmp_path) -> None:
+    x = nf.datasets.two_moons(200, seed=0)
+    path = tmp_path / "ckpt.pt"
+    nf.fit(_small(), x, weights=torch.ones(200), steps=10, eval_every=5, checkpoint=path,
+           progress=False, seed=0)  # fmt: skip
+    with pytest.raises(ValueError, match="made on other training data"):
+        nf.fit(_small(), x, weights=torch.arange(200.0) + 1, steps=10, eval_every=5,
+               checkpoint=path, resume=True, progress=False, seed=0)  # fmt: skip

@@ -254,6 +254,30 @@ def _read(path: str, **kwargs: Any) -> Any:
     return read_table(path, **kwargs)
 
 
+def _weights_column(table: Any, column: str, source: str, drop_missing: bool) -> Any:
+    """The ``--weights`` column of a raw table as float64 row weights (a Series on the table's
+    index): numbers, finite, ``>= 0`` and not all zero (rows with a missing weight dropped
+    with ``drop_missing``, else an error)."""
+    from nfkit.tables import clean_table
+
+    if column not in table.columns:
+        raise _UserError(
+            f"{source}: --weights column {column!r} not found; columns are "
+            f"{', '.join(map(repr, table.columns))}"
+        )
+    w = clean_table(table[[column]], source, drop_missing=drop_missing, allow_constant=True)
+    w = w[column]
+    negative = w.index[w < 0]
+    if len(negative):
+        raise _UserError(
+            f"{source}: --weights column {column!r} has {len(negative)} negative value(s) "
+            f"(first: {w[negative[0]]:g}); weights are >= 0"
+        )
+    if not (w > 0).any():
+        raise _UserError(f"{source}: --weights column {column!r} is all zero")
+    return w
+
+
 def _select(df: Any, needed: list[str], source: str) -> Any:
     """The model's columns from a table: by name, or by position for a header-less file."""
     auto = [f"x{i}" for i in range(df.shape[1])]
@@ -461,8 +485,11 @@ def _check_modelled(source: str, option: str, names: Any, data_cols: list[str]) 
         )
 
 
-def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> tuple[Any, Any]:
-    """Build, standardize and fit a model on a DataFrame; returns ``(flow, history)``."""
+def _train(
+    args: argparse.Namespace, df: Any, given: list[str], source: str, weights: Any = None
+) -> tuple[Any, Any]:
+    """Build, standardize and fit a model on a DataFrame (rows weighted by ``weights``, a
+    Series on its index, when given); returns ``(flow, history)``."""
     import torch
 
     import nfkit as nf
@@ -586,10 +613,11 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
         discrete = [*discrete, *(col for col in coded if col not in discrete)]
     elif discrete is None and coded:
         discrete = coded
-    flow = nf.models.standardize(
+    kept = slice(None) if weights is None else torch.as_tensor(weights.to_numpy() > 0)
+    flow = nf.models.standardize(  # from the rows that count (weight > 0)
         flow.to(dtype),
-        x,
-        c,
+        x[kept],
+        None if c is None else c[kept],
         columns=list(df.columns),
         given=given,
         bounds=bounds,
@@ -625,17 +653,25 @@ def _train(args: argparse.Namespace, df: Any, given: list[str], source: str) -> 
     val_fraction = getattr(args, "val_fraction", None)
     if val_path is not None and val_fraction is not None:
         raise _UserError("--val-fraction splits the data; with --val every row of it trains")
-    val = None
+    val = val_weights = None
     if val_path is not None:
         _refuse_overwriting(("--out", args.out), ("--val", val_path))
-        val_df = _read_for(flow, val_path, list(df.columns), drop_missing=args.drop_missing)[1]
+        val_table, val_df = _read_for(
+            flow, val_path, list(df.columns), drop_missing=args.drop_missing
+        )
+        if weights is not None and args.weights in val_table.columns:  # else: unweighted
+            wv = _weights_column(val_table, args.weights, val_path, args.drop_missing)
+            val_df = val_df.loc[val_df.index.intersection(wv.index)]
+            val_weights = _tensor(wv.loc[val_df.index].to_frame(), dtype)[:, 0]
         xv = _tensor(val_df[data_cols], dtype)
         val = (xv, _tensor(val_df[given], dtype)) if given else xv
     history = nf.fit(
         flow,
         x,
         context=c,
+        weights=None if weights is None else _tensor(weights.to_frame(), dtype)[:, 0],
         val=val,
+        val_weights=val_weights,
         val_fraction=0.1 if val_fraction is None else val_fraction,
         patience=getattr(args, "patience", 10),
         weight_decay=getattr(args, "weight_decay", 0.0),
@@ -694,21 +730,41 @@ def cmd_fit(args: argparse.Namespace) -> None:
         twice = sorted({g for g in given if given.count(g) > 1})
         if twice:
             raise _UserError(f"--given names {', '.join(map(repr, twice))} twice")
-        df = _read(
-            args.data,
+        read = dict(
             drop_missing=args.drop_missing,
             drop_constant=args.drop_constant,
             categories=True,
             missing_ok=given if args.summary_padded else (),
         )
-        flow, history = _train(args, df, given, args.data)
+        weights = None
+        if args.weights is None:
+            df = _read(args.data, **read)
+        else:  # the weights are not modelled: read apart, then the rows both keep
+            from nfkit.tables import clean_table, read_raw_table
+
+            if args.weights in given:
+                raise _UserError(
+                    f"--weights column {args.weights!r} is --given too; weights are not "
+                    "modelled"
+                )
+            raw = read_raw_table(args.data)
+            weights = _weights_column(raw, args.weights, args.data, args.drop_missing)
+            df = clean_table(raw.drop(columns=[args.weights]), args.data, **read)
+            df = df.loc[df.index.intersection(weights.index)]
+            weights = weights.loc[df.index]
+            if not (weights > 0).any():
+                raise _UserError(
+                    f"{args.data}: --weights column {args.weights!r} is zero on every row kept"
+                )
+        flow, history = _train(args, df, given, args.data, weights)
         if not distributed.is_main_process():
             return  # rank 0 writes the model and reports
         path = nf.save(flow, args.out)
     finally:
         if args.distributed:
             distributed.shutdown()
-    _info(args, _summary(flow, history, len(df)))
+    weighted = "" if weights is None else f" (weighted by {args.weights})"
+    _info(args, _summary(flow, history, len(df)) + weighted)
     cond = (
         f" of {', '.join(c for c in df.columns if c not in given)} given {', '.join(given)}"
         if given
@@ -1288,6 +1344,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="integer-valued columns, modelled by dequantization (log-probabilities of their "
         "integers; samples are integers): auto (default: every column of whole numbers), none, "
         "or names a,b",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="COLUMN",
+        help="a column of row weights >= 0 (survey or importance weights; not modelled): fit "
+        "the weighted likelihood, a weight k counting as k copies of the row; a --val table "
+        "with the column is weighted too",
     )
     p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
     p.add_argument("--drop-constant", action="store_true", help="drop constant columns")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from nfkit._checks import check_device, check_hidden, check_positive_int, shown
 from nfkit.core import Flow
@@ -376,8 +376,14 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- API
 
-    def fit(self, X: Any, y: Any = None) -> FlowDensity:
-        """Fit the flow to the rows of ``X`` (``y`` is ignored)."""
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> FlowDensity:
+        """Fit the flow to the rows of ``X`` (``y`` is ignored).
+
+        ``sample_weight`` ``(n,)``, ``>= 0``: maximize the weighted log-likelihood ``Σ_i w_i
+        log p(x_i)`` (see ``weights`` of :func:`nfkit.fit`; an integer weight counts as that
+        many copies of the row). Rows of weight 0 take no part, not even in the
+        standardization.
+        """
         from nfkit.models import Embedded, standardize
         from nfkit.train import OBJECTIVES, fit
 
@@ -389,9 +395,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.given_indices_ = self._given_indices(n_features)
         self.data_indices_ = [i for i in range(n_features) if i not in self.given_indices_]
         self._check_missing("FlowDensity.fit", X)
+        weights = None
+        if sample_weight is not None:
+            weights = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )  # (its errors name sample_weight; all zero: "no non-zero" weight)
         self.device_ = check_device("FlowDensity.fit", self.device) or torch.device("cpu")
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         x, c = self._split(X)
+        # the rows that count (weight > 0) set the standardization
+        kept = slice(None) if weights is None else torch.as_tensor(weights > 0)
         devices = [self.device_] if self.device_.type == "cuda" else []
         modelled_angles, given_angles = self._angles()
         if given_angles and not self.standardize:
@@ -447,8 +460,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 given = None if names is None else [names[i] for i in self.given_indices_]
                 flow = standardize(
                     flow,
-                    x,
-                    c,
+                    x[kept],
+                    None if c is None else c[kept],
                     columns=names,
                     given=given,
                     bounds=self._bounds(modelled_angles),
@@ -462,6 +475,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 flow,
                 x.to(dtype),
                 context=None if c is None else c.to(dtype),
+                weights=weights,
                 steps=self.steps,
                 epochs=self.epochs,
                 batch_size=self.batch_size,

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -324,29 +325,71 @@ class _Loop:
 
 
 def _split(
-    x: Tensor, c: Tensor | None, val_fraction: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    x: Tensor,
+    c: Tensor | None,
+    w: Tensor | None,
+    val_fraction: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """``(x, c, w)`` of the training rows, then of the held-out ones (None: no validation)."""
     n = x.shape[0]
     n_val = int(round(val_fraction * n))
     if val_fraction <= 0 or n < 2:
-        return x, c, None, None
+        return x, c, w, None, None, None
     n_val = min(max(n_val, 1), n - 1)
     perm = torch.randperm(n, generator=generator).to(x.device)
     tr, va = perm[n_val:], perm[:n_val]
-    return x[tr], None if c is None else c[tr], x[va], None if c is None else c[va]
+
+    def rows(t: Tensor | None, i: Tensor) -> Tensor | None:
+        return None if t is None else t[i]
+
+    return x[tr], rows(c, tr), rows(w, tr), x[va], rows(c, va), rows(w, va)
+
+
+def _row_weights(
+    where: str, weights: Any, n: int, name: str, dtype: torch.dtype, device: torch.device
+) -> Tensor | None:
+    """``weights`` as a checked ``(n,)`` tensor: finite, ``>= 0``, not all zero (None: none)."""
+    if weights is None:
+        return None
+    if isinstance(weights, Tensor):
+        w = weights.detach()
+    else:
+        try:
+            w = torch.tensor(np.array(weights, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where}: {name} must be numbers, one per row, got {type(weights).__name__}"
+            ) from None
+    if w.dim() != 1 or w.shape[0] != n:
+        raise ValueError(f"{where}: {name} must have shape ({n},), one per row, got {tuple(w.shape)}")
+    if w.is_complex() or w.dtype == torch.bool:
+        raise TypeError(f"{where}: {name} must be real numbers, got {w.dtype}")
+    w = w.to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{where}: {name} contains NaN or inf values")
+    if bool((w < 0).any()):
+        raise ValueError(f"{where}: {name} must be >= 0, got a minimum of {float(w.min()):.6g}")
+    if not bool((w > 0).any()):
+        raise ValueError(f"{where}: {name} are all zero")
+    return w.to(dtype)
 
 
 @torch.no_grad()
-def _nll(flow: Flow, x: Tensor, c: Tensor | None, chunk: int = 8192) -> float:
-    """Mean negative log-likelihood over ``x`` in chunks (eval mode); one host sync."""
+def _nll(
+    flow: Flow, x: Tensor, c: Tensor | None, w: Tensor | None = None, chunk: int = 8192
+) -> float:
+    """Mean negative log-likelihood over ``x`` in chunks (eval mode), weighted by ``w`` (``-Σ w
+    log p / Σ w``) when given; one host sync."""
     was_training = flow.training
     flow.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], chunk):
         ci = None if c is None else c[i : i + chunk]
-        total += -flow.log_prob(x[i : i + chunk], ci).double().sum()
+        lp = flow.log_prob(x[i : i + chunk], ci).double()
+        total += -(lp.sum() if w is None else (lp * w[i : i + chunk].double()).sum())
     flow.train(was_training)
-    return float(total) / x.shape[0]
+    return float(total) / (x.shape[0] if w is None else float(w.double().sum()))
 
 
 @torch.no_grad()
@@ -355,17 +398,24 @@ def _flow_matching_val(
     x: Tensor,
     c: Tensor | None,
     noise: FlowMatchingNoise,
+    w: Tensor | None = None,
     chunk: int = 8192,
 ) -> float:
     """Mean flow-matching loss over ``x`` repeated to the rows of ``noise`` (fixed draws, so
-    every evaluation scores the same problem); one host sync."""
+    every evaluation scores the same problem), weighted by ``w`` when given; one host sync."""
     total = torch.zeros((), dtype=torch.float64, device=x.device)
+    mass = torch.zeros((), dtype=torch.float64, device=x.device)
     rows = noise.s.shape[0]
     for i in range(0, rows, chunk):
         idx = torch.arange(i, min(i + chunk, rows), device=x.device) % x.shape[0]
         part = noise.rows(slice(i, i + chunk))
-        total += objective(x[idx], None if c is None else c[idx], part).double().sum()
-    return float(total) / rows
+        loss = objective(x[idx], None if c is None else c[idx], part).double()
+        if w is None:
+            total += loss.sum()
+        else:
+            total += (loss * w[idx].double()).sum()
+            mass += w[idx].double().sum()
+    return float(total) / (rows if w is None else float(mass))
 
 
 VAL_DRAWS = 4096
@@ -507,10 +557,12 @@ def _read_checkpoint(
     return state if resume else None
 
 
-def _fingerprint(x: Tensor, c: Tensor | None) -> Tensor:
-    """The training data's per-column sums and sums of squares (float64, on the CPU): what a
-    resumed run compares to tell the same table from another."""
+def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor:
+    """The training data's per-column sums and sums of squares (float64, on the CPU), and the
+    weights' when given: what a resumed run compares to tell the same table from another."""
     parts = [x] if c is None else [x, c]
+    if w is not None:
+        parts.append(w.unsqueeze(-1))
     flat = torch.cat([t.reshape(t.shape[0], -1).double() for t in parts], 1)
     return torch.cat([flat.sum(0), flat.square().sum(0)]).cpu()
 
@@ -583,7 +635,7 @@ def _restore(
     ):
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made on other training data (the "
-            "columns' sums differ): resume on the same data, or give another checkpoint path"
+            "columns' or the weights' sums differ): resume on the same data, or give another checkpoint path"
         )
     if int(state["steps"]) != steps or int(state["n"]) != n:
         raise ValueError(
@@ -627,7 +679,9 @@ def fit(
     data: Any,
     *,
     context: Any = None,
+    weights: Any = None,
     val: Any = None,
+    val_weights: Any = None,
     val_fraction: float = 0.1,
     steps: int | None = None,
     epochs: int | None = None,
@@ -665,7 +719,14 @@ def fit(
         flow: The :class:`~nfkit.Flow` to train (in place).
         data: Rows ``(n, D)`` as a Tensor, NumPy array or numeric pandas DataFrame.
         context: Conditioning rows ``(n, C)`` for a conditional flow, fitting ``p(x | c)``.
+        weights: Per-row weights ``(n,)``, finite and ``>= 0`` (survey or importance weights):
+            the objective becomes the weighted NLL ``-Σ_i w_i log p(x_i) / Σ_i w_i``. Batches
+            are drawn uniformly and each row's loss is multiplied by its weight over the mean
+            weight of the training rows, so every step's loss is an unbiased estimate of that
+            objective (an integer weight ``k`` counts as ``k`` copies of the row, in
+            expectation). Held-out rows keep their weights: the validation NLL is weighted.
         val: Validation data (a pair ``(data, context)`` when conditional); overrides the split.
+        val_weights: Weights of the rows of ``val`` (default: all equal).
         val_fraction: Fraction held out for validation when ``val`` is None (0: none).
         steps: Number of optimizer steps. ``epochs``: alternatively, passes over the training
             set. Give at most one; default 1000 steps.
@@ -700,6 +761,7 @@ def fit(
     """
     where = "nf.fit"
     x, c, dtype, dev = _training_data(where, flow, data, context, device)
+    w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
     lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
@@ -721,12 +783,24 @@ def fit(
     if val is not None:
         xv, cv = _val_data(where, flow, val, c is not None, dtype, dev)
         flow._check_x(where, xv, cv, names=("val", "val context"))
-        xt, ct = x, c
+        wv = _row_weights(where, val_weights, xv.shape[0], "val_weights", dtype, dev)
+        xt, ct, wt = x, c, w
+    elif val_weights is not None:
+        raise ValueError(f"{where}: val_weights weights the rows of val=; give val= too")
     else:
-        xt, ct, xv, cv = _split(x, c, val_fraction, generator)
+        xt, ct, wt, xv, cv, wv = _split(x, c, w, val_fraction, generator)
+    if wt is not None:
+        if not bool((wt > 0).any()):
+            raise ValueError(f"{where}: every training row has weight 0 (after the split)")
+        wt = (wt.double() / wt.double().mean()).to(dtype)  # mean 1: the loss keeps its scale
+    if wv is not None and not bool((wv > 0).any()):  # (an explicit val_weights is checked)
+        raise ValueError(
+            f"{where}: every held-out row has weight 0; give val= (and val_weights=) or "
+            "another val_fraction"
+        )
 
     n = xt.shape[0]
-    fingerprint = _fingerprint(xt, ct) if checkpoint is not None else torch.empty(0)
+    fingerprint = _fingerprint(xt, ct, wt) if checkpoint is not None else torch.empty(0)
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
@@ -783,9 +857,10 @@ def fit(
             idx = idx.to(dev, non_blocking=True)
             cb = None if ct is None else ct[idx]
             if matching is None:
-                loss = -model(xt[idx], cb).mean()
+                rows = -model(xt[idx], cb)
             else:
-                loss = model(xt[idx], cb, noise).mean()
+                rows = model(xt[idx], cb, noise)
+            loss = rows.mean() if wt is None else (rows * wt[idx]).mean()
             loop.step(i, loss)
             done = i + 1
             evaluate = done % eval_every == 0 or done == steps
@@ -799,9 +874,9 @@ def fit(
                 stop = False
                 if xv is not None:
                     val = (
-                        _nll(flow, xv, cv)
+                        _nll(flow, xv, cv, wv)
                         if matching is None
-                        else _flow_matching_val(matching, xv, cv, val_noise)
+                        else _flow_matching_val(matching, xv, cv, val_noise, wv)
                     )
                     stop = stopping.update(history, _broadcast_float(val, world, dev), done, flow)
                 history.wall_time = time.perf_counter() - t0
@@ -822,7 +897,7 @@ def fit(
         elif xv is None:
             history.best_step = history.steps
         if matching is not None and xv is not None:
-            history.val_nll = _broadcast_float(_nll(flow, xv, cv), world, dev)
+            history.val_nll = _broadcast_float(_nll(flow, xv, cv, wv), world, dev)
     finally:
         loop.close()
         flow.validate = validate
