@@ -25,6 +25,7 @@ __all__ = [
     "coverage",
     "Coverage",
     "pareto_k",
+    "log_normalizer_se",
     "importance_sampling",
     "ImportanceSampling",
 ]
@@ -562,6 +563,18 @@ def weight_summary(log_weights: Tensor) -> tuple[float, float, float]:
     return float(ess), float(log_z), k
 
 
+def log_normalizer_se(ess: float, samples: int) -> float:
+    r"""The standard error of ``log Ẑ = log mean w`` from ``samples = S`` weights whose ESS
+    fraction is ``ess = (Σw)² / (S Σw²)``: by the delta method ``sd(w) / (√S · mean w)``, with
+    the unbiased variance ``sqrt((1/ess - 1) / (S - 1))`` (0 when every weight is equal, NaN
+    for ``S < 2``). It assumes a finite variance of ``w``: trust it when PSIS's ``k̂ < 0.5``
+    (:func:`pareto_k`), as a rough guide up to 0.7; above, the variance may be infinite and
+    this figure too small."""
+    if samples < 2 or not ess > 0:
+        return math.nan
+    return math.sqrt(max(1 / ess - 1, 0.0) / (samples - 1))
+
+
 @dataclass(repr=False)
 class ImportanceSampling:
     r"""Draws ``x_i ~ q`` (a flow) weighted towards an unnormalized target ``p̃``:
@@ -589,6 +602,12 @@ class ImportanceSampling:
         return self.pareto_k < 0.7
 
     @property
+    def log_normalizer_se(self) -> float:
+        """Standard error of :attr:`log_normalizer` (:func:`log_normalizer_se`; meaningful
+        when :attr:`pareto_k` is below 0.5–0.7)."""
+        return log_normalizer_se(self.ess, len(self.log_weights))
+
+    @property
     def weights(self) -> Tensor:
         """Self-normalized weights ``w_i / Σ_j w_j``, ``(S,)``."""
         return torch.softmax(self.log_weights, 0)
@@ -611,7 +630,8 @@ class ImportanceSampling:
     def __repr__(self) -> str:
         return (
             f"ImportanceSampling(samples={len(self.log_weights)}, ess={self.ess:.4g}, "
-            f"log_normalizer={self.log_normalizer:.4g}, pareto_k={self.pareto_k:.3g}, "
+            f"log_normalizer={self.log_normalizer:.4g} ± {self.log_normalizer_se:.2g}, "
+            f"pareto_k={self.pareto_k:.3g}, "
             f"reliable={self.reliable})"
         )
 

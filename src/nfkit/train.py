@@ -39,7 +39,7 @@ from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
-from nfkit.metrics import target_log_density, weight_summary, weighted_draws
+from nfkit.metrics import log_normalizer_se, target_log_density, weight_summary, weighted_draws
 from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
 
@@ -73,14 +73,16 @@ class History:
         ess: (:func:`fit_vi`) importance-sampling effective sample size ``(Σw)² / Σw²`` as a
             fraction of ``n_estimate`` samples, with ``w = p̃(x) / q(x)``; 1 means ``q ∝ p̃``.
         log_normalizer: (:func:`fit_vi`) ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃``.
+        log_normalizer_se: (:func:`fit_vi`) its standard error
+            (:func:`nfkit.metrics.log_normalizer_se`; meaningful when ``pareto_k < 0.7``).
         pareto_k: (:func:`fit_vi`) the weights' Pareto diagnostic
             (:func:`nfkit.metrics.pareto_k`): below 0.7, ``log Ẑ`` and importance-weighted
             expectations are reliable; above, ``q`` misses part of ``p``.
         per_context: (:func:`fit_vi` with a batch of contexts) ``{"ess": [...],
-            "log_normalizer": [...], "pareto_k": [...]}``, one entry per context (the batch
-            flattened): each context's target has its own normalizer. ``ess`` and
-            ``pareto_k`` above are then the worst of them (smallest, largest) and
-            ``log_normalizer`` is None.
+            "log_normalizer": [...], "log_normalizer_se": [...], "pareto_k": [...]}``, one
+            entry per context (the batch flattened): each context's target has its own
+            normalizer. ``ess`` and ``pareto_k`` above are then the worst of them (smallest,
+            largest) and ``log_normalizer`` (and its standard error) is None.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -95,6 +97,7 @@ class History:
     wall_time: float = 0.0
     ess: float | None = None
     log_normalizer: float | None = None
+    log_normalizer_se: float | None = None
     pareto_k: float | None = None
     objective: str = "likelihood"
     val_nll: float | None = None
@@ -114,7 +117,7 @@ class History:
             parts.append(f"best_val={self.best_val:.4f} at step {self.best_step}")
         if self.stopped_early:
             parts.append("stopped early")
-        for name in ("val_nll", "ess", "log_normalizer", "pareto_k"):
+        for name in ("val_nll", "ess", "log_normalizer", "log_normalizer_se", "pareto_k"):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value:.4g}")
@@ -924,9 +927,15 @@ def _importance(
     lw = torch.cat([w.reshape(w.shape[0], -1) for _, w in draws])  # (n, contexts)
     if context is None or context.dim() == 1:
         history.ess, history.log_normalizer, history.pareto_k = weight_summary(lw.flatten())
+        history.log_normalizer_se = log_normalizer_se(history.ess, lw.numel())
         return
     ess, log_z, k = zip(*(weight_summary(lw[:, j]) for j in range(lw.shape[1])))
-    history.per_context = {"ess": list(ess), "log_normalizer": list(log_z), "pareto_k": list(k)}
+    history.per_context = {
+        "ess": list(ess),
+        "log_normalizer": list(log_z),
+        "log_normalizer_se": [log_normalizer_se(e, lw.shape[0]) for e in ess],
+        "pareto_k": list(k),
+    }
     history.ess, history.log_normalizer, history.pareto_k = min(ess), None, max(k)
 
 
