@@ -428,6 +428,25 @@ def test_text_columns_as_categories(tmp_path) -> None:
     assert dropped.attrs["categories"] == {"flag": ["x", "y"]}
 
 
+def test_ordered_categorical_keeps_its_order(tmp_path) -> None:
+    """An ordered pandas categorical (an ordinal scale; parquet keeps it) is coded in its
+    declared order, every declared level included; an unordered one is sorted."""
+    from nfkit.tables import clean_table
+
+    size = pd.Categorical(["low", "high", "low", "high"], categories=["low", "medium", "high"],
+                          ordered=True)  # fmt: skip
+    df = clean_table(pd.DataFrame({"size": size, "a": [1.0, 2, 3, 4]}), "t", categories=True)
+    assert df["size"].tolist() == [0.0, 2.0, 0.0, 2.0]
+    assert df.attrs["categories"] == {"size": ["low", "medium", "high"]}
+    plain = clean_table(pd.DataFrame({"size": size.as_unordered(), "a": [1.0, 2, 3, 4]}), "t",
+                        categories=True)  # fmt: skip
+    assert plain.attrs["categories"] == {"size": ["high", "low"]}
+    levels = pd.Categorical([3, 1, 2, 1], categories=[3, 2, 1], ordered=True)  # numbers, reversed
+    coded = clean_table(pd.DataFrame({"n": levels, "a": [1.0, 2, 3, 4]}), "t", categories=True)
+    assert coded["n"].tolist() == [0.0, 2.0, 1.0, 2.0]
+    assert coded.attrs["categories"] == {"n": ["3", "2", "1"]}
+
+
 @given(
     labels=st.lists(
         st.text(st.characters(categories=("L", "N"), max_codepoint=0x2FF), min_size=1, max_size=6),

@@ -555,6 +555,11 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
                     "only numeric columns can be modelled"
                 )
         text = _as_labels(col)
+        if known is None and isinstance(col.dtype, pd.CategoricalDtype) and col.dtype.ordered:
+            # an ordinal scale ("low" < "medium" < "high"): codes in its declared order, every
+            # declared level included
+            levels = _as_labels(pd.Series(col.dtype.categories))
+            known = list(dict.fromkeys(levels.tolist()))
         if known is None:
             known = sorted(text.dropna().unique().tolist())
             if len(known) > max(20, text.notna().sum() // 2):
@@ -594,7 +599,8 @@ def clean_table(
     one line otherwise.
 
     ``categories``: text columns are then categories, replaced by integer codes ``0 … K-1``
-    (``True``: the sorted distinct labels of each text column, at most ``max(20, n/2)`` of them;
+    (``True``: the sorted distinct labels of each text column, at most ``max(20, n/2)`` of them,
+    or an ordered pandas categorical's declared levels in their order;
     a dict ``{column: labels}``: those labels, as a model was fitted on, a label outside them
     being an error). The labels of the coded columns are in ``result.attrs["categories"]``.
     A text column that is numbers but for a few cells (at least 90% numbers, the others at most 5
