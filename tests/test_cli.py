@@ -851,3 +851,20 @@ def test_fit_bad_weights_are_one_line(capsys, tmp_path, column, extra, message) 
     code, out, err = _run(capsys, "fit", tmp_path / "t.csv", "--weights", column, *extra,
                           "--out", tmp_path / "m.pt", *FAST)  # fmt: skip
     assert code != 0 and message in err and err.count("\n") == 1, err
+
+
+def test_sample_notes_a_given_value_far_outside_the_training_data(capsys, table) -> None:
+    """``--given g=1e30`` (or such rows of ``--given-table``) gets a one-line note that the
+    model extrapolates; a value inside the data does not."""
+    model = table / "cond-far.pt"
+    code, _, _ = _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)
+    assert code == 0
+    code, out, err = _run(capsys, "sample", model, "-n", "2", "--given", "g=1e30")
+    assert code == 0 and len(out.splitlines()) == 3
+    assert "nfkit: note: given value(s) far outside the training data: g (" in err
+    assert err.count("\n") == 1 and "extrapolates" in err
+    code, _, err = _run(capsys, "sample", model, "-n", "2", "--given", "g=0.5")
+    assert code == 0 and err == ""
+    (table / "far.csv").write_text("g\n0.1\n-400\n1e30\n")
+    code, _, err = _run(capsys, "sample", model, "-n", "1", "--given-table", table / "far.csv")
+    assert code == 0 and "in 2 of 3 rows of" in err and "far.csv" in err

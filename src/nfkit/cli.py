@@ -398,6 +398,37 @@ def _context_row(flow: Any, given: list[str], values: dict[str, str] | None, pat
     )
 
 
+FAR_CONTEXT = 10.0
+"""Given values more than this many training standard deviations from the training mean get
+a note: the model extrapolates there."""
+
+
+def _far_context_note(flow: Any, given: list[str], ctx: Any, source: str) -> str | None:
+    """A note when given values ``ctx`` (``(C,)`` or ``(R, C)``) lie more than
+    :data:`FAR_CONTEXT` standard deviations of the training data from its mean (angles
+    excepted); None otherwise, or without a context standardization."""
+    from nfkit.models.standardized import ContextStandardize
+
+    scaler = next((m for m in flow.modules() if isinstance(m, ContextStandardize)), None)
+    if scaler is None or ctx is None:
+        return None
+    rows = ctx.reshape(-1, ctx.shape[-1])
+    z = ((rows - scaler.mean) / scaler.scale).abs()
+    z[:, list(scaler.angles)] = 0.0
+    worst = z.amax(0).tolist()
+    far = [j for j, v in enumerate(worst) if v > FAR_CONTEXT]
+    if not far:
+        return None
+    shown_cols = ", ".join(f"{given[j]} ({worst[j]:.3g} SD)" for j in far)
+    where = "" if rows.shape[0] == 1 else (
+        f" in {int((z > FAR_CONTEXT).any(1).sum())} of {rows.shape[0]} rows of {source}"
+    )
+    return (
+        f"given value(s) far outside the training data{where}: {shown_cols} from its mean; "
+        "the model extrapolates there, and its samples may mean nothing"
+    )
+
+
 def _given_value(flow: Any, name: str, value: str) -> float | str:
     """A ``--given`` value as the model reads it: a number, or one of a category column's
     labels (as written, else as the number it spells: ``2.0`` is the label ``2``)."""
@@ -841,6 +872,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         ctx = _tensor(contexts, dtype, device)  # (R, C)
     else:
         ctx = _context_row(flow, given, args.given, args.model)
+    far = _far_context_note(flow, given, ctx, table_path or "")
+    if far:
+        _info(args, f"nfkit: note: {far}")
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, enabled=args.seed is not None):
         if args.seed is not None:
