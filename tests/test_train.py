@@ -467,7 +467,9 @@ def test_weighted_fit_is_the_weighted_maximum_likelihood() -> None:
     w = torch.tensor([3.0, 1.0, 2.0, 0.0])
     mu, sd = _gaussian_fit(x, weights=w)
     copies = torch.tensor([[-1.0], [-1.0], [-1.0], [0.0], [1.0], [1.0]], dtype=torch.float64)
-    assert (mu, sd) == pytest.approx((copies.mean().item(), copies.std(correction=0).item()), abs=1e-6)
+    assert (mu, sd) == pytest.approx(
+        (copies.mean().item(), copies.std(correction=0).item()), abs=1e-6
+    )
     assert (mu, sd) == pytest.approx(_gaussian_fit(copies), abs=1e-6)
     assert _gaussian_fit(x, weights=7 * w) == pytest.approx((mu, sd), abs=1e-6)  # scale-free
 

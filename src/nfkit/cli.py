@@ -420,8 +420,10 @@ def _far_context_note(flow: Any, given: list[str], ctx: Any, source: str) -> str
     if not far:
         return None
     shown_cols = ", ".join(f"{given[j]} ({worst[j]:.3g} SD)" for j in far)
-    where = "" if rows.shape[0] == 1 else (
-        f" in {int((z > FAR_CONTEXT).any(1).sum())} of {rows.shape[0]} rows of {source}"
+    where = (
+        ""
+        if rows.shape[0] == 1
+        else (f" in {int((z > FAR_CONTEXT).any(1).sum())} of {rows.shape[0]} rows of {source}")
     )
     return (
         f"given value(s) far outside the training data{where}: {shown_cols} from its mean; "
@@ -775,8 +777,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
             if args.weights in given:
                 raise _UserError(
-                    f"--weights column {args.weights!r} is --given too; weights are not "
-                    "modelled"
+                    f"--weights column {args.weights!r} is --given too; weights are not modelled"
                 )
             raw = read_raw_table(args.data)
             weights = _weights_column(raw, args.weights, args.data, args.drop_missing)

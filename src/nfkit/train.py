@@ -365,7 +365,9 @@ def _row_weights(
                 f"{where}: {name} must be numbers, one per row, got {type(weights).__name__}"
             ) from None
     if w.dim() != 1 or w.shape[0] != n:
-        raise ValueError(f"{where}: {name} must have shape ({n},), one per row, got {tuple(w.shape)}")
+        raise ValueError(
+            f"{where}: {name} must have shape ({n},), one per row, got {tuple(w.shape)}"
+        )
     if w.is_complex() or w.dtype == torch.bool:
         raise TypeError(f"{where}: {name} must be real numbers, got {w.dtype}")
     w = w.to(device=device, dtype=torch.float64)

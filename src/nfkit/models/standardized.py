@@ -264,7 +264,15 @@ def _wrap(
         support = _cell_bounds(where, bounds, discrete)
         if support is not None:  # the supports mapped onto the real line, then standardized
             real = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(support)]
-            layers.insert(0, Bounded([b[0] for b in real], [b[1] for b in real]))
+            like = floating_tensor(inner)  # its dtype: exact ends for a float64 flow
+            layers.insert(
+                0,
+                Bounded(
+                    [b[0] for b in real],
+                    [b[1] for b in real],
+                    dtype=None if like is None else like.dtype,
+                ),
+            )
         if fixed:  # what the flow accepts: each angle's range, the other columns' supports
             layers[0].domain = _joint_domain(where, layers[0].domain, inner, fixed, bounds)
     if discrete is not None:
@@ -525,7 +533,9 @@ def standardize(
     if support is not None:  # the statistics of the columns mapped onto the real line
         to_cells = _cell_bounds(where, support, cells)
         to_cells = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(to_cells)]
-        to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells]).to(x)
+        to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells], dtype=x.dtype).to(
+            x.device
+        )
         _check_inside(where, x, to_real.domain, list(range(features)), x_labels)
         x = to_real(x)[0]
     mean, std = _stats(where, "x", x, x_labels)

@@ -23,7 +23,11 @@ from nfkit._checks import (
 )
 from nfkit.core import Transform
 from nfkit.nn.mlp import Parameters
-from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
+from nfkit.transforms.functional import (
+    interval_logit,
+    interval_sigmoid,
+    sum_event,
+)
 from nfkit.transforms.transformers import Transformer
 
 __all__ = [
@@ -107,7 +111,9 @@ class Bounded(_Pointwise):
     For column ``i`` with support ``(l_i, h_i)`` (``±inf`` for an open end):
 
     - both ends finite: ``z = logit(u)``, ``u = (x - l)/(h - l)``;
-      ``log|dz/dx| = -log(h - l) - log u - log(1 - u)``;
+      ``log|dz/dx| = -log(h - l) - log u - log(1 - u)``, computed from the distances to the
+      ends (:func:`~nfkit.transforms.functional.interval_logit`), finite up to one ulp from
+      either end;
     - lower end only: ``z = log(x - l)``, ``log|dz/dx| = -log(x - l)``;
     - upper end only: ``z = -log(h - x)``, ``log|dz/dx| = -log(h - x)``;
     - neither: ``z = x``.
@@ -121,13 +127,19 @@ class Bounded(_Pointwise):
 
     Args:
         low, high: ``(D,)`` ends of each column's support (``-inf``/``inf`` for none).
+        dtype: Of the buffers holding the ends (default: torch's default dtype). Give
+            ``torch.float64`` for a flow that computes in float64: ``.double()`` after
+            building in float32 keeps the float32-rounded ends.
     """
 
-    def __init__(self, low: Sequence[float], high: Sequence[float]) -> None:
+    def __init__(
+        self, low: Sequence[float], high: Sequence[float], *, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__(event_dim=1)
+        dtype = dtype or torch.get_default_dtype()
         try:
-            low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).flatten()
-            high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).flatten()
+            low_t = torch.as_tensor(low, dtype=dtype).flatten()
+            high_t = torch.as_tensor(high, dtype=dtype).flatten()
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(
                 f"Bounded: low and high must be numbers, got {shown(low)} and {shown(high)}"
@@ -150,27 +162,29 @@ class Bounded(_Pointwise):
         self.domain = Interval(tuple(low_t.tolist()), tuple(high_t.tolist()))
 
     def _parts(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``has_low, has_high`` and safe ends ``l < h`` in every column, used or not: the
+        finite ends, 0 for an open lower end, ``l + 1`` for an open upper one (``h - 1`` below
+        a finite upper end when the lower is open); and ``log(h - l)``."""
         low, high = self.low.to(like), self.high.to(like)
         has_low, has_high = torch.isfinite(low), torch.isfinite(high)
-        lo = torch.where(has_low, low, torch.zeros_like(low))
-        hi = torch.where(has_high, high, lo + 1)  # h - l > 0 in every column, used or not
+        hi = torch.where(has_high, high, torch.where(has_low, low + 1, torch.ones_like(high)))
+        lo = torch.where(has_low, low, hi - 1)
         return has_low, has_high, lo, hi, torch.log(hi - lo)
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
         has_low, has_high, lo, hi, log_width = self._parts(x)
         both = has_low & has_high
         # every branch sees safe inputs where it is not selected (no inf or NaN gradients)
-        a = torch.where(has_low, x - lo, torch.ones_like(x))  # x - l
-        b = torch.where(has_high & ~has_low, hi - x, torch.ones_like(x))  # h - x
-        u = torch.where(both, a / (hi - lo), torch.full_like(x, 0.5))
-        log_u, log_1mu = torch.log(u), torch.log1p(-u)
-        log_a, log_b = torch.log(a), torch.log(b)
+        inside = torch.where(both, x, (lo + hi) / 2)
+        z_both, ladj_both = interval_logit(inside, lo, hi, log_width)
+        log_a = torch.log(torch.where(has_low, x, hi) - lo)
+        log_b = torch.log(hi - torch.where(has_high, x, lo))
         z = torch.where(
-            both, log_u - log_1mu, torch.where(has_low, log_a, torch.where(has_high, -log_b, x))
+            both, z_both, torch.where(has_low, log_a, torch.where(has_high, -log_b, x))
         )
         ladj = torch.where(
             both,
-            -log_width - log_u - log_1mu,
+            ladj_both,
             torch.where(has_low, -log_a, torch.where(has_high, -log_b, torch.zeros_like(x))),
         )
         return z, ladj
@@ -178,13 +192,14 @@ class Bounded(_Pointwise):
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
         has_low, has_high, lo, hi, log_width = self._parts(z)
         both = has_low & has_high
+        x_both, ladj_both = interval_sigmoid(z, lo, hi, log_width)
         x = torch.where(
             both,
-            lo + (hi - lo) * torch.sigmoid(z),
+            x_both,
             torch.where(has_low, lo + torch.exp(z), torch.where(has_high, hi - torch.exp(-z), z)),
         )
-        # A value within rounding of an end lands on it (float32: σ(z) = 1 from z ≈ 17, and
-        # l + e^z = l once e^z < ulp(l) / 2): keep it one ulp inside the open support.
+        # A value within rounding of an end lands on it (l + e^z = l once e^z < ulp(l) / 2):
+        # keep it one ulp inside the open support.
         inf = torch.full_like(lo, math.inf)
         x = torch.clamp(
             x,
@@ -194,7 +209,7 @@ class Bounded(_Pointwise):
         # log|dx/dz|: log(h - l) + log σ'(z); z; -z; 0
         ladj = torch.where(
             both,
-            log_width + log_sigmoid_derivative(z),
+            ladj_both,
             torch.where(has_low, z, torch.where(has_high, -z, torch.zeros_like(z))),
         )
         return x, ladj
@@ -209,27 +224,30 @@ class Sigmoid(_Pointwise):
     codomain = unit_interval
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.sigmoid(x), log_sigmoid_derivative(x)
+        zero, one = x.new_zeros(()), x.new_ones(())
+        return interval_sigmoid(x, zero, one, zero)  # (kept inside (0, 1), where σ rounds to 1)
 
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.logit(z)
-        return x, -log_sigmoid_derivative(x)
+        zero = z.new_zeros(())
+        return interval_logit(z, zero, zero + 1, zero)  # log|dx/dz| = -log z - log(1 - z)
 
 
 class Logit(_Pointwise):
     r"""``z = log x - log(1 - x)``: (0, 1) → ℝ, the inverse of :class:`Sigmoid`.
 
-    ``ladj = -log x - log(1 - x)``. Inputs must lie strictly inside (0, 1) (checked by ``Flow``).
+    ``ladj = -log x - log(1 - x)``. Inputs must lie strictly inside (0, 1) (checked by ``Flow``);
+    the inverse stays at least one ulp inside (float32's ``σ(z)`` rounds to 1 from ``z ≈ 17``).
     """
 
     domain = unit_interval
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.log(x) - torch.log1p(-x)
-        return z, -log_sigmoid_derivative(z)
+        zero = x.new_zeros(())
+        return interval_logit(x, zero, zero + 1, zero)
 
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.sigmoid(z), log_sigmoid_derivative(z)
+        zero = z.new_zeros(())
+        return interval_sigmoid(z, zero, zero + 1, zero)  # (kept inside (0, 1))
 
 
 class Tanh(_Pointwise):

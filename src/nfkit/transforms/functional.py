@@ -229,6 +229,30 @@ def log_sigmoid_derivative(x: Tensor) -> Tensor:
     return -F.softplus(-x) - F.softplus(x)
 
 
+def interval_logit(
+    x: Tensor, low: Tensor, high: Tensor, log_width: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""``z = logit((x - l) / (h - l))`` and ``log|dz/dx| = log(h - l) - log(x - l) - log(h - x)``
+    for finite ends ``l < h`` (``log_width = log(h - l)``), from the distances to both ends:
+    ``z = log(x - l) - log(h - x)``. Each distance is exact near its own end (``x - l > 0``
+    whenever ``x > l`` in floating point), so both are finite anywhere inside, where
+    ``u = (x - l)/(h - l)`` rounds to 1 one ulp below ``h`` and ``log(1 - u)`` is ``-inf``."""
+    log_a, log_b = torch.log(x - low), torch.log(high - x)
+    return log_a - log_b, log_width - log_a - log_b
+
+
+def interval_sigmoid(
+    z: Tensor, low: Tensor, high: Tensor, log_width: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The inverse of :func:`interval_logit`: ``x = l + (h - l) σ(z)``, computed from the
+    nearer end (``h - (h - l) σ(-z)`` for ``z > 0``) and kept at least one ulp inside
+    ``(l, h)``, where rounding would land on an end; ``log|dx/dz| = log(h - l) + log σ'(z)``."""
+    width = high - low
+    x = torch.where(z > 0, high - width * torch.sigmoid(-z), low + width * torch.sigmoid(z))
+    x = torch.clamp(x, torch.nextafter(low, high), torch.nextafter(high, low))
+    return x, log_width + log_sigmoid_derivative(z)
+
+
 def householder_matrix(vectors: Tensor) -> Tensor:
     r"""``Q = H_K ⋯ H_1`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``, from ``vectors (*, K, D)`` → ``(*, D, D)``.
 

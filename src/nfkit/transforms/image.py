@@ -24,7 +24,11 @@ from torch import Tensor
 
 from nfkit._checks import Interval, check_open_interval, check_positive_int, shape_str, shown
 from nfkit.core import Transform
-from nfkit.transforms.functional import log_sigmoid_derivative, sum_event
+from nfkit.transforms.functional import (
+    interval_logit,
+    interval_sigmoid,
+    sum_event,
+)
 
 __all__ = ["Squeeze", "MultiscaleSplit", "LogitPreprocess", "dequantize"]
 
@@ -154,7 +158,11 @@ class LogitPreprocess(Transform):
 
     Log-det: ``ladj = Σ [log s − log p − log(1 − p)]`` over the event.
 
-    Inverse: ``x = (σ(z) − α) / s`` (closed form, exact to rounding), with
+    Computed from the distances to the domain's ends (``p = s (x − x₀)``, ``1 − p = s (x₁ − x)``;
+    :func:`~nfkit.transforms.functional.interval_logit`), so it is finite anywhere inside.
+
+    Inverse: ``x = (σ(z) − α) / s`` (closed form, exact to rounding, kept at least one ulp
+    inside the domain, where rounding would land on an end), with
     ``ladj = Σ [log σ(z) + log(1 − σ(z)) − log s]``.
 
     Args:
@@ -188,14 +196,20 @@ class LogitPreprocess(Transform):
         self.domain = Interval(-self.alpha / scale, (1 - self.alpha) / scale)
         self._scale, self._log_scale = scale, math.log(scale)
 
+    def _ends(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The domain's ends in ``like``'s dtype and ``log`` of its width, ``-log s``."""
+        low, high = self.domain.low, self.domain.high
+        return like.new_tensor(low), like.new_tensor(high), like.new_tensor(-self._log_scale)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        p = self.alpha + self._scale * x
-        log_p, log_q = torch.log(p), torch.log1p(-p)
-        return log_p - log_q, sum_event(self._log_scale - log_p - log_q, self.event_dim)
+        # p = α + s x = s (x - x₀) and 1 - p = s (x₁ - x) for the domain (x₀, x₁): from the
+        # distances to its ends, finite anywhere inside
+        z, ladj = interval_logit(x, *self._ends(x))
+        return z, sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = (torch.sigmoid(z) - self.alpha) / self._scale
-        return x, sum_event(log_sigmoid_derivative(z) - self._log_scale, self.event_dim)
+        x, ladj = interval_sigmoid(z, *self._ends(z))  # (one ulp inside the domain at least)
+        return x, sum_event(ladj, self.event_dim)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, alpha={self.alpha:g}"
