@@ -99,3 +99,11 @@ def test_a_dequantized_flow_has_samples_but_no_reparameterized_ones() -> None:
     assert draws.shape == (20, 1) and torch.equal(draws, draws.floor())
     with pytest.raises(TypeError, match="no reparameterized samples; use sample"):
         q.rsample((2,))
+
+
+def test_expanded_log_prob_of_a_value_that_does_not_broadcast_is_one_line() -> None:
+    d = nf.FlowDistribution(nf.models.MAF(2, transforms=1, hidden=(8,))).expand((4,))
+    with pytest.raises(ValueError, match=r"value's batch shape \(3,\) does not broadcast with "
+                       r"the batch shape \(4,\)") as info:  # fmt: skip
+        d.log_prob(torch.zeros(3, 2))
+    assert "\n" not in str(info.value)

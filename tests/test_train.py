@@ -68,9 +68,15 @@ def test_fit_dataframe_context_and_errors() -> None:
         nf.fit(_small(), x, val=torch.randn(10, 3), steps=2, progress=False)
     with pytest.raises(ValueError, match=r"nf.fit: val context must have last dim 1, got shape"):
         nf.fit(flow, x, context=c, val=(x[:10], torch.randn(10, 2)), steps=2, progress=False)
-    # epochs: ceil(n_train / batch) steps per epoch (360 training rows, batch 100 -> 4 steps).
-    h = nf.fit(_small(), x, epochs=2, batch_size=100, progress=False)
-    assert h.steps == 8
+    # epochs: the floor(n_train / batch) full batches of one shuffle (360 training rows,
+    # batch 100 -> 3 steps; the 60 left over wait for the next shuffle)
+    rows: list[int] = []
+    flow = _small()
+    flow.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    h = nf.fit(flow, x, epochs=2, batch_size=100, eval_every=100, progress=False)
+    assert h.steps == 6 and rows.count(100) == 6
+    with pytest.raises(ValueError, match=r"nf.fit: data must have last dim 2, got shape \(5, 3\)"):
+        nf.fit(_small(), torch.randn(5, 3), steps=2, progress=False)
 
 
 def test_early_stopping_restores_best_weights() -> None:
@@ -175,6 +181,94 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
             nf.fit(copy.deepcopy(initial), x, checkpoint=table, resume=resume, **kwargs)
     assert nf.load(model).config == initial.config and table.read_text() == "a,b\n1,2\n"
     nf.fit(copy.deepcopy(initial), x, checkpoint=path, **kwargs)  # an old checkpoint: replaced
+    for change in ({"lr": 1e-4}, {"batch_size": 32}, {"eval_every": 5}, {"clip": 1.0},
+                   {"schedule": "constant"}, {"patience": 3}):  # fmt: skip
+        with pytest.raises(ValueError, match=f"ckpt.pt' was made with {next(iter(change))}="):
+            nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, **change})
+
+
+def test_resuming_a_run_that_stopped_early_returns_its_result(tmp_path) -> None:
+    """Resume of a finished early-stopped run: the same weights, no more steps (the checkpoint
+    of the last evaluation records the stop)."""
+    x = nf.datasets.two_moons(300, seed=0)
+    kwargs = dict(steps=400, eval_every=10, patience=2, lr=5e-2, progress=False, seed=0,
+                  checkpoint=tmp_path / "ckpt.pt")  # fmt: skip
+    torch.manual_seed(0)
+    first = _small()
+    h1 = nf.fit(first, x, **kwargs)
+    assert h1.stopped_early and h1.steps < 400
+    torch.manual_seed(0)
+    again = _small()
+    h2 = nf.fit(again, x, resume=True, **kwargs)
+    assert h2.steps == h1.steps and h2.stopped_early and h2.best_step == h1.best_step
+    assert _equal(_state(again), _state(first))
+
+
+def test_nan_validation_loss_raises_with_the_best_weights_back() -> None:
+    """A NaN validation NLL (the flow gives NaN at a held-out row) is an error, not an
+    evaluation no later one can beat (which kept the first evaluation's weights silently)."""
+    flow = _small()
+    calls = {"n": 0}
+    real = flow.log_prob
+
+    def poisoned(x, context=None, **kw):  # NaN from the second evaluation on
+        out = real(x, context, **kw)
+        if not torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                out = out * math.nan
+        return out
+
+    flow.log_prob = poisoned  # type: ignore[method-assign]
+    with pytest.raises(nf.NonFiniteLossError, match="validation loss is NaN at step 20") as info:
+        nf.fit(flow, nf.datasets.two_moons(200, seed=0), steps=40, eval_every=10,
+               progress=False, seed=0)  # fmt: skip
+    assert "weights restored to the best evaluation (step 10)" in str(info.value)
+
+
+@pytest.mark.parametrize("clip", [-1.0, math.nan, "5", math.inf])
+def test_clip_must_be_a_number_at_least_zero(clip) -> None:
+    """A negative clip flipped every gradient (training climbed the loss), NaN wrote NaN
+    weights; both fits refuse them."""
+    x = nf.datasets.two_moons(100, seed=0)
+    with pytest.raises(ValueError, match="clip must be a finite number >= 0"):
+        nf.fit(_small(), x, clip=clip, steps=2, progress=False)
+    with pytest.raises(ValueError, match="clip must be a finite number >= 0"):
+        nf.fit_vi(_small(), nf.targets.U1, clip=clip, steps=2, progress=False)
+
+
+def test_fit_vi_keeps_actnorm_trained() -> None:
+    """fit_vi trains ActNorm from samples; a later train-mode forward must not re-initialize it
+    from a batch (it overwrote the trained values)."""
+    inner = nf.models.RealNVP(2, transforms=2, hidden=(8,))
+    flow = nf.Flow(nf.Compose(nf.transforms.ActNorm(2), inner.transform), inner.base)
+    nf.fit_vi(flow, nf.targets.gaussian(torch.tensor([3.0, -2.0]), torch.ones(2)), steps=60,
+              lr=1e-2, progress=False, seed=0)  # fmt: skip
+    norms = [m for m in flow.modules() if isinstance(m, nf.transforms.ActNorm)]
+    assert norms and all(bool(m.initialized) for m in norms)
+    before = _state(flow)
+    flow.train()
+    flow.log_prob(torch.randn(64, 2) * 5)
+    assert _equal(_state(flow), before)
+
+
+def test_fit_vi_refuses_a_nan_target_in_its_final_estimate() -> None:
+    """NaN (or +inf) of log p̃ where only the final n_estimate draws land is an error, as in
+    nf.metrics.importance_sampling (NaN counted as weight 0 and biased log Ẑ silently)."""
+
+    def target(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, 0] > 3.3, math.nan, -0.5 * (x**2).sum(-1))
+
+    with pytest.raises(ValueError, match=r"nf.fit_vi: log_density is NaN at \d+ of 8192 draws"):
+        nf.fit_vi(_small(), target, steps=2, batch_size=4, n_estimate=8192, progress=False,
+                  seed=0)  # fmt: skip
+
+
+def test_fit_vi_takes_a_numpy_context() -> None:
+    flow = _small(2, 1)
+    h = nf.fit_vi(flow, lambda x, c: -0.5 * ((x - c) ** 2).sum(-1), context=np.array([1.0]),
+                  steps=3, n_estimate=100, progress=False, seed=0)  # fmt: skip
+    assert h.steps == 3 and math.isfinite(h.log_normalizer)
 
 
 def test_fit_uses_fused_adamw_with_the_per_op_update(tmp_path, monkeypatch) -> None:

@@ -563,6 +563,25 @@ def weight_summary(log_weights: Tensor) -> tuple[float, float, float]:
     return float(ess), float(log_z), k
 
 
+def check_log_weights(where: str, log_weights: Tensor) -> None:
+    """Refuse log importance weights ``(S, *contexts)`` with a NaN or ``+inf`` (a NaN
+    ``log p̃`` would count as weight 0 and bias every estimate silently) or none finite in
+    some context (``q`` puts no mass where the target has any); ``-inf`` is a draw outside the
+    target's support."""
+    samples = log_weights.shape[0]
+    for bad, what in ((torch.isnan(log_weights), "NaN"), (log_weights == math.inf, "+inf")):
+        count = int(bad.sum())
+        if count:
+            raise ValueError(
+                f"{where}: log_density is {what} at {count} of {samples} draws; return a finite "
+                "log-density, or -inf outside the target's support"
+            )
+    if not bool(torch.isfinite(log_weights).any(0).all()):
+        raise ValueError(
+            f"{where}: log_density is -inf at every draw: q puts no mass where the target has any"
+        )
+
+
 def log_normalizer_se(ess: float, samples: int) -> float:
     r"""The standard error of ``log Ẑ = log mean w`` from ``samples = S`` weights whose ESS
     fraction is ``ess = (Σw)² / (S Σw²)``: by the delta method ``sd(w) / (√S · mean w)``, with
@@ -686,16 +705,6 @@ def importance_sampling(
             torch.manual_seed(seed)
         xs, lws = zip(*weighted_draws(where, flow, log_density, context, samples, chunk_size))
     lw = torch.cat(lws)
-    for bad, what in ((torch.isnan(lw), "NaN"), (lw == math.inf, "+inf")):
-        count = int(bad.sum())
-        if count:  # a zero weight would bias every estimate silently
-            raise ValueError(
-                f"{where}: log_density is {what} at {count} of {samples} draws; return a finite "
-                "log-density, or -inf outside the target's support"
-            )
-    if not bool(torch.isfinite(lw).any()):
-        raise ValueError(
-            f"{where}: log_density is -inf at every draw: q puts no mass where the target has any"
-        )
+    check_log_weights(where, lw)
     ess, log_z, k = weight_summary(lw)
     return ImportanceSampling(torch.cat(xs), lw, ess, log_z, k)

@@ -123,7 +123,14 @@ class FlowDistribution(Distribution):
         """``log p(value)``, of shape ``value``'s batch dims broadcast with ``batch_shape``."""
         log_p = self.flow.log_prob(value, self.context)
         if self.context is None and self.batch_shape:  # an unconditional flow over a batch
-            log_p = log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+            try:
+                shape = torch.broadcast_shapes(log_p.shape, self.batch_shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"FlowDistribution.log_prob: value's batch shape {tuple(log_p.shape)} does "
+                    f"not broadcast with the batch shape {tuple(self.batch_shape)}"
+                ) from None
+            log_p = log_p.expand(shape)
         return log_p
 
     def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008

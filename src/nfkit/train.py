@@ -39,9 +39,16 @@ from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
-from nfkit.metrics import log_normalizer_se, target_log_density, weight_summary, weighted_draws
+from nfkit.metrics import (
+    check_log_weights,
+    log_normalizer_se,
+    target_log_density,
+    weight_summary,
+    weighted_draws,
+)
 from nfkit.models._registry import learning_rate
 from nfkit.tables import as_tensor
+from nfkit.transforms.normalization import ActNorm
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
 
@@ -253,6 +260,8 @@ class _Loop:
             raise ValueError(
                 f"{where}: schedule must be 'cosine' or 'constant', got {shown(schedule)}"
             )
+        if clip is not None:  # a negative clip flips the gradient; NaN poisons the weights
+            check_number(where, "clip", clip, 0.0, inclusive=True)
         self.clip = math.inf if not clip else float(clip)
         self.sync_every = sync_every
         self.losses = torch.zeros(steps, device=device, dtype=torch.float64)
@@ -304,7 +313,8 @@ class _Loop:
             self.flow.load_state_dict(self.good)
             raise NonFiniteLossError(
                 f"{self.where}: non-finite loss or gradient at step {first}; weights restored to "
-                f"step {self.synced} (try a lower lr, a smaller clip, or check the data)"
+                f"step {self.synced} (try a lower lr, a smaller clip, or check the "
+                f"{'target log-density' if self.where == 'nf.fit_vi' else 'data'})"
             )
         history.train_loss.extend(self.losses[window].tolist())
         history.steps = done
@@ -475,7 +485,22 @@ class _EarlyStopping:
     bad: int = 0
 
     def update(self, history: History, val: float, done: int, flow: Flow) -> bool:
-        """Record ``val`` at step ``done``; True once ``patience`` evaluations did not improve."""
+        """Record ``val`` at step ``done``; True once ``patience`` evaluations did not improve.
+        A NaN (the flow's ``log_prob`` is NaN at a held-out row) raises
+        :class:`NonFiniteLossError` after putting back the best weights so far: no later value
+        could compare as better, and the run would silently keep this evaluation's weights."""
+        if math.isnan(val):
+            if self.best is not None:
+                flow.load_state_dict(self.best)
+            kept = (
+                f"weights restored to the best evaluation (step {history.best_step})"
+                if self.best is not None
+                else "no earlier evaluation to restore"
+            )
+            raise NonFiniteLossError(
+                f"nf.fit: the validation loss is NaN at step {done} (the flow gives NaN at some "
+                f"held-out rows); {kept}"
+            )
         history.val_loss.append(val)
         if history.best_val is None or val < history.best_val:
             history.best_val, history.best_step, self.bad = val, done, 0
@@ -510,16 +535,17 @@ def _training_data(
             f"{where}: data and context must have the same number of rows, "
             f"got {x.shape[0]} and {c.shape[0]}"
         )
-    flow._check_x(where, x, c)
+    flow._check_x(where, x, c, names=("data", "context"))
     return x, c, dtype, dev
 
 
 def _steps(where: str, steps: int | None, epochs: int | None, n: int, batch_size: int) -> int:
-    """Optimizer steps from ``steps`` or ``epochs`` (passes over ``n`` rows; default 1000)."""
+    """Optimizer steps from ``steps`` or ``epochs`` (default 1000): an epoch is the ``⌊n/B⌋``
+    full batches of one shuffled order of the ``n`` rows, as :class:`_Batcher` draws them."""
     if steps is not None and epochs is not None:
         raise ValueError(f"{where}: give steps or epochs, not both")
     if epochs is not None:
-        return check_positive_int(where, "epochs", epochs) * math.ceil(n / min(batch_size, n))
+        return check_positive_int(where, "epochs", epochs) * (n // min(batch_size, n))
     return 1000 if steps is None else check_positive_int(where, "steps", steps)
 
 
@@ -572,6 +598,12 @@ def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor
     return torch.cat([flat.sum(0), flat.square().sum(0)]).cpu()
 
 
+def _cuda_rng_state(flow: Flow) -> Tensor | None:
+    """The RNG state of the CUDA device the flow is on (None on other devices)."""
+    device = dtype_device(flow)[1]
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
 def _checkpoint_state(
     flow: Flow,
     loop: _Loop,
@@ -585,10 +617,12 @@ def _checkpoint_state(
     done: int,
     noise: torch.Generator | None,
     data: Tensor,
+    settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
     loads with ``weights_only=True``)."""
     return {
+        "settings": settings,
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(flow.config),
         "seed": seed,
@@ -603,6 +637,9 @@ def _checkpoint_state(
         "best": stopping.best,
         "bad": stopping.bad,
         "rng": torch.get_rng_state(),
+        # the flow's GPU generator too: dequantization noise, Hutchinson probes and the
+        # roulette draws on a CUDA flow come from it
+        "cuda_rng": _cuda_rng_state(flow),
         "noise_rng": None if noise is None else noise.get_state(),
         "objective": history.objective,
         "data": data,
@@ -622,6 +659,7 @@ def _restore(
     n: int,
     noise: torch.Generator | None,
     data: Tensor,
+    settings: dict[str, Any],
 ) -> tuple[History, int]:
     """Put a checkpoint's weights, optimizer, schedule, batch order and RNG back; returns the
     history and the step to continue from. Refused (one line) when it was made for another
@@ -647,6 +685,16 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
             f"on {state['n']} training rows; got steps={steps} on {n} rows"
         )
+    made_with = state.get("settings") or {}  # older checkpoints: not recorded
+    changed = [k for k, v in settings.items() if k in made_with and made_with[k] != v]
+    if changed:
+        was = ", ".join(f"{k}={made_with[k]!r}" for k in changed)
+        now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made with {was}; got {now}: resume "
+            "with the settings it was made with (its optimizer and schedule carry them), or "
+            "give another checkpoint path"
+        )
     made = state.get("objective", "likelihood")  # older checkpoints: maximum likelihood
     objective = "likelihood" if noise is None else "flow_matching"
     if made != objective:
@@ -668,6 +716,9 @@ def _restore(
     batcher.load_state_dict(state["batcher"])
     stopping.best, stopping.bad = state["best"], int(state["bad"])
     torch.set_rng_state(state["rng"])
+    device = dtype_device(flow)[1]
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     if noise is not None and state.get("noise_rng") is not None:
         noise.set_state(state["noise_rng"])
     start = int(state["step"])
@@ -734,7 +785,8 @@ def fit(
         val_weights: Weights of the rows of ``val`` (default: all equal).
         val_fraction: Fraction held out for validation when ``val`` is None (0: none).
         steps: Number of optimizer steps. ``epochs``: alternatively, passes over the training
-            set. Give at most one; default 1000 steps.
+            set, each the ``⌊n/B⌋`` full batches of one shuffle (the fewer than ``B`` rows left
+            over wait for the next shuffle). Give at most one; default 1000 steps.
         batch_size: Minibatch size (capped at the training set size).
         lr, weight_decay: AdamW's learning rate and decoupled weight decay. ``lr=None``: the
             flow's factory's rate (:func:`nfkit.models.learning_rate`: 1e-3, 5e-3 for BNAF).
@@ -770,6 +822,8 @@ def fit(
     lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    if clip is not None:
+        check_number(where, "clip", clip, 0.0, inclusive=True)
     check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
     if val_fraction >= 1:
         raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
@@ -809,6 +863,15 @@ def fit(
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
+    settings = {  # what a resumed run must share with the checkpoint's
+        "lr": lr,
+        "batch_size": min(batch_size, n),
+        "eval_every": eval_every,
+        "schedule": schedule,
+        "clip": float(clip or 0.0),
+        "weight_decay": weight_decay,
+        "patience": patience,
+    }
     rank, world = rank_and_world()
     if world > 1 and min(batch_size, n) % world:
         raise ValueError(
@@ -842,9 +905,11 @@ def fit(
     if state is not None:
         history, start = _restore(
             where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
-            noise=noise_rng, data=fingerprint,
+            noise=noise_rng, data=fingerprint, settings=settings,
         )  # fmt: skip
         t0 -= history.wall_time
+        if history.stopped_early:  # the run had ended: resuming returns its result
+            start = steps
 
     validate, flow.validate = flow.validate, False
     flow.train()
@@ -884,18 +949,18 @@ def fit(
                         else _flow_matching_val(matching, xv, cv, val_noise, wv)
                     )
                     stop = stopping.update(history, _broadcast_float(val, world, dev), done, flow)
+                history.stopped_early = stop  # in the checkpoint: a resumed run ends here too
                 history.wall_time = time.perf_counter() - t0
                 if checkpoint is not None and rank == 0:
                     state = _checkpoint_state(
                         flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
-                        done=done, noise=noise_rng, data=fingerprint,
+                        done=done, noise=noise_rng, data=fingerprint, settings=settings,
                     )  # fmt: skip
                     atomic_save(state, checkpoint)
                 loop.postfix(history)
                 if callback is not None and rank == 0:
                     callback(history)
                 if stop:
-                    history.stopped_early = True
                     break
         if stopping.best is not None:
             flow.load_state_dict(stopping.best)
@@ -927,6 +992,7 @@ def _importance(
     log q)``), per context for a batch of contexts (each its own target and normalizer)."""
     draws = weighted_draws("nf.fit_vi", flow, log_density, context, n, chunk)
     lw = torch.cat([w.reshape(w.shape[0], -1) for _, w in draws])  # (n, contexts)
+    check_log_weights("nf.fit_vi", lw)
     if context is None or context.dim() == 1:
         history.ess, history.log_normalizer, history.pareto_k = weight_summary(lw.flatten())
         history.log_normalizer_se = log_normalizer_se(history.ess, lw.numel())
@@ -1003,6 +1069,8 @@ def fit_vi(
     lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    if isinstance(context, np.ndarray):  # as nf.fit takes it
+        context = torch.tensor(np.array(context, dtype=np.float64))
     if context is not None:
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
@@ -1058,6 +1126,9 @@ def _fit_vi(
         device=dev,
     )
     history = History(objective="reverse_kl")
+    for module in flow.modules():  # trained from samples: no data for ActNorm's init
+        if isinstance(module, ActNorm):
+            module.mark_initialized()
     t0 = time.perf_counter()
     validate, flow.validate = flow.validate, False
     flow.train()

@@ -58,6 +58,14 @@ class ActNorm(Transform):
             self._needs_init = not bool(flag)
 
     @torch.no_grad()
+    def mark_initialized(self) -> None:
+        """Keep the current ``μ, s`` (no data-dependent init from now on): for a flow trained
+        without data, by :func:`nfkit.fit_vi`, whose trained values a later train-mode forward
+        would otherwise overwrite."""
+        self.initialized.fill_(True)
+        self._needs_init = False
+
+    @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         dims = _reduce_dims(x, self.event_dim)
         self.loc.copy_(x.mean(dims))
