@@ -527,6 +527,7 @@ def _train(
 
     import nfkit as nf
     from nfkit.estimator import make_flow
+    from nfkit.models.gaussianization import fitted_greedily
 
     unknown = [g for g in given if g not in df.columns]
     if unknown:
@@ -698,6 +699,12 @@ def _train(
             val_weights = _tensor(wv.loc[val_df.index].to_frame(), dtype)[:, 0]
         xv = _tensor(val_df[data_cols], dtype)
         val = (xv, _tensor(val_df[given], dtype)) if given else xv
+    if fitted_greedily(flow):  # RBIG: fitted by standardize, no gradient training
+        if weights is not None:
+            raise _UserError("--model rbig is fitted greedily, without --weights")
+        from nfkit.train import History
+
+        return flow.cpu(), History(steps=0)
     history = nf.fit(
         flow,
         x,
@@ -724,6 +731,9 @@ def _train(
 
 def _summary(flow: Any, history: Any, rows: int) -> str:
     model = flow.config.get("flow", flow.config).get("model", "flow")
+    if model == "RBIG":
+        layers = flow.config.get("flow", flow.config).get("layers")
+        return f"fitted RBIG on {rows} rows greedily, without gradients: {layers} layer(s) kept"
     val = ""
     if history.val_nll is not None:  # flow matching: its loss picked the step
         val = (

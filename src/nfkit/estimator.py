@@ -385,7 +385,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         standardization.
         """
         from nfkit.models import Embedded, standardize
-        from nfkit.train import OBJECTIVES, fit
+        from nfkit.models.gaussianization import fitted_greedily
+        from nfkit.train import OBJECTIVES, History, fit
 
         for name in ("flow_", "history_", "discrete_indices_"):  # no stale model if this fails
             self.__dict__.pop(name, None)
@@ -396,6 +397,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.data_indices_ = [i for i in range(n_features) if i not in self.given_indices_]
         self._check_missing("FlowDensity.fit", X)
         weights = None
+        if sample_weight is not None and str(self.model).lower() == "rbig":
+            raise ValueError(
+                "FlowDensity.fit: rbig is fitted greedily, without sample weights; give "
+                "another model"
+            )
         if sample_weight is not None:
             weights = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
@@ -471,23 +477,28 @@ class FlowDensity(DensityMixin, BaseEstimator):
             elif self.bounds is not None or self.discrete is not None:
                 what = "bounds" if self.bounds is not None else "discrete"
                 raise ValueError(f"FlowDensity.fit: {what} need standardize=True")
-            self.history_ = fit(
-                flow,
-                x.to(dtype),
-                context=None if c is None else c.to(dtype),
-                weights=weights,
-                steps=self.steps,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                val_fraction=self.val_fraction,
-                patience=self.patience,
-                progress=self.progress,
-                device=self.device_,
-                seed=seed,
-                objective=self.objective,
-            )
+            elif fitted_greedily(flow):
+                flow.fit(x.to(device=self.device_, dtype=dtype))  # type: ignore[operator]
+            if fitted_greedily(flow):  # fitted above (by standardize): no gradient training
+                self.history_ = History()
+            else:
+                self.history_ = fit(
+                    flow,
+                    x.to(dtype),
+                    context=None if c is None else c.to(dtype),
+                    weights=weights,
+                    steps=self.steps,
+                    epochs=self.epochs,
+                    batch_size=self.batch_size,
+                    lr=self.lr,
+                    weight_decay=self.weight_decay,
+                    val_fraction=self.val_fraction,
+                    patience=self.patience,
+                    progress=self.progress,
+                    device=self.device_,
+                    seed=seed,
+                    objective=self.objective,
+                )
         self.flow_ = flow.double().eval()
         cells = (flow.config.get("discrete") or []) if self.standardize else []
         self.discrete_indices_ = [self.data_indices_[j] for j in cells]

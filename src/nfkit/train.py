@@ -47,6 +47,7 @@ from nfkit.metrics import (
     weighted_draws,
 )
 from nfkit.models._registry import learning_rate
+from nfkit.models.gaussianization import RBIGFlow
 from nfkit.tables import as_tensor
 from nfkit.transforms.normalization import ActNorm
 
@@ -817,6 +818,12 @@ def fit(
         NonFiniteLossError: a NaN/inf loss or gradient; the last good weights are restored.
     """
     where = "nf.fit"
+    if isinstance(flow, RBIGFlow) and not flow.gains:
+        raise ValueError(
+            f"{where}: an RBIG flow is fitted by flow.fit(x), greedily and without gradients "
+            "(nf.fit would train its identity layers by gradient); fit it first, and nf.fit "
+            "may then fine-tune it"
+        )
     x, c, dtype, dev = _training_data(where, flow, data, context, device)
     w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
     lr = learning_rate(flow) if lr is None else lr

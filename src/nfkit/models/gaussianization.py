@@ -3,6 +3,7 @@ gradients, and :func:`GF` (Meng et al. 2020), its gradient-trained counterpart."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -77,7 +78,8 @@ class RBIGFlow(Flow):
         never stop; held-out ones do.
 
         **Stopping test:** fitting stops once ``Δ_ℓ < tol`` for ``patience`` consecutive layers
-        (or after ``layers`` layers); the flow keeps the first ``k ≥ 1`` layers, ``k`` maximizing
+        (or after ``layers`` layers, or at a gain that is ``-inf`` or NaN, counted as ``-inf``:
+        the held-out rows broke down, as with a handful of rows); the flow keeps the first ``k ≥ 1`` layers, ``k`` maximizing
         the held-out log-likelihood ``Σ_{ℓ≤k} Δ_ℓ``. The gains are stored in ``self.gains`` and
         ``k`` in ``self.config["layers"]``, so ``nf.models.build(config)`` plus
         ``load_state_dict`` restores the fitted flow. The flow (layers and base) takes the dtype and
@@ -91,6 +93,12 @@ class RBIGFlow(Flow):
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError("RBIG.fit: x contains NaN or inf values; expected finite numbers")
+        constant = torch.nonzero((x == x[:1]).all(0)).flatten().tolist()
+        if constant:  # (also a column its dtype cannot resolve: 1e4 + 1e-4·N(0, 1) in float32)
+            raise ValueError(
+                f"RBIG.fit: column(s) {', '.join(map(str, constant))} of x are constant in "
+                f"{str(x.dtype).replace('torch.', '')}; a density over them is degenerate"
+            )
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(x.shape[0], generator=generator).to(x.device)
         n_val = min(max(2, round(self.validation * x.shape[0])), x.shape[0] - 2)
@@ -104,7 +112,10 @@ class RBIGFlow(Flow):
             rotation = layers[2 * i + 1].to(y).fit(g)
             y = rotation(g)[0]
             g_val, ladj = marginal(val)
-            gains.append(float((0.5 * (val * val - g_val * g_val).sum(-1) + ladj).mean()))
+            gain = float((0.5 * (val * val - g_val * g_val).sum(-1) + ladj).mean())
+            gains.append(-math.inf if math.isnan(gain) else gain)
+            if gains[-1] == -math.inf:  # the held-out rows broke down (tiny n): stop here
+                break
             val = rotation(g_val)[0]
             below = below + 1 if gains[-1] < self.tol else 0
             if below >= self.patience:
@@ -115,6 +126,13 @@ class RBIGFlow(Flow):
         self.gains = gains
         self.config["layers"] = keep
         return self.to(device=x.device, dtype=x.dtype)  # the base too, with the layers
+
+
+def fitted_greedily(flow: Flow) -> bool:
+    """Whether ``flow`` is an RBIG model (alone or inside :func:`~nfkit.models.standardize`),
+    fitted by :meth:`RBIGFlow.fit` rather than by gradient (``nf.fit``)."""
+    config = flow.config or {}
+    return config.get("model") == "RBIG" or (config.get("flow") or {}).get("model") == "RBIG"
 
 
 @factory

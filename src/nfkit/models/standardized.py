@@ -581,4 +581,24 @@ def standardize(
                 cmean[j], cstd[j] = (low + high) / 2, (high - low) / (2 * math.pi)
             scaler.mean.copy_(cmean.to(**like))
             scaler.scale.copy_(cstd.to(**like))
+    if _unfitted_rbig(flow):  # RBIG fits itself, greedily, on the standardized rows
+        out = _fit_rbig_inside(out, flow, ((x - mean) / std).to(**like))
+    return out
+
+
+def _unfitted_rbig(flow: Flow) -> bool:
+    from nfkit.models.gaussianization import RBIGFlow
+
+    return isinstance(flow, RBIGFlow) and not flow.gains
+
+
+def _fit_rbig_inside(out: Flow, rbig: Flow, y: Tensor) -> Flow:
+    """``out`` (the standardized flow around an unfitted ``rbig``) with ``rbig`` fitted on the
+    standardized rows ``y`` (:meth:`~nfkit.models.RBIGFlow.fit`): its layers in place of the
+    identity ones, its layer count in the config."""
+    old = len(rbig.transform) if isinstance(rbig.transform, Compose) else 1
+    rbig.fit(y)  # type: ignore[operator]
+    front = list(out.transform)[: len(out.transform) - old]  # Bounded, Affine
+    out.transform = Compose(*front, *rbig.transform)
+    out.config["flow"] = dict(rbig.config)
     return out
