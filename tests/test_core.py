@@ -369,6 +369,19 @@ def test_log_prob_under_inference_mode_for_transforms_that_differentiate_inside(
         with torch.inference_mode():
             got = flow.log_prob(x)
         torch.testing.assert_close(got, expected)
+    for flow in (  # sample_and_log_prob too (with a context batch), the same draws as no_grad
+        nf.models.FFJORD(2, context=1, hidden=(8,)),
+        nf.models.ResidualFlow(2, context=1, blocks=1, hidden=(8,), logdet="roulette").train(),
+    ):
+        c = torch.randn(3, 1)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            expected = flow.sample_and_log_prob((), c)
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            got = flow.sample_and_log_prob((), c)
+        torch.testing.assert_close(got, expected)
+        assert not got[0].is_inference()
 
 
 def test_sample_names_a_context_that_is_not_a_tensor() -> None:

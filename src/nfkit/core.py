@@ -583,6 +583,14 @@ class Flow(nn.Module):
 
         ``log p(x) = log p_base(z) - log|det ∂x/∂z|``.
         """
+        if (
+            not torch.compiler.is_compiling()
+            and torch.is_inference_mode_enabled()
+            and autograd_inside(self)
+        ):  # as in log_prob: inside gradients, which inference mode forbids; still no grad
+            with torch.inference_mode(False), torch.no_grad():
+                context = None if context is None else context.clone()
+                return self.sample_and_log_prob(shape_or_n, context)
         shape = self._sample_shape("Flow.sample_and_log_prob", shape_or_n, context)
         context = self._embed(context)
         z = self.base.rsample(shape, context)

@@ -124,6 +124,27 @@ def _load_problem(e: BaseException) -> str:
 # --------------------------------------------------------------------------- models
 
 
+def _with_sampling_settings(config: dict, flow: torch.nn.Module) -> dict:
+    """``config`` with each FFJORD's ``sample_solver``/``sample_steps`` (nested ones too) as the
+    flow's :class:`~nfkit.transforms.ContinuousFlow` layers hold them now: the documented way
+    to change them on a trained flow is to set those attributes."""
+    from nfkit.transforms.continuous import ContinuousFlow
+
+    layer = next((m for m in flow.modules() if isinstance(m, ContinuousFlow)), None)
+    if layer is None:
+        return config
+
+    def synced(c: Any) -> Any:
+        if not isinstance(c, dict):
+            return c
+        out = {k: synced(v) for k, v in c.items()}
+        if out.get("model") == "FFJORD":
+            out["sample_solver"], out["sample_steps"] = layer.sample_solver, layer.sample_steps
+        return out
+
+    return synced(config)
+
+
 def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
     r"""Write ``flow`` (config, weights, standardization, nfkit version) to one file, atomically.
 
@@ -148,7 +169,7 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
     config = None
     if flow.config and "model" in flow.config:
         try:
-            config = json.dumps(flow.config)
+            config = json.dumps(_with_sampling_settings(flow.config, flow))
         except TypeError as e:
             raise ValueError(f"nf.save: flow.config is not JSON-serializable ({e})") from None
     dtypes = {p.dtype for p in flow.state_dict().values() if p.is_floating_point()}

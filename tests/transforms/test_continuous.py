@@ -107,7 +107,7 @@ def test_a_sampling_solver_of_its_own_leaves_the_density_exact() -> None:
         fast = flow.transform.inverse_value(z)
         torch.testing.assert_close(fast, euler.transform.inverse_value(z))
         assert (fast - adaptive.transform.inverse_value(z)).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="sample_solver must be one of"):
+    with pytest.raises(ValueError, match="sample_solver must be None or one of"):
         nf.models.FFJORD(2, sample_solver="heun")
 
 
@@ -158,3 +158,18 @@ def test_config_rebuilds_and_errors() -> None:
         ContinuousFlow(2)(torch.randn(3, 4))
     with pytest.raises(ValueError, match="expected a context of last dim 1"):
         ContinuousFlow(2, context=1)(torch.randn(3, 2))
+
+
+def test_sample_solver_set_on_a_trained_flow_is_checked_and_saved(tmp_path) -> None:
+    """The documented way to change sampling's solver after training (set the layer's
+    attributes) is checked when set and survives nf.save/nf.load, also inside standardize."""
+    flow = nf.models.standardize(nf.models.FFJORD(2, hidden=(8,)), torch.randn(100, 2))
+    (layer,) = [m for m in flow.modules() if isinstance(m, nf.transforms.ContinuousFlow)]
+    layer.sample_solver, layer.sample_steps = "rk4", 4
+    loaded = nf.load(nf.save(flow, tmp_path / "m.pt"))
+    (again,) = [m for m in loaded.modules() if isinstance(m, nf.transforms.ContinuousFlow)]
+    assert (again.sample_solver, again.sample_steps) == ("rk4", 4)
+    with pytest.raises(ValueError, match="sample_solver must be None or one of"):
+        layer.sample_solver = "rk-4"
+    with pytest.raises(ValueError, match="sample_steps must be"):
+        layer.sample_steps = 0

@@ -175,16 +175,13 @@ class ContinuousFlow(Transform):
             raise ValueError(
                 f"{where}: noise must be 'rademacher' or 'gaussian', got {shown(noise)}"
             )
-        for name, value in (("solver", solver), ("sample_solver", sample_solver or solver)):
-            if value not in _SOLVERS:
-                raise ValueError(f"{where}: {name} must be one of {_SOLVERS}, got {shown(value)}")
+        if solver not in _SOLVERS:
+            raise ValueError(f"{where}: solver must be one of {_SOLVERS}, got {shown(solver)}")
         for name, value in (("atol", atol), ("rtol", rtol), ("t1", t1)):
             check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)
-        self.sample_solver = sample_solver
-        self.sample_steps = None
-        if sample_steps is not None:
-            self.sample_steps = check_positive_int(where, "sample_steps", sample_steps)
+        self.sample_solver = sample_solver  # (checked by the properties below)
+        self.sample_steps = sample_steps
         self.time_dependent = bool(time_dependent)
         self.time_features = check_positive_int(where, "time_features", time_features, minimum=0)
         if self.time_features and not self.time_dependent:
@@ -197,6 +194,32 @@ class ContinuousFlow(Transform):
         times = (1 + 2 * self.time_features) if self.time_dependent else 0
         inputs = features + times + self.context_features
         self.net = MLP(inputs, features, hidden, activation=nn.Tanh)
+
+    @property
+    def sample_solver(self) -> str | None:
+        """Sampling's solver (None: :attr:`solver`); may be set on a trained flow, checked
+        when set, and recorded by ``nf.save`` in an FFJORD model's config."""
+        return self._sample_solver
+
+    @sample_solver.setter
+    def sample_solver(self, value: str | None) -> None:
+        if value is not None and value not in _SOLVERS:
+            raise ValueError(
+                f"ContinuousFlow: sample_solver must be None or one of {_SOLVERS}, got {shown(value)}"
+            )
+        self._sample_solver = value
+
+    @property
+    def sample_steps(self) -> int | None:
+        """Sampling's fixed-step count (None: :attr:`steps`); set and saved like
+        :attr:`sample_solver`."""
+        return self._sample_steps
+
+    @sample_steps.setter
+    def sample_steps(self, value: int | None) -> None:
+        self._sample_steps = (
+            None if value is None else check_positive_int("ContinuousFlow", "sample_steps", value)
+        )
 
     def _solve(
         self, x: Tensor, context: Tensor | None, t0: float, t1: float, where: str,
