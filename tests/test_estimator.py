@@ -138,6 +138,8 @@ def test_given_by_index_and_per_row_context() -> None:
             ValueError,
             r"hidden must be a sequence of positive ints, got \(8.9,\)",
         ),
+        ({"model": "glow"}, ValueError, r"Glow is an image flow \(events of shape \(C, H, W\)\)"),
+        ({"model": "MultiscaleRealNVP"}, ValueError, "MultiscaleRealNVP is an image flow"),
     ],
 )
 def test_bad_settings_are_one_line(kwargs: dict, error: type, message: str) -> None:

@@ -25,7 +25,12 @@ def model_names() -> dict[str, str]:
     wrappers of another flow's config, ``Standardized`` and ``Embedded``)."""
     from nfkit.models import FACTORIES
 
-    return {name.lower(): name for name in FACTORIES if name not in ("Standardized", "Embedded")}
+    skipped = ("Standardized", "Embedded", *IMAGE_MODELS)
+    return {name.lower(): name for name in FACTORIES if name not in skipped}
+
+
+IMAGE_MODELS = ("Glow", "MultiscaleRealNVP")
+"""Factories of image flows (events ``(C, H, W)``): not models of a table's rows."""
 
 
 # the parameter that ``transforms`` sets, where it is not ``transforms`` or ``layers``
@@ -54,6 +59,12 @@ def make_flow(
 
     names = model_names()
     key = str(model).lower()
+    image = [name for name in IMAGE_MODELS if name.lower() == key]
+    if image:
+        raise ValueError(
+            f"{where}: {image[0]} is an image flow (events of shape (C, H, W)), not a model of "
+            f"a table's rows; choose from {', '.join(sorted(names))}"
+        )
     if key not in names:
         raise ValueError(
             f"{where}: unknown model {shown(model)}; choose from {', '.join(sorted(names))}"

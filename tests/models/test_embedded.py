@@ -318,3 +318,14 @@ def test_padded_sets_from_the_command_line_and_the_estimator(tmp_path, capsys) -
     half[0, 2] = np.nan  # half of the first two-number element
     with pytest.raises(ValueError, match="context holds a partly missing set element"):
         two.fit(half)
+
+
+def test_a_wrapped_inner_config_is_refused() -> None:
+    """A standardized (or discrete) inner flow's config would lose its statistics and its
+    discrete columns silently: refused, pointing at standardize(Embedded(...))."""
+    x, c = torch.randn(50, 2), torch.randn(50, 4)
+    x[:, 0] = x[:, 0].round()
+    wrapped = nf.models.standardize(nf.models.MAF(2, context=3, transforms=1, hidden=(8,)), x,
+                                    c[:, :3], discrete=[0])  # fmt: skip
+    with pytest.raises(ValueError, match="the inner flow's config is a Standardized wrapper"):
+        nf.models.Embedded(2, flow=wrapped.config, context=4)

@@ -69,6 +69,12 @@ def Embedded(
     hidden = check_hidden(where, hidden)
     if not isinstance(flow, dict) or "model" not in flow:
         raise TypeError(f"{where}: flow must be an inner flow's config dict with a 'model'")
+    if flow["model"] in ("Standardized", "Embedded"):  # their statistics (or discrete
+        # columns, a DequantizedFlow) would be lost: only the config is used
+        raise ValueError(
+            f"{where}: the inner flow's config is a {flow['model']} wrapper; give the plain "
+            "model's config and wrap the result (nf.models.standardize(Embedded(...), x, c))"
+        )
     inner = build(flow)
     _check_inner(where, inner, features, inner.context_features)  # the event shape
     if inner.context_features < 1:

@@ -633,7 +633,10 @@ class UMNNTransformer(nn.Module, Transformer):
     The integral over ``[0, x]`` is Clenshaw–Curtis quadrature with ``nodes + 1`` points (nodes
     and weights computed in float64, then cast), vectorized over batch and features. Log-det:
     ``log g(x; h)``, exact (no quadrature); it equals the derivative of the computed map up to the
-    quadrature error, which for the default 48 nodes on ``[-5, 5]`` is far below ``1e-6``.
+    quadrature error, which for the default 48 nodes on ``[-5, 5]`` is far below ``1e-6`` for a
+    smooth integrand (an initialized or trained network: 1e-15 with weights perturbed by
+    ``N(0, 0.3²)``) and grows for a rough one (4.5e-3 at ``x = ±5`` with weights perturbed by
+    ``N(0, 1)``): raise ``nodes`` if the integrand oscillates.
     Tails: outside ``[-bound, bound]`` the map is linear with slope ``g(±bound; h)``, so values and
     gradients stay finite for any finite input.
 

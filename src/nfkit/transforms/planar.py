@@ -117,10 +117,10 @@ class Radial(Transform):
         return p[..., :d], alpha, beta
 
     def _ladj(self, r: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        # log(1 + βh)^(D-1) + log(1 + βh + βh' r), h' = -h²: the second is 1 + βh(1 - hr) =
+        # 1 + αβh², which stays finite where r overflows to inf (βh - βh²r was 0 - 0·inf, NaN)
         h = 1 / (alpha + r)
-        return (self.features - 1) * torch.log1p(beta * h) + torch.log1p(
-            beta * h - beta * h * h * r
-        )
+        return (self.features - 1) * torch.log1p(beta * h) + torch.log1p(alpha * beta * h * h)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x0, alpha, beta = self._unpack(context)
@@ -172,8 +172,10 @@ class Sylvester(Transform):
     ) -> None:
         super().__init__()
         d = self.features = check_positive_int("Sylvester", "features", features)
-        m = self.rank = check_positive_int("Sylvester", "rank", rank or d)
-        k = self.reflections = check_positive_int("Sylvester", "reflections", reflections or d)
+        m = self.rank = check_positive_int("Sylvester", "rank", d if rank is None else rank)
+        k = self.reflections = check_positive_int(
+            "Sylvester", "reflections", d if reflections is None else reflections
+        )
         if m > d:
             raise ValueError(f"Sylvester: rank must be <= features ({d}), got {m}")
         g = torch.Generator().manual_seed(seed)
