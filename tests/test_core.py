@@ -432,3 +432,66 @@ def test_check_transform_names_a_missing_autograd_inside() -> None:
     t = Undeclared(2, hidden=(8,)).double()
     with pytest.raises(AssertionError, match="must set autograd_inside = True"):
         nf.testing.check_transform(t, torch.randn(4, 2, dtype=torch.float64), jacobian=False)
+
+
+def test_a_transform_of_another_width_than_the_base_is_refused() -> None:
+    """Coupling(3) in front of a 4-feature base dropped a column silently (finite densities
+    on a 3-feature slice, 3-column samples); every entry point now names the mismatch, and
+    the layers themselves refuse the wrong width."""
+    t = nf.transforms
+
+    class FirstThree(nf.Transform):  # built for another width: keeps 3 columns of any input
+        def forward(self, x, context=None):
+            return x[..., :3], x.new_zeros(x.shape[:-1])
+
+        def inverse(self, z, context=None):
+            return z[..., :3], z.new_zeros(z.shape[:-1])
+
+    flow = nf.Flow(FirstThree(), nf.distributions.StandardNormal(4))
+    for call, where in (
+        (lambda: flow.log_prob(torch.randn(5, 4)), "Flow.log_prob"),
+        (lambda: flow.sample(2), "Flow.sample"),
+        (lambda: flow.rsample(2), "Flow.rsample"),
+        (lambda: flow.sample_and_log_prob(2), "Flow.sample_and_log_prob"),
+    ):
+        with pytest.raises(ValueError, match=f"{where}: the transform maps .* event shape "
+                           r"\(3,\), but the base's is \(4,\)"):  # fmt: skip
+            call()
+    for d_layer, d_base in ((3, 4), (4, 3)):
+        coupling = nf.Flow(t.Coupling(d_layer, t.AffineTransformer()),
+                           nf.distributions.StandardNormal(d_base))  # fmt: skip
+        for call in (
+            lambda: coupling.log_prob(torch.randn(5, d_base)),
+            lambda: coupling.sample(2),
+        ):
+            with pytest.raises(ValueError, match=f"Coupling: .* must have {d_layer} features"):
+                call()
+    with pytest.raises(ValueError, match=r"Permutation: x must have 3 features along dim -1"):
+        t.Permutation(3)(torch.randn(2, 4))
+
+
+def test_actnorm_inside_an_inverse_initializes_from_data_and_not_from_samples() -> None:
+    """IAF style (``Compose(ActNorm, ...).inv``): the data reach ActNorm through its inverse,
+    which initializes it (standardized output); sampling in train mode (its forward) no
+    longer re-initializes the trained layer from the base's draws."""
+    t = nf.transforms
+    inner = nf.models.MAF(2, transforms=1, hidden=(8,))
+    flow = nf.Flow(nf.Compose(t.ActNorm(2), inner.transform).inv, inner.base)
+    (norm,) = [m for m in flow.modules() if isinstance(m, t.ActNorm)]
+    x = torch.randn(500, 2) * 3 + 5
+    z, _ = norm.inverse(x)  # train mode: the data-dependent init, through the inverse
+    assert bool(norm.initialized)
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2), atol=1e-5, rtol=0)
+    fresh = nf.Flow(nf.Compose(t.ActNorm(2), inner.transform).inv, inner.base)
+    fresh.sample(100)  # train mode, before any data: sampling leaves it uninitialized
+    assert not bool([m for m in fresh.modules() if isinstance(m, t.ActNorm)][0].initialized)
+    nf.fit(flow, x, steps=30, progress=False, seed=0)
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    flow.train()
+    flow.sample(100)
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    twice = t.ActNorm(2)
+    nf.Inverse(nf.Inverse(twice))  # inverted twice: the data come through forward again
+    twice(torch.randn(10, 2) + 3)
+    assert bool(twice.initialized)

@@ -261,3 +261,18 @@ def test_load_into_names_the_first_difference(tmp_path) -> None:
     same = nf.load(tmp_path / "m.pt", into=nf.models.MAF(2, transforms=2, hidden=(8,)))
     x = torch.randn(5, 2)
     torch.testing.assert_close(same.log_prob(x), nf.load(tmp_path / "m.pt").log_prob(x))
+
+
+def test_load_into_refuses_another_transformer_of_the_same_width(tmp_path) -> None:
+    """Transformers hold no weights of their own: a DSF coupling's file (9 parameters per
+    column) loaded into a Bernstein coupling of the same width, silently changing the
+    density; the outline now records each layer's transformer and its settings."""
+    t = nf.transforms
+    base = nf.distributions.StandardNormal(2)
+    saved = nf.save(nf.Flow(t.Coupling(2, t.DSFTransformer(hidden=3)), base), tmp_path / "m.pt")
+    for other in (t.BernsteinTransformer(degree=8), t.DSFTransformer(hidden=3, bound=1.0)):
+        with pytest.raises(ValueError, match="holds another architecture than into: the file has "
+                           r"'transform: Coupling \[DSFTransformer\(hidden=3"):  # fmt: skip
+            nf.load(saved, into=nf.Flow(t.Coupling(2, other), base))
+    same = nf.Flow(t.Coupling(2, t.DSFTransformer(hidden=3)), base)
+    assert nf.load(saved, into=same) is same

@@ -15,3 +15,14 @@ def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
     if torch.compiler.is_compiling():
         return torch.broadcast_shapes(a, b)
     return a if a == b else torch.broadcast_shapes(a, b)
+
+
+def check_size(where: str, x: torch.Tensor, dim: int, size: int, name: str = "x") -> None:
+    """``x.shape[dim] == size`` (the features a layer was built for), else a one-line error:
+    ``index_select`` with a shorter index would drop columns silently."""
+    enough_dims = x.dim() >= (-dim if dim < 0 else dim + 1)
+    if not enough_dims or x.shape[dim] != size:
+        raise ValueError(
+            f"{where}: {name} must have {size} features along dim {dim}, got shape "
+            f"{tuple(x.shape)}"
+        )

@@ -68,6 +68,11 @@ class Transform(nn.Module, abc.ABC):
         evaluates a batch in one pass rather than in cache-sized blocks."""
         return False
 
+    def _on_inverted(self) -> None:
+        """Called on every transform inside an :class:`Inverse` when it is built: from then on
+        the data reach this one through :meth:`inverse` (``ActNorm`` moves its data-dependent
+        initialization there). Nothing by default."""
+
     @abc.abstractmethod
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data → latent: returns ``(z, log|det ∂z/∂x|)``."""
@@ -99,6 +104,9 @@ class Inverse(Transform):
         self.event_dim = transform.event_dim
         self.domain = transform.codomain
         self.codomain = transform.domain
+        for module in transform.modules():  # their data now arrive through their inverse
+            if isinstance(module, Transform):
+                module._on_inverted()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform.inverse(x, context)
@@ -445,7 +453,20 @@ class Flow(nn.Module):
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         context = self._embed(context)
         z, ladj = self.transform(x, context)
+        self._check_event("Flow.log_prob", z, "maps x to")
         return self.base.log_prob(z, context) + ladj
+
+    def _check_event(self, where: str, t: Tensor, what: str) -> None:
+        """The transform's output ``t`` has the base's event shape (a transform built for
+        another number of features, such as ``Coupling(3, ...)`` in front of a 4-feature base,
+        would otherwise drop or misread columns silently). Shapes only: no sync."""
+        ev = self.event_shape
+        if tuple(t.shape[t.dim() - len(ev) :]) != tuple(ev) or t.dim() < len(ev):
+            raise ValueError(
+                f"{where}: the transform {what} event shape {tuple(t.shape[t.dim() - len(ev) :])}, "
+                f"but the base's is {tuple(ev)}: the transform and the base disagree on the "
+                "number of features"
+            )
 
     def log_prob(
         self, x: Tensor, context: Tensor | None = None, *, chunk_size: int | None = CHUNK_SIZE
@@ -526,7 +547,9 @@ class Flow(nn.Module):
         z = self.base.rsample(shape, context)
         if not torch.compiler.is_compiling() and z.numel() == 0:
             return z.new_zeros((*shape, *self.event_shape))  # no row: nothing runs
-        return self.transform.inverse_value(z, context)
+        x = self.transform.inverse_value(z, context)
+        self._check_event(where, x, "maps the base's draws to")
+        return x
 
     def rsample(
         self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None
@@ -598,6 +621,7 @@ class Flow(nn.Module):
             return z.new_zeros((*shape, *self.event_shape)), z.new_zeros(shape)
         log_pz = self.base.log_prob(z, context)
         x, ladj = self.transform.inverse(z, context)
+        self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
         return x, log_pz - ladj
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:

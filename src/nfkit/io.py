@@ -187,8 +187,28 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
 
 
 def _outline(flow: torch.nn.Module) -> list[str]:
-    """Every submodule as ``"name: Class"``: what a weights-only file checks its target against."""
-    return [f"{name or '.'}: {type(m).__qualname__}" for name, m in flow.named_modules()]
+    """Every submodule as ``"name: Class"``, with ``" [transformer]"`` (its repr: class and
+    settings) for a module that holds an elementwise transformer (a dataclass, not a
+    submodule, whose kind and settings the weights alone do not tell): what a weights-only
+    file checks its target against."""
+    from nfkit.transforms.transformers import Transformer
+
+    out = []
+    for name, m in flow.named_modules():
+        entry = f"{name or '.'}: {type(m).__qualname__}"
+        transformer = getattr(m, "transformer", None)
+        if isinstance(transformer, Transformer):
+            entry += f" [{transformer!r}]"
+        out.append(entry)
+    return out
+
+
+def _same_entry(saved: str | None, built: str | None) -> bool:
+    """Outline entries agree (a file written before transformers were outlined has none: its
+    entry matches the module's class alone)."""
+    if saved is None or built is None:
+        return saved == built
+    return saved == built or ("[" not in saved and built.split(" [", 1)[0] == saved)
 
 
 def load(
@@ -272,7 +292,7 @@ def _architecture(
         saved = payload.get("outline")
         if saved is not None:
             for a, b in itertools.zip_longest(saved, _outline(into)):
-                if a != b:
+                if not _same_entry(a, b):
                     raise ValueError(
                         f"{where}: {str(path)!r} holds another architecture than into: the file "
                         f"has {a or 'nothing'!r} where into has {b or 'nothing'!r}"

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, shown
-from nfkit._shapes import broadcast_shapes
+from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
 from nfkit.transforms.functional import sum_event
@@ -166,6 +166,7 @@ class Coupling(Transform):
 
     def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``(x_a, x_b, θ(x_a, c))``: the conditioning part, the transformed part, its parameters."""
+        check_size("Coupling", x, self.dim, len(self.perm_back))
         x_a = x.index_select(self.dim, self.idx_a)
         return x_a, x.index_select(self.dim, self.idx_b), self._params(x_a, context)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfkit._checks import as_int, check_positive_int, shown
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
@@ -60,9 +61,11 @@ class Permutation(Transform):
         self.register_buffer("perm_inv", torch.argsort(perm_t))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Permutation", x, self.dim, len(self.perm))
         return x.index_select(self.dim, self.perm), _zeros_ladj(x, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Permutation", z, self.dim, len(self.perm), "z")
         return z.index_select(self.dim, self.perm_inv), _zeros_ladj(z, self.event_dim)
 
 

@@ -27,7 +27,9 @@ class ActNorm(Transform):
 
     ``ladj = -Σ s`` (times ``H · W`` for images). Data-dependent initialization: the first
     forward in train mode sets ``μ`` and ``s`` to the batch mean and log-std, so the output starts
-    standardized; the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
+    standardized (inside an :class:`~nfkit.Inverse`, e.g. an IAF-style ``Compose(ActNorm,
+    ...).inv``, the data come through :meth:`inverse`, which then initializes instead, and
+    sampling never does); the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
     mirror of that flag (updated by ``load_state_dict``) keeps the train-mode forward free of a
     device-to-host sync.
 
@@ -46,6 +48,10 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(d))
         self.register_buffer("initialized", torch.tensor(False))
         self._needs_init = True
+        self._inverted = False  # inside an Inverse: the data come through inverse()
+
+    def _on_inverted(self) -> None:
+        self._inverted = not self._inverted
 
     @property
     def batch_coupled(self) -> bool:
@@ -66,11 +72,20 @@ class ActNorm(Transform):
         self._needs_init = False
 
     @torch.no_grad()
-    def _initialize(self, x: Tensor) -> None:
+    def _initialize(self, x: Tensor, inverse: bool = False) -> None:
+        """``μ, s`` from the batch ``x`` so that the output starts standardized: ``μ = mean``,
+        ``s = log std`` for the forward; for data through the inverse (``x · e^s + μ``),
+        ``s = -log std``, ``μ = -mean / std``."""
         dims = _reduce_dims(x, self.event_dim)
-        self.loc.copy_(x.mean(dims))
+        mean = x.mean(dims)
         std = x.std(dims, unbiased=False) if x[..., 0].numel() > 1 else torch.ones_like(self.loc)
-        self.log_scale.copy_(torch.log(std.clamp_min(1e-6)))
+        log_std = torch.log(std.clamp_min(1e-6))
+        if inverse:
+            self.loc.copy_(-mean * torch.exp(-log_std))
+            self.log_scale.copy_(-log_std)
+        else:
+            self.loc.copy_(mean)
+            self.log_scale.copy_(log_std)
         self.initialized.fill_(True)
         self._needs_init = False
 
@@ -79,8 +94,8 @@ class ActNorm(Transform):
         return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init and x.numel() > 0:  # not from an empty batch
-            self._initialize(x)
+        if self.training and self._needs_init and not self._inverted and x.numel() > 0:
+            self._initialize(x)  # (not from an empty batch, nor from samples when inverted)
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
             _feature_view(self.log_scale, self.event_dim),
@@ -88,6 +103,8 @@ class ActNorm(Transform):
         return (x - loc) * torch.exp(-log_scale), -self._ladj(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and self._needs_init and self._inverted and z.numel() > 0:
+            self._initialize(z, inverse=True)  # inside an Inverse: the data arrive here
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
             _feature_view(self.log_scale, self.event_dim),
