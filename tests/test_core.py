@@ -460,12 +460,10 @@ def test_a_transform_of_another_width_than_the_base_is_refused() -> None:
     for d_layer, d_base in ((3, 4), (4, 3)):
         coupling = nf.Flow(t.Coupling(d_layer, t.AffineTransformer()),
                            nf.distributions.StandardNormal(d_base))  # fmt: skip
-        for call in (
-            lambda: coupling.log_prob(torch.randn(5, d_base)),
-            lambda: coupling.sample(2),
-        ):
-            with pytest.raises(ValueError, match=f"Coupling: .* must have {d_layer} features"):
-                call()
+        with pytest.raises(ValueError, match=f"Coupling: x must have {d_layer} features"):
+            coupling.log_prob(torch.randn(5, d_base))
+        with pytest.raises(ValueError, match=f"Coupling: x must have {d_layer} features"):
+            coupling.sample(2)
     with pytest.raises(ValueError, match=r"Permutation: x must have 3 features along dim -1"):
         t.Permutation(3)(torch.randn(2, 4))
 
