@@ -75,6 +75,51 @@ def test_check_transform_catches(broken: str, message: str) -> None:
         check_transform(Doubling(**{broken: True}), X)
 
 
+class Scaling(nf.Transform):
+    """``z = x · e^s + t`` with trainable ``s, t``; ``detach`` cuts one value from its
+    parameter's graph, right in value, wrong in gradient."""
+
+    def __init__(self, detach: str = "") -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
+        self.t = nn.Parameter(torch.tensor([0.5, 1.0, -1.0], dtype=torch.float64))
+        self.detach = detach
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        s = self.s.detach() if self.detach == "ladj" else self.s
+        return x * torch.exp(self.s) + self.t, s.sum().expand(x.shape[:-1])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        t = self.t.detach() if self.detach == "inverse" else self.t
+        return (z - t) * torch.exp(-self.s), -self.s.sum().expand(z.shape[:-1])
+
+
+def test_check_transform_catches_a_value_cut_from_its_parameters() -> None:
+    """Right values, a cut graph: a log-det or an inverse whose value is right but carries no
+    gradient to a parameter (nf.fit then trains the wrong objective). Caught by the
+    parameter check (f), which the value checks cannot do."""
+    report = check_transform(Scaling(), X)
+    assert report["parameter_gradient_error"] < 1e-8
+    for part, direction in (("ladj", "forward"), ("inverse", "inverse")):
+        with pytest.raises(AssertionError, match=f"^Scaling: the {direction} direction's "
+                           "gradient with respect to the parameters differs"):  # fmt: skip
+            check_transform(Scaling(detach=part), X)
+        check_transform(Scaling(detach=part), X, parameters=False)  # the values are right
+
+
+def test_check_transform_hints_at_float64_and_checks_the_inverse_ladj_shape() -> None:
+    with pytest.raises(AssertionError, match="use float64 inputs"):
+        check_transform(Doubling(ladj=True), X.float())
+
+    class Unsummed(Doubling):
+        def inverse(self, z, context=None):
+            x, ladj = super().inverse(z, context)
+            return x, ladj[..., None].expand(z.shape) / z.shape[-1]
+
+    with pytest.raises(AssertionError, match=r"ladj of the inverse has shape \(6, 3\), expected"):
+        check_transform(Unsummed(), X)
+
+
 def test_check_transform_wants_the_context_batch() -> None:
     """A conditional transform's ``ladj`` has the broadcast batch of ``x`` and the context;
     one that ignores a context of batch (4, 1) against x of (6,) is caught."""

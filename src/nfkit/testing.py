@@ -64,8 +64,9 @@ def _close(
     if not bool(torch.isfinite(got).all()):
         raise AssertionError(f"{where}: {name} has non-finite values")
     if not bool((err <= tol).all()):
+        allowed = f"{atol:g}" if not rtol else f"{atol:g} + {rtol:g}·|reference|"
         raise AssertionError(
-            f"{where}: {name} differs by up to {err.max().item():.3g} (tolerance {atol:g})"
+            f"{where}: {name} differs by up to {err.max().item():.3g} (tolerance {allowed})"
         )
 
 
@@ -77,16 +78,45 @@ def check_transform(
     atol_inverse: float = 1e-8,
     atol_ladj: float = 1e-6,
     jacobian: bool = True,
+    parameters: bool = True,
 ) -> dict[str, float]:
     r"""Check a transform at ``x`` (use float64). Raises ``AssertionError`` naming what failed.
 
-    Checks: (a) ``inverse(forward(x)) ≈ x``, and ``inverse_value(z)`` (no autograd; and under
-    ``torch.inference_mode()``, as :meth:`~nfkit.Flow.sample` runs it, unless
-    :attr:`~nfkit.Transform.autograd_inside`) equals ``inverse(z)[0]``; (b) ``ladj ≈ log|det J|``
-    by autograd, per event; (c) ``ladj_inverse(z) ≈ -ladj(x)``; (d) ``ladj`` has the batch shape
-    of ``x`` (broadcast with the context's).
+    Checks, in this order: (a) the shapes: ``ladj`` of each direction has the batch shape of
+    ``x`` (broadcast with the context's), ``z`` that batch plus an event of ``x``'s size;
+    (b) ``inverse(forward(x)) ≈ x``; (c) ``ladj ≈ log|det J|`` of the autograd Jacobian, per
+    event (the forward's log-det); (d) ``ladj_inverse(z) ≈ -ladj(x)`` (the inverse's);
+    (e) ``inverse_value(z)`` (no autograd; and under ``torch.inference_mode()``, as
+    :meth:`~nfkit.Flow.sample` runs it, unless :attr:`~nfkit.Transform.autograd_inside`)
+    equals ``inverse(z)[0]``; (f) with ``parameters`` (float64 only), the gradients with
+    respect to the transform's parameters: along a random direction ``v``, the autograd
+    derivative of ``Σ r·z + Σ ladj`` (forward) and of ``Σ r'·x + Σ ladj_inverse`` (inverse at
+    the fixed ``z``; ``r, r'`` random) equals the central difference ``(f(θ + εv) - f(θ -
+    εv)) / 2ε`` (each evaluation with the same random seed): a log-det or an inverse whose
+    value is right but whose graph is cut from a parameter (``.detach()``, a ``.data`` read)
+    trains the wrong objective, and (b)–(e) cannot see it.
     Returns the largest errors seen, for reporting.
     """
+    try:
+        return _check_transform(t, x, context, atol_inverse, atol_ladj, jacobian, parameters)
+    except AssertionError as e:
+        if x.dtype != torch.float64:
+            raise AssertionError(
+                f"{e} (checked in {str(x.dtype).replace('torch.', '')}: use float64 inputs "
+                "and a float64 transform for these tolerances)"
+            ) from None
+        raise
+
+
+def _check_transform(
+    t: Transform,
+    x: Tensor,
+    context: Tensor | None,
+    atol_inverse: float,
+    atol_ladj: float,
+    jacobian: bool,
+    parameters: bool,
+) -> dict[str, float]:
     name = type(t).__name__
     event_dim = t.event_dim
     z, ladj = t(x, context)
@@ -108,12 +138,28 @@ def check_transform(
             f"{name}: z has shape {tuple(z.shape)}, expected batch {tuple(batch)} + event"
         )
     x_back, ladj_inv = t.inverse(z, context)
+    if tuple(ladj_inv.shape) != tuple(batch):
+        raise AssertionError(
+            f"{name}: ladj of the inverse has shape {tuple(ladj_inv.shape)}, expected "
+            f"{tuple(batch)} (summed over the event)"
+        )
     _close(
         name, "inverse(forward(x))", x_back, x.expand_as(x_back), atol_inverse, rtol=atol_inverse
     )
+    report = {"inverse_error": (x_back - x).abs().max().item()}
+    if jacobian:  # the forward's log-det first: a wrong one then is not blamed on the inverse
+        xb = x.expand(*batch, *x.shape[x.dim() - event_dim :])
+        ref = jacobian_logdet(lambda u: t(u, context)[0], xb, event_dim)
+        _close(name, "ladj vs autograd log|det J|", ladj, ref, atol_ladj, rtol=atol_ladj)
+        report["ladj_error"] = (ladj - ref).abs().max().item()
     _close(
-        name, "ladj(inverse) + ladj(forward)", ladj_inv + ladj, torch.zeros_like(ladj), atol_ladj
+        name,
+        "ladj(inverse) + ladj(forward)",  # (after (c): a gap here is the inverse's)
+        ladj_inv + ladj,
+        torch.zeros_like(ladj),
+        atol_ladj,
     )
+    report["symmetry_error"] = (ladj_inv + ladj).abs().max().item()
     with torch.no_grad():  # the value-only inverse (sampling) skips work only without autograd
         x_value = t.inverse_value(z, context)
     _close(
@@ -141,16 +187,67 @@ def check_transform(
             atol_inverse,
             rtol=atol_inverse,
         )
-    report = {
-        "inverse_error": (x_back - x).abs().max().item(),
-        "symmetry_error": (ladj_inv + ladj).abs().max().item(),
-    }
-    if jacobian:
-        xb = x.expand(*batch, *x.shape[x.dim() - event_dim :])
-        ref = jacobian_logdet(lambda u: t(u, context)[0], xb, event_dim)
-        _close(name, "ladj vs autograd log|det J|", ladj, ref, atol_ladj, rtol=atol_ladj)
-        report["ladj_error"] = (ladj - ref).abs().max().item()
+    if parameters and x.dtype == torch.float64:
+        report["parameter_gradient_error"] = _check_parameter_gradients(
+            name, t, x, z.detach(), context, atol_ladj
+        )
     return report
+
+
+def _check_parameter_gradients(
+    name: str, t: Transform, x: Tensor, z: Tensor, context: Tensor | None, atol: float
+) -> float:
+    """(f) of :func:`check_transform`: autograd against central differences along a random
+    direction of the parameters, for the forward and the inverse; the largest relative gap."""
+    params = [p for p in t.parameters() if p.requires_grad and p.dtype == torch.float64]
+    if not params:
+        return 0.0
+    g = torch.Generator().manual_seed(0)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]
+    r_z = torch.randn(z.shape, generator=g, dtype=z.dtype).to(z.device)
+    r_x = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+    devices = [x.device] if x.device.type == "cuda" else []
+    worst = 0.0
+    for what, run in (
+        ("forward", lambda: _weighted(t(x, context), r_z)),
+        ("inverse", lambda: _weighted(t.inverse(z, context), r_x)),
+    ):
+        with torch.random.fork_rng(devices=devices):  # the same draws in every evaluation
+            torch.manual_seed(seed)
+            with torch.enable_grad():
+                value = run()
+                grads = torch.autograd.grad(value, params, allow_unused=True)
+        exact = sum(float((gp * v).sum()) for gp, v in zip(grads, direction) if gp is not None)
+        eps = 1e-6
+        sides = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, v in zip(params, direction):
+                    p.add_(sign * eps * v)
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(seed)
+                sides.append(float(run()))
+            with torch.no_grad():
+                for p, v in zip(params, direction):
+                    p.sub_(sign * eps * v)
+        numeric = (sides[0] - sides[1]) / (2 * eps)
+        gap = abs(exact - numeric)
+        scale = max(1.0, abs(numeric), abs(exact))
+        if gap > 1e3 * atol * scale:  # central differences in float64: ~1e-9 relative
+            raise AssertionError(
+                f"{name}: the {what} direction's gradient with respect to the parameters "
+                f"differs from central differences by {gap:.3g} (autograd {exact:.6g}, numeric "
+                f"{numeric:.6g}): is a value cut from a parameter's graph (.detach(), .data)?"
+            )
+        worst = max(worst, gap / scale)
+    return worst
+
+
+def _weighted(out: tuple[Tensor, Tensor], r: Tensor) -> Tensor:
+    """``Σ r·value + Σ ladj``: one scalar that depends on every output (``r`` broadcasts)."""
+    value, ladj = out
+    return (r * value).sum() + ladj.sum()
 
 
 def check_flow(
