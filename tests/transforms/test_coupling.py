@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import nfkit as nf
 from nfkit.transforms import AffineTransformer, Coupling
 
 
@@ -21,3 +23,21 @@ def test_loaded_mask_sets_the_split() -> None:
     torch.testing.assert_close(z, z_ref)
     torch.testing.assert_close(ladj, ladj_ref)
     torch.testing.assert_close(z[:, [1, 3]], x[:, [1, 3]])  # the identity part is the loaded one
+
+
+def test_a_custom_conditioner_of_the_wrong_width_is_refused() -> None:
+    """A conditioner returning P values instead of n_b · P broadcast one set of parameters to
+    every transformed column, silently."""
+    from torch import nn
+
+    class Narrow(nn.Module):
+        def forward(self, x_a, context=None):
+            return torch.zeros(*x_a.shape[:-1], 2)  # P = 2, for n_b = 2 columns: needs 4
+
+    t = nf.transforms.Coupling(4, nf.transforms.AffineTransformer(), conditioner=Narrow())
+    with pytest.raises(ValueError, match=r"Coupling: the conditioner's output must have 4 "):
+        t(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="Coupling: needs features >= 2"):
+        nf.transforms.Coupling(1, nf.transforms.AffineTransformer(), conditioner=Narrow())
+    with pytest.raises(ValueError, match="reflections must be an integer >= 1, got 0"):
+        nf.transforms.Householder(3, reflections=0)

@@ -101,8 +101,11 @@ class Coupling(Transform):
     ) -> None:
         super().__init__()
         features = check_positive_int("Coupling", "features", features)
-        if features < 2 and conditioner is None:
-            raise ValueError("Coupling: needs features >= 2 (use Elementwise for D = 1)")
+        if features < 2:  # no column would condition the others
+            raise ValueError(
+                "Coupling: needs features >= 2 (use Elementwise for D = 1; with a context, "
+                "Elementwise(..., context=C))"
+            )
         if not isinstance(transformer, Transformer):
             raise TypeError(
                 f"Coupling: transformer must be a Transformer, got {shown(transformer)}"
@@ -162,6 +165,8 @@ class Coupling(Transform):
         # Conditioner output (*, n_b·P, *rest) → (*, n_b, *rest, P) so that it lines up with x_b.
         theta = self.conditioner(x_a, context)
         p = self.transformer.num_params
+        # (a custom conditioner's width is checked: P values for n_b columns would broadcast)
+        check_size("Coupling", theta, self.dim, len(self.idx_b) * p, "the conditioner's output")
         return theta.unflatten(self.dim, (-1, p)).movedim(self.dim, -1)
 
     def _split(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

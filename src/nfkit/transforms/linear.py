@@ -170,7 +170,9 @@ class Householder(Transform):
     def __init__(self, features: int, reflections: int | None = None, *, seed: int = 0) -> None:
         super().__init__()
         d = check_positive_int("Householder", "features", features)
-        k = check_positive_int("Householder", "reflections", reflections or d)
+        k = check_positive_int(
+            "Householder", "reflections", d if reflections is None else reflections
+        )
         g = torch.Generator().manual_seed(seed)
         self.vectors = nn.Parameter(torch.randn(k, d, generator=g))
 

@@ -552,9 +552,9 @@ class GaussianizationTransformer(Transformer):
         inversely proportional to the local spacing of the centres (the outer kernels wider, so
         the mixture's tails come closer to the normal's), scaled so that the layer keeps a
         standard normal input's variance, ``E[z²] = 1`` for ``x ~ N(0, 1)`` (bisection on a
-        120-node Gauss–Hermite rule). The layer starts near the identity (within 0.06 on
+        120-node Gauss–Hermite rule). The layer starts near the identity (within 0.061 on
         ``[-2, 2]`` for ``K = 8``) with its kernels apart, and a stack of them stays near it: 12
-        layers widen a normal input 1.13x. (Equal slopes giving the *mixture* unit variance
+        layers widen a normal input about 1.14x. (Equal slopes giving the *mixture* unit variance
         widened it 3% per layer, 2.3x after 12; test log-likelihood of a 3-layer GF after 500
         steps on the benchmark's mixture, two seeds: −0.638 → −0.579 nats per feature at
         ``D = 2``, −0.282 → −0.094 at ``D = 16``.)"""
