@@ -100,9 +100,9 @@ def test_check_transform_catches_a_value_cut_from_its_parameters() -> None:
     parameter check (f), which the value checks cannot do."""
     report = check_transform(Scaling(), X)
     assert report["parameter_gradient_error"] < 1e-8
-    for part, direction in (("ladj", "forward"), ("inverse", "inverse")):
-        with pytest.raises(AssertionError, match=f"^Scaling: the {direction} direction's "
-                           "gradient with respect to the parameters differs"):  # fmt: skip
+    for part, what in (("ladj", "forward log-det"), ("inverse", "inverse value")):
+        with pytest.raises(AssertionError, match=f"^Scaling: the {what}'s gradient with "
+                           "respect to the parameters differs"):  # fmt: skip
             check_transform(Scaling(detach=part), X)
         check_transform(Scaling(detach=part), X, parameters=False)  # the values are right
 
