@@ -868,3 +868,73 @@ def test_sample_notes_a_given_value_far_outside_the_training_data(capsys, table)
     (table / "far.csv").write_text("g\n0.1\n-400\n1e30\n")
     code, _, err = _run(capsys, "sample", model, "-n", "1", "--given-table", table / "far.csv")
     assert code == 0 and "in 2 of 3 rows of" in err and "far.csv" in err
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(
+    capsys, table, tmp_path
+) -> None:
+    """A model path in a place that takes no file (here under a regular file), a figure of an
+    unknown format: refused before training or sampling, not after."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert "--out " + str(blocker / "m.pt") + ": cannot write there" in _error(
+        capsys, "fit", table / "data.csv", "--out", blocker / "m.pt", *FAST
+    )
+    assert "--checkpoint " + str(blocker / "c.pt") + ": cannot write there" in _error(
+        capsys, "fit", table / "data.csv", "--checkpoint", blocker / "c.pt", "--out",
+        tmp_path / "m.pt", *FAST,
+    )  # fmt: skip
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)[0] == 0
+    assert "--plot p.xyz: unknown figure format '.xyz'" in _error(
+        capsys, "coverage", model, table / "data.csv", "--plot", "p.xyz"
+    )
+    assert "-o p.xyz: unknown figure format '.xyz'" in _error(capsys, "plot", model, "-o", "p.xyz")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes")
+def test_pipes_loops_and_huge_fields_are_one_line(capsys, table, tmp_path) -> None:
+    import os
+
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)[0] == 0
+    os.mkfifo(tmp_path / "pipe.csv")  # read twice (sniff, then pandas): it hung
+    assert "is not a regular file (a pipe or a device)" in _error(
+        capsys, "score", model, tmp_path / "pipe.csv"
+    )
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    assert "a symbolic link loop" in _error(capsys, "fit", tmp_path / "loop1", "--out", model)
+    (tmp_path / "big.csv").write_text("a,b\n1," + "x" * 200_000 + "\n")
+    assert "cannot be read as a table (field larger than field limit" in _error(
+        capsys, "fit", tmp_path / "big.csv", "--out", tmp_path / "b.pt"
+    )
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path) -> None:
+    """SIGTERM (timeout, SLURM) ends a fit with status 143 through the same cleanups as Ctrl-C:
+    the checkpoint stays readable and no temporary file is left."""
+    import os
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(2000, 3)), columns=list("abc")).to_csv(tmp_path / "t.csv",
+                                                                          index=False)  # fmt: skip
+    ckpt = tmp_path / "ck.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfkit", "fit", str(tmp_path / "t.csv"), "--out",
+         str(tmp_path / "m.pt"), "--steps", "1000000", "--checkpoint", str(ckpt), "-q",
+         "--hidden", "8", "--transforms", "1", "--model", "maf"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "nfkit: terminated" in err, err
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    import nfkit.io
+
+    assert nfkit.io.safe_torch_load(ckpt, "test")["format"] == "nfkit-checkpoint"

@@ -279,3 +279,60 @@ def test_load_into_refuses_another_transformer_of_the_same_width(tmp_path) -> No
             nf.load(saved, into=nf.Flow(t.Coupling(2, other), base))
     same = nf.Flow(t.Coupling(2, t.DSFTransformer(hidden=3)), base)
     assert nf.load(saved, into=same) is same
+
+
+def test_damaged_or_poisoned_model_files_are_refused_without_touching_into(tmp_path) -> None:
+    """NaN/inf weights, a bad header field or a deeply nested config: one line each; a failed
+    load(into=) leaves the flow as it was (it was converted to the file's dtype and half
+    loaded before the error)."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    path = nf.save(flow, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+
+    def write(name: str, **changes) -> str:
+        bad = {**payload, **changes}
+        torch.save(bad, tmp_path / name)
+        return str(tmp_path / name)
+
+    state = dict(payload["state_dict"])
+    theta = next(k for k in state if k.endswith("theta"))
+    nan = write("nan.pt", state_dict={**state, theta: state[theta] * math.nan})
+    with pytest.raises(ValueError, match=f"holds non-finite weights .NaN or inf. in {theta}"):
+        nf.load(nan)
+    for name, change in (("v.pt", {"format_version": "abc"}), ("d.pt", {"dtype": "nn"}),
+                         ("i.pt", {"dtype": "int64"}), ("s.pt", {"state_dict": [1, 2]})):  # fmt: skip
+        with pytest.raises(ValueError, match="is a damaged nfkit model file"):
+            nf.load(write(name, **change))
+    deep = write("deep.pt", config="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="its config is not JSON|cannot rebuild the model"):
+        nf.load(deep)
+    into = nf.models.MAF(2, transforms=1, hidden=(8,)).double()
+    before = {k: v.clone() for k, v in into.state_dict().items()}
+    wrong = write("w.pt", state_dict={**state, theta: state[theta][:-1]})
+    with pytest.raises(ValueError, match="size mismatch for .*theta"):
+        nf.load(wrong, into=into)
+    after = into.state_dict()
+    assert all(
+        torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before
+    )
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch) -> None:
+    """torch's zip writer reports a failed write as a RuntimeError (inline_container.cc); the
+    old file stays and no temporary is left."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    path = nf.save(flow, tmp_path / "m.pt")
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        real(obj, f, *args, **kwargs)
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 2240 vs 2134"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write '.*m.pt': the write failed .*a full disk"):
+        nf.save(flow, path)
+    monkeypatch.setattr(torch, "save", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    nf.load(path)

@@ -632,3 +632,21 @@ def test_resume_refuses_other_weights(tmp_path) -> None:
     with pytest.raises(ValueError, match="made on other training data"):
         nf.fit(_small(), x, weights=torch.arange(200.0) + 1, steps=10, eval_every=5,
                checkpoint=path, resume=True, progress=False, seed=0)  # fmt: skip
+
+
+def test_a_damaged_checkpoint_is_one_line_and_leaves_the_flow_alone(tmp_path) -> None:
+    """Missing or malformed fields (steps, the batcher, the RNG, the optimizer): a one-line
+    error naming the checkpoint, raised before the flow's weights are touched."""
+    x = nf.datasets.two_moons(200, seed=0)
+    path = tmp_path / "ckpt.pt"
+    kwargs = dict(steps=20, eval_every=10, progress=False, seed=0)
+    nf.fit(_small(), x, checkpoint=path, **kwargs)
+    good = torch.load(path, weights_only=True)
+    for change in ({"steps": None}, {"seed": "x"}, {"batcher": {}}, {"rng": "x"},
+                   {"optimizer": {"state": {}, "param_groups": []}}):  # fmt: skip
+        torch.save({**good, **change}, path)
+        flow = _small()
+        before = _state(flow)
+        with pytest.raises(ValueError, match=r"ckpt.pt' (is damaged|was made with)") as info:
+            nf.fit(flow, x, checkpoint=path, resume=True, **kwargs)
+        assert "\n" not in str(info.value) and _equal(_state(flow), before), change

@@ -32,6 +32,26 @@ class _UserError(ValueError):
     """A problem with the command's input, reported as one line."""
 
 
+class _Terminated(BaseException):
+    """SIGTERM (``timeout``, systemd, SLURM) raised as an exception, so that the cleanups run
+    (an atomic write removes its temporary file) as for Ctrl-C."""
+
+
+def _on_sigterm_raise() -> Any:
+    """Make SIGTERM raise :class:`_Terminated` while a command runs (main thread only); returns
+    the previous handler to put back, or None."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _shown(args: argparse.Namespace, message: str) -> str:
     """``message`` with a table read from standard input named ``<stdin>``."""
     stdin = getattr(args, "stdin_path", None)
@@ -467,8 +487,16 @@ def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> No
     what, path = output
     for other, other_path in inputs:
         if path is not None and other_path is not None:
-            if Path(path).resolve() == Path(other_path).resolve():
+            if _place(path) == _place(other_path):
                 raise _UserError(f"{what} {path} is also the {other}; writing it would replace it")
+
+
+def _place(path: Any) -> Path:
+    """Where ``path`` leads (links followed), or a symlink loop named as a one-line error."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python's own "Symlink loop" before 3.13
+        raise _UserError(f"{path}: a symbolic link loop; it leads to no file") from None
 
 
 def _check_output_table(out: str | None, text: str | None = None) -> None:
@@ -493,6 +521,44 @@ def _check_output_file(option: str, out: str, suffixes: tuple[str, ...]) -> None
             f"{option} {out}: expected a {' or '.join(suffixes)} file name (the file is "
             "written in torch's format)"
         )
+    _check_writable(option, out)
+
+
+def _check_figure_path(option: str, out: str) -> None:
+    """A figure's path: a format matplotlib writes (no suffix: PNG), in a folder that takes a
+    file; checked before the sampling a figure needs."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in ("", "png"):
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+        except ImportError:
+            raise _UserError("figures need matplotlib: pip install 'nfkit[plot]'") from None
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if suffix not in formats:
+            raise _UserError(
+                f"{option} {out}: unknown figure format '.{suffix}'; use one of "
+                f"{', '.join('.' + f for f in sorted(formats))}"
+            )
+    if Path(out).is_dir():
+        raise _UserError(f"{option} {out} is a folder; give a file path")
+    _check_writable(option, out)
+
+
+def _check_writable(option: str, out: str) -> None:
+    """``out``'s folder (or the nearest existing one above it, where the missing ones would be
+    created) takes a new file: tried with a temporary file, before any work (a fit that ran
+    for an hour must not end in "Permission denied")."""
+    import tempfile
+
+    folder = Path(out).parent if str(Path(out).parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nfkit-probe.", dir=folder)
+    except OSError as e:
+        raise _UserError(f"{option} {out}: cannot write there ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _write_table(df: Any, out: str | os.PathLike[str] | None) -> None:
@@ -758,6 +824,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     )
     _refuse_overwriting(("--checkpoint", args.checkpoint), ("data", args.data))
     _check_output_file("--out", args.out, (".pt", ".pth"))
+    if args.checkpoint is not None:
+        _check_writable("--checkpoint", args.checkpoint)
     if args.distributed:
         try:
             device = distributed.init_from_env()
@@ -1006,7 +1074,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from nfkit.metrics import compare_scores
 
     models = [str(m) for m in args.models]
-    places = [Path(m).resolve() for m in models]
+    places = [_place(m) for m in models]
     repeated = [m for m, p in zip(models, places) if places.count(p) > 1]
     if repeated:
         raise _UserError(f"model {repeated[0]} is given more than once")
@@ -1154,6 +1222,8 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     import nfkit as nf
 
     _refuse_overwriting(("--plot", args.plot), ("model", args.model), ("data", args.data))
+    if args.plot:
+        _check_figure_path("--plot", args.plot)
     _check_order("coverage", args.model, args.data, "MODEL DATA")
     if args.samples < 20:  # a rank among S draws resolves coverage to 1/S at best
         raise _UserError(
@@ -1184,6 +1254,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     out = args.output or str(Path(args.model).with_suffix(".png"))
     _refuse_overwriting(("-o", out), ("model", args.model), ("--data", args.data))
+    _check_figure_path("-o", out)
     flow = _load_model(args.model)
     _, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
@@ -1626,6 +1697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             show(message, category, *rest)
 
+    previous = _on_sigterm_raise()
     try:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
@@ -1636,6 +1708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nfkit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("nfkit: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 0
     except (ValueError, TypeError, OSError, ImportError, NonFiniteLossError) as e:
@@ -1652,4 +1727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         torch.set_num_threads(threads)  # main() may be called from Python: leave it as it was
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -88,8 +88,19 @@ def _discard(tmp: str | None) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` through :func:`atomic_write`: the old file or the new one, never half."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` through :func:`atomic_write`: the old file or the new one, never half.
+    torch's zip writer reports a failed write (a full disk) as a ``RuntimeError``; it is an
+    ``OSError`` naming ``path`` here, as every other filesystem error."""
+
+    def write(f: IO[bytes]) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            if "inline_container" not in str(e) and "write" not in str(e).lower():
+                raise
+            raise OSError(f"the write failed ({one_line(e, 120)}; a full disk?)") from None
+
+    return atomic_write(path, write)
 
 
 def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any = "cpu") -> Any:
@@ -246,7 +257,21 @@ def load(
         )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{where}: {str(path)!r} is not an nfkit model file (no nfkit header)")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+    version, dtype_name = payload.get("format_version", 0), str(payload.get("dtype", "float32"))
+    dtype = getattr(torch, dtype_name, None)
+    state = payload.get("state_dict")
+    if (
+        not isinstance(version, int)
+        or not isinstance(dtype, torch.dtype)
+        or not dtype.is_floating_point
+        or not isinstance(state, dict)
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise ValueError(
+            f"{where}: {str(path)!r} is a damaged nfkit model file (its header fields or "
+            "weights are not what nf.save writes)"
+        )
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{where}: {str(path)!r} was written by nfkit {payload.get('nfkit_version')} "
             f"(format {payload['format_version']}); upgrade nfkit to read it"
@@ -255,13 +280,15 @@ def load(
     if payload.get("config") is not None:
         try:
             config = json.loads(payload["config"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: {str(path)!r}: its config is not JSON ({e})") from None
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(
+                f"{where}: {str(path)!r}: its config is not JSON ({one_line(e)})"
+            ) from None
     flow = _architecture(where, path, payload, config, into)
-    dtype = getattr(torch, str(payload.get("dtype", "float32")), torch.float32)
+    _check_weights(where, path, flow, state)  # before into= is changed at all
     flow = flow.to(dtype=dtype)
     try:
-        flow.load_state_dict(payload["state_dict"])
+        flow.load_state_dict(state)
     except Exception as e:
         # torch lists every mismatch after a header: name the first (a key and its shapes)
         lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
@@ -276,6 +303,40 @@ def load(
     if device is not None:
         flow = flow.to(device)
     return flow
+
+
+def _check_weights(
+    where: str, path: Any, flow: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> None:
+    """The file's weights have the flow's names and shapes (checked before anything is loaded,
+    so a failed ``load(..., into=flow)`` leaves ``flow`` as it was)."""
+    own = flow.state_dict()
+    for key in [*own, *(k for k in state if k not in own)]:  # in the module's order
+        if key not in state or key not in own:
+            missing = "the file lacks" if key not in state else "the architecture has no"
+            raise ValueError(
+                f"{where}: {str(path)!r}: weights do not match the architecture ({missing} "
+                f"{key!r})"
+            )
+        if tuple(own[key].shape) != tuple(state[key].shape):
+            raise ValueError(
+                f"{where}: {str(path)!r}: weights do not match the architecture (size mismatch "
+                f"for {key}: copying a param with shape torch.Size({list(state[key].shape)}) "
+                f"from the file, the shape in the architecture is "
+                f"torch.Size({list(own[key].shape)}))"
+            )
+    # a parameter is finite; a buffer may hold ±inf (an open end of a support), never NaN
+    params = {name for name, _ in flow.named_parameters()}
+    bad = [
+        k
+        for k, v in state.items()
+        if v.is_floating_point() and not bool((v.isfinite() if k in params else ~v.isnan()).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{where}: {str(path)!r} holds non-finite weights (NaN or inf) in {bad[0]}"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+        )
 
 
 def _architecture(
@@ -305,7 +366,7 @@ def _architecture(
         )
     try:
         return build(config)
-    except Exception as e:
+    except (Exception, RecursionError) as e:
         raise ValueError(
             f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
         ) from None

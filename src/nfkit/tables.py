@@ -15,6 +15,7 @@ import gzip
 import io
 import lzma
 import os
+import stat
 import re
 import warnings
 import zipfile
@@ -778,16 +779,28 @@ def read_raw_table(
     (scoring rows with an identifier beside them): clean the columns you need with
     :func:`clean_table`."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:  # a symlink loop, a name too long, no permission on a folder
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
         raise DataError(f"{path}: is a directory, not a data file")
+    if not stat.S_ISREG(mode):  # a pipe is read twice (the sniff, then pandas): it would hang
+        raise DataError(
+            f"{path}: is not a regular file (a pipe or a device); save it to a file, or give "
+            "'-' to read a table from standard input"
+        )
     suffix, compression = _table_format(path)
     if suffix == ".npy":
         return _read_npy(path)
     if suffix == ".parquet":
         return _read_parquet(path)
-    return _read_text(path, header, compression, text)
+    try:
+        return _read_text(path, header, compression, text)
+    except csv.Error as e:  # Python's csv module: a field over its size limit, a NUL byte
+        raise DataError(f"{path}: cannot be read as a table ({e})") from None
 
 
 def as_tensor(

@@ -599,6 +599,15 @@ def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor
     return torch.cat([flat.sum(0), flat.square().sum(0)]).cpu()
 
 
+def _damaged(where: str, checkpoint: Any, e: BaseException) -> ValueError:
+    """The one-line error for a checkpoint whose fields are missing or malformed."""
+    detail = " ".join(str(e).split())[:160]
+    return ValueError(
+        f"{where}: checkpoint {str(checkpoint)!r} is damaged ({type(e).__name__}: {detail}); "
+        "give another checkpoint path"
+    )
+
+
 def _cuda_rng_state(flow: Flow) -> Tensor | None:
     """The RNG state of the CUDA device the flow is on (None on other devices)."""
     device = dtype_device(flow)[1]
@@ -703,6 +712,18 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} was made with objective={made!r}; "
             f"got objective={objective!r}"
         )
+    try:  # everything but the flow first: a damaged field then leaves the flow as it was
+        loop.optimizer.load_state_dict(state["optimizer"])
+        if loop.scheduler is not None and state["scheduler"] is not None:
+            loop.scheduler.load_state_dict(state["scheduler"])
+        batcher.load_state_dict(state["batcher"])
+        best, bad, start = state["best"], int(state["bad"]), int(state["step"])
+        history = History.from_dict(state["history"])
+        rng, cuda_rng, noise_rng = state["rng"], state.get("cuda_rng"), state.get("noise_rng")
+        if not isinstance(rng, Tensor) or not isinstance(history.train_loss, list):
+            raise TypeError("rng or history")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise _damaged(where, checkpoint, e) from None
     try:
         flow.load_state_dict(state["model"])
     except RuntimeError as e:  # a hand-built flow of another architecture (no config to compare)
@@ -711,21 +732,16 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} holds another architecture's weights "
             f"({' '.join(first.split())})"
         ) from None
-    loop.optimizer.load_state_dict(state["optimizer"])
-    if loop.scheduler is not None and state["scheduler"] is not None:
-        loop.scheduler.load_state_dict(state["scheduler"])
-    batcher.load_state_dict(state["batcher"])
-    stopping.best, stopping.bad = state["best"], int(state["bad"])
-    torch.set_rng_state(state["rng"])
+    stopping.best, stopping.bad = best, bad
+    torch.set_rng_state(rng)
     device = dtype_device(flow)[1]
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    if noise is not None and state.get("noise_rng") is not None:
-        noise.set_state(state["noise_rng"])
-    start = int(state["step"])
+    if device.type == "cuda" and cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    if noise is not None and noise_rng is not None:
+        noise.set_state(noise_rng)
     loop.synced = start
     loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
-    return History.from_dict(state["history"]), start
+    return history, start
 
 
 # --------------------------------------------------------------------------- fit
@@ -843,7 +859,10 @@ def fit(
 
     state = _read_checkpoint(where, checkpoint, resume)
     if state is not None:
-        seed = int(state["seed"])
+        try:
+            seed = int(state["seed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise _damaged(where, checkpoint, e) from None
 
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
@@ -910,10 +929,13 @@ def fit(
     history, start = History(objective=objective), 0
     t0 = time.perf_counter()
     if state is not None:
-        history, start = _restore(
-            where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
-            noise=noise_rng, data=fingerprint, settings=settings,
-        )  # fmt: skip
+        try:
+            history, start = _restore(
+                where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
+                noise=noise_rng, data=fingerprint, settings=settings,
+            )  # fmt: skip
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise _damaged(where, checkpoint, e) from None
         t0 -= history.wall_time
         if history.stopped_early:  # the run had ended: resuming returns its result
             start = steps
