@@ -15,8 +15,8 @@ import gzip
 import io
 import lzma
 import os
-import stat
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Sequence
