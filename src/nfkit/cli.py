@@ -285,6 +285,16 @@ def _weights_column(table: Any, column: str, source: str, drop_missing: bool) ->
             f"{source}: --weights column {column!r} not found; columns are "
             f"{', '.join(map(repr, table.columns))}"
         )
+    import pandas as pd
+
+    raw = table[column]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    text = numbers.isna() & raw.notna()
+    if bool(text.any()):
+        raise _UserError(
+            f"{source}: --weights column {column!r} is not numeric (e.g. "
+            f"{raw[text].iloc[0]!r}); weights are numbers >= 0"
+        )
     w = clean_table(table[[column]], source, drop_missing=drop_missing, allow_constant=True)
     w = w[column]
     negative = w.index[w < 0]
@@ -732,7 +742,7 @@ def _train(
         _info(
             args,
             f"{source}: text column(s) {counts} read as categories (integer codes in sorted "
-            "order; discrete when modelled)",
+            "order, or an ordered categorical's declared order; discrete when modelled)",
         )
     cells = [data_cols[j] for j in flow.config.get("discrete") or [] if data_cols[j] not in coded]
     if cells and discrete == "auto":
@@ -873,7 +883,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
     finally:
         if args.distributed:
             distributed.shutdown()
-    weighted = "" if weights is None else f" (weighted by {args.weights})"
+    weighted = ""
+    if weights is not None:
+        zero = int((weights == 0).sum())
+        weighted = f" (weighted by {args.weights}" + (
+            f"; {zero} of them weight 0, taking no part)" if zero else ")"
+        )
     _info(args, _summary(flow, history, len(df)) + weighted)
     cond = (
         f" of {', '.join(c for c in df.columns if c not in given)} given {', '.join(given)}"

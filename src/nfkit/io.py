@@ -242,10 +242,15 @@ def load(
             file's (the first difference is named).
         device: Where the flow goes.
 
+    The file's weights are checked before anything is loaded: their names and shapes against
+    the architecture, parameters finite (NaN or inf are refused; a buffer may hold ±inf, an
+    open end of a support), and with ``into`` every layer's class and elementwise transformer
+    (kind and settings) against the file's outline; a refused file leaves ``into`` unchanged.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is unreadable, not an nfkit model, or does not match its config
-            (or ``into``).
+        ValueError: the file is unreadable, not an nfkit model, damaged, holds non-finite
+            weights, or does not match its config (or ``into``).
     """
     where = "nf.load"
     device = check_device(where, device)

@@ -82,7 +82,8 @@ class History:
             fraction of ``n_estimate`` samples, with ``w = p̃(x) / q(x)``; 1 means ``q ∝ p̃``.
         log_normalizer: (:func:`fit_vi`) ``log Ẑ = log mean w``, an estimate of ``log ∫ p̃``.
         log_normalizer_se: (:func:`fit_vi`) its standard error
-            (:func:`nfkit.metrics.log_normalizer_se`; meaningful when ``pareto_k < 0.7``).
+            (:func:`nfkit.metrics.log_normalizer_se`; meaningful when ``pareto_k < 0.5``, a
+            rough guide up to 0.7).
         pareto_k: (:func:`fit_vi`) the weights' Pareto diagnostic
             (:func:`nfkit.metrics.pareto_k`): below 0.7, ``log Ẑ`` and importance-weighted
             expectations are reliable; above, ``q`` misses part of ``p``.

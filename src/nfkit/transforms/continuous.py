@@ -128,8 +128,8 @@ class ContinuousFlow(Transform):
     Inverse:
         The same ODE integrated backwards from ``t1`` to 0. Both directions are numerical: the
         round-trip error and the log-det error follow ``atol``/``rtol`` (about 1e-9 in float64
-        with ``atol = rtol = 1e-10`` and dopri5; about 1e-4, and 3e-4 for the log-det, with
-        the defaults ``1e-5``, also in float64).
+        with ``atol = rtol = 1e-10`` and dopri5; about 1e-4 to 1e-3 with the defaults
+        ``1e-5``, also in float64, growing with how far the flow moves points).
 
     References:
         Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2018), "FFJORD: Free-form continuous

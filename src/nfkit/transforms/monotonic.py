@@ -555,9 +555,10 @@ class GaussianizationTransformer(Transformer):
         120-node Gauss–Hermite rule). The layer starts near the identity (within 0.061 on
         ``[-2, 2]`` for ``K = 8``) with its kernels apart, and a stack of them stays near it: 12
         layers widen a normal input about 1.14x. (Equal slopes giving the *mixture* unit variance
-        widened it 3% per layer, 2.3x after 12; test log-likelihood of a 3-layer GF after 500
-        steps on the benchmark's mixture, two seeds: −0.638 → −0.579 nats per feature at
-        ``D = 2``, −0.282 → −0.094 at ``D = 16``.)"""
+        widened it 2.6% at the first layer and more at each next, about 2.1x after 12; test
+        log-likelihood of a 3-layer GF after 500 steps in ``benchmarks/families.py``: −0.639
+        → −0.579 nats per feature at ``D = 2``, −0.277 → −0.082 at ``D = 16``, see
+        docs/performance.md.)"""
         k, m = self.components, self.min_slope
         centres = torch.special.ndtri((torch.arange(k, dtype=torch.float64) + 0.5) / k)
         a = _unit_variance_slope(centres) * _spacing_shape(centres)
