@@ -336,3 +336,19 @@ def test_a_full_disk_is_an_os_error_naming_the_file(tmp_path, monkeypatch) -> No
     monkeypatch.setattr(torch, "save", real)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
     nf.load(path)
+
+
+def test_a_tampered_made_mask_or_order_is_refused(tmp_path) -> None:
+    """A MADE's mask follows from its order and settings: a file with another one (all ones:
+    a density that integrated to 0.28) or an order that is not a permutation is refused."""
+    path = nf.save(nf.models.MAF(3, transforms=1, hidden=(8,)), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    state = payload["state_dict"]
+    mask = next(k for k in state if k.endswith("made.mask"))
+    for key, value, message in (
+        (mask, torch.ones_like(state[mask]), "mask is not the autoregressive mask of its order"),
+        (mask.replace("mask", "rank"), torch.tensor([0, 0, 1]), "rank is not a permutation"),
+    ):
+        torch.save({**payload, "state_dict": {**state, key: value}}, tmp_path / "t.pt")
+        with pytest.raises(ValueError, match=message):
+            nf.load(tmp_path / "t.pt")

@@ -79,39 +79,13 @@ class MADE(PackedLayers):
             raise ValueError(
                 f"MADE: order must be a permutation of 0..{d - 1}, got {rank.tolist()}"
             )
-        # Degrees: inputs 1..D (context 0); a unit of degree k sees inputs of degree <= k. Hidden
-        # degrees cycle over [low, D-1]; with a context, low = 0 so that units seeing the context
-        # alone feed the first output (which would otherwise be a constant).
-        # An angle is read as (cos, sin): its sine is one more input of the feature's degree.
-        sines = torch.tensor(angle_columns(period, d), dtype=torch.long)
-        embedded = [rank + 1, (rank + 1)[sines]]
-        deg_in = torch.cat([*embedded, torch.zeros(context, dtype=torch.long)])
-        low = 0 if context else min(1, d - 1)
-        span = max(1, d - 1 - low + 1)
-        deg_hidden = [torch.arange(h) % span + low for h in hidden]
-        # Output units are feature-major: unit i·P + j is parameter j of feature i, so feature i's
-        # parameters are the contiguous rows i·P … i·P + P - 1 of the output layer.
-        deg_out = (rank + 1).repeat_interleave(p)
-
-        masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]
-        zero_init = [False]
-        if residual:
-            # Each block: h + W2 act(W1 act(h)), with W2 zero-initialized.
-            square = (deg_hidden[0][:, None] >= deg_hidden[0][None, :]).float()
-            for _ in range(max(1, len(hidden) - 1)):
-                masks += [square, square]
-                zero_init += [False, True]
-        else:
-            for a, b in zip(deg_hidden[:-1], deg_hidden[1:]):
-                masks.append((b[:, None] >= a[None, :]).float())
-                zero_init.append(False)
-        masks.append((deg_out[:, None] > deg_hidden[-1][None, :]).float())
-        zero_init.append(True)
+        masks, zero_init = _masks(rank, p, hidden, context, period, residual)
 
         super().__init__(
             [tuple(m.shape) for m in masks], masks=masks, zero=zero_init, activation=activation
         )
         self.features, self.out_per_feature, self.context = d, p, context
+        self._hidden = hidden
         self.residual, self.period = residual, period
         self.embed = PeriodicEmbedding(d, period)  # no weights: the state dict is unchanged
         self.register_buffer("rank", rank)
@@ -119,7 +93,7 @@ class MADE(PackedLayers):
         #: No hidden unit feeds the outputs of the first feature (rank 0): their values are the
         #: output bias, whatever the input. True without a context and with ``D > 1`` (every
         #: hidden degree is then >= 1, and rank-0 outputs see only degree-0 units).
-        self.first_is_bias = low >= 1
+        self.first_is_bias = not context and d > 1
 
     def trunk(
         self,
@@ -147,9 +121,20 @@ class MADE(PackedLayers):
         #: The same as a tuple of ints, read without a device sync.
         self.settle_order = tuple(self.settles.tolist())
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        error_msgs = args[-1] if args else kwargs.get("error_msgs", [])
+        d = self.features
+        if sorted(self.rank.tolist()) != list(range(d)):
+            error_msgs.append(f"{prefix}rank is not a permutation of 0..{d - 1}")
+            return
         self._set_settles()  # the loaded order may differ
+        masks, _ = _masks(self.rank.cpu(), self.out_per_feature, self._hidden, self.context,
+                          self.period, self.residual)  # fmt: skip
+        expected = torch.cat([t for m in masks for t in (m.flatten(), torch.ones(len(m)))])
+        if not torch.equal(self.mask.detach().cpu().to(expected.dtype), expected):
+            # the masks follow from the order and the settings: another one is a tampered file
+            error_msgs.append(f"{prefix}mask is not the autoregressive mask of its order")
 
     def parameter_major(self) -> bool:
         """Whether :meth:`forward` stores ``θ`` parameter-major now: from
@@ -188,3 +173,41 @@ class MADE(PackedLayers):
         b = b.view(d, p).t().reshape(-1)
         out = F.linear(self.trunk(x, context, layers), w, b)
         return out.unflatten(-1, (p, d)).transpose(-1, -2)
+
+
+def _masks(
+    rank: Tensor, p: int, hidden: Sequence[int], context: int, period: Period, residual: bool
+) -> tuple[list[Tensor], list[bool]]:
+    """The MADE's masks (and which layers start at zero) for the order ``rank``: determined by
+    the settings, so a loaded file's mask buffer is checked against them."""
+    d = len(rank)
+    # Degrees: inputs 1..D (context 0); a unit of degree k sees inputs of degree <= k. Hidden
+    # degrees cycle over [low, D-1]; with a context, low = 0 so that units seeing the context
+    # alone feed the first output (which would otherwise be a constant).
+    # An angle is read as (cos, sin): its sine is one more input of the feature's degree.
+    sines = torch.tensor(angle_columns(period, d), dtype=torch.long)
+    embedded = [rank + 1, (rank + 1)[sines]]
+    deg_in = torch.cat([*embedded, torch.zeros(context, dtype=torch.long)])
+    low = 0 if context else min(1, d - 1)
+    span = max(1, d - 1 - low + 1)
+    deg_hidden = [torch.arange(h) % span + low for h in hidden]
+    # Output units are feature-major: unit i·P + j is parameter j of feature i, so feature i's
+    # parameters are the contiguous rows i·P … i·P + P - 1 of the output layer.
+    deg_out = (rank + 1).repeat_interleave(p)
+
+    masks = [(deg_hidden[0][:, None] >= deg_in[None, :]).float()]
+    zero_init = [False]
+    if residual:
+        # Each block: h + W2 act(W1 act(h)), with W2 zero-initialized.
+        square = (deg_hidden[0][:, None] >= deg_hidden[0][None, :]).float()
+        for _ in range(max(1, len(hidden) - 1)):
+            masks += [square, square]
+            zero_init += [False, True]
+    else:
+        for a, b in zip(deg_hidden[:-1], deg_hidden[1:]):
+            masks.append((b[:, None] >= a[None, :]).float())
+            zero_init.append(False)
+    masks.append((deg_out[:, None] > deg_hidden[-1][None, :]).float())
+    zero_init.append(True)
+
+    return masks, zero_init
