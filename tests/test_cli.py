@@ -280,7 +280,9 @@ def test_info_describes_a_saved_model(capsys, table) -> None:
     code, out, _ = _run(capsys, "info", image)
     assert code == 0 and "event shape: (1, 4, 4) (not a table model)" in out
     assert "no such file" in _error(capsys, "info", table / "nope.pt")
-    assert "is not a torch file" in _error(capsys, "info", table / "data.csv")
+    assert "is a text file (a table?), not an nfkit model" in _error(
+        capsys, "info", table / "data.csv"
+    )
 
 
 def _error(capsys, *argv) -> str:
@@ -314,7 +316,9 @@ def test_failure_modes(capsys, table, tmp_path) -> None:
         capsys, "fit", table / "data.csv", "--given", "zz"
     )
     assert "no column(s) 'a', 'b', 'g'" in _error(capsys, "score", model, tmp_path / "other.csv")
-    assert "'" + str(tmp_path / "junk.pt") + "' is not a torch file" in _error(
+    assert "'" + str(
+        tmp_path / "junk.pt"
+    ) + "' is a text file (a table?), not an nfkit model" in _error(
         capsys, "score", tmp_path / "junk.pt", table / "data.csv"
     )
     assert "--resume continues from --checkpoint PATH" in _error(
@@ -938,3 +942,42 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path) -> None:
     import nfkit.io
 
     assert nfkit.io.safe_torch_load(ckpt, "test")["format"] == "nfkit-checkpoint"
+
+
+def test_coverage_of_a_discrete_column_breaks_rank_ties(capsys, tmp_path) -> None:
+    """A yes/no column: most draws equal the truth, and counting only those below made an
+    exact model's marginal ranks non-uniform ("biased" every time); ties are now broken at
+    random, and a verdict names the column."""
+    rng = np.random.default_rng(0)
+    flag = rng.integers(0, 2, 3000)
+    df = pd.DataFrame({"flag": flag, "y": rng.normal(size=3000) + flag})
+    df[:2000].to_csv(tmp_path / "t.csv", index=False)
+    df[2000:].to_csv(tmp_path / "test.csv", index=False)
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", tmp_path / "t.csv", "--out", model, "--steps", "300", "-q",
+                "--seed", "0")[0] == 0  # fmt: skip
+    code, out, _ = _run(capsys, "coverage", model, tmp_path / "test.csv", "--seed", "0")
+    assert code == 0 and out.strip().endswith("calibrated"), out
+
+
+def test_fit_notes_identifiers_and_prints_exact_bounds(capsys, tmp_path) -> None:
+    """A whole number unique to every row gets a note (an identifier?); the discrete range
+    suggested for --bounds is exact (1234567, not 1.23457e+06, which excluded the minimum)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": np.arange(100000, 100100), "visits": rng.integers(1234567, 1234570, 100),
+                  "y": rng.normal(size=100)}).to_csv(tmp_path / "t.csv", index=False)  # fmt: skip
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--out", tmp_path / "m.pt", *FAST[:-3])
+    assert code == 0 and "column(s) 'id' hold a different whole number in every row" in err
+    assert "visits=1234567:1234569" in err and "e+06" not in err
+
+
+def test_a_header_named_x0_is_matched_by_name(capsys, tmp_path) -> None:
+    """A table whose header is x0, x1, ... (a simulator's outputs) is matched by name; the
+    "unnamed columns" message is for a header-less file."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(200, 3)), columns=["x0", "x1", "theta"])
+    df.to_csv(tmp_path / "t.csv", index=False)
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", tmp_path / "t.csv", "--out", model, *FAST)[0] == 0
+    df[["x0", "x1"]].to_csv(tmp_path / "obs.csv", index=False)
+    assert "no column(s) 'theta'" in _error(capsys, "score", model, tmp_path / "obs.csv")

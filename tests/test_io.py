@@ -97,7 +97,10 @@ def test_load_errors_are_one_line(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nf.load: no such file: .*missing.pt"):
         nf.load(tmp_path / "missing.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(ValueError, match="nf.load: '.*text.pt' is not a torch file") as info:
+    with pytest.raises(
+        ValueError,
+        match="nf.load: '.*text.pt' is a text file \\(a table\\?\\), not an nfkit model",
+    ) as info:
         nf.load(tmp_path / "text.pt")
     assert "\n" not in str(info.value)
     nf.save(_flow(), tmp_path / "whole.pt")

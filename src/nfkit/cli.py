@@ -274,6 +274,13 @@ def _read(path: str, **kwargs: Any) -> Any:
     return read_table(path, **kwargs)
 
 
+def _exact(value: float) -> str:
+    """A number as it can be pasted back: a whole number in full (``1234567``, where ``:g``
+    gave ``1.23457e+06``, inside the data's range), else the shortest exact ``repr``."""
+    v = float(value)
+    return str(int(v)) if v.is_integer() and abs(v) < 2**63 else repr(v)
+
+
 def _weights_column(table: Any, column: str, source: str, drop_missing: bool) -> Any:
     """The ``--weights`` column of a raw table as float64 row weights (a Series on the table's
     index): numbers, finite, ``>= 0`` and not all zero (rows with a missing weight dropped
@@ -311,7 +318,8 @@ def _weights_column(table: Any, column: str, source: str, drop_missing: bool) ->
 def _select(df: Any, needed: list[str], source: str) -> Any:
     """The model's columns from a table: by name, or by position for a header-less file."""
     auto = [f"x{i}" for i in range(df.shape[1])]
-    if list(df.columns) == auto and list(df.columns) != needed:
+    named = set(needed) & set(df.columns)  # a header x0, x1, ... that names some of them
+    if list(df.columns) == auto and list(df.columns) != needed and not named:
         if df.shape[1] != len(needed):
             raise _UserError(
                 f"{source}: has {df.shape[1]} unnamed columns; the model needs {len(needed)} "
@@ -614,6 +622,21 @@ def _train(
     data_cols = [c for c in df.columns if c not in set(given)]
     if not data_cols:
         raise _UserError(f"{source}: --given uses every column; nothing is left to model")
+    if len(df) >= 50:  # a number in every row that no other row has: an identifier?
+        ids = [
+            col
+            for col in data_cols
+            if col not in (df.attrs.get("categories") or {})
+            and df[col].is_unique
+            and bool((df[col] == df[col].round()).all())
+        ]
+        if ids:
+            _info(
+                args,
+                f"{source}: column(s) {', '.join(map(repr, ids))} hold a different whole number "
+                "in every row: identifiers? They are modelled like any column; remove them "
+                "from the table if they are",
+            )
     wide = _needs_float64(df, getattr(args, "bounds", None) or {})  # demo: no --bounds
     dtype = torch.float64 if wide else torch.float32
     if wide:
@@ -753,7 +776,9 @@ def _train(
         )
     open_cells = [col for col in cells if col not in spec]
     if open_cells:  # without a range, some probability goes to integers the data never reach
-        ranges = ",".join(f"{col}={df[col].min():g}:{df[col].max():g}" for col in open_cells)
+        ranges = ",".join(
+            f"{col}={_exact(df[col].min())}:{_exact(df[col].max())}" for col in open_cells
+        )
         _info(
             args,
             f"{source}: discrete column(s) {', '.join(open_cells)} have no --bounds; if their "
@@ -1250,6 +1275,7 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     _, _, x, c = _model_table(flow, args.data)  # c: None for an unconditional model
     result = nf.metrics.coverage(flow, x, c, samples=args.samples, levels=CLI_LEVELS,
                                  seed=args.seed)  # fmt: skip
+    result.names = list(data)  # the verdict names a column, not "feature j"
     print(f"coverage of {args.model} on {len(x)} rows of {args.data}, {args.samples} draws each")
     print("level  coverage")
     for level, found in zip(result.levels, result.coverage):

@@ -113,7 +113,25 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling, zip and header errors all mean "not our file"
-        raise ValueError(f"{where}: {str(path)!r} {_load_problem(e)}") from None
+        problem = _load_problem(e)
+        if "Python object" not in problem and _is_text(path):  # a table, a note
+            raise ValueError(
+                f"{where}: {str(path)!r} is a text file (a table?), not an nfkit model or "
+                "checkpoint"
+            ) from None
+        raise ValueError(f"{where}: {str(path)!r} {problem}") from None
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file's first 4 KiB are UTF-8 text without NUL bytes (torch files are zip
+    archives or binary pickles)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(head) and b"\0" not in head
 
 
 def _load_problem(e: BaseException) -> str:
@@ -121,7 +139,8 @@ def _load_problem(e: BaseException) -> str:
     text = str(e)
     # torch names a refused object as "Unsupported global: GLOBAL m.f" or "... GLOBAL m.f whose
     # module m is blocked"
-    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    # (a dotted name: a CSV starting with "c" parses as a GLOBAL of its first field)
+    refused = re.search(r"GLOBAL (\w+(?:\.\w+)+)", text)
     if refused:
         return (
             f"holds a Python object ({refused.group(1)}) that a weights-only load refuses: "

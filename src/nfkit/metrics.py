@@ -256,7 +256,9 @@ class Coverage:
         hpd_rank: Per pair, the fraction of the draws denser than ``θ_i`` (ties count half):
             the smallest level whose region holds ``θ_i``, ``(B,)``; uniform on ``[0, 1]`` when
             calibrated.
-        marginal_rank: Per pair and feature, how many of the ``S`` draws fall below ``θ_ij``,
+        names: The features' names for :attr:`verdict` (None: "feature j").
+        marginal_rank: Per pair and feature, how many of the ``S`` draws fall below ``θ_ij``
+            (draws equal to it, as in a discrete column, counted with a random tie-break),
             ``(B, D)``: simulation-based calibration's ranks, uniform on ``0 … S`` when
             calibrated.
         samples: ``S``.
@@ -269,6 +271,7 @@ class Coverage:
     marginal_rank: np.ndarray
     samples: int
     marginal_band: float = math.inf
+    names: list[str] | None = None  # the features' names, for the verdict
 
     @property
     def max_deviation(self) -> float:
@@ -308,7 +311,8 @@ class Coverage:
         j = int((self.marginal_deviation / self.marginal_band).argmax())
         low = float(self.marginal_rank[:, j].mean()) < self.samples / 2
         where = "high" if low else "low"
-        return f"biased (the draws of feature {j} lie too {where})"
+        name = f"feature {j}" if self.names is None else repr(self.names[j])
+        return f"biased (the draws of {name} lie too {where})"
 
     def __repr__(self) -> str:
         worst = int(np.abs(self.coverage - self.levels).argmax())
@@ -323,6 +327,13 @@ class Coverage:
         from nfkit.plot import coverage as plot_coverage
 
         return plot_coverage(self, path, **kwargs)
+
+
+def _tie_broken(below: Tensor, ties: Tensor) -> Tensor:
+    """A rank among draws with ties broken at random: uniform on ``below … below + ties`` (a
+    discrete or category column has many draws equal to the truth; counting only those below
+    made an exact model's ranks non-uniform, and its verdict "biased")."""
+    return below + (torch.rand(ties.shape, device=ties.device) * (ties + 1)).floor().long()
 
 
 def _denser_fraction(above: Tensor, ties: Tensor, samples: int) -> Tensor:
@@ -423,7 +434,9 @@ def coverage(
                 above = samples - torch.searchsorted(log_q, log_true, right=True)
                 hpd.append(_denser_fraction(above, samples - above - below, samples))
                 columns = draws.T.contiguous().sort().values  # (D, S)
-                marginal.append(torch.searchsorted(columns, th.T.contiguous()).T)
+                below = torch.searchsorted(columns, th.T.contiguous()).T
+                ties = torch.searchsorted(columns, th.T.contiguous(), right=True).T - below
+                marginal.append(_tie_broken(below, ties))
             else:
                 for i in range(0, th.shape[0], block):  # blocks of pairs, each fully batched
                     t, c = th[i : i + block], cx[i : i + block]
@@ -432,7 +445,7 @@ def coverage(
                     log_true = flow.log_prob(t, c)  # (b,)
                     above, ties = (log_q > log_true).sum(0), (log_q == log_true).sum(0)
                     hpd.append(_denser_fraction(above, ties, samples))
-                    marginal.append((draws < t).sum(0))
+                    marginal.append(_tie_broken((draws < t).sum(0), (draws == t).sum(0)))
     finally:
         flow.train(was_training)
     hpd_rank = torch.cat(hpd).cpu().numpy()
