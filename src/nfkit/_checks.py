@@ -325,6 +325,11 @@ def check_device(where: str, device: object) -> torch.device | None:
         raise ValueError(
             f"{where}: {device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
         ) from None
+    if dev.type == "meta":  # a module moved there loses its weights for good
+        raise ValueError(
+            f"{where}: device 'meta' holds no values (a flow moved there cannot come back); "
+            "use 'cpu' or 'cuda'"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = (
