@@ -489,7 +489,11 @@ def test_actnorm_inside_an_inverse_initializes_from_data_and_not_from_samples() 
     flow.train()
     flow.sample(100)
     assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
-    twice = t.ActNorm(2)
-    nf.Inverse(nf.Inverse(twice))  # inverted twice: the data come through forward again
-    twice(torch.randn(10, 2) + 3)
-    assert bool(twice.initialized)
+    plain = t.ActNorm(2)
+    for _ in range(3):  # a view (.inv builds a new Inverse each time) changes nothing
+        _ = plain.inv, nf.Inverse(nf.Inverse(plain))
+    alone = nf.Flow(plain, nf.distributions.StandardNormal(2))
+    alone.sample(50)  # train mode, no data yet: the draws do not initialize it
+    assert not bool(plain.initialized)
+    z, _ = plain(torch.randn(10, 2) + 3)  # data through its forward
+    assert bool(plain.initialized) and abs(float(z.mean())) < 1e-5

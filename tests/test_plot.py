@@ -82,7 +82,7 @@ def test_the_suffix_names_the_format(tmp_path, flow2) -> None:
         nf.plot.history(nf.History(train_loss=[2.0, 1.0], steps=2), tmp_path / name)
         assert (tmp_path / name).read_bytes().startswith(head), name
     with pytest.raises(
-        ValueError, match=r"cannot write a figure as '.*f.txt': unknown format '.txt'"
+        ValueError, match=r"cannot write a figure as '.*f.txt': unknown figure format '.txt'"
     ):
         nf.plot.density(flow2, path=tmp_path / "f.txt")
     assert not (tmp_path / "f.txt").exists()

@@ -545,18 +545,12 @@ def _check_output_file(option: str, out: str, suffixes: tuple[str, ...]) -> None
 def _check_figure_path(option: str, out: str) -> None:
     """A figure's path: a format matplotlib writes (no suffix: PNG), in a folder that takes a
     file; checked before the sampling a figure needs."""
-    suffix = Path(out).suffix.lower().lstrip(".")
-    if suffix not in ("", "png"):
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-        except ImportError:
-            raise _UserError("figures need matplotlib: pip install 'nfkit[plot]'") from None
-        formats = FigureCanvasAgg.get_supported_filetypes()
-        if suffix not in formats:
-            raise _UserError(
-                f"{option} {out}: unknown figure format '.{suffix}'; use one of "
-                f"{', '.join('.' + f for f in sorted(formats))}"
-            )
+    from nfkit.plot import figure_format
+
+    try:
+        figure_format(out)
+    except ValueError as e:  # "nf.plot: cannot write a figure as ...": the option instead
+        raise _UserError(f"{option} {out}: {str(e).split(': ', 2)[-1]}") from None
     if Path(out).is_dir():
         raise _UserError(f"{option} {out} is a folder; give a file path")
     _check_writable(option, out)

@@ -8,6 +8,7 @@ called, summed over the event, of shape ``batch_shape``. Both are computed in on
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -68,11 +69,6 @@ class Transform(nn.Module, abc.ABC):
         evaluates a batch in one pass rather than in cache-sized blocks."""
         return False
 
-    def _on_inverted(self) -> None:
-        """Called on every transform inside an :class:`Inverse` when it is built: from then on
-        the data reach this one through :meth:`inverse` (``ActNorm`` moves its data-dependent
-        initialization there). Nothing by default."""
-
     @abc.abstractmethod
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data → latent: returns ``(z, log|det ∂z/∂x|)``."""
@@ -104,9 +100,6 @@ class Inverse(Transform):
         self.event_dim = transform.event_dim
         self.domain = transform.codomain
         self.codomain = transform.domain
-        for module in transform.modules():  # their data now arrive through their inverse
-            if isinstance(module, Transform):
-                module._on_inverted()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform.inverse(x, context)
@@ -239,6 +232,26 @@ def _batch_coupled(module: nn.Module) -> bool:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
             return True
     return False
+
+
+@contextlib.contextmanager
+def _draws_are_not_data(module: nn.Module) -> Iterator[None]:
+    """While a flow samples: layers still waiting for a data-dependent initialization
+    (``ActNorm``, flagged by ``_needs_init``) skip it, since they see the base's draws, not
+    data (an ``ActNorm`` inside an ``Inverse`` is reached through its forward when sampling).
+    The flags are put back on exit; nothing is kept. A no-op while compiling."""
+    waiting = (  # (__dict__: nn.Module's getattr of a missing name costs an exception)
+        []
+        if torch.compiler.is_compiling()
+        else [m for m in module.modules() if m.__dict__.get("_needs_init", False)]
+    )
+    for m in waiting:
+        m._sampling = True
+    try:
+        yield
+    finally:
+        for m in waiting:
+            m._sampling = False
 
 
 def autograd_inside(module: nn.Module) -> bool:
@@ -547,7 +560,8 @@ class Flow(nn.Module):
         z = self.base.rsample(shape, context)
         if not torch.compiler.is_compiling() and z.numel() == 0:
             return z.new_zeros((*shape, *self.event_shape))  # no row: nothing runs
-        x = self.transform.inverse_value(z, context)
+        with _draws_are_not_data(self):
+            x = self.transform.inverse_value(z, context)
         self._check_event(where, x, "maps the base's draws to")
         return x
 
@@ -620,7 +634,8 @@ class Flow(nn.Module):
         if not torch.compiler.is_compiling() and z.numel() == 0:  # no row: nothing runs
             return z.new_zeros((*shape, *self.event_shape)), z.new_zeros(shape)
         log_pz = self.base.log_prob(z, context)
-        x, ladj = self.transform.inverse(z, context)
+        with _draws_are_not_data(self):
+            x, ladj = self.transform.inverse(z, context)
         self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
         return x, log_pz - ladj
 

@@ -96,8 +96,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         try:
             torch.save(obj, f)
         except RuntimeError as e:
-            if "inline_container" not in str(e) and "write" not in str(e).lower():
-                raise
+            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+                raise  # not the zip writer's failure to write
             raise OSError(f"the write failed ({one_line(e, 120)}; a full disk?)") from None
 
     return atomic_write(path, write)

@@ -50,20 +50,34 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any
     return fig, axes
 
 
+def figure_format(path: str | os.PathLike[str]) -> str:
+    """The format a figure at ``path`` is written in, from its suffix (none: ``"png"``); a
+    suffix matplotlib does not write is a one-line ``ValueError`` (checked before any work by
+    callers that draw samples first)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix in ("", "png"):
+        return "png"
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise ImportError("nf.plot needs matplotlib: pip install 'nfkit[plot]'") from None
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in formats:
+        raise ValueError(
+            f"nf.plot: cannot write a figure as {os.fspath(path)!r}: unknown figure format "
+            f"'.{suffix}'; use one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    return suffix
+
+
 def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
     """Write the figure atomically in the format its suffix names (``.png``, ``.pdf``, ``.svg``,
     ... as matplotlib supports; no suffix: PNG). A PNG is reduced to a 256-colour palette when
     Pillow is there (files ~3x smaller)."""
     if path is None:
         return fig
-    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
-    if suffix not in ("", "png"):
-        formats = fig.canvas.get_supported_filetypes()
-        if suffix not in formats:
-            raise ValueError(
-                f"nf.plot: cannot write a figure as {os.fspath(path)!r}: unknown format "
-                f"'.{suffix}'; use one of {', '.join('.' + f for f in sorted(formats))}"
-            )
+    suffix = figure_format(path)
+    if suffix != "png":
         atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=fig.dpi))
         return fig
     buffer = io.BytesIO()

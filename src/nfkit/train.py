@@ -835,7 +835,7 @@ def fit(
         NonFiniteLossError: a NaN/inf loss or gradient; the last good weights are restored.
     """
     where = "nf.fit"
-    if isinstance(flow, RBIGFlow) and not flow.gains:
+    if isinstance(flow, RBIGFlow) and not flow.fitted:
         raise ValueError(
             f"{where}: an RBIG flow is fitted by flow.fit(x), greedily and without gradients "
             "(nf.fit would train its identity layers by gradient); fit it first, and nf.fit "

@@ -64,6 +64,11 @@ class RBIGFlow(Flow):
         self.validation, self.seed = validation, seed
         self.gains: list[float] = []
 
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has run (until then every layer is the identity)."""
+        return bool(self.gains)
+
     @torch.no_grad()
     def fit(self, x: Tensor) -> RBIGFlow:
         r"""Fit the layers one after another on data ``x`` of shape ``(n, D)``; returns ``self``.
@@ -78,8 +83,9 @@ class RBIGFlow(Flow):
         never stop; held-out ones do.
 
         **Stopping test:** fitting stops once ``Δ_ℓ < tol`` for ``patience`` consecutive layers
-        (or after ``layers`` layers, or at a gain that is ``-inf`` or NaN, counted as ``-inf``:
-        the held-out rows broke down, as with a handful of rows); the flow keeps the first ``k ≥ 1`` layers, ``k`` maximizing
+        (or after ``layers`` layers, or at a gain that is ``-inf`` or NaN, counted as
+        ``-inf``: the held-out rows broke down, as with a handful of rows); the flow keeps the
+        first ``k ≥ 1`` layers, ``k`` maximizing
         the held-out log-likelihood ``Σ_{ℓ≤k} Δ_ℓ``. The gains are stored in ``self.gains`` and
         ``k`` in ``self.config["layers"]``, so ``nf.models.build(config)`` plus
         ``load_state_dict`` restores the fitted flow. The flow (layers and base) takes the dtype and

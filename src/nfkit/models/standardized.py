@@ -26,6 +26,7 @@ from nfkit._checks import Interval, check_positive_int, shown
 from nfkit.core import Compose, Flow, context_tensor, floating_tensor
 from nfkit.models._registry import build, factory
 from nfkit.models.dequantized import DequantizedFlow
+from nfkit.models.gaussianization import RBIGFlow
 from nfkit.nn.mlp import PeriodicEmbedding
 from nfkit.nn.sets import check_padded_set
 from nfkit.tables import as_tensor
@@ -581,15 +582,9 @@ def standardize(
                 cmean[j], cstd[j] = (low + high) / 2, (high - low) / (2 * math.pi)
             scaler.mean.copy_(cmean.to(**like))
             scaler.scale.copy_(cstd.to(**like))
-    if _unfitted_rbig(flow):  # RBIG fits itself, greedily, on the standardized rows
+    if isinstance(flow, RBIGFlow) and not flow.fitted:  # greedily, on the standardized rows
         out = _fit_rbig_inside(out, flow, ((x - mean) / std).to(**like))
     return out
-
-
-def _unfitted_rbig(flow: Flow) -> bool:
-    from nfkit.models.gaussianization import RBIGFlow
-
-    return isinstance(flow, RBIGFlow) and not flow.gains
 
 
 def _fit_rbig_inside(out: Flow, rbig: Flow, y: Tensor) -> Flow:

@@ -27,9 +27,10 @@ class ActNorm(Transform):
 
     ``ladj = -Σ s`` (times ``H · W`` for images). Data-dependent initialization: the first
     forward in train mode sets ``μ`` and ``s`` to the batch mean and log-std, so the output starts
-    standardized (inside an :class:`~nfkit.Inverse`, e.g. an IAF-style ``Compose(ActNorm,
-    ...).inv``, the data come through :meth:`inverse`, which then initializes instead, and
-    sampling never does); the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
+    standardized; whichever direction first sees data initializes (inside an
+    :class:`~nfkit.Inverse`, e.g. an IAF-style ``Compose(ActNorm, ...).inv``, the data come
+    through :meth:`inverse`), and a :class:`~nfkit.Flow`'s sampling never does (its inputs are
+    base draws); the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
     mirror of that flag (updated by ``load_state_dict``) keeps the train-mode forward free of a
     device-to-host sync.
 
@@ -37,6 +38,8 @@ class ActNorm(Transform):
         features: ``D`` (channels for images).
         event_dim: 1 for vectors ``(*, D)``, 3 for images ``(*, C, H, W)``.
     """
+
+    _sampling = False  # set by Flow while it samples: the inputs are draws, not data
 
     def __init__(self, features: int, *, event_dim: int = 1) -> None:
         super().__init__()
@@ -48,10 +51,6 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(d))
         self.register_buffer("initialized", torch.tensor(False))
         self._needs_init = True
-        self._inverted = False  # inside an Inverse: the data come through inverse()
-
-    def _on_inverted(self) -> None:
-        self._inverted = not self._inverted
 
     @property
     def batch_coupled(self) -> bool:
@@ -94,8 +93,8 @@ class ActNorm(Transform):
         return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init and not self._inverted and x.numel() > 0:
-            self._initialize(x)  # (not from an empty batch, nor from samples when inverted)
+        if self.training and self._needs_init and not self._sampling and x.numel() > 0:
+            self._initialize(x)  # (not from an empty batch, nor from a flow's draws)
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
             _feature_view(self.log_scale, self.event_dim),
@@ -103,8 +102,8 @@ class ActNorm(Transform):
         return (x - loc) * torch.exp(-log_scale), -self._ladj(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and self._needs_init and self._inverted and z.numel() > 0:
-            self._initialize(z, inverse=True)  # inside an Inverse: the data arrive here
+        if self.training and self._needs_init and not self._sampling and z.numel() > 0:
+            self._initialize(z, inverse=True)  # inside an Inverse the data arrive here
         loc, log_scale = (
             _feature_view(self.loc, self.event_dim),
             _feature_view(self.log_scale, self.event_dim),
