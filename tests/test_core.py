@@ -497,3 +497,22 @@ def test_actnorm_inside_an_inverse_initializes_from_data_and_not_from_samples() 
     assert not bool(plain.initialized)
     z, _ = plain(torch.randn(10, 2) + 3)  # data through its forward
     assert bool(plain.initialized) and abs(float(z.detach().mean())) < 1e-5
+
+
+def test_a_vector_layer_on_images_sums_its_log_det_over_the_event() -> None:
+    """An elementwise layer (``event_dim = 1``) in a chain or flow on images ``(C, H, W)``: its
+    ``ladj`` ``(*batch, C, H)`` is summed over the event, not broadcast into the total."""
+    torch.manual_seed(0)
+    base = nf.distributions.StandardNormal((2, 3, 3))
+    flow = nf.Flow(T.Affine(shift=0.5, scale=1.5), base).double()
+    nf.testing.check_flow(flow)
+    x = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    expected = base.double().log_prob(1.5 * x + 0.5) + 18 * np.log(1.5)
+    torch.testing.assert_close(flow.log_prob(x), expected)
+    glow = nf.models.Glow((2, 4, 4), levels=1, steps=1, hidden=(8,)).double().eval()
+    pre = nf.Flow(nf.Compose(T.Affine(scale=2.0), glow.transform), glow.base)
+    x = torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    expected = glow.log_prob(2 * x) + 32 * np.log(2.0)
+    torch.testing.assert_close(pre.log_prob(x), expected)
+    with pytest.raises(ValueError, match="events of 3 dimensions, but the base's event shape"):
+        nf.Flow(glow.transform, nf.distributions.StandardNormal(32))

@@ -112,10 +112,20 @@ class Inverse(Transform):
         return self.transform
 
 
+def sum_event_dims(ladj: Tensor, dims: int) -> Tensor:
+    """``ladj`` summed over its last ``dims`` dimensions (none: ``ladj`` itself): the log-det of a
+    layer with a smaller ``event_dim`` than the event it acts on, such as an elementwise
+    ``Affine`` (``event_dim = 1``) on images ``(*batch, C, H, W)``, whose ``ladj`` is
+    ``(*batch, C, H)``."""
+    return ladj.sum(tuple(range(-dims, 0))) if dims > 0 else ladj
+
+
 class Compose(Transform):
     """Chain ``t1, t2, ...`` applied **in the order given** on ``forward``; ``ladj`` is summed.
 
-    The same ``context`` is passed to every layer. Nested Composes are flattened.
+    The same ``context`` is passed to every layer. Nested Composes are flattened. The chain's
+    ``event_dim`` is its layers' largest; a layer with a smaller one has its ``ladj`` summed over
+    the remaining event dimensions (an elementwise layer in front of an image flow).
 
     Example:
         >>> import torch
@@ -152,14 +162,14 @@ class Compose(Transform):
         ladj: Tensor | int = 0
         for t in self.transforms:
             x, l_ = t(x, context)
-            ladj = ladj + l_
+            ladj = ladj + sum_event_dims(l_, self.event_dim - t.event_dim)
         return x, ladj  # type: ignore[return-value]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladj: Tensor | int = 0
         for t in reversed(self.transforms):
             z, l_ = t.inverse(z, context)
-            ladj = ladj + l_
+            ladj = ladj + sum_event_dims(l_, self.event_dim - t.event_dim)
         return z, ladj  # type: ignore[return-value]
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -398,6 +408,11 @@ class Flow(nn.Module):
             raise TypeError(
                 f"Flow: base must be an nf.distributions distribution, got {type(base).__name__}"
             )
+        if transform.event_dim > len(base.event_shape):
+            raise ValueError(
+                f"Flow: the transform acts on events of {transform.event_dim} dimensions, but the "
+                f"base's event shape {tuple(base.event_shape)} has {len(base.event_shape)}"
+            )
         self.transform = transform
         self.base = base
         self.embedding = embedding
@@ -467,7 +482,12 @@ class Flow(nn.Module):
         context = self._embed(context)
         z, ladj = self.transform(x, context)
         self._check_event("Flow.log_prob", z, "maps x to")
-        return self.base.log_prob(z, context) + ladj
+        return self.base.log_prob(z, context) + self._event_ladj(ladj)
+
+    def _event_ladj(self, ladj: Tensor) -> Tensor:
+        """The transform's ``ladj`` summed over the event dimensions it leaves (an elementwise
+        transform, ``event_dim = 1``, in front of an image base): shape ``(*batch,)``."""
+        return sum_event_dims(ladj, len(self.event_shape) - self.transform.event_dim)
 
     def _check_event(self, where: str, t: Tensor, what: str) -> None:
         """The transform's output ``t`` has the base's event shape (a transform built for
@@ -637,7 +657,7 @@ class Flow(nn.Module):
         with _draws_are_not_data(self):
             x, ladj = self.transform.inverse(z, context)
         self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
-        return x, log_pz - ladj
+        return x, log_pz - self._event_ladj(ladj)
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """This flow at ``context`` as a ``torch.distributions.Distribution`` (a view, not a

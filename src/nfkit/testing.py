@@ -282,7 +282,7 @@ def check_flow(
         ctx = flow._embed(context)
         z, _ = flow.transform(x, ctx)
         ref = flow.base.log_prob(z, ctx) + jacobian_logdet(
-            lambda u: flow.transform(u, ctx)[0], x, flow.transform.event_dim
+            lambda u: flow.transform(u, ctx)[0], x, len(flow.event_shape)
         )
         _close(name, "log_prob vs change of variables", lp, ref, atol, rtol=atol)
 

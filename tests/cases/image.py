@@ -63,6 +63,12 @@ TRANSFORMS: dict[str, Case] = {
     "Glow-step": Case(
         _glow_step, context=True, features=(2,), event_shape=_img(4), train_first=True
     ),
+    # A vector layer (event_dim 1) in front of an image layer: the chain sums its ladj over H.
+    "Compose-vector-layer-on-images": Case(
+        lambda d, c: nf.Compose(T.Affine(shift=0.5, scale=1.5), T.InvConv1x1(d, seed=1)),
+        features=(2,),
+        event_shape=_img(3),
+    ),
     "MultiscaleSplit": Case(
         lambda d, c: T.MultiscaleSplit(_conv_coupling(2, c), split=2),
         context=True,

@@ -187,6 +187,19 @@ def test_bad_settings_are_one_line_errors() -> None:
         flow.log_prob(x[:2], draws=0)
 
 
+def test_training_draws_a_fresh_noise_for_each_row_of_a_broadcast_batch() -> None:
+    """One row scored against 1000 contexts in train mode: 1000 dequantization draws, not one
+    shared by every row (the noise is drawn for the broadcast batch)."""
+    torch.manual_seed(0)
+    v = torch.poisson(torch.full((200, 1), 3.0)).double()
+    c = torch.randn(200, 2, dtype=torch.float64)
+    flow = nf.models.standardize(
+        nf.models.MAF(1, context=2, transforms=1, hidden=(8,)).double(), v, c, discrete=[0]
+    ).train()
+    lp = flow.log_prob(torch.tensor([3.0], dtype=torch.float64), c[0].expand(1000, 2))
+    assert lp.shape == (1000,) and lp.unique().numel() > 900
+
+
 def test_context_and_chunks() -> None:
     torch.manual_seed(0)
     c = torch.randn(300, 2, dtype=torch.float64)
@@ -212,7 +225,7 @@ def test_noise_at_a_cells_edge_stays_finite_at_a_bound(monkeypatch, draw: float)
     flow = nf.models.standardize(
         nf.models.MAF(1, transforms=1, hidden=(8,)), x, discrete=[0], bounds=(0, 16)
     ).train()
-    monkeypatch.setattr(torch, "rand_like", lambda t: torch.full_like(t, draw))
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, draw, **kw))
     lp = flow.log_prob(x)
     assert bool(torch.isfinite(lp).all())
     lp.sum().backward()

@@ -211,12 +211,14 @@ class DequantizedFlow(Flow):
         self._check_x(where, x, context)
         size = _check_chunk(where, chunk_size)
         draws = check_positive_int(where, "draws", draws)
-        if self.training:
-            y = self._dequantize(x, torch.rand_like(x))
-            return self._chunked_log_prob(y, context, size) + self._log_cell
         batch = x.shape[:-1]
         if context is not None:
             batch = torch.broadcast_shapes(batch, context.shape[:-1])
+        if self.training:  # a fresh u per row of the broadcast batch
+            x = x.expand(*batch, x.shape[-1])
+            y = self._dequantize(x, torch.rand(x.shape, dtype=x.dtype, device=x.device))
+            return self._chunked_log_prob(y, context, size) + self._log_cell
+        if context is not None:
             context = context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         x = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
         if x.shape[0] == 0:

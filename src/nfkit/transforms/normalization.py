@@ -136,6 +136,11 @@ class BatchNorm(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training and x.numel() > 0:  # an empty batch has no statistics to use
             flat = x.reshape(-1, x.shape[-1])
+            if flat.shape[0] < 2:  # one row's variance is 0: a spurious density, a wrecked average
+                raise ValueError(
+                    "BatchNorm: a train-mode batch needs at least 2 rows (its statistics), got 1; "
+                    "call .eval() to use the running statistics"
+                )
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():
                 n = flat.shape[0]
