@@ -182,9 +182,50 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
     assert nf.load(model).config == initial.config and table.read_text() == "a,b\n1,2\n"
     nf.fit(copy.deepcopy(initial), x, checkpoint=path, **kwargs)  # an old checkpoint: replaced
     for change in ({"lr": 1e-4}, {"batch_size": 32}, {"eval_every": 5}, {"clip": 1.0},
-                   {"schedule": "constant"}, {"patience": 3}):  # fmt: skip
+                   {"schedule": "constant"}, {"patience": 3}, {"seed": 8}):  # fmt: skip
         with pytest.raises(ValueError, match=f"ckpt.pt' was made with {next(iter(change))}="):
             nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, **change})
+
+
+def test_resume_refuses_the_same_rows_in_another_order_and_reads_older_fingerprints(
+    tmp_path,
+) -> None:
+    """The batch order depends on the rows' order: the same rows re-sorted (a re-sorted CSV,
+    no split) are other data. A checkpoint made before the order was fingerprinted (its sums
+    alone) still resumes."""
+    x = nf.datasets.two_moons(200, seed=0)
+    path = tmp_path / "ckpt.pt"
+    kwargs = dict(steps=20, eval_every=10, val_fraction=0.0, progress=False, seed=0)
+    torch.manual_seed(0)
+    initial = _small()
+    full = nf.fit(copy.deepcopy(initial), x, **kwargs)
+    nf.fit(copy.deepcopy(initial), x, checkpoint=path, **{**kwargs, "steps": 20})
+    with pytest.raises(ValueError, match=r"made on other training data \(the rows, their order"):
+        nf.fit(copy.deepcopy(initial), x.flip(0), checkpoint=path, resume=True, **kwargs)
+    state = torch.load(path, weights_only=True)
+    state["data"] = state["data"][: state["data"].numel() * 2 // 3]
+    torch.save(state, path)
+    resumed = nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **kwargs)
+    assert resumed.train_loss == full.train_loss
+
+
+def test_an_explicit_seed_fixes_the_training_noise_and_leaves_the_global_rng_alone() -> None:
+    """``seed=`` also seeds the noise drawn from torch's RNG (dequantization here), in a fork:
+    the global stream before the call does not change the result, and is left as it was."""
+    xi = (nf.datasets.two_moons(300, seed=0) * 3).round()
+    results = []
+    for outside in (0, 1):
+        torch.manual_seed(0)
+        flow = nf.models.standardize(
+            nf.models.MAF(2, transforms=1, hidden=(8,)), xi, discrete=[0, 1]
+        )
+        torch.manual_seed(outside)
+        nf.fit(flow, xi, steps=10, batch_size=64, progress=False, seed=7)
+        results.append((flow.log_prob(xi[:5]).detach(), torch.randn(3)))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.manual_seed(0)
+    after_seed_0 = torch.randn(3)
+    assert torch.equal(results[0][1], after_seed_0), "the caller's RNG stream moved"
 
 
 def test_resuming_a_run_that_stopped_early_returns_its_result(tmp_path) -> None:
@@ -413,6 +454,70 @@ def test_fit_vi_checks_what_log_density_returns(log_density, got: str) -> None:
         nf.fit_vi(_small(), log_density, steps=2, batch_size=64, progress=False)
 
 
+@pytest.mark.parametrize(
+    "log_density",
+    [
+        lambda x: -x.square().sum(-1).detach(),
+        lambda x: torch.from_numpy(-(x.detach().numpy() ** 2).sum(-1)),
+        lambda x: -x.square().sum(-1).round().long(),
+    ],
+)
+def test_fit_vi_refuses_a_target_without_a_gradient(log_density) -> None:
+    """A target cut from x's graph would train q towards maximum entropy, silently."""
+    with pytest.raises(ValueError, match="log_density returned a value without a gradient in x"):
+        nf.fit_vi(_small(), log_density, steps=2, batch_size=8, progress=False)
+
+
+def test_fit_vi_names_a_target_that_is_minus_inf_at_the_draws() -> None:
+    """-inf outside the target's support at training draws: the error counts the draws and
+    names the remedy (a Bounded layer), and Bounded in front of the flow then trains."""
+
+    def positive(x: torch.Tensor) -> torch.Tensor:
+        inside = (x > 0).all(-1)
+        return torch.where(inside, -x.square().sum(-1), torch.full_like(x[..., 0], -math.inf))
+
+    with pytest.raises(
+        nf.NonFiniteLossError, match=r"-inf or NaN at \d+ of 32 draws of step 1.*Bounded"
+    ):
+        nf.fit_vi(_small(), positive, steps=3, batch_size=32, progress=False, seed=0)
+    inner = _small()
+    bounded = nf.Flow(
+        nf.Compose(nf.transforms.Bounded([0, 0], [math.inf, math.inf]), inner.transform),
+        inner.base,
+    )
+    h = nf.fit_vi(bounded, positive, steps=5, batch_size=32, progress=False, seed=0)
+    assert math.isfinite(h.log_normalizer)
+
+
+def test_fit_vi_names_the_calling_convention_of_a_conditional_target() -> None:
+    with pytest.raises(TypeError, match=r"called as log_density\(x, context\) when a context"):
+        nf.fit_vi(_small(context=1), lambda x: -x.square().sum(-1), steps=2,
+                  context=torch.zeros(1), progress=False)  # fmt: skip
+
+
+def test_spline_flows_warn_when_data_or_draws_reach_their_interval() -> None:
+    """The spline is the identity beyond its bound: unstandardized training rows there, or a
+    variational q whose draws reach it (a target centred at 4 with sd 1), are flagged."""
+    theta = 50 + torch.randn(200, 1)
+    with pytest.warns(UserWarning, match=r"nf.fit: 100.0% of the training rows reach the spline"):
+        nf.fit(nf.models.NSF(1, transforms=1, hidden=(8,)), theta, steps=2, progress=False)
+    target = nf.targets.gaussian(torch.tensor([4.0, 0.0]), torch.tensor([1.0, 1.0]))
+    torch.manual_seed(0)
+    flow = nf.models.NSF(2, hidden=(16, 16), transforms=2)
+    with pytest.warns(UserWarning, match=r"nf.fit_vi: .*% of q's draws reach the spline's"):
+        nf.fit_vi(flow, target, steps=150, progress=False, seed=0)
+    with pytest.warns(UserWarning, match=r"importance_sampling: .*% of q's draws reach"):
+        nf.metrics.importance_sampling(flow, target, 4096, seed=1)
+    import warnings
+
+    with warnings.catch_warnings():  # standardized rows, a wide bound: nothing to say
+        warnings.simplefilter("error")
+        wide = nf.models.NSF(2, hidden=(16, 16), transforms=2, bound=20.0)
+        nf.fit_vi(wide, target, steps=5, progress=False, seed=0)
+        nf.fit(nf.models.standardize(nf.models.NSF(1, transforms=1, hidden=(8,)), theta),
+               theta, steps=2, progress=False)  # fmt: skip
+
+
 def test_explicit_val_is_what_early_stopping_scores() -> None:
     """With ``val=``, every training row is trained on and the best weights score ``best_val``
     on exactly those rows (unconditional, and a (data, context) pair)."""
@@ -529,7 +634,7 @@ def test_fit_vi_refuses_a_mixture_base_with_trained_weights() -> None:
         return -(x**2).sum(-1)
 
     for flow, context in ((nf.models.GMM(2), None), (nf.models.GMM(2, context=1), torch.ones(1))):
-        with pytest.raises(ValueError, match="draws its mixture component without a gradient"):
+        with pytest.raises(ValueError, match="without a gradient.*fit a flow factory"):
             nf.fit_vi(flow, log_density, steps=1, context=context, progress=False)
     frozen = nf.distributions.GaussianMixture(2, trainable=False)
     flow = nf.models.MAF(2, transforms=1, hidden=(8,), base=frozen)
@@ -571,7 +676,14 @@ def test_weighted_fit_is_the_weighted_maximum_likelihood() -> None:
 def test_weights_of_one_train_exactly_as_no_weights() -> None:
     x = nf.datasets.two_moons(300, seed=0)
     runs = []
-    for weights in (None, torch.ones(300), np.ones(300), pd.Series(np.ones(300))):
+    for weights in (
+        None,
+        torch.ones(300),
+        np.ones(300),
+        pd.Series(np.ones(300)),
+        np.full(300, 1e-50),
+        np.full(300, 1e39),
+    ):  # fmt: skip  (outside float32)
         torch.manual_seed(0)
         flow = _small()
         h = nf.fit(flow, x, weights=weights, steps=20, eval_every=5, progress=False, seed=1)

@@ -4,8 +4,10 @@ a conditional flow used as a posterior)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -538,13 +540,30 @@ def target_log_density(
     where: str, log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, like: Tensor
 ) -> Tensor:
     """``log p̃(x)`` (given ``context``), checked to be one value per sample: the shape of
-    ``like`` (the flow's ``log q``). A shape check only: no host sync."""
+    ``like`` (the flow's ``log q``), and differentiable in ``x`` when ``x`` carries a gradient
+    (a reverse-KL step). Shape and graph checks only: no host sync."""
+    if context is not None:
+        try:
+            inspect.signature(log_density).bind(x, context)
+        except TypeError:
+            raise TypeError(
+                f"{where}: log_density is called as log_density(x, context) when a context is "
+                "given, but it does not take two arguments"
+            ) from None
+        except ValueError:  # no signature to read (some builtins): let the call decide
+            pass
     log_p = log_density(x) if context is None else log_density(x, context)
     if not isinstance(log_p, Tensor) or log_p.shape != like.shape:
         got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
         raise ValueError(
             f"{where}: log_density must return one value per sample, a tensor of shape "
             f"{tuple(like.shape)} for samples of shape {tuple(x.shape)}; got {got}"
+        )
+    if x.requires_grad and torch.is_grad_enabled() and not log_p.requires_grad:
+        raise ValueError(
+            f"{where}: log_density returned a value without a gradient in x (computed through "
+            "NumPy, .detach(), .item(), an integer dtype or rounding?); the reverse KL needs "
+            "∇x log p̃: write it with torch operations on x"
         )
     return log_p
 
@@ -574,6 +593,62 @@ def weight_summary(log_weights: Tensor) -> tuple[float, float, float]:
     ess = torch.exp(2 * total - torch.logsumexp(2 * lw, 0)) / lw.numel()
     k = pareto_k(lw) if lw.numel() >= 25 else math.nan
     return float(ess), float(log_z), k
+
+
+def data_side_spline_bound(flow: nn.Module) -> float | None:
+    """The interval ``[-B, B]`` of the rational-quadratic spline that meets the data first in
+    ``flow`` (the first layer that is not a permutation; an ``Inverse`` looked through), or
+    None when that layer is no such spline. Outside it the spline is the identity, so the
+    flow cannot shape mass there."""
+    from nfkit.core import Compose, Inverse
+    from nfkit.transforms.linear import Permutation, Reverse
+    from nfkit.transforms.transformers import RQSplineTransformer
+
+    transform = getattr(flow, "transform", None)
+    layers = list(transform) if isinstance(transform, Compose) else [transform]
+    for layer in layers:
+        while isinstance(layer, Inverse):
+            layer = layer.transform
+        if isinstance(layer, (Permutation, Reverse)):
+            continue
+        transformer = getattr(layer, "transformer", None)
+        return float(transformer.bound) if isinstance(transformer, RQSplineTransformer) else None
+    return None
+
+
+def warn_outside_spline_interval(
+    where: str,
+    flow: nn.Module,
+    x: Tensor,
+    what: str,
+    advice: str,
+    *,
+    share: float = 0.01,
+    stacklevel: int = 3,
+) -> None:
+    """Warn when more than ``share`` of the rows of ``x`` ``(n, *event)`` have a value at or
+    beyond 90% of the data-side spline's bound (:func:`data_side_spline_bound`): training data
+    the spline cannot shape, or draws of ``q`` piled at the bound (variational fits of a target
+    with mass beyond it). One reduction; nothing for other flows."""
+    bound = data_side_spline_bound(flow)
+    if bound is None or x.numel() == 0:
+        return
+    rows = x.detach().reshape(x.shape[0], -1).abs().ge(0.9 * bound).any(1)
+    fraction = float(rows.double().mean())
+    if fraction > share:
+        warnings.warn(
+            f"{where}: {100 * fraction:.1f}% of {what} reach the spline's interval "
+            f"[-{bound:g}, {bound:g}] (the data-side layer), outside which it is the identity; "
+            f"{advice}",
+            UserWarning,
+            stacklevel=stacklevel,  # the caller of the public function
+        )
+
+
+VI_SPLINE_ADVICE = (
+    "if the target has mass beyond it, widen it (bound=) or put nf.transforms.Affine(scale=...) "
+    "in front of the flow"
+)
 
 
 def check_log_weights(where: str, log_weights: Tensor) -> None:
@@ -720,4 +795,7 @@ def importance_sampling(
     lw = torch.cat(lws)
     check_log_weights(where, lw)
     ess, log_z, k = weight_summary(lw)
+    warn_outside_spline_interval(
+        where, flow, torch.cat(xs), "q's draws", VI_SPLINE_ADVICE, stacklevel=4
+    )
     return ImportanceSampling(torch.cat(xs), lw, ess, log_z, k)

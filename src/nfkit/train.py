@@ -40,9 +40,11 @@ from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
 from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
 from nfkit.metrics import (
+    VI_SPLINE_ADVICE,
     check_log_weights,
     log_normalizer_se,
     target_log_density,
+    warn_outside_spline_interval,
     weight_summary,
     weighted_draws,
 )
@@ -389,7 +391,9 @@ def _row_weights(
         raise ValueError(f"{where}: {name} must be >= 0, got a minimum of {float(w.min()):.6g}")
     if not bool((w > 0).any()):
         raise ValueError(f"{where}: {name} are all zero")
-    return w.to(dtype)
+    # Scale-free (the objective divides by Σw): to a maximum of 1 in float64 before the cast,
+    # so importance weights of any magnitude (1e-50, 1e39) survive float32.
+    return (w / w.max()).to(dtype)
 
 
 @torch.no_grad()
@@ -591,13 +595,16 @@ def _read_checkpoint(
 
 
 def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor:
-    """The training data's per-column sums and sums of squares (float64, on the CPU), and the
-    weights' when given: what a resumed run compares to tell the same table from another."""
+    """The training data's per-column sums, sums of squares and position-weighted sums
+    ``Σ_i (i/n) x_i`` (float64, on the CPU; the last tells the same rows in another order, which
+    the batch order of a resumed run depends on), with the weights' when given: what a resumed
+    run compares to tell the same table from another."""
     parts = [x] if c is None else [x, c]
     if w is not None:
         parts.append(w.unsqueeze(-1))
     flat = torch.cat([t.reshape(t.shape[0], -1).double() for t in parts], 1)
-    return torch.cat([flat.sum(0), flat.square().sum(0)]).cpu()
+    position = torch.arange(flat.shape[0], dtype=flat.dtype, device=flat.device) / flat.shape[0]
+    return torch.cat([flat.sum(0), flat.square().sum(0), position @ flat]).cpu()
 
 
 def _damaged(where: str, checkpoint: Any, e: BaseException) -> ValueError:
@@ -684,12 +691,15 @@ def _restore(
             "same model, or give another checkpoint path"
         )
     saved = state.get("data")  # older checkpoints have no fingerprint
+    if saved is not None and data.numel() and saved.numel() == data.numel() * 2 // 3:
+        data = data[: saved.numel()]  # made before row order was fingerprinted: sums alone
     if saved is not None and not (
         saved.shape == data.shape and torch.allclose(saved, data, rtol=1e-6, atol=1e-9)
     ):
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made on other training data (the "
-            "columns' or the weights' sums differ): resume on the same data, or give another checkpoint path"
+            "rows, their order or the weights differ): resume on the same data, or give "
+            "another checkpoint path"
         )
     if int(state["steps"]) != steps or int(state["n"]) != n:
         raise ValueError(
@@ -817,7 +827,10 @@ def fit(
         resume: Continue from ``checkpoint`` if it exists (same data and settings).
         progress: Show a tqdm bar with the train/val NLL.
         device: Move the flow and data there (default: the flow's device).
-        seed: Seed of the split and the batch order (default: drawn from torch's global RNG).
+        seed: Seed of the split, the batch order and the training noise (dequantization,
+            Hutchinson probes, roulette draws: from a fork of torch's global RNG, which is left
+            as it was). None: the seed is drawn from the global RNG and the noise comes from it.
+            A resumed run takes the checkpoint's (a different explicit seed is refused).
         callback: Called with the History after each evaluation.
         objective: ``"likelihood"`` (maximum likelihood) or ``"flow_matching"`` (see above).
 
@@ -842,6 +855,9 @@ def fit(
             "may then fine-tune it"
         )
     x, c, dtype, dev = _training_data(where, flow, data, context, device)
+    warn_outside_spline_interval(
+        where, flow, x, "the training rows", "standardize them (nf.models.standardize)"
+    )
     w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
     lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
@@ -853,6 +869,7 @@ def fit(
         raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
     batch_size = check_positive_int(where, "batch_size", batch_size)
     patience = check_positive_int(where, "patience", patience)
+    seed_given = seed is not None
     seed = resolve_seed(where, seed)
     if objective not in OBJECTIVES:
         raise ValueError(f"{where}: objective must be one of {OBJECTIVES}, got {shown(objective)}")
@@ -861,9 +878,15 @@ def fit(
     state = _read_checkpoint(where, checkpoint, resume)
     if state is not None:
         try:
-            seed = int(state["seed"])
+            made_seed = int(state["seed"])
         except (KeyError, TypeError, ValueError) as e:
             raise _damaged(where, checkpoint, e) from None
+        if seed_given and seed != made_seed:
+            raise ValueError(
+                f"{where}: checkpoint {str(checkpoint)!r} was made with seed={made_seed}; got "
+                f"seed={seed}: resume with its seed (or seed=None), or give another checkpoint path"
+            )
+        seed = made_seed
 
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
@@ -927,81 +950,90 @@ def fit(
             repeats = max(1, math.ceil(VAL_DRAWS / xv.shape[0]))
             fixed = torch.Generator(device=dev).manual_seed((seed + 2) % 2**63)
             val_noise = matching.draw(repeats * xv.shape[0], xv, fixed)
-    history, start = History(objective=objective), 0
-    t0 = time.perf_counter()
-    if state is not None:
-        try:
-            history, start = _restore(
-                where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
-                noise=noise_rng, data=fingerprint, settings=settings,
-            )  # fmt: skip
-        except (KeyError, TypeError, AttributeError, IndexError) as e:
-            raise _damaged(where, checkpoint, e) from None
-        t0 -= history.wall_time
-        if history.stopped_early:  # the run had ended: resuming returns its result
-            start = steps
+    # An explicit seed also fixes the training noise drawn from torch's global RNG
+    # (dequantization, Hutchinson probes, roulette), in a fork that leaves the caller's RNG as
+    # it was; a resumed run puts the checkpoint's RNG state back inside the fork.
+    forked = seed_given or state is not None
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [], enabled=forked):
+        if seed_given:
+            torch.manual_seed((seed + 3 + rank) % 2**63)
+        history, start = History(objective=objective), 0
+        t0 = time.perf_counter()
+        if state is not None:
+            try:
+                history, start = _restore(
+                    where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
+                    noise=noise_rng, data=fingerprint, settings=settings,
+                )  # fmt: skip
+            except (KeyError, TypeError, AttributeError, IndexError) as e:
+                raise _damaged(where, checkpoint, e) from None
+            t0 -= history.wall_time
+            if history.stopped_early:  # the run had ended: resuming returns its result
+                start = steps
 
-    validate, flow.validate = flow.validate, False
-    flow.train()
-    if world > 1 and _uninitialized(flow):
-        _initialize_on_first_batch(flow, batcher, xt, ct, dev)
-    model = _wrap_model(flow if matching is None else matching, world, dev)
-    loop.open_bar(start)
-    try:
-        for i in range(start, steps):
-            idx = batcher.next()
-            noise = None if matching is None else matching.draw(len(idx), xt, noise_rng)
-            if world > 1:
-                idx = idx[rank::world]
-                noise = None if noise is None else noise.rows(slice(rank, None, world))
-            idx = idx.to(dev, non_blocking=True)
-            cb = None if ct is None else ct[idx]
-            if matching is None:
-                rows = -model(xt[idx], cb)
-            else:
-                rows = model(xt[idx], cb, noise)
-            loss = rows.mean() if wt is None else (rows * wt[idx]).mean()
-            loop.step(i, loss)
-            done = i + 1
-            evaluate = done % eval_every == 0 or done == steps
-            if evaluate or done % loop.sync_every == 0:
-                loop.sync(done, history)
-                loop.postfix(history)
-            if evaluate:
-                history.val_step.append(done)
-                history.time.append(time.perf_counter() - t0)
-                history.lr.append(loop.lr())
-                stop = False
-                if xv is not None:
-                    val = (
-                        _nll(flow, xv, cv, wv)
-                        if matching is None
-                        else _flow_matching_val(matching, xv, cv, val_noise, wv)
-                    )
-                    stop = stopping.update(history, _broadcast_float(val, world, dev), done, flow)
-                history.stopped_early = stop  # in the checkpoint: a resumed run ends here too
-                history.wall_time = time.perf_counter() - t0
-                if checkpoint is not None and rank == 0:
-                    state = _checkpoint_state(
-                        flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
-                        done=done, noise=noise_rng, data=fingerprint, settings=settings,
-                    )  # fmt: skip
-                    atomic_save(state, checkpoint)
-                loop.postfix(history)
-                if callback is not None and rank == 0:
-                    callback(history)
-                if stop:
-                    break
-        if stopping.best is not None:
-            flow.load_state_dict(stopping.best)
-        elif xv is None:
-            history.best_step = history.steps
-        if matching is not None and xv is not None:
-            history.val_nll = _broadcast_float(_nll(flow, xv, cv, wv), world, dev)
-    finally:
-        loop.close()
-        flow.validate = validate
-        flow.eval()
+        validate, flow.validate = flow.validate, False
+        flow.train()
+        if world > 1 and _uninitialized(flow):
+            _initialize_on_first_batch(flow, batcher, xt, ct, dev)
+        model = _wrap_model(flow if matching is None else matching, world, dev)
+        loop.open_bar(start)
+        try:
+            for i in range(start, steps):
+                idx = batcher.next()
+                noise = None if matching is None else matching.draw(len(idx), xt, noise_rng)
+                if world > 1:
+                    idx = idx[rank::world]
+                    noise = None if noise is None else noise.rows(slice(rank, None, world))
+                idx = idx.to(dev, non_blocking=True)
+                cb = None if ct is None else ct[idx]
+                if matching is None:
+                    rows = -model(xt[idx], cb)
+                else:
+                    rows = model(xt[idx], cb, noise)
+                loss = rows.mean() if wt is None else (rows * wt[idx]).mean()
+                loop.step(i, loss)
+                done = i + 1
+                evaluate = done % eval_every == 0 or done == steps
+                if evaluate or done % loop.sync_every == 0:
+                    loop.sync(done, history)
+                    loop.postfix(history)
+                if evaluate:
+                    history.val_step.append(done)
+                    history.time.append(time.perf_counter() - t0)
+                    history.lr.append(loop.lr())
+                    stop = False
+                    if xv is not None:
+                        val = (
+                            _nll(flow, xv, cv, wv)
+                            if matching is None
+                            else _flow_matching_val(matching, xv, cv, val_noise, wv)
+                        )
+                        stop = stopping.update(
+                            history, _broadcast_float(val, world, dev), done, flow
+                        )
+                    history.stopped_early = stop  # in the checkpoint: a resumed run ends here too
+                    history.wall_time = time.perf_counter() - t0
+                    if checkpoint is not None and rank == 0:
+                        state = _checkpoint_state(
+                            flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
+                            done=done, noise=noise_rng, data=fingerprint, settings=settings,
+                        )  # fmt: skip
+                        atomic_save(state, checkpoint)
+                    loop.postfix(history)
+                    if callback is not None and rank == 0:
+                        callback(history)
+                    if stop:
+                        break
+            if stopping.best is not None:
+                flow.load_state_dict(stopping.best)
+            elif xv is None:
+                history.best_step = history.steps
+            if matching is not None and xv is not None:
+                history.val_nll = _broadcast_float(_nll(flow, xv, cv, wv), world, dev)
+        finally:
+            loop.close()
+            flow.validate = validate
+            flow.eval()
     history.wall_time = time.perf_counter() - t0
     return history
 
@@ -1020,9 +1052,12 @@ def _importance(
 ) -> None:
     """``history``'s ESS / n, log Ẑ and k̂ from ``n`` samples of ``q`` (``w = exp(log p̃ -
     log q)``), per context for a batch of contexts (each its own target and normalizer)."""
-    draws = weighted_draws("nf.fit_vi", flow, log_density, context, n, chunk)
-    lw = torch.cat([w.reshape(w.shape[0], -1) for _, w in draws])  # (n, contexts)
+    xs, ws = zip(*weighted_draws("nf.fit_vi", flow, log_density, context, n, chunk))
+    lw = torch.cat([w.reshape(w.shape[0], -1) for w in ws])  # (n, contexts)
     check_log_weights("nf.fit_vi", lw)
+    x = torch.cat(xs)  # (n, *contexts, *event): a row per draw and context
+    x = x.reshape(-1, *flow.event_shape)
+    warn_outside_spline_interval("nf.fit_vi", flow, x, "q's draws", VI_SPLINE_ADVICE, stacklevel=6)
     if context is None or context.dim() == 1:
         history.ess, history.log_normalizer, history.pareto_k = weight_summary(lw.flatten())
         history.log_normalizer_se = log_normalizer_se(history.ess, lw.numel())
@@ -1107,10 +1142,15 @@ def fit_vi(
         context = context.to(device=dev, dtype=dtype)
     check_context(where, context, flow.context_features)  # width, finite; before any step
     if not getattr(flow.base, "reparameterized", True):
+        fix = (
+            "fit a flow factory (IAF, RealNVP, NSF, ...) instead"
+            if flow.config.get("model") == "GMM"
+            else "use a reparameterized base (base='normal') or freeze the weights"
+        )
         raise ValueError(
             f"{where}: the base distribution {type(flow.base).__name__} draws its mixture "
-            "component without a gradient, so its trained weights would get biased gradients; "
-            "use a reparameterized base (base='normal') or freeze the weights"
+            f"component without a gradient, so its trained weights would get biased gradients; "
+            f"{fix}"
         )
     eval_every = _eval_every(where, steps, eval_every)
     if seed is not None:
@@ -1123,6 +1163,24 @@ def fit_vi(
             where, flow, log_density, context, steps, batch_size, lr, weight_decay, clip,
             schedule, anneal, eval_every, n_estimate, progress, dev, callback,
         )  # fmt: skip
+
+
+def _off_target(
+    where: str, off_target: Tensor, synced: int, draws: int
+) -> NonFiniteLossError | None:
+    """The error naming the target when a non-finite loss came from ``log p̃`` not being finite
+    at some draws (``off_target``: the count per step) since step ``synced``; None otherwise."""
+    bad = torch.nonzero(off_target[synced:])
+    if bad.numel() == 0:
+        return None
+    step = synced + int(bad[0, 0])
+    return NonFiniteLossError(
+        f"{where}: log_density is -inf or NaN at {int(off_target[step])} of {draws} draws of "
+        f"step {step + 1}; weights restored to step {synced}. Draws of q outside the target's "
+        "support: put nf.transforms.Bounded(low, high) in front of the flow "
+        "(nf.Flow(nf.Compose(nf.transforms.Bounded(...), flow.transform), flow.base)), or make "
+        "log_density finite everywhere"
+    )
 
 
 def _fit_vi(
@@ -1163,16 +1221,26 @@ def _fit_vi(
     validate, flow.validate = flow.validate, False
     flow.train()
     loop.open_bar(0)
+    # per step, the draws at which the target was not finite (on the device: no sync)
+    off_target = torch.zeros(steps, dtype=torch.long, device=dev)
     try:
         for i in range(steps):
             beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
             x, log_q = flow.sample_and_log_prob(batch_size, context)
             log_p = target_log_density(where, log_density, x, context, log_q)
+            off_target[i] = (~torch.isfinite(log_p.detach())).sum()
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)
             done = i + 1
             if done % loop.sync_every == 0 or done == steps:
-                loop.sync(done, history)
+                try:
+                    loop.sync(done, history)
+                except NonFiniteLossError as e:
+                    named = _off_target(where, off_target, loop.synced, log_p.numel())
+                    if named is None:
+                        raise
+                    raise named from e
+
             if done % eval_every == 0 or done == steps:
                 history.val_step.append(done)
                 history.time.append(time.perf_counter() - t0)
