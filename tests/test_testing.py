@@ -36,6 +36,8 @@ class Doubling(nf.Transform):
             z = z[:1]
         if self.broken.get("nan"):
             z = z * float("nan")
+        if self.broken.get("sum_over_dim_1"):  # right at (n, D) alone
+            ladj = (math.log(2.0) * torch.ones_like(x)).sum(1)
         return z, ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -73,6 +75,15 @@ def test_the_unbroken_map_passes() -> None:
 def test_check_transform_catches(broken: str, message: str) -> None:
     with pytest.raises(AssertionError, match=f"^Doubling: {message}"):
         check_transform(Doubling(**{broken: True}), X)
+
+
+def test_check_transform_tries_other_batch_shapes() -> None:
+    """A log-det summed over ``dim=1`` instead of the event is right at ``(n, D)`` alone."""
+    with pytest.raises(
+        AssertionError,
+        match=r"^Doubling: at batch shape \(2, 4\) ladj has shape \(2, 3\), expected",
+    ):
+        check_transform(Doubling(sum_over_dim_1=True), torch.randn(8, 3, dtype=torch.float64))
 
 
 class Scaling(nf.Transform):

@@ -13,7 +13,7 @@ import io
 import torch
 from torch import Tensor, nn
 
-from nfkit.core import Flow, Transform, autograd_inside
+from nfkit.core import Flow, Transform, _batch_coupled, autograd_inside
 
 __all__ = ["check_transform", "check_flow", "jacobian_logdet", "perturb_parameters"]
 
@@ -88,7 +88,10 @@ def check_transform(
     event (the forward's log-det); (d) ``ladj_inverse(z) ≈ -ladj(x)`` (the inverse's);
     (e) ``inverse_value(z)`` (no autograd; and under ``torch.inference_mode()``, as
     :meth:`~nfkit.Flow.sample` runs it, unless :attr:`~nfkit.Transform.autograd_inside`)
-    equals ``inverse(z)[0]``; (f) with ``parameters`` (float64 only), the gradients with
+    equals ``inverse(z)[0]``; (e') for rows ``x (n, *event)`` (and a transform whose values
+    do not depend on the batch), ``forward`` at batch shapes ``(2, n/2)`` and ``()`` (one event)
+    gives the same values with that batch shape (a log-det summed over ``dim=1`` instead of
+    the event is right at ``(n, D)`` alone); (f) with ``parameters`` (float64 only), the gradients with
     respect to the transform's parameters: along a random direction ``v``, the autograd
     derivative of ``Σ r·z``, ``Σ ladj`` (forward), ``Σ r'·x`` and ``Σ ladj_inverse`` (inverse
     at the fixed ``z``; ``r, r'`` random), each on its own, equals the central difference
@@ -187,11 +190,49 @@ def _check_transform(
             atol_inverse,
             rtol=atol_inverse,
         )
+    _check_other_batch_shapes(name, t, x, context, z, ladj, atol_inverse, atol_ladj)
     if parameters and x.dtype == torch.float64:
         report["parameter_gradient_error"] = _check_parameter_gradients(
             name, t, x, z.detach(), context, atol_ladj
         )
     return report
+
+
+def _check_other_batch_shapes(
+    name: str,
+    t: Transform,
+    x: Tensor,
+    context: Tensor | None,
+    z: Tensor,
+    ladj: Tensor,
+    atol: float,
+    atol_ladj: float,
+) -> None:
+    """(a) for rows ``x (n, *event)`` also at two other batch shapes, ``(2, n/2)`` and one
+    event ``x[0]``: the same values with the batch shape kept (a log-det summed over ``dim=1``
+    rather than the event passes at ``(n, D)`` alone). Skipped for a batch-coupled layer (its
+    values depend on the batch) and for other inputs."""
+    event_dim = t.event_dim
+    if x.dim() - event_dim != 1 or _batch_coupled(t) or x.shape[0] < 2:
+        return
+    c = context if context is None or context.dim() == 1 else None
+    if context is not None and c is None and context.shape[0] != x.shape[0]:
+        return
+    n = x.shape[0]
+    shapes = ([((2, n // 2), n)] if n % 2 == 0 else []) + [((), 1)]
+    for batch, rows in shapes:
+        xb = x[:rows].reshape(*batch, *x.shape[1:])
+        cb = c if c is not None or context is None else context[:rows].reshape(*batch, -1)
+        zb, lb = t(xb, cb)
+        if tuple(lb.shape) != tuple(batch):
+            raise AssertionError(
+                f"{name}: at batch shape {tuple(batch)} ladj has shape {tuple(lb.shape)}, "
+                f"expected {tuple(batch)}"
+            )
+        _close(name, f"z at batch shape {tuple(batch)}", zb.reshape(z[:rows].shape), z[:rows],
+               atol, rtol=atol)  # fmt: skip
+        _close(name, f"ladj at batch shape {tuple(batch)}", lb.reshape(-1), ladj[:rows],
+               atol_ladj, rtol=atol_ladj)  # fmt: skip
 
 
 def _check_parameter_gradients(
