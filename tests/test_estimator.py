@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.validation import check_is_fitted
 
 import nfkit as nf
 
@@ -22,7 +23,7 @@ SMALL = dict(model="maf", transforms=1, hidden=(8,), steps=15, batch_size=64, ra
 
 
 @parametrize_with_checks(
-    [nf.FlowDensity(**SMALL)],
+    [nf.FlowDensity(**SMALL), nf.FlowDensity("rbig", transforms=1, steps=5, random_state=0)],
     expected_failed_checks=lambda est: est._expected_failed_checks(),
 )
 def test_sklearn_checks(estimator, check) -> None:
@@ -140,6 +141,13 @@ def test_given_by_index_and_per_row_context() -> None:
         ),
         ({"model": "glow"}, ValueError, r"Glow is an image flow \(events of shape \(C, H, W\)\)"),
         ({"model": "MultiscaleRealNVP"}, ValueError, "MultiscaleRealNVP is an image flow"),
+        # not read as truthy ("no" had meant True), nor one int read as one layer
+        ({"standardize": "no"}, TypeError, "standardize must be True or False, got 'no'"),
+        ({"progress": 1}, TypeError, "progress must be True or False, got 1"),
+        ({"summary_padded": None}, TypeError, "summary_padded must be True or False, got None"),
+        ({"hidden": 8}, TypeError, r"hidden must be a tuple of positive ints.*got 8$"),
+        ({"hidden": "64"}, TypeError, "hidden must be a tuple of positive ints"),
+        ({"hidden": (8, 0)}, ValueError, r"hidden must be a sequence of positive ints"),
     ],
 )
 def test_bad_settings_are_one_line(kwargs: dict, error: type, message: str) -> None:
@@ -289,3 +297,139 @@ def test_sample_weight_zero_rows_take_no_part() -> None:
     assert abs(weighted - clean) < 0.05 and plain < clean - 3
     with pytest.raises(ValueError, match="non-zero"):
         nf.FlowDensity(**est).fit(x, sample_weight=np.zeros(600))
+
+
+def test_valid_settings_of_the_checked_kinds_still_fit() -> None:
+    """A list or array of widths and NumPy booleans are accepted; clone keeps them as given."""
+    x = _moons(100)
+    for hidden, flag in (([8], np.True_), (np.array([8, 8]), False), (None, True)):
+        est = nf.FlowDensity(**{**SMALL, "steps": 2, "hidden": hidden, "standardize": flag})
+        assert np.isfinite(est.fit(x).score(x))
+        assert clone(est).get_params()["standardize"] is flag
+
+
+def test_zero_weight_rows_stay_out_of_the_validation_split() -> None:
+    """Rows of weight 0 are dropped before nf.fit: a held-out share of only such rows had made
+    the fit fail ("every held-out row has weight 0") for this seed; the fit now equals one on
+    the rows of positive weight."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    w = np.zeros(200)
+    ones = rng.choice(200, 20, replace=False)
+    w[ones] = 1.0
+    w[ones[::2]] = 2.0
+    kw = dict(model="maf", transforms=1, hidden=(8,), steps=3, random_state=0)
+    est = nf.FlowDensity(**kw).fit(x, sample_weight=w)
+    same = nf.FlowDensity(**kw).fit(x[w > 0], sample_weight=w[w > 0])
+    np.testing.assert_array_equal(est.score_samples(x), same.score_samples(x))
+    with pytest.raises(ValueError, match="sample_weight leaves 1 row of weight > 0"):
+        nf.FlowDensity(**kw).fit(x, sample_weight=np.eye(200)[0])
+
+
+def test_a_failed_fit_leaves_it_unfitted() -> None:
+    """A fit that raises leaves no fitted attribute for check_is_fitted (in a Pipeline too),
+    first fit or refit."""
+    x = _moons(100)
+    bad = nf.FlowDensity(**{**SMALL, "objective": "typo"})
+    with pytest.raises(ValueError, match="objective must be one of"):
+        bad.fit(x)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(bad)
+    assert not hasattr(bad, "n_features_in_") and not hasattr(bad, "data_indices_")
+    pipe = Pipeline([("scale", StandardScaler()), ("flow", clone(bad))])
+    with pytest.raises(ValueError, match="objective must be one of"):
+        pipe.fit(x)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(pipe)
+    est = nf.FlowDensity(**{**SMALL, "steps": 2}).fit(x)
+    check_is_fitted(est)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        est.set_params(objective="typo").fit(x)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(est)
+
+
+def test_rbig_lists_the_sample_weight_checks_it_fails() -> None:
+    est = nf.FlowDensity("rbig")
+    failed = est._expected_failed_checks()
+    assert len(failed) == 7 and "check_sample_weights_shape" in failed
+    assert all("refuses sample_weight" in why for why in failed.values())
+    assert nf.FlowDensity("maf")._expected_failed_checks() == {}
+
+
+def test_integer_weights_match_repeated_rows() -> None:
+    """An integer weight counts as that many copies of the row: with full batches, no held-out
+    split and no standardization (fitted on the distinct rows, unweighted) the training is the
+    same up to float32 rounding (3.5e-8 here); ``score`` with the weights is the mean over the
+    repeated rows."""
+    x = _moons(60)
+    k = np.random.default_rng(0).integers(1, 4, size=60)
+    repeated = np.repeat(x, k, axis=0)
+    kw = dict(model="maf", transforms=2, hidden=(16,), steps=50, batch_size=1000)
+    kw.update(val_fraction=0.0, standardize=False, random_state=0)
+    weighted = nf.FlowDensity(**kw).fit(x, sample_weight=k)
+    copies = nf.FlowDensity(**kw).fit(repeated)
+    test = nf.datasets.two_moons(200, seed=1).double().numpy()
+    np.testing.assert_allclose(weighted.score_samples(test), copies.score_samples(test), atol=1e-6)
+    assert weighted.score(x, sample_weight=k) == pytest.approx(weighted.score(repeated), abs=1e-12)
+
+
+def test_score_takes_sample_weight() -> None:
+    x = _moons(200)
+    w = np.random.default_rng(0).uniform(0, 2, 200)
+    w[:20] = 0.0
+    est = nf.FlowDensity(**{**SMALL, "steps": 5}).fit(x)
+    s = est.score_samples(x)
+    assert est.score(x, sample_weight=w) == pytest.approx(np.average(s, weights=w), rel=1e-12)
+    assert est.score(x, sample_weight=w) == pytest.approx(est.score(x[20:], sample_weight=w[20:]))
+    assert est.score(x, sample_weight=None) == est.score(x)
+    with pytest.raises(ValueError, match="sample_weight"):
+        est.score(x, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match="sample_weight"):
+        est.score(x, sample_weight=-w)
+    # GridSearchCV passes the weights to score too: no "does not support sample_weight" warning
+    grid = GridSearchCV(nf.FlowDensity(**{**SMALL, "steps": 3}), {"transforms": [1]}, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        grid.fit(x, sample_weight=w)
+    assert np.isfinite(grid.best_score_)
+
+
+def test_score_weights_route_with_metadata_routing() -> None:
+    import sklearn
+
+    x = _moons(200)
+    w = np.random.default_rng(0).uniform(0.5, 2, 200)
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = nf.FlowDensity(**{**SMALL, "steps": 3})
+        est = est.set_fit_request(sample_weight=True).set_score_request(sample_weight=True)
+        grid = GridSearchCV(est, {"transforms": [1]}, cv=2).fit(x, sample_weight=w)
+    assert np.isfinite(grid.best_score_)
+
+
+def test_ncsf_without_angles_says_every_column_is_an_angle() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"phi": rng.uniform(-3, 3, 100), "speed": 4 + rng.normal(size=100)})
+    small = dict(model="ncsf", transforms=1, hidden=(8,), steps=2)
+    message = (
+        r"FlowDensity.fit: model='ncsf' treats every column as an angle in \[-π, π\] unless "
+        r"angles= names them; column 'speed' has values outside it \(e.g. "
+    )
+    with pytest.raises(ValueError, match=message) as info:
+        nf.FlowDensity(**small).fit(frame)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"every column as an angle .* column 1 has values"):
+        nf.FlowDensity(**small, standardize=False).fit(frame.to_numpy())
+    with pytest.raises(ValueError, match=r"\[-2, 2\] unless angles= names them; column 'phi'"):
+        nf.FlowDensity(**small, model_options={"bound": 2.0}).fit(frame[["phi"]])
+    # named angles, or a range through bounds: fitted as before
+    assert np.isfinite(nf.FlowDensity(**small, angles=["phi"]).fit(frame).score(frame))
+    ranged = nf.FlowDensity(**small, bounds=[(None, None), (0, 10)]).fit(frame)
+    assert np.isfinite(ranged.score(frame))
+
+
+def test_bounds_are_open_at_their_ends() -> None:
+    x = np.random.default_rng(0).lognormal(size=(100, 1))
+    x[0] = 0.0
+    with pytest.raises(ValueError, match=r"outside its bounds \(0, inf\)"):
+        nf.FlowDensity(**{**SMALL, "steps": 2, "bounds": (0, None)}).fit(x)

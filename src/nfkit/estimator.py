@@ -97,6 +97,30 @@ def make_flow(
         raise ValueError(f"{where}: {e}") from None
 
 
+# scikit-learn's checks that pass sample_weight to fit, which rbig refuses
+_RBIG_WEIGHT_CHECKS = (
+    "check_sample_weights_pandas_series",
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_list",
+    "check_sample_weights_shape",
+    "check_sample_weights_not_overwritten",
+    "check_sample_weight_equivalence_on_dense_data",
+    "check_all_zero_sample_weights_error",
+)
+
+# what fit sets: none of it may outlive a failed fit
+_FITTED = (
+    "flow_",
+    "history_",
+    "discrete_indices_",
+    "given_indices_",
+    "data_indices_",
+    "device_",
+    "n_features_in_",
+    "feature_names_in_",
+)
+
+
 class FlowDensity(DensityMixin, BaseEstimator):
     r"""A normalizing flow as a scikit-learn density estimator (``fit``, ``score_samples``, ...).
 
@@ -104,7 +128,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
     ...), wraps it in a standardization fitted on the training data
     (:func:`nfkit.models.standardize`, unless ``standardize=False``) and trains it with
     :func:`nfkit.fit`. ``score_samples`` returns ``log p(x)`` per row in the input's units (the
-    standardization's Jacobian included), in float64: the trained flow is kept in float64.
+    standardization's Jacobian included), in float64: the trained flow is kept in float64;
+    ``score`` is their (weighted) mean per row, as in ``GaussianMixture``.
 
     Conditional densities: ``given`` names the context columns (ints, or names when fitting on a
     DataFrame); the estimator then models ``p(other columns | given columns)`` and
@@ -115,16 +140,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
         given: Context columns (indices, or names with DataFrames), or None.
         transforms: Number of layers (``layers`` for the planar family, ``blocks`` for
             ResidualFlow; not used by FFJORD, RBIG and GMM, see :func:`make_flow`).
-        hidden: Hidden widths of the conditioners.
+        hidden: Hidden widths of the conditioners, a tuple of positive ints (``(64,)`` for one
+            layer), or None for the factory's default.
         model_options: Extra keyword arguments for the factory (e.g. ``{"bins": 8}``).
         steps, epochs: Training length (see :func:`nfkit.fit`; default 1000 steps).
         batch_size, lr, weight_decay, val_fraction, patience: As in :func:`nfkit.fit`.
         standardize: Standardize the modelled columns (and the context) inside the model.
         bounds: Supports of the modelled columns, ``(low, high)`` pairs (None: an open end),
             one for every column, one per modelled column, or a dict ``{column: (low, high)}``
-            (names with DataFrames, or indices; the others open): the density is zero outside them and
-            samples stay inside (see :func:`nfkit.models.standardize`; needs ``standardize``).
-            ``(0, None)`` for positive quantities, ``(0, 1)`` for fractions.
+            (names with DataFrames, or indices; the others open): the density is zero outside
+            them and samples stay inside (see :func:`nfkit.models.standardize`; needs
+            ``standardize``). ``(0, None)`` for positive quantities, ``(0, 1)`` for fractions;
+            the ends are open: a column with an exact 0 is refused by ``(0, None)``.
         discrete: Integer-valued modelled columns (counts, ratings): indices, names (with
             DataFrames), or ``"auto"`` for every modelled column of whole numbers. They are
             modelled by uniform dequantization (:class:`~nfkit.models.DequantizedFlow`):
@@ -134,8 +161,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
             them to their ranges ``(low, high)``, one period in their units (``(0, 360)`` for
             compass degrees; default ``[-π, π]``). Modelled angles need ``model="ncsf"``: they
             are modelled on the circle, the other columns as usual
-            (``nf.models.NCSF(..., angles=...)``). A given angle is read as a ``(cos, sin)``
-            pair by any model (``context_angles`` of :func:`nfkit.models.standardize`).
+            (``nf.models.NCSF(..., angles=...)``). ``model="ncsf"`` without ``angles`` treats
+            every modelled column as an angle in ``[-π, π]`` (NCSF's default) and refuses
+            values outside. A given angle is read as a ``(cos, sin)`` pair by any model
+            (``context_angles`` of :func:`nfkit.models.standardize`).
         summary: With many given columns: condition on this many features of a learned
             summary network of them, an MLP of ``hidden`` widths trained with the model
             (:func:`nfkit.models.Embedded`). None: the given columns as they are.
@@ -376,9 +405,58 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 "set's elements may be missing"
             )
 
+    def _check_params(self) -> None:
+        """One-line errors for the settings that nothing downstream checks."""
+        for name in ("standardize", "summary_padded", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise TypeError(
+                    f"FlowDensity.fit: {name} must be True or False, got {shown(value)}"
+                )
+        hidden = self.hidden
+        if hidden is not None:
+            if not isinstance(hidden, tuple | list | np.ndarray) or np.ndim(hidden) != 1:
+                raise TypeError(
+                    "FlowDensity.fit: hidden must be a tuple of positive ints, one width per "
+                    f"layer ((64,) for one), got {shown(hidden)}"
+                )
+            check_hidden("FlowDensity.fit", hidden)
+
+    def _check_default_angles(self, x: torch.Tensor) -> None:
+        """``model="ncsf"`` without ``angles``: every modelled column is an angle in NCSF's
+        ``[-bound, bound]`` (``[-π, π]``); name a column outside it (where its ``bounds`` do
+        not give its range) and say so, before the flow's own check of the support."""
+        options = self.model_options or {}
+        if str(self.model).lower() != "ncsf" or self.angles is not None or "angles" in options:
+            return
+        bound = options.get("bound", math.pi)
+        if isinstance(bound, bool) or not isinstance(bound, int | float | np.number):
+            return  # the factory names it
+        ends = self._bounds_of_columns({})
+        names = [str(n) for n in getattr(self, "feature_names_in_", [])]
+        for j, i in enumerate(self.data_indices_):
+            if ends[i] is not None and tuple(ends[i]) != (-math.inf, math.inf):
+                continue  # its bounds are its range
+            outside = x[:, j].abs() > bound
+            if bool(outside.any()):
+                label = repr(names[i]) if names else str(i)
+                span = "[-π, π]" if bound == math.pi else f"[{-bound:g}, {bound:g}]"
+                every = "every modelled column" if self.given_indices_ else "every column"
+                raise ValueError(
+                    f"FlowDensity.fit: model='ncsf' treats {every} as an angle in {span} unless "
+                    f"angles= names them; column {label} has values outside it (e.g. "
+                    f"{float(x[:, j][outside][0]):g})"
+                )
+
     def _expected_failed_checks(self) -> dict[str, str]:
-        """scikit-learn checks that do not apply, with the reason (none at present)."""
-        return {}
+        """scikit-learn checks that do not apply, with the reason (rbig's sample weights)."""
+        if str(self.model).lower() != "rbig":
+            return {}
+        why = "model='rbig' is fitted greedily and refuses sample_weight"
+        return {name: why for name in _RBIG_WEIGHT_CHECKS}
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "flow_")
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -392,15 +470,25 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
         ``sample_weight`` ``(n,)``, ``>= 0``: maximize the weighted log-likelihood ``Σ_i w_i
         log p(x_i)`` (see ``weights`` of :func:`nfkit.fit`; an integer weight counts as that
-        many copies of the row). Rows of weight 0 take no part, not even in the
-        standardization.
+        many copies of the row in the objective). Rows of weight 0 are dropped first: they take
+        no part in the standardization (fitted, unweighted, on the other rows) or the
+        validation split. A failed fit leaves the estimator unfitted.
         """
+        for name in _FITTED:  # no stale model if this fails
+            self.__dict__.pop(name, None)
+        try:
+            return self._fit(X, sample_weight)
+        except BaseException:
+            for name in _FITTED:
+                self.__dict__.pop(name, None)
+            raise
+
+    def _fit(self, X: Any, sample_weight: Any) -> FlowDensity:
         from nfkit.models import Embedded, standardize
         from nfkit.models.gaussianization import fitted_greedily
         from nfkit.train import OBJECTIVES, History, fit
 
-        for name in ("flow_", "history_", "discrete_indices_"):  # no stale model if this fails
-            self.__dict__.pop(name, None)
+        self._check_params()
         nan = "allow-nan" if self.summary_padded else True
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=nan)
         n_features = X.shape[1]
@@ -417,11 +505,15 @@ class FlowDensity(DensityMixin, BaseEstimator):
             weights = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )  # (its errors name sample_weight; all zero: "no non-zero" weight)
+            kept = weights > 0  # the rows that count: the others take no part at all
+            if kept.sum() < 2:
+                raise ValueError(
+                    "FlowDensity.fit: sample_weight leaves 1 row of weight > 0; give at least 2"
+                )
+            X, weights = X[kept], weights[kept]
         self.device_ = check_device("FlowDensity.fit", self.device) or torch.device("cpu")
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         x, c = self._split(X)
-        # the rows that count (weight > 0) set the standardization
-        kept = slice(None) if weights is None else torch.as_tensor(weights > 0)
         devices = [self.device_] if self.device_.type == "cuda" else []
         modelled_angles, given_angles = self._angles()
         if given_angles and not self.standardize:
@@ -448,6 +540,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 "FlowDensity.fit: summary_padded lets a set's elements be missing (NaN); "
                 "give summary_set=m"
             )
+        self._check_default_angles(x)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             flow = make_flow(
@@ -477,8 +570,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 given = None if names is None else [names[i] for i in self.given_indices_]
                 flow = standardize(
                     flow,
-                    x[kept],
-                    None if c is None else c[kept],
+                    x,
+                    c,
                     columns=names,
                     given=given,
                     bounds=self._bounds(modelled_angles),
@@ -525,9 +618,15 @@ class FlowDensity(DensityMixin, BaseEstimator):
         with torch.no_grad():
             return self.flow_.log_prob(x, c).cpu().numpy()
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per row (higher is better; used by ``GridSearchCV``)."""
-        return float(np.mean(self.score_samples(X)))
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Mean log-likelihood per row (higher is better; used by ``GridSearchCV``), weighted by
+        ``sample_weight`` ``(n,)``, ``>= 0`` when given (rows of weight 0 take no part)."""
+        scores = self.score_samples(X)
+        if sample_weight is None:
+            return float(np.mean(scores))
+        w = _check_sample_weight(sample_weight, scores, dtype=np.float64, ensure_non_negative=True)
+        kept = w > 0  # (a row of weight 0 and log p = -inf adds nothing, not NaN)
+        return float(np.average(scores[kept], weights=w[kept]))
 
     def sample(
         self,
