@@ -516,3 +516,65 @@ def test_a_vector_layer_on_images_sums_its_log_det_over_the_event() -> None:
     torch.testing.assert_close(pre.log_prob(x), expected)
     with pytest.raises(ValueError, match="events of 3 dimensions, but the base's event shape"):
         nf.Flow(glow.transform, nf.distributions.StandardNormal(32))
+
+
+@pytest.mark.parametrize(
+    ("transform", "name"),
+    [
+        (T.BlockAutoregressive(3, context=2), "BlockAutoregressive"),
+        (T.Coupling(3, T.AffineTransformer(), context=2), "Coupling's conditioner"),
+        (
+            T.Autoregressive(3, T.AffineTransformer(), context=2),
+            r"MADE \(an autoregressive conditioner\)",
+        ),
+        (T.Elementwise(3, T.AffineTransformer(), context=2), "Parameters"),
+    ],
+)
+def test_a_conditional_layer_without_a_context_says_so(transform, name: str) -> None:
+    """A conditional layer in a flow built without ``context=``: one line naming the layer,
+    in both directions (it ran unconditioned, or failed on a matrix product)."""
+    flow = nf.Flow(transform, nf.distributions.StandardNormal(3))
+    message = rf"^{name}: this layer is conditional \(a context of 2 features\) and got no context"
+    with pytest.raises(ValueError, match=message):
+        flow.log_prob(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=message):
+        flow.sample(4)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: T.Reverse(3)(torch.randn(5, 4)), r"Reverse: x must have 3 features along dim -1"),
+        (lambda: T.Reverse(3).inverse(torch.randn(5, 2)), r"Reverse: z must have 3 features"),
+        (
+            lambda: T.Affine(shift=torch.zeros(3), scale=torch.ones(3))(torch.zeros(5, 1)),
+            r"Affine: x has shape \(5, 1\), but its per-column parameters make it \(5, 3\)",
+        ),
+        (
+            lambda: T.Bounded([0, 0, 0], [1, 1, 1]).inverse(torch.zeros(5, 1)),
+            r"Bounded: z has shape \(5, 1\), but its per-column parameters make it \(5, 3\)",
+        ),
+    ],
+)
+def test_a_layer_built_for_other_features_refuses_silently_resized_input(call, message) -> None:
+    """Reverse(3) reversed 4 columns and Affine/Bounded broadcast one column to three."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("transform", "x", "z_shape"),
+    [
+        (T.Squeeze(), torch.randn(0, 2, 4, 4), (0, 8, 2, 2)),
+        (T.BlockAutoregressive(3), torch.randn(0, 3), (0, 3)),
+        (T.ContinuousFlow(3), torch.randn(0, 3), (0, 3)),
+    ],
+)
+def test_transforms_map_an_empty_batch_to_the_right_shapes(transform, x, z_shape) -> None:
+    """At the transform level (under compile or export, where Flow's shortcut for zero rows is
+    off): pixel_unshuffle returns an empty input unchanged, a -1 reshape of 0 elements and an
+    ODE solver's step control fail."""
+    z, ladj = transform(x)
+    assert tuple(z.shape) == z_shape and tuple(ladj.shape) == (0,)
+    x_back, ladj_back = transform.inverse(z)
+    assert x_back.shape == x.shape and tuple(ladj_back.shape) == (0,)

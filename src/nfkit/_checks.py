@@ -184,6 +184,17 @@ def check_support(
         )
 
 
+def require_context(where: str, context: Tensor | None, width: int) -> None:
+    """A conditional layer (a context of ``width`` features) called without one: a one-line
+    error, where the network would otherwise fail on a matrix product or run unconditioned.
+    A ``None`` test only: nothing is read from the tensors."""
+    if context is None and width:
+        raise ValueError(
+            f"{where}: this layer is conditional (a context of {width} features) and got no "
+            f"context; build the Flow with context={width} and pass context="
+        )
+
+
 def check_context(
     where: str,
     context: Tensor | None,

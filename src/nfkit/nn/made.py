@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_positive_int
+from nfkit._checks import check_hidden, check_positive_int, require_context
 from nfkit.nn.mlp import Period, PeriodicEmbedding, angle_columns, broadcast_cat, check_period
 from nfkit.nn.packed import PackedLayers
 
@@ -109,6 +109,7 @@ class MADE(PackedLayers):
         layers = self.layers() if layers is None else layers
         if self.period is not None:  # (no module call otherwise: this runs D times a sample)
             x = self.embed(x)
+        require_context("MADE (an autoregressive conditioner)", context, self.context)
         h = broadcast_cat(x, context) if self.context else x
         if not self.residual:
             return self.activate(self.chain(h, layers[:-1]))

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_number, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int, require_context
 from nfkit._shapes import broadcast_shapes
 from nfkit.nn.packed import PackedLayers
 
@@ -234,7 +234,6 @@ class Parameters(nn.Module):
 
     def forward(self, context: Tensor | None = None) -> Tensor:
         if self.context > 0:
-            if context is None:
-                raise ValueError("Parameters: this layer is conditional and needs a context")
+            require_context("Parameters", context, self.context)
             return self.net(context)
         return self.value

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_number, check_positive_int
+from nfkit._checks import check_hidden, check_number, check_positive_int, require_context
 from nfkit._numerics import monotone_solve, refuse_export
 from nfkit.core import Transform
 
@@ -111,12 +111,14 @@ class BlockAutoregressive(Transform):
 
     def _network(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(z, log ∂z_i/∂x_i)``, both ``(*batch, D)``."""
+        if self.context_layer is not None:
+            require_context("BlockAutoregressive", context, self.context_layer.in_features)
         h, log_slope = x, None  # log_slope: (*batch, D, a) log-derivatives of h_i w.r.t. x_i
         last = len(self.sizes) - 2
         for index in range(last + 1):
             weight, log_diagonal = self._layer(index)
             u = F.linear(h, weight, self.biases[index])
-            if index == 0 and self.context_layer is not None and context is not None:
+            if index == 0 and self.context_layer is not None:
                 u = u + self.context_layer(context)
             if log_slope is None:  # x_i is one unit: the block is a column
                 log_slope = log_diagonal.squeeze(-1).expand(*u.shape[:-1], -1, -1)
@@ -126,7 +128,7 @@ class BlockAutoregressive(Transform):
                 t = torch.tanh(u)
                 h = t + self.leak * u
                 activation = torch.log1p(self.leak - t * t)  # log(1 + α - tanh²)
-                log_slope = log_slope + activation.view(*u.shape[:-1], self.features, -1)
+                log_slope = log_slope + activation.unflatten(-1, (self.features, u.shape[-1] // self.features))
             else:
                 h = u
         # gated residual: z = σ(a) f(x) + σ(-a) x, slope σ(a) f' + σ(-a) > σ(-a)
@@ -154,7 +156,8 @@ class BlockAutoregressive(Transform):
         z = z.expand(*batch, self.features)
         layers = [self._layer(index)[0] for index in range(len(self.sizes) - 1)]  # once
         shift = self.biases[0]
-        if self.context_layer is not None and context is not None:
+        if self.context_layer is not None:
+            require_context("BlockAutoregressive", context, self.context_layer.in_features)
             shift = shift + self.context_layer(context).expand(*batch, -1)
         x = z.new_zeros(*batch, 0)
         for i in range(self.features):

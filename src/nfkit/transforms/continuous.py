@@ -240,6 +240,8 @@ class ContinuousFlow(Transform):
         if context is not None:
             batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             x = x.expand(*batch, self.features)
+        if x.numel() == 0:  # no row: nothing to solve (the solver's step control would fail)
+            return (x.clone(), x.new_zeros(x.shape[:-1])) if trace else (x.clone(), None)
         noise = None
         if trace and self.trace == "hutchinson" and self.training:
             if self.noise == "rademacher":

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, shown
+from nfkit._checks import check_positive_int, require_context, shown
 from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
@@ -47,8 +47,10 @@ class MLPConditioner(nn.Module):
         self.period = self.embed.period
         width = embedded_width(in_features, self.period)
         self.net = MLP(width + context, out_features, hidden, residual=residual)
+        self.context = context
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        require_context("Coupling's conditioner", context, self.context)
         if self.period is not None:
             x = self.embed(x)
         return self.net(broadcast_cat(x, context))

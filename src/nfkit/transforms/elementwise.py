@@ -57,11 +57,23 @@ class _Pointwise(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, ladj = self._f(x)
+        self._check_same_shape(x, z, "x")
         return z, sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ladj = self._f_inv(z)
+        self._check_same_shape(z, x, "z")
         return x, sum_event(ladj, self.event_dim)
+
+    def _check_same_shape(self, given: Tensor, out: Tensor, name: str) -> None:
+        """Per-column parameters (``Affine``'s, ``Bounded``'s ends) broadcast against a wider
+        or narrower input would silently change the event's size: a shape comparison only."""
+        if out.shape != given.shape:
+            raise ValueError(
+                f"{type(self).__name__}: {name} has shape {tuple(given.shape)}, but its per-column "
+                f"parameters make it {tuple(out.shape)}: a layer built for another number of "
+                "features"
+            )
 
 
 class Affine(_Pointwise):

@@ -72,6 +72,9 @@ class Squeeze(Transform):
                 f"Squeeze.forward: height and width must be divisible by {f}, "
                 f"got shape {shape_str(x.shape)}"
             )
+        if x.numel() == 0:  # (pixel_unshuffle returns an empty input unchanged)
+            c, h, w = x.shape[-3:]
+            return x.new_empty(*x.shape[:-3], c * f * f, h // f, w // f), _zeros(x)
         return F.pixel_unshuffle(x, f), _zeros(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -82,6 +85,9 @@ class Squeeze(Transform):
                 f"Squeeze.inverse: channels must be divisible by {f * f}, "
                 f"got shape {shape_str(z.shape)}"
             )
+        if z.numel() == 0:
+            c, h, w = z.shape[-3:]
+            return z.new_empty(*z.shape[:-3], c // (f * f), h * f, w * f), _zeros(z)
         return F.pixel_shuffle(z, f), _zeros(z)
 
     def extra_repr(self) -> str:

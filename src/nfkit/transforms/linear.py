@@ -75,11 +75,19 @@ class Reverse(Transform):
     def __init__(self, features: int | None = None, *, dim: int = -1) -> None:
         super().__init__()
         self.dim, self.event_dim = dim, -dim
+        # the size it was built for, checked (None: any size)
+        self.features = (
+            None if features is None else check_positive_int("Reverse", "features", features)
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.features is not None:
+            check_size("Reverse", x, self.dim, self.features)
         return x.flip(self.dim), _zeros_ladj(x, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.features is not None:
+            check_size("Reverse", z, self.dim, self.features, "z")
         return z.flip(self.dim), _zeros_ladj(z, self.event_dim)
 
 
