@@ -274,7 +274,9 @@ def test_info_describes_a_saved_model(capsys, table) -> None:
     count = sum(p.numel() for p in nf.load(model).parameters())
     assert f"  parameters: {count:,} (float32)" in lines
     code, out, _ = _run(capsys, "info", model, "--json")
-    assert code == 0 and json.loads(out) == nf.load(model).config
+    shown = json.loads(out)
+    assert code == 0 and shown["config"] == nf.load(model).config
+    assert shown["nfkit_version"] == nf.__version__ and shown["training"]["seed"] == 0
     image = table / "glow.pt"
     nf.save(nf.models.Glow((1, 4, 4), levels=1, steps=1, hidden=(4,)), image)
     code, out, _ = _run(capsys, "info", image)
@@ -784,6 +786,9 @@ def test_a_table_from_standard_input(table, tmp_path) -> None:
     r = subprocess.run([*run, "fit", "-", "--out", model, *FAST], input=data, text=True,
                        capture_output=True, timeout=300)  # fmt: skip
     assert r.returncode == 0 and model.exists(), r.stderr
+    from nfkit.io import load_with_header
+
+    assert load_with_header(model)[1]["training"]["data"] == "<stdin>"
     piped = subprocess.run([*run, "score", model, "-"], input=data, text=True,
                            capture_output=True, timeout=300)  # fmt: skip
     direct = subprocess.run([*run, "score", model, table / "data.csv"], text=True,
@@ -981,3 +986,68 @@ def test_a_header_named_x0_is_matched_by_name(capsys, tmp_path) -> None:
     assert _run(capsys, "fit", tmp_path / "t.csv", "--out", model, *FAST)[0] == 0
     df[["x0", "x1"]].to_csv(tmp_path / "obs.csv", index=False)
     assert "no column(s) 'theta'" in _error(capsys, "score", model, tmp_path / "obs.csv")
+
+
+def test_fit_reports_and_keeps_its_seed(capsys, table, tmp_path) -> None:
+    """Without --seed, the seed drawn is in the summary (not under -q) and in the file, with a
+    record of the run that info shows; --seed with it repeats the run exactly."""
+    import hashlib
+    import json
+    import re
+
+    import torch
+
+    import nfkit as nf
+
+    data = table / "data.csv"
+    short = ["--steps", "25", "--transforms", "1", "--hidden", "8", "--model", "maf"]
+    code, _, err = _run(capsys, "fit", data, "--out", tmp_path / "a.pt", *short)
+    found = re.search(r"^trained MAF on 300 rows in (\d+) steps \(.*, seed (\d+)\)$", err, re.M)
+    assert code == 0 and found, err
+    steps, seed = found.groups()
+    code, _, err = _run(capsys, "fit", data, "--out", tmp_path / "b.pt", *short, "--seed", seed)
+    assert code == 0 and f", seed {seed})" in err
+    a, b = nf.load(tmp_path / "a.pt").state_dict(), nf.load(tmp_path / "b.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    code, _, err = _run(capsys, "fit", data, "--out", tmp_path / "q.pt", *short, "-q")
+    assert code == 0 and err == ""
+    code, out, _ = _run(capsys, "info", tmp_path / "q.pt")
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    lines = out.splitlines()
+    assert code == 0 and f"  saved by: nfkit {nf.__version__}" in lines
+    training = next(line for line in lines if line.startswith("  training: "))
+    assert re.fullmatch(
+        rf"  training: nfkit fit on data.csv \(300 rows, sha256 {digest}\), \d+ steps, batch "
+        rf"size 512, lr 0.001, seed \d+, nfkit {re.escape(nf.__version__)}, torch "
+        rf"{re.escape(torch.__version__)}",
+        training,
+    ), training
+    code, out, _ = _run(capsys, "info", tmp_path / "b.pt", "--json")
+    record = json.loads(out)["training"]
+    assert record == {
+        "command": "nfkit fit",
+        "data": "data.csv",
+        "data_sha256": digest,
+        "rows": 300,
+        "seed": int(seed),
+        "steps": int(steps),
+        "batch_size": 512,
+        "lr": 0.001,
+        "nfkit_version": nf.__version__,
+        "torch_version": torch.__version__,
+    }
+    nf.save(nf.load(tmp_path / "b.pt"), tmp_path / "plain.pt")  # no record: no line
+    code, out, _ = _run(capsys, "info", tmp_path / "plain.pt")
+    assert code == 0 and "  training: " not in out and "  saved by: " in out
+
+
+def test_fit_from_python_leaves_the_global_rng_alone(capsys, table, tmp_path) -> None:
+    import torch
+
+    for seed in (["--seed", "3"], []):
+        torch.manual_seed(1)
+        expected = torch.randn(3)
+        torch.manual_seed(1)
+        argv = ["fit", table / "data.csv", "--out", tmp_path / "m.pt", *FAST[:-2], *seed]
+        assert _run(capsys, *argv)[0] == 0
+        assert torch.equal(torch.randn(3), expected)

@@ -210,3 +210,56 @@ def test_export_refusals_and_a_saved_program(tmp_path) -> None:
     ):
         with pytest.raises(ValueError, match=f"flow's {direction} runs {what}, whose number"):
             nf.export(flow, direction)
+
+
+def _compiled_and_eager_samples(options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conditional autoregressive NSF whose features + context (3 + 5) equal its bins (8),
+    sampled eagerly and by inductor with the same draws (``fallback_random``)."""
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    flow = nf.models.NSF(3, context=5, transforms=2, hidden=(16,), bins=8).double()
+    flow = nf.testing.perturb_parameters(flow, scale=0.3)
+    context = torch.randn(5, dtype=torch.float64)
+    with inductor_config.patch(fallback_random=True):
+        torch.manual_seed(1)
+        eager = flow.sample(64, context=context)
+        compiled = torch.compile(flow.sample, options=options)
+        torch.manual_seed(1)
+        return compiled(64, context=context), eager
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cl") is None, reason="no C++")
+@pytest.mark.xfail(
+    strict=True,
+    reason="inductor bug (torch 2.13, CPU): a buffer reused while live when features + "
+    "context equal bins; compile with options={'allow_buffer_reuse': False} (README)",
+)
+def test_inductor_samples_of_a_conditional_spline_equal_eager_ones() -> None:
+    compiled, eager = _compiled_and_eager_samples()
+    torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cl") is None, reason="no C++")
+def test_inductor_without_buffer_reuse_samples_as_eager() -> None:
+    """The workaround the README gives for the inductor bug above."""
+    compiled, eager = _compiled_and_eager_samples({"allow_buffer_reuse": False})
+    torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cl") is None, reason="no C++")
+def test_inductor_training_step_of_a_residual_flow_has_the_eager_gradients() -> None:
+    """Inductor differentiated slogdet of the exact log-det's batched product wrongly (up to
+    2x); the compiled path takes the log-det from an LU factorization."""
+    torch.manual_seed(0)
+    flow = nf.models.ResidualFlow(3, blocks=2, hidden=(16, 16)).double().eval()
+    x = torch.randn(64, 3, dtype=torch.float64)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        z, ladj = flow.transform(x)
+        return -(flow.base.log_prob(z) + ladj).mean()
+
+    eager = torch.autograd.grad(loss_fn(x), list(flow.parameters()))
+    compiled = torch.autograd.grad(torch.compile(loss_fn)(x), list(flow.parameters()))
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b)

@@ -355,3 +355,158 @@ def test_a_tampered_made_mask_or_order_is_refused(tmp_path) -> None:
         torch.save({**payload, "state_dict": {**state, key: value}}, tmp_path / "t.pt")
         with pytest.raises(ValueError, match=message):
             nf.load(tmp_path / "t.pt")
+
+
+def _trained_in_train_mode(steps: int = 20) -> tuple[nf.Flow, torch.Tensor]:
+    """A ResidualFlow after a hand-written training loop, left in train mode (float64)."""
+    torch.manual_seed(0)
+    flow = nf.models.ResidualFlow(2, blocks=2, hidden=(16,)).double()
+    x = torch.randn(256, 2, dtype=torch.float64) * torch.tensor([1.0, 3.0], dtype=torch.float64)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    flow.train()
+    for _ in range(steps):
+        loss = -flow.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return flow, x
+
+
+def test_a_flow_saved_in_train_mode_loads_as_its_eval_mode(tmp_path) -> None:
+    """A residual block refines its spectral norms on entering eval mode: the file holds the
+    refined estimates (from a copy: the caller's flow is not changed), so the loaded flow
+    equals ``flow.eval()``; loading into a flow that trained resets its pending refinement."""
+    flow, x = _trained_in_train_mode()
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    path = nf.save(flow, tmp_path / "r.pt")
+    assert flow.training and all(torch.equal(v, before[k]) for k, v in flow.state_dict().items())
+    block = next(m for m in flow.modules() if isinstance(m, nf.transforms.ResidualBlock))
+    copied = pickle.loads(pickle.dumps(block))  # a copy does what the block's eval() will do
+    loaded = nf.load(path)
+    into, _ = _trained_in_train_mode(5)  # trained in train mode too: its refinement is pending
+    nf.load(path, into=into)
+    with torch.no_grad():
+        expected = flow.eval().log_prob(x)
+        torch.testing.assert_close(loaded.log_prob(x), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(into.log_prob(x), expected, rtol=0, atol=1e-12)
+    assert copied.training and copied.refresh_pending
+    assert not block.refresh_pending and not into.training
+
+
+def test_load_leaves_the_global_rng_alone(tmp_path) -> None:
+    path = nf.save(nf.models.MAF(2, transforms=2, hidden=(8,)), tmp_path / "m.pt")
+    torch.manual_seed(0)
+    expected = torch.randn(3)
+    torch.manual_seed(0)
+    nf.load(path)
+    assert torch.equal(torch.randn(3), expected)
+
+
+def test_empty_and_truncated_files_are_named_damaged(tmp_path) -> None:
+    """A torch file (a zip archive) cut anywhere, and a 0-byte file: "damaged or truncated",
+    whatever torch raised (an OSError for a cut in the last third); a zip archive of other
+    files is named as such."""
+    whole = nf.save(_flow(), tmp_path / "whole.pt").read_bytes()
+    cuts = sorted({len(whole) * k // 12 for k in range(1, 12)} | {4, len(whole) - 1})
+    for n in cuts:
+        (tmp_path / "cut.pt").write_bytes(whole[:n])
+        with pytest.raises(ValueError, match=r"'.*cut.pt' is a damaged or truncated torch"):
+            nf.load(tmp_path / "cut.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'.*empty.pt' is empty \(0 bytes\): a damaged"):
+        nf.load(tmp_path / "empty.pt")
+    from nfkit.io import DamagedFileError, safe_torch_load
+
+    x = nf.datasets.two_moons(64, seed=0)
+    nf.fit(_flow(), x, steps=2, eval_every=1, checkpoint=tmp_path / "ck.pt", progress=False)
+    (tmp_path / "ck.pt").write_bytes((tmp_path / "ck.pt").read_bytes()[:-100])
+    with pytest.raises(DamagedFileError, match="nf.fit: '.*ck.pt' is a damaged or truncated"):
+        safe_torch_load(tmp_path / "ck.pt", "nf.fit")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "table.zip", "w") as archive:
+        archive.writestr("data.csv", "a,b\n1,2\n")
+    with pytest.raises(ValueError, match="'.*table.zip' is a zip archive of other files, not a"):
+        nf.load(tmp_path / "table.zip")
+
+
+def test_a_truncated_checkpoint_is_named_damaged_on_resume(tmp_path) -> None:
+    """Not "exists and is not an nfkit checkpoint; training would overwrite it"."""
+    x = nf.datasets.two_moons(64, seed=0)
+    ck = tmp_path / "ck.pt"
+    nf.fit(_flow(), x, steps=2, eval_every=1, checkpoint=ck, progress=False)
+    whole = ck.read_bytes()
+    for cut in (whole[: len(whole) // 2], whole[:-100], b""):
+        ck.write_bytes(cut)
+        with pytest.raises(ValueError, match="'.*ck.pt' .*damaged or truncated"):
+            nf.fit(_flow(), x, steps=3, checkpoint=ck, resume=True, progress=False)
+
+
+def test_atomic_write_syncs_the_directory_after_the_rename(tmp_path, monkeypatch) -> None:
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(tmp_path / "a.csv", lambda f: f.write(b"a\n"))
+    assert synced == [False, True]  # the file, then its folder (after os.replace)
+
+
+def test_atomic_write_writes_through_a_symbolic_link(tmp_path) -> None:
+    """The link stays a link; its target gets the new content (mode kept)."""
+    target = tmp_path / "models" / "m.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    assert atomic_write(link, lambda f: f.write(b"new")) == link
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(target.parent)) == ["m.pt"]
+    dangling = tmp_path / "next.pt"
+    dangling.symlink_to(tmp_path / "models" / "next.pt")
+    atomic_write(dangling, lambda f: f.write(b"first"))
+    assert dangling.is_symlink() and (tmp_path / "models" / "next.pt").read_bytes() == b"first"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc")
+def test_atomic_write_reads_the_umask_without_setting_it(tmp_path, monkeypatch) -> None:
+    """Setting the umask to read it would race with other threads creating files."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def refused(mask: int) -> int:
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", refused)
+    new = atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a\n"))
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_saving_under_a_file_says_the_parent_is_not_a_directory(tmp_path) -> None:
+    (tmp_path / "sd.pt").write_bytes(b"a file")
+    with pytest.raises(
+        OSError, match=r"^cannot write '.*sd.pt/x.pt': '.*sd.pt' is a file, not a directory$"
+    ):
+        nf.save(_flow(), tmp_path / "sd.pt" / "x.pt")
+    with pytest.raises(OSError, match=r"'.*sd.pt' is a file, not a directory$"):
+        nf.save(_flow(), tmp_path / "sd.pt" / "deeper" / "x.pt")
+
+
+def test_save_keeps_a_training_record_that_load_with_header_reads(tmp_path) -> None:
+    from nfkit.io import load_with_header
+
+    record = {"seed": 3, "steps": 10, "data": "t.csv"}
+    path = nf.save(_flow(), tmp_path / "m.pt", training=record)
+    flow, header = load_with_header(path)
+    assert header == {"nfkit_version": nf.__version__, "format_version": 1, "training": record}
+    assert not flow.training
+    assert load_with_header(nf.save(_flow(), tmp_path / "n.pt"))[1]["training"] is None
+    with pytest.raises(ValueError, match="training is not JSON-serializable"):
+        nf.save(_flow(), tmp_path / "b.pt", training={"lr": math.nan})

@@ -600,7 +600,61 @@ def _train(
     args: argparse.Namespace, df: Any, given: list[str], source: str, weights: Any = None
 ) -> tuple[Any, Any]:
     """Build, standardize and fit a model on a DataFrame (rows weighted by ``weights``, a
-    Series on its index, when given); returns ``(flow, history)``."""
+    Series on its index, when given); returns ``(flow, history)``. The run's seed
+    (:func:`_run_seed`) is set in ``args.seed`` and seeds torch's global RNG in a fork of it:
+    the caller's RNG (``main`` called from Python) is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=_cuda_devices(args.device)):
+        args.seed = _run_seed(args)
+        torch.manual_seed(args.seed)
+        return _fit_table(args, df, given, source, weights)
+
+
+def _cuda_devices(device: str | None) -> list[int]:
+    """The CUDA device a run on ``device`` draws from, for ``fork_rng`` (none on others)."""
+    import torch
+
+    if device is None or not torch.cuda.is_available():
+        return []
+    place = torch.device(device)
+    if place.type != "cuda":
+        return []
+    return [torch.cuda.current_device() if place.index is None else place.index]
+
+
+def _run_seed(args: argparse.Namespace) -> int:
+    """The seed the run uses: a resumed checkpoint's (``nf.fit`` continues with it), else
+    ``--seed``, else a fresh one drawn from torch's RNG (rank 0's in a distributed run), so
+    that ``--seed`` with the seed reported repeats the run."""
+    import torch
+
+    checkpoint = getattr(args, "checkpoint", None)
+    if getattr(args, "resume", False) and checkpoint and os.path.isfile(checkpoint):
+        from nfkit.io import safe_torch_load
+
+        try:
+            return int(safe_torch_load(checkpoint, "nfkit fit")["seed"])
+        except Exception:  # nf.fit says what is wrong with the checkpoint
+            pass
+    if args.seed is not None:
+        return args.seed
+    seed = int(torch.randint(0, 2**32, ()).item())
+    from nfkit.distributed import rank_and_world
+
+    if rank_and_world()[1] > 1:  # every rank must draw the same batches
+        import torch.distributed as dist
+
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        seed = int(box[0])
+    return seed
+
+
+def _fit_table(
+    args: argparse.Namespace, df: Any, given: list[str], source: str, weights: Any
+) -> tuple[Any, Any]:
+    """:func:`_train`'s work, under the run's seed."""
     import torch
 
     import nfkit as nf
@@ -642,8 +696,6 @@ def _train(
         )
     x = _tensor(df[data_cols], dtype)
     c = _tensor(df[given], dtype) if given else None
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     options = dict(args.option or [])
     names = [name for name, _ in args.option or []]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -824,11 +876,14 @@ def _train(
     return flow.cpu(), history
 
 
-def _summary(flow: Any, history: Any, rows: int) -> str:
+def _summary(flow: Any, history: Any, rows: int, seed: int) -> str:
     model = flow.config.get("flow", flow.config).get("model", "flow")
     if model == "RBIG":
         layers = flow.config.get("flow", flow.config).get("layers")
-        return f"fitted RBIG on {rows} rows greedily, without gradients: {layers} layer(s) kept"
+        return (
+            f"fitted RBIG on {rows} rows greedily, without gradients: {layers} layer(s) kept "
+            f"(seed {seed})"
+        )
     val = ""
     if history.val_nll is not None:  # flow matching: its loss picked the step
         val = (
@@ -838,8 +893,41 @@ def _summary(flow: Any, history: Any, rows: int) -> str:
     elif history.best_val is not None:
         val = f"val NLL {history.best_val:.4f} nats at step {history.best_step}, "
     return (
-        f"trained {model} on {rows} rows in {history.steps} steps ({val}{history.wall_time:.1f} s)"
+        f"trained {model} on {rows} rows in {history.steps} steps ({val}"
+        f"{history.wall_time:.1f} s, seed {seed})"
     )
+
+
+def _training_record(
+    args: argparse.Namespace, flow: Any, history: Any, data: str | os.PathLike[str], rows: int
+) -> dict[str, Any]:
+    """What ``nfkit info`` shows of how a model was trained, kept in its file: the command,
+    the data file's name and SHA-256, the run's settings and seed, the versions."""
+    import hashlib
+
+    import torch
+
+    from nfkit import __version__
+    from nfkit.models._registry import learning_rate
+
+    digest = hashlib.sha256()
+    with open(data, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    stdin = getattr(args, "stdin_path", None)
+    gradients = history.steps > 0  # RBIG is fitted greedily: no steps, batches or rate
+    return {
+        "command": f"nfkit {args.command}",
+        "data": "<stdin>" if stdin and str(data) == stdin else Path(data).name,
+        "data_sha256": digest.hexdigest(),
+        "rows": rows,
+        "seed": args.seed,
+        "steps": history.steps,
+        "batch_size": args.batch_size if gradients else None,
+        "lr": (learning_rate(flow) if args.lr is None else args.lr) if gradients else None,
+        "nfkit_version": __version__,
+        "torch_version": torch.__version__,
+    }
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -898,7 +986,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         flow, history = _train(args, df, given, args.data, weights)
         if not distributed.is_main_process():
             return  # rank 0 writes the model and reports
-        path = nf.save(flow, args.out)
+        record = _training_record(args, flow, history, args.data, len(df))
+        path = nf.save(flow, args.out, training=record)
     finally:
         if args.distributed:
             distributed.shutdown()
@@ -908,7 +997,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         weighted = f" (weighted by {args.weights}" + (
             f"; {zero} of them weight 0, taking no part)" if zero else ")"
         )
-    _info(args, _summary(flow, history, len(df)) + weighted)
+    _info(args, _summary(flow, history, len(df), args.seed) + weighted)
     cond = (
         f" of {', '.join(c for c in df.columns if c not in given)} given {', '.join(given)}"
         if given
@@ -934,8 +1023,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     df = pd.DataFrame(x.double().numpy(), columns=["x", "y"])
     _write_table(df, out / "data.csv")
     flow, history = _train(args, df, [], args.dataset)
-    _info(args, _summary(flow, history, len(df)))
-    files = [nf.save(flow, out / "model.pt")]
+    _info(args, _summary(flow, history, len(df), args.seed))
+    record = _training_record(args, flow, history, out / "data.csv", len(df))
+    files = [nf.save(flow, out / "model.pt", training=record)]
     title = f"{flow.config['flow']['model']} on {args.dataset}"
     files.append(out / "density.png")
     nf.plot.density(flow, x[:4000], path=files[-1], title=title)
@@ -1182,12 +1272,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import json
 
-    import nfkit as nf
     from nfkit.core import dtype_device
+    from nfkit.io import load_with_header
 
-    flow = nf.load(args.model)
+    flow, header = load_with_header(args.model)
+    record = header["training"]
     if args.json:
-        print(json.dumps(flow.config, indent=2))
+        shown = {"config": flow.config, "nfkit_version": header["nfkit_version"]}
+        print(json.dumps({**shown, "training": record}, indent=2))
         return
     config = flow.config
     # Standardized keeps the inner flow's config (Embedded too, below: not read as this one)
@@ -1247,6 +1339,31 @@ def cmd_info(args: argparse.Namespace) -> None:
     count = sum(p.numel() for p in flow.parameters())
     dtype = str(dtype_device(flow)[0]).replace("torch.", "")
     print(f"  parameters: {count:,} ({dtype})")
+    if header["nfkit_version"]:
+        print(f"  saved by: nfkit {header['nfkit_version']}")
+    if record:
+        print(f"  training: {_record_text(record)}")
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    """A training record (``nfkit fit``'s, or any ``nf.save(..., training=)``) on one line:
+    the known fields in words, any others as ``name=value``."""
+    rest = dict(record)
+    command, data = rest.pop("command", None), rest.pop("data", None)
+    facts = [
+        text.format(rest.pop(key))
+        for key, text in (("rows", "{} rows"), ("data_sha256", "sha256 {}"))
+        if rest.get(key) is not None
+    ]
+    parts = [] if data is None else [f"on {data}" + (f" ({', '.join(facts)})" if facts else "")]
+    for key, text in (("steps", "{} steps"), ("batch_size", "batch size {}"), ("lr", "lr {}"),
+                      ("seed", "seed {}"), ("nfkit_version", "nfkit {}"),
+                      ("torch_version", "torch {}")):  # fmt: skip
+        value = rest.pop(key, None)
+        if value is not None:
+            parts.append(text.format(value))
+    parts += [f"{key}={value}" for key, value in rest.items()]
+    return " ".join(filter(None, [command, ", ".join(parts)]))
 
 
 CLI_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -1654,7 +1771,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what a saved model is: architecture, columns, parameters")
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
-    p.add_argument("--json", action="store_true", help="print the model's config as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the model's config, the nfkit version that saved it and its training "
+        "record as JSON",
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(

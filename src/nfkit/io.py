@@ -5,17 +5,22 @@ A model file is one ``torch.save`` archive holding plain types only (so it loads
 as a JSON string, its dtype and its ``state_dict`` (weights and buffers: standardization
 statistics included). ``load`` rebuilds the architecture with ``nf.models.build(config)`` and
 loads the weights; a hand-built flow (no config) is saved with its architecture's outline and
-loaded into the same architecture built again (``nf.load(path, into=flow)``). Writes are
-atomic: a temporary file in the same directory, then ``os.replace``.
+loaded into the same architecture built again (``nf.load(path, into=flow)``). A file may also
+hold a ``training`` record (JSON: how the flow was trained; ``nfkit fit`` writes one). Writes are
+atomic: a temporary file in the same directory, fsynced, then ``os.replace`` and an fsync of the
+directory.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import itertools
 import json
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -34,11 +39,21 @@ __all__ = [
     "clean_table",
     "as_tensor",
     "DataError",
+    "DamagedFileError",
 ]
 
 FORMAT = "nfkit-model"
 FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "nfkit-checkpoint"  # nf.fit's checkpoints (written by nfkit.train)
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes starts
+
+
+_WRITERS = "(nfkit models and checkpoints are written by nf.save and nf.fit)"
+
+
+class DamagedFileError(ValueError):
+    """A model or checkpoint file that is empty or whose zip archive cannot be read (cut short
+    by an interrupted copy or download, a full disk): not a file of another kind."""
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -47,29 +62,60 @@ CHECKPOINT_FORMAT = "nfkit-checkpoint"  # nf.fit's checkpoints (written by nfkit
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
 
-    A reader never sees a half-written file: it finds either the old file or the new one.
-    Missing parent folders are created. A filesystem error (a read-only or missing place, a full
-    disk) is one ``OSError`` naming ``path``; an error raised by ``write`` propagates unchanged.
+    A reader never sees a half-written file: it finds either the old file or the new one; the
+    directory is fsynced after the rename (where the OS allows it), so the new name survives a
+    crash too. Missing parent folders are created. A ``path`` that is a symbolic link is written
+    through: its target is replaced and the link kept. A filesystem error (a read-only or missing
+    place, a parent that is a file, a full disk) is one ``OSError`` naming ``path``; an error
+    raised by ``write`` propagates unchanged. Returns ``path`` as given.
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path  # write through links
+    parent = target.parent if str(target.parent) else Path(".")
     tmp = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 -> what open() would have given
-        os.replace(tmp, path)
+        os.chmod(tmp, _file_mode(target))  # mkstemp's 0600 -> what open() would have given
+        os.replace(tmp, target)
+        tmp = None
+        _fsync_directory(parent)
     except OSError as e:
         _discard(tmp)
-        raise OSError(f"cannot write {str(path)!r}: {e.strerror or one_line(e)}") from None
+        raise OSError(f"cannot write {str(path)!r}: {_write_problem(e, parent)}") from None
     except BaseException:
         _discard(tmp)
         raise
     return path
+
+
+def _write_problem(e: OSError, parent: Path) -> str:
+    """What a failed write's ``OSError`` means, in a few words: a parent that is a file (mkdir
+    says "File exists" or "Not a directory") is named."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocking = next((p for p in (parent, *parent.parents) if p.is_file()), None)
+        if blocking is not None:
+            return f"{str(blocking)!r} is a file, not a directory"
+    return e.strerror or one_line(e)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """fsync ``folder`` so that a rename in it is durable; skipped where directories cannot be
+    opened or synced (Windows, some network filesystems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _file_mode(path: Path) -> int:
@@ -77,9 +123,23 @@ def _file_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)  # reading the umask means setting it; put it straight back
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where it is there (Linux 4.7+), since
+    reading it with ``os.umask`` means setting it, and another thread creating a file in that
+    instant would get mode 0o666/0o777; else that way, put straight back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # the brief setting is a strict one, should a file be made meanwhile
+    os.umask(umask)
+    return umask
 
 
 def _discard(tmp: str | None) -> None:
@@ -104,7 +164,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for missing or foreign files."""
+    """``torch.load(weights_only=True)`` with one-line errors for missing or foreign files; an
+    empty file, or a zip archive torch cannot read, raises :class:`DamagedFileError`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
@@ -114,12 +175,47 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling, zip and header errors all mean "not our file"
         problem = _load_problem(e)
-        if "Python object" not in problem and _is_text(path):  # a table, a note
-            raise ValueError(
-                f"{where}: {str(path)!r} is a text file (a table?), not an nfkit model or "
-                "checkpoint"
-            ) from None
+        if "Python object" not in problem:
+            kind = _zip_kind(path)  # torch's error for a cut file may be of any type (OSError)
+            if kind == "damaged":
+                raise DamagedFileError(
+                    f"{where}: {str(path)!r} is a damaged or truncated torch file (its zip "
+                    "archive cannot be read)"
+                ) from None
+            if kind == "empty":
+                raise DamagedFileError(
+                    f"{where}: {str(path)!r} is empty (0 bytes): a damaged or truncated file, "
+                    "not an nfkit model or checkpoint"
+                ) from None
+            if kind == "other":
+                problem = f"is a zip archive of other files, not a torch file {_WRITERS}"
+            elif _is_text(path):  # a table, a note
+                raise ValueError(
+                    f"{where}: {str(path)!r} is a text file (a table?), not an nfkit model or "
+                    "checkpoint"
+                ) from None
         raise ValueError(f"{where}: {str(path)!r} {problem}") from None
+
+
+def _zip_kind(path: Path) -> str | None:
+    """What an unreadable file is, by its start: ``"empty"``, ``"damaged"`` (a zip archive, as
+    torch writes, that is cut short or corrupt), ``"other"`` (a readable zip archive without
+    torch's ``data.pkl``: a zipped table) or None (not a zip archive)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError:
+        return None
+    if not head:
+        return "empty"
+    if head != ZIP_MAGIC:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return "damaged"  # its directory, at the end, is cut off or corrupt
+    return "damaged" if any(n.endswith("data.pkl") for n in names) else "other"
 
 
 def _is_text(path: Path) -> bool:
@@ -148,7 +244,7 @@ def _load_problem(e: BaseException) -> str:
         )
     if "zip archive" in text:
         return "is a damaged or truncated torch file (its zip archive cannot be read)"
-    return "is not a torch file (nfkit models and checkpoints are written by nf.save and nf.fit)"
+    return f"is not a torch file {_WRITERS}"
 
 
 # --------------------------------------------------------------------------- models
@@ -175,7 +271,12 @@ def _with_sampling_settings(config: dict, flow: torch.nn.Module) -> dict:
     return synced(config)
 
 
-def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
+def save(
+    flow: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    training: dict[str, Any] | None = None,
+) -> Path:
     r"""Write ``flow`` (config, weights, standardization, nfkit version) to one file, atomically.
 
     A flow built by an ``nf.models`` factory is rebuilt from its ``config`` by :func:`load`. A
@@ -184,9 +285,16 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
     outline (every submodule's class), and loads into the same architecture built again, with
     ``nf.load(path, into=flow)``.
 
+    The file holds the weights as ``flow.eval()`` leaves them, since :func:`load` returns the
+    flow in eval mode: a flow saved in train mode loads as ``flow.eval()`` computes (a
+    :class:`~nfkit.transforms.ResidualBlock` refines its spectral norms when it enters eval
+    mode; that is done on a copy, ``flow`` itself is not changed).
+
     Args:
         flow: An :class:`~nfkit.Flow`.
-        path: Destination; parent directories are created.
+        path: Destination; parent directories are created; a symbolic link is written through.
+        training: A record of how the flow was trained (JSON types: seed, steps, data, ...),
+            kept in the file and shown by ``nfkit info``; ``nfkit fit`` writes one.
 
     Returns:
         The path written.
@@ -202,7 +310,16 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
             config = json.dumps(_with_sampling_settings(flow.config, flow))
         except TypeError as e:
             raise ValueError(f"nf.save: flow.config is not JSON-serializable ({e})") from None
-    dtypes = {p.dtype for p in flow.state_dict().values() if p.is_floating_point()}
+    record = None
+    if training is not None:
+        if not isinstance(training, dict):
+            raise TypeError(f"nf.save: training must be a dict, got {type(training).__name__}")
+        try:
+            record = json.dumps(training, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"nf.save: training is not JSON-serializable ({e})") from None
+    state = _state_as_in_eval(flow)
+    dtypes = {p.dtype for p in state.values() if p.is_floating_point()}
     dtype = str(dtypes.pop()).replace("torch.", "") if len(dtypes) == 1 else "float32"
     payload = {
         "format": FORMAT,
@@ -211,9 +328,25 @@ def save(flow: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
         "config": config,
         "outline": _outline(flow),
         "dtype": dtype,
-        "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
     }
+    if record is not None:  # a key older nfkit versions do not read (and do not need)
+        payload["training"] = record
     return atomic_save(payload, path)
+
+
+def _state_as_in_eval(flow: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``flow.state_dict()`` as ``flow.eval()`` would leave it, ``flow`` unchanged: a residual
+    block in train mode with a refinement of its spectral norms pending is copied (a block is
+    small) and the copy switched to eval mode."""
+    from nfkit.transforms.residual import ResidualBlock
+
+    state = flow.state_dict()
+    for name, module in flow.named_modules():
+        if isinstance(module, ResidualBlock) and module.training and module.refresh_pending:
+            refined = copy.deepcopy(module).eval()
+            state.update({f"{name}.{k}": v for k, v in refined.state_dict().items()})
+    return state
 
 
 def _outline(flow: torch.nn.Module) -> list[str]:
@@ -251,7 +384,8 @@ def load(
 
     Uses ``torch.load(weights_only=True)`` only: no arbitrary code runs. The flow is returned in
     eval mode, in the dtype it was saved in, on ``device`` (default CPU; with ``into``, where
-    ``into`` is unless ``device`` is given).
+    ``into`` is unless ``device`` is given). torch's global RNG is left as it was (rebuilding
+    draws random weights, which the file's replace).
 
     Args:
         path: A file written by :func:`save`.
@@ -268,10 +402,22 @@ def load(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is unreadable, not an nfkit model, damaged, holds non-finite
-            weights, or does not match its config (or ``into``).
+        ValueError: the file is unreadable, not an nfkit model, damaged (a
+            :class:`DamagedFileError`: empty, or cut short), holds non-finite weights, or does
+            not match its config (or ``into``).
     """
-    where = "nf.load"
+    return load_with_header(path, into=into, device=device)[0]
+
+
+def load_with_header(
+    path: str | os.PathLike[str],
+    *,
+    into: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    where: str = "nf.load",
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`load`, and the file's header: ``{"nfkit_version": str or None, "format_version":
+    int, "training": dict or None}`` (``training``: the record :func:`save` was given)."""
     device = check_device(where, device)
     payload = safe_torch_load(path, where)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
@@ -308,7 +454,18 @@ def load(
             raise ValueError(
                 f"{where}: {str(path)!r}: its config is not JSON ({one_line(e)})"
             ) from None
-    flow = _architecture(where, path, payload, config, into)
+    record = payload.get("training")
+    try:
+        record = json.loads(record) if isinstance(record, str) else None
+    except (ValueError, RecursionError):
+        record = None  # a record, not needed to load the flow
+    header = {
+        "nfkit_version": payload.get("nfkit_version"),
+        "format_version": version,
+        "training": record if isinstance(record, dict) else None,
+    }
+    with torch.random.fork_rng(devices=[]):  # a rebuilt flow's random init is overwritten
+        flow = _architecture(where, path, payload, config, into)
     _check_weights(where, path, flow, state)  # before into= is changed at all
     flow = flow.to(dtype=dtype)
     try:
@@ -323,10 +480,21 @@ def load(
         ) from None
     if into is None:
         flow.config = config
+    _loaded_as_saved(flow)
     flow.eval()
     if device is not None:
         flow = flow.to(device)
-    return flow
+    return flow, header
+
+
+def _loaded_as_saved(flow: torch.nn.Module) -> None:
+    """Forget the train-mode passes ``into`` ran before its weights were replaced: a loaded
+    residual block keeps the file's spectral-norm estimates when it enters eval mode."""
+    from nfkit.transforms.residual import ResidualBlock
+
+    for module in flow.modules():
+        if isinstance(module, ResidualBlock):
+            module.refresh_pending = False
 
 
 def _check_weights(

@@ -38,7 +38,7 @@ from nfkit._checks import (
 from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
-from nfkit.io import CHECKPOINT_FORMAT, FORMAT, atomic_save, safe_torch_load
+from nfkit.io import CHECKPOINT_FORMAT, FORMAT, DamagedFileError, atomic_save, safe_torch_load
 from nfkit.metrics import (
     VI_SPLINE_ADVICE,
     check_log_weights,
@@ -582,6 +582,8 @@ def _read_checkpoint(
         return None
     try:
         state = safe_torch_load(checkpoint, where, map_location="cpu")
+    except DamagedFileError as e:  # cut short: say so, not "not an nfkit checkpoint"
+        raise ValueError(f"{e}; remove it, or give checkpoint= another path") from None
     except ValueError:  # not a torch file, or a directory
         state = None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -128,7 +128,9 @@ class BlockAutoregressive(Transform):
                 t = torch.tanh(u)
                 h = t + self.leak * u
                 activation = torch.log1p(self.leak - t * t)  # log(1 + α - tanh²)
-                log_slope = log_slope + activation.unflatten(-1, (self.features, u.shape[-1] // self.features))
+                log_slope = log_slope + activation.unflatten(
+                    -1, (self.features, u.shape[-1] // self.features)
+                )
             else:
                 h = u
         # gated residual: z = σ(a) f(x) + σ(-a) x, slope σ(a) f' + σ(-a) > σ(-a)
