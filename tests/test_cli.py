@@ -778,6 +778,27 @@ def test_score_can_skip_incomplete_rows(capsys, table, tmp_path) -> None:
     np.testing.assert_allclose(scored["log_density"][[0, 2]].to_numpy(), expected)
 
 
+def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tmp_path) -> None:
+    """The first impossible row is named (its number in the table, how many there are); with
+    ``--outside-support=-inf`` each is scored -inf and the others as usual."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"price": rng.gamma(2, size=300), "qty": rng.poisson(3, size=300)}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    (tmp_path / "new.csv").write_text("price,qty\n1.0,1\n-5.0,2\n2.0,3.5\n0.5,2\n")
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", tmp_path / "train.csv", "--bounds", "price=0:", "--out", model,
+                *FAST)[0] == 0  # fmt: skip
+    error = _error(capsys, "score", model, tmp_path / "new.csv")
+    assert "new.csv: row 2 (of 2 outside the model's support): " in error
+    assert "column 'price' has values outside the support" in error
+    assert "--outside-support=-inf scores such rows -inf" in error
+    code, out, err = _run(capsys, "score", model, tmp_path / "new.csv", "--outside-support=-inf")
+    scores = pd.read_csv(pd.io.common.StringIO(out))["log_density"].to_numpy()
+    assert code == 0 and "2 row(s) outside the model's support scored -inf" in err
+    assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
+
+
 def test_a_table_from_standard_input(table, tmp_path) -> None:
     """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``."""
     data = (table / "data.csv").read_text()

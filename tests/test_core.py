@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -578,3 +580,21 @@ def test_transforms_map_an_empty_batch_to_the_right_shapes(transform, x, z_shape
     assert tuple(z.shape) == z_shape and tuple(ladj.shape) == (0,)
     x_back, ladj_back = transform.inverse(z)
     assert x_back.shape == x.shape and tuple(ladj_back.shape) == (0,)
+
+
+def test_log_prob_or_minus_inf_scores_impossible_rows_minus_inf() -> None:
+    """``Flow.in_support`` per row; ``nf.log_prob_or_minus_inf`` equals ``log_prob`` inside and
+    is -inf outside (all rows outside too); NaN is still an error."""
+    torch.manual_seed(0)
+    x = torch.rand(300, 2, dtype=torch.float64) * 3
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)).double(), x, bounds=(0, None)
+    )
+    q = torch.tensor([[1.0, 1.0], [-1.0, 2.0], [2.0, 0.5]], dtype=torch.float64)
+    assert flow.in_support(q).tolist() == [True, False, True]
+    lp = nf.log_prob_or_minus_inf(flow, q)
+    torch.testing.assert_close(lp[[0, 2]], flow.log_prob(q[[0, 2]]))
+    assert lp[1] == -math.inf
+    assert nf.log_prob_or_minus_inf(flow, -q[1:2].abs()).tolist() == [-math.inf]
+    with pytest.raises(ValueError, match="contains NaN"):
+        nf.log_prob_or_minus_inf(flow, torch.full((1, 2), math.nan, dtype=torch.float64))

@@ -148,6 +148,7 @@ def test_given_by_index_and_per_row_context() -> None:
         ({"hidden": 8}, TypeError, r"hidden must be a tuple of positive ints.*got 8$"),
         ({"hidden": "64"}, TypeError, "hidden must be a tuple of positive ints"),
         ({"hidden": (8, 0)}, ValueError, r"hidden must be a sequence of positive ints"),
+        ({"outside_support": "zero"}, ValueError, "outside_support must be 'raise' or '-inf'"),
     ],
 )
 def test_bad_settings_are_one_line(kwargs: dict, error: type, message: str) -> None:
@@ -433,3 +434,22 @@ def test_bounds_are_open_at_their_ends() -> None:
     x[0] = 0.0
     with pytest.raises(ValueError, match=r"outside its bounds \(0, inf\)"):
         nf.FlowDensity(**{**SMALL, "steps": 2, "bounds": (0, None)}).fit(x)
+
+
+def test_outside_support_scores_impossible_rows_minus_inf() -> None:
+    """An anomaly detector's setting: a row below a bound (or a non-integer count) has density
+    0, scored -inf beside the others' finite scores, which equal the default's."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"price": rng.gamma(2, size=300), "qty": rng.poisson(3, size=300)})
+    test = pd.DataFrame({"price": [1.0, -5.0, 2.0, 0.5], "qty": [1, 2, 3.5, 2]})
+    est = nf.FlowDensity(
+        "maf", transforms=1, hidden=(8,), steps=20, bounds={"price": (0, None)},
+        discrete=["qty"], random_state=0,
+    ).fit(train)  # fmt: skip
+    with pytest.raises(ValueError, match="column 'qty' has non-integer values"):
+        est.score_samples(test)
+    scores = est.set_params(outside_support="-inf").score_samples(test)
+    assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
+    inside = est.set_params(outside_support="raise").score_samples(test.iloc[[0, 3]])
+    np.testing.assert_allclose(scores[[0, 3]], inside)
+    assert est.set_params(outside_support="-inf").score(test) == -np.inf

@@ -20,7 +20,7 @@ from nfkit import (
     transforms,
 )
 from nfkit._numerics import NotConvergedError
-from nfkit.core import Compose, Flow, Inverse, Transform
+from nfkit.core import Compose, Flow, Inverse, Transform, log_prob_or_minus_inf
 from nfkit.deploy import export
 from nfkit.flow_matching import flow_matching_loss
 from nfkit.io import load, save
@@ -35,6 +35,7 @@ __all__ = [
     "Compose",
     "Flow",
     "FlowDistribution",
+    "log_prob_or_minus_inf",
     "distributions",
     "transforms",
     "nn",

@@ -1114,6 +1114,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
+    from nfkit.core import log_prob_or_minus_inf
     from nfkit.models import DequantizedFlow
     from nfkit.tables import DataError
 
@@ -1152,10 +1153,28 @@ def cmd_score(args: argparse.Namespace) -> None:
         if skipped:
             _info(args, f"{args.data}: {skipped} incomplete row(s) scored NaN")
         x, c = x[complete.to(x.device)], None if c is None else c[complete.to(c.device)]
+    rows = torch.arange(len(scores))[complete]  # the table's row of each scored one
     with torch.no_grad():
-        scores[complete] = (
-            flow.log_prob(x, c, chunk_size=args.chunk_size, **options).double().cpu()
+        inside = flow.in_support(x) if torch.isfinite(x).all() else None  # NaN: log_prob's error
+        outside = 0 if inside is None else int((~inside).sum())
+        if outside and args.outside_support == "error":
+            first = int(torch.argmin(inside.long()))
+            try:
+                flow.log_prob(x[first : first + 1], None if c is None else c[first : first + 1])
+            except ValueError as e:
+                raise _UserError(
+                    f"{args.data}: row {int(rows[first]) + 1} (of {outside} outside the model's "
+                    f"support): {e}; --outside-support=-inf scores such rows -inf"
+                ) from None
+        options["chunk_size"] = args.chunk_size
+        lp = (
+            log_prob_or_minus_inf(flow, x, c, **options)
+            if outside
+            else flow.log_prob(x, c, **options)
         )
+        scores[complete] = lp.double().cpu()
+    if outside:
+        _info(args, f"{args.data}: {outside} row(s) outside the model's support scored -inf")
     out = pd.DataFrame({"log_density": scores.numpy()})
     if args.with_data:  # every column of the table as written (header-less: the model's names)
         rows = table if set(columns) <= set(table.columns) else table.set_axis(columns, axis=1)
@@ -1724,6 +1743,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score a row with a missing value in a model column as NaN instead of stopping "
         "(the output keeps one row per input row)",
+    )
+    p.add_argument(
+        "--outside-support",
+        choices=("error", "-inf"),
+        default="error",
+        help="a row outside the model's support (below a bound, a non-integer count, an "
+        "unseen range): stop with an error naming the row (default), or score it -inf (density "
+        "0) and say how many there were",
     )
     _inference_options(p, draws=False)
     p.set_defaults(func=cmd_score)

@@ -501,6 +501,14 @@ class Flow(nn.Module):
                 "number of features"
             )
 
+    def in_support(self, x: Tensor) -> Tensor:
+        """Which events of ``x`` ``(*batch, *event)`` lie in the flow's support (every
+        coordinate inside :attr:`Transform.domain` of the first layer): a bool tensor
+        ``(*batch,)``. :meth:`log_prob` refuses an event outside (its density is 0); see
+        :func:`log_prob_or_minus_inf` to score it ``-inf`` instead. NaN is not inside."""
+        inside = self.transform.domain.contains(x)
+        return inside.flatten(x.dim() - len(self.event_shape)).all(-1)
+
     def log_prob(
         self, x: Tensor, context: Tensor | None = None, *, chunk_size: int | None = CHUNK_SIZE
     ) -> Tensor:
@@ -669,3 +677,26 @@ class Flow(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Alias of :meth:`log_prob` so that ``flow(x)`` works with DDP and ``torch.compile``."""
         return self.log_prob(x, context)
+
+
+def log_prob_or_minus_inf(
+    flow: Flow, x: Tensor, context: Tensor | None = None, **options: Any
+) -> Tensor:
+    """``flow.log_prob(x, context, **options)`` with ``-inf`` for the events outside the
+    flow's support (:meth:`Flow.in_support`: density 0) instead of an error; anomaly scores of
+    rows that include impossible ones. NaN and shape errors are still raised. The outside rows
+    are scored at the first inside row (a ``where``, no boolean indexing), then replaced."""
+    check_event("Flow.log_prob", "x", x, flow.event_shape)  # the shape; NaN and inf refused
+    inside = flow.in_support(x)
+    if not bool(inside.any()):
+        batch = x.shape[: x.dim() - len(flow.event_shape)]
+        if context is not None:
+            batch = torch.broadcast_shapes(batch, context.shape[:-1])
+        return torch.full(batch, -math.inf, dtype=x.dtype, device=x.device)
+    flat = x.reshape(-1, *flow.event_shape)
+    first = flat[inside.reshape(-1).long().argmax()]
+    events = len(flow.event_shape)
+    mask = inside.reshape(*inside.shape, *([1] * events))
+    safe = torch.where(mask, x, first)
+    out = flow.log_prob(safe, context, **options)
+    return torch.where(inside, out, torch.full_like(out, -math.inf))

@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from nfkit._checks import check_device, check_hidden, check_positive_int, shown
-from nfkit.core import Flow
+from nfkit.core import Flow, log_prob_or_minus_inf
 from nfkit.tables import float32_blurred_columns
 
 __all__ = ["FlowDensity", "make_flow", "model_names"]
@@ -180,6 +180,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
         random_state: Seed (int), ``RandomState`` or None; a fixed seed makes ``fit``
             deterministic without touching torch's global RNG.
         progress: Show a progress bar during ``fit``.
+        outside_support: What ``score_samples`` (and ``score``) do with a row outside the
+            model's support (below a bound, a non-integer value in a discrete column):
+            ``"raise"`` a one-line error naming the column (default), or score it ``-inf``
+            (density 0; :func:`nfkit.log_prob_or_minus_inf`), as an anomaly detector wants.
 
     Attributes:
         flow_: The fitted :class:`~nfkit.Flow` (float64, eval mode).
@@ -226,6 +230,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         device: str | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
+        outside_support: str = "raise",
     ) -> None:
         self.model = model
         self.given = given
@@ -250,6 +255,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.progress = progress
+        self.outside_support = outside_support
 
     # ---------------------------------------------------------------- helpers
 
@@ -413,6 +419,11 @@ class FlowDensity(DensityMixin, BaseEstimator):
                 raise TypeError(
                     f"FlowDensity.fit: {name} must be True or False, got {shown(value)}"
                 )
+        if self.outside_support not in ("raise", "-inf"):
+            raise ValueError(
+                "FlowDensity.fit: outside_support must be 'raise' or '-inf', got "
+                f"{shown(self.outside_support)}"
+            )
         hidden = self.hidden
         if hidden is not None:
             if not isinstance(hidden, tuple | list | np.ndarray) or np.ndim(hidden) != 1:
@@ -614,8 +625,15 @@ class FlowDensity(DensityMixin, BaseEstimator):
         nan = "allow-nan" if self.summary_padded else True
         X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=nan)
         self._check_missing("FlowDensity.score_samples", X)
+        if self.outside_support not in ("raise", "-inf"):
+            raise ValueError(
+                "FlowDensity.score_samples: outside_support must be 'raise' or '-inf', got "
+                f"{shown(self.outside_support)}"
+            )
         x, c = self._split(X)
         with torch.no_grad():
+            if self.outside_support == "-inf":
+                return log_prob_or_minus_inf(self.flow_, x, c).cpu().numpy()
             return self.flow_.log_prob(x, c).cpu().numpy()
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
