@@ -453,3 +453,16 @@ def test_outside_support_scores_impossible_rows_minus_inf() -> None:
     inside = est.set_params(outside_support="raise").score_samples(test.iloc[[0, 3]])
     np.testing.assert_allclose(scores[[0, 3]], inside)
     assert est.set_params(outside_support="-inf").score(test) == -np.inf
+
+
+def test_information_criteria_follow_gaussian_mixture_conventions() -> None:
+    """``aic = 2k - 2 Σ log p`` and ``bic = k log n - 2 Σ log p`` with ``k`` the trained
+    parameters (the standardization's statistics are buffers, not counted)."""
+    x = _moons(200)
+    est = nf.FlowDensity("maf", transforms=1, hidden=(8,), steps=20, random_state=0).fit(x)
+    k = sum(p.numel() for p in est.flow_.parameters())
+    assert est.n_parameters() == k > 0
+    total = est.score_samples(x).sum()
+    assert est.aic(x) == pytest.approx(2 * k - 2 * total)
+    assert est.bic(x) == pytest.approx(k * np.log(200) - 2 * total)
+    assert est.bic(x) > est.aic(x)  # log 200 > 2

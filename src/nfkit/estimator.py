@@ -646,6 +646,25 @@ class FlowDensity(DensityMixin, BaseEstimator):
         kept = w > 0  # (a row of weight 0 and log p = -inf adds nothing, not NaN)
         return float(np.average(scores[kept], weights=w[kept]))
 
+    def n_parameters(self) -> int:
+        """The fitted model's number of trained parameters (the standardization's statistics
+        and other fixed buffers are not counted): the ``k`` of :meth:`aic` and :meth:`bic`."""
+        check_is_fitted(self, "flow_")
+        return sum(p.numel() for p in self.flow_.parameters() if p.requires_grad)
+
+    def aic(self, X: Any) -> float:
+        """Akaike's information criterion on ``X``: ``2k - 2 Σ log p(x_i)`` (lower is better;
+        ``k``: :meth:`n_parameters`), as ``GaussianMixture.aic``. A flow's parameters are many
+        and not identifiable, so compare held-out :meth:`score` first; the criteria order
+        models of one family by size."""
+        return float(2 * self.n_parameters() - 2 * self.score(X) * _rows(X))
+
+    def bic(self, X: Any) -> float:
+        """The Bayesian information criterion on ``X``: ``k log n - 2 Σ log p(x_i)`` (lower is
+        better), as ``GaussianMixture.bic``; see :meth:`aic`."""
+        n = _rows(X)
+        return float(self.n_parameters() * math.log(n) - 2 * self.score(X) * n)
+
     def sample(
         self,
         n_samples: int = 1,
@@ -695,3 +714,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         if c is not None:
             out[:, self.given_indices_] = c.expand(n, -1).cpu().numpy()
         return out
+
+
+def _rows(X: Any) -> int:
+    """The number of rows of a table (array, DataFrame or list of rows)."""
+    return int(X.shape[0]) if hasattr(X, "shape") else len(X)
