@@ -799,6 +799,30 @@ def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tm
     assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
 
 
+def test_fit_drops_the_named_columns(capsys, tmp_path) -> None:
+    """``--drop id,name``: identifiers and free text are left out of the model (scored tables
+    may keep them); unknown names and clashes with --given are one line."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": np.arange(300), "name": [f"n{i}" for i in range(300)],
+                  "a": rng.normal(size=300), "b": rng.normal(size=300)}).to_csv(
+        tmp_path / "ids.csv", index=False)  # fmt: skip
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", tmp_path / "ids.csv", "--drop", "id,name", "--out", model,
+                *FAST)[0] == 0  # fmt: skip
+    from nfkit.io import load
+
+    assert load(model).config["columns"] == ["a", "b"]
+    code, out, _ = _run(capsys, "score", model, tmp_path / "ids.csv")
+    assert code == 0 and len(pd.read_csv(pd.io.common.StringIO(out))) == 300
+    assert "--drop column(s) 'idx' not found; columns are 'id', 'name', 'a', 'b'" in _error(
+        capsys, "fit", tmp_path / "ids.csv", "--drop", "idx", "--out", model, *FAST
+    )
+    assert "--drop column(s) 'a' are --given too" in _error(
+        capsys, "fit", tmp_path / "ids.csv", "--drop", "a,name,id", "--given", "a", "--out",
+        model, *FAST,
+    )  # fmt: skip
+
+
 def test_a_table_from_standard_input(table, tmp_path) -> None:
     """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``."""
     data = (table / "data.csv").read_text()

@@ -281,6 +281,30 @@ def _exact(value: float) -> str:
     return str(int(v)) if v.is_integer() and abs(v) < 2**63 else repr(v)
 
 
+def _dropped(
+    table: Any, drop: str | None, source: str, given: list[str], weights: str | None
+) -> Any:
+    """The raw table without the ``--drop`` columns (identifiers, free text, leaks of the
+    answer): each must exist, and none may be ``--given`` or ``--weights`` too."""
+    names = [n.strip() for n in (drop or "").split(",") if n.strip()]
+    if drop is not None and not names:
+        raise _UserError(f"--drop names no column: {drop!r}")
+    unknown = [n for n in names if n not in table.columns]
+    if unknown:
+        raise _UserError(
+            f"{source}: --drop column(s) {', '.join(map(repr, unknown))} not found; columns are "
+            f"{', '.join(map(repr, table.columns))}"
+        )
+    for other, option in ((given, "--given"), ([weights] if weights else [], "--weights")):
+        both = [n for n in names if n in other]
+        if both:
+            raise _UserError(f"--drop column(s) {', '.join(map(repr, both))} are {option} too")
+    kept = table.drop(columns=names)
+    if kept.shape[1] == 0:
+        raise _UserError(f"{source}: --drop leaves no column to model")
+    return kept
+
+
 def _weights_column(table: Any, column: str, source: str, drop_missing: bool) -> Any:
     """The ``--weights`` column of a raw table as float64 row weights (a Series on the table's
     index): numbers, finite, ``>= 0`` and not all zero (rows with a missing weight dropped
@@ -965,8 +989,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
             missing_ok=given if args.summary_padded else (),
         )
         weights = None
-        if args.weights is None:
+        if args.weights is None and not args.drop:
             df = _read(args.data, **read)
+        elif args.weights is None:
+            from nfkit.tables import clean_table, read_raw_table
+
+            raw = _dropped(read_raw_table(args.data), args.drop, args.data, given, None)
+            df = clean_table(raw, args.data, **read)
         else:  # the weights are not modelled: read apart, then the rows both keep
             from nfkit.tables import clean_table, read_raw_table
 
@@ -974,7 +1003,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
                 raise _UserError(
                     f"--weights column {args.weights!r} is --given too; weights are not modelled"
                 )
-            raw = read_raw_table(args.data)
+            raw = _dropped(read_raw_table(args.data), args.drop, args.data, given, args.weights)
             weights = _weights_column(raw, args.weights, args.data, args.drop_missing)
             df = clean_table(raw.drop(columns=[args.weights]), args.data, **read)
             df = df.loc[df.index.intersection(weights.index)]
@@ -1639,6 +1668,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a column of row weights >= 0 (survey or importance weights; not modelled): fit "
         "the weighted likelihood, a weight k counting as k copies of the row; a --val table "
         "with the column is weighted too",
+    )
+    p.add_argument(
+        "--drop",
+        metavar="COLUMNS",
+        help="columns a,b not to model (identifiers, free text): left out of the model; score "
+        "and sample ignore them too",
     )
     p.add_argument("--drop-missing", action="store_true", help="drop rows with missing values")
     p.add_argument("--drop-constant", action="store_true", help="drop constant columns")
