@@ -780,7 +780,7 @@ def test_score_can_skip_incomplete_rows(capsys, table, tmp_path) -> None:
 
 def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tmp_path) -> None:
     """The first impossible row is named (its number in the table, how many there are); with
-    ``--outside-support=-inf`` each is scored -inf and the others as usual."""
+    ``--impossible=-inf`` each is scored -inf and the others as usual."""
     rng = np.random.default_rng(0)
     pd.DataFrame({"price": rng.gamma(2, size=300), "qty": rng.poisson(3, size=300)}).to_csv(
         tmp_path / "train.csv", index=False
@@ -792,8 +792,8 @@ def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tm
     error = _error(capsys, "score", model, tmp_path / "new.csv")
     assert "new.csv: row 2 (of 2 outside the model's support): " in error
     assert "column 'price' has values outside the support" in error
-    assert "--outside-support=-inf scores such rows -inf" in error
-    code, out, err = _run(capsys, "score", model, tmp_path / "new.csv", "--outside-support=-inf")
+    assert "--impossible=-inf scores such rows -inf" in error
+    code, out, err = _run(capsys, "score", model, tmp_path / "new.csv", "--impossible=-inf")
     scores = pd.read_csv(pd.io.common.StringIO(out))["log_density"].to_numpy()
     assert code == 0 and "2 row(s) outside the model's support scored -inf" in err
     assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()

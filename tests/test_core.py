@@ -598,3 +598,21 @@ def test_log_prob_or_minus_inf_scores_impossible_rows_minus_inf() -> None:
     assert nf.log_prob_or_minus_inf(flow, -q[1:2].abs()).tolist() == [-math.inf]
     with pytest.raises(ValueError, match="contains NaN"):
         nf.log_prob_or_minus_inf(flow, torch.full((1, 2), math.nan, dtype=torch.float64))
+
+
+def test_a_flow_with_a_context_that_no_layer_reads_is_refused() -> None:
+    """``Flow(..., context=2)`` around unconditional layers ignored the context silently (every
+    context gave the same density); a user's own module may read it, so it is not judged."""
+    layer = T.Autoregressive(3, T.AffineTransformer())
+    with pytest.raises(ValueError, match=r"context=2, but no layer and not the base reads"):
+        nf.Flow(layer, nf.distributions.StandardNormal(3), context=2)
+
+    class Shift(nf.Transform):  # reads the context; nothing marks it
+        def forward(self, x, context=None):
+            return x + context[..., :1], x.new_zeros(x.shape[:-1])
+
+        def inverse(self, z, context=None):
+            return z - context[..., :1], z.new_zeros(z.shape[:-1])
+
+    flow = nf.Flow(Shift(), nf.distributions.StandardNormal(3), context=2)
+    assert flow.log_prob(torch.zeros(4, 3), torch.ones(4, 2)).shape == (4,)

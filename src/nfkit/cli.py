@@ -1186,14 +1186,14 @@ def cmd_score(args: argparse.Namespace) -> None:
     with torch.no_grad():
         inside = flow.in_support(x) if torch.isfinite(x).all() else None  # NaN: log_prob's error
         outside = 0 if inside is None else int((~inside).sum())
-        if outside and args.outside_support == "error":
+        if outside and args.impossible == "error":
             first = int(torch.argmin(inside.long()))
             try:
                 flow.log_prob(x[first : first + 1], None if c is None else c[first : first + 1])
             except ValueError as e:
                 raise _UserError(
                     f"{args.data}: row {int(rows[first]) + 1} (of {outside} outside the model's "
-                    f"support): {e}; --outside-support=-inf scores such rows -inf"
+                    f"support): {e}; --impossible=-inf scores such rows -inf"
                 ) from None
         options["chunk_size"] = args.chunk_size
         lp = (
@@ -1780,7 +1780,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the output keeps one row per input row)",
     )
     p.add_argument(
-        "--outside-support",
+        "--impossible",
         choices=("error", "-inf"),
         default="error",
         help="a row outside the model's support (below a bound, a non-integer count, an "

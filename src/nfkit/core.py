@@ -112,12 +112,14 @@ class Inverse(Transform):
         return self.transform
 
 
-def sum_event_dims(ladj: Tensor, dims: int) -> Tensor:
-    """``ladj`` summed over its last ``dims`` dimensions (none: ``ladj`` itself): the log-det of a
-    layer with a smaller ``event_dim`` than the event it acts on, such as an elementwise
-    ``Affine`` (``event_dim = 1``) on images ``(*batch, C, H, W)``, whose ``ladj`` is
-    ``(*batch, C, H)``."""
-    return ladj.sum(tuple(range(-dims, 0))) if dims > 0 else ladj
+def sum_to_batch(ladj: Tensor, batch_dims: int) -> Tensor:
+    """``ladj`` summed over its dimensions after the first ``batch_dims`` (none: ``ladj``
+    itself): the log-det of a layer with a smaller ``event_dim`` than the event it acts on, such
+    as an elementwise ``Affine`` (``event_dim = 1``) on images ``(*batch, C, H, W)``, whose
+    ``ladj`` is ``(*batch, C, H)``. A layer after a reshape of the event (images flattened to
+    vectors) returns ``(*batch,)`` already. A dimension count only: no sync."""
+    extra = ladj.dim() - batch_dims
+    return ladj.sum(tuple(range(-extra, 0))) if extra > 0 else ladj
 
 
 class Compose(Transform):
@@ -160,16 +162,22 @@ class Compose(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladj: Tensor | int = 0
+        batch_dims = x.dim() - self.event_dim
+        if context is not None:  # (a context may broadcast the batch to more dims)
+            batch_dims = max(batch_dims, context.dim() - 1)
         for t in self.transforms:
             x, l_ = t(x, context)
-            ladj = ladj + sum_event_dims(l_, self.event_dim - t.event_dim)
+            ladj = ladj + sum_to_batch(l_, batch_dims)
         return x, ladj  # type: ignore[return-value]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladj: Tensor | int = 0
+        batch_dims = z.dim() - self.event_dim  # (the event's rank on the latent side)
+        if context is not None:
+            batch_dims = max(batch_dims, context.dim() - 1)
         for t in reversed(self.transforms):
             z, l_ = t.inverse(z, context)
-            ladj = ladj + sum_event_dims(l_, self.event_dim - t.event_dim)
+            ladj = ladj + sum_to_batch(l_, batch_dims)
         return z, ladj  # type: ignore[return-value]
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -350,6 +358,27 @@ def _check_values() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _reads_context(modules: Sequence[nn.Module]) -> bool | None:
+    """Whether any of ``modules`` (and their submodules) reads a context: an nfkit network or
+    layer built with one (``context`` or ``context_features`` > 0, a ``context_layer``). None
+    when a module from outside nfkit and torch is among them (a user's conditioner may read
+    it: nothing can be said)."""
+    reads = False
+    for module in (m for top in modules for m in top.modules()):
+        owner = type(module).__module__
+        if not owner.startswith(("nfkit.", "torch.")):
+            return None
+        width = getattr(module, "context", 0)
+        features = getattr(module, "context_features", 0)
+        if (
+            (isinstance(width, int) and not isinstance(width, bool) and width > 0)
+            or (isinstance(features, int) and features > 0)
+            or getattr(module, "context_layer", None) is not None
+        ):
+            reads = True
+    return reads
+
+
 class Flow(nn.Module):
     r"""A normalizing flow: the distribution of ``x = T⁻¹(z)`` with ``z ~ base``.
 
@@ -413,10 +442,16 @@ class Flow(nn.Module):
                 f"Flow: the transform acts on events of {transform.event_dim} dimensions, but the "
                 f"base's event shape {tuple(base.event_shape)} has {len(base.event_shape)}"
             )
+        context = check_positive_int("Flow", "context", context, minimum=0)
+        if context and _reads_context([transform, base]) is False:
+            raise ValueError(
+                f"Flow: context={context}, but no layer and not the base reads a context (the "
+                "flow would ignore it); build the conditional layers with context=..."
+            )
         self.transform = transform
         self.base = base
         self.embedding = embedding
-        self.context_features = check_positive_int("Flow", "context", context, minimum=0)
+        self.context_features = context
         self.config: dict[str, Any] = dict(config or {})
         self.validate = True
 
@@ -482,12 +517,13 @@ class Flow(nn.Module):
         context = self._embed(context)
         z, ladj = self.transform(x, context)
         self._check_event("Flow.log_prob", z, "maps x to")
-        return self.base.log_prob(z, context) + self._event_ladj(ladj)
+        return self.base.log_prob(z, context) + self._event_ladj(ladj, z)
 
-    def _event_ladj(self, ladj: Tensor) -> Tensor:
+    def _event_ladj(self, ladj: Tensor, x: Tensor) -> Tensor:
         """The transform's ``ladj`` summed over the event dimensions it leaves (an elementwise
-        transform, ``event_dim = 1``, in front of an image base): shape ``(*batch,)``."""
-        return sum_event_dims(ladj, len(self.event_shape) - self.transform.event_dim)
+        transform, ``event_dim = 1``, in front of an image base): shape ``(*batch,)``, the
+        batch of ``x`` (an event of the base's shape) broadcast with the context's."""
+        return sum_to_batch(ladj, x.dim() - len(self.event_shape))
 
     def _check_event(self, where: str, t: Tensor, what: str) -> None:
         """The transform's output ``t`` has the base's event shape (a transform built for
@@ -665,7 +701,7 @@ class Flow(nn.Module):
         with _draws_are_not_data(self):
             x, ladj = self.transform.inverse(z, context)
         self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
-        return x, log_pz - self._event_ladj(ladj)
+        return x, log_pz - self._event_ladj(ladj, x)
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """This flow at ``context`` as a ``torch.distributions.Distribution`` (a view, not a
