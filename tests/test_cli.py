@@ -799,6 +799,17 @@ def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tm
     assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
 
 
+def test_resume_refuses_another_seed(capsys, table, tmp_path) -> None:
+    """As nf.fit refuses it: the checkpoint's batch order and noise come from its seed."""
+    ckpt = tmp_path / "ck.pt"
+    run = ["fit", table / "data.csv", "--checkpoint", ckpt, "--out", tmp_path / "m.pt", *FAST]
+    assert _run(capsys, *run, "--seed", "3")[0] == 0
+    assert "was made with --seed 3; got --seed 4: resume with its seed" in _error(
+        capsys, *run, "--resume", "--seed", "4"
+    )
+    assert _run(capsys, *run, "--resume")[0] == 0  # its own seed
+
+
 def test_fit_drops_the_named_columns(capsys, tmp_path) -> None:
     """``--drop id,name``: identifiers and free text are left out of the model (scored tables
     may keep them); unknown names and clashes with --given are one line."""

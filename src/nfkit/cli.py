@@ -658,9 +658,16 @@ def _run_seed(args: argparse.Namespace) -> int:
         from nfkit.io import safe_torch_load
 
         try:
-            return int(safe_torch_load(checkpoint, "nfkit fit")["seed"])
+            made = int(safe_torch_load(checkpoint, "nfkit fit")["seed"])
         except Exception:  # nf.fit says what is wrong with the checkpoint
-            pass
+            made = None
+        if made is not None and args.seed is not None and args.seed != made:
+            raise _UserError(
+                f"--checkpoint {checkpoint} was made with --seed {made}; got --seed {args.seed}: "
+                "resume with its seed (or no --seed), or give another --checkpoint"
+            )
+        if made is not None:
+            return made
     if args.seed is not None:
         return args.seed
     seed = int(torch.randint(0, 2**32, ()).item())
@@ -1831,7 +1838,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="what a saved model is: architecture, columns, parameters")
+    p = sub.add_parser(
+        "info",
+        help="what a saved model is: architecture, columns, parameters, how it was trained",
+    )
     p.add_argument("model", help="a model written by 'nfkit fit' or nf.save")
     p.add_argument(
         "--json",

@@ -637,9 +637,9 @@ def warn_outside_spline_interval(
     fraction = float(rows.double().mean())
     if fraction > share:
         warnings.warn(
-            f"{where}: {100 * fraction:.1f}% of {what} reach the spline's interval "
-            f"[-{bound:g}, {bound:g}] (the data-side layer), outside which it is the identity; "
-            f"{advice}",
+            f"{where}: {100 * fraction:.1f}% of {what} lie at or beyond ±{0.9 * bound:g} (90% of "
+            f"the data-side spline's interval [-{bound:g}, {bound:g}], outside which it is the "
+            f"identity); {advice}",
             UserWarning,
             stacklevel=stacklevel,  # the caller of the public function
         )

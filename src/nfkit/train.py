@@ -583,7 +583,7 @@ def _read_checkpoint(
     try:
         state = safe_torch_load(checkpoint, where, map_location="cpu")
     except DamagedFileError as e:  # cut short: say so, not "not an nfkit checkpoint"
-        raise ValueError(f"{e}; remove it, or give checkpoint= another path") from None
+        raise DamagedFileError(f"{e}; remove it, or give checkpoint= another path") from None
     except ValueError:  # not a torch file, or a directory
         state = None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
