@@ -807,7 +807,7 @@ def test_resume_refuses_another_seed(capsys, table, tmp_path) -> None:
     assert "was made with --seed 3; got --seed 4: resume with its seed" in _error(
         capsys, *run, "--resume", "--seed", "4"
     )
-    assert _run(capsys, *run, "--resume")[0] == 0  # its own seed
+    assert _run(capsys, *run, "--resume", "--seed", "3")[0] == 0  # its own seed
 
 
 def test_fit_drops_the_named_columns(capsys, tmp_path) -> None:
