@@ -41,9 +41,9 @@ autosummary_imported_members = True
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,
-    # scikit-learn's generated metadata-routing setter (fit takes sample_weight), whose
+    # scikit-learn's generated metadata-routing setters (fit and score take sample_weight), whose
     # docstring cross-references scikit-learn's own glossary
-    "exclude-members": "set_fit_request",
+    "exclude-members": "set_fit_request,set_score_request",
 }
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
