@@ -122,6 +122,20 @@ def sum_to_batch(ladj: Tensor, batch_dims: int) -> Tensor:
     return ladj.sum(tuple(range(-extra, 0))) if extra > 0 else ladj
 
 
+def _sum_ladjs(ladjs: list[Tensor], context: Tensor | None) -> Tensor:
+    """The chain's log-det: each layer's summed down to the batch's dims, the fewest any
+    layer's log-det has (a layer with a smaller ``event_dim`` than the event returns more),
+    but at least the context's batch dims (unconditional layers return the data's batch alone,
+    which a context may broadcast to more dims). Dimension counts only: no sync."""
+    batch_dims = min(l_.dim() for l_ in ladjs)
+    if context is not None:
+        batch_dims = max(batch_dims, context.dim() - 1)
+    total = sum_to_batch(ladjs[0], batch_dims)
+    for l_ in ladjs[1:]:
+        total = total + sum_to_batch(l_, batch_dims)
+    return total
+
+
 class Compose(Transform):
     """Chain ``t1, t2, ...`` applied **in the order given** on ``forward``; ``ladj`` is summed.
 
@@ -161,24 +175,18 @@ class Compose(Transform):
         self.codomain = flat[-1].codomain
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj: Tensor | int = 0
-        batch_dims = x.dim() - self.event_dim
-        if context is not None:  # (a context may broadcast the batch to more dims)
-            batch_dims = max(batch_dims, context.dim() - 1)
+        ladjs = []
         for t in self.transforms:
             x, l_ = t(x, context)
-            ladj = ladj + sum_to_batch(l_, batch_dims)
-        return x, ladj  # type: ignore[return-value]
+            ladjs.append(l_)
+        return x, _sum_ladjs(ladjs, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj: Tensor | int = 0
-        batch_dims = z.dim() - self.event_dim  # (the event's rank on the latent side)
-        if context is not None:
-            batch_dims = max(batch_dims, context.dim() - 1)
+        ladjs = []
         for t in reversed(self.transforms):
             z, l_ = t.inverse(z, context)
-            ladj = ladj + sum_to_batch(l_, batch_dims)
-        return z, ladj  # type: ignore[return-value]
+            ladjs.append(l_)
+        return z, _sum_ladjs(ladjs, context)
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         for t in reversed(self.transforms):
@@ -519,11 +527,11 @@ class Flow(nn.Module):
         self._check_event("Flow.log_prob", z, "maps x to")
         return self.base.log_prob(z, context) + self._event_ladj(ladj, z)
 
-    def _event_ladj(self, ladj: Tensor, x: Tensor) -> Tensor:
+    def _event_ladj(self, ladj: Tensor, z: Tensor) -> Tensor:
         """The transform's ``ladj`` summed over the event dimensions it leaves (an elementwise
         transform, ``event_dim = 1``, in front of an image base): shape ``(*batch,)``, the
-        batch of ``x`` (an event of the base's shape) broadcast with the context's."""
-        return sum_to_batch(ladj, x.dim() - len(self.event_shape))
+        batch of ``z`` (events of the base's shape)."""
+        return sum_to_batch(ladj, z.dim() - len(self.event_shape))
 
     def _check_event(self, where: str, t: Tensor, what: str) -> None:
         """The transform's output ``t`` has the base's event shape (a transform built for
@@ -701,7 +709,7 @@ class Flow(nn.Module):
         with _draws_are_not_data(self):
             x, ladj = self.transform.inverse(z, context)
         self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
-        return x, log_pz - self._event_ladj(ladj, x)
+        return x, log_pz - self._event_ladj(ladj, z)
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """This flow at ``context`` as a ``torch.distributions.Distribution`` (a view, not a
