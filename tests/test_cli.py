@@ -820,9 +820,10 @@ def test_fit_drops_the_named_columns(capsys, tmp_path) -> None:
     model = tmp_path / "m.pt"
     assert _run(capsys, "fit", tmp_path / "ids.csv", "--drop", "id,name", "--out", model,
                 *FAST)[0] == 0  # fmt: skip
-    from nfkit.io import load
+    from nfkit.io import load_with_header
 
-    assert load(model).config["columns"] == ["a", "b"]
+    flow, header = load_with_header(model)
+    assert flow.config["columns"] == ["a", "b"] and header["training"]["dropped"] == "id,name"
     code, out, _ = _run(capsys, "score", model, tmp_path / "ids.csv")
     assert code == 0 and len(pd.read_csv(pd.io.common.StringIO(out))) == 300
     assert "--drop column(s) 'idx' not found; columns are 'id', 'name', 'a', 'b'" in _error(

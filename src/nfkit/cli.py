@@ -958,6 +958,13 @@ def _training_record(
         "lr": (learning_rate(flow) if args.lr is None else args.lr) if gradients else None,
         "nfkit_version": __version__,
         "torch_version": torch.__version__,
+    } | {  # options that change what was modelled, when given
+        key: value
+        for key, value in (
+            ("dropped", getattr(args, "drop", None)),
+            ("weights", getattr(args, "weights", None)),
+        )
+        if value
     }
 
 
