@@ -835,6 +835,34 @@ def test_fit_drops_the_named_columns(capsys, tmp_path) -> None:
     )  # fmt: skip
 
 
+def test_repeated_column_options_add_up_and_seeds_are_in_range(capsys, tmp_path) -> None:
+    """``--drop a --drop b`` and ``--discrete a --discrete b`` add up (the last one won);
+    ``--impossible neg-inf`` spells -inf; a seed outside 0 … 2**32 - 1 is refused (torch
+    reduced it modulo 2**32)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": np.arange(200), "name": [f"n{i}" for i in range(200)],
+                  "k": rng.poisson(3, 200), "j": rng.poisson(5, 200),
+                  "a": rng.normal(size=200)}).to_csv(tmp_path / "t.csv", index=False)  # fmt: skip
+    model = tmp_path / "m.pt"
+    code = _run(capsys, "fit", tmp_path / "t.csv", "--drop", "id", "--drop", "name",
+                "--discrete", "k", "--discrete", "j", "--out", model, *FAST)[0]  # fmt: skip
+    from nfkit.io import load
+
+    flow = load(model)
+    assert code == 0 and flow.config["columns"] == ["k", "j", "a"]
+    assert sorted(flow.config["discrete"]) == [0, 1]
+    assert "--drop names 'id' twice" in _error(
+        capsys, "fit", tmp_path / "t.csv", "--drop", "id", "--drop", "id,name", "--out", model,
+        *FAST,
+    )  # fmt: skip
+    (tmp_path / "bad.csv").write_text("id,name,k,j,a\n0,x,1.5,2,0.1\n")
+    code, out, err = _run(capsys, "score", model, tmp_path / "bad.csv", "--impossible", "neg-inf")
+    assert code == 0 and "1 row(s) outside the model's support scored -inf" in err
+    assert "expected a seed in 0 … 4294967295, got '-1'" in _error(
+        capsys, "fit", tmp_path / "t.csv", "--drop", "id,name", "--out", model, *FAST, "--seed=-1"
+    )
+
+
 def test_a_table_from_standard_input(table, tmp_path) -> None:
     """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``."""
     data = (table / "data.csv").read_text()

@@ -642,3 +642,48 @@ def test_a_chain_through_a_reshaping_layer_keeps_its_log_det_per_row() -> None:
     x = torch.randn(5, 1, 2, 2, dtype=torch.float64)
     expected = inner.double().log_prob(2 * x.flatten(-3)) + 4 * np.log(2.0)
     torch.testing.assert_close(flow.log_prob(x), expected)
+
+
+class _ScaleWithScalarLogDet(nf.Transform):
+    """A layer whose log-det does not depend on x, returned 0-dim (it broadcasts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor([0.5, -0.2, 0.1]))
+
+    def forward(self, x, context=None):
+        return x * self.s.exp(), self.s.sum()
+
+    def inverse(self, z, context=None):
+        return z * (-self.s).exp(), -self.s.sum()
+
+
+def test_chain_log_dets_keep_the_batch_with_scalar_log_dets_and_broadcast_contexts() -> None:
+    """A 0-dim log-det broadcasts (it must not make the chain sum the others over the batch),
+    and an elementwise layer before a conditional image flow sums over its event, not down to
+    the context's broadcast batch; both against row-by-row evaluation."""
+    torch.manual_seed(0)
+    flow = nf.Flow(
+        nf.Compose(_ScaleWithScalarLogDet(), T.Affine(0.0, 2.0)),
+        nf.distributions.StandardNormal(3),
+    )
+    x = torch.randn(4, 3)
+    rows = torch.cat([flow.log_prob(r[None]) for r in x])
+    torch.testing.assert_close(flow.log_prob(x), rows)
+    glow = nf.models.Glow((2, 4, 4), context=3, levels=1, steps=1, hidden=(8,))
+    scale = T.Affine(torch.zeros(4), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    image = nf.Flow(nf.Compose(scale, glow.transform), glow.base, context=3).eval()
+    x, c = torch.rand(2, 2, 4, 4), torch.randn(2, 1, 3)
+    each = torch.stack(
+        [torch.cat([image.log_prob(x[j : j + 1], c[i]) for j in range(2)]) for i in range(2)]
+    )
+    torch.testing.assert_close(image.log_prob(x, c), each)
+
+
+def test_a_context_width_of_any_integer_type_and_foreign_conditioners_are_read() -> None:
+    """A NumPy width reads a context; a module from outside nfkit's and torch.nn's (a scripted
+    or a user's module) is not judged."""
+    layer = T.Autoregressive(4, T.AffineTransformer(), context=np.int64(2))
+    nf.Flow(layer, nf.distributions.StandardNormal(4), context=2)
+    traced = torch.fx.symbolic_trace(torch.nn.Linear(4, 4))  # an FX module hides its code
+    assert nf.core._reads_context([traced]) is None

@@ -767,3 +767,21 @@ def test_a_damaged_checkpoint_is_one_line_and_leaves_the_flow_alone(tmp_path) ->
         with pytest.raises(ValueError, match=r"ckpt.pt' (is damaged|was made with)") as info:
             nf.fit(flow, x, checkpoint=path, resume=True, **kwargs)
         assert "\n" not in str(info.value) and _equal(_state(flow), before), change
+
+
+def test_batch_norm_flows_need_batches_of_two_rows() -> None:
+    with pytest.raises(ValueError, match="BatchNorm needs batches of at least 2 rows"):
+        nf.fit(nf.models.MAF(3, batch_norm=True, transforms=2, hidden=(8,)), torch.randn(10, 3),
+               batch_size=1, steps=2, progress=False)  # fmt: skip
+
+
+def test_zero_weight_rows_do_not_trigger_the_spline_warning() -> None:
+    import warnings
+
+    x = torch.randn(1000, 2)
+    x[:60] *= 10
+    w = torch.ones(1000)
+    w[:60] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nf.fit(nf.models.NSF(2, transforms=1, hidden=(8,)), x, weights=w, steps=1, progress=False)

@@ -91,6 +91,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _seed(text: str) -> int:
+    """A seed in ``0 … 2**32 - 1`` (torch reduces larger ones modulo 2**32 and overflows past
+    2**64: two different seeds would give one run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0 … 4294967295, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -289,6 +301,9 @@ def _dropped(
     names = [n.strip() for n in (drop or "").split(",") if n.strip()]
     if drop is not None and not names:
         raise _UserError(f"--drop names no column: {drop!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise _UserError(f"--drop names {', '.join(map(repr, twice))} twice")
     unknown = [n for n in names if n not in table.columns]
     if unknown:
         raise _UserError(
@@ -1003,7 +1018,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             missing_ok=given if args.summary_padded else (),
         )
         weights = None
-        if args.weights is None and not args.drop:
+        if args.weights is None and args.drop is None:
             df = _read(args.data, **read)
         elif args.weights is None:
             from nfkit.tables import clean_table, read_raw_table
@@ -1077,7 +1092,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     files.append(out / "history.png")
     nf.plot.history(history, files[-1], title=f"training history ({title})")
     files.append(out / "samples.csv")
-    _write_table(pd.DataFrame(flow.sample(1000).double().numpy(), columns=["x", "y"]), files[-1])
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the run's seed draws the samples too
+        torch.manual_seed(args.seed)
+        drawn = flow.sample(1000)
+    _write_table(pd.DataFrame(drawn.double().numpy(), columns=["x", "y"]), files[-1])
     print(
         f"nfkit demo: wrote {len(files) + 1} files to {out}/ in {time.perf_counter() - t0:.0f} s:"
     )
@@ -1544,7 +1564,7 @@ def _training_options(
         default=None,
         help="learning rate (default: the model's, 1e-3; bnaf 5e-3)",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--seed", type=_seed, default=None, help="random seed, 0 … 4294967295")
     p.add_argument(
         "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"
     )
@@ -1578,6 +1598,11 @@ class _Merged(argparse.Action):
         before = getattr(namespace, self.dest, None)
         if isinstance(values, str) and isinstance(before, str):  # column lists: a,b
             values = f"{before},{values}"
+        elif isinstance(values, list) and isinstance(before, list):  # --discrete a --discrete b
+            twice = sorted(set(before) & set(values))
+            if twice:
+                parser.error(f"{option_string} names {', '.join(map(repr, twice))} twice")
+            values = [*before, *values]
         elif isinstance(values, dict) and isinstance(before, dict):
             twice = sorted(set(before) & set(values))
             if twice:
@@ -1670,6 +1695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--discrete",
         type=_discrete_spec,
+        action=_Merged,
         default="auto",
         help="integer-valued columns, modelled by dequantization (log-probabilities of their "
         "integers; samples are integers): auto (default: every column of whole numbers), none, "
@@ -1686,6 +1712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drop",
         metavar="COLUMNS",
+        action=_Merged,
         help="columns a,b not to model (identifiers, free text): left out of the model; score "
         "and sample ignore them too",
     )
@@ -1761,7 +1788,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a table of contexts (the model's given columns, by name or position): -n samples "
         "for each row, written with a 'row' column (0-based) before the model's columns",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--seed", type=_seed, default=None, help="random seed, 0 … 4294967295")
     _inference_options(p)
     p.set_defaults(func=cmd_sample)
 
@@ -1795,11 +1822,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--impossible",
-        choices=("error", "-inf"),
+        choices=("error", "-inf", "neg-inf"),
         default="error",
-        help="a row outside the model's support (below a bound, a non-integer count, an "
-        "unseen range): stop with an error naming the row (default), or score it -inf (density "
-        "0) and say how many there were",
+        help="a row outside the model's support (below a bound, a non-integer count, a value "
+        "outside a discrete column's range; not an unseen category label): stop with an error "
+        "naming the row (default), or score it -inf (density 0) and say how many there were: "
+        "--impossible=-inf (or --impossible neg-inf)",
     )
     _inference_options(p, draws=False)
     p.set_defaults(func=cmd_score)
@@ -1825,7 +1853,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out rows (with the given columns of a conditional model), not training rows",
     )
     p.add_argument("--samples", type=_positive, default=1000, help="draws per row (default: 1000)")
-    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--seed", type=_seed, default=None, help="random seed, 0 … 4294967295")
     p.add_argument("--plot", default=None, help="figure file: coverage curve and rank histograms")
     p.add_argument(
         "--device", type=_device, default=None, help="torch device, e.g. cuda (default: cpu)"

@@ -122,18 +122,33 @@ def sum_to_batch(ladj: Tensor, batch_dims: int) -> Tensor:
     return ladj.sum(tuple(range(-extra, 0))) if extra > 0 else ladj
 
 
-def _sum_ladjs(ladjs: list[Tensor], context: Tensor | None) -> Tensor:
-    """The chain's log-det: each layer's summed down to the batch's dims, the fewest any
-    layer's log-det has (a layer with a smaller ``event_dim`` than the event returns more),
-    but at least the context's batch dims (unconditional layers return the data's batch alone,
-    which a context may broadcast to more dims). Dimension counts only: no sync."""
-    batch_dims = min(l_.dim() for l_ in ladjs)
-    if context is not None:
-        batch_dims = max(batch_dims, context.dim() - 1)
-    total = sum_to_batch(ladjs[0], batch_dims)
-    for l_ in ladjs[1:]:
-        total = total + sum_to_batch(l_, batch_dims)
-    return total
+def _sum_ladjs(
+    layers: Sequence[Transform],
+    ladjs: Sequence[Tensor],
+    dims: Sequence[tuple[int, int]],
+    event_dim: int,
+    context: Tensor | None,
+) -> Tensor:
+    """A chain's log-det from its layers' (in data → latent order), each summed over the event
+    dimensions it leaves: a layer with ``event_dim`` ``e`` on an event of rank ``r > e`` (an
+    elementwise layer in front of images) returns ``(*batch, *event[:r - e])``.
+
+    The event's rank is followed through the chain from the data side (rank ``event_dim``, the
+    chain's largest) by each layer's input and output ranks ``dims``: a layer that adds
+    dimensions first broadcasts the batch up to the context's, the rest is event (an unflatten);
+    one that removes them shrinks the event (a flatten). Dimension counts only: no sync.
+    """
+    context_batch = 0 if context is None else context.dim() - 1
+    rank, total = event_dim, None
+    for layer, ladj, (in_dim, out_dim) in zip(layers, ladjs, dims, strict=True):
+        extra = rank - layer.event_dim
+        if extra > 0:
+            ladj = ladj.sum(tuple(range(-extra, 0)))
+        total = ladj if total is None else total + ladj
+        batch = in_dim - rank
+        grown = max(0, min(out_dim - in_dim, context_batch - batch))
+        rank = out_dim - (batch + grown)
+    return total  # type: ignore[return-value]
 
 
 class Compose(Transform):
@@ -175,18 +190,23 @@ class Compose(Transform):
         self.codomain = flat[-1].codomain
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladjs = []
+        ladjs, dims = [], []
         for t in self.transforms:
+            rank = x.dim()
             x, l_ = t(x, context)
             ladjs.append(l_)
-        return x, _sum_ladjs(ladjs, context)
+            dims.append((rank, x.dim()))
+        return x, _sum_ladjs(self.transforms, ladjs, dims, self.event_dim, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladjs = []
+        ladjs, dims = [], []
         for t in reversed(self.transforms):
+            rank = z.dim()
             z, l_ = t.inverse(z, context)
             ladjs.append(l_)
-        return z, _sum_ladjs(ladjs, context)
+            dims.append((z.dim(), rank))  # (the data side's rank, the latent side's)
+        layers = self.transforms
+        return z, _sum_ladjs(layers, ladjs[::-1], dims[::-1], self.event_dim, context)
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         for t in reversed(self.transforms):
@@ -374,13 +394,14 @@ def _reads_context(modules: Sequence[nn.Module]) -> bool | None:
     reads = False
     for module in (m for top in modules for m in top.modules()):
         owner = type(module).__module__
-        if not owner.startswith(("nfkit.", "torch.")):
+        # torch's own layers read no context; a scripted, traced or FX module hides its code
+        if not owner.startswith(("nfkit.", "torch.nn.modules.", "torch.nn.utils.")):
             return None
-        width = getattr(module, "context", 0)
-        features = getattr(module, "context_features", 0)
+        width = as_int(getattr(module, "context", 0))  # (NumPy or 0-d tensor widths too)
+        features = as_int(getattr(module, "context_features", 0))
         if (
-            (isinstance(width, int) and not isinstance(width, bool) and width > 0)
-            or (isinstance(features, int) and features > 0)
+            (width or 0) > 0
+            or (features or 0) > 0
             or getattr(module, "context_layer", None) is not None
         ):
             reads = True

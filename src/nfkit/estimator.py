@@ -204,6 +204,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         (3,)
     """
 
+    outside_support = "raise"  # (estimators pickled before the setting existed)
+
     def __init__(
         self,
         model: str = "nsf",

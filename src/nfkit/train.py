@@ -51,7 +51,7 @@ from nfkit.metrics import (
 from nfkit.models._registry import learning_rate
 from nfkit.models.gaussianization import RBIGFlow
 from nfkit.tables import as_tensor
-from nfkit.transforms.normalization import ActNorm
+from nfkit.transforms.normalization import ActNorm, BatchNorm
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
 
@@ -857,10 +857,14 @@ def fit(
             "may then fine-tune it"
         )
     x, c, dtype, dev = _training_data(where, flow, data, context, device)
-    warn_outside_spline_interval(
-        where, flow, x, "the training rows", "standardize them (nf.models.standardize)"
-    )
     w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
+    warn_outside_spline_interval(  # the rows that count (a weight of 0 takes no part)
+        where,
+        flow,
+        x if w is None else x[w > 0],
+        "the training rows",
+        "standardize them (nf.models.standardize), or widen it (bound=) for heavy tails",
+    )
     lr = learning_rate(flow) if lr is None else lr
     check_number(where, "lr", lr, 0.0)
     check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
@@ -911,6 +915,11 @@ def fit(
         )
 
     n = xt.shape[0]
+    if min(batch_size, n) < 2 and any(isinstance(m, BatchNorm) for m in flow.modules()):
+        raise ValueError(
+            f"{where}: a flow with BatchNorm needs batches of at least 2 rows (its statistics); "
+            f"got batch_size={batch_size} on {n} training row(s)"
+        )
     fingerprint = _fingerprint(xt, ct, wt) if checkpoint is not None else torch.empty(0)
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)

@@ -33,6 +33,8 @@ class MLPConditioner(nn.Module):
     ``(cos, sin)`` pairs (:func:`~nfkit.nn.periodic_embedding`; a tuple: one period per input,
     None for an ordinary number)."""
 
+    context = 0  # (conditioners pickled before the attribute existed)
+
     def __init__(
         self,
         in_features: int,

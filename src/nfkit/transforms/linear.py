@@ -72,6 +72,8 @@ class Permutation(Transform):
 class Reverse(Transform):
     r"""``z = x[..., ::-1]``: reverses the order of the features (``ladj = 0``, its own inverse)."""
 
+    features: int | None = None  # (layers pickled before the size was kept: any size)
+
     def __init__(self, features: int | None = None, *, dim: int = -1) -> None:
         super().__init__()
         self.dim, self.event_dim = dim, -dim
