@@ -687,3 +687,12 @@ def test_a_context_width_of_any_integer_type_and_foreign_conditioners_are_read()
     nf.Flow(layer, nf.distributions.StandardNormal(4), context=2)
     traced = torch.fx.symbolic_trace(torch.nn.Linear(4, 4))  # an FX module hides its code
     assert nf.core._reads_context([traced]) is None
+
+
+def test_an_unconditional_coupling_before_a_conditional_base_ignores_the_context() -> None:
+    """The context is meant for the base; the unconditional conditioner had concatenated it
+    (a matrix-product error)."""
+    base = nf.distributions.GaussianMixture(4, context=2, components=3)
+    flow = nf.Flow(T.Coupling(4, T.AffineTransformer(), hidden=(8,)), base, context=2)
+    assert flow.log_prob(torch.randn(5, 4), torch.randn(5, 2)).shape == (5,)
+    assert flow.sample(3, torch.randn(2)).shape == (3, 4)

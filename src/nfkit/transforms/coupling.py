@@ -55,7 +55,8 @@ class MLPConditioner(nn.Module):
         require_context("Coupling's conditioner", context, self.context)
         if self.period is not None:
             x = self.embed(x)
-        return self.net(broadcast_cat(x, context))
+        # an unconditional conditioner ignores a context (one meant for a conditional base)
+        return self.net(broadcast_cat(x, context) if self.context else x)
 
 
 class Coupling(Transform):
