@@ -58,3 +58,12 @@ def test_one_columns_pass_matches_the_whole_network() -> None:
         zi, slope = t._column(i, x[:, : i + 1], layers, shift)
         torch.testing.assert_close(zi, z[:, i], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(slope, log_slope[:, i].exp(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_conditional_bnaf_samples_one_row_per_context() -> None:
+    """One draw for a batch of one context: the context's shift is batched (F.linear's bias
+    had to be 1-D after its input was flattened)."""
+    torch.manual_seed(0)
+    flow = nf.models.BNAF(3, context=2)
+    assert flow.sample(1, torch.randn(1, 2)).shape == (1, 1, 3)
+    assert flow.sample(2, torch.randn(1, 2)).shape == (2, 1, 3)

@@ -185,7 +185,7 @@ class BlockAutoregressive(Transform):
             rows, cols = (i + 1) * self.sizes[index + 1], (i + 1) * self.sizes[index]
             w = weight[:rows, :cols]
             bias = (shift if index == 0 else self.biases[index])[..., :rows]
-            u = F.linear(h, w, bias)
+            u = F.linear(h, w) + bias  # (bias: batched with a context's shift)
             du = w[:, i] if dh is None else F.linear(dh, w)  # the first layer: x_i is column i
             if index < last:
                 t = torch.tanh(u)
