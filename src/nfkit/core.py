@@ -112,14 +112,12 @@ class Inverse(Transform):
         return self.transform
 
 
-def sum_to_batch(ladj: Tensor, batch_dims: int) -> Tensor:
-    """``ladj`` summed over its dimensions after the first ``batch_dims`` (none: ``ladj``
-    itself): the log-det of a layer with a smaller ``event_dim`` than the event it acts on, such
-    as an elementwise ``Affine`` (``event_dim = 1``) on images ``(*batch, C, H, W)``, whose
-    ``ladj`` is ``(*batch, C, H)``. A layer after a reshape of the event (images flattened to
-    vectors) returns ``(*batch,)`` already. A dimension count only: no sync."""
-    extra = ladj.dim() - batch_dims
-    return ladj.sum(tuple(range(-extra, 0))) if extra > 0 else ladj
+def _sum_trailing(ladj: Tensor, dims: int) -> Tensor:
+    """``ladj`` summed over its last ``dims`` dimensions (none: ``ladj`` itself): the log-det
+    of a layer with a smaller ``event_dim`` than the event it acts on, such as an elementwise
+    ``Affine`` (``event_dim = 1``) on images ``(*batch, C, H, W)``, whose ``ladj`` is
+    ``(*batch, C, H)``. A dimension count only: no sync."""
+    return ladj.sum(tuple(range(-dims, 0))) if dims > 0 else ladj
 
 
 def _sum_ladjs(
@@ -141,9 +139,7 @@ def _sum_ladjs(
     context_batch = 0 if context is None else context.dim() - 1
     rank, total = event_dim, None
     for layer, ladj, (in_dim, out_dim) in zip(layers, ladjs, dims, strict=True):
-        extra = rank - layer.event_dim
-        if extra > 0:
-            ladj = ladj.sum(tuple(range(-extra, 0)))
+        ladj = _sum_trailing(ladj, rank - layer.event_dim)
         total = ladj if total is None else total + ladj
         batch = in_dim - rank
         grown = max(0, min(out_dim - in_dim, context_batch - batch))
@@ -552,7 +548,7 @@ class Flow(nn.Module):
         """The transform's ``ladj`` summed over the event dimensions it leaves (an elementwise
         transform, ``event_dim = 1``, in front of an image base): shape ``(*batch,)``, the
         batch of ``z`` (events of the base's shape)."""
-        return sum_to_batch(ladj, z.dim() - len(self.event_shape))
+        return _sum_trailing(ladj, ladj.dim() - (z.dim() - len(self.event_shape)))
 
     def _check_event(self, where: str, t: Tensor, what: str) -> None:
         """The transform's output ``t`` has the base's event shape (a transform built for

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from nfkit._checks import check_hidden, check_open_interval, check_positive_int, shown
+from nfkit._checks import (
+    check_hidden,
+    check_open_interval,
+    check_positive_int,
+    require_context,
+    shown,
+)
 from nfkit._numerics import fixed_point
 from nfkit.core import Transform
 
@@ -213,11 +219,7 @@ class ResidualBlock(Transform):
 
     def _check_context(self, where: str, context: Tensor | None) -> None:
         # An unconditional block ignores a context (as every layer of a Compose receives it).
-        if self.context_layer is not None and context is None:
-            raise ValueError(
-                f"ResidualBlock.{where}: this block is conditional and needs a context of last "
-                f"dim {self.context_features}, got None"
-            )
+        require_context(f"ResidualBlock.{where}", context, self.context_features)
 
     def _exact(
         self, x: Tensor, context: Tensor | None, weights: list[tuple[Tensor, Tensor]]
