@@ -797,6 +797,12 @@ def test_score_names_a_row_outside_the_support_or_scores_it_minus_inf(capsys, tm
     scores = pd.read_csv(pd.io.common.StringIO(out))["log_density"].to_numpy()
     assert code == 0 and "2 row(s) outside the model's support scored -inf" in err
     assert np.isneginf(scores[[1, 2]]).all() and np.isfinite(scores[[0, 3]]).all()
+    # with --out, the summary line's mean is over the finite rows (it was -inf)
+    out_file = tmp_path / "scores.csv"
+    code, out, _ = _run(capsys, "score", model, tmp_path / "new.csv", "--impossible=-inf",
+                        "--out", out_file)  # fmt: skip
+    mean = pd.read_csv(out_file)["log_density"].to_numpy()[[0, 3]].mean()
+    assert code == 0 and f"(mean {mean:.4f} nats of 2 finite row(s))" in out
 
 
 def test_resume_refuses_another_seed(capsys, table, tmp_path) -> None:
@@ -1104,7 +1110,7 @@ def test_fit_reports_and_keeps_its_seed(capsys, table, tmp_path) -> None:
     assert re.fullmatch(
         rf"  training: nfkit fit on data.csv \(300 rows, sha256 {digest}\), \d+ steps, batch "
         rf"size 512, lr 0.001, seed \d+, nfkit {re.escape(nf.__version__)}, torch "
-        rf"{re.escape(torch.__version__)}",
+        rf"{re.escape(torch.__version__)}, --model maf, --steps 25, --transforms 1, --hidden 8",
         training,
     ), training
     code, out, _ = _run(capsys, "info", tmp_path / "b.pt", "--json")
@@ -1120,6 +1126,8 @@ def test_fit_reports_and_keeps_its_seed(capsys, table, tmp_path) -> None:
         "lr": 0.001,
         "nfkit_version": nf.__version__,
         "torch_version": torch.__version__,
+        # the options given (not the defaults): with the data and seed, what repeats the run
+        "options": {"--model": "maf", "--steps": 25, "--transforms": 1, "--hidden": [8]},
     }
     nf.save(nf.load(tmp_path / "b.pt"), tmp_path / "plain.pt")  # no record: no line
     code, out, _ = _run(capsys, "info", tmp_path / "plain.pt")

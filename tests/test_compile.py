@@ -102,6 +102,20 @@ def test_sample_one_graph(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
+def test_compiled_sample_leaves_actnorm_waiting_for_data() -> None:
+    """As eager sampling: a compiled ``sample`` of a flow whose ``ActNorm`` has not seen data
+    yet does not initialize it from the base's draws (it did, under dynamo)."""
+    torch.manual_seed(0)
+    flow = nf.models.Glow((1, 4, 4), levels=2, steps=1, hidden=(8,))  # train mode
+    acts = [m for m in flow.modules() if isinstance(m, nf.transforms.ActNorm)]
+    out = torch.compile(flow.sample, backend="eager", fullgraph=True)(4)
+    assert out.shape == (4, 1, 4, 4) and acts
+    assert not any(bool(m.initialized) or not m._needs_init for m in acts)
+    assert all(float(m.log_scale.detach().abs().max()) == 0.0 for m in acts)
+    flow(torch.rand(8, 1, 4, 4))  # the data then initialize it
+    assert all(bool(m.initialized) for m in acts)
+
+
 @pytest.mark.parametrize("entry", ["transform", "log_prob"])
 def test_explain_reports_no_break(entry: str) -> None:
     flow = nf.models.NSF(3, transforms=2, bins=4, **SMALL)

@@ -154,6 +154,27 @@ def test_out_of_support_input_is_rejected() -> None:
         flow.log_prob(torch.tensor([[0.5, 1.5]]))
 
 
+def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_give() -> None:
+    """A chain's domain is its first layer's: an ``Affine`` in front of a ``Logit`` took any
+    value and gave NaN densities for inputs mapped outside (0, 1). The inner layer's input is
+    checked; not where the layer before guarantees it (``Sigmoid`` → ``Logit``), nor while
+    compiling (no value is read)."""
+    base = nf.distributions.StandardNormal(2)
+    flow = nf.Flow(nf.Compose(T.Affine(scale=0.5), T.Logit()), base)
+    assert flow.transform.domain.is_real and torch.isfinite(flow.log_prob(torch.rand(4, 2))).all()
+    message = (
+        r"Compose: layer 1 \(Logit\)'s input \(x mapped by the layers before it\) has values "
+        r"outside the support \(0, 1\) \(e.g. 1.5\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        flow.log_prob(torch.tensor([[0.5, 3.0]]))
+    assert flow.transform._inner_checks == (False, True)
+    assert nf.Compose(T.Sigmoid(), T.Logit())._inner_checks == (False, False)
+    assert not any(nf.models.NCSF(2, transforms=2, hidden=(8,)).transform._inner_checks)
+    compiled = torch.compile(flow.log_prob, backend="eager", fullgraph=True)
+    assert torch.isnan(compiled(torch.tensor([[0.5, 3.0]]))).all()
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [

@@ -140,6 +140,32 @@ def test_transform_tails(name: str, dtype: torch.dtype) -> None:
             )
 
 
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_transform_given_another_width(name: str) -> None:
+    """A layer built for ``D`` features and given ``D + 1`` or ``D - 1``, used by hand (no
+    :class:`~nfkit.Flow` to check the event): a one-line ``ValueError``, or, for a map that
+    takes any width (``Tanh``, ``Reverse()``), a transform that is right at that width. Never a
+    silent broadcast: ``ActNorm(1)`` on 3 columns scaled them all and counted one log-scale."""
+    case = TRANSFORMS[name]
+    d = max(case.features)
+    t = _build(case, d, 0)
+    x_d = _inputs(t, case, d, (6,))
+    _warm_up(t, case, x_d, None)
+    dim = -len(case.event_shape(d))  # the features (or channels): a copy of the first added
+    for x in (torch.cat([x_d, x_d.narrow(dim, 0, 1)], dim), x_d.narrow(dim, 0, d - 1)):
+        if x.shape[dim] == 0:
+            continue
+        width = x.shape[dim]
+        try:
+            z, _ = t(x)
+            z_in = t.codomain.from_real(torch.randn_like(z))
+            t.inverse(z_in)
+        except ValueError as e:
+            assert "\n" not in str(e), f"{name} at width {width}: a multi-line error: {e}"
+            continue
+        check_transform(t, x, atol_inverse=case.atol_inverse, parameters=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_transform_cuda(name: str) -> None:

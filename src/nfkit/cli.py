@@ -978,9 +978,33 @@ def _training_record(
         for key, value in (
             ("dropped", getattr(args, "drop", None)),
             ("weights", getattr(args, "weights", None)),
+            ("options", _options_given(args)),
         )
         if value
     }
+
+
+# fit's options kept elsewhere in the record (or in no way part of the model: files, output)
+_UNRECORDED = {"help", "data", "out", "checkpoint", "resume", "distributed", "device", "quiet",
+               "threads", "seed", "batch_size", "lr", "drop", "weights", "func", "command"}  # fmt: skip
+
+
+def _options_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's other options that differ from their defaults, as ``{"--flag": value}``
+    (JSON values): with the data, seed, batch size and rate, what repeats the run."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    out: dict[str, Any] = {}
+    for action in sub.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in _UNRECORDED or not action.option_strings or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(value, (list, tuple)):
+            value = [v if isinstance(v, (int, float, str)) else str(v) for v in value]
+        elif not isinstance(value, (bool, int, float, str)):
+            value = str(value)
+        out[flag] = value
+    return out
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -1244,10 +1268,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         out = pd.concat([rows.reset_index(drop=True), out], axis=1)
     _write_table(out, args.output)
     if args.output:
-        print(
-            f"wrote {len(out)} log-densities to {args.output} "
-            f"(mean {float(out['log_density'].mean()):.4f} nats)"
-        )
+        finite = scores[torch.isfinite(scores)]  # not the -inf or NaN (skipped) rows
+        mean = f"{float(finite.mean()):.4f} nats" if len(finite) else "none"
+        others = f" of {len(finite)} finite row(s)" if len(finite) < len(out) else ""
+        print(f"wrote {len(out)} log-densities to {args.output} (mean {mean}{others})")
 
 
 def _angle_columns(flow: Any) -> list[int]:
@@ -1444,7 +1468,14 @@ def _record_text(record: dict[str, Any]) -> str:
         value = rest.pop(key, None)
         if value is not None:
             parts.append(text.format(value))
+    options = rest.pop("options", None) or {}
     parts += [f"{key}={value}" for key, value in rest.items()]
+    parts += [
+        f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
+        if value is not True
+        else flag
+        for flag, value in options.items()
+    ]
     return " ".join(filter(None, [command, ", ".join(parts)]))
 
 

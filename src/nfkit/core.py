@@ -184,10 +184,21 @@ class Compose(Transform):
         self.event_dim = max(t.event_dim for t in flat)
         self.domain = flat[0].domain
         self.codomain = flat[-1].codomain
+        # Layers whose support the layer before does not guarantee (an Affine in front of a
+        # LogitPreprocess): the chain's domain is the first layer's, so their input is checked
+        # on the way (a value read; none in the usual chains, whose inner layers take the line).
+        self._inner_checks = tuple(
+            i > 0 and not t.domain.is_real and flat[i - 1].codomain != t.domain
+            for i, t in enumerate(flat)
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladjs, dims = [], []
-        for t in self.transforms:
+        checks = self.__dict__.get("_inner_checks", ())  # (chains pickled before: none)
+        for i, t in enumerate(self.transforms):
+            if i < len(checks) and checks[i] and _check_values():
+                name = f"layer {i} ({type(t).__name__})'s input (x mapped by the layers before it)"
+                check_support("Compose", name, x, t.domain)
             rank = x.dim()
             x, l_ = t(x, context)
             ladjs.append(l_)
@@ -281,12 +292,10 @@ def _draws_are_not_data(module: nn.Module) -> Iterator[None]:
     """While a flow samples: layers still waiting for a data-dependent initialization
     (``ActNorm``, flagged by ``_needs_init``) skip it, since they see the base's draws, not
     data (an ``ActNorm`` inside an ``Inverse`` is reached through its forward when sampling).
-    The flags are put back on exit; nothing is kept. A no-op while compiling."""
-    waiting = (  # (__dict__: nn.Module's getattr of a missing name costs an exception)
-        []
-        if torch.compiler.is_compiling()
-        else [m for m in module.modules() if m.__dict__.get("_needs_init", False)]
-    )
+    The flags are put back on exit; nothing is kept. Under ``torch.compile`` too (dynamo
+    replays the flags' writes; a compiled ``sample`` initialized ``ActNorm`` from its draws)."""
+    # (__dict__: nn.Module's getattr of a missing name costs an exception)
+    waiting = [m for m in module.modules() if m.__dict__.get("_needs_init", False)]
     for m in waiting:
         m._sampling = True
     try:

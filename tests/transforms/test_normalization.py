@@ -18,3 +18,22 @@ def test_batchnorm_refuses_a_one_row_train_batch_and_keeps_its_running_statistic
         flow.log_prob(torch.randn(2))
     assert torch.equal(bn.running_var, torch.ones(2))
     assert flow.eval().log_prob(torch.randn(2)).shape == ()
+
+
+@pytest.mark.parametrize(
+    ("shape", "event_dim"), [((1, 3), 1), ((1, 3, 1, 1), 3)], ids=["vector", "1x1-image"]
+)
+def test_actnorm_initialized_from_one_value_per_feature_keeps_its_scale(shape, event_dim) -> None:
+    """One value per feature (a batch of one vector, or one image at a 1×1 level of a Glow)
+    has no spread: the scale stays 1 (the image case took log 1e-6 from std 0, and every
+    other input then scored about -1e13). With several values it is the batch's std."""
+    layer = T.ActNorm(3, event_dim=event_dim)
+    x = torch.randn(shape)
+    layer(x)
+    assert bool(layer.initialized) and torch.equal(layer.log_scale.detach(), torch.zeros(3))
+    torch.testing.assert_close(layer.loc.detach(), x.reshape(3))
+    wide = T.ActNorm(3, event_dim=3)
+    images = torch.randn(1, 3, 2, 2) * torch.tensor([1.0, 2.0, 3.0]).reshape(3, 1, 1)
+    wide(images)
+    expected = images.transpose(0, 1).reshape(3, -1).std(1, unbiased=False).log()
+    torch.testing.assert_close(wide.log_scale.detach(), expected)

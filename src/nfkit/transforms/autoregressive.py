@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, shown
-from nfkit._shapes import broadcast_shapes
+from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.made import MADE
 from nfkit.transforms.transformers import Transformer
@@ -87,6 +87,7 @@ class Autoregressive(Transform):
         self.made.set_output_bias(transformer.initial_params())
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Autoregressive", x, -1, self.features)
         z, ladj = self.transformer.forward(x, self.made(x, context))
         return z, ladj.sum(-1)
 
@@ -100,6 +101,7 @@ class Autoregressive(Transform):
     def _invert(
         self, z: Tensor, context: Tensor | None, with_ladj: bool
     ) -> tuple[Tensor, Tensor | None]:
+        check_size("Autoregressive", z, -1, self.features, "z")
         batch = (
             z.shape[:-1] if context is None else broadcast_shapes(z.shape[:-1], context.shape[:-1])
         )

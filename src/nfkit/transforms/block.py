@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_number, check_positive_int, require_context
 from nfkit._numerics import monotone_solve, refuse_export
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 
 __all__ = ["BlockAutoregressive"]
@@ -141,6 +142,7 @@ class BlockAutoregressive(Transform):
         return gate * h + (1 - gate) * x, log_slope
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("BlockAutoregressive", x, -1, self.features)
         z, log_slope = self._network(x, context)
         return z, log_slope.sum(-1)
 
@@ -150,6 +152,7 @@ class BlockAutoregressive(Transform):
         return x, -ladj
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        check_size("BlockAutoregressive", z, -1, self.features, "z")
         batch = (
             z.shape[:-1]
             if context is None

@@ -21,6 +21,7 @@ from nfkit._checks import (
     symmetric_unit,
     unit_interval,
 )
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import Parameters
 from nfkit.transforms.functional import (
@@ -56,14 +57,37 @@ class _Pointwise(Transform):
         raise NotImplementedError  # pragma: no cover
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, ladj = self._f(x)
+        try:
+            z, ladj = self._f(x)
+        except RuntimeError:
+            self._check_broadcast(x, "x")
+            raise
         self._check_same_shape(x, z, "x")
         return z, sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, ladj = self._f_inv(z)
+        try:
+            x, ladj = self._f_inv(z)
+        except RuntimeError:
+            self._check_broadcast(z, "z")
+            raise
         self._check_same_shape(z, x, "z")
         return x, sum_event(ladj, self.event_dim)
+
+    def _check_broadcast(self, given: Tensor, name: str) -> None:
+        """After a failed map: a one-line error when the per-column parameters do not broadcast
+        against ``given`` (a narrower input than the layer was built for)."""
+        for tensor in (*self._parameters.values(), *self._buffers.values()):
+            if tensor is None:
+                continue
+            try:
+                torch.broadcast_shapes(given.shape, tensor.shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} has shape {tuple(given.shape)}, but its "
+                    f"per-column parameters have shape {tuple(tensor.shape)}: a layer built for "
+                    "another number of features"
+                ) from None
 
     def _check_same_shape(self, given: Tensor, out: Tensor, name: str) -> None:
         """Per-column parameters (``Affine``'s, ``Bounded``'s ends) broadcast against a wider
@@ -351,14 +375,17 @@ class Elementwise(Transform):
         return self.params(context).unflatten(-1, (self.features, self.transformer.num_params))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Elementwise", x, -1, self.features)
         z, ladj = self.transformer.forward(x, self._params(context))
         return z, ladj.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Elementwise", z, -1, self.features, "z")
         x, ladj = self.transformer.inverse(z, self._params(context))
         return x, ladj.sum(-1)
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        check_size("Elementwise", z, -1, self.features, "z")
         return self.transformer.inverse_value(z, self._params(context))
 
     def extra_repr(self) -> str:

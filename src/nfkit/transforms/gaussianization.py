@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, check_tensor, shown
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.transforms.functional import sum_event
 from nfkit.transforms.transformers import RQSplineTransformer
@@ -103,12 +104,14 @@ class MarginalGaussianization(Transform):
         return torch.log((self.z_high - self.z_low) / (self.x_high - self.x_low))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("MarginalGaussianization", x, -1, self.features)
         u = (x - self.x_low) * (2 * _BOX / (self.x_high - self.x_low)) - _BOX
         v, ladj = self.spline.forward(u, self.params)
         z = (v + _BOX) * ((self.z_high - self.z_low) / (2 * _BOX)) + self.z_low
         return z, sum_event(ladj + self._log_slope(), 1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("MarginalGaussianization", z, -1, self.features, "z")
         v = (z - self.z_low) * (2 * _BOX / (self.z_high - self.z_low)) - _BOX
         u, ladj = self.spline.inverse(v, self.params)
         x = (u + _BOX) * ((self.x_high - self.x_low) / (2 * _BOX)) + self.x_low
@@ -187,9 +190,11 @@ class Rotation(Transform):
         self.register_buffer("weight", torch.eye(features))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Rotation", x, -1, self.features)
         return x @ self.weight.T, x.new_zeros(x.shape[:-1])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Rotation", z, -1, self.features, "z")
         return z @ self.weight, z.new_zeros(z.shape[:-1])
 
     @torch.no_grad()

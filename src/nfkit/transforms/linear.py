@@ -134,10 +134,15 @@ class LULinear(Transform):
         lower, upper, _ = self._factors()
         return self.permutation @ lower @ upper
 
+    @property
+    def _where(self) -> str:
+        return "LULinear" if self.dim == -1 else "InvConv1x1"
+
     def _scale(self, x: Tensor) -> int:
         return 1 if self.dim == -1 else x.shape[-1] * x.shape[-2]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size(self._where, x, self.dim, self.features)
         lower, upper, diag = self._factors()
         w = self.permutation @ lower @ upper
         if self.dim == -1:
@@ -148,6 +153,7 @@ class LULinear(Transform):
         return z, ladj.expand(x.shape[: x.dim() - self.event_dim])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size(self._where, z, self.dim, self.features, "z")
         lower, upper, diag = self._factors()
         # Solve P L U x = z - b, with the feature dim moved first: (D, N).
         if self.dim == -1:
@@ -187,9 +193,11 @@ class Householder(Transform):
         self.vectors = nn.Parameter(torch.randn(k, d, generator=g))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Householder", x, -1, self.vectors.shape[-1])
         return x @ householder_matrix(self.vectors).T, _zeros_ladj(x, 1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Householder", z, -1, self.vectors.shape[-1], "z")
         return z @ householder_matrix(self.vectors), _zeros_ladj(z, 1)
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, shown
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
@@ -77,7 +78,9 @@ class ActNorm(Transform):
         ``s = -log std``, ``μ = -mean / std``."""
         dims = _reduce_dims(x, self.event_dim)
         mean = x.mean(dims)
-        std = x.std(dims, unbiased=False) if x[..., 0].numel() > 1 else torch.ones_like(self.loc)
+        per_feature = x.numel() // x.shape[-self.event_dim]  # (N·H·W values of a channel)
+        # one value has no spread: keep the scale (its std 0 made log_scale log 1e-6)
+        std = x.std(dims, unbiased=False) if per_feature > 1 else torch.ones_like(self.loc)
         log_std = torch.log(std.clamp_min(1e-6))
         if inverse:
             self.loc.copy_(-mean * torch.exp(-log_std))
@@ -93,6 +96,7 @@ class ActNorm(Transform):
         return (self.log_scale.sum() * count).expand(x.shape[: x.dim() - self.event_dim])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("ActNorm", x, -self.event_dim, self.loc.shape[0])
         if self.training and self._needs_init and not self._sampling and x.numel() > 0:
             self._initialize(x)  # (not from an empty batch, nor from a flow's draws)
         loc, log_scale = (
@@ -102,6 +106,7 @@ class ActNorm(Transform):
         return (x - loc) * torch.exp(-log_scale), -self._ladj(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("ActNorm", z, -self.event_dim, self.loc.shape[0], "z")
         if self.training and self._needs_init and not self._sampling and z.numel() > 0:
             self._initialize(z, inverse=True)  # inside an Inverse the data arrive here
         loc, log_scale = (
@@ -134,6 +139,7 @@ class BatchNorm(Transform):
         return self.training
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("BatchNorm", x, -1, self.beta.shape[0])
         if self.training and x.numel() > 0:  # an empty batch has no statistics to use
             flat = x.reshape(-1, x.shape[-1])
             if flat.shape[0] < 2:  # one row's variance is 0: a spurious density, a wrecked average
@@ -154,6 +160,7 @@ class BatchNorm(Transform):
         return z, log_scale.sum().expand(x.shape[:-1])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("BatchNorm", z, -1, self.beta.shape[0], "z")
         log_scale = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
         x = (z - self.beta) * torch.exp(-log_scale) + self.running_mean
         return x, (-log_scale.sum()).expand(z.shape[:-1])

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from nfkit._checks import check_positive_int
 from nfkit._numerics import monotone_solve
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import Parameters
 from nfkit.transforms.functional import householder_matrix
@@ -67,12 +68,14 @@ class Planar(Transform):
         return u_hat, w, b, wu_hat
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Planar", x, -1, self.features)
         u, w, b, wu = self._unpack(context)
         a = _dot(w, x) + b
         z = x + u * torch.tanh(a).unsqueeze(-1)
         return z, torch.log1p(_tanh_slope(a) * wu)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Planar", z, -1, self.features, "z")
         u, w, b, wu = self._unpack(context)
         c = _dot(w, z) + b
         radius = wu.abs()
@@ -123,6 +126,7 @@ class Radial(Transform):
         return (self.features - 1) * torch.log1p(beta * h) + torch.log1p(alpha * beta * h * h)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Radial", x, -1, self.features)
         x0, alpha, beta = self._unpack(context)
         diff = x - x0
         r = diff.norm(dim=-1)
@@ -130,6 +134,7 @@ class Radial(Transform):
         return z, self._ladj(r, alpha, beta)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Radial", z, -1, self.features, "z")
         x0, alpha, beta = self._unpack(context)
         diff = z - x0
         rho = diff.norm(dim=-1)
@@ -214,6 +219,7 @@ class Sylvester(Transform):
         return torch.log1p(_tanh_slope(u) * diag).sum(-1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Sylvester", x, -1, self.features)
         q, r, rt, b = self._unpack(context)
         v = self._mv(q.transpose(-1, -2), x)
         u = self._mv(rt, v) + b
@@ -221,6 +227,7 @@ class Sylvester(Transform):
         return z, self._ladj(u, r, rt)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_size("Sylvester", z, -1, self.features, "z")
         q, r, rt, b = self._unpack(context)
         c = self._mv(q.transpose(-1, -2), z)
         batch = c.shape[:-1]

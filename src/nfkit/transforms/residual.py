@@ -24,6 +24,7 @@ from nfkit._checks import (
     shown,
 )
 from nfkit._numerics import fixed_point
+from nfkit._shapes import check_size
 from nfkit.core import Transform
 
 __all__ = ["ResidualBlock", "LipSwish"]
@@ -282,11 +283,13 @@ class ResidualBlock(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check_context("forward", context)
+        check_size("ResidualBlock", x, -1, self.features)
         gx, ladj = self._g_and_ladj(x, context, self._weights())
         return x + gx, ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check_context("inverse", context)
+        check_size("ResidualBlock", z, -1, self.features, "z")
         weights = self._weights()
         context = context if self.context_layer is not None else None
         if context is not None:
