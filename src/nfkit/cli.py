@@ -697,6 +697,21 @@ def _run_seed(args: argparse.Namespace) -> int:
     return seed
 
 
+def _rbig_options(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """RBIG is fitted greedily: the run's seed seeds its held-out split (and random rotations)
+    unless ``--option seed=`` does, and options of gradient training are refused, not ignored."""
+    gradients_only = ("--val", "--val-fraction", "--steps", "--epochs", "--patience",
+                      "--weight-decay", "--lr", "--batch-size", "--checkpoint")  # fmt: skip
+    unused = [flag for flag in _non_default_options(args) if flag in gradients_only]
+    if unused:
+        raise _UserError(
+            f"--model rbig is fitted greedily, layer by layer without gradient steps: "
+            f"{', '.join(unused)} play(s) no part (its held-out share of rows: --option "
+            "validation=F, default 0.2)"
+        )
+    options.setdefault("seed", args.seed)
+
+
 def _fit_table(
     args: argparse.Namespace, df: Any, given: list[str], source: str, weights: Any
 ) -> tuple[Any, Any]:
@@ -772,6 +787,8 @@ def _fit_table(
         if "angles" in options:
             raise _UserError("give the angles once: --angles, or --option angles=")
         options["angles"] = [data_cols.index(col) for col in data_cols if col in angles]
+    if model.lower() == "rbig":
+        _rbig_options(args, options)
     context = len(given) + len(given_angles)  # a given angle is read as (cos, sin)
     summary = getattr(args, "summary", None)  # nfkit demo has no --summary
     if summary is not None and not given:
@@ -989,16 +1006,23 @@ _UNRECORDED = {"help", "data", "out", "checkpoint", "resume", "distributed", "de
                "threads", "seed", "batch_size", "lr", "drop", "weights", "func", "command"}  # fmt: skip
 
 
+def _non_default_options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """``{"--flag": (dest, value)}`` of the command's options that differ from its defaults."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        max(action.option_strings, key=len): (action.dest, getattr(args, action.dest, None))
+        for action in sub.choices[args.command]._actions
+        if action.option_strings and getattr(args, action.dest, None) != action.default
+    }
+
+
 def _options_given(args: argparse.Namespace) -> dict[str, Any]:
     """The command's other options that differ from their defaults, as ``{"--flag": value}``
     (JSON values): with the data, seed, batch size and rate, what repeats the run."""
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     out: dict[str, Any] = {}
-    for action in sub.choices[args.command]._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in _UNRECORDED or not action.option_strings or value == action.default:
+    for flag, (dest, value) in _non_default_options(args).items():
+        if dest in _UNRECORDED:
             continue
-        flag = max(action.option_strings, key=len)
         if isinstance(value, (list, tuple)):
             value = [v if isinstance(v, (int, float, str)) else str(v) for v in value]
         elif not isinstance(value, (bool, int, float, str)):

@@ -80,3 +80,61 @@ def test_rbig_stops_at_a_broken_down_gain_and_refuses_constant_columns() -> None
     x[:, 1] = 3.0
     with pytest.raises(ValueError, match="RBIG.fit: column.s. 1 of x are constant in float32"):
         nf.models.RBIG(2).fit(x)
+
+
+def test_a_fitted_rbig_loaded_from_a_file_is_fitted(tmp_path) -> None:
+    """A loaded RBIG has its layers but not the fit's gains: it counted as unfitted, so nf.fit
+    refused to fine-tune it and standardize re-fitted it (discarding the file's weights)."""
+    x = _correlated(600).float()
+    flow = nf.models.RBIG(2).fit(x)
+    nf.fit(flow, x, steps=3, progress=False)  # fine-tuned: its weights differ from a fresh fit
+    nf.save(flow, tmp_path / "r.pt")
+    loaded = nf.load(tmp_path / "r.pt")
+    assert loaded.gains == [] and loaded.fitted and not nf.models.RBIG(2).fitted
+    nf.fit(loaded, x, steps=2, progress=False)  # fine-tuning again: allowed
+    again = nf.load(tmp_path / "r.pt")
+    wrapped = nf.models.standardize(nf.load(tmp_path / "r.pt"), x)
+    inner = wrapped.transform.transforms[1]  # after the standardizing Affine: kept, not re-fitted
+    torch.testing.assert_close(inner.params, again.transform.transforms[0].params, rtol=0, atol=0)
+
+
+def test_rbig_fits_columns_that_become_constant_in_float32() -> None:
+    """A duplicated column (or four Gaussian rows) makes a column constant after a rotation: the
+    marginal layer's span floor of 1e-12 of the values was 0 in float32 (x_high = x_low), the
+    layer gave NaN and the next fit said "x contains NaN or inf values"."""
+    layer = nf.transforms.MarginalGaussianization(1).fit(torch.ones(10, 1))
+    z, ladj = layer(torch.tensor([[1.0], [1.5]]))
+    assert torch.isfinite(z).all() and torch.isfinite(ladj).all()
+    a = torch.randn(500, 1, generator=torch.Generator().manual_seed(0))
+    flow = nf.models.RBIG(2).fit(torch.cat([a, a + 1e-3 * a.square()], 1))
+    assert torch.isfinite(flow.log_prob(torch.randn(20, 2))).all()
+    # an exact duplicate (or any constant combination) is refused: its layers gave NaN off the line
+    for x in (torch.cat([a, a], 1), torch.cat([a, 2 * a + 1, torch.randn(500, 1)], 1)):
+        with pytest.raises(ValueError, match="RBIG.fit: the columns of x are linearly dependent"):
+            nf.models.RBIG(x.shape[1]).fit(x)
+    for seed in range(10):  # four rows, the documented minimum
+        torch.manual_seed(seed)
+        rows = torch.randn(4, 2)
+        assert torch.isfinite(nf.models.RBIG(2, seed=seed).fit(rows).log_prob(rows)).all()
+
+
+def test_cli_rbig_takes_the_run_seed_and_refuses_gradient_options(capsys, tmp_path) -> None:
+    """--seed seeds RBIG's held-out split (the summary printed a seed that played no part);
+    options of gradient training are refused rather than ignored (--val was silently unused)."""
+    x = _correlated(400).numpy()
+    pd.DataFrame(x, columns=["a", "b"]).to_csv(tmp_path / "t.csv", index=False)
+    fit = ["fit", str(tmp_path / "t.csv"), "--model", "rbig", "-q", "--out"]
+    for seed in ("1", "2"):
+        assert main([*fit, str(tmp_path / f"s{seed}.pt"), "--seed", seed]) == 0
+    one, two = nf.load(tmp_path / "s1.pt"), nf.load(tmp_path / "s2.pt")
+    assert one.config["flow"]["seed"] == 1 and two.config["flow"]["seed"] == 2
+    rows = torch.as_tensor(x[:50], dtype=torch.float32)
+    assert not torch.equal(one.log_prob(rows), two.log_prob(rows))
+    capsys.readouterr()
+    code = main([*fit, str(tmp_path / "v.pt"), "--val-fraction", "0.5", "--steps", "5"])
+    _, err = capsys.readouterr()
+    assert code != 0 and err.strip().splitlines() == [
+        "nfkit: error: --model rbig is fitted greedily, layer by layer without gradient steps: "
+        "--val-fraction, --steps play(s) no part (its held-out share of rows: --option "
+        "validation=F, default 0.2)"
+    ]

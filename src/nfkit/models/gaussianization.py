@@ -66,8 +66,11 @@ class RBIGFlow(Flow):
 
     @property
     def fitted(self) -> bool:
-        """Whether :meth:`fit` has run (until then every layer is the identity)."""
-        return bool(self.gains)
+        """Whether :meth:`fit` has run (until then every layer is the identity); also for a
+        fitted flow loaded from a file, which has its layers but not the fit's ``gains``."""
+        return bool(self.gains) or any(
+            m.fitted for m in self.transform.modules() if isinstance(m, MarginalGaussianization)
+        )
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> RBIGFlow:
@@ -104,6 +107,14 @@ class RBIGFlow(Flow):
             raise ValueError(
                 f"RBIG.fit: column(s) {', '.join(map(str, constant))} of x are constant in "
                 f"{str(x.dtype).replace('torch.', '')}; a density over them is degenerate"
+            )
+        centred = x.double() - x.double().mean(0)
+        spread = torch.linalg.svdvals(centred / centred.std(0))  # of the standardized columns
+        if float(spread[-1]) <= float(spread[0]) * 10 * max(x.shape) * torch.finfo(x.dtype).eps:
+            raise ValueError(  # (a duplicated column: its layers blew up to NaN off the line)
+                f"RBIG.fit: the columns of x are linearly dependent in "
+                f"{str(x.dtype).replace('torch.', '')} (a combination of them is constant, "
+                "e.g. a duplicated column); a density over them is degenerate: drop one"
             )
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(x.shape[0], generator=generator).to(x.device)

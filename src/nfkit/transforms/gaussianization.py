@@ -117,6 +117,16 @@ class MarginalGaussianization(Transform):
         x = (u + _BOX) * ((self.x_high - self.x_low) / (2 * _BOX)) + self.x_low
         return x, sum_event(ladj - self._log_slope(), 1)
 
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has set the layer (it differs from a fresh one, the identity:
+        true of a fitted layer loaded from a file too)."""
+        fresh = [-_BOX, _BOX, -_BOX, _BOX]
+        ends = (self.x_low, self.x_high, self.z_low, self.z_high)
+        return bool(self.params.detach().ne(0).any()) or any(
+            bool(end.ne(value).any()) for end, value in zip(ends, fresh, strict=True)
+        )
+
     @torch.no_grad()
     def fit(self, x: Tensor) -> MarginalGaussianization:
         """Set the knots from data ``x`` of shape ``(n, D)`` (no gradients); returns ``self``."""
@@ -124,8 +134,11 @@ class MarginalGaussianization(Transform):
         n, k = x.shape[0], self.bins
         levels = torch.linspace(1 / (n + 1), n / (n + 1), k + 1, dtype=x.dtype, device=x.device)
         knots = torch.quantile(x, levels, dim=0).T  # (D, K + 1)
-        # Ties (discrete or repeated values) would give empty bins: keep the knots increasing.
-        span = (knots[:, -1] - knots[:, 0]).clamp_min(1e-12 * (1 + knots.abs().max()))
+        # Ties (discrete or repeated values) would give empty bins: keep the knots increasing,
+        # over a span the dtype resolves (1e-12 of the values was 0 in float32: x_high = x_low,
+        # and a column that became constant inside an RBIG gave NaN)
+        floor = max(1e-12, 64 * torch.finfo(x.dtype).eps) * (1 + float(knots.abs().max()))
+        span = (knots[:, -1] - knots[:, 0]).clamp_min(floor)
         knots = knots[:, :1] + torch.cummax(knots - knots[:, :1], dim=1).values
         widths = (knots.diff(dim=1) / span[:, None]).clamp_min(1e-9)
         widths = widths / widths.sum(1, keepdim=True)
