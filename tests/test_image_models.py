@@ -31,6 +31,23 @@ def test_class_conditional_glow_shapes() -> None:
         flow.log_prob(torch.randn(2, 1, 8, 8))
 
 
+@pytest.mark.parametrize("shape", [(1.7, 8, 8), "144", (1, 8), (1, 8, 8, 1)])
+@pytest.mark.parametrize("name", ["Glow", "MultiscaleRealNVP"])
+def test_a_shape_that_is_not_three_whole_numbers_is_refused(name: str, shape) -> None:
+    """``int(1.7)`` built a (1, 8, 8) flow whose config kept 1.7; ``"144"`` a (1, 4, 4) one."""
+    with pytest.raises(ValueError, match=rf"{name}: shape must be \(C, H, W\) of ints, got"):
+        nf.models.FACTORIES[name](shape, levels=1)
+
+
+def test_conv_networks_name_a_context_of_the_wrong_width() -> None:
+    """A context of the wrong width was a torch conv error about channels."""
+    for net in (nf.nn.ConvNet(2, 4, (8,), context=3), nf.nn.ConvResNet(2, 4, 8, context=3)):
+        with pytest.raises(
+            ValueError, match=r"expected a context of last dim 3, got shape \(5, 2\)"
+        ):
+            net(torch.randn(5, 2, 4, 4), torch.randn(5, 2))
+
+
 def test_short_fit_on_digits_lowers_bits_per_dim() -> None:
     from sklearn.datasets import load_digits
 

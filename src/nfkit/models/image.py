@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfkit._checks import check_hidden, check_open_interval, check_positive_int, shown
+from nfkit._checks import as_ints, check_hidden, check_open_interval, check_positive_int, shown
 from nfkit.core import Compose, Flow, Transform
 from nfkit.models._registry import factory, make_base
 from nfkit.nn.conv import ConvNet, ConvResNet
@@ -33,10 +33,10 @@ StepMaker = Callable[[int, int, int, int], list[Transform]]
 
 
 def _check_shape(where: str, shape: Any, levels: int) -> tuple[int, int, int]:
-    try:
-        c, h, w = (int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: shape must be (C, H, W), got {shown(shape)}") from None
+    dims = as_ints(shape)  # whole numbers only: int(1.7) built a (1, H, W) flow, "144" (1, 4, 4)
+    if dims is None or len(dims) != 3:
+        raise ValueError(f"{where}: shape must be (C, H, W) of ints, got {shown(shape)}")
+    c, h, w = dims
     levels = check_positive_int(where, "levels", levels)
     if min(c, h, w) < 1 or h % 2**levels or w % 2**levels:
         raise ValueError(

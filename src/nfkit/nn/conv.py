@@ -64,6 +64,11 @@ class _ImageNet(nn.Module):
                 if self.context
                 else f"{self._where}.forward: this network takes no context, but one was given"
             )
+        if context is not None and context.shape[-1] != self.context:
+            raise ValueError(
+                f"{self._where}.forward: expected a context of last dim {self.context}, got "
+                f"shape {shape_str(context.shape)}"
+            )
         h = broadcast_cat_channels(x, context)
         batch = h.shape[:-3]
         out = self._body(h.reshape(-1, *h.shape[-3:]))

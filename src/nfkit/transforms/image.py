@@ -224,7 +224,9 @@ class LogitPreprocess(Transform):
 def dequantize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Uniform dequantization ``x + u``, ``u ~ U[0, 1)`` per coordinate (data side, not a Transform).
 
-    Turns integer pixels ``0..K−1`` into continuous values in ``[0, K)``; a density ``p`` on
+    Turns integer pixels ``0..K−1`` into continuous values in ``[0, K)`` (``[0, K]`` after
+    rounding: ``255 + u`` may round to 256 in float32, inside the domain of
+    :class:`LogitPreprocess`); a density ``p`` on
     them bounds the discrete likelihood: ``log P(x) ≥ E_u log p(x + u)`` (Theis et al. 2016,
     arXiv:1511.01844). Integer tensors are converted to the default float dtype.
     """
