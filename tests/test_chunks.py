@@ -61,6 +61,33 @@ def test_sample_chunked_with_context() -> None:
     assert flow.sample(0, c, chunk_size=3).shape == (0, 4, 2)
 
 
+class _ToContext(nf.Transform):
+    """Sampling maps z to ``context + 1e-3 z``: each sample shows which context it was drawn for."""
+
+    def forward(self, x, context=None):
+        return (x - context) * 1e3, x.new_full(x.shape[:-1], 3 * 6.907755278982137)
+
+    def inverse(self, z, context=None):
+        return context + 1e-3 * z, z.new_full(z.shape[:-1], -3 * 6.907755278982137)
+
+
+@pytest.mark.parametrize(("shape", "contexts"), [((), (10,)), ((3,), (2, 7)), ((0,), (9,))])
+def test_sample_chunks_over_many_contexts(shape, contexts) -> None:
+    """More contexts than ``chunk_size``: drawn a few contexts at a time (it drew every context
+    in one pass: 424 MiB for 2M contexts at any chunk size), each sample for its own context."""
+    flow = nf.Flow(_ToContext(), nf.distributions.StandardNormal(3), context=3)
+    calls = []
+    original = flow._rsample
+    flow._rsample = lambda where, n, c: (
+        calls.append(torch.Size(n).numel() * c[..., 0].numel()) or (original(where, n, c))
+    )
+    context = torch.randn(*contexts, 3) * 10
+    x = flow.sample(shape, context, chunk_size=4)
+    assert x.shape == (*shape, *contexts, 3)
+    torch.testing.assert_close(x, context.expand_as(x), atol=0.02, rtol=0)
+    assert calls and max(calls) <= 4
+
+
 def test_default_chunk_size_and_errors() -> None:
     flow = nf.models.MAF(2, **SMALL)
     assert nf.core.CHUNK_SIZE == 2**16

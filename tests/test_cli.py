@@ -481,7 +481,8 @@ def test_integer_columns_are_modelled_as_discrete(capsys, tmp_path) -> None:
     )
     assert code == 0 and "discrete" not in err
     code, out, _ = _run(capsys, "info", tmp_path / "c.pt")
-    assert "discrete" not in out
+    described = [line for line in out.splitlines() if not line.startswith("  training: ")]
+    assert "discrete" not in "\n".join(described) and "--discrete none" in out  # (the record)
     assert "--draws is for models with discrete columns" in _error(
         capsys, "score", tmp_path / "c.pt", tmp_path / "t.csv", "--draws", "4"
     )

@@ -1025,6 +1025,8 @@ def _options_given(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if isinstance(value, (list, tuple)):
             value = [v if isinstance(v, (int, float, str)) else str(v) for v in value]
+        elif value is None:  # a default switched off: --discrete none
+            value = "none"
         elif not isinstance(value, (bool, int, float, str)):
             value = str(value)
         out[flag] = value
@@ -1037,6 +1039,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     if args.resume and args.checkpoint is None:
         raise _UserError("--resume continues from --checkpoint PATH; give one")
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if not args.distributed and launched.isdigit() and int(launched) > 1:
+        raise _UserError(
+            f"launched as one of {launched} processes (torchrun) without --distributed: each "
+            "would train its own model and write the same --out; add --distributed (or unset "
+            "WORLD_SIZE)"
+        )
     _refuse_overwriting(
         ("--out", args.out), ("data", args.data), ("--checkpoint", args.checkpoint)
     )
@@ -1090,13 +1099,18 @@ def cmd_fit(args: argparse.Namespace) -> None:
                     f"{args.data}: --weights column {args.weights!r} is zero on every row kept"
                 )
         flow, history = _train(args, df, given, args.data, weights)
-        if not distributed.is_main_process():
-            return  # rank 0 writes the model and reports
-        record = _training_record(args, flow, history, args.data, len(df))
-        path = nf.save(flow, args.out, training=record)
-    finally:
-        if args.distributed:
-            distributed.shutdown()
+        main = distributed.is_main_process()
+        if main:  # rank 0 writes the model and reports
+            record = _training_record(args, flow, history, args.data, len(df))
+            path = nf.save(flow, args.out, training=record)
+    except BaseException:
+        if args.distributed:  # no barrier: a peer may be waiting in a collective (it hung)
+            distributed.shutdown(wait=False)
+        raise
+    if args.distributed:
+        distributed.shutdown()
+    if not main:
+        return
     weighted = ""
     if weights is not None:
         zero = int((weights == 0).sum())
@@ -2042,6 +2056,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("NFKIT_DEBUG"):
             raise
         message = " ".join(str(e).split())
+        if getattr(args, "distributed", False) and "closed by peer" in message:
+            message = "another process of the distributed run stopped (its error is above)"
+            print(f"nfkit: error: {message}", file=sys.stderr)
+            return 1
         print(f"nfkit: error: internal error ({type(e).__name__}: {message})", file=sys.stderr)
         return 1
     finally:

@@ -682,8 +682,9 @@ class Flow(nn.Module):
             shape_or_n: Sample shape (an int ``n`` means ``(n,)``).
             context: ``(*cb, C)`` or None.
             chunk_size: Draw and transform at most this many samples at a time (along the
-                flattened sample shape, times the context batch), writing into one output
-                tensor, so memory beyond the output stays bounded; None: one pass. The base
+                flattened sample shape, times the context batch; along the contexts too when
+                they alone are more), writing into one output tensor, so memory beyond the
+                output stays bounded; None: one pass. The base
                 noise is drawn chunk by chunk, so under a fixed seed the samples depend on
                 ``chunk_size`` (each chunk size gives the same distribution).
         """
@@ -693,6 +694,8 @@ class Flow(nn.Module):
             check_tensor("Flow.sample", "context", context)
         per_row = 1 if context is None else context.shape[:-1].numel()
         n = shape.numel()
+        if size is not None and per_row > size and context is not None:
+            return self._sample_by_contexts(shape, context, size)
         single = size is None or n * per_row <= size
         step = n if size is None or single else max(1, size // max(per_row, 1))
         inference = _samples_in_inference_mode(self)
@@ -710,6 +713,20 @@ class Flow(nn.Module):
             for i in range(len(first), n, step):
                 out[i : i + step] = self._rsample("Flow.sample", min(step, n - i), context)
         return out.reshape(*shape, *first.shape[1:])
+
+    def _sample_by_contexts(self, shape: torch.Size, context: Tensor, size: int) -> Tensor:
+        """:meth:`sample` for a context batch of more than ``size`` contexts: ``size // n``
+        contexts at a time (at least one, each sampled in chunks of ``size``), into one
+        output ``(*shape, *context_batch, *event)``."""
+        rows = context.reshape(-1, context.shape[-1])
+        n, batch = shape.numel(), context.shape[:-1]
+        step = max(1, size // max(n, 1))
+        first = self.sample(n, rows[:step], chunk_size=size)  # (n, step, *event)
+        out = torch.empty((n, len(rows), *first.shape[2:]), dtype=first.dtype, device=first.device)
+        out[:, :step] = first
+        for j in range(step, len(rows), step):
+            out[:, j : j + step] = self.sample(n, rows[j : j + step], chunk_size=size)
+        return out.reshape(*shape, *batch, *first.shape[2:])
 
     def sample_and_log_prob(
         self, shape_or_n: int | Sequence[int] = (), context: Tensor | None = None

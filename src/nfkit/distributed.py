@@ -59,12 +59,16 @@ def init_from_env(backend: str | None = None) -> torch.device:
     return device
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
     """Wait for every rank, then destroy the process group (if one is initialized).
 
     The barrier keeps a rank that finishes early (ranks other than 0 skip saving) from tearing
-    down its gloo/NCCL connections while a peer still has work in flight.
+    down its gloo/NCCL connections while a peer still has work in flight. ``wait=False`` after
+    a failure on this rank: its peers may be blocked in a collective it will never join, and a
+    barrier would wait for the backend's timeout (30 minutes); tearing down lets them fail and
+    torchrun end the run.
     """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

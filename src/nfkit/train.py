@@ -178,6 +178,37 @@ def _broadcast_float(value: float, world: int, device: torch.device) -> float:
     return float(t.item())
 
 
+def _same_on_every_rank(where: str, x: Tensor, c: Tensor | None, w: Tensor | None) -> None:
+    """Every process must hold the same rows (each trains on its shard of the same global
+    batches): compared by :func:`_fingerprint`; a mismatch is refused on every rank alike (it
+    hung, or trained on mismatched batches)."""
+    mine = (x.shape[0], _fingerprint(x, c, w).tolist())
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if any(
+        other[0] != mine[0]
+        or not torch.allclose(torch.tensor(other[1]), torch.tensor(every[0][1]))
+        for other in every
+    ):
+        rows = ", ".join(f"rank {r}: {other[0]} rows" for r, other in enumerate(every))
+        raise ValueError(
+            f"{where}: the processes were given different training data ({rows}; or the same "
+            "number of other rows): in a distributed run every process passes the whole data "
+            "set, and each trains on its shard of the same batches"
+        )
+
+
+def _rng_states(flow: Flow, world: int) -> list[tuple[Tensor, Tensor | None]]:
+    """Every rank's (CPU, CUDA) RNG state, gathered (a collective: called on every rank):
+    a resumed distributed run gives each process its own noise stream back."""
+    mine = (torch.get_rng_state(), _cuda_rng_state(flow))
+    if world == 1:
+        return [mine]
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)
+    return every
+
+
 class _Batcher:
     """Shuffled epochs of minibatch indices ``(B,)`` (CPU), from a private generator.
 
@@ -638,9 +669,10 @@ def _checkpoint_state(
     noise: torch.Generator | None,
     data: Tensor,
     settings: dict[str, Any],
+    rngs: list[tuple[Tensor, Tensor | None]],
 ) -> dict[str, Any]:
     """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
-    loads with ``weights_only=True``)."""
+    loads with ``weights_only=True``). ``rngs``: every rank's RNG states (:func:`_rng_states`)."""
     return {
         "settings": settings,
         "format": CHECKPOINT_FORMAT,
@@ -656,10 +688,12 @@ def _checkpoint_state(
         "history": history.to_dict(),
         "best": stopping.best,
         "bad": stopping.bad,
-        "rng": torch.get_rng_state(),
+        "rng": rngs[0][0],
         # the flow's GPU generator too: dequantization noise, Hutchinson probes and the
         # roulette draws on a CUDA flow come from it
-        "cuda_rng": _cuda_rng_state(flow),
+        "cuda_rng": rngs[0][1],
+        # a distributed run's other ranks (each draws its own noise)
+        "rank_rngs": [list(pair) for pair in rngs] if len(rngs) > 1 else None,
         "noise_rng": None if noise is None else noise.get_state(),
         "objective": history.objective,
         "data": data,
@@ -733,6 +767,10 @@ def _restore(
         best, bad, start = state["best"], int(state["bad"]), int(state["step"])
         history = History.from_dict(state["history"])
         rng, cuda_rng, noise_rng = state["rng"], state.get("cuda_rng"), state.get("noise_rng")
+        rank, world = rank_and_world()
+        ranks = state.get("rank_rngs")  # made by as many processes: each its own stream back
+        if ranks is not None and len(ranks) == world:
+            rng, cuda_rng = ranks[rank]
         if not isinstance(rng, Tensor) or not isinstance(history.train_loss, list):
             raise TypeError("rng or history")
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -877,6 +915,12 @@ def fit(
     patience = check_positive_int(where, "patience", patience)
     seed_given = seed is not None
     seed = resolve_seed(where, seed)
+    rank, world = rank_and_world()
+    if world > 1 and dist.is_initialized():  # rank 0's seed: the same split and batches
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        seed = int(box[0])
+        _same_on_every_rank(where, x, c, w)
     if objective not in OBJECTIVES:
         raise ValueError(f"{where}: objective must be one of {OBJECTIVES}, got {shown(objective)}")
     matching = FlowMatchingObjective(flow, where) if objective == "flow_matching" else None
@@ -933,11 +977,16 @@ def fit(
         "weight_decay": weight_decay,
         "patience": patience,
     }
-    rank, world = rank_and_world()
     if world > 1 and min(batch_size, n) % world:
+        capped = (
+            f"the batch is the {n} training rows (fewer than batch_size={batch_size}), "
+            if n < batch_size
+            else f"batch_size ({batch_size}) "
+        )
         raise ValueError(
-            f"{where}: batch_size ({min(batch_size, n)}) must be divisible by the number of "
-            f"processes ({world}) in a distributed run"
+            f"{where}: {capped}which the {world} processes of a distributed run cannot share "
+            f"equally; give a batch_size divisible by {world}"
+            + (f" and at most {n}" if n < batch_size else "")
         )
     batcher = _Batcher(n, batch_size, generator)
     loop = _Loop(
@@ -987,6 +1036,9 @@ def fit(
         if world > 1 and _uninitialized(flow):
             _initialize_on_first_batch(flow, batcher, xt, ct, dev)
         model = _wrap_model(flow if matching is None else matching, world, dev)
+        synced = [m for m in flow.modules() if isinstance(m, BatchNorm)] if world > 1 else []
+        for m in synced:  # the global batch's statistics, as in one process
+            m.synced = True
         loop.open_bar(start)
         try:
             for i in range(start, steps):
@@ -1024,10 +1076,12 @@ def fit(
                         )
                     history.stopped_early = stop  # in the checkpoint: a resumed run ends here too
                     history.wall_time = time.perf_counter() - t0
+                    rngs = _rng_states(flow, world) if checkpoint is not None else []
                     if checkpoint is not None and rank == 0:
                         state = _checkpoint_state(
                             flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
                             done=done, noise=noise_rng, data=fingerprint, settings=settings,
+                            rngs=rngs,
                         )  # fmt: skip
                         atomic_save(state, checkpoint)
                     loop.postfix(history)
@@ -1043,6 +1097,8 @@ def fit(
                 history.val_nll = _broadcast_float(_nll(flow, xv, cv, wv), world, dev)
         finally:
             loop.close()
+            for m in synced:
+                m.__dict__.pop("synced", None)  # (the class default: off)
             flow.validate = validate
             flow.eval()
     history.wall_time = time.perf_counter() - t0

@@ -116,6 +116,21 @@ class ActNorm(Transform):
         return z * torch.exp(log_scale) + loc, self._ladj(z)
 
 
+def _moments(rows: Tensor, synced: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, biased variance and count of ``rows (n, D)``; with ``synced``, of every process's
+    rows together (two differentiable all-reduces: the sums with the count, then the squared
+    deviations from the global mean)."""
+    count = torch.full((1,), rows.shape[0], dtype=rows.dtype, device=rows.device)
+    if not synced:
+        return rows.mean(0), rows.var(0, unbiased=False), count[0]
+    from torch.distributed.nn.functional import all_reduce
+
+    sums = all_reduce(torch.cat([rows.sum(0), count]))
+    n = sums[-1]
+    mean = sums[:-1] / n
+    return mean, all_reduce((rows - mean).square().sum(0)) / n, n.detach()
+
+
 class BatchNorm(Transform):
     r"""Batch normalization as a bijection (Dinh et al. 2016, RealNVP; Papamakarios et al. 2017).
 
@@ -134,6 +149,12 @@ class BatchNorm(Transform):
         self.register_buffer("running_mean", torch.zeros(d))
         self.register_buffer("running_var", torch.ones(d))
 
+    synced: bool = False
+    """Set by :func:`nfkit.fit` for a distributed run (``torchrun``): the batch statistics are
+    those of the global batch, all-reduced over the processes (differentiably), so the run
+    matches one process on the same batches, and every process keeps the same running
+    averages."""
+
     @property
     def batch_coupled(self) -> bool:
         return self.training
@@ -142,15 +163,14 @@ class BatchNorm(Transform):
         check_size("BatchNorm", x, -1, self.beta.shape[0])
         if self.training and x.numel() > 0:  # an empty batch has no statistics to use
             flat = x.reshape(-1, x.shape[-1])
-            if flat.shape[0] < 2:  # one row's variance is 0: a spurious density, a wrecked average
-                raise ValueError(
+            if flat.shape[0] < 2 and not self.synced:  # one row's variance is 0: a spurious
+                raise ValueError(  # density, a wrecked running average
                     "BatchNorm: a train-mode batch needs at least 2 rows (its statistics), got 1; "
                     "call .eval() to use the running statistics"
                 )
-            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            mean, var, n = _moments(flat, self.synced)
             with torch.no_grad():
-                n = flat.shape[0]
-                unbiased = var * n / max(n - 1, 1)
+                unbiased = var * n / (n - 1).clamp_min(1)
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(unbiased.detach(), self.momentum)
         else:
