@@ -510,3 +510,21 @@ def test_save_keeps_a_training_record_that_load_with_header_reads(tmp_path) -> N
     assert load_with_header(nf.save(_flow(), tmp_path / "n.pt"))[1]["training"] is None
     with pytest.raises(ValueError, match="training is not JSON-serializable"):
         nf.save(_flow(), tmp_path / "b.pt", training={"lr": math.nan})
+
+
+def test_per_block_sampling_settings_round_trip(tmp_path) -> None:
+    """FFJORD blocks with their own ``sample_solver``/``sample_steps`` (set on the trained
+    flow's layers) load with the same settings; only the first block's were saved, for all."""
+    flow = nf.models.FFJORD(2, blocks=3, hidden=(8,))
+    blocks = list(flow.transform)
+    blocks[1].sample_solver, blocks[1].sample_steps = "rk4", 4
+    blocks[2].sample_solver = "euler"
+    loaded = nf.load(nf.save(flow, tmp_path / "m.pt"))
+    settings = [(b.sample_solver, b.sample_steps) for b in loaded.transform]
+    assert settings == [(None, None), ("rk4", 4), ("euler", None)]
+    assert loaded.config["sample_solver"] == [None, "rk4", "euler"]
+    for block in blocks:  # agreeing blocks save one value, as before
+        block.sample_solver, block.sample_steps = "midpoint", 6
+    loaded = nf.load(nf.save(flow, tmp_path / "m.pt"))
+    assert (loaded.config["sample_solver"], loaded.config["sample_steps"]) == ("midpoint", 6)
+    assert {(b.sample_solver, b.sample_steps) for b in loaded.transform} == {("midpoint", 6)}

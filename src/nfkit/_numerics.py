@@ -12,6 +12,7 @@ implicit gradients through a backward hook (the adjoint fixed point), as in deep
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -133,44 +134,95 @@ def fixed_point(
     *,
     tol: float | None = None,
     contraction: float = 0.9,
-    max_iter: int = 1000,
+    max_iter: int | None = None,
     where: str = "fixed_point",
+    hint: str = "",
 ) -> Tensor:
-    r"""Solve ``x = f(x)`` for a contraction ``f`` (``Lip(f) <= contraction < 1``), elementwise.
+    r"""Solve ``x = f(x)`` for a contraction ``f`` (``Lip(f) <= contraction = L < 1``), row by row.
 
-    Banach iteration ``x ← f(x)`` from ``x0`` without autograd. The error after a step of size
-    ``δ`` is at most ``δ · L / (1 - L)``, so it stops once ``δ <= tol · (1 + |x|) · (1 - L) / L``
-    everywhere, which guarantees a relative error below ``tol`` (default :func:`default_tol`), or
-    after ``max_iter`` steps (a guard; convergence is checked every 8 steps to limit syncs).
-    Not converged by then (``f`` is not the contraction it was said to be):
-    :class:`NotConvergedError`, naming ``where``.
+    ``x0`` is ``(*batch, D)`` and ``f`` maps each row on its own. Banach iteration ``x ← f(x)``
+    from ``x0`` without autograd, checked every 8 steps (one host sync per check). A row stops
+    at the first check where its step ``δ = f(x) - x`` satisfies either
+
+    - ``|δ| <= ε (1 + |x|)`` in every entry, ``ε = tol (1 - L) / L``: then the error
+      ``<= δ L / (1 - L)`` is below ``tol (1 + |x|)`` (``tol``: :func:`default_tol`); or
+    - ``‖δ‖₂`` did not even halve over the last ``k`` steps, ``L^k <= 1/4`` (``k`` a multiple
+      of 8; in exact arithmetic ``‖δ‖`` shrinks by ``L`` per step), and
+      ``|δ| <= 64 eps / (1 - L) (1 + |x|)``: rounding rules (e.g. a 2-cycle at the dtype's
+      resolution), and ``x`` is as accurate as the arithmetic allows, about the rounding error
+      of ``f`` over ``1 - L`` (float32, ``L = 0.99``: 2e-5).
+
+    A stopped row keeps its value, so it does not depend on the other rows. The iteration
+    budget is ``max_iter``, or by default ``2 n + 16`` with ``n = log(‖δ₀‖ / ε) / log(1/L)`` the
+    steps an ``L``-contraction needs from its first step ``δ₀`` (largest row): it grows like
+    ``1 / (1 - L)``. Rows still moving then: :class:`NotConvergedError` naming ``where``, the
+    rows, their step and the fix, plus ``hint``; NaN or inf is reported at the first check.
 
     Gradients (implicit function theorem, as in deep equilibrium models): one step ``f(x*)`` is
     taken with autograd, giving ``∂f/∂θ`` and ``∂f/∂z``; a hook on it replaces the incoming
-    gradient ``u`` by the solution of ``y = u + J_fᵀ y`` (again a contraction), i.e.
-    ``(I - J_f)⁻ᵀ u``. Double backward through the solve is not supported.
+    gradient ``u`` by the solution of ``y = u + J_fᵀ y`` (again a contraction, solved the same
+    way), i.e. ``(I - J_f)⁻ᵀ u``. Double backward through the solve is not supported.
     """
     refuse_export("a fixed-point iteration")
     tol = default_tol(x0.dtype) if tol is None else tol
-    factor = tol * (1 - contraction) / contraction
+    factor = tol * (1 - contraction) / contraction  # the step that bounds the error by tol
+    floor = 64 * torch.finfo(x0.dtype).eps / (1 - contraction)  # a step at rounding level
+    span = 8 * math.ceil(math.log(4) / -math.log(contraction) / 8)  # L^span <= 1/4
 
-    def iterate(step: Callable[[Tensor], Tensor], start: Tensor) -> Tensor:
-        x, done = start, None
-        for it in range(max_iter):
-            x_new = step(x)
-            done = (x_new - x).abs() <= factor * (1 + x_new.abs())
-            x = x_new
-            if it % 8 == 7 and bool(done.all()):
-                return x
-        if done is not None and not bool(done.all()):
+    def iterate(step: Callable[[Tensor], Tensor], start: Tensor, what: str) -> Tensor:
+        if start.numel() == 0:
+            return start
+        x = out = start
+        done = torch.zeros(start.shape[:-1], dtype=torch.bool, device=start.device)
+        budget, it, then = max_iter, 0, None  # then: the step's norm `span` steps ago
+        while budget is None or it < budget:
+            x_new, it = step(x), it + 1
+            if it == 1:
+                first = torch.linalg.vector_norm(x_new - x, dim=-1)
+            if it % 8 and it != budget:
+                x = x_new
+                continue
+            delta, x = x_new - x, x_new
+            size = torch.linalg.vector_norm(delta, dim=-1)
+            scaled = (delta.abs() / (1 + x.abs())).amax(-1)
+            now = scaled <= factor
+            if it % span == 0:
+                if then is not None:  # not even halved over `span` steps: rounding rules
+                    now = now | ((2 * size > then) & (scaled <= floor))
+                then = size
+            out = torch.where((now & ~done).unsqueeze(-1), x, out)  # a row's first stop
+            done = done | now
+            if it <= 8:  # one sync for both: whether all is done, and the first step
+                all_done, largest = torch.stack([done.all().to(size), first.amax()]).tolist()
+                if not math.isfinite(largest):
+                    break
+                if budget is None:
+                    need = math.log(max(largest / factor, 1.0)) / -math.log(contraction)
+                    budget = 2 * math.ceil(need) + 16
+            else:
+                all_done = bool(done.all())
+            if all_done:
+                return out
+        bad = ~torch.isfinite(scaled)
+        if bad.any():
             raise NotConvergedError(
-                f"{where}: the fixed-point iteration did not converge in {max_iter} steps "
-                f"(the map is not a contraction with constant {contraction})"
+                f"{where}: {what} reached NaN or inf after {it} steps in {int(bad.sum())} of "
+                f"{done.numel()} rows (non-finite input, or a map that diverges){hint}"
             )
-        return x
+        worst = float(torch.where(done, 0, scaled).max())
+        why = (
+            f"raise max_iter={max_iter}, or check that the map contracts by {contraction:g}"
+            if max_iter is not None
+            else f"a map that contracts by {contraction:g} would have converged by then"
+        )
+        raise NotConvergedError(
+            f"{where}: {what} did not converge in {it} steps: {int((~done).sum())} of "
+            f"{done.numel()} rows still move by up to {worst:.2g} per step (relative to "
+            f"1 + |x|; {factor:.2g} needed); {why}{hint}"
+        )
 
     with torch.no_grad():
-        x_star = iterate(f, x0.detach())
+        x_star = iterate(f, x0.detach(), "the fixed-point iteration")
     if not torch.is_grad_enabled():
         return x_star
     x = f(x_star)
@@ -186,7 +238,7 @@ def fixed_point(
             return grad + vjp
 
         with torch.no_grad():
-            return iterate(step, grad)
+            return iterate(step, grad, "the fixed-point iteration of the gradient")
 
     x.register_hook(adjoint)
     return x

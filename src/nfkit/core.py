@@ -589,7 +589,9 @@ class Flow(nn.Module):
             context: ``(*batch, C)`` (broadcast against ``x``'s batch) or None.
             chunk_size: Evaluate at most this many rows at a time (the flattened broadcast batch)
                 so that memory stays bounded for millions of rows; None: one pass. Results equal
-                the one-pass ones; with autograd on, gradients flow through every chunk.
+                the one-pass ones up to rounding (an adaptive ODE solve, FFJORD's, controls its
+                steps over the whole batch: to its tolerance); with autograd on, gradients flow
+                through every chunk.
 
         Without autograd (under ``torch.no_grad()``), an int ``chunk_size`` is further capped to
         1024–8192 rows (about 2**17 event entries and 2**18 entries of the widest network layer,

@@ -251,21 +251,23 @@ def _load_problem(e: BaseException) -> str:
 
 
 def _with_sampling_settings(config: dict, flow: torch.nn.Module) -> dict:
-    """``config`` with each FFJORD's ``sample_solver``/``sample_steps`` (nested ones too) as the
-    flow's :class:`~nfkit.transforms.ContinuousFlow` layers hold them now: the documented way
-    to change them on a trained flow is to set those attributes."""
+    """``config`` with each FFJORD's ``sample_solver``/``sample_steps`` (nested ones too) as its
+    :class:`~nfkit.transforms.ContinuousFlow` blocks hold them now (the documented way to change
+    them on a trained flow is to set those attributes): one value where the blocks agree, else a
+    list of one per block, which ``FFJORD`` takes."""
     from nfkit.transforms.continuous import ContinuousFlow
 
-    layer = next((m for m in flow.modules() if isinstance(m, ContinuousFlow)), None)
-    if layer is None:
-        return config
+    layers = iter([m for m in flow.modules() if isinstance(m, ContinuousFlow)])
 
     def synced(c: Any) -> Any:
         if not isinstance(c, dict):
             return c
         out = {k: synced(v) for k, v in c.items()}
         if out.get("model") == "FFJORD":
-            out["sample_solver"], out["sample_steps"] = layer.sample_solver, layer.sample_steps
+            blocks = list(itertools.islice(layers, out.get("blocks", 1)))
+            for name in ("sample_solver", "sample_steps") if blocks else ():
+                values = [getattr(b, name) for b in blocks]
+                out[name] = values[0] if values.count(values[0]) == len(values) else values
         return out
 
     return synced(config)

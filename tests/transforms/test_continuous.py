@@ -173,3 +173,124 @@ def test_sample_solver_set_on_a_trained_flow_is_checked_and_saved(tmp_path) -> N
         layer.sample_solver = "rk-4"
     with pytest.raises(ValueError, match="sample_steps must be"):
         layer.sample_steps = 0
+
+
+@pytest.mark.parametrize(("solver", "stages"), [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize(
+    ("dtype", "steps", "t1"), [(torch.float32, 10, 0.3), (torch.float64, 49, 1.0)]
+)
+def test_fixed_step_solvers_take_exactly_steps_steps(
+    solver: str, stages: int, dtype: torch.dtype, steps: int, t1: float
+) -> None:
+    """``steps=K``: K steps of ``t1 / K`` in both directions (a step size rounded up to one
+    more, degenerate step of 3e-8 in float32)."""
+    layer = ContinuousFlow(2, hidden=(8,), solver=solver, steps=steps, t1=t1).to(dtype)
+    times: list[float] = []
+    velocity = layer.velocity
+
+    def counted(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        times.append(float(t))
+        return velocity(x, t, c)
+
+    layer.velocity = counted  # type: ignore[method-assign]
+    with torch.no_grad():
+        layer.inverse_value(torch.randn(3, 2, dtype=dtype))
+        assert len(times) == stages * steps and min(times) >= 0
+        times.clear()
+        layer(torch.randn(3, 2, dtype=dtype))
+    assert len(times) == stages * steps
+    if solver == "euler":
+        torch.testing.assert_close(
+            torch.tensor(times, dtype=torch.float64),
+            torch.linspace(0, t1, steps + 1, dtype=torch.float64)[:-1],
+            atol=1e-6,
+            rtol=0,
+        )
+
+
+def test_fixed_step_adjoint_matches_direct_backprop() -> None:
+    """The adjoint's backward solve runs on the same fixed grid (its gradient is the continuous
+    adjoint's, so it differs from the discrete map's by the steps' error, 1.4e-5 here)."""
+    direct = _flow(d=2, solver="rk4", steps=16)
+    adjoint = _flow(d=2, solver="rk4", steps=16, adjoint=True)
+    adjoint.load_state_dict(direct.state_dict())
+    x = torch.randn(4, 2, dtype=torch.float64)
+    grads = []
+    for t in (direct, adjoint):
+        z, ladj = t(x)
+        grads.append(torch.autograd.grad((z * z).sum() + ladj.sum(), list(t.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_non_finite_parameters_give_a_one_line_error() -> None:
+    """NaN weights (a diverged training step): the adaptive solver's step size underflows;
+    nfkit names the cause instead of torchdiffeq's ``AssertionError: underflow in dt 0.0``."""
+    flow = nf.models.FFJORD(2, hidden=(8,)).eval()
+    with torch.no_grad():
+        list(flow.parameters())[-1].fill_(float("nan"))
+    cause = (
+        r"the dopri5 solve failed \(its step size underflowed to 0\): "
+        "the field's parameters hold NaN or inf$"
+    )
+    with pytest.raises(ValueError, match="^ContinuousFlow.forward: " + cause):
+        flow.log_prob(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="^ContinuousFlow.inverse_value: " + cause):
+        flow.sample(3)
+    with pytest.raises(ValueError, match="the input or the context holds NaN or inf$"):
+        ContinuousFlow(2, hidden=(8,))(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_context_of_the_wrong_width_and_factory_errors_are_named() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^ContinuousFlow.forward: expected a context of last dim 2, got shape \(3, 1\)$",
+    ):
+        ContinuousFlow(2, context=2)(torch.randn(3, 2), torch.randn(3, 1))
+    with pytest.raises(ValueError, match="^ContinuousFlow.inverse_value: expected a context"):
+        ContinuousFlow(2, context=2).inverse_value(torch.randn(3, 2), torch.randn(3, 3))
+    with pytest.raises(ValueError, match="^FFJORD: base must be one of"):
+        nf.models.FFJORD(2, base="foo")
+    with pytest.raises(ValueError, match="^FFJORD: solver must be one of"):
+        nf.models.FFJORD(2, solver="leapfrog")
+    with pytest.raises(ValueError, match="^FFJORD: sample_steps has 3 entries for 2 blocks$"):
+        nf.models.FFJORD(2, blocks=2, sample_steps=[4, 4, 4])
+
+
+def test_sampling_settings_per_block() -> None:
+    flow = nf.models.FFJORD(
+        2, blocks=2, hidden=(8,), sample_solver=[None, "rk4"], sample_steps=(None, 4)
+    )
+    assert [(b.sample_solver, b.sample_steps) for b in flow.transform] == [
+        (None, None),
+        ("rk4", 4),
+    ]
+    assert flow.config["sample_solver"] == [None, "rk4"] and flow.config["sample_steps"] == [
+        None,
+        4,
+    ]
+    again = nf.models.build(flow.config)
+    assert [(b.sample_solver, b.sample_steps) for b in again.transform] == [
+        (None, None),
+        ("rk4", 4),
+    ]
+
+
+def test_chunked_log_prob_agrees_to_the_solver_tolerance() -> None:
+    """The adaptive step control spans the batch, so chunks differ from one pass (documented),
+    but only to the solver's tolerance (1.3e-4 with the defaults; exactly 0 with a fixed step)."""
+    torch.manual_seed(0)
+    flow = nf.models.FFJORD(2, hidden=(16,)).double().eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0, 0.7)
+        x = torch.randn(3000, 2, dtype=torch.float64)
+        gap = (flow.log_prob(x, chunk_size=None) - flow.log_prob(x, chunk_size=500)).abs().max()
+        assert 0 < gap < 1e-3
+        for block in flow.transform:
+            block.solver = "rk4"
+        gap = (flow.log_prob(x, chunk_size=None) - flow.log_prob(x, chunk_size=500)).abs().max()
+        assert gap < 1e-12
+    assert "agree to the solver's tolerance, not bitwise" in " ".join(
+        nf.models.FFJORD.__doc__.split()
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -66,8 +68,62 @@ def test_fixed_point_max_iter_guard() -> None:
     torch.testing.assert_close(fixed_point(lambda u: 0.5 * u + 1, x0), torch.full_like(x0, 2.0))
     with pytest.raises(nf.NotConvergedError, match="here: the fixed-point iteration did not"):
         fixed_point(lambda u: 0.5 * u + 1, x0, max_iter=3, where="here")
-    with pytest.raises(nf.NotConvergedError, match="not a contraction with constant 0.9"):
+    with pytest.raises(nf.NotConvergedError, match="a map that contracts by 0.9 would have"):
         fixed_point(lambda u: 1.5 * u + 1, x0)  # diverges
+    with pytest.raises(nf.NotConvergedError, match="NaN or inf after 8 steps in 1 of 2 rows"):
+        fixed_point(lambda u: 0.5 * u + 1, torch.tensor([[0.0], [float("nan")]]))
+
+
+def _slow_block(lipschitz: float) -> ResidualBlock:
+    """``D = 1``, ``g(x) = ±L φ(2.4 ∓ x)``: its slope reaches ``L`` (φ' peaks at 1 near 2.4), so
+    the iteration contracts as slowly as the bound allows."""
+    torch.manual_seed(0)
+    block = ResidualBlock(1, hidden=(1,), lipschitz=lipschitz).double()
+    with torch.no_grad():
+        for layer in block.linears:
+            layer.parametrizations.weight.original.fill_(-1.0)
+        block.linears[0].bias.fill_(2.4)
+        block.linears[1].bias.zero_()
+    return block.eval()
+
+
+@pytest.mark.parametrize(
+    ("lipschitz", "dtype", "tol"),
+    [
+        (0.9, torch.float32, 1e-5),  # was a rounding 2-cycle: NotConvergedError
+        (0.99, torch.float32, 5e-5),  # the rounding limit, about eps / (1 - L)
+        (0.98, torch.float64, 1e-10),  # was 1,400 steps needed, 1,000 allowed
+        (0.99, torch.float64, 1e-10),  # 2,700 steps
+    ],
+)
+def test_inverse_of_a_slow_contraction_converges(
+    lipschitz: float, dtype: torch.dtype, tol: float
+) -> None:
+    """A valid contraction converges in float32 (where rounding keeps the step above the
+    bound's threshold) and in float64 near ``L = 1`` (where it needs ~1/(1-L) steps)."""
+    block = _slow_block(lipschitz)
+    z = torch.tensor([[-1.98], [-1.9], [0.3], [5.0]], dtype=torch.float64)
+    weights = block._weights()
+    exact = z.clone()
+    with torch.no_grad():
+        for _ in range(20000):  # the float64 fixed point, the slow way
+            exact = z - block._g(exact, None, weights)
+        slope = torch.func.vmap(torch.func.jacrev(lambda u: block._g(u, None, weights)))(exact)
+    assert slope.abs().max() > 0.98 * lipschitz  # the case is as slow as it should be
+    low = copy.deepcopy(block).to(dtype)
+    x, _ = low.inverse(z.to(dtype))
+    err = (x.double() - exact).abs() / (1 + exact.abs())
+    assert (err <= tol).all(), err
+
+
+def test_inverse_that_does_not_converge_says_how_far_it_got() -> None:
+    block = _block(3, max_iter=4)
+    with pytest.raises(nf.NotConvergedError) as info:
+        block.inverse(torch.randn(5, 3, dtype=torch.float64))
+    text = str(info.value)
+    assert text.startswith("ResidualBlock.inverse: the fixed-point iteration did not converge")
+    assert "5 of 5 rows still move by up to" in text and "raise max_iter=4" in text
+    assert "spectral-norm estimates are stale" in text and "\n" not in text
 
 
 def _spectral_norms(block: ResidualBlock) -> list[float]:
@@ -156,3 +212,35 @@ def test_density_integrates_to_one() -> None:
         p = flow.log_prob(torch.stack([xx, yy], -1).reshape(-1, 2)).exp().reshape(201, 201)
     mass = torch.trapezoid(torch.trapezoid(p, g, dim=1), g).item()
     assert abs(mass - 1.0) < 1e-2
+
+
+@pytest.mark.parametrize("mode", ["series", "roulette"])
+def test_series_logdet_broadcasts_x_against_the_context(mode: str) -> None:
+    """x ``(1, D)`` or ``(D,)`` with a context ``(5, C)``: the series runs on the broadcast
+    batch, as the exact log-det does (it failed with a shape mismatch in autograd)."""
+    b = _block(2, context=3, eval_logdet=mode)
+    x, c = torch.randn(1, 2, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    want = b(x.expand(5, 2), c)
+    for xi in (x, x[0]):
+        torch.manual_seed(1)  # the same probes
+        z, ladj = b(xi, c)
+        torch.testing.assert_close(z, want[0])
+        torch.testing.assert_close(ladj, want[1])
+
+
+def test_context_of_the_wrong_width_is_named() -> None:
+    b = ResidualBlock(2, context=2, hidden=(8,))
+    with pytest.raises(ValueError, match=r"ResidualBlock.forward: context must have 2 features"):
+        b(torch.randn(3, 2), torch.randn(3, 1))
+    with pytest.raises(ValueError, match=r"ResidualBlock.inverse: context must have 2 features"):
+        b.inverse(torch.randn(3, 2), torch.randn(3, 1))
+
+
+def test_inverse_value_is_the_inverse_without_the_logdet() -> None:
+    b = _block(3, context=2, eval_logdet="series")
+    z, c = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    with torch.inference_mode():  # the series log-det would need autograd
+        x = b.inverse_value(z, c)
+    with torch.no_grad():
+        torch.testing.assert_close(x, b.inverse(z, c)[0], atol=0, rtol=0)

@@ -2,9 +2,10 @@ r"""The factory registry: ``@factory`` fills ``flow.config``; ``build(config)`` 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,16 @@ def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -
 
     FACTORIES[fn.__name__] = wrapper
     return wrapper
+
+
+@contextlib.contextmanager
+def named_after(factory_name: str, layer: str) -> Iterator[None]:
+    """A ``ValueError`` raised while a factory builds its layers and base, named after the
+    factory (``ResidualFlow: lipschitz ...`` rather than ``ResidualBlock: ...``)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{factory_name}: {str(e).removeprefix(layer + ': ')}") from None
 
 
 def build(config: dict[str, Any]) -> Flow:

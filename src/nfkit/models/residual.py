@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nfkit._checks import check_hidden, check_positive_int
-from nfkit.core import Flow, Transform
-from nfkit.models._registry import factory
-from nfkit.models.classic import _flow
+from nfkit.core import Compose, Flow, Transform
+from nfkit.models._registry import factory, make_base, named_after
 from nfkit.transforms import ActNorm
 from nfkit.transforms.residual import LogDet, ResidualBlock
 
@@ -24,6 +23,7 @@ def ResidualFlow(
     lipschitz: float = 0.9,
     logdet: LogDet = "exact",
     terms: int = 8,
+    max_iter: int | None = None,
     actnorm: bool = True,
     base: str = "normal",
 ) -> Flow:
@@ -43,6 +43,9 @@ def ResidualFlow(
         lipschitz: Lipschitz bound of each ``g`` (< 1).
         logdet: Log-det estimator in train mode.
         terms: Series terms (always-computed terms for the roulette estimator).
+        max_iter: Cap on each block's fixed-point iterations when sampling; None: what an
+            ``L``-contraction needs (it grows like ``1 / (1 - L)``; see
+            :class:`~nfkit.transforms.ResidualBlock`).
         actnorm: Insert ActNorm before each block.
         base: Base distribution name.
     """
@@ -51,17 +54,20 @@ def ResidualFlow(
     blocks = check_positive_int("ResidualFlow", "blocks", blocks)
     hidden = check_hidden("ResidualFlow", hidden)
     layers: list[Transform] = []
-    for _ in range(blocks):
-        if actnorm:
-            layers.append(ActNorm(features))
-        layers.append(
-            ResidualBlock(
-                features,
-                context=context,
-                hidden=hidden,
-                lipschitz=lipschitz,
-                logdet=logdet,
-                terms=terms,
+    with named_after("ResidualFlow", "ResidualBlock"):  # the blocks' and the base's errors
+        for _ in range(blocks):
+            if actnorm:
+                layers.append(ActNorm(features))
+            layers.append(
+                ResidualBlock(
+                    features,
+                    context=context,
+                    hidden=hidden,
+                    lipschitz=lipschitz,
+                    logdet=logdet,
+                    terms=terms,
+                    max_iter=max_iter,
+                )
             )
-        )
-    return _flow(layers, features, context, base)
+        base_distribution = make_base(base, features)
+    return Flow(Compose(*layers), base_distribution, context=context)

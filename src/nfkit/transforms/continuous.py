@@ -10,7 +10,7 @@ over the whole solve.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -84,6 +84,17 @@ class _Field(nn.Module):
         return self.field.velocity(x, t, self.context)
 
 
+def _grid(steps: int) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """torchdiffeq's ``grid_constructor`` for ``steps`` equal steps from ``t[0]`` to ``t[-1]``."""
+
+    def grid(func: nn.Module, y0: Tensor, t: Tensor) -> Tensor:
+        out = torch.linspace(t[0], t[-1], steps + 1, dtype=t.dtype, device=t.device)
+        out[0], out[-1] = t[0], t[-1]  # the solver checks that the ends are exact
+        return out
+
+    return grid
+
+
 class ContinuousFlow(Transform):
     r"""FFJORD block: ``z = x(t1)`` where ``dx/dt = f(x(t), t, c)``, ``x(0) = x``.
 
@@ -108,7 +119,8 @@ class ContinuousFlow(Transform):
         atol, rtol: Solver tolerances (defaults 1e-5, as in the FFJORD paper). They are floored at
             ``100 eps`` of the input dtype (about 1.2e-5 in float32) so the adaptive solver can
             converge.
-        steps: Number of steps for fixed-step solvers (``rk4``, ``euler``, ``midpoint``).
+        steps: Number of equal steps for fixed-step solvers (``rk4``, ``euler``, ``midpoint``):
+            exactly ``steps`` field evaluations per stage, on an even grid from 0 to ``t1``.
         sample_solver, sample_steps: The solver (and fixed-step count) of sampling alone
             (:meth:`inverse_value`, no log-det); None: ``solver`` and ``steps``. A field trained
             by flow matching is nearly straight: ``sample_solver="rk4", sample_steps=4``
@@ -130,6 +142,14 @@ class ContinuousFlow(Transform):
         round-trip error and the log-det error follow ``atol``/``rtol`` (about 1e-9 in float64
         with ``atol = rtol = 1e-10`` and dopri5; about 1e-4 to 1e-3 with the defaults
         ``1e-5``, also in float64, growing with how far the flow moves points).
+
+    Batches:
+        An adaptive solver controls one step size for the whole batch (its error norm spans all
+        rows), so a row's result depends on the rows solved with it: ``log_prob`` in one pass and
+        in chunks (``chunk_size``) agree to the solver's tolerance, not bitwise (1.3e-4 apart with
+        the default tolerances, float64, 3000 rows in chunks of 500). Fixed-step solvers treat
+        every row alike (the same grid). A failed adaptive solve (the step size underflowing,
+        e.g. under NaN parameters) raises a one-line ``ValueError`` naming the cause.
 
     References:
         Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2018), "FFJORD: Free-form continuous
@@ -234,6 +254,11 @@ class ContinuousFlow(Transform):
         if (context is None) != (self.context_features == 0):
             expected = f"a context of last dim {self.context_features}"
             raise ValueError(f"{where}: expected {expected if context is None else 'no context'}")
+        if context is not None and context.shape[-1] != self.context_features:
+            raise ValueError(
+                f"{where}: expected a context of last dim {self.context_features}, "
+                f"got shape {tuple(context.shape)}"
+            )
         refuse_export("an ODE solve")
         import torchdiffeq  # a declared dependency, imported on first use
 
@@ -260,17 +285,37 @@ class ContinuousFlow(Transform):
             "atol": max(self.atol, 100 * eps),
             "rtol": max(self.rtol, 100 * eps),
         }
-        if solver in _FIXED_STEP:
-            kwargs["options"] = {"step_size": abs(t1 - t0) / steps}
+        if solver in _FIXED_STEP:  # exactly `steps` equal steps (a step_size may add one)
+            kwargs["options"] = {"grid_constructor": _grid(steps)}
         state = (x, torch.zeros_like(x[..., 0])) if trace else x
-        if self.adjoint:
-            params = tuple(self.net.parameters())
-            if context is not None:
-                params = (*params, context)
-            path = torchdiffeq.odeint_adjoint(func, state, times, adjoint_params=params, **kwargs)
-        else:
-            path = torchdiffeq.odeint(func, state, times, **kwargs)
+        try:
+            if self.adjoint:
+                params = tuple(self.net.parameters())
+                if context is not None:
+                    params = (*params, context)
+                path = torchdiffeq.odeint_adjoint(
+                    func, state, times, adjoint_params=params, **kwargs
+                )
+            else:
+                path = torchdiffeq.odeint(func, state, times, **kwargs)
+        except AssertionError as e:  # torchdiffeq's step control gives up with an assert
+            if not str(e).startswith(("underflow in dt", "non-finite values in state")):
+                raise
+            how = "its step size underflowed to 0" if "underflow" in str(e) else "NaN or inf"
+            cause = self._failure(x, context, t0)
+            raise ValueError(f"{where}: the {solver} solve failed ({how}): {cause}") from None
         return (path[0][-1], path[1][-1]) if trace else (path[-1], None)
+
+    def _failure(self, x: Tensor, context: Tensor | None, t0: float) -> str:
+        """Why an adaptive solve gave up, in a few words (its syncs are on the failure path)."""
+        if not all(bool(p.isfinite().all()) for p in self.parameters()):
+            return "the field's parameters hold NaN or inf"
+        if not bool(x.isfinite().all()) or (context is not None and not context.isfinite().all()):
+            return "the input or the context holds NaN or inf"
+        with torch.no_grad():
+            if not bool(self.velocity(x, t0, context).isfinite().all()):
+                return "the field is NaN or inf at the input"
+        return "the field is too stiff or blows up (loosen atol/rtol, or use a fixed-step solver)"
 
     def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """The vector field ``f(x, t, c)``, shape of ``x`` (broadcast with the context's batch).
