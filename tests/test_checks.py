@@ -115,3 +115,20 @@ def test_interval_closed_per_column() -> None:
     assert support.at(0).is_circle and not support.at(1).is_circle  # closed and bounded
     assert not support.at(2).is_circle and not support.is_circle
     assert str(support) == "per column [-1, 1], (0, 2), the real line"
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "shown"),
+    [(-5.0, torch.float32, "-5"), (1.5, torch.float64, "1.5"), (0.1, torch.float32, "0.1")],
+)
+def test_a_value_outside_the_support_is_shown_as_itself(value, dtype, shown) -> None:
+    """Short where that reads back as the value; enough digits where it is one ulp past an end
+    (float32 π + 1 ulp printed as 3.14159, the end itself)."""
+    from nfkit._checks import Interval, check_support
+
+    circle = Interval(-math.pi, math.pi, closed=True)
+    past = torch.nextafter(torch.tensor(math.pi, dtype=torch.float32), torch.tensor(4.0))
+    with pytest.raises(ValueError, match=r"\(e.g. 3.14159298\)"):
+        check_support("f", "x", past.reshape(1, 1), circle)
+    with pytest.raises(ValueError, match=rf"\(e.g. {shown}\)$"):
+        check_support("f", "x", torch.tensor([[value]], dtype=dtype), Interval(2.0, 3.0))

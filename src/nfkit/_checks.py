@@ -43,6 +43,11 @@ class Interval:
         return bool(self.closed) and math.isfinite(low) and math.isfinite(high)
 
     @property
+    def has_closed_ends(self) -> bool:
+        """Whether any coordinate's support is closed (a circle's, whose ends are one point)."""
+        return any(self.closed) if isinstance(self.closed, tuple) else bool(self.closed)
+
+    @property
     def is_real(self) -> bool:
         low, high = self._ends()
         return all(v == -math.inf for v in low) and all(v == math.inf for v in high)
@@ -180,8 +185,19 @@ def check_support(
                 "NAME=-180:180; nf.models.standardize: bounds)"
             )
         raise ValueError(
-            f"{where}: {name} has values outside the support {domain} (e.g. {bad:g}){hint}"
+            f"{where}: {name} has values outside the support {domain} (e.g. "
+            f"{_distinct(bad, x.dtype)}){hint}"
         )
+
+
+def _distinct(value: float, dtype: torch.dtype) -> str:
+    """``value`` in the fewest of 6, 9 or 17 significant digits that read back as it in
+    ``dtype``: one ulp past an end (float32 ``π``) does not print as the end."""
+    for digits in (6, 9, 17):
+        text = f"{value:.{digits}g}"
+        if torch.tensor(float(text), dtype=dtype).item() == value:
+            break
+    return text
 
 
 def require_context(where: str, context: Tensor | None, width: int) -> None:
@@ -304,13 +320,13 @@ def check_open_interval(where: str, name: str, value: object, low: float, high: 
     return float(value)  # type: ignore[arg-type]
 
 
-def check_hidden(where: str, hidden: object) -> tuple[int, ...]:
+def check_hidden(where: str, hidden: object, name: str = "hidden") -> tuple[int, ...]:
     """Hidden widths as a tuple of Python ints (one int, or a sequence or 1-d array of them)."""
     one = as_int(hidden)
     widths = (one,) if one is not None else as_ints(hidden)
     if not widths or any(h < 1 for h in widths):
         raise ValueError(
-            f"{where}: hidden must be a sequence of positive ints, got {shown(hidden)}"
+            f"{where}: {name} must be a sequence of positive ints, got {shown(hidden)}"
         )
     return widths
 

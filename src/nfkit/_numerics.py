@@ -108,6 +108,9 @@ def monotone_solve(
             # One sync every 8 steps keeps the loop cheap while still stopping early.
             if it % 8 == 7 and bool(done.all()):
                 break
+        # a map (or target) that is NaN there has no root: NaN, not the bracket's end (a BNAF
+        # with a NaN weight sampled -2**60, its bracket doubled while NaN compared False)
+        x = torch.where(torch.isnan(fx), fx, x)
     if not torch.is_grad_enabled():
         return x
     x = x.detach().requires_grad_(True)

@@ -67,3 +67,15 @@ def test_a_conditional_bnaf_samples_one_row_per_context() -> None:
     flow = nf.models.BNAF(3, context=2)
     assert flow.sample(1, torch.randn(1, 2)).shape == (1, 1, 3)
     assert flow.sample(2, torch.randn(1, 2)).shape == (2, 1, 3)
+
+
+def test_a_network_with_nan_weights_samples_nan_not_the_brackets_end() -> None:
+    """A NaN weight (a diverged step) makes every comparison False: the bracket doubled 60
+    times and the root find returned its end, -2**60, as a finite sample. Now NaN, as
+    ``log_prob`` gives (and NAF's, SOSPF's root finds)."""
+    torch.manual_seed(0)
+    flow = nf.models.BNAF(2, transforms=1, hidden=(4,))
+    with torch.no_grad():
+        flow.transform[0].biases[0].fill_(float("nan"))
+    assert torch.isnan(flow.log_prob(torch.zeros(2, 2))).all()
+    assert torch.isnan(flow.sample(3)).all()

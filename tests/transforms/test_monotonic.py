@@ -312,3 +312,23 @@ def test_gaussianization_layers_start_near_the_identity_even_stacked() -> None:
         nll = -flow.log_prob(x).mean().item()
     # N(0, 1)'s entropy is 1.419 nats; equal slopes gave 4.0 here
     assert float(z.std()) < 1.2 and nll < 2.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("degree", [140, 1100])
+def test_bernstein_of_a_high_degree_stays_finite(degree: int, dtype: torch.dtype) -> None:
+    """``C(M, k)`` overflows float32 from ``M ≈ 130`` (float64: 1030): ``BPF(2, degree=140)``
+    gave NaN densities and samples. The basis is computed in log space past degree 60: zero
+    parameters are still the identity, the inverse and log-dets still agree."""
+    from nfkit.testing import check_transform
+
+    t = nf.transforms.BernsteinTransformer(degree=degree)
+    x = torch.linspace(-6, 6, 13, dtype=dtype)
+    z, ladj = t.forward(x, torch.zeros(13, t.num_params, dtype=dtype))
+    tol = 1e-3 if dtype == torch.float32 else 1e-9  # (float32: exponents of ~±90 summed)
+    torch.testing.assert_close(z, x, atol=tol, rtol=0)
+    torch.testing.assert_close(ladj, torch.zeros_like(ladj), atol=tol, rtol=0)
+    if dtype == torch.float64 and degree == 140:
+        layer = nf.transforms.Elementwise(2, t).double()
+        perturb_parameters(layer, 0.3, 0)
+        check_transform(layer, torch.randn(6, 2, dtype=dtype) * 2, atol_inverse=1e-8)

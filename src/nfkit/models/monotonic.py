@@ -109,7 +109,7 @@ def UMNN(
         base: Base distribution name.
     """
     hidden = _check_common("UMNN", features, context, transforms, hidden)
-    integrand = check_hidden("UMNN", integrand)
+    integrand = check_hidden("UMNN", integrand, "integrand")
     orders = _check_orders("UMNN", orders)
     layers: list[Transform] = [
         Autoregressive(

@@ -334,11 +334,17 @@ class BernsteinTransformer(_MonotoneWithTails):
         return self.degree + 1
 
     def _basis(self, t: Tensor, n: int) -> Tensor:
-        """``b_{k,n}(t)`` for ``k = 0 … n``: ``(*, n + 1)``."""
+        """``b_{k,n}(t)`` for ``k = 0 … n``: ``(*, n + 1)``. Past degree 60 in log space:
+        ``C(n, k)`` overflows float32 from ``n ≈ 130`` (float64: 1030), and ``inf · 0`` was NaN;
+        ``t`` is then kept one ulp inside ``[0, 1]`` (a change at rounding level)."""
         k = torch.arange(n + 1, dtype=t.dtype, device=t.device)
-        binomial = torch.exp(math.lgamma(n + 1.0) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1))
+        log_binomial = math.lgamma(n + 1.0) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
         t = t.unsqueeze(-1)
-        return binomial * t**k * (1 - t) ** (n - k)
+        if n <= 60:
+            return torch.exp(log_binomial) * t**k * (1 - t) ** (n - k)
+        ulp = torch.finfo(t.dtype).eps
+        t = t.clamp(ulp, 1 - ulp)
+        return torch.exp(log_binomial + k * torch.log(t) + (n - k) * torch.log1p(-t))
 
     def _inner(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """Value and log-slope at ``x (*, k)`` for ``params (*, M + 1)`` (``k`` points each)."""
@@ -505,10 +511,12 @@ class GaussianizationTransformer(Transformer):
     :meth:`initial_params`: kernels at the normal quantiles, wider in the tails, whose mixture
     is close to ``N(0, 1)`` (equal kernels would stay equal under training).
 
-    Computed in log space, exactly for any finite input: ``log F = logsumexp_k log σ(u_k) - log
+    Computed in log space, exactly for any input whose ``u_k = a_k x + b_k`` are finite (all
+    ``|x|`` below the dtype's largest number over ``a_k``: about 1e37 in float32 at the initial
+    slopes; beyond, ``u_k`` overflows and the result is NaN): ``log F = logsumexp_k log σ(u_k) - log
     K`` and ``log(1 - F)`` likewise with ``log σ(-u_k)`` (``log σ(u) = -softplus(-u)``), and ``z =
     Φ⁻¹`` of the smaller one (sign restored) by ``ndtri`` or, where ``F`` underflows, an
-    asymptotic series and Newton steps. So ``z`` is finite for every finite ``x`` and the layer is
+    asymptotic series and Newton steps. So ``z`` is finite for every such ``x`` and the layer is
     a bijection of the real line; far out it grows like ``±√(2 a_min |x|)`` (logistic tails), and
     the log-det, a difference of two terms of size ``a |x|``, carries a rounding error of about
     ``a |x| ε``.
