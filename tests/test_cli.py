@@ -177,7 +177,7 @@ def test_export_writes_programs_that_run_without_nfkit(capsys, table, tmp_path) 
     model = tmp_path / "cond.pt"
     assert _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)[0] == 0
     code, out, _ = _run(capsys, "export", model, tmp_path / "density.pt2")
-    assert code == 0 and "inputs: x (rows, 2), c (rows, 1)" in out and "x: a, b;" in out
+    assert code == 0 and "inputs: x (rows, 2), c (rows, 1), float32" in out and "x: a, b;" in out
     flow = nf.load(model)
     x, c = torch.randn(9, 2), torch.randn(9, 1)
     program = torch.export.load(tmp_path / "density.pt2").module()

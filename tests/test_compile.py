@@ -183,6 +183,31 @@ def test_export_gives_one_program_for_any_batch_size(name: str) -> None:
             torch.testing.assert_close(sampler.module()(*args), expected)
 
 
+def test_an_exported_program_keeps_its_weights_and_an_image_flow_takes_no_rows() -> None:
+    """The program holds a copy: training the flow afterwards changed its values by 1.65, and
+    ``flow.double()`` broke it. An exported Glow took no empty batch (``Squeeze``'s branch on an
+    empty input was decided while tracing)."""
+    torch.manual_seed(0)
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    program = nf.export(flow).module()
+    x = torch.randn(5, 2)
+    before = program(x)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (-flow.log_prob(torch.randn(64, 2) + 1).mean()).backward()
+        optimizer.step()
+    flow.double()
+    torch.testing.assert_close(program(x), before, rtol=0, atol=0)
+    glow = nf.models.Glow((1, 4, 4), levels=2, steps=1, hidden=(8,)).eval()
+    density, sampler = nf.export(glow).module(), nf.export(glow, "sample").module()
+    assert density(torch.rand(0, 1, 4, 4)).shape == (0,)
+    assert sampler(torch.randn(0, 1, 4, 4)).shape == (0, 1, 4, 4)
+    images = torch.rand(3, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(density(images), glow.log_prob(images))
+
+
 def test_export_refusals_and_a_saved_program(tmp_path) -> None:
     flow = nf.models.NSF(2, context=1, transforms=1, hidden=(8,))
     nf.testing.perturb_parameters(flow, 0.2)

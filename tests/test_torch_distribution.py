@@ -86,6 +86,18 @@ def test_torch_transforms_and_supports_compose_with_it() -> None:
         assert support.check(inside).all()
         assert torch.isfinite(bounded.log_prob(inside)).all()
         assert not support.check(torch.tensor([[-1.0, 1.5], [1.0, 9.0]])).all()
+    # a mix (one positive column beside a real one, a two-sided one beside a real one): one
+    # constraint per column (it was greater_than([0, -inf]) and biject_to gave -inf and NaN)
+    for bounds in ([(0.0, None), (None, None)], [(0.0, 3.0), (None, None)]):
+        mixed = nf.models.standardize(
+            nf.models.MAF(2, transforms=1, hidden=(8,)), x, bounds=bounds
+        )
+        support = mixed.distribution().support
+        assert isinstance(support.base_constraint, td.constraints._Cat)
+        inside = td.biject_to(support)(torch.randn(50, 2) * 3)
+        assert torch.isfinite(inside).all() and support.check(inside).all()
+        assert torch.isfinite(mixed.log_prob(inside)).all()
+        assert not support.check(torch.tensor([[-1.0, 0.0]])).all()
 
 
 def test_a_dequantized_flow_has_samples_but_no_reparameterized_ones() -> None:

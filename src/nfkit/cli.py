@@ -1399,7 +1399,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise _UserError(f"{args.model}: {e}") from None
     atomic_write(args.output, lambda f: torch.export.save(program, f))
     first = "z" if args.sample else "x"
+    dtype = str(nf.core.dtype_device(flow)[0]).replace("torch.", "")  # inputs must match it
     inputs = f"{first} (rows, {len(data)})" + (f", c (rows, {len(given)})" if given else "")
+    inputs += f", {dtype}"
     what = "sampler" if args.sample else "density"
     print(f"wrote the {what} of {args.model} to {args.output} (torch.export.load(path).module())")
     print(f"  inputs: {inputs}")

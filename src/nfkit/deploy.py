@@ -8,6 +8,7 @@ program of one direction of a flow with the batch dimension left free.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Literal
 
 import torch
@@ -57,9 +58,9 @@ def export(
       samples ``x = T⁻¹(z; c)``: draw ``z = torch.randn(B, *event)`` where the program runs.
       Needs the ``StandardNormal`` base every factory uses by default.
 
-    The batch size ``B`` is a free dimension (traced at ``batch``). The flow is traced in eval
-    mode (put back in its mode after), so the program holds its current weights and
-    standardization. The program does not check its inputs' values (NaN, support): the
+    The batch size ``B`` is a free dimension (traced at ``batch``). A copy of the flow is
+    traced in eval mode, so the program holds the flow's current weights and standardization
+    (training the flow afterwards leaves it as it was). The program does not check its inputs' values (NaN, support): the
     flow's checks that read values do not run while tracing; shapes are fixed but ``B``.
 
     Example:
@@ -101,9 +102,10 @@ def export(
     if flow.context_features:
         context = torch.randn(batch, flow.context_features, generator=g, dtype=dtype)
         args, shapes = (*args, context.to(device)), (*shapes, {0: rows})
-    module = _Density(flow) if direction == "density" else _Sampler(flow)
-    was_training = flow.training
-    flow.eval()
+    # a copy in eval mode: torch.export shares the module's tensors, so training the flow
+    # afterwards (or .double()) changed or broke the program
+    copy = deepcopy(flow).eval()
+    module = _Density(copy) if direction == "density" else _Sampler(copy)
     try:
         return torch.export.export(module, args, dynamic_shapes=shapes)
     except NotExportable as e:
@@ -116,5 +118,3 @@ def export(
             f"{where}: torch.export cannot trace this flow's {direction} as one graph "
             f"({type(e).__name__}: {one_line(e, 160)})"
         ) from None
-    finally:
-        flow.train(was_training)

@@ -9,6 +9,7 @@ the flow (no copy), so training the flow changes it.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +20,22 @@ if TYPE_CHECKING:
     from nfkit.core import Flow
 
 __all__ = ["FlowDistribution"]
+
+
+def _kind(low_finite: bool, high_finite: bool) -> str:
+    """Which ends a column's support has."""
+    return {(True, True): "interval", (True, False): "greater_than"}.get(
+        (low_finite, high_finite), "less_than" if high_finite else "real"
+    )
+
+
+def _constraint(kind: str, low: Tensor, high: Tensor) -> Any:
+    """torch's constraint of ``kind`` with these ends."""
+    if kind == "interval":
+        return constraints.interval(low, high)
+    if kind == "greater_than":
+        return constraints.greater_than(low)
+    return constraints.less_than(high) if kind == "less_than" else constraints.real
 
 
 class FlowDistribution(Distribution):
@@ -96,11 +113,13 @@ class FlowDistribution(Distribution):
 
     @property
     def support(self) -> Any:  # type: ignore[override]
-        """The flow's domain: real, ``greater_than``/``less_than`` when every coordinate is
-        bounded on one side, ``interval`` otherwise (ends as tensors of the last event dim, in
-        the flow's dtype and device). ``support.check`` holds for any domain;
-        ``torch.distributions.biject_to`` maps onto all but a mix of one- and two-sided
-        columns."""
+        """The flow's domain: real; ``greater_than``/``less_than``/``interval`` when every
+        coordinate has the same kind of ends (as tensors of the last event dim, in the flow's
+        dtype and device); for a mix (a positive column among real ones), torch's ``cat`` of one
+        such constraint per column. ``torch.distributions.biject_to`` maps onto each.
+        torch's intervals are closed, the flow's supports open (a value at an end passes
+        ``support.check`` and is refused by ``log_prob``); integer (discrete) columns are
+        described by their range."""
         from nfkit.core import dtype_device
 
         domain = self.flow.transform.domain
@@ -109,11 +128,14 @@ class FlowDistribution(Distribution):
             return constraints.independent(constraints.real, k)
         dtype, device = dtype_device(self.flow)
         low, high = domain._tensors(torch.zeros((), dtype=dtype, device=device))
-        if bool(torch.isinf(high).all()):
-            return constraints.independent(constraints.greater_than(low), k)
-        if bool(torch.isinf(low).all()):
-            return constraints.independent(constraints.less_than(high), k)
-        return constraints.independent(constraints.interval(low, high), k)
+        kinds = [_kind(math.isfinite(lo), math.isfinite(hi))
+                 for lo, hi in zip(low.flatten().tolist(), high.flatten().tolist(), strict=True)]  # fmt: skip
+        if len(set(kinds)) == 1:
+            return constraints.independent(_constraint(kinds[0], low, high), k)
+        columns = [_constraint(kind, low[j], high[j]) for j, kind in enumerate(kinds)]
+        return constraints.independent(
+            constraints.cat(columns, dim=-1, lengths=[1] * len(columns)), k
+        )
 
     def _extra(self) -> torch.Size:
         """Batch dims the flow's own draws lack: all of an unconditional flow's batch."""

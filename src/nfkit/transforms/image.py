@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nfkit._checks import Interval, check_open_interval, check_positive_int, shape_str, shown
@@ -72,10 +71,12 @@ class Squeeze(Transform):
                 f"Squeeze.forward: height and width must be divisible by {f}, "
                 f"got shape {shape_str(x.shape)}"
             )
-        if x.numel() == 0:  # (pixel_unshuffle returns an empty input unchanged)
-            c, h, w = x.shape[-3:]
-            return x.new_empty(*x.shape[:-3], c * f * f, h // f, w // f), _zeros(x)
-        return F.pixel_unshuffle(x, f), _zeros(x)
+        # pixel_unshuffle's layout by reshapes (it returns an empty input unchanged, and a
+        # branch on the batch's size does not survive torch.export: empty batches failed)
+        y = x.unflatten(-1, (-1, f)).unflatten(-3, (-1, f))  # (*b, C, H/f, i, W/f, j)
+        n = y.dim()
+        y = y.permute(*range(n - 5), n - 5, n - 3, n - 1, n - 4, n - 2)  # (*b, C, i, j, H/f, W/f)
+        return y.flatten(-5, -3), _zeros(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_image("Squeeze.inverse", z)
@@ -85,10 +86,10 @@ class Squeeze(Transform):
                 f"Squeeze.inverse: channels must be divisible by {f * f}, "
                 f"got shape {shape_str(z.shape)}"
             )
-        if z.numel() == 0:
-            c, h, w = z.shape[-3:]
-            return z.new_empty(*z.shape[:-3], c // (f * f), h * f, w * f), _zeros(z)
-        return F.pixel_shuffle(z, f), _zeros(z)
+        y = z.unflatten(-3, (-1, f, f))  # (*b, C, i, j, h, w)
+        n = y.dim()
+        y = y.permute(*range(n - 5), n - 5, n - 2, n - 4, n - 1, n - 3)  # (*b, C, h, i, w, j)
+        return y.flatten(-2, -1).flatten(-3, -2), _zeros(z)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
