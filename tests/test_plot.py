@@ -158,3 +158,17 @@ def test_a_flow_with_integer_columns_draws_its_dequantized_density(tmp_path, d: 
     texts += [label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]]
     assert any("p(v + u)" in t for t in texts)
     fig.savefig(tmp_path / "d.png")
+
+
+@pytest.mark.parametrize(
+    ("objective", "label"),
+    [
+        ("likelihood", "loss (NLL, nats)"),
+        ("flow_matching", "loss (flow matching)"),
+        ("reverse_kl", "loss (-ELBO, nats)"),
+    ],  # fmt: skip
+)
+def test_history_labels_its_loss_by_the_objective(objective: str, label: str) -> None:
+    """A fit_vi history was labelled an NLL."""
+    fig = nf.plot.history(nf.History(train_loss=[2.0, 1.0], steps=2, objective=objective))
+    assert fig.axes[0].get_ylabel() == label

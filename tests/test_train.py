@@ -785,3 +785,96 @@ def test_zero_weight_rows_do_not_trigger_the_spline_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nf.fit(nf.models.NSF(2, transforms=1, hidden=(8,)), x, weights=w, steps=1, progress=False)
+
+
+def _rows(n: int = 300, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * torch.tensor([1.0, 0.5]) + 0.3
+
+
+def test_numpy_settings_make_a_checkpoint_that_resumes(tmp_path) -> None:
+    """A NumPy ``lr``/``weight_decay`` (from a grid) went into the checkpoint as NumPy scalars,
+    which a weights-only load refuses: the file was "not an nfkit checkpoint"."""
+    path, x = tmp_path / "ck.pt", _rows()
+
+    def stop(history: nf.History) -> None:
+        if history.steps >= 10:
+            raise KeyboardInterrupt
+
+    settings = dict(steps=20, eval_every=5, lr=np.float64(2e-3), weight_decay=np.float64(0.01))
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        nf.fit(_small(), x, checkpoint=path, callback=stop, progress=False, seed=0, **settings)
+    torch.manual_seed(0)
+    history = nf.fit(_small(), x, checkpoint=path, resume=True, progress=False, seed=0, **settings)
+    assert history.steps == 20
+
+
+def test_an_infinite_validation_loss_raises_as_nan_does() -> None:
+    """A held-out row of density 0 made every validation loss +inf: the first evaluation's
+    weights were kept as "best" and the run stopped early, silently."""
+    xv = torch.cat([_rows(30, seed=5), torch.tensor([[1e30, 0.0]])])
+    with pytest.raises(nf.NonFiniteLossError, match=r"validation loss is \+inf at step 10 .*-inf"):
+        nf.fit(_small(), _rows(), val=xv, steps=50, eval_every=10, patience=3, progress=False)
+
+
+def test_a_weight_of_zero_takes_no_part_even_at_a_row_of_density_zero() -> None:
+    """``0 · -inf`` was NaN: a training row of weight 0 raised NonFiniteLossError, a held-out
+    one "the flow gives NaN". Training rows of weight 0 are left out; held-out ones masked."""
+    x = torch.cat([_rows(), torch.tensor([[1e30, 0.0]])])
+    weights = torch.ones(len(x))
+    weights[-1] = 0
+    torch.manual_seed(0)
+    weighted = _small()
+    nf.fit(weighted, x, weights=weights, steps=20, val_fraction=0, progress=False, seed=0)
+    torch.manual_seed(0)
+    plain = _small()
+    nf.fit(plain, x[:-1], steps=20, val_fraction=0, progress=False, seed=0)
+    assert _equal(_state(weighted), _state(plain))  # the same as without the row
+    xv = torch.cat([_rows(30, seed=5), torch.tensor([[1e30, 0.0]])])
+    history = nf.fit(
+        _small(), _rows(), val=xv, val_weights=[1.0] * 30 + [0.0], steps=20, eval_every=10,
+        progress=False,
+    )  # fmt: skip
+    assert all(math.isfinite(v) for v in history.val_loss)
+
+
+def test_fit_vi_callback_sees_the_history_up_to_its_check() -> None:
+    """It saw the history of the last 25-step sync (25 steps at the check of step 30)."""
+    seen = []
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    target = lambda x: -0.5 * (x * x).sum(-1)  # noqa: E731
+    nf.fit_vi(flow, target, steps=60, eval_every=30, n_estimate=64, progress=False,
+              callback=lambda h: seen.append((h.steps, len(h.train_loss))))  # fmt: skip
+    assert seen == [(30, 30), (60, 60)]
+
+
+def test_resuming_with_other_held_out_rows_is_refused(tmp_path) -> None:
+    """Early stopping compares the held-out rows' loss: resuming on another set mixed two
+    sets' losses and kept a "best" step scored on the first."""
+    path, x = tmp_path / "ck.pt", _rows()
+
+    def stop(history: nf.History) -> None:
+        if history.steps >= 10:
+            raise KeyboardInterrupt
+
+    run = dict(steps=20, eval_every=5, checkpoint=path, progress=False, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        nf.fit(_small(), x, val=_rows(40, seed=1), callback=stop, **run)
+    with pytest.raises(ValueError, match="was made with other held-out rows"):
+        nf.fit(_small(), x, val=_rows(40, seed=2), resume=True, **run)
+    assert nf.fit(_small(), x, val=_rows(40, seed=1), resume=True, **run).steps == 20
+
+
+def test_fit_checks_callback_and_checkpoint_and_reports_a_full_run_as_not_stopped_early() -> None:
+    """``callback=1`` failed with Python's error at the first evaluation; ``checkpoint=123``
+    likewise. A run whose patience ran out at its last step did not stop early."""
+    x = _rows()
+    with pytest.raises(TypeError, match="nf.fit: callback must be callable .or None., got 1"):
+        nf.fit(_small(), x, steps=5, callback=1, progress=False)
+    with pytest.raises(TypeError, match="nf.fit: checkpoint must be a path"):
+        nf.fit(_small(), x, steps=5, checkpoint=123, progress=False)
+    with pytest.raises(TypeError, match="nf.fit_vi: callback must be callable"):
+        nf.fit_vi(_small(), lambda x: -(x * x).sum(-1), steps=2, callback="no", progress=False)
+    history = nf.fit(_small(), x, steps=9, eval_every=3, patience=2, lr=0.5, progress=False)
+    assert history.steps == 9 and not history.stopped_early

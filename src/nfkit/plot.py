@@ -404,8 +404,8 @@ def history(
                 fontsize=8,
             )
     ax.set_xlabel("step")
-    matching = getattr(h, "objective", "likelihood") == "flow_matching"
-    ax.set_ylabel("loss (flow matching)" if matching else "loss (NLL, nats)")
+    labels = {"flow_matching": "loss (flow matching)", "reverse_kl": "loss (-ELBO, nats)"}
+    ax.set_ylabel(labels.get(getattr(h, "objective", "likelihood"), "loss (NLL, nats)"))
     if ax.get_legend_handles_labels()[1]:  # an empty history draws nothing to label
         ax.legend(frameon=False)
     ax.set_title(title or "training history")

@@ -67,7 +67,8 @@ class History:
     Attributes:
         train_loss: Per-step training loss (NLL in nats per sample for :func:`fit`, or the
             flow-matching loss with ``objective="flow_matching"``; the reverse KL up to
-            ``log Z``, i.e. ``-ELBO``, for :func:`fit_vi`).
+            ``log Z``, i.e. ``-ELBO``, for :func:`fit_vi`: with ``anneal``, the annealed
+            ``E[log q - β_t log p̃]`` until ``β_t`` reaches 1).
         val_loss: Validation loss (NLL, or the flow-matching loss) at each evaluation (empty
             without validation data).
         val_step: The step (number of updates done) of each evaluation.
@@ -439,7 +440,10 @@ def _nll(
     for i in range(0, x.shape[0], chunk):
         ci = None if c is None else c[i : i + chunk]
         lp = flow.log_prob(x[i : i + chunk], ci).double()
-        total += -(lp.sum() if w is None else (lp * w[i : i + chunk].double()).sum())
+        if w is not None:  # a weight of 0 takes no part, even at a row of density 0 (0·-inf)
+            wi = w[i : i + chunk].double()
+            lp = torch.where(wi > 0, lp * wi, 0.0)
+        total += -lp.sum()
     flow.train(was_training)
     return float(total) / (x.shape[0] if w is None else float(w.double().sum()))
 
@@ -513,6 +517,13 @@ def _val_data(
     ), None
 
 
+def _check_callback(where: str, callback: object) -> None:
+    """``callback`` is None or callable, checked before the first step (``callback=1`` failed
+    with Python's own error at the first evaluation)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{where}: callback must be callable (or None), got {shown(callback)}")
+
+
 @dataclass
 class _EarlyStopping:
     """The best validation NLL so far, its weights, and evaluations since it (``bad``)."""
@@ -526,7 +537,7 @@ class _EarlyStopping:
         A NaN (the flow's ``log_prob`` is NaN at a held-out row) raises
         :class:`NonFiniteLossError` after putting back the best weights so far: no later value
         could compare as better, and the run would silently keep this evaluation's weights."""
-        if math.isnan(val):
+        if math.isnan(val) or val == math.inf:
             if self.best is not None:
                 flow.load_state_dict(self.best)
             kept = (
@@ -534,9 +545,10 @@ class _EarlyStopping:
                 if self.best is not None
                 else "no earlier evaluation to restore"
             )
+            value, gives = ("NaN", "NaN") if math.isnan(val) else ("+inf", "density 0 (-inf)")
             raise NonFiniteLossError(
-                f"nf.fit: the validation loss is NaN at step {done} (the flow gives NaN at some "
-                f"held-out rows); {kept}"
+                f"nf.fit: the validation loss is {value} at step {done} (the flow gives {gives} "
+                f"at some held-out rows); {kept}"
             )
         history.val_loss.append(val)
         if history.best_val is None or val < history.best_val:
@@ -670,6 +682,7 @@ def _checkpoint_state(
     data: Tensor,
     settings: dict[str, Any],
     rngs: list[tuple[Tensor, Tensor | None]],
+    val_data: Tensor | None = None,
 ) -> dict[str, Any]:
     """Everything a resumed run needs to continue as if uninterrupted (plain data and tensors:
     loads with ``weights_only=True``). ``rngs``: every rank's RNG states (:func:`_rng_states`)."""
@@ -697,6 +710,7 @@ def _checkpoint_state(
         "noise_rng": None if noise is None else noise.get_state(),
         "objective": history.objective,
         "data": data,
+        "val_data": val_data,
     }
 
 
@@ -714,6 +728,7 @@ def _restore(
     noise: torch.Generator | None,
     data: Tensor,
     settings: dict[str, Any],
+    val_data: Tensor | None = None,
 ) -> tuple[History, int]:
     """Put a checkpoint's weights, optimizer, schedule, batch order and RNG back; returns the
     history and the step to continue from. Refused (one line) when it was made for another
@@ -736,6 +751,17 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} was made on other training data (the "
             "rows, their order or the weights differ): resume on the same data, or give "
             "another checkpoint path"
+        )
+    held = state.get("val_data")  # older checkpoints: not recorded
+    if held is not None and not (
+        val_data is not None
+        and held.shape == val_data.shape
+        and torch.allclose(held, val_data, rtol=1e-6, atol=1e-9)
+    ):
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made with other held-out rows (val=, "
+            "val_weights= or the split): early stopping compared them; resume with the same "
+            "ones, or give another checkpoint path"
         )
     if int(state["steps"]) != steps or int(state["n"]) != n:
         raise ValueError(
@@ -904,10 +930,15 @@ def fit(
         "standardize them (nf.models.standardize), or widen it (bound=) for heavy tails",
     )
     lr = learning_rate(flow) if lr is None else lr
-    check_number(where, "lr", lr, 0.0)
-    check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    lr = check_number(where, "lr", lr, 0.0)  # (a NumPy scalar: unreadable in a checkpoint)
+    weight_decay = check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    _check_callback(where, callback)
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(
+            f"{where}: checkpoint must be a path (str or os.PathLike), got {shown(checkpoint)}"
+        )
     if clip is not None:
-        check_number(where, "clip", clip, 0.0, inclusive=True)
+        clip = check_number(where, "clip", clip, 0.0, inclusive=True)
     check_number(where, "val_fraction", val_fraction, 0.0, inclusive=True)
     if val_fraction >= 1:
         raise ValueError(f"{where}: val_fraction must be < 1, got {val_fraction}")
@@ -949,8 +980,12 @@ def fit(
     else:
         xt, ct, wt, xv, cv, wv = _split(x, c, w, val_fraction, generator)
     if wt is not None:
-        if not bool((wt > 0).any()):
+        kept = wt > 0
+        if not bool(kept.any()):
             raise ValueError(f"{where}: every training row has weight 0 (after the split)")
+        if not bool(kept.all()):  # a weight of 0 takes no part, not even a batch's slot (a row
+            xt, wt = xt[kept], wt[kept]  # of density 0 made the loss 0·-inf = NaN)
+            ct = None if ct is None else ct[kept]
         wt = (wt.double() / wt.double().mean()).to(dtype)  # mean 1: the loss keeps its scale
     if wv is not None and not bool((wv > 0).any()):  # (an explicit val_weights is checked)
         raise ValueError(
@@ -965,6 +1000,9 @@ def fit(
             f"got batch_size={batch_size} on {n} training row(s)"
         )
     fingerprint = _fingerprint(xt, ct, wt) if checkpoint is not None else torch.empty(0)
+    held_out = (  # early stopping's rows: a resumed run must score the same ones
+        _fingerprint(xv, cv, wv) if checkpoint is not None and xv is not None else None
+    )
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
@@ -1023,7 +1061,7 @@ def fit(
             try:
                 history, start = _restore(
                     where, checkpoint, state, flow, loop, batcher, stopping, steps=steps, n=n,
-                    noise=noise_rng, data=fingerprint, settings=settings,
+                    noise=noise_rng, data=fingerprint, settings=settings, val_data=held_out,
                 )  # fmt: skip
             except (KeyError, TypeError, AttributeError, IndexError) as e:
                 raise _damaged(where, checkpoint, e) from None
@@ -1074,14 +1112,15 @@ def fit(
                         stop = stopping.update(
                             history, _broadcast_float(val, world, dev), done, flow
                         )
-                    history.stopped_early = stop  # in the checkpoint: a resumed run ends here too
+                    # in the checkpoint: a resumed run ends here too (not "early" at the end)
+                    history.stopped_early = stop and done < steps
                     history.wall_time = time.perf_counter() - t0
                     rngs = _rng_states(flow, world) if checkpoint is not None else []
                     if checkpoint is not None and rank == 0:
                         state = _checkpoint_state(
                             flow, loop, batcher, history, stopping, seed=seed, steps=steps, n=n,
                             done=done, noise=noise_rng, data=fingerprint, settings=settings,
-                            rngs=rngs,
+                            rngs=rngs, val_data=held_out,
                         )  # fmt: skip
                         atomic_save(state, checkpoint)
                     loop.postfix(history)
@@ -1199,8 +1238,9 @@ def fit_vi(
     n_estimate = check_positive_int(where, "n_estimate", n_estimate)
     anneal = check_positive_int(where, "anneal", anneal, minimum=0)
     lr = learning_rate(flow) if lr is None else lr
-    check_number(where, "lr", lr, 0.0)
-    check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    lr = check_number(where, "lr", lr, 0.0)  # (a NumPy scalar: unreadable in a checkpoint)
+    weight_decay = check_number(where, "weight_decay", weight_decay, 0.0, inclusive=True)
+    _check_callback(where, callback)
     if isinstance(context, np.ndarray):  # as nf.fit takes it
         context = torch.tensor(np.array(context, dtype=np.float64))
     if context is not None:
@@ -1299,8 +1339,8 @@ def _fit_vi(
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)
             done = i + 1
-            if done % loop.sync_every == 0 or done == steps:
-                try:
+            if done % loop.sync_every == 0 or done % eval_every == 0 or done == steps:
+                try:  # (at every check too: its callback sees the History up to this step)
                     loop.sync(done, history)
                 except NonFiniteLossError as e:
                     named = _off_target(where, off_target, loop.synced, log_p.numel())
