@@ -892,6 +892,44 @@ def test_a_table_from_standard_input(table, tmp_path) -> None:
     both = subprocess.run([*run, "fit", "-", "--val", "-"], input=data, text=True,
                           capture_output=True, timeout=300)  # fmt: skip
     assert both.returncode == 1 and "only one table can come from standard input" in both.stderr
+    covered = subprocess.run([*run, "coverage", model, "-", "--samples", "20"], input=data,
+                             text=True, capture_output=True, timeout=300)  # fmt: skip
+    assert covered.returncode == 0 and " rows of <stdin>, 20 draws each" in covered.stdout
+
+
+def test_commands_reviewed_in_session_29(capsys, table, tmp_path) -> None:
+    """``demo --epochs`` ran into its default --steps ("give steps or epochs, not both"); a
+    header-less table whose reader-given names x0, x1 met a model column x0 was matched by
+    name ("no column 'theta'"); compare and coverage suggested --drop-missing, which they lack,
+    and named no file or row for a row outside the support; info showed Python reprs of
+    --bounds and --option."""
+    assert _run(capsys, "demo", "--epochs", "1", "-n", "300", "--out", tmp_path / "d")[0] == 0
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"theta": rng.gamma(2.0, size=300), "x0": rng.normal(size=300)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    model, other = tmp_path / "m.pt", tmp_path / "m2.pt"
+    fit = ["fit", tmp_path / "t.csv", "--bounds", "theta=0:", "--option", "orders=random", *FAST]
+    assert _run(capsys, *fit, "--out", model)[0] == 0
+    assert _run(capsys, *fit, "--out", other, "--transforms", "2")[0] == 0
+    frame[:5].to_csv(tmp_path / "named.csv", index=False)
+    frame[:5].to_csv(tmp_path / "bare.csv", index=False, header=False)
+    by_name = _run(capsys, "score", model, tmp_path / "named.csv")[1]
+    assert _run(capsys, "score", model, tmp_path / "bare.csv")[1] == by_name  # by position
+    (tmp_path / "gap.csv").write_text("theta,x0\n1.0,\n2.0,0.5\n3.0,0.1\n")
+    for command in (
+        ["compare", tmp_path / "gap.csv", model, other],
+        ["coverage", model, tmp_path / "gap.csv"],
+    ):
+        error = _error(capsys, *command)
+        assert error.endswith("missing values in column(s) 'x0' (1); fill or remove those rows\n")
+    (tmp_path / "neg.csv").write_text("theta,x0\n1.0,0.0\n-2.0,0.5\n")
+    for command in (
+        ["compare", tmp_path / "neg.csv", model, other],
+        ["coverage", model, tmp_path / "neg.csv"],
+    ):
+        assert "neg.csv: row 2 (of 1 outside the model's support): " in _error(capsys, *command)
+    code, out, _ = _run(capsys, "info", model)
+    assert code == 0 and "--bounds theta=0:, " in out and "--option orders=random" in out
 
 
 def test_fit_weights_column(capsys, tmp_path) -> None:

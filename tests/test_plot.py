@@ -172,3 +172,17 @@ def test_history_labels_its_loss_by_the_objective(objective: str, label: str) ->
     """A fit_vi history was labelled an NLL."""
     fig = nf.plot.history(nf.History(train_loss=[2.0, 1.0], steps=2, objective=objective))
     assert fig.axes[0].get_ylabel() == label
+
+
+def test_figure_arguments_are_checked_in_one_line(flow2) -> None:
+    """``max_panels=1`` divided by zero, ``dims=(0, 5)`` indexed out of range, ``n=0`` took the
+    quantile of nothing, ``max_dims=0`` raised matplotlib's error."""
+    for call, message in (
+        (lambda: nf.plot.layers(flow2, max_panels=1), "max_panels must be an integer >= 2"),
+        (lambda: nf.plot.layers(flow2, dims=(0, 5)), "dims must be two different coordinates"),
+        (lambda: nf.plot.layers(flow2, dims=(1, 1)), "dims must be two different coordinates"),
+        (lambda: nf.plot.density(flow2, n=0), "nf.plot.density: n must be an integer >= 1"),
+        (lambda: nf.plot.corner(flow2, max_dims=0), "max_dims must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()

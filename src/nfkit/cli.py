@@ -356,9 +356,9 @@ def _weights_column(table: Any, column: str, source: str, drop_missing: bool) ->
 
 def _select(df: Any, needed: list[str], source: str) -> Any:
     """The model's columns from a table: by name, or by position for a header-less file."""
-    auto = [f"x{i}" for i in range(df.shape[1])]
-    named = set(needed) & set(df.columns)  # a header x0, x1, ... that names some of them
-    if list(df.columns) == auto and list(df.columns) != needed and not named:
+    # a file without a header (the reader named its columns x0, x1, ...): by position, even
+    # when the model's own columns are called x0, ... (a header x0, x1 is a header: by name)
+    if df.attrs.get("header", True) is False and list(df.columns) != needed:
         if df.shape[1] != len(needed):
             raise _UserError(
                 f"{source}: has {df.shape[1]} unnamed columns; the model needs {len(needed)} "
@@ -384,7 +384,7 @@ def _read_for(
     header-less, by position, checked and coded (category columns with the model's labels,
     read as written; a padded set's given columns may hold empty cells; with ``incomplete``,
     every needed column may); ``table`` keeps the rows ``rows`` keeps."""
-    from nfkit.tables import clean_table, read_raw_table
+    from nfkit.tables import DataError, clean_table, read_raw_table
 
     given = _schema(flow)[2]
     categories = flow.config.get("categories") or {}
@@ -392,15 +392,47 @@ def _read_for(
     if incomplete:
         missing_ok = needed
     table = read_raw_table(path, text=list(categories))
-    rows = clean_table(
-        _select(table, needed, path),
-        path,
-        allow_constant=True,
-        categories=categories,
-        missing_ok=missing_ok,
-        **read,
-    )
+    try:
+        rows = clean_table(
+            _select(table, needed, path),
+            path,
+            allow_constant=True,
+            categories=categories,
+            missing_ok=missing_ok,
+            **read,
+        )
+    except DataError as e:  # a command without --drop-missing: not the option's hint
+        head, hint, _ = str(e).partition(_DROP_HINT)
+        if not hint or "drop_missing" in read:
+            raise
+        raise DataError(f"{head}{_FILL_HINT}") from None
     return table.loc[rows.index], rows
+
+
+_DROP_HINT = "; drop those rows"  # (clean_table's hint: drop_missing=True, --drop-missing)
+_FILL_HINT = "; fill or remove those rows"
+
+
+def _outside_support(
+    flow: Any, x: Any, c: Any, path: str, rows: Any = None, hint: str | None = ""
+) -> int:
+    """How many rows of ``x`` lie outside the model's support; unless ``hint`` is None, any
+    such row is refused in one line naming the file, the first one's row number (``rows``: the
+    table's row of each, default their order) and how many there are, then ``hint``."""
+    import torch
+
+    inside = flow.in_support(x) if torch.isfinite(x).all() else None  # NaN: log_prob's error
+    outside = 0 if inside is None else int((~inside).sum())
+    if outside and hint is not None:
+        first = int(torch.argmin(inside.long()))
+        row = first if rows is None else int(rows[first])
+        try:
+            flow.log_prob(x[first : first + 1], None if c is None else c[first : first + 1])
+        except ValueError as e:
+            raise _UserError(
+                f"{path}: row {row + 1} (of {outside} outside the model's support): {e}{hint}"
+            ) from None
+    return outside
 
 
 def _padded_given(flow: Any) -> bool:
@@ -925,7 +957,11 @@ def _fit_table(
         val_fraction=0.1 if val_fraction is None else val_fraction,
         patience=getattr(args, "patience", 10),
         weight_decay=getattr(args, "weight_decay", 0.0),
-        steps=args.steps,
+        steps=(
+            args.steps
+            if args.steps is not None or args.epochs is not None
+            else getattr(args, "default_steps", None)
+        ),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -1006,6 +1042,11 @@ _UNRECORDED = {"help", "data", "out", "checkpoint", "resume", "distributed", "de
                "threads", "seed", "batch_size", "lr", "drop", "weights", "func", "command"}  # fmt: skip
 
 
+def _end(value: float | None) -> str:
+    """An end of a ``--bounds``/``--angles`` range as written: empty for an open one."""
+    return "" if value is None or math.isinf(value) else f"{value:g}"
+
+
 def _non_default_options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
     """``{"--flag": (dest, value)}`` of the command's options that differ from its defaults."""
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -1019,11 +1060,17 @@ def _non_default_options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]
 def _options_given(args: argparse.Namespace) -> dict[str, Any]:
     """The command's other options that differ from their defaults, as ``{"--flag": value}``
     (JSON values): with the data, seed, batch size and rate, what repeats the run."""
+    import json
+
     out: dict[str, Any] = {}
     for flag, (dest, value) in _non_default_options(args).items():
         if dest in _UNRECORDED:
             continue
-        if isinstance(value, (list, tuple)):
+        if flag in ("--bounds", "--angles") and isinstance(value, dict):  # NAME=LOW:HIGH,...
+            value = ",".join(f"{k}={_end(lo)}:{_end(hi)}" for k, (lo, hi) in value.items())
+        elif flag == "--option":  # (name, value) pairs: NAME=VALUE, one --option each
+            value = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value]
+        elif isinstance(value, (list, tuple)):
             value = [v if isinstance(v, (int, float, str)) else str(v) for v in value]
         elif value is None:  # a default switched off: --discrete none
             value = "none"
@@ -1230,8 +1277,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _write_table(df[["row", *columns]], args.output)
     if args.output:
         print(
-            f"wrote {args.n} samples for each of the {len(contexts)} rows of {table_path} "
-            f"({len(df)} rows) to {args.output}"
+            _shown(
+                args,
+                f"wrote {args.n} samples for each of the {len(contexts)} rows of {table_path} "
+                f"({len(df)} rows) to {args.output}",
+            )
         )
 
 
@@ -1258,7 +1308,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     try:
         table, df, x, c = _model_table(flow, args.data, incomplete=args.skip_incomplete)
     except DataError as e:  # score has no --drop-missing: one output row per input row
-        head, hint, _ = str(e).partition("; drop those rows")
+        head, hint, _ = str(e).partition(_FILL_HINT)
         if not hint:
             raise
         raise _UserError(f"{head}; --skip-incomplete scores those rows NaN") from None
@@ -1280,17 +1330,9 @@ def cmd_score(args: argparse.Namespace) -> None:
         x, c = x[complete.to(x.device)], None if c is None else c[complete.to(c.device)]
     rows = torch.arange(len(scores))[complete]  # the table's row of each scored one
     with torch.no_grad():
-        inside = flow.in_support(x) if torch.isfinite(x).all() else None  # NaN: log_prob's error
-        outside = 0 if inside is None else int((~inside).sum())
-        if outside and args.impossible == "error":
-            first = int(torch.argmin(inside.long()))
-            try:
-                flow.log_prob(x[first : first + 1], None if c is None else c[first : first + 1])
-            except ValueError as e:
-                raise _UserError(
-                    f"{args.data}: row {int(rows[first]) + 1} (of {outside} outside the model's "
-                    f"support): {e}; --impossible=-inf scores such rows -inf"
-                ) from None
+        refuse = args.impossible == "error"
+        hint = "; --impossible=-inf scores such rows -inf"
+        outside = _outside_support(flow, x, c, args.data, rows, hint if refuse else None)
         options["chunk_size"] = args.chunk_size
         lp = (
             log_prob_or_minus_inf(flow, x, c, **options)
@@ -1368,6 +1410,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for name, flow in flows.items():
         _, _, x, c = _model_table(flow, args.data)
         with torch.no_grad():
+            _outside_support(flow, x, c, args.data, hint=f" (model {name})")
             scores[name] = flow.log_prob(x, c, chunk_size=args.chunk_size)
     ranking = compare_scores(scores)
     if args.output:
@@ -1510,12 +1553,15 @@ def _record_text(record: dict[str, Any]) -> str:
             parts.append(text.format(value))
     options = rest.pop("options", None) or {}
     parts += [f"{key}={value}" for key, value in rest.items()]
-    parts += [
-        f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
-        if value is not True
-        else flag
-        for flag, value in options.items()
-    ]
+    for flag, value in options.items():
+        if value is True:
+            parts.append(flag)
+        elif flag == "--option" and isinstance(value, list):  # repeatable: one each
+            parts += [f"{flag} {v}" for v in value]
+        else:
+            parts.append(
+                f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}"
+            )
     return " ".join(filter(None, [command, ", ".join(parts)]))
 
 
@@ -1537,10 +1583,12 @@ def cmd_coverage(args: argparse.Namespace) -> None:
     flow = _load_model(args.model, args.device)
     data = _schema(flow)[1]
     _, _, x, c = _model_table(flow, args.data)  # c: None for an unconditional model
+    _outside_support(flow, x, c, args.data)
     result = nf.metrics.coverage(flow, x, c, samples=args.samples, levels=CLI_LEVELS,
                                  seed=args.seed)  # fmt: skip
     result.names = list(data)  # the verdict names a column, not "feature j"
-    print(f"coverage of {args.model} on {len(x)} rows of {args.data}, {args.samples} draws each")
+    print(_shown(args, f"coverage of {args.model} on {len(x)} rows of {args.data}, "
+                       f"{args.samples} draws each"))  # fmt: skip
     print("level  coverage")
     for level, found in zip(result.levels, result.coverage):
         print(f"{level:<5g}  {found:.3f}")
@@ -1602,9 +1650,10 @@ def _training_options(
     p.add_argument(
         "--steps",
         type=_positive,
-        default=steps,
+        default=None,
         help=f"optimizer steps (default: {steps or 1000})",
     )
+    p.set_defaults(default_steps=steps)  # without --steps or --epochs (--epochs replaces it)
     p.add_argument(
         "--epochs", type=_positive, default=None, help="passes over the data instead of --steps"
     )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfkit._checks import Interval, real
+from nfkit._checks import Interval, as_ints, check_positive_int, real, shown
 from nfkit.core import Compose, Flow, dtype_device
 from nfkit.io import atomic_write
 from nfkit.models.dequantized import DequantizedFlow
@@ -214,6 +214,8 @@ def density(
     """
     where = "nf.plot.density"
     flow = _check_flow(where, flow)
+    n = check_positive_int(where, "n", n)
+    resolution = check_positive_int(where, "resolution", resolution, minimum=2)
     d = flow.event_shape[0]
     if d > 2:
         raise ValueError(f"{where}: needs D <= 2, got D = {d}; use nf.plot.corner")
@@ -289,8 +291,9 @@ def corner(
     """
     where = "nf.plot.corner"
     flow = _check_flow(where, flow)
+    n = check_positive_int(where, "n", n)
     d = flow.event_shape[0]
-    k = min(d, max_dims)
+    k = min(d, check_positive_int(where, "max_dims", max_dims))
     x = _data(data, where, d)
     s = _samples(flow, n, _context(flow, context))
     box = _bounds(x if x is not None else s, support=flow.transform.domain)
@@ -445,8 +448,16 @@ def layers(
     """
     where = "nf.plot.layers"
     flow = _check_flow(where, flow)
+    n = check_positive_int(where, "n", n)
+    max_panels = check_positive_int(where, "max_panels", max_panels, minimum=2)  # first, last
     d = flow.event_shape[0]
-    i, j = dims if d >= 2 else (0, 0)
+    pair = as_ints(dims)
+    if d >= 2 and (pair is None or len(pair) != 2 or len(set(pair)) != 2
+                   or not all(0 <= v < d for v in pair)):  # fmt: skip
+        raise ValueError(
+            f"{where}: dims must be two different coordinates in 0 … {d - 1}, got {shown(dims)}"
+        )
+    i, j = pair if d >= 2 else (0, 0)  # type: ignore[misc]
     parts = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
     ctx = flow._embed(_context(flow, context))
     like = _like(flow)

@@ -337,6 +337,7 @@ def _read_text(
     df = _resolve_na(df, fmt.decimal)
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
+        df.attrs["header"] = False  # (names given here: a model's columns go by position)
         return df
     if fmt.names_in_comment:
         df.columns = fmt.names
@@ -489,7 +490,9 @@ def _read_npy(path: Path) -> Any:
         raise DataError(f"{path}: expected a 1-D or 2-D array, got shape {arr.shape}")
     if not _real_dtype(arr.dtype):
         raise DataError(f"{path}: expected an array of real numbers, got dtype {arr.dtype}")
-    return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+    df = pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+    df.attrs["header"] = False  # (names given here: a model's columns go by position)
+    return df
 
 
 def _read_parquet(path: Path) -> Any:
@@ -619,6 +622,7 @@ def clean_table(
     df, labels = _numeric(df, path, categories)
     out = _checked(df, path, drop_missing, drop_constant, allow_constant, set(missing_ok))
     out.attrs["categories"] = {name: v for name, v in labels.items() if name in out.columns}
+    out.attrs["header"] = df.attrs.get("header", True)
     return out
 
 
