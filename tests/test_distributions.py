@@ -176,3 +176,43 @@ def test_mixture_matches_torch(context: int, covariance: str) -> None:
     covariance = (weights[:, None, None] * second).sum(0) - mean[:, None] * mean[None, :]
     torch.testing.assert_close(s.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(s.T), covariance, atol=0.06, rtol=0.03)
+
+
+def test_bases_refuse_non_finite_settings_and_take_a_large_df() -> None:
+    """``StudentT(df=711)`` overflowed ``expm1``; ``df=inf``, an infinite Uniform end or a NaN
+    DiagNormal loc gave NaN or -inf densities silently."""
+    base = D.StudentT(1, df=1000.0)
+    assert (
+        float(base.df.detach()) == pytest.approx(1000.0) and torch.isfinite(base.sample(3)).all()
+    )
+    for build, message in (
+        (lambda: D.StudentT(1, df=math.inf), "StudentT: df must be a finite number > 0.5"),
+        (lambda: D.Uniform(1, 0.0, math.inf), "Uniform: need finite high > low"),
+        (lambda: D.DiagNormal(1, loc=math.nan), "DiagNormal: loc must be finite"),
+        (lambda: D.DiagNormal(1, scale=math.inf), "DiagNormal: scale must be positive and finite"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build()
+    assert D.StandardNormal(2).sample(5).shape == (5, 2)  # an int n, as Flow.sample takes
+
+
+def test_factory_bases_match_the_flow_and_a_frozen_mixture_part_is_reparameterized() -> None:
+    """A base object of another width built (log_prob then said "last dim 3"); a base object
+    went into the config (unsaveable; a rebuilt flow shared it); base="uniform" gave density 0
+    beyond [-1, 1] under a flow onto the real line; a Product kept its parts' reparameterized
+    flag from when it was built; ``has_rsample`` was True for a mixture base."""
+    with pytest.raises(ValueError, match=r"base: a distribution of event shape \(3,\)"):
+        nf.models.MAF(2, base=D.StandardNormal(3))
+    assert nf.models.MAF(2, base=D.StudentT(2, df=3.0)).config is None  # saved as hand-built
+    with pytest.raises(ValueError, match="a flow onto the real line has no bounded base"):
+        nf.models.MAF(1, base="uniform")
+    with pytest.raises(ValueError, match="base='gmm' is for vector events"):
+        nf.models.Glow((2, 4, 4), levels=1, base="gmm")
+    mixture = D.GaussianMixture(1, components=2)
+    product = D.Product([mixture, D.StandardNormal(1)], [[0], [1]])
+    assert not product.reparameterized
+    mixture.logits.requires_grad_(False)
+    assert product.reparameterized
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,), base="gmm")
+    assert not flow.distribution().has_rsample
+    assert nf.models.MAF(2, transforms=1, hidden=(8,)).distribution().has_rsample

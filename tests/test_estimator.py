@@ -466,3 +466,7 @@ def test_information_criteria_follow_gaussian_mixture_conventions() -> None:
     assert est.aic(x) == pytest.approx(2 * k - 2 * total)
     assert est.bic(x) == pytest.approx(k * np.log(200) - 2 * total)
     assert est.bic(x) > est.aic(x)  # log 200 > 2
+    # a mixture counts its K weights as K - 1 free ones, as scikit-learn's GaussianMixture
+    gmm = nf.FlowDensity("gmm", model_options={"components": 3, "covariance": "full"},
+                         steps=5, random_state=0).fit(np.random.default_rng(0).normal(size=(90, 3)))  # fmt: skip
+    assert gmm.n_parameters() == 3 * 3 + 3 * 3 + 3 * 3 + 3 - 1  # means, 3x3 triangles, weights

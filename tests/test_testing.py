@@ -102,7 +102,15 @@ class Scaling(nf.Transform):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         t = self.t.detach() if self.detach == "inverse" else self.t
-        return (z - t) * torch.exp(-self.s), -self.s.sum().expand(z.shape[:-1])
+        x = (z - t) * torch.exp(-self.s)
+        if self.detach == "reshape":  # a batch flattened: right only for rows (n, D)
+            x = x.reshape(-1, x.shape[-1])
+        return x, -self.s.sum().expand(z.shape[:-1])
+
+    def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.detach == "inverse_value":  # what Flow.rsample differentiates
+            return (z - self.t.detach()) * torch.exp(-self.s)
+        return self.inverse(z, context)[0]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -119,6 +127,50 @@ def test_check_transform_catches_a_value_cut_from_its_parameters(seed: int) -> N
                            "respect to the parameters differs"):  # fmt: skip
             check_transform(Scaling(detach=part), x)
         check_transform(Scaling(detach=part), x, parameters=False)  # the values are right
+    with pytest.raises(AssertionError, match="the inverse_value's gradient with respect to the"):
+        check_transform(Scaling(detach="inverse_value"), x)
+    with pytest.raises(AssertionError, match=r"at batch shape \(2, 3\) the inverse gives x of"):
+        check_transform(Scaling(detach="reshape"), x)
+
+
+class SinhScaling(nf.Transform):
+    """``z = sinh(x) · e^{a c}`` per coordinate, ``c`` the context's first entry: ``ladj = Σ log
+    cosh(x) + D a c``. ``cut`` builds the log-det from ``x.detach()`` or ``context.detach()``:
+    right in value, no gradient to a layer in front or to an embedding network."""
+
+    def __init__(self, cut: str = "") -> None:
+        super().__init__()
+        self.a, self.cut = 0.7, cut
+        self.context_features = 1
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        assert context is not None
+        c = context[..., :1]
+        xl = x.detach() if self.cut == "x" else x
+        cl = c.detach() if self.cut == "context" else c
+        ladj = torch.log(torch.cosh(xl)).sum(-1) + x.shape[-1] * self.a * cl[..., 0]
+        return torch.sinh(x) * torch.exp(self.a * c), ladj
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        assert context is not None
+        c = context[..., :1]
+        x = torch.asinh(z * torch.exp(-self.a * c))
+        return x, -(torch.log(torch.cosh(x)).sum(-1) + z.shape[-1] * self.a * c[..., 0])
+
+
+def test_check_transform_catches_a_log_det_cut_from_its_input_or_context() -> None:
+    """A log-det built from ``x.detach()`` or ``context.detach()`` passed every check: the
+    values are right, and the parameter check moves only parameters. The input check (f)
+    differentiates in ``x``, ``z`` and the context too."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    c = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    assert check_transform(SinhScaling(), x, c)["input_gradient_error"] < 1e-8
+    for cut in ("x", "context"):
+        with pytest.raises(
+            AssertionError, match=f"forward log-det's gradient with respect to {cut}"
+        ):
+            check_transform(SinhScaling(cut), x, c)
 
 
 def test_check_transform_hints_at_float64_and_checks_the_inverse_ladj_shape() -> None:

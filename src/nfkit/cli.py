@@ -1067,7 +1067,10 @@ def _options_given(args: argparse.Namespace) -> dict[str, Any]:
         if dest in _UNRECORDED:
             continue
         if flag in ("--bounds", "--angles") and isinstance(value, dict):  # NAME=LOW:HIGH,...
-            value = ",".join(f"{k}={_end(lo)}:{_end(hi)}" for k, (lo, hi) in value.items())
+            value = ",".join(  # (an angle without a range: radians, its name alone)
+                k if span is None else f"{k}={_end(span[0])}:{_end(span[1])}"
+                for k, span in value.items()
+            )
         elif flag == "--option":  # (name, value) pairs: NAME=VALUE, one --option each
             value = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value]
         elif isinstance(value, (list, tuple)):

@@ -74,9 +74,10 @@ class BaseDistribution(nn.Module):
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def sample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Draws without gradient, ``(*shape, *context_batch, *event)`` (an int ``n``: ``(n,)``)."""
         with torch.no_grad():
-            return self.rsample(shape, context)
+            return self.rsample((shape,) if as_int(shape) is not None else shape, context)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}"
@@ -115,8 +116,10 @@ class DiagNormal(BaseDistribution):
         super().__init__(features)
         loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.event_shape)
         scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.event_shape)
-        if not bool((scale_t > 0).all()):
-            raise ValueError("DiagNormal: scale must be positive")
+        if not bool((scale_t > 0).all()) or not bool(torch.isfinite(scale_t).all()):
+            raise ValueError("DiagNormal: scale must be positive and finite")
+        if not bool(torch.isfinite(loc_t).all()):
+            raise ValueError("DiagNormal: loc must be finite")
         loc_t, log_scale = loc_t.clone(), scale_t.log().clone()
         if trainable:
             self.loc = nn.Parameter(loc_t)
@@ -141,8 +144,8 @@ class Uniform(BaseDistribution):
         self, features: int | Sequence[int], low: float = -1.0, high: float = 1.0
     ) -> None:
         super().__init__(features)
-        if not high > low:
-            raise ValueError(f"Uniform: need high > low, got low={low}, high={high}")
+        if not (math.isfinite(low) and math.isfinite(high) and high > low):
+            raise ValueError(f"Uniform: need finite high > low, got low={low}, high={high}")
         self.register_buffer("low", torch.full(self.event_shape, float(low)))
         self.register_buffer("high", torch.full(self.event_shape, float(high)))
 
@@ -201,7 +204,11 @@ class Product(BaseDistribution):
         for k, group in enumerate(groups):
             self.register_buffer(f"_columns{k}", torch.tensor(group), persistent=False)
         self.register_buffer("_back", torch.tensor(flat).argsort(), persistent=False)
-        self.reparameterized = all(p.reparameterized for p in parts)
+
+    @property  # type: ignore[override]
+    def reparameterized(self) -> bool:
+        """Whether every part is, now (a mixture part whose weights were frozen after)."""
+        return all(p.reparameterized for p in self.parts)
 
     def _groups(self) -> list[tuple[BaseDistribution, Tensor]]:
         return [(part, getattr(self, f"_columns{k}")) for k, part in enumerate(self.parts)]
@@ -219,7 +226,7 @@ class Product(BaseDistribution):
 
 
 class StudentT(BaseDistribution):
-    r"""Independent Student-t marginals with (trainable) degrees of freedom ``ν > 0``.
+    r"""Independent Student-t marginals with (trainable) degrees of freedom ``ν > 0.5``.
 
     ``log p(z) = Σ_i [lgamma((ν+1)/2) - lgamma(ν/2) - ½ log(νπ) - (ν+1)/2 · log(1 + z_i²/ν)]``.
     Heavy tails for heavy-tailed data (Jaini et al., 2020, "Tails of Lipschitz triangular flows").
@@ -230,9 +237,10 @@ class StudentT(BaseDistribution):
         self, features: int | Sequence[int], df: float = 5.0, trainable: bool = True
     ) -> None:
         super().__init__(features)
-        if not df > 0.5:
-            raise ValueError(f"StudentT: df must be > 0.5, got {shown(df)}")
-        raw = torch.full(self.event_shape, math.log(math.expm1(df - 0.5)))
+        if not (df > 0.5 and math.isfinite(df)):
+            raise ValueError(f"StudentT: df must be a finite number > 0.5, got {shown(df)}")
+        y = df - 0.5  # softplus⁻¹(y) = y + log(1 - e^{-y}), finite for any y (expm1 overflowed)
+        raw = torch.full(self.event_shape, y + math.log(-math.expm1(-y)))
         if trainable:
             self.raw_df = nn.Parameter(raw)
         else:

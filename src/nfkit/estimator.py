@@ -650,9 +650,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
 
     def n_parameters(self) -> int:
         """The fitted model's number of trained parameters (the standardization's statistics
-        and other fixed buffers are not counted): the ``k`` of :meth:`aic` and :meth:`bic`."""
+        and other fixed buffers are not counted; a mixture's ``K`` weight logits count ``K - 1``,
+        as their softmax does not change with a common shift, as ``GaussianMixture`` counts
+        them): the ``k`` of :meth:`aic` and :meth:`bic`."""
+        from nfkit.distributions import GaussianMixture
+
         check_is_fitted(self, "flow_")
-        return sum(p.numel() for p in self.flow_.parameters() if p.requires_grad)
+        shifts = sum(  # one free direction of each unconditional mixture's trained logits
+            1
+            for m in self.flow_.modules()
+            if isinstance(m, GaussianMixture) and not m.context and m.logits.requires_grad
+        )
+        return sum(p.numel() for p in self.flow_.parameters() if p.requires_grad) - shifts
 
     def aic(self, X: Any) -> float:
         """Akaike's information criterion on ``X``: ``2k - 2 Σ log p(x_i)`` (lower is better;

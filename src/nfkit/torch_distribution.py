@@ -45,7 +45,8 @@ class FlowDistribution(Distribution):
       ``(*sample, *batch, *event)`` (broadcast against the context's batch).
     - ``rsample(shape)`` / ``sample(shape)``: ``(*shape, *batch, *event)``, reparameterized or
       without gradient; ``has_rsample`` is False for a
-      :class:`~nfkit.models.DequantizedFlow` (integers).
+      :class:`~nfkit.models.DequantizedFlow` (integers) and for a base whose draws carry no
+      gradient to all its parameters (a trainable mixture's weights).
     - ``batch_shape``: the context's batch dims (``()`` without context, or what
       :meth:`expand` gives); ``event_shape``: the flow's.
     - ``support``: the flow's domain per coordinate of the last event dim (the real line, or
@@ -109,7 +110,11 @@ class FlowDistribution(Distribution):
     def has_rsample(self) -> bool:  # type: ignore[override]
         from nfkit.models.dequantized import DequantizedFlow
 
-        return not isinstance(self.flow, DequantizedFlow)
+        # a mixture base's rsample carries no gradient to its weights: not reparameterized
+        # (as torch's MixtureSameFamily says), so code that checks does not trust it
+        return not isinstance(self.flow, DequantizedFlow) and bool(
+            getattr(self.flow.base, "reparameterized", True)
+        )
 
     @property
     def support(self) -> Any:  # type: ignore[override]

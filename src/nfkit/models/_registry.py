@@ -86,6 +86,10 @@ def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -
             "model": fn.__name__,
             **{k: _jsonable(v) for k, v in bound.arguments.items()},
         }
+        if any(isinstance(v, nn.Module) for v in bound.arguments.values()):
+            # a module given (a base distribution object) is no config: rebuilding would share
+            # it, and JSON cannot hold it; the flow saves as a hand-built one (nf.load(into=))
+            flow.config = None
         return flow
 
     FACTORIES[fn.__name__] = wrapper
@@ -129,19 +133,30 @@ def learning_rate(flow: Any) -> float:
 
 
 def make_base(base: str | nn.Module, features: int | Sequence[int]) -> nn.Module:
-    """A base distribution by name: ``normal``, ``diag_normal``, ``student_t``, ``gmm``, ``uniform``."""
+    """A base distribution by name (``normal``, ``diag_normal``, ``student_t``, ``gmm``), or a
+    distribution module of the flow's event shape. The factories' flows map onto the whole real
+    line, so no bounded base is offered by name (a uniform one gave density 0 beyond its box
+    and stopped training with a non-finite loss); NCSF builds its own for angles."""
+    shape = (features,) if isinstance(features, int) else tuple(features)
     if isinstance(base, nn.Module):
+        given = tuple(getattr(base, "event_shape", ()) or ())
+        if given != shape:
+            raise ValueError(
+                f"base: a distribution of event shape {given} for the flow's events {shape}"
+            )
         return base
+    if base == "gmm" and len(shape) != 1:
+        raise ValueError(f"base='gmm' is for vector events, not events of shape {shape}")
     makers: dict[str, Callable[[], nn.Module]] = {
         "normal": lambda: D.StandardNormal(features),
         "diag_normal": lambda: D.DiagNormal(features),
         "student_t": lambda: D.StudentT(features),
         "gmm": lambda: D.GaussianMixture(features),  # type: ignore[arg-type]
-        "uniform": lambda: D.Uniform(features),
     }
     if base not in makers:
+        onto = "; a flow onto the real line has no bounded base" if base == "uniform" else ""
         raise ValueError(
-            f"base must be one of {sorted(makers)} or a distribution, got {shown(base)}"
+            f"base must be one of {sorted(makers)} or a distribution, got {shown(base)}{onto}"
         )
     return makers[base]()
 
