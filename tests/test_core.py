@@ -244,7 +244,10 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
         (lambda: nf.distributions.StandardNormal((2, 0)), "got (2, 0)"),
         (lambda: nf.distributions.StandardNormal(2.0), "got 2.0"),
         (lambda: nf.distributions.DiagNormal(2, scale=0.0), "DiagNormal: scale must be positive"),
-        (lambda: nf.distributions.StudentT(2, df=0.4), "StudentT: df must be a finite number > 0.5, got 0.4"),
+        (
+            lambda: nf.distributions.StudentT(2, df=0.4),
+            "StudentT: df must be a finite number > 0.5, got 0.4",
+        ),
         (lambda: nf.distributions.GaussianMixture((2, 3)), "features must be an int"),
         (lambda: nf.Compose(), "Compose: needs at least one transform"),
         (lambda: nf.Compose(T.Tanh(), "x"), "Compose: expected Transform objects, got str"),
@@ -574,6 +577,11 @@ def test_a_conditional_layer_without_a_context_says_so(transform, name: str) -> 
         flow.log_prob(torch.randn(4, 3))
     with pytest.raises(ValueError, match=message):
         flow.sample(4)
+    # by hand (no Flow to check the width), a context of another width: one line too (a
+    # matrix product's error, or a silent broadcast of a one-wide context)
+    wrong = rf"^{name}: expected a context of last dim 2, got shape \(4, 1\)$"
+    with pytest.raises(ValueError, match=wrong):
+        transform(torch.randn(4, 3), torch.randn(4, 1))
 
 
 @pytest.mark.parametrize(

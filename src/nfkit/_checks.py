@@ -201,13 +201,20 @@ def _distinct(value: float, dtype: torch.dtype) -> str:
 
 
 def require_context(where: str, context: Tensor | None, width: int) -> None:
-    """A conditional layer (a context of ``width`` features) called without one: a one-line
-    error, where the network would otherwise fail on a matrix product or run unconditioned.
-    A ``None`` test only: nothing is read from the tensors."""
-    if context is None and width:
+    """A conditional layer (a context of ``width`` features) called without one, or with one
+    of another width: a one-line error, where the network would otherwise fail on a matrix
+    product or run unconditioned. A ``None`` test and a shape comparison: nothing is read from
+    the tensors."""
+    if not width:
+        return
+    if context is None:
         raise ValueError(
             f"{where}: this layer is conditional (a context of {width} features) and got no "
             f"context; build the Flow with context={width} and pass context="
+        )
+    if context.shape[-1:] != (width,):
+        raise ValueError(
+            f"{where}: expected a context of last dim {width}, got shape {tuple(context.shape)}"
         )
 
 

@@ -23,6 +23,6 @@ def check_size(where: str, x: torch.Tensor, dim: int, size: int, name: str = "x"
     enough_dims = x.dim() >= (-dim if dim < 0 else dim + 1)
     if not enough_dims or x.shape[dim] != size:
         raise ValueError(
-            f"{where}: {name} must have {size} feature{'s' if size != 1 else ''} along dim {dim}, got shape "
-            f"{tuple(x.shape)}"
+            f"{where}: {name} must have {size} feature{'s' if size != 1 else ''} along dim "
+            f"{dim}, got shape {tuple(x.shape)}"
         )

@@ -1149,8 +1149,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
                     f"{args.data}: --weights column {args.weights!r} is zero on every row kept"
                 )
         flow, history = _train(args, df, given, args.data, weights)
-        main = distributed.is_main_process()
-        if main:  # rank 0 writes the model and reports
+        is_main = distributed.is_main_process()
+        if is_main:  # rank 0 writes the model and reports
             record = _training_record(args, flow, history, args.data, len(df))
             path = nf.save(flow, args.out, training=record)
     except BaseException:
@@ -1159,7 +1159,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         raise
     if args.distributed:
         distributed.shutdown()
-    if not main:
+    if not is_main:
         return
     weighted = ""
     if weights is not None:

@@ -60,7 +60,8 @@ def export(
 
     The batch size ``B`` is a free dimension (traced at ``batch``). A copy of the flow is
     traced in eval mode, so the program holds the flow's current weights and standardization
-    (training the flow afterwards leaves it as it was). The program does not check its inputs' values (NaN, support): the
+    (training the flow afterwards leaves it as it was). The program does not check its
+    inputs' values (NaN, support): the
     flow's checks that read values do not run while tracing; shapes are fixed but ``B``.
 
     Example:

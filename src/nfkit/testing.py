@@ -250,6 +250,40 @@ def _check_other_batch_shapes(
                atol_ladj, rtol=atol_ladj)  # fmt: skip
 
 
+def _seeded(run: Callable[[], Tensor], seed: int, devices: list) -> Tensor:
+    """``run()`` under a fixed seed in a fork of the RNG: the same draws (Hutchinson probes,
+    roulette) at every evaluation of a directional derivative."""
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return run()
+
+
+def _compare_directional(
+    name: str, what: str, wrt: str, exact: float, central: Callable[[float], float], atol: float
+) -> float:
+    """Autograd's directional derivative ``exact`` against the central difference
+    ``central(ε)`` (float64: ~1e-9 relative); where they part, Richardson's extrapolation of
+    two steps cancels the ε² error (an input near a Tanh's ends, strongly curved) before the
+    gap counts. Raises naming ``what`` and ``wrt``; returns the relative gap."""
+    numeric = central(1e-6)
+    gap, scale = abs(exact - numeric), max(1.0, abs(numeric), abs(exact))
+    if gap > 1e2 * atol * scale:
+        numeric = (4 * central(5e-7) - numeric) / 3
+        gap, scale = abs(exact - numeric), max(1.0, abs(numeric), abs(exact))
+    if gap > 1e2 * atol * scale:
+        cut = (
+            "a value cut from a parameter's graph"
+            if wrt == "the parameters"
+            else (f"{wrt} cut from its graph")
+        )
+        raise AssertionError(
+            f"{name}: the {what}'s gradient with respect to {wrt} differs from central "
+            f"differences by {gap:.3g} (autograd {exact:.6g}, numeric {numeric:.6g}): is "
+            f"{cut} (.detach(), .data)?"
+        )
+    return gap / scale
+
+
 def _check_parameter_gradients(
     name: str, t: Transform, x: Tensor, z: Tensor, context: Tensor | None, atol: float
 ) -> float:
@@ -273,38 +307,29 @@ def _check_parameter_gradients(
         # Flow.rsample differentiates the value-only inverse: its graph must be whole too
         ("inverse_value", lambda: (r_x * t.inverse_value(z, context)).sum()),
     ):
-        with torch.random.fork_rng(devices=devices):  # the same draws in every evaluation
-            torch.manual_seed(seed)
-            with torch.enable_grad():
-                value = run()
-                grads = (
-                    torch.autograd.grad(value, params, allow_unused=True)
-                    if value.requires_grad
-                    else [None] * len(params)  # no graph at all: every gradient is 0
-                )
-        exact = sum(float((gp * v).sum()) for gp, v in zip(grads, direction) if gp is not None)
-        eps = 1e-6
-        sides = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                for p, v in zip(params, direction):
-                    p.add_(sign * eps * v)
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(seed)
-                sides.append(float(run()))
-            with torch.no_grad():
-                for p, v in zip(params, direction):
-                    p.sub_(sign * eps * v)
-        numeric = (sides[0] - sides[1]) / (2 * eps)
-        gap = abs(exact - numeric)
-        scale = max(1.0, abs(numeric), abs(exact))
-        if gap > 1e2 * atol * scale:  # central differences in float64: ~1e-9 relative
-            raise AssertionError(
-                f"{name}: the {what}'s gradient with respect to the parameters "
-                f"differs from central differences by {gap:.3g} (autograd {exact:.6g}, numeric "
-                f"{numeric:.6g}): is a value cut from a parameter's graph (.detach(), .data)?"
+        with torch.enable_grad():
+            value = _seeded(run, seed, devices)
+            grads = (
+                torch.autograd.grad(value, params, allow_unused=True)
+                if value.requires_grad
+                else [None] * len(params)  # no graph at all: every gradient is 0
             )
-        worst = max(worst, gap / scale)
+        exact = sum(float((gp * v).sum()) for gp, v in zip(grads, direction) if gp is not None)
+
+        def at(step: float, run=run) -> float:  # the value with the parameters moved by step·v
+            with torch.no_grad():
+                for p, v in zip(params, direction):
+                    p.add_(step * v)
+                try:
+                    return float(_seeded(run, seed, devices))
+                finally:
+                    for p, v in zip(params, direction):
+                        p.sub_(step * v)
+
+        central = lambda eps, at=at: (at(eps) - at(-eps)) / (2 * eps)  # noqa: E731
+        worst = max(
+            worst, _compare_directional(name, what, "the parameters", exact, central, atol)
+        )
     return worst
 
 
@@ -343,9 +368,8 @@ def _check_input_gradients(
         v = draw(base)
 
         def at(point: Tensor, run=run, wrt=wrt) -> Tensor:
-            with torch.random.fork_rng(devices=devices):  # the same draws every time
-                torch.manual_seed(seed)
-                return run(x, point) if wrt == "context" else run(point, context)
+            call = (lambda: run(x, point)) if wrt == "context" else (lambda: run(point, context))
+            return _seeded(call, seed, devices)
 
         leaf = base.clone().requires_grad_(True)
         with torch.enable_grad():
@@ -361,18 +385,7 @@ def _check_input_gradients(
             with torch.no_grad():
                 return (float(at(base + eps * v)) - float(at(base - eps * v))) / (2 * eps)
 
-        numeric = central(1e-6)
-        gap, scale = abs(exact - numeric), max(1.0, abs(numeric), abs(exact))
-        if gap > 1e2 * atol * scale:  # Richardson's extrapolation cancels the ε² error: an
-            numeric = (4 * central(5e-7) - numeric) / 3  # input near a Tanh's ends (curvature)
-            gap, scale = abs(exact - numeric), max(1.0, abs(numeric), abs(exact))
-        if gap > 1e2 * atol * scale:
-            raise AssertionError(
-                f"{name}: the {what}'s gradient with respect to {wrt} differs from central "
-                f"differences by {gap:.3g} (autograd {exact:.6g}, numeric {numeric:.6g}): is "
-                f"{wrt} cut from its graph (.detach(), .data)?"
-            )
-        worst = max(worst, gap / scale)
+        worst = max(worst, _compare_directional(name, what, wrt, exact, central, atol))
     return worst
 
 

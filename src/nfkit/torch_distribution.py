@@ -24,9 +24,9 @@ __all__ = ["FlowDistribution"]
 
 def _kind(low_finite: bool, high_finite: bool) -> str:
     """Which ends a column's support has."""
-    return {(True, True): "interval", (True, False): "greater_than"}.get(
-        (low_finite, high_finite), "less_than" if high_finite else "real"
-    )
+    if low_finite:
+        return "interval" if high_finite else "greater_than"
+    return "less_than" if high_finite else "real"
 
 
 def _constraint(kind: str, low: Tensor, high: Tensor) -> Any:

@@ -183,14 +183,10 @@ def _same_on_every_rank(where: str, x: Tensor, c: Tensor | None, w: Tensor | Non
     """Every process must hold the same rows (each trains on its shard of the same global
     batches): compared by :func:`_fingerprint`; a mismatch is refused on every rank alike (it
     hung, or trained on mismatched batches)."""
-    mine = (x.shape[0], _fingerprint(x, c, w).tolist())
+    mine = (x.shape[0], _fingerprint(x, c, w))
     every: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
-    if any(
-        other[0] != mine[0]
-        or not torch.allclose(torch.tensor(other[1]), torch.tensor(every[0][1]))
-        for other in every
-    ):
+    if any(other[0] != mine[0] or not _same_data(other[1], mine[1]) for other in every):
         rows = ", ".join(f"rank {r}: {other[0]} rows" for r, other in enumerate(every))
         raise ValueError(
             f"{where}: the processes were given different training data ({rows}; or the same "
@@ -652,6 +648,11 @@ def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor
     return torch.cat([flat.sum(0), flat.square().sum(0), position @ flat]).cpu()
 
 
+def _same_data(a: Tensor, b: Tensor) -> bool:
+    """Whether two :func:`_fingerprint` s are of the same rows (up to the rounding of the sums)."""
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
 def _damaged(where: str, checkpoint: Any, e: BaseException) -> ValueError:
     """The one-line error for a checkpoint whose fields are missing or malformed."""
     detail = " ".join(str(e).split())[:160]
@@ -744,20 +745,14 @@ def _restore(
     saved = state.get("data")  # older checkpoints have no fingerprint
     if saved is not None and data.numel() and saved.numel() == data.numel() * 2 // 3:
         data = data[: saved.numel()]  # made before row order was fingerprinted: sums alone
-    if saved is not None and not (
-        saved.shape == data.shape and torch.allclose(saved, data, rtol=1e-6, atol=1e-9)
-    ):
+    if saved is not None and not _same_data(saved, data):
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made on other training data (the "
             "rows, their order or the weights differ): resume on the same data, or give "
             "another checkpoint path"
         )
     held = state.get("val_data")  # older checkpoints: not recorded
-    if held is not None and not (
-        val_data is not None
-        and held.shape == val_data.shape
-        and torch.allclose(held, val_data, rtol=1e-6, atol=1e-9)
-    ):
+    if held is not None and (val_data is None or not _same_data(held, val_data)):
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with other held-out rows (val=, "
             "val_weights= or the split): early stopping compared them; resume with the same "

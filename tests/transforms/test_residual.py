@@ -231,9 +231,15 @@ def test_series_logdet_broadcasts_x_against_the_context(mode: str) -> None:
 
 def test_context_of_the_wrong_width_is_named() -> None:
     b = ResidualBlock(2, context=2, hidden=(8,))
-    with pytest.raises(ValueError, match=r"ResidualBlock.forward: context must have 2 features"):
+    with pytest.raises(
+        ValueError,
+        match=r"^ResidualBlock.forward: expected a context of last dim 2, got shape \(3, 1\)$",
+    ):
         b(torch.randn(3, 2), torch.randn(3, 1))
-    with pytest.raises(ValueError, match=r"ResidualBlock.inverse: context must have 2 features"):
+    with pytest.raises(
+        ValueError,
+        match=r"^ResidualBlock.inverse: expected a context of last dim 2, got shape \(3, 1\)$",
+    ):
         b.inverse(torch.randn(3, 2), torch.randn(3, 1))
 
 

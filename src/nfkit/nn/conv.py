@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_positive_int, shape_str, shown
+from nfkit._checks import check_hidden, check_positive_int, require_context, shape_str, shown
 
 __all__ = ["ConvNet", "ConvResNet", "broadcast_cat_channels"]
 
@@ -64,11 +64,7 @@ class _ImageNet(nn.Module):
                 if self.context
                 else f"{self._where}.forward: this network takes no context, but one was given"
             )
-        if context is not None and context.shape[-1] != self.context:
-            raise ValueError(
-                f"{self._where}.forward: expected a context of last dim {self.context}, got "
-                f"shape {shape_str(context.shape)}"
-            )
+        require_context(f"{self._where}.forward", context, self.context)  # its width
         h = broadcast_cat_channels(x, context)
         batch = h.shape[:-3]
         out = self._body(h.reshape(-1, *h.shape[-3:]))

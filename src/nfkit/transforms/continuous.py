@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_number, check_positive_int, shown
+from nfkit._checks import check_hidden, check_number, check_positive_int, require_context, shown
 from nfkit._numerics import refuse_export
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, broadcast_cat
@@ -254,11 +254,7 @@ class ContinuousFlow(Transform):
         if (context is None) != (self.context_features == 0):
             expected = f"a context of last dim {self.context_features}"
             raise ValueError(f"{where}: expected {expected if context is None else 'no context'}")
-        if context is not None and context.shape[-1] != self.context_features:
-            raise ValueError(
-                f"{where}: expected a context of last dim {self.context_features}, "
-                f"got shape {tuple(context.shape)}"
-            )
+        require_context(where, context, self.context_features)  # its width
         refuse_export("an ODE solve")
         import torchdiffeq  # a declared dependency, imported on first use
 

@@ -229,8 +229,6 @@ class ResidualBlock(Transform):
     def _check_context(self, where: str, context: Tensor | None) -> None:
         # An unconditional block ignores a context (as every layer of a Compose receives it).
         require_context(f"ResidualBlock.{where}", context, self.context_features)
-        if context is not None and self.context_features:
-            check_size(f"ResidualBlock.{where}", context, -1, self.context_features, "context")
 
     def _broadcast(self, x: Tensor, context: Tensor | None) -> Tensor:
         """``x`` expanded to the batch it shares with ``context`` (a view)."""
