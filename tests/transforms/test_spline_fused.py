@@ -62,8 +62,12 @@ def test_values_match_reference(seed, bins, scale, bound, mins, inverse, circula
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     inner = x.abs() < bound if circular else torch.ones_like(x, dtype=torch.bool)
     torch.testing.assert_close(ladj[inner], l_ref[inner], rtol=1e-9, atol=1e-9)
-    # a circle's ends (and inputs clamped to them): ξ at 0 or 1, the two round differently
-    torch.testing.assert_close(ladj[~inner], l_ref[~inner], rtol=1e-7, atol=1e-7)
+    # a circle's ends (and inputs clamped to them): ξ is exactly 0 or 1 there; the reference's
+    # inverse finds it as a root with cancellation (up to ~1e-6 off with steep derivatives), its
+    # forward exactly; the ends are fixed points, so there the inverse's is minus the forward's
+    if circular and inverse:
+        l_ref = -_reference(x.clamp(-bound, bound), params, bound, False, mins, circular)[1]
+    torch.testing.assert_close(ladj[~inner], l_ref[~inner], rtol=1e-9, atol=1e-9)
 
 
 @given(

@@ -173,6 +173,9 @@ def _locals(
         sdy = s * dy
         disc = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0)
         xi = (sdy + sdy).div_(b + disc.sqrt_()).clamp_(0, 1)
+    if circular:  # a circle's ends are the spline's: ξ exactly 0 or 1 there (the knots' rounding
+        # and the root's cancellation put the inverse's ξ ~1e-9 off with steep derivatives)
+        xi = xi.masked_fill(xc <= -bound, 0.0).masked_fill_(xc >= bound, 1.0)
     # no tails on a circle: every input (clamped) is the spline's, its ends included
     inside = torch.ones_like(x, dtype=torch.bool) if circular else x.abs() < bound
     if not ladj:
