@@ -252,4 +252,14 @@ class _NoisyRepr(Doubling):
 )
 def test_check_flow_catches(transform: nf.Transform, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
+        check_flow(_flow(transform), jacobian=False)  # the flow's own checks
+    with pytest.raises(AssertionError):  # check_transform too (perhaps first)
         check_flow(_flow(transform))
+
+
+def test_check_flow_checks_its_transform() -> None:
+    """An ``inverse_value`` 1e-3 off passes the flow's own checks; check_transform sees it."""
+    flow = _flow(Doubling(inverse_value=True))
+    check_flow(flow, jacobian=False)
+    with pytest.raises(AssertionError, match=r"inverse_value\(z\) vs inverse\(z\)\[0\]"):
+        check_flow(flow)

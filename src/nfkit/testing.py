@@ -396,6 +396,7 @@ def check_flow(
     n: int = 16,
     atol: float = 1e-6,
     jacobian: bool = True,
+    atol_inverse: float = 1e-8,
 ) -> None:
     r"""zuko's checklist for a whole flow (float64 recommended).
 
@@ -403,6 +404,9 @@ def check_flow(
     autograd; that every parameter gets a gradient; ``sample``/``rsample`` shapes and gradients;
     that ``sample_and_log_prob`` matches ``log_prob`` of the same samples; a ``state_dict`` round
     trip through ``torch.load(weights_only=True)``; and that ``repr`` leaves the RNG untouched.
+    With ``jacobian``, also :func:`check_transform` on the flow's transform at a few of its own
+    samples (embedded context; inverse to ``atol_inverse``, parameter and input gradients
+    in float64).
     """
     name = flow.config.get("model", type(flow).__name__)
     event = tuple(flow.event_shape)
@@ -424,6 +428,9 @@ def check_flow(
             lambda u: flow.transform(u, ctx)[0], x, len(flow.event_shape)
         )
         _close(name, "log_prob vs change of variables", lp, ref, atol, rtol=atol)
+        check_transform(
+            flow.transform, x[: min(n, 5)], ctx, atol_inverse=atol_inverse, atol_ladj=atol
+        )
 
     if any(p.requires_grad for p in flow.parameters()):  # a flow of fixed maps has none
         flow.zero_grad()
