@@ -241,6 +241,24 @@ def test_non_finite_parameters_give_a_one_line_error() -> None:
         ContinuousFlow(2, hidden=(8,))(torch.tensor([[float("nan"), 0.0]]))
 
 
+def test_a_solve_past_max_steps_stops_with_a_one_line_error() -> None:
+    """A stiff field (large weights, tight tolerances): the adaptive solve stops at
+    ``max_steps`` tries and says so, instead of running on; the setting is in the config."""
+    flow = nf.models.FFJORD(2, hidden=(8,), atol=1e-9, rtol=1e-9, max_steps=5).double().eval()
+    assert flow.config["max_steps"] == 5
+    nf.testing.perturb_parameters(flow, 3.0)
+    with pytest.raises(
+        ValueError,
+        match=r"^ContinuousFlow.forward: the dopri5 solve failed \(more than max_steps=5 "
+        r"steps\): the field is too stiff or blows up \(.*raise max_steps",
+    ):
+        flow.log_prob(torch.randn(3, 2, dtype=torch.float64))
+    flow.transform[0].max_steps = 100_000
+    assert flow.log_prob(torch.randn(3, 2, dtype=torch.float64)).isfinite().all()
+    with pytest.raises(ValueError, match="^FFJORD: max_steps must be"):
+        nf.models.FFJORD(2, max_steps=0)
+
+
 def test_context_of_the_wrong_width_and_factory_errors_are_named() -> None:
     with pytest.raises(
         ValueError,

@@ -32,6 +32,7 @@ def FFJORD(
     sample_steps: int | None | Sequence[int | None] = None,
     adjoint: bool = False,
     t1: float = 1.0,
+    max_steps: int = 10_000,
     base: str = "normal",
 ) -> Flow:
     r"""FFJORD: ``blocks`` continuous-flow blocks (:class:`~nfkit.transforms.ContinuousFlow`).
@@ -50,6 +51,8 @@ def FFJORD(
     and ``.sample_steps``). Either may be a list with one entry per block; ``nf.save`` records
     the blocks' settings as they are (a list where they differ).
     ``adjoint=True`` back-propagates with the adjoint method (memory independent of the steps).
+    An adaptive solve that needs more than ``max_steps`` steps raises a one-line ``ValueError``
+    (a field grown stiff in training) instead of running on.
     ``time_features=K`` feeds ``K`` Fourier features of ``t`` to the field beside ``t``.
 
     The adaptive solver's step control spans the batch, so results depend on the batch:
@@ -87,6 +90,7 @@ def FFJORD(
                 sample_steps=counts[i],
                 adjoint=adjoint,
                 t1=t1,
+                max_steps=max_steps,
             )
             for i in range(blocks)
         ]

@@ -129,6 +129,9 @@ class ContinuousFlow(Transform):
         adjoint: Back-propagate with ``torchdiffeq.odeint_adjoint`` (memory O(1) in the number
             of steps; gradients agree with direct back-propagation to the solver tolerance).
         t1: Integration time.
+        max_steps: Most steps (accepted or rejected) an adaptive solve may take; beyond them it
+            raises a one-line ``ValueError`` rather than run on (a field grown stiff in
+            training can need millions).
 
     Shapes:
         x ``(*batch, D)``, context ``(*cbatch, C)`` → z ``(*broadcast, D)``, ladj ``(*broadcast,)``.
@@ -149,7 +152,8 @@ class ContinuousFlow(Transform):
         in chunks (``chunk_size``) agree to the solver's tolerance, not bitwise (1.3e-4 apart with
         the default tolerances, float64, 3000 rows in chunks of 500). Fixed-step solvers treat
         every row alike (the same grid). A failed adaptive solve (the step size underflowing,
-        e.g. under NaN parameters) raises a one-line ``ValueError`` naming the cause.
+        e.g. under NaN parameters, or more than ``max_steps`` steps) raises a one-line
+        ``ValueError`` naming the cause.
 
     References:
         Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2018), "FFJORD: Free-form continuous
@@ -184,6 +188,7 @@ class ContinuousFlow(Transform):
         sample_steps: int | None = None,
         adjoint: bool = False,
         t1: float = 1.0,
+        max_steps: int = 10_000,
     ) -> None:
         super().__init__()
         where = "ContinuousFlow"
@@ -201,6 +206,7 @@ class ContinuousFlow(Transform):
         for name, value in (("atol", atol), ("rtol", rtol), ("t1", t1)):
             check_number(where, name, value, 0.0)
         self.steps = check_positive_int(where, "steps", steps)
+        self.max_steps = check_positive_int(where, "max_steps", max_steps)
         self.sample_solver = sample_solver  # (checked by the properties below)
         self.sample_steps = sample_steps
         self.time_dependent = bool(time_dependent)
@@ -283,6 +289,8 @@ class ContinuousFlow(Transform):
         }
         if solver in _FIXED_STEP:  # exactly `steps` equal steps (a step_size may add one)
             kwargs["options"] = {"grid_constructor": _grid(steps)}
+        else:  # steps tried, accepted or not, per solve
+            kwargs["options"] = {"max_num_steps": self.max_steps}
         state = (x, torch.zeros_like(x[..., 0])) if trace else x
         try:
             if self.adjoint:
@@ -295,9 +303,12 @@ class ContinuousFlow(Transform):
             else:
                 path = torchdiffeq.odeint(func, state, times, **kwargs)
         except AssertionError as e:  # torchdiffeq's step control gives up with an assert
-            if not str(e).startswith(("underflow in dt", "non-finite values in state")):
+            if str(e).startswith("max_num_steps exceeded"):
+                how = f"more than max_steps={self.max_steps} steps"
+            elif str(e).startswith(("underflow in dt", "non-finite values in state")):
+                how = "its step size underflowed to 0" if "underflow" in str(e) else "NaN or inf"
+            else:
                 raise
-            how = "its step size underflowed to 0" if "underflow" in str(e) else "NaN or inf"
             cause = self._failure(x, context, t0)
             raise ValueError(f"{where}: the {solver} solve failed ({how}): {cause}") from None
         return (path[0][-1], path[1][-1]) if trace else (path[-1], None)
@@ -311,7 +322,10 @@ class ContinuousFlow(Transform):
         with torch.no_grad():
             if not bool(self.velocity(x, t0, context).isfinite().all()):
                 return "the field is NaN or inf at the input"
-        return "the field is too stiff or blows up (loosen atol/rtol, or use a fixed-step solver)"
+        return (
+            "the field is too stiff or blows up (loosen atol/rtol, raise max_steps, or use a "
+            "fixed-step solver)"
+        )
 
     def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """The vector field ``f(x, t, c)``, shape of ``x`` (broadcast with the context's batch).
