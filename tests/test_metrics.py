@@ -220,6 +220,13 @@ def test_pareto_k_recovers_a_known_tail_and_reads_the_extremes() -> None:
     assert nf.metrics.pareto_k(torch.zeros(100)) == -math.inf  # q ∝ p̃: no tail
     rounded = 1.8 + 1e-7 * torch.randn(8192, generator=torch.Generator().manual_seed(0))
     assert nf.metrics.pareto_k(rounded) == -math.inf  # an exact fit, up to float32 rounding
+    # float32 rounding levels of an exact fit in 60 dimensions (log p̃ and log q near -85,
+    # log w on a few levels 1e-5 apart): no tail either, rather than "a handful of draws"
+    levels = torch.tensor([0.0, 7.6e-6, -7.6e-6, 1.5e-5, -1.5e-5], dtype=torch.float64)
+    assert nf.metrics.pareto_k(levels[torch.arange(8192) % 5]) == -math.inf
+    flow = nf.Flow(nf.transforms.Identity(), nf.distributions.StandardNormal(60))
+    exact = nf.metrics.importance_sampling(flow, nf.targets.gaussian(torch.zeros(60)), seed=0)
+    assert exact.reliable and exact.pareto_k == -math.inf
     few = torch.full((1000,), -math.inf)
     few[:3] = torch.tensor([0.0, 1.0, 2.0])
     assert nf.metrics.pareto_k(few) == math.inf  # three draws carry all the weight
@@ -331,3 +338,32 @@ def test_importance_sampling_refusals_and_context() -> None:
         plain, lambda x: torch.where(x[:, 0] > 0, -0.5 * (x**2).sum(-1), -math.inf), 2000, seed=0
     )
     assert half.ess == pytest.approx(0.5, abs=0.05)
+
+
+def test_argument_refusals_are_one_line() -> None:
+    """Empty inputs, a seed torch cannot take, a matrix of log-weights."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    conditional = nf.models.MAF(2, context=1, transforms=1, hidden=(8,))
+    calls = [
+        (lambda: nf.metrics.coverage(flow, torch.zeros(0, 2), samples=10), "theta has no rows"),
+        (
+            lambda: nf.metrics.coverage(conditional, torch.zeros(0, 2), torch.zeros(0, 1)),
+            "theta has no rows",
+        ),
+        (
+            lambda: nf.metrics.coverage(flow, torch.zeros(5, 2), samples=10, seed="a"),
+            "seed must be an int or None, got 'a'",
+        ),
+        (
+            lambda: nf.metrics.importance_sampling(flow, nf.targets.gaussian(), 50, seed=2**64),
+            r"seed must lie in \[-2\*\*63, 2\*\*64\)",
+        ),
+        (lambda: nf.metrics.pareto_k(torch.randn(100, 3)), r"must have shape \(S,\), got \(100, 3\)"),
+        (
+            lambda: nf.metrics.bits_per_dim(flow, torch.zeros(0, 2), levels=256, dequantize=False),
+            "x has no rows to average over",
+        ),
+    ]
+    for call, message in calls:
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()

@@ -51,6 +51,8 @@ def test_gaussian_refusals_are_one_line() -> None:
         ({"scale": math.inf}, "scale must be positive and finite"),
         ({"scale": 0.0}, "scale must be positive and finite"),
         ({"loc": math.nan}, "loc must be finite"),
+        ({"loc": [0.0, 0.0], "scale": [1.0, 1.0, 1.0]}, "loc has 2 entries and scale 3"),
+        ({"loc": torch.zeros(2, 2)}, r"numbers or vectors \(D,\), got shapes \(2, 2\)"),
     ):
         with pytest.raises(ValueError, match=message):
             nf.targets.gaussian(**kwargs)

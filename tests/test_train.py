@@ -468,6 +468,38 @@ def test_fit_vi_refuses_a_target_without_a_gradient(log_density) -> None:
         nf.fit_vi(_small(), log_density, steps=2, batch_size=8, progress=False)
 
 
+def test_fit_vi_refuses_an_empty_context_and_a_seed_out_of_range() -> None:
+    flow = _small(context=1)
+    target = lambda x, c: -x.square().sum(-1)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^nf.fit_vi: context has no rows \(shape \(0, 1\)\)$"):
+        nf.fit_vi(flow, target, context=torch.zeros(0, 1), steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"^nf.fit_vi: seed must lie in"):
+        nf.fit_vi(flow, target, context=torch.zeros(1), steps=2, progress=False, seed=-(2**63) - 1)
+
+
+def test_fit_vi_counts_the_draws_of_every_context() -> None:
+    """A target NaN at the final estimate over 50 contexts: every one of S × 50 draws."""
+
+    def target(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        lp = -x.square().sum(-1)
+        return lp if torch.is_grad_enabled() else torch.full_like(lp, math.nan)
+
+    with pytest.raises(ValueError, match="log_density is NaN at 5000 of 5000 draws"):
+        nf.fit_vi(
+            _small(context=1), target, context=torch.zeros(50, 1), steps=1, batch_size=4,
+            progress=False, seed=0, n_estimate=100,
+        )  # fmt: skip
+
+
+def test_fit_vi_takes_a_flat_target() -> None:
+    """A constant log-density (uniform on a box the flow is bounded to) has no graph in x but
+    a true gradient of 0: maximum entropy on the box, log Z = log(2 · 1)."""
+    inner = nf.models.RealNVP(2, transforms=2, hidden=(8,))
+    box = nf.Flow(nf.Compose(nf.transforms.Bounded([0.0, 0.0], [2.0, 1.0]), inner.transform), inner.base)
+    h = nf.fit_vi(box, lambda x: torch.zeros(x.shape[:-1]), steps=30, batch_size=64, progress=False, seed=0)
+    assert h.log_normalizer == pytest.approx(math.log(2.0), abs=0.05), h.log_normalizer
+
+
 def test_fit_vi_names_a_target_that_is_minus_inf_at_the_draws() -> None:
     """-inf outside the target's support at training draws: the error counts the draws and
     names the remedy (a Bounded layer), and Bounded in front of the flow then trains."""

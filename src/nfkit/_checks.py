@@ -294,6 +294,8 @@ def resolve_seed(where: str, seed: object) -> int:
     value = as_int(seed)
     if value is None:
         raise TypeError(f"{where}: seed must be an int or None, got {shown(seed)}")
+    if not -(2**63) <= value < 2**64:  # torch.manual_seed's range
+        raise ValueError(f"{where}: seed must lie in [-2**63, 2**64), got {value}")
     return value
 
 

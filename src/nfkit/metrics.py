@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_number, check_positive_int, check_tensor, shown
+from nfkit._checks import check_number, check_positive_int, check_tensor, resolve_seed, shown
 from nfkit.core import context_tensor, dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
@@ -215,6 +215,8 @@ def bits_per_dim(
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     dtype, device = dtype_device(flow)
     x = check_tensor(where, "x", x.to(dtype=dtype, device=device))
+    if reduction == "mean" and x.numel() == 0:
+        raise ValueError(f"{where}: x has no rows to average over")
     high = levels - 1 if dequantize else levels
     if bool(((x < 0) | (x > high)).any()):
         raise ValueError(
@@ -405,6 +407,7 @@ def coverage(
             "a conditional flow; held-out rows alone: an unconditional one)"
         )
     samples = check_positive_int(where, "samples", samples)
+    seed = None if seed is None else resolve_seed(where, seed)
     grid = np.asarray(levels, dtype=np.float64)
     if grid.ndim != 1 or not len(grid) or not bool(((grid > 0) & (grid < 1)).all()):
         raise ValueError(f"{where}: levels must be numbers in (0, 1), got {shown(levels)}")
@@ -419,6 +422,8 @@ def coverage(
             f"{where}: theta (and context) must be tables with the same number of rows, got "
             f"shapes {got}"
         )
+    if rows == 0:
+        raise ValueError(f"{where}: theta has no rows")
     block = max(1, 2**16 // samples)
     devices = [device] if device is not None and device.type == "cuda" else []
     was_training = flow.training
@@ -491,11 +496,16 @@ def pareto_k(log_weights: Tensor) -> float:
     Returns:
         ``k̂``; ``-inf`` when the largest weights are all equal (no tail: ``q ∝ p̃`` there;
         log-weights within ``1e-6`` of each other, relative to their size, count as equal:
-        float32 rounding of an exact fit), ``inf`` when fewer than 5 of them exceed the
-        threshold (a handful of draws carry all the weight).
+        float32 rounding of an exact fit), ``inf`` when fewer than 5 distinct values exceed
+        the threshold (a handful of draws carry all the weight) — unless the largest weight
+        is within 1% of the threshold: then the few values are rounding levels of equal
+        weights (an exact float32 fit in many dimensions, ``log w`` rounded on the scale of
+        ``log p̃`` and ``log q``), and ``-inf`` again.
     """
     where = "nf.metrics.pareto_k"
-    lw = check_tensor(where, "log_weights", log_weights).detach().double().flatten()
+    lw = check_tensor(where, "log_weights", log_weights).detach().double()
+    if lw.dim() != 1:
+        raise ValueError(f"{where}: log_weights must have shape (S,), got {tuple(lw.shape)}")
     if lw.numel() < 25:
         raise ValueError(f"{where}: needs at least 25 log-weights, got {lw.numel()}")
     if bool(torch.isnan(lw).any()) or bool((lw == math.inf).any()):
@@ -512,8 +522,10 @@ def pareto_k(log_weights: Tensor) -> float:
     scaled = torch.exp(top - top[-1])  # the largest weight is 1
     x = scaled[1:] - scaled[0]  # exceedances over the threshold, ascending
     x = x[x > 0]
-    if x.numel() < 5 or bool(x[0] == x[-1]):
-        return math.inf  # a handful of weights carry everything
+    if x.numel() < 5 or bool(x[0] == x[-1]):  # too few distinct exceedances to fit a tail:
+        # rounding levels of equal weights (all within 1%: no tail), else a handful of draws
+        # carrying everything
+        return -math.inf if float(top[-1] - top[0]) < math.log1p(0.01) else math.inf
     return _gpd_shape(x)
 
 
@@ -541,7 +553,8 @@ def target_log_density(
 ) -> Tensor:
     """``log p̃(x)`` (given ``context``), checked to be one value per sample: the shape of
     ``like`` (the flow's ``log q``), and differentiable in ``x`` when ``x`` carries a gradient
-    (a reverse-KL step). Shape and graph checks only: no host sync."""
+    (a reverse-KL step), unless it is the same for every draw (a flat target: its gradient is
+    0). Shape and graph checks only: no host sync but for a value without a graph."""
     if context is not None:
         try:
             inspect.signature(log_density).bind(x, context)
@@ -559,7 +572,12 @@ def target_log_density(
             f"{where}: log_density must return one value per sample, a tensor of shape "
             f"{tuple(like.shape)} for samples of shape {tuple(x.shape)}; got {got}"
         )
-    if x.requires_grad and torch.is_grad_enabled() and not log_p.requires_grad:
+    if (
+        x.requires_grad
+        and torch.is_grad_enabled()
+        and not log_p.requires_grad
+        and not bool((log_p == log_p[:1]).all())  # a flat target: its gradient is 0
+    ):
         raise ValueError(
             f"{where}: log_density returned a value without a gradient in x (computed through "
             "NumPy, .detach(), .item(), an integer dtype or rounding?); the reverse KL needs "
@@ -656,12 +674,12 @@ def check_log_weights(where: str, log_weights: Tensor) -> None:
     ``log p̃`` would count as weight 0 and bias every estimate silently) or none finite in
     some context (``q`` puts no mass where the target has any); ``-inf`` is a draw outside the
     target's support."""
-    samples = log_weights.shape[0]
+    draws = log_weights.numel()  # (S, *contexts): a draw per sample and context
     for bad, what in ((torch.isnan(log_weights), "NaN"), (log_weights == math.inf, "+inf")):
         count = int(bad.sum())
         if count:
             raise ValueError(
-                f"{where}: log_density is {what} at {count} of {samples} draws; return a finite "
+                f"{where}: log_density is {what} at {count} of {draws} draws; return a finite "
                 "log-density, or -inf outside the target's support"
             )
     if not bool(torch.isfinite(log_weights).any(0).all()):
@@ -730,6 +748,7 @@ class ImportanceSampling:
         """``n`` draws (with replacement) from the samples with probabilities ``w̄``:
         sampling-importance-resampling, approximately from ``p`` when :attr:`reliable`."""
         n = check_positive_int("ImportanceSampling.resample", "n", n)
+        seed = None if seed is None else resolve_seed("ImportanceSampling.resample", seed)
         g = None if seed is None else torch.Generator().manual_seed(seed)
         index = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=g)
         return self.samples[index.to(self.samples.device)]
@@ -779,6 +798,7 @@ def importance_sampling(
         raise TypeError(f"{where}: log_density must be callable, got {type(log_density).__name__}")
     samples = check_positive_int(where, "samples", samples)
     chunk_size = check_positive_int(where, "chunk_size", chunk_size)
+    seed = None if seed is None else resolve_seed(where, seed)
     if context is not None:
         check_tensor(where, "context", context)
         if context.dim() != 1:

@@ -82,7 +82,18 @@ def gaussian(loc: Tensor | float = 0.0, scale: Tensor | float = 1.0) -> Callable
         raise ValueError("nf.targets.gaussian: loc must be finite")
     if not bool(((scale_t > 0) & torch.isfinite(scale_t)).all()):
         raise ValueError("nf.targets.gaussian: scale must be positive and finite")
-    width = torch.broadcast_shapes(loc_t.shape[-1:], scale_t.shape[-1:])
+    if loc_t.dim() > 1 or scale_t.dim() > 1:
+        raise ValueError(
+            f"nf.targets.gaussian: loc and scale must be numbers or vectors (D,), got shapes "
+            f"{tuple(loc_t.shape)} and {tuple(scale_t.shape)}"
+        )
+    try:
+        width = torch.broadcast_shapes(loc_t.shape, scale_t.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"nf.targets.gaussian: loc has {loc_t.numel()} entries and scale "
+            f"{scale_t.numel()}: give them the same length (or one a number)"
+        ) from None
 
     def log_density(x: Tensor) -> Tensor:
         if width and width[0] > 1 and x.shape[-1] != width[0]:

@@ -1243,6 +1243,8 @@ def fit_vi(
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
         context = context.to(device=dev, dtype=dtype)
     check_context(where, context, flow.context_features)  # width, finite; before any step
+    if context is not None and context.numel() == 0:
+        raise ValueError(f"{where}: context has no rows (shape {tuple(context.shape)})")
     if not getattr(flow.base, "reparameterized", True):
         fix = (
             "fit a flow factory (IAF, RealNVP, NSF, ...) instead"
