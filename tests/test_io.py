@@ -56,6 +56,30 @@ def test_load_keeps_dtype_and_device_argument(tmp_path) -> None:
     torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x))
 
 
+def test_a_float64_flow_keeps_its_exact_support_through_save_and_load(tmp_path) -> None:
+    """Bounds float32 rounds outwards (0.7, 1.1) or inwards (0.1, 0.9): the loaded flow checks
+    the exact ends as the saved one did (it checked float32-rounded ends against exact buffers:
+    0.69999999 scored NaN, 0.8999999999 was refused), and torch's default dtype is restored."""
+    g = torch.Generator().manual_seed(0)
+    for (low, high), outside, inside in (
+        ((0.7, 1.1), 0.69999999, 1.0999999999),
+        ((0.1, 0.9), 0.09999999, 0.8999999999),
+    ):
+        x = low + (high - low) * torch.rand(100, 1, generator=g, dtype=torch.float64)
+        inner = nf.models.MAF(1, transforms=1, hidden=(8,)).double()
+        flow = nf.models.standardize(inner, x, bounds=(low, high))
+        nf.save(flow, tmp_path / "m.pt")
+        loaded = nf.load(tmp_path / "m.pt")
+        assert torch.get_default_dtype() == torch.float32
+        assert loaded.transform.domain == flow.transform.domain
+        rows = torch.tensor([[inside]], dtype=torch.float64)
+        torch.testing.assert_close(loaded.log_prob(rows), flow.log_prob(rows), rtol=0, atol=0)
+        assert loaded.log_prob(rows).isfinite().all()
+        for model in (flow, loaded):
+            with pytest.raises(ValueError, match="outside the support"):
+                model.log_prob(torch.tensor([[outside]], dtype=torch.float64))
+
+
 def test_atomic_save_keeps_old_file_on_failure(tmp_path) -> None:
     path = tmp_path / "m.pt"
     nf.save(_flow(), path)

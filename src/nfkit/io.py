@@ -13,6 +13,7 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import itertools
@@ -21,7 +22,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -376,6 +377,18 @@ def _same_entry(saved: str | None, built: str | None) -> bool:
     return saved == built or ("[" not in saved and built.split(" [", 1)[0] == saved)
 
 
+@contextlib.contextmanager
+def _built_in(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` (float32 or float64) for a block, then restored."""
+    before = torch.get_default_dtype()
+    if dtype in (torch.float32, torch.float64):
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -466,7 +479,9 @@ def load_with_header(
         "format_version": version,
         "training": record if isinstance(record, dict) else None,
     }
-    with torch.random.fork_rng(devices=[]):  # a rebuilt flow's random init is overwritten
+    # a rebuilt flow's random init is overwritten; it is built in the saved dtype, so values
+    # read from the config into plain numbers (a Bounded layer's support) round as they did
+    with torch.random.fork_rng(devices=[]), _built_in(dtype):
         flow = _architecture(where, path, payload, config, into)
     _check_weights(where, path, flow, state)  # before into= is changed at all
     flow = flow.to(dtype=dtype)
