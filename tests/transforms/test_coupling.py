@@ -39,5 +39,8 @@ def test_a_custom_conditioner_of_the_wrong_width_is_refused() -> None:
         t(torch.randn(3, 4))
     with pytest.raises(ValueError, match="Coupling: needs features >= 2"):
         nf.transforms.Coupling(1, nf.transforms.AffineTransformer(), conditioner=Narrow())
+    # images: the default MLP would read the width (a matmul error, or W = n_a ran silently)
+    with pytest.raises(ValueError, match=r"^Coupling: dim=-3 needs a conditioner \(e.g. nf.nn"):
+        nf.transforms.Coupling(4, nf.transforms.AdditiveTransformer(), dim=-3)
     with pytest.raises(ValueError, match="reflections must be an integer >= 1, got 0"):
         nf.transforms.Householder(3, reflections=0)

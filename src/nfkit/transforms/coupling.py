@@ -68,8 +68,8 @@ class Coupling(Transform):
             ``RQSplineTransformer()`` (coupling NSF).
         context: Context size for the default MLP conditioner.
         mask: Boolean ``(features,)``, True where coordinates are transformed; default alternating.
-        conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP,
-            whose output starts at ``transformer.initial_params()`` for every feature (a custom
+        conditioner: Module ``(x_a, context) -> θ`` of shape ``(*, n_b · P, *rest)``; default MLP
+            (vectors, ``dim=-1``; other ``dim`` need one), whose output starts at ``transformer.initial_params()`` for every feature (a custom
             conditioner should start there too).
         hidden: Hidden widths of the default conditioner.
         residual: Residual blocks in the default conditioner (equal hidden widths; see
@@ -132,6 +132,11 @@ class Coupling(Transform):
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
         if conditioner is None:
+            if dim != -1:
+                raise ValueError(
+                    f"Coupling: dim={dim} needs a conditioner (e.g. nf.nn.ConvNet for images); "
+                    "the default MLP reads the last dim"
+                )
             period = transformer.select(tuple(self.idx_a.tolist())).period
             conditioner = MLPConditioner(n_a, n_b * p, context, hidden, residual, period=period)
             conditioner.net.set_output_bias(self._transformer_b().initial_params())
