@@ -127,6 +127,8 @@ def test_dequantized_columns_get_uniform_noise() -> None:
             "but ActNorm has trainable parameters",
         ),
         (lambda: nf.models.FFJORD(2, base="gmm"), "the flow's base is GaussianMixture"),
+        # a field blind to t trains silently to the wrong flow (sample std 0.88 for 0.5)
+        (lambda: nf.models.FFJORD(2, time_dependent=False), "this ContinuousFlow ignores t"),
     ],
 )
 def test_flows_flow_matching_cannot_train_are_refused_in_one_line(build, message) -> None:
@@ -148,9 +150,52 @@ def test_bad_objective_and_data_are_one_line_errors() -> None:
         nf.flow_matching_loss(nf.models.FFJORD(2, context=1), x, torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"x must be rows \(B, D\), got shape \(4, 16, 2\)"):
         nf.flow_matching_loss(nf.models.FFJORD(2), x.reshape(4, 16, 2))
-    bad = FlowMatchingNoise(torch.zeros(64, 2), torch.zeros(32))
-    with pytest.raises(ValueError, match=r"noise must hold z of x's shape \(64, 2\) and s of"):
-        nf.flow_matching_loss(nf.models.FFJORD(2), x, noise=bad)
+    z, s = torch.zeros(64, 2), torch.zeros(64)
+    quantized = nf.models.standardize(nf.models.FFJORD(2), x.round(), discrete=[0, 1])
+    for flow, noise, error, message in (
+        (
+            nf.models.FFJORD(2),
+            FlowMatchingNoise(z, s[:32]),
+            ValueError,
+            r"noise.s must be a tensor of shape \(64,\), got \(32,\)",
+        ),
+        (nf.models.FFJORD(2), (z, s), TypeError, "noise must be a FlowMatchingNoise, got tuple"),
+        (
+            nf.models.FFJORD(2),
+            FlowMatchingNoise(z.double(), s),
+            ValueError,
+            "noise.z is torch.float64 on cpu; x is torch.float32",
+        ),
+        (
+            nf.models.FFJORD(2),
+            FlowMatchingNoise(z + math.nan, s),
+            ValueError,
+            "noise.z holds NaN or inf",
+        ),
+        (
+            nf.models.FFJORD(2),
+            FlowMatchingNoise(z, s, z),
+            ValueError,
+            "noise.cells is for a DequantizedFlow",
+        ),
+        (
+            quantized,
+            FlowMatchingNoise(z, s),
+            ValueError,
+            r"noise.cells must be a tensor of shape \(64, 2\), got NoneType",
+        ),
+    ):
+        with pytest.raises(error, match=message):
+            nf.flow_matching_loss(flow, x.round() if flow is quantized else x, noise=noise)
+    # a context of other batch dims pairs every row with every context (a (B, B) loss)
+    with pytest.raises(
+        ValueError,
+        match=r"context must be \(B, C\) or \(1, C\) for x of shape \(64, 2\), got shape \(64, 1, 3\)",
+    ):
+        nf.flow_matching_loss(nf.models.FFJORD(2, context=3), x, torch.zeros(64, 1, 3))
+    assert nf.flow_matching_loss(nf.models.FFJORD(2, context=3), x, torch.zeros(1, 3)).shape == (
+        64,
+    )
     with pytest.raises(ValueError, match="x contains NaN values"):
         nf.flow_matching_loss(nf.models.FFJORD(2), torch.full((3, 2), math.nan))
 

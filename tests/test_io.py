@@ -185,6 +185,12 @@ def test_standardize_errors() -> None:
     with pytest.raises(ValueError, match="context was given"):
         nf.models.standardize(_flow(), torch.randn(10, 2), torch.randn(10, 1))
     where = "nf.models.standardize"
+    # a set summary's columns are exchangeable elements: an angle among them was pooled into
+    # the elements' statistics (the trials squashed) and read as two more elements
+    inner = nf.models.NSF(1, context=2, transforms=1, hidden=(8,)).config
+    sets = nf.models.Embedded(1, flow=inner, context=5, hidden=(8,), set_features=1)
+    with pytest.raises(ValueError, match=f"{where}: context_angles cannot be given for a set"):
+        nf.models.standardize(sets, torch.randn(20, 1), torch.randn(20, 4), context_angles=[0])
     with pytest.raises(TypeError, match=f"{where}: x must be a Tensor, NumPy array or DataFrame"):
         nf.models.standardize(_flow(), [[1.0, 2.0]] * 5)
     with pytest.raises(ValueError, match=f"{where}: x contains NaN or inf values"):

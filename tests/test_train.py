@@ -52,8 +52,19 @@ def test_fit_dataframe_context_and_errors() -> None:
         flow, pd.DataFrame(x.numpy(), columns=["a", "b"]), context=c, steps=40, progress=False
     )
     assert h.steps == 40
-    with pytest.raises(ValueError, match="same number of rows"):
+    with pytest.raises(
+        ValueError,
+        match=r"context must be a table \(n, C\) with a row per data row \(400\), got shape \(10, 1\)",
+    ):
         nf.fit(flow, x, context=c[:10], steps=2, progress=False)
+    # (n, 1, C) broadcast against the rows: every row paired with every context, silently
+    with pytest.raises(ValueError, match=r"got shape \(400, 1, 1\)$"):
+        nf.fit(flow, x, context=c[:, None], steps=2, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"val context must be a table \(n, C\) with a row per val data row \(10\), got shape \(10, 1, 1\)$",
+    ):
+        nf.fit(flow, x, context=c, val=(x[:10], c[:10, None]), steps=2, progress=False)
     with pytest.raises(ValueError, match="needs a context"):
         nf.fit(flow, x, steps=2, progress=False)
     with pytest.raises(ValueError, match="nf.fit: lr must be"):
@@ -207,6 +218,27 @@ def test_resume_refuses_the_same_rows_in_another_order_and_reads_older_fingerpri
     torch.save(state, path)
     resumed = nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **kwargs)
     assert resumed.train_loss == full.train_loss
+
+
+def test_resume_with_padded_sets_in_the_context(tmp_path) -> None:
+    """NaN pads a set's absent elements: the same padded context resumes (its fingerprint was
+    NaN, never equal), another padding pattern does not."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(120, 1, generator=g)
+    x = theta + torch.randn(120, 4, generator=g)
+    x[:40, 2:] = math.nan
+    inner = nf.models.NSF(1, context=2, transforms=1, hidden=(8,)).config
+    make = lambda: nf.models.Embedded(  # noqa: E731
+        1, flow=inner, context=4, hidden=(8,), set_features=1, padded=True
+    )
+    path = tmp_path / "ckpt.pt"
+    kwargs = dict(steps=10, eval_every=5, progress=False, seed=0, checkpoint=path)
+    done = nf.fit(make(), theta, context=x, **kwargs)
+    assert nf.fit(make(), theta, context=x, resume=True, **kwargs).train_loss == done.train_loss
+    other = x.clone()
+    other[40:50, 2:] = math.nan
+    with pytest.raises(ValueError, match="made on other training data"):
+        nf.fit(make(), theta, context=other, resume=True, **kwargs)
 
 
 def test_an_explicit_seed_fixes_the_training_noise_and_leaves_the_global_rng_alone() -> None:
@@ -477,6 +509,19 @@ def test_fit_vi_refuses_an_empty_context_and_a_seed_out_of_range() -> None:
         nf.fit_vi(flow, target, context=torch.zeros(1), steps=2, progress=False, seed=-(2**63) - 1)
 
 
+def test_fit_vi_takes_padded_sets_in_the_context() -> None:
+    """NaN as a padded set's absent elements, as log_prob, sample and fit take them."""
+    inner = nf.models.RealNVP(1, context=3, transforms=2, hidden=(8,)).config
+    flow = nf.models.Embedded(1, flow=inner, context=4, hidden=(8,), set_features=1, padded=True)
+    c = torch.randn(5, 4)
+    c[:, 2:] = math.nan
+    target = lambda x, c: -x.square().sum(-1)  # noqa: E731
+    assert nf.fit_vi(flow, target, steps=3, context=c, progress=False).steps == 3
+    c[0, :] = math.inf
+    with pytest.raises(ValueError, match="nf.fit_vi: context"):
+        nf.fit_vi(flow, target, steps=3, context=c, progress=False)
+
+
 def test_fit_vi_counts_the_draws_of_every_context() -> None:
     """A target NaN at the final estimate over 50 contexts: every one of S × 50 draws."""
 
@@ -495,8 +540,12 @@ def test_fit_vi_takes_a_flat_target() -> None:
     """A constant log-density (uniform on a box the flow is bounded to) has no graph in x but
     a true gradient of 0: maximum entropy on the box, log Z = log(2 · 1)."""
     inner = nf.models.RealNVP(2, transforms=2, hidden=(8,))
-    box = nf.Flow(nf.Compose(nf.transforms.Bounded([0.0, 0.0], [2.0, 1.0]), inner.transform), inner.base)
-    h = nf.fit_vi(box, lambda x: torch.zeros(x.shape[:-1]), steps=30, batch_size=64, progress=False, seed=0)
+    box = nf.Flow(
+        nf.Compose(nf.transforms.Bounded([0.0, 0.0], [2.0, 1.0]), inner.transform), inner.base
+    )
+    h = nf.fit_vi(
+        box, lambda x: torch.zeros(x.shape[:-1]), steps=30, batch_size=64, progress=False, seed=0
+    )
     assert h.log_normalizer == pytest.approx(math.log(2.0), abs=0.05), h.log_normalizer
 
 

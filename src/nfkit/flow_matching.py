@@ -91,6 +91,11 @@ class FlowMatchingObjective(nn.Module):
                 f"{where}: flow matching trains one ContinuousFlow as the flow's last layer "
                 f"(nf.models.FFJORD with blocks=1); this flow has {got}"
             )
+        if not fields[0].time_dependent:
+            raise ValueError(
+                f"{where}: flow matching regresses a field of time, E[u | y_s, s]; this "
+                "ContinuousFlow ignores t (build it with time_dependent=True)"
+            )
         for layer in layers[:-1]:
             if any(p.requires_grad for p in layer.parameters()):
                 raise ValueError(
@@ -163,11 +168,39 @@ def flow_matching_loss(
         flow._check_x(where, x, context)
         if x.dim() != 2:
             raise ValueError(f"{where}: x must be rows (B, D), got shape {tuple(x.shape)}")
+        if context is not None and (
+            context.dim() > 2 or (context.dim() == 2 and context.shape[0] not in (1, x.shape[0]))
+        ):
+            raise ValueError(
+                f"{where}: context must be (B, C) or (1, C) for x of shape {tuple(x.shape)}, "
+                f"got shape {tuple(context.shape)}"
+            )
     if noise is None:
         noise = objective.draw(x.shape[0], x, generator)
-    elif noise.z.shape != x.shape or noise.s.shape != x.shape[:1]:
-        raise ValueError(
-            f"{where}: noise must hold z of x's shape {tuple(x.shape)} and s of shape "
-            f"({x.shape[0]},), got {tuple(noise.z.shape)} and {tuple(noise.s.shape)}"
-        )
+    else:
+        _check_noise(where, noise, x, isinstance(flow, DequantizedFlow))
     return objective(x, context, noise)
+
+
+def _check_noise(where: str, noise: object, x: Tensor, cells: bool) -> None:
+    """Given draws: a :class:`FlowMatchingNoise` of ``x``'s rows, dtype and device, finite,
+    with ``cells`` exactly for a :class:`DequantizedFlow`."""
+    if not isinstance(noise, FlowMatchingNoise):
+        raise TypeError(f"{where}: noise must be a FlowMatchingNoise, got {type(noise).__name__}")
+    expected = {"z": tuple(x.shape), "s": tuple(x.shape[:1])}
+    if cells:
+        expected["cells"] = tuple(x.shape)
+    elif noise.cells is not None:
+        raise ValueError(f"{where}: noise.cells is for a DequantizedFlow; this flow has none")
+    for name, shape in expected.items():
+        value = getattr(noise, name)
+        if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{where}: noise.{name} must be a tensor of shape {shape}, got {got}")
+        if value.dtype != x.dtype or value.device != x.device:
+            raise ValueError(
+                f"{where}: noise.{name} is {value.dtype} on {value.device}; x is {x.dtype} on "
+                f"{x.device}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: noise.{name} holds NaN or inf")

@@ -28,7 +28,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from nfkit._checks import (
-    check_context,
     check_device,
     check_number,
     check_positive_int,
@@ -502,12 +501,7 @@ def _val_data(
             "val data",
         )
         cv = context_tensor(flow, val[1], where, "val context", dtype=dtype, device=device)
-        if cv.shape[0] != xv.shape[0]:
-            raise ValueError(
-                f"{where}: val data and context must have the same number of rows, "
-                f"got {xv.shape[0]} and {cv.shape[0]}"
-            )
-        return xv, cv
+        return xv, _context_rows(where, cv, xv, "val data", "val context")
     return _rows(
         where, flow, as_tensor(val, where, "val", dtype=dtype, device=device), "val"
     ), None
@@ -575,13 +569,21 @@ def _training_data(
     dtype, dev = _place(where, flow, device)
     x = _rows(where, flow, as_tensor(data, where, "data", dtype=dtype, device=dev), "data")
     c = context_tensor(flow, context, where, dtype=dtype, device=dev)
-    if c is not None and c.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{where}: data and context must have the same number of rows, "
-            f"got {x.shape[0]} and {c.shape[0]}"
-        )
+    if c is not None:
+        c = _context_rows(where, c, x, "data", "context")
     flow._check_x(where, x, c, names=("data", "context"))
     return x, c, dtype, dev
+
+
+def _context_rows(where: str, c: Tensor, x: Tensor, x_name: str, name: str) -> Tensor:
+    """``c`` if it is a table ``(n, C)`` with a row per row of ``x``: a context of other batch
+    dims, such as ``(n, 1, C)``, would broadcast against the rows and pair each with all."""
+    if c.dim() != 2 or c.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{where}: {name} must be a table (n, C) with a row per {x_name} row ({x.shape[0]}), "
+            f"got shape {tuple(c.shape)}"
+        )
+    return c
 
 
 def _steps(where: str, steps: int | None, epochs: int | None, n: int, batch_size: int) -> int:
@@ -639,11 +641,16 @@ def _fingerprint(x: Tensor, c: Tensor | None, w: Tensor | None = None) -> Tensor
     """The training data's per-column sums, sums of squares and position-weighted sums
     ``Σ_i (i/n) x_i`` (float64, on the CPU; the last tells the same rows in another order, which
     the batch order of a resumed run depends on), with the weights' when given: what a resumed
-    run compares to tell the same table from another."""
+    run compares to tell the same table from another. NaN (a padded set's absent elements)
+    counts as 0, with the NaN pattern's columns beside (only then: other fingerprints as
+    before)."""
     parts = [x] if c is None else [x, c]
     if w is not None:
         parts.append(w.unsqueeze(-1))
     flat = torch.cat([t.reshape(t.shape[0], -1).double() for t in parts], 1)
+    missing = flat.isnan()
+    if bool(missing.any()):
+        flat = torch.cat([flat.nan_to_num(0.0), missing.double()], 1)
     position = torch.arange(flat.shape[0], dtype=flat.dtype, device=flat.device) / flat.shape[0]
     return torch.cat([flat.sum(0), flat.square().sum(0), position @ flat]).cpu()
 
@@ -1242,7 +1249,8 @@ def fit_vi(
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
         context = context.to(device=dev, dtype=dtype)
-    check_context(where, context, flow.context_features)  # width, finite; before any step
+    # width, finite (NaN as whole absent elements behind a padded set); before any step
+    flow._check_context(where, context, True, "context")
     if context is not None and context.numel() == 0:
         raise ValueError(f"{where}: context has no rows (shape {tuple(context.shape)})")
     if not getattr(flow.base, "reparameterized", True):

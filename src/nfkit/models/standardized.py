@@ -480,6 +480,11 @@ def standardize(
         c_labels = [c for c in columns if c in given_set]
     if context_angles is not None and context is None:
         raise ValueError(f"{where}: context_angles need a context")
+    if context_angles and (flow.config or {}).get("set_features"):
+        raise ValueError(
+            f"{where}: context_angles cannot be given for a set summary (set_features): its "
+            "context columns are exchangeable set elements, none an angle"
+        )
     angle_ranges = _check_context_angles(where, context_angles, c_labels)
     ctx = flow.context_features - len(angle_ranges)  # the context columns
     if (context is None) != (flow.context_features == 0):
