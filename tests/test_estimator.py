@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -149,6 +151,14 @@ def test_given_by_index_and_per_row_context() -> None:
         ({"hidden": "64"}, TypeError, "hidden must be a tuple of positive ints"),
         ({"hidden": (8, 0)}, ValueError, r"hidden must be a sequence of positive ints"),
         ({"outside_support": "zero"}, ValueError, "outside_support must be 'raise' or '-inf'"),
+        ({"given": 1.0}, TypeError, "given must be a column or a list of them, got 1.0"),
+        ({"model_options": [1]}, TypeError, "model_options must be a dict of the factory's"),
+        # the range was dropped: samples outside it, data inside it refused
+        (
+            {"model": "ncsf", "angles": {0: (0, 360)}, "standardize": False},
+            ValueError,
+            "angle ranges need standardize=True",
+        ),
     ],
 )
 def test_bad_settings_are_one_line(kwargs: dict, error: type, message: str) -> None:
@@ -470,3 +480,36 @@ def test_information_criteria_follow_gaussian_mixture_conventions() -> None:
     gmm = nf.FlowDensity("gmm", model_options={"components": 3, "covariance": "full"},
                          steps=5, random_state=0).fit(np.random.default_rng(0).normal(size=(90, 3)))  # fmt: skip
     assert gmm.n_parameters() == 3 * 3 + 3 * 3 + 3 * 3 + 3 - 1  # means, 3x3 triangles, weights
+
+
+def test_bounds_naming_one_column_twice_are_refused() -> None:
+    """A name and an index of the same column: the last had won silently."""
+    df = pd.DataFrame(np.abs(_moons(100)) + 0.1, columns=["a", "b"])
+    with pytest.raises(ValueError, match="FlowDensity.fit: bounds lists a column twice"):
+        nf.FlowDensity(**SMALL, bounds={"b": (0, None), 1: (0, 100)}).fit(df)
+
+
+def test_an_array_fit_records_its_column_layout_for_the_command_line(tmp_path) -> None:
+    """Fitted on an array with a given column in the middle: the saved flow records the names a
+    header-less table gets (x0, x1, ...) and which is given, so ``nfkit score`` reads the
+    columns by position as the estimator did (it read them as modelled, then given), and the
+    errors name the user's column."""
+    g = np.random.default_rng(0)
+    X = np.c_[g.normal(size=300), g.normal(size=300) * 10 + 50, g.gamma(2.0, size=300)]
+    est = nf.FlowDensity(**SMALL, given=[1], bounds={2: (0, None)}).fit(X)
+    assert est.flow_.config["columns"] == ["x0", "x1", "x2"]
+    assert est.flow_.config["given"] == ["x1"]
+    nf.save(est.flow_, tmp_path / "m.pt")
+    np.save(tmp_path / "X.npy", X)
+    out = tmp_path / "scores.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "nfkit", "score", str(tmp_path / "m.pt"), str(tmp_path / "X.npy"), "-o", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    scores = pd.read_csv(out).iloc[:, -1].to_numpy()
+    np.testing.assert_allclose(scores, est.score_samples(X), rtol=1e-4, atol=1e-4)
+    bad = X.copy()
+    bad[0, 2] = -1.0
+    with pytest.raises(ValueError, match="column 'x2' has values outside the support"):
+        est.score_samples(bad)

@@ -352,8 +352,10 @@ class FlowDensity(DensityMixin, BaseEstimator):
         if not isinstance(self.bounds, dict):
             return self.bounds
         pairs: list[Any] = [(None, None)] * len(self.data_indices_)
-        for key, span in self.bounds.items():
-            (i,) = self._columns("bounds", key, self.n_features_in_)
+        keys = list(self.bounds)  # resolved together: a name and an index of one column clash
+        for (key, span), i in zip(
+            self.bounds.items(), self._columns("bounds", keys, self.n_features_in_)
+        ):
             if i in self.given_indices_:
                 raise ValueError(
                     f"FlowDensity.fit: bounds are for modelled columns; {key!r} is given"
@@ -434,6 +436,17 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     f"layer ((64,) for one), got {shown(hidden)}"
                 )
             check_hidden("FlowDensity.fit", hidden)
+        for name, kinds, what in (
+            (
+                "given",
+                (int, np.integer, str, list, tuple, np.ndarray),
+                "a column or a list of them",
+            ),
+            ("model_options", (dict,), "a dict of the factory's keyword arguments"),
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise TypeError(f"FlowDensity.fit: {name} must be {what}, got {shown(value)}")
 
     def _check_default_angles(self, x: torch.Tensor) -> None:
         """``model="ncsf"`` without ``angles``: every modelled column is an angle in NCSF's
@@ -579,8 +592,12 @@ class FlowDensity(DensityMixin, BaseEstimator):
             dtype = torch.float64 if blurred else torch.float32
             flow = flow.to(device=self.device_, dtype=dtype)
             if self.standardize:
-                names = [str(n) for n in getattr(self, "feature_names_in_", [])] or None
-                given = None if names is None else [names[i] for i in self.given_indices_]
+                # the column layout the saved flow keeps (the command line reads a table by
+                # it): the DataFrame's names, else those a header-less table gets, x0, x1, ...
+                names = [str(n) for n in getattr(self, "feature_names_in_", [])] or [
+                    f"x{i}" for i in range(X.shape[1])
+                ]
+                given = [names[i] for i in self.given_indices_] or None
                 flow = standardize(
                     flow,
                     x,
@@ -591,8 +608,18 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     discrete=self._discrete_columns(),
                     context_angles=given_angles or None,
                 )
-            elif self.bounds is not None or self.discrete is not None:
-                what = "bounds" if self.bounds is not None else "discrete"
+            elif (
+                self.bounds is not None
+                or self.discrete is not None
+                or any(span is not None for span in modelled_angles.values())
+            ):
+                what = (
+                    "bounds"
+                    if self.bounds is not None
+                    else "discrete"
+                    if self.discrete is not None
+                    else "angle ranges"
+                )
                 raise ValueError(f"FlowDensity.fit: {what} need standardize=True")
             elif fitted_greedily(flow):
                 flow.fit(x.to(device=self.device_, dtype=dtype))  # type: ignore[operator]

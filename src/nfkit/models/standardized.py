@@ -477,7 +477,7 @@ def standardize(
     if columns is not None:
         given_set = set(given or ())
         x_labels = [c for c in columns if c not in given_set]
-        c_labels = [c for c in columns if c in given_set]
+        c_labels = list(given or ())  # the context's columns, in its order
     if context_angles is not None and context is None:
         raise ValueError(f"{where}: context_angles need a context")
     if context_angles and (flow.config or {}).get("set_features"):
