@@ -37,3 +37,16 @@ def test_actnorm_initialized_from_one_value_per_feature_keeps_its_scale(shape, e
     wide(images)
     expected = images.transpose(0, 1).reshape(3, -1).std(1, unbiased=False).log()
     torch.testing.assert_close(wide.log_scale.detach(), expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"momentum": 1.5}, r"momentum must lie in \(0, 1\], got 1.5"),  # running var < 0
+        ({"momentum": None}, "momentum must be a finite number > 0, got None"),  # lerp_ error
+        ({"eps": -1.0}, "eps must be a finite number >= 0, got -1.0"),  # NaN log-det in eval
+    ],
+)
+def test_batchnorm_settings_are_checked_in_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^BatchNorm: {message}$"):
+        T.BatchNorm(2, **kwargs)

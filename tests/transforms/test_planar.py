@@ -28,3 +28,18 @@ def test_sylvester_rank_zero_is_refused() -> None:
         nf.models.Sylvester(3, rank=0)
     with pytest.raises(ValueError, match="reflections must be an integer >= 1, got 0"):
         nf.models.Sylvester(3, reflections=0)
+
+
+@pytest.mark.parametrize("w_scale", [0.0, 1e-7, 1e-5, 1.0])
+def test_planar_with_a_vanishing_w(w_scale: float) -> None:
+    """‖w‖² below the 1e-12 floor of û's correction: the log-det and the inverse use the wᵀû
+    the map has (they used m(wᵀu): log-det 0.32 off, inverse 3e3 off at ‖w‖ ≈ 1e-7)."""
+    t = nf.transforms.Planar(3).double()
+    w = w_scale * torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        t.params.value.copy_(
+            torch.cat([torch.tensor([1.0, 2.0, 3.0]).double(), w, torch.tensor([0.3]).double()])
+        )
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # (parameter gradients near the floor's kink are ~1e11: central differences straddle it)
+    nf.testing.check_transform(t, x, atol_inverse=1e-9, parameters=w_scale > 1e-6)

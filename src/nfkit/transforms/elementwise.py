@@ -287,7 +287,10 @@ class Logit(_Pointwise):
 
 
 class Tanh(_Pointwise):
-    r"""``z = tanh x``: ℝ → (-1, 1). ``log(1 - tanh² x) = 2 (log 2 - x - softplus(-2x))`` (stable)."""
+    r"""``z = tanh x``: ℝ → (-1, 1). ``log(1 - tanh² x) = 2 (log 2 - x - softplus(-2x))`` (stable).
+
+    ``z`` is kept at least one ulp inside (-1, 1) (``tanh`` rounds to ±1 from ``|x| ≈ 9`` in
+    float32, 19 in float64), so an inverse flow's samples stay in its support."""
 
     codomain = symmetric_unit
 
@@ -296,7 +299,9 @@ class Tanh(_Pointwise):
         return 2 * (math.log(2) - x - F.softplus(-2 * x))
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.tanh(x), self._log_slope(x)
+        zero, one = x.new_zeros(()), x.new_ones(())
+        inside = torch.nextafter(one, zero)
+        return torch.tanh(x).clamp(-inside, inside), self._log_slope(x)
 
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.atanh(z)
@@ -304,12 +309,16 @@ class Tanh(_Pointwise):
 
 
 class Softplus(_Pointwise):
-    r"""``z = log(1 + e^x)``: ℝ → (0, ∞). ``log σ(x) = -softplus(-x)``; inverse ``log(e^z - 1)``."""
+    r"""``z = log(1 + e^x)``: ℝ → (0, ∞). ``log σ(x) = -softplus(-x)``; inverse ``log(e^z - 1)``.
+
+    ``z`` is at least the smallest positive number (``softplus`` rounds to 0 below
+    ``x ≈ -104`` in float32), so an inverse flow's samples stay in its support."""
 
     codomain = positive
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return F.softplus(x), -F.softplus(-x)
+        zero = x.new_zeros(())
+        return F.softplus(x).clamp_min(torch.nextafter(zero, zero + 1)), -F.softplus(-x)
 
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
         x = z + torch.log(-torch.expm1(-z))

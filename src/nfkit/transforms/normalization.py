@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, shown
+from nfkit._checks import check_number, check_positive_int, shown
 from nfkit._shapes import check_size
 from nfkit.core import Transform
 
@@ -143,7 +143,11 @@ class BatchNorm(Transform):
     def __init__(self, features: int, *, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         d = check_positive_int("BatchNorm", "features", features)
-        self.momentum, self.eps = momentum, eps
+        # momentum in (0, 1] (a running average); eps >= 0 (ε > 0 keeps a constant column finite)
+        if not check_number("BatchNorm", "momentum", momentum, 0.0) <= 1:
+            raise ValueError(f"BatchNorm: momentum must lie in (0, 1], got {shown(momentum)}")
+        self.momentum = float(momentum)
+        self.eps = check_number("BatchNorm", "eps", eps, 0.0, inclusive=True)
         self.log_gamma = nn.Parameter(torch.zeros(d))
         self.beta = nn.Parameter(torch.zeros(d))
         self.register_buffer("running_mean", torch.zeros(d))

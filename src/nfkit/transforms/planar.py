@@ -64,7 +64,11 @@ class Planar(Transform):
         u, w, b = p[..., :d], p[..., d : 2 * d], p[..., 2 * d]
         wu = _dot(w, u)
         wu_hat = F.softplus(wu) - 1
-        u_hat = u + ((wu_hat - wu) / _dot(w, w).clamp_min(1e-12)).unsqueeze(-1) * w
+        ww = _dot(w, w)
+        floor = ww.clamp_min(1e-12)  # ‖w‖² ≈ 0: a shift, û a bounded correction of u
+        u_hat = u + ((wu_hat - wu) / floor).unsqueeze(-1) * w
+        # wᵀû: m(wᵀu), or, where the floor acts, wᵀu + (m - wᵀu) ‖w‖² / 1e-12
+        wu_hat = torch.where(ww < 1e-12, wu + (wu_hat - wu) * (ww / floor), wu_hat)
         return u_hat, w, b, wu_hat
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
