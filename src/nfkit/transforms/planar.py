@@ -63,7 +63,10 @@ class Planar(Transform):
         d = self.features
         u, w, b = p[..., :d], p[..., d : 2 * d], p[..., 2 * d]
         wu = _dot(w, u)
-        wu_hat = F.softplus(wu) - 1
+        one = wu.new_ones(())
+        # m(wᵀu) > -1, also where softplus rounds below -1's next float (wᵀu ≲ -17 in float32):
+        # the map stays invertible, its log-det finite
+        wu_hat = torch.maximum(F.softplus(wu) - 1, torch.nextafter(-one, one))
         ww = _dot(w, w)
         floor = ww.clamp_min(1e-12)  # ‖w‖² ≈ 0: a shift, û a bounded correction of u
         u_hat = u + ((wu_hat - wu) / floor).unsqueeze(-1) * w
