@@ -1183,3 +1183,119 @@ def test_fit_from_python_leaves_the_global_rng_alone(capsys, table, tmp_path) ->
         argv = ["fit", table / "data.csv", "--out", tmp_path / "m.pt", *FAST[:-2], *seed]
         assert _run(capsys, *argv)[0] == 0
         assert torch.equal(torch.randn(3), expected)
+
+
+def test_fit_weights_stay_with_their_rows_after_dropped_rows(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    """``--weights w --drop-missing``: each kept row trains with its own weight (w = 10a + 5),
+    when a data cell or a weight cell is missing, in the data and in a ``--val`` table (every
+    row after a dropped one had had the previous row's weight: a=3 weighed 25, not 35)."""
+    import nfkit as nf
+
+    def table(path, missing_a: int, missing_w: int) -> None:
+        a = np.arange(12.0)
+        df = pd.DataFrame({"a": a, "b": np.sin(a) + 0.1 * a, "w": 10 * a + 5}).astype(object)
+        df.loc[missing_a, "a"] = df.loc[missing_w, "w"] = ""
+        df.to_csv(path, index=False)
+
+    table(tmp_path / "t.csv", 2, 5)
+    table(tmp_path / "v.csv", 4, 7)
+    seen = {}
+    fit = nf.fit
+
+    def spy(flow, x, **kw):
+        seen.update(kw, x=x)
+        return fit(flow, x, **{**kw, "steps": 1})
+
+    monkeypatch.setattr(nf, "fit", spy)
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--weights", "w", "--drop-missing",
+                        "--val", tmp_path / "v.csv", "--out", tmp_path / "m.pt", *FAST)  # fmt: skip
+    assert code == 0, err
+    for x, w, dropped in ((seen["x"], seen["weights"], {2, 5}),
+                          (seen["val"], seen["val_weights"], {4, 7})):  # fmt: skip
+        assert x[:, 0].tolist() == [a for a in range(12) if a not in dropped]
+        assert w.tolist() == [10 * a + 5 for a in x[:, 0].tolist()]
+
+
+def test_parquet_with_a_stored_index_pairs_each_row(capsys, table, tmp_path) -> None:
+    """A .parquet file written from a re-ordered or filtered DataFrame (pandas stores its index)
+    is read in file order: ``score --with-data`` puts each score beside its own row (it had put
+    them in index order), a filtered file scores (it was 'internal error (KeyError)'),
+    ``sample --given-table`` takes its rows, a named index is a column."""
+    pytest.importorskip("pyarrow")
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--given", "g", "--out", model, *FAST)[0] == 0
+    frame = pd.read_csv(table / "data.csv").head(10).assign(id=range(10))
+    for name, part in (("rev", frame.iloc[::-1]), ("filt", frame.iloc[[7, 2, 5]])):
+        part.to_parquet(tmp_path / f"{name}.parquet")  # the index is stored with the table
+        part.to_csv(tmp_path / f"{name}.csv", index=False)  # the same rows, no index
+        code, out, err = _run(capsys, "score", model, tmp_path / f"{name}.csv")
+        expected = pd.read_csv(pd.io.common.StringIO(out))["log_density"]
+        code, out, err = _run(capsys, "score", model, tmp_path / f"{name}.parquet", "--with-data")
+        scored = pd.read_csv(pd.io.common.StringIO(out))
+        assert code == 0, err
+        assert scored["id"].tolist() == part["id"].tolist()
+        np.testing.assert_allclose(scored["log_density"], expected, rtol=1e-6)
+    code, out, err = _run(capsys, "sample", model, "-n", "1", "--given-table",
+                          tmp_path / "filt.parquet")  # fmt: skip
+    drawn = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and drawn["g"].tolist() == frame["g"].iloc[[7, 2, 5]].tolist(), err
+    frame.set_index("id").iloc[::-1].to_parquet(tmp_path / "named.parquet")
+    code, out, _ = _run(capsys, "score", model, tmp_path / "named.parquet", "--with-data")
+    scored = pd.read_csv(pd.io.common.StringIO(out))
+    assert code == 0 and list(scored.columns) == ["id", "a", "b", "g", "log_density"]
+    assert scored["id"].tolist() == list(range(9, -1, -1))
+
+
+def test_category_labels_are_read_as_written_in_every_layout(capsys, tmp_path) -> None:
+    """A category column is read as written in any table scored: all its labels ``NA`` (had
+    been 'missing values'), ``NA`` beside ``02134`` (had been read as the number 2134), in a
+    header-less file (by position) and under a ``# region,y`` comment header."""
+    rng = np.random.default_rng(0)
+    region = rng.choice(["02134", "EU", "NA"], 300)
+    y = pd.Series(region).map({"02134": 0.0, "EU": 3.0, "NA": 6.0}) + rng.normal(size=300)
+    pd.DataFrame({"region": region, "y": y}).to_csv(tmp_path / "r.csv", index=False)
+    model = tmp_path / "r.pt"
+    assert _run(capsys, "fit", tmp_path / "r.csv", "--given", "region", "--out", model,
+                *FAST)[0] == 0  # fmt: skip
+    rows = ["NA,5.5", "02134,0.5", "NA,6.5"]
+    (tmp_path / "ref.csv").write_text("region,y\n" + "\n".join([*rows, "EU,3.0"]) + "\n")
+    code, out, _ = _run(capsys, "score", model, tmp_path / "ref.csv")
+    expected = [float(v) for v in out.split()[1:4]]
+    files = {
+        "na.csv": "region,y\nNA,5.5\nNA,6.5\n",
+        "mixed.csv": "region,y\n" + "\n".join(rows) + "\n",
+        "bare.csv": "\n".join(rows) + "\n",
+        "comment.csv": "# region,y\n" + "\n".join(rows) + "\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        code, out, err = _run(capsys, "score", model, tmp_path / name)
+        want = [expected[0], expected[2]] if name == "na.csv" else expected
+        assert code == 0, (name, err)
+        np.testing.assert_allclose([float(v) for v in out.split()[1:]], want, rtol=1e-6)
+
+
+def test_sample_writes_integer_givens_and_a_row_column_that_does_not_clash(
+    capsys, tmp_path
+) -> None:
+    """``sample`` writes an integer given value as written (``2001``, it had been ``2001.0``),
+    and a model column named ``row`` moves the row number to ``_row`` (it had been 'internal
+    error (cannot insert row, already exists)')."""
+    rng = np.random.default_rng(0)
+    year = rng.integers(2000, 2010, 300)
+    frame = pd.DataFrame({"row": 0.1 * (year - 2005) + rng.normal(size=300), "year": year})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", tmp_path / "t.csv", "--given", "year", "--out", model,
+                *FAST)[0] == 0  # fmt: skip
+    code, out, _ = _run(capsys, "sample", model, "-n", "2", "--given", "year=2001")
+    assert code == 0 and [line.split(",")[1] for line in out.split()] == ["year", "2001", "2001"]
+    (tmp_path / "ctx.csv").write_text("year\n2001\n2007\n")
+    code, out, err = _run(
+        capsys, "sample", model, "-n", "2", "--given-table", tmp_path / "ctx.csv"
+    )
+    lines = [line.split(",") for line in out.split()]
+    assert code == 0 and lines[0] == ["_row", "row", "year"], err
+    assert [(r[0], r[2]) for r in lines[1:]] == [("0", "2001")] * 2 + [("1", "2007")] * 2

@@ -580,3 +580,87 @@ def test_as_tensor_takes_negatively_strided_views() -> None:
     history = nf.fit(nf.models.MAF(2, transforms=1, hidden=(8,)), frame[["b", "a"]], steps=2,
                      progress=False)  # fmt: skip
     assert history.steps == 2
+
+
+def test_clean_table_can_keep_the_row_labels(tmp_path) -> None:
+    """``keep_index=True``: the rows kept keep their labels (to pair them with other columns
+    cleaned apart, as ``nfkit fit --weights`` does); by default they are renumbered."""
+    frame = pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "b": [5.0, 6.0, 7.0, 9.0]})
+    with pytest.warns(TableNote):
+        kept = nf.tables.clean_table(frame, "t.csv", drop_missing=True, keep_index=True)
+    assert kept.index.tolist() == [0, 2, 3] and kept["b"].tolist() == [5.0, 7.0, 9.0]
+    with pytest.warns(TableNote):
+        renumbered = nf.tables.clean_table(frame, "t.csv", drop_missing=True)
+    assert renumbered.index.tolist() == [0, 1, 2]
+
+
+def test_parquet_rows_are_read_in_file_order_whatever_index_is_stored(tmp_path) -> None:
+    """pandas stores a DataFrame's index with a .parquet file: the reader numbers the rows
+    ``0 … n-1`` in file order (it had kept the stored labels, 7, 2, 5, which the command line
+    then paired with the wrong rows); a named index is a column, as ``to_csv`` writes it."""
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"id": np.arange(10), "x": np.arange(10) / 4})
+    frame.iloc[[7, 2, 5]].to_parquet(tmp_path / "f.parquet")
+    got = nf.tables.read_raw_table(tmp_path / "f.parquet")
+    assert got.index.tolist() == [0, 1, 2] and list(got.columns) == ["id", "x"]
+    assert got["id"].tolist() == [7, 2, 5]
+    frame.set_index("id").iloc[::-1].to_parquet(tmp_path / "n.parquet")
+    got = nf.tables.read_table(tmp_path / "n.parquet")
+    assert list(got.columns) == ["id", "x"] and got["id"].tolist() == list(range(9, -1, -1))
+    frame.set_index("id").assign(id=1).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(DataError, match=r"c.parquet: its stored pandas index 'id' is also a"):
+        nf.tables.read_raw_table(tmp_path / "c.parquet")
+
+
+@pytest.mark.parametrize(
+    ("text", "keep"),
+    [
+        ("region,y\nNA,1.5\nNA,2.5\n", ["region"]),  # had been all missing
+        ("region,y\nNA,1.5\n02134,2.5\n", ["region"]),  # had been 2134.0 and missing
+        ("NA,1.5\n02134,2.5\n", [0]),  # header-less: by position
+        ("# region,y\nNA,1.5\n02134,2.5\n", ["region"]),  # names in a comment
+    ],
+)
+def test_text_columns_are_read_as_written_in_every_layout(tmp_path, text, keep) -> None:
+    """``read_raw_table(text=...)`` keeps the named columns (or, header-less, those at the
+    given positions) as written: ``NA`` and ``02134`` are labels, not missing or numbers."""
+    got = nf.tables.read_raw_table(_csv(tmp_path, text), text=keep)
+    labels = [line.split(",")[0] for line in text.splitlines() if not line.startswith("#")]
+    assert got.iloc[:, 0].tolist() == labels[-2:] and got.iloc[:, 1].tolist() == [1.5, 2.5]
+
+
+def test_a_comment_above_a_header_row_does_not_name_the_columns(tmp_path) -> None:
+    """A ``#`` comment with the separator in it (``# exported by logger, v2``) above a header
+    row is a comment: it had named the columns 'exported by logger' and 'v2' and made the
+    header a data row. Without a header row its names are the header, also over text."""
+    path = _csv(tmp_path, "# exported by logger, v2\nheight,weight\n171.3,69.3\n176.4,70.5\n")
+    got = nf.tables.read_table(path)
+    assert list(got.columns) == ["height", "weight"]
+    assert got.to_numpy().tolist() == [[171.3, 69.3], [176.4, 70.5]]
+    path = _csv(tmp_path, "# team,score\nred,1.5\nblue,2.5\nred,3\n")
+    got = nf.tables.read_table(path, categories=True)
+    assert list(got.columns) == ["team", "score"] and got["score"].tolist() == [1.5, 2.5, 3.0]
+
+
+def test_decimal_commas_outside_semicolon_files(tmp_path) -> None:
+    """A decimal comma that cannot be a thousands separator (``0,126``, ``-0,536``, ``2,5``)
+    is read as one in a tab-separated file (it had been refused with advice to drop the
+    'thousands separators', which gave 126 for 0.126); ``1,250`` alone stays ambiguous."""
+    got = nf.tables.read_table(_csv(tmp_path, "x\ty\n0,126\t-0,536\n0,640\t2,5\n", "t.tsv"))
+    assert got.to_numpy().tolist() == [[0.126, -0.536], [0.64, 2.5]]
+    with pytest.raises(DataError, match=r"thousands separators: '1,250' \(data row 1\)"):
+        nf.tables.read_table(_csv(tmp_path, "x\ty\n1,250\t1\n2,500\t2\n3,750\t4\n", "a.tsv"))
+
+
+def test_as_tensor_converts_integers_exactly_and_refuses_complex_tensors() -> None:
+    """An integer tensor goes straight to the dtype asked for (16777217 had been rounded to
+    16777216 through float32 first), float64 by default as for NumPy integers; a complex
+    tensor is refused as a complex array is (its imaginary part had been dropped)."""
+    import torch
+
+    t = as_tensor(torch.tensor([[16777217, 3]]), "w", dtype=torch.float64)
+    assert t.dtype == torch.float64 and t.tolist() == [[16777217.0, 3.0]]
+    assert as_tensor(torch.tensor([[16777217, 1]]), "w").tolist() == [[16777217.0, 1.0]]
+    assert as_tensor(np.array([[16777217, 1]]), "w").dtype == torch.float64
+    with pytest.raises(TypeError, match=r"w: data must hold real numbers, got a torch.complex64"):
+        as_tensor(torch.tensor([[1 + 5j, 2 + 0j]]), "w")

@@ -341,7 +341,9 @@ def _weights_column(table: Any, column: str, source: str, drop_missing: bool) ->
             f"{source}: --weights column {column!r} is not numeric (e.g. "
             f"{raw[text].iloc[0]!r}); weights are numbers >= 0"
         )
-    w = clean_table(table[[column]], source, drop_missing=drop_missing, allow_constant=True)
+    w = clean_table(
+        table[[column]], source, drop_missing=drop_missing, allow_constant=True, keep_index=True
+    )
     w = w[column]
     negative = w.index[w < 0]
     if len(negative):
@@ -391,7 +393,9 @@ def _read_for(
     missing_ok = given if _padded_given(flow) else ()  # absent set elements
     if incomplete:
         missing_ok = needed
-    table = read_raw_table(path, text=list(categories))
+    # category columns as written: by name, or by position in a header-less file (as _select)
+    text = [*categories, *(i for i, name in enumerate(needed) if name in categories)]
+    table = read_raw_table(path, text=text)
     try:
         rows = clean_table(
             _select(table, needed, path),
@@ -399,6 +403,7 @@ def _read_for(
             allow_constant=True,
             categories=categories,
             missing_ok=missing_ok,
+            keep_index=True,
             **read,
         )
     except DataError as e:  # a command without --drop-missing: not the option's hint
@@ -406,7 +411,7 @@ def _read_for(
         if not hint or "drop_missing" in read:
             raise
         raise DataError(f"{head}{_FILL_HINT}") from None
-    return table.loc[rows.index], rows
+    return table.loc[rows.index].reset_index(drop=True), rows.reset_index(drop=True)
 
 
 _DROP_HINT = "; drop those rows"  # (clean_table's hint: drop_missing=True, --drop-missing)
@@ -560,6 +565,14 @@ def _given_value(flow: Any, name: str, value: str) -> float | str:
         f"--given {name}={value!r} is not a category of the model "
         f"(it knows {', '.join(map(repr, labels))})"
     )
+
+
+def _given_written(flow: Any, name: str, value: str) -> float | int | str:
+    """A ``--given`` value as ``sample`` writes it back: a whole number written without a
+    decimal point as an integer (``2001``, not ``2001.0``), else as :func:`_given_value`."""
+    read = _given_value(flow, name, value)
+    whole = isinstance(read, float) and value.strip().lstrip("+-").isdecimal()
+    return int(value) if whole else read
 
 
 def _given_code(flow: Any, name: str, value: str) -> float:
@@ -937,8 +950,9 @@ def _fit_table(
         )
         if weights is not None and args.weights in val_table.columns:  # else: unweighted
             wv = _weights_column(val_table, args.weights, val_path, args.drop_missing)
-            val_df = val_df.loc[val_df.index.intersection(wv.index)]
-            val_weights = _tensor(wv.loc[val_df.index].to_frame(), dtype)[:, 0]
+            kept = val_df.index.intersection(wv.index)  # the rows both keep (same labels)
+            val_df = val_df.loc[kept]
+            val_weights = _tensor(wv.loc[kept].to_frame(), dtype)[:, 0]
         xv = _tensor(val_df[data_cols], dtype)
         val = (xv, _tensor(val_df[given], dtype)) if given else xv
     if fitted_greedily(flow):  # RBIG: fitted by standardize, no gradient training
@@ -1141,9 +1155,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
                 )
             raw = _dropped(read_raw_table(args.data), args.drop, args.data, given, args.weights)
             weights = _weights_column(raw, args.weights, args.data, args.drop_missing)
-            df = clean_table(raw.drop(columns=[args.weights]), args.data, **read)
-            df = df.loc[df.index.intersection(weights.index)]
-            weights = weights.loc[df.index]
+            df = clean_table(raw.drop(columns=[args.weights]), args.data, keep_index=True, **read)
+            kept = df.index.intersection(weights.index)  # by the raw table's row labels
+            df = df.loc[kept].reset_index(drop=True)
+            weights = weights.loc[kept].reset_index(drop=True)
             if not (weights > 0).any():
                 raise _UserError(
                     f"{args.data}: --weights column {args.weights!r} is zero on every row kept"
@@ -1246,7 +1261,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             raise _UserError(
                 f"{args.model}: this model is not conditional; --given-table is not used"
             )
-        contexts = _read_for(flow, table_path, given)[1]
+        table, contexts = _read_for(flow, table_path, given)
         ctx = _tensor(contexts, dtype, device)  # (R, C)
     else:
         ctx = _context_row(flow, given, args.given, args.model)
@@ -1268,16 +1283,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
             df[data[j]] = _labels_of(df[data[j]], categories[data[j]])
     if table_path is None:
         for g in given:
-            df[g] = _given_value(flow, g, args.given[g])
+            df[g] = _given_written(flow, g, args.given[g])
         _write_table(df[columns], args.output)
         if args.output:
             print(f"wrote {args.n} samples to {args.output}")
         return
     repeated = contexts.loc[contexts.index.repeat(args.n)].reset_index(drop=True)
+    raw = _select(table, given, table_path)  # as read: integer columns written back as such
     for g in given:
-        df[g] = repeated[g] if g not in categories else _labels_of(repeated[g], categories[g])
-    df.insert(0, "row", np.repeat(np.arange(len(contexts)), args.n))
-    _write_table(df[["row", *columns]], args.output)
+        if g in categories:
+            df[g] = _labels_of(repeated[g], categories[g])
+        elif pd.api.types.is_integer_dtype(raw[g].dtype):
+            df[g] = raw[g].repeat(args.n).reset_index(drop=True)
+        else:
+            df[g] = repeated[g]
+    row = "row"
+    while row in columns:  # a model column named "row": the row number's column is "_row"
+        row = f"_{row}"
+    df.insert(0, row, np.repeat(np.arange(len(contexts)), args.n))
+    _write_table(df[[row, *columns]], args.output)
     if args.output:
         print(
             _shown(

@@ -129,8 +129,9 @@ def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
 
 _SEPARATORS = ("\t", ";", "|", ",")  # tried in this order; "," last: it is also a decimal mark
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
-# a number with thousands separators: 13,210 or 1,234.5 (decimal point), 1.234,5 (decimal comma)
-_GROUPED = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d{1,3}(?:\.\d{3})+(?:,\d*)?)"
+# a number with thousands separators: 13,210 or 1,234.5 (decimal point), 1.234,5 (decimal comma);
+# never a first group of 0 (0,126 is a decimal comma)
+_GROUPED = r"[-+]?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?|[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?)"
 # pandas' default missing-value strings (read_csv's na_values); a text table's empty cell is
 # missing in any column, these only in a column of numbers (see _resolve_na)
 _NA_TOKENS = frozenset(
@@ -259,23 +260,42 @@ def _is_number(field: str, decimal: str = ".") -> bool:
     return True
 
 
+def _heads_numbers(rows: list[list[str]], decimal: str) -> bool:
+    """Whether the first row is a header row: a field that is not a number over a column of
+    numbers (or, with no rows below, any such field). A text field over text is data."""
+    first, below = (rows[0], rows[1:]) if rows else ([], [])
+    return any(
+        not _is_number(f, decimal) and all(_is_number(r[j], decimal) for r in below if j < len(r))
+        for j, f in enumerate(first)
+    )
+
+
 def _text_format(path: Path, header: bool | None, compression: str | None) -> _TextFormat:
     """Separator, decimal mark and header of a text table, from its first 50 non-blank lines.
 
     ``;``-separated files whose numbers use a decimal comma (``1,5;2,25``, as spreadsheets
-    write them in many locales) are read with ``decimal=","``.
+    write them in many locales) are read with ``decimal=","``; so are files with other
+    separators (not ``,``) when a decimal comma cannot be a thousands separator (``0,126``,
+    ``2,5``) and no number has a decimal point. A ``#`` comment names the columns when it fits
+    them and no header row follows (:func:`_heads_numbers`).
     """
     comments, body, skip = _sample_lines(path, compression)
     sep = _separator(body, _table_format(path)[0])
     rows = [_fields(line, sep) for line in body]
+    cells = [f for row in rows for f in row]
     decimal = "."
     if sep == ";" and any(_DECIMAL_COMMA.fullmatch(f) for row in rows[1:] for f in row):
         decimal = ","
-    if comments and header is not False:  # np.savetxt(header="a b") writes "# a b"
+    elif sep != "," and not any("." in f and _is_number(f) for f in cells):
+        # "0,126" or "2,5" (say tab-separated) is never a thousands separator; "1,250" may be
+        commas = [f.strip() for f in cells if _DECIMAL_COMMA.fullmatch(f)]
+        decimal = "," if any(not re.fullmatch(_GROUPED, f) for f in commas) else "."
+    first = rows[0] if rows else []
+    if comments and header is not False and not _heads_numbers(rows, decimal):
+        # np.savetxt(header="a b") writes "# a b": names when no header row follows
         named = _fields(comments[0].lstrip()[1:], sep)
         if rows and len(named) == len(rows[0]) and not all(_is_number(f) for f in named):
             return _TextFormat(sep, decimal, True, [f.strip() for f in named], skip, True)
-    first = rows[0] if rows else []
     if header is None:
         header = bool(first) and not all(_is_number(f, decimal) for f in first)
     names = [f.strip() for f in first] if header else []
@@ -283,20 +303,25 @@ def _text_format(path: Path, header: bool | None, compression: str | None) -> _T
 
 
 def _read_text(
-    path: Path, header: bool | None, compression: str | None, text: Sequence[str] = ()
+    path: Path, header: bool | None, compression: str | None, text: Sequence[str | int] = ()
 ) -> Any:
     """A CSV, TSV or whitespace-separated text table, perhaps compressed, as a DataFrame
     (columns as written, or
     ``x0, x1, …`` without a header). A first column with an empty name and distinct, non-float
     values (the row index ``DataFrame.to_csv`` writes) and columns with an empty name and no
     values (a separator at the end of every line) are not data and are dropped. The columns
-    named in ``text`` are read as written (category labels such as ``02134``), not as numbers."""
+    in ``text`` (names; 0-based positions in a file without a header) are read as written
+    (category labels such as ``02134`` or ``NA``), not as numbers or missing values."""
     import pandas as pd
 
     try:
         fmt = _text_format(path, header, compression)
-        named = fmt.header and not fmt.names_in_comment
-        as_text = {name: str for name in fmt.names if named and name.strip() in text}
+        # the text columns' positions: by name under a header, else as given (ints)
+        at = (
+            {i for i, name in enumerate(fmt.names) if name in text}
+            if fmt.header
+            else {i for i in text if isinstance(i, int)}
+        )
         with warnings.catch_warnings():
             # rows longer than the header: pandas would shift the extra fields into the index
             # (index_col=None) or drop them (index_col=False, with this warning)
@@ -309,7 +334,7 @@ def _read_text(
                 skiprows=fmt.skip,
                 keep_default_na=False,  # "NA" may be a label: _resolve_na decides per column
                 na_values=[""],
-                dtype=as_text or None,
+                dtype={i: str for i in at} or None,
                 index_col=False,
                 skipinitialspace=True,
                 encoding="utf-8",
@@ -334,7 +359,7 @@ def _read_text(
         raise DataError(
             f"{path}: cannot decompress as {compression} ({one_line(e, 80)})"
         ) from None
-    df = _resolve_na(df, fmt.decimal)
+    df = _resolve_na(df, fmt.decimal, at)
     if not fmt.header:
         df.columns = [f"x{i}" for i in range(df.shape[1])]
         df.attrs["header"] = False  # (names given here: a model's columns go by position)
@@ -381,18 +406,18 @@ def _few_non_numbers(numeric: Any) -> bool:
     return cells > 0 and bad <= max(min(5.0, cells / 10), cells / 20)
 
 
-def _resolve_na(df: Any, decimal: str) -> Any:
+def _resolve_na(df: Any, decimal: str, as_written: set[int]) -> Any:
     """A text table read with only empty cells missing, with pandas' missing-value strings
     (``NA``, ``N/A``, ``None``, ``null``, ``nan``, ...) made missing in the columns of numbers
     (:func:`_few_non_numbers`; R and spreadsheets write ``NA`` for a missing number) and kept as
     labels in text columns (``NA`` = North America). A column of numbers with a decimal comma
     and a bad cell keeps its text, its numbers written with ``.``, for :func:`_numeric` to name
-    the bad cells."""
+    the bad cells. The columns at the positions ``as_written`` are left as read (labels)."""
     import pandas as pd
 
     for i in range(df.shape[1]):
         col = df.iloc[:, i]
-        if pd.api.types.infer_dtype(col, skipna=True) != "string":
+        if i in as_written or pd.api.types.infer_dtype(col, skipna=True) != "string":
             continue
         text = col.str.strip()
         na = text.isin(_NA_TOKENS)
@@ -496,11 +521,20 @@ def _read_npy(path: Path) -> Any:
 
 
 def _read_parquet(path: Path) -> Any:
+    """A ``.parquet`` table with rows numbered ``0 … n-1`` in file order. A pandas index stored
+    with it is not kept as the row labels: a named one is a column (as ``to_csv`` writes it),
+    an unnamed one (the labels of a filtered or re-ordered frame) is dropped."""
     pq = _pyarrow(path, "reading")
     try:
         df = pq.read_table(path).to_pandas()
     except Exception as e:
         raise DataError(f"{path}: cannot read as parquet ({one_line(e, 80)})") from None
+    named = [name for name in df.index.names if name is not None]
+    clash = [name for name in named if name in df.columns]
+    if clash:
+        raise DataError(f"{path}: its stored pandas index {clash[0]!r} is also a column's name")
+    df = df.reset_index(level=named) if named else df
+    df = df.reset_index(drop=True)
     df.columns = [str(c) for c in df.columns]
     return df
 
@@ -594,6 +628,7 @@ def clean_table(
     allow_constant: bool = False,
     categories: bool | Categories = False,
     missing_ok: Sequence[str] = (),
+    keep_index: bool = False,
 ) -> Any:
     """Check a DataFrame: numeric columns, no missing/infinite values, no constant column.
 
@@ -612,6 +647,9 @@ def clean_table(
 
     ``missing_ok``: columns whose missing cells are kept, as NaN (a padded set's absent
     elements); they are exempt from the missing-value and constant-column rules.
+
+    ``keep_index``: the rows kept keep their labels in ``df.index`` (to pair them with other
+    columns of the same table, cleaned apart); else they are numbered ``0 … n-1``.
     """
     path = Path(source)
     if df.shape[1] == 0:
@@ -621,6 +659,7 @@ def clean_table(
         raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, dup))}")
     df, labels = _numeric(df, path, categories)
     out = _checked(df, path, drop_missing, drop_constant, allow_constant, set(missing_ok))
+    out = out if keep_index else out.reset_index(drop=True)
     out.attrs["categories"] = {name: v for name, v in labels.items() if name in out.columns}
     out.attrs["header"] = df.attrs.get("header", True)
     return out
@@ -660,7 +699,7 @@ def _checked(
     if allow_constant:  # scoring: any number of rows, constant columns are fine
         if len(df) == 0:
             raise DataError(f"{path}: no data rows")
-        return df.reset_index(drop=True)
+        return df
     if len(df) < 2:
         raise DataError(f"{path}: needs at least 2 data rows, got {len(df)}")
     constant = [c for c in checked if df[c].nunique() <= 1]
@@ -672,7 +711,7 @@ def _checked(
                 "drop them with drop_constant=True (--drop-constant)"
             )
         df = df.drop(columns=constant)
-    return df.reset_index(drop=True)
+    return df
 
 
 def read_table(
@@ -693,15 +732,16 @@ def read_table(
     non-blank lines: tab for ``.tsv``, else the first of tab, ``;``, ``|`` and ``,`` that gives
     every line the same number of fields (more than one), else runs of whitespace (as
     ``np.savetxt`` writes). A ``;``-separated file with decimal commas (``1,5;2,25``) is read
-    with ``decimal=","``. Lines starting with ``#`` at the top are comments (``np.savetxt``'s
-    ``header="a b"`` gives ``# a b``: its names are the header when they fit the rows); a ``#``
-    further down is data. The first row is a header unless all its fields are numbers (override
-    with ``header``); without a header the columns are named ``x0, x1, …``. An empty cell is
-    missing; pandas' missing-value words (``NA``, ``N/A``, ``None``, ``null``, ``nan``, ...) are
-    missing in a column of numbers and labels in a text column. An unnamed first
-    column of distinct non-float values (the index ``DataFrame.to_csv`` writes: row numbers, also
-    shuffled or filtered, labels or dates) and unnamed empty
-    columns (a separator ending every line) are dropped; rows longer than the header are an
+    with ``decimal=","``, as is any other file with a decimal comma that is not a thousands
+    separator (``0,126``, ``2,5``). Lines starting with ``#`` at the top are comments
+    (``np.savetxt``'s ``header="a b"`` gives ``# a b``: its names are the header when they fit
+    the rows and no header row follows); a ``#`` further down is data. The first row is a
+    header unless all its fields are numbers (override with ``header``); without a header the
+    columns are named ``x0, x1, …``. An empty cell is missing; pandas' missing-value words
+    (``NA``, ``N/A``, ``None``, ``null``, ``nan``, ...) are missing in a column of numbers and
+    labels in a text column. An unnamed first column of distinct non-float values (the index
+    ``DataFrame.to_csv`` writes: row numbers, also shuffled or filtered, labels or dates) and
+    unnamed empty columns (a separator ending every line) are dropped; rows longer than the header are an
     error, not shifted into an index. ``.npy``: a 1-D or 2-D numeric array (columns ``x0, …``),
     read with ``allow_pickle=False``. ``.parquet``: needs ``pyarrow``.
 
@@ -774,12 +814,13 @@ def float32_blurred_columns(
 
 
 def read_raw_table(
-    path: str | os.PathLike[str], *, header: bool | None = None, text: Sequence[str] = ()
+    path: str | os.PathLike[str], *, header: bool | None = None, text: Sequence[str | int] = ()
 ) -> Any:
     """A table file as read, before :func:`clean_table`: the formats, separators, header and
     missing-value rules of :func:`read_table`, the values as pandas parsed them (text columns
     as strings). ``text``: columns of a text file to keep as written (category labels that look
-    like numbers, ``02134``). For reading a table whose other columns are the user's business
+    like numbers, ``02134``, or missing values, ``NA``): names, and for a file without a header
+    0-based positions (ints). For reading a table whose other columns are the user's business
     (scoring rows with an identifier beside them): clean the columns you need with
     :func:`clean_table`."""
     path = Path(path)
@@ -816,10 +857,16 @@ def as_tensor(
     device: str | torch.device | None = None,
     allow_nan: bool = False,
 ) -> Tensor:
-    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy);
-    ``allow_nan``: NaN may stand for missing entries (a padded set's absent elements), inf not."""
+    """A Tensor, NumPy array or pandas DataFrame as a finite 2-D-or-more float tensor (a copy)
+    in ``dtype`` (default: a float tensor's own, float64 for integers, booleans, arrays and
+    frames); complex numbers are refused. ``allow_nan``: NaN may stand for missing entries (a
+    padded set's absent elements), inf not."""
     if isinstance(data, Tensor):
+        if data.is_complex():
+            raise TypeError(f"{where}: {name} must hold real numbers, got a {data.dtype} tensor")
         t = data.detach()
+        if not t.is_floating_point():  # integers and booleans exactly, as NumPy's are
+            t = t.to(dtype or torch.float64)
     elif isinstance(data, np.ndarray):
         if not _real_dtype(data.dtype):
             raise TypeError(
@@ -835,8 +882,6 @@ def as_tensor(
         raise TypeError(
             f"{where}: {name} must be a Tensor, NumPy array or DataFrame, got {type(data).__name__}"
         )
-    if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
     if t.dim() < 2:
         raise ValueError(
             f"{where}: {name} must be 2-D (rows, columns), got shape {tuple(t.shape)}"
