@@ -6,9 +6,11 @@ Data: a mixture of two wrapped normals on ``[-π, π]^D`` (one centred at ``+3``
 mass lies across the seam at ``±π``; correlated coordinates), 16,000 training and 4,000 test
 angles. Both libraries get ``--transforms`` autoregressive layers, MADE hidden ``--hidden``,
 ReLU, ``--bins`` bins, batch 512, Adam (lr 1e-3). zuko's circular spline is a regular spline
-(end derivatives 1) after a half-turn shift (``3K - 1`` parameters per angle); nfkit's has a
-learned end derivative and a learned rotation (``3K + 1``), so the parameter counts differ by
-``2 D`` per layer (printed). Reported: the training step (median ms over rounds), ``log_prob``
+(end derivatives 1) after a half-turn shift (``3K - 1`` parameters per angle, the MADE reading
+the ``D`` angles); nfkit's has a learned end derivative and a learned rotation (``3K + 1``), and
+its MADE reads each angle as ``(cos, sin)`` (``2 D`` inputs), so the parameter counts differ by
+``2 D (h_L + 1) + D h_1`` per layer, ``h_1`` and ``h_L`` the first and last hidden widths
+(``D = 2``, hidden (128, 128): 772; printed). Reported: the training step (median ms over rounds), ``log_prob``
 and ``sample`` throughput (4096 rows, no grad), and the test log-likelihood per angle after
 ``--steps`` steps from seed 0. Results as Markdown and JSON under ``--out``.
 """

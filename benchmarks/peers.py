@@ -12,31 +12,57 @@ Cells are ``<data>-<model>``: data ∈ {moons (D=2), digits (D=64), synth256 (D=
 NSFc (coupling NSF)}. Every library gets 5 transforms, conditioner networks with hidden widths
 (128, 128) and ReLU (``--transforms``, ``--hidden``), splines with 8 bins on [-5, 5] and linear
 (identity) tails; the script prints each library's parameter count (they must match) and fails
-loudly otherwise.
+loudly otherwise. ``--libs`` picks the libraries (any subset; the floor does not need nfkit);
+the Markdown marks the others "not run".
+
+The peers' flows (``build``): zuko's own factories; nflows' transforms (its MAF scales by
+``softplus(ŝ) + 1e-3``, its affine coupling by the gate ``σ(ŝ + 2) + 1e-3``, which cannot expand,
+so its RealNVP's density never exceeds the base's peak); normflows' own ``AffineCouplingBlock``
+(exp scale, split by halves where nfkit alternates features, as many features transformed per
+layer as nfkit's) for RealNVP, and nflows-style transforms from normflows put on the density
+side (``Swap``) for MAF, NSF and coupling NSF. normflows' ``MaskedAffineAutoregressive`` run that
+way computes ``z = (σ(ŝ + 2) + 1e-3) x + shift`` on the density side: it can only contract,
+every log-det is at most ``D T log 1.001``, and its test log-likelihood is capped near the
+base's peak (moons: −2.39 after 500 steps against a bound of −1.83), so normflows' MAF
+test log-likelihood is not comparable with the other libraries' (its timings are: the gate
+costs about what an expanding scale would). Results files written before
+normflows' RealNVP was added (all stored ``peers-*`` results) have no normflows on RealNVP
+cells.
 
 Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
 
 * ``step``: median training-step time (forward, backward, Adam) over rounds; the libraries and the
   *floor* are interleaved round by round (the machine may be shared: only same-round ratios are
-  meaningful). The floor is the dense matmuls of the same networks alone: plain ``F.linear``
-  chains with the same shapes (no masks, no activations, no transformer, no optimizer step),
-  forward + backward, timed in the same rounds: the issue's definition. The libraries' steps
-  include Adam, activations and the transformer, so 1.0x is out of reach by construction. The
-  ``MLP+Adam`` column times the networks' own share of a step: the same dense networks as a plain
-  PyTorch MLP (ReLU in place between layers, one tensor per weight and bias), forward, backward
-  and ``torch.optim.Adam``'s step, in the same rounds; a flow adds masks, its transformers and
-  the log-density to this.
+  meaningful). The floor is forward + backward of the same networks, including the input
+  gradients of every network after the first: plain ``F.linear`` chains with the same shapes
+  (no masks, no activations, no transformer, no optimizer step), where every chain after the
+  first takes an input that requires grad, as a flow's transforms after the first do (their
+  inputs depend on earlier transforms' parameters), timed in the same rounds. The libraries'
+  steps include Adam, activations and the transformer, so 1.0x is out of reach by
+  construction. The ``MLP+Adam`` column times the networks' own share of a step: the same dense
+  networks (with the same input gradients) as a plain PyTorch MLP (ReLU in place between
+  layers, one tensor per weight and bias), forward, backward and ``torch.optim.Adam``'s step, in
+  the same rounds; a flow adds masks, its transformers and the log-density to this. Results
+  stored before the floor took those input gradients (all stored ``peers-*`` results) used a
+  floor and an ``MLP+Adam`` step without them: a smaller floor (4–9% in an A/B on moons,
+  digits and synth256 MAF and digits RealNVP) and so higher ratios.
 * ``log_prob``: rows/s of ``log_prob`` under ``no_grad`` on a batch of 4096.
 * ``sample``: samples/s for 1000 samples; the sampling floor is the forward matmuls of the
   networks at that batch, ``D`` times per autoregressive layer (once per coupling layer).
 * ``memory``: CUDA: ``torch.cuda.max_memory_allocated`` over one training step. CPU: the growth of
   the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) over the first
   two training steps (activations, gradients, Adam's state) above the built model's, in a fresh
-  subprocess per library (torch's CPU allocator is invisible to ``tracemalloc``).
+  subprocess per library with the run's torch thread count (torch's CPU allocator is invisible
+  to ``tracemalloc``). The child trims glibc's heap (``malloc_trim(0)``) before resetting the
+  peak, so that the step cannot reuse pages the data's freed NumPy temporaries left resident;
+  stored results measured before the trim understate synth256 (MAF, nfkit: 4.9 MiB against
+  39 MiB).
   ``--memory-only`` re-measures this column of an existing results file.
 * ``test_ll``: mean test log-likelihood (nats per row) after a fixed budget of steps, same seed,
-  same data, same batches for every library; and for nfkit also after ``nf.fit`` (early stopping
-  on a validation split, cosine schedule) when ``nf.fit`` exists.
+  same data, same batches for every library; and for nfkit also after ``nf.fit`` when ``nf.fit``
+  exists. That column is not like-for-like: ``nf.fit`` holds out a validation split, stops
+  early, uses its own AdamW and cosine schedule and runs up to ``--fit`` steps (a different
+  budget from the peers' fixed ``--steps``); only its batch is the run's (``--batch``).
 * ``--compile``: nfkit's training step and ``log_prob`` under ``torch.compile`` (inductor), beside
   the eager figures; ``flow.transform`` is compiled and the boundary checks stay outside.
 """
@@ -44,6 +70,7 @@ Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -315,8 +342,20 @@ def build(lib: str, model: str, d: int) -> Model:
                         )
                     )
                 )
-            else:
-                raise NotImplementedError("normflows: no matching affine coupling (n/a)")
+            else:  # RealNVP
+                # normflows' own coupling block with the original RealNVP's exp scale. Its split
+                # is by halves (chunk(2), the first ceil(D/2) wide) where nfkit alternates
+                # features; the halves are picked so that each layer transforms as many
+                # features as nfkit's (even layers ceil(D/2), odd ones floor(D/2)): "channel_inv"
+                # transforms the first half, "channel" the second.
+                n_b = int(_alternating(d, i).sum())
+                flows.append(
+                    nfs.flows.AffineCouplingBlock(
+                        _Net(d - n_b, 2 * n_b),
+                        scale_map="exp",
+                        split_mode="channel_inv" if i % 2 == 0 else "channel",
+                    )
+                )
             if ar and i < TRANSFORMS - 1:
                 flows.append(Reverse())
         # normflows' flows run latent → data; the list is ordered from the base.
@@ -355,7 +394,15 @@ def floor_fns(
     nets: list[tuple[int, ...]], autoregressive: bool, device: str
 ) -> tuple[Callable[[], None], Callable[[], None], Callable[[int], Callable[[], None]]]:
     """The matmul floor (the same dense ``F.linear`` chains: training step and sampling passes)
-    and the ``MLP+Adam`` step: those chains with ReLU between layers and an Adam step."""
+    and the ``MLP+Adam`` step: those chains with ReLU between layers and an Adam step.
+
+    In a flow's training step every network's input but the first's depends on the parameters
+    of the transforms before it, so backward computes the gradient with respect to that input
+    too (one more matmul per layer). The chains after the first therefore take an input that
+    requires grad: the floor is forward + backward of the same networks, including the input
+    gradients of every network after the first. ``autoregressive`` only sets the sampling
+    floor's passes (``D`` per network, else one).
+    """
     params: list[nn.Parameter] = []
     layers: list[list[tuple[nn.Parameter, nn.Parameter]]] = []
     for widths in nets:
@@ -366,39 +413,42 @@ def floor_fns(
             chain.append((w, bias))
             params += [w, bias]
         layers.append(chain)
-    x = torch.randn(
-        BATCH, nets[0][0] if autoregressive else max(n[0] for n in nets), device=device
-    )
+    xs = [
+        torch.randn(BATCH, widths[0], device=device, requires_grad=i > 0)
+        for i, widths in enumerate(nets)
+    ]
 
-    def run(h0: Tensor, relu: bool = False) -> Tensor:
-        total = h0.new_zeros(())
-        for chain in layers:
-            h = h0[..., : chain[0][0].shape[1]]
+    def run(inputs: list[Tensor], relu: bool = False) -> Tensor:
+        total = inputs[0].new_zeros(())
+        for h, chain in zip(inputs, layers):
             for i, (w, b) in enumerate(chain):
                 h = F.linear(torch.relu_(h) if relu and i else h, w, b)
             total = total + h.mean()
         return total
 
     def step() -> None:
-        for p in params:
-            p.grad = None
-        run(x).backward()
+        for t in (*params, *xs[1:]):
+            t.grad = None
+        run(xs).backward()
 
     opt = torch.optim.Adam(params, lr=1e-3)
 
     def mlp_step() -> None:
         opt.zero_grad()
-        run(x, relu=True).backward()
+        for x in xs[1:]:
+            x.grad = None
+        run(xs, relu=True).backward()
         opt.step()
 
     def sampler(n: int) -> Callable[[], None]:
-        z = torch.randn(n, x.shape[-1], device=device)
+        z = torch.randn(n, max(widths[0] for widths in nets), device=device)
+        inputs = [z[..., : widths[0]] for widths in nets]
         passes = nets[0][0] if autoregressive else 1
 
         def go() -> None:
             with torch.no_grad():
                 for _ in range(passes):
-                    run(z)
+                    run(inputs)
 
         return go
 
@@ -490,12 +540,24 @@ def memory_child(cell: str, lib: str, device: str) -> None:
     # Peak RSS over the first two steps (activations, gradients, Adam's state) above the RSS of
     # the built model. ru_maxrss cannot be used: Linux carries it over fork and exec, so a child
     # of a large parent would report the parent's peak. Writing 5 to clear_refs resets VmHWM.
+    # The heap is trimmed first: pages that load_data's NumPy temporaries left resident would
+    # otherwise be reused by the step without raising VmHWM (synth256 MAF: 4.9 MiB without
+    # the trim, 38 MiB with it or with data made without temporaries).
+    _trim_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kib("VmRSS")
     step()
     step()
     print(max(0, _status_kib("VmHWM") - before) / 1024)
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim(0)``; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _status_kib(field: str) -> int:
@@ -509,7 +571,7 @@ def _status_kib(field: str) -> int:
 def measure_memory(cell: str, lib: str, device: str) -> float | None:
     cmd = [sys.executable, __file__, "--_memory", cell, lib, "--device", device]
     cmd += ["--hidden", ",".join(map(str, HIDDEN)), "--transforms", str(TRANSFORMS)]
-    cmd += ["--batch", str(BATCH)]
+    cmd += ["--batch", str(BATCH), "--threads", str(torch.get_num_threads())]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
         return round(float(out.stdout.strip().splitlines()[-1]), 1)
@@ -553,7 +615,7 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     data_name, model = cell.split("-")
     d, device = features(data_name), args.device
     train, test = load_data(data_name)
-    libs = [lib for lib in args.libs if not (lib == "normflows" and model == "RealNVP")]
+    libs = list(args.libs)
     models: dict[str, Model] = {}
     for lib in libs:
         torch.manual_seed(0)
@@ -563,7 +625,8 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[{cell}] parameters: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     if len(set(counts.values())) != 1:
         raise SystemExit(f"[{cell}] parameter counts differ: {counts}")
-    nets, ar = models["nfkit"].nets, models["nfkit"].autoregressive
+    # The floor's networks are the architecture's, whichever libraries run (nfkit need not).
+    nets, ar = _net_widths(model, d), model in ("MAF", "NSF")
     floor_step, mlp_step, floor_sampler = floor_fns(nets, ar, device)
 
     # Training step: libraries and floor interleaved round by round (order rotated each round).
@@ -631,11 +694,21 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
         test_ll[lib] = fit_budget(m, train, test, args.steps, device)
         print(f"[{cell}] {lib}: test LL after {args.steps} steps {test_ll[lib]:.3f}", flush=True)
     fit_ll: dict[str, Any] | None = None
-    if hasattr(nf, "fit") and args.fit:
+    if hasattr(nf, "fit") and args.fit and "nfkit" in libs:
+        # not like-for-like: early stopping on a validation split, nf.fit's AdamW and cosine
+        # schedule, and up to --fit steps; only the batch is the run's
         torch.manual_seed(0)
         m = build("nfkit", model, d)
         t0 = time.perf_counter()
-        hist = nf.fit(m.module, train, steps=args.fit, progress=False, seed=0, device=device)
+        hist = nf.fit(
+            m.module,
+            train,
+            steps=args.fit,
+            batch_size=BATCH,
+            progress=False,
+            seed=0,
+            device=device,
+        )
         fit_ll = {
             "test_ll": mean_ll(m, test, device),
             "seconds": time.perf_counter() - t0,
@@ -670,6 +743,11 @@ def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _get(d: dict[str, Any], k: str, spec: str) -> str:
+    """``d[k]`` formatted; "not run" when the run left ``k`` out, "n/a" when it has no value."""
+    return "not run" if k not in d else _fmt(d[k], spec)
+
+
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
     libs = [*LIBS, "nfkit-compiled"]
     lines = [
@@ -687,21 +765,24 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         f"bins on [-{BOUND:g}, {BOUND:g}].",
         "",
         "Training step: median ms (ratio to the matmul floor of the same run). Float32, "
-        f"batch {BATCH}, Adam. The floor is the same networks' dense matmuls alone, forward + "
-        "backward (no masks, activations, transformer or optimizer step). MLP+Adam: those "
-        "networks as a plain MLP (ReLU, one tensor per weight and bias), forward, backward and "
-        "the Adam step: the networks' own share of a step, before masks, transformers and the "
-        "log-density. n/a: no matching architecture in that library "
-        "(or a results file from before that column).",
+        f"batch {BATCH}, Adam. The floor is forward + backward of the same networks' dense "
+        "matmuls, including the input gradients of every network after the first (no masks, "
+        "activations, transformer or optimizer step). MLP+Adam: those networks as a plain MLP "
+        "(ReLU, one tensor per weight and bias), forward, backward and the Adam step: the "
+        "networks' own share of a step, before masks, transformers and the log-density. "
+        '"not run": left out of this run (`--libs`, or no `--compile`; results from before '
+        'normflows\' RealNVP wrapper have no normflows on RealNVP cells); "n/a": no figure '
+        "(a results file from before that column, or a failed measurement).",
         "",
         "| cell | params | " + " | ".join(libs) + " | MLP+Adam | floor |",
         "|---" * (len(libs) + 4) + "|",
     ]
     for r in results:
         s, q = r["step_ms"], r["ratio_to_floor"]
-        cells = [f"{s[k]:.2f} ({q[k]:.2f}x)" if k in s else "n/a" for k in [*libs, "mlp"]]
+        cells = [f"{s[k]:.2f} ({q[k]:.2f}x)" if k in s else "not run" for k in libs]
+        cells.append(f"{s['mlp']:.2f} ({q['mlp']:.2f}x)" if "mlp" in s else "n/a")
         lines.append(
-            f"| {r['cell']} | {r['params']['nfkit']} | "
+            f"| {r['cell']} | {next(iter(r['params'].values()), 'n/a')} | "
             + " | ".join(cells)
             + f" | {s['floor']:.2f} |"
         )
@@ -709,7 +790,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
     lines += ["| cell | " + " | ".join(libs) + " |", "|---" * (len(libs) + 1) + "|"]
     for r in results:
         v = r["log_prob_rows_per_s"]
-        lines.append(f"| {r['cell']} | " + " | ".join(_fmt(v.get(k), ",.0f") for k in libs) + " |")
+        lines.append(f"| {r['cell']} | " + " | ".join(_get(v, k, ",.0f") for k in libs) + " |")
     lines += [
         "",
         "Sampling, samples/s for 1000 samples (ratio: floor rate / library rate; the floor is "
@@ -719,12 +800,16 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
     lines += ["| cell | " + " | ".join(LIBS) + " | floor |", "|---" * (len(LIBS) + 2) + "|"]
     for r in results:
         v, q = r["sample_per_s"], r["sample_ratio_to_floor"]
-        cells = [f"{v[k]:,.0f} ({q[k]:.2f}x)" if k in v else "n/a" for k in LIBS]
+        cells = [f"{v[k]:,.0f} ({q[k]:.2f}x)" if k in v else "not run" for k in LIBS]
         lines.append(f"| {r['cell']} | " + " | ".join(cells) + f" | {v['floor']:,.0f} |")
     lines += [
         "",
         "Test log-likelihood (nats/row, higher is better) after the same fixed budget of "
-        "steps; last column: nfkit trained with `nf.fit` (early stopping, cosine schedule):",
+        "steps for every library. normflows' MAF (its one-pass transform put on the density "
+        "side) can only contract, so its figure is capped at the base's peak and not "
+        "comparable. Last column, not like-for-like: nfkit trained with `nf.fit` (early "
+        "stopping on a validation split, AdamW with a cosine schedule, up to `--fit` steps at "
+        "the run's batch):",
         "",
     ]
     lines += ["| cell | " + " | ".join(LIBS) + " | nfkit nf.fit |", "|---" * (len(LIBS) + 2) + "|"]
@@ -733,8 +818,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         fit = r["fit"]["test_ll"] if r.get("fit") else None
         lines.append(
             f"| {r['cell']} | "
-            + " | ".join(_fmt(v.get(k), ".3f") for k in LIBS)
-            + f" | {_fmt(fit, '.3f')} |"
+            + " | ".join(_get(v, k, ".3f") for k in LIBS)
+            + f" | {_fmt(fit, '.3f') if 'nfkit' in v else 'not run'} |"
         )
     if any(r["memory_mib"] for r in results):
         what = (
@@ -746,9 +831,21 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         lines += ["| cell | " + " | ".join(LIBS) + " |", "|---" * (len(LIBS) + 1) + "|"]
         for r in results:
             v = r["memory_mib"]
-            lines.append(
-                f"| {r['cell']} | " + " | ".join(_fmt(v.get(k), ".1f") for k in LIBS) + " |"
-            )
+            lines.append(f"| {r['cell']} | " + " | ".join(_get(v, k, ".1f") for k in LIBS) + " |")
+    if any("compile_seconds" in r for r in results):
+        lines += [
+            "",
+            "`torch.compile` time, seconds: nfkit's compiled training step from "
+            "`torch.compile` to the end of its first two calls (compilation included):",
+            "",
+            "| cell | compile, s |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {r['cell']} | {r['compile_seconds']:.2f} |"
+            for r in results
+            if "compile_seconds" in r
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -811,10 +908,13 @@ def main(argv: list[str] | None = None) -> None:
         if "architecture" in stored:  # re-measure the sizes the file was written with
             a = stored["architecture"]
             configure(tuple(a["hidden"]), a["transforms"], a["batch"])
+        if not args.threads and stored["machine"].get("threads"):
+            torch.set_num_threads(stored["machine"]["threads"])  # the run's thread count
         for r in stored["results"]:
             if r["cell"] in cells:
                 r["memory_mib"] = {
-                    lib: measure_memory(r["cell"], lib, args.device) for lib in r["memory_mib"]
+                    lib: measure_memory(r["cell"], lib, args.device)
+                    for lib in r["memory_mib"] or r["params"]
                 }
                 print(f"[{r['cell']}] memory MiB: {r['memory_mib']}", flush=True)
         stored["memory_command"] = command

@@ -6,16 +6,35 @@ metric is produced for the architecture asked for.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "benchmarks" / "peers.py"
+
+
+@pytest.fixture
+def peers(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A fresh copy of ``benchmarks/peers.py`` (its sizes are module globals), at tiny sizes."""
+    spec = importlib.util.spec_from_file_location("peers_under_test", PEERS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    module.configure((8, 6), 2, 32)
+    return module
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -190,3 +209,75 @@ def test_flow_matching_benchmark_writes_every_metric(tmp_path: Path) -> None:
     assert "| moons | nfkit-FFJORD-FM | 98 |" in (tmp_path / "flow-matching-cpu.md").read_text()
     bad = subprocess.run([*args[:-2], "--methods", "nfkit-FFJORD"], **run)
     assert bad.returncode != 0 and "unknown methods ['nfkit-FFJORD']" in bad.stderr
+
+
+def test_normflows_realnvp_matches_nfkit_and_is_a_density(peers: ModuleType) -> None:
+    pytest.importorskip("normflows")
+    for d in (2, 5, 64):
+        counts = {}
+        for lib in ("nfkit", "normflows"):
+            torch.manual_seed(0)
+            counts[lib] = peers.n_params(peers.build(lib, "RealNVP", d).module)
+        assert counts["normflows"] == counts["nfkit"], (d, counts)
+    torch.manual_seed(0)
+    m = peers.build("normflows", "RealNVP", 2)
+    with torch.no_grad():
+        for p in m.module.parameters():
+            p.normal_(std=0.1)  # away from the identity it starts at
+        g = torch.linspace(-10, 10, 401)
+        density = m.log_prob(torch.cartesian_prod(g, g)).exp()
+        x = m.sample(64)
+    assert abs(float(density.sum() * (g[1] - g[0]) ** 2) - 1) < 1e-3
+    assert x.shape == (64, 2) and torch.isfinite(m.log_prob(x)).all()
+
+
+def test_floor_takes_the_input_gradients_of_every_network_after_the_first(
+    peers: ModuleType,
+) -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    nets = [(4, 8, 6)] * 3  # three networks of two layers
+    step, mlp_step, _ = peers.floor_fns(nets, True, "cpu")
+    for fn in (step, mlp_step):
+        fn()
+        with CountOps() as count:
+            fn()
+        assert count.ops["addmm"] == 6  # forward
+        # backward: 6 weight gradients, the input gradient of the second layer of each network
+        # and of the first layer of every network after the first (an input that requires grad)
+        assert count.ops["mm"] == 6 + 3 + 2
+
+
+def test_peers_runs_without_nfkit_and_marks_it_not_run(peers: ModuleType) -> None:
+    pytest.importorskip("zuko")
+    pytest.importorskip("normflows")
+    args = argparse.Namespace(libs=["zuko", "normflows"], device="cpu", compile=False)
+    args.rounds, args.reps, args.memory, args.steps, args.fit = 1, 1, False, 2, 2
+    result = peers.run_cell("moons-RealNVP", args)
+    assert set(result["params"]) == {"zuko", "normflows"}
+    assert len(set(result["params"].values())) == 1
+    assert result["step_ms"]["floor"] > 0 and result["step_ms"]["normflows"] > 0
+    assert math.isfinite(result["test_ll"]["normflows"])
+    assert result["fit"] is None  # nf.fit trains nfkit, which this run left out
+    md = peers.markdown([result], peers.machine("cpu"), "peers.py --libs zuko,normflows")
+    row = next(line for line in md.splitlines() if line.startswith("| moons-RealNVP |"))
+    assert "| not run |" in row and "no matching architecture" not in md
+
+
+def test_memory_child_sees_the_whole_training_step(tmp_path: Path) -> None:
+    # synth256 MAF, the default sizes: gradients and Adam's two moments alone are 3 x 577k
+    # floats (6.6 MiB); before the heap was trimmed the child read 4.9 MiB
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(PEERS), "--_memory", "synth256-MAF", "nfkit", "--threads", "1"]
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1]) > 3 * 577_280 * 4 / 2**20
