@@ -196,6 +196,22 @@ def test_bases_refuse_non_finite_settings_and_take_a_large_df() -> None:
     assert D.StandardNormal(2).sample(5).shape == (5, 2)  # an int n, as Flow.sample takes
 
 
+def test_diag_normal_takes_trainable_second_as_the_api_contract_writes_it() -> None:
+    """``DiagNormal(D, trainable)``: ``False`` was read as ``loc`` (a trainable base), ``True``
+    as a mean of 1."""
+    fixed = D.DiagNormal(2, False)
+    assert not any(p.requires_grad for p in fixed.parameters()) and torch.equal(
+        fixed.loc, torch.zeros(2)
+    )
+    trained = D.DiagNormal(2, True)
+    assert {n for n, _ in trained.named_parameters()} == {"loc", "log_scale"}
+    assert torch.equal(trained.loc.detach(), torch.zeros(2))
+    with pytest.raises(TypeError, match="DiagNormal: trainable must be True or False, got 0.5"):
+        D.DiagNormal(2, 0.5)
+    with pytest.raises(TypeError):  # loc and scale by keyword only
+        D.DiagNormal(2, True, 1.0)
+
+
 def test_factory_bases_match_the_flow_and_a_frozen_mixture_part_is_reparameterized() -> None:
     """A base object of another width built (log_prob then said "last dim 3"); a base object
     went into the config (unsaveable; a rebuilt flow shared it); base="uniform" gave density 0

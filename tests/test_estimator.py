@@ -513,3 +513,19 @@ def test_an_array_fit_records_its_column_layout_for_the_command_line(tmp_path) -
     bad[0, 2] = -1.0
     with pytest.raises(ValueError, match="column 'x2' has values outside the support"):
         est.score_samples(bad)
+
+
+def test_score_leaves_rows_of_weight_zero_unscored() -> None:
+    """A row of weight 0 outside the support: not scored (it was refused)."""
+    X = np.abs(_moons(200)) + 0.1
+    est = nf.FlowDensity(**SMALL, bounds=(0, None)).fit(X)
+    bad, w = X[:20].copy(), np.ones(20)
+    bad[0, 0], w[0] = -1.0, 0.0
+    assert est.score(bad, sample_weight=w) == pytest.approx(est.score(X[1:20]))
+
+
+def test_default_hidden_with_a_summary_network() -> None:
+    """``hidden=None`` (the factories' defaults) reached Embedded as None: an error."""
+    X = np.c_[_moons(100), np.random.default_rng(0).normal(size=100)]
+    est = nf.FlowDensity("nsf", hidden=None, given=[2], summary=2, steps=2, random_state=0)
+    assert np.isfinite(est.fit(X).score(X))

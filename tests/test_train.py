@@ -220,6 +220,21 @@ def test_resume_refuses_the_same_rows_in_another_order_and_reads_older_fingerpri
     assert resumed.train_loss == full.train_loss
 
 
+def test_rows_of_weight_zero_are_not_checked_against_the_support() -> None:
+    """Rows of weight 0 take no part, so their values are not checked either (a row outside a
+    bounded column's support stopped the fit, in training and in val=)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 2, generator=g) + 0.5
+    w = torch.ones(60)
+    bad, w[:5] = x.clone(), 0.0
+    bad[:5, 0] = -3.0  # outside (0, inf), weight 0
+    flow = nf.models.standardize(_small(), x, bounds=[(0, None), (None, None)])
+    nf.fit(flow, bad, weights=w, steps=3, progress=False, seed=0)
+    nf.fit(flow, x, val=bad, val_weights=w, steps=3, progress=False, seed=0)
+    with pytest.raises(ValueError, match="outside the support"):
+        nf.fit(flow, bad, steps=3, progress=False, seed=0)
+
+
 def test_resume_with_padded_sets_in_the_context(tmp_path) -> None:
     """NaN pads a set's absent elements: the same padded context resumes (its fingerprint was
     NaN, never equal), another padding pattern does not."""

@@ -104,15 +104,22 @@ class StandardNormal(BaseDistribution):
 
 
 class DiagNormal(BaseDistribution):
-    r"""Diagonal normal ``N(μ, diag σ²)`` with ``σ = exp(log_scale)``; trainable by default."""
+    r"""Diagonal normal ``N(μ, diag σ²)`` with ``σ = exp(log_scale)``; trainable by default.
+
+    ``DiagNormal(D, trainable)`` as in the API contract; ``loc`` and ``scale`` (numbers or
+    ``(D,)``) by keyword only.
+    """
 
     def __init__(
         self,
         features: int | Sequence[int],
+        trainable: bool = True,
+        *,
         loc: float | Tensor = 0.0,
         scale: float | Tensor = 1.0,
-        trainable: bool = True,
     ) -> None:
+        if not isinstance(trainable, bool):  # DiagNormal(2, 0.5) once meant loc=0.5
+            raise TypeError(f"DiagNormal: trainable must be True or False, got {shown(trainable)}")
         super().__init__(features)
         loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.event_shape)
         scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.event_shape)

@@ -583,7 +583,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
                     len(self.data_indices_),
                     flow=flow.config,
                     context=context,
-                    hidden=self.hidden,
+                    **({} if self.hidden is None else {"hidden": self.hidden}),
                     set_features=self.summary_set,
                     padded=self.summary_padded,
                 )
@@ -668,12 +668,16 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Mean log-likelihood per row (higher is better; used by ``GridSearchCV``), weighted by
         ``sample_weight`` ``(n,)``, ``>= 0`` when given (rows of weight 0 take no part)."""
-        scores = self.score_samples(X)
         if sample_weight is None:
-            return float(np.mean(scores))
-        w = _check_sample_weight(sample_weight, scores, dtype=np.float64, ensure_non_negative=True)
-        kept = w > 0  # (a row of weight 0 and log p = -inf adds nothing, not NaN)
-        return float(np.average(scores[kept], weights=w[kept]))
+            return float(np.mean(self.score_samples(X)))
+        w = _check_sample_weight(
+            sample_weight, np.empty(_rows(X)), dtype=np.float64, ensure_non_negative=True
+        )
+        # rows of weight 0 are not scored at all (out of the support, they would be refused;
+        # of log p = -inf, they would add 0 · -inf = NaN)
+        kept = np.flatnonzero(w > 0)
+        rows = X.iloc[kept] if hasattr(X, "iloc") else np.asarray(X)[kept]
+        return float(np.average(self.score_samples(rows), weights=w[kept]))
 
     def n_parameters(self) -> int:
         """The fitted model's number of trained parameters (the standardization's statistics

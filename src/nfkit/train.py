@@ -562,17 +562,37 @@ def _place(
 
 
 def _training_data(
-    where: str, flow: Flow, data: Any, context: Any, device: str | torch.device | None
-) -> tuple[Tensor, Tensor | None, torch.dtype, torch.device]:
-    """``(x, c, dtype, device)``: the flow moved to ``device``, data and context as checked
-    tensors in its dtype there, with the same number of rows."""
+    where: str,
+    flow: Flow,
+    data: Any,
+    context: Any,
+    weights: Any,
+    device: str | torch.device | None,
+    names: tuple[str, str, str] = ("data", "context", "weights"),
+) -> tuple[Tensor, Tensor | None, Tensor | None, torch.dtype, torch.device]:
+    """``(x, c, w, dtype, device)``: the flow moved to ``device``, data, context and weights
+    as checked tensors in its dtype there, with the same number of rows. Rows of weight 0 take
+    no part: they are left out here, before the flow checks the rest (their values may lie
+    outside its support) and before any split."""
     dtype, dev = _place(where, flow, device)
-    x = _rows(where, flow, as_tensor(data, where, "data", dtype=dtype, device=dev), "data")
-    c = context_tensor(flow, context, where, dtype=dtype, device=dev)
+    x = _rows(where, flow, as_tensor(data, where, names[0], dtype=dtype, device=dev), names[0])
+    c = context_tensor(flow, context, where, names[1], dtype=dtype, device=dev)
     if c is not None:
-        c = _context_rows(where, c, x, "data", "context")
-    flow._check_x(where, x, c, names=("data", "context"))
-    return x, c, dtype, dev
+        c = _context_rows(where, c, x, names[0], names[1])
+    w = _row_weights(where, weights, x.shape[0], names[2], dtype, dev)
+    x, c, w = _counted(x, c, w)
+    flow._check_x(where, x, c, names=names[:2])
+    return x, c, w, dtype, dev
+
+
+def _counted(
+    x: Tensor, c: Tensor | None, w: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The rows of weight > 0 (all rows without weights)."""
+    if w is None or bool((w > 0).all()):
+        return x, c, w
+    kept = w > 0
+    return x[kept], None if c is None else c[kept], w[kept]
 
 
 def _context_rows(where: str, c: Tensor, x: Tensor, x_name: str, name: str) -> Tensor:
@@ -922,12 +942,11 @@ def fit(
             "(nf.fit would train its identity layers by gradient); fit it first, and nf.fit "
             "may then fine-tune it"
         )
-    x, c, dtype, dev = _training_data(where, flow, data, context, device)
-    w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
+    x, c, w, dtype, dev = _training_data(where, flow, data, context, weights, device)
     warn_outside_spline_interval(  # the rows that count (a weight of 0 takes no part)
         where,
         flow,
-        x if w is None else x[w > 0],
+        x,
         "the training rows",
         "standardize them (nf.models.standardize), or widen it (bound=) for heavy tails",
     )
@@ -974,8 +993,9 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
         xv, cv = _val_data(where, flow, val, c is not None, dtype, dev)
-        flow._check_x(where, xv, cv, names=("val", "val context"))
         wv = _row_weights(where, val_weights, xv.shape[0], "val_weights", dtype, dev)
+        xv, cv, wv = _counted(xv, cv, wv)  # (weight 0: not checked either)
+        flow._check_x(where, xv, cv, names=("val", "val context"))
         xt, ct, wt = x, c, w
     elif val_weights is not None:
         raise ValueError(f"{where}: val_weights weights the rows of val=; give val= too")
