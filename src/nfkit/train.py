@@ -1001,19 +1001,8 @@ def fit(
         raise ValueError(f"{where}: val_weights weights the rows of val=; give val= too")
     else:
         xt, ct, wt, xv, cv, wv = _split(x, c, w, val_fraction, generator)
-    if wt is not None:
-        kept = wt > 0
-        if not bool(kept.any()):
-            raise ValueError(f"{where}: every training row has weight 0 (after the split)")
-        if not bool(kept.all()):  # a weight of 0 takes no part, not even a batch's slot (a row
-            xt, wt = xt[kept], wt[kept]  # of density 0 made the loss 0·-inf = NaN)
-            ct = None if ct is None else ct[kept]
+    if wt is not None:  # (rows of weight 0 were left out before the split: _counted)
         wt = (wt.double() / wt.double().mean()).to(dtype)  # mean 1: the loss keeps its scale
-    if wv is not None and not bool((wv > 0).any()):  # (an explicit val_weights is checked)
-        raise ValueError(
-            f"{where}: every held-out row has weight 0; give val= (and val_weights=) or "
-            "another val_fraction"
-        )
 
     n = xt.shape[0]
     if min(batch_size, n) < 2 and any(isinstance(m, BatchNorm) for m in flow.modules()):
