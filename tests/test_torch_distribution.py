@@ -113,6 +113,22 @@ def test_a_dequantized_flow_has_samples_but_no_reparameterized_ones() -> None:
         q.rsample((2,))
 
 
+@pytest.mark.parametrize("bounds", [(0, None), (0, 12), (None, None)])
+def test_a_dequantized_flows_support_is_its_integers(bounds) -> None:
+    """Integer columns: the integers ``log_prob`` takes (``greater_than(0)`` left out 0, the
+    lowest count, and 8% of the flow's own draws; ``(0, 12)`` gave ``interval(0, 13)``)."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.full((300, 2), 3.0), generator=g)
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), counts, bounds=bounds, discrete=[0]
+    ).eval()
+    support = flow.distribution().support
+    assert bool(support.check(flow.distribution().sample((500,))).all())
+    for value, inside in ((0.0, True), (12.0, True), (12.5, False), (13.0, bounds[1] is None)):
+        assert bool(support.check(torch.tensor([value, 0.5]))) == inside, value
+        assert bool(flow.in_support(torch.tensor([[value, 0.5]]))) == inside, value
+
+
 def test_expanded_log_prob_of_a_value_that_does_not_broadcast_is_one_line() -> None:
     d = nf.FlowDistribution(nf.models.MAF(2, transforms=1, hidden=(8,))).expand((4,))
     with pytest.raises(ValueError, match=r"value's batch shape \(3,\) does not broadcast with "

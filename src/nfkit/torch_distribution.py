@@ -124,20 +124,30 @@ class FlowDistribution(Distribution):
         such constraint per column. ``torch.distributions.biject_to`` maps onto each.
         torch's intervals are closed, the flow's supports open (a value at an end passes
         ``support.check`` and is refused by ``log_prob``); integer (discrete) columns are
-        described by their range."""
+        described by their integers: ``integer_interval`` from the lowest to the highest (an
+        open end: ±inf), as ``log_prob`` takes them."""
         from nfkit.core import dtype_device
 
         domain = self.flow.transform.domain
         k = len(self.event_shape)
-        if domain.is_real:
+        discrete = set(getattr(self.flow, "discrete_columns", ()))  # a DequantizedFlow's
+        if domain.is_real and not discrete:
             return constraints.independent(constraints.real, k)
         dtype, device = dtype_device(self.flow)
         low, high = domain._tensors(torch.zeros((), dtype=dtype, device=device))
+        if low.dim() == 0:  # one interval for every column
+            low, high = (t.expand(self.event_shape[-1:]) for t in (low, high))
         kinds = [_kind(math.isfinite(lo), math.isfinite(hi))
                  for lo, hi in zip(low.flatten().tolist(), high.flatten().tolist(), strict=True)]  # fmt: skip
-        if len(set(kinds)) == 1:
+        if len(set(kinds)) == 1 and not discrete:
             return constraints.independent(_constraint(kinds[0], low, high), k)
-        columns = [_constraint(kind, low[j], high[j]) for j, kind in enumerate(kinds)]
+        # a discrete column's values v + u fill (l, h + 1): its integers are l … h
+        columns = [
+            constraints.integer_interval(low[j], high[j] - 1)
+            if j in discrete
+            else _constraint(kind, low[j], high[j])
+            for j, kind in enumerate(kinds)
+        ]
         return constraints.independent(
             constraints.cat(columns, dim=-1, lengths=[1] * len(columns)), k
         )

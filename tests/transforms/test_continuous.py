@@ -312,3 +312,19 @@ def test_chunked_log_prob_agrees_to_the_solver_tolerance() -> None:
     assert "agree to the solver's tolerance, not bitwise" in " ".join(
         nf.models.FFJORD.__doc__.split()
     )
+
+
+def test_time_features_keep_float64_digits_after_double() -> None:
+    """Built in float32 then ``.double()``: the Fourier frequencies (a buffer not saved) equal a
+    float64 build's (they kept float32's rounding, 1.7e-7 off, and log_prob 1e-8)."""
+    a = nf.models.FFJORD(2, hidden=(8,), time_features=3, solver="rk4", steps=4).double()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        b = nf.models.build(a.config)
+    finally:
+        torch.set_default_dtype(default)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.transform[0].frequencies, b.transform[0].frequencies)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    assert torch.equal(a.log_prob(x), b.log_prob(x))

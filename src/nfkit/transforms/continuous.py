@@ -216,7 +216,11 @@ class ContinuousFlow(Transform):
         self.trace, self.noise, self.solver = trace, noise, solver
         self.atol, self.rtol, self.t1 = float(atol), float(rtol), float(t1)
         self.adjoint = bool(adjoint)
-        frequencies = torch.arange(1, self.time_features + 1) * (math.pi / self.t1)
+        # float64 (read in the input's dtype; .double() keeps the digits, as a rebuilt float64
+        # flow has them: the buffer is not saved)
+        frequencies = torch.arange(1, self.time_features + 1, dtype=torch.float64) * (
+            math.pi / self.t1
+        )
         self.register_buffer("frequencies", frequencies, persistent=False)
         times = (1 + 2 * self.time_features) if self.time_dependent else 0
         inputs = features + times + self.context_features
