@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import nfkit as nf
 from nfkit.cli import main
 
 FAST = [
@@ -1305,3 +1306,34 @@ def test_sample_writes_integer_givens_and_a_row_column_that_does_not_clash(
     lines = [line.split(",") for line in out.split()]
     assert code == 0 and lines[0] == ["_row", "row", "year"], err
     assert [(r[0], r[2]) for r in lines[1:]] == [("0", "2001")] * 2 + [("1", "2007")] * 2
+
+
+def test_cli_review_of_every_model_route(capsys, tmp_path) -> None:
+    """``--discrete auto`` as documented (it merged with its own default into "auto,auto");
+    auto/none beside names refused (the last won); ``plot --data`` and ``fit --val`` name a row
+    outside the support (plot drew it, fit's message named neither file nor row); bounds
+    errors name the column."""
+    g = np.random.default_rng(0)
+    n = 120
+    frame = pd.DataFrame({"p": g.gamma(2.0, size=n) + 0.1, "k": g.poisson(3.0, size=n)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    bad = frame.iloc[:6].copy()
+    bad.loc[4, "p"] = -1.0
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    fast = ["--steps", "3", "--transforms", "1", "--hidden", "8", "-q", "--seed", "0"]
+    model = tmp_path / "m.pt"
+    code, out, err = _run(capsys, "fit", tmp_path / "t.csv", "--discrete", "auto", "--bounds",
+                          "p=0:", "--out", model, *fast)  # fmt: skip
+    assert code == 0, err
+    assert nf.load(model).config["discrete"] == [1]  # k, as without the option
+    err = _error(capsys, "fit", tmp_path / "t.csv", "--discrete", "k", "--discrete", "none")
+    assert "give auto, none or column names, not several" in err
+    err = _error(capsys, "plot", model, "--data", tmp_path / "bad.csv", "-o", tmp_path / "f.png")
+    assert "bad.csv: row 5 (of 1 outside the model's support)" in err
+    err = _error(capsys, "fit", tmp_path / "t.csv", "--bounds", "p=0:", "--val",
+                 tmp_path / "bad.csv", "--out", tmp_path / "v.pt", *fast)  # fmt: skip
+    assert "bad.csv: row 5 (of 1 outside the model's support)" in err
+    err = _error(capsys, "fit", tmp_path / "t.csv", "--bounds", "p=5:1", "--out", model, *fast)
+    assert "bounds of column 'p' need low < high" in err
+    err = _error(capsys, "fit", tmp_path / "t.csv", "--bounds", "k=0.5:", "--out", model, *fast)
+    assert "bounds of discrete column 'k' must be whole numbers" in err

@@ -954,7 +954,13 @@ def _fit_table(
             val_df = val_df.loc[kept]
             val_weights = _tensor(wv.loc[kept].to_frame(), dtype)[:, 0]
         xv = _tensor(val_df[data_cols], dtype)
-        val = (xv, _tensor(val_df[given], dtype)) if given else xv
+        cv = _tensor(val_df[given], dtype) if given else None
+        # rows of weight 0 take no part: not checked either
+        counted = (
+            torch.arange(len(xv)) if val_weights is None else (val_weights > 0).nonzero()[:, 0]
+        )
+        _outside_support(flow, xv[counted], None if cv is None else cv[counted], val_path, counted)
+        val = (xv, cv) if given else xv
     if fitted_greedily(flow):  # RBIG: fitted by standardize, no gradient training
         if weights is not None:
             raise _UserError("--model rbig is fitted greedily, without --weights")
@@ -1639,8 +1645,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
     _, data, given = _schema(flow)
     ctx = _context_row(flow, given, args.given, args.model)
     x = None
-    if args.data is not None:
-        x = _model_table(flow, args.data, drop_missing=True)[2]
+    if args.data is not None:  # as the other commands read a table: no row left out silently
+        _, _, x, c = _model_table(flow, args.data)
+        _outside_support(flow, x, c, args.data)
     kind = args.kind
     if kind == "auto":
         kind = "density" if len(data) <= 2 else "corner"
@@ -1742,8 +1749,18 @@ class _Merged(argparse.Action):
     ``--bounds a=0:,b=0:`` (a column set twice is refused; without this, the last would win)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        given = namespace.__dict__.setdefault("_merged_given", set())  # (this parse's options)
+        if self.dest not in given:  # the first time: replaces the default (--discrete auto)
+            given.add(self.dest)
+            setattr(namespace, self.dest, values)
+            return
         before = getattr(namespace, self.dest, None)
-        if isinstance(values, str) and isinstance(before, str):  # column lists: a,b
+        if self.type is _discrete_spec and not (
+            isinstance(before, list) and isinstance(values, list)
+        ):
+            if before != values:  # auto or none beside column names (the last had won)
+                parser.error(f"{option_string}: give auto, none or column names, not several")
+        elif isinstance(values, str) and isinstance(before, str):  # column lists: a,b
             values = f"{before},{values}"
         elif isinstance(values, list) and isinstance(before, list):  # --discrete a --discrete b
             twice = sorted(set(before) & set(values))

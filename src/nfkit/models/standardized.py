@@ -73,7 +73,14 @@ def _fixed_columns(inner: Flow, features: int) -> list[int]:
 Bounds = Sequence[Sequence[float | None]]
 
 
-def _check_bounds(where: str, bounds: Any, features: int) -> list[tuple[float, float]] | None:
+def _named(j: int, labels: Sequence[str] | None) -> str:
+    """Column ``j`` as the errors name it: its label when the columns are named."""
+    return repr(labels[j]) if labels else str(j)
+
+
+def _check_bounds(
+    where: str, bounds: Any, features: int, labels: Sequence[str] | None = None
+) -> list[tuple[float, float]] | None:
     """``bounds`` as ``D`` pairs ``(low, high)`` of floats (None and ±inf: an open end): one pair
     per column, or one pair for every column."""
     if bounds is None:
@@ -96,10 +103,14 @@ def _check_bounds(where: str, bounds: Any, features: int) -> list[tuple[float, f
             hi = math.inf if high is None else float(high)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{where}: bounds of column {i} must be numbers or None, got {shown((low, high))}"
+                f"{where}: bounds of column {_named(i, labels)} must be numbers or None, got "
+                f"{shown((low, high))}"
             ) from None
         if not lo < hi or lo == math.inf or hi == -math.inf:
-            raise ValueError(f"{where}: bounds of column {i} need low < high, got ({low}, {high})")
+            raise ValueError(
+                f"{where}: bounds of column {_named(i, labels)} need low < high, got "
+                f"({low}, {high})"
+            )
         out.append((lo, hi))
     return out
 
@@ -145,7 +156,10 @@ def _check_discrete(
 
 
 def _cell_bounds(
-    where: str, bounds: list[tuple[float, float]] | None, discrete: list[int] | None
+    where: str,
+    bounds: list[tuple[float, float]] | None,
+    discrete: list[int] | None,
+    labels: Sequence[str] | None = None,
 ) -> list[tuple[float, float]] | None:
     """The flow's support per column: a discrete column's integers ``low … high`` are the cells
     ``[v, v + 1)``, so its continuous support is ``(low, high + 1)`` (whole-number ends)."""
@@ -156,7 +170,7 @@ def _cell_bounds(
         low, high = bounds[j]
         if any(math.isfinite(v) and not float(v).is_integer() for v in (low, high)):
             raise ValueError(
-                f"{where}: bounds of discrete column {j} must be whole numbers (the first and "
+                f"{where}: bounds of discrete column {_named(j, labels)} must be whole numbers (the first and "
                 f"last integer it takes), got ({low:g}, {high:g})"
             )
         out[j] = (low, high + 1)
@@ -495,7 +509,7 @@ def standardize(
     x = as_tensor(x, where, "x")  # a Tensor (its dtype kept), NumPy array or DataFrame
     if x.dim() == 2 and x.shape[1] != features:
         raise ValueError(f"{where}: x must have last dim {features}, got shape {tuple(x.shape)}")
-    support = _check_bounds(where, bounds, features)
+    support = _check_bounds(where, bounds, features, x_labels)
     fixed = _fixed_columns(flow, features)
     if support is not None:  # an angle with both ends open: the flow's own interval
         for j in fixed:
@@ -516,6 +530,7 @@ def standardize(
             f"{where}: context angle column {max(angle_ranges)} is out of range for {ctx} "
             f"context columns (a flow of C + A context features for C columns, A of them angles)"
         )
+    _cell_bounds(where, support, cells, x_labels)  # checked here, its errors naming columns
     out = _wrap(flow, features, ctx, support, cells, sorted(angle_ranges))
     out.config = {
         "model": "Standardized",
@@ -537,7 +552,7 @@ def standardize(
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
         x = out._dequantize(x, noise.to(x.device))  # type: ignore[operator]
     if support is not None:  # the statistics of the columns mapped onto the real line
-        to_cells = _cell_bounds(where, support, cells)
+        to_cells = _cell_bounds(where, support, cells, x_labels)
         to_cells = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(to_cells)]
         to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells], dtype=x.dtype).to(
             x.device
