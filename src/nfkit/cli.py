@@ -1755,13 +1755,8 @@ class _Merged(argparse.Action):
             setattr(namespace, self.dest, values)
             return
         before = getattr(namespace, self.dest, None)
-        if self.type is _discrete_spec and not (
-            isinstance(before, list) and isinstance(values, list)
-        ):
-            if before != values:  # auto or none beside column names (the last had won)
-                parser.error(f"{option_string}: give auto, none or column names, not several")
-        elif isinstance(values, str) and isinstance(before, str):  # column lists: a,b
-            values = f"{before},{values}"
+        if self.type is None and isinstance(values, str) and isinstance(before, str):
+            values = f"{before},{values}"  # column lists: a,b
         elif isinstance(values, list) and isinstance(before, list):  # --discrete a --discrete b
             twice = sorted(set(before) & set(values))
             if twice:
@@ -1772,6 +1767,8 @@ class _Merged(argparse.Action):
             if twice:
                 parser.error(f"{option_string} sets {', '.join(map(repr, twice))} twice")
             values = {**before, **values}
+        elif before != values:  # a mode (--discrete auto, none) and another value: one only
+            parser.error(f"{option_string} given as {before!r} and {values!r}: give one")
         setattr(namespace, self.dest, values)
 
 

@@ -434,11 +434,8 @@ def _nll(
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], chunk):
         ci = None if c is None else c[i : i + chunk]
-        lp = flow.log_prob(x[i : i + chunk], ci).double()
-        if w is not None:  # a weight of 0 takes no part, even at a row of density 0 (0·-inf)
-            wi = w[i : i + chunk].double()
-            lp = torch.where(wi > 0, lp * wi, 0.0)
-        total += -lp.sum()
+        lp = flow.log_prob(x[i : i + chunk], ci).double()  # (rows of weight 0: left out)
+        total += -(lp.sum() if w is None else (lp * w[i : i + chunk].double()).sum())
     flow.train(was_training)
     return float(total) / (x.shape[0] if w is None else float(w.double().sum()))
 
@@ -568,20 +565,19 @@ def _training_data(
     context: Any,
     weights: Any,
     device: str | torch.device | None,
-    names: tuple[str, str, str] = ("data", "context", "weights"),
 ) -> tuple[Tensor, Tensor | None, Tensor | None, torch.dtype, torch.device]:
     """``(x, c, w, dtype, device)``: the flow moved to ``device``, data, context and weights
     as checked tensors in its dtype there, with the same number of rows. Rows of weight 0 take
     no part: they are left out here, before the flow checks the rest (their values may lie
     outside its support) and before any split."""
     dtype, dev = _place(where, flow, device)
-    x = _rows(where, flow, as_tensor(data, where, names[0], dtype=dtype, device=dev), names[0])
-    c = context_tensor(flow, context, where, names[1], dtype=dtype, device=dev)
+    x = _rows(where, flow, as_tensor(data, where, "data", dtype=dtype, device=dev), "data")
+    c = context_tensor(flow, context, where, dtype=dtype, device=dev)
     if c is not None:
-        c = _context_rows(where, c, x, names[0], names[1])
-    w = _row_weights(where, weights, x.shape[0], names[2], dtype, dev)
+        c = _context_rows(where, c, x, "data", "context")
+    w = _row_weights(where, weights, x.shape[0], "weights", dtype, dev)
     x, c, w = _counted(x, c, w)
-    flow._check_x(where, x, c, names=names[:2])
+    flow._check_x(where, x, c, names=("data", "context"))
     return x, c, w, dtype, dev
 
 

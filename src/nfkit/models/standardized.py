@@ -170,8 +170,8 @@ def _cell_bounds(
         low, high = bounds[j]
         if any(math.isfinite(v) and not float(v).is_integer() for v in (low, high)):
             raise ValueError(
-                f"{where}: bounds of discrete column {_named(j, labels)} must be whole numbers (the first and "
-                f"last integer it takes), got ({low:g}, {high:g})"
+                f"{where}: bounds of discrete column {_named(j, labels)} must be whole numbers "
+                f"(the first and last integer it takes), got ({low:g}, {high:g})"
             )
         out[j] = (low, high + 1)
     return out
@@ -530,7 +530,7 @@ def standardize(
             f"{where}: context angle column {max(angle_ranges)} is out of range for {ctx} "
             f"context columns (a flow of C + A context features for C columns, A of them angles)"
         )
-    _cell_bounds(where, support, cells, x_labels)  # checked here, its errors naming columns
+    cell_support = _cell_bounds(where, support, cells, x_labels)  # (errors name the columns)
     out = _wrap(flow, features, ctx, support, cells, sorted(angle_ranges))
     out.config = {
         "model": "Standardized",
@@ -552,8 +552,9 @@ def standardize(
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
         x = out._dequantize(x, noise.to(x.device))  # type: ignore[operator]
     if support is not None:  # the statistics of the columns mapped onto the real line
-        to_cells = _cell_bounds(where, support, cells, x_labels)
-        to_cells = [(-math.inf, math.inf) if j in fixed else b for j, b in enumerate(to_cells)]
+        to_cells = [
+            (-math.inf, math.inf) if j in fixed else b for j, b in enumerate(cell_support or [])
+        ]
         to_real = Bounded([b[0] for b in to_cells], [b[1] for b in to_cells], dtype=x.dtype).to(
             x.device
         )
