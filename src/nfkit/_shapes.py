@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nfkit._checks import shape_str
+
 
 def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
     """``torch.broadcast_shapes(a, b)``, returning ``a`` at once when the shapes are equal.
@@ -15,6 +17,18 @@ def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
     if torch.compiler.is_compiling():
         return torch.broadcast_shapes(a, b)
     return a if a == b else torch.broadcast_shapes(a, b)
+
+
+def context_batch(x_batch: torch.Size, c_batch: torch.Size) -> torch.Size:
+    """The broadcast of an input's batch shape and its context's (as :func:`broadcast_shapes`),
+    or a one-line ``ValueError`` naming both when they do not broadcast."""
+    try:
+        return broadcast_shapes(x_batch, c_batch)
+    except RuntimeError:
+        raise ValueError(
+            f"the context's batch shape {shape_str(c_batch)} does not broadcast with the "
+            f"input's {shape_str(x_batch)}"
+        ) from None
 
 
 def check_size(where: str, x: torch.Tensor, dim: int, size: int, name: str = "x") -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nfkit.nn import MLP, ResNet
+from nfkit.nn import MADE, MLP, ResNet
 
 
 def test_residual_mlp_computes_pre_activation_blocks() -> None:
@@ -46,3 +46,8 @@ def test_residual_refusals_are_one_line() -> None:
     with pytest.raises(ValueError, match="ResNet: hidden must be an integer >= 1"):
         ResNet(3, 2, hidden=(8, 8))
     assert isinstance(ResNet(3, 2, activation=nn.Tanh).act, nn.Tanh)
+
+
+def test_a_context_that_does_not_broadcast_is_named_in_one_line() -> None:
+    with pytest.raises(ValueError, match=r"context's batch shape \(3,\) does not broadcast"):
+        MADE(2, 2, context=3)(torch.randn(2, 2), torch.randn(3, 3))

@@ -53,6 +53,24 @@ def test_multiscale_split_preserves_shape_and_factored_channels() -> None:
         t(torch.randn(3, 2, 6, 6), c)
     with pytest.raises(ValueError, match=r"MultiscaleSplit: inner must act on images"):
         T.MultiscaleSplit(T.Reverse(2), split=2)
+    with pytest.raises(ValueError, match=r"inner Squeeze must keep its input's shape"):
+        T.MultiscaleSplit(T.Squeeze(), split=2)(torch.randn(2, 4, 4, 4))  # (8, 2, 2) from cat
+
+
+@pytest.mark.parametrize("kernel_size", [3.0, 1.5, "3", None, True, 2, 0])
+@pytest.mark.parametrize("net", ["ConvNet", "ConvResNet"])
+def test_conv_kernel_size_must_be_a_positive_odd_int(net: str, kernel_size: object) -> None:
+    """Floats, strings and None reached torch's constructor (a raw TypeError); True was a 1×1
+    kernel."""
+    widths = (8,) if net == "ConvNet" else 8
+    with pytest.raises(ValueError, match=f"{net}: kernel_size must be a positive odd int"):
+        getattr(nf.nn, net)(2, 4, widths, kernel_size=kernel_size)
+
+
+def test_conv_context_that_does_not_broadcast_is_named() -> None:
+    net = ConvNet(2, 4, (8,), context=3)
+    with pytest.raises(ValueError, match=r"context's batch shape \(3,\) does not broadcast"):
+        net(torch.randn(2, 2, 4, 4), torch.randn(3, 3))
 
 
 def test_glow_latent_has_data_shape_and_levels() -> None:
@@ -144,3 +162,5 @@ def test_dequantize() -> None:
     y = T.dequantize(x, generator=torch.Generator().manual_seed(0))
     assert y.dtype == torch.get_default_dtype()
     assert ((y >= x) & (y < x + 1)).all() and (y - x).std() > 0.2
+    listed = T.dequantize([[1, 2]], generator=torch.Generator().manual_seed(0))  # array-like
+    assert listed.dtype == torch.get_default_dtype() and ((listed >= 1) & (listed < 3)).all()

@@ -39,6 +39,30 @@ def test_actnorm_initialized_from_one_value_per_feature_keeps_its_scale(shape, e
     torch.testing.assert_close(wide.log_scale.detach(), expected)
 
 
+@pytest.mark.parametrize("event_dim", [1, 3])
+def test_actnorm_standardizes_any_spread_and_keeps_a_constant_feature_at_scale_one(
+    event_dim: int,
+) -> None:
+    """A tiny spread in the data's units is standardized (an absolute floor of 1e-6 on the std
+    left data of std 1e-9 at std 1e-3); a feature constant in the first batch, also one whose
+    spread is only the rounding of its mean, keeps the scale 1 (the floor fixed its log-scale at
+    -13.8 for good, and a later row off the constant scored about -5e11)."""
+    shape = (64, 3) if event_dim == 1 else (16, 3, 2, 2)
+    x = torch.randn(shape, dtype=torch.float64) * 1e-9
+    const = torch.full(shape, 0.1, dtype=torch.float64)
+    first = torch.arange(3).view((3,) + (1,) * (event_dim - 1)) == 0
+    x = torch.where(first, const, x)
+    layer = T.ActNorm(3, event_dim=event_dim).double()
+    z, _ = layer(x)
+    assert layer.log_scale[0].item() == 0.0
+    dims = (0,) if event_dim == 1 else (0, 2, 3)
+    torch.testing.assert_close(z.std(dims, unbiased=False)[1:], torch.ones(2, dtype=torch.float64))
+    off = x.clone()
+    off.select(-event_dim, 0).fill_(1.1)  # the constant 0.1 moved by 1: z moves by 1
+    z_off = layer(off)[0].select(-event_dim, 0)
+    torch.testing.assert_close(z_off, torch.ones_like(z_off))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_hidden, check_positive_int, require_context, shape_str, shown
+from nfkit._checks import (
+    as_int,
+    check_hidden,
+    check_positive_int,
+    require_context,
+    shape_str,
+    shown,
+)
+from nfkit._shapes import context_batch
 
 __all__ = ["ConvNet", "ConvResNet", "broadcast_cat_channels"]
 
@@ -28,10 +36,20 @@ def broadcast_cat_channels(x: Tensor, context: Tensor | None) -> Tensor:
     """
     if context is None:
         return x
-    batch = torch.broadcast_shapes(x.shape[:-3], context.shape[:-1])
+    batch = context_batch(x.shape[:-3], context.shape[:-1])
     h, w = x.shape[-2:]
     planes = context[..., None, None].expand(*batch, context.shape[-1], h, w)
     return torch.cat([x.expand(*batch, *x.shape[-3:]), planes], dim=-3)
+
+
+def _check_kernel(where: str, kernel_size: object) -> int:
+    """A positive odd int ("same" padding keeps H × W only for odd kernels)."""
+    k = as_int(kernel_size)
+    if k is None or k < 1 or k % 2 == 0:
+        raise ValueError(
+            f"{where}: kernel_size must be a positive odd int, got {shown(kernel_size)}"
+        )
+    return k
 
 
 def _conv(a: int, b: int, kernel: int) -> nn.Conv2d:
@@ -103,10 +121,7 @@ class ConvNet(_ImageNet):
         zero_init: bool = True,
     ) -> None:
         super().__init__("ConvNet", in_channels, out_channels, context)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"ConvNet: kernel_size must be a positive odd int, got {shown(kernel_size)}"
-            )
+        kernel_size = _check_kernel("ConvNet", kernel_size)
         widths = [in_channels + context, *check_hidden("ConvNet", hidden), out_channels]
         last = len(widths) - 2
         layers: list[nn.Module] = []
@@ -170,10 +185,7 @@ class ConvResNet(_ImageNet):
         super().__init__("ConvResNet", in_channels, out_channels, context)
         hidden = check_positive_int("ConvResNet", "hidden", hidden)
         blocks = check_positive_int("ConvResNet", "blocks", blocks, minimum=0)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"ConvResNet: kernel_size must be a positive odd int, got {shown(kernel_size)}"
-            )
+        kernel_size = _check_kernel("ConvResNet", kernel_size)
         self.input = _conv(in_channels + context, hidden, kernel_size)
         self.blocks = nn.Sequential(
             *(_ResidualBlock(hidden, kernel_size, activation) for _ in range(blocks))

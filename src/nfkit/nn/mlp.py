@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from nfkit._checks import check_hidden, check_number, check_positive_int, require_context
-from nfkit._shapes import broadcast_shapes
+from nfkit._shapes import context_batch
 from nfkit.nn.packed import PackedLayers
 
 __all__ = [
@@ -28,7 +28,7 @@ def broadcast_cat(x: Tensor, context: Tensor | None) -> Tensor:
     """Concatenate ``x (*a, D)`` and ``context (*b, C)`` on the last dim, broadcasting batch dims."""
     if context is None:
         return x
-    batch = broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    batch = context_batch(x.shape[:-1], context.shape[:-1])
     return torch.cat(
         [x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], -1
     )

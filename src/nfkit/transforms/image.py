@@ -138,6 +138,11 @@ class MultiscaleSplit(Transform):
             )
         head, tail = x[..., : self.split, :, :], x[..., self.split :, :, :]
         out, ladj = (self.inner.inverse if inverse else self.inner)(head, context)
+        if out.shape[-3:] != head.shape[-3:]:
+            raise ValueError(
+                f"{where}: the inner {type(self.inner).__name__} must keep its input's shape "
+                f"(C, H, W) = {shape_str(head.shape[-3:])}, it gave {shape_str(out.shape[-3:])}"
+            )
         tail = tail.expand(*out.shape[:-3], *tail.shape[-3:])
         return torch.cat([out, tail], dim=-3), ladj
 
@@ -231,6 +236,7 @@ def dequantize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor
     them bounds the discrete likelihood: ``log P(x) ≥ E_u log p(x + u)`` (Theis et al. 2016,
     arXiv:1511.01844). Integer tensors are converted to the default float dtype.
     """
+    x = torch.as_tensor(x)
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)

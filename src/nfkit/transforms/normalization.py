@@ -28,7 +28,7 @@ class ActNorm(Transform):
 
     ``ladj = -Σ s`` (times ``H · W`` for images). Data-dependent initialization: the first
     forward in train mode sets ``μ`` and ``s`` to the batch mean and log-std, so the output starts
-    standardized; whichever direction first sees data initializes (inside an
+    standardized (a feature with no spread in that batch keeps ``s = 0``); whichever direction first sees data initializes (inside an
     :class:`~nfkit.Inverse`, e.g. an IAF-style ``Compose(ActNorm, ...).inv``, the data come
     through :meth:`inverse`), and a :class:`~nfkit.Flow`'s sampling never does (its inputs are
     base draws); the ``initialized`` buffer records it, so it survives ``state_dict``. A Python
@@ -79,9 +79,13 @@ class ActNorm(Transform):
         dims = _reduce_dims(x, self.event_dim)
         mean = x.mean(dims)
         per_feature = x.numel() // x.shape[-self.event_dim]  # (N·H·W values of a channel)
-        # one value has no spread: keep the scale (its std 0 made log_scale log 1e-6)
         std = x.std(dims, unbiased=False) if per_feature > 1 else torch.ones_like(self.loc)
-        log_std = torch.log(std.clamp_min(1e-6))
+        # A feature with no spread in this batch (one value, a constant column, or a spread at
+        # the rounding level of its mean) keeps the scale 1: any floor would fix its scale for
+        # good at that floor, and later rows off the constant would score -1e11. Any other
+        # spread, however small in the data's units, is standardized.
+        flat = std <= 64 * torch.finfo(std.dtype).eps * mean.abs()
+        log_std = torch.log(std.masked_fill(flat | (std == 0), 1.0))
         if inverse:
             self.loc.copy_(-mean * torch.exp(-log_std))
             self.log_scale.copy_(-log_std)
