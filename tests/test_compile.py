@@ -9,6 +9,7 @@ MAF training step runs when a C++ compiler is available.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -206,6 +207,30 @@ def test_an_exported_program_keeps_its_weights_and_an_image_flow_takes_no_rows()
     images = torch.rand(3, 1, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(density(images), glow.log_prob(images))
+
+
+def test_an_exported_density_scores_events_outside_the_support_minus_inf() -> None:
+    """An angle beyond its range went through the circular spline's wrap to a finite, wrong
+    density (-2.64 where the same point on the circle scores -2.20, and nf.log_prob_or_minus_inf
+    -inf); a bounded column's outside values likewise. NaN rows stay NaN."""
+    torch.manual_seed(0)
+    ncsf = nf.models.NCSF(3, angles=[1], transforms=1, hidden=(8,))
+    bounded = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), torch.rand(100, 2), bounds=[(0, 1), (None, None)]
+    )
+    cases = [
+        (ncsf, torch.tensor([[0.5, 4.0, -0.2], [0.5, 4.0 - 2 * math.pi, -0.2], [0.1, 0.2, 0.3]])),
+        (bounded, torch.tensor([[0.5, 0.5], [1.5, 0.5], [-0.1, 2.0], [0.2, -3.0]])),
+    ]
+    for flow, x in cases:
+        nf.testing.perturb_parameters(flow, 0.3)
+        flow.eval()
+        program = nf.export(flow).module()
+        expected = nf.log_prob_or_minus_inf(flow, x).detach()
+        assert bool(torch.isinf(expected).any()) and bool(torch.isfinite(expected).any())
+        torch.testing.assert_close(program(x), expected)
+        nan_row = torch.cat([x[:1], torch.full_like(x[:1], math.nan)])
+        assert torch.isnan(program(nan_row)).tolist() == [False, True]
 
 
 def test_export_refusals_and_a_saved_program(tmp_path) -> None:

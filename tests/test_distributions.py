@@ -232,3 +232,15 @@ def test_factory_bases_match_the_flow_and_a_frozen_mixture_part_is_reparameteriz
     flow = nf.models.MAF(2, transforms=1, hidden=(8,), base="gmm")
     assert not flow.distribution().has_rsample
     assert nf.models.MAF(2, transforms=1, hidden=(8,)).distribution().has_rsample
+
+
+def test_a_conditional_mixture_names_a_sample_shape_without_the_context_batch() -> None:
+    """``shape`` is the whole batch (a flow passes the context's batch in it): ``(3,)`` with a
+    context of 5 rows was torch's "size of tensor a (5) must match" error."""
+    from nfkit.distributions import GaussianMixture
+
+    mixture, c = GaussianMixture(2, 3, context=4), torch.randn(5, 4)
+    assert mixture.sample((5,), c).shape == (5, 2)
+    assert mixture.sample((3, 5), c).shape == (3, 5, 2)
+    with pytest.raises(ValueError, match=r"shape \(3,\) must include the context's batch"):
+        mixture.sample((3,), c)

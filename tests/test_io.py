@@ -460,6 +460,55 @@ def test_empty_and_truncated_files_are_named_damaged(tmp_path) -> None:
         nf.load(tmp_path / "table.zip")
 
 
+def test_a_changed_byte_is_named_damaged_by_the_archives_checksums(tmp_path) -> None:
+    """torch reads a zip archive's parts without their CRC-32: a byte changed in the config (the
+    spline's bound 5.0 → 7.0) or inside a weight loaded as another model (log-density -38.1
+    against -27.0), silently; a checkpoint likewise on resume."""
+    flow = _flow()
+    whole = nf.save(flow, tmp_path / "m.pt").read_bytes()
+    at = whole.find(b'"bound": 5.0')
+    assert at > 0
+    (tmp_path / "config.pt").write_bytes(whole[:at] + b'"bound": 7.0' + whole[at + 12 :])
+    theta = flow.transform[0].made.theta.detach().numpy().tobytes()
+    at = whole.find(theta[:64])
+    assert at > 0
+    flipped = bytearray(whole)
+    flipped[at + 40] ^= 0x01
+    (tmp_path / "weight.pt").write_bytes(bytes(flipped))
+    for name in ("config", "weight"):
+        with pytest.raises(ValueError, match=f"'.*{name}.pt' is damaged: the checksum of its"):
+            nf.load(tmp_path / f"{name}.pt")
+    x = nf.datasets.two_moons(64, seed=0)
+    ck = tmp_path / "ck.pt"
+    nf.fit(_flow(), x, steps=2, eval_every=1, checkpoint=ck, progress=False)
+    raw = bytearray(ck.read_bytes())
+    at = raw.find(b"data.pkl") + 200  # inside the pickled record, past the local header
+    raw[at] ^= 0x20
+    ck.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="'.*ck.pt' (is damaged|.*damaged or truncated)"):
+        nf.fit(_flow(), x, steps=3, checkpoint=ck, resume=True, progress=False)
+
+
+def test_a_pickle_is_refused_without_torchs_warning_and_bad_versions_are_damaged(
+    tmp_path,
+) -> None:
+    """A plain pickle (protocol 4, Python's default) printed torch's multi-line "Detected pickle
+    protocol" warning before nfkit's one line; a format_version of True or -1 loaded."""
+    import warnings
+
+    with open(tmp_path / "plain.pt", "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="'.*plain.pt' is not a torch file"):
+            nf.load(tmp_path / "plain.pt")
+    payload = torch.load(nf.save(_flow(), tmp_path / "m.pt"), weights_only=True)
+    for version in (True, -1, 1.0):
+        torch.save({**payload, "format_version": version}, tmp_path / "v.pt")
+        with pytest.raises(ValueError, match="'.*v.pt' is a damaged nfkit model file"):
+            nf.load(tmp_path / "v.pt")
+
+
 def test_a_truncated_checkpoint_is_named_damaged_on_resume(tmp_path) -> None:
     """Not "exists and is not an nfkit checkpoint; training would overwrite it"."""
     x = nf.datasets.two_moons(64, seed=0)

@@ -8,6 +8,7 @@ program of one direction of a flow with the batch dimension left free.
 
 from __future__ import annotations
 
+import math
 from copy import deepcopy
 from typing import Literal
 
@@ -30,7 +31,13 @@ class _Density(nn.Module):
         self.flow = flow
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.flow.log_prob(x, context, chunk_size=None)
+        log_p = self.flow.log_prob(x, context, chunk_size=None)
+        # outside the support: -inf, as log_prob_or_minus_inf (a transform need not give NaN
+        # there: a circular spline wraps an angle beyond its range to a finite, wrong value);
+        # a NaN input stays NaN
+        events = len(self.flow.event_shape)
+        counted = self.flow.in_support(x) | torch.isnan(x).flatten(x.dim() - events).any(-1)
+        return torch.where(counted, log_p, torch.full_like(log_p, -math.inf))
 
 
 class _Sampler(nn.Module):
@@ -61,8 +68,9 @@ def export(
     The batch size ``B`` is a free dimension (traced at ``batch``). A copy of the flow is
     traced in eval mode, so the program holds the flow's current weights and standardization
     (training the flow afterwards leaves it as it was). The program does not check its
-    inputs' values (NaN, support): the
-    flow's checks that read values do not run while tracing; shapes are fixed but ``B``.
+    inputs' values (the flow's checks that read values do not run while tracing; shapes are
+    fixed but ``B``): a density program scores an event outside the flow's support ``-inf``
+    (as :func:`~nfkit.log_prob_or_minus_inf`) and a NaN one NaN.
 
     Example:
         >>> import torch

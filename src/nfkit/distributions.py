@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import as_int, as_ints, check_positive_int, shown
+from nfkit._checks import as_int, as_ints, check_positive_int, shape_str, shown
 
 __all__ = [
     "BaseDistribution",
@@ -75,12 +75,22 @@ class BaseDistribution(nn.Module):
         raise NotImplementedError  # pragma: no cover
 
     def sample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Draws without gradient, ``(*shape, *context_batch, *event)`` (an int ``n``: ``(n,)``)."""
+        """Draws without gradient, ``(*shape, *event)`` (an int ``n``: ``(n,)``), as
+        :meth:`rsample`: ``shape`` is the whole batch shape, so with a conditional base (a
+        context ``(*c, C)``) it must include the context's batch ``c`` (as a flow passes it)."""
         with torch.no_grad():
             return self.rsample((shape,) if as_int(shape) is not None else shape, context)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}"
+
+
+def _covers(shape: tuple[int, ...], batch: torch.Size) -> bool:
+    """Whether ``batch`` broadcasts to ``shape`` (``shape`` is then the broadcast)."""
+    try:
+        return torch.broadcast_shapes(torch.Size(shape), batch) == shape
+    except RuntimeError:
+        return False
 
 
 class StandardNormal(BaseDistribution):
@@ -107,7 +117,9 @@ class DiagNormal(BaseDistribution):
     r"""Diagonal normal ``N(μ, diag σ²)`` with ``σ = exp(log_scale)``; trainable by default.
 
     ``DiagNormal(D, trainable)`` as in the API contract; ``loc`` and ``scale`` (numbers or
-    ``(D,)``) by keyword only.
+    ``(D,)``) by keyword only. They are stored in torch's default dtype, as every module's
+    weights: for float64 values, build under ``torch.set_default_dtype(torch.float64)`` (a
+    later ``.double()`` keeps float32's digits).
     """
 
     def __init__(
@@ -417,6 +429,11 @@ class GaussianMixture(BaseDistribution):
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         shape = tuple(shape)
+        if context is not None and not _covers(shape, context.shape[:-1]):
+            raise ValueError(
+                f"GaussianMixture.rsample: shape {shape_str(shape)} must include the context's "
+                f"batch shape {shape_str(context.shape[:-1])} (the whole batch of draws)"
+            )
         log_weights, loc, log_scale, factor = self._mixture(context)
         k, d = self.components, self.features
         # Gumbel-max: argmax_k (log π_k + G_k) is distributed as π

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,7 +174,11 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
     if path.is_dir():
         raise ValueError(f"{where}: {str(path)!r} is a directory, not a file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with (
+            warnings.catch_warnings()
+        ):  # e.g. torch's multi-line note on a plain pickle's protocol
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling, zip and header errors all mean "not our file"
         problem = _load_problem(e)
         if "Python object" not in problem:
@@ -196,6 +201,24 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
                     "checkpoint"
                 ) from None
         raise ValueError(f"{where}: {str(path)!r} {problem}") from None
+    bad = _member_with_wrong_checksum(path)
+    if bad is not None:
+        raise DamagedFileError(
+            f"{where}: {str(path)!r} is damaged: the checksum of its part {bad!r} does not match "
+            "its contents (changed on disk or in transfer)"
+        )
+    return payload
+
+
+def _member_with_wrong_checksum(path: Path) -> str | None:
+    """The first part of a torch zip archive whose stored CRC-32 does not match its bytes (torch
+    reads the parts without checking: a flipped byte in a weight or the header loads as another
+    model), else None; None for torch's older non-zip format, which has no checksums."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None  # torch read it: not a zip archive (the legacy format)
 
 
 def _zip_kind(path: Path) -> str | None:
@@ -446,7 +469,8 @@ def load_with_header(
     dtype = getattr(torch, dtype_name, None)
     state = payload.get("state_dict")
     if (
-        not isinstance(version, int)
+        type(version) is not int  # (a bool is an int to isinstance)
+        or version < 0
         or not isinstance(dtype, torch.dtype)
         or not dtype.is_floating_point
         or not isinstance(state, dict)
