@@ -164,7 +164,9 @@ def fixed_point(
     Gradients (implicit function theorem, as in deep equilibrium models): one step ``f(x*)`` is
     taken with autograd, giving ``∂f/∂θ`` and ``∂f/∂z``; a hook on it replaces the incoming
     gradient ``u`` by the solution of ``y = u + J_fᵀ y`` (again a contraction, solved the same
-    way), i.e. ``(I - J_f)⁻ᵀ u``. Double backward through the solve is not supported.
+    way), i.e. ``(I - J_f)⁻ᵀ u``; the result is an alias of that step, so a gradient with respect
+    to the result itself is not passed through the hook. Double backward through the solve is
+    not supported.
     """
     refuse_export("a fixed-point iteration")
     tol = default_tol(x0.dtype) if tol is None else tol
@@ -244,4 +246,7 @@ def fixed_point(
             return iterate(step, grad, "the fixed-point iteration of the gradient")
 
     x.register_hook(adjoint)
-    return x
+    # An alias is returned: a gradient taken with respect to the result itself (a log-det's
+    # series estimator differentiating through x, a score ∇ₓ log p at samples) is the plain
+    # one; only a gradient flowing on into x, towards the parameters and z, gets the adjoint.
+    return x.view_as(x)

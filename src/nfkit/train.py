@@ -50,6 +50,7 @@ from nfkit.metrics import (
 from nfkit.models._registry import learning_rate
 from nfkit.models.gaussianization import RBIGFlow
 from nfkit.tables import as_tensor
+from nfkit.transforms.continuous import step_control_failure
 from nfkit.transforms.normalization import ActNorm, BatchNorm
 
 __all__ = ["fit", "fit_vi", "History", "NonFiniteLossError"]
@@ -321,7 +322,17 @@ class _Loop:
     def step(self, i: int, loss: Tensor) -> None:
         """One update; no host sync (the loss and norm are recorded on the device)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss.backward()
+        except AssertionError as e:  # an adjoint ODE solve (FFJORD) gives up inside backward
+            how = step_control_failure(e)
+            if how is None:
+                raise
+            raise ValueError(
+                f"{self.where}: the adjoint ODE solve of the backward pass failed ({how}) at step "
+                f"{i + 1}: the field is too stiff or blows up (loosen atol/rtol, raise max_steps, "
+                "or use a fixed-step solver)"
+            ) from None
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         if self.scheduler is not None:

@@ -328,3 +328,20 @@ def test_time_features_keep_float64_digits_after_double() -> None:
     assert torch.equal(a.transform[0].frequencies, b.transform[0].frequencies)
     x = torch.randn(4, 2, dtype=torch.float64)
     assert torch.equal(a.log_prob(x), b.log_prob(x))
+
+
+def test_an_adjoint_backward_solve_past_max_steps_is_one_line_in_fit() -> None:
+    """The forward solve's failures were one line, but with ``adjoint=True`` the backward solve
+    runs inside ``loss.backward()``, where torchdiffeq's ``AssertionError`` escaped ``nf.fit``
+    as a raw traceback. A hand-written loop still gets that assertion (documented)."""
+    torch.manual_seed(0)
+    flow = nf.models.FFJORD(2, hidden=(16,), adjoint=True, max_steps=15)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(torch.randn_like(p) * 2)  # a stiff field: the backward solve needs more
+    x = torch.randn(200, 2)
+    with pytest.raises(AssertionError, match="max_num_steps exceeded"):
+        (-flow.log_prob(x[:64]).mean()).backward()  # the forward solve fits in 15 steps
+    with pytest.raises(ValueError, match=r"nf.fit: the adjoint ODE solve of the backward pass "
+                       r"failed \(more than max_steps steps\) at step 1"):  # fmt: skip
+        nf.fit(flow, x, steps=2, progress=False)

@@ -95,6 +95,20 @@ def _grid(steps: int) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     return grid
 
 
+def step_control_failure(error: AssertionError, limit: str = "max_steps") -> str | None:
+    """How torchdiffeq's adaptive step control gave up, in a few words, if ``error`` is one of
+    its assertions (more steps than ``limit``, a step size underflowing to 0, NaN or inf in the
+    state); else None. An adjoint solve raises them from ``backward()``."""
+    text = str(error)
+    if text.startswith("max_num_steps exceeded"):
+        return f"more than {limit} steps"
+    if text.startswith("underflow in dt"):
+        return "its step size underflowed to 0"
+    if text.startswith("non-finite values in state"):
+        return "NaN or inf"
+    return None
+
+
 class ContinuousFlow(Transform):
     r"""FFJORD block: ``z = x(t1)`` where ``dx/dt = f(x(t), t, c)``, ``x(0) = x``.
 
@@ -153,7 +167,9 @@ class ContinuousFlow(Transform):
         the default tolerances, float64, 3000 rows in chunks of 500). Fixed-step solvers treat
         every row alike (the same grid). A failed adaptive solve (the step size underflowing,
         e.g. under NaN parameters, or more than ``max_steps`` steps) raises a one-line
-        ``ValueError`` naming the cause.
+        ``ValueError`` naming the cause. With ``adjoint=True`` the backward solve runs inside
+        ``loss.backward()``: :func:`nfkit.fit` turns its failure into the same kind of one-line
+        error; a hand-written loop gets torchdiffeq's ``AssertionError`` from ``backward()``.
 
     References:
         Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud (2018), "FFJORD: Free-form continuous
@@ -307,11 +323,8 @@ class ContinuousFlow(Transform):
             else:
                 path = torchdiffeq.odeint(func, state, times, **kwargs)
         except AssertionError as e:  # torchdiffeq's step control gives up with an assert
-            if str(e).startswith("max_num_steps exceeded"):
-                how = f"more than max_steps={self.max_steps} steps"
-            elif str(e).startswith(("underflow in dt", "non-finite values in state")):
-                how = "its step size underflowed to 0" if "underflow" in str(e) else "NaN or inf"
-            else:
+            how = step_control_failure(e, f"max_steps={self.max_steps}")
+            if how is None:
                 raise
             cause = self._failure(x, context, t0)
             raise ValueError(f"{where}: the {solver} solve failed ({how}): {cause}") from None

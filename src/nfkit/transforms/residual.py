@@ -351,8 +351,12 @@ def _rebuild_block(
     requires_grad: list[bool],
     refresh_pending: bool = False,  # absent from blocks pickled by nfkit 0.1.0
 ) -> ResidualBlock:
-    """Unpickle a :class:`ResidualBlock`: the tensors keep their dtype and device (``assign``)."""
-    block = cls(**arguments)
+    """Unpickle a :class:`ResidualBlock`: the tensors keep their dtype and device (``assign``).
+    The block is built under a fork of torch's CPU generator: its random initial weights and
+    spectral-norm vectors, replaced by the state at once, leave the caller's stream as it was
+    (``copy.deepcopy`` of a flow inside a training loop changed the batches drawn after it)."""
+    with torch.random.fork_rng(devices=[]):
+        block = cls(**arguments)
     block.load_state_dict(state, assign=True)
     for module, mode in zip(block.modules(), training, strict=True):
         module.training = mode
