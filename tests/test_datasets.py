@@ -37,3 +37,9 @@ def test_digits() -> None:
     # Dequantized: multiplying by 17 and flooring gives the original integer pixels back.
     v = torch.floor(train * 17)
     assert v.min() >= 0 and v.max() <= 16
+
+
+def test_digits_keeps_a_row_on_each_side() -> None:
+    """``test_fraction`` near 1 left no training row (``max(1, ...)`` guarded the test side only)."""
+    train, test = nf.datasets.digits(test_fraction=0.9999)
+    assert len(train) == 1 and len(test) == 1796

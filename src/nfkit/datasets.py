@@ -151,5 +151,5 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     g = _generator(seed)
     x = (v + torch.rand(v.shape, generator=g, dtype=torch.float64)) / 17.0
     x = x[torch.randperm(len(x), generator=g)]
-    n_test = max(1, round(test_fraction * len(x)))
+    n_test = min(len(x) - 1, max(1, round(test_fraction * len(x))))  # a row on each side
     return _out(x[n_test:]), _out(x[:n_test])

@@ -79,3 +79,12 @@ def test_a_network_with_nan_weights_samples_nan_not_the_brackets_end() -> None:
         flow.transform[0].biases[0].fill_(float("nan"))
     assert torch.isnan(flow.log_prob(torch.zeros(2, 2))).all()
     assert torch.isnan(flow.sample(3)).all()
+
+
+def test_the_inverse_of_a_far_z_is_exact_not_the_brackets_end() -> None:
+    """The bracket stopped after 60 doublings: for |z| beyond ~6e17 the root find returned the
+    end of a bracket without the root (z = 1e19 and 1e25 both came back as 5.8e17)."""
+    layer = BlockAutoregressive(1, (4,)).double()
+    z = torch.tensor([[1e19], [-1e25], [1e300], [0.5]], dtype=torch.float64)
+    x, _ = layer.inverse(z)
+    torch.testing.assert_close(layer(x)[0], z, rtol=1e-9, atol=1e-9)

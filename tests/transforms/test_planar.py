@@ -43,3 +43,17 @@ def test_planar_with_a_vanishing_w(w_scale: float) -> None:
     x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     # (parameter gradients near the floor's kink are ~1e11: central differences straddle it)
     nf.testing.check_transform(t, x, atol_inverse=1e-9, parameters=w_scale > 1e-6)
+
+
+@pytest.mark.parametrize("context", [0, 3])
+@pytest.mark.parametrize("d", [1, 2, 10])
+def test_a_fresh_planar_flow_is_the_identity(d: int, context: int) -> None:
+    """``u = 0`` gave ``wᵀû = m(0) = log 2 - 1``: every fresh layer contracted along ``w`` (a
+    10-layer 1-D flow's samples had std 0.03, and its density of base draws was 22 nats worse
+    than the base's)."""
+    flow = nf.models.Planar(d, context=context)
+    x = torch.randn(500, d)
+    c = torch.randn(500, context) if context else None
+    z, ladj = flow.transform(x, c)
+    torch.testing.assert_close(z, x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ladj, torch.zeros(500), rtol=0, atol=1e-6)

@@ -200,17 +200,25 @@ class BlockAutoregressive(Transform):
 
     @staticmethod
     def _bracket(value, target: Tensor) -> tuple[Tensor, Tensor]:
-        """``lo ≤ root ≤ hi``: ``[-1, 1]`` doubled on the side that misses (at most 60 times)."""
+        """``lo ≤ root ≤ hi``: ``[-1, 1]`` doubled on the side that misses, up to the dtype's
+        largest power of two (60 doublings returned the end of a bracket without the root for
+        ``|z| ≳ 6e17``: a finite, wrong inverse); a root still outside is refused."""
         refuse_export("a numerical root find")
         with torch.no_grad():
             lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
-            for _ in range(60):
-                low_ok, high_ok = value(lo) <= target, value(hi) >= target
-                if bool((low_ok & high_ok).all()):
-                    break
+            for _ in range(math.ceil(math.log2(torch.finfo(target.dtype).max)) + 1):
+                v_lo, v_hi = value(lo), value(hi)
+                low_ok, high_ok = v_lo <= target, v_hi >= target
+                # NaN (a NaN weight or z): no bracket helps; the root find returns NaN there
+                held = (low_ok & high_ok) | torch.isnan(v_lo + v_hi + target)
+                if bool(held.all()):
+                    return lo, hi
                 lo = torch.where(low_ok, lo, 2 * lo)
                 hi = torch.where(high_ok, hi, 2 * hi)
-        return lo, hi
+        raise ValueError(
+            f"BlockAutoregressive.inverse: no x of the dtype maps to z in {int((~held).sum())} "
+            "row(s) (z beyond the range of the map)"
+        )
 
     def extra_repr(self) -> str:
         return f"features={self.features}, sizes={self.sizes}, leak={self.leak:g}"

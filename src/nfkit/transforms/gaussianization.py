@@ -137,8 +137,11 @@ class MarginalGaussianization(Transform):
         # Ties (discrete or repeated values) would give empty bins: keep the knots increasing,
         # over a span the dtype resolves (1e-12 of the values was 0 in float32: x_high = x_low,
         # and a column that became constant inside an RBIG gave NaN)
-        floor = max(1e-12, 64 * torch.finfo(x.dtype).eps) * (1 + float(knots.abs().max()))
-        span = (knots[:, -1] - knots[:, 0]).clamp_min(floor)
+        # (per column: one floor from the largest value of every column squeezed a column of
+        # small values, 0.1·N(0, 1) beside one of 5e5, into a span of 7.6 and its z into
+        # [-3.09, -2.59])
+        floor = max(1e-12, 64 * torch.finfo(x.dtype).eps) * (1 + knots.abs().amax(1))
+        span = torch.maximum(knots[:, -1] - knots[:, 0], floor)
         knots = knots[:, :1] + torch.cummax(knots - knots[:, :1], dim=1).values
         widths = (knots.diff(dim=1) / span[:, None]).clamp_min(1e-9)
         widths = widths / widths.sum(1, keepdim=True)

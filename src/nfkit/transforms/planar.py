@@ -11,6 +11,8 @@ Every layer takes ``context``: with ``context > 0`` its parameters come from an 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +57,11 @@ class Planar(Transform):
         init = torch.cat(
             [torch.randn(d, generator=g) * 0.1, torch.randn(d, generator=g), torch.zeros(1)]
         )
-        init[:d] = 0.0  # u = 0: the layer starts at the identity
+        # u along w with wᵀu = log(e - 1): m(wᵀu) = softplus(log(e - 1)) - 1 = 0, so û = 0 and
+        # the layer starts at the identity (u = 0 gave wᵀû = m(0) = log 2 - 1: a contraction by
+        # up to 0.69 along w per layer, a fresh 10-layer 1-D flow's samples of std 0.03)
+        w = init[d : 2 * d]
+        init[:d] = math.log(math.e - 1) * w / _dot(w, w)
         self.params = Parameters(2 * d + 1, context, hidden, init=init)
 
     def _unpack(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
