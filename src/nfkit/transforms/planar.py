@@ -12,7 +12,6 @@ Every layer takes ``context``: with ``context > 0`` its parameters come from an 
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 
 import torch
