@@ -576,6 +576,10 @@ def test_saving_under_a_file_says_the_parent_is_not_a_directory(tmp_path) -> Non
         nf.save(_flow(), tmp_path / "sd.pt" / "x.pt")
     with pytest.raises(OSError, match=r"'.*sd.pt' is a file, not a directory$"):
         nf.save(_flow(), tmp_path / "sd.pt" / "deeper" / "x.pt")
+    # a path that names a folder: not a file of the folder's name ("models/" wrote "models")
+    with pytest.raises(OSError, match=r"^cannot write '.*models/': it names a folder"):
+        nf.save(_flow(), f"{tmp_path}/models/")
+    assert not (tmp_path / "models").exists()
 
 
 def test_save_keeps_a_training_record_that_load_with_header_reads(tmp_path) -> None:

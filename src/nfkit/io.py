@@ -69,8 +69,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     crash too. Missing parent folders are created. A ``path`` that is a symbolic link is written
     through: its target is replaced and the link kept. A filesystem error (a read-only or missing
     place, a parent that is a file, a full disk) is one ``OSError`` naming ``path``; an error
-    raised by ``write`` propagates unchanged. Returns ``path`` as given.
+    raised by ``write`` propagates unchanged. Returns ``path`` as given. A ``path`` ending in a
+    separator names a folder: refused (the file would have taken the folder's name).
     """
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise OSError(f"cannot write {os.fspath(path)!r}: it names a folder; give a file name")
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path  # write through links
     parent = target.parent if str(target.parent) else Path(".")

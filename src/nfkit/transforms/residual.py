@@ -83,7 +83,11 @@ class ResidualBlock(Transform):
       truncation, ``O(L^{n+1} / (1 - L))``).
     - ``"roulette"``: the unbiased Russian-roulette estimator of Residual Flows: ``n = terms + m``
       with ``m ~ Geometric(roulette_p)`` drawn per call, term ``k`` reweighted by
-      ``1 / P(n >= k)``. Gradients back-propagate through the series (no Neumann trick).
+      ``1 / P(n >= k)``. Gradients back-propagate through the series (no Neumann trick). Its
+      variance is finite when ``‖J_g‖² < 1 - roulette_p`` (term ``k`` is up to ``D ‖J_g‖^k / k``,
+      drawn with probability ``(1 - p)^{k - terms}``): with ``roulette_p = 0.5`` and a block
+      near its bound ``L = 0.9`` the estimates are heavy-tailed; a smaller ``roulette_p``
+      (more terms on average) tames them.
 
     Inverse: fixed-point iteration ``x ← z - g(x, c)`` from ``x = z``, per row, until the error
     bound ``|δ| L / (1 - L)`` of a step ``δ`` is below ``1e-10`` (float64) or ``1e-5`` (float32)
