@@ -737,3 +737,23 @@ def test_an_unconditional_coupling_before_a_conditional_base_ignores_the_context
     flow = nf.Flow(T.Coupling(4, T.AffineTransformer(), hidden=(8,)), base, context=2)
     assert flow.log_prob(torch.randn(5, 4), torch.randn(5, 2)).shape == (5,)
     assert flow.sample(3, torch.randn(2)).shape == (3, 4)
+
+
+def test_log_prob_or_minus_inf_checks_the_context_when_every_row_is_outside() -> None:
+    """With no row inside the support it returned -inf at once: a context of the wrong width,
+    a missing or NaN one passed silently, and batches that do not broadcast raised torch's
+    error."""
+    torch.manual_seed(0)
+    theta, c = torch.rand(100, 1) + 0.1, torch.randn(100, 2)
+    inner = nf.models.MAF(1, context=2, transforms=1, hidden=(8,))
+    flow = nf.models.standardize(inner, theta, c, bounds=[(0, None)])
+    outside = -torch.ones(2, 1)
+    for context, message in (
+        (torch.randn(2, 5), "context must have last dim 2"),
+        (None, "needs a context of last dim 2"),
+        (torch.full((2, 2), math.nan), "context contains NaN"),
+        (torch.randn(3, 2), r"batch shape \(2,\) and context's \(3,\) do not broadcast"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            nf.log_prob_or_minus_inf(flow, outside, context)
+    assert torch.isneginf(nf.log_prob_or_minus_inf(flow, outside, torch.randn(2, 2))).all()

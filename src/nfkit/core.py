@@ -487,6 +487,10 @@ class Flow(nn.Module):
                 f"Flow: context={context}, but no layer and not the base reads a context (the "
                 "flow would ignore it); build the conditional layers with context=..."
             )
+        if embedding is not None and not isinstance(embedding, nn.Module):
+            raise TypeError(
+                f"Flow: embedding must be an nn.Module (or None), got {type(embedding).__name__}"
+            )
         self.transform = transform
         self.base = base
         self.embedding = embedding
@@ -517,8 +521,10 @@ class Flow(nn.Module):
         x: Tensor,
         context: Tensor | None,
         names: tuple[str, str] = ("x", "context"),
+        support: bool = True,
     ) -> None:
-        """Data and context as :meth:`log_prob` takes them (``names``: what the errors call them)."""
+        """Data and context as :meth:`log_prob` takes them (``names``: what the errors call them;
+        ``support=False``: values outside the support pass)."""
         if not self.validate:
             return
         values = _check_values()
@@ -526,7 +532,7 @@ class Flow(nn.Module):
         xn, cn = names
         check_like(where, xn, check_tensor(where, xn, x), like)  # before reading any value
         check_event(where, xn, x, self.event_shape, values=values)
-        if values:
+        if values and support:
             check_support(where, xn, x, self.transform.domain, self._column_labels)
         if context is not None and self.context_features:
             check_like(where, cn, check_tensor(where, cn, context), like)
@@ -780,7 +786,7 @@ def log_prob_or_minus_inf(
     flow's support (:meth:`Flow.in_support`: density 0) instead of an error; anomaly scores of
     rows that include impossible ones. NaN and shape errors are still raised. The outside rows
     are scored at the first inside row (a ``where``, no boolean indexing), then replaced."""
-    check_event("Flow.log_prob", "x", x, flow.event_shape)  # the shape; NaN and inf refused
+    flow._check_x("Flow.log_prob", x, context, support=False)  # all but the support
     inside = flow.in_support(x)
     if not bool(inside.any()):
         batch = x.shape[: x.dim() - len(flow.event_shape)]

@@ -70,3 +70,55 @@ def test_padding_counts_and_passes_no_nan_to_the_gradients() -> None:
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in net.parameters())
     plain = nf.nn.DeepSet(2, 3, hidden=(8,))  # without padding NaN propagates, as in any net
     assert torch.isnan(plain(padded)).all()
+
+
+class _DesignAndSet(torch.nn.Module):
+    """Column 0 a design variable, columns 1..5 a padded set: a set summary that is not the
+    whole context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set = nf.nn.DeepSet(1, 4, hidden=(8,), padded=True)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return torch.cat([c[..., :1], self.set(c[..., 1:])], -1)
+
+
+def test_nan_passes_only_into_a_padded_set_that_reads_the_raw_context() -> None:
+    """Any padded DeepSet inside the embedding switched off the finite check of the whole
+    context: a NaN in the design column gave NaN densities and samples silently, and a width
+    that is not whole elements failed inside the check with torch's unflatten error."""
+    coupling = nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=5)
+    flow = nf.Flow(coupling, nf.distributions.StandardNormal(2), embedding=_DesignAndSet(),
+                   context=6)  # fmt: skip
+    c = torch.randn(2, 6)
+    c[:, 0] = float("nan")
+    with pytest.raises(ValueError, match="context contains NaN values"):
+        flow.log_prob(torch.randn(2, 2), c)
+    whole_set = nf.Flow(
+        nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=4),
+        nf.distributions.StandardNormal(2),
+        embedding=nf.nn.DeepSet(2, 4, padded=True),
+        context=7,
+    )
+    with pytest.raises(ValueError, match=r"last dim \(7\) must hold whole set elements of 2"):
+        whole_set.log_prob(torch.randn(2, 2), torch.randn(2, 7))
+    padded = torch.randn(2, 8)
+    padded[0, 4:] = float("nan")  # the standardization's scaling keeps the padding's layout
+    scaled = nf.Flow(
+        whole_set.transform,
+        whole_set.base,
+        embedding=torch.nn.Sequential(
+            nf.models.standardized.ContextStandardize(8), nf.nn.DeepSet(2, 4, padded=True)
+        ),
+        context=8,
+    )
+    assert torch.isfinite(scaled.log_prob(torch.randn(2, 2), padded)).all()
+
+
+def test_a_set_of_no_slots_and_an_embedding_that_is_no_module_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"DeepSet: the last dim \(0\) .* at least one"):
+        nf.nn.DeepSet(2, 4)(torch.randn(3, 0))  # a mean over no element: NaN
+    coupling = nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=1)
+    with pytest.raises(TypeError, match="Flow: embedding must be an nn.Module .*got function"):
+        nf.Flow(coupling, nf.distributions.StandardNormal(2), embedding=lambda c: c, context=5)

@@ -155,18 +155,20 @@ class DequantizedFlow(Flow):
         x: Tensor,
         context: Tensor | None,
         names: tuple[str, str] = ("x", "context"),
+        support: bool = True,
     ) -> None:
-        """As :meth:`Flow._check_x`, and the discrete columns hold integers within their range."""
+        """As :meth:`Flow._check_x`, and (with ``support``) the discrete columns hold integers
+        within their range."""
         if not self.validate:
             return
         check_tensor(where, names[0], x)
         if not (x.is_floating_point() and x.dim() >= 1 and x.shape[-1:] == self.event_shape):
             super()._check_x(where, x, context, names)  # the shape error
             return
-        if _check_values():
+        if support and _check_values():
             self.check_cells(where, x, names[0])
         # the checks of the flow's own support, at each cell's centre (inside it when v is)
-        super()._check_x(where, x + 0.5 * self.discrete.to(x.dtype), context, names)
+        super()._check_x(where, x + 0.5 * self.discrete.to(x.dtype), context, names, support)
 
     def in_support(self, x: Tensor) -> Tensor:
         """As :meth:`Flow.in_support`, and the discrete columns hold integers within their

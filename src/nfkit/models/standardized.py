@@ -51,6 +51,8 @@ class ContextStandardize(nn.Module):
         self.angles = tuple(angles)
         periods = tuple(2 * math.pi if j in self.angles else None for j in range(features))
         self.embed = PeriodicEmbedding(features, periods)  # no weights: the state dict is kept
+        #: Column for column (no angle): a padded set's NaN elements stay where they were.
+        self.keeps_context_layout = not self.angles
 
     @property
     def out_features(self) -> int:

@@ -75,9 +75,10 @@ class DeepSet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.element_features
-        if x.shape[-1] % m:
+        if x.shape[-1] % m or x.shape[-1] == 0:  # (no slot at all: a mean over none, NaN)
             raise ValueError(
-                f"DeepSet: the last dim ({x.shape[-1]}) must hold whole elements of {m} features"
+                f"DeepSet: the last dim ({x.shape[-1]}) must hold whole elements of {m} features, "
+                "at least one"
             )
         elements = x.unflatten(-1, (-1, m))
         if not self.padded:
@@ -98,13 +99,20 @@ class DeepSet(nn.Module):
 
 
 def padded_set(module: nn.Module | None) -> int | None:
-    """The element size ``m`` of a padded :class:`DeepSet` inside ``module`` (a flow's
-    embedding), or None: whether the flow's context may hold NaN padding."""
-    if module is None:
-        return None
-    for sub in module.modules():
-        if isinstance(sub, DeepSet) and sub.padded:
-            return sub.element_features
+    """The element size ``m`` of the padded :class:`DeepSet` that reads a flow's raw context,
+    or None: whether the context may hold NaN padding. That is the embedding itself, or the
+    first module of an ``nn.Sequential`` (after modules that keep the context's layout, marked
+    ``keeps_context_layout``: the standardization's scaling). A padded set inside an embedding
+    of another kind (one that also reads other columns) does not let NaN through: its context
+    is checked as numbers, and NaN refused."""
+    while isinstance(module, nn.Sequential) and len(module) > 0:
+        head = module[0]
+        if getattr(head, "keeps_context_layout", False) and len(module) > 1:
+            module = module[1:]
+        else:
+            module = head
+    if isinstance(module, DeepSet) and module.padded:
+        return module.element_features
     return None
 
 
@@ -112,6 +120,11 @@ def check_padded_set(where: str, name: str, context: Tensor, m: int) -> None:
     """A padded set's context: NaN only as whole absent elements of ``m`` features, no inf.
 
     Reads values (a host sync), as the flow's other input checks do."""
+    if context.shape[-1] % m:
+        raise ValueError(
+            f"{where}: {name}'s last dim ({context.shape[-1]}) must hold whole set elements of "
+            f"{m} features"
+        )
     elements = context.unflatten(-1, (-1, m))
     nan = torch.isnan(elements)
     if bool((nan.any(-1) & ~nan.all(-1)).any()):
