@@ -253,6 +253,17 @@ CHECKS = textwrap.dedent(
     out["full"] = run(sys.argv[2] + ".full")
     run(sys.argv[2] + ".part", stop=12)  # stopped in step 13: the checkpoint of step 10 stays
     out["resumed"] = run(sys.argv[2] + ".part")
+
+    # ranks that disagree on the checkpoint: refused on each (a checkpoint= on rank 0 only hung
+    # the other rank; a rank that could not see the file started afresh against a resumed one)
+    for name, path in (("one rank", None if rank else sys.argv[2] + ".part"),
+                       ("unseen", sys.argv[2] + (".part" if rank == 0 else ".missing"))):
+        try:
+            nf.fit(nf.models.MAF(2, transforms=1, hidden=(8,)).double(), xd, steps=20,
+                   batch_size=64, eval_every=5, seed=1, val_fraction=0, progress=False,
+                   checkpoint=path, resume=path is not None)
+        except ValueError as e:
+            out[name] = str(e)
     if rank == 0:
         torch.save(out, sys.argv[1])
     shutdown()
@@ -281,3 +292,5 @@ def test_ddp_seed_data_batch_and_resume_checks(tmp_path) -> None:
         "and at most 393"
     )
     assert found["full"] == found["resumed"] and len(found["full"]) == 20
+    assert "disagree on the checkpoint (rank 0: step 20, rank 1: no checkpoint)" in found["one rank"]
+    assert "disagree on the checkpoint (rank 0: step 20, rank 1: fresh)" in found["unseen"]

@@ -113,18 +113,23 @@ def test_early_stopping_restores_best_weights() -> None:
 
 
 def test_non_finite_loss_raises_and_keeps_last_good_weights() -> None:
+    """The weights at a check are vouched for by the next step's finite loss: a failure at the
+    first step after a check (here the weights at step 20, spoiled after it) restores the check
+    before, step 10 (the weights at step 20 were restored: those that failed)."""
     x = nf.datasets.two_moons(400, seed=2)
     flow = _small()
     good: dict = {}
 
     def poison(history: nf.History) -> None:
-        if len(history.val_step) == 2:
+        if len(history.val_step) == 1:
             good.update(_state(flow))
+        if len(history.val_step) == 2:
             with torch.no_grad():
                 next(flow.parameters()).fill_(float("nan"))
 
     with pytest.raises(
-        nf.NonFiniteLossError, match=r"nf.fit: non-finite loss .* at step 21"
+        nf.NonFiniteLossError, match=r"nf.fit: non-finite loss .* at step 21; weights restored "
+        r"to step 10"
     ) as info:
         nf.fit(flow, x, steps=100, eval_every=10, progress=False, callback=poison)
     assert "\n" not in str(info.value)
@@ -180,6 +185,15 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
     hand_built = nf.Flow(nf.transforms.ActNorm(2), nf.distributions.StandardNormal(2))
     with pytest.raises(ValueError, match=r"ckpt.pt' holds another architecture's weights \("):
         nf.fit(hand_built, x, checkpoint=path, resume=True, **kwargs)
+    # the same transforms, one layer fewer: not "damaged" (the optimizer's size check said so)
+    deeper = nf.models.MAF(2, transforms=3, hidden=(8,))
+    shorter = nf.models.MAF(2, transforms=2, hidden=(8,))
+    path2 = tmp_path / "deep.pt"
+    nf.fit(nf.Flow(deeper.transform, deeper.base), x, checkpoint=path2, **kwargs)
+    with pytest.raises(ValueError, match=r"deep.pt' holds another architecture's weights \(an "
+                       r"unexpected 'transform.transforms.2"):  # fmt: skip
+        nf.fit(nf.Flow(shorter.transform, shorter.base), x, checkpoint=path2, resume=True,
+               **kwargs)  # fmt: skip
     model = nf.save(initial, tmp_path / "model.pt")  # a model file is not a checkpoint
     table = tmp_path / "data.csv"
     table.write_text("a,b\n1,2\n")
@@ -960,6 +974,15 @@ def test_resuming_with_other_held_out_rows_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="was made with other held-out rows"):
         nf.fit(_small(), x, val=_rows(40, seed=2), resume=True, **run)
     assert nf.fit(_small(), x, val=_rows(40, seed=1), resume=True, **run).steps == 20
+    # none held out, then some (a run without validation resumed with it: val_step and
+    # val_loss no longer lined up); and the reverse
+    other = tmp_path / "none.pt"
+    with pytest.raises(KeyboardInterrupt):
+        nf.fit(_small(), x, val_fraction=0, callback=stop, **{**run, "checkpoint": other})
+    with pytest.raises(ValueError, match="was made with other held-out rows"):
+        nf.fit(_small(), x, val=_rows(40, seed=1), resume=True, **{**run, "checkpoint": other})
+    history = nf.fit(_small(), x, val_fraction=0, resume=True, **{**run, "checkpoint": other})
+    assert history.steps == 20 and not history.val_loss
 
 
 def test_fit_checks_callback_and_checkpoint_and_reports_a_full_run_as_not_stopped_early() -> None:
@@ -974,3 +997,31 @@ def test_fit_checks_callback_and_checkpoint_and_reports_a_full_run_as_not_stoppe
         nf.fit_vi(_small(), lambda x: -(x * x).sum(-1), steps=2, callback="no", progress=False)
     history = nf.fit(_small(), x, steps=9, eval_every=3, patience=2, lr=0.5, progress=False)
     assert history.steps == 9 and not history.stopped_early
+
+
+@pytest.mark.parametrize("eval_every", [1, 7])
+def test_the_weights_restored_after_a_non_finite_loss_give_finite_losses(eval_every: int) -> None:
+    """A check copied the weights after the last checked step's update, which no loss had
+    measured: when the next step failed, those very weights were restored (2 of 64 training
+    rows at density 0)."""
+    x = torch.linspace(-0.5, 0.5, 64).unsqueeze(1)
+    flow = nf.Flow(
+        nf.transforms.Affine(0.0, 1.0, trainable=True), nf.distributions.Uniform(1, -1.0, 1.0)
+    )
+    with pytest.raises(nf.NonFiniteLossError, match="at step 15; weights restored to step"):
+        nf.fit(flow, x, val_fraction=0, steps=200, lr=0.05, eval_every=eval_every,
+               progress=False, seed=0)  # fmt: skip
+    assert torch.isfinite(flow.log_prob(x)).all()
+
+
+def test_fit_vi_takes_a_context_with_history_and_leaves_it_alone() -> None:
+    """A context computed by a network failed at step 2 ("backward through the graph a second
+    time"); a leaf context that requires grad collected gradients from every step."""
+    encoder = torch.nn.Linear(3, 1)
+    computed = encoder(torch.randn(4, 3))
+    leaf = torch.zeros(2, 1, requires_grad=True)
+    for context in (computed, leaf):
+        flow = nf.models.MAF(2, context=1, transforms=1, hidden=(4,))
+        nf.fit_vi(flow, lambda x, c: -(x - c).square().sum(-1), context=context, steps=3,
+                  progress=False, seed=0)  # fmt: skip
+    assert leaf.grad is None and encoder.weight.grad is None

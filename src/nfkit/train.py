@@ -32,6 +32,7 @@ from nfkit._checks import (
     check_number,
     check_positive_int,
     resolve_seed,
+    shape_str,
     shown,
 )
 from nfkit.core import Flow, context_tensor, dtype_device
@@ -195,6 +196,48 @@ def _same_on_every_rank(where: str, x: Tensor, c: Tensor | None, w: Tensor | Non
         )
 
 
+def _other_architecture(flow: Flow, model: Any) -> str | None:
+    """How a checkpoint's weights ``model`` differ from ``flow``'s in names or shapes, in a few
+    words (the first difference), or None (a malformed field is left to the loads)."""
+    if not isinstance(model, dict):
+        return None
+    mine = flow.state_dict()
+    for key in sorted(set(mine) | set(model)):
+        if key not in model:
+            return f"no {key!r}"
+        if key not in mine:
+            return f"an unexpected {key!r}"
+        theirs = model[key]
+        if isinstance(theirs, Tensor) and theirs.shape != mine[key].shape:
+            return (
+                f"{key!r} of shape {shape_str(theirs.shape)}, the flow's "
+                f"{shape_str(mine[key].shape)}"
+            )
+    return None
+
+
+def _same_checkpoint_on_every_rank(where: str, checkpoint: Any, state: dict | None) -> None:
+    """Every process checkpoints and resumes alike (the same step): a ``checkpoint=`` given on
+    one rank only hung the others at the first evaluation, and a rank that could not see rank
+    0's file (no shared filesystem) started afresh against a resumed one, pairing the
+    collectives of other steps. Refused on every rank alike."""
+    step = None if state is None else state.get("step")
+    mine = (checkpoint is not None, step if isinstance(step, int) else None)
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if any(other != mine for other in every):
+        ranks = ", ".join(
+            f"rank {r}: "
+            + ("no checkpoint" if not given else "fresh" if at is None else f"step {at}")
+            for r, (given, at) in enumerate(every)
+        )
+        raise ValueError(
+            f"{where}: the processes disagree on the checkpoint ({ranks}): in a distributed run "
+            "every process passes checkpoint= (rank 0 writes it) and, to resume, reads the same "
+            "file (a shared filesystem)"
+        )
+
+
 def _rng_states(flow: Flow, world: int) -> list[tuple[Tensor, Tensor | None]]:
     """Every rank's (CPU, CUDA) RNG state, gathered (a collective: called on every rank):
     a resumed distributed run gives each process its own noise stream back."""
@@ -298,8 +341,7 @@ class _Loop:
         self.sync_every = sync_every
         self.losses = torch.zeros(steps, device=device, dtype=torch.float64)
         self.norms = torch.zeros(steps, device=device, dtype=torch.float64)
-        self.synced = 0
-        self.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        self.mark_good(0)
         self.progress = progress
         self.bar: Any = None
 
@@ -340,8 +382,22 @@ class _Loop:
         self.losses[i] = loss.detach()
         self.norms[i] = norm.detach()
 
+    def mark_good(self, step: int) -> None:
+        """Take the current weights, those after ``step`` updates, as the start of the checks
+        (a fresh loop, a resume)."""
+        self.synced = self.restored = step
+        self.good = {k: v.detach().clone() for k, v in self.flow.state_dict().items()}
+        self.pending = {k: v.clone() for k, v in self.good.items()}
+        self.good_step = self.pending_step = step
+
     def sync(self, done: int, history: History) -> None:
-        """Check steps ``[synced, done)``; on NaN/inf restore the last good weights and raise."""
+        """Check steps ``[synced, done)``; on NaN/inf restore the last good weights and raise.
+
+        A finite loss at step ``i`` (1-based) vouches for the weights it was computed with, those
+        after ``i - 1`` updates, not for the update it made: the weights at a check are kept as
+        ``pending`` and become ``good`` at the next check, whose first loss measured them. A
+        failure at the first step after a check restores the check before (the weights at the
+        check produced it)."""
         if done <= self.synced:
             return
         window = slice(self.synced, done)
@@ -352,16 +408,21 @@ class _Loop:
         ok = torch.isfinite(self.losses[window]) & torch.isfinite(self.norms[window])
         if not bool(ok.all()):
             first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1
-            self.flow.load_state_dict(self.good)
+            vouched = first - 1 > self.pending_step  # a finite loss measured the pending weights
+            self.flow.load_state_dict(self.pending if vouched else self.good)
+            self.restored = self.pending_step if vouched else self.good_step
             raise NonFiniteLossError(
                 f"{self.where}: non-finite loss or gradient at step {first}; weights restored to "
-                f"step {self.synced} (try a lower lr, a smaller clip, or check the "
+                f"step {self.restored} (try a lower lr, a smaller clip, or check the "
                 f"{'target log-density' if self.where == 'nf.fit_vi' else 'data'})"
             )
         history.train_loss.extend(self.losses[window].tolist())
         history.steps = done
+        self.good, self.pending = self.pending, self.good  # the pending weights are vouched for
+        self.good_step = self.pending_step
         for k, v in self.flow.state_dict().items():
-            self.good[k].copy_(v)
+            self.pending[k].copy_(v)
+        self.pending_step = done
         if self.bar is not None:
             self.bar.update(done - self.synced)
         self.synced = done
@@ -785,8 +846,8 @@ def _restore(
             "rows, their order or the weights differ): resume on the same data, or give "
             "another checkpoint path"
         )
-    held = state.get("val_data")  # older checkpoints: not recorded
-    if held is not None and (val_data is None or not _same_data(held, val_data)):
+    held = state.get("val_data")  # older checkpoints: not recorded; empty: none held out
+    if held is not None and not _same_data(held, torch.empty(0) if val_data is None else val_data):
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with other held-out rows (val=, "
             "val_weights= or the split): early stopping compared them; resume with the same "
@@ -813,6 +874,12 @@ def _restore(
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with objective={made!r}; "
             f"got objective={objective!r}"
+        )
+    other = _other_architecture(flow, state.get("model"))
+    if other is not None:  # before the optimizer, whose size check would call it damaged
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} holds another architecture's weights "
+            f"({other})"
         )
     try:  # everything but the flow first: a damaged field then leaves the flow as it was
         loop.optimizer.load_state_dict(state["optimizer"])
@@ -845,8 +912,7 @@ def _restore(
         torch.cuda.set_rng_state(cuda_rng, device)
     if noise is not None and noise_rng is not None:
         noise.set_state(noise_rng)
-    loop.synced = start
-    loop.good = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+    loop.mark_good(start)
     return history, start
 
 
@@ -985,6 +1051,8 @@ def fit(
     matching = FlowMatchingObjective(flow, where) if objective == "flow_matching" else None
 
     state = _read_checkpoint(where, checkpoint, resume)
+    if world > 1 and dist.is_initialized():
+        _same_checkpoint_on_every_rank(where, checkpoint, state)
     if state is not None:
         try:
             made_seed = int(state["seed"])
@@ -1018,9 +1086,9 @@ def fit(
             f"got batch_size={batch_size} on {n} training row(s)"
         )
     fingerprint = _fingerprint(xt, ct, wt) if checkpoint is not None else torch.empty(0)
-    held_out = (  # early stopping's rows: a resumed run must score the same ones
-        _fingerprint(xv, cv, wv) if checkpoint is not None and xv is not None else None
-    )
+    held_out = None  # early stopping's rows: a resumed run must score the same ones
+    if checkpoint is not None:  # (empty: none held out, which a resumed run must share)
+        held_out = _fingerprint(xv, cv, wv) if xv is not None else torch.empty(0)
     steps = _steps(where, steps, epochs, n, batch_size)
     eval_every = _eval_every(where, steps, eval_every)
 
@@ -1264,7 +1332,7 @@ def fit_vi(
     if context is not None:
         if not isinstance(context, Tensor):
             raise TypeError(f"{where}: context must be a Tensor, got {type(context).__name__}")
-        context = context.to(device=dev, dtype=dtype)
+        context = context.detach().to(device=dev, dtype=dtype)  # no graph into the caller
     # width, finite (NaN as whole absent elements behind a padded set); before any step
     flow._check_context(where, context, True, "context")
     if context is not None and context.numel() == 0:
@@ -1294,17 +1362,18 @@ def fit_vi(
 
 
 def _off_target(
-    where: str, off_target: Tensor, synced: int, draws: int
+    where: str, off_target: Tensor, loop: _Loop, draws: int
 ) -> NonFiniteLossError | None:
     """The error naming the target when a non-finite loss came from ``log p̃`` not being finite
-    at some draws (``off_target``: the count per step) since step ``synced``; None otherwise."""
-    bad = torch.nonzero(off_target[synced:])
+    at some draws (``off_target``: the count per step) since the loop's last check; None
+    otherwise."""
+    bad = torch.nonzero(off_target[loop.synced :])
     if bad.numel() == 0:
         return None
-    step = synced + int(bad[0, 0])
+    step = loop.synced + int(bad[0, 0])
     return NonFiniteLossError(
         f"{where}: log_density is -inf or NaN at {int(off_target[step])} of {draws} draws of "
-        f"step {step + 1}; weights restored to step {synced}. Draws of q outside the target's "
+        f"step {step + 1}; weights restored to step {loop.restored}. Draws of q outside the target's "
         "support: put nf.transforms.Bounded(low, high) in front of the flow "
         "(nf.Flow(nf.Compose(nf.transforms.Bounded(...), flow.transform), flow.base)), or make "
         "log_density finite everywhere"
@@ -1364,7 +1433,7 @@ def _fit_vi(
                 try:  # (at every check too: its callback sees the History up to this step)
                     loop.sync(done, history)
                 except NonFiniteLossError as e:
-                    named = _off_target(where, off_target, loop.synced, log_p.numel())
+                    named = _off_target(where, off_target, loop, log_p.numel())
                     if named is None:
                         raise
                     raise named from e
