@@ -1025,3 +1025,17 @@ def test_fit_vi_takes_a_context_with_history_and_leaves_it_alone() -> None:
         nf.fit_vi(flow, lambda x, c: -(x - c).square().sum(-1), context=context, steps=3,
                   progress=False, seed=0)  # fmt: skip
     assert leaf.grad is None and encoder.weight.grad is None
+
+
+def test_a_huge_step_cap_stopped_by_patience_allocates_per_check_not_per_step() -> None:
+    """The loop kept one loss and one gradient norm per step, allocated up front: a cap of
+    10**9 steps, meant to be stopped by patience, asked for 16 GB before the first step."""
+    from nfkit.train import _Loop
+
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    loop = _Loop("nf.fit", flow, steps=10**9, lr=1e-3, weight_decay=0.0, clip=None,
+                 schedule="constant", sync_every=25, progress=False, device=torch.device("cpu"))  # fmt: skip
+    assert loop.losses.numel() == loop.norms.numel() == 25
+    history = nf.fit(flow, _rows(), steps=10**9, patience=1, eval_every=10, progress=False,
+                     seed=0, schedule="constant")  # fmt: skip
+    assert history.stopped_early and len(history.train_loss) == history.steps

@@ -339,8 +339,11 @@ class _Loop:
             check_number(where, "clip", clip, 0.0, inclusive=True)
         self.clip = math.inf if not clip else float(clip)
         self.sync_every = sync_every
-        self.losses = torch.zeros(steps, device=device, dtype=torch.float64)
-        self.norms = torch.zeros(steps, device=device, dtype=torch.float64)
+        # the steps since the last check (at most sync_every): not one entry per step, which a
+        # cap of 10**9 steps (stopped early by patience) would have allocated as 16 GB
+        window = min(steps, sync_every)
+        self.losses = torch.zeros(window, device=device, dtype=torch.float64)
+        self.norms = torch.zeros(window, device=device, dtype=torch.float64)
         self.mark_good(0)
         self.progress = progress
         self.bar: Any = None
@@ -379,8 +382,8 @@ class _Loop:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.losses[i] = loss.detach()
-        self.norms[i] = norm.detach()
+        self.losses[i - self.synced] = loss.detach()  # (a check comes every sync_every steps)
+        self.norms[i - self.synced] = norm.detach()
 
     def mark_good(self, step: int) -> None:
         """Take the current weights, those after ``step`` updates, as the start of the checks
@@ -400,14 +403,14 @@ class _Loop:
         check produced it)."""
         if done <= self.synced:
             return
-        window = slice(self.synced, done)
+        window = slice(0, done - self.synced)
         if self.world > 1:
             # Each rank saw its own shard: record the global-batch loss, identical on every rank.
             dist.all_reduce(self.losses[window])
             self.losses[window] /= self.world
         ok = torch.isfinite(self.losses[window]) & torch.isfinite(self.norms[window])
         if not bool(ok.all()):
-            first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1
+            first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1  # 1-based
             vouched = first - 1 > self.pending_step  # a finite loss measured the pending weights
             self.flow.load_state_dict(self.pending if vouched else self.good)
             self.restored = self.pending_step if vouched else self.good_step
@@ -1365,15 +1368,15 @@ def _off_target(
     where: str, off_target: Tensor, loop: _Loop, draws: int
 ) -> NonFiniteLossError | None:
     """The error naming the target when a non-finite loss came from ``log p̃`` not being finite
-    at some draws (``off_target``: the count per step) since the loop's last check; None
+    at some draws (``off_target``: the count per step since the loop's last check); None
     otherwise."""
-    bad = torch.nonzero(off_target[loop.synced :])
+    bad = torch.nonzero(off_target)
     if bad.numel() == 0:
         return None
-    step = loop.synced + int(bad[0, 0])
+    at = int(bad[0, 0])
     return NonFiniteLossError(
-        f"{where}: log_density is -inf or NaN at {int(off_target[step])} of {draws} draws of "
-        f"step {step + 1}; weights restored to step {loop.restored}. Draws of q outside the target's "
+        f"{where}: log_density is -inf or NaN at {int(off_target[at])} of {draws} draws of "
+        f"step {loop.synced + at + 1}; weights restored to step {loop.restored}. Draws of q outside the target's "
         "support: put nf.transforms.Bounded(low, high) in front of the flow "
         "(nf.Flow(nf.Compose(nf.transforms.Bounded(...), flow.transform), flow.base)), or make "
         "log_density finite everywhere"
@@ -1418,14 +1421,15 @@ def _fit_vi(
     validate, flow.validate = flow.validate, False
     flow.train()
     loop.open_bar(0)
-    # per step, the draws at which the target was not finite (on the device: no sync)
-    off_target = torch.zeros(steps, dtype=torch.long, device=dev)
+    # per step since the last check, the draws at which the target was not finite (on the
+    # device: no sync)
+    off_target = torch.zeros_like(loop.losses, dtype=torch.long)
     try:
         for i in range(steps):
             beta = 1.0 if anneal == 0 else min(1.0, 0.01 + i / anneal)
             x, log_q = flow.sample_and_log_prob(batch_size, context)
             log_p = target_log_density(where, log_density, x, context, log_q)
-            off_target[i] = (~torch.isfinite(log_p.detach())).sum()
+            off_target[i - loop.synced] = (~torch.isfinite(log_p.detach())).sum()
             loss = (log_q - beta * log_p).mean()
             loop.step(i, loss)
             done = i + 1
@@ -1433,7 +1437,9 @@ def _fit_vi(
                 try:  # (at every check too: its callback sees the History up to this step)
                     loop.sync(done, history)
                 except NonFiniteLossError as e:
-                    named = _off_target(where, off_target, loop, log_p.numel())
+                    named = _off_target(
+                        where, off_target[: done - loop.synced], loop, log_p.numel()
+                    )
                     if named is None:
                         raise
                     raise named from e
