@@ -332,3 +332,19 @@ def test_bernstein_of_a_high_degree_stays_finite(degree: int, dtype: torch.dtype
         layer = nf.transforms.Elementwise(2, t).double()
         perturb_parameters(layer, 0.3, 0)
         check_transform(layer, torch.randn(6, 2, dtype=dtype) * 2, atol_inverse=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gaussianization_layer_gradient_at_its_median(dtype: torch.dtype) -> None:
+    """At F = ½ both tails' logs round a float above log ½, where the clamp's gradient was 0,
+    and torch.minimum split a tie's gradient between terms of opposite sign: dz/dx came out 0
+    (float32: 3e-9 for |x| < 1.6e-8) against exp(ladj) = 0.92, and a fresh GF failed
+    check_transform at x = 0."""
+    layer = nf.transforms.Elementwise(1, GaussianizationTransformer(components=4)).to(dtype)
+    for value in (0.0, 1e-9, -1e-9):
+        x = torch.full((1, 1), value, dtype=dtype, requires_grad=True)
+        z, ladj = layer(x)
+        (slope,) = torch.autograd.grad(z.sum(), x)
+        torch.testing.assert_close(slope, ladj.exp().reshape(1, 1))
+    gf = nf.models.GF(2, transforms=2, components=4).double()
+    nf.testing.check_transform(gf.transform, torch.zeros(3, 2, dtype=torch.float64))

@@ -372,8 +372,15 @@ def _rqs_on_knots(
         a = hk * (s - d0) + dy * c2
         b = hk * d0 - dy * c2
         c = -s * dy
-        disc = (b * b - 4 * a * c).clamp_min(0)
-        xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+        root = torch.sqrt((b * b - 4 * a * c).clamp_min(0))
+        # without cancellation: 2c / (-b - √disc) for b >= 0, (√disc - b) / 2a for b < 0 (then
+        # a > h s > 0); each denominator kept finite where its form is not taken (gradients)
+        neg = b < 0
+        xi = torch.where(
+            neg,
+            (root - b) / (2 * torch.where(neg, a, 1.0)),
+            (2 * c) / torch.where(neg, -1.0, -b - root),
+        ).clamp(0, 1)
         y = x0 + xi * wk
         xi1 = xi * (1 - xi)
         denom = s + c2 * xi1

@@ -439,8 +439,13 @@ def _kernel_layer(x: Tensor, a: Tensor, b: Tensor, log_a: Tensor) -> tuple[Tenso
     log_k = math.log(a.shape[0])
     log_below = torch.logsumexp(log_sigma, 0) - log_k  # log F
     log_above = torch.logsumexp(log_sigma - u, 0) - log_k  # log(1 - F)
-    n = _normal_icdf_of_log(torch.minimum(log_below, log_above).clamp(max=_LOG_HALF))
-    z = torch.where(log_below <= log_above, n, -n)
+    # the smaller tail's log, picked by a `where` (torch.minimum splits a tie's gradient half
+    # and half between two terms of opposite sign: 0); rounding can put it a float above
+    # log ½, where a plain clamp's gradient was 0: the value is clamped, the gradient kept
+    below = log_below <= log_above
+    m = torch.where(below, log_below, log_above)
+    n = _normal_icdf_of_log(m - (m - m.clamp(max=_LOG_HALF)).detach())
+    z = torch.where(below, n, -n)
     log_density = torch.logsumexp(log_a + 2 * log_sigma - u, 0) - log_k
     return z, log_density + 0.5 * z * z + _HALF_LOG_2PI  # - log φ(z)
 

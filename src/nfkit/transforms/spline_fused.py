@@ -165,14 +165,16 @@ def _locals(
     (x0, y0), (wk, hk) = lefts, sizes  # (2, *batch) each: the bin's left knots and sizes in x, y
     if not inverse:
         xi = ((xc - x0) / wk).clamp_(0, 1)
-    else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0, in the stable form 2 s Δy / (b + √disc)
+    else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0 without cancellation: 2 s Δy / (b + √disc)
+        # for b >= 0, (√disc - b) / 2a for b < 0 (then a > h s > 0); b < 0 where the next knot's
+        # slope is steep (d_{k+1} > 2s), and the first form lost ~7000x rounding there
         dy = xc - y0
         dc = dy * c
         a = torch.addcmul(dc, hk, s - d0)
         b = hk * d0 - dc
         sdy = s * dy
-        disc = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0)
-        xi = (sdy + sdy).div_(b + disc.sqrt_()).clamp_(0, 1)
+        root = torch.addcmul(b * b, a, sdy, value=4).clamp_min_(0).sqrt_()
+        xi = torch.where(b >= 0, (sdy + sdy).div_(b + root), (root - b).div_(a + a)).clamp_(0, 1)
     if circular:  # a circle's ends are the spline's: ξ exactly 0 or 1 there (the knots' rounding
         # and the root's cancellation put the inverse's ξ ~1e-9 off with steep derivatives)
         xi = xi.masked_fill(xc <= -bound, 0.0).masked_fill_(xc >= bound, 1.0)
