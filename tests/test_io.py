@@ -182,6 +182,10 @@ def test_standardize_errors() -> None:
     x[:, 1] = 3.0
     with pytest.raises(ValueError, match="column\\(s\\) b are constant"):
         nf.models.standardize(_flow(), x, columns=["a", "b"])
+    c = torch.randn(10, 1).expand(10, 2).clone()
+    c[:, 1] = 1.0  # a constant context column: no density over it, but nothing to learn from
+    with pytest.raises(ValueError, match="context column.s. 1 are constant; the flow could not"):
+        nf.models.standardize(_flow(context=2), torch.randn(10, 2), c)
     with pytest.raises(ValueError, match="context was given"):
         nf.models.standardize(_flow(), torch.randn(10, 2), torch.randn(10, 1))
     where = "nf.models.standardize"

@@ -412,10 +412,12 @@ def _stats(
     bad = torch.nonzero(~(std > 0)).flatten().tolist()
     if bad:
         names = [labels[i] if labels is not None else str(i) for i in bad]
-        raise ValueError(
-            f"{where}: {name} column(s) {', '.join(names)} are constant; "
-            "a density over them is degenerate"
+        why = (
+            "the flow could not learn how x depends on them: drop them"
+            if name.startswith("context")
+            else "a density over them is degenerate"
         )
+        raise ValueError(f"{where}: {name} column(s) {', '.join(names)} are constant; {why}")
     return mean, std
 
 
