@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -186,3 +188,205 @@ def test_figure_arguments_are_checked_in_one_line(flow2) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_figures_evaluate_the_flow_in_eval_mode_and_restore_it(tmp_path) -> None:
+    """A flow left in train mode: BatchNorm's running statistics and an ActNorm's initialization
+    were changed by drawing it (and the drawn density was the batch-statistics one); each
+    module's mode is as it was after."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    flow = nf.models.MAF(2, transforms=2, hidden=(8,), batch_norm=True)
+    x = torch.randn(200, 2) * 3 + 10
+    with torch.no_grad():
+        flow.log_prob(x)  # running statistics away from their start
+    flow.train()
+    list(flow.modules())[-1].eval()  # a mixed state, restored as it was
+    modes = [m.training for m in flow.modules()]
+    before = _state(flow)
+    fig = nf.plot.density(flow, x, n=100, resolution=12)
+    nf.plot.corner(flow, x, n=100)
+    nf.plot.samples(flow, x, n=100)
+    nf.plot.layers(flow, n=100)
+    after = _state(flow)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in flow.modules()] == modes
+    image = fig.axes[0].images[0]
+    x0, x1, y0, y1 = image.get_extent()
+    xx, yy = np.meshgrid(np.linspace(x0, x1, 12), np.linspace(y0, y1, 12))
+    grid = torch.tensor(np.stack([xx, yy], -1).reshape(-1, 2), dtype=torch.float32)
+    flow.eval()
+    with torch.no_grad():
+        expected = flow.log_prob(grid).exp().double().numpy().reshape(12, 12)
+    drawn = np.asarray(image.get_array())
+    assert np.abs(drawn - expected).max() <= 1e-5 * expected.max()
+    residual = nf.models.ResidualFlow(2, blocks=1, hidden=(8,), actnorm=True).train()
+    before = _state(residual)
+    nf.plot.layers(residual, n=50)
+    nf.plot.density(residual, n=50, resolution=5)
+    after = _state(residual)
+    assert all(torch.equal(before[k], after[k]) for k in before) and residual.training
+
+
+def test_the_data_drawn_is_a_seeded_random_subset() -> None:
+    """The first rows of a sorted table were one end of it; the subset leaves the global RNG."""
+    x = torch.randn(5000, 2, dtype=torch.float64)
+    x = x[x[:, 0].argsort()]
+    exact = nf.Flow(
+        nf.transforms.Affine(torch.zeros(2), torch.ones(2)), nf.distributions.StandardNormal(2)
+    )
+    fig = nf.plot.density(exact, x, n=300, resolution=5)
+    shown_x0 = fig.axes[1].collections[0].get_offsets()[:, 0]
+    assert len(shown_x0) == 300 and shown_x0.min() < -1 and shown_x0.max() > 1
+    state = torch.get_rng_state()
+    first = nf.plot._subset(x, 100)
+    assert torch.equal(state, torch.get_rng_state()) and torch.equal(
+        first, nf.plot._subset(x, 100)
+    )
+
+
+def test_a_data_frame_is_matched_to_the_model_by_column_name() -> None:
+    """A DataFrame in another column order was drawn by position under the model's names."""
+    pd = pytest.importorskip("pandas")
+    torch.manual_seed(0)
+    x = torch.stack([torch.randn(100), torch.randn(100) + 50], -1)
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), x, columns=["a", "b"]
+    )
+    df = pd.DataFrame({"b": x[:, 1].numpy(), "extra": 0.0, "a": x[:, 0].numpy()})
+    fig = nf.plot.density(flow.eval(), df, n=100, resolution=5)
+    drawn = fig.axes[1].collections[0].get_offsets()
+    assert abs(drawn[:, 0].mean() - x[:, 0].mean().item()) < 1e-6
+    assert fig.axes[1].get_xlabel() == "a"
+    fig = nf.plot.corner(flow, df, n=100)
+    assert fig.axes[0].get_xlim()[1] < 10  # column a's marginal, not b's
+    with pytest.raises(ValueError, match="nf.plot.corner: data has no column 'a' of the model"):
+        nf.plot.corner(flow, df[["b"]].assign(c=1.0), n=100)
+
+
+def test_corner_histograms_show_the_true_density_not_the_window_s() -> None:
+    """A model wider than the data: its mass outside the window was renormalized into it."""
+    torch.manual_seed(0)
+    wide = nf.Flow(
+        nf.transforms.Affine(torch.zeros(3), torch.full((3,), 1 / 3)),
+        nf.distributions.StandardNormal(3),
+    )
+    fig = nf.plot.corner(wide, torch.randn(3000, 3), n=4000)
+    step = [p for p in fig.axes[0].patches if not hasattr(p, "get_width")][0]
+    v = step.get_xy()
+    area = 0.5 * abs(sum(v[k - 1, 0] * v[k, 1] - v[k, 0] * v[k - 1, 1] for k in range(len(v))))
+    assert 0.6 < area < 0.9  # the fraction of the model inside the window (~0.75), not 1
+    bars = [p for p in fig.axes[0].patches if hasattr(p, "get_width")]
+    assert sum(p.get_width() * p.get_height() for p in bars) > 0.95  # the data: nearly all in
+
+
+def test_a_bounded_column_s_axis_is_the_data_range_inside_its_support() -> None:
+    """Data in [100, 120] on a declared support (0, 1000) got the whole support as its axis."""
+    torch.manual_seed(0)
+    x = torch.stack([torch.rand(300) * 20 + 100, torch.randn(300)], 1)
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), x, bounds=[(0, 1000), (None, None)]
+    ).eval()
+    for fig in (nf.plot.corner(flow, x, n=200), nf.plot.density(flow, x, n=200, resolution=5)):
+        low, high = fig.axes[0].get_xlim()
+        assert 90 < low < 100 and 120 < high < 130
+    from nfkit._checks import Interval
+
+    box = nf.plot._bounds(torch.rand(50, 1) * 1e-3, support=Interval(0.0, 1.0))
+    assert 0 < box[0][0] < box[0][1] < 0.01  # just inside the end, near the data
+
+
+def test_a_1d_integer_column_s_histogram_has_a_bar_per_cell() -> None:
+    """The data's bars are the cells [v, v + 1) of p(v + u), each its value's fraction (60 bins
+    of a renormalized histogram made spikes beside the curve)."""
+    torch.manual_seed(0)
+    counts = torch.poisson(torch.full((400, 1), 3.0))
+    flow = nf.models.standardize(
+        nf.models.MAF(1, transforms=1, hidden=(8,)), counts, discrete=[0], bounds=[(0, None)]
+    )
+    fig = nf.plot.density(flow.eval(), counts, n=200, resolution=20)
+    bars = [p for p in fig.axes[0].patches if hasattr(p, "get_width")]
+    assert bars and all(p.get_width() == 1 and p.get_x() == int(p.get_x()) for p in bars)
+    for p in bars:
+        assert abs(p.get_height() - (counts == p.get_x()).double().mean().item()) < 1e-9
+
+
+def test_coverage_rank_bins_hold_rank_values_fairly() -> None:
+    """Ranks 0 … S binned as r / S into 20 equal bins: bins held 1 or 2 rank values (S = 30),
+    so exactly uniform ranks were drawn as a comb; now every bin is density 1."""
+    import types
+
+    import numpy as np
+
+    for s in (10, 30, 100):
+        ranks = np.repeat(np.arange(s + 1), 20)[:, None].repeat(2, 1)
+        result = types.SimpleNamespace(
+            levels=np.array([0.5]), coverage=np.array([0.5]), band=0.05,
+            marginal_rank=ranks, samples=s,
+        )  # fmt: skip
+        fig = nf.plot.coverage(result)
+        steps = [a for a in fig.axes[1].patches if type(a).__name__ == "StepPatch"]
+        heights = steps[0].get_data().values
+        assert len(steps) == 2 and np.allclose(heights, 1.0), (s, heights)
+        assert steps[0].get_data().edges[0] == 0 and steps[0].get_data().edges[-1] == 1
+
+
+def test_layers_seed_leaves_every_global_generator(monkeypatch) -> None:
+    """``torch.manual_seed`` inside ``fork_rng(devices=[])`` reseeded every CUDA generator."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,)).eval()
+    state = torch.get_rng_state()
+    fig = nf.plot.layers(flow, n=50, seed=123)
+    assert not calls and torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(123)
+    expected = flow.sample(50)
+    drawn = fig.axes[1].collections[-1].get_offsets()
+    assert abs(torch.tensor(drawn) - expected.double()).max() < 1e-5
+
+
+def test_empty_and_spreadless_data(flow2) -> None:
+    """0 rows: a raw quantile error; one row or a constant column: a ±1.5e-7 box."""
+    for call in (nf.plot.density, nf.plot.corner):
+        with pytest.raises(ValueError, match=rf"nf.plot.{call.__name__}: data has no rows"):
+            call(flow2, torch.zeros(0, 2), n=50)
+    one = nf.plot.density(flow2, torch.zeros(1, 2), n=200, resolution=5)
+    constant = nf.plot.corner(flow2, torch.stack([torch.randn(50), torch.ones(50)], 1), n=200)
+    for low, high in (one.axes[0].get_xlim(), one.axes[0].get_ylim(), constant.axes[3].get_xlim()):
+        assert high - low > 1
+
+
+def test_columns_bounds_and_context_are_checked_in_one_line(flow2) -> None:
+    """Short ``columns`` and bad ``bounds`` raised IndexError/TypeError; a batch of contexts was
+    drawn as one by corner and broke layers."""
+    conditional = nf.models.MAF(2, context=1, transforms=1, hidden=(8,)).eval()
+    two = [[0.0], [1.0]]
+    for call, message in (
+        (lambda: nf.plot.density(flow2, columns=["a"]), "density: columns must name the 2"),
+        (lambda: nf.plot.corner(flow2, columns=["a"]), "corner: columns must name the 2"),
+        (lambda: nf.plot.density(flow2, bounds=[(0, 1)]), "bounds must be 2 pairs"),
+        (lambda: nf.plot.density(flow2, bounds=[(1, 0), (0, 1)]), "bounds must be 2 pairs"),
+        (lambda: nf.plot.density(flow2, bounds=(0, 1)), "bounds must be 2 pairs"),
+        (lambda: nf.plot.density(flow2, bounds=[(0, 1, 2), (0, 1)]), "bounds must be 2 pairs"),
+        (lambda: nf.plot.density(flow2, bounds=[(0, 1), (0, math.inf)]), "bounds must be 2"),
+        (lambda: nf.plot.corner(conditional, context=two), "corner: context must be one"),
+        (lambda: nf.plot.layers(conditional, context=two), "layers: context must be one"),
+        (lambda: nf.plot.density(conditional, context=two), "density: context must be one"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    nf.plot.corner(conditional, context=[[0.5]], n=50)  # one row is one context
+
+
+def test_samples_of_a_1d_flow_are_drawn() -> None:
+    """D = 1 drew the curve and the data but no samples."""
+    flow = nf.models.MAF(1, transforms=1, hidden=(8,)).eval()
+    fig = nf.plot.samples(flow, torch.randn(100, 1), n=300)
+    ax = fig.axes[0]
+    assert "300 samples" in ax.get_legend_handles_labels()[1]
+    assert any(not hasattr(p, "get_width") for p in ax.patches)  # the samples' step outline

@@ -17,11 +17,12 @@ Install the extra: ``pip install "nfkit[plot]"``.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -36,6 +37,7 @@ __all__ = ["density", "samples", "corner", "history", "layers", "coverage"]
 
 _DATA = "#555555"
 _MODEL = "#d95f02"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any]:
@@ -98,18 +100,60 @@ def _np(x: Tensor) -> Any:
     return x.detach().double().cpu().numpy()
 
 
-def _data(data: Any, where: str, features: int) -> Tensor | None:
-    """The data to draw beside the model: ``(n, features)`` float64, or None."""
+def _data(data: Any, where: str, features: int, flow: Flow | None = None) -> Tensor | None:
+    """The data to draw beside the model: ``(n, features)`` float64, or None. A DataFrame's
+    columns are picked by the model's column names when it knows them (not by position)."""
     if data is None:
         return None
     from nfkit.tables import as_tensor
 
+    names = _model_columns(flow) if flow is not None else None
+    if names and hasattr(data, "columns") and hasattr(data, "to_numpy"):
+        has = set(data.columns)
+        missing = [c for c in names if c not in has]
+        if missing:
+            raise ValueError(
+                f"{where}: data has no column {', '.join(map(repr, missing))} of the model "
+                f"(it models {', '.join(map(repr, names))})"
+            )
+        data = data[names]
     x = as_tensor(data, where, "data", dtype=torch.float64)
     if x.dim() != 2 or x.shape[1] != features:
         raise ValueError(
             f"{where}: data must have shape (n, {features}) like the model, got {tuple(x.shape)}"
         )
+    if len(x) == 0:
+        raise ValueError(f"{where}: data has no rows")
     return x
+
+
+def _subset(x: Tensor, k: int) -> Tensor:
+    """At most ``k`` rows of ``x``, a seeded random subset (not the first rows: a sorted table's
+    would be one end of it), drawn without touching the global RNG."""
+    if len(x) <= k:
+        return x
+    generator = torch.Generator().manual_seed(0)
+    return x[torch.randperm(len(x), generator=generator)[:k]]
+
+
+def _in_eval_mode(fn: _F) -> _F:
+    """Run a figure function with its flow in eval mode (BatchNorm's running statistics, an
+    ActNorm's initialization and spectral-norm vectors left as they are; the eval-mode density
+    drawn), each module's mode restored after."""
+
+    @functools.wraps(fn)
+    def wrapper(flow: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(flow, torch.nn.Module):
+            return fn(flow, *args, **kwargs)
+        modes = [(m, m.training) for m in flow.modules()]
+        flow.eval()
+        try:
+            return fn(flow, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    return cast(_F, wrapper)
 
 
 def _check_flow(where: str, flow: Any) -> Flow:
@@ -120,10 +164,34 @@ def _check_flow(where: str, flow: Any) -> Flow:
     return flow
 
 
-def _context(flow: Flow, context: Any) -> Tensor | None:
+def _context(flow: Flow, context: Any, where: str) -> Tensor | None:
+    """One context vector ``(C,)`` (or one row ``(1, C)``); a batch of contexts is refused."""
     if context is None:
         return None
-    return torch.as_tensor(context, **_like(flow))
+    c = torch.as_tensor(context, **_like(flow))
+    if c.dim() > 1 and c.shape[:-1].numel() != 1:
+        raise ValueError(
+            f"{where}: context must be one vector (C,), got a batch of shape {tuple(c.shape)}"
+        )
+    return c
+
+
+def _check_bounds(where: str, bounds: Any, d: int) -> list[tuple[float, float]]:
+    """``bounds`` as ``d`` pairs ``(lo, hi)`` of finite numbers with ``lo < hi``."""
+    try:
+        pairs = [(float(lo), float(hi)) for lo, hi in bounds]
+    except (TypeError, ValueError):
+        pairs = None
+    if (
+        pairs is None
+        or len(pairs) != d
+        or not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in pairs)
+    ):
+        raise ValueError(
+            f"{where}: bounds must be {d} pairs (lo, hi) of finite numbers with lo < hi, "
+            f"got {shown(bounds)}"
+        )
+    return pairs
 
 
 def _like(flow: Flow) -> dict[str, Any]:
@@ -137,38 +205,56 @@ def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
 
 
 def _bounds(
-    points: Tensor, pad: float = 0.15, support: Interval = real
+    points: Tensor, pad: float = 0.15, support: Interval = real, fallback: Tensor | None = None
 ) -> list[tuple[float, float]]:
-    """The plotting box: the points' 0.5–99.5% range, padded, per column; on a bounded support
-    (a circle) the whole support, so the grid never leaves it, and on a half-line just inside
-    its end."""
+    """The plotting box: the points' 0.5–99.5% range, padded, per column (a column without
+    spread, one row or a constant: the ``fallback`` points' range); a circle's whole support, so
+    the grid never leaves it, and inside a bounded column's support, just inside its ends."""
     lo = torch.quantile(points, 0.005, dim=0)
     hi = torch.quantile(points, 0.995, dim=0)
-    width = (hi - lo).clamp_min(1e-6)
+    if fallback is not None and bool((hi <= lo).any()):
+        flat = hi <= lo
+        lo = torch.where(flat, torch.quantile(fallback, 0.005, dim=0), lo)
+        hi = torch.where(flat, torch.quantile(fallback, 0.995, dim=0), hi)
+    width = torch.where(hi > lo, hi - lo, lo.abs().clamp_min(1.0))  # still none: ±its size
     box = []
     for i, (a, b) in enumerate(zip((lo - pad * width).tolist(), (hi + pad * width).tolist())):
         s = support.at(i)
         low, high = float(s.low), float(s.high)  # type: ignore[arg-type]
-        if math.isfinite(low) and math.isfinite(high):
-            inset = 0.0 if s.closed else 1e-6 * (high - low)
-            box.append((low + inset, high - inset))
+        if s.is_circle:
+            box.append((low, high))
             continue
+        span = high - low if math.isfinite(high - low) else 0.0
         if low > -math.inf:
-            a = max(a, low + 1e-6 * max(1.0, abs(low)))
+            low = low + 1e-6 * max(1.0, abs(low), span)
+            a = max(a, low)
         if high < math.inf:
-            b = min(b, high - 1e-6 * max(1.0, abs(high)))
+            high = high - 1e-6 * max(1.0, abs(high), span)
+            b = min(b, high)
+        if a >= b:  # the points lie outside the support: beside its end(s) instead
+            a, b = (low, min(high, low + 1.0)) if low > -math.inf else (high - 1.0, high)
         box.append((a, b))
     return box
 
 
-def _labels(flow: Flow, columns: Sequence[str] | None, d: int) -> list[str]:
+def _model_columns(flow: Flow) -> list[str] | None:
+    """The names of the model's modelled columns (its given ones left out), when it knows them."""
+    config = getattr(flow, "config", None) or {}
+    if not config.get("columns"):
+        return None
+    given = set(config.get("given") or ())
+    return [c for c in config["columns"] if c not in given]
+
+
+def _labels(flow: Flow, columns: Sequence[str] | None, d: int, where: str, k: int) -> list[str]:
+    """The axis labels: ``columns`` (at least the ``k`` shown), the model's names or ``x0, …``."""
     if columns is not None:
-        return list(columns)
-    config = flow.config or {}
-    if config.get("columns"):
-        given = set(config.get("given") or ())
-        return [c for c in config["columns"] if c not in given]
-    return [f"x{i}" for i in range(d)]
+        if isinstance(columns, str) or len(columns) < k:
+            raise ValueError(
+                f"{where}: columns must name the {k} shown coordinates, got {shown(columns)}"
+            )
+        return [str(c) for c in columns]
+    return _model_columns(flow) or [f"x{i}" for i in range(d)]
 
 
 def _log_density(flow: Flow) -> Any:
@@ -186,6 +272,27 @@ def _density_name(flow: Flow) -> str:
     return "p(v + u)" if isinstance(flow, DequantizedFlow) else "p(x)"
 
 
+def _cell_edges(values: Tensor, box: tuple[float, float]) -> Tensor:
+    """The edges of the cells ``[v, v + 1)`` of the integers ``v`` of ``values`` inside ``box``
+    (a whole number of cells per bin when there are more than 60)."""
+    low = math.floor(max(box[0], float(values.min())))
+    high = math.floor(min(box[1], float(values.max())))
+    step = max(1, math.ceil((high - low + 1) / 60))
+    return torch.arange(low, high + 1 + step, step, dtype=torch.float64)
+
+
+def _hist(ax: Any, values: Tensor, edges: Tensor, **style: Any) -> None:
+    """A histogram of ``values`` as a density: each point weighs ``1 / (n · bin width)``, so a
+    bar is the true density (not renormalized over the window, which would hide the mass
+    outside it)."""
+    import numpy as np
+
+    v = _np(values)
+    width = float(edges[1] - edges[0])
+    ax.hist(v, bins=_np(edges), weights=np.full(len(v), 1.0 / (len(v) * width)), **style)
+
+
+@_in_eval_mode
 def density(
     flow: Flow,
     data: Any = None,
@@ -200,7 +307,8 @@ def density(
 ) -> Any:
     r"""Heat-map of ``p(x)`` on a grid with the data on top, and ``n`` samples next to the data.
 
-    For D = 1 the density is a curve over a histogram of the data. For D > 2 use :func:`corner`.
+    For D = 1 the density is a curve over histograms of the data and the samples (an integer
+    column's bars are its cells ``[v, v + 1)``). For D > 2 use :func:`corner`.
 
     Args:
         flow: A flow over ``D ∈ {1, 2}`` (conditional: pass one ``context`` vector ``(C,)``).
@@ -219,12 +327,14 @@ def density(
     d = flow.event_shape[0]
     if d > 2:
         raise ValueError(f"{where}: needs D <= 2, got D = {d}; use nf.plot.corner")
-    ctx = _context(flow, context)
-    x = _data(data, where, d)
+    ctx = _context(flow, context, where)
+    box = _check_bounds(where, bounds, d) if bounds is not None else None
+    labels = _labels(flow, columns, d, where, d)
+    x = _data(data, where, d, flow)
     s = _samples(flow, n, ctx)
-    ref = x if x is not None else s
-    box = list(bounds) if bounds is not None else _bounds(ref, support=flow.transform.domain)
-    labels = _labels(flow, columns, d)
+    if box is None:
+        ref = x if x is not None else s
+        box = _bounds(ref, support=flow.transform.domain, fallback=s)
     like = _like(flow)
     if d == 1:
         fig, ax = _figure(1, 1, (5.5, 3.8))
@@ -232,9 +342,16 @@ def density(
         grid = torch.linspace(box[0][0], box[0][1], resolution * 2, dtype=torch.float64)
         with torch.no_grad():
             dens = _log_density(flow)(grid[:, None].to(**like), ctx).exp().double().cpu()
+        if _discrete_columns(flow):  # the bars of p(v + u): [v, v + 1) holds v's mass
+            both = s[:, 0] if x is None else torch.cat([x[:, 0], s[:, 0]])
+            edges = _cell_edges(both, box[0])
+        else:
+            edges = torch.linspace(box[0][0], box[0][1], 61, dtype=torch.float64)
         if x is not None:
-            ax.hist(_np(x[:, 0]), bins=60, density=True, color=_DATA, alpha=0.4, label="data")
+            _hist(ax, x[:, 0], edges, color=_DATA, alpha=0.4, label="data")
+        _hist(ax, s[:, 0], edges, histtype="step", color=_MODEL, lw=1, label=f"{n} samples")
         ax.plot(_np(grid), _np(dens), color=_MODEL, lw=2, label=f"model {_density_name(flow)}")
+        ax.set_xlim(min(box[0][0], float(edges[0])), max(box[0][1], float(edges[-1])))
         ax.set_xlabel(labels[0])
         ax.legend(frameon=False)
     else:
@@ -251,14 +368,14 @@ def density(
             _np(dens), origin="lower", extent=(*box[0], *box[1]), aspect="auto", cmap="magma"
         )
         if x is not None:
-            k = x[: min(len(x), 3000)]
+            k = _subset(x, 3000)
             ax.scatter(*_np(k).T, s=1.5, c="white", alpha=0.35, linewidths=0)
         ax.set_title(
             f"model density {_density_name(flow)}" + (" with data" if x is not None else "")
         )
         ax2 = axes[0, 1]
         if x is not None:
-            k = x[: min(len(x), n)]
+            k = _subset(x, n)
             ax2.scatter(*_np(k).T, s=2, c=_DATA, alpha=0.5, linewidths=0, label="data")
         ax2.scatter(*_np(s).T, s=2, c=_MODEL, alpha=0.5, linewidths=0, label="samples")
         ax2.set_xlim(*box[0])
@@ -273,6 +390,7 @@ def density(
     return _finish(fig, path)
 
 
+@_in_eval_mode
 def corner(
     flow: Flow,
     data: Any = None,
@@ -294,10 +412,12 @@ def corner(
     n = check_positive_int(where, "n", n)
     d = flow.event_shape[0]
     k = min(d, check_positive_int(where, "max_dims", max_dims))
-    x = _data(data, where, d)
-    s = _samples(flow, n, _context(flow, context))
-    box = _bounds(x if x is not None else s, support=flow.transform.domain)
-    edges_of = {i: torch.linspace(*box[i], 41).numpy() for i in range(k)}
+    ctx = _context(flow, context, where)
+    labels = _labels(flow, columns, d, where, k)
+    x = _data(data, where, d, flow)
+    s = _samples(flow, n, ctx)
+    box = _bounds(x if x is not None else s, support=flow.transform.domain, fallback=s)
+    edges_of = {i: torch.linspace(*box[i], 41, dtype=torch.float64) for i in range(k)}
     for i in _discrete_columns(flow):  # bins centred on the integers, the ends included
         if i < k:
             both = s[:, i] if x is None else torch.cat([x[:, i], s[:, i]])
@@ -305,9 +425,8 @@ def corner(
             low = math.floor(max(box[i][0], float(both.min())))
             high = math.ceil(min(box[i][1], float(both.max())))
             step = max(1, math.ceil((high - low + 1) / 60))
-            edges_of[i] = torch.arange(low - 0.5, high + step + 0.5, step).numpy()
+            edges_of[i] = torch.arange(low - 0.5, high + step + 0.5, step, dtype=torch.float64)
             box[i] = (low - 0.5, float(edges_of[i][-1]))
-    labels = _labels(flow, columns, d)
     size = max(4.0, 1.9 * k)
     fig, axes = _figure(k, k, (size, size))
     for i in range(k):
@@ -319,14 +438,12 @@ def corner(
             if i == j:
                 edges = edges_of[i]
                 if x is not None:
-                    ax.hist(_np(x[:, i]), bins=edges, density=True, color=_DATA, alpha=0.5)
-                ax.hist(
-                    _np(s[:, i]), bins=edges, density=True, histtype="step", color=_MODEL, lw=1.5
-                )
+                    _hist(ax, x[:, i], edges, color=_DATA, alpha=0.5)
+                _hist(ax, s[:, i], edges, histtype="step", color=_MODEL, lw=1.5)
                 ax.set_yticks([])
             else:
                 if x is not None:
-                    xs = x[: min(len(x), n)]
+                    xs = _subset(x, n)
                     ax.scatter(_np(xs[:, j]), _np(xs[:, i]), s=1, c=_DATA, alpha=0.4, linewidths=0)
                 ax.scatter(_np(s[:, j]), _np(s[:, i]), s=1, c=_MODEL, alpha=0.4, linewidths=0)
                 ax.set_ylim(*box[i])
@@ -352,7 +469,8 @@ def samples(
     columns: Sequence[str] | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """Samples vs data: a scatter for D ≤ 2 (the right panel of :func:`density`), else :func:`corner`."""
+    """Samples vs data: for D = 1 their histogram beside the model's curve and the data's, for
+    D = 2 a scatter (the right panel of :func:`density`), else :func:`corner`."""
     flow = _check_flow("nf.plot.samples", flow)
     if flow.event_shape[0] > 2:
         return corner(flow, data, context=context, n=n, columns=columns, path=path)
@@ -427,6 +545,7 @@ def _base_name(flow: Flow) -> str:
     return name if support.is_real else f"{name} on {support}"
 
 
+@_in_eval_mode
 def layers(
     flow: Flow,
     *,
@@ -459,11 +578,18 @@ def layers(
         )
     i, j = pair if d >= 2 else (0, 0)  # type: ignore[misc]
     parts = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
-    ctx = flow._embed(_context(flow, context))
+    ctx = flow._embed(_context(flow, context, where))
     like = _like(flow)
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+    device = torch.device(like["device"])
+    cuda = []  # the flow's CUDA device: its generator forked and seeded too, no other one
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
         z = flow.base.sample((n,), ctx)
     hue = torch.atan2(z[:, j], z[:, i]) if d >= 2 else z[:, 0]
     # Grid lines in the base (2-D only): 9 lines each way over [-2.5, 2.5], or over the base's
@@ -567,14 +693,19 @@ def coverage(
     left.set_ylabel("expected coverage")
     left.set_aspect("equal")
     left.legend(frameon=False, fontsize=8, loc="upper left")
-    ranks = np.asarray(result.marginal_rank, dtype=np.float64) / result.samples
+    ranks = np.asarray(result.marginal_rank, dtype=np.int64)  # each in 0 … S: S + 1 values
+    values = int(result.samples) + 1
     d = ranks.shape[1]
     names = list(columns) if columns is not None else [f"θ{j + 1}" for j in range(d)]
-    bins = max(5, min(20, len(ranks) // 20))
-    edges = np.linspace(0, 1, bins + 1)
+    bins = min(values, max(5, min(20, len(ranks) // 20)))
+    # bins on the integer ranks, each divided by how many rank values it holds: a calibrated
+    # posterior's uniform ranks are density 1 in every bin (equal bins of r / S were not)
+    cuts = np.round(np.linspace(0, values, bins + 1)).astype(np.int64)
+    held = np.diff(cuts)
+    edges = cuts / values
     for j in range(min(d, 8)):
-        counts, _ = np.histogram(ranks[:, j], bins=edges, density=True)
-        right.stairs(counts, edges, lw=1.2, label=names[j])
+        counts = np.histogram(ranks[:, j], bins=cuts - 0.5)[0]
+        right.stairs(counts * values / (len(ranks) * held), edges, lw=1.2, label=names[j])
     right.axhline(1.0, color=_DATA, lw=1, ls=":")
     right.set_xlim(0, 1)
     right.set_xlabel("rank of the true value among the draws")
