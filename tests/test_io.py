@@ -493,6 +493,20 @@ def test_a_changed_byte_is_named_damaged_by_the_archives_checksums(tmp_path) -> 
         nf.fit(_flow(), x, steps=3, checkpoint=ck, resume=True, progress=False)
 
 
+def test_a_file_written_without_checksums_loads(tmp_path) -> None:
+    """torch's ``save.compute_crc32 = False`` writes CRC 0 for every part: the checksum test
+    called nfkit's own files damaged (a model, and a fit's checkpoint on resume)."""
+    config = pytest.importorskip("torch.utils.serialization").config
+    flow = _flow()
+    config.save.compute_crc32 = False
+    try:
+        nf.save(flow, tmp_path / "m.pt")
+    finally:
+        config.save.compute_crc32 = True
+    x = torch.randn(3, 2)
+    torch.testing.assert_close(nf.load(tmp_path / "m.pt").log_prob(x), flow.log_prob(x))
+
+
 def test_a_pickle_is_refused_without_torchs_warning_and_bad_versions_are_damaged(
     tmp_path,
 ) -> None:

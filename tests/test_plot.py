@@ -390,3 +390,14 @@ def test_samples_of_a_1d_flow_are_drawn() -> None:
     ax = fig.axes[0]
     assert "300 samples" in ax.get_legend_handles_labels()[1]
     assert any(not hasattr(p, "get_width") for p in ax.patches)  # the samples' step outline
+
+
+def test_a_1d_integer_window_without_values_draws_its_own_cells() -> None:
+    """``bounds`` beside the values built an empty or backwards range of cells (torch errors)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 6, (300, 1)).float()
+    flow = nf.models.standardize(nf.models.NSF(1, transforms=1, hidden=(8,)), x, discrete=[0])
+    for window in ((10.0, 20.0), (-20.0, -10.0)):
+        fig = nf.plot.density(flow, x, bounds=[window], n=100, resolution=10)
+        low, high = fig.axes[0].get_xlim()
+        assert low <= window[0] and high >= window[1] - 1

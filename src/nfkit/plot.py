@@ -277,6 +277,8 @@ def _cell_edges(values: Tensor, box: tuple[float, float]) -> Tensor:
     (a whole number of cells per bin when there are more than 60)."""
     low = math.floor(max(box[0], float(values.min())))
     high = math.floor(min(box[1], float(values.max())))
+    if low > high:  # no value inside the box (bounds= elsewhere): the box's own cells
+        low, high = math.floor(box[0]), math.floor(box[1])
     step = max(1, math.ceil((high - low + 1) / 60))
     return torch.arange(low, high + 1 + step, step, dtype=torch.float64)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import nfkit as nf
@@ -88,3 +89,10 @@ def test_the_inverse_of_a_far_z_is_exact_not_the_brackets_end() -> None:
     z = torch.tensor([[1e19], [-1e25], [1e300], [0.5]], dtype=torch.float64)
     x, _ = layer.inverse(z)
     torch.testing.assert_close(layer(x)[0], z, rtol=1e-9, atol=1e-9)
+
+
+def test_a_z_beyond_the_float32_range_of_the_map_is_refused() -> None:
+    """The bracket grew to inf, which "held" every finite z: the inverse came back NaN."""
+    layer = nf.models.BNAF(2, transforms=1).transform
+    with pytest.raises(ValueError, match="no x of the dtype maps to z in 1 row"):
+        layer.inverse_value(torch.tensor([[3e38, 0.5]]))

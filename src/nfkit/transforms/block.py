@@ -209,8 +209,10 @@ class BlockAutoregressive(Transform):
             for _ in range(math.ceil(math.log2(torch.finfo(target.dtype).max)) + 1):
                 v_lo, v_hi = value(lo), value(hi)
                 low_ok, high_ok = v_lo <= target, v_hi >= target
-                # NaN (a NaN weight or z): no bracket helps; the root find returns NaN there
-                held = (low_ok & high_ok) | torch.isnan(v_lo + v_hi + target)
+                # NaN (a NaN weight or z): no bracket helps; the root find returns NaN there. A
+                # bracket that grew to ±inf holds nothing the root find can use.
+                finite = torch.isfinite(lo) & torch.isfinite(hi)
+                held = (low_ok & high_ok & finite) | torch.isnan(v_lo + v_hi + target)
                 if bool(held.all()):
                     return lo, hi
                 lo = torch.where(low_ok, lo, 2 * lo)

@@ -80,12 +80,12 @@ class ActNorm(Transform):
         mean = x.mean(dims)
         per_feature = x.numel() // x.shape[-self.event_dim]  # (N·H·W values of a channel)
         std = x.std(dims, unbiased=False) if per_feature > 1 else torch.ones_like(self.loc)
-        # A feature with no spread in this batch (one value, a constant column, or a spread at
-        # the rounding level of its mean) keeps the scale 1: any floor would fix its scale for
+        # A feature with no spread in this batch (one value, or a constant column, whose std
+        # may round to a tiny non-zero) keeps the scale 1: any floor would fix its scale for
         # good at that floor, and later rows off the constant would score -1e11. Any other
         # spread, however small in the data's units, is standardized.
-        flat = std <= 64 * torch.finfo(std.dtype).eps * mean.abs()
-        log_std = torch.log(std.masked_fill(flat | (std == 0), 1.0))
+        flat = (x.amax(dims) == x.amin(dims)) | (std == 0)
+        log_std = torch.log(std.masked_fill(flat, 1.0))
         if inverse:
             self.loc.copy_(-mean * torch.exp(-log_std))
             self.log_scale.copy_(-log_std)
