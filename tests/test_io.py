@@ -629,3 +629,39 @@ def test_per_block_sampling_settings_round_trip(tmp_path) -> None:
     loaded = nf.load(nf.save(flow, tmp_path / "m.pt"))
     assert (loaded.config["sample_solver"], loaded.config["sample_steps"]) == ("midpoint", 6)
     assert {(b.sample_solver, b.sample_steps) for b in loaded.transform} == {("midpoint", 6)}
+
+
+def test_a_named_pipe_or_device_is_written_into_not_replaced(tmp_path) -> None:
+    """The temporary file was renamed over any target: ``-o /dev/null`` as root turned the
+    device into an ordinary file, and a named pipe's reader got nothing."""
+    import stat
+    import threading
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    pipe = tmp_path / "pipe.pt"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    nf.save(_flow(), pipe)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and got  # (a replaced pipe: the reader waits)
+    (tmp_path / "got.pt").write_bytes(got[0])
+    assert torch.load(tmp_path / "got.pt", weights_only=True)["format"] == "nfkit-model"
+
+
+def test_an_interrupt_inside_the_zip_writer_is_an_interrupt(tmp_path, monkeypatch) -> None:
+    """Ctrl-C during torch's zip write surfaces as its RuntimeError ("unexpected pos"), which
+    was reported as a failed write ("a full disk?", exit 1) instead of an interrupt."""
+
+    def interrupted_in_context(obj, f) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")  # noqa: B904
+
+    monkeypatch.setattr(torch, "save", interrupted_in_context)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": torch.zeros(1)}, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists() and not list(tmp_path.iterdir())

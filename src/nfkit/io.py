@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -70,12 +71,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     through: its target is replaced and the link kept. A filesystem error (a read-only or missing
     place, a parent that is a file, a full disk) is one ``OSError`` naming ``path``; an error
     raised by ``write`` propagates unchanged. Returns ``path`` as given. A ``path`` ending in a
-    separator names a folder: refused (the file would have taken the folder's name).
+    separator names a folder: refused (the file would have taken the folder's name). A ``path``
+    that is a device or a named pipe (``-o /dev/null``) is written into, not replaced.
     """
     if os.fspath(path).endswith(("/", os.sep)):
         raise OSError(f"cannot write {os.fspath(path)!r}: it names a folder; give a file name")
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path  # write through links
+    if _special_file(target):  # /dev/null, a named pipe: written into (a rename replaced it)
+        try:
+            with open(target, "wb") as f:
+                write(f)
+        except OSError as e:
+            raise OSError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        return path
     parent = target.parent if str(target.parent) else Path(".")
     tmp = None
     try:
@@ -96,6 +105,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         _discard(tmp)
         raise
     return path
+
+
+def _special_file(path: Path) -> bool:
+    """Whether ``path`` exists and is neither an ordinary file nor a folder (a device such as
+    ``/dev/null``, a named pipe, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _write_problem(e: OSError, parent: Path) -> str:
@@ -161,6 +180,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         try:
             torch.save(obj, f)
         except RuntimeError as e:
+            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside the zip writer
+                raise e.__context__ from None
             if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
                 raise  # not the zip writer's failure to write
             raise OSError(f"the write failed ({one_line(e, 120)}; a full disk?)") from None
