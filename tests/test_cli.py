@@ -82,6 +82,17 @@ def test_fit_sample_score_plot(capsys, table) -> None:
     )
     code, out, _ = _run(capsys, "score", model, table / "nohead.csv", "--with-data")
     assert code == 0 and out.splitlines()[0] == "a,b,g,log_density"
+    # ... as written: pandas' parse made 02134 2134, TRUE True, 2 2.0, and an empty cell NaN
+    rows = pd.read_csv(table / "s.csv").head(2)
+    text = "zip,flag,n,note," + ",".join(rows.columns) + "\n"
+    for (_, r), cells in zip(rows.iterrows(), ("02134,TRUE,2,", "00501,false,7,hi")):
+        text += cells + "," + ",".join(repr(float(v)) for v in r) + "\n"
+    (table / "ids.csv").write_text(text)
+    code, out, _ = _run(capsys, "score", model, table / "ids.csv", "--with-data")
+    lines = out.splitlines()
+    assert code == 0 and lines[1].startswith("02134,TRUE,2,,") and lines[2].startswith(
+        "00501,false,7,hi,"
+    )
     joined.to_csv(table / "scored.csv", index=False)
     assert "already has a log_density column" in _error(
         capsys, "score", model, table / "scored.csv", "--with-data"

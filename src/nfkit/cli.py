@@ -1378,13 +1378,29 @@ def cmd_score(args: argparse.Namespace) -> None:
     out = pd.DataFrame({"log_density": scores.numpy()})
     if args.with_data:  # every column of the table as written (header-less: the model's names)
         rows = table if set(columns) <= set(table.columns) else table.set_axis(columns, axis=1)
-        out = pd.concat([rows.reset_index(drop=True), out], axis=1)
+        out = pd.concat([_as_written(args.data, rows, columns), out], axis=1)
     _write_table(out, args.output)
     if args.output:
         finite = scores[torch.isfinite(scores)]  # not the -inf or NaN (skipped) rows
         mean = f"{float(finite.mean()):.4f} nats" if len(finite) else "none"
         others = f" of {len(finite)} finite row(s)" if len(finite) < len(out) else ""
         print(f"wrote {len(out)} log-densities to {args.output} (mean {mean}{others})")
+
+
+def _as_written(path: str, table: Any, columns: list[str]) -> Any:
+    """``table`` (every row of the text file ``path``, as pandas parsed it) with the columns
+    that are not the model's read again as text: an identifier ``02134`` or ``007``, ``TRUE``,
+    ``2`` written back as they were (pandas made them 2134, 7, True, 2.0)."""
+    from nfkit.tables import read_raw_table
+
+    extra = [c for c in table.columns if c not in columns]
+    table = table.reset_index(drop=True)
+    if not extra or Path(path).suffix.lower() in (".parquet", ".npy"):  # typed formats: as read
+        return table
+    raw = read_raw_table(path, text=extra)
+    if len(raw) != len(table):  # (every row is scored: the same rows)
+        return table
+    return table.assign(**{c: raw[c].to_numpy() for c in extra})
 
 
 def _angle_columns(flow: Any) -> list[int]:

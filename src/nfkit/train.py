@@ -196,6 +196,17 @@ def _same_on_every_rank(where: str, x: Tensor, c: Tensor | None, w: Tensor | Non
         )
 
 
+def _config_difference(made: Any, now: Any, at: str = "") -> str:
+    """The first setting in which two model configs differ, in a few words (nested configs,
+    such as a standardized model's inner ``flow``, are followed)."""
+    if isinstance(made, dict) and isinstance(now, dict):
+        for key in [*made, *(k for k in now if k not in made)]:
+            if made.get(key) != now.get(key):
+                return _config_difference(made.get(key), now.get(key), f"{at}{key}.")
+    name = at.rstrip(".") or "model"
+    return f"{name}={made!r} there, {now!r} here"[:200]
+
+
 def _other_architecture(flow: Flow, model: Any) -> str | None:
     """How a checkpoint's weights ``model`` differ from ``flow``'s in names or shapes, in a few
     words (the first difference), or None (a malformed field is left to the loads)."""
@@ -834,11 +845,11 @@ def _restore(
     model or on other training data (``data``: :func:`_fingerprint`)."""
     made_for = state.get("config")
     if made_for and flow.config and made_for != json.dumps(flow.config):
-        model = json.loads(made_for).get("model", "another model")
+        model = json.loads(made_for)
         raise ValueError(
-            f"{where}: checkpoint {str(checkpoint)!r} was made for another model ({model}, "
-            f"other settings); got {flow.config.get('model', 'this flow')}: resume with the "
-            "same model, or give another checkpoint path"
+            f"{where}: checkpoint {str(checkpoint)!r} was made for another model ("
+            f"{_config_difference(model, flow.config)}): resume with the same model, or give "
+            "another checkpoint path"
         )
     saved = state.get("data")  # older checkpoints have no fingerprint
     if saved is not None and data.numel() and saved.numel() == data.numel() * 2 // 3:
