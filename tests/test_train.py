@@ -985,6 +985,12 @@ def test_resuming_with_other_held_out_rows_is_refused(tmp_path) -> None:
         nf.fit(_small(), x, val=_rows(40, seed=1), resume=True, **{**run, "checkpoint": other})
     history = nf.fit(_small(), x, val_fraction=0, resume=True, **{**run, "checkpoint": other})
     assert history.steps == 20 and not history.val_loss
+    # another split: named as such (it was "made on other training data")
+    split = tmp_path / "split.pt"
+    with pytest.raises(KeyboardInterrupt):
+        nf.fit(_small(), x, val_fraction=0.2, callback=stop, **{**run, "checkpoint": split})
+    with pytest.raises(ValueError, match=r"was made with .*val_fraction=0.2; got .*val_fraction=0.3"):
+        nf.fit(_small(), x, val_fraction=0.3, resume=True, **{**run, "checkpoint": split})
 
 
 def test_fit_checks_callback_and_checkpoint_and_reports_a_full_run_as_not_stopped_early() -> None:

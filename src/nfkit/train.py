@@ -851,6 +851,17 @@ def _restore(
             f"{_config_difference(model, flow.config)}): resume with the same model, or give "
             "another checkpoint path"
         )
+    made_with = state.get("settings") or {}  # older checkpoints: not recorded
+    # (before the data: another val_fraction splits off other training rows, and is named)
+    changed = [k for k, v in settings.items() if k in made_with and made_with[k] != v]
+    if changed:
+        was = ", ".join(f"{k}={made_with[k]!r}" for k in changed)
+        now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
+        raise ValueError(
+            f"{where}: checkpoint {str(checkpoint)!r} was made with {was}; got {now}: resume "
+            "with the settings it was made with (its optimizer and schedule carry them), or "
+            "give another checkpoint path"
+        )
     saved = state.get("data")  # older checkpoints have no fingerprint
     if saved is not None and data.numel() and saved.numel() == data.numel() * 2 // 3:
         data = data[: saved.numel()]  # made before row order was fingerprinted: sums alone
@@ -871,16 +882,6 @@ def _restore(
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} was made with steps={state['steps']} "
             f"on {state['n']} training rows; got steps={steps} on {n} rows"
-        )
-    made_with = state.get("settings") or {}  # older checkpoints: not recorded
-    changed = [k for k, v in settings.items() if k in made_with and made_with[k] != v]
-    if changed:
-        was = ", ".join(f"{k}={made_with[k]!r}" for k in changed)
-        now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
-        raise ValueError(
-            f"{where}: checkpoint {str(checkpoint)!r} was made with {was}; got {now}: resume "
-            "with the settings it was made with (its optimizer and schedule carry them), or "
-            "give another checkpoint path"
         )
     made = state.get("objective", "likelihood")  # older checkpoints: maximum likelihood
     objective = "likelihood" if noise is None else "flow_matching"
@@ -1115,6 +1116,8 @@ def fit(
         "weight_decay": weight_decay,
         "patience": patience,
     }
+    if val is None:  # the split (with val=, none: the held-out rows are compared instead)
+        settings["val_fraction"] = float(val_fraction)
     if world > 1 and min(batch_size, n) % world:
         capped = (
             f"the batch is the {n} training rows (fewer than batch_size={batch_size}), "
