@@ -31,6 +31,14 @@ def context_batch(x_batch: torch.Size, c_batch: torch.Size) -> torch.Size:
         ) from None
 
 
+def broadcasts_to(batch: torch.Size, shape: torch.Size) -> bool:
+    """Whether ``batch`` broadcasts to ``shape`` itself (``shape`` is their broadcast)."""
+    try:
+        return torch.broadcast_shapes(shape, batch) == shape
+    except RuntimeError:
+        return False
+
+
 def check_size(where: str, x: torch.Tensor, dim: int, size: int, name: str = "x") -> None:
     """``x.shape[dim] == size`` (the features a layer was built for), else a one-line error:
     ``index_select`` with a shorter index would drop columns silently."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfkit._checks import as_int, as_ints, check_positive_int, shape_str, shown
+from nfkit._shapes import broadcasts_to
 
 __all__ = [
     "BaseDistribution",
@@ -83,14 +84,6 @@ class BaseDistribution(nn.Module):
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}"
-
-
-def _covers(shape: tuple[int, ...], batch: torch.Size) -> bool:
-    """Whether ``batch`` broadcasts to ``shape`` (``shape`` is then the broadcast)."""
-    try:
-        return torch.broadcast_shapes(torch.Size(shape), batch) == shape
-    except RuntimeError:
-        return False
 
 
 class StandardNormal(BaseDistribution):
@@ -429,7 +422,7 @@ class GaussianMixture(BaseDistribution):
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         shape = tuple(shape)
-        if context is not None and not _covers(shape, context.shape[:-1]):
+        if context is not None and not broadcasts_to(context.shape[:-1], torch.Size(shape)):
             raise ValueError(
                 f"GaussianMixture.rsample: shape {shape_str(shape)} must include the context's "
                 f"batch shape {shape_str(context.shape[:-1])} (the whole batch of draws)"

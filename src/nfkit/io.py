@@ -572,26 +572,33 @@ def _loaded_as_saved(flow: torch.nn.Module) -> None:
             module.refresh_pending = False
 
 
+def weights_difference(flow: torch.nn.Module, state: dict[str, Any]) -> str | None:
+    """The first name or shape in which a file's weights ``state`` differ from ``flow``'s (in
+    the module's order), in a few words, or None (a model file's ``into=``, a checkpoint)."""
+    own = flow.state_dict()
+    for key in [*own, *(k for k in state if k not in own)]:
+        if key not in state or key not in own:
+            return f"{'the file lacks' if key not in state else 'the architecture has no'} {key!r}"
+        theirs = state[key]
+        if isinstance(theirs, torch.Tensor) and tuple(own[key].shape) != tuple(theirs.shape):
+            return (
+                f"size mismatch for {key}: copying a param with shape "
+                f"torch.Size({list(theirs.shape)}) from the file, the shape in the architecture "
+                f"is torch.Size({list(own[key].shape)})"
+            )
+    return None
+
+
 def _check_weights(
     where: str, path: Any, flow: torch.nn.Module, state: dict[str, torch.Tensor]
 ) -> None:
     """The file's weights have the flow's names and shapes (checked before anything is loaded,
     so a failed ``load(..., into=flow)`` leaves ``flow`` as it was)."""
-    own = flow.state_dict()
-    for key in [*own, *(k for k in state if k not in own)]:  # in the module's order
-        if key not in state or key not in own:
-            missing = "the file lacks" if key not in state else "the architecture has no"
-            raise ValueError(
-                f"{where}: {str(path)!r}: weights do not match the architecture ({missing} "
-                f"{key!r})"
-            )
-        if tuple(own[key].shape) != tuple(state[key].shape):
-            raise ValueError(
-                f"{where}: {str(path)!r}: weights do not match the architecture (size mismatch "
-                f"for {key}: copying a param with shape torch.Size({list(state[key].shape)}) "
-                f"from the file, the shape in the architecture is "
-                f"torch.Size({list(own[key].shape)}))"
-            )
+    difference = weights_difference(flow, state)
+    if difference is not None:
+        raise ValueError(
+            f"{where}: {str(path)!r}: weights do not match the architecture ({difference})"
+        )
     # a parameter is finite; a buffer may hold ±inf (an open end of a support), never NaN
     params = {name for name, _ in flow.named_parameters()}
     bad = [

@@ -272,15 +272,16 @@ def _density_name(flow: Flow) -> str:
     return "p(v + u)" if isinstance(flow, DequantizedFlow) else "p(x)"
 
 
-def _cell_edges(values: Tensor, box: tuple[float, float]) -> Tensor:
-    """The edges of the cells ``[v, v + 1)`` of the integers ``v`` of ``values`` inside ``box``
-    (a whole number of cells per bin when there are more than 60)."""
+def _cell_edges(values: Tensor, box: tuple[float, float], offset: float = 0.0) -> Tensor:
+    """The edges of one bin per integer ``v`` of ``values`` inside ``box``, ``[v + offset,
+    v + 1 + offset)`` (``offset = 0``: the cells of ``p(v + u)``; ``-0.5``: bins centred on the
+    integers), the lowest one included; a whole number of integers per bin beyond 60."""
     low = math.floor(max(box[0], float(values.min())))
     high = math.floor(min(box[1], float(values.max())))
     if low > high:  # no value inside the box (bounds= elsewhere): the box's own cells
         low, high = math.floor(box[0]), math.floor(box[1])
     step = max(1, math.ceil((high - low + 1) / 60))
-    return torch.arange(low, high + 1 + step, step, dtype=torch.float64)
+    return torch.arange(low + offset, high + 1 + offset + step, step, dtype=torch.float64)
 
 
 def _hist(ax: Any, values: Tensor, edges: Tensor, **style: Any) -> None:
@@ -423,12 +424,8 @@ def corner(
     for i in _discrete_columns(flow):  # bins centred on the integers, the ends included
         if i < k:
             both = s[:, i] if x is None else torch.cat([x[:, i], s[:, i]])
-            # the integers of the box (its quantile range), its lowest one included
-            low = math.floor(max(box[i][0], float(both.min())))
-            high = math.ceil(min(box[i][1], float(both.max())))
-            step = max(1, math.ceil((high - low + 1) / 60))
-            edges_of[i] = torch.arange(low - 0.5, high + step + 0.5, step, dtype=torch.float64)
-            box[i] = (low - 0.5, float(edges_of[i][-1]))
+            edges_of[i] = _cell_edges(both, box[i], -0.5)
+            box[i] = (float(edges_of[i][0]), float(edges_of[i][-1]))
     size = max(4.0, 1.9 * k)
     fig, axes = _figure(k, k, (size, size))
     for i in range(k):

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from nfkit._shapes import broadcasts_to
+
 if TYPE_CHECKING:
     from nfkit.core import Flow
 
@@ -179,11 +181,7 @@ class FlowDistribution(Distribution):
     def expand(self, batch_shape: Any, _instance: Any = None) -> FlowDistribution:
         """The same flow over ``batch_shape`` (the context broadcast to it)."""
         batch_shape = torch.Size(batch_shape)
-        try:
-            extends = torch.broadcast_shapes(batch_shape, self.batch_shape) == batch_shape
-        except RuntimeError:
-            extends = False
-        if not extends:
+        if not broadcasts_to(self.batch_shape, batch_shape):
             raise ValueError(
                 f"FlowDistribution.expand: {tuple(batch_shape)} does not extend the batch shape "
                 f"{tuple(self.batch_shape)} (each dim equal, or 1 in the batch)"

@@ -32,13 +32,19 @@ from nfkit._checks import (
     check_number,
     check_positive_int,
     resolve_seed,
-    shape_str,
     shown,
 )
 from nfkit.core import Flow, context_tensor, dtype_device
 from nfkit.distributed import rank_and_world
 from nfkit.flow_matching import FlowMatchingNoise, FlowMatchingObjective
-from nfkit.io import CHECKPOINT_FORMAT, FORMAT, DamagedFileError, atomic_save, safe_torch_load
+from nfkit.io import (
+    CHECKPOINT_FORMAT,
+    FORMAT,
+    DamagedFileError,
+    atomic_save,
+    safe_torch_load,
+    weights_difference,
+)
 from nfkit.metrics import (
     VI_SPLINE_ADVICE,
     check_log_weights,
@@ -205,26 +211,6 @@ def _config_difference(made: Any, now: Any, at: str = "") -> str:
                 return _config_difference(made.get(key), now.get(key), f"{at}{key}.")
     name = at.rstrip(".") or "model"
     return f"{name}={made!r} there, {now!r} here"[:200]
-
-
-def _other_architecture(flow: Flow, model: Any) -> str | None:
-    """How a checkpoint's weights ``model`` differ from ``flow``'s in names or shapes, in a few
-    words (the first difference), or None (a malformed field is left to the loads)."""
-    if not isinstance(model, dict):
-        return None
-    mine = flow.state_dict()
-    for key in sorted(set(mine) | set(model)):
-        if key not in model:
-            return f"no {key!r}"
-        if key not in mine:
-            return f"an unexpected {key!r}"
-        theirs = model[key]
-        if isinstance(theirs, Tensor) and theirs.shape != mine[key].shape:
-            return (
-                f"{key!r} of shape {shape_str(theirs.shape)}, the flow's "
-                f"{shape_str(mine[key].shape)}"
-            )
-    return None
 
 
 def _same_checkpoint_on_every_rank(where: str, checkpoint: Any, state: dict | None) -> None:
@@ -890,7 +876,8 @@ def _restore(
             f"{where}: checkpoint {str(checkpoint)!r} was made with objective={made!r}; "
             f"got objective={objective!r}"
         )
-    other = _other_architecture(flow, state.get("model"))
+    model = state.get("model")
+    other = weights_difference(flow, model) if isinstance(model, dict) else None
     if other is not None:  # before the optimizer, whose size check would call it damaged
         raise ValueError(
             f"{where}: checkpoint {str(checkpoint)!r} holds another architecture's weights "
