@@ -154,3 +154,15 @@ def test_torch_distribution_view_on_cuda() -> None:
     c = torch.tensor([[0.5, float("nan"), 1.0, float("nan")]], device="cuda")
     out = padded.to("cuda").log_prob(torch.zeros(1, 1, device="cuda"), c)
     assert out.device.type == "cuda" and out.isfinite().all()
+
+
+def test_log_prob_on_cuda_is_one_pass() -> None:
+    """Without autograd, CPU scoring runs in cache-sized blocks; on a GPU one pass (blocks would
+    only add kernel launches)."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(128, 128)).cuda().eval()
+    calls: list[int] = []
+    inner = flow._log_prob
+    flow._log_prob = lambda x, c: calls.append(len(x)) or inner(x, c)  # type: ignore[method-assign]
+    with torch.no_grad():
+        flow.log_prob(torch.randn(20000, 2, device="cuda"))
+    assert calls == [20000]

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import nfkit as nf
     from nfkit.distributed import init_from_env, is_main_process, shutdown
 
-    init_from_env()
+    init_from_env(device="cpu")  # gloo on CPU, also on a machine with GPUs
     torch.manual_seed(0)
     weights = None
     {build}
@@ -167,6 +167,45 @@ def test_init_from_env_outside_torchrun_is_one_line(monkeypatch) -> None:
         init_from_env()
 
 
+@pytest.mark.parametrize(
+    ("device", "gpus", "local_rank", "expected"),
+    [
+        ("cpu", 2, 0, "gloo on cpu"),  # CPU asked for: gloo, also beside GPUs
+        (None, 0, 1, "gloo on cpu"),
+        (None, 2, 1, "nccl on cuda:1"),  # each rank its own GPU
+        ("cuda", 2, 0, "nccl on cuda:0"),
+        ("cuda", 1, 1, "local rank 1 has no GPU of its own (1 visible): start at most 1"),
+        ("cuda:1", 2, 0, "device 'cuda:1' would put every rank on one GPU"),
+    ],
+)
+def test_init_from_env_picks_each_ranks_device(
+    monkeypatch, device: str | None, gpus: int, local_rank: int, expected: str
+) -> None:
+    """Without a GPU per local rank, a one-line refusal naming the count, not CUDA's
+    "invalid device ordinal" from inside torch."""
+    import torch.distributed as dist
+
+    from nfkit import distributed
+
+    chosen: list[str] = []
+    monkeypatch.setenv("RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(str(d)))
+    monkeypatch.setattr(distributed, "check_device", lambda where, d: torch.device(d))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.insert(0, backend))
+    try:
+        dev = distributed.init_from_env(device=device)
+    except ValueError as e:
+        assert expected in str(e) and "\n" not in str(e) and not chosen, str(e)
+        return
+    assert f"{chosen[0]} on {dev}" == expected
+    assert chosen[1:] == ([str(dev)] if dev.type == "cuda" else [])
+
+
 def test_cli_fit_distributed_under_torchrun(tmp_path) -> None:
     data = tmp_path / "moons.csv"
     x = nf.datasets.two_moons(400, seed=0).numpy()
@@ -174,7 +213,7 @@ def test_cli_fit_distributed_under_torchrun(tmp_path) -> None:
     out = tmp_path / "model.pt"
     run = _torchrun(
         "-m", "nfkit", "fit", str(data), "--distributed", "--steps", "20", "--batch-size", "64",
-        "--out", str(out), "-q",
+        "--out", str(out), "-q", "--device", "cpu",
     )  # fmt: skip
     assert run.stdout.count("saved the model") == 1  # rank 0 only
     flow = nf.load(out)
@@ -199,7 +238,7 @@ CHECKS = textwrap.dedent(
     import nfkit as nf
     from nfkit.distributed import init_from_env, rank_and_world, shutdown
 
-    init_from_env()
+    init_from_env(device="cpu")
     rank = rank_and_world()[0]
     out = {}
     x = nf.datasets.two_moons(600, seed=0).double()

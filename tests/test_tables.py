@@ -664,3 +664,23 @@ def test_as_tensor_converts_integers_exactly_and_refuses_complex_tensors() -> No
     assert as_tensor(np.array([[16777217, 1]]), "w").dtype == torch.float64
     with pytest.raises(TypeError, match=r"w: data must hold real numbers, got a torch.complex64"):
         as_tensor(torch.tensor([[1 + 5j, 2 + 0j]]), "w")
+
+
+def test_decimals_read_back_exactly(tmp_path) -> None:
+    """Shortest round-trip decimals (what ``to_csv`` writes) parse to the same doubles; pandas
+    2's default converter read these one ulp off."""
+    values = [0.33510375022888184, 90072.74735239055, -0.02369617484509945, 2.2438955307006836]
+    (tmp_path / "t.csv").write_text("a\n" + "\n".join(map(repr, values)) + "\n")
+    assert nf.tables.read_table(tmp_path / "t.csv")["a"].tolist() == values
+
+
+@pytest.mark.parametrize(
+    ("version", "exact_by_default"),
+    [("2.3.3", False), ("3.0.6", False), ("3.1.0rc1", True), ("3.1.1", True), ("10.0", True)],
+)
+def test_exact_decimals_asked_for_below_pandas_3_1(version: str, exact_by_default: bool) -> None:
+    """CI's pandas parses exactly by default; older ones (seen: 2.3.3, 3.0.6) get Python's
+    converter, which ``test_decimals_read_back_exactly`` checks under such a pandas."""
+    from nfkit.tables import _exact_floats
+
+    assert _exact_floats(version) == ({} if exact_by_default else {"float_precision": "round_trip"})

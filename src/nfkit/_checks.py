@@ -268,6 +268,8 @@ def as_int(value: object) -> int | None:
     tensor: anything with ``__index__``), else None; bools are not integers here."""
     if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
         return None
+    if isinstance(value, tuple | list):  # a shape: no exception to trace (torch 2.11's dynamo
+        return None  # stops at the TypeError below)
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:

@@ -1125,11 +1125,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
         _check_writable("--checkpoint", args.checkpoint)
     if args.distributed:
         try:
-            device = distributed.init_from_env()
-        except RuntimeError as e:
+            device = distributed.init_from_env(device=args.device)
+        except (RuntimeError, ValueError) as e:
             raise _UserError(str(e)) from None
-        if args.device is None and device.type == "cuda":
-            args.device = str(device)
+        args.device = str(device)  # this rank's own GPU (cuda:LOCAL_RANK) or the CPU
         args.quiet = args.quiet or not distributed.is_main_process()
     try:
         given = [g.strip() for g in args.given.split(",") if g.strip()] if args.given else []

@@ -20,6 +20,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from nfkit._checks import check_device
+
 __all__ = ["init_from_env", "rank_and_world", "is_main_process", "shutdown"]
 
 
@@ -35,11 +37,20 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def init_from_env(backend: str | None = None) -> torch.device:
+def init_from_env(
+    backend: str | None = None, device: str | torch.device | None = None
+) -> torch.device:
     """Initialize the process group from torchrun's environment; return this rank's device.
 
-    The backend defaults to NCCL when CUDA is available and gloo otherwise; on CUDA each rank
-    takes the GPU ``LOCAL_RANK``. Raises a one-line ``RuntimeError`` outside torchrun.
+    Args:
+        backend: ``"nccl"``, ``"gloo"``, ...; default NCCL on a GPU, gloo on CPU.
+        device: ``"cpu"`` trains on CPU (gloo) also where CUDA is available; ``"cuda"`` takes
+            GPU ``LOCAL_RANK``; None: ``"cuda"`` where CUDA is available, else ``"cpu"``. A
+            numbered GPU (``"cuda:1"``) is refused: every rank would use the same one.
+
+    Raises a one-line ``RuntimeError`` outside torchrun, and a one-line ``ValueError`` for a
+    device this rank cannot have (a local rank beyond the node's visible GPUs: start at most
+    that many processes per node, or train on CPU).
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
@@ -48,15 +59,30 @@ def init_from_env(backend: str | None = None) -> torch.device:
         )
     if not dist.is_available():
         raise RuntimeError("nfkit.distributed: this PyTorch build has no torch.distributed")
-    cuda = torch.cuda.is_available()
-    backend = backend or ("nccl" if cuda else "gloo")
-    device = torch.device("cpu")
-    if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+    where = "nfkit.distributed"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = check_device(where, device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise ValueError(
+                f"{where}: device {str(dev)!r} would put every rank on one GPU; give 'cuda' "
+                "(each rank takes GPU LOCAL_RANK) or limit the visible GPUs "
+                "(CUDA_VISIBLE_DEVICES)"
+            )
+        local, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local >= visible:
+            raise ValueError(
+                f"{where}: local rank {local} has no GPU of its own ({visible} visible): start "
+                f"at most {visible} process(es) per node (torchrun --nproc-per-node "
+                f"{visible}) or train on CPU (device 'cpu'; nfkit fit --device cpu)"
+            )
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return device
+    return dev
 
 
 def shutdown(wait: bool = True) -> None:

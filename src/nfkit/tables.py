@@ -132,6 +132,18 @@ _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
 # a number with thousands separators: 13,210 or 1,234.5 (decimal point), 1.234,5 (decimal comma);
 # never a first group of 0 (0,126 is a decimal comma)
 _GROUPED = r"[-+]?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?|[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?)"
+
+
+# Below pandas 3.1, read_csv's default decimal converter ("high") is not correctly rounded:
+# 0.33510375022888184, as to_csv writes it, reads back one ulp off (seen with 2.3.3 and 3.0.6);
+# "round_trip" is Python's exact one. pandas 3.1 parses exactly by default and deprecates the
+# option.
+def _exact_floats(pandas_version: str) -> dict[str, str]:
+    """``read_csv``'s keyword for correctly rounded decimals under this pandas version."""
+    major, minor = (int(re.match(r"\d+", p)[0]) for p in pandas_version.split(".")[:2])
+    return {"float_precision": "round_trip"} if (major, minor) < (3, 1) else {}
+
+
 # pandas' default missing-value strings (read_csv's na_values); a text table's empty cell is
 # missing in any column, these only in a column of numbers (see _resolve_na)
 _NA_TOKENS = frozenset(
@@ -339,6 +351,7 @@ def _read_text(
                 skipinitialspace=True,
                 encoding="utf-8",
                 compression=compression,
+                **_exact_floats(pd.__version__),
             )
     except DataError:
         raise
