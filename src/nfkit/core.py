@@ -608,7 +608,7 @@ class Flow(nn.Module):
         capped to 1024–8192 rows (about 2**17 event entries and 2**18 entries of the widest
         network layer, see ``_block_rows``), which keeps each block's intermediates in cache: up
         to 20–30% faster for batches of thousands. Not on a GPU (there blocks only add kernel
-        launches: digits NSF, 4096 rows on an H200, half the rows/s in blocks), nor while
+        launches: digits NSF, 4096 rows on an H200, a third of the rows/s in blocks), nor while
         ``torch.compile`` traces; ``chunk_size=None`` opts out. A flow with a transform that couples the rows of a
         batch (:attr:`Transform.batch_coupled`: ``BatchNorm`` in train mode, ``ActNorm`` before
         its initialization; torch's batch norms in train mode) is always evaluated in one pass,
