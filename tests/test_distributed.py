@@ -168,18 +168,19 @@ def test_init_from_env_outside_torchrun_is_one_line(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "gpus", "local_rank", "expected"),
+    ("device", "gpus", "local_rank", "per_node", "expected"),
     [
-        ("cpu", 2, 0, "gloo on cpu"),  # CPU asked for: gloo, also beside GPUs
-        (None, 0, 1, "gloo on cpu"),
-        (None, 2, 1, "nccl on cuda:1"),  # each rank its own GPU
-        ("cuda", 2, 0, "nccl on cuda:0"),
-        ("cuda", 1, 1, "local rank 1 has no GPU of its own (1 visible): start at most 1"),
-        ("cuda:1", 2, 0, "device 'cuda:1' would put every rank on one GPU"),
+        ("cpu", 2, 0, 2, "gloo on cpu"),  # CPU asked for: gloo, also beside GPUs
+        (None, 0, 1, 2, "gloo on cpu"),
+        (None, 2, 1, 2, "nccl on cuda:1"),  # each rank its own GPU
+        ("cuda", 2, 0, 2, "nccl on cuda:0"),
+        ("cuda", 1, 1, 2, "local rank 1 has no GPU of its own (1 visible): start at most 1"),
+        ("cuda:1", 2, 0, 2, "device 'cuda:1' would put this node's 2 processes on one GPU"),
+        ("cuda:1", 2, 0, 1, "nccl on cuda:1"),  # one process per node: its GPU as named
     ],
 )
 def test_init_from_env_picks_each_ranks_device(
-    monkeypatch, device: str | None, gpus: int, local_rank: int, expected: str
+    monkeypatch, device: str | None, gpus: int, local_rank: int, per_node: int, expected: str
 ) -> None:
     """Without a GPU per local rank, a one-line refusal naming the count, not CUDA's
     "invalid device ordinal" from inside torch."""
@@ -191,6 +192,7 @@ def test_init_from_env_picks_each_ranks_device(
     monkeypatch.setenv("RANK", str(local_rank))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(per_node))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(str(d)))

@@ -46,7 +46,8 @@ def init_from_env(
         backend: ``"nccl"``, ``"gloo"``, ...; default NCCL on a GPU, gloo on CPU.
         device: ``"cpu"`` trains on CPU (gloo) also where CUDA is available; ``"cuda"`` takes
             GPU ``LOCAL_RANK``; None: ``"cuda"`` where CUDA is available, else ``"cpu"``. A
-            numbered GPU (``"cuda:1"``) is refused: every rank would use the same one.
+            numbered GPU (``"cuda:1"``) only with one process per node (``LOCAL_WORLD_SIZE``
+            1); with more, every process of the node would use that one GPU: refused.
 
     Raises a one-line ``RuntimeError`` outside torchrun, and a one-line ``ValueError`` for a
     device this rank cannot have (a local rank beyond the node's visible GPUs: start at most
@@ -64,20 +65,21 @@ def init_from_env(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = check_device(where, device)
     if dev.type == "cuda":
-        if dev.index is not None:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        visible = torch.cuda.device_count()
+        if dev.index is not None and per_node > 1:
             raise ValueError(
-                f"{where}: device {str(dev)!r} would put every rank on one GPU; give 'cuda' "
-                "(each rank takes GPU LOCAL_RANK) or limit the visible GPUs "
-                "(CUDA_VISIBLE_DEVICES)"
+                f"{where}: device {str(dev)!r} would put this node's {per_node} processes on "
+                "one GPU; give 'cuda' (each process takes GPU LOCAL_RANK)"
             )
-        local, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if local >= visible:
+        if dev.index is None and local >= visible:
             raise ValueError(
                 f"{where}: local rank {local} has no GPU of its own ({visible} visible): start "
                 f"at most {visible} process(es) per node (torchrun --nproc-per-node "
                 f"{visible}) or train on CPU (device 'cpu'; nfkit fit --device cpu)"
             )
-        dev = torch.device("cuda", local)
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():

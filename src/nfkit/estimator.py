@@ -530,11 +530,17 @@ class FlowDensity(DensityMixin, BaseEstimator):
         if sample_weight is not None:
             weights = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
-            )  # (its errors name sample_weight; all zero: "no non-zero" weight)
+            )  # (its errors name sample_weight; scikit-learn 1.6 lets all-zero weights pass)
             kept = weights > 0  # the rows that count: the others take no part at all
             if kept.sum() < 2:
                 raise ValueError(
-                    "FlowDensity.fit: sample_weight leaves 1 row of weight > 0; give at least 2"
+                    "FlowDensity.fit: sample_weight "
+                    + (
+                        "has no non-zero weight"
+                        if not kept.any()
+                        else "leaves 1 row of weight > 0"
+                    )
+                    + "; give at least 2 rows of weight > 0"
                 )
             X, weights = X[kept], weights[kept]
         self.device_ = check_device("FlowDensity.fit", self.device) or torch.device("cpu")
