@@ -324,17 +324,16 @@ def _weights_column(table: Any, column: str, source: str, drop_missing: bool) ->
     """The ``--weights`` column of a raw table as float64 row weights (a Series on the table's
     index): numbers, finite, ``>= 0`` and not all zero (rows with a missing weight dropped
     with ``drop_missing``, else an error)."""
-    from nfkit.tables import clean_table
+    from nfkit.tables import clean_table, to_numbers
 
     if column not in table.columns:
         raise _UserError(
             f"{source}: --weights column {column!r} not found; columns are "
             f"{', '.join(map(repr, table.columns))}"
         )
-    import pandas as pd
 
     raw = table[column]
-    numbers = pd.to_numeric(raw, errors="coerce")
+    numbers = to_numbers(raw)
     text = numbers.isna() & raw.notna()
     if bool(text.any()):
         raise _UserError(

@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import lzma
+import math
 import os
 import re
 import stat
@@ -142,6 +143,28 @@ def _exact_floats(pandas_version: str) -> dict[str, str]:
     """``read_csv``'s keyword for correctly rounded decimals under this pandas version."""
     major, minor = (int(re.match(r"\d+", p)[0]) for p in pandas_version.split(".")[:2])
     return {"float_precision": "round_trip"} if (major, minor) < (3, 1) else {}
+
+
+def to_numbers(cells: Any) -> Any:
+    """``pd.to_numeric(cells, errors="coerce")``, correctly rounded under every pandas: below
+    3.1 its converter is one ulp off for some decimals (as ``read_csv``'s), so there the cells
+    it reads as numbers are parsed again by Python's ``float``."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(cells, errors="coerce")
+    if not _exact_floats(pd.__version__) or numbers.dtype.kind != "f" or cells.dtype.kind != "O":
+        return numbers  # exact already, or no text cells to parse
+    numbers, read = numbers.copy(), numbers.notna()
+    exact = cells[read].map(_float_or_nan)
+    numbers[read] = exact.where(exact.notna(), numbers[read])
+    return numbers
+
+
+def _float_or_nan(cell: Any) -> float:
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # pandas' default missing-value strings (read_csv's na_values); a text table's empty cell is
@@ -402,12 +425,11 @@ def _parse_numbers(text: Any, decimal: str = ".") -> Any:
     """The cells of a column of stripped strings that are numbers, as floats (NaN elsewhere);
     with ``decimal=","`` a number is written ``1,5`` and a cell with a ``.`` is not one (as
     ``read_csv(decimal=",")`` reads them)."""
-    import pandas as pd
 
     if decimal == ",":
         text = text.where(~text.str.contains(".", regex=False, na=False))
         text = text.str.replace(",", ".", regex=False)
-    return pd.to_numeric(text, errors="coerce")
+    return to_numbers(text)
 
 
 def _few_non_numbers(numeric: Any) -> bool:
@@ -587,7 +609,7 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
             if _real_dtype(col.dtype):
                 out[name] = col.astype("float64")
                 continue
-            converted = pd.to_numeric(col, errors="coerce")
+            converted = to_numbers(col)
             bad = converted.isna() & col.notna()
             textual = pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
             if not bool(bad.any()) and textual:
