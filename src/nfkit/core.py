@@ -609,11 +609,11 @@ class Flow(nn.Module):
         network layer, see ``_block_rows``), which keeps each block's intermediates in cache: up
         to 20–30% faster for batches of thousands. Not on a GPU (there blocks only add kernel
         launches: digits NSF, 4096 rows on an H200, a third of the rows/s in blocks), nor while
-        ``torch.compile`` traces; ``chunk_size=None`` opts out. A flow with a transform that couples the rows of a
-        batch (:attr:`Transform.batch_coupled`: ``BatchNorm`` in train mode, ``ActNorm`` before
-        its initialization; torch's batch norms in train mode) is always evaluated in one pass,
-        whatever ``chunk_size``: chunks would each get their own batch statistics. Call
-        ``flow.eval()`` first to score many rows in bounded memory.
+        ``torch.compile`` traces; ``chunk_size=None`` opts out. A flow with a transform that
+        couples the rows of a batch (:attr:`Transform.batch_coupled`: ``BatchNorm`` in train
+        mode, ``ActNorm`` before its initialization; torch's batch norms in train mode) is
+        always evaluated in one pass, whatever ``chunk_size``: chunks would each get their own
+        batch statistics. Call ``flow.eval()`` first to score many rows in bounded memory.
         """
         self._check_x("Flow.log_prob", x, context)
         return self._chunked_log_prob(x, context, _check_chunk("Flow.log_prob", chunk_size))
