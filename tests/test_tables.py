@@ -698,3 +698,13 @@ def test_text_cells_parsed_as_numbers_read_back_exactly(tmp_path, dialect: str) 
     (tmp_path / "t.csv").write_text(text + "\n")
     got = nf.tables.read_table(tmp_path / "t.csv", drop_missing=True)["a"].tolist()
     assert got == values  # (the NA row dropped)
+
+
+def test_a_symbolic_link_loop_is_named(tmp_path) -> None:
+    """Named by the read itself (Python 3.13's ``Path.resolve`` no longer raises on a loop)."""
+    import os
+
+    os.symlink(tmp_path / "b.csv", tmp_path / "a.csv")
+    os.symlink(tmp_path / "a.csv", tmp_path / "b.csv")
+    with pytest.raises(DataError, match=r"a\.csv: a symbolic link loop; it leads to no file$"):
+        nf.tables.read_table(tmp_path / "a.csv")

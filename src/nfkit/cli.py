@@ -593,7 +593,9 @@ def _refuse_overwriting(output: tuple[str, Any], *inputs: tuple[str, Any]) -> No
 
 
 def _place(path: Any) -> Path:
-    """Where ``path`` leads (links followed), or a symlink loop named as a one-line error."""
+    """Where ``path`` leads (links followed), or a symlink loop named as a one-line error
+    (before Python 3.13; from 3.13 ``resolve`` returns a loop's own path, and reading it names
+    the loop: ``tables.read_table``)."""
     try:
         return Path(path).resolve()
     except (OSError, RuntimeError):  # RuntimeError: Python's own "Symlink loop" before 3.13

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import errno
 import gzip
 import io
 import lzma
@@ -864,6 +865,8 @@ def read_raw_table(
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except OSError as e:  # a symlink loop, a name too long, no permission on a folder
+        if e.errno == errno.ELOOP:  # (Python < 3.13 named it earlier, in Path.resolve)
+            raise DataError(f"{path}: a symbolic link loop; it leads to no file") from None
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     if stat.S_ISDIR(mode):
         raise DataError(f"{path}: is a directory, not a data file")
