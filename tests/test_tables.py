@@ -696,8 +696,12 @@ def test_text_cells_parsed_as_numbers_read_back_exactly(tmp_path, dialect: str) 
     else:
         text = "a;b\n" + "\n".join(f"{v!r};{i}".replace(".", ",") for i, v in enumerate(values))
     (tmp_path / "t.csv").write_text(text + "\n")
-    got = nf.tables.read_table(tmp_path / "t.csv", drop_missing=True)["a"].tolist()
-    assert got == values  # (the NA row dropped)
+    if dialect == "NA cells":
+        with pytest.warns(TableNote, match="dropped 1 of 5 rows for missing values in column"):
+            got = nf.tables.read_table(tmp_path / "t.csv", drop_missing=True)["a"].tolist()
+    else:
+        got = nf.tables.read_table(tmp_path / "t.csv")["a"].tolist()
+    assert got == values
 
 
 def test_a_symbolic_link_loop_is_named(tmp_path) -> None:
