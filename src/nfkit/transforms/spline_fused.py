@@ -165,8 +165,8 @@ def _locals(
     (x0, y0), (wk, hk) = lefts, sizes  # (2, *batch) each: the bin's left knots and sizes in x, y
     if not inverse:
         xi = ((xc - x0) / wk).clamp_(0, 1)
-    else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0 without cancellation: 2 s Δy / (b + √disc)
-        # for b >= 0, (√disc - b) / 2a for b < 0 (then a > h s > 0); b < 0 where the next knot's
+    else:  # the root in [0, 1] of a ξ² + b ξ - s Δy = 0 without cancellation:
+        # 2 s Δy / (b + √disc) for b >= 0, (√disc - b) / 2a for b < 0 (then a > h s > 0); b < 0 where the next knot's
         # slope is steep (d_{k+1} > 2s), and the first form lost ~7000x rounding there
         dy = xc - y0
         dc = dy * c
