@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -242,6 +243,31 @@ def test_load_names_what_is_wrong_with_a_model_file(tmp_path) -> None:
     with pytest.raises(TypeError, match="nf.save: expected an nf.Flow, got Linear"):
         nf.save(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
     assert not (tmp_path / "lin.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        ({"hidden": [10**9]}, "elements"),  # one layer of 10**9 units: ~40 GB
+        ({"hidden": [6000, 6000]}, "elements"),  # 3.6e7 weights: buildable, far over the file's
+        ({"transforms": 3000}, "operations"),  # a loop of small layers
+    ],
+)
+def test_load_refuses_a_config_edited_to_build_far_more_than_the_file_holds(
+    tmp_path, edit: dict, what: str
+) -> None:
+    """The file's weights bound what nf.load builds: an edited config is refused before it
+    allocates (a 10**9-unit layer would take ~40 GB) or loops, in one line."""
+    path = nf.save(nf.models.MAF(2, transforms=1, hidden=(8,)), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    config = json.loads(payload["config"])
+    torch.save({**payload, "config": json.dumps({**config, **edit})}, tmp_path / "edited.pt")
+    with pytest.raises(
+        ValueError, match=f"far larger than the weights the file holds \\(more tensor {what}"
+    ) as info:
+        nf.load(tmp_path / "edited.pt")
+    assert "\n" not in str(info.value)
+    assert nf.load(path).config == config  # the file as saved loads
 
 
 def _hand_built(embedding: bool = True) -> nf.Flow:

@@ -18,6 +18,7 @@ import copy
 import errno
 import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from nfkit._checks import check_device, one_line
 from nfkit.tables import DataError, as_tensor, clean_table, read_table  # the readers' old home
@@ -638,9 +641,82 @@ def _architecture(
             f"{where}: {str(path)!r} holds a hand-built flow's weights (it has no config to "
             "rebuild it from); build the same flow and load into it: nf.load(path, into=flow)"
         )
+    weights = sum(v.numel() for v in payload["state_dict"].values())
+    budget = _ConstructionBudget(
+        largest=4 * weights + 2**24,
+        elements=1024 * weights + 2**26,
+        ops=20_000 + 2_000 * len(payload["state_dict"]),
+    )
     try:
-        return build(config)
+        with budget:
+            return build(config)
+    except _OverBudget as e:
+        raise ValueError(
+            f"{where}: {str(path)!r}: its config asks for a model far larger than the weights the "
+            f"file holds ({e}); the config was edited or the file is damaged"
+        ) from None
     except (Exception, RecursionError) as e:
         raise ValueError(
             f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
         ) from None
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _ConstructionBudget(TorchDispatchMode):
+    """Refuses a model's construction at the first tensor op that would return more than
+    ``largest`` elements, or take the construction past ``elements`` elements or ``ops`` ops in
+    all; an op's output is counted *before* it runs where its size can be told from its
+    arguments (:func:`_output_size`), else after. :func:`load` builds a file's config under it
+    with budgets proportional to the weights the file holds (a valid file's build makes no
+    tensor larger than them, 1–45x their elements in all, and up to ~800 ops per weight tensor,
+    in ``GF``'s slope search), so an edited config (``hidden=(10**9,)``, a million transforms)
+    is refused before it allocates or loops: loading costs memory and time in proportion to the
+    file's size."""
+
+    def __init__(self, *, largest: int, elements: int, ops: int) -> None:
+        super().__init__()
+        self.largest, self.elements, self.ops = largest, elements, ops
+
+    def _spend(self, elements: int) -> None:
+        self.elements -= elements
+        self.ops -= 1
+        if elements > self.largest or self.elements < 0:
+            raise _OverBudget("more tensor elements than its weights would need")
+        if self.ops < 0:
+            raise _OverBudget("more tensor operations than its weights would need")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        size = 0 if func.is_view or func._schema.is_mutable else _output_size(func, args, kwargs)
+        if size is not None:
+            self._spend(size)
+        out = func(*args, **kwargs)
+        if size is None:
+            self._spend(_numel(out))
+        return out
+
+
+def _numel(tree: Any) -> int:
+    return sum(t.numel() for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor))
+
+
+def _output_size(func: Any, args: Any, kwargs: dict[str, Any]) -> int | None:
+    """An upper bound on the elements ``func`` returns, found without running it: a factory
+    op's from its arguments on the meta device, another op's from its tensor inputs broadcast
+    together (exact for elementwise ops, at least the output for reductions); None where
+    that cannot tell (inputs that do not broadcast, as in ``mm`` or ``cat``)."""
+    tensors = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+    if tensors:
+        try:
+            return math.prod(torch.broadcast_shapes(*(t.shape for t in tensors)))
+        except RuntimeError:
+            return None
+    if not any(a.name == "device" for a in func._schema.arguments):
+        return None
+    try:
+        return _numel(func(*args, **{**kwargs, "device": torch.device("meta")}))
+    except Exception:
+        return None
