@@ -47,6 +47,16 @@ def test_bits_per_dim_matches_log_prob_and_checks_input() -> None:
         ({"scale": float("inf")}, ValueError, "scale must be a finite number > 0, got inf"),
         ({"reduction": "sum"}, ValueError, "reduction must be 'mean' or 'none', got 'sum'"),
         ({"x": [[0.0]]}, TypeError, "x must be a torch.Tensor, got list"),
+        (  # named as NaN, not as a non-integer pixel
+            {"x": torch.full((2, 1, 2, 2), math.nan)},
+            ValueError,
+            "x contains NaN values; expected finite numbers",
+        ),
+        (
+            {"x": torch.zeros(2, 1, 2, 3)},
+            ValueError,
+            "x must have trailing shape (1, 2, 2), got shape (2, 1, 2, 3)",
+        ),
     ],
 )
 def test_bits_per_dim_refusals_are_one_line(kwargs: dict, error: type, message: str) -> None:
@@ -207,6 +217,30 @@ def test_coverage_bands_hold_for_an_exact_model_and_catch_a_shifted_posterior() 
     assert result.marginal_deviation[1] <= result.marginal_band
 
 
+def test_coverage_of_an_exact_model_of_integers_breaks_density_ties() -> None:
+    """Every column integer: the draws of the true value all have its density, so counting
+    ties half made an exact model's HPD ranks a step function, and its verdict flip between
+    overconfident and conservative with the seed. A random share of the ties is uniform."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(1, 6, (300, 1), generator=g).double()
+    inner = nf.models.MAF(1, transforms=2, hidden=(8,)).double()
+    flow = nf.models.standardize(inner, counts, discrete="auto", bounds=(1, 5)).eval()
+    torch.manual_seed(1)
+    rows = flow.sample(2000)  # the model's own law: exactly calibrated
+    for seed in range(3):
+        result = nf.metrics.coverage(flow, rows, samples=4000, seed=seed)
+        assert result.calibrated, (seed, result.max_deviation, result.band)
+        assert result.max_deviation < result.band
+    posterior = nf.models.standardize(
+        nf.models.MAF(1, context=1, transforms=1, hidden=(8,)).double(), counts,
+        torch.randn(300, 1, generator=g, dtype=torch.float64), discrete="auto", bounds=(1, 5),
+    ).eval()  # fmt: skip
+    x = torch.randn(400, 1, generator=g, dtype=torch.float64)
+    theta = posterior.sample(1, x)[0]  # (θ, x) pairs from the model itself
+    result = nf.metrics.coverage(posterior, theta, x, samples=300, seed=0)
+    assert result.max_deviation < result.band, (result.max_deviation, result.band)
+
+
 def test_pareto_k_recovers_a_known_tail_and_reads_the_extremes() -> None:
     """Weights ``w = u^{-k}`` (``u`` uniform) have a Pareto tail of shape ``k``: k̂ within 0.1 of
     0.25 and 0.75 (measured 0.27 and 0.73, 20,000 draws, seed 0) and beyond 0.7 at 1.25 (1.02:
@@ -218,6 +252,8 @@ def test_pareto_k_recovers_a_known_tail_and_reads_the_extremes() -> None:
         assert low < estimate < high, (k, estimate)
         assert nf.metrics.pareto_k(lw + 7.0) == pytest.approx(estimate, abs=1e-9)
     assert nf.metrics.pareto_k(torch.zeros(100)) == -math.inf  # q ∝ p̃: no tail
+    with torch.device("meta"):  # its grid is made where the weights are (a CUDA fit_vi's
+        assert nf.metrics.pareto_k(lw) == pytest.approx(estimate, abs=1e-9)  # k̂ raised)
     rounded = 1.8 + 1e-7 * torch.randn(8192, generator=torch.Generator().manual_seed(0))
     assert nf.metrics.pareto_k(rounded) == -math.inf  # an exact fit, up to float32 rounding
     # float32 rounding levels of an exact fit in 60 dimensions (log p̃ and log q near -85,
@@ -358,7 +394,10 @@ def test_argument_refusals_are_one_line() -> None:
             lambda: nf.metrics.importance_sampling(flow, nf.targets.gaussian(), 50, seed=2**64),
             r"seed must lie in \[-2\*\*63, 2\*\*64\)",
         ),
-        (lambda: nf.metrics.pareto_k(torch.randn(100, 3)), r"must have shape \(S,\), got \(100, 3\)"),
+        (
+            lambda: nf.metrics.pareto_k(torch.randn(100, 3)),
+            r"must have shape \(S,\), got \(100, 3\)",
+        ),
         (
             lambda: nf.metrics.bits_per_dim(flow, torch.zeros(0, 2), levels=256, dequantize=False),
             "x has no rows to average over",

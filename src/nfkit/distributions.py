@@ -126,8 +126,7 @@ class DiagNormal(BaseDistribution):
         if not isinstance(trainable, bool):  # DiagNormal(2, 0.5) once meant loc=0.5
             raise TypeError(f"DiagNormal: trainable must be True or False, got {shown(trainable)}")
         super().__init__(features)
-        loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.event_shape)
-        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.event_shape)
+        loc_t, scale_t = self._per_feature("loc", loc), self._per_feature("scale", scale)
         if not bool((scale_t > 0).all()) or not bool(torch.isfinite(scale_t).all()):
             raise ValueError("DiagNormal: scale must be positive and finite")
         if not bool(torch.isfinite(loc_t).all()):
@@ -139,6 +138,17 @@ class DiagNormal(BaseDistribution):
         else:
             self.register_buffer("loc", loc_t)
             self.register_buffer("log_scale", log_scale)
+
+    def _per_feature(self, name: str, value: float | Tensor) -> Tensor:
+        """``value`` as a tensor of the event shape (a number or a broadcastable tensor)."""
+        t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        try:
+            return t.expand(self.event_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"DiagNormal: {name} of shape {tuple(t.shape)} does not broadcast to the event "
+                f"shape {tuple(self.event_shape)}"
+            ) from None
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         u = (z - self.loc) * torch.exp(-self.log_scale)
@@ -264,13 +274,11 @@ class StudentT(BaseDistribution):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         nu = self.df
-        lp = (
-            torch.lgamma((nu + 1) / 2)
-            - torch.lgamma(nu / 2)
-            - 0.5 * torch.log(nu * math.pi)
-            - (nu + 1) / 2 * torch.log1p(z * z / nu)
-        )
-        return self._sum_event(lp)
+        # the normalizer in float64: its lgamma terms grow as (ν/2) log(ν/2) and cancel to about
+        # ½ log(ν/2), which float32 lost (0.06 nats per feature at ν = 10⁶, 0.3 at 10⁷)
+        n64 = nu.double()
+        norm = torch.lgamma((n64 + 1) / 2) - torch.lgamma(n64 / 2) - 0.5 * torch.log(n64 * math.pi)
+        return self._sum_event(norm.to(nu.dtype) - (nu + 1) / 2 * torch.log1p(z * z / nu))
 
     def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         nu = self.df.expand(*shape, *self.event_shape)

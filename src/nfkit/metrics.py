@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_number, check_positive_int, check_tensor, resolve_seed, shown
+from nfkit._checks import (
+    check_event,
+    check_number,
+    check_positive_int,
+    check_tensor,
+    resolve_seed,
+    shown,
+)
 from nfkit.core import context_tensor, dtype_device
 from nfkit.transforms.image import dequantize as _dequantize
 
@@ -214,7 +221,8 @@ def bits_per_dim(
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     dtype, device = dtype_device(flow)
-    x = check_tensor(where, "x", x.to(dtype=dtype, device=device))
+    x = x.to(dtype=dtype, device=device)
+    check_event(where, "x", x, flow.event_shape)  # NaN named here, not as a non-integer pixel
     if reduction == "mean" and x.numel() == 0:
         raise ValueError(f"{where}: x has no rows to average over")
     high = levels - 1 if dequantize else levels
@@ -341,8 +349,13 @@ def _tie_broken(below: Tensor, ties: Tensor) -> Tensor:
 
 
 def _denser_fraction(above: Tensor, ties: Tensor, samples: int) -> Tensor:
-    """The fraction of ``samples`` draws denser than the true value, ties counting half."""
-    return (above + 0.5 * ties).double() / samples
+    """The fraction of ``samples`` draws denser than the true value, a uniform random share of
+    the draws exactly as dense counting as denser: the randomized rank, uniform on ``[0, 1]``
+    for a calibrated model also when densities tie (a dequantized flow's draws of the true
+    integer all have its density; counting ties half bunched an exact model's ranks into steps
+    and its verdict flipped between overconfident and conservative with the seed)."""
+    share = torch.rand(ties.shape, dtype=torch.float64, device=ties.device)
+    return (above + share * ties) / samples
 
 
 def coverage(
@@ -534,7 +547,7 @@ def _gpd_shape(x: Tensor) -> float:
     exceedances ``x``, shrunk towards 0.5 by a weakly informative prior (Vehtari et al.)."""
     n = x.numel()
     grid = 30 + int(math.sqrt(n))
-    j = torch.arange(1, grid + 1, dtype=x.dtype)
+    j = torch.arange(1, grid + 1, dtype=x.dtype, device=x.device)
     quartile = x[int(n / 4 + 0.5) - 1]
     theta = 1 / x[-1] + (1 - torch.sqrt(grid / (j - 0.5))) / (3 * quartile)  # (grid,)
     k = torch.log1p(-theta[:, None] * x).mean(1)  # the shape at each θ

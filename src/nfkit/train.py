@@ -123,7 +123,8 @@ class History:
     per_context: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only (safe for ``torch.load(weights_only=True)`` and JSON)."""
+        """Plain types only (safe for ``torch.load(weights_only=True)`` and Python's ``json``,
+        which writes a non-finite value, e.g. ``pareto_k = -inf``, as ``-Infinity``)."""
         return asdict(self)
 
     def __repr__(self) -> str:
