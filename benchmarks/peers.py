@@ -13,9 +13,18 @@ NSFc (coupling NSF)}. Every library gets 5 transforms, conditioner networks with
 (128, 128) and ReLU (``--transforms``, ``--hidden``), splines with 8 bins on [-5, 5] and linear
 (identity) tails; the script prints each library's parameter count (they must match) and fails
 loudly otherwise. ``--libs`` picks the libraries (any subset; the floor does not need nfkit);
-the Markdown marks the others "not run".
+the Markdown marks the others "not run". Results go to ``--out`` (default
+``benchmarks/results/``) as ``peers-<full|quick>-<cpu|cuda>.md`` and ``.json``; a results file
+already there is kept and the run written as ``...-2`` (``-3``, ...), so quoting a stored run's
+command and running it never replaces that run's figures.
 
-The peers' flows (``build``): zuko's own factories; nflows' transforms (its MAF scales by
+The peers' flows (``build``): zuko's own factories for MAF and NSF, and zuko's coupling layers
+(``GeneralCouplingTransform``, as in its ``NICE``/``RealNVP``) with nfkit's masks for RealNVP
+and coupling NSF (zuko's ``mask`` marks the conditioning features, nfkit's the transformed
+ones: zuko's own factories alternate the mirror image, and for odd ``D`` condition on one
+feature more; stored runs before this change used them, same parameter count at even ``D``);
+nflows' MADEs take ``len(hidden) - 1`` blocks of one width (``--hidden`` with unequal widths
+is refused when they run MAF or NSF); nflows' transforms (its MAF scales by
 ``softplus(ŝ) + 1e-3``, its affine coupling by the gate ``σ(ŝ + 2) + 1e-3``, which cannot expand,
 so its RealNVP's density never exceeds the base's peak); normflows' own ``AffineCouplingBlock``
 (exp scale, split by halves where nfkit alternates features, as many features transformed per
@@ -57,7 +66,7 @@ Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
   peak, so that the step cannot reuse pages the data's freed NumPy temporaries left resident;
   stored results measured before the trim understate synth256 (MAF, nfkit: 4.9 MiB against
   39 MiB).
-  ``--memory-only`` re-measures this column of an existing results file.
+  ``--memory-only`` re-measures this column of an existing results file (``--results``).
 * ``test_ll``: mean test log-likelihood (nats per row) after a fixed budget of steps, same seed,
   same data, same batches for every library; and for nfkit also after ``nf.fit`` when ``nf.fit``
   exists. That column is not like-for-like: ``nf.fit`` holds out a validation split, stops
@@ -194,6 +203,23 @@ def _alternating(d: int, i: int) -> Tensor:
     return (torch.arange(d) + i % 2) % 2 == 0  # True = transformed (nfkit's alternating_mask)
 
 
+def _zuko_coupling(d: int, transforms: int, **kwargs: Any) -> nn.Module:
+    """zuko's coupling flow (``zuko.flows.NICE``'s layers and base) with nfkit's masks: zuko's
+    ``mask`` marks the features that condition, nfkit's the transformed ones, so zuko's own
+    alternation is the mirror image of nfkit's (and conditions on more features for odd D)."""
+    from zuko.distributions import DiagNormal
+    from zuko.flows.core import Flow, UnconditionalDistribution
+    from zuko.flows.coupling import GeneralCouplingTransform
+
+    layers = [
+        GeneralCouplingTransform(d, mask=~_alternating(d, i), **kwargs) for i in range(transforms)
+    ]
+    base = UnconditionalDistribution(
+        DiagNormal, loc=torch.zeros(d), scale=torch.ones(d), buffer=True
+    )
+    return Flow(layers, base)
+
+
 def _net_widths(model: str, d: int) -> list[tuple[int, ...]]:
     p = {"MAF": 2, "RealNVP": 2, "NSF": 3 * BINS - 1, "NSFc": 3 * BINS - 1}[model]
     if model in ("MAF", "NSF"):
@@ -229,15 +255,12 @@ def build(lib: str, model: str, d: int) -> Model:
             zflow = zuko.flows.MAF(d, **kw)
         elif model == "NSF":
             zflow = zuko.flows.NSF(d, bins=BINS, **kw)
-        elif model == "RealNVP":
-            zflow = zuko.flows.RealNVP(d, **kw)
-        else:
-            zflow = zuko.flows.NICE(
-                d,
-                univariate=zuko.transforms.MonotonicRQSTransform,
-                shapes=[(BINS,), (BINS,), (BINS - 1,)],
-                **kw,
-            )
+        else:  # RealNVP / NSFc: zuko's coupling with nfkit's masks
+            spline = {
+                "univariate": zuko.transforms.MonotonicRQSTransform,
+                "shapes": [(BINS,), (BINS,), (BINS - 1,)],
+            }
+            zflow = _zuko_coupling(d, **(spline if model == "NSFc" else {}), **kw)
         return Model(
             zflow, lambda x: zflow().log_prob(x), lambda n: zflow().sample((n,)), ar, nets
         )
@@ -252,7 +275,7 @@ def build(lib: str, model: str, d: int) -> Model:
             if model == "MAF":
                 layers.append(
                     nt.MaskedAffineAutoregressiveTransform(
-                        d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                        d, HIDDEN[0], num_blocks=len(HIDDEN) - 1, use_residual_blocks=False
                     )
                 )
             elif model == "NSF":
@@ -263,7 +286,7 @@ def build(lib: str, model: str, d: int) -> Model:
                         num_bins=BINS,
                         tails="linear",
                         tail_bound=BOUND,
-                        num_blocks=1,
+                        num_blocks=len(HIDDEN) - 1,
                         use_residual_blocks=False,
                     )
                 )
@@ -316,7 +339,7 @@ def build(lib: str, model: str, d: int) -> Model:
                 flows.append(
                     Swap(
                         nfs.flows.MaskedAffineAutoregressive(
-                            d, HIDDEN[0], num_blocks=1, use_residual_blocks=False
+                            d, HIDDEN[0], num_blocks=len(HIDDEN) - 1, use_residual_blocks=False
                         )
                     )
                 )
@@ -329,7 +352,7 @@ def build(lib: str, model: str, d: int) -> Model:
                             num_bins=BINS,
                             tails="linear",
                             tail_bound=BOUND,
-                            num_blocks=1,
+                            num_blocks=len(HIDDEN) - 1,
                             use_residual_blocks=False,
                         )
                     )
@@ -875,7 +898,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--transforms", type=int, default=TRANSFORMS, help="transforms (default 5)")
     p.add_argument("--batch", type=int, default=BATCH, help="training batch (default 512)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--out",
+        default=str(Path(__file__).parent / "results"),
+        help="folder for peers-<tag>.md/.json; a file already there is kept and this run "
+        "written as peers-<tag>-2 (-3, ...)",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        help="with --memory-only: the results JSON to re-measure (default: peers-<tag>.json "
+        "in --out)",
+    )
     p.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     configure(args.hidden, args.transforms, args.batch)
@@ -896,6 +930,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"peers.py: unknown cell {c!r}; data {list(DATA)} or synth<D>, models {MODELS}"
             )
+    autoregressive = any(c.partition("-")[2] in ("MAF", "NSF") for c in cells)
+    fixed_width = [lib for lib in ("nflows", "normflows") if lib in args.libs]
+    if autoregressive and fixed_width and len(set(HIDDEN)) > 1:
+        raise SystemExit(
+            f"peers.py: {' and '.join(fixed_width)}' MADE keeps one hidden width, got "
+            f"--hidden {','.join(map(str, HIDDEN))}; give equal widths or leave them out (--libs)"
+        )
     info = machine(args.device)
     print(json.dumps(info), flush=True)
     out = Path(args.out)
@@ -903,8 +944,13 @@ def main(argv: list[str] | None = None) -> None:
     tag = "quick" if args.quick else "full"
     tag += "-" + ("cuda" if args.device.startswith("cuda") else "cpu")
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    source = Path(args.results) if args.results else out / f"peers-{tag}.json"
+    name = _free_name(out, f"peers-{tag}")  # stored results are never overwritten
     if args.memory_only:
-        stored = json.loads((out / f"peers-{tag}.json").read_text())
+        try:
+            stored = json.loads(source.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"peers.py: cannot read results file {str(source)!r} ({e})") from None
         if "architecture" in stored:  # re-measure the sizes the file was written with
             a = stored["architecture"]
             configure(tuple(a["hidden"]), a["transforms"], a["batch"])
@@ -918,16 +964,17 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 print(f"[{r['cell']}] memory MiB: {r['memory_mib']}", flush=True)
         stored["memory_command"] = command
-        (out / f"peers-{tag}.json").write_text(json.dumps(stored, indent=1))
-        (out / f"peers-{tag}.md").write_text(
+        (out / f"{name}.json").write_text(json.dumps(stored, indent=1))
+        (out / f"{name}.md").write_text(
             markdown(stored["results"], stored["machine"], stored["command"])
-            + f"\nMemory column re-measured by `{command}`.\n"
+            + f"\nMemory column of {source.name} re-measured by `{command}`.\n"
         )
+        print(f"wrote {out / f'{name}.md'} and .json")
         return
     results = []
     for c in cells:  # write after every cell, so an interrupted run keeps what it measured
         results.append(run_cell(c, args))
-        (out / f"peers-{tag}.json").write_text(
+        (out / f"{name}.json").write_text(
             json.dumps(
                 {
                     "machine": info,
@@ -938,8 +985,18 @@ def main(argv: list[str] | None = None) -> None:
                 indent=1,
             )
         )
-        (out / f"peers-{tag}.md").write_text(markdown(results, info, command.strip()))
-    print(f"wrote {out / f'peers-{tag}.md'} and .json")
+        (out / f"{name}.md").write_text(markdown(results, info, command.strip()))
+    print(f"wrote {out / f'{name}.md'} and .json")
+
+
+def _free_name(folder: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ...: the first with no .md or .json in ``folder``."""
+    k = 1
+    while True:
+        name = stem if k == 1 else f"{stem}-{k}"
+        if not (folder / f"{name}.md").exists() and not (folder / f"{name}.json").exists():
+            return name
+        k += 1
 
 
 if __name__ == "__main__":

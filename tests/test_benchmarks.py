@@ -76,13 +76,17 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
     assert "batch 32" in md
     assert "| MLP+Adam | floor |" in md
 
-    # --memory-only re-measures with the sizes stored in the file, not the defaults
+    # --memory-only re-measures with the sizes stored in the file, not the defaults, and
+    # writes a new file beside it (stored results are never overwritten)
     r = _run(tmp_path, "--memory-only", "--cells", "synth5-MAF", "--libs", "nfkit")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert (
-        "Architecture: 2 transforms, hidden widths (8, 6)"
-        in (tmp_path / "peers-full-cpu.md").read_text()
-    )
+    assert (tmp_path / "peers-full-cpu.md").read_text() == md
+    remeasured = (tmp_path / "peers-full-cpu-2.md").read_text()
+    assert "Architecture: 2 transforms, hidden widths (8, 6)" in remeasured
+    assert "Memory column of peers-full-cpu.json re-measured by" in remeasured
+    r = _run(tmp_path, "--memory-only", "--results", str(tmp_path / "nope.json"))
+    assert r.returncode != 0 and "cannot read results file" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -92,12 +96,16 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
         (("--cells", "moons-Glow"), "unknown cell 'moons-Glow'"),
         (("--hidden", "64,x"), "expected widths like 64,64, got '64,x'"),
         (("--transforms", "0"), "need hidden widths, transforms and batch >= 1"),
+        (
+            ("--hidden", "128,64", "--cells", "moons-MAF", "--libs", "nfkit,nflows"),
+            "nflows' MADE keeps one hidden width, got --hidden 128,64",
+        ),
     ],
 )
 def test_peers_rejects_bad_arguments_in_one_line(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    r = _run(tmp_path, *args, "--libs", "nfkit")
+    r = _run(tmp_path, "--libs", "nfkit", *args)
     assert r.returncode != 0
     assert message in r.stderr
     assert "Traceback" not in r.stderr
@@ -229,6 +237,33 @@ def test_normflows_realnvp_matches_nfkit_and_is_a_density(peers: ModuleType) -> 
         x = m.sample(64)
     assert abs(float(density.sum() * (g[1] - g[0]) ** 2) - 1) < 1e-3
     assert x.shape == (64, 2) and torch.isfinite(m.log_prob(x)).all()
+
+
+def test_zuko_coupling_transforms_the_features_nfkit_does(peers: ModuleType) -> None:
+    """zuko's ``mask`` marks the conditioning features (nfkit's the transformed ones): its own
+    RealNVP alternated the mirror image of nfkit's and, for odd D, had other parameter counts."""
+    pytest.importorskip("zuko")
+    for d in (3, 5, 6):
+        for model in ("RealNVP", "NSFc"):
+            counts = {lib: peers.n_params(peers.build(lib, model, d).module)
+                      for lib in ("nfkit", "zuko")}  # fmt: skip
+            assert counts["zuko"] == counts["nfkit"], (d, model, counts)
+            flow = peers.build("zuko", model, d).module
+            for i, layer in enumerate(flow.transform.transforms):
+                assert torch.equal(layer.mask, ~peers._alternating(d, i)), (d, model, i)
+
+
+def test_nflows_and_normflows_made_depth_follows_the_hidden_widths(peers: ModuleType) -> None:
+    """nflows' MADE has ``num_blocks + 1`` hidden layers: one block gave two layers whatever
+    ``--hidden`` said (a one-layer or three-layer run stopped on unequal parameter counts)."""
+    pytest.importorskip("nflows")
+    pytest.importorskip("normflows")
+    for hidden in ((8,), (8, 8, 8)):
+        peers.configure(hidden, 2, 32)
+        for model in ("MAF", "NSF"):
+            counts = {lib: peers.n_params(peers.build(lib, model, 3).module)
+                      for lib in ("nfkit", "nflows", "normflows")}  # fmt: skip
+            assert len(set(counts.values())) == 1, (hidden, model, counts)
 
 
 def test_floor_takes_the_input_gradients_of_every_network_after_the_first(
