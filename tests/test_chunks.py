@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -220,3 +224,31 @@ def test_batch_coupled_flows_ignore_chunk_size(grad: bool) -> None:
     flow.eval()  # running statistics: the chunks are independent again
     with torch.set_grad_enabled(grad):
         assert _calls(flow, x, chunk_size=1000)[0] == 3
+
+
+_SCORE_8M = """
+import torch, nfkit as nf
+torch.set_num_threads(1)
+def kib(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+flow = nf.models.MAF(2, transforms=2, hidden=(64, 64)).eval()
+x = torch.randn(8_000_000, 2)
+before = kib("VmRSS")
+with torch.no_grad():
+    lp = flow.log_prob(x)
+assert lp.shape == (8_000_000,) and bool(torch.isfinite(lp).all())
+print((kib("VmHWM") - before) / 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_no_grad_log_prob_of_millions_of_rows_stays_in_bounded_memory() -> None:
+    """Without autograd the blocks are written into one output: kept in a list, thousands of
+    small block outputs between the blocks' freed intermediates fragmented glibc's heap and
+    the peak grew with the rows (8M rows of this MAF: 436–1046 MB over the input in three
+    fresh processes, 36–42 MB after; the output itself is 31 MB)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _SCORE_8M], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip()) < 150, run.stdout

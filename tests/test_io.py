@@ -246,28 +246,86 @@ def test_load_names_what_is_wrong_with_a_model_file(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("edit", "what"),
-    [
-        ({"hidden": [10**9]}, "elements"),  # one layer of 10**9 units: ~40 GB
-        ({"hidden": [6000, 6000]}, "elements"),  # 3.6e7 weights: buildable, far over the file's
-        ({"transforms": 3000}, "operations"),  # a loop of small layers
+    ("make", "edit", "what"),
+    [  # one layer of 10**9 units: ~40 GB
+        (lambda: nf.models.MAF(2, transforms=1, hidden=(8,)), {"hidden": [10**9]}, "hidden=10"),
+        (  # 1.4e8 weights, none of them in the file
+            lambda: nf.models.MAF(2, transforms=1, hidden=(8,)),
+            {"hidden": [12000, 12000]},
+            "more tensor elements",
+        ),
+        (  # a loop of small layers
+            lambda: nf.models.MAF(2, transforms=1, hidden=(8,)),
+            {"transforms": 3000},
+            "more tensor operations",
+        ),
+        (  # Python work before any tensor op: NCSF lists its features, Glow takes 2**levels
+            lambda: nf.models.NCSF(3, angles=[0], transforms=1, hidden=(4,)),
+            {"features": 10**8},
+            "features=100000000",
+        ),
+        (
+            lambda: nf.models.Glow((2, 4, 4), levels=1, steps=1, hidden=(4,)),
+            {"levels": 10**10},
+            "levels=10000000000",
+        ),
     ],
 )
 def test_load_refuses_a_config_edited_to_build_far_more_than_the_file_holds(
-    tmp_path, edit: dict, what: str
+    tmp_path, make, edit: dict, what: str
 ) -> None:
     """The file's weights bound what nf.load builds: an edited config is refused before it
     allocates (a 10**9-unit layer would take ~40 GB) or loops, in one line."""
-    path = nf.save(nf.models.MAF(2, transforms=1, hidden=(8,)), tmp_path / "m.pt")
+    path = nf.save(make(), tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
     config = json.loads(payload["config"])
     torch.save({**payload, "config": json.dumps({**config, **edit})}, tmp_path / "edited.pt")
-    with pytest.raises(
-        ValueError, match=f"far larger than the weights the file holds \\(more tensor {what}"
-    ) as info:
+    with pytest.raises(ValueError, match=f"far larger than the weights the file holds \\({what}"):
         nf.load(tmp_path / "edited.pt")
-    assert "\n" not in str(info.value)
     assert nf.load(path).config == config  # the file as saved loads
+
+
+def test_load_builds_a_large_but_valid_construction(tmp_path) -> None:
+    """A valid file whose construction is large for its weights loads: UMNN with 6000
+    quadrature nodes (its Clenshaw–Curtis weights once took a 6001 × 3000 matrix, which the
+    construction budget refused; one FFT now), and a seed is not a size."""
+    for flow in (
+        nf.models.UMNN(2, transforms=1, hidden=(4,), integrand=(4,), nodes=6000),
+        nf.models.RBIG(2, layers=2, seed=2**40),
+    ):
+        assert nf.load(nf.save(flow, tmp_path / "m.pt")).config == flow.config
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_load_refuses_a_named_pipe_instead_of_waiting_for_a_writer(tmp_path) -> None:
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(
+        ValueError, match="'.*pipe.pt' is not a regular file \\(a pipe or a device\\)"
+    ):
+        nf.load(tmp_path / "pipe.pt")
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        lambda v: v.to_sparse(),
+        lambda v: torch.empty_like(v, device="meta"),
+        lambda v: v.to(torch.float8_e4m3fn),
+        lambda v: v.to(torch.complex64),  # loaded with a warning, its imaginary part dropped
+    ],
+    ids=["sparse", "meta", "float8", "complex"],
+)
+def test_load_refuses_weights_nf_save_never_writes(tmp_path, odd) -> None:
+    """Sparse, meta, float8 or complex weights: a damaged file in one line (torch's multi-line
+    errors from the finiteness check, or a silent cast, before)."""
+    payload = torch.load(nf.save(_flow(), tmp_path / "m.pt"), weights_only=True)
+    state = dict(payload["state_dict"])
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = odd(state[name])
+    torch.save({**payload, "state_dict": state}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="'.*odd.pt' is a damaged nfkit model file") as info:
+        nf.load(tmp_path / "odd.pt")
+    assert "\n" not in str(info.value)
 
 
 def _hand_built(embedding: bool = True) -> nf.Flow:

@@ -336,6 +336,22 @@ def test_coverage_rank_bins_hold_rank_values_fairly() -> None:
         assert steps[0].get_data().edges[0] == 0 and steps[0].get_data().edges[-1] == 1
 
 
+def test_density_samples_and_corner_leave_the_global_generator() -> None:
+    """As the README says of every figure: their draws come from a fork of torch's generator
+    (they advanced the global one before), so the same state draws the same figure."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,)).eval()
+    flow3 = nf.models.MAF(3, transforms=1, hidden=(8,)).eval()
+    x = torch.randn(200, 3)
+    for draw in (
+        lambda: nf.plot.density(flow, x[:, :2], n=100, resolution=5),
+        lambda: nf.plot.samples(flow, x[:, :2], n=100),
+        lambda: nf.plot.corner(flow3, x, n=100),
+    ):
+        state = torch.get_rng_state()
+        draw()
+        assert torch.equal(state, torch.get_rng_state())
+
+
 def test_layers_seed_leaves_every_global_generator(monkeypatch) -> None:
     """``torch.manual_seed`` inside ``fork_rng(devices=[])`` reseeded every CUDA generator."""
     calls = []

@@ -90,14 +90,21 @@ class Interval:
         return torch.where(lo_ok & hi_ok, both, torch.where(lo_ok | hi_ok, half, u))
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, precise: bool = False) -> str:
+        """The interval as text, ends in 6 significant digits, or (``precise``) in as many as
+        read back exactly (``0.10000000149011612``, a float32 end, not ``0.1``)."""
         if self.is_real:
             return "the real line"
         if self._per_column():
             lengths = [len(v) for v in (self.low, self.high, self.closed) if isinstance(v, tuple)]
-            return "per column " + ", ".join(str(self.at(i)) for i in range(max(lengths)))
-        if self.closed:
-            return f"[{self.low:g}, {self.high:g}]"
-        return f"({self.low:g}, {self.high:g})"
+            return "per column " + ", ".join(
+                self.at(i).describe(precise) for i in range(max(lengths))
+            )
+        end = _shortest if precise else (lambda v: f"{v:g}")
+        ends = f"{end(self.low)}, {end(self.high)}"
+        return f"[{ends}]" if self.closed else f"({ends})"
 
 
 real = Interval()
@@ -184,10 +191,24 @@ def check_support(
                 "; for angles, wrap them into it, or give their range (nfkit fit: --angles "
                 "NAME=-180:180; nf.models.standardize: bounds)"
             )
+        value = _distinct(bad, x.dtype)
+        # ends in more digits where the 6-digit ones would seem to hold the value (a float32
+        # end: "(0.1, inf) (e.g. 0.1000000001)")
+        rounded = Interval(float(f"{domain.low:g}"), float(f"{domain.high:g}"), True)
+        shown_domain = domain.describe(precise=bool(rounded.contains(torch.tensor(float(value)))))
         raise ValueError(
-            f"{where}: {name} has values outside the support {domain} (e.g. "
-            f"{_distinct(bad, x.dtype)}){hint}"
+            f"{where}: {name} has values outside the support {shown_domain} (e.g. {value}){hint}"
         )
+
+
+def _shortest(value: float) -> str:
+    """``value`` in the fewest of 6, 9 or 17 significant digits that read back as it: an end
+    rounded to float32 (``0.10000000149011612``) does not print as ``0.1``."""
+    for digits in (6, 9, 17):
+        text = f"{value:.{digits}g}"
+        if float(text) == value:
+            return text
+    return text
 
 
 def _distinct(value: float, dtype: torch.dtype) -> str:

@@ -200,6 +200,11 @@ def safe_torch_load(path: str | os.PathLike[str], where: str, map_location: Any 
         raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
     if path.is_dir():
         raise ValueError(f"{where}: {str(path)!r} is a directory, not a file")
+    if not path.is_file():  # torch.load of a named pipe waits for a writer for ever
+        raise ValueError(
+            f"{where}: {str(path)!r} is not a regular file (a pipe or a device); save the model "
+            "to a file"
+        )
     try:
         with (
             warnings.catch_warnings()
@@ -511,7 +516,7 @@ def load_with_header(
         or not isinstance(dtype, torch.dtype)
         or not dtype.is_floating_point
         or not isinstance(state, dict)
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+        or not all(isinstance(k, str) and _plain_tensor(v) for k, v in state.items())
     ):
         raise ValueError(
             f"{where}: {str(path)!r} is a damaged nfkit model file (its header fields or "
@@ -563,6 +568,23 @@ def load_with_header(
     if device is not None:
         flow = flow.to(device)
     return flow, header
+
+
+_WEIGHT_DTYPES = (
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+)  # fmt: skip
+
+
+def _plain_tensor(v: Any) -> bool:
+    """A dense CPU tensor of a dtype ``nf.save`` writes (no sparse, meta, complex or float8
+    tensor: the finiteness check and ``load_state_dict`` fail on those, or drop a part)."""
+    return (
+        isinstance(v, torch.Tensor)
+        and v.layout == torch.strided
+        and v.device.type == "cpu"
+        and v.dtype in _WEIGHT_DTYPES
+    )
 
 
 def _loaded_as_saved(flow: torch.nn.Module) -> None:
@@ -643,11 +665,10 @@ def _architecture(
         )
     weights = sum(v.numel() for v in payload["state_dict"].values())
     budget = _ConstructionBudget(
-        largest=4 * weights + 2**24,
-        elements=1024 * weights + 2**26,
-        ops=20_000 + 2_000 * len(payload["state_dict"]),
+        elements=1024 * weights + 2**26, ops=20_000 + 2_000 * len(payload["state_dict"])
     )
     try:
+        _check_config_sizes(config, max(2**20, 16 * weights))
         with budget:
             return build(config)
     except _OverBudget as e:
@@ -665,25 +686,40 @@ class _OverBudget(Exception):
     pass
 
 
-class _ConstructionBudget(TorchDispatchMode):
-    """Refuses a model's construction at the first tensor op that would return more than
-    ``largest`` elements, or take the construction past ``elements`` elements or ``ops`` ops in
-    all; an op's output is counted *before* it runs where its size can be told from its
-    arguments (:func:`_output_size`), else after. :func:`load` builds a file's config under it
-    with budgets proportional to the weights the file holds (a valid file's build makes no
-    tensor larger than them, 1–45x their elements in all, and up to ~800 ops per weight tensor,
-    in ``GF``'s slope search), so an edited config (``hidden=(10**9,)``, a million transforms)
-    is refused before it allocates or loops: loading costs memory and time in proportion to the
-    file's size."""
+def _check_config_sizes(config: Any, limit: int, key: str = "config") -> None:
+    """Refuse a config integer (a width, a count of features, layers or levels; a ``seed`` is
+    not a size) over ``limit``: some factories loop or compute in Python over such a number
+    before any tensor op the budget would see (``NCSF`` lists its features, ``Glow`` takes
+    ``2**levels``)."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            if k != "seed":
+                _check_config_sizes(v, limit, str(k))
+    elif isinstance(config, list):
+        for v in config:
+            _check_config_sizes(v, limit, key)
+    elif isinstance(config, int) and not isinstance(config, bool) and config > limit:
+        raise _OverBudget(f"{key}={config}")
 
-    def __init__(self, *, largest: int, elements: int, ops: int) -> None:
+
+class _ConstructionBudget(TorchDispatchMode):
+    """Refuses a model's construction at the first tensor op that takes it past ``elements``
+    tensor elements or ``ops`` ops in all; an op's output is counted *before* it runs where
+    its size can be told from its arguments (:func:`_output_size`), else after. :func:`load`
+    builds a file's config under it with budgets proportional to the weights the file holds (a
+    valid file's build makes 1–45x their elements in all, and up to ~800 ops per weight tensor,
+    in ``GF``'s slope search), so an edited config (``hidden=(10**5,) * 2``, thousands of
+    transforms) is refused before it allocates or loops: loading costs memory and time in
+    proportion to the file's size."""
+
+    def __init__(self, *, elements: int, ops: int) -> None:
         super().__init__()
-        self.largest, self.elements, self.ops = largest, elements, ops
+        self.elements, self.ops = elements, ops
 
     def _spend(self, elements: int) -> None:
         self.elements -= elements
         self.ops -= 1
-        if elements > self.largest or self.elements < 0:
+        if self.elements < 0:
             raise _OverBudget("more tensor elements than its weights would need")
         if self.ops < 0:
             raise _OverBudget("more tensor operations than its weights would need")

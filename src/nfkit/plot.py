@@ -201,7 +201,13 @@ def _like(flow: Flow) -> dict[str, Any]:
 
 @torch.no_grad()
 def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
-    return flow.sample(n, context).reshape(-1, flow.event_shape[0]).double().cpu()
+    """``n`` draws (per context) as float64 rows, from torch's generator in a fork: the
+    global state is left as it was (the same state draws the same figure)."""
+    device = _like(flow)["device"]
+    cuda = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        x = flow.sample(n, context)
+    return x.reshape(-1, flow.event_shape[0]).double().cpu()
 
 
 def _bounds(

@@ -100,6 +100,32 @@ def test_bounds_of_angles_are_their_range() -> None:
     )
 
 
+def test_a_float32_bounded_flow_cast_to_float64_keeps_its_support_through_save_and_load(
+    tmp_path,
+) -> None:
+    """``.double()`` after construction keeps float32-rounded ends (0.1 → 0.10000000149...);
+    ``nf.load`` rebuilt in float64 (end 0.1) and loaded the rounded buffer, and the domain kept
+    from the rebuild let 0.1000000001 through to ``log(x - low)``: NaN, silently. The domain
+    follows the loaded ends, the message prints them distinctly, and an angle's range set by
+    ``standardize`` (not a buffer's end) stays."""
+    x = 0.1 + torch.rand(300, 2, generator=torch.Generator().manual_seed(0))
+    inner = nf.models.MAF(2, transforms=1, hidden=(8,))
+    flow = nf.models.standardize(inner, x, bounds=[(0.1, None), (None, None)]).double().eval()
+    loaded = nf.load(nf.save(flow, tmp_path / "bounded.pt"))
+    v = torch.tensor([[0.1000000001, 0.5]], dtype=torch.float64)
+    for f in (flow, loaded):
+        assert not bool(f.in_support(v))
+        with pytest.raises(ValueError, match=r"outside the support \(0\.10000000149011612, inf\)"):
+            f.log_prob(v)
+    inside = torch.tensor([[0.2, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(loaded.log_prob(inside), flow.log_prob(inside))
+    ncsf = nf.models.NCSF(2, angles=[0], transforms=1, hidden=(8,))
+    degrees = nf.models.standardize(ncsf, torch.rand(50, 2) * 300, bounds=[(0, 360), (0, None)])
+    again = nf.load(nf.save(degrees, tmp_path / "angles.pt"))
+    assert str(again.transform.domain) == str(degrees.transform.domain)
+    assert "[0, 360]" in str(again.transform.domain)
+
+
 def test_flow_density_bounds() -> None:
     x = _table().numpy()
     est = nf.FlowDensity(

@@ -197,6 +197,21 @@ class Bounded(_Pointwise):
         self.register_buffer("high", high_t)
         self.domain = Interval(tuple(low_t.tolist()), tuple(high_t.tolist()))
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        """The domain's ends follow the loaded ``low``/``high`` (which the map uses): a float32
+        flow's file read into a float64 rebuild has ``low = 0.10000000149...`` where the rebuild
+        had ``0.1``, and a domain kept from the rebuild let the values between through to
+        ``log(x - low)``: NaN. Ends the domain does not take from the buffers (an angle's range
+        set by ``nf.models.standardize``) stay."""
+        before = self.low.tolist(), self.high.tolist()
+        super()._load_from_state_dict(*args, **kwargs)
+        after = self.low.tolist(), self.high.tolist()
+        columns = [self.domain.at(j) for j in range(len(after[0]))]
+        lows = [a if c.low == b else c.low for c, b, a in zip(columns, before[0], after[0])]
+        highs = [a if c.high == b else c.high for c, b, a in zip(columns, before[1], after[1])]
+        closed = tuple(bool(c.closed) for c in columns)
+        self.domain = Interval(tuple(lows), tuple(highs), closed if any(closed) else False)
+
     def _parts(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``has_low, has_high`` and safe ends ``l < h`` in every column, used or not: the
         finite ends, 0 for an open lower end, ``l + 1`` for an open upper one (``h - 1`` below
