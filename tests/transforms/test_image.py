@@ -83,6 +83,8 @@ def test_glow_latent_has_data_shape_and_levels() -> None:
     assert flow.sample(2).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"Glow: shape must be .* divisible by 2\*\*levels = 8"):
         nf.models.Glow((1, 8, 4), levels=3)
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*levels \(levels=20000\), got"):
+        nf.models.Glow((1, 8, 8), levels=20000)  # 2**20000 once went into the message
     with pytest.raises(ValueError, match=r"MultiscaleRealNVP: shape must be \(C, H, W\)"):
         nf.models.MultiscaleRealNVP((8, 8))
 

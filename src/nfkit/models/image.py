@@ -38,10 +38,12 @@ def _check_shape(where: str, shape: Any, levels: int) -> tuple[int, int, int]:
         raise ValueError(f"{where}: shape must be (C, H, W) of ints, got {shown(shape)}")
     c, h, w = dims
     levels = check_positive_int(where, "levels", levels)
-    if min(c, h, w) < 1 or h % 2**levels or w % 2**levels:
+    # (2**levels only once it is known to be at most H: levels = 20000 made a 6000-digit number)
+    if min(c, h, w) < 1 or 2 ** min(levels, h.bit_length()) > h or h % 2**levels or w % 2**levels:
+        fits = f" = {2**levels}" if levels < 64 else f" (levels={levels})"
         raise ValueError(
             f"{where}: shape must be positive (C, H, W) with H and W divisible by "
-            f"2**levels = {2**levels}, got {tuple(shape)!r}"
+            f"2**levels{fits}, got {tuple(shape)!r}"
         )
     return c, h, w
 
