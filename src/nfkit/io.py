@@ -704,21 +704,21 @@ def _check_config_sizes(config: Any, limit: int, key: str = "config") -> None:
 
 class _ConstructionBudget(TorchDispatchMode):
     """Refuses a model's construction at the first tensor op that takes it past ``elements``
-    tensor elements or ``ops`` ops in all; an op's output is counted *before* it runs where
-    its size can be told from its arguments (:func:`_output_size`), else after. :func:`load`
-    builds a file's config under it with budgets proportional to the weights the file holds (a
-    valid file's build makes 1–45x their elements in all, and up to ~800 ops per weight tensor,
-    in ``GF``'s slope search), so an edited config (``hidden=(10**5,) * 2``, thousands of
-    transforms) is refused before it allocates or loops: loading costs memory and time in
-    proportion to the file's size."""
+    tensor elements or ``ops`` ops in all. An op's output is counted *before* it runs where
+    its arguments bound its size (:func:`_output_size`; the rest, as ``repeat``'s growth, once
+    it has run). :func:`load` builds a file's config under it with budgets proportional to the
+    weights the file holds (a valid file's build makes 1–45x their elements, ``GF``'s slope
+    search ~2M whatever its size, and up to ~800 ops per weight tensor), so an edited config
+    (``hidden=(10**5,) * 2``, thousands of transforms) is refused before it allocates or loops:
+    loading costs memory and time in proportion to the file's size."""
 
     def __init__(self, *, elements: int, ops: int) -> None:
         super().__init__()
         self.elements, self.ops = elements, ops
 
-    def _spend(self, elements: int) -> None:
+    def _spend(self, elements: int, ops: int = 1) -> None:
         self.elements -= elements
-        self.ops -= 1
+        self.ops -= ops
         if self.elements < 0:
             raise _OverBudget("more tensor elements than its weights would need")
         if self.ops < 0:
@@ -726,12 +726,12 @@ class _ConstructionBudget(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        size = 0 if func.is_view or func._schema.is_mutable else _output_size(func, args, kwargs)
-        if size is not None:
-            self._spend(size)
+        fresh = not (func.is_view or func._schema.is_mutable)  # else no new storage
+        before = _output_size(func, args, kwargs) if fresh else 0
+        self._spend(before or 0)
         out = func(*args, **kwargs)
-        if size is None:
-            self._spend(_numel(out))
+        if fresh and (before is None or _numel(out) > before):
+            self._spend(_numel(out) - (before or 0), ops=0)
         return out
 
 
