@@ -750,6 +750,7 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
         "sample_ratio_to_floor": {k: sp_rate["floor"] / v for k, v in sp_rate.items()},
         "memory_mib": memory,
         "test_ll": test_ll,
+        "test_ll_steps": args.steps,
         "fit": fit_ll,
     }
     if compiled is not None:
@@ -825,10 +826,12 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         v, q = r["sample_per_s"], r["sample_ratio_to_floor"]
         cells = [f"{v[k]:,.0f} ({q[k]:.2f}x)" if k in v else "not run" for k in LIBS]
         lines.append(f"| {r['cell']} | " + " | ".join(cells) + f" | {v['floor']:,.0f} |")
+    budgets = sorted({r["test_ll_steps"] for r in results if "test_ll_steps" in r})
+    budget = " or ".join(map(str, budgets)) if budgets else "a number of"
     lines += [
         "",
-        "Test log-likelihood (nats/row, higher is better) after the same fixed budget of "
-        "steps for every library. normflows' MAF (its one-pass transform put on the density "
+        f"Test log-likelihood (nats/row, higher is better) after the same fixed budget of "
+        f"{budget} Adam steps for every library. normflows' MAF (its one-pass transform put on the density "
         "side) can only contract, so its figure is capped at the base's peak and not "
         "comparable. Last column, not like-for-like: nfkit trained with `nf.fit` (early "
         "stopping on a validation split, AdamW with a cosine schedule, up to `--fit` steps at "

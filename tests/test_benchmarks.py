@@ -75,6 +75,8 @@ def test_peers_runs_with_a_chosen_architecture(tmp_path: Path) -> None:
     assert "Architecture: 2 transforms, hidden widths (8, 6)" in md
     assert "batch 32" in md
     assert "| MLP+Adam | floor |" in md
+    assert "after the same fixed budget of 2 Adam steps" in md  # the budget is stated
+    assert all(c["test_ll_steps"] == 2 for c in cells.values())
 
     # --memory-only re-measures with the sizes stored in the file, not the defaults, and
     # writes a new file beside it (stored results are never overwritten)
