@@ -138,3 +138,21 @@ def test_cli_rbig_takes_the_run_seed_and_refuses_gradient_options(capsys, tmp_pa
         "--val-fraction, --steps play(s) no part (its held-out share of rows: --option "
         "validation=F, default 0.2)"
     ]
+
+
+def test_a_saved_or_rebuilt_rbig_refits_with_the_original_cap(tmp_path) -> None:
+    """After a fit, ``config["layers"]`` is the number kept; a rebuilt or loaded flow took it
+    as its cap, so refitting on more data kept at most 2 layers (a silently worse model)
+    where the flow in memory kept 8. The cap is ``config["max_layers"]``."""
+    torch.manual_seed(0)
+    flow = nf.models.RBIG(2).fit(nf.datasets.two_moons(60))
+    assert flow.config["layers"] < 50 and flow.config["max_layers"] == 50
+    big, test = nf.datasets.two_moons(4000), nf.datasets.two_moons(2000)
+    copies = [nf.load(nf.save(flow, tmp_path / "r.pt")), nf.models.build(flow.config)]
+    kept = flow.fit(big).config["layers"]
+    assert kept > 2
+    for other in copies:
+        assert other.fit(big).config["layers"] == kept
+        torch.testing.assert_close(other.log_prob(test), flow.log_prob(test))
+    with pytest.raises(ValueError, match="RBIG: max_layers must be"):
+        nf.models.RBIG(2, max_layers=0)

@@ -156,8 +156,26 @@ def test_config_rebuilds_and_errors() -> None:
         ContinuousFlow(2, atol=0.0)
     with pytest.raises(ValueError, match="expected last dim 2"):
         ContinuousFlow(2)(torch.randn(3, 4))
-    with pytest.raises(ValueError, match="expected a context of last dim 1"):
+    with pytest.raises(ValueError, match="this layer is conditional .a context of 1 features"):
         ContinuousFlow(2, context=1)(torch.randn(3, 2))
+
+
+def test_an_unconditional_block_ignores_a_context_in_a_conditional_chain() -> None:
+    """Every layer of a Compose receives the context; an unconditional ODE block refused it
+    ("expected no context"), so it could not sit in a conditional flow as other layers do."""
+    torch.manual_seed(0)
+    cond = nf.models.MAF(2, context=3, transforms=1, hidden=(8,)).transform
+    ode = ContinuousFlow(2, hidden=(8,))
+    flow = nf.Flow(nf.Compose(ode, cond), nf.distributions.StandardNormal(2), context=3).double()
+    x, c = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    z, ladj = ode(x)
+    torch.testing.assert_close(ode(x, c)[0], z)
+    expected = cond(z, c)
+    torch.testing.assert_close(
+        flow.log_prob(x, c),
+        flow.base.log_prob(expected[0]) + ladj + expected[1],
+    )
+    assert flow.sample(5, c).shape == (5, 4, 2)
 
 
 def test_sample_solver_set_on_a_trained_flow_is_checked_and_saved(tmp_path) -> None:

@@ -196,3 +196,20 @@ def test_rbig_takes_large_and_correlated_float32_tables() -> None:
     y = torch.randn(1000, 3)
     with pytest.raises(ValueError, match="linearly dependent in float32"):
         nf.models.RBIG(4).fit(torch.cat([y, y[:, :1] + y[:, 1:2]], 1))
+
+
+def test_marginal_knots_are_torch_quantiles_and_take_more_than_2_24_rows() -> None:
+    """The knots are ``torch.quantile``'s (linear rule) from one sort: ``torch.quantile``
+    refuses more than 2**24 rows ("input tensor is too large"), which stopped RBIG on tables
+    of ~21M rows (its 80% training split) with torch's traceback."""
+    from nfkit.transforms.gaussianization import _quantiles
+
+    g = torch.Generator().manual_seed(0)
+    for n in (4, 5, 101, 10_000):
+        x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+        levels = torch.linspace(1 / (n + 1), n / (n + 1), 33, dtype=torch.float64)
+        assert torch.equal(_quantiles(x, levels), torch.quantile(x, levels, dim=0))
+    big = torch.randn(2**24 + 5, 1, generator=g)
+    layer = nf.transforms.MarginalGaussianization(1).fit(big)
+    z, _ = layer(torch.tensor([[0.0], [1.0]]))
+    torch.testing.assert_close(z, torch.tensor([[0.0], [1.0]]), atol=2e-3, rtol=0)  # ≈ Φ⁻¹(Φ)

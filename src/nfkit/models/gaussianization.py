@@ -50,6 +50,7 @@ class RBIGFlow(Flow):
         features: int,
         *,
         layers: int,
+        max_layers: int | None = None,
         rotation: Literal["pca", "random"],
         bins: int,
         tol: float,
@@ -60,6 +61,7 @@ class RBIGFlow(Flow):
         transform: Transform = Compose(*_pairs(features, layers, bins, rotation, seed))
         super().__init__(transform, StandardNormal(features))
         self.features, self.layers, self.rotation = features, layers, rotation
+        self.max_layers = layers if max_layers is None else max_layers  # fit's cap
         self.bins, self.tol, self.patience = bins, tol, patience
         self.validation, self.seed = validation, seed
         self.gains: list[float] = []
@@ -86,12 +88,13 @@ class RBIGFlow(Flow):
         never stop; held-out ones do.
 
         **Stopping test:** fitting stops once ``Δ_ℓ < tol`` for ``patience`` consecutive layers
-        (or after ``layers`` layers, or at a gain that is ``-inf`` or NaN, counted as
+        (or after ``max_layers`` layers, or at a gain that is ``-inf`` or NaN, counted as
         ``-inf``: the held-out rows broke down, as with a handful of rows); the flow keeps the
         first ``k ≥ 1`` layers, ``k`` maximizing
         the held-out log-likelihood ``Σ_{ℓ≤k} Δ_ℓ``. The gains are stored in ``self.gains`` and
-        ``k`` in ``self.config["layers"]``, so ``nf.models.build(config)`` plus
-        ``load_state_dict`` restores the fitted flow. The flow (layers and base) takes the dtype and
+        ``k`` in ``self.config["layers"]`` (the cap stays in ``config["max_layers"]``), so
+        ``nf.models.build(config)`` plus ``load_state_dict`` restores the fitted flow, and a
+        rebuilt or loaded flow fitted again has the same cap as the flow it was saved from. The flow (layers and base) takes the dtype and
         device of ``x``.
         """
         x = check_tensor("RBIG.fit", "x", x)
@@ -123,10 +126,10 @@ class RBIGFlow(Flow):
         order = torch.randperm(x.shape[0], generator=generator).to(x.device)
         n_val = min(max(2, round(self.validation * x.shape[0])), x.shape[0] - 2)
         val, y = x.detach()[order[:n_val]], x.detach()[order[n_val:]]
-        layers = _pairs(self.features, self.layers, self.bins, self.rotation, self.seed)
+        layers = _pairs(self.features, self.max_layers, self.bins, self.rotation, self.seed)
         gains: list[float] = []
         below = 0
-        for i in range(self.layers):
+        for i in range(self.max_layers):
             marginal = layers[2 * i].to(y).fit(y)
             g = marginal(y)[0]
             rotation = layers[2 * i + 1].to(y).fit(g)
@@ -144,7 +147,7 @@ class RBIGFlow(Flow):
         keep = int(cumulative.argmax()) + 1
         self.transform = Compose(*layers[: 2 * keep])
         self.gains = gains
-        self.config["layers"] = keep
+        self.config["layers"], self.config["max_layers"] = keep, self.max_layers
         return self.to(device=x.device, dtype=x.dtype)  # the base too, with the layers
 
 
@@ -166,10 +169,13 @@ def RBIG(
     patience: int = 5,
     validation: float = 0.2,
     seed: int = 0,
+    max_layers: int | None = None,
 ) -> RBIGFlow:
     r"""Rotation-based iterative Gaussianization: call ``flow.fit(x)``, no gradient training.
 
-    ``layers`` is the most layers :meth:`RBIGFlow.fit` adds (after fitting, the number kept);
+    ``layers`` is the most layers :meth:`RBIGFlow.fit` adds (``max_layers`` when given: after
+    fitting, ``config`` records the number kept as ``layers`` and the cap as ``max_layers``, so
+    a saved, loaded or rebuilt flow fitted again may add as many as the first fit could);
     each is a :class:`~nfkit.transforms.MarginalGaussianization` with ``bins`` spline bins
     followed by a :class:`~nfkit.transforms.Rotation` (``"pca"``, or ``"random"`` with seeds
     ``seed + i``). Fitting stops when the held-out log-likelihood gain per layer (the
@@ -184,6 +190,8 @@ def RBIG(
     """
     features = check_positive_int("RBIG", "features", features)
     layers = check_positive_int("RBIG", "layers", layers)
+    if max_layers is not None:
+        max_layers = check_positive_int("RBIG", "max_layers", max_layers)
     bins = check_positive_int("RBIG", "bins", bins)
     patience = check_positive_int("RBIG", "patience", patience)
     if rotation not in ("pca", "random"):
@@ -194,6 +202,7 @@ def RBIG(
     return RBIGFlow(
         features,
         layers=layers,
+        max_layers=max_layers,
         rotation=rotation,
         bins=bins,
         tol=float(tol),

@@ -46,6 +46,16 @@ def _check_data(where: str, x: object, features: int) -> Tensor:
     return x.detach().reshape(-1, features)
 
 
+def _quantiles(x: Tensor, levels: Tensor) -> Tensor:
+    """``torch.quantile(x, levels, dim=0)`` (its linear rule, ranks ``p (n - 1)``, in float64)
+    from one sort, for any ``n``: ``torch.quantile`` refuses more than 2**24 rows. ``(K + 1, D)``."""
+    ordered = x.sort(0).values
+    rank = levels.double() * (x.shape[0] - 1)
+    below, above = rank.floor().long(), rank.ceil().long()
+    weight = (rank - below).to(x.dtype)[:, None]
+    return torch.lerp(ordered[below], ordered[above], weight)
+
+
 class MarginalGaussianization(Transform):
     r"""Marginal Gaussianization ``z_i = g_i(x_i) ≈ Φ⁻¹(F_i(x_i))``, a fitted monotone spline.
 
@@ -133,7 +143,7 @@ class MarginalGaussianization(Transform):
         x = _check_data("MarginalGaussianization.fit", x, self.features).to(self.params)
         n, k = x.shape[0], self.bins
         levels = torch.linspace(1 / (n + 1), n / (n + 1), k + 1, dtype=x.dtype, device=x.device)
-        knots = torch.quantile(x, levels, dim=0).T  # (D, K + 1)
+        knots = _quantiles(x, levels).T  # (D, K + 1)
         # Ties (discrete or repeated values) would give empty bins: keep the knots increasing,
         # over a span the dtype resolves (1e-12 of the values was 0 in float32: x_high = x_low,
         # and a column that became constant inside an RBIG gave NaN)
