@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -90,8 +91,10 @@ def test_fit_sample_score_plot(capsys, table) -> None:
     (table / "ids.csv").write_text(text)
     code, out, _ = _run(capsys, "score", model, table / "ids.csv", "--with-data")
     lines = out.splitlines()
-    assert code == 0 and lines[1].startswith("02134,TRUE,2,,") and lines[2].startswith(
-        "00501,false,7,hi,"
+    assert (
+        code == 0
+        and lines[1].startswith("02134,TRUE,2,,")
+        and lines[2].startswith("00501,false,7,hi,")
     )
     joined.to_csv(table / "scored.csv", index=False)
     assert "already has a log_density column" in _error(
@@ -1348,3 +1351,16 @@ def test_cli_review_of_every_model_route(capsys, tmp_path) -> None:
     assert "bounds of column 'p' need low < high" in err
     err = _error(capsys, "fit", tmp_path / "t.csv", "--bounds", "k=0.5:", "--out", model, *fast)
     assert "bounds of discrete column 'k' must be whole numbers" in err
+
+
+def test_a_column_beyond_the_exact_integers_is_not_taken_for_counts(capsys, tmp_path) -> None:
+    """Every float above 2**53 (2**24 in float32) is whole: a column of stellar masses (~2e30
+    kg) was modelled as discrete and sampled as int64's minimum, -9223372036854775808."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"mass_kg": rng.uniform(1, 4, 200) * 1e30, "radius": rng.uniform(0.8, 1.6, 200)}
+                 ).to_csv(tmp_path / "stars.csv", index=False)  # fmt: skip
+    code, _, err = _run(capsys, "fit", tmp_path / "stars.csv", "--out", tmp_path / "s.pt", *FAST)
+    assert code == 0 and "whole numbers only" not in err, err
+    code, out, _ = _run(capsys, "sample", tmp_path / "s.pt", "-n", "50", "--seed", "0")
+    masses = pd.read_csv(io.StringIO(out))["mass_kg"]
+    assert code == 0 and 1e30 < masses.median() < 4e30 and masses.nunique() == 50, masses

@@ -1284,7 +1284,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     df = pd.DataFrame(x.double().cpu().numpy(), columns=data)
     categories = flow.config.get("categories") or {}
     for j in flow.config.get("discrete") or []:  # integers, written without a decimal point
-        df[data[j]] = df[data[j]].astype("int64")
+        if bool((df[data[j]].abs() < 2**63).all()):  # (beyond int64: whole floats as they are)
+            df[data[j]] = df[data[j]].astype("int64")
         if data[j] in categories:  # a category column: its labels
             df[data[j]] = _labels_of(df[data[j]], categories[data[j]])
     if table_path is None:

@@ -244,10 +244,13 @@ def _check_context_angles(
 
 
 def _whole_columns(x: Tensor) -> list[int]:
-    """Indices of the columns of ``x`` ``(n, D)`` whose values are all finite whole numbers."""
-    if x.dim() != 2:
+    """Indices of the columns of ``x`` ``(n, D)`` whose values are all finite whole numbers
+    within the dtype's exact integers (``|x| ≤ 2/eps``: 2**24 in float32, 2**53 in float64;
+    beyond, every value is whole, and a column of masses around 2e30 was taken for counts)."""
+    if x.dim() != 2 or not x.is_floating_point():
         return []
-    whole = (torch.isfinite(x) & (x == torch.floor(x))).all(0)
+    exact = 2 / torch.finfo(x.dtype).eps
+    whole = (torch.isfinite(x) & (x == torch.floor(x)) & (x.abs() <= exact)).all(0)
     return torch.nonzero(whole).flatten().tolist()
 
 
