@@ -1364,3 +1364,27 @@ def test_a_column_beyond_the_exact_integers_is_not_taken_for_counts(capsys, tmp_
     code, out, _ = _run(capsys, "sample", tmp_path / "s.pt", "-n", "50", "--seed", "0")
     masses = pd.read_csv(io.StringIO(out))["mass_kg"]
     assert code == 0 and 1e30 < masses.median() < 4e30 and masses.nunique() == 50, masses
+
+
+def test_a_true_false_column_is_read_alike_by_fit_and_the_commands_after(capsys, tmp_path) -> None:
+    """R and Excel write TRUE/FALSE: pandas reads them as booleans when fitting (labels 'False'
+    and 'True'), while score, --val, --given read category columns as written: every command
+    after fit refused the training file ("the category 'FALSE', which the model was not fitted
+    on")."""
+    rng = np.random.default_rng(1)
+    flag = np.where(rng.random(200) < 0.3, "TRUE", "FALSE")
+    pd.DataFrame({"x": rng.normal(size=200).round(3), "flag": flag}).to_csv(
+        tmp_path / "b.csv", index=False
+    )
+    model, given = tmp_path / "b.pt", tmp_path / "g.pt"
+    assert _run(capsys, "fit", tmp_path / "b.csv", "--out", model, *FAST)[0] == 0
+    code, out, err = _run(capsys, "score", model, tmp_path / "b.csv")
+    assert code == 0 and len(out.split()) == 201, err
+    val = ("--val", tmp_path / "b.csv", "--out", tmp_path / "v.pt")
+    assert _run(capsys, "fit", tmp_path / "b.csv", *val, *FAST)[0] == 0
+    assert (
+        _run(capsys, "fit", tmp_path / "b.csv", "--given", "flag", "--out", given, *FAST)[0] == 0
+    )
+    for spelling in ("TRUE", "true", "True"):
+        code, out, err = _run(capsys, "sample", given, "-n", "2", "--given", f"flag={spelling}")
+        assert code == 0 and out.splitlines()[1].endswith(",True"), (spelling, out, err)

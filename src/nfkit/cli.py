@@ -547,6 +547,8 @@ def _far_context_note(flow: Any, given: list[str], ctx: Any, source: str) -> str
 def _given_value(flow: Any, name: str, value: str) -> float | str:
     """A ``--given`` value as the model reads it: a number, or one of a category column's
     labels (as written, else as the number it spells: ``2.0`` is the label ``2``)."""
+    from nfkit.tables import FLAG_LABELS, flag_label
+
     labels = (flow.config.get("categories") or {}).get(name)
     try:
         number = float(value)
@@ -558,6 +560,8 @@ def _given_value(flow: Any, name: str, value: str) -> float | str:
         return number
     if value in labels:
         return value
+    if labels == FLAG_LABELS and flag_label(value) in labels:  # TRUE, false, ...
+        return flag_label(value)
     if number is not None and f"{number:g}" in labels:
         return f"{number:g}"
     raise _UserError(

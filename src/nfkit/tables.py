@@ -578,6 +578,16 @@ def _read_parquet(path: Path) -> Any:
 Categories = dict[str, list[str]]
 
 
+FLAG_LABELS = ["False", "True"]  # a column pandas read as booleans, as categories
+
+
+def flag_label(value: str) -> str:
+    """``value`` as a flag's label when it spells a boolean in any case (``TRUE``, ``false``:
+    pandas reads those as booleans in a training file, while a table read as text later keeps
+    them as written), else unchanged."""
+    return {"true": "True", "false": "False"}.get(value.strip().lower(), value)
+
+
 def _as_labels(col: Any) -> Any:
     """A column's values as category labels (strings; missing values kept): text stripped,
     whole numbers without a decimal point (a category column whose labels all look like numbers
@@ -605,7 +615,7 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
         col = df[name]
         known = categories.get(name) if isinstance(categories, dict) else None
         if known is None and categories is True and pd.api.types.is_bool_dtype(col.dtype):
-            known = ["False", "True"]  # a flag: two categories, False first (codes 0, 1)
+            known = FLAG_LABELS  # a flag: two categories, False first (codes 0, 1)
         if known is None:  # a number column, or one to learn categories from
             if _real_dtype(col.dtype):
                 out[name] = col.astype("float64")
@@ -629,6 +639,8 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
                     "only numeric columns can be modelled"
                 )
         text = _as_labels(col)
+        if known == FLAG_LABELS:  # a flag: any spelling pandas reads as one (TRUE, true, ...)
+            text = text.map(flag_label, na_action="ignore").astype("string")
         if known is None and isinstance(col.dtype, pd.CategoricalDtype) and col.dtype.ordered:
             # an ordinal scale ("low" < "medium" < "high"): codes in its declared order, every
             # declared level included
