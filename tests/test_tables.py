@@ -712,3 +712,13 @@ def test_a_symbolic_link_loop_is_named(tmp_path) -> None:
     os.symlink(tmp_path / "a.csv", tmp_path / "b.csv")
     with pytest.raises(DataError, match=r"a\.csv: a symbolic link loop; it leads to no file$"):
         nf.tables.read_table(tmp_path / "a.csv")
+
+
+@pytest.mark.parametrize("marker", ["#N/A", "None", "<NA>", "NULL", "-nan"])
+def test_a_missing_value_marker_in_a_header_less_first_row_is_no_header(tmp_path, marker) -> None:
+    """The reader takes every one of these as missing; the header sniff took only nan/na/n/a/
+    null, so a first data row holding '#N/A' became the column names (a row lost, data as names)."""
+    rows = [["0.5", marker, "1.5"], ["0.25", "2.0", "-1.0"], ["1.0", "3.0", "0.0"]]
+    (tmp_path / "t.csv").write_text("".join(",".join(r) + "\n" for r in rows))
+    df = nf.io.read_table(tmp_path / "t.csv", drop_missing=True)  # the marker's row dropped
+    assert len(df) == 2 and list(df.columns) == ["x0", "x1", "x2"], df

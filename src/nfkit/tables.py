@@ -292,7 +292,8 @@ def _is_number(field: str, decimal: str = ".") -> bool:
     try:
         float(field.replace(",", ".") if decimal == "," else field)
     except ValueError:
-        return field.lower() in ("nan", "na", "n/a", "null")
+        # a missing-value marker (every one the reader takes: #N/A, None, ...) is no header
+        return field in _NA_TOKENS or field.lower() in ("nan", "na", "n/a", "null")
     return True
 
 
