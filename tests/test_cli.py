@@ -1388,3 +1388,25 @@ def test_a_true_false_column_is_read_alike_by_fit_and_the_commands_after(capsys,
     for spelling in ("TRUE", "true", "True"):
         code, out, err = _run(capsys, "sample", given, "-n", "2", "--given", f"flag={spelling}")
         assert code == 0 and out.splitlines()[1].endswith(",True"), (spelling, out, err)
+
+
+def test_score_with_data_to_npy_refuses_a_text_column_before_scoring(
+    capsys, table, tmp_path
+) -> None:
+    """--with-data writes the table's own columns as written: a TRUE/FALSE or text column
+    cannot go into a .npy (numbers only); it failed after scoring with numpy's "could not
+    convert string to float: 'TRUE'"."""
+    model = tmp_path / "m.pt"
+    assert _run(capsys, "fit", table / "data.csv", "--out", model, *FAST)[0] == 0
+    df = pd.read_csv(table / "data.csv")
+    df.assign(flag=np.where(np.arange(len(df)) % 2 == 0, "TRUE", "FALSE")).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    code, _, err = _run(capsys, "score", model, tmp_path / "t.csv", "--with-data", "-o",
+                        tmp_path / "s.npy")  # fmt: skip
+    assert code != 0 and "a .npy file holds numbers only" in err and "'flag'" in err, err
+    assert not (tmp_path / "s.npy").exists()
+    df.to_csv(tmp_path / "n.csv", index=False)  # numbers only: written
+    code, _, err = _run(capsys, "score", model, tmp_path / "n.csv", "--with-data", "-o",
+                        tmp_path / "n.npy")  # fmt: skip
+    assert code == 0 and np.load(tmp_path / "n.npy").shape == (len(df), df.shape[1] + 1), err

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -683,7 +684,9 @@ def test_exact_decimals_asked_for_below_pandas_3_1(version: str, exact_by_defaul
     converter, which ``test_decimals_read_back_exactly`` checks under such a pandas."""
     from nfkit.tables import _exact_floats
 
-    assert _exact_floats(version) == ({} if exact_by_default else {"float_precision": "round_trip"})
+    assert _exact_floats(version) == (
+        {} if exact_by_default else {"float_precision": "round_trip"}
+    )
 
 
 @pytest.mark.parametrize("dialect", ["NA cells", "decimal comma"])
@@ -722,3 +725,14 @@ def test_a_missing_value_marker_in_a_header_less_first_row_is_no_header(tmp_path
     (tmp_path / "t.csv").write_text("".join(",".join(r) + "\n" for r in rows))
     df = nf.io.read_table(tmp_path / "t.csv", drop_missing=True)  # the marker's row dropped
     assert len(df) == 2 and list(df.columns) == ["x0", "x1", "x2"], df
+
+
+def test_values_beyond_the_target_dtype_are_named_not_called_inf() -> None:
+    """1e39 is finite in the table and inf in float32: the cast made it inf after the check,
+    and scoring said "x contains inf values" of a file holding none, naming no column."""
+    df = pd.DataFrame({"a": [10.0, 1e39], "b": [-5.0, -5.0]})
+    with pytest.raises(
+        ValueError, match=r"^w: data column 'a' has values beyond the range of float32 .*1e\+39"
+    ):
+        nf.io.as_tensor(df, "w", dtype=torch.float32)
+    assert nf.io.as_tensor(df, "w", dtype=torch.float64)[1, 0] == 1e39

@@ -1354,6 +1354,15 @@ def cmd_score(args: argparse.Namespace) -> None:
         raise _UserError(
             f"{args.data}: already has a log_density column; --with-data would repeat it"
         )
+    if args.with_data:  # the table's own columns as written: text (a date, TRUE) needs a text file
+        kinds = pd.api.types
+        text = [
+            n
+            for n in table.columns
+            if not kinds.is_numeric_dtype(table[n].dtype) or kinds.is_bool_dtype(table[n].dtype)
+        ]
+        if text:
+            _check_output_table(args.output, f"--with-data writes the text column {text[0]!r}")
     scores = torch.full((len(x),), float("nan"), dtype=torch.float64)
     complete = slice(None)
     if args.skip_incomplete:  # a NaN score for a row with a missing model value

@@ -942,7 +942,17 @@ def as_tensor(
             raise ValueError(f"{where}: {name} contains inf values")
     elif not bool(torch.isfinite(t).all()):
         raise ValueError(f"{where}: {name} contains NaN or inf values")
-    return t.to(dtype=dtype or t.dtype, device=device)
+    out = t.to(dtype=dtype or t.dtype, device=device)
+    if out.dtype != t.dtype and bool(torch.isinf(out).any()):  # finite before the cast
+        first = torch.nonzero(torch.isinf(out))[0]
+        j = int(first[-1])
+        column = repr(str(data.columns[j])) if hasattr(data, "columns") else str(j)
+        raise ValueError(
+            f"{where}: {name} column {column} has values beyond the range of "
+            f"{str(out.dtype).replace('torch.', '')} (±{torch.finfo(out.dtype).max:.3g}; e.g. "
+            f"{t[tuple(first)].item():g}): rescale it (other units) or use a float64 model"
+        )
+    return out
 
 
 def _numeric_or_type_error(df: Any, where: str, name: str) -> Any:
