@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import nfkit as nf
 from nfkit.cli import main
@@ -1410,3 +1413,20 @@ def test_score_with_data_to_npy_refuses_a_text_column_before_scoring(
     code, _, err = _run(capsys, "score", model, tmp_path / "n.csv", "--with-data", "-o",
                         tmp_path / "n.npy")  # fmt: skip
     assert code == 0 and np.load(tmp_path / "n.npy").shape == (len(df), df.shape[1] + 1), err
+
+
+def test_a_column_of_1e200_is_standardized_without_overflow(capsys, tmp_path) -> None:
+    """The squares of 1e200 overflow float64: the column's std was inf, every standardized
+    value 0 and the fit stopped on a non-finite loss, after numpy's multi-line overflow
+    warnings (the float32 probe's cast)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.uniform(1, 3, 100) * 1e200, "b": rng.normal(size=100)}).to_csv(
+        tmp_path / "h.csv", index=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code, _, err = _run(capsys, "fit", tmp_path / "h.csv", "--out", tmp_path / "h.pt", *FAST)
+    assert code == 0, err
+    log_scale = nf.load(tmp_path / "h.pt").transform.transforms[0].log_abs_scale  # -log std
+    assert bool(torch.isfinite(log_scale).all()), log_scale
+    assert 1e199 < math.exp(-float(log_scale[0])) < 1e201, log_scale

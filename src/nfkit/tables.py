@@ -850,10 +850,12 @@ def float32_blurred_columns(
         col = v[:, j][np.isfinite(v[:, j])]
         if col.size == 0:
             continue
-        size, spread = float(np.abs(col).max()), float(col.std())
+        size = float(np.abs(col).max())
+        spread = float((col / size).std()) * size if size > 0 else 0.0  # (squares of 1e200: inf)
         whole = bool(np.all(col == np.round(col)))
         low, high = (bounds[j] if bounds is not None else None) or (None, None)
-        rounded = col.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, not a warning
+            rounded = col.astype(np.float32)
         onto = (low is not None and bool(np.any((col > low) & (rounded <= low)))) or (
             high is not None and bool(np.any((col < high) & (rounded >= high)))
         )

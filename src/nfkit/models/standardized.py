@@ -410,8 +410,13 @@ def _stats(
         )
     if not bool(torch.isfinite(data).all()):
         raise ValueError(f"{where}: {name} contains NaN or inf values")
-    mean = data.mean(0)
-    std = data.std(0, unbiased=False)
+    # on the columns divided by their largest magnitude (a power of two: exact), so that
+    # neither the sum nor the squares overflow (values of 1e200 gave std = inf, and a model
+    # whose standardized values were all 0)
+    scale = torch.exp2(torch.frexp(data.abs().amax(0)).exponent.to(data.dtype))
+    scaled = data / scale
+    mean = scaled.mean(0) * scale
+    std = scaled.std(0, unbiased=False) * scale
     bad = torch.nonzero(~(std > 0)).flatten().tolist()
     if bad:
         names = [labels[i] if labels is not None else str(i) for i in bad]
