@@ -757,3 +757,21 @@ def test_log_prob_or_minus_inf_checks_the_context_when_every_row_is_outside() ->
         with pytest.raises(ValueError, match=message):
             nf.log_prob_or_minus_inf(flow, outside, context)
     assert torch.isneginf(nf.log_prob_or_minus_inf(flow, outside, torch.randn(2, 2))).all()
+
+
+def test_a_conditional_base_must_read_the_flows_context() -> None:
+    """A mixture base built with another context width than the flow's: the flow was built,
+    then could be used neither with a context nor without one (or blamed the user's correct
+    context in an internal module's name)."""
+    D, M = nf.distributions, nf.models
+    for make, message in (
+        (lambda: M.MAF(2, transforms=1, hidden=(8,), base=D.GaussianMixture(2, 3, context=3)),
+         "the base reads a context of 3 features, but the flow's context is 0"),
+        (lambda: M.NSF(2, context=3, transforms=1, hidden=(8,),
+                       base=D.GaussianMixture(2, 3, context=4)),
+         "the base reads a context of 4 features, but the flow's context is 3"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            make()
+    flow = M.NSF(2, context=3, transforms=1, hidden=(8,), base=D.GaussianMixture(2, 3, context=3))
+    assert flow.log_prob(torch.randn(4, 2), torch.randn(4, 3)).shape == (4,)

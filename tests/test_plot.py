@@ -417,3 +417,26 @@ def test_a_1d_integer_window_without_values_draws_its_own_cells() -> None:
         fig = nf.plot.density(flow, x, bounds=[window], n=100, resolution=10)
         low, high = fig.axes[0].get_xlim()
         assert low <= window[0] and high >= window[1] - 1
+
+
+def test_layers_checks_the_context_as_the_flow_does() -> None:
+    """``layers`` calls the base and the layers directly: a wrong-width context gave torch's
+    matrix error, an inf one matplotlib's, a context on an unconditional flow was ignored and a
+    partly missing set element drawn as 0."""
+    M = nf.models
+    emb = M.Embedded(2, flow=M.MAF(2, context=2, transforms=1, hidden=(8,)).config, context=6)
+    plain = M.MAF(2, transforms=1, hidden=(8,))
+    cond = M.MAF(2, context=3, transforms=1, hidden=(8,))
+    pad = M.Embedded(2, flow=M.MAF(2, context=2, transforms=1, hidden=(8,)).config, context=6,
+                     set_features=2, padded=True)  # fmt: skip
+    nan = float("nan")
+    for flow, context, message in (
+        (emb, torch.zeros(7), r"context must have last dim 6, got shape \(7,\)"),
+        (emb, None, "this flow is conditional and needs a context of last dim 6"),
+        (cond, torch.tensor([0.0, float("inf"), 0.0]), "context contains inf values"),
+        (plain, torch.zeros(3), "this flow takes no context, but a context was given"),
+        (pad, torch.tensor([nan, 1.0, 0.5, 0.5, 0.2, 0.1]), "context holds a partly missing set"),
+    ):
+        with pytest.raises(ValueError, match=f"^nf.plot.layers: {message}"):
+            nf.plot.layers(flow, context=context, n=20)
+    assert nf.plot.layers(emb, context=torch.zeros(6), n=20) is not None

@@ -503,6 +503,12 @@ class Flow(nn.Module):
             raise TypeError(
                 f"Flow: embedding must be an nn.Module (or None), got {type(embedding).__name__}"
             )
+        reads = as_int(getattr(base, "context", 0)) or 0  # a conditional base (a mixture)
+        if reads and (not context or (embedding is None and reads != context)):
+            raise ValueError(
+                f"Flow: the base reads a context of {reads} features, but the flow's context is "
+                f"{context}; build the base with the flow's context width"
+            )
         self.transform = transform
         self.base = base
         self.embedding = embedding

@@ -165,14 +165,15 @@ def _check_flow(where: str, flow: Any) -> Flow:
 
 
 def _context(flow: Flow, context: Any, where: str) -> Tensor | None:
-    """One context vector ``(C,)`` (or one row ``(1, C)``); a batch of contexts is refused."""
-    if context is None:
-        return None
-    c = torch.as_tensor(context, **_like(flow))
-    if c.dim() > 1 and c.shape[:-1].numel() != 1:
+    """One context vector ``(C,)`` (or one row ``(1, C)``); a batch of contexts is refused,
+    and the flow's own checks run (given when needed, its width, finite values, a padded
+    set's whole absent elements): ``layers`` calls the base and the layers directly."""
+    c = None if context is None else torch.as_tensor(context, **_like(flow))
+    if c is not None and c.dim() > 1 and c.shape[:-1].numel() != 1:
         raise ValueError(
             f"{where}: context must be one vector (C,), got a batch of shape {tuple(c.shape)}"
         )
+    flow._sample_shape(where, (), c)
     return c
 
 
