@@ -102,7 +102,8 @@ class Interval:
             return "per column " + ", ".join(
                 self.at(i).describe(precise) for i in range(max(lengths))
             )
-        end = _shortest if precise else (lambda v: f"{v:g}")
+        # precise: an end rounded to float32 (0.10000000149011612) does not print as 0.1
+        end = (lambda v: _distinct(v, torch.float64)) if precise else (lambda v: f"{v:g}")
         ends = f"{end(self.low)}, {end(self.high)}"
         return f"[{ends}]" if self.closed else f"({ends})"
 
@@ -199,16 +200,6 @@ def check_support(
         raise ValueError(
             f"{where}: {name} has values outside the support {shown_domain} (e.g. {value}){hint}"
         )
-
-
-def _shortest(value: float) -> str:
-    """``value`` in the fewest of 6, 9 or 17 significant digits that read back as it: an end
-    rounded to float32 (``0.10000000149011612``) does not print as ``0.1``."""
-    for digits in (6, 9, 17):
-        text = f"{value:.{digits}g}"
-        if float(text) == value:
-            return text
-    return text
 
 
 def _distinct(value: float, dtype: torch.dtype) -> str:
