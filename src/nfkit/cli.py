@@ -560,7 +560,7 @@ def _given_value(flow: Any, name: str, value: str) -> float | str:
         return number
     if value in labels:
         return value
-    if labels == FLAG_LABELS and flag_label(value) in labels:  # TRUE, false, ...
+    if tuple(labels) == FLAG_LABELS and flag_label(value) in labels:  # TRUE, false, ...
         return flag_label(value)
     if number is not None and f"{number:g}" in labels:
         return f"{number:g}"

@@ -579,7 +579,7 @@ def _read_parquet(path: Path) -> Any:
 Categories = dict[str, list[str]]
 
 
-FLAG_LABELS = ["False", "True"]  # a column pandas read as booleans, as categories
+FLAG_LABELS = ("False", "True")  # a column pandas read as booleans, as categories
 
 
 def flag_label(value: str) -> str:
@@ -616,7 +616,7 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
         col = df[name]
         known = categories.get(name) if isinstance(categories, dict) else None
         if known is None and categories is True and pd.api.types.is_bool_dtype(col.dtype):
-            known = FLAG_LABELS  # a flag: two categories, False first (codes 0, 1)
+            known = list(FLAG_LABELS)  # a flag: two categories, False first (codes 0, 1)
         if known is None:  # a number column, or one to learn categories from
             if _real_dtype(col.dtype):
                 out[name] = col.astype("float64")
@@ -640,7 +640,7 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
                     "only numeric columns can be modelled"
                 )
         text = _as_labels(col)
-        if known == FLAG_LABELS:  # a flag: any spelling pandas reads as one (TRUE, true, ...)
+        if known is not None and tuple(known) == FLAG_LABELS:  # a flag: TRUE, true, ... too
             text = text.map(flag_label, na_action="ignore").astype("string")
         if known is None and isinstance(col.dtype, pd.CategoricalDtype) and col.dtype.ordered:
             # an ordinal scale ("low" < "medium" < "high"): codes in its declared order, every
