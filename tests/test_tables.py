@@ -739,3 +739,16 @@ def test_values_beyond_the_target_dtype_are_named_not_called_inf() -> None:
     ):
         nf.io.as_tensor(df, "w", dtype=torch.float32)
     assert nf.io.as_tensor(df, "w", dtype=torch.float64)[1, 0] == 1e39
+
+
+def test_quoted_decimal_commas_in_a_comma_separated_file_are_numbers(tmp_path) -> None:
+    """A spreadsheet in a decimal-comma locale writing a comma-separated file quotes its
+    numbers ("70,5"): they became categories (or "an identifier?"). Whole numbers beside them
+    stay numbers; a column of thousands groups alone ("1,250") is not read as decimals."""
+    (tmp_path / "lo.csv").write_text(
+        'weight,score,count\n"70,5","4,5","1,250"\n"68","3,0","2,500"\n"71,25","5","3,750"\n'
+    )
+    with pytest.raises(nf.io.DataError, match="count"):  # thousands separators: refused by name
+        nf.io.read_table(tmp_path / "lo.csv")
+    df = nf.io.read_table(tmp_path / "lo.csv", columns=["weight", "score"])
+    assert df.to_numpy().tolist() == [[70.5, 4.5], [68.0, 3.0], [71.25, 5.0]]

@@ -579,6 +579,21 @@ def _read_parquet(path: Path) -> Any:
 Categories = dict[str, list[str]]
 
 
+def _decimal_commas(col: Any) -> bool:
+    """Whether a text column's cells are numbers written with a decimal comma (``"70,5"``,
+    quoted in a comma-separated file, as a spreadsheet in many locales writes them; a file
+    of another separator is read with ``decimal=","`` instead): every cell a plain number or a
+    decimal-comma one, at least one of those not a thousands group (``1,250`` alone may be)."""
+    cells = col[col.notna()].astype(str).str.strip()
+    comma = cells.str.fullmatch(_DECIMAL_COMMA.pattern)
+    plain = to_numbers(cells).notna() & ~cells.str.contains(".", regex=False)
+    return (
+        bool(comma.any())
+        and bool((comma | plain).all())
+        and not bool(cells[comma].str.fullmatch(_GROUPED).all())
+    )
+
+
 FLAG_LABELS = ("False", "True")  # a column pandas read as booleans, as categories
 
 
@@ -624,6 +639,9 @@ def _numeric(df: Any, path: Path, categories: bool | Categories) -> tuple[Any, C
             converted = to_numbers(col)
             bad = converted.isna() & col.notna()
             textual = pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
+            if textual and bool(bad.any()) and _decimal_commas(col):
+                converted = to_numbers(col.astype("string").str.strip().str.replace(",", "."))
+                bad = converted.isna() & col.notna()
             if not bool(bad.any()) and textual:
                 out[name] = converted.astype("float64")
                 continue
@@ -782,7 +800,8 @@ def read_table(
     every line the same number of fields (more than one), else runs of whitespace (as
     ``np.savetxt`` writes). A ``;``-separated file with decimal commas (``1,5;2,25``) is read
     with ``decimal=","``, as is any other file with a decimal comma that is not a thousands
-    separator (``0,126``, ``2,5``). Lines starting with ``#`` at the top are comments
+    separator (``0,126``, ``2,5``), and quoted ones (``"70,5"``) in a comma-separated file
+    are read as numbers. Lines starting with ``#`` at the top are comments
     (``np.savetxt``'s ``header="a b"`` gives ``# a b``: its names are the header when they fit
     the rows and no header row follows); a ``#`` further down is data. The first row is a
     header unless all its fields are numbers (override with ``header``); without a header the
