@@ -1430,3 +1430,21 @@ def test_a_column_of_1e200_is_standardized_without_overflow(capsys, tmp_path) ->
     log_scale = nf.load(tmp_path / "h.pt").transform.transforms[0].log_abs_scale  # -log std
     assert bool(torch.isfinite(log_scale).all()), log_scale
     assert 1e199 < math.exp(-float(log_scale[0])) < 1e201, log_scale
+
+
+def test_a_column_of_1e_300_is_modelled_in_float64_not_as_zeros(capsys, tmp_path) -> None:
+    """float32 flushes 1e-300 to 0: the column became zeros, whole numbers, modelled as
+    counts (bounds 7.1e-301:1.2e-300, samples 0 and -1)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.uniform(1, 3, 200) * 1e-300, "b": rng.normal(size=200)}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    fast = [a for a in FAST if a != "-q"]  # (the notes)
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--out", tmp_path / "t.pt", *fast)
+    assert code == 0 and "values below 1e-38" in err and "whole numbers only" not in err, err
+    assert nf.load(tmp_path / "t.pt").log_prob(torch.zeros(1, 2, dtype=torch.float64)).dtype == (
+        torch.float64
+    )
+    code, out, _ = _run(capsys, "sample", tmp_path / "t.pt", "-n", "20", "--seed", "0")
+    a = pd.read_csv(io.StringIO(out))["a"]
+    assert code == 0 and 5e-301 < a.median() < 5e-300 and a.nunique() == 20, a

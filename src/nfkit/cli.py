@@ -802,8 +802,8 @@ def _fit_table(
         _info(
             args,
             f"{source}: float32 would blur column(s) {', '.join(wide)} (values far larger than "
-            "their spread, whole numbers beyond 2**24, or values it rounds onto a bound): the "
-            "model computes in float64",
+            "their spread, whole numbers beyond 2**24, values below 1e-38, or values it rounds "
+            "onto a bound): the model computes in float64",
         )
     x = _tensor(df[data_cols], dtype)
     c = _tensor(df[given], dtype) if given else None

@@ -860,7 +860,8 @@ def float32_blurred_columns(
     """The columns of ``values`` ``(n, D)`` (float64) that float32 would blur: values far larger
     than their spread (more than ``2**13`` standard deviations from 0: a standardization
     cancels the leading digits, as for timestamps or ``1e12 + noise``), whole numbers beyond
-    ``2**24`` (identifiers: float32 cannot tell 30000001 from 30000002), or values inside a
+    ``2**24`` (identifiers: float32 cannot tell 30000001 from 30000002), values below float32's
+    smallest normal number (``1e-300``: zeros or subnormals in float32), or values inside a
     column's bound (``bounds[j] = (low, high)``, None for open) that float32 rounds onto it
     (``0.999999999`` in ``(0, 1)``). Models of such data should compute in float64."""
     v = np.asarray(values, dtype=np.float64)
@@ -878,7 +879,10 @@ def float32_blurred_columns(
         onto = (low is not None and bool(np.any((col > low) & (rounded <= low)))) or (
             high is not None and bool(np.any((col < high) & (rounded >= high)))
         )
-        if (spread > 0 and size > 2**13 * spread) or (whole and size >= 2**24) or onto:
+        # values float32 flushes towards 0 (below its smallest normal, 1.2e-38): a column of
+        # 1e-300 became zeros, whole numbers, and was modelled as counts
+        tiny = bool(np.any((col != 0) & (np.abs(col) < np.finfo(np.float32).tiny)))
+        if (spread > 0 and size > 2**13 * spread) or (whole and size >= 2**24) or onto or tiny:
             out.append(j)
     return out
 
