@@ -752,3 +752,17 @@ def test_quoted_decimal_commas_in_a_comma_separated_file_are_numbers(tmp_path) -
         nf.io.read_table(tmp_path / "lo.csv")
     df = nf.io.read_table(tmp_path / "lo.csv", columns=["weight", "score"])
     assert df.to_numpy().tolist() == [[70.5, 4.5], [68.0, 3.0], [71.25, 5.0]]
+
+
+def test_a_header_less_whitespace_table_with_decimal_commas(tmp_path) -> None:
+    """"-0,8 0,2" splits on ',' into three fields on every line ("-0", "8 0", "2"): the comma
+    was taken as the separator, the first row as a header and the middle column as 39
+    categories, with exit 0. Comma files with text holding spaces keep the comma."""
+    (tmp_path / "w.txt").write_text("-0,8 0,2\n-1,7 0,7\n1,25 -3,5\n0,5 2,0\n")
+    df = nf.io.read_table(tmp_path / "w.txt")
+    assert list(df.columns) == ["x0", "x1"]
+    assert df.to_numpy().tolist() == [[-0.8, 0.2], [-1.7, 0.7], [1.25, -3.5], [0.5, 2.0]]
+    (tmp_path / "c.csv").write_text("city,n\nNew York,3\nSan Jose,5\nLima,2\n")
+    assert nf.io.read_table(tmp_path / "c.csv", categories=True).shape == (3, 2)
+    (tmp_path / "s.csv").write_text("1, 2, 3\n4, 5, 6\n")
+    assert nf.io.read_table(tmp_path / "s.csv").to_numpy().tolist() == [[1, 2, 3], [4, 5, 6]]

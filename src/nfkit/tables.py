@@ -279,10 +279,28 @@ def _separator(lines: list[str], suffix: str) -> str | None:
         counts = [len(_fields(line, sep)) for line in lines]
         modal = max(set(counts), key=counts.count) if counts else 0
         if modal > 1 and counts.count(modal) == len(counts):
+            if sep == "," and _whitespace_with_decimal_commas(lines):
+                continue  # "-0,8 0,2": columns of decimal commas, not fields "-0", "8 0", "2"
             return sep
         if modal > 1 and counts.count(modal) > best[0]:
             best = (counts.count(modal), sep)
     return best[1]
+
+
+def _whitespace_with_decimal_commas(lines: list[str]) -> bool:
+    """Whether ``lines`` are whitespace-separated numbers written with decimal commas (``-0,8
+    0,2``): a comma split leaves a field with inner whitespace, and every line splits on
+    whitespace into the same number (> 1) of numbers, plain or ``d,d``."""
+    if not any(re.search(r"\S\s+\S", f.strip()) for line in lines for f in line.split(",")):
+        return False
+    rows = [line.split() for line in lines]
+    number = re.compile(r"[-+]?(\d+,\d+|\d+)([eE][-+]?\d+)?")
+    return (
+        bool(rows)
+        and len(rows[0]) > 1
+        and all(len(r) == len(rows[0]) for r in rows)
+        and all(number.fullmatch(f) for r in rows for f in r)
+    )
 
 
 def _is_number(field: str, decimal: str = ".") -> bool:
