@@ -195,8 +195,8 @@ def check_support(
         value = _distinct(bad, x.dtype)
         # ends in more digits where the 6-digit ones would seem to hold the value (a float32
         # end: "(0.1, inf) (e.g. 0.1000000001)")
-        rounded = Interval(float(f"{domain.low:g}"), float(f"{domain.high:g}"), True)
-        shown_domain = domain.describe(precise=bool(rounded.contains(torch.tensor(float(value)))))
+        seems_inside = float(f"{domain.low:g}") <= float(value) <= float(f"{domain.high:g}")
+        shown_domain = domain.describe(precise=seems_inside)
         raise ValueError(
             f"{where}: {name} has values outside the support {shown_domain} (e.g. {value}){hint}"
         )

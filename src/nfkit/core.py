@@ -430,6 +430,23 @@ def _reads_context(modules: Sequence[nn.Module]) -> bool | None:
     return reads
 
 
+def blockwise(n: int, size: int, block: Callable[[int], Tensor]) -> Tensor:
+    """``torch.cat([block(i) for i in range(0, n, size)])``: the ``(n,)`` values of the blocks
+    of ``size`` rows starting at ``i``. Without autograd (outside ``torch.compile``) each block
+    is written into one output as it comes: kept in a list to the end, thousands of small
+    outputs between the blocks' freed intermediates fragmented glibc's heap, and the peak grew
+    with ``n`` (8M rows of a moons MAF: ~1 GB over the input, 37 MB this way). With autograd
+    the graph holds every block anyway."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.cat([block(i) for i in range(0, n, size)])
+    first = block(0)
+    out = first.new_empty(n)
+    out[: first.shape[0]] = first
+    for i in range(size, n, size):
+        out[i : i + size] = block(i)
+    return out
+
+
 class Flow(nn.Module):
     r"""A normalizing flow: the distribution of ``x = T⁻¹(z)`` with ``z ~ base``.
 
@@ -677,17 +694,7 @@ class Flow(nn.Module):
                 x[i : i + size], None if context is None else context[i : i + size]
             )
 
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # the graph holds each block
-            return torch.cat([block(i) for i in range(0, n, size)]).reshape(batch)
-        # Without autograd each block is written into one output as it comes: kept in a list,
-        # thousands of small outputs between the blocks' freed intermediates fragmented glibc's
-        # heap, and the peak grew with n (8M rows of a moons MAF: ~1 GB over the input, 37 MB now)
-        first = block(0)
-        out = first.new_empty(n)
-        out[: first.shape[0]] = first
-        for i in range(size, n, size):
-            out[i : i + size] = block(i)
-        return out.reshape(batch)
+        return blockwise(n, size, block).reshape(batch)
 
     def _sample_shape(self, where: str, shape_or_n: Any, context: Tensor | None) -> torch.Size:
         shape = _as_shape(shape_or_n, where)

@@ -17,11 +17,12 @@ Install the extra: ``pip install "nfkit[plot]"``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import torch
@@ -200,13 +201,28 @@ def _like(flow: Flow) -> dict[str, Any]:
     return {"dtype": dtype, "device": device}
 
 
+@contextlib.contextmanager
+def _forked_rng(flow: Flow, seed: int | None = None) -> Iterator[None]:
+    """torch's CPU generator and the flow's CUDA device's (no other: ``torch.manual_seed``
+    would reseed every GPU's) in a fork, seeded with ``seed`` when given: the figures leave
+    the global state as it was (the same state draws the same figure)."""
+    device = _like(flow)["device"]
+    cuda = []
+    if device is not None and device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
 def _samples(flow: Flow, n: int, context: Tensor | None) -> Tensor:
-    """``n`` draws (per context) as float64 rows, from torch's generator in a fork: the
-    global state is left as it was (the same state draws the same figure)."""
-    device = _like(flow)["device"]
-    cuda = [device] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    """``n`` draws (per context) as float64 rows, in a fork of torch's generators."""
+    with _forked_rng(flow):
         x = flow.sample(n, context)
     return x.reshape(-1, flow.event_shape[0]).double().cpu()
 
@@ -569,7 +585,7 @@ def layers(
     ``k`` inverse layers (the last panel is the model's samples). Points are coloured by their
     angle in the base, so one can follow them. At most ``max_panels`` panels (evenly spaced
     layers; the first and last always shown). Coordinates ``dims`` are drawn. ``seed`` fixes the
-    base samples without touching the global RNG (None: use it).
+    base samples (None: drawn from torch's current state); the global RNG is left as it was.
     """
     where = "nf.plot.layers"
     flow = _check_flow(where, flow)
@@ -586,16 +602,7 @@ def layers(
     parts = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
     ctx = flow._embed(_context(flow, context, where))
     like = _like(flow)
-    device = torch.device(like["device"])
-    cuda = []  # the flow's CUDA device: its generator forked and seeded too, no other one
-    if device.type == "cuda":
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-        if seed is not None:
-            torch.default_generator.manual_seed(seed)
-            for index in cuda:
-                with torch.cuda.device(index):
-                    torch.cuda.manual_seed(seed)
+    with _forked_rng(flow, seed):
         z = flow.base.sample((n,), ctx)
     hue = torch.atan2(z[:, j], z[:, i]) if d >= 2 else z[:, 0]
     # Grid lines in the base (2-D only): 9 lines each way over [-2.5, 2.5], or over the base's

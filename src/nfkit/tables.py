@@ -131,6 +131,8 @@ def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
 
 _SEPARATORS = ("\t", ";", "|", ",")  # tried in this order; "," last: it is also a decimal mark
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
+# a whole number or one with a decimal comma and digits after it (never "1," as in "1, 2")
+_PLAIN_OR_COMMA = re.compile(r"[-+]?(\d+,\d+|\d+)([eE][-+]?\d+)?")
 # a number with thousands separators: 13,210 or 1,234.5 (decimal point), 1.234,5 (decimal comma);
 # never a first group of 0 (0,126 is a decimal comma)
 _GROUPED = r"[-+]?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?|[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?)"
@@ -294,12 +296,11 @@ def _whitespace_with_decimal_commas(lines: list[str]) -> bool:
     if not any(re.search(r"\S\s+\S", f.strip()) for line in lines for f in line.split(",")):
         return False
     rows = [line.split() for line in lines]
-    number = re.compile(r"[-+]?(\d+,\d+|\d+)([eE][-+]?\d+)?")
     return (
         bool(rows)
         and len(rows[0]) > 1
         and all(len(r) == len(rows[0]) for r in rows)
-        and all(number.fullmatch(f) for r in rows for f in r)
+        and all(_PLAIN_OR_COMMA.fullmatch(f) for r in rows for f in r)
     )
 
 

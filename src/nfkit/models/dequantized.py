@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int, check_tensor, shown
-from nfkit.core import CHUNK_SIZE, Flow, Transform, _check_chunk, _check_values
+from nfkit.core import CHUNK_SIZE, Flow, Transform, _check_chunk, _check_values, blockwise
 
 __all__ = ["DequantizedFlow", "DRAWS"]
 
@@ -236,21 +236,15 @@ class DequantizedFlow(Flow):
             return x.new_zeros(batch)
         u = self._sobol(draws, x)  # (K, D)
         rows = x.shape[0] if size is None else max(1, size // draws)
-        # without autograd, blocks are written into one output (as Flow.log_prob does: a list
-        # of small blocks fragmented the heap and the peak grew with the rows)
-        joined = torch.is_grad_enabled() or torch.compiler.is_compiling()
-        parts, out = [], None if joined else x.new_empty(x.shape[0])
-        for i in range(0, x.shape[0], rows):
+
+        def block(i: int) -> Tensor:
             xi = x[i : i + rows]
             y = self._dequantize(xi.unsqueeze(0), u.unsqueeze(1)).reshape(-1, x.shape[-1])
             ci = None if context is None else context[i : i + rows].repeat(draws, 1)
             lp = self._chunked_log_prob(y, ci, size).reshape(draws, -1)
-            value = torch.logsumexp(lp, 0) + (self._log_cell - math.log(draws))
-            if out is None:
-                parts.append(value)
-            else:
-                out[i : i + rows] = value
-        return (torch.cat(parts) if out is None else out).reshape(batch)
+            return torch.logsumexp(lp, 0) + (self._log_cell - math.log(draws))
+
+        return blockwise(x.shape[0], rows, block).reshape(batch)
 
     def dequantized_log_prob(
         self, y: Tensor, context: Tensor | None = None, *, chunk_size: int | None = CHUNK_SIZE
