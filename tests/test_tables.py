@@ -766,3 +766,20 @@ def test_a_header_less_whitespace_table_with_decimal_commas(tmp_path) -> None:
     assert nf.io.read_table(tmp_path / "c.csv", categories=True).shape == (3, 2)
     (tmp_path / "s.csv").write_text("1, 2, 3\n4, 5, 6\n")
     assert nf.io.read_table(tmp_path / "s.csv").to_numpy().tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sep=;\na;b\n1,5;2\n2,5;3\n", [[1.5, 2.0], [2.5, 3.0]]),  # Excel, decimal commas
+        ("\ufeffSEP=,\r\na,b\r\n1.5,2\r\n2.5,3\r\n", [[1.5, 2.0], [2.5, 3.0]]),
+        ("sep=\t\na\tb\n1.5\t2\n2.5\t3\n", [[1.5, 2.0], [2.5, 3.0]]),
+        ("# units: m\nsep=|\na|b\n1.5|2\n2.5|3\n", [[1.5, 2.0], [2.5, 3.0]]),
+    ],
+)
+def test_spreadsheet_separator_line(tmp_path, text: str, expected: list) -> None:
+    """Excel's first line ``sep=;`` names the separator and is no row: it had been read as the
+    header (column ``sep=``), the real header as data and every column as categories, exit 0."""
+    (tmp_path / "t.csv").write_text(text, encoding="utf-8", newline="")
+    got = nf.tables.read_table(tmp_path / "t.csv")
+    assert list(got.columns) == ["a", "b"] and got.to_numpy().tolist() == expected

@@ -130,6 +130,7 @@ def write_table(df: Any, path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- text tables
 
 _SEPARATORS = ("\t", ";", "|", ",")  # tried in this order; "," last: it is also a decimal mark
+_EXCEL_SEP = re.compile(r" *sep=(\t|[^\s\w.\"']) *", re.IGNORECASE)  # spreadsheets' first line
 _DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*")
 # a whole number or one with a decimal comma and digits after it (never "1," as in "1, 2")
 _PLAIN_OR_COMMA = re.compile(r"[-+]?(\d+,\d+|\d+)([eE][-+]?\d+)?")
@@ -245,14 +246,16 @@ def _zstandard(path: Path) -> Any:
 
 def _sample_lines(
     path: Path, compression: str | None, limit: int = 50
-) -> tuple[list[str], list[str], int]:
+) -> tuple[list[str], list[str], int, str | None]:
     """The ``#`` comment lines at the top of a UTF-8 text file (a byte-order mark dropped), the
-    first ``limit`` non-blank lines after them, and how many lines the comments take, blank
-    lines among them included (what ``read_csv(skiprows=)`` skips). A ``#`` further down is
-    data."""
+    first ``limit`` non-blank lines after them, how many lines the comments take, blank lines
+    among them included (what ``read_csv(skiprows=)`` skips), and the separator named by a
+    spreadsheet's ``sep=;`` line before the table (skipped too; None without one). A ``#``
+    further down is data."""
     comments: list[str] = []
     lines: list[str] = []
     skip = 0
+    named: str | None = None
     with _open_text(path, compression) as f:
         for number, line in enumerate(f):
             if not line.strip():
@@ -262,10 +265,14 @@ def _sample_lines(
                 comments.append(line)
                 skip = number + 1
                 continue
+            excel = _EXCEL_SEP.fullmatch(line) if not lines and named is None else None
+            if excel:  # Excel's "sep=;" line: the separator, not a row
+                named, skip = excel.group(1), number + 1
+                continue
             lines.append(line)
             if len(lines) == limit:
                 break
-    return comments, lines, skip
+    return comments, lines, skip, named
 
 
 def _separator(lines: list[str], suffix: str) -> str | None:
@@ -335,8 +342,8 @@ def _text_format(path: Path, header: bool | None, compression: str | None) -> _T
     ``2,5``) and no number has a decimal point. A ``#`` comment names the columns when it fits
     them and no header row follows (:func:`_heads_numbers`).
     """
-    comments, body, skip = _sample_lines(path, compression)
-    sep = _separator(body, _table_format(path)[0])
+    comments, body, skip, named = _sample_lines(path, compression)
+    sep = named or _separator(body, _table_format(path)[0])
     rows = [_fields(line, sep) for line in body]
     cells = [f for row in rows for f in row]
     decimal = "."
