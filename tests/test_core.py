@@ -212,6 +212,18 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
             "min_width and min_height must be < 1/bins",
         ),
         (lambda: T.Affine(scale=0.0), "Affine: scale must be finite and nonzero"),
+        (lambda: T.Affine(shift=float("nan")), "Affine: shift must be finite"),
+        (
+            lambda: T.LeakyReLU(float("inf")),
+            "LeakyReLU: negative_slope must be a finite number > 0, got inf",
+        ),
+        (lambda: T.LULinear(3, eps=float("nan")), "LULinear: eps must be a finite number >= 0"),
+        (lambda: T.LULinear(3, eps=2.0), "LULinear: eps must be < 1, got 2.0"),
+        (
+            lambda: T.Permutation([1.7, 0.2]),
+            "perm must be a permutation of 0..D-1, got [1.7, 0.2]",
+        ),
+        (lambda: T.Reverse(dim=1), "Reverse: dim must be a negative integer (from the right)"),
         (lambda: nf.Flow(T.Tanh(), "normal"), "Flow: base must be"),
         (lambda: nf.models.build({"model": "Nope"}), "unknown model 'Nope'"),
         (

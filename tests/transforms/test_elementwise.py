@@ -13,6 +13,8 @@ import nfkit as nf
 from nfkit.distributions import StandardNormal
 from nfkit.transforms import Affine, Bounded, Logit, LogitPreprocess, Sigmoid, Softplus, Tanh
 
+T = nf.transforms
+
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -88,3 +90,16 @@ def test_tanh_and_softplus_stay_inside_their_open_ranges(dtype) -> None:
     for layer in (Tanh(), Softplus()):
         flow = nf.Flow(nf.Compose(layer.inv, Affine(0.0, 0.01)), StandardNormal(1)).to(dtype)
         assert torch.isfinite(flow.log_prob(flow.sample(1000))).all()
+
+
+def test_affine_keeps_the_dtype_of_its_tensors() -> None:
+    """A float64 ``shift`` stays float64 (it had been rounded to float32 at construction, and
+    ``.double()`` widened the rounded value: 1.5 nats off here); numbers take ``dtype=``."""
+    mu = torch.tensor([1.7e9 + 37.0], dtype=torch.float64)
+    sd = torch.tensor([10.0], dtype=torch.float64)
+    flow = nf.Flow(T.Affine(-mu / sd, 1 / sd), nf.distributions.StandardNormal(1)).double()
+    assert flow.transform.shift.item() == -170000003.7
+    expected = -0.5 * math.log(2 * math.pi) - math.log(10.0)
+    assert abs(flow.log_prob(mu[None]).item() - expected) < 1e-12
+    assert T.Affine(0.1, 3.0, dtype=torch.float64).shift.item() == 0.1
+    assert T.Affine(0.1, 3.0).shift.dtype == torch.get_default_dtype()

@@ -6,6 +6,7 @@ event (``event_dim`` rightmost dims, 1 by default).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import (
     Interval,
+    check_number,
     check_positive_int,
     positive,
     shown,
@@ -107,8 +109,13 @@ class Affine(_Pointwise):
     standardization stored in a fitted model.
 
     Args:
-        shift, scale: Tensors broadcastable to the event (``scale`` nonzero).
+        shift, scale: Finite tensors (or numbers) broadcastable to the event (``scale``
+            nonzero).
         trainable: Learn ``shift`` and ``log|scale|`` (sign fixed) instead of fixing them.
+        dtype: Of the buffers (or parameters). Default: the wider of the floating tensors
+            given (a float64 ``shift`` stays float64), else torch's default dtype; Python
+            numbers are rounded to it, so give ``dtype=torch.float64`` for a float64 flow
+            built from numbers (``.double()`` afterwards widens the rounded values).
     """
 
     def __init__(
@@ -118,10 +125,19 @@ class Affine(_Pointwise):
         *,
         trainable: bool = False,
         event_dim: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(event_dim)
-        shift_t = torch.as_tensor(shift, dtype=torch.get_default_dtype()).clone()
-        scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).clone()
+        if dtype is None:
+            floats = [
+                v.dtype for v in (shift, scale) if isinstance(v, Tensor) and v.is_floating_point()
+            ]
+            dtype = functools.reduce(torch.promote_types, floats) if floats else None
+        dtype = dtype or torch.get_default_dtype()
+        shift_t = torch.as_tensor(shift, dtype=dtype).clone()
+        scale_t = torch.as_tensor(scale, dtype=dtype).clone()
+        if not bool(torch.isfinite(shift_t).all()):
+            raise ValueError("Affine: shift must be finite")
         if not bool(torch.isfinite(scale_t).all()) or bool((scale_t == 0).any()):
             raise ValueError("Affine: scale must be finite and nonzero")
         self.register_buffer("sign", torch.sign(scale_t))
@@ -345,9 +361,7 @@ class LeakyReLU(_Pointwise):
 
     def __init__(self, negative_slope: float = 0.01, event_dim: int = 1) -> None:
         super().__init__(event_dim)
-        if not negative_slope > 0:
-            raise ValueError(f"LeakyReLU: negative_slope must be > 0, got {shown(negative_slope)}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_number("LeakyReLU", "negative_slope", negative_slope, 0.0)
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
         neg = x < 0

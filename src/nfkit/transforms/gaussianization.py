@@ -179,12 +179,14 @@ class MarginalGaussianization(Transform):
 
 
 class Rotation(Transform):
-    r"""Orthogonal map ``z = Q x`` with ``Q`` fitted by PCA or drawn at random (Haar).
+    r"""Orthogonal map ``z = Q x`` with ``Q`` fitted by PCA or drawn at random.
 
     ``fit(x)`` with ``method="pca"`` sets the rows of ``Q`` to the eigenvectors of the sample
     covariance of ``x``, in decreasing order of variance (signs fixed so each row's largest entry
-    is positive); with ``method="random"`` it draws ``Q`` uniformly on O(D) (QR of a Gaussian
-    matrix with sign correction) from a generator seeded by ``seed``, ignoring the data. Before
+    is positive); with ``method="random"`` it draws ``Q`` uniformly on O(D) up to its rows' signs
+    (QR of a Gaussian matrix with sign correction, then the rows' signs fixed as for PCA: Haar
+    for the axes the rows span, not for their orientation) from a generator seeded by
+    ``seed``, ignoring the data. Before
     ``fit`` the layer is the identity. ``Q`` is a buffer (no gradient).
 
     Args:

@@ -8,12 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import as_int, check_positive_int, shown
+from nfkit._checks import as_int, as_ints, check_number, check_positive_int, shown
 from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
 __all__ = ["Identity", "Permutation", "Reverse", "LULinear", "Householder", "InvConv1x1"]
+
+
+def _check_dim(where: str, dim: object) -> None:
+    """The permuted dim counts from the right (its event is the trailing ``-dim`` dims)."""
+    if as_int(dim) is None or dim >= 0:  # type: ignore[operator]
+        raise ValueError(
+            f"{where}: dim must be a negative integer (from the right), got {shown(dim)}"
+        )
 
 
 def _zeros_ladj(x: Tensor, event_dim: int) -> Tensor:
@@ -47,15 +55,14 @@ class Permutation(Transform):
             d = check_positive_int("Permutation", "features", perm)
             perm_t = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
         else:
-            perm_t = torch.as_tensor(perm, dtype=torch.long)
-        if perm_t.dim() != 1 or sorted(perm_t.tolist()) != list(range(len(perm_t))):
-            raise ValueError(
-                f"Permutation: perm must be a permutation of 0..D-1, got {perm_t.tolist()}"
-            )
-        if dim >= 0:
-            raise ValueError(
-                f"Permutation: dim must be negative (from the right), got {shown(dim)}"
-            )
+            # integers only: 1.7 is no index (it had been truncated to 1); arrays as lists
+            items = as_ints(perm.tolist() if hasattr(perm, "tolist") else perm)
+            if items is None or sorted(items) != list(range(len(items))):
+                raise ValueError(
+                    f"Permutation: perm must be a permutation of 0..D-1, got {shown(perm)}"
+                )
+            perm_t = torch.tensor(items, dtype=torch.long)
+        _check_dim("Permutation", dim)
         self.dim, self.event_dim = dim, -dim
         self.register_buffer("perm", perm_t)
         self.register_buffer("perm_inv", torch.argsort(perm_t))
@@ -76,6 +83,7 @@ class Reverse(Transform):
 
     def __init__(self, features: int | None = None, *, dim: int = -1) -> None:
         super().__init__()
+        _check_dim("Reverse", dim)
         self.dim, self.event_dim = dim, -dim
         # the size it was built for, checked (None: any size)
         self.features = (
@@ -113,6 +121,9 @@ class LULinear(Transform):
             raise ValueError(
                 f"LULinear: dim must be -1 (vectors) or -3 (image channels), got {shown(dim)}"
             )
+        eps = check_number("LULinear", "eps", eps, 0.0, inclusive=True)
+        if not eps < 1:  # the diagonal starts at 1: softplus(ŝ) = 1 - ε > 0
+            raise ValueError(f"LULinear: eps must be < 1, got {shown(eps)}")
         self.features, self.dim, self.event_dim, self.eps = d, dim, -dim, eps
         perm = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("permutation", torch.eye(d)[perm])
@@ -180,7 +191,10 @@ class Householder(Transform):
 
     Args:
         features: ``D``.
-        reflections: Number ``K`` of reflections (default ``D``, which reaches every rotation).
+        reflections: Number ``K`` of reflections (default ``D``). The product has determinant
+            ``(-1)^K``: ``K = D`` reaches every orthogonal matrix of that sign (Cartan–Dieudonné),
+            every rotation for even ``D``; for odd ``D`` take ``D - 1`` or ``D + 1`` for
+            rotations (the log-det is 0 either way).
     """
 
     def __init__(self, features: int, reflections: int | None = None, *, seed: int = 0) -> None:
