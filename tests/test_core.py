@@ -225,6 +225,27 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
         ),
         (lambda: T.Reverse(dim=1), "Reverse: dim must be a negative integer (from the right)"),
         (lambda: nf.Flow(T.Tanh(), "normal"), "Flow: base must be"),
+        (
+            lambda: nf.Flow(
+                T.Tanh(),
+                torch.distributions.Independent(
+                    torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1
+                ),
+            ),
+            "Flow: base must be an nf.distributions distribution (an nn.Module), got Indep",
+        ),
+        (
+            lambda: T.Coupling(2, T.PerColumnTransformer([T.AffineTransformer()], [0, 0, 0])),
+            "Coupling: the transformer is built for 3 columns (its assignment), but features=2",
+        ),
+        (
+            lambda: T.Elementwise(4, T.PerColumnTransformer([T.AffineTransformer()], [0, 0, 0])),
+            "Elementwise: the transformer is built for 3 columns",
+        ),
+        (
+            lambda: T.Autoregressive(4, T.PerColumnTransformer([T.AffineTransformer()], [0, 0])),
+            "Autoregressive: the transformer is built for 2 columns",
+        ),
         (lambda: nf.models.build({"model": "Nope"}), "unknown model 'Nope'"),
         (
             lambda: nf.models.RealNVP(2, max_log_scale=0.0),
@@ -651,6 +672,29 @@ def test_log_prob_or_minus_inf_scores_impossible_rows_minus_inf() -> None:
     assert nf.log_prob_or_minus_inf(flow, -q[1:2].abs()).tolist() == [-math.inf]
     with pytest.raises(ValueError, match="contains NaN"):
         nf.log_prob_or_minus_inf(flow, torch.full((1, 2), math.nan, dtype=torch.float64))
+
+
+def test_support_of_a_hand_built_chain_includes_its_inner_checked_layers() -> None:
+    """``Affine(scale=0.5)`` then ``Logit``: support (0, 2). ``in_support`` read the first
+    layer's domain only, so 3.0 was "inside", ``log_prob_or_minus_inf`` raised the chain's
+    inner error and an exported density gave NaN, not -inf."""
+    flow = nf.Flow(
+        nf.Compose(T.Affine(shift=0.0, scale=0.5), T.Logit()), nf.distributions.StandardNormal(1)
+    )
+    x = torch.tensor([[1.0], [3.0], [-0.5]])
+    assert flow.in_support(x).tolist() == [True, False, False]
+    lp = nf.log_prob_or_minus_inf(flow, x)
+    torch.testing.assert_close(lp[0], flow.log_prob(x[:1])[0])
+    assert lp[1:].tolist() == [-math.inf, -math.inf]
+    assert nf.export(flow).module()(x)[1:].tolist() == [-math.inf, -math.inf]
+    # a conditional layer before the checked one: the context maps x on the way
+    cond = nf.Flow(
+        nf.Compose(T.Elementwise(1, T.AffineTransformer(), context=2), T.Logit()),
+        nf.distributions.StandardNormal(1),
+    )
+    c = torch.randn(3, 2)
+    z = cond.transform.transforms[0](x, c)[0]
+    assert cond.in_support(x, c).tolist() == ((z > 0) & (z < 1)).flatten().tolist()
 
 
 def test_a_flow_with_a_context_that_no_layer_reads_is_refused() -> None:

@@ -402,6 +402,33 @@ def test_load_into_refuses_another_transformer_of_the_same_width(tmp_path) -> No
     assert nf.load(saved, into=same) is same
 
 
+class _Shift(nf.transforms.Transformer):
+    """A user's transformer as a plain class (no dataclass, no repr of its own)."""
+
+    num_params = property(lambda self: 1)
+
+    def forward(self, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + p[..., 0], torch.zeros_like(x)
+
+    def inverse(self, z: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z - p[..., 0], torch.zeros_like(z)
+
+
+def test_load_into_a_flow_with_a_plain_class_transformer(tmp_path) -> None:
+    """The outline held the transformer's default repr with its memory address, so such a
+    flow's file never loaded (not even into a rebuild in the same process)."""
+    t = nf.transforms
+
+    def build() -> nf.Flow:
+        return nf.Flow(t.Coupling(2, _Shift(), hidden=(8,)), nf.distributions.StandardNormal(2))
+
+    flow = nf.testing.perturb_parameters(build(), 0.3)
+    saved = nf.save(flow, tmp_path / "s.pt")
+    loaded = nf.load(saved, into=build())
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x), rtol=0, atol=0)
+
+
 def test_damaged_or_poisoned_model_files_are_refused_without_touching_into(tmp_path) -> None:
     """NaN/inf weights, a bad header field or a deeply nested config: one line each; a failed
     load(into=) leaves the flow as it was (it was converted to the file's dtype and half

@@ -45,6 +45,8 @@ class Doubling(nf.Transform):
         ladj = torch.full(z.shape[:-1], -z.shape[-1] * math.log(2.0), dtype=z.dtype)
         if self.broken.get("symmetry"):
             ladj = -ladj
+        if self.broken.get("inverse_sum_over_dim_1"):  # right at (n, D) alone
+            ladj = (-math.log(2.0) * torch.ones_like(z)).sum(1)
         return x, ladj
 
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -84,6 +86,55 @@ def test_check_transform_tries_other_batch_shapes() -> None:
         match=r"^Doubling: at batch shape \(2, 4\) ladj has shape \(2, 3\), expected",
     ):
         check_transform(Doubling(sum_over_dim_1=True), torch.randn(8, 3, dtype=torch.float64))
+    with pytest.raises(  # the inverse's too (sample_and_log_prob at other shapes: 3.6 nats off)
+        AssertionError,
+        match=r"^Doubling: at batch shape \(2, 4\) the inverse gives x of shape \(2, 4, 3\) "
+        r"and ladj of shape \(2, 3\)",
+    ):
+        check_transform(
+            Doubling(inverse_sum_over_dim_1=True), torch.randn(8, 3, dtype=torch.float64)
+        )
+
+
+class _SinhWithWrongBackward(torch.autograd.Function):
+    """``sinh`` whose hand-written backward uses a wrong derivative ``cosh x + 0.05 x²``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return torch.sinh(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        return g * _wrong_slope(x)
+
+
+def _wrong_slope(x: Tensor) -> Tensor:
+    return torch.cosh(x) + 0.05 * x * x
+
+
+class _Sinh(nf.Transform):
+    """A log-det built to match the wrong backward: (c)'s autograd Jacobian agrees with it."""
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return _SinhWithWrongBackward.apply(x), _wrong_slope(x).log().sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = torch.asinh(z)
+        return x, -_wrong_slope(x).log().sum(-1)
+
+
+def test_check_transform_catches_a_wrong_hand_written_backward() -> None:
+    """The forward value's gradient in x against central differences: (c) reads autograd's
+    Jacobian, so a wrong backward with a log-det to match passed (0.15 nats off)."""
+    x = 2 * torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        AssertionError, match=r"^_Sinh: the forward value's gradient with respect to x differs"
+    ):
+        check_transform(_Sinh(), x)
+    with pytest.raises(AssertionError, match="forward value's gradient with respect to x"):
+        check_flow(_flow(_Sinh()))
 
 
 class Scaling(nf.Transform):
@@ -255,6 +306,22 @@ def test_check_flow_catches(transform: nf.Transform, message: str) -> None:
         check_flow(_flow(transform), jacobian=False)  # the flow's own checks
     with pytest.raises(AssertionError):  # check_transform too (perhaps first)
         check_flow(_flow(transform))
+
+
+def test_check_flow_leaves_the_flow_alone_and_checks_batch_coupled_layers_in_eval() -> None:
+    """A fresh flow with ActNorm (train mode, waiting for its data-dependent init) passes, and
+    is left waiting: the check had initialized it from the base's draws (a later nf.fit then
+    skipped the init) and failed, blaming sample_and_log_prob."""
+    torch.manual_seed(0)
+    T = nf.transforms
+    flow = nf.Flow(
+        nf.Compose(T.ActNorm(2), T.Coupling(2, T.AffineTransformer(), hidden=(4,))),
+        nf.distributions.StandardNormal(2),
+    ).double()
+    check_flow(flow)
+    actnorm = flow.transform.transforms[0]
+    assert flow.training and actnorm._needs_init and not bool(actnorm.initialized)
+    assert all(p.grad is None for p in flow.parameters())
 
 
 def test_check_flow_checks_its_transform() -> None:

@@ -425,7 +425,7 @@ def _outside_support(
     table's row of each, default their order) and how many there are, then ``hint``."""
     import torch
 
-    inside = flow.in_support(x) if torch.isfinite(x).all() else None  # NaN: log_prob's error
+    inside = flow.in_support(x, c) if torch.isfinite(x).all() else None  # NaN: log_prob's error
     outside = 0 if inside is None else int((~inside).sum())
     if outside and hint is not None:
         first = int(torch.argmin(inside.long()))

@@ -205,6 +205,25 @@ class Compose(Transform):
     def domain(self) -> Interval:  # type: ignore[override]
         return self.transforms[0].domain  # read live: a loaded layer may move its ends
 
+    def inner_support(self, x: Tensor, context: Tensor | None, batch: int) -> Tensor | None:
+        """Whether each event's input to every inner-checked layer (see ``__init__``) lies in
+        that layer's domain, ``x`` mapped by the layers before it (no autograd): a bool tensor
+        of the batch (``batch`` leading dims of ``x``), or None where no layer is checked."""
+        checks = self.__dict__.get("_inner_checks", ())
+        if not any(checks):
+            return None
+        last = max(i for i, check in enumerate(checks) if check)
+        events = x.dim() - batch  # (a context may broadcast more batch dims on the way)
+        inside: Tensor | None = None
+        with torch.no_grad():
+            for i, t in enumerate(self.transforms[: last + 1]):
+                if checks[i]:
+                    ok = t.domain.contains(x).flatten(x.dim() - events).all(-1)
+                    inside = ok if inside is None else inside & ok
+                if i < last:
+                    x = t(x, context)[0]
+        return inside
+
     @property
     def codomain(self) -> Interval:  # type: ignore[override]
         return self.transforms[-1].codomain
@@ -501,9 +520,14 @@ class Flow(nn.Module):
             raise TypeError(
                 f"Flow: transform must be an nf.Transform, got {type(transform).__name__}"
             )
-        if not hasattr(base, "event_shape") or not hasattr(base, "rsample"):
+        if not (
+            isinstance(base, nn.Module)
+            and hasattr(base, "event_shape")
+            and hasattr(base, "rsample")
+        ):  # (a torch.distributions object: another log_prob signature, and no .to())
             raise TypeError(
-                f"Flow: base must be an nf.distributions distribution, got {type(base).__name__}"
+                f"Flow: base must be an nf.distributions distribution (an nn.Module), got "
+                f"{type(base).__name__}"
             )
         if transform.event_dim > len(base.event_shape):
             raise ValueError(
@@ -617,13 +641,19 @@ class Flow(nn.Module):
                 "number of features"
             )
 
-    def in_support(self, x: Tensor) -> Tensor:
+    def in_support(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Which events of ``x`` ``(*batch, *event)`` lie in the flow's support (every
-        coordinate inside :attr:`Transform.domain` of the first layer): a bool tensor
+        coordinate inside :attr:`Transform.domain` of the first layer, and, in a hand-built
+        :class:`Compose` whose later layer's domain the one before does not guarantee, that
+        layer's input inside its domain: ``x`` is mapped there, with ``context``): a bool tensor
         ``(*batch,)``. :meth:`log_prob` refuses an event outside (its density is 0); see
         :func:`log_prob_or_minus_inf` to score it ``-inf`` instead. NaN is not inside."""
-        inside = self.transform.domain.contains(x)
-        return inside.flatten(x.dim() - len(self.event_shape)).all(-1)
+        batch = x.dim() - len(self.event_shape)
+        inside = self.transform.domain.contains(x).flatten(batch).all(-1)
+        if isinstance(self.transform, Compose):
+            inner = self.transform.inner_support(x, self._embed(context), batch)
+            inside = inside if inner is None else inside & inner
+        return inside
 
     def log_prob(
         self, x: Tensor, context: Tensor | None = None, *, chunk_size: int | None = CHUNK_SIZE
@@ -829,7 +859,7 @@ def log_prob_or_minus_inf(
     rows that include impossible ones. NaN and shape errors are still raised. The outside rows
     are scored at the first inside row (a ``where``, no boolean indexing), then replaced."""
     flow._check_x("Flow.log_prob", x, context, support=False)  # all but the support
-    inside = flow.in_support(x)
+    inside = flow.in_support(x, context)
     if not bool(inside.any()):
         batch = x.shape[: x.dim() - len(flow.event_shape)]
         if context is not None:

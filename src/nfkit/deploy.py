@@ -36,7 +36,9 @@ class _Density(nn.Module):
         # there: a circular spline wraps an angle beyond its range to a finite, wrong value);
         # a NaN input stays NaN
         events = len(self.flow.event_shape)
-        counted = self.flow.in_support(x) | torch.isnan(x).flatten(x.dim() - events).any(-1)
+        counted = self.flow.in_support(x, context) | torch.isnan(x).flatten(x.dim() - events).any(
+            -1
+        )
         return torch.where(counted, log_p, torch.full_like(log_p, -math.inf))
 
 

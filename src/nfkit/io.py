@@ -419,7 +419,7 @@ def _state_as_in_eval(flow: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _outline(flow: torch.nn.Module) -> list[str]:
     """Every submodule as ``"name: Class"``, with ``" [transformer]"`` (its repr: class and
-    settings) for a module that holds an elementwise transformer (a dataclass, not a
+    settings; the ``at 0x…`` of an object without its own repr dropped) for a module that holds an elementwise transformer (a dataclass, not a
     submodule, whose kind and settings the weights alone do not tell): what a weights-only
     file checks its target against."""
     from nfkit.transforms.transformers import Transformer
@@ -428,8 +428,8 @@ def _outline(flow: torch.nn.Module) -> list[str]:
     for name, m in flow.named_modules():
         entry = f"{name or '.'}: {type(m).__qualname__}"
         transformer = getattr(m, "transformer", None)
-        if isinstance(transformer, Transformer):
-            entry += f" [{transformer!r}]"
+        if isinstance(transformer, Transformer):  # (no memory address: object's own repr)
+            entry += f" [{re.sub(r' at 0x[0-9a-fA-F]+>', '>', repr(transformer))}]"
         out.append(entry)
     return out
 

@@ -8,6 +8,7 @@ checklist on a whole :class:`~nfkit.Flow`. Use float64 inputs for tight toleranc
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable
 
@@ -90,15 +91,17 @@ def check_transform(
     (e) ``inverse_value(z)`` (no autograd; and under ``torch.inference_mode()``, as
     :meth:`~nfkit.Flow.sample` runs it, unless :attr:`~nfkit.Transform.autograd_inside`)
     equals ``inverse(z)[0]``; (e') for rows ``x (n, *event)`` (and a transform whose values
-    do not depend on the batch), ``forward`` at batch shapes ``(2, n/2)`` and ``()`` (one event)
-    gives the same values with that batch shape (a log-det summed over ``dim=1`` instead of
-    the event is right at ``(n, D)`` alone); (f) with ``parameters`` (float64 only), the gradients with
+    do not depend on the batch), ``forward`` and ``inverse`` at batch shapes ``(2, n/2)`` and
+    ``()`` (one event) give the same values with that batch shape (a log-det summed over
+    ``dim=1`` instead of the event is right at ``(n, D)`` alone); (f) with ``parameters`` (float64 only), the gradients with
     respect to the transform's parameters: along a random direction ``v``, the autograd
     derivative of ``Σ r·z``, ``Σ ladj`` (forward), ``Σ r'·x`` and ``Σ ladj_inverse`` (inverse
     at the fixed ``z``; ``r, r'`` random), each on its own, equals the central difference
     ``(f(θ + εv) - f(θ - εv)) / 2ε`` (each evaluation with the same random seed): a log-det or an inverse whose
     value is right but whose graph is cut from a parameter (``.detach()``, a ``.data`` read)
-    trains the wrong objective, and (b)–(e) cannot see it.
+    trains the wrong objective, and (b)–(e) cannot see it; the same along a direction of the
+    inputs (``x``, ``z``, the context), which also tests a hand-written backward of the
+    forward's value, on which (c)'s Jacobian relies.
     Returns the largest errors seen, for reporting.
     """
     try:
@@ -218,8 +221,8 @@ def _check_other_batch_shapes(
     atol_ladj: float,
 ) -> None:
     """(a) for rows ``x (n, *event)`` also at two other batch shapes, ``(2, n/2)`` and one
-    event ``x[0]``: the same values with the batch shape kept (a log-det summed over ``dim=1``
-    rather than the event passes at ``(n, D)`` alone). Skipped for a batch-coupled layer (its
+    event ``x[0]``: the same values with the batch shape kept, in both directions (a log-det
+    summed over ``dim=1`` rather than the event passes at ``(n, D)`` alone). Skipped for a batch-coupled layer (its
     values depend on the batch) and for other inputs."""
     event_dim = t.event_dim
     if x.dim() - event_dim != 1 or _batch_coupled(t) or x.shape[0] < 2:
@@ -240,14 +243,18 @@ def _check_other_batch_shapes(
             )
         _close(name, f"z at batch shape {tuple(batch)}", zb.reshape(z[:rows].shape), z[:rows],
                atol, rtol=atol)  # fmt: skip
-        xb_back = t.inverse(zb, cb)[0]  # the inverse keeps the batch shape too
-        if tuple(xb_back.shape) != tuple(xb.shape):
-            raise AssertionError(
-                f"{name}: at batch shape {tuple(batch)} the inverse gives x of shape "
-                f"{tuple(xb_back.shape)}, expected {tuple(xb.shape)}"
-            )
         _close(name, f"ladj at batch shape {tuple(batch)}", lb.reshape(-1), ladj[:rows],
                atol_ladj, rtol=atol_ladj)  # fmt: skip
+        xb_back, lb_inv = t.inverse(zb, cb)  # the inverse keeps the batch shape too
+        if tuple(xb_back.shape) != tuple(xb.shape) or tuple(lb_inv.shape) != tuple(batch):
+            raise AssertionError(
+                f"{name}: at batch shape {tuple(batch)} the inverse gives x of shape "
+                f"{tuple(xb_back.shape)} and ladj of shape {tuple(lb_inv.shape)}, expected "
+                f"{tuple(xb.shape)} and {tuple(batch)}"
+            )
+        _close(name, f"inverse(z) at batch shape {tuple(batch)}", xb_back, xb, atol, rtol=atol)
+        _close(name, f"ladj of the inverse at batch shape {tuple(batch)}", lb_inv.reshape(-1),
+               -ladj[:rows], atol_ladj, rtol=atol_ladj)  # fmt: skip
 
 
 def _seeded(run: Callable[[], Tensor], seed: int, devices: list) -> Tensor:
@@ -336,11 +343,13 @@ def _check_parameter_gradients(
 def _check_input_gradients(
     name: str, t: Transform, x: Tensor, z: Tensor, context: Tensor | None, atol: float
 ) -> float:
-    """(f) for the inputs: the forward's log-det in ``x``, the inverse's value and log-det in
-    ``z``, and all four in the context: autograd against central differences along a random
-    direction (the value of the forward in ``x`` is (c)'s Jacobian). A log-det cut from its
-    input (``x.detach()``) or from the context passed every other check and trained a layer in
-    front of it (or an embedding network) on the wrong gradient. The largest relative gap."""
+    """(f) for the inputs: the forward's value and log-det in ``x``, the inverse's value and
+    log-det in ``z``, and all four in the context: autograd against central differences along
+    a random direction. A log-det cut from its input (``x.detach()``) or from the context
+    passed every other check and trained a layer in front of it (or an embedding network) on
+    the wrong gradient; a hand-written backward of the forward's value is also what (c)'s
+    Jacobian reads, so a wrong one passed (c) with a log-det built to match it. The largest
+    relative gap."""
     g = torch.Generator().manual_seed(1)
 
     def draw(like: Tensor) -> Tensor:
@@ -348,6 +357,7 @@ def _check_input_gradients(
 
     r_z, r_x = draw(z), draw(x)
     runs: list[tuple[str, str, Callable[[Tensor, Tensor | None], Tensor]]] = [
+        ("forward value", "x", lambda a, c: (r_z * t(a, c)[0]).sum()),
         ("forward log-det", "x", lambda a, c: t(a, c)[1].sum()),
         ("inverse value", "z", lambda a, c: (r_x * t.inverse(a, c)[0]).sum()),
         ("inverse log-det", "z", lambda a, c: t.inverse(a, c)[1].sum()),
@@ -407,7 +417,15 @@ def check_flow(
     With ``jacobian``, also :func:`check_transform` on the flow's transform at a few of its own
     samples (embedded context; inverse to ``atol_inverse``, parameter and input gradients
     in float64).
+
+    The checks run on a copy of ``flow``, which is left as it was (its gradients, an
+    ``ActNorm``'s pending initialization, a ``BatchNorm``'s running statistics); a copy whose
+    layers couple the rows of a batch in train mode (:attr:`~nfkit.Transform.batch_coupled`)
+    is checked in eval mode, where a density does not depend on the other rows.
     """
+    flow = copy.deepcopy(flow)
+    if _batch_coupled(flow):
+        flow.eval()
     name = flow.config.get("model", type(flow).__name__)
     event = tuple(flow.event_shape)
     batch = () if context is None else tuple(context.shape[:-1])

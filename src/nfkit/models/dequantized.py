@@ -170,14 +170,14 @@ class DequantizedFlow(Flow):
         # the checks of the flow's own support, at each cell's centre (inside it when v is)
         super()._check_x(where, x + 0.5 * self.discrete.to(x.dtype), context, names, support)
 
-    def in_support(self, x: Tensor) -> Tensor:
+    def in_support(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """As :meth:`Flow.in_support`, and the discrete columns hold integers within their
         range: ``(*batch,)`` bool."""
         low, high = self._ends(x)
         v = x[..., self.discrete_columns]
         lo, hi = low[self.discrete_columns], high[self.discrete_columns] - 1
         cells = ((v == torch.floor(v)) & (v >= lo) & (v <= hi)).all(-1)
-        return cells & super().in_support(x + 0.5 * self.discrete.to(x.dtype))
+        return cells & super().in_support(x + 0.5 * self.discrete.to(x.dtype), context)
 
     def check_cells(self, where: str, x: Tensor, name: str = "x") -> None:
         """Raise a one-line ``ValueError`` unless the discrete columns of ``x`` ``(*batch, D)``

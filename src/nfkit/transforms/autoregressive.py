@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, shown
+from nfkit._checks import check_positive_int
 from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.made import MADE
-from nfkit.transforms.transformers import Transformer
+from nfkit.transforms.transformers import Transformer, check_transformer
 
 __all__ = ["Autoregressive"]
 
@@ -68,10 +68,7 @@ class Autoregressive(Transform):
     ) -> None:
         super().__init__()
         self.features = check_positive_int("Autoregressive", "features", features)
-        if not isinstance(transformer, Transformer):
-            raise TypeError(
-                f"Autoregressive: transformer must be a Transformer, got {shown(transformer)}"
-            )
+        check_transformer("Autoregressive", transformer, self.features)
         self.transformer = transformer
         self.domain = self.codomain = transformer.domain
         self.made = MADE(

@@ -17,7 +17,7 @@ from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
 from nfkit.transforms.functional import sum_event
-from nfkit.transforms.transformers import Transformer
+from nfkit.transforms.transformers import Transformer, check_transformer
 
 __all__ = ["Coupling", "MLPConditioner", "alternating_mask"]
 
@@ -111,10 +111,7 @@ class Coupling(Transform):
                 "Coupling: needs features >= 2 (use Elementwise for D = 1; with a context, "
                 "Elementwise(..., context=C))"
             )
-        if not isinstance(transformer, Transformer):
-            raise TypeError(
-                f"Coupling: transformer must be a Transformer, got {shown(transformer)}"
-            )
+        check_transformer("Coupling", transformer, features)
         mask_t = (
             alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         )

@@ -31,7 +31,7 @@ from nfkit.transforms.functional import (
     interval_sigmoid,
     sum_event,
 )
-from nfkit.transforms.transformers import Transformer
+from nfkit.transforms.transformers import Transformer, check_transformer
 
 __all__ = [
     "Affine",
@@ -400,10 +400,7 @@ class Elementwise(Transform):
     ) -> None:
         super().__init__()
         self.features = check_positive_int("Elementwise", "features", features)
-        if not isinstance(transformer, Transformer):
-            raise TypeError(
-                f"Elementwise: transformer must be a Transformer, got {shown(transformer)}"
-            )
+        check_transformer("Elementwise", transformer, self.features)
         self.transformer = transformer
         self.domain = self.codomain = transformer.domain
         init = transformer.initial_params().expand(features, -1).reshape(-1)  # (P,) or (D, P)

@@ -58,6 +58,12 @@ class Transformer(abc.ABC):
         :class:`PerColumnTransformer` that mixes angles and other quantities."""
         return None
 
+    @property
+    def columns(self) -> int | None:
+        """How many columns it is built for (a :class:`PerColumnTransformer`'s assignment);
+        None: any number."""
+        return None
+
     def initial_params(self) -> Tensor:
         """The raw parameters ``(P,)`` (float64) every element starts from: the bias of the
         conditioner's zero-initialized output layer in ``Coupling`` and ``Autoregressive``, the
@@ -85,6 +91,19 @@ class Transformer(abc.ABC):
     def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
         """``inverse(z, params)[0]``: overridden where the log-det costs extra work."""
         return self.inverse(z, params)[0]
+
+
+def check_transformer(where: str, transformer: object, features: int) -> Transformer:
+    """``transformer`` if it is a :class:`Transformer` for ``features`` columns (any, or as many
+    as its assignment names), else a one-line error naming ``where``."""
+    if not isinstance(transformer, Transformer):
+        raise TypeError(f"{where}: transformer must be a Transformer, got {shown(transformer)}")
+    if transformer.columns is not None and transformer.columns != features:
+        raise ValueError(
+            f"{where}: the transformer is built for {transformer.columns} columns (its "
+            f"assignment), but features={features}"
+        )
+    return transformer
 
 
 @dataclass(frozen=True)
@@ -344,6 +363,10 @@ class PerColumnTransformer(torch.nn.Module, Transformer):
             tuple(float(d.high) for d in domains),  # type: ignore[arg-type]
             tuple(bool(d.closed) for d in domains),
         )
+
+    @property
+    def columns(self) -> int:
+        return len(self.assignment)
 
     @property
     def period(self) -> float | tuple[float | None, ...] | None:
