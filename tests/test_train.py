@@ -177,6 +177,10 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
         r"got steps=50 on 450 rows",
     ):  # fmt: skip
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**kwargs, "steps": 50})
+    # eval_every left to its default (steps // 20): the steps are named, not eval_every=3
+    derived = {k: v for k, v in kwargs.items() if k != "eval_every"}
+    with pytest.raises(ValueError, match=r"was made with steps=40 on 450 training rows; got steps=60"):
+        nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**derived, "steps": 60})
     with pytest.raises(ValueError, match=r"ckpt.pt' was made on other training data \(the "):
         nf.fit(copy.deepcopy(initial), x * 100, checkpoint=path, resume=True, **kwargs)
     other = nf.models.MAF(2, transforms=1, hidden=(8,))

@@ -134,7 +134,8 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     r"""The 1797 8×8 handwritten digits bundled with scikit-learn (no download), dequantized.
 
     Each pixel is an integer ``v ∈ {0, …, 16}``; it becomes ``x = (v + u) / 17`` with
-    ``u ~ U(0, 1)``, so ``x ∈ (0, 1)^64`` and a density ``p(x)`` gives a discrete log-likelihood
+    ``u ~ U(0, 1)``, so ``x ∈ (0, 1)^64`` (also after rounding to the default dtype: a
+    value that rounds onto an end is put one ulp inside) and a density ``p(x)`` gives a discrete log-likelihood
     bound ``log P(v) ≥ log p(x) - 64 log 17`` (uniform dequantization, Theis et al. 2016).
 
     Args:
@@ -152,4 +153,11 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     x = (v + torch.rand(v.shape, generator=g, dtype=torch.float64)) / 17.0
     x = x[torch.randperm(len(x), generator=g)]
     n_test = min(len(x) - 1, max(1, round(test_fraction * len(x))))  # a row on each side
-    return _out(x[n_test:]), _out(x[:n_test])
+    return _inside_unit(_out(x[n_test:])), _inside_unit(_out(x[:n_test]))
+
+
+def _inside_unit(x: Tensor) -> Tensor:
+    """``x`` kept strictly inside (0, 1) in its dtype: ``(16 + u) / 17`` with ``u`` within half
+    a float32 ulp of 1 rounds to 1.0 in float32 (about one seed in 200 of ``digits``)."""
+    one = torch.ones((), dtype=x.dtype)
+    return x.clamp(torch.finfo(x.dtype).tiny, torch.nextafter(one, one - 1).item())

@@ -841,6 +841,8 @@ def _restore(
     made_with = state.get("settings") or {}  # older checkpoints: not recorded
     # (before the data: another val_fraction splits off other training rows, and is named)
     changed = [k for k, v in settings.items() if k in made_with and made_with[k] != v]
+    if int(state["steps"]) != steps and "eval_every" in changed:
+        changed.remove("eval_every")  # by default derived from steps: steps is named below
     if changed:
         was = ", ".join(f"{k}={made_with[k]!r}" for k in changed)
         now = ", ".join(f"{k}={settings[k]!r}" for k in changed)

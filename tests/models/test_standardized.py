@@ -221,7 +221,9 @@ def test_given_angles_are_read_as_cos_sin_pairs() -> None:
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.log_prob(x[:5], c[:5]), flow.log_prob(x[:5], c[:5]))
     for angles, inner_context, message in (
-        ([1], 2, "context angle column 1 is out of range for 1 context columns"),
+        # (a context of 2 columns and an inner flow of 2: it named the context as wrong)
+        ([1], 2, r"the context has 2 columns, 1 of them angles .* the flow needs 3 context "
+         r"features \(C \+ A\); it takes 2"),  # fmt: skip
         ([0, 1], 2, r"needs C \+ 2 context features for C context columns; it takes 2"),
         (["speed"], 3, "must name context columns .* the context columns are 'temp', 'wind'"),
         ({1: (360, 0)}, 3, "needs one finite range low < high"),

@@ -537,6 +537,13 @@ def standardize(
             f"flow needs C + {len(angle_ranges)} context features for C context columns; it "
             f"takes {flow.context_features}"
         )
+    width = getattr(context, "shape", (0,))[-1] if angle_ranges and context is not None else ctx
+    if width != ctx:  # (the width check further on would blame the data, naming ctx)
+        raise ValueError(
+            f"{where}: the context has {width} columns, {len(angle_ranges)} of them angles read "
+            f"as (cos, sin) pairs: the flow needs {width + len(angle_ranges)} context features "
+            f"(C + A); it takes {flow.context_features}"
+        )
     if any(j >= ctx for j in angle_ranges):
         raise ValueError(
             f"{where}: context angle column {max(angle_ranges)} is out of range for {ctx} "
