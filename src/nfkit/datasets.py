@@ -135,7 +135,8 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
 
     Each pixel is an integer ``v ∈ {0, …, 16}``; it becomes ``x = (v + u) / 17`` with
     ``u ~ U(0, 1)``, so ``x ∈ (0, 1)^64`` (also after rounding to the default dtype: a
-    value that rounds onto an end is put one ulp inside) and a density ``p(x)`` gives a discrete log-likelihood
+    value that rounds onto an end is put one ulp inside) and a density ``p(x)`` gives a
+    discrete log-likelihood
     bound ``log P(v) ≥ log p(x) - 64 log 17`` (uniform dequantization, Theis et al. 2016).
 
     Args:

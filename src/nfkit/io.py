@@ -419,9 +419,9 @@ def _state_as_in_eval(flow: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _outline(flow: torch.nn.Module) -> list[str]:
     """Every submodule as ``"name: Class"``, with ``" [transformer]"`` (its repr: class and
-    settings; the ``at 0x…`` of an object without its own repr dropped) for a module that holds an elementwise transformer (a dataclass, not a
-    submodule, whose kind and settings the weights alone do not tell): what a weights-only
-    file checks its target against."""
+    settings; the ``at 0x…`` of an object without its own repr dropped) for a module that holds an
+    elementwise transformer (a dataclass, not a submodule, whose kind and settings the weights
+    alone do not tell): what a weights-only file checks its target against."""
     from nfkit.transforms.transformers import Transformer
 
     out = []

@@ -93,15 +93,15 @@ def check_transform(
     equals ``inverse(z)[0]``; (e') for rows ``x (n, *event)`` (and a transform whose values
     do not depend on the batch), ``forward`` and ``inverse`` at batch shapes ``(2, n/2)`` and
     ``()`` (one event) give the same values with that batch shape (a log-det summed over
-    ``dim=1`` instead of the event is right at ``(n, D)`` alone); (f) with ``parameters`` (float64 only), the gradients with
-    respect to the transform's parameters: along a random direction ``v``, the autograd
-    derivative of ``Σ r·z``, ``Σ ladj`` (forward), ``Σ r'·x`` and ``Σ ladj_inverse`` (inverse
-    at the fixed ``z``; ``r, r'`` random), each on its own, equals the central difference
-    ``(f(θ + εv) - f(θ - εv)) / 2ε`` (each evaluation with the same random seed): a log-det or an inverse whose
-    value is right but whose graph is cut from a parameter (``.detach()``, a ``.data`` read)
-    trains the wrong objective, and (b)–(e) cannot see it; the same along a direction of the
-    inputs (``x``, ``z``, the context), which also tests a hand-written backward of the
-    forward's value, on which (c)'s Jacobian relies.
+    ``dim=1`` instead of the event is right at ``(n, D)`` alone); (f) with ``parameters`` (float64
+    only), the gradients with respect to the transform's parameters: along a random direction
+    ``v``, the autograd derivative of ``Σ r·z``, ``Σ ladj`` (forward), ``Σ r'·x`` and ``Σ
+    ladj_inverse`` (inverse at the fixed ``z``; ``r, r'`` random), each on its own, equals the
+    central difference ``(f(θ + εv) - f(θ - εv)) / 2ε`` (each evaluation with the same random
+    seed): a log-det or an inverse whose value is right but whose graph is cut from a parameter
+    (``.detach()``, a ``.data`` read) trains the wrong objective, and (b)–(e) cannot see it; the
+    same along a direction of the inputs (``x``, ``z``, the context), which also tests a
+    hand-written backward of the forward's value, on which (c)'s Jacobian relies.
     Returns the largest errors seen, for reporting.
     """
     try:
@@ -222,7 +222,8 @@ def _check_other_batch_shapes(
 ) -> None:
     """(a) for rows ``x (n, *event)`` also at two other batch shapes, ``(2, n/2)`` and one
     event ``x[0]``: the same values with the batch shape kept, in both directions (a log-det
-    summed over ``dim=1`` rather than the event passes at ``(n, D)`` alone). Skipped for a batch-coupled layer (its
+    summed over ``dim=1`` rather than the event passes at ``(n, D)`` alone). Skipped for a
+    batch-coupled layer (its
     values depend on the batch) and for other inputs."""
     event_dim = t.event_dim
     if x.dim() - event_dim != 1 or _batch_coupled(t) or x.shape[0] < 2:

@@ -192,9 +192,9 @@ class Householder(Transform):
     Args:
         features: ``D``.
         reflections: Number ``K`` of reflections (default ``D``). The product has determinant
-            ``(-1)^K``: ``K = D`` reaches every orthogonal matrix of that sign (Cartan–Dieudonné),
-            every rotation for even ``D``; for odd ``D`` take ``D - 1`` or ``D + 1`` for
-            rotations (the log-det is 0 either way).
+            ``(-1)^K``: ``K = D`` reaches every orthogonal matrix of that sign
+            (Cartan–Dieudonné), every rotation for even ``D``; for odd ``D`` take ``D - 1`` or
+            ``D + 1`` for rotations (the log-det is 0 either way).
     """
 
     def __init__(self, features: int, reflections: int | None = None, *, seed: int = 0) -> None:
