@@ -302,6 +302,8 @@ def test_importance_sampling_corrects_a_rough_proposal() -> None:
         rtol=0,
         atol=0.1,
     )
+    with pytest.raises(ValueError, match=r"fn must return a tensor \(S, \*out\) with S = 20000"):
+        result.expectation(lambda x: x.sum())  # (a raw IndexError from tensordot)
     draws = result.resample(5000, seed=1)
     torch.testing.assert_close(draws.mean(0), loc, rtol=0, atol=0.06)
     torch.testing.assert_close(

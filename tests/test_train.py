@@ -529,10 +529,35 @@ def test_fit_vi_checks_what_log_density_returns(log_density, got: str) -> None:
         lambda x: -x.square().sum(-1).round().long(),
     ],
 )
-def test_fit_vi_refuses_a_target_without_a_gradient(log_density) -> None:
-    """A target cut from x's graph would train q towards maximum entropy, silently."""
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_fit_vi_refuses_a_target_without_a_gradient(log_density, batch_size: int) -> None:
+    """A target cut from x's graph would train q towards maximum entropy, silently; with one
+    draw per step it was taken for a flat target (one value is "the same" at every draw)."""
     with pytest.raises(ValueError, match="log_density returned a value without a gradient in x"):
-        nf.fit_vi(_small(), log_density, steps=2, batch_size=8, progress=False)
+        nf.fit_vi(_small(), log_density, steps=2, batch_size=batch_size, progress=False)
+
+
+def test_fit_vi_with_one_draw_per_step_accepts_a_flat_target() -> None:
+    """A constant log-density (uniform on a box) has no graph: accepted with one draw too."""
+    inner = nf.models.RealNVP(2, transforms=1, hidden=(8,))
+    box = nf.Flow(
+        nf.Compose(nf.transforms.Bounded([1.0, 0.0], [2.0, 1.0]), inner.transform), inner.base
+    )
+    nf.fit_vi(box, lambda x: torch.zeros(x.shape[:-1]), steps=5, batch_size=1, progress=False)
+
+
+def test_fit_vi_blames_the_target_only_at_the_step_it_was_not_finite() -> None:
+    """A target finite everywhere with a NaN gradient (``where`` over ``sqrt``): its NaN update
+    made every later draw NaN, and the error blamed the target's support at the next step; the
+    loop's own error names the step and its gradient."""
+
+    def target(x: torch.Tensor) -> torch.Tensor:
+        root = torch.where(x[..., 0] > 0, torch.sqrt(x[..., 0]), torch.zeros_like(x[..., 0]))
+        return -0.5 * x.square().sum(-1) + root
+
+    flow = nf.models.IAF(2, hidden=(8,), transforms=1)
+    with pytest.raises(nf.NonFiniteLossError, match=r"non-finite loss or gradient at step 1;"):
+        nf.fit_vi(flow, target, steps=50, progress=False, seed=0)
 
 
 def test_fit_vi_refuses_an_empty_context_and_a_seed_out_of_range() -> None:
@@ -593,7 +618,8 @@ def test_fit_vi_names_a_target_that_is_minus_inf_at_the_draws() -> None:
         return torch.where(inside, -x.square().sum(-1), torch.full_like(x[..., 0], -math.inf))
 
     with pytest.raises(
-        nf.NonFiniteLossError, match=r"-inf or NaN at \d+ of 32 draws of step 1.*Bounded"
+        nf.NonFiniteLossError,
+        match=r"not finite \(-inf, NaN or \+inf\) at \d+ of 32 draws of step 1.*Bounded",
     ):
         nf.fit_vi(_small(), positive, steps=3, batch_size=32, progress=False, seed=0)
     inner = _small()

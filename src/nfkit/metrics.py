@@ -561,6 +561,25 @@ def _gpd_shape(x: Tensor) -> float:
 # --------------------------------------------------------------------------- importance sampling
 
 
+def _flat(
+    log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, log_p: Tensor
+) -> bool:
+    """Whether ``log p̃`` is the same at every draw (of each context); with one draw, also at
+    two other points (``x/2`` and one nearby), where it may also be non-finite (outside a box it
+    is uniform on), since one value alone is always "the same". An integer ``log p̃`` is not
+    flat: it cannot carry a gradient."""
+    if not log_p.is_floating_point():
+        return False
+    if log_p.shape[0] > 1:
+        return bool((log_p == log_p[:1]).all())
+    with torch.no_grad():
+        for other in (0.5 * x.detach(), x.detach() + 1e-3 * (1 + x.detach().abs())):
+            again = log_density(other) if context is None else log_density(other, context)
+            if not bool(((again == log_p) | ~torch.isfinite(again)).all()):
+                return False
+    return True
+
+
 def target_log_density(
     where: str, log_density: Callable[..., Tensor], x: Tensor, context: Tensor | None, like: Tensor
 ) -> Tensor:
@@ -589,7 +608,7 @@ def target_log_density(
         x.requires_grad
         and torch.is_grad_enabled()
         and not log_p.requires_grad
-        and not bool((log_p == log_p[:1]).all())  # a flat target: its gradient is 0
+        and not _flat(log_density, x, context, log_p)  # a flat target: its gradient is 0
     ):
         raise ValueError(
             f"{where}: log_density returned a value without a gradient in x (computed through "
@@ -754,6 +773,13 @@ class ImportanceSampling:
         """``E_p[f(x)] ≈ Σ_i w̄_i f(x_i)`` (self-normalized); ``fn`` maps the ``(S, *event)``
         samples to ``(S, *out)``; None: ``f(x) = x``, the target's mean."""
         values = self.samples if fn is None else fn(self.samples)
+        n = len(self.log_weights)
+        if not isinstance(values, Tensor) or values.dim() == 0 or values.shape[0] != n:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"ImportanceSampling.expectation: fn must return a tensor (S, *out) with S = {n} "
+                f"(one value per sample), got {got}"
+            )
         w = self.weights.to(values.dtype)
         return torch.tensordot(w, values, dims=([0], [0]))
 

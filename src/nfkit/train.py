@@ -343,6 +343,7 @@ class _Loop:
         self.losses = torch.zeros(window, device=device, dtype=torch.float64)
         self.norms = torch.zeros(window, device=device, dtype=torch.float64)
         self.mark_good(0)
+        self.failed_step: int | None = None  # the first non-finite step a check found
         self.progress = progress
         self.bar: Any = None
 
@@ -409,6 +410,7 @@ class _Loop:
         ok = torch.isfinite(self.losses[window]) & torch.isfinite(self.norms[window])
         if not bool(ok.all()):
             first = self.synced + int(torch.nonzero(~ok)[0, 0]) + 1  # 1-based
+            self.failed_step = first
             vouched = first - 1 > self.pending_step  # a finite loss measured the pending weights
             self.flow.load_state_dict(self.pending if vouched else self.good)
             self.restored = self.pending_step if vouched else self.good_step
@@ -1372,14 +1374,16 @@ def _off_target(
     where: str, off_target: Tensor, loop: _Loop, draws: int
 ) -> NonFiniteLossError | None:
     """The error naming the target when a non-finite loss came from ``log p̃`` not being finite
-    at some draws (``off_target``: the count per step since the loop's last check); None
-    otherwise."""
+    at some draws (``off_target``: the count per step since the loop's last check) at the step
+    the loop found first; None otherwise (a non-finite gradient there: its NaN weights make
+    every later draw, and so the target there, NaN)."""
     bad = torch.nonzero(off_target)
-    if bad.numel() == 0:
+    if bad.numel() == 0 or loop.synced + int(bad[0, 0]) + 1 != loop.failed_step:
         return None
     at = int(bad[0, 0])
     return NonFiniteLossError(
-        f"{where}: log_density is -inf or NaN at {int(off_target[at])} of {draws} draws of "
+        f"{where}: log_density is not finite (-inf, NaN or +inf) at {int(off_target[at])} of "
+        f"{draws} draws of "
         f"step {loop.synced + at + 1}; weights restored to step {loop.restored}. Draws of q "
         "outside the target's support: put nf.transforms.Bounded(low, high) in front of the flow "
         "(nf.Flow(nf.Compose(nf.transforms.Bounded(...), flow.transform), flow.base)), or make "
