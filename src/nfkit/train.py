@@ -525,10 +525,14 @@ def _flow_matching_val(
     chunk: int = 8192,
 ) -> float:
     """Mean flow-matching loss over ``x`` repeated to the rows of ``noise`` (fixed draws, so
-    every evaluation scores the same problem), weighted by ``w`` when given; one host sync."""
+    every evaluation scores the same problem: in eval mode, as :func:`_nll`, so that dropout or
+    batch statistics in an embedding neither vary it nor learn from it), weighted by ``w`` when
+    given; one host sync."""
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     mass = torch.zeros((), dtype=torch.float64, device=x.device)
     rows = noise.s.shape[0]
+    was_training = objective.training
+    objective.eval()
     for i in range(0, rows, chunk):
         idx = torch.arange(i, min(i + chunk, rows), device=x.device) % x.shape[0]
         part = noise.rows(slice(i, i + chunk))
@@ -538,6 +542,7 @@ def _flow_matching_val(
         else:
             total += (loss * w[idx].double()).sum()
             mass += w[idx].double().sum()
+    objective.train(was_training)
     return float(total) / (rows if w is None else float(mass))
 
 

@@ -247,3 +247,19 @@ def test_dataframes_name_the_columns() -> None:
     assert flow.config["columns"] == ["u", "v"] and flow.config["given"] is None
     flow = nf.models.standardize(nf.models.MAF(2, context=1, transforms=1, hidden=(8,)), x, c)
     assert flow.config["columns"] == ["u", "v", "w"] and flow.config["given"] == ["w"]
+
+
+def test_bounds_by_column_as_a_dict() -> None:
+    """``{column: (low, high)}`` (as ``FlowDensity`` takes): iterated as a sequence it gave its
+    keys, so ``{0: (0, 10), 1: (0, 2)}`` bounded both columns to (0, 1), silently."""
+    pd = pytest.importorskip("pandas")
+    x = torch.rand(100, 2, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    maf = lambda: nf.models.MAF(2, transforms=1, hidden=(4,))  # noqa: E731
+    flow = nf.models.standardize(maf(), x, bounds={0: (0, 10), 1: (0, 2)})
+    assert flow.config["bounds"] == [[0.0, 10.0], [0.0, 2.0]]
+    assert flow.in_support(torch.tensor([[5.0, 1.5]])).tolist() == [True]
+    frame = pd.DataFrame(x.numpy(), columns=["a", "b"])
+    flow = nf.models.standardize(maf(), frame, bounds={"b": (0, None)})
+    assert flow.config["bounds"] == [[None, None], [0.0, None]]
+    with pytest.raises(ValueError, match=r"bounds must name modelled columns .* got 'c'; the "):
+        nf.models.standardize(maf(), frame, bounds={"c": (0, 1)})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,7 +72,7 @@ def _fixed_columns(inner: Flow, features: int) -> list[int]:
     return [i for i in range(features) if not domain.at(i).is_real]
 
 
-Bounds = Sequence[Sequence[float | None]]
+Bounds = Sequence[Sequence[float | None]] | Mapping[int | str, Sequence[float | None]]
 
 
 def _named(j: int, labels: Sequence[str] | None) -> str:
@@ -84,9 +84,15 @@ def _check_bounds(
     where: str, bounds: Any, features: int, labels: Sequence[str] | None = None
 ) -> list[tuple[float, float]] | None:
     """``bounds`` as ``D`` pairs ``(low, high)`` of floats (None and ±inf: an open end): one pair
-    per column, or one pair for every column."""
+    per column, one pair for every column, or a dict ``{column: (low, high)}`` (indices or
+    ``labels``; the columns it does not name are open)."""
     if bounds is None:
         return None
+    if isinstance(bounds, Mapping):  # (iterated, it would give its keys: {0: .., 1: ..} a pair)
+        by_column: list[Any] = [(None, None)] * features
+        for key, span in bounds.items():
+            by_column[_column_index(where, "bounds", "modelled", key, labels, features)] = span
+        bounds = by_column
     try:
         pairs = [list(p) if isinstance(p, Sequence | np.ndarray) else p for p in bounds]
     except TypeError:
@@ -201,6 +207,27 @@ def _check_inside(
         )
 
 
+def _column_index(
+    where: str,
+    option: str,
+    kind: str,
+    key: Any,
+    labels: Sequence[str] | None,
+    count: int | None = None,
+) -> int:
+    """The column ``key`` names for ``option``: a name among ``labels`` or an index (below
+    ``count`` when given), else a one-line error listing the ``kind`` columns."""
+    if isinstance(key, str) and labels is not None and key in labels:
+        return list(labels).index(key)
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool) and 0 <= key:
+        if count is None or key < count:
+            return int(key)
+    known = f"; the {kind} columns are {', '.join(map(repr, labels))}" if labels else ""
+    raise ValueError(
+        f"{where}: {option} must name {kind} columns (indices or names), got {shown(key)}{known}"
+    )
+
+
 def _check_context_angles(
     where: str, angles: Any, labels: Sequence[str] | None
 ) -> dict[int, tuple[float, float]]:
@@ -217,16 +244,7 @@ def _check_context_angles(
     )
     out: dict[int, tuple[float, float]] = {}
     for key, span in items.items():
-        if isinstance(key, str) and labels is not None and key in labels:
-            j = list(labels).index(key)
-        elif isinstance(key, numbers.Integral) and not isinstance(key, bool) and key >= 0:
-            j = int(key)
-        else:
-            known = f"; the context columns are {', '.join(map(repr, labels))}" if labels else ""
-            raise ValueError(
-                f"{where}: context_angles must name context columns (indices or names), "
-                f"got {shown(key)}{known}"
-            )
+        j = _column_index(where, "context_angles", "context", key, labels)
         try:
             low, high = (-math.pi, math.pi) if span is None else (float(span[0]), float(span[1]))
         except (TypeError, ValueError, IndexError):
@@ -458,7 +476,8 @@ def standardize(
             names of ``x`` (then ``context``) when they are DataFrames.
         given: Names of the context columns, recorded in ``config``.
         bounds: The support of each modelled column, ``(low, high)`` pairs (None: an open end;
-            one pair for every column, or one per column): a :class:`~nfkit.transforms.Bounded`
+            one pair for every column, one per column, or a dict ``{column: (low, high)}`` by
+            index or name, the others open): a :class:`~nfkit.transforms.Bounded`
             layer maps them onto the real line before the standardization (whose statistics
             are then those of the mapped columns), so the density is zero outside them and
             samples stay inside; ``log_prob`` refuses values outside, naming the column.
