@@ -166,3 +166,13 @@ def test_log_prob_on_cuda_is_one_pass() -> None:
     with torch.no_grad():
         flow.log_prob(torch.randn(20000, 2, device="cuda"))
     assert calls == [20000]
+
+
+def test_bits_per_dim_of_a_cuda_flow_with_a_cpu_generator() -> None:
+    """``dequantize`` drew with ``torch.rand(generator=cpu, device="cuda")``, which torch
+    refuses: the noise is drawn where the generator lives, then moved."""
+    flow = nf.models.Glow((1, 4, 4), levels=1, pixel_levels=4, hidden=(8,)).to("cuda").eval()
+    x = torch.randint(0, 4, (5, 1, 4, 4), device="cuda")
+    g = torch.Generator().manual_seed(0)
+    bpd = nf.metrics.bits_per_dim(flow, x, levels=4, generator=g)
+    assert math.isfinite(float(bpd))

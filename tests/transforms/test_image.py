@@ -166,3 +166,15 @@ def test_dequantize() -> None:
     assert ((y >= x) & (y < x + 1)).all() and (y - x).std() > 0.2
     listed = T.dequantize([[1, 2]], generator=torch.Generator().manual_seed(0))  # array-like
     assert listed.dtype == torch.get_default_dtype() and ((listed >= 1) & (listed < 3)).all()
+
+
+def test_logit_preprocess_names_an_input_without_its_event_dims() -> None:
+    """A (5,) input raised a raw IndexError and a (4, 3) one was summed over its last dim alone
+    (event_dim=3): one-line errors now, in both directions."""
+    t = nf.transforms.LogitPreprocess(17)
+    for bad in (torch.rand(5) * 17, torch.rand(4, 3) * 17):
+        with pytest.raises(ValueError, match=r"^LogitPreprocess: x needs 3 event dims"):
+            t(bad)
+        with pytest.raises(ValueError, match=r"^LogitPreprocess: z needs 3 event dims"):
+            t.inverse(bad)
+

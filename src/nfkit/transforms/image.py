@@ -213,13 +213,22 @@ class LogitPreprocess(Transform):
         low, high = self.domain.low, self.domain.high
         return like.new_tensor(low), like.new_tensor(high), like.new_tensor(-self._log_scale)
 
+    def _check_rank(self, x: Tensor, name: str) -> None:
+        if x.dim() < self.event_dim:  # (the log-det would be summed over too few dims)
+            raise ValueError(
+                f"LogitPreprocess: {name} needs {self.event_dim} event dims (event_dim), got "
+                f"shape {shape_str(x.shape)}"
+            )
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check_rank(x, "x")
         # p = α + s x = s (x - x₀) and 1 - p = s (x₁ - x) for the domain (x₀, x₁): from the
         # distances to its ends, finite anywhere inside
         z, ladj = interval_logit(x, *self._ends(x))
         return z, sum_event(ladj, self.event_dim)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check_rank(z, "z")
         x, ladj = interval_sigmoid(z, *self._ends(z))  # (one ulp inside the domain at least)
         return x, sum_event(ladj, self.event_dim)
 
@@ -239,5 +248,7 @@ def dequantize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return x + u
+    # drawn where the generator lives (a CPU generator cannot draw on a GPU), then moved
+    at = x.device if generator is None else generator.device
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=at)
+    return x + u.to(x.device)
