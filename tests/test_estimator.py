@@ -394,6 +394,8 @@ def test_score_takes_sample_weight() -> None:
     assert est.score(x, sample_weight=w) == pytest.approx(np.average(s, weights=w), rel=1e-12)
     assert est.score(x, sample_weight=w) == pytest.approx(est.score(x[20:], sample_weight=w[20:]))
     assert est.score(x, sample_weight=None) == est.score(x)
+    # weights whose sum overflows float64 (fit takes them): the same mean, not NaN
+    assert est.score(x, sample_weight=np.full(200, 1e307)) == pytest.approx(est.score(x))
     with pytest.raises(ValueError, match="sample_weight"):
         est.score(x, sample_weight=np.ones(5))
     with pytest.raises(ValueError, match="sample_weight"):

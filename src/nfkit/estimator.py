@@ -683,7 +683,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
         # of log p = -inf, they would add 0 · -inf = NaN)
         kept = np.flatnonzero(w > 0)
         rows = X.iloc[kept] if hasattr(X, "iloc") else np.asarray(X)[kept]
-        return float(np.average(self.score_samples(rows), weights=w[kept]))
+        kept_w = w[kept] / w[kept].max()  # (scaled: a sum of weights near 1e308 overflows)
+        return float(np.average(self.score_samples(rows), weights=kept_w))
 
     def n_parameters(self) -> int:
         """The fitted model's number of trained parameters (the standardization's statistics
