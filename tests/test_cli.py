@@ -401,6 +401,12 @@ def test_demo(capsys, tmp_path) -> None:
         "samples.csv",
     ):
         assert (out / name).stat().st_size > 0, name
+    # both --steps and --epochs: refused before anything is written (data.csv was left)
+    other = tmp_path / "other"
+    assert "give --steps or --epochs, not both" in _error(
+        capsys, "demo", "--out", other, "--steps", "5", "--epochs", "1"
+    )
+    assert not other.exists()
 
 
 @pytest.mark.parametrize(
@@ -592,6 +598,17 @@ def test_compare_ranks_models_on_held_out_rows(capsys, table, tmp_path) -> None:
     )
     assert "is given more than once" in _error(
         capsys, "compare", tmp_path / "test.csv", good, good
+    )
+    # the same columns in another order: by name fine, a header-less table refused (each
+    # model read it by position in its own order: one "lost" by 229 nats, exit 0)
+    pd.read_csv(table / "data.csv")[["g", "b", "a"]].to_csv(tmp_path / "gba.csv", index=False)
+    reordered = tmp_path / "gba.pt"
+    _run(capsys, "fit", tmp_path / "gba.csv", "--out", reordered, *FAST)
+    code, _, _ = _run(capsys, "compare", tmp_path / "test.csv", good, reordered)
+    assert code == 0
+    np.save(tmp_path / "test.npy", held_out.to_numpy())
+    assert "has no column names, and" in _error(
+        capsys, "compare", tmp_path / "test.npy", good, reordered
     )
 
 

@@ -1212,6 +1212,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         )
     if args.n < 100:  # a validation split and a density need some rows
         raise _UserError(f"-n must be at least 100 data points, got {args.n}")
+    if args.steps is not None and args.epochs is not None:  # (before data.csv is written)
+        raise _UserError("give --steps or --epochs, not both")
     out = Path(args.out)
     t0 = time.perf_counter()
     x = nf.datasets.TOYS[args.dataset](args.n, seed=args.seed)
@@ -1469,9 +1471,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
                     f"{first[0]} and {name} differ in what each {what} ({', '.join(a) or 'none'}"
                     f" against {', '.join(b) or 'none'}); their likelihoods do not compare"
                 )
+    orders = {name: _schema(flow)[0] for name, flow in flows.items()}
     scores = {}
     for name, flow in flows.items():
-        _, _, x, c = _model_table(flow, args.data)
+        table, _, x, c = _model_table(flow, args.data)
+        other = next((m for m in models if orders[m] != orders[models[0]]), None)
+        if other is not None and table.attrs.get("header", True) is False:
+            # by position, each model would read the columns in its own order
+            raise _UserError(
+                f"{args.data}: has no column names, and {models[0]} and {other} take their "
+                f"columns in different orders ({', '.join(orders[models[0]])} against "
+                f"{', '.join(orders[other])}); give the table a header"
+            )
         with torch.no_grad():
             _outside_support(flow, x, c, args.data, hint=f" (model {name})")
             scores[name] = flow.log_prob(x, c, chunk_size=args.chunk_size)
