@@ -223,7 +223,7 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
             lambda: T.Permutation([1.7, 0.2]),
             "perm must be a permutation of 0..D-1, got [1.7, 0.2]",
         ),
-        (lambda: T.Reverse(dim=1), "Reverse: dim must be a negative integer (from the right)"),
+        (lambda: T.Reverse(dim=1), "Reverse: dim counts from the right and must be a negative integer, got 1"),
         (lambda: nf.Flow(T.Tanh(), "normal"), "Flow: base must be"),
         (
             lambda: nf.Flow(

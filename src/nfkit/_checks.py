@@ -321,6 +321,17 @@ def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -
     return number
 
 
+def check_negative_dim(where: str, dim: object) -> int:
+    """``dim`` as a negative Python int: a dimension counted from the right (the layer's event
+    is the trailing ``-dim`` dims)."""
+    number = as_int(dim)
+    if number is None or number >= 0:
+        raise ValueError(
+            f"{where}: dim counts from the right and must be a negative integer, got {shown(dim)}"
+        )
+    return number
+
+
 def check_number(
     where: str, name: str, value: object, low: float, *, inclusive: bool = False
 ) -> float:

@@ -205,21 +205,23 @@ class Compose(Transform):
     def domain(self) -> Interval:  # type: ignore[override]
         return self.transforms[0].domain  # read live: a loaded layer may move its ends
 
-    def inner_support(self, x: Tensor, context: Tensor | None, batch: int) -> Tensor | None:
-        """Whether each event's input to every inner-checked layer (see ``__init__``) lies in
-        that layer's domain, ``x`` mapped by the layers before it (no autograd): a bool tensor
-        of the batch (``batch`` leading dims of ``x``), or None where no layer is checked."""
-        checks = self.__dict__.get("_inner_checks", ())
-        if not any(checks):
-            return None
+    @property
+    def inner_checks(self) -> tuple[bool, ...]:
+        """Per layer, whether its input is checked on the way (see ``__init__``)."""
+        return self.__dict__.get("_inner_checks", ())  # (chains pickled before: none)
+
+    def inner_support(self, x: Tensor, context: Tensor | None, batch: int) -> Tensor:
+        """Whether each event's input to every inner-checked layer (:attr:`inner_checks`, at
+        least one) lies in that layer's domain, ``x`` mapped by the layers before it (no
+        autograd): a bool tensor of the batch (``batch`` leading dims of ``x``)."""
+        checks = self.inner_checks
         last = max(i for i, check in enumerate(checks) if check)
         events = x.dim() - batch  # (a context may broadcast more batch dims on the way)
-        inside: Tensor | None = None
+        inside = torch.ones((), dtype=torch.bool, device=x.device)
         with torch.no_grad():
             for i, t in enumerate(self.transforms[: last + 1]):
                 if checks[i]:
-                    ok = t.domain.contains(x).flatten(x.dim() - events).all(-1)
-                    inside = ok if inside is None else inside & ok
+                    inside = inside & t.domain.contains(x).flatten(x.dim() - events).all(-1)
                 if i < last:
                     x = t(x, context)[0]
         return inside
@@ -230,7 +232,7 @@ class Compose(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladjs, dims = [], []
-        checks = self.__dict__.get("_inner_checks", ())  # (chains pickled before: none)
+        checks = self.inner_checks
         for i, t in enumerate(self.transforms):
             if i < len(checks) and checks[i] and _check_values():
                 name = f"layer {i} ({type(t).__name__})'s input (x mapped by the layers before it)"
@@ -650,9 +652,8 @@ class Flow(nn.Module):
         :func:`log_prob_or_minus_inf` to score it ``-inf`` instead. NaN is not inside."""
         batch = x.dim() - len(self.event_shape)
         inside = self.transform.domain.contains(x).flatten(batch).all(-1)
-        if isinstance(self.transform, Compose):
-            inner = self.transform.inner_support(x, self._embed(context), batch)
-            inside = inside if inner is None else inside & inner
+        if isinstance(self.transform, Compose) and any(self.transform.inner_checks):
+            inside = inside & self.transform.inner_support(x, self._embed(context), batch)
         return inside
 
     def log_prob(

@@ -1388,8 +1388,8 @@ def _off_target(
     at = int(bad[0, 0])
     return NonFiniteLossError(
         f"{where}: log_density is not finite (-inf, NaN or +inf) at {int(off_target[at])} of "
-        f"{draws} draws of "
-        f"step {loop.synced + at + 1}; weights restored to step {loop.restored}. Draws of q "
+        f"{draws} draws of step {loop.synced + at + 1}; weights restored to step "
+        f"{loop.restored}. Draws of q "
         "outside the target's support: put nf.transforms.Bounded(low, high) in front of the flow "
         "(nf.Flow(nf.Compose(nf.transforms.Bounded(...), flow.transform), flow.base)), or make "
         "log_density finite everywhere"

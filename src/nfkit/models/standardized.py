@@ -556,7 +556,8 @@ def standardize(
             f"flow needs C + {len(angle_ranges)} context features for C context columns; it "
             f"takes {flow.context_features}"
         )
-    width = getattr(context, "shape", (0,))[-1] if angle_ranges and context is not None else ctx
+    shape = getattr(context, "shape", None) or np.shape(context)  # (lists too; checked below)
+    width = shape[-1] if angle_ranges and context is not None and len(shape) else ctx
     if width != ctx:  # (the width check further on would blame the data, naming ctx)
         raise ValueError(
             f"{where}: the context has {width} columns, {len(angle_ranges)} of them angles read "

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, require_context, shown
+from nfkit._checks import check_negative_dim, check_positive_int, require_context
 from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
@@ -119,10 +119,7 @@ class Coupling(Transform):
             raise ValueError(
                 f"Coupling: mask must be a boolean ({features},) with both True and False entries"
             )
-        if dim >= 0:
-            raise ValueError(
-                f"Coupling: dim counts from the right and must be negative, got {shown(dim)}"
-            )
+        check_negative_dim("Coupling", dim)
         self.transformer, self.dim, self.event_dim = transformer, dim, -dim
         self.domain = self.codomain = transformer.domain
         self.register_buffer("mask", mask_t)

@@ -8,20 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfkit._checks import as_int, as_ints, check_number, check_positive_int, shown
+from nfkit._checks import (
+    as_int,
+    as_ints,
+    check_negative_dim,
+    check_number,
+    check_positive_int,
+    shown,
+)
 from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.transforms.functional import householder_matrix, softplus_inverse
 
 __all__ = ["Identity", "Permutation", "Reverse", "LULinear", "Householder", "InvConv1x1"]
-
-
-def _check_dim(where: str, dim: object) -> None:
-    """The permuted dim counts from the right (its event is the trailing ``-dim`` dims)."""
-    if as_int(dim) is None or dim >= 0:  # type: ignore[operator]
-        raise ValueError(
-            f"{where}: dim must be a negative integer (from the right), got {shown(dim)}"
-        )
 
 
 def _zeros_ladj(x: Tensor, event_dim: int) -> Tensor:
@@ -62,7 +61,7 @@ class Permutation(Transform):
                     f"Permutation: perm must be a permutation of 0..D-1, got {shown(perm)}"
                 )
             perm_t = torch.tensor(items, dtype=torch.long)
-        _check_dim("Permutation", dim)
+        check_negative_dim("Permutation", dim)
         self.dim, self.event_dim = dim, -dim
         self.register_buffer("perm", perm_t)
         self.register_buffer("perm_inv", torch.argsort(perm_t))
@@ -83,7 +82,7 @@ class Reverse(Transform):
 
     def __init__(self, features: int | None = None, *, dim: int = -1) -> None:
         super().__init__()
-        _check_dim("Reverse", dim)
+        check_negative_dim("Reverse", dim)
         self.dim, self.event_dim = dim, -dim
         # the size it was built for, checked (None: any size)
         self.features = (
