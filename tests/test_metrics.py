@@ -46,6 +46,7 @@ def test_bits_per_dim_matches_log_prob_and_checks_input() -> None:
         ({"scale": True}, ValueError, "scale must be a finite number > 0, got True"),
         ({"scale": float("inf")}, ValueError, "scale must be a finite number > 0, got inf"),
         ({"reduction": "sum"}, ValueError, "reduction must be 'mean' or 'none', got 'sum'"),
+        ({"generator": 5}, TypeError, "generator must be a torch.Generator or None, got int"),
         ({"x": [[0.0]]}, TypeError, "x must be a torch.Tensor, got list"),
         (  # named as NaN, not as a non-integer pixel
             {"x": torch.full((2, 1, 2, 2), math.nan)},
@@ -85,6 +86,26 @@ def test_compare_scores_ranks_with_paired_standard_errors() -> None:
         nf.metrics.compare_scores({"a": torch.tensor([0.0, -float("inf")]), "b": b[:2]})
     with pytest.raises(ValueError, match="non-empty mapping"):
         nf.metrics.compare_scores({})
+    for bad, kind in ((["x", "y"], "<U1"), ([1j, 2j], "complex128"), ([None, 1.0], "object")):
+        with pytest.raises(ValueError) as info:  # not NumPy's own "could not convert" error
+            nf.metrics.compare_scores({"a": bad})
+        assert str(info.value) == (
+            f"nf.metrics.compare_scores: scores of 'a' must be real numbers, got {kind} values"
+        )
+
+
+def test_log_normalizer_se_refuses_what_is_not_an_ess_fraction() -> None:
+    assert nf.metrics.log_normalizer_se(1.0, 10) == 0.0  # equal weights
+    assert math.isnan(nf.metrics.log_normalizer_se(0.5, 1))
+    assert abs(nf.metrics.log_normalizer_se(0.5, 101) - 0.1) < 1e-12  # sqrt((2 - 1) / 100)
+    for ess, samples, message in (
+        (2.0, 10, "ess is the ESS as a fraction of samples, a number in (0, 1], got 2.0"),
+        ("a", 10, "ess is the ESS as a fraction of samples, a number in (0, 1], got 'a'"),
+        (0.5, 2.5, "samples must be"),
+    ):
+        with pytest.raises(ValueError) as info:
+            nf.metrics.log_normalizer_se(ess, samples)
+        assert str(info.value).startswith(f"nf.metrics.log_normalizer_se: {message}")
 
 
 def test_compare_scores_flows_and_refuses_what_does_not_compare() -> None:
@@ -215,6 +236,12 @@ def test_coverage_bands_hold_for_an_exact_model_and_catch_a_shifted_posterior() 
     assert not result.calibrated
     assert result.verdict == "biased (the draws of feature 0 lie too low)"
     assert result.marginal_deviation[1] <= result.marginal_band
+    # a DataFrame theta names its columns in the verdict, as the command line does
+    pd = pytest.importorskip("pandas")
+    framed = nf.metrics.coverage(posterior, pd.DataFrame(theta.numpy(), columns=["mu", "tau"]),
+                                 torch.randn(2000, 1, generator=g), samples=200, seed=0)  # fmt: skip
+    assert framed.names == ["mu", "tau"]
+    assert framed.verdict == "biased (the draws of 'mu' lie too low)"
 
 
 def test_coverage_of_an_exact_model_of_integers_breaks_density_ties() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,3 +60,12 @@ def test_gaussian_refusals_are_one_line() -> None:
     with pytest.raises(ValueError, match=r"x must have last dim 3 \(the size of loc and scale\)"):
         nf.targets.gaussian([0.0, 0.0, 0.0])(torch.zeros(4, 2))
     assert nf.targets.gaussian(0.0, 2.0)(torch.zeros(5, 7)).shape == (5,)
+
+
+def test_gaussian_refuses_integer_and_numpy_points() -> None:
+    # an integer x once cast loc 0.5 -> 0 and scale 2.5 -> 2: silently wrong densities
+    f = nf.targets.gaussian(0.5, 2.5)
+    for x in (torch.tensor([[1, 1]]), np.ones((1, 2))):
+        with pytest.raises(TypeError, match="gaussian: x must be a floating-point Tensor"):
+            f(x)
+    assert torch.allclose(f(torch.tensor([[1.0, 1.0]])), torch.tensor([-0.04]))

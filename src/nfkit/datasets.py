@@ -35,14 +35,14 @@ __all__ = [
 ]
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    return torch.Generator().manual_seed(resolve_seed("nf.datasets", seed))
+def _generator(where: str, seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(resolve_seed(f"nf.datasets.{where}", seed))
 
 
 def _prepare(where: str, n: int, noise: float, seed: int | None) -> torch.Generator:
-    n = check_positive_int(where, "n", n)
+    n = check_positive_int(f"nf.datasets.{where}", "n", n)
     check_number(f"nf.datasets.{where}", "noise", noise, 0.0, inclusive=True)
-    return _generator(seed)
+    return _generator(where, seed)
 
 
 def _out(x: Tensor) -> Tensor:
@@ -52,7 +52,8 @@ def _out(x: Tensor) -> Tensor:
 def two_moons(n: int, *, noise: float = 0.1, seed: int | None = None) -> Tensor:
     r"""Two interleaved half circles: ``(cos θ, sin θ)`` and ``(1 - cos θ, ½ - sin θ)``, plus noise.
 
-    Centred so that the data has mean ≈ 0; ``noise`` is the std of the added Gaussian.
+    Centred (mean ≈ 0) and then doubled: ``x = 2 (m - (½, ¼) + noise · ε)`` with ``ε ~ N(0, I)``,
+    so the data span about ``[-3, 3] × [-1.5, 1.5]`` and the noise's std is ``2 · noise``.
     """
     g = _prepare("two_moons", n, noise, seed)
     theta = math.pi * torch.rand(n, generator=g, dtype=torch.float64)
@@ -88,9 +89,13 @@ def checkerboard(n: int, *, noise: float = 0.0, seed: int | None = None) -> Tens
 
 
 def pinwheel(n: int, *, noise: float = 0.3, seed: int | None = None, arms: int = 5) -> Tensor:
-    r"""``arms`` spiralling Gaussian blades (Johnson et al. 2016); ``noise`` is the radial std."""
+    r"""``arms`` spiralling Gaussian blades (Johnson et al. 2016), doubled in scale.
+
+    Before the doubling a blade's radius is ``1 + noise · ε`` (``ε ~ N(0, 1)``), so the radial
+    std of the output is ``2 · noise`` (and its tangential std ``2 · 0.05``).
+    """
     g = _prepare("pinwheel", n, noise, seed)
-    arms = check_positive_int("pinwheel", "arms", arms)
+    arms = check_positive_int("nf.datasets.pinwheel", "arms", arms)
     angles = torch.arange(arms, dtype=torch.float64) * 2 * math.pi / arms
     labels = torch.randint(0, arms, (n,), generator=g)
     feats = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor(
@@ -150,7 +155,7 @@ def digits(*, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Tensor,
     from sklearn.datasets import load_digits
 
     v = torch.as_tensor(load_digits().data, dtype=torch.float64)
-    g = _generator(seed)
+    g = _generator("digits", seed)
     x = (v + torch.rand(v.shape, generator=g, dtype=torch.float64)) / 17.0
     x = x[torch.randperm(len(x), generator=g)]
     n_test = min(len(x) - 1, max(1, round(test_fraction * len(x))))  # a row on each side

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,7 +69,12 @@ def compare_scores(scores: Mapping[str, Any]) -> Any:
     for name, values in scores.items():
         if isinstance(values, Tensor):
             values = values.detach().cpu().double().numpy()
-        array = np.asarray(values, dtype=np.float64)
+        array = np.asarray(values)
+        if array.dtype.kind not in "iuf":  # text, objects, complex numbers
+            raise ValueError(
+                f"{where}: scores of {shown(name)} must be real numbers, got {array.dtype} values"
+            )
+        array = array.astype(np.float64)
         if array.ndim != 1 or len(array) < 2:
             raise ValueError(
                 f"{where}: scores of {shown(name)} must be one value per row (at least 2), "
@@ -218,6 +224,10 @@ def bits_per_dim(
     scale = check_number(where, "scale", scale, 0.0)
     if reduction not in ("mean", "none"):
         raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {shown(reduction)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     dtype, device = dtype_device(flow)
@@ -265,10 +275,12 @@ class Coverage:
             row, so its own sampling error is shared by all of them, as in a two-sample test).
         marginal_band: The same band for each feature's marginal ranks, with ``c`` for ``D``
             tests at once (Bonferroni: ``log(2D/0.025)``).
-        hpd_rank: Per pair, the fraction of the draws denser than ``θ_i`` (ties count half):
+        hpd_rank: Per pair, the fraction of the draws denser than ``θ_i`` (a uniform random
+            share of the draws exactly as dense counts as denser, a randomized rank):
             the smallest level whose region holds ``θ_i``, ``(B,)``; uniform on ``[0, 1]`` when
             calibrated.
-        names: The features' names for :attr:`verdict` (None: "feature j").
+        names: The features' names for :attr:`verdict`: a DataFrame ``theta``'s columns, else
+            a table model's columns (None: "feature j").
         marginal_rank: Per pair and feature, how many of the ``S`` draws fall below ``θ_ij``
             (draws equal to it, as in a discrete column, counted with a random tie-break),
             ``(B, D)``: simulation-based calibration's ranks, uniform on ``0 … S`` when
@@ -486,7 +498,16 @@ def coverage(
         marginal_rank=torch.cat(marginal).cpu().numpy(),
         samples=samples,
         marginal_band=band(2 * features),
+        names=_feature_names(theta, features) or flow._column_labels(),
     )
+
+
+def _feature_names(table: Any, width: int) -> list[str] | None:
+    """A DataFrame's column names (for messages and verdicts), or None for other tables."""
+    columns = getattr(table, "columns", None)
+    if columns is None or len(columns) != width:
+        return None
+    return [str(c) for c in columns]
 
 
 def pareto_k(log_weights: Tensor) -> float:
@@ -727,6 +748,14 @@ def log_normalizer_se(ess: float, samples: int) -> float:
     for ``S < 2``). It assumes a finite variance of ``w``: trust it when PSIS's ``k̂ < 0.5``
     (:func:`pareto_k`), as a rough guide up to 0.7; above, the variance may be infinite and
     this figure too small."""
+    where = "nf.metrics.log_normalizer_se"
+    samples = check_positive_int(where, "samples", samples)
+    real = isinstance(ess, numbers.Real) and not isinstance(ess, bool)
+    if not real or ess > 1 + 1e-6:  # type: ignore[operator]  # rounding may pass 1 by an ulp
+        raise ValueError(
+            f"{where}: ess is the ESS as a fraction of samples, a number in (0, 1], "
+            f"got {shown(ess)}"
+        )
     if samples < 2 or not ess > 0:
         return math.nan
     return math.sqrt(max(1 / ess - 1, 0.0) / (samples - 1))

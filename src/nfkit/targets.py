@@ -25,9 +25,13 @@ from torch import Tensor
 __all__ = ["U1", "U2", "U3", "U4", "ENERGIES", "gaussian"]
 
 
-def _check(where: str, z: Tensor) -> tuple[Tensor, Tensor]:
+def _check_floating(where: str, name: str, z: Tensor) -> None:
     if not isinstance(z, Tensor) or not z.is_floating_point():
-        raise TypeError(f"nf.targets.{where}: z must be a floating-point Tensor")
+        raise TypeError(f"nf.targets.{where}: {name} must be a floating-point Tensor")
+
+
+def _check(where: str, z: Tensor) -> tuple[Tensor, Tensor]:
+    _check_floating(where, "z", z)
     if z.shape[-1:] != (2,):
         raise ValueError(f"nf.targets.{where}: z must have last dim 2, got shape {tuple(z.shape)}")
     return z[..., 0], z[..., 1]
@@ -96,6 +100,7 @@ def gaussian(loc: Tensor | float = 0.0, scale: Tensor | float = 1.0) -> Callable
         ) from None
 
     def log_density(x: Tensor) -> Tensor:
+        _check_floating("gaussian", "x", x)
         if width and width[0] > 1 and x.shape[-1] != width[0]:
             raise ValueError(
                 f"nf.targets.gaussian: x must have last dim {width[0]} (the size of loc and "
