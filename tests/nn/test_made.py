@@ -294,3 +294,19 @@ def test_per_feature_periods_embed_only_the_angles() -> None:
     assert MADE(2, 1, period=(3.0, 3.0)).period == 3.0
     with pytest.raises(ValueError, match="one entry per input"):
         MADE(3, 2, period=(1.0, None))
+
+
+def test_refusals_are_one_line() -> None:
+    """A narrow first layer reads a slice of the input, so a MADE of 3 features once took 2,
+    3 or 5 columns alike; a float order was truncated; a negative context failed in zeros()."""
+    made = MADE(3, 2, hidden=(8,))
+    assert made(torch.zeros(4, 3)).shape == (4, 3, 2)
+    for width in (2, 5):
+        with pytest.raises(ValueError, match=rf"MADE: x must have 3 features along dim -1, got shape \(4, {width}\)"):
+            made(torch.zeros(4, width))
+    with pytest.raises(ValueError, match=r"MADE: order must be a permutation of 0..2, got \[0.2, 1.7, 2.1\]"):
+        MADE(3, 2, order=[0.2, 1.7, 2.1])
+    assert MADE(3, 2, order=torch.tensor([2, 0, 1])).rank.tolist() == [2, 0, 1]
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match=f"MADE: context must be an integer >= 0, got {bad}"):
+            MADE(3, 2, context=bad)

@@ -51,3 +51,16 @@ def test_residual_refusals_are_one_line() -> None:
 def test_a_context_that_does_not_broadcast_is_named_in_one_line() -> None:
     with pytest.raises(ValueError, match=r"context's batch shape \(3,\) does not broadcast"):
         MADE(2, 2, context=3)(torch.randn(2, 2), torch.randn(3, 3))
+
+
+def test_parameters_refusals_are_one_line() -> None:
+    from nfkit.nn import Parameters
+
+    assert Parameters(4, init=torch.arange(4.0))().tolist() == [0.0, 1.0, 2.0, 3.0]
+    for kwargs, message in (
+        ({"num": 4, "context": -1}, "Parameters: context must be an integer >= 0, got -1"),
+        ({"num": 0}, "Parameters: num must be an integer >= 1, got 0"),
+        ({"num": 4, "init": torch.zeros(3)}, "Parameters: init has 3 values, expected num=4"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Parameters(**kwargs)

@@ -106,3 +106,15 @@ def test_pass_parameters_are_parameter_major(batch: tuple[int, ...]) -> None:
     if batch:  # parameter j is the contiguous block j of the storage
         assert theta[..., 0].is_contiguous()
         assert theta.stride(-1) == theta[..., 0].numel()
+
+
+def test_context_refusals_are_one_line() -> None:
+    """The inverse names a context that does not broadcast with z, as the forward does (a raw
+    broadcast error before); a negative context size is refused at construction."""
+    layer = Autoregressive(3, AffineTransformer(), context=2, hidden=(8,))
+    z, c = torch.randn(5, 3), torch.randn(4, 2)
+    for call in (layer.forward, layer.inverse, layer.inverse_value):
+        with pytest.raises(ValueError, match=r"context's batch shape \(4,\) does not broadcast with the input's \(5,\)"):
+            call(z, c)
+    with pytest.raises(ValueError, match="Autoregressive: context must be an integer >= 0, got -1"):
+        Autoregressive(3, AffineTransformer(), context=-1)

@@ -96,3 +96,15 @@ def test_a_z_beyond_the_float32_range_of_the_map_is_refused() -> None:
     layer = nf.models.BNAF(2, transforms=1).transform
     with pytest.raises(ValueError, match="no x of the dtype maps to z in 1 row"):
         layer.inverse_value(torch.tensor([[3e38, 0.5]]))
+
+
+def test_context_refusals_are_one_line() -> None:
+    """A context that does not broadcast with the input, or a negative context size: one
+    line each (raw broadcast errors from inside the network before)."""
+    layer = BlockAutoregressive(3, (4,), context=2)
+    x, c = torch.randn(5, 3), torch.randn(4, 2)
+    for call in (layer.forward, layer.inverse):
+        with pytest.raises(ValueError, match=r"context's batch shape \(4,\) does not broadcast with the input's \(5,\)"):
+            call(x, c)
+    with pytest.raises(ValueError, match="BlockAutoregressive: context must be an integer >= 0, got -1"):
+        BlockAutoregressive(3, context=-1)

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import check_hidden, check_positive_int, require_context
+from nfkit._checks import as_ints, check_hidden, check_positive_int, require_context, shown
+from nfkit._shapes import check_size
 from nfkit.nn.mlp import Period, PeriodicEmbedding, angle_columns, broadcast_cat, check_period
 from nfkit.nn.packed import PackedLayers
 
@@ -16,6 +17,15 @@ __all__ = ["MADE"]
 
 PARAM_MAJOR_MIN_FEATURES = 8
 """From this many features, :meth:`MADE.forward` stores ``θ`` parameter-major (see there)."""
+
+
+def _as_order(order: Sequence[int] | Tensor, d: int) -> Tensor:
+    """``order`` as a long tensor, if it is a permutation of ``0..d-1`` of integers (1.7 is no
+    rank: it had been truncated to 1)."""
+    items = as_ints(order.tolist() if hasattr(order, "tolist") else order)
+    if items is None or sorted(items) != list(range(d)):
+        raise ValueError(f"MADE: order must be a permutation of 0..{d - 1}, got {shown(order)}")
+    return torch.tensor(items, dtype=torch.long)
 
 
 class MADE(PackedLayers):
@@ -28,7 +38,10 @@ class MADE(PackedLayers):
         features: ``D``.
         out_per_feature: ``P`` outputs per feature.
         context: Size of the context vector (inputs of order 0, visible to every output).
-        hidden: Hidden widths.
+        hidden: Hidden widths. Hidden units' degrees cycle over ``1 … D-1`` (as in nflows), so a
+            width ``H < D - 1`` gives no unit of degree above ``H``: inputs of rank ``>= H``
+            then feed no output (the later conditionals see the first ``H`` inputs only).
+            Give widths of at least ``D - 1`` for every dependency to be representable.
         order: A permutation of ``0..D-1``; feature ``i`` has rank ``order[i]``. Default: identity.
         residual: Use masked residual blocks (all hidden widths equal) as in nflows' ResidualMADE.
         activation: Activation module class.
@@ -74,11 +87,8 @@ class MADE(PackedLayers):
         hidden = check_hidden("MADE", hidden)
         if residual and len(set(hidden)) != 1:
             raise ValueError(f"MADE: residual blocks need equal hidden widths, got {hidden}")
-        rank = torch.arange(d) if order is None else torch.as_tensor(order, dtype=torch.long)
-        if sorted(rank.tolist()) != list(range(d)):
-            raise ValueError(
-                f"MADE: order must be a permutation of 0..{d - 1}, got {rank.tolist()}"
-            )
+        context = check_positive_int("MADE", "context", context, minimum=0)
+        rank = torch.arange(d) if order is None else _as_order(order, d)
         masks, zero_init = _masks(rank, p, hidden, context, period, residual)
 
         super().__init__(
@@ -106,6 +116,7 @@ class MADE(PackedLayers):
         An autoregressive inverse applies the output layer itself, restricted to the rows of
         the one feature each pass settles.
         """
+        check_size("MADE", x, -1, self.features)  # a narrow first layer would read a slice
         layers = self.layers() if layers is None else layers
         if self.period is not None:  # (no module call otherwise: this runs D times a sample)
             x = self.embed(x)

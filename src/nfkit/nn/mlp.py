@@ -222,8 +222,14 @@ class Parameters(nn.Module):
         init: Tensor | None = None,
     ) -> None:
         super().__init__()
+        num = check_positive_int("Parameters", "num", num)
+        context = check_positive_int("Parameters", "context", context, minimum=0)
         self.num, self.context = num, context
         dtype = torch.get_default_dtype()
+        if init is not None and torch.as_tensor(init).numel() != num:
+            raise ValueError(
+                f"Parameters: init has {torch.as_tensor(init).numel()} values, expected num={num}"
+            )
         init = torch.zeros(num) if init is None else init.reshape(num).to(dtype).clone()
         if context > 0:
             self.net = MLP(context, num, hidden)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nfkit._checks import check_positive_int
-from nfkit._shapes import broadcast_shapes, check_size
+from nfkit._shapes import check_size, context_batch
 from nfkit.core import Transform
 from nfkit.nn.made import MADE
 from nfkit.transforms.transformers import Transformer, check_transformer
@@ -31,7 +31,8 @@ class Autoregressive(Transform):
         transformer: Any :class:`Transformer` (affine for MAF/IAF, spline for NSF).
         context: Context size (seen by every output of the MADE).
         order: Autoregressive order, a permutation of ``0..D-1`` (default: identity).
-        hidden: MADE hidden widths.
+        hidden: MADE hidden widths; at least ``D - 1`` for every input to reach the later
+            outputs (see :class:`~nfkit.nn.MADE`).
         residual: Masked residual blocks in the MADE.
         activation: Activation class of the MADE.
 
@@ -68,6 +69,7 @@ class Autoregressive(Transform):
     ) -> None:
         super().__init__()
         self.features = check_positive_int("Autoregressive", "features", features)
+        context = check_positive_int("Autoregressive", "context", context, minimum=0)
         check_transformer("Autoregressive", transformer, self.features)
         self.transformer = transformer
         self.domain = self.codomain = transformer.domain
@@ -100,7 +102,7 @@ class Autoregressive(Transform):
     ) -> tuple[Tensor, Tensor | None]:
         check_size("Autoregressive", z, -1, self.features, "z")
         batch = (
-            z.shape[:-1] if context is None else broadcast_shapes(z.shape[:-1], context.shape[:-1])
+            z.shape[:-1] if context is None else context_batch(z.shape[:-1], context.shape[:-1])
         )
         d, p = self.features, self.transformer.num_params
         z = z.expand(*batch, d)

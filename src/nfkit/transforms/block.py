@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import check_hidden, check_number, check_positive_int, require_context
 from nfkit._numerics import monotone_solve, refuse_export
-from nfkit._shapes import check_size
+from nfkit._shapes import check_size, context_batch
 from nfkit.core import Transform
 
 __all__ = ["BlockAutoregressive"]
@@ -76,6 +76,7 @@ class BlockAutoregressive(Transform):
         self.features = d = check_positive_int(where, "features", features)
         hidden = check_hidden(where, hidden)
         self.leak = check_number(where, "leak", leak, 0.0)
+        context = check_positive_int(where, "context", context, minimum=0)
         self.sizes = (1, *hidden, 1)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -114,6 +115,7 @@ class BlockAutoregressive(Transform):
         """``(z, log ∂z_i/∂x_i)``, both ``(*batch, D)``."""
         if self.context_layer is not None:
             require_context("BlockAutoregressive", context, self.context_layer.in_features)
+            context_batch(x.shape[:-1], context.shape[:-1])  # type: ignore[union-attr]
         h, log_slope = x, None  # log_slope: (*batch, D, a) log-derivatives of h_i w.r.t. x_i
         last = len(self.sizes) - 2
         for index in range(last + 1):
@@ -154,9 +156,7 @@ class BlockAutoregressive(Transform):
     def inverse_value(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         check_size("BlockAutoregressive", z, -1, self.features, "z")
         batch = (
-            z.shape[:-1]
-            if context is None
-            else torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
+            z.shape[:-1] if context is None else context_batch(z.shape[:-1], context.shape[:-1])
         )
         z = z.expand(*batch, self.features)
         layers = [self._layer(index)[0] for index in range(len(self.sizes) - 1)]  # once
