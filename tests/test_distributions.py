@@ -263,3 +263,32 @@ def test_a_conditional_mixture_names_a_sample_shape_without_the_context_batch() 
     assert mixture.sample((3, 5), c).shape == (3, 5, 2)
     with pytest.raises(ValueError, match=r"shape \(3,\) must include the context's batch"):
         mixture.sample((3,), c)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_rsample_takes_an_int_and_log_prob_names_a_wrong_event(name: str) -> None:
+    """`rsample(5)` as `sample(5)` (a raw TypeError before); `log_prob` called directly with
+    another event width is refused (StandardNormal(2) summed 4 coordinates under its own
+    normalizer)."""
+    dist = ALL[name]()
+    assert dist.rsample(5).shape == dist.sample(5).shape == (5, 2)
+    wrong = torch.zeros(3, 4)
+    with pytest.raises(ValueError) as info:
+        dist.log_prob(wrong)
+    assert str(info.value).endswith("z must have trailing shape (2,), got shape (3, 4)")
+
+
+def test_uniform_takes_a_range_per_feature() -> None:
+    box = D.Uniform(2, torch.tensor([0.0, 1.0]), 2.0)
+    inside, outside = torch.tensor([1.0, 1.5]), torch.tensor([1.0, 0.5])
+    assert torch.allclose(box.log_prob(inside), torch.tensor(-math.log(2.0)))
+    assert box.log_prob(outside) == -math.inf
+    draws = box.sample(1000)
+    assert bool((draws[:, 1] >= 1).all()) and bool((draws[:, 0] < 1).any())
+    for call, error, message in (
+        (lambda: D.Uniform(2, "a", 1.0), TypeError, "Uniform: low must be a number or a tensor"),
+        (lambda: D.Uniform(2, torch.tensor([0.0, 2.0]), 2.0), ValueError, "need finite high > low"),
+        (lambda: D.DiagNormal(2, loc="a"), TypeError, "DiagNormal: loc must be a number or a tensor"),
+    ):
+        with pytest.raises(error, match=message):
+            call()

@@ -776,3 +776,22 @@ def test_an_interrupt_inside_the_zip_writer_is_an_interrupt(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"a": torch.zeros(1)}, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists() and not list(tmp_path.iterdir())
+
+
+def test_save_refuses_non_finite_weights_and_keeps_the_file_there(tmp_path) -> None:
+    """nf.load refuses NaN/inf weights, so saving them would replace a good file with one that
+    never loads (a hand-written loop that diverged)."""
+    flow = nf.models.MAF(2, transforms=1, hidden=(8,))
+    path = nf.save(flow, tmp_path / "m.pt")
+    before = path.read_bytes() if hasattr(path, "read_bytes") else open(path, "rb").read()
+    theta = next(name for name, _ in flow.named_parameters() if name.endswith("theta"))
+    with torch.no_grad():
+        flow.get_parameter(theta)[0] = math.nan
+    with pytest.raises(ValueError) as info:
+        nf.save(flow, tmp_path / "m.pt")
+    assert str(info.value) == (
+        f"nf.save: the flow has non-finite weights (NaN or inf) in {theta}; not written (the "
+        "file would not load)"
+    )
+    assert open(tmp_path / "m.pt", "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

@@ -44,6 +44,14 @@ def _event_shape(where: str, features: int | Sequence[int]) -> torch.Size:
     return torch.Size(dims)
 
 
+def _batch_shape(shape: int | Sequence[int]) -> Sequence[int]:
+    """A sample shape as a sequence: an int ``n`` (NumPy's too) is ``(n,)``."""
+    if isinstance(shape, tuple | list):  # torch.Size too: no conversion on a flow's path
+        return shape
+    n = as_int(shape)
+    return shape if n is None else (n,)
+
+
 class BaseDistribution(nn.Module):
     """Abstract base: a distribution over events of shape ``event_shape``.
 
@@ -69,10 +77,39 @@ class BaseDistribution(nn.Module):
     def _sum_event(self, x: Tensor) -> Tensor:
         return x.flatten(x.dim() - len(self.event_shape)).sum(-1)
 
+    def _check_z(self, z: Tensor) -> None:
+        """``z``'s trailing dims are the event shape, else a one-line error (a shape test, no
+        read): called directly, a base would sum another number of coordinates under its own
+        normalizer, or fail in a broadcast."""
+        k = len(self.event_shape)
+        if z.dim() < k or z.shape[z.dim() - k :] != self.event_shape:
+            raise ValueError(
+                f"{type(self).__name__}.log_prob: z must have trailing shape "
+                f"{shape_str(self.event_shape)}, got shape {shape_str(z.shape)}"
+            )
+
+    def _per_feature(self, name: str, value: float | Tensor) -> Tensor:
+        """``value`` as a tensor of the event shape (a number or a broadcastable tensor)."""
+        where = type(self).__name__
+        try:
+            t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"{where}: {name} must be a number or a tensor of numbers, got {shown(value)}"
+            ) from None
+        try:
+            return t.expand(self.event_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{where}: {name} of shape {tuple(t.shape)} does not broadcast to the event "
+                f"shape {tuple(self.event_shape)}"
+            ) from None
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Reparameterized draws ``(*shape, *event)`` (an int ``n``: ``(n,)``)."""
         raise NotImplementedError  # pragma: no cover
 
     def sample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
@@ -80,7 +117,7 @@ class BaseDistribution(nn.Module):
         :meth:`rsample`: ``shape`` is the whole batch shape, so with a conditional base (a
         context ``(*c, C)``) it must include the context's batch ``c`` (as a flow passes it)."""
         with torch.no_grad():
-            return self.rsample((shape,) if as_int(shape) is not None else shape, context)
+            return self.rsample(shape, context)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}"
@@ -100,9 +137,11 @@ class StandardNormal(BaseDistribution):
     """
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         return -0.5 * self._sum_event(z * z) - 0.5 * self.features * _LOG_2PI
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         return torch.randn(*shape, *self.event_shape, **self._like())
 
 
@@ -139,45 +178,46 @@ class DiagNormal(BaseDistribution):
             self.register_buffer("loc", loc_t)
             self.register_buffer("log_scale", log_scale)
 
-    def _per_feature(self, name: str, value: float | Tensor) -> Tensor:
-        """``value`` as a tensor of the event shape (a number or a broadcastable tensor)."""
-        t = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        try:
-            return t.expand(self.event_shape)
-        except RuntimeError:
-            raise ValueError(
-                f"DiagNormal: {name} of shape {tuple(t.shape)} does not broadcast to the event "
-                f"shape {tuple(self.event_shape)}"
-            ) from None
-
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         u = (z - self.loc) * torch.exp(-self.log_scale)
         return self._sum_event(-0.5 * u * u - self.log_scale) - 0.5 * self.features * _LOG_2PI
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         eps = torch.randn(*shape, *self.event_shape, **self._like())
         return self.loc + torch.exp(self.log_scale) * eps
 
 
 class Uniform(BaseDistribution):
-    r"""Uniform on the box ``[low, high]^D``; ``log p = -Σ log(high - low)`` inside, ``-inf`` out."""
+    r"""Uniform on the box ``Π_i [low_i, high_i]``; ``log p = -Σ log(high - low)`` inside,
+    ``-inf`` out. ``low`` and ``high``: numbers, or tensors broadcastable to the event shape (a
+    range per feature)."""
 
     def __init__(
-        self, features: int | Sequence[int], low: float = -1.0, high: float = 1.0
+        self,
+        features: int | Sequence[int],
+        low: float | Tensor = -1.0,
+        high: float | Tensor = 1.0,
     ) -> None:
         super().__init__(features)
-        if not (math.isfinite(low) and math.isfinite(high) and high > low):
-            raise ValueError(f"Uniform: need finite high > low, got low={low}, high={high}")
-        self.register_buffer("low", torch.full(self.event_shape, float(low)))
-        self.register_buffer("high", torch.full(self.event_shape, float(high)))
+        low_t, high_t = self._per_feature("low", low), self._per_feature("high", high)
+        if not bool((torch.isfinite(low_t) & torch.isfinite(high_t) & (high_t > low_t)).all()):
+            raise ValueError(
+                f"Uniform: need finite high > low, got low={shown(low)}, high={shown(high)}"
+            )
+        self.register_buffer("low", low_t.clone())
+        self.register_buffer("high", high_t.clone())
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         inside = self._sum_event(((z >= self.low) & (z <= self.high)).to(z.dtype))
         log_vol = torch.log(self.high - self.low).sum()
         full = torch.tensor(float(self.features), dtype=z.dtype, device=z.device)
         return torch.where(inside == full, -log_vol, torch.full_like(inside, -math.inf))
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         u = torch.rand(*shape, *self.event_shape, **self._like())
         return self.low + (self.high - self.low) * u
 
@@ -236,10 +276,12 @@ class Product(BaseDistribution):
         return [(part, getattr(self, f"_columns{k}")) for k, part in enumerate(self.parts)]
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         terms = [part.log_prob(z.index_select(-1, idx), context) for part, idx in self._groups()]
         return sum(terms[1:], terms[0])
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         draws = [part.rsample(shape, context) for part, _ in self._groups()]
         return torch.cat(draws, -1).index_select(-1, self._back)
 
@@ -273,6 +315,7 @@ class StudentT(BaseDistribution):
         return F.softplus(self.raw_df) + 0.5
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         nu = self.df
         # the normalizer in float64: its lgamma terms grow as (ν/2) log(ν/2) and cancel to about
         # ½ log(ν/2), which float32 lost (0.06 nats per feature at ν = 10⁶, 0.3 at 10⁷)
@@ -280,7 +323,8 @@ class StudentT(BaseDistribution):
         norm = torch.lgamma((n64 + 1) / 2) - torch.lgamma(n64 / 2) - 0.5 * torch.log(n64 * math.pi)
         return self._sum_event(norm.to(nu.dtype) - (nu + 1) / 2 * torch.log1p(z * z / nu))
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         nu = self.df.expand(*shape, *self.event_shape)
         # z = ε / sqrt(g / ν) with g ~ χ²_ν = Gamma(ν/2, 1/2); Gamma has reparameterized samples.
         g = torch.distributions.Gamma(
@@ -401,6 +445,7 @@ class GaussianMixture(BaseDistribution):
         return log_weights, loc, log_scale.expand(loc.shape), factor
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_z(z)
         log_weights, loc, log_scale, factor = self._mixture(context)
         k, d = self.components, self.features
         if factor is not None and factor.dim() == 3:
@@ -428,8 +473,8 @@ class GaussianMixture(BaseDistribution):
         comp = -0.5 * squares - log_scale.sum(-1) - 0.5 * d * _LOG_2PI
         return torch.logsumexp(comp + log_weights, dim=-1)
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        shape = tuple(shape)
+    def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        shape = _batch_shape(shape)
         if context is not None and not broadcasts_to(context.shape[:-1], torch.Size(shape)):
             raise ValueError(
                 f"GaussianMixture.rsample: shape {shape_str(shape)} must include the context's "

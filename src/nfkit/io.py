@@ -387,6 +387,12 @@ def save(
         except (TypeError, ValueError) as e:
             raise ValueError(f"nf.save: training is not JSON-serializable ({e})") from None
     state = _state_as_in_eval(flow)
+    bad = _non_finite(flow, state)
+    if bad:  # nf.load refuses such a file: keep the one there instead
+        raise ValueError(
+            f"nf.save: the flow has non-finite weights (NaN or inf) in {bad}; not written (the "
+            "file would not load)"
+        )
     dtypes = {p.dtype for p in state.values() if p.is_floating_point()}
     dtype = str(dtypes.pop()).replace("torch.", "") if len(dtypes) == 1 else "float32"
     payload = {
@@ -624,18 +630,23 @@ def _check_weights(
         raise ValueError(
             f"{where}: {str(path)!r}: weights do not match the architecture ({difference})"
         )
-    # a parameter is finite; a buffer may hold ±inf (an open end of a support), never NaN
+    bad = _non_finite(flow, state)
+    if bad:
+        raise ValueError(f"{where}: {str(path)!r} holds non-finite weights (NaN or inf) in {bad}")
+
+
+def _non_finite(flow: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """The first entry of ``state`` that no flow can hold (and how many more), or None: a
+    parameter is finite; a buffer may hold ±inf (an open end of a support), never NaN."""
     params = {name for name, _ in flow.named_parameters()}
     bad = [
         k
         for k, v in state.items()
         if v.is_floating_point() and not bool((v.isfinite() if k in params else ~v.isnan()).all())
     ]
-    if bad:
-        raise ValueError(
-            f"{where}: {str(path)!r} holds non-finite weights (NaN or inf) in {bad[0]}"
-            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-        )
+    if not bad:
+        return None
+    return bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
 
 
 def _architecture(

@@ -263,3 +263,29 @@ def test_bounds_by_column_as_a_dict() -> None:
     assert flow.config["bounds"] == [[None, None], [0.0, None]]
     with pytest.raises(ValueError, match=r"bounds must name modelled columns .* got 'c'; the "):
         nf.models.standardize(maf(), frame, bounds={"c": (0, 1)})
+
+
+def test_column_names_and_context_rows_are_checked_against_the_data() -> None:
+    """Names recorded for `nfkit score` must match the flow (a wrong count was saved and then
+    blamed the data at scoring), and the context's statistics come from x's own rows (10
+    unrelated context rows beside 300 were used silently)."""
+    x = torch.randn(300, 2) * 4 + 2
+    c = torch.randn(300, 1)
+
+    def maf(context: int = 0) -> nf.Flow:
+        return nf.models.MAF(2, context=context, transforms=1, hidden=(8,))
+
+    for flow, context, kwargs, message in (
+        (maf(), None, {"columns": ["a"]}, r"columns name 1 modelled column\(s\) \['a'\]"),
+        (maf(), None, {"columns": ["a", "a"]}, r"columns must be distinct names, got \['a'\]"),
+        (maf(1), c, {"columns": ["a", "b", "c"], "given": ["zz"]}, r"given names \['zz'\], which"),
+        (maf(1), c, {"columns": ["a", "b", "c", "d"], "given": ["c", "d"]}, r"given names 2 context"),
+        (maf(), None, {"columns": ["a", "b", "c"], "given": ["c"]}, r"given names 1 context"),
+        (maf(1), c, {"given": ["c"]}, "give columns too"),
+        (maf(1), c[:10], {}, "x has 300 rows but context has 10"),
+    ):
+        with pytest.raises(ValueError, match=message) as info:
+            nf.models.standardize(flow, x, context, **kwargs)
+        assert "\n" not in str(info.value)
+    ok = nf.models.standardize(maf(1), x, c, columns=["a", "b", "c"], given=["c"])
+    assert ok.config["columns"] == ["a", "b", "c"] and ok.config["given"] == ["c"]

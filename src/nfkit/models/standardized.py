@@ -519,10 +519,13 @@ def standardize(
         given_names = [str(c) for c in context.columns] if hasattr(context, "columns") else []
         if given_names or context is None:
             columns, given = data_names + given_names, given_names or None
+    if given is not None and columns is None:
+        raise ValueError(f"{where}: given names context columns among columns: give columns too")
     if columns is not None:
         given_set = set(given or ())
         x_labels = [c for c in columns if c not in given_set]
         c_labels = list(given or ())  # the context's columns, in its order
+        _check_names(where, list(columns), c_labels, features)
     if context_angles is not None and context is None:
         raise ValueError(f"{where}: context_angles need a context")
     if context_angles and (flow.config or {}).get("set_features"):
@@ -563,6 +566,11 @@ def standardize(
             f"{where}: the context has {width} columns, {len(angle_ranges)} of them angles read "
             f"as (cos, sin) pairs: the flow needs {width + len(angle_ranges)} context features "
             f"(C + A); it takes {flow.context_features}"
+        )
+    if c_labels is not None and len(c_labels) != (ctx if context is not None else 0):
+        raise ValueError(
+            f"{where}: given names {len(c_labels)} context column(s) {c_labels}; the flow "
+            f"takes {ctx if context is not None else 0}"
         )
     if any(j >= ctx for j in angle_ranges):
         raise ValueError(
@@ -623,6 +631,11 @@ def standardize(
                 raise ValueError(
                     f"{where}: context must have last dim {ctx}, got shape {tuple(context.shape)}"
                 )
+            if context.shape[0] != x.shape[0]:  # statistics of unrelated rows, silently
+                raise ValueError(
+                    f"{where}: x has {x.shape[0]} rows but context has {context.shape[0]}: give "
+                    "one context row per row of x"
+                )
             m = (flow.config or {}).get("set_features")
             if m:  # a set's elements are exchangeable: one scaling for all, pooled over them
                 elements = context.reshape(-1, m)
@@ -645,6 +658,24 @@ def standardize(
     if isinstance(flow, RBIGFlow) and not flow.fitted:  # greedily, on the standardized rows
         out = _fit_rbig_inside(out, flow, ((x - mean) / std).to(**like))
     return out
+
+
+def _check_names(where: str, columns: list, given: list, features: int) -> None:
+    """``columns`` (every column, in file order) and ``given`` (the context's, among them) as
+    ``config`` will record them: distinct, ``given`` inside ``columns``, and ``features``
+    modelled ones (``nfkit score`` reads a table by these names)."""
+    if len(set(columns)) != len(columns):
+        twice = sorted({c for c in columns if columns.count(c) > 1}, key=str)
+        raise ValueError(f"{where}: columns must be distinct names, got {twice} more than once")
+    missing = [g for g in given if g not in columns]
+    if missing:
+        raise ValueError(f"{where}: given names {missing}, which are not among columns {columns}")
+    modelled = [c for c in columns if c not in set(given)]
+    if len(modelled) != features:
+        raise ValueError(
+            f"{where}: columns name {len(modelled)} modelled column(s) {modelled} (columns less "
+            f"given) for a flow of {features} features"
+        )
 
 
 def _fit_rbig_inside(out: Flow, rbig: Flow, y: Tensor) -> Flow:
