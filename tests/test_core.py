@@ -201,7 +201,7 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
         ),
         (lambda: T.Permutation([0, 0, 1]), "Permutation: perm must be a permutation"),
         (lambda: T.RQSplineTransformer(bins=0), "RQSplineTransformer: bins must be an integer"),
-        (lambda: nf.models.NSF(2, bins=2.5), "RQSplineTransformer: bins must be an integer >= 1"),
+        (lambda: nf.models.NSF(2, bins=2.5), "NSF: bins must be an integer >= 1"),
         (lambda: nf.models.NSF(2, bound=float("inf")), "bound must be a finite number > 0"),
         (
             lambda: T.RQSplineTransformer(min_derivative=-1.0),
@@ -249,17 +249,17 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
         (lambda: nf.models.build({"model": "Nope"}), "unknown model 'Nope'"),
         (
             lambda: nf.models.RealNVP(2, max_log_scale=0.0),
-            "AffineTransformer: max_log_scale must be a finite number > 0, got 0.0",
+            "RealNVP: max_log_scale must be a finite number > 0, got 0.0",
         ),
         (
             lambda: nf.models.MAF(2, scale="exp", max_log_scale=float("inf")),
-            "AffineTransformer: max_log_scale must be a finite number > 0, got inf",
+            "MAF: max_log_scale must be a finite number > 0, got inf",
         ),
         (lambda: nf.models.FFJORD(2, t1=float("inf")), "t1 must be a finite number > 0"),
         (lambda: nf.models.RBIG(2, tol=float("nan")), "RBIG: tol must be a finite number >= 0"),
         (lambda: nf.models.RBIG(2, seed=-1), "RBIG: seed must be an integer >= 0, got -1"),
-        (lambda: nf.models.NAF(2, bound=float("inf")), "DSFTransformer: bound must be a finite"),
-        (lambda: nf.models.UMNN(2, bound=0.0), "UMNNTransformer: bound must be a finite number"),
+        (lambda: nf.models.NAF(2, bound=float("inf")), "NAF: bound must be a finite"),
+        (lambda: nf.models.UMNN(2, bound=0.0), "UMNN: bound must be a finite number"),
         (
             lambda: nf.models.UMNN(2, integrand=()),
             "UMNN: integrand must be a sequence of positive",

@@ -99,3 +99,46 @@ def test_switches_take_only_booleans(value: object) -> None:
     with pytest.raises(TypeError, match=r"nf.models.NSF: coupling must be True or False"):
         nf.models.NSF(2, coupling=value)
     assert nf.models.MAF(2, batch_norm=np.bool_(True)).config["batch_norm"] is True
+
+
+def test_config_shares_nothing_with_the_caller(tmp_path) -> None:
+    """A sweep editing the dict it passed after building once changed the recorded inner
+    architecture, and the saved file no longer loaded."""
+    inner = nf.models.MAF(2, context=8, transforms=1, hidden=[8]).config
+    first = nf.models.Embedded(2, flow=inner, context=4, hidden=(8,))
+    inner["hidden"] = [16]
+    assert first.config["flow"]["hidden"] == [8]
+    path = nf.save(first, tmp_path / "m.pt")
+    assert nf.load(path).config == first.config
+    rebuilt = nf.models.build(first.config)
+    rebuilt.config["flow"]["hidden"].append(32)
+    assert first.config["flow"]["hidden"] == [8]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: nf.models.NSF(2, bins=0), ValueError, "NSF: bins must be"),
+        (lambda: nf.models.MAF(2, base="x"), ValueError, "MAF: base must be one of"),
+        (lambda: nf.models.MAF(2, activation="x"), ValueError, "MAF: activation must be one of"),
+        (lambda: nf.models.MAF(2, max_log_scale=-1.0), ValueError, "MAF: max_log_scale"),
+        (lambda: nf.models.BNAF(2, leak=-1.0), ValueError, "BNAF: leak must be"),
+        (lambda: nf.models.NAF(2, components=0), ValueError, "NAF: components must be"),
+        (lambda: nf.models.Planar(2, hidden=()), ValueError, "Planar: hidden must be"),
+        (lambda: nf.models.Radial(2, context=1, hidden=[-1]), ValueError, "Radial: hidden must"),
+        (lambda: nf.models.Sylvester(2, hidden="64"), ValueError, "Sylvester: hidden must be"),
+        (lambda: nf.models.NCSF("2", angles=[0]), ValueError, "NCSF: features must be"),
+        (lambda: nf.models.FFJORD(2, base="x"), ValueError, "FFJORD: base must be one of"),
+        (lambda: nf.models.ResidualFlow(2, lipschitz=2), ValueError, "ResidualFlow: lipschitz"),
+        (lambda: nf.models.build(None), TypeError, "nf.models.build: config must be a dict"),
+        (lambda: nf.models.build({"model": ["MAF"]}), ValueError, "nf.models.build: unknown model"),
+    ],
+)
+def test_argument_errors_name_the_factory(make, error: type, message: str) -> None:
+    """An option passed on to a layer or the base is named after the factory (it said
+    `RQSplineTransformer: bins ...`, `base must ...` with no name, or blamed `hidden` for NAF's
+    components), in one line."""
+    with pytest.raises(error) as info:
+        make()
+    text = str(info.value)
+    assert "\n" not in text and message in (text[: len(message)], text[10:][: len(message)]), text

@@ -44,3 +44,18 @@ def test_a_custom_conditioner_of_the_wrong_width_is_refused() -> None:
         nf.transforms.Coupling(4, nf.transforms.AdditiveTransformer(), dim=-3)
     with pytest.raises(ValueError, match="reflections must be an integer >= 1, got 0"):
         nf.transforms.Householder(3, reflections=0)
+
+
+def test_context_and_mask_refusals_are_one_line() -> None:
+    """A negative or non-integer context was built (or failed inside the MLP); masks of 0.5s
+    or 2s were read as booleans, a string failed in torch.as_tensor."""
+    from nfkit.transforms import AffineTransformer, Coupling
+
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=f"Coupling: context must be an integer >= 0, got {bad}"):
+            Coupling(3, AffineTransformer(), context=bad)
+    for mask in ([1, 0, 2], [0.5, 0.0, 1.0], "abc", torch.tensor([0.3, 0.0, 7.0])):
+        with pytest.raises(ValueError, match=r"Coupling: mask must be a boolean \(3,\)"):
+            Coupling(3, AffineTransformer(), mask=mask)
+    for mask in ([True, False, True], [1, 0, 1], torch.tensor([1.0, 0.0, 1.0])):
+        assert Coupling(3, AffineTransformer(), mask=mask).mask.tolist() == [True, False, True]

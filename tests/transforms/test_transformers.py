@@ -104,3 +104,48 @@ def test_untracked_path_equals_the_autograd_path(
         assert y_ref.requires_grad
         assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
         assert torch.equal(y, y_ref.detach()) and torch.equal(ladj, ladj_ref.detach())
+
+
+def _every_transformer() -> list:
+    import nfkit.transforms as T
+
+    return [
+        T.AdditiveTransformer(),
+        AffineTransformer(),
+        T.RQSplineTransformer(bins=4),
+        T.CircularRQSplineTransformer(bins=4),
+        T.DSFTransformer(),
+        T.SOSPolynomialTransformer(),
+        T.BernsteinTransformer(),
+        T.UMNNTransformer(),
+    ]
+
+
+@pytest.mark.parametrize("transformer", _every_transformer(), ids=lambda t: type(t).__name__)
+def test_params_of_another_width_are_refused(transformer) -> None:
+    """A spline read its bin count off the parameters' width (12 for 4 bins gave another
+    spline, silently); the others failed in an unpack or broadcast, or gave a wrong shape."""
+    if isinstance(transformer, torch.nn.Module):  # UMNN's integrand network
+        transformer = transformer.double()
+    p = transformer.num_params
+    x = torch.rand(5, dtype=torch.float64) - 0.5
+    params = 0.1 * torch.randn(5, p, dtype=torch.float64)
+    for call in (transformer.forward, transformer.inverse, transformer.inverse_value):
+        call(x, params)  # the right width is taken
+        for width in (p - 1, p + 1):
+            if width < 1:
+                continue
+            with pytest.raises(ValueError) as info:
+                call(x, params.new_zeros(5, width))
+            assert str(info.value) == (
+                f"{type(transformer).__name__}: params must have last dim {p} (num_params), got "
+                f"shape (5, {width})"
+            )
+
+
+def test_spline_min_derivative_of_one_or_more_is_refused_at_construction() -> None:
+    from nfkit.transforms import RQSplineTransformer
+
+    for m in (1.0, 1.5):  # the first forward failed with "math domain error"
+        with pytest.raises(ValueError, match=f"RQSplineTransformer: min_derivative must be < 1, got {m:g}"):
+            RQSplineTransformer(bins=4, min_derivative=m)

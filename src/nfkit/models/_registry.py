@@ -2,10 +2,10 @@ r"""The factory registry: ``@factory`` fills ``flow.config``; ``build(config)`` 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,11 +48,28 @@ def _plain(value: Any) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
+    """``value`` with tuples as lists, and every list and dict a fresh copy: ``flow.config``
+    shares nothing with the caller (a sweep that edits the dict it passed as ``flow=`` after
+    building would otherwise change the recorded architecture, and the saved file not load)."""
+    if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+_COMPONENT = re.compile(r"[A-Z][A-Za-z0-9]*: ")
+
+
+def _named(factory_name: str, e: ValueError | TypeError) -> ValueError | TypeError:
+    """An argument error raised while a factory builds its layers and base, named after the
+    factory: ``NSF: bins ...`` rather than ``RQSplineTransformer: bins ...``, ``MAF: base must
+    ...`` rather than ``base must ...`` (errors already naming a factory are left as they are)."""
+    message = str(e)
+    found = _COMPONENT.match(message)
+    if message.startswith("nf.") or (found and found.group()[:-2] in FACTORIES):
+        return e  # the factory's own, or an inner flow's (Embedded(flow=...)): already named
+    return type(e)(f"{factory_name}: {message[found.end() if found else 0 :]}")
 
 
 def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -> Any:
@@ -81,7 +98,10 @@ def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -
                 raise TypeError(
                     f"nf.models.{fn.__name__}: {name} must be True or False, got {shown(value)}"
                 )
-        flow = fn(*bound.args, **bound.kwargs)
+        try:
+            flow = fn(*bound.args, **bound.kwargs)
+        except (ValueError, TypeError) as e:
+            raise _named(fn.__name__, e) from None
         flow.config = {
             "model": fn.__name__,
             **{k: _jsonable(v) for k, v in bound.arguments.items()},
@@ -96,21 +116,16 @@ def factory(fn: Callable[..., Flow] | None = None, *, lr: float | None = None) -
     return wrapper
 
 
-@contextlib.contextmanager
-def named_after(factory_name: str, layer: str) -> Iterator[None]:
-    """A ``ValueError`` raised while a factory builds its layers and base, named after the
-    factory (``ResidualFlow: lipschitz ...`` rather than ``ResidualBlock: ...``)."""
-    try:
-        yield
-    except ValueError as e:
-        raise ValueError(f"{factory_name}: {str(e).removeprefix(layer + ': ')}") from None
-
-
 def build(config: dict[str, Any]) -> Flow:
-    """Rebuild the architecture described by ``flow.config`` (fresh weights)."""
-    config = dict(config)
+    """Rebuild the architecture described by ``flow.config`` (fresh weights; the flow's
+    config is a copy, sharing nothing with ``config``)."""
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"nf.models.build: config must be a dict such as flow.config, got {type(config).__name__}"
+        )
+    config = _jsonable(config)
     name = config.pop("model", None)
-    if name not in FACTORIES:
+    if not isinstance(name, str) or name not in FACTORIES:
         raise ValueError(
             f"nf.models.build: unknown model {shown(name)}; known: {sorted(FACTORIES)}"
         )

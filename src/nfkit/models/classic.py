@@ -370,6 +370,7 @@ def NCSF(
         (True, torch.Size([5]))
     """
     where = "nf.models.NCSF"
+    features = check_positive_int(where, "features", features)
     check_number(where, "real_bound", real_bound, 0.0)
     circular = CircularRQSplineTransformer(bins=bins, bound=bound)
     angle_cols = _check_columns(where, "angles", angles, features)
@@ -478,10 +479,12 @@ def _residual_layers(
     context: int,
     layers: int,
     direction: str,
+    hidden: Any,
 ) -> list[Transform]:
     features = check_positive_int(where, "features", features)
     context = check_positive_int(where, "context", context, minimum=0)
     layers = check_positive_int(where, "layers", layers)
+    check_hidden(where, hidden)  # (read by a context network only, but recorded either way)
     if direction not in ("sample", "density"):
         raise ValueError(
             f"{where}: direction must be 'sample' or 'density', got {shown(direction)}"
@@ -513,6 +516,7 @@ def Planar(
         context,
         layers,
         direction,
+        hidden,
     )
     return _flow(t, features, context, base)
 
@@ -535,6 +539,7 @@ def Radial(
         context,
         layers,
         direction,
+        hidden,
     )
     return _flow(t, features, context, base)
 
@@ -561,5 +566,6 @@ def Sylvester(
         context,
         layers,
         direction,
+        hidden,
     )
     return _flow(t, features, context, base)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Compose, Flow
-from nfkit.models._registry import factory, make_base, named_after
+from nfkit.models._registry import factory, make_base
 from nfkit.transforms.continuous import ContinuousFlow
 
 __all__ = ["FFJORD"]
@@ -72,29 +72,28 @@ def FFJORD(
     hidden = check_hidden("FFJORD", hidden)
     solvers = _per_block("sample_solver", sample_solver, blocks)
     counts = _per_block("sample_steps", sample_steps, blocks)
-    with named_after("FFJORD", "ContinuousFlow"):  # the blocks' and the base's errors
-        layers = [
-            ContinuousFlow(
-                features,
-                context=context,
-                hidden=hidden,
-                time_dependent=time_dependent,
-                time_features=time_features,
-                trace=trace,
-                noise=noise,
-                solver=solver,
-                atol=atol,
-                rtol=rtol,
-                steps=steps,
-                sample_solver=solvers[i],
-                sample_steps=counts[i],
-                adjoint=adjoint,
-                t1=t1,
-                max_steps=max_steps,
-            )
-            for i in range(blocks)
-        ]
-        base_distribution = make_base(base, features)
+    layers = [
+        ContinuousFlow(
+            features,
+            context=context,
+            hidden=hidden,
+            time_dependent=time_dependent,
+            time_features=time_features,
+            trace=trace,
+            noise=noise,
+            solver=solver,
+            atol=atol,
+            rtol=rtol,
+            steps=steps,
+            sample_solver=solvers[i],
+            sample_steps=counts[i],
+            adjoint=adjoint,
+            t1=t1,
+            max_steps=max_steps,
+        )
+        for i in range(blocks)
+    ]
+    base_distribution = make_base(base, features)
     return Flow(Compose(*layers), base_distribution, context=context)
 
 

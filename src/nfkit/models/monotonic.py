@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nfkit._checks import check_hidden
+from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Flow, Transform
 from nfkit.models._registry import activation as activation_class
 from nfkit.models._registry import factory
@@ -62,6 +62,7 @@ def NAF(
         orders: ``"alternate"`` or ``"random"`` autoregressive orders (see :func:`MAF`).
         base: Base distribution name.
     """
+    components = check_positive_int("NAF", "components", components)
     layers = _autoregressive_stack(
         "NAF",
         features,

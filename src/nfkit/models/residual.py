@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from nfkit._checks import check_hidden, check_positive_int
 from nfkit.core import Compose, Flow, Transform
-from nfkit.models._registry import factory, make_base, named_after
+from nfkit.models._registry import factory, make_base
 from nfkit.transforms import ActNorm
 from nfkit.transforms.residual import LogDet, ResidualBlock
 
@@ -54,20 +54,19 @@ def ResidualFlow(
     blocks = check_positive_int("ResidualFlow", "blocks", blocks)
     hidden = check_hidden("ResidualFlow", hidden)
     layers: list[Transform] = []
-    with named_after("ResidualFlow", "ResidualBlock"):  # the blocks' and the base's errors
-        for _ in range(blocks):
-            if actnorm:
-                layers.append(ActNorm(features))
-            layers.append(
-                ResidualBlock(
-                    features,
-                    context=context,
-                    hidden=hidden,
-                    lipschitz=lipschitz,
-                    logdet=logdet,
-                    terms=terms,
-                    max_iter=max_iter,
-                )
+    for _ in range(blocks):
+        if actnorm:
+            layers.append(ActNorm(features))
+        layers.append(
+            ResidualBlock(
+                features,
+                context=context,
+                hidden=hidden,
+                lipschitz=lipschitz,
+                logdet=logdet,
+                terms=terms,
+                max_iter=max_iter,
             )
-        base_distribution = make_base(base, features)
+        )
+    base_distribution = make_base(base, features)
     return Flow(Compose(*layers), base_distribution, context=context)

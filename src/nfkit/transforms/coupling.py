@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_negative_dim, check_positive_int, require_context
+from nfkit._checks import check_negative_dim, check_positive_int, require_context, shown
 from nfkit._shapes import broadcast_shapes, check_size
 from nfkit.core import Transform
 from nfkit.nn.mlp import MLP, Period, PeriodicEmbedding, broadcast_cat, embedded_width
@@ -57,6 +57,22 @@ class MLPConditioner(nn.Module):
             x = self.embed(x)
         # an unconditional conditioner ignores a context (one meant for a conditional base)
         return self.net(broadcast_cat(x, context) if self.context else x)
+
+
+def _as_mask(mask: Tensor | Sequence[bool], features: int) -> Tensor:
+    """A boolean mask from booleans or exact 0/1 entries (0.5 or 2 is no mask entry: they were
+    read as True)."""
+    items = mask.tolist() if isinstance(mask, Tensor) else mask
+    try:
+        values = [bool(v) if v in (0, 1) else None for v in items]  # True == 1, False == 0
+    except TypeError:  # a string, a number, nested sequences
+        values = [None]
+    if isinstance(items, str) or None in values:
+        raise ValueError(
+            f"Coupling: mask must be a boolean ({features},) with both True and False entries, "
+            f"got {shown(mask)}"
+        )
+    return torch.tensor(values, dtype=torch.bool)
 
 
 class Coupling(Transform):
@@ -111,10 +127,9 @@ class Coupling(Transform):
                 "Coupling: needs features >= 2 (use Elementwise for D = 1; with a context, "
                 "Elementwise(..., context=C))"
             )
+        context = check_positive_int("Coupling", "context", context, minimum=0)
         check_transformer("Coupling", transformer, features)
-        mask_t = (
-            alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
-        )
+        mask_t = alternating_mask(features) if mask is None else _as_mask(mask, features)
         if mask_t.shape != (features,) or bool(mask_t.all()) or not bool(mask_t.any()):
             raise ValueError(
                 f"Coupling: mask must be a boolean ({features},) with both True and False entries"

@@ -130,12 +130,14 @@ class _MonotoneWithTails(Transformer):
         raise NotImplementedError
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         x, params = _broadcast(x, params)
         xc = x.clamp(-self.bound, self.bound)
         z, ladj = self._inner(xc.unsqueeze(-1), params)
         return _with_tails(x, xc, z.squeeze(-1), ladj.squeeze(-1), self.min_slope)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         z, params = _broadcast(z, params)
         ends = torch.tensor([-self.bound, self.bound], dtype=z.dtype, device=z.device)
         anchors, _ = self._inner(ends.expand(*z.shape, 2), params)
@@ -587,6 +589,7 @@ class GaussianizationTransformer(Transformer):
     def _parts(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``x`` broadcast to the batch, and ``(a, b, log a)`` at the parameters' own shape,
         kernels first (:func:`_kernels_first`)."""
+        self._check_params(params)
         shape = broadcast_shapes(x.shape, params.shape[:-1])
         a, b = (_kernels_first(t, len(shape)) for t in self._slopes(params))
         return x.expand(shape), a, b, torch.log(a)
@@ -727,6 +730,7 @@ class UMNNTransformer(nn.Module, Transformer):
         return integral, (log_g[..., k] if with_slope else None)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        self._check_params(params)
         x, params = _broadcast(x, params)
         h, beta = params[..., :-1], params[..., -1]
         xc = x.clamp(-self.bound, self.bound)
@@ -735,6 +739,7 @@ class UMNNTransformer(nn.Module, Transformer):
         return _with_tails(x, xc, beta + integral, log_g, self.min_slope)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         z, params = _broadcast(z, params)
         h, beta = params[..., :-1], params[..., -1]
         target = z - beta

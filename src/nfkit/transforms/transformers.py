@@ -92,6 +92,16 @@ class Transformer(abc.ABC):
         """``inverse(z, params)[0]``: overridden where the log-det costs extra work."""
         return self.inverse(z, params)[0]
 
+    def _check_params(self, params: Tensor) -> None:
+        """``params`` has ``P = num_params`` entries per element, else a one-line error (a
+        shape test): a spline read its bin count off the width, so 12 parameters for 4 bins
+        gave another spline, silently."""
+        if params.shape[-1:] != (self.num_params,):
+            raise ValueError(
+                f"{type(self).__name__}: params must have last dim {self.num_params} (num_params), "
+                f"got shape {tuple(params.shape)}"
+            )
+
 
 def check_transformer(where: str, transformer: object, features: int) -> Transformer:
     """``transformer`` if it is a :class:`Transformer` for ``features`` columns (any, or as many
@@ -115,10 +125,12 @@ class AdditiveTransformer(Transformer):
         return 1
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         z = x + params.squeeze(-1)
         return z, torch.zeros_like(z)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         x = z - params.squeeze(-1)
         return x, torch.zeros_like(x)
 
@@ -165,10 +177,12 @@ class AffineTransformer(Transformer):
         return 2
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         z, log_scale = affine(x, params, self.scale, self.max_log_scale)
         return z, log_scale.expand(z.shape)
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_params(params)
         x, log_scale = affine(z, params, self.scale, self.max_log_scale, inverse=True)
         return x, log_scale.expand(x.shape)
 
@@ -190,13 +204,20 @@ class _Spline(Transformer):
         check_number(where, "bound", self.bound, 0.0)
         for name in ("min_width", "min_height", "min_derivative"):
             check_number(where, name, getattr(self, name), 0.0, inclusive=True)
+        if self.min_derivative >= 1:  # raw 0 gives the derivative 1: softplus⁻¹(1 - m) is none
+            raise ValueError(f"{where}: min_derivative must be < 1, got {self.min_derivative:g}")
         if self.min_width * self.bins >= 1 or self.min_height * self.bins >= 1:
             raise ValueError(
                 f"{where}: min_width and min_height must be < 1/bins = {1 / self.bins:g}, got "
                 f"{self.min_width:g} and {self.min_height:g}"
             )
 
-    def _options(self) -> dict[str, float]:
+    def _options(self, params: Tensor) -> dict[str, float]:
+        """The spline's settings, once ``params`` is checked to be the packed parameters."""
+        self._check_params(params)
+        return self._options_unchecked()
+
+    def _options_unchecked(self) -> dict[str, float]:
         return {
             "bound": self.bound,
             "min_width": self.min_width,
@@ -222,13 +243,13 @@ class RQSplineTransformer(_Spline):
         return 3 * self.bins - 1
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return rqs_packed(x, params, inverse=False, **self._options())
+        return rqs_packed(x, params, inverse=False, **self._options(params))
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return rqs_packed(z, params, inverse=True, **self._options())
+        return rqs_packed(z, params, inverse=True, **self._options(params))
 
     def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
-        return rqs_packed_inverse_value(z, params, **self._options())
+        return rqs_packed_inverse_value(z, params, **self._options(params))
 
 
 @dataclass(frozen=True)
@@ -264,23 +285,24 @@ class CircularRQSplineTransformer(_Spline):
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """The spline's ``3K`` packed parameters and the rotation ``φ``."""
+        self._check_params(params)
         spline, shift = params.split([3 * self.bins, 1], dim=-1)
         return spline, shift.squeeze(-1)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         spline, shift = self._split(params)
-        y, ladj = rqs_packed(x, spline, circular=True, **self._options())
+        y, ladj = rqs_packed(x, spline, circular=True, **self._options_unchecked())
         return wrap(y + shift, self.bound), ladj
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         spline, shift = self._split(params)
         y = wrap(z - shift, self.bound)
-        return rqs_packed(y, spline, inverse=True, circular=True, **self._options())
+        return rqs_packed(y, spline, inverse=True, circular=True, **self._options_unchecked())
 
     def inverse_value(self, z: Tensor, params: Tensor) -> Tensor:
         spline, shift = self._split(params)
         y = wrap(z - shift, self.bound)
-        return rqs_packed_inverse_value(y, spline, circular=True, **self._options())
+        return rqs_packed_inverse_value(y, spline, circular=True, **self._options_unchecked())
 
 
 class PerColumnTransformer(torch.nn.Module, Transformer):
