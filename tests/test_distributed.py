@@ -175,6 +175,31 @@ def test_init_from_env_outside_torchrun_is_one_line(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "backend", "message"),
+    [
+        ({"RANK": "0", "WORLD_SIZE": "abc"}, None, "WORLD_SIZE must be an integer >= 1 (torchrun sets it), got 'abc'"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, None, "RANK must be an integer >= 0 (torchrun sets it), got 'x'"),
+        ({"RANK": "3", "WORLD_SIZE": "2"}, None, "RANK=3 must be below WORLD_SIZE=2"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "nccl", "the nccl backend needs GPUs; on cpu use gloo"),
+    ],
+)
+def test_init_from_env_names_a_bad_variable_or_backend(monkeypatch, env, backend, message) -> None:
+    """A malformed torchrun variable was parsed by torch ("invalid literal for int()"), a rank
+    beyond the world size waited ~10 minutes in the rendezvous, nccl on CPU failed inside
+    torch: one line each, before any process group is made."""
+    import torch.distributed as dist
+
+    from nfkit import distributed
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: pytest.fail("initialized"))
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        distributed.init_from_env(backend=backend, device="cpu")
+    assert str(info.value) == f"nfkit.distributed: {message}"
+
+
+@pytest.mark.parametrize(
     ("device", "gpus", "local_rank", "per_node", "expected"),
     [
         ("cpu", 2, 0, 2, "gloo on cpu"),  # CPU asked for: gloo, also beside GPUs
@@ -278,6 +303,22 @@ CHECKS = textwrap.dedent(
     except ValueError as e:
         out["capped"] = str(e)
 
+    # fit settings or held-out rows that differ between ranks: refused on each (other steps
+    # hung, another val_fraction aborted inside gloo, val= on one rank trained on two sets)
+    small = nf.models.MAF(2, transforms=1, hidden=(8,)).double
+    for name, kwargs in (("steps", {"steps": 6 + rank}),
+                         ("val_fraction", {"val_fraction": 0.1 * rank}),
+                         ("val", {"val": x[:50]} if rank else {})):
+        try:
+            nf.fit(small(), x[:200], batch_size=64, progress=False, seed=1,
+                   **{"steps": 6, **kwargs})
+        except ValueError as e:
+            out[name] = str(e)
+    try:  # fewer training rows than processes
+        nf.fit(small(), x[:1], steps=2, val_fraction=0, progress=False)
+    except ValueError as e:
+        out["one row"] = str(e)
+
     # resuming gives each rank its own noise stream back (dequantized column: torch's RNG)
     xd = x.clone()
     xd[:, 1] = (xd[:, 1] * 3).round()
@@ -338,6 +379,15 @@ def test_ddp_seed_data_batch_and_resume_checks(tmp_path) -> None:
         "nf.fit: the batch is the 393 training rows (fewer than batch_size=512), which the 2 "
         "processes of a distributed run cannot share equally; give a batch_size divisible by 2 "
         "and at most 393"
+    )
+    assert "were given different settings (steps=7 on rank 1, 6 here)" in found["steps"]
+    assert "were given different settings (val_fraction=0.1 on rank 1, 0.0 here)" in (
+        found["val_fraction"]
+    )
+    assert "have different training rows (rank 1 and here; val= or val_weights=" in found["val"]
+    assert found["one row"] == (
+        "nf.fit: 1 training row(s) cannot be shared by the 2 processes of a distributed run: run "
+        "fewer processes (or give more data)"
     )
     assert found["full"] == found["resumed"] and len(found["full"]) == 20
     assert "disagree on the checkpoint (rank 0: step 20, rank 1: no checkpoint)" in found["one rank"]

@@ -61,12 +61,17 @@ def init_from_env(
     if not dist.is_available():
         raise RuntimeError("nfkit.distributed: this PyTorch build has no torch.distributed")
     where = "nfkit.distributed"
+    rank, world = _env_int("RANK", None, 0), _env_int("WORLD_SIZE", None, 1)
+    if rank >= world:  # torch would wait in the rendezvous for ranks that never come
+        raise RuntimeError(f"{where}: RANK={rank} must be below WORLD_SIZE={world}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = check_device(where, device)
+    if backend == "nccl" and dev.type != "cuda":
+        raise ValueError(f"{where}: the nccl backend needs GPUs; on {dev.type} use gloo")
     if dev.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        local = _env_int("LOCAL_RANK", 0, 0)
+        per_node = _env_int("LOCAL_WORLD_SIZE", 1, 1)
         visible = torch.cuda.device_count()
         if dev.index is not None and per_node > 1:
             raise ValueError(
@@ -85,6 +90,24 @@ def init_from_env(
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return dev
+
+
+def _env_int(name: str, default: int | None, minimum: int) -> int:
+    """The integer environment variable ``name`` (torchrun sets it), ``>= minimum``, or
+    ``default`` when unset; else a one-line ``RuntimeError`` naming it."""
+    text = os.environ.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        value = int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < minimum:
+        raise RuntimeError(
+            f"nfkit.distributed: {name} must be an integer >= {minimum} (torchrun sets it), "
+            f"got {text!r}"
+        )
+    return value
 
 
 def shutdown(wait: bool = True) -> None:

@@ -203,6 +203,35 @@ def _same_on_every_rank(where: str, x: Tensor, c: Tensor | None, w: Tensor | Non
         )
 
 
+def _same_run_on_every_rank(
+    where: str, settings: dict[str, Any], train: Tensor, held_out: Tensor
+) -> None:
+    """Every process runs the same loop on the same split: the settings (steps, batch size,
+    schedule, ...) and the training and held-out rows after the split are compared, and a
+    mismatch is refused on every rank alike (other ``steps`` hung the run, another
+    ``val_fraction`` aborted it inside gloo, a ``val=`` on one rank only trained it on two
+    different sets, silently)."""
+    mine = (settings, train, held_out)
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    for rank, (other, other_train, other_held) in enumerate(every):
+        differ = [k for k in sorted({*settings, *other}) if settings.get(k) != other.get(k)]
+        if differ:
+            key = differ[0]
+            raise ValueError(
+                f"{where}: the processes of a distributed run were given different settings "
+                f"({key}={other.get(key)!r} on rank {rank}, {settings.get(key)!r} here): every "
+                "process must call fit alike"
+            )
+        for what, a, b in (("training", other_train, train), ("held-out", other_held, held_out)):
+            if not _same_data(a, b):
+                raise ValueError(
+                    f"{where}: the processes of a distributed run have different {what} rows "
+                    f"(rank {rank} and here; val= or val_weights= given on some ranks only?): "
+                    "every process must call fit alike"
+                )
+
+
 def _config_difference(made: Any, now: Any, at: str = "") -> str:
     """The first setting in which two model configs differ, in a few words (nested configs,
     such as a standardized model's inner ``flow``, are followed)."""
@@ -1115,6 +1144,18 @@ def fit(
     }
     if val is None:  # the split (with val=, none: the held-out rows are compared instead)
         settings["val_fraction"] = float(val_fraction)
+    if world > 1 and dist.is_initialized():
+        _same_run_on_every_rank(
+            where,
+            {**settings, "steps": steps, "objective": objective, "val_fraction": val_fraction},
+            _fingerprint(xt, ct, wt),
+            _fingerprint(xv, cv, wv) if xv is not None else torch.empty(0),
+        )
+    if world > 1 and n < world:
+        raise ValueError(
+            f"{where}: {n} training row(s) cannot be shared by the {world} processes of a "
+            "distributed run: run fewer processes (or give more data)"
+        )
     if world > 1 and min(batch_size, n) % world:
         capped = (
             f"the batch is the {n} training rows (fewer than batch_size={batch_size}), "
