@@ -116,7 +116,6 @@ class MADE(PackedLayers):
         An autoregressive inverse applies the output layer itself, restricted to the rows of
         the one feature each pass settles.
         """
-        check_size("MADE", x, -1, self.features)  # a narrow first layer would read a slice
         layers = self.layers() if layers is None else layers
         if self.period is not None:  # (no module call otherwise: this runs D times a sample)
             x = self.embed(x)
@@ -173,6 +172,7 @@ class MADE(PackedLayers):
         ``layers`` (from :meth:`layers`) may be passed to reuse the masked weights across
         several passes; by default they are computed here.
         """
+        check_size("MADE", x, -1, self.features)  # a narrow first layer would read a slice
         layers = self.layers() if layers is None else layers
         w, b = layers[-1]
         d, p = self.features, self.out_per_feature
