@@ -289,3 +289,20 @@ def test_column_names_and_context_rows_are_checked_against_the_data() -> None:
         assert "\n" not in str(info.value)
     ok = nf.models.standardize(maf(1), x, c, columns=["a", "b", "c"], given=["c"])
     assert ok.config["columns"] == ["a", "b", "c"] and ok.config["given"] == ["c"]
+
+
+def test_standardized_factory_checks_the_names_it_records() -> None:
+    """A config edited by hand (or written by another tool) is held to the same rule as
+    standardize: the names must fit the features and the context."""
+    x, c = torch.randn(300, 2) * 4 + 2, torch.randn(300, 1)
+    flow = nf.models.standardize(nf.models.MAF(2, context=1, transforms=1, hidden=(8,)), x, c,
+                                 columns=["a", "b", "c"], given=["c"])  # fmt: skip
+    assert nf.models.build(flow.config).config["columns"] == ["a", "b", "c"]
+    for change, message in (
+        ({"columns": ["a", "b"]}, r"given names \['c'\], which are not among columns"),
+        ({"given": None}, r"columns name 3 modelled column\(s\)"),
+        ({"columns": ["a", "b", "c", "d"], "given": ["c", "d"]}, r"given names 2 context column"),
+        ({"columns": None}, "give columns too"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            nf.models.build({**flow.config, **change})

@@ -394,6 +394,17 @@ def Standardized(
     context = check_positive_int("Standardized", "context", context, minimum=0)
     if not isinstance(flow, dict) or "model" not in flow:
         raise TypeError("Standardized: flow must be an inner flow's config dict with a 'model'")
+    if given is not None and columns is None:
+        raise ValueError(
+            "Standardized: given names context columns among columns: give columns too"
+        )
+    if columns is not None:  # what `nfkit score` reads a table by
+        _check_names("Standardized", list(columns), list(given or ()), features)
+        if len(given or ()) != context:
+            raise ValueError(
+                f"Standardized: given names {len(given or ())} context column(s), for a context "
+                f"of {context}"
+            )
     inner = build(flow)
     angles = [int(entry[0]) for entry in context_angles or ()]
     _check_inner("Standardized", inner, features, context + len(angles))
