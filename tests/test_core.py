@@ -332,6 +332,44 @@ def test_an_inner_layer_of_a_chain_checks_the_support_the_layer_before_does_not_
         (lambda: nf.datasets.digits(test_fraction=0), "test_fraction must lie in (0, 1), got 0"),
         (lambda: T.Permutation(np.int64(0)), "Permutation: features must be an integer >= 1"),
         (lambda: nf.distributions.StandardNormal((2, 1.5)), "got (2, 1.5)"),
+        # seeds, event dims, channels and callables named by the class (raw torch or Python
+        # errors at construction or at the first call before; a float seed was truncated)
+        (lambda: T.Permutation(3, seed="a"), "Permutation: seed must be an int or None, got 'a'"),
+        (lambda: T.LULinear(3, seed=1.5), "LULinear: seed must be an int or None, got 1.5"),
+        (lambda: T.Householder(3, seed=[1]), "Householder: seed must be an int or None"),
+        (lambda: T.Planar(2, seed="a"), "Planar: seed must be an int or None, got 'a'"),
+        (lambda: T.Radial(2, seed=1.5), "Radial: seed must be an int or None, got 1.5"),
+        (lambda: T.Sylvester(2, seed="x"), "Sylvester: seed must be an int or None, got 'x'"),
+        (
+            lambda: T.Rotation(3, method="random", seed=2.7),
+            "Rotation: seed must be an int or None, got 2.7",
+        ),
+        (lambda: T.InvConv1x1(0), "InvConv1x1: channels must be an integer >= 1, got 0"),
+        (lambda: T.InvConv1x1(3, seed="a"), "InvConv1x1: seed must be an int or None, got 'a'"),
+        (lambda: T.Sigmoid(event_dim=2.5), "Sigmoid: event_dim must be an integer >= 0, got 2.5"),
+        (lambda: T.Affine(0.0, 2.0, event_dim=-1), "Affine: event_dim must be an integer >= 0"),
+        (lambda: T.Tanh(event_dim=None), "Tanh: event_dim must be an integer >= 0, got None"),
+        (lambda: T.LogitPreprocess(event_dim=2.5), "LogitPreprocess: event_dim must be an integer"),
+        (
+            lambda: T.Coupling(3, T.AffineTransformer(), conditioner="x"),
+            "Coupling: conditioner must be an nn.Module",
+        ),
+        (
+            lambda: T.Autoregressive(3, T.AffineTransformer(), activation=torch.nn.ReLU()),
+            "MADE: activation must be a module class such as nn.ReLU (one made per network), "
+            "got ReLU()",
+        ),
+        (
+            lambda: T.PerColumnTransformer(T.AffineTransformer(), [0]),
+            "PerColumnTransformer: parts must be a sequence",
+        ),
+        (
+            lambda: T.PerColumnTransformer([T.AffineTransformer()], 3),
+            "PerColumnTransformer: assignment must be a sequence, got 3",
+        ),
+        (lambda: T.alternating_mask(4, parity=2.5), "alternating_mask: parity must be an integer"),
+        (lambda: T.alternating_mask(-1), "alternating_mask: features must be an integer >= 1"),
+        (lambda: T.MLPConditioner(2, 4, -1, (8,)), "MLPConditioner: context must be an integer"),
     ],
 )
 def test_constructors_reject_bad_arguments(build, message: str) -> None:

@@ -313,6 +313,11 @@ def resolve_seed(where: str, seed: object) -> int:
     return value
 
 
+def seeded(where: str, seed: object) -> torch.Generator:
+    """A CPU generator seeded by :func:`resolve_seed` (``seed`` checked, naming ``where``)."""
+    return torch.Generator().manual_seed(resolve_seed(where, seed))
+
+
 def check_positive_int(where: str, name: str, value: object, minimum: int = 1) -> int:
     """``value`` as a Python int ``>= minimum`` (NumPy integers and 0-d integer tensors too)."""
     number = as_int(value)

@@ -18,7 +18,7 @@ from nfkit._checks import (
     check_number,
     check_open_interval,
     check_positive_int,
-    resolve_seed,
+    seeded,
 )
 from nfkit.tables import read_table as load
 
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def _generator(where: str, seed: int | None) -> torch.Generator:
-    return torch.Generator().manual_seed(resolve_seed(f"nf.datasets.{where}", seed))
+    return seeded(f"nf.datasets.{where}", seed)
 
 
 def _prepare(where: str, n: int, noise: float, seed: int | None) -> torch.Generator:

@@ -78,6 +78,11 @@ class PackedLayers(nn.Module):
         else:
             self.register_buffer("mask", None)
         self.theta = nn.Parameter(theta)
+        if isinstance(activation, nn.Module) or not callable(activation):
+            raise TypeError(
+                f"{type(self).__name__}: activation must be a module class such as nn.ReLU (one "
+                f"made per network), got {shown(activation)}"
+            )
         self.act = activation()
         self._relu = isinstance(self.act, nn.ReLU)
         self._set_input_span()

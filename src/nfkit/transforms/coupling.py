@@ -24,6 +24,8 @@ __all__ = ["Coupling", "MLPConditioner", "alternating_mask"]
 
 def alternating_mask(features: int, parity: int = 0) -> Tensor:
     """Boolean mask ``[True, False, True, ...]`` (or shifted by ``parity``): True = transformed."""
+    features = check_positive_int("alternating_mask", "features", features)
+    parity = check_positive_int("alternating_mask", "parity", parity, minimum=0)
     return (torch.arange(features) + parity) % 2 == 0
 
 
@@ -45,6 +47,7 @@ class MLPConditioner(nn.Module):
         period: Period = None,
     ):
         super().__init__()
+        context = check_positive_int("MLPConditioner", "context", context, minimum=0)
         self.embed = PeriodicEmbedding(in_features, period)  # no weights
         self.period = self.embed.period
         width = embedded_width(in_features, self.period)
@@ -140,6 +143,11 @@ class Coupling(Transform):
         self.register_buffer("mask", mask_t)
         self._set_indices()
         n_a, n_b, p = len(self.idx_a), len(self.idx_b), transformer.num_params
+        if conditioner is not None and not isinstance(conditioner, nn.Module):
+            raise TypeError(
+                f"Coupling: conditioner must be an nn.Module (x_a, context) -> θ, got "
+                f"{shown(conditioner)}"
+            )
         if conditioner is None:
             if dim != -1:
                 raise ValueError(

@@ -50,7 +50,7 @@ class _Pointwise(Transform):
 
     def __init__(self, event_dim: int = 1) -> None:
         super().__init__()
-        self.event_dim = event_dim
+        self.event_dim = check_positive_int(type(self).__name__, "event_dim", event_dim, minimum=0)
 
     def _f(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError  # pragma: no cover

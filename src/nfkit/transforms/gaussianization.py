@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nfkit._checks import check_positive_int, check_tensor, shown
+from nfkit._checks import check_positive_int, check_tensor, resolve_seed, shown
 from nfkit._shapes import check_size
 from nfkit.core import Transform
 from nfkit.transforms.functional import sum_event
@@ -214,7 +214,7 @@ class Rotation(Transform):
         self.features = check_positive_int("Rotation", "features", features)
         if method not in ("pca", "random"):
             raise ValueError(f"Rotation: method must be 'pca' or 'random', got {shown(method)}")
-        self.method, self.seed = method, int(seed)
+        self.method, self.seed = method, resolve_seed("Rotation", seed)
         self.register_buffer("weight", torch.eye(features))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from nfkit._checks import Interval, check_open_interval, check_positive_int, shape_str, shown
+from nfkit._checks import Interval, check_open_interval, check_positive_int, shape_str
 from nfkit.core import Transform
 from nfkit.transforms.functional import (
     interval_logit,
@@ -201,8 +201,7 @@ class LogitPreprocess(Transform):
         super().__init__()
         self.levels = check_positive_int("LogitPreprocess", "levels", levels)
         alpha = check_open_interval("LogitPreprocess", "alpha", alpha, 0, 0.5)
-        if event_dim < 0:
-            raise ValueError(f"LogitPreprocess: event_dim must be >= 0, got {shown(event_dim)}")
+        event_dim = check_positive_int("LogitPreprocess", "event_dim", event_dim, minimum=0)
         self.alpha, self.event_dim = float(alpha), event_dim
         scale = (1 - 2 * self.alpha) / self.levels
         self.domain = Interval(-self.alpha / scale, (1 - self.alpha) / scale)

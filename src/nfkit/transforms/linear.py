@@ -14,6 +14,8 @@ from nfkit._checks import (
     check_negative_dim,
     check_number,
     check_positive_int,
+    resolve_seed,
+    seeded,
     shown,
 )
 from nfkit._shapes import check_size
@@ -52,7 +54,7 @@ class Permutation(Transform):
         super().__init__()
         if as_int(perm) is not None:
             d = check_positive_int("Permutation", "features", perm)
-            perm_t = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
+            perm_t = torch.randperm(d, generator=seeded("Permutation", seed))
         else:
             # integers only: 1.7 is no index (it had been truncated to 1); arrays as lists
             items = as_ints(perm.tolist() if hasattr(perm, "tolist") else perm)
@@ -124,7 +126,7 @@ class LULinear(Transform):
         if not eps < 1:  # the diagonal starts at 1: softplus(ŝ) = 1 - ε > 0
             raise ValueError(f"LULinear: eps must be < 1, got {shown(eps)}")
         self.features, self.dim, self.event_dim, self.eps = d, dim, -dim, eps
-        perm = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
+        perm = torch.randperm(d, generator=seeded("LULinear", seed))
         self.register_buffer("permutation", torch.eye(d)[perm])
         self.lower = nn.Parameter(torch.zeros(d, d))
         self.upper = nn.Parameter(torch.zeros(d, d))
@@ -202,7 +204,7 @@ class Householder(Transform):
         k = check_positive_int(
             "Householder", "reflections", d if reflections is None else reflections
         )
-        g = torch.Generator().manual_seed(seed)
+        g = seeded("Householder", seed)
         self.vectors = nn.Parameter(torch.randn(k, d, generator=g))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -233,7 +235,8 @@ class InvConv1x1(Transform):
 
     def __init__(self, channels: int, *, seed: int = 0) -> None:
         super().__init__()
-        self.linear = LULinear(channels, seed=seed, dim=-3)
+        channels = check_positive_int("InvConv1x1", "channels", channels)
+        self.linear = LULinear(channels, seed=resolve_seed("InvConv1x1", seed), dim=-3)
 
     def weight(self) -> Tensor:
         """The ``C × C`` matrix ``W = P L U``."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfkit._checks import check_positive_int
+from nfkit._checks import check_positive_int, seeded
 from nfkit._numerics import monotone_solve
 from nfkit._shapes import check_size
 from nfkit.core import Transform
@@ -52,7 +52,7 @@ class Planar(Transform):
     ) -> None:
         super().__init__()
         d = self.features = check_positive_int("Planar", "features", features)
-        g = torch.Generator().manual_seed(seed)
+        g = seeded("Planar", seed)
         init = torch.cat(
             [torch.randn(d, generator=g) * 0.1, torch.randn(d, generator=g), torch.zeros(1)]
         )
@@ -119,7 +119,7 @@ class Radial(Transform):
     ) -> None:
         super().__init__()
         d = self.features = check_positive_int("Radial", "features", features)
-        g = torch.Generator().manual_seed(seed)
+        g = seeded("Radial", seed)
         # x0 random; α̂ = β̂ = 0 gives β = 0: the layer starts at the identity.
         init = torch.cat([torch.randn(d, generator=g), torch.zeros(2)])
         self.params = Parameters(d + 2, context, hidden, init=init)
@@ -195,7 +195,7 @@ class Sylvester(Transform):
         )
         if m > d:
             raise ValueError(f"Sylvester: rank must be <= features ({d}), got {m}")
-        g = torch.Generator().manual_seed(seed)
+        g = seeded("Sylvester", seed)
         # R = 0 starts the layer at the identity; R̃'s raw diagonal at 1 (r̃_ii = tanh 1) keeps
         # u = R̃ Qᵀx + b away from 0, without which every gradient would vanish (R, R̃, b all 0
         # is a saddle: each partial derivative has a zero factor).

@@ -337,6 +337,9 @@ class PerColumnTransformer(torch.nn.Module, Transformer):
     def __init__(self, parts: Sequence[Transformer], assignment: Sequence[int]) -> None:
         super().__init__()
         where = "PerColumnTransformer"
+        for name, value in (("parts", parts), ("assignment", assignment)):
+            if isinstance(value, str) or not isinstance(value, Sequence | Tensor):
+                raise TypeError(f"{where}: {name} must be a sequence, got {shown(value)}")
         parts, assignment = tuple(parts), tuple(assignment)
         for part in parts:
             if isinstance(part, PerColumnTransformer) or (
