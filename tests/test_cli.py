@@ -916,6 +916,11 @@ def test_a_table_from_standard_input(table, tmp_path) -> None:
     from nfkit.io import load_with_header
 
     assert load_with_header(model)[1]["training"]["data"] == "<stdin>"
+    # a --val table from standard input is recorded as `-`, not as its deleted temporary copy
+    r = subprocess.run([*run, "fit", table / "data.csv", "--val", "-", "--out", model, *FAST],
+                       input=data, text=True, capture_output=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert load_with_header(model)[1]["training"]["options"]["--val"] == "-"
     piped = subprocess.run([*run, "score", model, "-"], input=data, text=True,
                            capture_output=True, timeout=300)  # fmt: skip
     direct = subprocess.run([*run, "score", model, table / "data.csv"], text=True,
@@ -1465,3 +1470,35 @@ def test_a_column_of_1e_300_is_modelled_in_float64_not_as_zeros(capsys, tmp_path
     code, out, _ = _run(capsys, "sample", tmp_path / "t.pt", "-n", "20", "--seed", "0")
     a = pd.read_csv(io.StringIO(out))["a"]
     assert code == 0 and 5e-301 < a.median() < 5e-300 and a.nunique() == 20, a
+
+
+def test_fit_records_range_ends_exactly_and_refuses_a_second_weights_column(
+    capsys, tmp_path
+) -> None:
+    """The record's --bounds/--angles ends were rounded by :g (π to 3.14159, inside the data:
+    the recorded options failed; 1234567 to 1234570); --weights given twice kept the last and
+    modelled the first; a --discrete conflict printed None for `none`."""
+    from nfkit.io import load_with_header
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"phi": rng.uniform(-np.pi, np.pi, 200), "v": rng.uniform(1, 1234566, 200),
+                       "w": 1.0, "w2": 2.0})  # fmt: skip
+    df.to_csv(tmp_path / "t.csv", index=False)
+    model = tmp_path / "m.pt"
+    ncsf = [*FAST, "--model", "ncsf"]  # (the last --model wins: argparse's rule for a mode)
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--angles", "phi=-pi:pi", "--bounds",
+                        "v=0:1234567", "--drop", "w,w2", "--out", model, *ncsf)  # fmt: skip
+    assert code == 0, err
+    options = load_with_header(model)[1]["training"]["options"]
+    assert options["--bounds"] == "v=0:1234567"
+    assert options["--angles"] == f"phi={-math.pi!r}:{math.pi!r}"
+    code, _, err = _run(capsys, "fit", tmp_path / "t.csv", "--angles", options["--angles"],
+                        "--bounds", options["--bounds"], "--drop", "w,w2", "--out", model, *ncsf)  # fmt: skip
+    assert code == 0, err  # the recorded options repeat the run
+    message = _error(capsys, "fit", tmp_path / "t.csv", "--weights", "w", "--weights", "w2",
+                     "--out", tmp_path / "n.pt", *FAST)  # fmt: skip
+    assert "--weights given as 'w' and 'w2': give one" in message
+    assert not (tmp_path / "n.pt").exists()
+    message = _error(capsys, "fit", tmp_path / "t.csv", "--discrete", "auto", "--discrete",
+                     "none", *FAST)  # fmt: skip
+    assert "--discrete given as 'auto' and 'none': give one" in message

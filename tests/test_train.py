@@ -183,6 +183,12 @@ def test_checkpoint_atomic_and_resume_equals_uninterrupted(tmp_path) -> None:
         nf.fit(copy.deepcopy(initial), x, checkpoint=path, resume=True, **{**derived, "steps": 60})
     with pytest.raises(ValueError, match=r"ckpt.pt' was made on other training data \(the "):
         nf.fit(copy.deepcopy(initial), x * 100, checkpoint=path, resume=True, **kwargs)
+    # batches capped by the rows on both tables: other data, not "made with batch_size=450"
+    capped = {**kwargs, "batch_size": 512}
+    nf.fit(copy.deepcopy(initial), x, checkpoint=tmp_path / "capped.pt", **capped)
+    with pytest.raises(ValueError, match=r"capped.pt' was made on other training data \(the "):
+        nf.fit(copy.deepcopy(initial), x[:300], checkpoint=tmp_path / "capped.pt", resume=True,
+               **capped)  # fmt: skip
     other = nf.models.MAF(2, transforms=1, hidden=(8,))
     # the first setting that differs is named (it said "(MAF, other settings); got MAF")
     with pytest.raises(ValueError, match=r"ckpt.pt' was made for another model \(transforms=2 "

@@ -1068,8 +1068,9 @@ _UNRECORDED = {"help", "data", "out", "checkpoint", "resume", "distributed", "de
 
 
 def _end(value: float | None) -> str:
-    """An end of a ``--bounds``/``--angles`` range as written: empty for an open one."""
-    return "" if value is None or math.isinf(value) else f"{value:g}"
+    """An end of a ``--bounds``/``--angles`` range as it can be given again, exactly (``:g``
+    recorded π as 3.14159, inside the data's range): empty for an open one."""
+    return "" if value is None or math.isinf(value) else _exact(value)
 
 
 def _non_default_options(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
@@ -1088,9 +1089,12 @@ def _options_given(args: argparse.Namespace) -> dict[str, Any]:
     import json
 
     out: dict[str, Any] = {}
+    stdin = getattr(args, "stdin_path", None)
     for flag, (dest, value) in _non_default_options(args).items():
         if dest in _UNRECORDED:
             continue
+        if stdin is not None and value == stdin:  # --val -: not the deleted temporary copy
+            value = "-"
         if flag in ("--bounds", "--angles") and isinstance(value, dict):  # NAME=LOW:HIGH,...
             value = ",".join(  # (an angle without a range: radians, its name alone)
                 k if span is None else f"{k}={_end(span[0])}:{_end(span[1])}"
@@ -1809,7 +1813,30 @@ class _Merged(argparse.Action):
                 parser.error(f"{option_string} sets {', '.join(map(repr, twice))} twice")
             values = {**before, **values}
         elif before != values:  # a mode (--discrete auto, none) and another value: one only
+            parser.error(
+                f"{option_string} given as {_as_typed(before)!r} and {_as_typed(values)!r}: "
+                "give one"
+            )
+        setattr(namespace, self.dest, values)
+
+
+def _as_typed(value: Any) -> str:
+    """A parsed option value as the user wrote it: ``none`` for None, ``a,b`` for a list."""
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+class _Single(argparse.Action):
+    """An option of one value: given again with another, refused (argparse kept the last, so
+    ``--weights w --weights w2`` weighted by ``w2`` and modelled ``w`` as data)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        given = namespace.__dict__.setdefault("_merged_given", set())  # (this parse's options)
+        before = getattr(namespace, self.dest, None)
+        if self.dest in given and before != values:
             parser.error(f"{option_string} given as {before!r} and {values!r}: give one")
+        given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
@@ -1906,6 +1933,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         default=None,
+        action=_Single,
         metavar="COLUMN",
         help="a column of row weights >= 0 (survey or importance weights; not modelled): fit "
         "the weighted likelihood, a weight k counting as k copies of the row; a --val table "

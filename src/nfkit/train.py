@@ -879,6 +879,9 @@ def _restore(
     changed = [k for k, v in settings.items() if k in made_with and made_with[k] != v]
     if int(state["steps"]) != steps and "eval_every" in changed:
         changed.remove("eval_every")  # by default derived from steps: steps is named below
+    capped = made_with.get("batch_size") == int(state["n"]) and settings["batch_size"] == n
+    if "batch_size" in changed and capped:  # both batches were the rows: other data, named below
+        changed.remove("batch_size")
     if changed:
         was = ", ".join(f"{k}={made_with[k]!r}" for k in changed)
         now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
