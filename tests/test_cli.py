@@ -1366,7 +1366,7 @@ def test_cli_review_of_every_model_route(capsys, tmp_path) -> None:
     assert code == 0, err
     assert nf.load(model).config["discrete"] == [1]  # k, as without the option
     err = _error(capsys, "fit", tmp_path / "t.csv", "--discrete", "k", "--discrete", "none")
-    assert "--discrete given as ['k'] and None: give one" in err
+    assert "--discrete given as 'k' and 'none': give one" in err
     err = _error(capsys, "plot", model, "--data", tmp_path / "bad.csv", "-o", tmp_path / "f.png")
     assert "bad.csv: row 5 (of 1 outside the model's support)" in err
     err = _error(capsys, "fit", tmp_path / "t.csv", "--bounds", "p=0:", "--val",
