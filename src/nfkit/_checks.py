@@ -313,6 +313,18 @@ def resolve_seed(where: str, seed: object) -> int:
     return value
 
 
+def as_permutation(where: str, name: str, value: object, size: int | None = None) -> Tensor:
+    """``value`` (a sequence, array or tensor of integers) as a long tensor if it is a
+    permutation of ``0..D-1`` (``D = size``, or its length), else a one-line error: integers
+    only (1.7 is no index: it had been truncated to 1)."""
+    items = as_ints(value.tolist() if hasattr(value, "tolist") else value)
+    d = len(items) if items is not None and size is None else size
+    if items is None or sorted(items) != list(range(d)):  # type: ignore[arg-type]
+        span = "D-1" if size is None else str(size - 1)
+        raise ValueError(f"{where}: {name} must be a permutation of 0..{span}, got {shown(value)}")
+    return torch.tensor(items, dtype=torch.long)
+
+
 def seeded(where: str, seed: object) -> torch.Generator:
     """A CPU generator seeded by :func:`resolve_seed` (``seed`` checked, naming ``where``)."""
     return torch.Generator().manual_seed(resolve_seed(where, seed))

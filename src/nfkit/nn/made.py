@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nfkit._checks import as_ints, check_hidden, check_positive_int, require_context, shown
+from nfkit._checks import as_permutation, check_hidden, check_positive_int, require_context
 from nfkit._shapes import check_size
 from nfkit.nn.mlp import Period, PeriodicEmbedding, angle_columns, broadcast_cat, check_period
 from nfkit.nn.packed import PackedLayers
@@ -17,15 +17,6 @@ __all__ = ["MADE"]
 
 PARAM_MAJOR_MIN_FEATURES = 8
 """From this many features, :meth:`MADE.forward` stores ``θ`` parameter-major (see there)."""
-
-
-def _as_order(order: Sequence[int] | Tensor, d: int) -> Tensor:
-    """``order`` as a long tensor, if it is a permutation of ``0..d-1`` of integers (1.7 is no
-    rank: it had been truncated to 1)."""
-    items = as_ints(order.tolist() if hasattr(order, "tolist") else order)
-    if items is None or sorted(items) != list(range(d)):
-        raise ValueError(f"MADE: order must be a permutation of 0..{d - 1}, got {shown(order)}")
-    return torch.tensor(items, dtype=torch.long)
 
 
 class MADE(PackedLayers):
@@ -88,7 +79,7 @@ class MADE(PackedLayers):
         if residual and len(set(hidden)) != 1:
             raise ValueError(f"MADE: residual blocks need equal hidden widths, got {hidden}")
         context = check_positive_int("MADE", "context", context, minimum=0)
-        rank = torch.arange(d) if order is None else _as_order(order, d)
+        rank = torch.arange(d) if order is None else as_permutation("MADE", "order", order, d)
         masks, zero_init = _masks(rank, p, hidden, context, period, residual)
 
         super().__init__(

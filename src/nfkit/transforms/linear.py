@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from nfkit._checks import (
     as_int,
-    as_ints,
+    as_permutation,
     check_negative_dim,
     check_number,
     check_positive_int,
@@ -56,13 +56,7 @@ class Permutation(Transform):
             d = check_positive_int("Permutation", "features", perm)
             perm_t = torch.randperm(d, generator=seeded("Permutation", seed))
         else:
-            # integers only: 1.7 is no index (it had been truncated to 1); arrays as lists
-            items = as_ints(perm.tolist() if hasattr(perm, "tolist") else perm)
-            if items is None or sorted(items) != list(range(len(items))):
-                raise ValueError(
-                    f"Permutation: perm must be a permutation of 0..D-1, got {shown(perm)}"
-                )
-            perm_t = torch.tensor(items, dtype=torch.long)
+            perm_t = as_permutation("Permutation", "perm", perm)
         check_negative_dim("Permutation", dim)
         self.dim, self.event_dim = dim, -dim
         self.register_buffer("perm", perm_t)
