@@ -905,36 +905,38 @@ def test_repeated_column_options_add_up_and_seeds_are_in_range(capsys, tmp_path)
     )
 
 
-def test_a_table_from_standard_input(table, tmp_path) -> None:
-    """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``."""
+def _piped(monkeypatch, capsys, data: str, *argv: str) -> tuple[int, str, str]:
+    """``nfkit ARGV`` in this process with ``data`` on standard input."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+    return _run(capsys, *argv)
+
+
+def test_a_table_from_standard_input(table, tmp_path, monkeypatch, capsys) -> None:
+    """``-`` reads the table from standard input (a pipe); messages name it ``<stdin>``. One
+    command runs through a real pipe in a new process, the others in this one."""
     data = (table / "data.csv").read_text()
     model = tmp_path / "m.pt"
-    run = [sys.executable, "-m", "nfkit"]
-    r = subprocess.run([*run, "fit", "-", "--out", model, *FAST], input=data, text=True,
-                       capture_output=True, timeout=300)  # fmt: skip
-    assert r.returncode == 0 and model.exists(), r.stderr
+    code, _, err = _piped(monkeypatch, capsys, data, "fit", "-", "--out", model, *FAST)
+    assert code == 0 and model.exists(), err
     from nfkit.io import load_with_header
 
     assert load_with_header(model)[1]["training"]["data"] == "<stdin>"
     # a --val table from standard input is recorded as `-`, not as its deleted temporary copy
-    r = subprocess.run([*run, "fit", table / "data.csv", "--val", "-", "--out", model, *FAST],
-                       input=data, text=True, capture_output=True, timeout=300)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    code, _, err = _piped(
+        monkeypatch, capsys, data, "fit", table / "data.csv", "--val", "-", "--out", model, *FAST
+    )
+    assert code == 0, err
     assert load_with_header(model)[1]["training"]["options"]["--val"] == "-"
-    piped = subprocess.run([*run, "score", model, "-"], input=data, text=True,
-                           capture_output=True, timeout=300)  # fmt: skip
-    direct = subprocess.run([*run, "score", model, table / "data.csv"], text=True,
-                            capture_output=True, timeout=300)  # fmt: skip
-    assert piped.returncode == 0 and piped.stdout == direct.stdout
-    bad = subprocess.run([*run, "score", model, "-"], input="a,b\n", text=True,
-                         capture_output=True, timeout=300)  # fmt: skip
-    assert bad.returncode == 1 and bad.stderr.startswith("nfkit: error: <stdin>: ")
-    both = subprocess.run([*run, "fit", "-", "--val", "-"], input=data, text=True,
-                          capture_output=True, timeout=300)  # fmt: skip
-    assert both.returncode == 1 and "only one table can come from standard input" in both.stderr
-    covered = subprocess.run([*run, "coverage", model, "-", "--samples", "20"], input=data,
-                             text=True, capture_output=True, timeout=300)  # fmt: skip
-    assert covered.returncode == 0 and " rows of <stdin>, 20 draws each" in covered.stdout
+    piped = subprocess.run([sys.executable, "-m", "nfkit", "score", model, "-"], input=data,
+                           text=True, capture_output=True, timeout=300)  # fmt: skip
+    code, direct, _ = _run(capsys, "score", model, table / "data.csv")
+    assert piped.returncode == 0 == code and piped.stdout == direct
+    code, _, err = _piped(monkeypatch, capsys, "a,b\n", "score", model, "-")
+    assert code == 1 and err.startswith("nfkit: error: <stdin>: ")
+    code, _, err = _piped(monkeypatch, capsys, data, "fit", "-", "--val", "-")
+    assert code == 1 and "only one table can come from standard input" in err
+    code, out, _ = _piped(monkeypatch, capsys, data, "coverage", model, "-", "--samples", "20")
+    assert code == 0 and " rows of <stdin>, 20 draws each" in out
 
 
 def test_commands_reviewed_in_session_29(capsys, table, tmp_path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,25 +26,30 @@ pytestmark = [
 
 SCRIPT = textwrap.dedent(
     """
+    import json
     import sys
     import torch
     import nfkit as nf
     from nfkit.distributed import init_from_env, is_main_process, shutdown
 
     init_from_env(device="cpu")  # gloo on CPU, also on a machine with GPUs
-    torch.manual_seed(0)
-    weights = None
-    {build}
-    rows = []
-    hooked.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    x = nf.datasets.two_moons(600, seed=0).double()
-    history = nf.fit(flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1,
-                     progress=False, checkpoint=sys.argv[2], objective=objective,
-                     weights=weights)
-    if is_main_process():
-        torch.save({{"state": flow.state_dict(), "train": history.train_loss,
-                    "val": history.val_loss, "val_nll": history.val_nll, "rows": rows[:4]}},
-                   sys.argv[1])
+    builds, folder = json.loads(open(sys.argv[1]).read()), sys.argv[2]
+    for k, build in enumerate(builds):  # one launch for every build: torchrun starts in seconds
+        torch.manual_seed(0)
+        scope = {"nf": nf, "torch": torch, "weights": None}
+        exec(build, scope)
+        flow, rows = scope["flow"], []
+        scope["hooked"].register_forward_pre_hook(
+            lambda m, args, rows=rows: rows.append(args[0].shape[0])
+        )
+        x = nf.datasets.two_moons(600, seed=0).double()
+        history = nf.fit(flow, x, steps=30, batch_size=64, lr=1e-2, eval_every=10, seed=1,
+                         progress=False, checkpoint=f"{folder}/ckpt{k}.pt",
+                         objective=scope["objective"], weights=scope["weights"])
+        if is_main_process():
+            torch.save({"state": flow.state_dict(), "train": history.train_loss,
+                        "val": history.val_loss, "val_nll": history.val_nll, "rows": rows[:4]},
+                       f"{folder}/ddp{k}.pt")
     shutdown()
     """
 )
@@ -124,13 +131,21 @@ def _single(build: str, tmp_path) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    """Every build of :data:`BUILDS` trained by two processes in one torchrun launch: the folder
+    of ``ddp<k>.pt`` (rank 0's results) and ``ckpt<k>.pt`` (its checkpoints)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    (folder / "builds.json").write_text(json.dumps(list(BUILDS.values())))
+    (folder / "worker.py").write_text(SCRIPT)
+    _torchrun(str(folder / "worker.py"), str(folder / "builds.json"), str(folder))
+    return folder
+
+
 @pytest.mark.parametrize("name", list(BUILDS))
-def test_ddp_two_processes_match_single_process(name: str, tmp_path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(build=BUILDS[name]))
-    out, ckpt = tmp_path / "ddp.pt", tmp_path / "ckpt.pt"
-    _torchrun(str(script), str(out), str(ckpt))
-    ddp = torch.load(out, weights_only=True)
+def test_ddp_two_processes_match_single_process(name: str, ddp_runs: Path, tmp_path) -> None:
+    k = list(BUILDS).index(name)
+    ddp = torch.load(ddp_runs / f"ddp{k}.pt", weights_only=True)
     assert ddp["rows"][-2:] == [32, 32], ddp["rows"]  # each rank trains on half the global batch
     ref = _single(BUILDS[name], tmp_path)
     # Same global batches: identical up to the rounding of the gradient all-reduce (float64).
@@ -152,9 +167,8 @@ def test_ddp_two_processes_match_single_process(name: str, tmp_path) -> None:
     assert (ddp["val_nll"] is None) == (ref["val_nll"] is None) == (name != "FFJORD flow matching")
     if ref["val_nll"] is not None:
         assert ddp["val_nll"] == pytest.approx(ref["val_nll"], rel=1e-9)
-    assert ckpt.exists() and not list(
-        tmp_path.glob(".ckpt.pt.*.tmp")
-    )  # rank 0 wrote it atomically
+    assert (ddp_runs / f"ckpt{k}.pt").exists()
+    assert not list(ddp_runs.glob(f".ckpt{k}.pt.*.tmp"))  # rank 0 wrote it atomically
 
 
 def test_batch_must_divide_over_ranks(monkeypatch) -> None:

@@ -34,8 +34,14 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     reason="sphinx, furo or myst-parser not installed (pip install -e '.[docs]')",
 )
 def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
-    """``python -m sphinx -W --keep-going -b html docs <out>``: any warning fails the build."""
-    out = tmp_path / "html"
+    """``python -m sphinx -W --keep-going -b dummy docs <out>``: any warning fails the build.
+
+    The dummy builder reads every page (autodoc, autosummary, MyST) and resolves every
+    cross-reference as the HTML builder does, then writes nothing: the same warnings in 21 s
+    instead of 54 (the HTML pages, the theme and viewcode's source pages are output only).
+    The HTML build is the command in ``docs/conf.py``.
+    """
+    doctrees = tmp_path / "doctrees"
     r = _run(
         [
             "-m",
@@ -44,18 +50,18 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
             "--keep-going",
             "-q",
             "-b",
-            "html",
+            "dummy",
             "-d",
-            str(tmp_path / "doctrees"),
+            str(doctrees),
             "docs",
-            str(out),
+            str(tmp_path / "out"),
         ],
         timeout=600,
     )
     assert r.returncode == 0, f"sphinx build failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
     for page in ("index", "concepts", "adding_a_transform", "api", "changelog"):
-        assert (out / f"{page}.html").is_file(), page
-    assert (out / "generated" / "nfkit.Flow.html").is_file()
+        assert (doctrees / f"{page}.doctree").is_file(), page
+    assert (doctrees / "generated" / "nfkit.Flow.doctree").is_file()
 
 
 def test_docstring_examples() -> None:
