@@ -334,6 +334,9 @@ def test_coverage_rank_bins_hold_rank_values_fairly() -> None:
         heights = steps[0].get_data().values
         assert len(steps) == 2 and np.allclose(heights, 1.0), (s, heights)
         assert steps[0].get_data().edges[0] == 0 and steps[0].get_data().edges[-1] == 1
+        # the band drawn is Coverage.band, the 97.5% one (it was labelled 95%)
+        labels = fig.axes[0].get_legend_handles_labels()[1]
+        assert labels[0] == "97.5% band", labels
 
 
 def test_density_samples_and_corner_leave_the_global_generator() -> None:

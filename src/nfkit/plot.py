@@ -678,8 +678,9 @@ def coverage(
     r"""A posterior's calibration (:class:`nfkit.metrics.Coverage`) in two panels.
 
     Left: the empirical coverage of the highest-density regions against their level, with the
-    diagonal (calibrated) and its simultaneous 95% band; a curve below the diagonal is an
-    overconfident posterior, above it a conservative one. Right: for each feature (up to eight),
+    diagonal (calibrated) and its simultaneous 97.5% band (``result.band``; the other 2.5% of
+    :attr:`~nfkit.metrics.Coverage.calibrated`'s 5% goes to the ranks); a curve below the
+    diagonal is an overconfident posterior, above it a conservative one. Right: for each feature (up to eight),
     the histogram of the simulation-based-calibration ranks as fractions of the draws, against
     the uniform density 1 (a ∪ shape: too narrow; ∩: too wide; a slope: biased).
 
@@ -696,7 +697,7 @@ def coverage(
     found = np.concatenate([[0.0], result.coverage, [1.0]])
     left.fill_between(
         [0, 1], [-result.band, 1 - result.band], [result.band, 1 + result.band],
-        color="#cccccc", alpha=0.6, lw=0, label="95% band",
+        color="#cccccc", alpha=0.6, lw=0, label="97.5% band",
     )  # fmt: skip
     left.plot([0, 1], [0, 1], color=_DATA, lw=1, ls=":", label="calibrated")
     left.plot(levels, found, "o-", color=_MODEL, ms=3, label="flow")
