@@ -80,6 +80,12 @@ def test_rbig_stops_at_a_broken_down_gain_and_refuses_constant_columns() -> None
     x[:, 1] = 3.0
     with pytest.raises(ValueError, match="RBIG.fit: column.s. 1 of x are constant in float32"):
         nf.models.RBIG(2).fit(x)
+    # half precision: bfloat16 was "linearly dependent" (its eps is over the test's ratio),
+    # float16 a raw "linalg_eigh_cpu not implemented for 'Half'"
+    moons = nf.datasets.two_moons(200, seed=0)
+    for dtype in (torch.bfloat16, torch.float16):
+        with pytest.raises(TypeError, match=r"RBIG.fit: x must be float32 or float64 \(the"):
+            nf.models.RBIG(2).fit(moons.to(dtype))
 
 
 def test_a_fitted_rbig_loaded_from_a_file_is_fitted(tmp_path) -> None:

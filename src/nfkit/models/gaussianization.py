@@ -98,6 +98,11 @@ class RBIGFlow(Flow):
         device of ``x``.
         """
         x = check_tensor("RBIG.fit", "x", x)
+        if x.dtype not in (torch.float32, torch.float64):  # (eigh has no half kernels)
+            raise TypeError(
+                f"RBIG.fit: x must be float32 or float64 (the fitted flow takes its dtype), got "
+                f"{str(x.dtype).replace('torch.', '')}; pass x.float()"
+            )
         if x.dim() != 2 or x.shape[-1] != self.features or x.shape[0] < 4:
             raise ValueError(
                 f"RBIG.fit: x must have shape (n, {self.features}) with n >= 4, "
