@@ -237,7 +237,10 @@ def fixed_point(
     with torch.enable_grad():
         f_leaf = f(x_leaf)
 
-    def adjoint(grad: Tensor) -> Tensor:
+    def adjoint(grad: Tensor | None) -> Tensor | None:
+        if grad is None:  # an undefined gradient (gradcheck's probe, some autograd Functions)
+            return grad
+
         def step(y: Tensor) -> Tensor:
             (vjp,) = torch.autograd.grad(f_leaf, x_leaf, y, retain_graph=True)
             return grad + vjp

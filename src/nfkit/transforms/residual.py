@@ -54,7 +54,7 @@ class LipSwish(nn.Module):
 class ResidualBlock(Transform):
     r"""``z = x + g(x, c)``, ``g`` a spectral-normalized MLP with ``Lip_x(g) <= lipschitz < 1``.
 
-    ``g(x, c) = L · W_K φ(⋯ φ(W_1 x + V c + b_1) ⋯) + b_K`` where every ``W_k`` is divided by its
+    ``g(x, c) = L · (W_K φ(⋯ φ(W_1 x + V c + b_1) ⋯) + b_K)`` where every ``W_k`` is divided by its
     spectral norm (``torch.nn.utils.parametrizations.spectral_norm``, power iteration), ``φ`` is
     :class:`LipSwish` (1-Lipschitz) and ``L = lipschitz``; the context enters through the
     unnormalized ``V`` (``g`` need not be contractive in ``c``). So ``Lip_x(g) <= L``, up to the
