@@ -96,6 +96,19 @@ def test_a_z_beyond_the_float32_range_of_the_map_is_refused() -> None:
     layer = nf.models.BNAF(2, transforms=1).transform
     with pytest.raises(ValueError, match="no x of the dtype maps to z in 1 row"):
         layer.inverse_value(torch.tensor([[3e38, 0.5]]))
+    # A bracket end whose value overflowed inside the network (inf - inf: NaN, or ±inf) "held"
+    # the root: 1e38 came back as a finite x whose image is NaN. Refused; 1e37 is exact.
+    torch.manual_seed(6)
+    layer = BlockAutoregressive(3, (8, 8))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    for dtype, far in ((torch.float32, 1e38), (torch.float64, 1e307)):
+        layer = layer.to(dtype)
+        with pytest.raises(ValueError, match="no x of the dtype maps to z in 1 row"):
+            layer.inverse_value(torch.tensor([[far, 0.0, 0.0]], dtype=dtype))
+    z = torch.tensor([[1e37, 0.0, 0.0]])
+    torch.testing.assert_close(layer.float()(layer.float().inverse_value(z))[0], z)
 
 
 def test_context_refusals_are_one_line() -> None:

@@ -206,13 +206,16 @@ class BlockAutoregressive(Transform):
         refuse_export("a numerical root find")
         with torch.no_grad():
             lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
+            lost = None  # rows with a NaN weight or z: no bracket helps (the root find gives NaN)
             for _ in range(math.ceil(math.log2(torch.finfo(target.dtype).max)) + 1):
                 v_lo, v_hi = value(lo), value(hi)
                 low_ok, high_ok = v_lo <= target, v_hi >= target
-                # NaN (a NaN weight or z): no bracket helps; the root find returns NaN there. A
-                # bracket that grew to ±inf holds nothing the root find can use.
-                finite = torch.isfinite(lo) & torch.isfinite(hi)
-                held = (low_ok & high_ok & finite) | torch.isnan(v_lo + v_hi + target)
+                if lost is None:  # NaN at ±1 already; NaN further out is an overflow, not held
+                    lost = torch.isnan(v_lo + v_hi + target)
+                # ends whose values overflowed (±inf, or NaN from inf - inf inside the network)
+                # hold nothing the root find can use: x there has no finite image
+                finite = torch.isfinite(v_lo) & torch.isfinite(v_hi)
+                held = (low_ok & high_ok & finite) | lost
                 if bool(held.all()):
                     return lo, hi
                 lo = torch.where(low_ok, lo, 2 * lo)

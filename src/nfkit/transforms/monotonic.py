@@ -10,6 +10,9 @@ Gaussianization map needs no bound (it is computed in log space and has an exact
 inverse). Inverses use
 :func:`~nfkit._numerics.monotone_solve` (safeguarded Newton with bisection, stops at a bracket of
 ``1e-12·(1 + |x|)`` in float64, ``1e-6·(1 + |x|)`` in float32) with implicit-function gradients.
+Where a map is flat to the last bit of ``z`` (a DSF with very large parameters can have slopes of
+1e-26: only SOS and Bernstein floor theirs), every ``x`` near the root has the same image, and the
+error in ``x`` is about ``ε |z| / f'(x)`` instead (``f`` of the returned ``x`` is still ``z``).
 """
 
 from __future__ import annotations
