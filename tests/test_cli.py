@@ -173,6 +173,14 @@ def test_sample_for_each_row_of_a_table_of_contexts(capsys, table) -> None:
         capsys, "sample", model, "-n", "2", "--given-table", table / "bare.csv"
     )
     assert code == 0 and len(pd.read_csv(pd.io.common.StringIO(printed))) == 4
+    # an -n beyond memory is named before any draw ("internal error (... tried to allocate
+    # ... bytes)", or "Overflow when unpacking long long" beyond int64), with the table's rows
+    for n, rows in (("100000000000000", ["--given", "g=0"]),
+                    ("10" * 12, ["--given-table", table / "bare.csv"])):  # fmt: skip
+        code, _, err = _run(capsys, "sample", model, "-n", n, *rows)
+        assert code == 1 and err.startswith(f"nfkit: error: -n {n} ") and "GiB of memory" in err
+        assert ("× 2 --given-table rows" in err) == ("--given-table" in rows)
+        assert err.count("\n") == 1
     assert "--given or --given-table, not both" in _error(capsys, *argv, "--given", "g=1")
     pd.DataFrame({"h": [1.0]}).to_csv(table / "wrong.csv", index=False)
     assert "no column(s) 'g'" in _error(
@@ -553,6 +561,15 @@ def test_text_columns_are_categories(capsys, tmp_path) -> None:
     assert "--bounds column(s) 'region' hold categories" in _error(
         capsys, "fit", tmp_path / "r.csv", "--bounds", "region=0:5"
     )
+    # header-less with a word in its first row: that row is the header; the error says so
+    df.to_csv(tmp_path / "bare.csv", index=False, header=False)
+    message = _error(capsys, "score", model, tmp_path / "bare.csv")
+    assert "no column(s) 'region', 'y'" in message and f"(its first row, {df.region[0]}, " in (
+        message
+    ) and "was read as a header, as it holds text" in message  # fmt: skip
+    df.rename(columns={"y": "z"}).to_csv(tmp_path / "z.csv", index=False)  # a real header
+    message = _error(capsys, "score", model, tmp_path / "z.csv")
+    assert "no column(s) 'y'" in message and "read as a header" not in message
     # a category column as the context: p(y | region), sampled given a label
     conditional = tmp_path / "c.pt"
     code, _, _ = _run(capsys, "fit", tmp_path / "r.csv", "--given", "region", "--out", conditional,

@@ -29,6 +29,12 @@ def test_density_samples_history_layers(tmp_path, flow2) -> None:
     fig = nf.plot.density(flow2, x, path=tmp_path / "d.png", resolution=40, n=300, title="t")
     assert fig.axes and (tmp_path / "d.png").exists()
     _png(tmp_path / "d.png")
+    # the heat map fills its panel: data beyond the box (an outlier here) left a white strip
+    far = torch.cat([x, torch.tensor([[-40.0, 30.0]])])
+    fig = nf.plot.density(flow2, far, resolution=20, n=100)
+    (image,) = fig.axes[0].images
+    left, right, bottom, top = image.get_extent()
+    assert fig.axes[0].get_xlim() == (left, right) and fig.axes[0].get_ylim() == (bottom, top)
     nf.plot.samples(flow2, None, path=tmp_path / "s.png", n=300)
     _png(tmp_path / "s.png")
     nf.plot.layers(flow2, path=tmp_path / "l.png", n=300)

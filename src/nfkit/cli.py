@@ -370,11 +370,27 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
         return df
     missing = [c for c in needed if c not in df.columns]
     if missing:
+        numbers = [c for c in df.columns if _is_float(c)]
+        hint = (  # a header-less file with a text column: its first row is read as names
+            f" (its first row, {', '.join(map(str, df.columns[:4]))}"
+            f"{', ...' if df.shape[1] > 4 else ''}, was read as a header, as it holds text; a "
+            "header-less table with text columns needs a header row)"
+            if numbers and len(missing) == len(needed)
+            else ""
+        )
         raise _UserError(
             f"{source}: no column(s) {', '.join(map(repr, missing))}; "
-            f"the model needs {', '.join(map(repr, needed))}"
+            f"the model needs {', '.join(map(repr, needed))}{hint}"
         )
     return df[needed]
+
+
+def _is_float(name: object) -> bool:
+    try:
+        float(str(name))
+    except ValueError:
+        return False
+    return True
 
 
 def _read_for(
@@ -514,6 +530,25 @@ def _context_row(flow: Any, given: list[str], values: dict[str, str] | None, pat
 FAR_CONTEXT = 10.0
 """Given values more than this many training standard deviations from the training mean get
 a note: the model extrapolates there."""
+
+
+def _check_sample_memory(n: int, rows: int, columns: int) -> None:
+    """Refuse, before drawing, an ``-n`` whose samples cannot be held: the draws, their float64
+    copy and the table written are about 24 bytes a value, all in memory at once (a huge ``-n``
+    gave "internal error (... you tried to allocate 8e14 bytes)" or "Overflow when unpacking
+    long long")."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: torch's error then
+        return
+    need = 24 * n * rows * columns
+    if need > memory:
+        draws = f"-n {n} × {rows} --given-table rows" if rows > 1 else f"-n {n}"
+        raise _UserError(
+            f"{draws} × {columns} columns needs about {need / 2**30:,.0f} GiB of memory, more "
+            f"than this machine's {memory / 2**30:,.0f} GiB; draw fewer (runs with different "
+            "--seed values add up)"
+        )
 
 
 def _far_context_note(flow: Any, given: list[str], ctx: Any, source: str) -> str | None:
@@ -1281,6 +1316,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         ctx = _tensor(contexts, dtype, device)  # (R, C)
     else:
         ctx = _context_row(flow, given, args.given, args.model)
+    _check_sample_memory(args.n, 1 if table_path is None else len(ctx), len(columns))
     far = _far_context_note(flow, given, ctx, table_path or "")
     if far:
         _info(args, f"nfkit: note: {far}")

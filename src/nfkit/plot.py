@@ -396,6 +396,8 @@ def density(
         if x is not None:
             k = _subset(x, 3000)
             ax.scatter(*_np(k).T, s=1.5, c="white", alpha=0.35, linewidths=0)
+        ax.set_xlim(*box[0])  # the image's box: data outside it no longer widen the axes
+        ax.set_ylim(*box[1])
         ax.set_title(
             f"model density {_density_name(flow)}" + (" with data" if x is not None else "")
         )
