@@ -98,9 +98,11 @@ def test_log_normalizer_se_refuses_what_is_not_an_ess_fraction() -> None:
     assert nf.metrics.log_normalizer_se(1.0, 10) == 0.0  # equal weights
     assert math.isnan(nf.metrics.log_normalizer_se(0.5, 1))
     assert abs(nf.metrics.log_normalizer_se(0.5, 101) - 0.1) < 1e-12  # sqrt((2 - 1) / 100)
+    assert math.isnan(nf.metrics.log_normalizer_se(0.0, 10))  # every weight 0: undefined
     for ess, samples, message in (
         (2.0, 10, "ess is the ESS as a fraction of samples, a number in (0, 1], got 2.0"),
         ("a", 10, "ess is the ESS as a fraction of samples, a number in (0, 1], got 'a'"),
+        (-0.5, 100, "ess is the ESS as a fraction of samples, a number in (0, 1], got -0.5"),
         (0.5, 2.5, "samples must be"),
     ):
         with pytest.raises(ValueError) as info:

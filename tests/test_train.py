@@ -43,6 +43,31 @@ def test_fit_learns_and_records_history() -> None:
     assert nf.History.from_dict(h.to_dict()) == h
 
 
+def test_a_val_dataframe_is_matched_by_column_name() -> None:
+    """``val=`` with the training DataFrame's columns in another order was scored column by
+    column (a ~ N(0, 1) under b's N(10, 0.1)), silently; now matched by name, and other names
+    refused; the same for a conditional fit's pair."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(0, 1, 300), "b": rng.normal(10, 0.1, 300)})
+    ctx = pd.DataFrame({"u": rng.normal(size=300), "v": rng.normal(size=300)})
+    for context, val, swapped in (
+        (None, df, df[["b", "a"]]),
+        (ctx, (df, ctx), (df[["b", "a"]], ctx[["v", "u"]])),
+    ):
+        losses = []
+        for v in (val, swapped):
+            torch.manual_seed(0)
+            flow = _small(2, 0 if context is None else 2)
+            h = nf.fit(flow, df, context=context, val=v, steps=5, progress=False, seed=0)
+            losses.append(h.val_loss)
+        assert losses[0] == losses[1]
+    with pytest.raises(ValueError, match=r"nf.fit: val has columns \['a', 'c'\] but the tra"):
+        nf.fit(_small(2), df, val=df.rename(columns={"b": "c"}), steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"nf.fit: val context has columns \['u', 'w'\] but co"):
+        nf.fit(_small(2, 2), df, context=ctx, val=(df, ctx.rename(columns={"v": "w"})), steps=2,
+               progress=False)  # fmt: skip
+
+
 def test_fit_dataframe_context_and_errors() -> None:
     g = torch.Generator().manual_seed(0)
     c = torch.randn(400, 1, generator=g)

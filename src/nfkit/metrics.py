@@ -751,7 +751,8 @@ def log_normalizer_se(ess: float, samples: int) -> float:
     where = "nf.metrics.log_normalizer_se"
     samples = check_positive_int(where, "samples", samples)
     real = isinstance(ess, numbers.Real) and not isinstance(ess, bool)
-    if not real or ess > 1 + 1e-6:  # type: ignore[operator]  # rounding may pass 1 by an ulp
+    # (rounding may pass 1 by an ulp; 0 or NaN, every weight 0 or a NaN one: the SE is NaN)
+    if not real or ess < 0 or ess > 1 + 1e-6:  # type: ignore[operator]
         raise ValueError(
             f"{where}: ess is the ESS as a fraction of samples, a number in (0, 1], "
             f"got {shown(ess)}"

@@ -594,6 +594,32 @@ def _rows(where: str, flow: Flow, x: Tensor, name: str) -> Tensor:
     return x
 
 
+def _val_by_name(where: str, val: Any, data: Any, context: Any) -> Any:
+    """``val`` (or its pair) with DataFrame columns put in the order of the training
+    DataFrame's, matched by name (a ``val`` with the columns in another order was scored
+    column by column, silently); other names are refused."""
+
+    def match(part: Any, train: Any, name: str, train_name: str) -> Any:
+        columns = getattr(train, "columns", None)
+        if columns is None or getattr(part, "columns", None) is None:
+            return part
+        if list(part.columns) == list(columns):
+            return part
+        if sorted(map(str, part.columns)) != sorted(map(str, columns)):
+            raise ValueError(
+                f"{where}: {name} has columns {list(map(str, part.columns))} but {train_name} "
+                f"has {list(map(str, columns))}; give them the same columns (matched by name)"
+            )
+        return part[list(columns)]
+
+    if isinstance(val, (tuple, list)) and len(val) == 2:
+        return (
+            match(val[0], data, "val data", "the training data"),
+            match(val[1], context, "val context", "context"),
+        )
+    return match(val, data, "val", "the training data")
+
+
 def _val_data(
     where: str, flow: Flow, val: Any, conditional: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
@@ -1015,6 +1041,7 @@ def fit(
             objective (an integer weight ``k`` counts as ``k`` copies of the row, in
             expectation). Held-out rows keep their weights: the validation NLL is weighted.
         val: Validation data (a pair ``(data, context)`` when conditional); overrides the split.
+            DataFrames beside DataFrame ``data``/``context`` are matched to their columns by name.
         val_weights: Weights of the rows of ``val`` (default: all equal).
         val_fraction: Fraction held out for validation when ``val`` is None (0: none).
         steps: Number of optimizer steps. ``epochs``: alternatively, passes over the training
@@ -1111,6 +1138,7 @@ def fit(
 
     generator = torch.Generator().manual_seed(seed)
     if val is not None:
+        val = _val_by_name(where, val, data, context)
         xv, cv = _val_data(where, flow, val, c is not None, dtype, dev)
         wv = _row_weights(where, val_weights, xv.shape[0], "val_weights", dtype, dev)
         xv, cv, wv = _counted(xv, cv, wv)  # (weight 0: not checked either)
@@ -1367,11 +1395,12 @@ def fit_vi(
         lr, weight_decay, clip, schedule: As in :func:`fit`.
         anneal: Steps of linear annealing of ``β`` from 0.01 to 1 (0: none).
         context: A fixed context ``(C,)`` or ``(*batch, C)`` for a conditional ``q``.
-        eval_every: Steps between progress/finiteness checks.
+        eval_every: Steps between evaluations (progress, callback); the loss is checked for
+            NaN/inf every ``min(eval_every, 25)`` steps.
         n_estimate: Samples for the final ESS and ``log Ẑ``.
         progress, device: As in :func:`fit`.
         seed: Seed of the sampling (the global RNG is left as it was); None: the global RNG.
-        callback: Called with the History at each check.
+        callback: Called with the History after each evaluation.
     """
     where = "nf.fit_vi"
     dtype, dev = _place(where, flow, device)
