@@ -219,7 +219,12 @@ class Uniform(BaseDistribution):
     def rsample(self, shape: int | Sequence[int] = (), context: Tensor | None = None) -> Tensor:
         shape = _batch_shape(shape)
         u = torch.rand(*shape, *self.event_shape, **self._like())
-        return self.low + (self.high - self.low) * u
+        # torch.rand gives exactly 0 about once in 2^24 float32 draws, and the product may round
+        # to an end: draws are kept one ulp inside (low, high), where a map onto ℝ after it
+        # (tanh⁻¹, logit) is finite (a flow sampled -inf there, with a NaN log-density)
+        return (self.low + (self.high - self.low) * u).clamp(
+            torch.nextafter(self.low, self.high), torch.nextafter(self.high, self.low)
+        )
 
 
 class Product(BaseDistribution):

@@ -90,6 +90,9 @@ def test_tanh_and_softplus_stay_inside_their_open_ranges(dtype) -> None:
     for layer in (Tanh(), Softplus()):
         flow = nf.Flow(nf.Compose(layer.inv, Affine(0.0, 0.01)), StandardNormal(1)).to(dtype)
         assert torch.isfinite(flow.log_prob(flow.sample(1000))).all()
+    # at the ends themselves: x = ∓inf with log-det +inf at both (-1 gave NaN: inf - inf)
+    x, ladj = Tanh().inverse(torch.tensor([[-1.0, 1.0]], dtype=dtype))
+    assert x.tolist() == [[-math.inf, math.inf]] and ladj.tolist() == [math.inf]
 
 
 def test_affine_keeps_the_dtype_of_its_tensors() -> None:

@@ -335,8 +335,9 @@ class Tanh(_Pointwise):
         return torch.tanh(x).clamp(-inside, inside), self._log_slope(x)
 
     def _f_inv(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.atanh(z)
-        return x, -self._log_slope(x)
+        # log|dx/dz| = -log(1 - z²) from 1 ± z (exact near ±1); +inf at both ends (the slope
+        # through atanh gave inf - inf = NaN at exactly -1)
+        return torch.atanh(z), -torch.log1p(z) - torch.log1p(-z)
 
 
 class Softplus(_Pointwise):
