@@ -96,6 +96,34 @@ def test_check_transform_tries_other_batch_shapes() -> None:
         )
 
 
+class _MixesRows(nf.Transform):
+    """``z_n = x_n + (x_{n+1} - x_{n-1}) / 2`` along the last batch dim, claiming ladj 0: not a
+    per-event map (three rows: log|det| 1.12). The Jacobian test sums each output over the
+    batch, where the cross terms cancel."""
+
+    def _m(self, n: int) -> Tensor:
+        s = torch.roll(torch.eye(n, dtype=torch.float64), 1, 0)
+        return torch.eye(n, dtype=torch.float64) + (s - s.T) / 2
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return torch.einsum("ij,...jd->...id", self._m(x.shape[-2]), x), x.new_zeros(x.shape[:-1])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        m = torch.linalg.inv(self._m(z.shape[-2]))
+        return torch.einsum("ij,...jd->...id", m, z), z.new_zeros(z.shape[:-1])
+
+
+def test_check_transform_flattens_several_batch_dims_to_rows() -> None:
+    """At x of shape (2, 3, 2) the row-mixing map passed every check (the batch-shape checks
+    ran for one batch dim only); flattened to rows, its values change."""
+    x = torch.randn(2, 3, 2, dtype=torch.float64)
+    with pytest.raises(AssertionError, match=r"^_MixesRows: z of the batch flattened to rows"):
+        check_transform(_MixesRows(), x)
+    check_transform(Doubling(), x)  # a per-event map passes
+    context = torch.randn(3, 1, dtype=torch.float64)  # broadcast against x's (2, 3)
+    check_transform(SinhScaling(), x, context)
+
+
 class _SinhWithWrongBackward(torch.autograd.Function):
     """``sinh`` whose hand-written backward uses a wrong derivative ``cosh x + 0.05 x²``."""
 

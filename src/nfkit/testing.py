@@ -222,15 +222,27 @@ def _check_other_batch_shapes(
 ) -> None:
     """(a) for rows ``x (n, *event)`` also at two other batch shapes, ``(2, n/2)`` and one
     event ``x[0]``: the same values with the batch shape kept, in both directions (a log-det
-    summed over ``dim=1`` rather than the event passes at ``(n, D)`` alone). Skipped for a
-    batch-coupled layer (its
-    values depend on the batch) and for other inputs."""
+    summed over ``dim=1`` rather than the event passes at ``(n, D)`` alone). An ``x`` (and
+    context) of several batch dims is first flattened to rows, which must give the same values:
+    a layer that mixes events along a batch dim can pass the Jacobian test there (it sums each
+    output over the batch, assuming independent events), not this one. Skipped for a
+    batch-coupled layer (its values depend on the batch)."""
     event_dim = t.event_dim
-    if x.dim() - event_dim != 1 or _batch_coupled(t) or x.shape[0] < 2:
+    batch_shape = z.shape[: z.dim() - event_dim]  # x's and the context's, broadcast
+    if len(batch_shape) < 1 or _batch_coupled(t) or batch_shape.numel() < 2:
         return
+    if len(batch_shape) > 1 or x.shape[: x.dim() - event_dim] != batch_shape:
+        event = x.shape[x.dim() - event_dim :]
+        x = x.expand(*batch_shape, *event).reshape(-1, *event)
+        if context is not None and context.dim() > 1:
+            context = context.expand(*batch_shape, context.shape[-1]).reshape(
+                -1, context.shape[-1]
+            )
+        z, ladj = z.reshape(x.shape[0], *z.shape[len(batch_shape) :]), ladj.reshape(-1)
+        zr, lr = t(x, context)
+        _close(name, "z of the batch flattened to rows", zr, z, atol, rtol=atol)
+        _close(name, "ladj of the batch flattened to rows", lr, ladj, atol_ladj, rtol=atol_ladj)
     c = context if context is None or context.dim() == 1 else None
-    if context is not None and c is None and context.shape[0] != x.shape[0]:
-        return
     n = x.shape[0]
     shapes = ([((2, n // 2), n)] if n % 2 == 0 else []) + [((), 1)]
     for batch, rows in shapes:
