@@ -122,6 +122,8 @@ def test_check_transform_flattens_several_batch_dims_to_rows() -> None:
     check_transform(Doubling(), x)  # a per-event map passes
     context = torch.randn(3, 1, dtype=torch.float64)  # broadcast against x's (2, 3)
     check_transform(SinhScaling(), x, context)
+    rows = torch.randn(6, 3, dtype=torch.float64)  # a (1, C) context broadcast over the rows
+    check_transform(SinhScaling(), rows, torch.randn(1, 1, dtype=torch.float64))
 
 
 class _SinhWithWrongBackward(torch.autograd.Function):

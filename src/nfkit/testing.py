@@ -231,7 +231,12 @@ def _check_other_batch_shapes(
     batch_shape = z.shape[: z.dim() - event_dim]  # x's and the context's, broadcast
     if len(batch_shape) < 1 or _batch_coupled(t) or batch_shape.numel() < 2:
         return
-    if len(batch_shape) > 1 or x.shape[: x.dim() - event_dim] != batch_shape:
+    context_batch = None if context is None or context.dim() == 1 else context.shape[:-1]
+    if (
+        len(batch_shape) > 1
+        or x.shape[: x.dim() - event_dim] != batch_shape
+        or (context_batch is not None and context_batch != batch_shape)
+    ):  # rows: x and the context broadcast to the batch shape, then flattened
         event = x.shape[x.dim() - event_dim :]
         x = x.expand(*batch_shape, *event).reshape(-1, *event)
         if context is not None and context.dim() > 1:
