@@ -30,12 +30,20 @@ class SinhArcsinh(nf.Transform):
         self.a = nn.Parameter(torch.zeros(features))  # skew
         self.log_b = nn.Parameter(torch.zeros(features))  # tail weight; 0 gives the identity
 
+    def _check(self, t: Tensor, name: str) -> None:  # one line, not a silent broadcast
+        if t.shape[-1:] != self.a.shape:
+            raise ValueError(
+                f"SinhArcsinh: {name} must have last dim {len(self.a)}, got shape {tuple(t.shape)}"
+            )
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x, "x")
         u = self.log_b.exp() * torch.asinh(x) - self.a
         ladj = self.log_b + torch.log(torch.cosh(u)) - 0.5 * torch.log1p(x * x)
         return torch.sinh(u), ladj.sum(-1)  # one pass: value and log-det together
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(z, "z")
         u = (torch.asinh(z) + self.a) * torch.exp(-self.log_b)
         ladj = -self.log_b + torch.log(torch.cosh(u)) - 0.5 * torch.log1p(z * z)
         return torch.sinh(u), ladj.sum(-1)
