@@ -370,7 +370,9 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
         return df
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        numbers = [c for c in df.columns if _is_float(c)]
+        from nfkit.tables import _is_number  # the reader's rule for a header's fields
+
+        numbers = [c for c in df.columns if _is_number(str(c))]
         hint = (  # a header-less file with a text column: its first row is read as names
             f" (its first row, {', '.join(map(str, df.columns[:4]))}"
             f"{', ...' if df.shape[1] > 4 else ''}, was read as a header, as it holds text; a "
@@ -383,14 +385,6 @@ def _select(df: Any, needed: list[str], source: str) -> Any:
             f"the model needs {', '.join(map(repr, needed))}{hint}"
         )
     return df[needed]
-
-
-def _is_float(name: object) -> bool:
-    try:
-        float(str(name))
-    except ValueError:
-        return False
-    return True
 
 
 def _read_for(
