@@ -24,6 +24,25 @@ def test_bits_per_dim_uniform_on_the_cube_is_log2_levels() -> None:
     torch.testing.assert_close(per, torch.full((50,), math.log2(17)))
 
 
+def test_bits_per_dim_keeps_dequantized_ends_inside_an_open_domain(monkeypatch) -> None:
+    # A flow on the open (0, 1) scored with scale = 1/K: in float32, 255 + u rounds to 256 about
+    # once in 1.3e5 draws (3 times in these 614400 with this seed), and u = 0 gives 0; both are
+    # outside a Logit's domain. They are moved one step inside, so the score is finite.
+    flow = nf.Flow(T.Logit(), nf.distributions.StandardNormal(3072)).eval()
+    x = torch.full((200, 3072), 255, dtype=torch.uint8)
+    seeded = T.dequantize(x, generator=torch.Generator().manual_seed(0))
+    assert int((seeded == 256).sum()) > 0  # the case is really drawn
+    bpd = nf.metrics.bits_per_dim(
+        flow, x, levels=256, scale=1 / 256, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.isfinite(bpd)
+    # both ends at once: every u drawn as 0 (pixel 0 → 0) or as 1 (pixel 255 → 256)
+    ends = torch.tensor([[0] * 1536 + [255] * 1536])
+    monkeypatch.setattr(nf.metrics, "_dequantize", lambda v, generator: v + (v > 0).to(v.dtype))
+    per = nf.metrics.bits_per_dim(flow, ends, levels=256, scale=1 / 256, reduction="none")
+    assert per.shape == (1,) and torch.isfinite(per).all()
+
+
 def test_bits_per_dim_matches_log_prob_and_checks_input() -> None:
     flow = nf.models.Glow((1, 4, 4), levels=1, steps=1, hidden=(4,), pixel_levels=17).double()
     x = torch.randint(0, 17, (8, 1, 4, 4)).double()

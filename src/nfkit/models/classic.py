@@ -457,6 +457,10 @@ def NICE(
 ) -> Flow:
     """NICE (Dinh et al. 2014): additive couplings followed by a learned diagonal scaling.
 
+    The couplings preserve volume, so the last layer's scaling ``z = e^s x + t`` (``|s| ≤ 5``,
+    the :class:`~nfkit.transforms.AffineTransformer` default) is the flow's only change of
+    scale: data spread far beyond ``e^5`` times the base's are not reached; standardize them
+    first (:func:`nfkit.models.standardize`; the estimator and the CLI do by default).
     ``residual``: residual blocks in the conditioners (equal hidden widths).
     """
     layers = _coupling_stack(

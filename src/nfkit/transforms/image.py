@@ -240,7 +240,8 @@ def dequantize(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor
 
     Turns integer pixels ``0..K−1`` into continuous values in ``[0, K)`` (``[0, K]`` after
     rounding: ``255 + u`` may round to 256 in float32, inside the domain of
-    :class:`LogitPreprocess`); a density ``p`` on
+    :class:`LogitPreprocess`, not of a flow on the open ``(0, 1)`` after scaling by ``1/K``,
+    which :func:`~nfkit.metrics.bits_per_dim` keeps one step inside); a density ``p`` on
     them bounds the discrete likelihood: ``log P(x) ≥ E_u log p(x + u)`` (Theis et al. 2016,
     arXiv:1511.01844). Integer tensors are converted to the default float dtype.
     """
