@@ -9,7 +9,7 @@ with 3 squared polynomials of degree 4, BPF of degree 16 on [-5, 5]. GF (no cond
 network): ``--transforms`` elementwise layers of 8 kernels per feature with a learned rotation
 between layers (zuko: Gaussian kernels and ``exp`` of a skew-symmetric matrix; nfkit: logistic
 kernels and ``D`` Householder reflections). GMM: 8 components with full covariances. The
-parameter counts are printed and match. Reported (``side_by_side.measure``): the training step (median ms),
+parameter counts are printed, and a cell whose counts differ stops the run. Reported (``side_by_side.measure``): the training step (median ms),
 ``log_prob`` and ``sample`` throughput (4096 rows, no grad; both libraries sample by root
 finding) and the test log-likelihood per feature after ``--steps`` steps from seed 0. Results as
 Markdown and JSON under ``--out``.
@@ -67,9 +67,11 @@ def main() -> None:
     for family in args.families.split(","):
         for d in (int(v) for v in args.features.split(",")):
             train, test = mixture_data(d, 16_000, 0), mixture_data(d, 4_000, 1)
-            results[f"{family} D={d}"] = measure(
-                lambda lib, f=family, d=d: build(lib, f, d, args), train, test, args
-            )
+            cell = measure(lambda lib, f=family, d=d: build(lib, f, d, args), train, test, args)
+            counts = {lib: r["params"] for lib, r in cell.items()}
+            if len(set(counts.values())) > 1:  # the architectures must match, not only run
+                raise SystemExit(f"families.py: {family} D={d}: parameter counts differ: {counts}")
+            results[f"{family} D={d}"] = cell
             print(family, d, json.dumps(results[f"{family} D={d}"]), flush=True)
     report(results, "Flow families", args, unit="feature", name="families-cpu")
 

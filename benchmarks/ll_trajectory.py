@@ -108,7 +108,7 @@ def main() -> None:
                     m = _build(lib, model, train.shape[1], args)
                 except NotImplementedError:  # no matching architecture in that library
                     continue
-                step = peers.train_step_fn(m, train, "cpu")
+                step = peers.train_step_fn(m, peers.drawn_batches(train, "cpu"))
                 torch.manual_seed(0)
                 row = []
                 for s in range(1, checkpoints[-1] + 1):

@@ -54,10 +54,15 @@ Metrics (float32, batch 512 unless ``--batch``, Adam lr 1e-3):
   the same rounds; a flow adds masks, its transformers and the log-density to this. Results
   stored before the floor took those input gradients (all stored ``peers-*`` results) used a
   floor and an ``MLP+Adam`` step without them: a smaller floor (4–9% in an A/B on moons,
-  digits and synth256 MAF and digits RealNVP) and so higher ratios.
+  digits and synth256 MAF and digits RealNVP) and so higher ratios. A timed step takes the
+  next of 8 batches drawn on the device beforehand (the same for every library), so no step
+  times drawing data; stored results before session 37 drew and copied each batch inside the
+  timed step (25–270 µs, 0.5–1.3% of a floor, the same for every library).
 * ``log_prob``: rows/s of ``log_prob`` under ``no_grad`` on a batch of 4096.
 * ``sample``: samples/s for 1000 samples; the sampling floor is the forward matmuls of the
-  networks at that batch, ``D`` times per autoregressive layer (once per coupling layer).
+  networks at that batch, ``D`` times per autoregressive layer (once per coupling layer). It
+  is the issue's "D-pass floor", a reference rather than a bound: an inverse that passes only
+  the rows each step needs (nfkit's) can beat it.
 * ``memory``: CUDA: ``torch.cuda.max_memory_allocated`` over one training step. CPU: the growth of
   the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) over the first
   two training steps (activations, gradients, Adam's state) above the built model's, in a fresh
@@ -80,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import math
 import os
@@ -478,13 +484,33 @@ def floor_fns(
     return step, mlp_step, sampler
 
 
-def train_step_fn(m: Model, data: Tensor, device: str) -> Callable[[], None]:
-    opt = torch.optim.Adam(m.module.parameters(), lr=1e-3)
+TIMED_BATCHES = 8
+"""Batches drawn (on the device) before the timed steps, which cycle through them."""
+
+
+def timed_batches(data: Tensor, device: str) -> Callable[[], Tensor]:
+    """The next of :data:`TIMED_BATCHES` batches drawn beforehand (seed 0, the same for every
+    library): a timed step draws no data, as the floor and ``MLP+Adam`` do not (drawing and
+    copying a batch costs 25–270 µs, 0.5–1.3% of a floor)."""
     gen = torch.Generator().manual_seed(0)
+    ready = [
+        data[torch.randint(len(data), (BATCH,), generator=gen)].to(device)
+        for _ in range(TIMED_BATCHES)
+    ]
+    return itertools.cycle(ready).__next__
+
+
+def drawn_batches(data: Tensor, device: str) -> Callable[[], Tensor]:
+    """A fresh batch per call (seed 0, the same sequence for every library): for training."""
+    gen = torch.Generator().manual_seed(0)
+    return lambda: data[torch.randint(len(data), (BATCH,), generator=gen)].to(device)
+
+
+def train_step_fn(m: Model, batch: Callable[[], Tensor]) -> Callable[[], None]:
+    opt = torch.optim.Adam(m.module.parameters(), lr=1e-3)
 
     def step() -> None:
-        idx = torch.randint(len(data), (BATCH,), generator=gen)
-        loss = -m.log_prob(data[idx].to(device)).mean()
+        loss = -m.log_prob(batch()).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -511,11 +537,10 @@ def compiled_fns(
 
     clp = torch.compile(log_prob)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
+    batch = timed_batches(data, device)
 
     def step() -> None:
-        idx = torch.randint(len(data), (BATCH,), generator=gen)
-        loss = -clp(data[idx].to(device)).mean()
+        loss = -clp(batch()).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -525,7 +550,7 @@ def compiled_fns(
 
 def fit_budget(m: Model, train: Tensor, test: Tensor, steps: int, device: str) -> float:
     """Test log-likelihood after ``steps`` Adam steps (same batches for every library)."""
-    step = train_step_fn(m, train, device)
+    step = train_step_fn(m, drawn_batches(train, device))
     torch.manual_seed(0)
     for _ in range(steps):
         step()
@@ -550,7 +575,7 @@ def memory_child(cell: str, lib: str, device: str) -> None:
     torch.manual_seed(0)
     m = build(lib, model, features(data_name))
     m.module.to(device)
-    step = train_step_fn(m, train, device)
+    step = train_step_fn(m, timed_batches(train, device))
     if device.startswith("cuda"):
         step()
         torch.cuda.synchronize()
@@ -653,7 +678,7 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
     floor_step, mlp_step, floor_sampler = floor_fns(nets, ar, device)
 
     # Training step: libraries and floor interleaved round by round (order rotated each round).
-    steps = {lib: train_step_fn(m, train, device) for lib, m in models.items()}
+    steps = {lib: train_step_fn(m, timed_batches(train, device)) for lib, m in models.items()}
     steps["floor"] = floor_step
     steps["mlp"] = mlp_step
     compiled: tuple[Callable[[], None], Callable[[Tensor], Tensor]] | None = None
@@ -832,7 +857,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
         "",
         f"Test log-likelihood (nats/row, higher is better) after the same fixed budget of "
         f"{budget} Adam steps for every library. normflows' MAF (its one-pass transform put on the density "
-        "side) can only contract, so its figure is capped at the base's peak and not "
+        "side) and nflows' RealNVP (its affine coupling's gate, σ(ŝ + 2) + 1e-3) can only "
+        "contract, so their figures are capped at the base's peak and not "
         "comparable. Last column, not like-for-like: nfkit trained with `nf.fit` (early "
         "stopping on a validation split, AdamW with a cosine schedule, up to `--fit` steps at "
         "the run's batch):",
@@ -921,7 +947,10 @@ def main(argv: list[str] | None = None) -> None:
     if args._memory:
         memory_child(*args._memory, args.device)
         return
-    args.libs = args.libs.split(",")
+    args.libs = [lib.strip() for lib in args.libs.split(",") if lib.strip()]
+    unknown = [lib for lib in args.libs if lib not in LIBS]
+    if unknown or not args.libs:
+        raise SystemExit(f"peers.py: unknown --libs {unknown or args.libs}; choose from {LIBS}")
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.reps = args.reps or (2 if args.quick else 5)
     args.steps = args.steps if args.steps is not None else (100 if args.quick else 1000)

@@ -322,3 +322,55 @@ def test_memory_child_sees_the_whole_training_step(tmp_path: Path) -> None:
     r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.strip().splitlines()[-1]) > 3 * 577_280 * 4 / 2**20
+
+
+def test_families_benchmark_stops_on_unequal_parameter_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("zuko")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    path = ROOT / "benchmarks" / "families.py"
+    spec = importlib.util.spec_from_file_location("families_under_test", path)
+    assert spec is not None and spec.loader is not None
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    argv = "--features 2 --families GMM --libs nfkit,zuko --rounds 1 --reps 1 --steps 1 --out"
+    monkeypatch.setattr(sys, "argv", ["families.py", *argv.split(), str(tmp_path)])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this process's threads stay
+    families.main()  # both libraries' 8-component GMMs: 48 parameters each
+    stored = json.loads((tmp_path / "families-cpu.json").read_text())["GMM D=2"]
+    assert {lib: r["params"] for lib, r in stored.items()} == {"nfkit": 48, "zuko": 48}
+    real = families.build  # zuko's flow of another family: unequal counts stop the run
+    monkeypatch.setattr(
+        families, "build", lambda lib, f, d, a: real(lib, "GF" if lib == "zuko" else f, d, a)
+    )
+    with pytest.raises(
+        SystemExit, match=r"GMM D=2: parameter counts differ: \{'nfkit': 48, 'zuko': 104\}"
+    ):
+        families.main()
+
+
+def test_peers_refuses_an_unknown_library_in_one_line(tmp_path: Path, peers: ModuleType) -> None:
+    with pytest.raises(SystemExit, match=r"unknown --libs \['zuk'\]; choose from"):
+        peers.main(["--libs", "nfkit, zuk", "--cells", "moons-MAF", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_timed_steps_draw_no_data(peers: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The floor and MLP+Adam draw no batch; neither may a library's timed step: it cycles
+    # through batches drawn beforehand (the same ones for every library).
+    data = torch.randn(100, 2)
+    first, second = peers.timed_batches(data, "cpu"), peers.timed_batches(data, "cpu")
+    ready = [first() for _ in range(peers.TIMED_BATCHES)]
+    assert all(torch.equal(a, second()) for a in ready)  # the same batches for every library
+    assert first() is ready[0]  # cycled, not drawn again
+    m = peers.build("nfkit", "MAF", 2)
+    step = peers.train_step_fn(m, first)
+
+    def no_draws(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a timed step drew data")
+
+    monkeypatch.setattr(torch, "randint", no_draws)
+    before = [p.detach().clone() for p in m.module.parameters()]
+    step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.module.parameters()))  # it trained
