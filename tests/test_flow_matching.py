@@ -190,7 +190,7 @@ def test_bad_objective_and_data_are_one_line_errors() -> None:
     # a context of other batch dims pairs every row with every context (a (B, B) loss)
     with pytest.raises(
         ValueError,
-        match=r"context must be \(B, C\) or \(1, C\) for x of shape \(64, 2\), got shape \(64, 1, 3\)",
+        match=r"context must be \(B, C\), \(1, C\) or \(C,\) for x of shape \(64, 2\), got shape \(64, 1, 3\)",
     ):
         nf.flow_matching_loss(nf.models.FFJORD(2, context=3), x, torch.zeros(64, 1, 3))
     assert nf.flow_matching_loss(nf.models.FFJORD(2, context=3), x, torch.zeros(1, 3)).shape == (

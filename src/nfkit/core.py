@@ -468,6 +468,25 @@ def blockwise(n: int, size: int, block: Callable[[int], Tensor]) -> Tensor:
     return out
 
 
+def _check_embedding_input(embedding: nn.Module, context: int) -> None:
+    """An embedding whose input width is known (``in_features`` of it or of an
+    ``nn.Sequential``'s first module, as ``nn.Linear`` and :class:`~nfkit.nn.MLP` have; a set
+    network's ``element_features``) must read the flow's ``context`` features."""
+    first = embedding[0] if isinstance(embedding, nn.Sequential) and len(embedding) else embedding
+    width = as_int(getattr(first, "in_features", None))
+    if width is not None and width != context:
+        raise ValueError(
+            f"Flow: the embedding reads {width} features, but the flow's context is {context}; "
+            "build one with the other's width"
+        )
+    element = as_int(getattr(embedding, "element_features", None))
+    if element and context % element:
+        raise ValueError(
+            f"Flow: the embedding reads sets of {element}-feature elements, but the flow's "
+            f"context of {context} features is not a whole number of them"
+        )
+
+
 class Flow(nn.Module):
     r"""A normalizing flow: the distribution of ``x = T⁻¹(z)`` with ``z ~ base``.
 
@@ -546,6 +565,8 @@ class Flow(nn.Module):
             raise TypeError(
                 f"Flow: embedding must be an nn.Module (or None), got {type(embedding).__name__}"
             )
+        if embedding is not None and context:
+            _check_embedding_input(embedding, context)
         reads = as_int(getattr(base, "context", 0)) or 0  # a conditional base (a mixture)
         if reads and (not context or (embedding is None and reads != context)):
             raise ValueError(

@@ -149,9 +149,9 @@ def flow_matching_loss(
 ) -> Tensor:
     r"""The conditional flow-matching loss of each row of ``x``, shape ``(B,)``: minimize its mean.
 
-    ``x`` is ``(B, D)`` data and ``context`` ``(B, C)`` or ``(1, C)`` (a conditional flow). The
-    draws are fresh (from ``generator``, else torch's global RNG) unless ``noise`` gives them.
-    The loss is
+    ``x`` is ``(B, D)`` data and ``context`` ``(B, C)``, ``(1, C)`` or ``(C,)`` (a conditional
+    flow). The draws are fresh (from ``generator``, else torch's global RNG) unless ``noise``
+    gives them. The loss is
     ``‖f(y_s, s t₁, c) - (z - y)/t₁‖²`` with ``y_s = (1 - s) y + s z`` (see
     :mod:`nfkit.flow_matching`); at its minimum the flow's ODE carries the data onto the base.
 
@@ -172,8 +172,8 @@ def flow_matching_loss(
             context.dim() > 2 or (context.dim() == 2 and context.shape[0] not in (1, x.shape[0]))
         ):
             raise ValueError(
-                f"{where}: context must be (B, C) or (1, C) for x of shape {tuple(x.shape)}, "
-                f"got shape {tuple(context.shape)}"
+                f"{where}: context must be (B, C), (1, C) or (C,) for x of shape "
+                f"{tuple(x.shape)}, got shape {tuple(context.shape)}"
             )
     if noise is None:
         noise = objective.draw(x.shape[0], x, generator)

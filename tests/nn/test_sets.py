@@ -95,10 +95,19 @@ def test_nan_passes_only_into_a_padded_set_that_reads_the_raw_context() -> None:
     c[:, 0] = float("nan")
     with pytest.raises(ValueError, match="context contains NaN values"):
         flow.log_prob(torch.randn(2, 2), c)
-    whole_set = nf.Flow(
+    parts = (
         nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=4),
         nf.distributions.StandardNormal(2),
-        embedding=nf.nn.DeepSet(2, 4, padded=True),
+    )
+    with pytest.raises(
+        ValueError, match="sets of 2-feature elements, but the flow's context of 7"
+    ):
+        nf.Flow(*parts, embedding=nf.nn.DeepSet(2, 4, padded=True), context=7)
+    whole_set = nf.Flow(  # (a set behind another module: checked when the context comes)
+        *parts,
+        embedding=torch.nn.Sequential(
+            nf.models.standardized.ContextStandardize(7), nf.nn.DeepSet(2, 4, padded=True)
+        ),
         context=7,
     )
     with pytest.raises(ValueError, match=r"last dim \(7\) must hold whole set elements of 2"):
@@ -114,6 +123,19 @@ def test_nan_passes_only_into_a_padded_set_that_reads_the_raw_context() -> None:
         context=8,
     )
     assert torch.isfinite(scaled.log_prob(torch.randn(2, 2), padded)).all()
+
+
+def test_an_embedding_of_another_input_width_is_refused_when_the_flow_is_built() -> None:
+    # (it passed, and every call then failed inside the network with torch's matmul error)
+    coupling = nf.transforms.Coupling(2, nf.transforms.AffineTransformer(), context=4)
+    base = nf.distributions.StandardNormal(2)
+    for embedding in (nf.nn.MLP(10, 4, (16,)), torch.nn.Sequential(torch.nn.Linear(10, 4))):
+        with pytest.raises(
+            ValueError, match="the embedding reads 10 features, but the flow's context is 8"
+        ):
+            nf.Flow(coupling, base, embedding=embedding, context=8)
+        flow = nf.Flow(coupling, base, embedding=embedding, context=10)
+        assert flow.log_prob(torch.randn(3, 2), torch.randn(3, 10)).shape == (3,)
 
 
 def test_a_set_of_no_slots_and_an_embedding_that_is_no_module_are_refused() -> None:
