@@ -795,3 +795,68 @@ def test_save_refuses_non_finite_weights_and_keeps_the_file_there(tmp_path) -> N
     )
     assert open(tmp_path / "m.pt", "rb").read() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_load_takes_large_iteration_caps_which_are_no_sizes(tmp_path) -> None:
+    """An ODE's ``max_steps`` or a fixed-point ``max_iter`` of two million was read as a size
+    far beyond the weights: the file nf.save (or ``nfkit fit --option``) wrote did not load."""
+    for flow in (
+        nf.models.FFJORD(2, hidden=(8,), max_steps=2_000_000, sample_steps=3_000_000),
+        nf.models.ResidualFlow(2, blocks=1, hidden=(8,), max_iter=2_000_000),
+    ):
+        assert nf.load(nf.save(flow, tmp_path / "m.pt")).config == flow.config
+
+
+@pytest.mark.parametrize(
+    ("make", "setting"),
+    [
+        (lambda v: nf.models.BNAF(2, transforms=1, hidden=(4,), leak=v), "leak"),
+        (lambda v: nf.models.ResidualFlow(2, blocks=1, hidden=(8,), lipschitz=v), "lipschitz"),
+        (lambda v: nf.models.FFJORD(2, hidden=(8,), solver="rk4", t1=v), "t1"),
+    ],
+)
+def test_load_into_refuses_a_setting_that_is_no_weight(tmp_path, make, setting: str) -> None:
+    """A BNAF's leak, a residual block's Lipschitz bound or an ODE's end time change the map
+    but hold no weights: a file loaded into a flow built with another value, silently changing
+    the density (BNAF leak 0.01 → 0.3: log p off by 1.97). The outline records them now."""
+    flow = make(0.5)
+    saved = nf.save(flow, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=f"holds another architecture than into: .*{setting}=0.5"):
+        nf.load(saved, into=make(0.25))
+    same = make(0.5)
+    assert nf.load(saved, into=same) is same
+    # a file written before settings were outlined (its entries without them) still loads
+    payload = torch.load(saved, weights_only=True)
+    old = [
+        entry.rsplit(" {", 1)[0] if entry.endswith("}") else entry for entry in payload["outline"]
+    ]
+    assert old != payload["outline"]
+    torch.save({**payload, "outline": old}, tmp_path / "old.pt")
+    assert nf.load(tmp_path / "old.pt", into=make(0.25)) is not None
+    assert nf.load(tmp_path / "old.pt").config == flow.config
+
+
+def test_load_refuses_a_factory_flow_changed_after_it_was_built(tmp_path) -> None:
+    """A weightless layer appended to a factory's flow was saved with the factory's config and
+    loaded as the unchanged flow (log p off by 1.46), silently. The rebuilt model is checked
+    against the file's outline: refused, naming the layer, and pointing to ``into=``."""
+    flow = nf.models.NSF(2, transforms=1, hidden=(8,))
+    flow.transform.transforms.append(nf.transforms.Tanh())
+    saved = nf.save(flow, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"changed after its factory built it: the file has "
+                       r"'transform.transforms.1: Tanh' where the rebuilt model has 'nothing'; "
+                       r"build the same flow and load into it"):  # fmt: skip
+        nf.load(saved)
+    again = nf.models.NSF(2, transforms=1, hidden=(8,))
+    again.transform.transforms.append(nf.transforms.Tanh())
+    x = torch.rand(5, 2) - 0.5
+    torch.testing.assert_close(nf.load(saved, into=again).log_prob(x), flow.eval().log_prob(x))
+    # a module this version's factory has and an older file lacks is no change
+    payload = torch.load(
+        nf.save(nf.models.MAF(2, transforms=1, hidden=(8,)), tmp_path / "maf.pt"),
+        weights_only=True,
+    )
+    fewer = [e for e in payload["outline"] if not e.split(": ")[0].endswith(".embed")]
+    assert len(fewer) < len(payload["outline"])
+    torch.save({**payload, "outline": fewer}, tmp_path / "older.pt")
+    assert isinstance(nf.load(tmp_path / "older.pt"), nf.Flow)

@@ -427,7 +427,9 @@ def _outline(flow: torch.nn.Module) -> list[str]:
     """Every submodule as ``"name: Class"``, with ``" [transformer]"`` (its repr: class and
     settings; the ``at 0x…`` of an object without its own repr dropped) for a module that holds an
     elementwise transformer (a dataclass, not a submodule, whose kind and settings the weights
-    alone do not tell): what a weights-only file checks its target against."""
+    alone do not tell), and ``" {k=v, …}"`` for the module's ``outline_settings`` (settings
+    that define the map but are no weights: a BNAF's ``leak``, a residual block's
+    ``lipschitz``): what a file checks the flow it loads into against."""
     from nfkit.transforms.transformers import Transformer
 
     out = []
@@ -436,16 +438,42 @@ def _outline(flow: torch.nn.Module) -> list[str]:
         transformer = getattr(m, "transformer", None)
         if isinstance(transformer, Transformer):  # (no memory address: object's own repr)
             entry += f" [{re.sub(r' at 0x[0-9a-fA-F]+>', '>', repr(transformer))}]"
+        settings = getattr(m, "outline_settings", ())
+        if settings:
+            entry += " {" + ", ".join(f"{k}={getattr(m, k)!r}" for k in settings) + "}"
         out.append(entry)
     return out
 
 
 def _same_entry(saved: str | None, built: str | None) -> bool:
-    """Outline entries agree (a file written before transformers were outlined has none: its
-    entry matches the module's class alone)."""
+    """Outline entries agree (a file written before transformers or settings were outlined has
+    none: its entry matches the module's class, or class and transformer, alone)."""
     if saved is None or built is None:
         return saved == built
+    if saved == built:
+        return True
+    if not saved.endswith("}") and built.endswith("}"):
+        built = built.rsplit(" {", 1)[0]
     return saved == built or ("[" not in saved and built.split(" [", 1)[0] == saved)
+
+
+def _first_difference(
+    saved: list[str], built: list[str], *, rebuilt: bool
+) -> tuple[str, str] | None:
+    """The first pair of outline entries that disagree, or None. For a flow ``rebuilt`` from
+    its config, a module the file does not list is no difference (this version's factories may
+    add weightless submodules an older file lacks); every module the file lists must be there."""
+    if not rebuilt:
+        for a, b in itertools.zip_longest(saved, built):
+            if not _same_entry(a, b):
+                return a or "nothing", b or "nothing"
+        return None
+    named = {entry.split(": ", 1)[0]: entry for entry in built}
+    for a in saved:
+        b = named.get(a.split(": ", 1)[0])
+        if not _same_entry(a, b):
+            return a, b or "nothing"
+    return None
 
 
 @contextlib.contextmanager
@@ -661,13 +689,12 @@ def _architecture(
         if not isinstance(into, Flow):
             raise TypeError(f"{where}: into must be an nf.Flow, got {type(into).__name__}")
         saved = payload.get("outline")
-        if saved is not None:
-            for a, b in itertools.zip_longest(saved, _outline(into)):
-                if not _same_entry(a, b):
-                    raise ValueError(
-                        f"{where}: {str(path)!r} holds another architecture than into: the file "
-                        f"has {a or 'nothing'!r} where into has {b or 'nothing'!r}"
-                    )
+        differ = None if saved is None else _first_difference(saved, _outline(into), rebuilt=False)
+        if differ:
+            raise ValueError(
+                f"{where}: {str(path)!r} holds another architecture than into: the file has "
+                f"{differ[0]!r} where into has {differ[1]!r}"
+            )
         return into
     if config is None:
         raise ValueError(
@@ -681,7 +708,7 @@ def _architecture(
     try:
         _check_config_sizes(config, max(2**20, 16 * weights))
         with budget:
-            return build(config)
+            flow = build(config)
     except _OverBudget as e:
         raise ValueError(
             f"{where}: {str(path)!r}: its config asks for a model far larger than the weights the "
@@ -691,20 +718,34 @@ def _architecture(
         raise ValueError(
             f"{where}: {str(path)!r}: cannot rebuild the model ({one_line(e)})"
         ) from None
+    saved = payload.get("outline")
+    differ = None if saved is None else _first_difference(saved, _outline(flow), rebuilt=True)
+    if differ:  # the saved flow was changed after its factory built it (a layer added, ...)
+        raise ValueError(
+            f"{where}: {str(path)!r} holds a flow changed after its factory built it: the file "
+            f"has {differ[0]!r} where the rebuilt model has {differ[1]!r}; build the same flow "
+            "and load into it: nf.load(path, into=flow)"
+        )
+    return flow
 
 
 class _OverBudget(Exception):
     pass
 
 
+_NOT_SIZES = frozenset({"seed", "max_steps", "max_iter", "sample_steps"})
+"""Config integers that are no sizes: a seed, and caps on a solver's iterations (used when the
+model runs, never while it is built)."""
+
+
 def _check_config_sizes(config: Any, limit: int, key: str = "config") -> None:
-    """Refuse a config integer (a width, a count of features, layers or levels; a ``seed`` is
-    not a size) over ``limit``: some factories loop or compute in Python over such a number
-    before any tensor op the budget would see (``NCSF`` lists its features, ``Glow`` takes
-    ``2**levels``)."""
+    """Refuse a config integer (a width, a count of features, layers or levels; not those of
+    :data:`_NOT_SIZES`) over ``limit``: some factories loop or compute in Python over such a
+    number before any tensor op the budget would see (``NCSF`` lists its features, ``Glow``
+    takes ``2**levels``)."""
     if isinstance(config, dict):
         for k, v in config.items():
-            if k != "seed":
+            if k not in _NOT_SIZES:
                 _check_config_sizes(v, limit, str(k))
     elif isinstance(config, list):
         for v in config:

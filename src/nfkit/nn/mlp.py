@@ -81,6 +81,9 @@ class PeriodicEmbedding(nn.Module):
     are (non-persistent) buffers, so they follow ``.to(device)`` and a pass copies nothing from
     the host. None: the identity."""
 
+    #: Settings that define the map but are no weights: a saved file's outline records them.
+    outline_settings = ("period",)
+
     def __init__(self, features: int, period: Period) -> None:
         super().__init__()
         self.period = check_period("PeriodicEmbedding", period, features)

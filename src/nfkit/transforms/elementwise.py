@@ -360,6 +360,9 @@ class Softplus(_Pointwise):
 class LeakyReLU(_Pointwise):
     r"""``z = x`` for ``x ≥ 0``, ``z = a x`` otherwise (``a > 0``). ``ladj = Σ [x < 0] log a``."""
 
+    #: Settings that define the map but are no weights: a saved file's outline records them.
+    outline_settings = ("negative_slope",)
+
     def __init__(self, negative_slope: float = 0.01, event_dim: int = 1) -> None:
         super().__init__(event_dim)
         self.negative_slope = check_number("LeakyReLU", "negative_slope", negative_slope, 0.0)
