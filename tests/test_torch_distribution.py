@@ -135,3 +135,31 @@ def test_expanded_log_prob_of_a_value_that_does_not_broadcast_is_one_line() -> N
                        r"the batch shape \(4,\)") as info:  # fmt: skip
         d.log_prob(torch.zeros(3, 2))
     assert "\n" not in str(info.value)
+
+
+def test_validate_args_false_scores_values_outside_the_support_minus_inf() -> None:
+    """As torch's own distributions do (``Uniform(0, 1, validate_args=False).log_prob(2)`` is
+    ``-inf``); it was always refused, even under ``set_default_validate_args(False)``, and the
+    argument was a TypeError: SBI code that scores proposals outside a bounded prior stopped."""
+    x = torch.rand(200, 2) * 2 + 1
+    flow = nf.models.standardize(
+        nf.models.MAF(2, transforms=1, hidden=(8,)), x, bounds=[(1.0, 3.0)] * 2
+    )
+    values = torch.tensor([[2.0, 1.5], [5.0, 2.0], [1.2, 0.0]])
+    with pytest.raises(ValueError, match=r"outside the support \(1, 3\)"):
+        flow.distribution().log_prob(values)  # torch's default: validation on
+    lax = flow.distribution(validate_args=False)
+    scores = lax.log_prob(values)
+    torch.testing.assert_close(scores[0], flow.log_prob(values[:1])[0])
+    assert scores[1:].tolist() == [float("-inf")] * 2
+    assert lax.expand((4, 3)).log_prob(values[1]).eq(float("-inf")).all()  # expand keeps it
+    with pytest.raises(ValueError, match="contains NaN"):  # NaN is an error either way
+        lax.log_prob(torch.tensor([[float("nan"), 2.0]]))
+    before = td.Distribution._validate_args
+    td.Distribution.set_default_validate_args(False)
+    try:
+        assert flow.distribution().log_prob(values)[1] == float("-inf")
+    finally:
+        td.Distribution.set_default_validate_args(before)
+    with pytest.raises(TypeError, match="validate_args must be True, False or None"):
+        nf.FlowDistribution(flow, validate_args="no")

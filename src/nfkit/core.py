@@ -861,12 +861,15 @@ class Flow(nn.Module):
         self._check_event("Flow.sample_and_log_prob", x, "maps the base's draws to")
         return x, log_pz - self._event_ladj(ladj, z)
 
-    def distribution(self, context: Tensor | None = None) -> FlowDistribution:
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> FlowDistribution:
         """This flow at ``context`` as a ``torch.distributions.Distribution`` (a view, not a
-        copy): :class:`~nfkit.FlowDistribution`, for code that takes torch's distributions."""
+        copy): :class:`~nfkit.FlowDistribution`, for code that takes torch's distributions
+        (``validate_args=False``: ``log_prob`` is ``-inf`` outside the support)."""
         from nfkit.torch_distribution import FlowDistribution
 
-        return FlowDistribution(self, context)
+        return FlowDistribution(self, context, validate_args=validate_args)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Alias of :meth:`log_prob` so that ``flow(x)`` works with DDP and ``torch.compile``."""

@@ -43,8 +43,11 @@ def _constraint(kind: str, low: Tensor, high: Tensor) -> Any:
 class FlowDistribution(Distribution):
     r"""``p(x | c)`` of a flow at a fixed context, with torch's distribution interface.
 
-    - ``log_prob(x)``: the flow's exact ``log p(x | c)``, ``x`` of shape
-      ``(*sample, *batch, *event)`` (broadcast against the context's batch).
+    - ``log_prob(x)``: the flow's ``log p(x | c)`` (exact; a
+      :class:`~nfkit.models.DequantizedFlow`'s is its quasi-Monte Carlo estimate), ``x`` of
+      shape ``(*sample, *batch, *event)`` (broadcast against the context's batch). A value
+      outside the support is refused (torch's argument validation, on by default) or, with
+      ``validate_args=False``, scored ``-inf`` (density 0), as torch's own distributions do.
     - ``rsample(shape)`` / ``sample(shape)``: ``(*shape, *batch, *event)``, reparameterized or
       without gradient; ``has_rsample`` is False for a
       :class:`~nfkit.models.DequantizedFlow` (integers) and for a base whose draws carry no
@@ -61,6 +64,10 @@ class FlowDistribution(Distribution):
             it), else None.
         batch_shape: An unconditional flow's batch (independent draws per entry; what
             :meth:`expand` sets); default ``()``.
+        validate_args: Refuse values outside the support in ``log_prob`` (True) or score them
+            ``-inf`` (False); None: torch's default
+            (``torch.distributions.Distribution.set_default_validate_args``). NaN and shape
+            errors are refused either way.
 
     Example:
         >>> import torch
@@ -87,6 +94,7 @@ class FlowDistribution(Distribution):
         context: Tensor | None = None,
         *,
         batch_shape: torch.Size | None = None,
+        validate_args: bool | None = None,
     ) -> None:
         from nfkit.core import Flow
 
@@ -95,6 +103,15 @@ class FlowDistribution(Distribution):
         flow._sample_shape("FlowDistribution", (), context)  # the context's checks
         self.flow = flow
         self.context = context
+        if validate_args is not None and not isinstance(validate_args, bool):
+            raise TypeError(
+                "FlowDistribution: validate_args must be True, False or None, got "
+                f"{type(validate_args).__name__}"
+            )
+        #: Whether ``log_prob`` refuses values outside the support (else ``-inf``).
+        self.validate_support = (
+            Distribution._validate_args if validate_args is None else validate_args
+        )
         if context is not None and batch_shape is not None:
             raise ValueError(
                 "FlowDistribution: batch_shape is for an unconditional flow; a conditional "
@@ -105,7 +122,7 @@ class FlowDistribution(Distribution):
         super().__init__(
             batch_shape=torch.Size(batch_shape),
             event_shape=flow.event_shape,
-            validate_args=False,  # the flow checks its inputs itself
+            validate_args=False,  # the flow checks its inputs itself (validate_support)
         )
 
     @property
@@ -160,7 +177,12 @@ class FlowDistribution(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(value)``, of shape ``value``'s batch dims broadcast with ``batch_shape``."""
-        log_p = self.flow.log_prob(value, self.context)
+        if self.validate_support:
+            log_p = self.flow.log_prob(value, self.context)
+        else:
+            from nfkit.core import log_prob_or_minus_inf
+
+            log_p = log_prob_or_minus_inf(self.flow, value, self.context)
         if self.context is None and self.batch_shape:  # an unconditional flow over a batch
             try:
                 shape = torch.broadcast_shapes(log_p.shape, self.batch_shape)
@@ -186,10 +208,11 @@ class FlowDistribution(Distribution):
                 f"FlowDistribution.expand: {tuple(batch_shape)} does not extend the batch shape "
                 f"{tuple(self.batch_shape)} (each dim equal, or 1 in the batch)"
             )
+        checks = self.validate_support
         if self.context is None:
-            return FlowDistribution(self.flow, batch_shape=batch_shape)
+            return FlowDistribution(self.flow, batch_shape=batch_shape, validate_args=checks)
         context = self.context.expand(*batch_shape, self.context.shape[-1])
-        return FlowDistribution(self.flow, context)
+        return FlowDistribution(self.flow, context, validate_args=checks)
 
     def __repr__(self) -> str:
         model = (self.flow.config or {}).get("model", type(self.flow).__name__)

@@ -210,6 +210,12 @@ def test_given_angles_are_read_as_cos_sin_pairs() -> None:
         context_angles={"wind": (0, 360)},
     )  # fmt: skip
     assert flow.context_features == 2 and flow.config["context_angles"] == [[1, 0.0, 360.0]]
+    # the config's own form, [index, low, high] triples, is taken too (a raw TypeError before)
+    again = nf.models.standardize(
+        nf.models.NSF(1, context=3, transforms=1, hidden=(8,)).double(), x, c,
+        context_angles=flow.config["context_angles"],
+    )  # fmt: skip
+    assert again.config["context_angles"] == flow.config["context_angles"]
     rows = torch.tensor([[1.0], [2.5]], dtype=torch.float64)
     at = lambda degrees: flow.log_prob(rows, torch.tensor([[0.3, degrees]] * 2).double())  # noqa: E731
     with torch.no_grad():
@@ -228,6 +234,7 @@ def test_given_angles_are_read_as_cos_sin_pairs() -> None:
         (["speed"], 3, "must name context columns .* the context columns are 'temp', 'wind'"),
         ({1: (360, 0)}, 3, "needs one finite range low < high"),
         ({1: "north"}, 3, "must be \\(low, high\\)"),
+        ([[1, 360]], 3, "or \\[index, low, high\\] triples, got \\[1, 360\\]"),  # (was a TypeError)
     ):
         with pytest.raises(ValueError, match=message) as info:
             nf.models.standardize(

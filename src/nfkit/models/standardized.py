@@ -232,18 +232,25 @@ def _check_context_angles(
     where: str, angles: Any, labels: Sequence[str] | None
 ) -> dict[int, tuple[float, float]]:
     """``context_angles`` as ``{context column: (low, high)}``: from indices or names (among
-    ``labels``, the context columns' names), or a dict of them to ranges (default ``(-π, π)``)."""
+    ``labels``, the context columns' names), a dict of them to ranges (default ``(-π, π)``), or
+    ``[j, low, high]`` triples (the form a model's ``config`` stores)."""
     if angles is None:
         return {}
-    items = (
-        dict(angles)
-        if isinstance(angles, dict)
-        else dict.fromkeys(
-            [angles] if isinstance(angles, str | numbers.Integral) else list(angles)
-        )
-    )
+    if isinstance(angles, dict):
+        items = list(angles.items())
+    else:
+        entries = [angles] if isinstance(angles, str | numbers.Integral) else list(angles)
+        items = [
+            (e[0], (e[1], e[2])) if isinstance(e, list | tuple) and len(e) == 3 else (e, None)
+            for e in entries
+        ]
     out: dict[int, tuple[float, float]] = {}
-    for key, span in items.items():
+    for key, span in items:
+        if isinstance(key, list | tuple):  # (no column is a sequence)
+            raise ValueError(
+                f"{where}: context_angles must be indices, names, a dict of them to (low, high) "
+                f"ranges or [index, low, high] triples, got {shown(key)}"
+            )
         j = _column_index(where, "context_angles", "context", key, labels)
         try:
             low, high = (-math.pi, math.pi) if span is None else (float(span[0]), float(span[1]))
