@@ -46,8 +46,8 @@ class FlowDistribution(Distribution):
     - ``log_prob(x)``: the flow's ``log p(x | c)`` (exact; a
       :class:`~nfkit.models.DequantizedFlow`'s is its quasi-Monte Carlo estimate), ``x`` of
       shape ``(*sample, *batch, *event)`` (broadcast against the context's batch). A value
-      outside the support is refused (torch's argument validation, on by default) or, with
-      ``validate_args=False``, scored ``-inf`` (density 0), as torch's own distributions do.
+      outside the support is refused or, with ``validate_args=False``, scored ``-inf``
+      (density 0), as torch's own distributions do without validation.
     - ``rsample(shape)`` / ``sample(shape)``: ``(*shape, *batch, *event)``, reparameterized or
       without gradient; ``has_rsample`` is False for a
       :class:`~nfkit.models.DequantizedFlow` (integers) and for a base whose draws carry no
@@ -64,10 +64,11 @@ class FlowDistribution(Distribution):
             it), else None.
         batch_shape: An unconditional flow's batch (independent draws per entry; what
             :meth:`expand` sets); default ``()``.
-        validate_args: Refuse values outside the support in ``log_prob`` (True) or score them
-            ``-inf`` (False); None: torch's default
-            (``torch.distributions.Distribution.set_default_validate_args``). NaN and shape
-            errors are refused either way.
+        validate_args: Refuse values outside the support in ``log_prob`` (True or None) or
+            score them ``-inf`` (False). torch's global default
+            (``Distribution.set_default_validate_args``) is not followed: libraries switch it
+            off when imported (zuko does), which would change what nfkit computes. NaN and
+            shape errors are refused either way.
 
     Example:
         >>> import torch
@@ -109,9 +110,7 @@ class FlowDistribution(Distribution):
                 f"{type(validate_args).__name__}"
             )
         #: Whether ``log_prob`` refuses values outside the support (else ``-inf``).
-        self.validate_support = (
-            Distribution._validate_args if validate_args is None else validate_args
-        )
+        self.validate_support = validate_args is not False
         if context is not None and batch_shape is not None:
             raise ValueError(
                 "FlowDistribution: batch_shape is for an unconditional flow; a conditional "
