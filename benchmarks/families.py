@@ -9,10 +9,11 @@ with 3 squared polynomials of degree 4, BPF of degree 16 on [-5, 5]. GF (no cond
 network): ``--transforms`` elementwise layers of 8 kernels per feature with a learned rotation
 between layers (zuko: Gaussian kernels and ``exp`` of a skew-symmetric matrix; nfkit: logistic
 kernels and ``D`` Householder reflections). GMM: 8 components with full covariances. The
-parameter counts are printed, and a cell whose counts differ stops the run. Reported (``side_by_side.measure``): the training step (median ms),
-``log_prob`` and ``sample`` throughput (4096 rows, no grad; both libraries sample by root
-finding) and the test log-likelihood per feature after ``--steps`` steps from seed 0. Results as
-Markdown and JSON under ``--out``.
+parameter counts are printed, and a cell whose counts differ stops the run. Reported
+(``side_by_side.measure``): the training step (median ms), ``log_prob`` and ``sample``
+throughput (4096 rows, no grad; both libraries sample by root finding) and the test
+log-likelihood per feature after ``--steps`` steps from seed 0. Results as Markdown and JSON
+under ``--out``.
 """
 
 from __future__ import annotations

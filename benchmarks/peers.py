@@ -950,7 +950,8 @@ def main(argv: list[str] | None = None) -> None:
     args.libs = [lib.strip() for lib in args.libs.split(",") if lib.strip()]
     unknown = [lib for lib in args.libs if lib not in LIBS]
     if unknown or not args.libs:
-        raise SystemExit(f"peers.py: unknown --libs {unknown or args.libs}; choose from {LIBS}")
+        what = f"unknown --libs {unknown}" if unknown else "--libs names no library"
+        raise SystemExit(f"peers.py: {what}; choose from {LIBS}")
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.reps = args.reps or (2 if args.quick else 5)
     args.steps = args.steps if args.steps is not None else (100 if args.quick else 1000)

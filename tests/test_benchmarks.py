@@ -354,6 +354,8 @@ def test_peers_refuses_an_unknown_library_in_one_line(tmp_path: Path, peers: Mod
     with pytest.raises(SystemExit, match=r"unknown --libs \['zuk'\]; choose from"):
         peers.main(["--libs", "nfkit, zuk", "--cells", "moons-MAF", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()  # refused before anything is written
+    with pytest.raises(SystemExit, match="--libs names no library"):
+        peers.main(["--libs", " , ", "--out", str(tmp_path / "o")])
 
 
 def test_timed_steps_draw_no_data(peers: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

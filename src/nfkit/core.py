@@ -55,12 +55,17 @@ class Transform(nn.Module, abc.ABC):
             (``torch.autograd.grad`` under ``torch.enable_grad()``) even when its caller records
             no graph, e.g. a log-det by autograd. :meth:`Flow.sample` then runs under
             ``torch.no_grad()`` instead of ``torch.inference_mode()``, where autograd stays off.
+        outline_settings: Names of attributes that define the map but are no weights (a
+            BNAF's ``leak``, an ODE's ``t1``): a saved file's outline records their values, and
+            ``nf.load(path, into=flow)`` refuses a flow built with others. Any module may set
+            it (a set network's ``padded``, a mixture's ``covariance``).
     """
 
     event_dim: int = 1
     domain: Interval = real
     codomain: Interval = real
     autograd_inside: ClassVar[bool] = False
+    outline_settings: ClassVar[tuple[str, ...]] = ()
 
     @property
     def batch_coupled(self) -> bool:

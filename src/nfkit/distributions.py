@@ -368,7 +368,6 @@ class GaussianMixture(BaseDistribution):
         trailing dims (as :meth:`nfkit.Flow.sample` passes it).
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("covariance",)
 
     def __init__(

@@ -683,8 +683,9 @@ def coverage(
     diagonal (calibrated) and its simultaneous 97.5% band (``result.band``; the other 2.5% of
     :attr:`~nfkit.metrics.Coverage.calibrated`'s 5% goes to the ranks); a curve below the
     diagonal is an overconfident posterior, above it a conservative one. Right: for each
-    feature (up to eight), the histogram of the simulation-based-calibration ranks as fractions of the draws, against
-    the uniform density 1 (a ∪ shape: too narrow; ∩: too wide; a slope: biased).
+    feature (up to eight), the histogram of the simulation-based-calibration ranks as fractions
+    of the draws, against the uniform density 1 (a ∪ shape: too narrow; ∩: too wide; a slope:
+    biased).
 
     Args:
         result: What :func:`nfkit.metrics.coverage` returned.

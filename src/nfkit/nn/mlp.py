@@ -81,7 +81,6 @@ class PeriodicEmbedding(nn.Module):
     are (non-persistent) buffers, so they follow ``.to(device)`` and a pass copies nothing from
     the host. None: the identity."""
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("period",)
 
     def __init__(self, features: int, period: Period) -> None:

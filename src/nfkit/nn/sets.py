@@ -53,7 +53,6 @@ class DeepSet(nn.Module):
         True
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("padded",)
 
     def __init__(

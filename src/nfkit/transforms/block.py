@@ -63,7 +63,6 @@ class BlockAutoregressive(Transform):
         leak: ``α`` of the activation, ``> 0``.
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("leak",)
 
     def __init__(

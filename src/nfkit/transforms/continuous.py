@@ -184,7 +184,6 @@ class ContinuousFlow(Transform):
         (torch.Size([5, 2]), torch.Size([5]))
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("t1",)
 
     autograd_inside = True  # the trace of the log-det is taken by autograd

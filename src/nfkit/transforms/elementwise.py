@@ -360,7 +360,6 @@ class Softplus(_Pointwise):
 class LeakyReLU(_Pointwise):
     r"""``z = x`` for ``x ≥ 0``, ``z = a x`` otherwise (``a > 0``). ``ladj = Σ [x < 0] log a``."""
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("negative_slope",)
 
     def __init__(self, negative_slope: float = 0.01, event_dim: int = 1) -> None:

@@ -57,7 +57,6 @@ class Squeeze(Transform):
         x: ``(*batch, C, H, W)`` → z: ``(*batch, C·f², H/f, W/f)``, ladj: ``(*batch,)``.
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("factor",)
 
     event_dim = 3
@@ -116,7 +115,6 @@ class MultiscaleSplit(Transform):
         x: ``(*batch, C, H, W)`` with ``C > split`` → z: same, ladj: ``(*batch,)``.
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("split",)
 
     event_dim = 3
@@ -203,7 +201,6 @@ class LogitPreprocess(Transform):
         Interval(low=-0.9444444444444445, high=17.944444444444443, closed=False)
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("levels", "alpha")
 
     def __init__(self, levels: int = 256, alpha: float = 0.05, *, event_dim: int = 3) -> None:

@@ -144,7 +144,6 @@ class BatchNorm(Transform):
     inverse. ``inverse`` always uses the running averages.
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("eps",)
 
     def __init__(self, features: int, *, momentum: float = 0.1, eps: float = 1e-5) -> None:

@@ -127,7 +127,6 @@ class ResidualBlock(Transform):
         True
     """
 
-    #: Settings that define the map but are no weights: a saved file's outline records them.
     outline_settings = ("lipschitz",)
 
     autograd_inside = True  # the log-det series is taken by autograd
